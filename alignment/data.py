@@ -1,0 +1,133 @@
+"""Reviews -> prompts, with a held-out split that never leaks into training.
+
+A prompt is the first `k` policy tokens of a review (the seed used k=8 GPT-2 tokens of IMDB
+reviews). Splitting is by review *and* by prompt text: a train prompt whose text equals an
+eval prompt is dropped, so no eval prompt ever appears in training pairs.
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import OFFLINE, DataConfig
+
+
+class DataError(ValueError):
+    """The review data cannot give the prompts asked for; the message says which field to change."""
+
+
+@dataclass
+class Review:
+    id: str
+    text: str
+    label: int | None = None  # 1 positive, 0 negative, None unknown
+
+
+_DETOK = [(re.compile(r" ([,.!?;:%)\]])"), r"\1"), (re.compile(r"([(\[$]) "), r"\1"),
+          (re.compile(r" (n't|'s|'re|'ve|'ll|'d|'m)\b"), r"\1"), (re.compile(r"\s+"), " ")]
+
+
+def detokenize(text: str) -> str:
+    """Undo Pang & Lee's spaced punctuation: "it 's good , really ." -> "it's good, really." """
+    for pat, rep in _DETOK:
+        text = pat.sub(rep, text)
+    return text.strip()
+
+
+def offline_reviews() -> list[Review]:
+    """1,500 Pang & Lee full reviews + 12,808 Rotten Tomatoes reviews, from PyPI packages."""
+    from .assets import review_files
+
+    files = review_files()
+    out = []
+    with open(files["pang_lee_reviews"], encoding="utf-8-sig") as f:
+        for i, (label, text) in enumerate(csv.reader(f)):
+            out.append(Review(f"pl{i}", detokenize(text), int(label == "1")))
+    with bz2.open(files["rotten_tomatoes"], "rt", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            if row["category"] in ("fresh", "rotten"):
+                out.append(Review(f"rt{i}", row["text"].strip(), int(row["category"] == "fresh")))
+    return out
+
+
+def file_reviews(path: str) -> list[Review]:
+    """A local .csv/.jsonl (a `text` column, optional `label`) or .txt (one review per line)."""
+    p = Path(path).expanduser()
+    if p.suffix == ".txt":
+        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+        return [Review(f"{p.stem}{i}", t.strip()) for i, t in enumerate(lines) if t.strip()]
+    if p.suffix == ".jsonl":
+        rows = [json.loads(line) for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    elif p.suffix == ".csv":
+        with open(p, encoding="utf-8", errors="replace", newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise DataError(f"data.source={path!r}: use a .csv, .jsonl or .txt file")
+    if rows and "text" not in rows[0]:
+        raise DataError(f"data.source={path!r} has no `text` column (columns: {sorted(rows[0])})")
+    return [Review(str(r.get("id", f"{p.stem}{i}")), str(r["text"]),
+                   None if r.get("label") in (None, "") else int(r["label"])) for i, r in enumerate(rows)]
+
+
+def hub_reviews(name: str, split: str) -> list[Review]:
+    """A hub dataset with `text` (and `label`) columns, e.g. imdb train/test."""
+    from datasets import load_dataset
+
+    ds = load_dataset(name, split=split)
+    return [Review(f"{name}-{split}-{i}", r["text"], r.get("label")) for i, r in enumerate(ds)]
+
+
+def _filter(reviews: list[Review], cfg: DataConfig) -> list[Review]:
+    keep = []
+    for r in reviews:
+        text = r.text.replace("<br />", " ").replace("\ufffd", "").strip()
+        if len(text) > cfg.min_chars and (cfg.max_chars == 0 or len(text) < cfg.max_chars):
+            keep.append(Review(r.id, text, r.label))
+    return keep
+
+
+def make_prompt(tokenizer, text: str, k: int) -> list[int] | None:
+    """First k tokens of `text` (no special tokens); None if the review is shorter than k+1 tokens."""
+    ids = tokenizer(text[: 40 * (k + 2)], add_special_tokens=False)["input_ids"]
+    return ids[:k] if len(ids) > k else None
+
+
+def build_prompts(cfg: DataConfig, tokenizer) -> dict[str, list[dict]]:
+    """Return {"train": [...], "eval": [...]} prompt records {id, review_id, text, ids, label}."""
+    if cfg.source == OFFLINE:
+        pools = {"all": offline_reviews()}
+    elif cfg.source == "imdb":
+        pools = {"train": hub_reviews("imdb", "train"), "eval": hub_reviews("imdb", "test")}
+    elif Path(cfg.source).expanduser().exists():
+        pools = {"all": file_reviews(cfg.source)}
+    else:
+        pools = {"train": hub_reviews(cfg.source, "train"), "eval": hub_reviews(cfg.source, "test")}
+    rng = random.Random(cfg.seed)
+    need = {"eval": cfg.n_eval_prompts, "train": cfg.n_train_prompts}
+    out: dict[str, list[dict]] = {"eval": [], "train": []}
+    seen: set[str] = set()
+    for split in ("eval", "train"):  # eval first: its texts are reserved
+        pool = _filter(pools.get(split, pools.get("all", [])), cfg)
+        rng.shuffle(pool)
+        used = {r["review_id"] for r in out["eval"]}
+        for r in pool:
+            if len(out[split]) == need[split]:
+                break
+            ids = None if r.id in used else make_prompt(tokenizer, r.text, cfg.prompt_tokens)
+            text = tokenizer.decode(ids) if ids else ""
+            if ids and text.strip() and text not in seen:
+                seen.add(text)
+                out[split].append({"id": f"{split}{len(out[split])}", "review_id": r.id,
+                                   "text": text, "ids": ids, "label": r.label})
+        if len(out[split]) < need[split]:
+            raise DataError(
+                f"only {len(out[split])} {split} prompts could be built from data.source={cfg.source!r} "
+                f"(need data.n_{split}_prompts={need[split]}, reviews must be > data.min_chars="
+                f"{cfg.min_chars} chars and longer than data.prompt_tokens={cfg.prompt_tokens} tokens); "
+                f"lower the count or relax the length filters")
+    return out

@@ -1,0 +1,96 @@
+"""Small, crash-safe file helpers: atomic writes, appendable JSONL shards, run manifests.
+
+Every file the kit writes goes through here so that an interrupted run never leaves a
+half-written cache behind: we write to a temp file in the same directory, fsync, then rename.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kw) -> Iterator[Any]:
+    """Open a temp file next to `path`; on success fsync and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file; a torn last line (a crash mid-append) is ignored, never half-parsed."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # torn final line from an interrupted append
+            out.append(json.loads(line))
+    return out
+
+
+class JsonlAppender:
+    """Append records to a JSONL file, one fsync'd line per chunk, resumable.
+
+    Only whole lines count on reload (see `read_jsonl`), and `open` truncates a torn tail,
+    so a SIGKILL between chunks loses at most the chunk in flight.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records = read_jsonl(self.path) if self.path.exists() else []
+        if self.path.exists():  # cut a torn tail so the next append starts on a fresh line
+            data = self.path.read_bytes()
+            keep = data.rfind(b"\n") + 1
+            if keep != len(data):
+                with open(self.path, "r+b") as f:
+                    f.truncate(keep)
+
+    def keep(self, records: list[dict]) -> None:
+        """Replace the file's content with `records` (atomically), e.g. to drop rows past a checkpoint."""
+        write_jsonl(self.path, records)
+        self.records = list(records)
+
+    def extend(self, records: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.extend(records)
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """Short sha256 of a JSON-able object with sorted keys (config fingerprints)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]

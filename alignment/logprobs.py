@@ -1,0 +1,68 @@
+"""Per-sequence log-probs of completions, in two explicit steps.
+
+1. `collate`: prompt + completion ids -> right-padded `input_ids`, `attention_mask` and a
+   `completion_mask` that marks exactly the completion tokens (never derived from token
+   values: GPT-2's pad token *is* its EOS, and a completion may end with a real EOS).
+2. `token_logps` -> (B, T-1) log p(token_t | <t) aligned with `labels = input_ids[:, 1:]`,
+   then `sequence_logps` masks and sums.
+
+Worked example (pad id 0, which is also EOS): prompt [5, 6], completions [7, 0] (ends with a
+real EOS) and [8]:
+
+    input_ids       = [[5, 6, 7, 0],   [5, 6, 8, 0]]
+    attention_mask  = [[1, 1, 1, 1],   [1, 1, 1, 0]]
+    completion_mask = [[0, 0, 1, 1],   [0, 0, 1, 0]]   # the real EOS counts, the pad does not
+
+and the shifted mask used with the (B, T-1) token log-probs is completion_mask[:, 1:].
+"""
+from __future__ import annotations
+
+import torch
+
+
+def collate(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad prompt+completion pairs; see the module docstring for a worked example."""
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(s) for s in seqs)
+    B = len(seqs)
+    ids = torch.full((B, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, width), dtype=torch.long)
+    comp = torch.zeros((B, width), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+        attn[i, : len(p) + len(c)] = 1
+        comp[i, len(p) : len(p) + len(c)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "completion_mask": comp}  # each (B, T)
+
+
+def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(input_ids[:, t+1] | ...) from logits (B, T, V) -> (B, T-1), in float32."""
+    logits = logits[:, :-1].float()  # (B, T-1, V)
+    labels = input_ids[:, 1:].unsqueeze(-1)  # (B, T-1, 1)
+    return torch.gather(logits.log_softmax(-1), 2, labels).squeeze(-1)  # (B, T-1)
+
+
+def sequence_logps(tok_logps: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of completion-token log-probs: (B, T-1), (B, T) -> (B,)."""
+    return (tok_logps * completion_mask[:, 1:].to(tok_logps.dtype)).sum(-1)
+
+
+def model_logps(model, batch: dict[str, torch.Tensor], return_logits: bool = False):
+    """Forward `model` on a collated batch; returns (B,) summed completion log-probs
+    (and the (B, T, V) logits when asked, for predictive entropy)."""
+    dev = next(model.parameters()).device
+    ids, attn = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits  # (B, T, V)
+    lp = sequence_logps(token_logps(logits, ids), batch["completion_mask"].to(dev))
+    return (lp, logits) if return_logits else lp
+
+
+@torch.no_grad()
+def batched_logps(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
+                  batch_size: int = 16) -> torch.Tensor:
+    """(N,) summed completion log-probs for many pairs, without gradients (reference model)."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        out.append(model_logps(model, collate(prompts[i : i + batch_size], completions[i : i + batch_size], pad_id)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)

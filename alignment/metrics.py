@@ -1,0 +1,217 @@
+"""Pure evaluation metrics for the DPO sentiment-alignment kit.
+
+Everything here is a pure function of its inputs: no model loading, no I/O,
+no global state. Diversity metrics work on token-id lists; drift metrics work
+on log-probabilities or logits (torch); statistics work on numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "unigram_token_entropy",
+    "distinct_n",
+    "mean_predictive_entropy",
+    "sequence_kl_estimate",
+    "perplexity",
+    "bootstrap_ci",
+    "bootstrap_diff_ci",
+    "summarize_rewards",
+    "mean_std_over_seeds",
+]
+
+
+# --------------------------------------------------------------------------- diversity
+
+
+def unigram_token_entropy(token_ids: list[list[int]]) -> float:
+    """Shannon entropy (nats) of the pooled unigram distribution of completion tokens.
+
+    H = -sum_w p(w) log p(w), where p(w) = count(w) / N and counts are pooled over
+    all tokens of all texts (N = total token count). This is the "token entropy"
+    diversity metric: a policy that collapses onto a few tokens scores low.
+
+    Raises ValueError if there are no tokens at all.
+    """
+    counts = Counter(tok for seq in token_ids for tok in seq)
+    total = sum(counts.values())
+    if total == 0:
+        raise ValueError("unigram_token_entropy: no tokens in input")
+    p = np.fromiter(counts.values(), dtype=np.float64) / total
+    return float(-(p * np.log(p)).sum())
+
+
+def distinct_n(token_ids: list[list[int]], n: int) -> float:
+    """Distinct-n (Li et al. 2016): unique n-grams / total n-grams, pooled over texts.
+
+    N-grams never cross text boundaries. Returns 0.0 if no text has >= n tokens.
+    """
+    if n < 1:
+        raise ValueError(f"distinct_n: n must be >= 1, got {n}")
+    ngrams: list[tuple[int, ...]] = []
+    for seq in token_ids:
+        seq = list(seq)
+        ngrams.extend(tuple(seq[i : i + n]) for i in range(len(seq) - n + 1))
+    if not ngrams:
+        return 0.0
+    return len(set(ngrams)) / len(ngrams)
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def mean_predictive_entropy(logits: Tensor, mask: Tensor) -> Tensor:
+    """Per-sequence mean predictive entropy of the policy over masked positions.
+
+    For each position t, H_t = -sum_v p_t(v) log p_t(v) with p_t = softmax(logits[:, t]).
+    Returns (B,) with sum_t mask_t H_t / sum_t mask_t (the f-DPO paper's "entropy").
+    Computed in float32 via log_softmax; masked-out positions contribute nothing even
+    if their logits are non-finite. Rows with an all-zero mask give 0.
+    """
+    if logits.dim() != 3 or mask.shape != logits.shape[:2]:
+        raise ValueError(
+            f"mean_predictive_entropy: expected logits (B, T, V) and mask (B, T), "
+            f"got {tuple(logits.shape)} and {tuple(mask.shape)}"
+        )
+    m = mask.to(torch.float32)  # (B, T)
+    keep = m > 0  # (B, T)
+    # Replace masked positions by zeros so inf/nan there cannot leak through 0 * nan.
+    safe = torch.where(keep.unsqueeze(-1), logits.to(torch.float32), 0.0)  # (B, T, V)
+    logp = torch.log_softmax(safe, dim=-1)  # (B, T, V)
+    ent = -(logp.exp() * logp).sum(dim=-1)  # (B, T)
+    ent = torch.where(keep, ent, 0.0) * m  # (B, T)
+    return ent.sum(dim=-1) / m.sum(dim=-1).clamp_min(1e-12)  # (B,)
+
+
+def sequence_kl_estimate(policy_logps: Tensor, ref_logps: Tensor) -> float:
+    """Monte-Carlo estimate of sequence-level KL(pi || pi_ref).
+
+    With y_i ~ pi, KL ≈ (1/B) sum_i [log pi(y_i) - log pi_ref(y_i)]. Inputs are (B,)
+    summed completion log-probs under the policy and the reference, for samples from
+    the policy. Unbiased, but single estimates can be negative for small B.
+    """
+    if policy_logps.shape != ref_logps.shape or policy_logps.dim() != 1:
+        raise ValueError(
+            f"sequence_kl_estimate: expected two (B,) tensors, got "
+            f"{tuple(policy_logps.shape)} and {tuple(ref_logps.shape)}"
+        )
+    if policy_logps.numel() == 0:
+        raise ValueError("sequence_kl_estimate: empty input")
+    diff = policy_logps.double() - ref_logps.double()  # (B,)
+    return float(diff.mean())
+
+
+def perplexity(token_logps_sum: Tensor, n_tokens: Tensor) -> float:
+    """Corpus-level perplexity exp(-sum_i logp_i / sum_i n_i).
+
+    token_logps_sum: (B,) summed token log-probs per sequence; n_tokens: (B,) token
+    counts. Tokens are pooled across sequences (not a mean of per-sequence ppl).
+    """
+    total = float(n_tokens.double().sum())
+    if total <= 0:
+        raise ValueError("perplexity: total token count must be positive")
+    return float(np.exp(-float(token_logps_sum.double().sum()) / total))
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _as_clean_array(values: Sequence[float] | np.ndarray | Tensor, name: str) -> np.ndarray:
+    """1-D float64 array; raise ValueError on empty input or NaNs (with the NaN count)."""
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise ValueError(f"{name}: empty input")
+    n_nan = int(np.isnan(arr).sum())
+    if n_nan:
+        raise ValueError(f"{name}: input contains {n_nan} NaN value(s) out of {arr.size}")
+    return arr
+
+
+def _check_level(level: float) -> float:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    return (1.0 - level) / 2.0 * 100.0
+
+
+def bootstrap_ci(
+    values,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    stat: Callable[[np.ndarray], float] = np.mean,
+) -> tuple[float, float, float]:
+    """Percentile bootstrap CI: (stat(values), lo, hi).
+
+    Draws n_boot resamples of size n with replacement (numpy default_rng(seed),
+    so deterministic per seed), applies `stat` to each, and takes the
+    (1-level)/2 and (1+level)/2 percentiles.
+    """
+    x = _as_clean_array(values, "bootstrap_ci")
+    alpha_pct = _check_level(level)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))  # (n_boot, n)
+    stats = np.array([stat(x[row]) for row in idx], dtype=np.float64)
+    lo, hi = np.percentile(stats, [alpha_pct, 100.0 - alpha_pct])
+    return float(stat(x)), float(lo), float(hi)
+
+
+def bootstrap_diff_ci(
+    a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """Percentile bootstrap CI of mean(a) - mean(b) for two independent samples.
+
+    Each sample is resampled independently with replacement. Returns
+    (mean(a) - mean(b), lo, hi); "a beats b" is supported when lo > 0.
+    """
+    xa = _as_clean_array(a, "bootstrap_diff_ci(a)")
+    xb = _as_clean_array(b, "bootstrap_diff_ci(b)")
+    alpha_pct = _check_level(level)
+    rng = np.random.default_rng(seed)
+    ma = xa[rng.integers(0, xa.size, size=(n_boot, xa.size))].mean(axis=1)  # (n_boot,)
+    mb = xb[rng.integers(0, xb.size, size=(n_boot, xb.size))].mean(axis=1)  # (n_boot,)
+    lo, hi = np.percentile(ma - mb, [alpha_pct, 100.0 - alpha_pct])
+    return float(xa.mean() - xb.mean()), float(lo), float(hi)
+
+
+def summarize_rewards(rewards) -> dict:
+    """Summary of a reward sample: mean, median, std (ddof=0), 95% bootstrap CI of the mean, n.
+
+    Raises ValueError if any reward is NaN (message names the NaN count).
+    """
+    x = _as_clean_array(rewards, "summarize_rewards")
+    mean, lo, hi = bootstrap_ci(x)
+    return {
+        "mean": mean,
+        "median": float(np.median(x)),
+        "std": float(x.std()),
+        "ci_lo": lo,
+        "ci_hi": hi,
+        "n": int(x.size),
+    }
+
+
+def mean_std_over_seeds(rows: list[dict], keys: list[str]) -> dict:
+    """{key: (mean, std)} of each key across rows (one row per seed).
+
+    std uses ddof=1 (sample std) when there are >= 2 rows and ddof=0 (i.e. 0.0)
+    for a single row. Raises ValueError on no rows or a missing key.
+    """
+    if not rows:
+        raise ValueError("mean_std_over_seeds: no rows")
+    out: dict[str, tuple[float, float]] = {}
+    for k in keys:
+        missing = sum(1 for r in rows if k not in r)
+        if missing:
+            raise ValueError(f"mean_std_over_seeds: key {k!r} missing from {missing} row(s)")
+        v = np.asarray([float(r[k]) for r in rows], dtype=np.float64)
+        ddof = 1 if v.size > 1 else 0
+        out[k] = (float(v.mean()), float(v.std(ddof=ddof)))
+    return out

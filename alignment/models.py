@@ -1,0 +1,94 @@
+"""Load policies, reference models and tokenizers from one name: offline default, hub id or path."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .config import OFFLINE
+
+
+def resolve_policy(name: str) -> str:
+    """Map config names to something `from_pretrained` takes: offline -> cached SmolLM2 dir."""
+    if name == OFFLINE:
+        from .assets import smollm2_dir
+
+        return str(smollm2_dir())
+    if name == "offline-sft":
+        from .assets import cache_root
+
+        path = cache_root() / "models" / "SmolLM2-135M-reviews-sft"
+        if not (path / "model.safetensors").exists():
+            raise FileNotFoundError(
+                "model.policy='offline-sft' needs the SFT stage first: run `python -m alignment sft`")
+        return str(path)
+    p = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) and not p.exists():
+        raise FileNotFoundError(f"model path {name!r} does not exist; fix model.policy / model.ref")
+    return str(p) if p.exists() else name
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sampling_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on GPU; on CPU bf16 only where the CPU has native bf16 matmul (else it is slower)."""
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_tokenizer(name: str):
+    """Tokenizer with a pad token (GPT-2 has none: we reuse EOS; masks never come from values)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_policy(name))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.device | None = None,
+                   train: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_policy(name), dtype=dtype)
+    model.to(device or pick_device())
+    model.train(train)
+    if not train:
+        model.requires_grad_(False)
+    return model
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """EOS ids that end a completion: the tokenizer's EOS, the generation config's, <|endoftext|>."""
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    vocab = tokenizer.get_vocab()
+    if "<|endoftext|>" in vocab:
+        ids.add(vocab["<|endoftext|>"])
+    return sorted(i for i in ids if i is not None)
+
+
+def set_threads() -> None:
+    """Use every core for intra-op work (torch defaults to physical cores; fine), once."""
+    n = os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)

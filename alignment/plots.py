@@ -1,0 +1,66 @@
+"""Matplotlib figures written as PNG (headless-safe), returned as paths for wandb/notebook."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg without a display
+
+from .io import read_json, read_jsonl
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def reward_hist(eval_dirs: dict[str, Path], path: Path) -> Path:
+    """Held-out reward distributions, one histogram per model (SFT first)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, d in eval_dirs.items():
+        ax.hist(read_json(Path(d) / "rewards.json"), bins=30, alpha=0.45, label=name)
+    ax.set(xlabel="reward (held-out prompts, own samples)", ylabel="count", title="Reward before/after DPO")
+    ax.legend()
+    return _save(fig, path)
+
+
+def margin_hist(pairs_path: Path, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist([p["margin"] for p in read_jsonl(pairs_path)], bins=30, color="tab:purple")
+    ax.set(xlabel="reward(chosen) - reward(rejected)", ylabel="pairs", title="Preference-pair margins")
+    return _save(fig, path)
+
+
+def training_curves(policy_dirs: dict[str, Path], path: Path) -> Path:
+    keys = ["loss", "rewards/margins", "rewards/accuracies"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    for name, d in policy_dirs.items():
+        log = read_jsonl(Path(d) / "train_log.jsonl")
+        for ax, k in zip(axes, keys):
+            ax.plot([r["step"] for r in log], [r[k] for r in log], label=name)
+            ax.set(title=k, xlabel="step")
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def tradeoff(summary: list[dict], sft: dict, xkey: str, path: Path) -> Path:
+    """Reward vs a diversity/drift metric: one point per (divergence, beta), error bars = std over seeds."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    labels = sorted({s["label"] for s in summary})
+    cmap = plt.get_cmap("tab10")
+    for i, lab in enumerate(labels):
+        pts = [s for s in summary if s["label"] == lab]
+        ax.errorbar([s[xkey][0] for s in pts], [s["eval/reward_mean"][0] for s in pts],
+                    xerr=[s[xkey][1] for s in pts], yerr=[s["eval/reward_mean"][1] for s in pts],
+                    fmt="o", color=cmap(i % 10), label=lab, capsize=3)
+        for s in pts:
+            if len({p["beta"] for p in summary}) > 1:
+                ax.annotate(f"β={s['beta']:g}", (s[xkey][0], s["eval/reward_mean"][0]), fontsize=7)
+    ax.scatter([sft[xkey]], [sft["eval/reward_mean"]], marker="*", s=160, color="black", label="SFT", zorder=5)
+    ax.set(xlabel=xkey.split("/")[1], ylabel="mean reward (held-out)", title=f"Reward vs {xkey.split('/')[1]}")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

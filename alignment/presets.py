@@ -1,0 +1,28 @@
+"""Named sizes. `smoke`: whole pipeline in minutes on 2 CPU cores (CI, notebook check).
+`default`: the CPU default behind `make run`. `full`: a GPU-sized run. `hub`: the seed's
+real models and data (internet + GPU)."""
+
+PRESETS: dict[str, dict] = {
+    "smoke": {
+        "data.n_train_prompts": 8, "data.n_eval_prompts": 8,
+        "sample.n_samples": 4, "sample.max_new_tokens": 16,
+        "eval.n_samples": 2, "eval.max_new_tokens": 16, "eval.n_boot": 200,
+        "dpo.epochs": 1, "dpo.batch_size": 4, "dpo.lr": 1e-5,
+    },
+    "default": {},
+    "full": {
+        "data.n_train_prompts": 2000, "data.n_eval_prompts": 256, "data.min_chars": 60,
+        "sample.n_samples": 8, "sample.max_new_tokens": 48, "sample.batch_size": 512,
+        "pairs.strategy": "all_pairs",
+        "eval.n_samples": 8, "eval.max_new_tokens": 48,
+        "dpo.epochs": 1, "dpo.batch_size": 32, "dpo.lr": 5e-6,
+    },
+    "hub": {
+        "model.policy": "lvwerra/gpt2-imdb", "reward.model": "lvwerra/distilbert-imdb",
+        "data.source": "imdb", "data.min_chars": 200, "data.max_chars": 512,
+        "data.n_train_prompts": 1000, "data.n_eval_prompts": 256,
+        "sample.n_samples": 4, "sample.max_new_tokens": 48, "sample.batch_size": 256,
+        "eval.n_samples": 4, "eval.max_new_tokens": 48,
+        "dpo.batch_size": 32, "dpo.lr": 5e-6,
+    },
+}

@@ -1,0 +1,134 @@
+"""Sentiment rewards. Every reward is an object with `score(texts) -> Tensor (n,)`.
+
+- `ClassifierReward`: any HF sequence classifier (hub id or local dir), the POSITIVE logit,
+  as the seed used `lvwerra/distilbert-imdb`.
+- `EmbeddingReward`: the embedded offline default, all-MiniLM-L6-v2 mean-pooled embeddings
+  + a logistic head trained once on bundled labelled movie-review snippets; score = logit.
+- `VaderReward`: the VADER lexicon's compound score in [-1, 1].
+All batch by length (sorted), truncate safely, and refuse NaN/inf scores with the text's index.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from .config import OFFLINE, RewardConfig
+
+
+class RewardError(ValueError):
+    """A reward came out NaN/inf, or the reward model is unusable."""
+
+
+def check_finite(scores: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+    if bad:
+        raise RewardError(f"reward is NaN/inf for {len(bad)} text(s), first index {bad[0]}: {texts[bad[0]][:80]!r}")
+    return scores
+
+
+def _sorted_batches(texts: list[str], batch_size: int):
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+class ClassifierReward:
+    """An HF sequence-classification model; the reward is the logit of its positive class."""
+
+    def __init__(self, name: str, batch_size: int = 64, max_length: int = 256, device=None):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(name)
+        self.model = AutoModelForSequenceClassification.from_pretrained(name).eval()
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.batch_size, self.max_length = batch_size, max_length
+        self.pos = positive_index(self.model.config.id2label)
+
+    @torch.inference_mode()
+    def score(self, texts: list[str]) -> torch.Tensor:
+        out = torch.empty(len(texts))
+        for idx in _sorted_batches(texts, self.batch_size):
+            enc = self.tok([texts[i] for i in idx], padding=True, truncation=True,
+                           max_length=self.max_length, return_tensors="pt").to(self.device)
+            out[idx] = self.model(**enc).logits[:, self.pos].float().cpu()  # (b,)
+        return check_finite(out, texts)
+
+
+def positive_index(id2label: dict) -> int:
+    """Index of the positive class: a label containing POS (POSITIVE, LABEL_POS), else 1 of 2."""
+    for i, lab in id2label.items():
+        if "pos" in str(lab).lower():
+            return int(i)
+    if len(id2label) == 2:
+        return 1
+    raise RewardError(f"cannot tell the positive class among labels {id2label}; use a 2-class model")
+
+
+class VaderReward:
+    """VADER's compound score (Hutto & Gilbert 2014), from the lexicon inside the package."""
+
+    def __init__(self):
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self.sia = SentimentIntensityAnalyzer()
+
+    def score(self, texts: list[str]) -> torch.Tensor:
+        return check_finite(torch.tensor([self.sia.polarity_scores(t)["compound"] for t in texts]), texts)
+
+
+class EmbeddingReward:
+    """Mean-pooled sentence embeddings + logistic head; the score is the positive logit."""
+
+    def __init__(self, encoder_dir: str | Path, head: dict, batch_size: int = 64, max_length: int = 256,
+                 device=None):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(str(encoder_dir))
+        self.enc = AutoModel.from_pretrained(str(encoder_dir)).eval()
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.enc.to(self.device)
+        self.w, self.b = head["weight"].float(), head["bias"].float()  # (D,), ()
+        self.batch_size, self.max_length = batch_size, max_length
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        out = torch.empty(len(texts), self.enc.config.hidden_size)
+        for idx in _sorted_batches(texts, self.batch_size):
+            enc = self.tok([texts[i] for i in idx], padding=True, truncation=True,
+                           max_length=self.max_length, return_tensors="pt").to(self.device)
+            h = self.enc(**enc).last_hidden_state.float()  # (b, T, D)
+            m = enc["attention_mask"].unsqueeze(-1).float()  # (b, T, 1)
+            e = (h * m).sum(1) / m.sum(1).clamp(min=1)
+            out[idx] = torch.nn.functional.normalize(e, dim=-1).cpu()
+        return out
+
+    def score(self, texts: list[str]) -> torch.Tensor:
+        return check_finite(self.embed(texts) @ self.w + self.b, texts)
+
+
+def load_reward(cfg: RewardConfig):
+    """Build the reward named by `reward.model`: offline | vader | hub id | local dir."""
+    if cfg.model == OFFLINE:
+        from .reward_train import offline_reward
+
+        return offline_reward(cfg)
+    if cfg.model == "vader":
+        return VaderReward()
+    path = Path(cfg.model).expanduser()
+    if cfg.model.startswith((".", "/", "~")) and not path.exists():
+        raise RewardError(f"reward.model={cfg.model!r} does not exist; fix the path")
+    return ClassifierReward(str(path) if path.exists() else cfg.model, cfg.batch_size, cfg.max_length)
+
+
+def reward_texts(records: list[dict], score_prompt: bool) -> list[str]:
+    return [(r["prompt"] + r["completion"]) if score_prompt else r["completion"] for r in records]
+
+
+def score_records(reward, records: list[dict], score_prompt: bool = True) -> list[float]:
+    """Scores for sample records, in order; empty completions score as written (no crash)."""
+    scores = reward.score(reward_texts(records, score_prompt)).tolist()
+    assert all(math.isfinite(s) for s in scores)
+    return scores

@@ -1,0 +1,170 @@
+"""Fast batched sampling: one prompt prefill shared by its N samples, a hand-written KV-cache
+decode loop, cumsum+searchsorted categorical sampling, finished rows dropped from the batch.
+
+Returns plain records; `sample_to_file` streams them to JSONL prompt by prompt and resumes
+after an interrupt without redoing finished prompts. For a batch of prompts [a b c] and N=2
+the decode batch is [a a b b c c]: `repeat_interleave` of the prefilled cache.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import SampleConfig
+from .io import JsonlAppender
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k / nucleus filtering (both off by default): masked entries become -inf.  # (B, V)"""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cum - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        logits = logits.scatter(-1, idx, sorted_logits.masked_fill(remove, float("-inf")))
+    return logits
+
+
+def categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one index per row of `probs` (B, V) by inverse CDF: cumsum + searchsorted.
+
+    ~7x faster than torch.multinomial over a 50k vocabulary on CPU, same distribution.
+    """
+    cdf = probs.float().cumsum(-1)  # (B, V)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * cdf[:, -1:]  # (B, 1)
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.size(-1) - 1).squeeze(1)  # (B,)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[[5, 6, 7], [8]] -> ids [[5, 6, 7], [p, p, 8]], mask [[1, 1, 1], [0, 0, 1]]."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def sample_batch(model, prompts: list[list[int]], n: int, cfg: SampleConfig, stop_ids: list[int],
+                 pad_id: int, generator: torch.Generator | None = None,
+                 max_new_tokens: int | None = None) -> list[list[int]]:
+    """N completions for each prompt; returns P*N token lists (prompt-major), each ending at
+    its stop token (kept, so DPO learns to stop) or at max_new_tokens."""
+    dev = next(model.parameters()).device
+    max_new = max_new_tokens or cfg.max_new_tokens
+    ids, attn = left_pad(prompts, pad_id)  # (P, L)
+    ids, attn = ids.to(dev), attn.to(dev)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # (P, L)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    cache = out.cache
+    cache.batch_repeat_interleave(n)
+    logits = out.logits[:, -1].float().repeat_interleave(n, 0)  # (B, V), B = P*N
+    attn = attn.repeat_interleave(n, 0)  # (B, L)
+    next_pos = pos[:, -1:].repeat_interleave(n, 0) + 1  # (B, 1)
+    B = logits.size(0)
+    tokens = torch.full((B, max_new), pad_id, dtype=torch.long)
+    lengths = torch.zeros(B, dtype=torch.long)
+    active = torch.arange(B)
+    stops = torch.tensor(stop_ids, device=dev)
+    for t in range(max_new):
+        logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+        tok = categorical(logits.softmax(-1), generator).to(dev)  # (A,)
+        tokens[active, t] = tok.cpu()
+        lengths[active] = t + 1
+        keep = ~torch.isin(tok, stops)  # (A,)
+        if t == max_new - 1 or not keep.any():
+            break
+        if not keep.all():  # drop finished rows: later steps only pay for live sequences
+            idx = keep.nonzero().squeeze(1)
+            cache.batch_select_indices(idx)
+            active, tok, attn, next_pos = active[idx.cpu()], tok[idx], attn[idx], next_pos[idx]
+        attn = torch.cat([attn, attn.new_ones(attn.size(0), 1)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
+                    cache=cache, use_cache=True)
+        logits = out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    return [tokens[i, : lengths[i]].tolist() for i in range(B)]
+
+
+def _batch_seed(seed: int, prompts: list[dict]) -> int:
+    """Seed a batch from the run seed and its prompt ids: resume reproduces the same draws."""
+    key = f"{seed}:" + ",".join(p["id"] for p in prompts)
+    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16)
+
+
+def _batches(prompts: list[dict], per_batch: int) -> Iterator[list[dict]]:
+    """Length-bucketed batches: prompts sorted by token length, so padding stays minimal."""
+    ordered = sorted(prompts, key=lambda p: (len(p["ids"]), p["id"]))
+    for i in range(0, len(ordered), per_batch):
+        yield ordered[i : i + per_batch]
+
+
+def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleConfig,
+                   stop_ids: list[int], done: set[str] = frozenset(), desc: str = "sampling",
+                   max_new_tokens: int | None = None) -> Iterator[list[dict]]:
+    """Yield, batch by batch, records {prompt_id, sample, prompt, completion, completion_ids,
+    finished} for prompts not in `done`."""
+    todo = [p for p in prompts if p["id"] not in done]
+    per_batch = max(1, cfg.batch_size // n)
+    max_new = max_new_tokens or cfg.max_new_tokens
+    bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False)
+    for batch in _batches(todo, per_batch):
+        gen = torch.Generator().manual_seed(_batch_seed(cfg.seed, batch))
+        if cfg.backend == "generate":
+            comps = sample_with_generate(model, tokenizer, [p["ids"] for p in batch], n, cfg, max_new)
+        else:
+            comps = sample_batch(model, [p["ids"] for p in batch], n, cfg, stop_ids,
+                                 tokenizer.pad_token_id, gen, max_new)
+        recs = []
+        for j, c in enumerate(comps):
+            p = batch[j // n]
+            finished = bool(c) and c[-1] in stop_ids
+            text_ids = c[:-1] if finished else c
+            recs.append({"prompt_id": p["id"], "sample": j % n, "prompt": p["text"],
+                         "completion": tokenizer.decode(text_ids, skip_special_tokens=True),
+                         "completion_ids": c, "finished": finished})
+        bar.update(len(recs))
+        yield recs
+    bar.close()
+
+
+def sample_with_generate(model, tokenizer, prompts: list[list[int]], n: int, cfg: SampleConfig,
+                         max_new: int) -> list[list[int]]:
+    """Baseline backend: HF `generate` on left-padded prompts (num_return_sequences=n)."""
+    dev = next(model.parameters()).device
+    ids, attn = left_pad(prompts, tokenizer.pad_token_id)
+    out = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), do_sample=True,
+                         top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature,
+                         max_new_tokens=max_new, num_return_sequences=n,
+                         pad_token_id=tokenizer.pad_token_id)
+    stops = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
+                else [model.generation_config.eos_token_id, tokenizer.eos_token_id])
+    res = []
+    for row in out[:, ids.size(1):].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+        res.append(row[:cut])
+    return res
+
+
+def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: SampleConfig,
+                   stop_ids: list[int], desc: str = "sampling", max_new_tokens: int | None = None) -> list[dict]:
+    """Stream samples to `path` (JSONL); prompts already complete there are skipped (resume)."""
+    app = JsonlAppender(path)
+    counts: dict[str, int] = {}
+    for r in app.records:
+        counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + 1
+    done = {pid for pid, c in counts.items() if c >= n}
+    if len(done) < len(counts):  # a prompt with partial samples (not possible via extend, but be safe)
+        app.records = [r for r in app.records if r["prompt_id"] in done]
+    for recs in sample_records(model, tokenizer, prompts, n, cfg, stop_ids, done, desc, max_new_tokens):
+        app.extend(recs)
+    order = {p["id"]: i for i, p in enumerate(prompts)}
+    return sorted((r for r in app.records if r["prompt_id"] in order),
+                  key=lambda r: (order[r["prompt_id"]], r["sample"]))
