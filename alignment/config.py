@@ -98,6 +98,19 @@ class TrackConfig:
 
 
 @dataclass
+class SFTConfig:
+    base: str = OFFLINE        # model to fine-tune on reviews ("offline" = SmolLM2-135M-Instruct, or hub id/path)
+    out: str = ""              # output dir; "" = the cache's SmolLM2-135M-reviews-sft (what model.policy=offline-sft loads)
+    n_reviews: int = 300       # training reviews (train split only: eval prompts' reviews are excluded)
+    n_eval_reviews: int = 64   # held-out reviews for perplexity before/after
+    max_tokens: int = 128      # truncate each review to this many tokens
+    epochs: int = 1            # passes over the reviews
+    lr: float = 5e-5           # AdamW learning rate
+    batch_size: int = 8        # reviews per optimizer step
+    seed: int = 0              # shuffle / sampling seed
+
+
+@dataclass
 class Config:
     run_dir: str = "runs/default"  # everything of a run lands here
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -108,6 +121,7 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,7 +145,7 @@ def apply_overrides(cfg: Config, items: dict[str, Any]) -> Config:
     """Set dotted fields, e.g. {"dpo.beta": "0.05", "run_dir": "runs/x"}; unknown keys raise."""
     for key, value in items.items():
         section, _, attr = key.rpartition(".")
-        target = getattr(cfg, section) if section else cfg
+        target = getattr(cfg, section, None) if section else cfg  # unknown section -> ConfigError below
         if not dataclasses.is_dataclass(target) or attr not in {f.name for f in fields(target)}:
             raise ConfigError(f"unknown config field {key!r}; see alignment/config.py for the fields")
         f = next(f for f in fields(target) if f.name == attr)
@@ -229,12 +243,18 @@ def validate(cfg: Config) -> None:
     p = cfg.dpo
     _check(p.loss in LOSSES, "dpo.loss", p.loss, f"choose one of {sorted(LOSSES)}")
     if p.loss == "alpha":
-        validate_alpha(p.alpha)
+        try:
+            validate_alpha(p.alpha)
+        except ValueError as e:  # surface as ConfigError like every other field
+            raise ConfigError(str(e)) from None
     _check(p.beta > 0, "dpo.beta", p.beta, "must be > 0")
     _check(0 < p.lr < 1, "dpo.lr", p.lr, "must be in (0, 1); 1e-6..1e-5 is sane for DPO")
     _check(p.epochs > 0, "dpo.epochs", p.epochs, "must be > 0")
     _check(p.batch_size > 0 and p.grad_accum > 0, "dpo.batch_size", p.batch_size, "must be > 0")
     _check(p.backend in ("native", "trl"), "dpo.backend", p.backend, "use native or trl")
     _check(cfg.eval.n_samples > 0, "eval.n_samples", cfg.eval.n_samples, "must be > 0")
+    _check(cfg.sft.n_reviews > 0 and cfg.sft.max_tokens > 8, "sft.n_reviews", cfg.sft.n_reviews,
+           "sft.n_reviews must be > 0 and sft.max_tokens > 8")
+    _check(0 < cfg.sft.lr < 1, "sft.lr", cfg.sft.lr, "must be in (0, 1)")
     _check(cfg.track.mode in ("offline", "online", "disabled"), "track.mode", cfg.track.mode,
            "use offline, online or disabled")

@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:  `make run`  (setup + the Level 1 pipeline, offline)  and  `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PRESET  ?= default
+RUN_DIR ?= runs/$(PRESET)
+
+.PHONY: setup run smoke sweep notebook test bench clean
+
+$(BIN)/.installed: requirements.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+setup: $(BIN)/.installed  ## venv + pinned requirements + offline assets (models, reviews, reward head)
+	$(BIN)/python -m alignment assets
+
+run: setup  ## Level 1 on the embedded offline default: samples, pairs, DPO sigmoid vs hinge, eval table
+	$(BIN)/python -m alignment run --preset $(PRESET) --set run_dir=$(RUN_DIR)
+
+smoke:  ## the whole Level 1 in ~1 minute
+	$(MAKE) run PRESET=smoke
+
+sweep: setup  ## Level 2/3: every divergence x seeds on the same pairs, trade-off plots
+	$(BIN)/python -m alignment sweep --preset $(PRESET) --set run_dir=$(RUN_DIR)
+
+notebook: setup  ## execute the notebook headless at SMOKE size into runs/notebook-smoke.ipynb
+	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-smoke.ipynb -p SIZE smoke --cwd .
+
+test: $(BIN)/.installed  ## unit + integration tests (tiny local models, offline), then the notebook at SMOKE size
+	$(BIN)/python -m pytest -q tests
+
+bench: setup  ## speed ratios vs baselines measured side by side (not part of CI)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf runs

@@ -1,0 +1,196 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from alignment.metrics import (
+    bootstrap_ci,
+    bootstrap_diff_ci,
+    distinct_n,
+    mean_predictive_entropy,
+    mean_std_over_seeds,
+    perplexity,
+    sequence_kl_estimate,
+    summarize_rewards,
+    unigram_token_entropy,
+)
+
+
+# ---- token entropy
+
+
+def test_unigram_entropy_two_equiprobable_tokens():
+    assert unigram_token_entropy([[0, 1], [0, 1]]) == pytest.approx(math.log(2))
+
+
+def test_unigram_entropy_single_token_is_zero():
+    assert unigram_token_entropy([[5, 5, 5]]) == pytest.approx(0.0)
+
+
+def test_unigram_entropy_pools_across_texts():
+    # pooled counts {1: 2, 2: 1, 3: 1} -> p = (1/2, 1/4, 1/4)
+    expected = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+    assert unigram_token_entropy([[1, 2], [1, 3]]) == pytest.approx(expected)
+
+
+def test_unigram_entropy_empty_raises():
+    with pytest.raises(ValueError):
+        unigram_token_entropy([])
+    with pytest.raises(ValueError):
+        unigram_token_entropy([[], []])
+
+
+# ---- distinct-n
+
+
+def test_distinct_1_and_2():
+    seqs = [[1, 2, 1, 2]]
+    assert distinct_n(seqs, 1) == pytest.approx(2 / 4)
+    # bigrams (1,2),(2,1),(1,2) -> 2 unique / 3
+    assert distinct_n(seqs, 2) == pytest.approx(2 / 3)
+
+
+def test_distinct_2_pooled_no_cross_boundary():
+    # bigrams: (1,2) and (1,2) -> 1/2 ; (2,1) across boundary must not be counted
+    assert distinct_n([[1, 2], [1, 2]], 2) == pytest.approx(0.5)
+    assert distinct_n([[1, 2, 3], [4, 5]], 2) == pytest.approx(1.0)
+
+
+def test_distinct_no_ngrams_is_zero():
+    assert distinct_n([[1], [2]], 2) == 0.0
+    assert distinct_n([], 1) == 0.0
+
+
+# ---- predictive entropy
+
+
+def test_predictive_entropy_uniform_is_log_v():
+    V = 7
+    logits = torch.zeros(2, 3, V)  # (B, T, V)
+    mask = torch.ones(2, 3)
+    out = mean_predictive_entropy(logits, mask)
+    assert out.shape == (2,)
+    assert torch.allclose(out, torch.full((2,), math.log(V)), atol=1e-6)
+
+
+def test_predictive_entropy_peaked_is_near_zero():
+    logits = torch.zeros(1, 4, 5)
+    logits[..., 2] = 100.0
+    out = mean_predictive_entropy(logits, torch.ones(1, 4, dtype=torch.bool))
+    assert out.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_predictive_entropy_mask_respected():
+    V = 4
+    logits = torch.zeros(1, 4, V)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    base = mean_predictive_entropy(logits, mask)
+    garbage = logits.clone()
+    garbage[0, 2] = torch.tensor([1e4, -1e4, float("inf"), float("nan")])
+    garbage[0, 3] = torch.randn(V) * 50
+    out = mean_predictive_entropy(garbage, mask)
+    assert torch.allclose(out, base)
+    assert out.item() == pytest.approx(math.log(V), abs=1e-6)
+
+
+def test_predictive_entropy_half_precision_input():
+    logits = torch.zeros(1, 2, 3, dtype=torch.bfloat16)
+    out = mean_predictive_entropy(logits, torch.ones(1, 2))
+    assert out.dtype == torch.float32
+    assert out.item() == pytest.approx(math.log(3), abs=1e-5)
+
+
+# ---- KL / perplexity
+
+
+def test_sequence_kl_estimate():
+    pol = torch.tensor([-1.0, -2.0, -3.0])
+    ref = torch.tensor([-2.0, -2.0, -6.0])
+    assert sequence_kl_estimate(pol, ref) == pytest.approx((1 + 0 + 3) / 3)
+    assert sequence_kl_estimate(pol, pol) == 0.0
+
+
+def test_perplexity():
+    # total logp = -(2 ln2 + 2 ln2) over 4 tokens -> ppl = 2
+    lp = torch.tensor([-2 * math.log(2), -2 * math.log(2)])
+    n = torch.tensor([2, 2])
+    assert perplexity(lp, n) == pytest.approx(2.0)
+    # corpus-level pooling: ppl = exp(6/3)
+    assert perplexity(torch.tensor([-1.0, -5.0]), torch.tensor([1, 2])) == pytest.approx(math.exp(2.0))
+
+
+# ---- bootstrap
+
+
+def test_bootstrap_ci_contains_mean_and_deterministic():
+    rng = np.random.default_rng(1)
+    x = rng.normal(3.0, 1.0, size=200)
+    p, lo, hi = bootstrap_ci(x, seed=5)
+    assert p == pytest.approx(x.mean())
+    assert lo < p < hi
+    assert bootstrap_ci(x, seed=5) == (p, lo, hi)
+
+
+def test_bootstrap_ci_narrows_with_more_data():
+    rng = np.random.default_rng(2)
+    small = rng.normal(size=20)
+    big = rng.normal(size=2000)
+    _, lo_s, hi_s = bootstrap_ci(small)
+    _, lo_b, hi_b = bootstrap_ci(big)
+    assert (hi_b - lo_b) < (hi_s - lo_s) / 3
+
+
+def test_bootstrap_ci_custom_stat():
+    p, lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 100.0], stat=np.median)
+    assert p == pytest.approx(2.5)
+    assert lo <= p <= hi
+
+
+def test_bootstrap_diff_ci_separated_excludes_zero():
+    rng = np.random.default_rng(3)
+    a = rng.normal(1.0, 0.5, size=100)
+    b = rng.normal(0.0, 0.5, size=100)
+    d, lo, hi = bootstrap_diff_ci(a, b)
+    assert d == pytest.approx(a.mean() - b.mean())
+    assert 0.0 < lo < d < hi
+
+
+def test_bootstrap_diff_ci_identical_includes_zero():
+    x = np.random.default_rng(4).normal(size=100)
+    d, lo, hi = bootstrap_diff_ci(x, x.copy())
+    assert d == 0.0
+    assert lo < 0.0 < hi
+    assert bootstrap_diff_ci(x, x.copy()) == (d, lo, hi)
+
+
+# ---- summaries / NaN handling
+
+
+def test_summarize_rewards():
+    s = summarize_rewards([1.0, 2.0, 3.0, 4.0])
+    assert set(s) == {"mean", "median", "std", "ci_lo", "ci_hi", "n"}
+    assert s["mean"] == pytest.approx(2.5)
+    assert s["median"] == pytest.approx(2.5)
+    assert s["std"] == pytest.approx(np.std([1, 2, 3, 4]))
+    assert s["n"] == 4
+    assert s["ci_lo"] <= s["mean"] <= s["ci_hi"]
+
+
+def test_nan_rewards_raise_with_count():
+    with pytest.raises(ValueError, match="2 NaN"):
+        summarize_rewards([1.0, float("nan"), 2.0, float("nan")])
+    with pytest.raises(ValueError, match="1 NaN"):
+        bootstrap_ci([float("nan"), 1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_diff_ci([1.0, 2.0], torch.tensor([float("nan")]))
+
+
+def test_mean_std_over_seeds():
+    rows = [{"r": 1.0, "kl": 2.0}, {"r": 3.0, "kl": 2.0}]
+    out = mean_std_over_seeds(rows, ["r", "kl"])
+    assert out["r"] == pytest.approx((2.0, math.sqrt(2.0)))  # ddof=1
+    assert out["kl"] == pytest.approx((2.0, 0.0))
+    assert mean_std_over_seeds([{"r": 5.0}], ["r"]) == {"r": (5.0, 0.0)}
+    with pytest.raises(ValueError):
+        mean_std_over_seeds(rows, ["missing"])

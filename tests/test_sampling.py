@@ -1,0 +1,263 @@
+import dataclasses
+
+import pytest
+import torch
+
+import alignment.sampling as S
+from alignment.config import SampleConfig
+from alignment.io import read_jsonl
+from alignment.logprobs import batched_logps
+from alignment.models import load_causal_lm, load_tokenizer, stop_token_ids
+
+PROMPTS = [[52, 72, 265, 285], [80, 81], [100, 120, 140, 160, 180, 200, 220], [7]]
+STOPS_MANY = list(range(0, 400, 10))  # 40 of 400 ids: sequences stop at varied steps
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def lm(request, tiny_gpt2_dir, tiny_llama_dir):
+    path = {"gpt2": tiny_gpt2_dir, "llama": tiny_llama_dir}[request.param]
+    return load_causal_lm(path, torch.float32, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_gpt2_dir):
+    return load_causal_lm(tiny_gpt2_dir, torch.float32, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_gpt2_dir):
+    return load_tokenizer(tiny_gpt2_dir)
+
+
+# ---- pure helpers
+
+
+def test_left_pad_docstring_example():
+    ids, mask = S.left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert torch.equal(ids, torch.tensor([[5, 6, 7], [0, 0, 8]]))
+    assert torch.equal(mask, torch.tensor([[1, 1, 1], [0, 0, 1]]))
+    ids, mask = S.left_pad([[1], [2]], pad_id=9)
+    assert torch.equal(ids, torch.tensor([[1], [2]])) and mask.all()
+
+
+def test_categorical_matches_probs():
+    probs = torch.tensor([0.1, 0.2, 0.7]).expand(20_000, 3)
+    draws = S.categorical(probs, torch.Generator().manual_seed(0))
+    assert draws.shape == (20_000,) and draws.dtype == torch.long
+    freq = torch.bincount(draws, minlength=3).float() / 20_000
+    assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7]), atol=0.01), freq
+
+
+def test_categorical_unnormalized_zero_mass_and_deterministic():
+    probs = torch.tensor([0.0, 2.0, 0.0, 6.0, 0.0]).expand(20_000, 5)  # unnormalized, zeros inside
+    a = S.categorical(probs, torch.Generator().manual_seed(1))
+    b = S.categorical(probs, torch.Generator().manual_seed(1))
+    c = S.categorical(probs, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    counts = torch.bincount(a, minlength=5)
+    assert counts[0] == counts[2] == counts[4] == 0
+    assert abs(counts[3].item() / 20_000 - 0.75) < 0.01
+    onehot = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    assert S.categorical(onehot).tolist() == [2, 0]
+
+
+def test_filter_logits_top_k():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [4.0, 3.0, 2.0, 1.0]])
+    out = S.filter_logits(logits, top_k=2)
+    inf = float("-inf")
+    assert torch.equal(out, torch.tensor([[inf, 3.0, 2.0, inf], [4.0, 3.0, inf, inf]]))
+    assert torch.equal(S.filter_logits(logits, top_k=0), logits)
+    assert torch.equal(S.filter_logits(logits, top_k=10), logits)  # k > V keeps all
+
+
+def test_filter_logits_top_p():
+    p = torch.tensor([[0.15, 0.5, 0.05, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    logits = p.log()
+    # row 0 sorted: 0.5 (idx1), 0.3 (idx3), 0.15 (idx0), 0.05 (idx2); mass before: 0, .5, .8, .95
+    keep = lambda out: torch.isfinite(out).tolist()  # noqa: E731
+    assert keep(S.filter_logits(logits, top_p=0.4))[0] == [False, True, False, False]
+    assert keep(S.filter_logits(logits, top_p=0.6))[0] == [False, True, False, True]
+    assert keep(S.filter_logits(logits, top_p=0.85))[0] == [True, True, False, True]
+    assert keep(S.filter_logits(logits, top_p=1.0))[0] == [True] * 4
+    # uniform row: top_p=0.6 keeps 3 of 4 (mass before the 3rd is 0.5 < 0.6)
+    assert sum(keep(S.filter_logits(logits, top_p=0.6))[1]) == 3
+    # kept entries keep their values; combined with top_k
+    out = S.filter_logits(logits, top_k=1, top_p=0.85)
+    assert keep(out)[0] == [False, True, False, False] and out[0, 1] == logits[0, 1]
+
+
+# ---- sample_batch on real (tiny) models
+
+
+def test_sample_batch_shapes_and_stops(lm):
+    cfg = SampleConfig(max_new_tokens=12)
+    out = S.sample_batch(lm, PROMPTS, 3, cfg, STOPS_MANY, 0, torch.Generator().manual_seed(0))
+    assert len(out) == len(PROMPTS) * 3
+    assert all(1 <= len(c) <= 12 for c in out)
+    stops = set(STOPS_MANY)
+    for c in out:
+        assert not stops & set(c[:-1])  # a stop id only ever ends a list
+        assert len(c) == 12 or c[-1] in stops
+    assert any(c[-1] in stops for c in out) and any(len(c) < 12 for c in out)
+    assert S.sample_batch(lm, PROMPTS, 2, cfg, STOPS_MANY, 0, max_new_tokens=3) and \
+        all(len(c) <= 3 for c in S.sample_batch(lm, PROMPTS, 2, cfg, STOPS_MANY, 0, max_new_tokens=3))
+
+
+def test_kv_cache_step_distributions_equal_full_forward(lm, monkeypatch):
+    """Every per-step distribution the sampler draws from (KV cache, left padding, rows dropped
+    as they finish) equals softmax of a full unpadded forward over prompt + tokens so far."""
+    seen = []
+    real = S.categorical
+
+    def spy(probs, generator=None):
+        seen.append(probs.clone())
+        return real(probs, generator)
+
+    monkeypatch.setattr(S, "categorical", spy)
+    n, cfg = 3, SampleConfig(max_new_tokens=10, temperature=0.7)
+    comps = S.sample_batch(lm, PROMPTS, n, cfg, STOPS_MANY, 0, torch.Generator().manual_seed(3))
+    assert len(seen) == max(len(c) for c in comps)
+    expected = {}
+    with torch.no_grad():
+        for i, c in enumerate(comps):
+            p = PROMPTS[i // n]
+            ids = torch.tensor([p + c])
+            logits = lm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]  # (T, V)
+            expected[i] = torch.softmax(logits[len(p) - 1 : len(p) - 1 + len(c)] / 0.7, -1)
+    for t, probs in enumerate(seen):
+        active = [i for i, c in enumerate(comps) if len(c) > t]
+        assert probs.shape == (len(active), lm.config.vocab_size)
+        for r, i in enumerate(active):
+            assert torch.allclose(probs[r], expected[i][t], atol=1e-5), (t, i)
+    # sum of the sampler's own log-probs == alignment.logprobs full-forward log-prob (temperature 1)
+    seen.clear()
+    cfg1 = SampleConfig(max_new_tokens=8)
+    comps = S.sample_batch(lm, PROMPTS, 2, cfg1, STOPS_MANY, 0, torch.Generator().manual_seed(4))
+    own = torch.zeros(len(comps))
+    for t, probs in enumerate(seen):
+        active = [i for i, c in enumerate(comps) if len(c) > t]
+        for r, i in enumerate(active):
+            own[i] += probs[r, comps[i][t]].log()
+    full = batched_logps(lm, [PROMPTS[i // 2] for i in range(len(comps))], comps, 0)
+    assert torch.isfinite(full).all()
+    assert torch.allclose(own, full, atol=1e-4)
+
+
+def test_greedy_matches_hf_generate(lm):
+    cfg = SampleConfig(max_new_tokens=10, temperature=1e-4)
+    ours = S.sample_batch(lm, PROMPTS, 2, cfg, [0], 0, torch.Generator().manual_seed(0))
+    ids, mask = S.left_pad(PROMPTS, 0)
+    with torch.no_grad():
+        gen = lm.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10,
+                          pad_token_id=0, eos_token_id=0)
+    for j, row in enumerate(gen[:, ids.size(1):].tolist()):
+        cut = row[: row.index(0) + 1] if 0 in row else row
+        assert ours[2 * j] == cut and ours[2 * j + 1] == cut, j
+    # prompts of different lengths really produced different continuations
+    assert len({tuple(c) for c in ours}) > 1
+
+
+def test_first_token_distribution(gpt2):
+    prompt = [PROMPTS[0]]
+    with torch.no_grad():
+        logits = gpt2(input_ids=torch.tensor(prompt)).logits[0, -1]
+
+    def tv(cfg, n=3000, seed=0):
+        draws = S.sample_batch(gpt2, prompt, n, cfg, [0], 0, torch.Generator().manual_seed(seed), 1)
+        emp = torch.bincount(torch.tensor([c[0] for c in draws]), minlength=logits.numel()).float() / n
+        target = torch.softmax(S.filter_logits(logits[None] / cfg.temperature, cfg.top_k, cfg.top_p)[0], -1)
+        return 0.5 * (emp - target).abs().sum().item(), target
+
+    # top-k 10: few outcomes, so 3000 draws pin the distribution down to TV < 0.05
+    d, target = tv(SampleConfig(top_k=10))
+    assert d < 0.05, d
+    d, _ = tv(SampleConfig(top_p=0.05, temperature=0.5))
+    assert d < 0.05, d
+    # pure sampling over the whole vocab: TV is dominated by sampling noise; compare with the
+    # noise floor of torch.multinomial draws from the exact softmax
+    d, target = tv(SampleConfig())
+    g = torch.Generator().manual_seed(1)
+    floor = sum(0.5 * (torch.bincount(torch.multinomial(target, 3000, True, generator=g),
+                                      minlength=target.numel()).float() / 3000 - target).abs().sum().item()
+                for _ in range(5)) / 5
+    assert d < floor + 0.03, (d, floor)
+
+
+# ---- records, files, resume
+
+
+def _prompt_records(tok):
+    texts = ["This movie was", "I hated", "What a wonderful surprise", "Boring"]
+    return [{"id": f"p{i}", "text": t, "ids": tok(t, add_special_tokens=False)["input_ids"]}
+            for i, t in enumerate(texts)]
+
+
+def test_sample_records_fields_and_reproducible(gpt2, tok):
+    prompts = _prompt_records(tok)
+    cfg = SampleConfig(max_new_tokens=6, batch_size=6, seed=5)
+    stops = stop_token_ids(tok, gpt2) + STOPS_MANY[1:]
+    run = lambda c: [r for b in S.sample_records(gpt2, tok, prompts, 3, c, stops) for r in b]  # noqa: E731
+    a, b = run(cfg), run(cfg)
+    assert a == b
+    assert run(dataclasses.replace(cfg, seed=6)) != a
+    assert len(a) == 12
+    assert sorted((r["prompt_id"], r["sample"]) for r in a) == [(f"p{i}", j) for i in range(4) for j in range(3)]
+    for r in a:
+        c = r["completion_ids"]
+        assert r["finished"] == (c[-1] in stops)
+        body = c[:-1] if r["finished"] else c
+        assert r["completion"] == tok.decode(body, skip_special_tokens=True)
+        assert r["prompt"] == prompts[int(r["prompt_id"][1])]["text"]
+    done = {"p0", "p2"}
+    rest = [r for b in S.sample_records(gpt2, tok, prompts, 3, cfg, stops, done=done) for r in b]
+    assert {r["prompt_id"] for r in rest} == {"p1", "p3"}
+
+
+def test_sample_to_file_resume_is_exact(gpt2, tok, tmp_path, monkeypatch):
+    prompts = _prompt_records(tok)
+    n = 3
+    cfg = SampleConfig(max_new_tokens=8, batch_size=n, seed=11)  # one prompt per batch
+    stops = stop_token_ids(tok, gpt2)
+    full = S.sample_to_file(tmp_path / "a.jsonl", gpt2, tok, prompts, n, cfg, stops)
+    assert [(r["prompt_id"], r["sample"]) for r in full] == [(f"p{i}", j) for i in range(4) for j in range(n)]
+    reference = (tmp_path / "a.jsonl").read_bytes()
+
+    # interrupted run: first batch's records plus half of the next line survive
+    path = tmp_path / "b.jsonl"
+    S.sample_to_file(path, gpt2, tok, prompts, n, cfg, stops)
+    lines = path.read_bytes().splitlines(keepends=True)
+    first = [read_jsonl(tmp_path / "a.jsonl")[i]["prompt_id"] for i in range(n)]
+    assert len(set(first)) == 1
+    path.write_bytes(b"".join(lines[:n]) + lines[n][: len(lines[n]) // 2])
+
+    calls = []
+    real = S.sample_batch
+
+    def counting(model, batch_prompts, *a, **k):
+        calls.append([list(p) for p in batch_prompts])
+        return real(model, batch_prompts, *a, **k)
+
+    monkeypatch.setattr(S, "sample_batch", counting)
+    resumed = S.sample_to_file(path, gpt2, tok, prompts, n, cfg, stops)
+    assert len(calls) == 3  # only the 3 missing prompts were sampled
+    done_ids = next(p["ids"] for p in prompts if p["id"] == first[0])
+    assert done_ids not in [c[0] for c in calls]
+    assert path.read_bytes() == reference
+    assert resumed == full
+    # nothing left to do: a rerun samples nothing
+    calls.clear()
+    assert S.sample_to_file(path, gpt2, tok, prompts, n, cfg, stops) == full and calls == []
+
+
+def test_generate_backend(gpt2, tok):
+    prompts = _prompt_records(tok)
+    cfg = SampleConfig(max_new_tokens=5, batch_size=8, backend="generate", seed=0)
+    stops = stop_token_ids(tok, gpt2)
+    recs = [r for b in S.sample_records(gpt2, tok, prompts, 2, cfg, stops) for r in b]
+    assert len(recs) == 8
+    assert sorted((r["prompt_id"], r["sample"]) for r in recs) == [(f"p{i}", j) for i in range(4) for j in range(2)]
+    for r in recs:
+        c = r["completion_ids"]
+        assert 1 <= len(c) <= 5
+        assert not set(stops) & set(c[:-1])
+        assert r["finished"] == (c[-1] in stops)

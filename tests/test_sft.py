@@ -1,0 +1,112 @@
+"""SFT stage on a tiny random GPT-2 (conftest fixtures): split hygiene, masks, training,
+caching, atomic output and resume after an interrupt. Offline, a few seconds."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignment import sft
+from alignment.config import load_config
+from alignment.data import build_prompts
+
+
+def _cfg(source, base, out, run_dir, **extra):
+    sets = {"data.source": source, "data.n_eval_prompts": 8, "data.n_train_prompts": 8,
+            "sft.base": base, "sft.out": out, "sft.n_reviews": 24, "sft.n_eval_reviews": 8,
+            "sft.max_tokens": 48, "sft.batch_size": 4, "sft.lr": 5e-3, "sft.epochs": 2,
+            "track.mode": "disabled", "run_dir": str(run_dir)}
+    sets.update(extra)
+    return load_config(overrides=sets)
+
+
+@pytest.fixture(scope="module")
+def trained(reviews_csv, tiny_gpt2_dir, tmp_path_factory):
+    """One uninterrupted run to the default output (the isolated ALIGNMENT_CACHE)."""
+    cfg = _cfg(reviews_csv, tiny_gpt2_dir, "", tmp_path_factory.mktemp("run"))
+    return cfg, sft.run_sft(cfg)
+
+
+def test_splits_exclude_eval_prompt_reviews(reviews_csv, tiny_gpt2_dir, tiny_tokenizer, tmp_path):
+    cfg = _cfg(reviews_csv, tiny_gpt2_dir, str(tmp_path / "o"), tmp_path)
+    train, held = sft.sft_splits(cfg, tiny_tokenizer)
+    eval_ids = {r["review_id"] for r in build_prompts(cfg.data, tiny_tokenizer)["eval"]}
+    assert len(train) == 24 and len(held) == 8
+    train_ids, held_ids = {r.id for r in train}, {r.id for r in held}
+    assert not train_ids & eval_ids and not held_ids & eval_ids and not train_ids & held_ids
+    assert not {r.text for r in train} & {r.text for r in held}
+    assert sft.sft_splits(cfg, tiny_tokenizer)[0] == train  # seeded, deterministic
+
+
+def test_eos_and_masks_come_from_lengths(tiny_tokenizer, tiny_gpt2_dir):
+    from transformers import AutoModelForCausalLM
+
+    eos = tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.pad_token_id == eos  # the case value-derived masks get wrong
+    short, long_ = sft.encode_reviews(tiny_tokenizer, ["A fine film.", "The plot is excellent, really. " * 10], 20)
+    assert short[-1] == eos and len(long_) == 20 and long_[-1] != eos  # cut reviews get no fake stop
+    ids, mask = sft.pad_right([short, long_], eos)
+    assert mask.sum().item() == len(short) + len(long_) and ids[0, len(short) - 1] == eos
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    _, n = sft.batch_nll(model, [short, long_], eos)
+    assert n == len(short) - 1 + len(long_) - 1  # the real EOS is a target, pads are not
+
+
+def test_sft_trains_saves_and_excludes_eval(trained, tiny_gpt2_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignment.assets import cache_root
+    from alignment.models import resolve_policy
+
+    cfg, m = trained
+    out = cache_root() / "models" / "SmolLM2-135M-reviews-sft"
+    assert m["out"] == str(out) and resolve_policy("offline-sft") == str(out)
+    assert (out / "sft_metrics.json").exists() and (out / "sft_meta.json").exists()
+    assert not (out / "ckpt.pt").exists() and not out.with_name(f".{out.name}.tmp").exists()
+    AutoTokenizer.from_pretrained(out)
+    new = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    old = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).state_dict()
+    assert any(not torch.equal(new[k], old[k]) for k in old)
+    assert m["ppl_after"] < m["ppl_before"]
+    assert m["steps"] == 12 == len(m["train_loss"]) and m["n_train_reviews"] == 24 and m["n_eval_reviews"] == 8
+    assert len(m["samples_before"]) == 3 == len(m["samples_after"])
+    assert [s["prompt"] for s in m["samples_before"]] == [s["prompt"] for s in m["samples_after"]]
+
+
+def test_cached_call_does_not_retrain(trained, monkeypatch):
+    cfg, m = trained
+
+    def boom(step):
+        raise AssertionError("retrained")
+
+    monkeypatch.setattr(sft, "_after_step", boom)
+    assert sft.run_sft(cfg) == m
+
+
+def test_resume_after_interrupt(trained, reviews_csv, tiny_gpt2_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    _, full = trained
+    cfg = _cfg(reviews_csv, tiny_gpt2_dir, str(tmp_path / "model"), tmp_path)
+    monkeypatch.setattr(sft, "CKPT_EVERY", 4)
+
+    def kill(step):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sft, "_after_step", kill)
+    with pytest.raises(KeyboardInterrupt):
+        sft.run_sft(cfg)
+    tmp = tmp_path / ".model.tmp"
+    assert not (tmp_path / "model").exists() and (tmp / "ckpt.pt").exists()
+
+    seen = []
+    monkeypatch.setattr(sft, "_after_step", seen.append)
+    m = sft.run_sft(cfg)
+    assert seen == list(range(5, 13)) and m["resumed_from_step"] == 4
+    assert not tmp.exists() and (tmp_path / "model" / "model.safetensors").exists()
+    # Same schedule, optimizer state and RNG: the resumed run ends where the uninterrupted one did.
+    assert m["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)
+    assert m["ppl_after"] == pytest.approx(full["ppl_after"], rel=1e-5)
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(full["out"]).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -1,0 +1,123 @@
+import math
+import random
+
+import pytest
+import torch
+
+from alignment.config import DPOConfig
+from alignment.io import read_json, read_jsonl
+from alignment.models import load_causal_lm
+from alignment.train import lr_at, reference_logps, train_dpo
+
+PAD = 0
+
+
+def _pairs(n=8, seed=0):
+    rng = random.Random(seed)
+    prompts = {f"p{i}": [rng.randrange(1, 400) for _ in range(rng.randint(2, 6))] for i in range(n)}
+    pairs = []
+    for i in range(n):
+        ch = [rng.randrange(1, 400) for _ in range(rng.randint(1, 6))]
+        rj = [rng.randrange(1, 400) for _ in range(rng.randint(1, 6))]
+        if i % 3 == 0:
+            ch.append(PAD)  # a real EOS (== pad id) at the end of a completion
+        pairs.append({"prompt_id": f"p{i}", "chosen_ids": ch, "rejected_ids": rj})
+    return pairs, prompts
+
+
+def _load(path):
+    return load_causal_lm(path, torch.float32, torch.device("cpu"), train=True)
+
+
+@pytest.fixture(scope="module")
+def data(tiny_gpt2_dir):
+    pairs, prompts = _pairs()
+    ref_model = load_causal_lm(tiny_gpt2_dir, torch.float32, torch.device("cpu"))
+    ref = reference_logps(ref_model, pairs, prompts, PAD, batch_size=3)
+    return pairs, prompts, ref
+
+
+def test_reference_logps_shapes(data):
+    pairs, _, (ch, rj) = data
+    assert ch.shape == rj.shape == (len(pairs),)
+    assert torch.isfinite(ch).all() and (ch < 0).all() and (rj < 0).all()
+
+
+def test_train_dpo_updates_and_logs(tiny_gpt2_dir, data, tmp_path):
+    pairs, prompts, ref = data
+    model = _load(tiny_gpt2_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = DPOConfig(lr=1e-3, batch_size=4, epochs=2, warmup_ratio=0.25)
+    log = train_dpo(model, pairs, prompts, ref, cfg, PAD, tmp_path)
+    assert len(log) == 4 and [r["step"] for r in log] == [1, 2, 3, 4]
+    keys = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+            "logps/chosen", "logps/rejected", "grad_norm", "lr", "epoch", "step"}
+    for r in log:
+        assert keys <= set(r) and all(math.isfinite(r[k]) for k in keys)
+        assert 0.0 <= r["rewards/accuracies"] <= 1.0
+        assert r["rewards/margins"] == pytest.approx(r["rewards/chosen"] - r["rewards/rejected"], abs=1e-6)
+    assert [r["lr"] for r in log] == pytest.approx([lr_at(s, 4, cfg) for s in range(4)])
+    assert log[-1]["epoch"] == pytest.approx(2.0)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and any("h.0" in k for k in changed)
+    assert not model.training
+    assert read_jsonl(tmp_path / "train_log.jsonl") == log
+    assert read_json(tmp_path / "train_summary.json") == log[-1]
+    assert not (tmp_path / "ckpt").exists()
+    # training on these pairs raises the chosen-vs-rejected margin
+    assert log[-1]["rewards/margins"] > log[0]["rewards/margins"]
+
+
+def test_first_step_loss_is_log2_when_policy_equals_ref(tiny_gpt2_dir, data, tmp_path):
+    """Before the first update the policy *is* the reference: implicit rewards 0, loss log 2.
+    (The checkpoint has GPT-2's default dropout 0.1, so this also checks training runs the
+    policy without dropout, as the reference log-probs were computed.)"""
+    pairs, prompts, ref = data
+    model = _load(tiny_gpt2_dir)
+    assert model.config.resid_pdrop > 0
+    log = train_dpo(model, pairs, prompts, ref, DPOConfig(lr=1e-12, batch_size=8, epochs=1), PAD, tmp_path)
+    first = log[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+    assert first["rewards/rejected"] == pytest.approx(0.0, abs=1e-5)
+    assert first["logps/chosen"] == pytest.approx(ref[0].mean().item(), abs=1e-4)
+
+
+class _InterruptAt:
+    def __init__(self, step):
+        self.step, self.seen = step, []
+
+    def log(self, metrics, step=None):
+        self.seen.append(step)
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_resume_after_interrupt_matches_uninterrupted(tiny_gpt2_dir, data, tmp_path, grad_accum):
+    pairs, prompts, ref = data
+    cfg = DPOConfig(lr=1e-3, batch_size=2, epochs=2, grad_accum=grad_accum, warmup_ratio=0.2)
+    n_steps = 8 // grad_accum
+
+    straight = _load(tiny_gpt2_dir)
+    full_log = train_dpo(straight, pairs, prompts, ref, cfg, PAD, tmp_path / "a", save_every=1)
+
+    out = tmp_path / "b"
+    first = _load(tiny_gpt2_dir)
+    tracker = _InterruptAt(2)
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(first, pairs, prompts, ref, cfg, PAD, out, tracker=tracker, save_every=1)
+    assert tracker.seen == [1, 2]
+    assert (out / "ckpt" / "state.pt").exists()
+
+    resumed = _load(tiny_gpt2_dir)  # a fresh process: weights come from the checkpoint
+    log = train_dpo(resumed, pairs, prompts, ref, cfg, PAD, out, tracker=_InterruptAt(-1), save_every=1)
+    assert [r["step"] for r in log] == list(range(1, n_steps + 1))
+    assert [r["step"] for r in read_jsonl(out / "train_log.jsonl")] == list(range(1, n_steps + 1))
+    for a, b in zip(log, full_log):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    sa, sb = straight.state_dict(), resumed.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-6), k
+    assert not (out / "ckpt").exists()
