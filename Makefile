@@ -23,8 +23,8 @@ run: setup  ## Level 1 on the embedded offline default: samples, pairs, DPO sigm
 smoke:  ## the whole Level 1 in ~1 minute
 	$(MAKE) run PRESET=smoke
 
-sweep: setup  ## Level 2/3: every divergence x seeds on the same pairs, trade-off plots
-	$(BIN)/python -m alignment sweep --preset $(PRESET) --set run_dir=$(RUN_DIR)
+sweep: setup  ## Level 2/3: every divergence x 2 seeds on the same pairs, trade-off plots (~1 h on 2 cores)
+	$(BIN)/python -m alignment sweep --preset sweep --set run_dir=runs/sweep --seeds 0,1 --alphas 0.5
 
 notebook: setup  ## execute the notebook headless at SMOKE size into runs/notebook-smoke.ipynb
 	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-smoke.ipynb -p SIZE smoke --cwd .

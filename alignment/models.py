@@ -85,10 +85,3 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     if "<|endoftext|>" in vocab:
         ids.add(vocab["<|endoftext|>"])
     return sorted(i for i in ids if i is not None)
-
-
-def set_threads() -> None:
-    """Use every core for intra-op work (torch defaults to physical cores; fine), once."""
-    n = os.cpu_count() or 1
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)

@@ -8,8 +8,6 @@ import os
 import platform
 from pathlib import Path
 
-from .evaluate import TABLE_COLS
-
 GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gain_ci_hi", "gain_ci_hi")]
 SWEEP_COLS = [("eval/reward_mean", "reward"), ("eval/token_entropy", "token_H"),
               ("eval/predictive_entropy", "pred_H"), ("eval/distinct_2", "distinct_2"),
@@ -46,6 +44,27 @@ def hardware_note(size: str, extra: str = "") -> str:
     return note + (f" {extra}" if extra else "")
 
 
+def quiet_notebook() -> None:
+    """Keep the notebook's outputs readable: no per-file 'Loading weights' bars from transformers
+    (our own sampling bars stay), no tqdm warning when ipywidgets is missing (text bars are used)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        import pandas as pd
+
+        pd.set_option("display.max_colwidth", 120)  # show whole completions in tables
+        pd.set_option("display.width", 200)
+    except ImportError:
+        pass
+
+
 # ---- rendering ---------------------------------------------------------------------------------
 def _md_cell(x) -> str:
     if isinstance(x, float):
@@ -79,9 +98,12 @@ def frame(rows: list[dict], index: str | None = None, digits: int = 3):
 def results_rows(rows: list[dict], extra: tuple[str, ...] = ()) -> list[dict]:
     """Evaluation rows (as from `pipe.evaluate` / `experiments.level1`) -> short column names,
     with the gain vs SFT and its CI where present."""
+    from .evaluate import TABLE_COLS  # lazy: importing alignment.notebook stays light
+
     out = []
     for r in rows:
-        row = {"model": r["model"], **{k: r[k] for k in extra if k in r}}
+        row = {"model": r["model"]}
+        row.update({k: (f"{r[k]:g}" if k == "lr" else r[k]) for k in extra if k in r})  # lr: no rounding to 0
         row.update({c: r[k] for k, c in TABLE_COLS})
         row.update({c: r[k] for k, c in GAIN_COLS if k in r})
         if "significant" in r:
@@ -167,6 +189,9 @@ def lr_sentence(rows: list[dict], sft: dict) -> str:
     return "; ".join(parts) + "."
 
 
+STILL_KL = 0.1  # nats: below this a policy has barely left the reference (smoke-sized runs)
+
+
 def conclusions(level1: dict, sweep: dict | None = None, sweep_gains: dict | None = None,
                 lr_rows: list[dict] | None = None) -> str:
     """Markdown conclusions built only from the results (no typed-in numbers).
@@ -179,12 +204,19 @@ def conclusions(level1: dict, sweep: dict | None = None, sweep_gains: dict | Non
     lines = ["**Level 1** (best-vs-worst pairs): " + "; ".join(
         f"`{r['model']}` reward {r['eval/reward_mean']:+.3f} vs SFT {sft['eval/reward_mean']:+.3f}, gain {_fmt_ci(r)}"
         f" — the CI {'excludes' if r['gain_ci_lo'] > 0 else 'does not exclude'} 0" for r in trained) + "."]
+    verdict = ("above SFT" if best["reward_gain"] > 0 else "yet still not above SFT, so no Level 1 loss improved "
+               "the mean reward in this run")
     lines.append(
-        f"The higher reward came from `{best['model']}`; its cost vs SFT: token entropy "
-        f"{_delta(best['eval/token_entropy'], sft['eval/token_entropy'])}, predictive entropy "
+        f"`{best['model']}` reached the highest reward of the Level 1 losses ({verdict}). Its changes vs SFT: "
+        f"token entropy {_delta(best['eval/token_entropy'], sft['eval/token_entropy'])}, predictive entropy "
         f"{_delta(best['eval/predictive_entropy'], sft['eval/predictive_entropy'])}, KL(π‖π_ref) "
         f"{best['eval/kl_to_ref']:.3f}, reference perplexity "
         f"{_delta(best['eval/ref_perplexity'], sft['eval/ref_perplexity'])}.")
+    moved = max(abs(r["eval/kl_to_ref"]) for r in trained)
+    if moved < STILL_KL:
+        lines.append(f"At this size the Level 1 policies barely moved from the reference (largest |KL| "
+                     f"{moved:.3f} nats < {STILL_KL:g}), so their reward differences are mostly sampling noise; "
+                     "use a larger SIZE (more pairs and steps) for conclusions about the losses.")
     if lr_rows:
         lines.append("**Learning rate**: " + lr_sentence(lr_rows, sft))
     if sweep and sweep["summary"]:
@@ -196,7 +228,7 @@ def conclusions(level1: dict, sweep: dict | None = None, sweep_gains: dict | Non
             f"**Sweep** ({len(sweep['summary'])} settings, {len(sweep['runs'])} runs): the highest mean reward "
             f"was `{top['label']}` (β={top['beta']:g}, {top['n_seeds']} seed(s)) at {m(top, 'eval/reward_mean'):+.3f} "
             f"vs SFT {ssft['eval/reward_mean']:+.3f}; the lowest was `{low['label']}` at {m(low, 'eval/reward_mean'):+.3f}. "
-            f"`{top['label']}` cost: token entropy {_delta(m(top, 'eval/token_entropy'), ssft['eval/token_entropy'])}, "
+            f"`{top['label']}` vs SFT: token entropy {_delta(m(top, 'eval/token_entropy'), ssft['eval/token_entropy'])}, "
             f"KL {m(top, 'eval/kl_to_ref'):.3f}, reference perplexity "
             f"{_delta(m(top, 'eval/ref_perplexity'), ssft['eval/ref_perplexity'])}.")
         if sweep_gains:

@@ -43,9 +43,6 @@ class Pipeline:
     """One run directory's stages; each returns its artifact, building it only if missing."""
 
     def __init__(self, cfg: Config):
-        from .models import set_threads
-
-        set_threads()
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """Named sizes. `smoke`: whole pipeline in minutes on 2 CPU cores (CI, notebook check).
-`default`: the CPU default behind `make run`. `full`: a GPU-sized run. `hub`: the seed's
+`default`: the CPU default behind `make run` (~10 min). `sweep`: a CPU-sized Level 2/3 sweep. `full`: a GPU-sized run. `hub`: the seed's
 real models and data (internet + GPU)."""
 
 PRESETS: dict[str, dict] = {
@@ -7,9 +7,12 @@ PRESETS: dict[str, dict] = {
         "data.n_train_prompts": 8, "data.n_eval_prompts": 8,
         "sample.n_samples": 4, "sample.max_new_tokens": 16,
         "eval.n_samples": 2, "eval.max_new_tokens": 16, "eval.n_boot": 200,
-        "dpo.epochs": 1, "dpo.batch_size": 4, "dpo.lr": 1e-5,
+        "dpo.epochs": 1, "dpo.batch_size": 4,
     },
     "default": {},
+    "sweep": {  # Level 2/3 on 2 CPU cores: half the default's pairs, 16 steps per policy
+        "data.n_train_prompts": 64, "data.n_eval_prompts": 32,
+    },
     "full": {
         "data.n_train_prompts": 2000, "data.n_eval_prompts": 256, "data.min_chars": 60,
         "sample.n_samples": 8, "sample.max_new_tokens": 48, "sample.batch_size": 512,

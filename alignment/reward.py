@@ -37,12 +37,16 @@ def _sorted_batches(texts: list[str], batch_size: int):
 class ClassifierReward:
     """An HF sequence-classification model; the reward is the logit of its positive class."""
 
-    def __init__(self, name: str, batch_size: int = 64, max_length: int = 256, device=None):
+    def __init__(self, name: str, batch_size: int = 64, max_length: int = 256, device=None,
+                 dtype: str = "float32"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from .models import pick_device, sampling_dtype
+
         self.tok = AutoTokenizer.from_pretrained(name)
-        self.model = AutoModelForSequenceClassification.from_pretrained(name).eval()
-        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or pick_device()
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            name, dtype=sampling_dtype(dtype, self.device)).eval()
         self.model.to(self.device)
         self.batch_size, self.max_length = batch_size, max_length
         self.pos = positive_index(self.model.config.id2label)
@@ -83,12 +87,14 @@ class EmbeddingReward:
     """Mean-pooled sentence embeddings + logistic head; the score is the positive logit."""
 
     def __init__(self, encoder_dir: str | Path, head: dict, batch_size: int = 64, max_length: int = 256,
-                 device=None):
+                 device=None, dtype: str = "float32"):
         from transformers import AutoModel, AutoTokenizer
 
+        from .models import pick_device, sampling_dtype
+
         self.tok = AutoTokenizer.from_pretrained(str(encoder_dir))
-        self.enc = AutoModel.from_pretrained(str(encoder_dir)).eval()
-        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or pick_device()
+        self.enc = AutoModel.from_pretrained(str(encoder_dir), dtype=sampling_dtype(dtype, self.device)).eval()
         self.enc.to(self.device)
         self.w, self.b = head["weight"].float(), head["bias"].float()  # (D,), ()
         self.batch_size, self.max_length = batch_size, max_length
@@ -120,7 +126,8 @@ def load_reward(cfg: RewardConfig):
     path = Path(cfg.model).expanduser()
     if cfg.model.startswith((".", "/", "~")) and not path.exists():
         raise RewardError(f"reward.model={cfg.model!r} does not exist; fix the path")
-    return ClassifierReward(str(path) if path.exists() else cfg.model, cfg.batch_size, cfg.max_length)
+    return ClassifierReward(str(path) if path.exists() else cfg.model, cfg.batch_size, cfg.max_length,
+                            dtype=cfg.dtype)
 
 
 def reward_texts(records: list[dict], score_prompt: bool) -> list[str]:

@@ -98,6 +98,6 @@ def offline_reward(cfg: RewardConfig):
         print("training the offline reward head (once) ...", flush=True)
         print(train_head(head_dir), flush=True)
     reward = EmbeddingReward(minilm_dir(), load_file(str(head_dir / "head.safetensors")),
-                             cfg.batch_size, cfg.max_length)
+                             cfg.batch_size, cfg.max_length, dtype=cfg.dtype)
     reward.metrics = read_json(head_dir / "metrics.json")
     return reward

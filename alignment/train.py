@@ -80,6 +80,9 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
     if any(r["step"] > start for r in log.records):
         log.keep([r for r in log.records if r["step"] <= start])
     model.train()
+    for m in model.modules():  # no dropout (as trl's disable_dropout): the reference logps were
+        if isinstance(m, torch.nn.Dropout):  # computed without it, and resume must replay exactly
+            m.p = 0.0
     for step in range(start, len(steps)):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, len(steps), cfg)

