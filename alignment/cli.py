@@ -38,6 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from .assets import AssetError
+    from .data import DataError
+    from .pipeline import RunDirMismatch
+    from .reward import RewardError
+
+    try:
+        return run_stage(args, cfg)
+    except (RunDirMismatch, DataError, RewardError, AssetError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)  # a user-fixable problem: one line, no traceback
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is saved in the run dir; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+def run_stage(args, cfg) -> int:
     if args.stage == "assets":
         from .assets import ensure_all
         from .reward import load_reward

@@ -46,9 +46,19 @@ class Pipeline:
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.dir / "config.json", cfg.to_dict())
-        manifest = {"config_hash": stable_hash(cfg.to_dict()), "versions": library_versions()}
-        write_json(self.dir / "manifest.json", manifest)
+        # The manifest records the config that created the run dir; later invocations with other
+        # configs (a sweep's dpo overrides, a refused mismatch) are listed, never overwrite it.
+        h = stable_hash(cfg.to_dict())
+        path = self.dir / "manifest.json"
+        manifest = read_json(path) if path.exists() else {
+            "config_hash": h, "versions": library_versions(), "other_configs": []}
+        if h != manifest["config_hash"] and h not in manifest["other_configs"]:
+            manifest["other_configs"].append(h)
+            write_json(self.dir / f"config.{h}.json", cfg.to_dict())
+        if not path.exists() or h in manifest["other_configs"]:
+            write_json(path, manifest)
+        if not (self.dir / "config.json").exists():
+            write_json(self.dir / "config.json", cfg.to_dict())
 
     # ---- config fingerprints -------------------------------------------------------------
     def _deps(self, *sections: str) -> dict:
