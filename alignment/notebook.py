@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 
 GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gain_ci_hi", "gain_ci_hi")]
 SWEEP_COLS = [("eval/reward_mean", "reward"), ("eval/token_entropy", "token_H"),
@@ -231,6 +230,10 @@ def conclusions(level1: dict, sweep: dict | None = None, sweep_gains: dict | Non
             f"`{top['label']}` vs SFT: token entropy {_delta(m(top, 'eval/token_entropy'), ssft['eval/token_entropy'])}, "
             f"KL {m(top, 'eval/kl_to_ref'):.3f}, reference perplexity "
             f"{_delta(m(top, 'eval/ref_perplexity'), ssft['eval/ref_perplexity'])}.")
+        sweep_moved = max(abs(s["eval/kl_to_ref"][0]) for s in sweep["summary"])
+        if sweep_moved < STILL_KL:
+            lines.append(f"The sweep's policies also stayed close to the reference (largest mean |KL| {sweep_moved:.3f} "
+                         f"nats < {STILL_KL:g}): read this ranking as noise, not as a property of the divergences.")
         if sweep_gains:
             runs = [r for r in sweep["runs"] if r["label"] == top["label"] and r["beta"] == top["beta"]]
             sig = [sweep_gains[r["model"]] for r in runs if r["model"] in sweep_gains]

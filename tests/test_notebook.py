@@ -112,6 +112,8 @@ def test_helpers_compute_conclusions_from_numbers():
     assert "KL(π‖π_ref) 1.250" in text
     assert "highest mean reward was `reverse_kl`" in text and "in 1 of 2 seed(s)" in text
     assert "agrees with the expected ordering" in text
+    assert "barely moved" not in text  # Level 1 KL 1.25 > 0.1
+    assert "read this ranking as noise" in text  # sweep KL 0.0
     assert "30.000 → 3000.000" in text  # lr lesson perplexity jump, from the numbers
     rows = nbh.results_rows(lr_rows, extra=("lr",))
     assert rows[0]["lr"] == "0.001" and rows[0]["CI>0"] is False
