@@ -32,14 +32,14 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = ("sigmoid", "hinge")) -> di
         m = pipe.evaluate(d.name, d)
         rows.append({**m, **compare_to_sft(pipe, d.name)})
     dirs = {r["model"]: pipe.dir / "eval" / r["model"] for r in rows}
-    result = {"pairs": stats, "rows": rows, "table": results_table(rows),
-              "examples": examples_table(dirs, pipe.cfg.eval.n_examples)}
-    write_json(pipe.dir / "level1.json", result)
     plot_dir = pipe.dir / "plots"
     files = [plots.reward_hist(dirs, plot_dir / "level1_rewards.png"),
              plots.training_curves({r["model"]: pipe.dir / "policies" / r["model"] for r in rows[1:]},
                                    plot_dir / "level1_training.png"),
              plots.margin_hist(pipe.dir / "pairs.jsonl", plot_dir / "pair_margins.png")]
+    result = {"pairs": stats, "rows": rows, "table": results_table(rows),
+              "examples": examples_table(dirs, pipe.cfg.eval.n_examples), "plots": [str(f) for f in files]}
+    write_json(pipe.dir / "level1.json", result)
     _log_summary(pipe, "level1", rows, files)
     return result
 
@@ -68,7 +68,8 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...], betas: tuple[float, ...], see
                     d = pipe.train(loss=loss, beta=beta, alpha=alpha, seed=seed)
                     m = pipe.evaluate(d.name, d)
                     label = f"alpha={alpha:g}" if loss == "alpha" else loss
-                    runs.append({**m, "loss": loss, "label": label, "alpha": alpha, "beta": beta, "seed": seed})
+                    runs.append({**m, **compare_to_sft(pipe, d.name), "loss": loss, "label": label,
+                                 "alpha": alpha, "beta": beta, "seed": seed})
     keys = ["eval/reward_mean", "eval/token_entropy", "eval/predictive_entropy", "eval/kl_to_ref",
             "eval/ref_perplexity", "eval/distinct_2"]
     groups: dict[tuple, list[dict]] = {}
@@ -77,11 +78,12 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...], betas: tuple[float, ...], see
     summary = [{"label": lab, "beta": beta, "n_seeds": len(rs), **{k: list(v) for k, v in mean_std_over_seeds(rs, keys).items()}}
                for (lab, beta), rs in groups.items()]
     sft = read_json(pipe.dir / "eval" / SFT / "metrics.json")
-    result = {"runs": runs, "summary": summary, "sft": sft, "ordering": ordering_check(summary)}
-    write_json(pipe.dir / "sweep.json", result)
     files = [plots.tradeoff(summary, sft, "eval/token_entropy", pipe.dir / "plots" / "sweep_reward_vs_entropy.png"),
              plots.tradeoff(summary, sft, "eval/predictive_entropy", pipe.dir / "plots" / "sweep_reward_vs_pred_entropy.png"),
              plots.tradeoff(summary, sft, "eval/kl_to_ref", pipe.dir / "plots" / "sweep_reward_vs_kl.png")]
+    result = {"runs": runs, "summary": summary, "sft": sft, "ordering": ordering_check(summary),
+              "plots": [str(f) for f in files]}
+    write_json(pipe.dir / "sweep.json", result)
     _log_summary(pipe, "sweep", runs, files)
     return result
 

@@ -37,6 +37,8 @@ def _sorted_batches(texts: list[str], batch_size: int):
 class ClassifierReward:
     """An HF sequence-classification model; the reward is the logit of its positive class."""
 
+    metrics: dict = {}  # held-out accuracy etc., where known (the offline reward sets it)
+
     def __init__(self, name: str, batch_size: int = 64, max_length: int = 256, device=None,
                  dtype: str = "float32"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -74,6 +76,8 @@ def positive_index(id2label: dict) -> int:
 class VaderReward:
     """VADER's compound score (Hutto & Gilbert 2014), from the lexicon inside the package."""
 
+    metrics: dict = {}
+
     def __init__(self):
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
@@ -85,6 +89,8 @@ class VaderReward:
 
 class EmbeddingReward:
     """Mean-pooled sentence embeddings + logistic head; the score is the positive logit."""
+
+    metrics: dict = {}
 
     def __init__(self, encoder_dir: str | Path, head: dict, batch_size: int = 64, max_length: int = 256,
                  device=None, dtype: str = "float32"):
