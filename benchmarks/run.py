@@ -349,30 +349,31 @@ def bench_scoring(S: Sizes, ctx: Ctx, rep: Report) -> None:
 
     texts = reward_texts(S, ctx)
     log(f"scoring: {len(texts)} texts, mean {sum(map(len, texts)) / len(texts):.0f} chars")
-    reward = load_reward(RewardConfig())  # EmbeddingReward, batch 64, length-sorted, inference_mode
+    reward = load_reward(RewardConfig())  # EmbeddingReward, batch 64, length-sorted, inference_mode, dtype auto
+    base = load_reward(RewardConfig(dtype="float32"))  # the same weights in fp32 for the naive baseline
 
     def naive(bs=16):
         """The same encoder + head, as a first version would: input order, plain forward (autograd on), fp32."""
         outs = []
         for i in range(0, len(texts), bs):
-            enc = reward.tok(texts[i : i + bs], padding=True, truncation=True, max_length=reward.max_length,
-                             return_tensors="pt")
-            h = reward.enc(**enc).last_hidden_state
+            enc = base.tok(texts[i : i + bs], padding=True, truncation=True, max_length=base.max_length,
+                           return_tensors="pt")
+            h = base.enc(**enc).last_hidden_state
             m = enc["attention_mask"].unsqueeze(-1).float()
             e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
-            outs.append((e @ reward.w + reward.b).detach())
+            outs.append((e @ base.w + base.b).detach())
         return torch.cat(outs)
 
     def ours():
         return reward.score(texts)
 
-    grad_on = any(p.requires_grad for p in reward.enc.parameters())
+    grad_on = any(p.requires_grad for p in base.enc.parameters())
     naive(), ours()
     res = interleaved(S.score_rounds, {"naive": naive, "EmbeddingReward.score": ours})
     tn, to = min(s for s, _ in res["naive"]), min(s for s, _ in res["EmbeddingReward.score"])
     diff = (res["naive"][0][1] - res["EmbeddingReward.score"][0][1]).abs().max().item()
     rep.add(f"reward scoring, {len(texts)} texts: naive encoder+head (bs 16, input order, grad on) vs EmbeddingReward.score "
-            f"(bs {reward.batch_size}, length-sorted, inference_mode)",
+            f"(bs {reward.batch_size}, length-sorted, inference_mode, {next(reward.enc.parameters()).dtype})",
             f"{len(texts) / tn:.1f} texts/s", f"{len(texts) / to:.1f} texts/s", speedup(tn, to))
     rep.note(f"scoring: {len(texts)} texts = first 8+k SmolLM2 tokens of real offline reviews (k=32 for 3/4, else 1-31), "
              f"mean {sum(map(len, texts)) / len(texts):.0f} chars; encoder params require grad: {grad_on}; "
@@ -386,7 +387,7 @@ def bench_scoring(S: Sizes, ctx: Ctx, rep: Report) -> None:
         AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(d)
         del clf
         cpipe = pipeline("text-classification", model=d, tokenizer=d)
-        creward = ClassifierReward(d, batch_size=64, max_length=256, device=torch.device("cpu"))
+        creward = ClassifierReward(d, batch_size=64, max_length=256, device=torch.device("cpu"), dtype="auto")
     pos_label = cpipe.model.config.id2label[creward.pos]
 
     def run_pipe():
