@@ -90,6 +90,16 @@ class JsonlAppender:
         self.records.extend(records)
 
 
+def debug_delay() -> None:
+    """Sleep ALIGNMENT_DEBUG_STEP_DELAY seconds (default 0) after each saved unit of work
+    (a sampling batch, a training step): lets interrupt tests land mid-run on fast machines."""
+    delay = float(os.environ.get("ALIGNMENT_DEBUG_STEP_DELAY", "0") or 0)
+    if delay > 0:
+        import time
+
+        time.sleep(delay)
+
+
 def stable_hash(obj: Any, n: int = 12) -> str:
     """Short sha256 of a JSON-able object with sorted keys (config fingerprints)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

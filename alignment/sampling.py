@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SampleConfig
-from .io import JsonlAppender
+from .io import JsonlAppender, debug_delay
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -165,6 +165,7 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
         app.records = [r for r in app.records if r["prompt_id"] in done]
     for recs in sample_records(model, tokenizer, prompts, n, cfg, stop_ids, done, desc, max_new_tokens):
         app.extend(recs)
+        debug_delay()
     order = {p["id"]: i for i, p in enumerate(prompts)}
     return sorted((r for r in app.records if r["prompt_id"] in order),
                   key=lambda r: (order[r["prompt_id"]], r["sample"]))

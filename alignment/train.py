@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .config import DPOConfig
-from .io import JsonlAppender, write_json
+from .io import JsonlAppender, debug_delay, write_json
 from .logprobs import batched_logps, collate, model_logps
 from .losses import compute_loss
 
@@ -106,6 +106,7 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
         if not math.isfinite(rec["loss"]):
             raise FloatingPointError(f"DPO loss became {rec['loss']} at step {step + 1}; lower dpo.lr or dpo.beta")
         log.extend([rec])
+        debug_delay()
         if tracker is not None:
             tracker.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, step=step + 1)
         if save_every and (step + 1) % save_every == 0 and step + 1 < len(steps):

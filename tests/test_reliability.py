@@ -46,7 +46,7 @@ def cli_cmd(stage: str, o: dict) -> list[str]:
 
 
 def cli_env(**extra) -> dict:
-    env = dict(os.environ)  # ALIGNMENT_CACHE, WANDB_MODE=disabled, HF offline flags from conftest
+    env = {k: v for k, v in os.environ.items() if k != "ALIGNMENT_DEBUG_STEP_DELAY"}  # + conftest's vars
     env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra})
     return env
 
@@ -121,7 +121,7 @@ def test_sigkill_during_sampling_then_resume_equals_uninterrupted(ref, tmp_path)
     o = ref.o(run)
     samples = run / "samples.jsonl"
     total = N_PROMPTS * N_SAMPLES
-    proc = subprocess.Popen(cli_cmd("sample", o), cwd=REPO, env=cli_env(),
+    proc = subprocess.Popen(cli_cmd("sample", o), cwd=REPO, env=cli_env(ALIGNMENT_DEBUG_STEP_DELAY="0.05"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     interrupt_when(proc, samples, 1, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
@@ -160,7 +160,7 @@ def test_sigint_during_training_then_resume_equals_uninterrupted(ref, tmp_path):
     n_steps = len(want_log)
     assert n_steps >= 20, "too few steps to interrupt training reliably"
 
-    proc = subprocess.Popen(cli_cmd("train", o), cwd=REPO, env=cli_env(),
+    proc = subprocess.Popen(cli_cmd("train", o), cwd=REPO, env=cli_env(ALIGNMENT_DEBUG_STEP_DELAY="0.05"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     interrupt_when(proc, pol / "train_log.jsonl", 2, signal.SIGINT)
     assert proc.returncode != 0
