@@ -50,8 +50,8 @@ class Pipeline:
         # configs (a sweep's dpo overrides, a refused mismatch) are listed, never overwrite it.
         h = stable_hash(cfg.to_dict())
         path = self.dir / "manifest.json"
-        manifest = read_json(path) if path.exists() else {
-            "config_hash": h, "versions": library_versions(), "other_configs": []}
+        manifest = read_json(path) if path.exists() else {"config_hash": h, "versions": library_versions()}
+        manifest.setdefault("other_configs", [])
         if h != manifest["config_hash"] and h not in manifest["other_configs"]:
             manifest["other_configs"].append(h)
             write_json(self.dir / f"config.{h}.json", cfg.to_dict())
