@@ -41,6 +41,8 @@ from tqdm.auto import tqdm
 from .config import OFFLINE, Config, SampleConfig
 from .data import DataError, Review, _filter, build_prompts, file_reviews, hub_reviews, make_prompt, offline_reviews
 from .io import atomic_open, read_json, stable_hash, write_json
+from .logprobs import collate
+from .train import epoch_batches
 
 CKPT_EVERY = 25          # optimizer steps between resumable checkpoints
 WARMUP_RATIO = 0.1       # linear warmup fraction, then linear decay towards 0
@@ -115,17 +117,6 @@ def encode_reviews(tokenizer, texts: list[str], max_tokens: int) -> list[list[in
     return out
 
 
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[[5, 6, 7], [8]] -> ids [[5, 6, 7], [8, p, p]], mask [[1, 1, 1], [1, 0, 0]]  # (B, T) each."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
 # ---- model pieces ----------------------------------------------------------------------------
 def _autocast(dev: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
@@ -134,8 +125,8 @@ def _autocast(dev: torch.device):
 def batch_nll(model, seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL over real tokens (label mask = attention mask), and their count."""
     dev = next(model.parameters()).device
-    ids, attn = pad_right(seqs, pad_id)
-    ids, attn = ids.to(dev), attn.to(dev)
+    batch = collate([[] for _ in seqs], seqs, pad_id)  # right-padded; the whole review is the "completion"
+    ids, attn = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
     with _autocast(dev):
         logits = model(input_ids=ids, attention_mask=attn).logits  # (B, T, V)
     mask = attn[:, 1:].bool()  # (B, T-1): target t+1 is real
@@ -180,16 +171,6 @@ def lr_at(step: int, total: int, lr: float) -> float:
     if step < warm:
         return lr * (step + 1) / warm
     return lr * (total - step) / max(1, total - warm)
-
-
-def _schedule(n: int, epochs: int, batch_size: int, seed: int) -> list[list[int]]:
-    """Every step's review indices, fixed up front so a resume replays the same order."""
-    order = []
-    for ep in range(epochs):
-        idx = list(range(n))
-        random.Random(seed * 1000 + ep).shuffle(idx)
-        order += [idx[i : i + batch_size] for i in range(0, n, batch_size)]
-    return order
 
 
 # ---- the stage -------------------------------------------------------------------------------
@@ -274,7 +255,7 @@ def run_sft(cfg: Config) -> dict:
         write_json(before_path, before)
     tracker.log({"eval/ppl_before": before["ppl_before"]}, step=0)
 
-    steps = _schedule(len(train_seqs), s.epochs, s.batch_size, s.seed)
+    steps = epoch_batches(len(train_seqs), s.epochs, s.batch_size, s.seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=0.0)
     torch.manual_seed(s.seed)
     start, losses = 0, []

@@ -26,6 +26,17 @@ def reference_logps(ref_model, pairs: list[dict], prompt_ids: dict[str, list[int
     return ch, rj
 
 
+def epoch_batches(n: int, epochs: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Every batch's example indices for the whole run, fixed up front (seeded shuffle per
+    epoch), so a resumed run replays exactly the same order."""
+    order = []
+    for ep in range(epochs):
+        idx = list(range(n))
+        random.Random(seed * 1000 + ep).shuffle(idx)
+        order += [idx[i : i + batch_size] for i in range(0, n, batch_size)]
+    return order
+
+
 def lr_at(step: int, total: int, cfg: DPOConfig) -> float:
     """Linear warmup over warmup_ratio of the steps, then linear decay to 10% of lr."""
     warm = max(1, int(round(cfg.warmup_ratio * total)))
@@ -62,11 +73,7 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
     out_dir = Path(out_dir)
     dev = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
-    order = []
-    for ep in range(cfg.epochs):  # the whole schedule up front: resume replays it exactly
-        idx = list(range(len(pairs)))
-        random.Random(cfg.seed * 1000 + ep).shuffle(idx)
-        order += [idx[i : i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
+    order = epoch_batches(len(pairs), cfg.epochs, cfg.batch_size, cfg.seed)
     steps = [order[i : i + cfg.grad_accum] for i in range(0, len(order), cfg.grad_accum)]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     start = 0

@@ -241,7 +241,8 @@ def test_cli_refuses_changed_config_with_one_line_error(ref, tmp_path):
     ({"model.policy": "offline-sft"}, "python -m alignment sft"),  # FileNotFoundError (no SFT model yet)
 ])
 def test_cli_user_errors_are_one_line(ref, tmp_path, extra, needle):
-    res = run_cli("prompts", ref.o(tmp_path / "run", **extra))
+    # an empty asset cache of its own: another test may have made the session cache's SFT model
+    res = run_cli("prompts", ref.o(tmp_path / "run", **extra), env=cli_env(ALIGNMENT_CACHE=str(tmp_path / "cache")))
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]

@@ -3,6 +3,8 @@ caching, atomic output and resume after an interrupt. Offline, a few seconds."""
 from __future__ import annotations
 
 import pytest
+
+from alignment.logprobs import collate
 import torch
 
 from alignment import sft
@@ -44,7 +46,8 @@ def test_eos_and_masks_come_from_lengths(tiny_tokenizer, tiny_gpt2_dir):
     assert tiny_tokenizer.pad_token_id == eos  # the case value-derived masks get wrong
     short, long_ = sft.encode_reviews(tiny_tokenizer, ["A fine film.", "The plot is excellent, really. " * 10], 20)
     assert short[-1] == eos and len(long_) == 20 and long_[-1] != eos  # cut reviews get no fake stop
-    ids, mask = sft.pad_right([short, long_], eos)
+    batch = collate([[], []], [short, long_], eos)  # what batch_nll pads with
+    ids, mask = batch["input_ids"], batch["attention_mask"]
     assert mask.sum().item() == len(short) + len(long_) and ids[0, len(short) - 1] == eos
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
     _, n = sft.batch_nll(model, [short, long_], eos)
