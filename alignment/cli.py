@@ -98,6 +98,11 @@ def report(stage: str, result, pipe) -> None:
         for r in result["rows"][1:]:
             print(f"{r['model']}: reward gain vs SFT {r['reward_gain']:+.3f} "
                   f"(95% CI {r['gain_ci_lo']:+.3f} .. {r['gain_ci_hi']:+.3f})")
+        for ex in result["examples"][:2]:  # side by side: the same held-out prompt, one sample each
+            print(f"\nprompt: {ex['prompt']!r}")
+            for model, text in ex.items():
+                if model != "prompt":
+                    print(f"  {model:>26}: {text[:140]}")
     elif stage == "sweep":
         for s in result["summary"]:
             print(f"{s['label']:>12} beta={s['beta']:<5g} reward {s['eval/reward_mean'][0]:+.3f}±{s['eval/reward_mean'][1]:.3f} "
