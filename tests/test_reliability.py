@@ -160,8 +160,12 @@ def test_sigint_during_training_then_resume_equals_uninterrupted(ref, tmp_path):
     n_steps = len(want_log)
     assert n_steps >= 20, "too few steps to interrupt training reliably"
 
+    # A job started in the background by a non-interactive shell (`make test &`, some CI runners)
+    # inherits SIGINT *ignored*, and Python then never raises KeyboardInterrupt: give the child
+    # the default disposition, as an interactive terminal would.
     proc = subprocess.Popen(cli_cmd("train", o), cwd=REPO, env=cli_env(ALIGNMENT_DEBUG_STEP_DELAY="0.05"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     interrupt_when(proc, pol / "train_log.jsonl", 2, signal.SIGINT)
     assert proc.returncode != 0
     steps_done = [r["step"] for r in read_jsonl(pol / "train_log.jsonl")]
