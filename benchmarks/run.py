@@ -69,7 +69,7 @@ class Sizes:
     pairs: int = 32            # DPO pairs (+ one warm-up batch)
     dpo_batch: int = 8
     scale_n: tuple = (2, 4, 8)
-    scale_prompts: tuple = (8, 16, 32)
+    scale_prompts: tuple = (8, 32, 80)   # 10x range: peak RSS must stay flat (samples stream to disk)
     scale_fixed_n: int = 4
     scale_fixed_prompts: int = 16
 
