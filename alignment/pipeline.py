@@ -129,19 +129,14 @@ class Pipeline:
         return read_json(path)
 
     def samples(self) -> list[dict]:
-        from .sampling import sample_to_file
+        from .sampling import completed_samples, sample_to_file
 
         path = self.dir / "samples.jsonl"
         prompts = self.prompts()["train"]
         self._check(path, self._deps("sample"))  # resumes a partial file with the same config
-        if path.exists():
-            recs = read_jsonl(path)
-            counts = {p["id"]: 0 for p in prompts}
-            for r in recs:
-                counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + 1
-            if all(c >= self.cfg.sample.n_samples for c in counts.values()):  # complete: no model load
-                order = {p["id"]: i for i, p in enumerate(prompts)}
-                return sorted(recs, key=lambda r: (order[r["prompt_id"]], r["sample"]))  # as sample_to_file
+        done = completed_samples(path, prompts, self.cfg.sample.n_samples)
+        if done is not None:  # complete: no model load
+            return done
         model = self.load_policy(dtype=self.sample_dtype)
         recs = sample_to_file(path, model, self.tokenizer, prompts, self.cfg.sample.n_samples,
                               self.cfg.sample, self.stop_ids, desc="sampling train prompts")
