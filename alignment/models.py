@@ -1,7 +1,6 @@
 """Load policies, reference models and tokenizers from one name: offline default, hub id or path."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch

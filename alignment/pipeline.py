@@ -50,15 +50,16 @@ class Pipeline:
         # configs (a sweep's dpo overrides, a refused mismatch) are listed, never overwrite it.
         h = stable_hash(cfg.to_dict())
         path = self.dir / "manifest.json"
-        manifest = read_json(path) if path.exists() else {"config_hash": h, "versions": library_versions()}
-        manifest.setdefault("other_configs", [])
+        if not path.exists():
+            write_json(self.dir / "config.json", cfg.to_dict())
+            write_json(path, {"config_hash": h, "versions": library_versions(), "other_configs": []})
+            return
+        manifest = read_json(path)
+        manifest.setdefault("other_configs", [])  # manifests written before this field existed
         if h != manifest["config_hash"] and h not in manifest["other_configs"]:
             manifest["other_configs"].append(h)
             write_json(self.dir / f"config.{h}.json", cfg.to_dict())
-        if not path.exists() or h in manifest["other_configs"]:
             write_json(path, manifest)
-        if not (self.dir / "config.json").exists():
-            write_json(self.dir / "config.json", cfg.to_dict())
 
     # ---- config fingerprints -------------------------------------------------------------
     def _deps(self, *sections: str) -> dict:

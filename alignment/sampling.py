@@ -158,11 +158,8 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
                    stop_ids: list[int], desc: str = "sampling", max_new_tokens: int | None = None) -> list[dict]:
     """Stream samples to `path` (JSONL); prompts already complete there are skipped (resume)."""
     app = JsonlAppender(path)
-    counts: dict[str, int] = {}
-    for r in app.records:
-        counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + 1
-    done = {pid for pid, c in counts.items() if c >= n}
-    if len(done) < len(counts):  # a prompt with partial samples (not possible via extend, but be safe)
+    done = done_prompts(app.records, n)
+    if any(r["prompt_id"] not in done for r in app.records):  # partial prompts (not via extend, but be safe)
         app.records = [r for r in app.records if r["prompt_id"] in done]
     for recs in sample_records(model, tokenizer, prompts, n, cfg, stop_ids, done, desc, max_new_tokens):
         app.extend(recs)
@@ -182,8 +179,13 @@ def completed_samples(path, prompts: list[dict], n: int) -> list[dict] | None:
     if not Path(path).exists():
         return None
     recs = read_jsonl(path)
-    counts = {p["id"]: 0 for p in prompts}
-    for r in recs:
-        if r["prompt_id"] in counts:
-            counts[r["prompt_id"]] += 1
-    return in_prompt_order(recs, prompts) if all(c >= n for c in counts.values()) else None
+    done = done_prompts(recs, n)
+    return in_prompt_order(recs, prompts) if all(p["id"] in done for p in prompts) else None
+
+
+def done_prompts(records: list[dict], n: int) -> set[str]:
+    """Ids of prompts that already have at least n samples among `records`."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + 1
+    return {pid for pid, c in counts.items() if c >= n}

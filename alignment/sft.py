@@ -35,13 +35,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import OFFLINE, Config, SampleConfig
 from .data import DataError, Review, _filter, build_prompts, file_reviews, hub_reviews, make_prompt, offline_reviews
 from .io import atomic_open, read_json, stable_hash, write_json
-from .logprobs import collate
+from .logprobs import collate, model_logps
 from .train import epoch_batches
 
 CKPT_EVERY = 25          # optimizer steps between resumable checkpoints
@@ -123,15 +122,12 @@ def _autocast(dev: torch.device):
 
 
 def batch_nll(model, seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, int]:
-    """Summed next-token NLL over real tokens (label mask = attention mask), and their count."""
-    dev = next(model.parameters()).device
-    batch = collate([[] for _ in seqs], seqs, pad_id)  # right-padded; the whole review is the "completion"
-    ids, attn = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
-    with _autocast(dev):
-        logits = model(input_ids=ids, attention_mask=attn).logits  # (B, T, V)
-    mask = attn[:, 1:].bool()  # (B, T-1): target t+1 is real
-    nll = F.cross_entropy(logits[:, :-1][mask].float(), ids[:, 1:][mask], reduction="sum")
-    return nll, int(mask.sum())
+    """Summed next-token NLL over real tokens, and their count, through the same parity-tested
+    log-prob path as DPO (`logprobs.model_logps`): each review is the completion of an empty prompt."""
+    batch = collate([[] for _ in seqs], seqs, pad_id)  # right-padded; masks from lengths, not values
+    with _autocast(next(model.parameters()).device):
+        lp = model_logps(model, batch)  # (B,)
+    return -lp.sum(), int(batch["completion_mask"][:, 1:].sum())
 
 
 @torch.no_grad()
