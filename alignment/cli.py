@@ -21,10 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("stage", choices=STAGES, help="what to run (run = the whole Level 1)")
     ap.add_argument("--preset", default=None, help="smoke | default | full | hub")
     ap.add_argument("--config", default=None, help="YAML file with {section: {field: value}}")
-    ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="K=V",
-                    help="overrides such as dpo.beta=0.05 sample.n_samples=8")
-    ap.add_argument("--losses", default="reverse_kl,forward_kl,js,alpha,chi2,hellinger,jeffrey,ipo",
-                    help="sweep: comma-separated losses")
+    ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="K=V",
+                    help="overrides such as dpo.beta=0.05 sample.n_samples=8 (repeatable: --set a=1 --set b=2)")
+    ap.add_argument("--losses", default=None, help="sweep: comma-separated losses (default: experiments.SWEEP_LOSSES)")
     ap.add_argument("--betas", default="0.1", help="sweep: comma-separated betas")
     ap.add_argument("--seeds", default="0,1", help="sweep: comma-separated seeds")
     ap.add_argument("--alphas", default="0.3,0.5,0.7", help="sweep: alpha values for loss=alpha")
@@ -64,11 +63,6 @@ def run_stage(args, cfg) -> int:
         print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
         print("offline reward:", getattr(reward, "metrics", {}))
         return 0
-    if args.stage == "sft":
-        from .sft import run_sft
-
-        print(json.dumps(run_sft(cfg), indent=2, default=str))
-        return 0
     from . import experiments
     from .pipeline import Pipeline
 
@@ -79,39 +73,45 @@ def run_stage(args, cfg) -> int:
         "sample": lambda: {"samples": len(pipe.samples())},
         "score": lambda: {"rewards": len(pipe.rewards())},
         "pairs": lambda: pipe.pairs()[1],
-        "train": lambda: {"policy": str(pipe.train())},
-        "eval": lambda: [pipe.evaluate("sft")] + [pipe.evaluate(d.name, d) for d in sorted((pipe.dir / "policies").glob("*"))
-                                                   if (d / "model" / "config.json").exists()],
+        "train": lambda: {"policy": str(pipe.train().dir)},
+        "eval": lambda: [pipe.evaluate().metrics] + [pipe.evaluate(p).metrics for p in pipe.policies()],
         "run": lambda: experiments.level1(pipe),
         "lr-lesson": lambda: experiments.lr_lesson(pipe),
-        "sweep": lambda: experiments.sweep(pipe, tuple(args.losses.split(",")), floats(args.betas),
-                                           tuple(int(s) for s in args.seeds.split(",")), floats(args.alphas)),
+        "sweep": lambda: experiments.sweep(
+            pipe, tuple(args.losses.split(",")) if args.losses else experiments.SWEEP_LOSSES, floats(args.betas),
+            tuple(int(s) for s in args.seeds.split(",")), floats(args.alphas)),
+        "sft": pipe.sft,
     }
     result = actions[args.stage]()
-    report(args.stage, result, pipe)
+    print(render(args.stage, result))
+    print(where(pipe))
     return 0
 
 
-def report(stage: str, result, pipe) -> None:
+def render(stage: str, result) -> str:
+    """What a stage prints: the report module's tables and lines, or the result as JSON."""
+    from . import report
+
     if stage == "run":
-        print("\n" + result["table"])
-        for r in result["rows"][1:]:
-            print(f"{r['model']}: reward gain vs SFT {r['reward_gain']:+.3f} "
-                  f"(95% CI {r['gain_ci_lo']:+.3f} .. {r['gain_ci_hi']:+.3f})")
+        lines = ["", result["table"], *(report.gain_line(r) for r in result["rows"][1:])]
         for ex in result["examples"][:2]:  # side by side: the same held-out prompt, one sample each
-            print(f"\nprompt: {ex['prompt']!r}")
-            for model, text in ex.items():
-                if model != "prompt":
-                    print(f"  {model:>26}: {text[:140]}")
-    elif stage == "sweep":
-        for s in result["summary"]:
-            print(f"{s['label']:>12} beta={s['beta']:<5g} reward {s['eval/reward_mean'][0]:+.3f}±{s['eval/reward_mean'][1]:.3f} "
-                  f"token_H {s['eval/token_entropy'][0]:.3f} KL {s['eval/kl_to_ref'][0]:.3f} "
-                  f"ref_ppl {s['eval/ref_perplexity'][0]:.1f}")
-    else:
-        print(json.dumps(result, indent=2, default=str)[:4000])
-    print(f"\nresults: {pipe.dir.resolve()}")
-    if (pipe.dir / "plots").exists():
-        print(f"plots:   {(pipe.dir / 'plots').resolve()}")
-    if pipe.cfg.track.mode == "offline" and (pipe.dir / "wandb").exists():
-        print(f"wandb:   {(pipe.dir / 'wandb').resolve()}  (offline; upload with `wandb sync {pipe.dir / 'wandb'}/offline-run-*`)")
+            lines.append(f"\nprompt: {ex['prompt']!r}")
+            lines += [f"  {model:>26}: {text[:140]}" for model, text in ex.items() if model != "prompt"]
+        return "\n".join(lines)
+    if stage == "lr-lesson":
+        return "\n".join(["", report.markdown_table(report.results_rows(result["rows"], extra=("lr",))),
+                          report.lr_sentence(result["rows"], result["start"])])
+    if stage == "sweep":
+        return "\n" + report.markdown_table(report.sweep_rows(result["summary"])) + "\n\n" + \
+            "\n".join(report.ordering_sentences(result))
+    return json.dumps(result, indent=2, default=str)[:4000]
+
+
+def where(pipe) -> str:
+    P = pipe.paths
+    lines = [f"\nresults: {P.root.resolve()}"]
+    if P.plots.exists():
+        lines.append(f"plots:   {P.plots.resolve()}")
+    if pipe.cfg.track.mode == "offline" and P.wandb.exists():
+        lines.append(f"wandb:   {P.wandb.resolve()}  (offline; upload with `wandb sync {P.wandb}/offline-run-*`)")
+    return "\n".join(lines)

@@ -21,99 +21,135 @@ class ConfigError(ValueError):
     """A config field has a bad value. The message names the field, the value and the fix."""
 
 
+def rule(default, *, choices=None, check=None, why: str = "", hashed: bool = True):
+    """A config field with its validation declared once, on the field.
+
+    `choices`: the allowed values (a tuple, or a zero-argument callable returning them, for
+    registries such as the losses); `check`: a predicate on the value with `why` saying what is
+    allowed; `hashed=False`: the field changes no artifact (where things go, how they are shown),
+    so it is left out of the config hash that caches are keyed by.
+    """
+    return field(default=default, metadata={"choices": choices, "check": check, "why": why, "hashed": hashed})
+
+
+def _registry(module: str, name: str):
+    """Lazy choices from a registry (imported at validation time: no torch import for the config)."""
+    def names():
+        import importlib
+
+        return tuple(sorted(getattr(importlib.import_module(f"alignment.{module}"), name)))
+    return names
+
+
+_DTYPES = ("auto", "float32", "bfloat16")
+_pos = dict(check=lambda v: v > 0, why="must be > 0")
+_nonneg = dict(check=lambda v: v >= 0, why="must be >= 0")
+_unit_open = dict(check=lambda v: 0 < v < 1, why="must be in (0, 1)")
+_frac = dict(check=lambda v: 0 <= v <= 1, why="must be in [0, 1]")
+
+
 @dataclass
 class ModelConfig:
     policy: str = OFFLINE      # "offline" (SmolLM2-135M from PyPI), "offline-sft" (after `sft`), a hub name or local dir
     ref: str = ""              # reference model for DPO/KL; "" = same as the starting policy
-    dtype: str = "auto"        # sampling dtype: auto (bf16 on GPU/bf16-capable CPU), float32, bfloat16
+    dtype: str = rule("auto", choices=_DTYPES)  # sampling dtype: auto (bf16 on GPU/bf16-capable CPU), float32, bfloat16
 
 
 @dataclass
 class DataConfig:
     source: str = OFFLINE      # "offline" (Pang&Lee + Rotten Tomatoes reviews), "imdb" (hub), or a .csv/.jsonl/.txt path
-    prompt_tokens: int = 8     # prompt = first k policy tokens of a review
-    min_chars: int = 200       # keep reviews longer than this (the seed's filter)
-    max_chars: int = 0         # and shorter than this; 0 = no upper bound (the seed used 512 on IMDB)
-    n_train_prompts: int = 128 # prompts used to build preference pairs
-    n_eval_prompts: int = 64   # held-out prompts for evaluation (disjoint from train, by review)
+    prompt_tokens: int = rule(8, **_pos)      # prompt = first k policy tokens of a review
+    min_chars: int = rule(200, **_nonneg)     # keep reviews longer than this (the seed's filter)
+    max_chars: int = rule(0, **_nonneg)       # and shorter than this; 0 = no upper bound (the seed used 512 on IMDB)
+    n_train_prompts: int = rule(128, **_pos)  # prompts used to build preference pairs
+    n_eval_prompts: int = rule(64, **_pos)    # held-out prompts for evaluation (disjoint from train, by review)
     seed: int = 0              # shuffling seed for the train/eval split
 
 
 @dataclass
 class SampleConfig:
-    n_samples: int = 4         # completions per train prompt (N)
-    max_new_tokens: int = 32   # completion length cap
-    temperature: float = 1.0   # softmax temperature
-    top_k: int = 0             # 0 = off (pure sampling, the seed's setting)
-    top_p: float = 1.0         # 1.0 = off
-    batch_size: int = 64       # sequences per decode batch
-    backend: str = "fast"      # "fast" (our KV-cache loop) or "generate" (HF model.generate)
+    n_samples: int = rule(4, check=lambda v: v >= 2, why="must be >= 2 to form a pair")  # completions per train prompt (N)
+    max_new_tokens: int = rule(32, **_pos)  # completion length cap
+    temperature: float = rule(1.0, **_pos)  # softmax temperature
+    top_k: int = rule(0, check=lambda v: v >= 0, why="must be >= 0 (0 = off)")  # 0 = off (pure sampling, the seed's setting)
+    top_p: float = rule(1.0, check=lambda v: 0 < v <= 1, why="must be in (0, 1]")  # 1.0 = off
+    batch_size: int = rule(64, **_pos)      # sequences per decode batch
+    backend: str = rule("fast", choices=("fast", "generate"))  # "fast" (our KV-cache loop) or "generate" (HF model.generate)
     seed: int = 0              # sampling seed (per-prompt generators derive from it)
 
 
 @dataclass
 class RewardConfig:
     model: str = OFFLINE       # "offline" (MiniLM sentiment classifier), "vader", a hub name or local dir
-    batch_size: int = 64       # texts per scoring batch
-    max_length: int = 256      # reward tokenizer truncation
+    batch_size: int = rule(64, **_pos)     # texts per scoring batch
+    max_length: int = rule(256, **_pos)    # reward tokenizer truncation
     score_prompt: bool = True  # score prompt + completion (True) or the completion alone
-    dtype: str = "auto"        # auto (bf16 on GPU / bf16-capable CPU), float32, bfloat16
+    dtype: str = rule("auto", choices=_DTYPES)  # auto (bf16 on GPU / bf16-capable CPU), float32, bfloat16
 
 
 @dataclass
 class PairConfig:
-    strategy: str = "max_min"  # max_min | all_pairs | adjacent | random
-    min_margin: float = 0.0    # drop pairs whose reward gap is <= this
+    strategy: str = rule("max_min", choices=_registry("pairs", "STRATEGIES"))  # max_min | all_pairs | adjacent | random
+    min_margin: float = rule(0.0, **_nonneg)  # drop pairs whose reward gap is <= this
     seed: int = 0              # seed for the random strategy
 
 
 @dataclass
 class DPOConfig:
-    loss: str = "sigmoid"      # a name in alignment.losses.LOSSES (sigmoid, hinge, ipo, forward_kl, js, alpha, ...)
-    beta: float = 0.1          # KL-constraint strength
-    alpha: float = 0.5         # alpha-divergence parameter, paper convention, in (0, 1)
-    lr: float = 5e-5           # learning rate: 5e-5 for the CPU default's 32 steps; 5e-6..1e-5 for longer runs (the seed's 1e-3 makes word salad)
-    epochs: int = 2            # passes over the pairs
-    batch_size: int = 8        # pairs per optimizer step (before accumulation)
-    grad_accum: int = 1        # micro-batches per optimizer step
-    max_grad_norm: float = 1.0 # gradient clipping
-    warmup_ratio: float = 0.1  # linear warmup fraction
-    backend: str = "native"    # "native" (our loop, precomputed reference) or "trl" (trl.DPOTrainer)
+    loss: str = rule("sigmoid", choices=_registry("losses", "LOSSES"))  # a name in alignment.losses.LOSSES (sigmoid, hinge, ipo, forward_kl, js, alpha, ...)
+    beta: float = rule(0.1, **_pos)   # KL-constraint strength
+    alpha: float = 0.5         # alpha-divergence parameter, paper convention, in (0, 1) (checked when loss=alpha)
+    lr: float = rule(5e-5, check=lambda v: 0 < v < 1,  # learning rate
+                     why="must be in (0, 1); the default 5e-05 suits the CPU default's 32 steps, 5e-6..1e-5 longer runs, "
+                         "and the seed's 1e-3 makes word salad")
+    epochs: int = rule(2, **_pos)      # passes over the pairs
+    batch_size: int = rule(8, **_pos)  # pairs per micro-batch
+    grad_accum: int = rule(1, **_pos)  # micro-batches per optimizer step
+    max_grad_norm: float = rule(1.0, **_pos)  # gradient clipping
+    warmup_ratio: float = rule(0.1, **_frac)  # linear warmup fraction of the optimizer steps
+    final_lr_ratio: float = rule(0.1, **_frac)  # linear decay towards this fraction of lr
+    backend: str = rule("native", choices=("native", "trl"))  # "native" (our loop, precomputed reference) or "trl" (trl.DPOTrainer)
     seed: int = 0              # init/shuffle seed
-    save_every: int = 0        # checkpoint every k optimizer steps for resume (0 = off)
+    save_every: int = rule(0, **_nonneg, hashed=False)  # checkpoint every k optimizer steps for resume (0 = off)
 
 
 @dataclass
 class EvalConfig:
-    n_samples: int = 4         # fresh samples per held-out prompt, for every model evaluated
-    max_new_tokens: int = 32   # same cap as training samples by default
-    n_boot: int = 1000         # bootstrap resamples for confidence intervals
-    n_examples: int = 4        # example generations shown side by side
+    n_samples: int = rule(4, **_pos)        # fresh samples per held-out prompt, for every model evaluated
+    max_new_tokens: int = rule(32, **_pos)  # same cap as training samples by default
+    n_boot: int = rule(1000, check=lambda v: v >= 10, why="must be >= 10")  # bootstrap resamples for every CI
+    n_examples: int = rule(4, **_nonneg, hashed=False)  # example generations shown side by side
 
 
 @dataclass
 class TrackConfig:
-    mode: str = "offline"      # wandb mode: offline (no account), online, disabled
-    project: str = "alignment" # wandb project
-    run_name: str = ""         # wandb run name; "" = the run dir's name
+    mode: str = rule("offline", choices=("offline", "online", "disabled"), hashed=False)  # wandb mode: offline (no account), online, disabled
+    project: str = rule("alignment", hashed=False)  # wandb project
+    run_name: str = rule("", hashed=False)          # wandb run name; "" = the run dir's name
 
 
 @dataclass
 class SFTConfig:
     base: str = OFFLINE        # model to fine-tune on reviews ("offline" = SmolLM2-135M-Instruct, or hub id/path)
-    out: str = ""              # output dir; "" = the cache's SmolLM2-135M-reviews-sft (what model.policy=offline-sft loads)
-    n_reviews: int = 300       # training reviews (train split only: eval prompts' reviews are excluded)
-    n_eval_reviews: int = 64   # held-out reviews for perplexity before/after
-    max_tokens: int = 128      # truncate each review to this many tokens
-    epochs: int = 1            # passes over the reviews
-    lr: float = 5e-5           # AdamW learning rate
-    batch_size: int = 8        # reviews per optimizer step
+    out: str = rule("", hashed=False)  # output dir; "" = the cache's SmolLM2-135M-reviews-sft (what model.policy=offline-sft loads)
+    n_reviews: int = rule(300, **_pos)     # training reviews (train split only: eval prompts' reviews are excluded)
+    n_eval_reviews: int = rule(64, **_pos) # held-out reviews for perplexity before/after
+    max_tokens: int = rule(128, check=lambda v: v > 8, why="must be > 8")  # truncate each review to this many tokens
+    epochs: int = rule(1, **_pos)          # passes over the reviews
+    lr: float = rule(5e-5, **_unit_open)   # AdamW learning rate
+    batch_size: int = rule(8, **_pos)      # reviews per optimizer step
+    warmup_ratio: float = rule(0.1, **_frac)    # linear warmup fraction of the steps
+    final_lr_ratio: float = rule(0.0, **_frac)  # linear decay towards this fraction of lr (0: to zero)
+    max_grad_norm: float = rule(1.0, **_pos)    # gradient clipping
+    save_every: int = rule(25, **_nonneg, hashed=False)  # resumable checkpoint every k steps (0 = off)
+    n_sample_prompts: int = rule(3, **_nonneg)  # fixed held-out prompts continued before/after, by eye
+    sample_new_tokens: int = rule(40, **_pos)   # length of those continuations
     seed: int = 0              # shuffle / sampling seed
 
 
 @dataclass
 class Config:
-    run_dir: str = "runs/default"  # everything of a run lands here
+    run_dir: str = rule("runs/default", hashed=False)  # everything of a run lands here
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -126,6 +162,15 @@ class Config:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+SECTIONS = tuple(f.name for f in fields(Config) if f.name != "run_dir")
+
+
+def section_deps(cfg: Config, *sections: str) -> dict:
+    """{section: {field: value}} of the hashed fields: what a cached artifact depends on."""
+    return {s: {f.name: getattr(getattr(cfg, s), f.name) for f in fields(getattr(cfg, s))
+                if f.metadata.get("hashed", True)} for s in sections}
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:
@@ -210,54 +255,36 @@ def _check_source(name: str, value: str, named: tuple[str, ...]) -> None:
                           f"or use one of {list(named)} or a hub id such as lvwerra/gpt2-imdb")
 
 
+def _check_rules(section: str, obj) -> None:
+    """The rules declared on the fields of one section (`rule(...)`)."""
+    for f in fields(obj):
+        v, meta = getattr(obj, f.name), f.metadata
+        name = f"{section}.{f.name}" if section else f.name
+        choices = meta.get("choices")
+        if choices is not None:
+            allowed = choices() if callable(choices) else choices
+            _check(v in allowed, name, v, f"choose one of {list(allowed)}")
+        if meta.get("check") is not None:
+            _check(meta["check"](v), name, v, meta["why"])
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first bad field, before any model or data is loaded."""
-    from .losses import LOSSES, validate_alpha
-    from .pairs import STRATEGIES
+    from .losses import validate_alpha
 
+    for s in SECTIONS:
+        _check_rules(s, getattr(cfg, s))
     _check_source("model.policy", cfg.model.policy, (OFFLINE, "offline-sft"))
     if cfg.model.ref:
         _check_source("model.ref", cfg.model.ref, (OFFLINE, "offline-sft"))
-    _check(cfg.model.dtype in ("auto", "float32", "bfloat16"), "model.dtype", cfg.model.dtype,
-           "use auto, float32 or bfloat16")
     _check_source("data.source", cfg.data.source, (OFFLINE, "imdb"))
+    _check_source("reward.model", cfg.reward.model, (OFFLINE, "vader"))
+    _check_source("sft.base", cfg.sft.base, (OFFLINE,))
     d = cfg.data
-    _check(d.prompt_tokens > 0, "data.prompt_tokens", d.prompt_tokens, "must be > 0")
-    _check(d.min_chars >= 0, "data.min_chars", d.min_chars, "must be >= 0")
     _check(d.max_chars == 0 or d.max_chars > d.min_chars, "data.max_chars", d.max_chars,
            "must be 0 (no limit) or greater than data.min_chars")
-    _check(d.n_train_prompts > 0, "data.n_train_prompts", d.n_train_prompts, "must be > 0")
-    _check(d.n_eval_prompts > 0, "data.n_eval_prompts", d.n_eval_prompts, "must be > 0")
-    s = cfg.sample
-    _check(s.n_samples >= 2, "sample.n_samples", s.n_samples, "must be >= 2 to form a pair")
-    _check(s.max_new_tokens > 0, "sample.max_new_tokens", s.max_new_tokens, "must be > 0")
-    _check(s.temperature > 0, "sample.temperature", s.temperature, "must be > 0")
-    _check(s.top_k >= 0, "sample.top_k", s.top_k, "must be >= 0 (0 = off)")
-    _check(0 < s.top_p <= 1, "sample.top_p", s.top_p, "must be in (0, 1]")
-    _check(s.batch_size > 0, "sample.batch_size", s.batch_size, "must be > 0")
-    _check(s.backend in ("fast", "generate"), "sample.backend", s.backend, "use fast or generate")
-    _check_source("reward.model", cfg.reward.model, (OFFLINE, "vader"))
-    _check(cfg.reward.dtype in ("auto", "float32", "bfloat16"), "reward.dtype", cfg.reward.dtype,
-           "use auto, float32 or bfloat16")
-    _check(cfg.reward.batch_size > 0, "reward.batch_size", cfg.reward.batch_size, "must be > 0")
-    _check(cfg.pairs.strategy in STRATEGIES, "pairs.strategy", cfg.pairs.strategy,
-           f"choose one of {sorted(STRATEGIES)}")
-    _check(cfg.pairs.min_margin >= 0, "pairs.min_margin", cfg.pairs.min_margin, "must be >= 0")
-    p = cfg.dpo
-    _check(p.loss in LOSSES, "dpo.loss", p.loss, f"choose one of {sorted(LOSSES)}")
-    if p.loss == "alpha":
+    if cfg.dpo.loss == "alpha":
         try:
-            validate_alpha(p.alpha)
+            validate_alpha(cfg.dpo.alpha)
         except ValueError as e:  # surface as ConfigError like every other field
             raise ConfigError(str(e)) from None
-    _check(p.beta > 0, "dpo.beta", p.beta, "must be > 0")
-    _check(0 < p.lr < 1, "dpo.lr", p.lr, "must be in (0, 1); 1e-6..1e-5 is sane for DPO")
-    _check(p.epochs > 0, "dpo.epochs", p.epochs, "must be > 0")
-    _check(p.batch_size > 0 and p.grad_accum > 0, "dpo.batch_size", p.batch_size, "must be > 0")
-    _check(p.backend in ("native", "trl"), "dpo.backend", p.backend, "use native or trl")
-    _check(cfg.eval.n_samples > 0, "eval.n_samples", cfg.eval.n_samples, "must be > 0")
-    _check(cfg.sft.n_reviews > 0 and cfg.sft.max_tokens > 8, "sft.n_reviews", cfg.sft.n_reviews,
-           "sft.n_reviews must be > 0 and sft.max_tokens > 8")
-    _check(0 < cfg.sft.lr < 1, "sft.lr", cfg.sft.lr, "must be in (0, 1)")
-    _check(cfg.track.mode in ("offline", "online", "disabled"), "track.mode", cfg.track.mode,
-           "use offline, online or disabled")

@@ -97,16 +97,21 @@ def make_prompt(tokenizer, text: str, k: int) -> list[int] | None:
     return ids[:k] if len(ids) > k else None
 
 
+def review_pools(cfg: DataConfig) -> dict[str, list[Review]]:
+    """The reviews behind `data.source`: {"all": [...]} for one pool that the split is cut from,
+    or {"train": [...], "eval": [...]} where the source has its own splits (hub train/test)."""
+    if cfg.source == OFFLINE:
+        return {"all": offline_reviews()}
+    if cfg.source == "imdb":
+        return {"train": hub_reviews("imdb", "train"), "eval": hub_reviews("imdb", "test")}
+    if Path(cfg.source).expanduser().exists():
+        return {"all": file_reviews(cfg.source)}
+    return {"train": hub_reviews(cfg.source, "train"), "eval": hub_reviews(cfg.source, "test")}
+
+
 def build_prompts(cfg: DataConfig, tokenizer) -> dict[str, list[dict]]:
     """Return {"train": [...], "eval": [...]} prompt records {id, review_id, text, ids, label}."""
-    if cfg.source == OFFLINE:
-        pools = {"all": offline_reviews()}
-    elif cfg.source == "imdb":
-        pools = {"train": hub_reviews("imdb", "train"), "eval": hub_reviews("imdb", "test")}
-    elif Path(cfg.source).expanduser().exists():
-        pools = {"all": file_reviews(cfg.source)}
-    else:
-        pools = {"train": hub_reviews(cfg.source, "train"), "eval": hub_reviews(cfg.source, "test")}
+    pools = review_pools(cfg)
     rng = random.Random(cfg.seed)
     need = {"eval": cfg.n_eval_prompts, "train": cfg.n_train_prompts}
     out: dict[str, list[dict]] = {"eval": [], "train": []}

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .io import read_json, read_jsonl, write_json, write_jsonl
+from .io import write_json, write_jsonl
 from .logprobs import collate, model_logps
 from .metrics import (distinct_n, mean_predictive_entropy, perplexity, sequence_kl_estimate,
                       summarize_rewards, unigram_token_entropy)
@@ -47,13 +47,12 @@ def logps_and_entropy(model, ref_model, prompt_ids: dict[str, list[int]], recs: 
 
 def evaluate_model(name: str, model, ref_model, tokenizer, reward, prompts: list[dict], cfg: Config,
                    stop_ids: list[int], out_dir: str | Path, sample_dtype=None) -> dict:
-    """Sample cfg.eval.n_samples per held-out prompt from `model`, score, measure; cached in out_dir.
+    """Sample cfg.eval.n_samples per held-out prompt from `model`, score, measure; writes out_dir
+    (samples.jsonl streamed, so a killed evaluation resumes; the pipeline caches the whole dir).
 
     `ref_model=None` means the model *is* the reference (the SFT baseline): KL is then 0.
     """
     out_dir = Path(out_dir)
-    if (out_dir / "metrics.json").exists():
-        return read_json(out_dir / "metrics.json")
     sampler = model
     if sample_dtype is not None and sample_dtype != next(model.parameters()).dtype:
         sampler = copy.deepcopy(model).to(sample_dtype)
@@ -65,7 +64,7 @@ def evaluate_model(name: str, model, ref_model, tokenizer, reward, prompts: list
     pids = {p["id"]: p["ids"] for p in prompts}
     lp = logps_and_entropy(model, ref_model, pids, recs, tokenizer.pad_token_id)
     ids = [content_ids(r, stop_ids) for r in recs]
-    rs = summarize_rewards(rewards)
+    rs = summarize_rewards(rewards, n_boot=cfg.eval.n_boot)
     metrics = {
         "model": name, "n_samples": len(recs),
         "eval/reward_mean": rs["mean"], "eval/reward_median": rs["median"], "eval/reward_std": rs["std"],
@@ -82,31 +81,3 @@ def evaluate_model(name: str, model, ref_model, tokenizer, reward, prompts: list
     write_json(out_dir / "rewards.json", rewards)
     write_json(out_dir / "metrics.json", metrics)
     return metrics
-
-
-TABLE_COLS = [("eval/reward_mean", "reward"), ("eval/reward_ci_lo", "ci_lo"), ("eval/reward_ci_hi", "ci_hi"),
-              ("eval/token_entropy", "token_H"), ("eval/predictive_entropy", "pred_H"),
-              ("eval/distinct_2", "distinct_2"), ("eval/kl_to_ref", "KL"), ("eval/ref_perplexity", "ref_ppl")]
-
-
-def results_table(rows: list[dict]) -> str:
-    """Markdown table of evaluation metrics, one row per model."""
-    head = "| model | " + " | ".join(c for _, c in TABLE_COLS) + " |"
-    sep = "|---" * (len(TABLE_COLS) + 1) + "|"
-    body = ["| " + r["model"] + " | " + " | ".join(f"{r[k]:.3f}" for k, _ in TABLE_COLS) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
-
-
-def examples_table(run_eval_dirs: dict[str, Path], n: int) -> list[dict]:
-    """The first n held-out prompts with one sample (and reward) from each model, side by side."""
-    per_model = {m: read_jsonl(Path(d) / "scored.jsonl") for m, d in run_eval_dirs.items()}
-    first = next(iter(per_model.values()))
-    pids = list(dict.fromkeys(r["prompt_id"] for r in first))[:n]
-    rows = []
-    for pid in pids:
-        row = {"prompt": next(r["prompt"] for r in first if r["prompt_id"] == pid)}
-        for m, recs in per_model.items():
-            r = next(r for r in recs if r["prompt_id"] == pid and r["sample"] == 0)
-            row[m] = f"{r['completion']!r} ({r['reward']:+.2f})"
-        rows.append(row)
-    return rows

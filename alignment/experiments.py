@@ -1,89 +1,105 @@
 """The assignment's experiments on top of `Pipeline`: Level 1 (sigmoid vs hinge vs SFT),
 the learning-rate lesson, and the Level 2/3 divergence sweep. Each returns plain dicts and
-writes results.json / results.md / plots under the run dir."""
+writes its JSON result and plots under the run dir (`pipe.paths`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from .evaluate import examples_table, results_table
-from .io import read_json, write_json
+from .io import write_json
 from .metrics import bootstrap_diff_ci, mean_std_over_seeds
-from .pipeline import Pipeline, policy_name
+from .pipeline import Evaluation, Pipeline
+from .report import examples_rows, results_table
 
-SFT = "sft"
+LEVEL1_LOSSES = ("sigmoid", "hinge")
+SWEEP_LOSSES = ("reverse_kl", "forward_kl", "js", "alpha", "chi2", "hellinger", "jeffrey", "ipo")
+SEED_LR = 1e-3  # the seed notebook's learning rate, shown next to the preset's in the lr lesson
+SWEEP_KEYS = ["eval/reward_mean", "eval/token_entropy", "eval/predictive_entropy", "eval/kl_to_ref",
+              "eval/ref_perplexity", "eval/distinct_2"]
 
 
-def compare_to_sft(pipe: Pipeline, name: str) -> dict:
-    """Reward difference policy - SFT on held-out prompts, with a bootstrap CI."""
-    a = read_json(pipe.dir / "eval" / name / "rewards.json")
-    b = read_json(pipe.dir / "eval" / SFT / "rewards.json")
-    d, lo, hi = bootstrap_diff_ci(a, b, n_boot=pipe.cfg.eval.n_boot)
+def rewards_of(ev: Evaluation) -> list[float]:
+    return [r["reward"] for r in ev.scored]
+
+
+def compare_to_start(ev: Evaluation, start: Evaluation, n_boot: int) -> dict:
+    """Reward difference policy - start policy on the held-out prompts, with a bootstrap CI."""
+    d, lo, hi = bootstrap_diff_ci(rewards_of(ev), rewards_of(start), n_boot=n_boot)
     return {"reward_gain": d, "gain_ci_lo": lo, "gain_ci_hi": hi, "significant": lo > 0}
 
 
-def level1(pipe: Pipeline, losses: tuple[str, ...] = ("sigmoid", "hinge")) -> dict:
+def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, Evaluation, list[dict]]:
+    """Train one policy (cfg.dpo + overrides), evaluate it: (its table row with the gain vs start,
+    its evaluation, its training log)."""
+    policy = pipe.train(**overrides)
+    ev = pipe.evaluate(policy)
+    return {**ev.metrics, **compare_to_start(ev, start, pipe.cfg.eval.n_boot)}, ev, policy.log
+
+
+def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES) -> dict:
     """SFT baseline + one policy per loss, all evaluated on their own held-out samples."""
     from . import plots
 
-    _, stats = pipe.pairs()
-    rows = [pipe.evaluate(SFT)]
+    pairs, stats = pipe.pairs()
+    start = pipe.evaluate()
+    rows, evals, logs = [start.metrics], {start.metrics["model"]: start}, {}
     for loss in losses:
-        d = pipe.train(loss=loss)
-        m = pipe.evaluate(d.name, d)
-        rows.append({**m, **compare_to_sft(pipe, d.name)})
-    dirs = {r["model"]: pipe.dir / "eval" / r["model"] for r in rows}
-    plot_dir = pipe.dir / "plots"
-    files = [plots.reward_hist(dirs, plot_dir / "level1_rewards.png"),
-             plots.training_curves({r["model"]: pipe.dir / "policies" / r["model"] for r in rows[1:]},
-                                   plot_dir / "level1_training.png"),
-             plots.margin_hist(pipe.dir / "pairs.jsonl", plot_dir / "pair_margins.png")]
+        row, ev, log = trained_row(pipe, start, loss=loss)
+        rows.append(row)
+        evals[row["model"]], logs[row["model"]] = ev, log
+    P = pipe.paths
+    files = [plots.reward_hist({m: rewards_of(e) for m, e in evals.items()}, P.plot("level1_rewards")),
+             plots.training_curves(logs, P.plot("level1_training")),
+             plots.margin_hist([p["margin"] for p in pairs], P.plot("pair_margins"))]
     result = {"pairs": stats, "rows": rows, "table": results_table(rows),
-              "examples": examples_table(dirs, pipe.cfg.eval.n_examples), "plots": [str(f) for f in files]}
-    write_json(pipe.dir / "level1.json", result)
+              "examples": examples_rows({m: e.scored for m, e in evals.items()}, pipe.cfg.eval.n_examples),
+              "plots": [str(f) for f in files]}
+    write_json(P.result("level1"), result)
     _log_summary(pipe, "level1", rows, files)
     return result
 
 
-def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] = (1e-3, 5e-6), loss: str = "sigmoid") -> list[dict]:
-    """The seed's lr 1e-3 next to a sane lr: reward may rise while ref perplexity explodes."""
-    rows = []
+def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = "sigmoid") -> dict:
+    """The seed's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
+    reference perplexity explodes. Returns rows and examples side by side."""
+    lrs = lrs or (SEED_LR, pipe.cfg.dpo.lr)
+    start = pipe.evaluate()
+    rows, scored = [], {}
     for lr in lrs:
-        d = pipe.train(loss=loss, lr=lr)
-        rows.append({**pipe.evaluate(d.name, d), "lr": lr, **compare_to_sft(pipe, d.name)})
-    write_json(pipe.dir / "lr_lesson.json", rows)
-    return rows
+        row, ev, _ = trained_row(pipe, start, loss=loss, lr=lr)
+        rows.append({**row, "lr": lr})
+        scored[row["model"]] = ev.scored
+    result = {"rows": rows, "start": start.metrics, "examples": examples_rows(scored, pipe.cfg.eval.n_examples)}
+    write_json(pipe.paths.result("lr_lesson"), result)
+    return result
 
 
-def sweep(pipe: Pipeline, losses: tuple[str, ...], betas: tuple[float, ...], seeds: tuple[int, ...],
-          alphas: tuple[float, ...] = (0.3, 0.5, 0.7)) -> dict:
+def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[float, ...] = (0.1,),
+          seeds: tuple[int, ...] = (0, 1), alphas: tuple[float, ...] = (0.3, 0.5, 0.7)) -> dict:
     """Every (divergence, beta, seed) on the same pairs; one point per run, mean/std per setting."""
     from . import plots
 
-    pipe.evaluate(SFT)
+    start = pipe.evaluate()
     runs = []
     for loss in losses:
         for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,)):
             for beta in betas:
                 for seed in seeds:
-                    d = pipe.train(loss=loss, beta=beta, alpha=alpha, seed=seed)
-                    m = pipe.evaluate(d.name, d)
+                    row, _, _ = trained_row(pipe, start, loss=loss, beta=beta, alpha=alpha, seed=seed)
                     label = f"alpha={alpha:g}" if loss == "alpha" else loss
-                    runs.append({**m, **compare_to_sft(pipe, d.name), "loss": loss, "label": label,
-                                 "alpha": alpha, "beta": beta, "seed": seed})
-    keys = ["eval/reward_mean", "eval/token_entropy", "eval/predictive_entropy", "eval/kl_to_ref",
-            "eval/ref_perplexity", "eval/distinct_2"]
+                    runs.append({**row, "loss": loss, "label": label, "alpha": alpha, "beta": beta, "seed": seed})
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["label"], r["beta"]), []).append(r)
-    summary = [{"label": lab, "beta": beta, "n_seeds": len(rs), **{k: list(v) for k, v in mean_std_over_seeds(rs, keys).items()}}
+    summary = [{"label": lab, "beta": beta, "n_seeds": len(rs),
+                **{k: list(v) for k, v in mean_std_over_seeds(rs, SWEEP_KEYS).items()}}
                for (lab, beta), rs in groups.items()]
-    sft = read_json(pipe.dir / "eval" / SFT / "metrics.json")
-    files = [plots.tradeoff(summary, sft, "eval/token_entropy", pipe.dir / "plots" / "sweep_reward_vs_entropy.png"),
-             plots.tradeoff(summary, sft, "eval/predictive_entropy", pipe.dir / "plots" / "sweep_reward_vs_pred_entropy.png"),
-             plots.tradeoff(summary, sft, "eval/kl_to_ref", pipe.dir / "plots" / "sweep_reward_vs_kl.png")]
+    sft, P = start.metrics, pipe.paths
+    files = [plots.tradeoff(summary, sft, "eval/token_entropy", P.plot("sweep_reward_vs_entropy")),
+             plots.tradeoff(summary, sft, "eval/predictive_entropy", P.plot("sweep_reward_vs_pred_entropy")),
+             plots.tradeoff(summary, sft, "eval/kl_to_ref", P.plot("sweep_reward_vs_kl"))]
     result = {"runs": runs, "summary": summary, "sft": sft, "ordering": ordering_check(summary),
               "plots": [str(f) for f in files]}
-    write_json(pipe.dir / "sweep.json", result)
+    write_json(P.result("sweep"), result)
     _log_summary(pipe, "sweep", runs, files)
     return result
 
@@ -104,7 +120,7 @@ def ordering_check(summary: list[dict]) -> dict:
 
 def _log_summary(pipe: Pipeline, name: str, rows: list[dict], images: list[Path]) -> None:
     """One wandb run per experiment with its table and plots (no-op when tracking is off)."""
-    tr = pipe._tracker(name, group="eval")
+    tr = pipe.tracker(name, group="eval")
     try:
         cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float, str, bool))})
         tr.log_table(f"{name}/results", cols, [[r.get(c) for c in cols] for r in rows])

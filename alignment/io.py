@@ -1,17 +1,21 @@
-"""Small, crash-safe file helpers: atomic writes, appendable JSONL shards, run manifests.
+"""Small, crash-safe file helpers: atomic files and directories, appendable JSONL, and `cached`,
+the one helper every cached artifact of the kit goes through (pipeline stages, evaluations, the
+SFT model, the reward head, the offline assets).
 
 Every file the kit writes goes through here so that an interrupted run never leaves a
-half-written cache behind: we write to a temp file in the same directory, fsync, then rename.
+half-written cache behind: we write to a temp file (or temp dir) next to the target, fsync,
+then rename. A cached artifact's `<name>.meta.json` is written only *after* the artifact exists.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 @contextmanager
@@ -104,3 +108,68 @@ def stable_hash(obj: Any, n: int = 12) -> str:
     """Short sha256 of a JSON-able object with sorted keys (config fingerprints)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
+
+
+# ---- directories and cached artifacts ------------------------------------------------------------
+class CacheMismatch(RuntimeError):
+    """An artifact exists but was made with a different config."""
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Swap the finished `tmp` (file or dir) in as `path` by renames only: `path` is always either
+    the old complete artifact, absent for an instant, or the new complete one."""
+    tmp, path = Path(tmp), Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir():
+        shutil.rmtree(old)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    if old.is_dir():
+        shutil.rmtree(old)
+    elif old.exists():
+        old.unlink()
+
+
+def meta_path(artifact: str | os.PathLike) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".meta.json")
+
+
+def cached(artifact: str | os.PathLike, deps: dict, build: Callable[[Path], Any], *,
+           on_mismatch: str = "raise", hint: str = "") -> bool:
+    """Make `artifact` (a file or a directory) once per `deps`; return True if it was built now.
+
+    `build(part)` writes the artifact to `part`, a temp path next to it named after the deps
+    hash (`.<name>.<hash>.part`), and may resume there after an interrupt: the partial work of
+    one config is never mistaken for another's. When `build` returns, `part` is renamed to
+    `artifact` and only then is `<artifact>.meta.json` ({hash, deps}) written.
+
+    An artifact whose meta records other deps raises `CacheMismatch` naming the changed keys
+    (`on_mismatch="raise"`, e.g. a run dir never mixes configs; `hint` says what to do) or is
+    rebuilt and replaced (`"rebuild"`, e.g. the single SFT model in the asset cache).
+    """
+    artifact = Path(artifact)
+    h = stable_hash(deps)
+    meta = meta_path(artifact)
+    if meta.exists():
+        old = read_json(meta)
+        if old["hash"] == h and artifact.exists():
+            return False
+        if old["hash"] != h and on_mismatch == "raise":
+            changed = sorted(k for k in set(deps) | set(old["deps"]) if old["deps"].get(k) != deps.get(k))
+            raise CacheMismatch(f"{artifact} was made with a different config (changed: {', '.join(changed)}). {hint}")
+    part = artifact.with_name(f".{artifact.name}.{h}.part")
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    build(part)
+    if meta.exists():
+        meta.unlink()  # a crash from here on leaves an artifact without meta: rebuilt, never trusted
+    publish(part, artifact)
+    write_json(meta, {"hash": h, "deps": deps})
+    return True
+
+
+def part_dir(part: str | os.PathLike) -> Path:
+    """`part` as a directory (created if missing), for builders that write several files."""
+    Path(part).mkdir(parents=True, exist_ok=True)
+    return Path(part)

@@ -181,13 +181,13 @@ def bootstrap_diff_ci(
     return float(xa.mean() - xb.mean()), float(lo), float(hi)
 
 
-def summarize_rewards(rewards) -> dict:
+def summarize_rewards(rewards, n_boot: int = 1000) -> dict:
     """Summary of a reward sample: mean, median, std (ddof=0), 95% bootstrap CI of the mean, n.
 
     Raises ValueError if any reward is NaN (message names the NaN count).
     """
     x = _as_clean_array(rewards, "summarize_rewards")
-    mean, lo, hi = bootstrap_ci(x)
+    mean, lo, hi = bootstrap_ci(x, n_boot=n_boot)
     return {
         "mean": mean,
         "median": float(np.median(x)),

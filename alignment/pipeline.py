@@ -1,4 +1,4 @@
-"""The pipeline as cached, resumable stages over one run directory.
+"""The pipeline as cached, resumable stages over one run directory (`RunPaths` names every file).
 
     run_dir/manifest.json        config hash + library versions
     run_dir/prompts.json         train/eval prompts            (model.policy tokenizer, data)
@@ -7,8 +7,10 @@
     run_dir/pairs.jsonl          preference pairs + stats      (+ pairs)
     run_dir/policies/<name>/     trained policy, train_log     (+ dpo)
     run_dir/eval/<name>/         held-out samples + metrics    (+ eval)
-Each artifact has a `<artifact>.meta.json` with the hash of the config it depends on; a run
-dir never mixes results from different configs (it raises and says what to do).
+Every artifact goes through `io.cached`: built under a temp name keyed by its config hash
+(resumable there), renamed into place, then given a `<artifact>.meta.json`. A run dir never
+mixes results from different configs (it raises and says what to do). The SFT stage caches its
+model in the asset cache instead (`model.policy=offline-sft` loads it from there).
 """
 from __future__ import annotations
 
@@ -16,15 +18,56 @@ import dataclasses
 import platform
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-from .config import Config
-from .io import read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from .config import Config, section_deps
+from .io import CacheMismatch, cached, part_dir, read_json, read_jsonl, stable_hash, write_json, write_jsonl
 
 
-class RunDirMismatch(RuntimeError):
+class RunDirMismatch(CacheMismatch):
     """An artifact in run_dir was made with a different config."""
+
+
+class Policy(NamedTuple):
+    name: str          # e.g. sigmoid-b0.1-lr5e-05-s0
+    dir: Path          # run_dir/policies/<name>; the weights are in dir/"model"
+    log: list[dict]    # train_log.jsonl records
+
+
+class Evaluation(NamedTuple):
+    metrics: dict      # eval/* metrics of one model on its own held-out samples
+    scored: list[dict] # those samples with their rewards, in prompt order
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    """Where everything of one run dir lives; nobody else joins run-dir paths."""
+    root: Path
+
+    def __getattr__(self, name: str) -> Path:  # prompts, samples, rewards, pairs, ... (see FILES)
+        if name in FILES:
+            return self.root / FILES[name]
+        raise AttributeError(name)
+
+    def policy(self, name: str) -> Path:
+        return self.root / "policies" / name
+
+    def eval(self, name: str) -> Path:
+        return self.root / "eval" / name
+
+    def plot(self, name: str) -> Path:
+        return self.root / "plots" / f"{name}.png"
+
+    def result(self, name: str) -> Path:
+        return self.root / f"{name}.json"
+
+
+FILES = {"manifest": "manifest.json", "config": "config.json", "prompts": "prompts.json",
+         "samples": "samples.jsonl", "rewards": "rewards.json", "pairs": "pairs.jsonl",
+         "pairs_stats": "pairs_stats.json", "ref_logps": "ref_logps.pt", "plots": "plots", "wandb": "wandb"}
+START = "sft"  # the start policy's evaluation name (the seed's "SFT baseline")
 
 
 def library_versions() -> dict[str, str]:
@@ -44,41 +87,30 @@ class Pipeline:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.dir = Path(cfg.run_dir)
+        self.paths = RunPaths(Path(cfg.run_dir))
+        self.dir = self.paths.root
         self.dir.mkdir(parents=True, exist_ok=True)
         # The manifest records the config that created the run dir; later invocations with other
         # configs (a sweep's dpo overrides, a refused mismatch) are listed, never overwrite it.
         h = stable_hash(cfg.to_dict())
-        path = self.dir / "manifest.json"
-        if not path.exists():
-            write_json(self.dir / "config.json", cfg.to_dict())
-            write_json(path, {"config_hash": h, "versions": library_versions(), "other_configs": []})
+        if not self.paths.manifest.exists():
+            write_json(self.paths.config, cfg.to_dict())
+            write_json(self.paths.manifest, {"config_hash": h, "versions": library_versions(), "other_configs": []})
             return
-        manifest = read_json(path)
+        manifest = read_json(self.paths.manifest)
         manifest.setdefault("other_configs", [])  # manifests written before this field existed
         if h != manifest["config_hash"] and h not in manifest["other_configs"]:
             manifest["other_configs"].append(h)
             write_json(self.dir / f"config.{h}.json", cfg.to_dict())
-            write_json(path, manifest)
+            write_json(self.paths.manifest, manifest)
 
-    # ---- config fingerprints -------------------------------------------------------------
-    def _deps(self, *sections: str) -> dict:
-        c = self.cfg.to_dict()
-        return {s: c[s] for s in ("model", "data", *sections)}
-
-    def _check(self, artifact: Path, deps: dict) -> bool:
-        """True if `artifact` exists for this config; raise if it exists for another one."""
-        meta = artifact.with_name(artifact.name + ".meta.json")
-        if meta.exists():
-            old = read_json(meta)
-            if old["hash"] != stable_hash(deps):
-                changed = sorted(k for k in deps if old["deps"].get(k) != deps[k])
-                raise RunDirMismatch(
-                    f"{artifact} was made with a different config (changed: {', '.join(changed)}). "
-                    f"Use a new run_dir (e.g. run_dir={self.dir}-2) or delete {artifact} and its .meta.json.")
-            return artifact.exists()
-        write_json(meta, {"hash": stable_hash(deps), "deps": deps})
-        return False
+    def _cached(self, artifact: Path, sections: tuple[str, ...], build, **extra) -> bool:
+        deps = {**section_deps(self.cfg, "model", "data", *sections), **extra}
+        try:
+            return cached(artifact, deps, build, hint=f"Use a new run_dir (e.g. run_dir={self.dir}-2) "
+                                                      f"or delete {artifact} and its .meta.json.")
+        except CacheMismatch as e:  # the run-dir flavour of the error, for the CLI and tests
+            raise RunDirMismatch(str(e)) from None
 
     # ---- lazily loaded models --------------------------------------------------------------
     @cached_property
@@ -124,114 +156,129 @@ class Pipeline:
     def prompts(self) -> dict[str, list[dict]]:
         from .data import build_prompts
 
-        path = self.dir / "prompts.json"
-        if not self._check(path, self._deps()):
-            write_json(path, build_prompts(self.cfg.data, self.tokenizer))
-        return read_json(path)
+        self._cached(self.paths.prompts, (), lambda part: write_json(part, build_prompts(self.cfg.data, self.tokenizer)))
+        return read_json(self.paths.prompts)
 
     def samples(self) -> list[dict]:
-        from .sampling import completed_samples, sample_to_file
+        """N samples per train prompt; streamed to the part file, so a killed run resumes there."""
+        from .sampling import in_prompt_order, sample_to_file
 
-        path = self.dir / "samples.jsonl"
         prompts = self.prompts()["train"]
-        self._check(path, self._deps("sample"))  # resumes a partial file with the same config
-        done = completed_samples(path, prompts, self.cfg.sample.n_samples)
-        if done is not None:  # complete: no model load
-            return done
-        model = self.load_policy(dtype=self.sample_dtype)
-        recs = sample_to_file(path, model, self.tokenizer, prompts, self.cfg.sample.n_samples,
-                              self.cfg.sample, self.stop_ids, desc="sampling train prompts")
-        del model
-        return recs
+
+        def build(part):
+            model = self.load_policy(dtype=self.sample_dtype)
+            sample_to_file(part, model, self.tokenizer, prompts, self.cfg.sample.n_samples, self.cfg.sample,
+                           self.stop_ids, desc="sampling train prompts")
+
+        self._cached(self.paths.samples, ("sample",), build)
+        return in_prompt_order(read_jsonl(self.paths.samples), prompts)
 
     def rewards(self) -> list[float]:
         from .reward import score_records
 
-        path = self.dir / "rewards.json"
         recs = self.samples()
-        if not self._check(path, self._deps("sample", "reward")):
-            write_json(path, score_records(self.reward, recs, self.cfg.reward.score_prompt))
-        return read_json(path)
+        self._cached(self.paths.rewards, ("sample", "reward"),
+                     lambda part: write_json(part, score_records(self.reward, recs, self.cfg.reward.score_prompt)))
+        return read_json(self.paths.rewards)
 
     def pairs(self) -> tuple[list[dict], dict]:
         from .pairs import build_pairs
 
-        path = self.dir / "pairs.jsonl"
-        if not self._check(path, self._deps("sample", "reward", "pairs")):
+        def build(part):
             p = self.cfg.pairs
             pairs, stats = build_pairs(self.samples(), self.rewards(), p.strategy, p.min_margin, p.seed)
-            write_json(self.dir / "pairs_stats.json", stats)
-            write_jsonl(path, pairs)
-        return read_jsonl(path), read_json(self.dir / "pairs_stats.json")
+            write_json(self.paths.pairs_stats, stats)
+            write_jsonl(part, pairs)
+
+        self._cached(self.paths.pairs, ("sample", "reward", "pairs"), build)
+        return read_jsonl(self.paths.pairs), read_json(self.paths.pairs_stats)
+
+    def train_prompt_ids(self) -> dict[str, list[int]]:
+        return {p["id"]: p["ids"] for p in self.prompts()["train"]}
 
     def ref_logps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from .io import atomic_open
         from .train import reference_logps
 
-        path = self.dir / "ref_logps.pt"
         pairs, _ = self.pairs()
-        if not self._check(path, self._deps("sample", "reward", "pairs")):
-            pids = {p["id"]: p["ids"] for p in self.prompts()["train"]}
-            ch, rj = reference_logps(self.ref_model, pairs, pids, self.tokenizer.pad_token_id)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"chosen": ch, "rejected": rj}, tmp)
-            tmp.replace(path)
-        d = torch.load(path, weights_only=True)
+
+        def build(part):
+            ch, rj = reference_logps(self.ref_model, pairs, self.train_prompt_ids(), self.tokenizer.pad_token_id)
+            with atomic_open(part, "wb") as f:
+                torch.save({"chosen": ch, "rejected": rj}, f)
+
+        self._cached(self.paths.ref_logps, ("sample", "reward", "pairs"), build)
+        d = torch.load(self.paths.ref_logps, weights_only=True)
         return d["chosen"], d["rejected"]
 
+    def sft(self) -> dict:
+        """The SFT stage: the start policy tuned on train-split reviews (see `alignment.sft`)."""
+        from .sft import run_sft
+
+        return run_sft(self.cfg, self.tracker)
+
     # ---- training and evaluation ------------------------------------------------------------
-    def train(self, **overrides) -> Path:
-        """Train one policy with cfg.dpo updated by `overrides` (loss, beta, lr, alpha, seed...);
-        returns its directory. Cached by name and config hash."""
+    def train(self, **overrides) -> Policy:
+        """Train one policy with cfg.dpo updated by `overrides` (loss, beta, lr, alpha, seed...).
+        Cached by name and config hash; resumes from its last checkpoint after an interrupt."""
         dpo = dataclasses.replace(self.cfg.dpo, **overrides)
         name = policy_name(dpo)
-        out = self.dir / "policies" / name
-        done = out / "model" / "config.json"
-        deps = {**self._deps("sample", "reward", "pairs"), "dpo": dataclasses.asdict(dpo)}
-        if self._check(out / "model", deps) and done.exists():
-            return out
+        out = self.paths.policy(name)
+
+        def build(part):
+            self._train_into(part_dir(part), name, dpo)
+
+        deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"]}
+        self._cached(out, ("sample", "reward", "pairs"), build, **deps)
+        return Policy(name, out, read_jsonl(out / "train_log.jsonl"))
+
+    def _train_into(self, part: Path, name: str, dpo) -> None:
         pairs, _ = self.pairs()
         ref = self.ref_logps()
-        pids = {p["id"]: p["ids"] for p in self.prompts()["train"]}
         model = self.load_policy(train=True)
-        tracker = self._tracker(f"train-{name}", group="train")
+        tracker = self.tracker(f"train-{name}", group="train")
         try:
             if dpo.backend == "trl":
                 from .trl_backend import train_dpo_trl
 
-                train_dpo_trl(model, self.ref_model, self.tokenizer, pairs, pids, dpo, out, tracker)
+                train_dpo_trl(model, self.ref_model, self.tokenizer, pairs, self.train_prompt_ids(), dpo, part, tracker)
             else:
                 from .train import train_dpo
 
-                train_dpo(model, pairs, pids, ref, dpo, self.tokenizer.pad_token_id, out, tracker,
-                          save_every=self.cfg.dpo.save_every)
+                train_dpo(model, pairs, self.train_prompt_ids(), ref, dpo, self.tokenizer.pad_token_id, part, tracker)
         finally:
             tracker.finish()
-        model.save_pretrained(out / "model.tmp")
-        self.tokenizer.save_pretrained(out / "model.tmp")
-        if (out / "model").exists():
-            import shutil
+        model.save_pretrained(part / "model")
+        self.tokenizer.save_pretrained(part / "model")
 
-            shutil.rmtree(out / "model")
-        (out / "model.tmp").rename(out / "model")
-        return out
-
-    def evaluate(self, name: str, policy_dir: Path | None = None) -> dict:
-        """Held-out metrics of the start policy (`policy_dir=None`, name e.g. "sft") or a trained one."""
+    def evaluate(self, policy: Policy | None = None) -> Evaluation:
+        """Held-out metrics of the start policy (`policy=None`, named "sft") or a trained one,
+        each on its own fresh samples."""
         from .evaluate import evaluate_model
 
-        out = self.dir / "eval" / name
-        if self._check(out / "metrics.json", {**self._deps("sample", "reward", "eval"),
-                                              "policy": str(policy_dir)}):
-            return read_json(out / "metrics.json")
-        prompts = self.prompts()["eval"]
-        if policy_dir is None:
-            model, ref = self.ref_model, None
-        else:
-            model, ref = self.load_policy(str(Path(policy_dir) / "model")), self.ref_model
-        return evaluate_model(name, model, ref, self.tokenizer, self.reward, prompts, self.cfg,
-                              self.stop_ids, out, sample_dtype=self.sample_dtype)
+        name = policy.name if policy else START
+        out = self.paths.eval(name)
 
-    def _tracker(self, name: str, group: str | None = None):
+        def build(part):
+            prompts = self.prompts()["eval"]
+            if policy is None:
+                model, ref = self.ref_model, None
+            else:
+                model, ref = self.load_policy(str(policy.dir / "model")), self.ref_model
+            evaluate_model(name, model, ref, self.tokenizer, self.reward, prompts, self.cfg,
+                           self.stop_ids, part_dir(part), sample_dtype=self.sample_dtype)
+
+        policy_hash = read_json(policy.dir.with_name(policy.dir.name + ".meta.json"))["hash"] if policy else None
+        self._cached(out, ("sample", "reward", "eval"), build, policy=policy_hash)
+        return Evaluation(read_json(out / "metrics.json"), read_jsonl(out / "scored.jsonl"))
+
+    def policies(self) -> list[Policy]:
+        """The trained policies of this run dir (finished ones only)."""
+        done = sorted(p for p in (self.dir / "policies").glob("*.meta.json"))
+        return [Policy(p.name[: -len(".meta.json")], p.with_name(p.name[: -len(".meta.json")]),
+                       read_jsonl(p.with_name(p.name[: -len(".meta.json")]) / "train_log.jsonl")) for p in done]
+
+    def tracker(self, name: str, group: str | None = None):
         from .tracking import make_tracker
 
         return make_tracker(self.cfg, f"{self.dir.name}-{name}", str(self.dir), group=group)

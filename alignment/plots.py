@@ -5,7 +5,6 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg without a display
 
-from .io import read_json, read_jsonl
 
 
 def _save(fig, path: Path) -> Path:
@@ -18,28 +17,28 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def reward_hist(eval_dirs: dict[str, Path], path: Path) -> Path:
+def reward_hist(rewards: dict[str, list[float]], path: Path) -> Path:
     """Held-out reward distributions, one histogram per model (SFT first)."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, d in eval_dirs.items():
-        ax.hist(read_json(Path(d) / "rewards.json"), bins=30, alpha=0.45, label=name)
+    for name, r in rewards.items():
+        ax.hist(r, bins=30, alpha=0.45, label=name)
     ax.set(xlabel="reward (held-out prompts, own samples)", ylabel="count", title="Reward before/after DPO")
     ax.legend()
     return _save(fig, path)
 
 
-def margin_hist(pairs_path: Path, path: Path) -> Path:
+def margin_hist(margins: list[float], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist([p["margin"] for p in read_jsonl(pairs_path)], bins=30, color="tab:purple")
+    ax.hist(margins, bins=30, color="tab:purple")
     ax.set(xlabel="reward(chosen) - reward(rejected)", ylabel="pairs", title="Preference-pair margins")
     return _save(fig, path)
 
 
-def training_curves(policy_dirs: dict[str, Path], path: Path) -> Path:
+def training_curves(logs: dict[str, list[dict]], path: Path) -> Path:
+    """Loss, margins and accuracies per step, one line per trained policy (train_log records)."""
     keys = ["loss", "rewards/margins", "rewards/accuracies"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
-    for name, d in policy_dirs.items():
-        log = read_jsonl(Path(d) / "train_log.jsonl")
+    for name, log in logs.items():
         for ax, k in zip(axes, keys):
             ax.plot([r["step"] for r in log], [r[k] for r in log], label=name)
             ax.set(title=k, xlabel="step")

@@ -121,11 +121,31 @@ class EmbeddingReward:
         return check_finite(self.embed(texts) @ self.w + self.b, texts)
 
 
+def offline_reward(cfg: RewardConfig) -> EmbeddingReward:
+    """The offline default reward, training its head on first use (~1-2 min on 2 CPU cores)."""
+    from safetensors.torch import load_file
+
+    from .assets import cache_root, minilm_dir
+    from .io import cached, read_json
+    from .reward_train import train_head
+
+    head_dir = cache_root() / "models" / "minilm-sentiment-head"
+
+    def build(part):
+        print("training the offline reward head (once) ...", flush=True)
+        enc = EmbeddingReward(minilm_dir(), {"weight": torch.zeros(1), "bias": torch.zeros(())}, batch_size=128)
+        print(train_head(part, enc.embed, VaderReward().score), flush=True)
+
+    cached(head_dir, {"encoder": "all-MiniLM-L6-v2", "data": "vader+rt", "seed": 0}, build)
+    reward = EmbeddingReward(minilm_dir(), load_file(str(head_dir / "head.safetensors")),
+                             cfg.batch_size, cfg.max_length, dtype=cfg.dtype)
+    reward.metrics = read_json(head_dir / "metrics.json")
+    return reward
+
+
 def load_reward(cfg: RewardConfig):
     """Build the reward named by `reward.model`: offline | vader | hub id | local dir."""
     if cfg.model == OFFLINE:
-        from .reward_train import offline_reward
-
         return offline_reward(cfg)
     if cfg.model == "vader":
         return VaderReward()

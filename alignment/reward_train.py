@@ -1,20 +1,24 @@
-"""Train the offline reward once: all-MiniLM-L6-v2 embeddings + logistic regression on the
+"""Train the offline reward's head once: logistic regression on sentence embeddings of the
 bundled labelled movie-review snippets (VADER's 10,605 human-scored snippets + 12,808 Rotten
-Tomatoes fresh/rotten snippets), 80/20 split by seed 0. Held-out accuracy is reported next to
-VADER's on the same texts; `head/metrics.json` records both.
+Tomatoes fresh/rotten snippets), 80/20 split by seed 0. Held-out accuracy is reported next to a
+baseline scorer's (VADER) on the same texts; `head/metrics.json` records both.
+
+Depends on no scorer class: `alignment.reward` hands in the embedder and the baseline, so the
+dependency runs one way (reward -> reward_train).
 """
 from __future__ import annotations
 
 import bz2
 import csv
 import random
-import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .config import RewardConfig
-from .io import read_json, write_json
+from .io import part_dir, write_json
+
+Scorer = Callable[[list[str]], torch.Tensor]
 
 
 def labelled_snippets() -> list[tuple[str, int]]:
@@ -54,50 +58,27 @@ def accuracy(scores: torch.Tensor, y: torch.Tensor, threshold: float = 0.0) -> f
     return ((scores > threshold).long() == y).float().mean().item()
 
 
-def train_head(out_dir: Path, seed: int = 0) -> dict:
+def train_head(out_dir: Path, embed: Scorer, baseline: Scorer, seed: int = 0) -> dict:
+    """Fit the head on `embed(texts)` (n, D) and write head.safetensors + metrics.json into
+    `out_dir` (a part dir of `io.cached`); `baseline(texts)` (n,) is scored on the same held-out texts."""
     from safetensors.torch import save_file
-
-    from .assets import minilm_dir
-    from .reward import EmbeddingReward, VaderReward
 
     data = labelled_snippets()
     random.Random(seed).shuffle(data)
     n_test = len(data) // 5
     test, train = data[:n_test], data[n_test:]
     n_val = len(train) // 8
-    enc = EmbeddingReward(minilm_dir(), {"weight": torch.zeros(1), "bias": torch.zeros(())}, batch_size=128)
-    x_tr, x_te = enc.embed([t for t, _ in train]).clone(), enc.embed([t for t, _ in test]).clone()
+    x_tr, x_te = embed([t for t, _ in train]).clone(), embed([t for t, _ in test]).clone()
     y_tr, y_te = torch.tensor([l for _, l in train]), torch.tensor([l for _, l in test])
     val_acc = {l2: accuracy(x_tr[:n_val] @ h["weight"] + h["bias"], y_tr[:n_val])
                for l2 in (1e-4, 1e-3, 1e-2) for h in [fit_logistic(x_tr[n_val:], y_tr[n_val:], l2)]}
     l2 = max(val_acc, key=val_acc.get)
     head = fit_logistic(x_tr, y_tr, l2)
-    vader = VaderReward().score([t for t, _ in test])
     metrics = {"n_train": len(train), "n_test": len(test), "l2": l2,
                "test_accuracy": accuracy(x_te @ head["weight"] + head["bias"], y_te),
-               "vader_test_accuracy": accuracy(vader, y_te),
+               "vader_test_accuracy": accuracy(baseline([t for t, _ in test]), y_te),
                "sources": "VADER movieReviewSnippets (|score|>=0.5) + Rotten Tomatoes fresh/rotten"}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent))
-    save_file(head, str(tmp / "head.safetensors"))
-    write_json(tmp / "metrics.json", metrics)
-    if not out_dir.exists():
-        tmp.rename(out_dir)
+    out_dir = part_dir(out_dir)
+    save_file(head, str(out_dir / "head.safetensors"))
+    write_json(out_dir / "metrics.json", metrics)
     return metrics
-
-
-def offline_reward(cfg: RewardConfig):
-    """The offline default reward, training its head on first use (~1-2 min on 2 CPU cores)."""
-    from safetensors.torch import load_file
-
-    from .assets import cache_root, minilm_dir
-    from .reward import EmbeddingReward
-
-    head_dir = cache_root() / "models" / "minilm-sentiment-head"
-    if not (head_dir / "head.safetensors").exists():
-        print("training the offline reward head (once) ...", flush=True)
-        print(train_head(head_dir), flush=True)
-    reward = EmbeddingReward(minilm_dir(), load_file(str(head_dir / "head.safetensors")),
-                             cfg.batch_size, cfg.max_length, dtype=cfg.dtype)
-    reward.metrics = read_json(head_dir / "metrics.json")
-    return reward

@@ -5,11 +5,10 @@ review continuer, saved where `model.policy=offline-sft` loads it. Only the *tra
 the reviews behind the pipeline's eval prompts (`build_prompts(cfg.data, tok)["eval"]`) are
 excluded, by id and by text, and a separate seeded set of held-out reviews measures perplexity.
 
-A plain causal-LM loop of our own (not trl's SFTTrainer): the whole job is ~40 AdamW steps, and
-our loop gives exact control over what the brief needs and SFTTrainer would hide: masks that
-come from lengths (pad == EOS for GPT-2 and SmolLM2, so a value-derived mask would drop the
-real EOS), atomic checkpoints inside the temp output dir that resume with the same data order
-and RNG state, and the same metrics before and after.
+It trains with the kit's one loop (`alignment.train.train_loop`) and a next-token loss closure
+(not trl's SFTTrainer): masks that come from lengths (pad == EOS for GPT-2 and SmolLM2, so a
+value-derived mask would drop the real EOS), resumable checkpoints with the same data order and
+RNG state, and the same metrics before and after.
 
     batch of right-padded reviews, pad id p (== EOS e), review 2 ends for real:
         input_ids      = [[a, b, c, d],   [f, g, e, p]]
@@ -19,53 +18,32 @@ and RNG state, and the same metrics before and after.
 EOS is appended only to reviews that fit in `sft.max_tokens`: a review cut at the limit did not
 end there, so it gets no EOS (training a stop at an arbitrary cut would teach early stopping).
 
-Layout: training runs in `<out>/../.<name>.tmp/` (sft_meta.json, before.json, ckpt.pt) and the
-finished dir is renamed to `<out>` at the end, so `<out>` is either absent or complete.
+Layout: the stage goes through `io.cached` like every artifact: training runs in a temp dir next
+to `<out>` named after the config hash (before.json, ckpt.pt, train_log.jsonl) and the finished dir
+is renamed to `<out>` at the end, so `<out>` is either absent or complete; `<out>.meta.json`
+records the config. A different config replaces the model (there is one `offline-sft`).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import random
-import shutil
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
-from .config import OFFLINE, Config, SampleConfig
-from .data import DataError, Review, _filter, build_prompts, file_reviews, hub_reviews, make_prompt, offline_reviews
-from .io import atomic_open, read_json, stable_hash, write_json
+from .config import Config, SampleConfig, section_deps
+from .data import DataError, Review, _filter, build_prompts, make_prompt, review_pools
+from .io import cached, meta_path, part_dir, read_json, stable_hash, write_json
 from .logprobs import collate, model_logps
-from .train import epoch_batches
+from .train import LoopConfig, train_loop
 
-CKPT_EVERY = 25          # optimizer steps between resumable checkpoints
-WARMUP_RATIO = 0.1       # linear warmup fraction, then linear decay towards 0
-MAX_GRAD_NORM = 1.0
-N_SAMPLE_PROMPTS = 3     # fixed held-out prompts for before/after continuations
-SAMPLE_NEW_TOKENS = 40
 DEFAULT_NAME = "SmolLM2-135M-reviews-sft"  # what alignment.models.resolve_policy("offline-sft") loads
-
-# Test hook: called as _after_step(step) after every optimizer step (and its checkpoint, if any).
-_after_step: Callable[[int], None] | None = None
 
 
 # ---- data ------------------------------------------------------------------------------------
-def _pools(d) -> dict[str, list[Review]]:
-    """The same review pools `build_prompts` draws from (same loaders, same source rules)."""
-    if d.source == OFFLINE:
-        return {"all": offline_reviews()}
-    if d.source == "imdb":
-        return {"train": hub_reviews("imdb", "train"), "eval": hub_reviews("imdb", "test")}
-    if Path(d.source).expanduser().exists():
-        return {"all": file_reviews(d.source)}
-    return {"train": hub_reviews(d.source, "train"), "eval": hub_reviews(d.source, "test")}
-
-
 def sft_splits(cfg: Config, tokenizer) -> tuple[list[Review], list[Review]]:
     """(train_reviews, eval_reviews) for SFT.
 
@@ -75,7 +53,7 @@ def sft_splits(cfg: Config, tokenizer) -> tuple[list[Review], list[Review]]:
     are disjoint by id and by text. Both are seeded by `sft.seed`; filtered like the prompts.
     """
     d, s = cfg.data, cfg.sft
-    pools = _pools(d)
+    pools = review_pools(d)
     reserved = {r["review_id"] for r in build_prompts(d, tokenizer)["eval"]}
     eval_pool = _filter(pools.get("eval", pools.get("all", [])), d)
     train_pool = _filter(pools.get("train", pools.get("all", [])), d)
@@ -144,7 +122,7 @@ def perplexity(model, seqs: list[list[int]], pad_id: int, batch_size: int = 8) -
     return math.exp(tot / max(n, 1))
 
 
-def _samples(model, tokenizer, prompts: list[dict], seed: int) -> list[dict]:
+def _samples(model, tokenizer, prompts: list[dict], seed: int, new_tokens: int) -> list[dict]:
     from .models import stop_token_ids
     from .sampling import sample_records
 
@@ -152,7 +130,7 @@ def _samples(model, tokenizer, prompts: list[dict], seed: int) -> list[dict]:
         return []
     was_training = model.training
     model.eval()
-    scfg = SampleConfig(n_samples=1, max_new_tokens=SAMPLE_NEW_TOKENS, batch_size=len(prompts), seed=seed)
+    scfg = SampleConfig(n_samples=1, max_new_tokens=new_tokens, batch_size=len(prompts), seed=seed)
     recs = {r["prompt_id"]: r for b in sample_records(model, tokenizer, prompts, 1, scfg,
                                                       stop_token_ids(tokenizer, model), desc="sft samples")
             for r in b}
@@ -161,12 +139,21 @@ def _samples(model, tokenizer, prompts: list[dict], seed: int) -> list[dict]:
              "finished": recs[p["id"]]["finished"]} for p in prompts]
 
 
-def lr_at(step: int, total: int, lr: float) -> float:
-    """Linear warmup over WARMUP_RATIO of the steps, then linear decay (last step: lr/(total-warm))."""
-    warm = max(1, int(round(WARMUP_RATIO * total)))
-    if step < warm:
-        return lr * (step + 1) / warm
-    return lr * (total - step) / max(1, total - warm)
+def sample_prompts(tok, eval_reviews: list[Review], k: int, n: int) -> list[dict]:
+    """Fixed held-out prompts (built like the pipeline's) continued before and after training."""
+    prompts = []
+    for r in eval_reviews:
+        ids = make_prompt(tok, r.text, k)
+        if ids and len(prompts) < n:
+            prompts.append({"id": f"sft{len(prompts)}", "review_id": r.id, "text": tok.decode(ids), "ids": ids})
+    return prompts
+
+
+def sft_loop_config(cfg: Config) -> LoopConfig:
+    s = cfg.sft
+    return LoopConfig(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, warmup_ratio=s.warmup_ratio,
+                      final_lr_ratio=s.final_lr_ratio, max_grad_norm=s.max_grad_norm, seed=s.seed,
+                      save_every=s.save_every, disable_dropout=False, desc="sft")
 
 
 # ---- the stage -------------------------------------------------------------------------------
@@ -178,48 +165,25 @@ def sft_out_dir(cfg: Config) -> Path:
     return cache_root() / "models" / DEFAULT_NAME
 
 
-def sft_hash(cfg: Config) -> str:
-    return stable_hash({"sft": asdict(cfg.sft), "data": asdict(cfg.data)})
-
-
-def _matches(d: Path, h: str) -> bool:
-    meta = d / "sft_meta.json"
-    return meta.exists() and read_json(meta).get("hash") == h
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished temp dir in as `out` (renames only; `out` is never half-written)."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def run_sft(cfg: Config) -> dict:
+def run_sft(cfg: Config, make_tracker=None) -> dict:
     """Fine-tune cfg.sft.base on train-split reviews; return (and save) the metrics dict.
 
-    Cached: a finished `<out>` with the same sft+data hash returns its metrics untouched.
-    Resumable: an interrupted run continues from the last checkpoint in the temp dir.
+    Cached: a finished `<out>` with the same sft+data config returns its metrics untouched.
+    Resumable: an interrupted run continues from the last checkpoint in its temp dir.
+    `make_tracker(name, group=...)` gives the tracker (`Pipeline.tracker`); none = no tracking.
     """
-    from .models import load_causal_lm, load_tokenizer, pick_device
-    from .tracking import make_tracker
-
-    out = sft_out_dir(cfg)
-    h = sft_hash(cfg)
-    if _matches(out, h) and (out / "sft_metrics.json").exists():
-        return read_json(out / "sft_metrics.json")
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists() and not _matches(tmp, h):
-        shutil.rmtree(tmp)  # a leftover from another config: nothing in it is reusable
-    if (tmp / "sft_metrics.json").exists():  # finished, killed before the final rename
-        _publish(tmp, out)
-        return read_json(out / "sft_metrics.json")
-    if out.exists():
+    out, deps = sft_out_dir(cfg), section_deps(cfg, "sft", "data")
+    meta = meta_path(out)
+    if out.exists() and (not meta.exists() or read_json(meta)["hash"] != stable_hash(deps)):
         warnings.warn(f"{out} holds an SFT model for another config; it will be replaced when this run ends")
-    tmp.mkdir(parents=True, exist_ok=True)
-    write_json(tmp / "sft_meta.json", {"hash": h, "sft": asdict(cfg.sft), "data": asdict(cfg.data)})
+    cached(out, deps, lambda part: _build(cfg, part_dir(part), make_tracker), on_mismatch="rebuild")
+    return read_json(out / "sft_metrics.json")
+
+
+def _build(cfg: Config, tmp: Path, make_tracker) -> None:
+    """Train into `tmp` (resuming there); leaves model, tokenizer and sft_metrics.json in it."""
+    from .models import load_causal_lm, load_tokenizer, pick_device
+    from .tracking import NullTracker
 
     t0 = time.time()
     # Thread count: torch's default (physical cores) or OMP_NUM_THREADS; no set_threads() here.
@@ -231,92 +195,41 @@ def run_sft(cfg: Config) -> dict:
     train_reviews, eval_reviews = sft_splits(cfg, tok)
     train_seqs = encode_reviews(tok, [r.text for r in train_reviews], s.max_tokens)
     eval_seqs = encode_reviews(tok, [r.text for r in eval_reviews], s.max_tokens)
-    prompts = []
-    for r in eval_reviews:  # fixed held-out prompts, built like the pipeline's
-        ids = make_prompt(tok, r.text, cfg.data.prompt_tokens)
-        if ids and len(prompts) < N_SAMPLE_PROMPTS:
-            prompts.append({"id": f"sft{len(prompts)}", "review_id": r.id, "text": tok.decode(ids), "ids": ids})
+    prompts = sample_prompts(tok, eval_reviews, cfg.data.prompt_tokens, s.n_sample_prompts)
     model = load_causal_lm(s.base, torch.float32, dev, train=True)
-    tracker = make_tracker(cfg, "sft", str(Path(cfg.run_dir) / "sft"))
+    tracker = make_tracker("sft", group="sft") if make_tracker else NullTracker()
 
     before_path = tmp / "before.json"
-    base_seconds = 0.0  # wall time spent by earlier, interrupted sessions of this run
-    if before_path.exists():
-        before = read_json(before_path)
-        base_seconds = before["seconds"]
-    else:
+    if not before_path.exists():
         before = {"ppl_before": perplexity(model, eval_seqs, pad, s.batch_size),
-                  "samples_before": _samples(model, tok, prompts, s.seed)}
-        before["seconds"] = time.time() - t0
+                  "samples_before": _samples(model, tok, prompts, s.seed, s.sample_new_tokens),
+                  "seconds": time.time() - t0}
         write_json(before_path, before)
+    before = read_json(before_path)
     tracker.log({"eval/ppl_before": before["ppl_before"]}, step=0)
 
-    steps = epoch_batches(len(train_seqs), s.epochs, s.batch_size, s.seed)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=0.0)
-    torch.manual_seed(s.seed)
-    start, losses = 0, []
-    ckpt = tmp / "ckpt.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=dev, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start, losses, base_seconds = state["step"], list(state["losses"]), state["seconds"]
-        torch.set_rng_state(state["rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu())
-    model.train()
-    bar = tqdm(total=len(steps), initial=start, desc="sft", unit="step")
-    t_steps = time.time()
-    for step in range(start, len(steps)):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, len(steps), s.lr)
-        nll, n = batch_nll(model, [train_seqs[i] for i in steps[step]], pad)
-        loss = nll / max(n, 1)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM).item()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        lv = loss.item()
-        if not math.isfinite(lv):
-            raise FloatingPointError(f"SFT loss became {lv} at step {step + 1}; lower sft.lr")
-        losses.append(lv)
-        tracker.log({"train/loss": lv, "train/lr": opt.param_groups[0]["lr"], "train/grad_norm": gn,
-                     "train/tokens": n}, step=step + 1)
-        bar.update(1)
-        bar.set_postfix(loss=f"{lv:.3f}")
-        if (step + 1) % CKPT_EVERY == 0 and step + 1 < len(steps):
-            state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "losses": losses,
-                     "seconds": base_seconds + time.time() - t0, "rng": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                state["cuda_rng"] = torch.cuda.get_rng_state()
-            with atomic_open(ckpt, "wb") as f:
-                torch.save(state, f)
-        if _after_step is not None:
-            _after_step(step + 1)
-    bar.close()
-    n_run = len(steps) - start
-    sec_per_step = (time.time() - t_steps) / n_run if n_run else None
-    model.eval()
+    def loss_fn(mb: list[int]):
+        nll, n = batch_nll(model, [train_seqs[i] for i in mb], pad)
+        return nll / max(n, 1), {"loss": (nll / max(n, 1)).item(), "tokens": n}
 
+    log, train_seconds, resumed_from = train_loop(model, len(train_seqs), loss_fn, sft_loop_config(cfg), tmp, tracker)
+    t_after = time.time()
     ppl_after = perplexity(model, eval_seqs, pad, s.batch_size)
-    samples_after = _samples(model, tok, prompts, s.seed)
-    tracker.log({"eval/ppl_after": ppl_after}, step=len(steps))
+    samples_after = _samples(model, tok, prompts, s.seed, s.sample_new_tokens)
+    tracker.log({"eval/ppl_after": ppl_after}, step=len(log))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     metrics = {
-        "out": str(out), "base": s.base, "config_hash": h, "device": str(dev), "threads": torch.get_num_threads(),
+        "out": str(sft_out_dir(cfg)), "base": s.base, "device": str(dev), "threads": torch.get_num_threads(),
         "ppl_before": before["ppl_before"], "ppl_after": ppl_after,
         "n_train_reviews": len(train_seqs), "n_eval_reviews": len(eval_seqs),
         "n_train_tokens": sum(len(x) for x in train_seqs) * s.epochs,
-        "steps": len(steps), "resumed_from_step": start, "sec_per_step": sec_per_step,
-        "seconds": base_seconds + time.time() - t0,
-        "train_loss": losses,
+        "steps": len(log), "resumed_from_step": resumed_from, "sec_per_step": train_seconds / max(len(log), 1),
+        "seconds": before["seconds"] + train_seconds + time.time() - t_after,  # over all sessions
+        "train_loss": [r["loss"] for r in log],
         "samples_before": before["samples_before"], "samples_after": samples_after,
     }
     write_json(tmp / "sft_metrics.json", metrics)
-    ckpt.unlink(missing_ok=True)
-    before_path.unlink(missing_ok=True)  # folded into sft_metrics.json
-    _publish(tmp, out)
+    before_path.unlink()  # folded into sft_metrics.json
     tracker.summary({k: metrics[k] for k in ("ppl_before", "ppl_after", "steps", "seconds", "n_train_reviews")})
     tracker.finish()
-    return metrics

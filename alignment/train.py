@@ -1,20 +1,55 @@
-"""DPO training, native backend: precomputed reference log-probs (one forward per pair, not
-two per step), any loss from `alignment.losses.LOSSES`, chosen+rejected in one forward,
-checkpoints that resume mid-run. The trl backend lives in `trl_backend.py`.
+"""The one training loop of the kit, and DPO on top of it.
+
+`train_loop` owns everything a stage's training shares: the seeded batch order, the learning-rate
+schedule, gradient accumulation and clipping, the finite-loss check, `train_log.jsonl`, tracking,
+and checkpoints that resume mid-run with the same data order and RNG state. A stage passes a
+*loss closure* `loss_fn(indices) -> (loss, metrics)` over a micro-batch of example indices:
+DPO (`train_dpo`, below) and SFT (`alignment.sft`) are each one closure.
+
+DPO here uses precomputed reference log-probs (one reference forward per pair, not two per step),
+any loss from `alignment.losses.LOSSES`, and chosen+rejected in one forward. The trl backend lives
+in `trl_backend.py`.
 """
 from __future__ import annotations
 
 import math
 import random
-import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
 from .config import DPOConfig
-from .io import JsonlAppender, debug_delay, write_json
+from .io import JsonlAppender, atomic_open, debug_delay, write_json
 from .logprobs import batched_logps, collate, model_logps
 from .losses import compute_loss
+
+LossFn = Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]]
+
+
+class LoopResult(NamedTuple):
+    records: list[dict]   # train_log.jsonl: one record per optimizer step, all sessions
+    seconds: float        # wall time of the loop over all sessions
+    resumed_from: int     # the step this session started at (0: not resumed)
+
+
+@dataclass
+class LoopConfig:
+    """What `train_loop` needs; each stage fills it from its own config section."""
+    lr: float                   # peak learning rate (AdamW, no weight decay)
+    epochs: int                 # passes over the examples
+    batch_size: int             # examples per micro-batch
+    grad_accum: int = 1         # micro-batches per optimizer step
+    warmup_ratio: float = 0.1   # linear warmup fraction of the optimizer steps
+    final_lr_ratio: float = 0.1 # the schedule decays linearly to this fraction of lr
+    max_grad_norm: float = 1.0  # gradient clipping
+    seed: int = 0               # batch order and torch RNG
+    save_every: int = 0         # resumable checkpoint every k optimizer steps (0 = off)
+    disable_dropout: bool = True  # DPO: the reference log-probs were computed without dropout
+    desc: str = "train"         # progress bar label and error-message name of the stage
 
 
 def reference_logps(ref_model, pairs: list[dict], prompt_ids: dict[str, list[int]], pad_id: int,
@@ -37,12 +72,94 @@ def epoch_batches(n: int, epochs: int, batch_size: int, seed: int) -> list[list[
     return order
 
 
-def lr_at(step: int, total: int, cfg: DPOConfig) -> float:
-    """Linear warmup over warmup_ratio of the steps, then linear decay to 10% of lr."""
-    warm = max(1, int(round(cfg.warmup_ratio * total)))
+def lr_at(step: int, total: int, lr: float, warmup_ratio: float, final_lr_ratio: float) -> float:
+    """Linear warmup over warmup_ratio of the steps (from lr/warm), then linear decay that would
+    reach final_lr_ratio * lr one step after the last."""
+    warm = max(1, int(round(warmup_ratio * total)))
     if step < warm:
-        return cfg.lr * (step + 1) / warm
-    return cfg.lr * (1.0 - 0.9 * (step - warm) / max(1, total - warm))
+        return lr * (step + 1) / warm
+    return lr * (1.0 - (1.0 - final_lr_ratio) * (step - warm) / max(1, total - warm))
+
+
+def _save_ckpt(path: Path, model, opt, step: int, seconds: float) -> None:
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": seconds,
+             "rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+
+
+def _load_ckpt(path: Path, model, opt) -> tuple[int, float]:
+    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu())
+    return state["step"], state["seconds"]
+
+
+def _one_step(steps: list[list[list[int]]], step: int, loss_fn: LossFn) -> dict[str, float]:
+    """Forward/backward every micro-batch of optimizer step `step`; their mean metrics."""
+    mets = []
+    for mb in steps[step]:
+        loss, m = loss_fn(mb)
+        (loss / len(steps[step])).backward()
+        mets.append(m)
+    return {k: sum(m[k] for m in mets) / len(mets) for k in mets[0]}
+
+
+def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir: str | Path,
+               tracker=None) -> LoopResult:
+    """Train `model` in place; returns the per-step log records, the seconds over all sessions
+    and the step this session resumed from.
+
+    Writes out_dir/train_log.jsonl (one record per optimizer step: the closure's metrics + step,
+    epoch, grad_norm, lr) and out_dir/ckpt.pt every `save_every` steps; a later call with the same
+    out_dir resumes from that checkpoint (same order, same RNG). The checkpoint is removed at the end.
+    """
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    order = epoch_batches(n_examples, cfg.epochs, cfg.batch_size, cfg.seed)
+    steps = [order[i : i + cfg.grad_accum] for i in range(0, len(order), cfg.grad_accum)]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    ckpt, start, seconds = out_dir / "ckpt.pt", 0, 0.0
+    if ckpt.exists():
+        start, seconds = _load_ckpt(ckpt, model, opt)
+    log = JsonlAppender(out_dir / "train_log.jsonl")
+    if any(r["step"] > start for r in log.records):
+        log.keep([r for r in log.records if r["step"] <= start])
+    model.train()
+    if cfg.disable_dropout:  # as trl's disable_dropout; resume must replay exactly
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    t0 = time.time()
+    bar = tqdm(total=len(steps), initial=start, desc=cfg.desc, unit="step", leave=False)
+    for step in range(start, len(steps)):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, len(steps), cfg.lr, cfg.warmup_ratio, cfg.final_lr_ratio)
+        rec = _one_step(steps, step, loss_fn)
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        rec.update({"step": step + 1, "epoch": (step + 1) / len(steps) * cfg.epochs,
+                    "grad_norm": gn, "lr": opt.param_groups[0]["lr"]})
+        if not math.isfinite(rec["loss"]):
+            raise FloatingPointError(f"{cfg.desc} loss became {rec['loss']} at step {step + 1}; "
+                                     f"lower the learning rate (or beta)")
+        log.extend([rec])
+        bar.update(1)
+        debug_delay()
+        if tracker is not None:
+            tracker.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, step=step + 1)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < len(steps):
+            _save_ckpt(ckpt, model, opt, step + 1, seconds + time.time() - t0)
+    bar.close()
+    model.eval()
+    ckpt.unlink(missing_ok=True)
+    return LoopResult(log.records, seconds + time.time() - t0, start)
 
 
 def step_metrics(out, pc: torch.Tensor, pr: torch.Tensor) -> dict[str, float]:
@@ -55,70 +172,28 @@ def step_metrics(out, pc: torch.Tensor, pr: torch.Tensor) -> dict[str, float]:
             "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item()}
 
 
-def _save_ckpt(path: Path, model, opt, step: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp / "state.pt")
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+def dpo_loop_config(cfg: DPOConfig) -> LoopConfig:
+    return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                      warmup_ratio=cfg.warmup_ratio, final_lr_ratio=cfg.final_lr_ratio,
+                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, save_every=cfg.save_every, desc="dpo")
 
 
 def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
-              cfg: DPOConfig, pad_id: int, out_dir: str | Path, tracker=None, save_every: int = 0) -> list[dict]:
-    """Train `model` in place on `pairs`; logs to out_dir/train_log.jsonl and the tracker.
-
-    Resumes from out_dir/ckpt if a previous run was interrupted (same config assumed: the
-    pipeline checks the config hash before calling this)."""
-    out_dir = Path(out_dir)
+              cfg: DPOConfig, pad_id: int, out_dir: str | Path, tracker=None) -> list[dict]:
+    """Train `model` in place on `pairs` with loss `cfg.loss`; logs to out_dir/train_log.jsonl and
+    the tracker, writes out_dir/train_summary.json. Resumes from out_dir/ckpt.pt (same config
+    assumed: the pipeline keys out_dir by the config hash)."""
     dev = next(model.parameters()).device
-    torch.manual_seed(cfg.seed)
-    order = epoch_batches(len(pairs), cfg.epochs, cfg.batch_size, cfg.seed)
-    steps = [order[i : i + cfg.grad_accum] for i in range(0, len(order), cfg.grad_accum)]
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    start = 0
-    ckpt = out_dir / "ckpt"
-    if (ckpt / "state.pt").exists():
-        state = torch.load(ckpt / "state.pt", map_location=dev, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
-    log = JsonlAppender(out_dir / "train_log.jsonl")
-    if any(r["step"] > start for r in log.records):
-        log.keep([r for r in log.records if r["step"] <= start])
-    model.train()
-    for m in model.modules():  # no dropout (as trl's disable_dropout): the reference logps were
-        if isinstance(m, torch.nn.Dropout):  # computed without it, and resume must replay exactly
-            m.p = 0.0
-    for step in range(start, len(steps)):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, len(steps), cfg)
-        mets = []
-        for mb in steps[step]:
-            batch = [pairs[i] for i in mb]
-            prompts = [prompt_ids[p["prompt_id"]] for p in batch] * 2
-            comps = [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch]
-            lp = model_logps(model, collate(prompts, comps, pad_id))  # (2b,)
-            pc, pr = lp[: len(batch)], lp[len(batch):]  # (b,), (b,)
-            rc, rr = ref[0][mb].to(dev), ref[1][mb].to(dev)
-            out = compute_loss(cfg.loss, pc, pr, rc, rr, cfg.beta, cfg.alpha)
-            (out.losses.mean() / len(steps[step])).backward()
-            mets.append(step_metrics(out, pc.detach(), pr.detach()))
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        rec = {k: sum(m[k] for m in mets) / len(mets) for k in mets[0]}
-        rec.update({"step": step + 1, "epoch": (step + 1) / len(steps) * cfg.epochs,
-                    "grad_norm": gn, "lr": opt.param_groups[0]["lr"]})
-        if not math.isfinite(rec["loss"]):
-            raise FloatingPointError(f"DPO loss became {rec['loss']} at step {step + 1}; lower dpo.lr or dpo.beta")
-        log.extend([rec])
-        debug_delay()
-        if tracker is not None:
-            tracker.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, step=step + 1)
-        if save_every and (step + 1) % save_every == 0 and step + 1 < len(steps):
-            _save_ckpt(ckpt, model, opt, step + 1)
-    model.eval()
-    shutil.rmtree(ckpt, ignore_errors=True)
-    write_json(out_dir / "train_summary.json", log.records[-1] if log.records else {})
-    return log.records
+
+    def loss_fn(mb: list[int]):
+        batch = [pairs[i] for i in mb]
+        prompts = [prompt_ids[p["prompt_id"]] for p in batch] * 2
+        comps = [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch]
+        lp = model_logps(model, collate(prompts, comps, pad_id))  # (2b,)
+        pc, pr = lp[: len(batch)], lp[len(batch):]  # (b,), (b,)
+        out = compute_loss(cfg.loss, pc, pr, ref[0][mb].to(dev), ref[1][mb].to(dev), cfg.beta, cfg.alpha)
+        return out.losses.mean(), step_metrics(out, pc.detach(), pr.detach())
+
+    records = train_loop(model, len(pairs), loss_fn, dpo_loop_config(cfg), out_dir, tracker).records
+    write_json(Path(out_dir) / "train_summary.json", records[-1] if records else {})
+    return records

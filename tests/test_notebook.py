@@ -60,19 +60,48 @@ def test_notebook_parameters_cell():
     for name in ("SIZE", "RUN_DIR", "WANDB_MODE", "SEEDS", "SWEEP_LOSSES", "SWEEP_BETAS", "ALPHAS",
                  "LR_LESSON", "RUN_SFT"):
         assert name in ns, f"parameter {name} missing"
-    assert ns["SIZE"] == "smoke" and ns["RUN_SFT"] is False
+    assert ns["RUN_SFT"] is False
     from alignment.losses import LOSSES
     from alignment.presets import PRESETS
 
     assert ns["SIZE"] in PRESETS
-    assert set(ns["SWEEP_LOSSES"]) <= set(LOSSES)
-    assert 1e-3 in ns["LR_LESSON"]
+    assert ns["SWEEP_LOSSES"] is None or set(ns["SWEEP_LOSSES"]) <= set(LOSSES)
+    assert ns["LR_LESSON"] is None or 1e-3 in ns["LR_LESSON"]
+
+
+def test_committed_notebook_is_clean_and_executed():
+    """No papermill cell overriding the parameters for someone running it by hand, no progress-bar
+    fragments, every code cell executed in order, and the first cell says what produced the outputs."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "execute it top to bottom"
+    for c in code:
+        for o in c.get("outputs", []):
+            assert o.output_type != "error", c.source[:80]
+            text = o.get("text", "")
+            assert "\r" not in text and "it/s]" not in text and "%|" not in text, f"progress bar in: {text[:120]!r}"
+    from alignment.notebook import NOTE_END, NOTE_START
+
+    head = nb.cells[0].source
+    assert NOTE_START in head and NOTE_END in head and " min** of wall time" in head and "Outputs produced at SIZE=" in head
 
 
 def test_notebook_conclusions_are_computed():
-    """The conclusions come from a code cell (f-strings over results), not from typed-in markdown."""
+    """The conclusions cell only calls `report.conclusions` over results: no number typed into a string."""
+    import ast
+
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert _code_cells(nb, "conclusions"), "the conclusions must be computed in a code cell"
+    cells = _code_cells(nb, "conclusions")
+    assert len(cells) == 1, "the conclusions must be computed in one code cell"
+    tree = ast.parse(cells[0].source)
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert "conclusions" in calls
+    specs = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FormattedValue) and f.format_spec
+             for n in ast.walk(f.format_spec)}
+    typed = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+             and id(n) not in specs and any(ch.isdigit() for ch in n.value)]
+    assert not typed, f"numbers typed into the conclusions cell: {typed}"
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 
@@ -88,8 +117,8 @@ def _gain(g, lo, hi):
     return {"reward_gain": g, "gain_ci_lo": lo, "gain_ci_hi": hi, "significant": lo > 0}
 
 
-def test_helpers_compute_conclusions_from_numbers():
-    from alignment import notebook as nbh
+def test_report_computes_conclusions_from_numbers():
+    from alignment import report as nbh
 
     level1 = {"rows": [_row("sft", 0.1),
                        _row("sigmoid-x", 0.9, **_gain(0.8, 0.2, 1.4), **{"eval/kl_to_ref": 1.25}),
@@ -98,14 +127,15 @@ def test_helpers_compute_conclusions_from_numbers():
                               **{k: [v, 0.01] for k, v in _row(lab, r, **{"eval/token_entropy": h}).items()
                                  if k.startswith("eval/")}}
     sweep = {"summary": [summ("reverse_kl", 0.7, 4.0), summ("forward_kl", 0.2, 4.6)],
-             "runs": [{"model": f"reverse_kl-s{s}", "label": "reverse_kl", "beta": 0.1} for s in (0, 1)]
-             + [{"model": f"forward_kl-s{s}", "label": "forward_kl", "beta": 0.1} for s in (0, 1)],
+             "runs": [{"model": f"reverse_kl-s{s}", "label": "reverse_kl", "beta": 0.1, **g}
+                      for s, g in ((0, _gain(0.6, 0.1, 1.1)), (1, _gain(0.5, -0.1, 1.0)))]
+             + [{"model": f"forward_kl-s{s}", "label": "forward_kl", "beta": 0.1, **_gain(0.1, -0.5, 0.7)}
+                for s in (0, 1)],
              "sft": _row("sft", 0.1), "ordering": {"0.1": {"reward_reverse_gt_forward": True,
                                                           "entropy_reverse_lt_forward": True}}}
-    gains = {"reverse_kl-s0": _gain(0.6, 0.1, 1.1), "reverse_kl-s1": _gain(0.5, -0.1, 1.0)}
     lr_rows = [_row("lr-big", 0.5, lr=1e-3, **_gain(0.4, -0.2, 1.0), **{"eval/ref_perplexity": 3000.0}),
                _row("lr-small", 0.9, lr=1e-5, **_gain(0.8, 0.2, 1.4))]
-    text = nbh.conclusions(level1, sweep, gains, lr_rows)
+    text = nbh.conclusions(level1, sweep, lr_rows)
     assert "`sigmoid-x` reached the highest reward" in text and "above SFT" in text
     assert "+0.800 (95% CI +0.200 .. +1.400) — the CI excludes 0" in text
     assert "CI does not exclude 0" in text  # hinge
@@ -117,7 +147,9 @@ def test_helpers_compute_conclusions_from_numbers():
     assert "30.000 → 3000.000" in text  # lr lesson perplexity jump, from the numbers
     rows = nbh.results_rows(lr_rows, extra=("lr",))
     assert rows[0]["lr"] == "0.001" and rows[0]["CI>0"] is False
-    assert [r["loss"] for r in nbh.sweep_rows(sweep["summary"])] == ["reverse_kl", "forward_kl"]
+    srows = nbh.sweep_rows(list(reversed(sweep["summary"])))
+    assert [r["loss"] for r in srows] == ["reverse_kl", "forward_kl"]  # sorted by the number, not a string
+    assert srows[0]["reward"] == 0.7 and srows[0]["reward_std"] == 0.01
     flipped = {**sweep, "ordering": {"0.1": {"reward_reverse_gt_forward": False, "entropy_reverse_lt_forward": False}}}
     assert "disagrees with" in nbh.ordering_sentences(flipped)[0]
     assert "not run" in nbh.ordering_sentences({**sweep, "ordering": {}})[0]
@@ -162,4 +194,11 @@ def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
     assert "SIZE='smoke'" in _texts(_code_cells(nb, "run-note")[0])
     concl = _texts(_code_cells(nb, "conclusions")[0])
     assert "**Level 1**" in concl and "**Sweep**" in concl and "total wall time" in concl
-    assert (tmp_path / "run" / "level1.json").exists() and (tmp_path / "run" / "sweep.json").exists()
+    # the shown conclusions are exactly what the report computes from the run's saved results
+    from alignment.io import read_json
+    from alignment.report import conclusions
+
+    run = tmp_path / "run"
+    want = conclusions(read_json(run / "level1.json"), read_json(run / "sweep.json"),
+                       read_json(run / "lr_lesson.json")["rows"])
+    assert want in concl

@@ -1,6 +1,7 @@
 """End-to-end smoke on tiny local models: every stage runs, parameters change, artifacts land,
 a re-run reuses the cache, a changed config is refused, the CLI reports bad config cleanly,
 and same seed + config gives identical pairs and metrics."""
+import math
 import os
 import subprocess
 import sys
@@ -46,8 +47,8 @@ def test_level1_end_to_end(cfg, tiny_gpt2_dir):
     for r in res["rows"]:
         for k in ["eval/reward_mean", "eval/token_entropy", "eval/predictive_entropy", "eval/kl_to_ref",
                   "eval/ref_perplexity", "eval/distinct_2"]:
-            assert r[k] == r[k], k  # not NaN
-    assert res["rows"][0]["eval/kl_to_ref"] == 0.0  # SFT vs itself
+            assert math.isfinite(r[k]), k  # not NaN, not inf
+    assert abs(res["rows"][1]["eval/kl_to_ref"]) > 1e-3  # lr 1e-3 moved the policy off its reference
     assert len(read_jsonl(d / "policies" / "sigmoid-b0.1-lr0.001-s0" / "train_log.jsonl")) == 2
     # held-out isolation: no eval prompt text in any training pair
     prompts = read_json(d / "prompts.json")
@@ -72,8 +73,7 @@ def test_same_seed_same_pairs_and_metrics(tmp_path, tiny_gpt2_dir, tiny_classifi
     out = []
     for name in ("a", "b"):
         pipe = Pipeline(tiny_cfg(tmp_path / name, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv))
-        d = pipe.train()
-        out.append((pipe.pairs()[0], pipe.evaluate(d.name, d)))
+        out.append((pipe.pairs()[0], pipe.evaluate(pipe.train()).metrics))
     assert out[0][0] == out[1][0]
     m0, m1 = ({k: v for k, v in m.items() if k != "model"} for _, m in out)
     assert m0 == pytest.approx(m1, rel=1e-5, abs=1e-6)

@@ -63,9 +63,16 @@ def complete_lines(path: Path) -> int:
         return 0
 
 
-def interrupt_when(proc: subprocess.Popen, path: Path, min_lines: int, sig: int, timeout: float = 300) -> int:
-    """Poll `path` until it has >= min_lines complete lines while `proc` still runs, then send `sig`;
-    returns the number of complete lines seen just before the signal."""
+def part_of(artifact: Path) -> Path | None:
+    """The in-progress build of `artifact` (`io.cached` builds at `.<name>.<hash>.part`), if any."""
+    found = sorted(artifact.parent.glob(f".{artifact.name}.*.part"))
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def interrupt_when(proc: subprocess.Popen, path, min_lines: int, sig: int, timeout: float = 300) -> int:
+    """Poll `path` (a Path, or a callable giving one or None) until it has >= min_lines complete
+    lines while `proc` still runs, then send `sig`; returns the lines seen just before the signal."""
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -73,7 +80,8 @@ def interrupt_when(proc: subprocess.Popen, path: Path, min_lines: int, sig: int,
                 out, err = proc.communicate()
                 pytest.fail(f"process ended (rc={proc.returncode}) before it could be interrupted; "
                             f"make the job bigger\n{err[-2000:]}")
-            n = complete_lines(path)
+            p = path() if callable(path) else path
+            n = complete_lines(p) if p is not None else 0
             if n >= min_lines:
                 proc.send_signal(sig)
                 return n
@@ -90,8 +98,8 @@ def interrupt_when(proc: subprocess.Popen, path: Path, min_lines: int, sig: int,
 
 
 def temp_files(root: Path) -> list[str]:
-    """Leftover temp files/dirs: `*.tmp`, `.name.XXXX.tmp` (atomic_open) and `model.tmp` / `ckpt.tmp`."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".tmp" in p.name)
+    """Leftover temp files/dirs: `*.tmp`, `.name.XXXX.tmp` (atomic_open) and `.name.HASH.part` (io.cached)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".tmp" in p.name or p.name.endswith(".part"))
 
 
 def copy_run(src: Path, dst: Path, keep=PRE_TRAIN) -> None:
@@ -123,12 +131,13 @@ def test_sigkill_during_sampling_then_resume_equals_uninterrupted(ref, tmp_path)
     total = N_PROMPTS * N_SAMPLES
     proc = subprocess.Popen(cli_cmd("sample", o), cwd=REPO, env=cli_env(ALIGNMENT_DEBUG_STEP_DELAY="0.05"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    interrupt_when(proc, samples, 1, signal.SIGKILL)
+    interrupt_when(proc, lambda: part_of(samples), 1, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
-    killed_at = complete_lines(samples)
+    part = part_of(samples)
+    killed_at = complete_lines(part)
     assert 1 <= killed_at < total, "the kill must land mid-sampling"
-    assert not (run / "rewards.json").exists()
-    with open(samples, "ab") as f:  # a kill in the middle of a write leaves a torn last line
+    assert not samples.exists() and not (run / "rewards.json").exists(), "no artifact before it is complete"
+    with open(part, "ab") as f:  # a kill in the middle of a write leaves a torn last line
         f.write(b'{"prompt_id": "torn", "sample": 0, "prompt": "half a rec')
 
     res = run_cli("sample", o)
@@ -156,7 +165,7 @@ def test_sigint_during_training_then_resume_equals_uninterrupted(ref, tmp_path):
     copy_run(ref.dir, run)
     o = ref.o(run)
     pol = run / "policies" / ref.policy.name
-    want_log = read_jsonl(ref.policy / "train_log.jsonl")
+    want_log = read_jsonl(ref.policy.dir / "train_log.jsonl")
     n_steps = len(want_log)
     assert n_steps >= 20, "too few steps to interrupt training reliably"
 
@@ -166,11 +175,12 @@ def test_sigint_during_training_then_resume_equals_uninterrupted(ref, tmp_path):
     proc = subprocess.Popen(cli_cmd("train", o), cwd=REPO, env=cli_env(ALIGNMENT_DEBUG_STEP_DELAY="0.05"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    interrupt_when(proc, pol / "train_log.jsonl", 2, signal.SIGINT)
+    interrupt_when(proc, lambda: part_of(pol) and part_of(pol) / "train_log.jsonl", 2, signal.SIGINT)
     assert proc.returncode != 0
-    steps_done = [r["step"] for r in read_jsonl(pol / "train_log.jsonl")]
+    steps_done = [r["step"] for r in read_jsonl(part_of(pol) / "train_log.jsonl")]
     assert 2 <= len(steps_done) < n_steps, "the interrupt must land mid-training"
-    assert not (pol / "model").exists(), "an interrupted run must not leave a (half-written) model dir"
+    assert not pol.exists(), "an interrupted run must not leave a (half-written) policy dir"
+    assert (part_of(pol) / "ckpt.pt").exists(), "a checkpoint to resume from"
 
     res = run_cli("train", o)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -178,12 +188,12 @@ def test_sigint_during_training_then_resume_equals_uninterrupted(ref, tmp_path):
     assert [r["step"] for r in log] == list(range(1, n_steps + 1)), "each step exactly once, in order"
     assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in want_log], rel=1e-5, abs=1e-7)
     got = load_file(str(pol / "model" / "model.safetensors"))
-    want = load_file(str(ref.policy / "model" / "model.safetensors"))
+    want = load_file(str(ref.policy.dir / "model" / "model.safetensors"))
     assert got.keys() == want.keys()
     for k in want:
         assert torch.allclose(got[k], want[k], atol=1e-6), k
     assert (pol / "model" / "config.json").exists()
-    assert not (pol / "model.tmp").exists() and not (pol / "ckpt").exists()
+    assert not (pol / "ckpt.pt").exists()
     assert temp_files(run) == []
 
 
@@ -207,7 +217,7 @@ def test_interrupted_scoring_leaves_no_rewards_file(ref, tmp_path, monkeypatch):
 
     # Ctrl-C in the middle of writing rewards.json itself: the real atomic_open, half the JSON written
     def torn_write_json(path, obj):
-        if Path(path).name != "rewards.json":
+        if not Path(path).name.startswith(".rewards.json."):  # the part file io.cached builds
             return aio.write_json(path, obj)
         with aio.atomic_open(path, "w", encoding="utf-8") as f:
             f.write(json.dumps(obj)[:7])
@@ -294,6 +304,7 @@ def test_empty_and_eos_only_completions(tiny_gpt2_dir, tiny_classifier_dir, tiny
     from alignment.models import load_causal_lm
     from alignment.pairs import build_pairs
     from alignment.reward import ClassifierReward, score_records
+    from alignment.logprobs import batched_logps
     from alignment.train import reference_logps, train_dpo
 
     tok, eos = tiny_tokenizer, tiny_tokenizer.eos_token_id
@@ -351,16 +362,22 @@ def test_empty_and_eos_only_completions(tiny_gpt2_dir, tiny_classifier_dir, tiny
     log = train_dpo(policy, pairs, pids, (ch, rj), DPOConfig(epochs=1, batch_size=4, lr=1e-3), pad, tmp_path / "pol")
     assert log and all(math.isfinite(r["loss"]) for r in log)
 
-    # evaluation metrics on a policy that emits nothing but EOS, and on the mixed degenerate set
+    # evaluation metrics on a policy that emits nothing but EOS, and on the mixed degenerate set;
+    # the trained `policy` against the reference `model`: KL is the mean log-ratio of the samples
     eos_only = [rec(p, s, [eos]) for p in prompts for s in range(2)]
+    policy.eval()
     for i, (sample, score_prompt) in enumerate(((eos_only, True), (recs, False))):
         cfg = load_config(overrides={"eval.n_boot": 50, "reward.score_prompt": score_prompt, "track.mode": "disabled"})
         monkeypatch.setattr(evaluate, "sample_to_file", lambda *a, _s=sample, **k: _s)
-        m = evaluate.evaluate_model("edge", model, None, tok, reward, prompts, cfg, [eos], tmp_path / f"ev{i}")
+        m = evaluate.evaluate_model("edge", policy, model, tok, reward, prompts, cfg, [eos], tmp_path / f"ev{i}")
         for k, v in m.items():
             if k != "model":
                 assert math.isfinite(v), (k, v)
-        assert m["eval/kl_to_ref"] == 0.0
+        comps = [r["completion_ids"] for r in sample]
+        ctx = [pids[r["prompt_id"]] for r in sample]
+        log_ratio = batched_logps(policy, ctx, comps, pad) - batched_logps(model, ctx, comps, pad)  # (N,)
+        assert m["eval/kl_to_ref"] == pytest.approx(log_ratio.double().mean().item(), abs=1e-5)
+        assert abs(m["eval/kl_to_ref"]) > 1e-4  # the trained policy differs from its reference
     assert m["n_samples"] == len(recs)
 
 

@@ -63,8 +63,8 @@ def test_sft_trains_saves_and_excludes_eval(trained, tiny_gpt2_dir):
     cfg, m = trained
     out = cache_root() / "models" / "SmolLM2-135M-reviews-sft"
     assert m["out"] == str(out) and resolve_policy("offline-sft") == str(out)
-    assert (out / "sft_metrics.json").exists() and (out / "sft_meta.json").exists()
-    assert not (out / "ckpt.pt").exists() and not out.with_name(f".{out.name}.tmp").exists()
+    assert (out / "sft_metrics.json").exists() and out.with_name(out.name + ".meta.json").exists()
+    assert not (out / "ckpt.pt").exists() and not list(out.parent.glob(f".{out.name}.*.part"))
     AutoTokenizer.from_pretrained(out)
     new = AutoModelForCausalLM.from_pretrained(out).state_dict()
     old = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).state_dict()
@@ -75,38 +75,49 @@ def test_sft_trains_saves_and_excludes_eval(trained, tiny_gpt2_dir):
     assert [s["prompt"] for s in m["samples_before"]] == [s["prompt"] for s in m["samples_after"]]
 
 
-def test_cached_call_does_not_retrain(trained, monkeypatch):
+class _Tracker:
+    """Records the SFT training steps it is told about; raises KeyboardInterrupt at `stop`."""
+
+    def __init__(self, stop: int = -1):
+        self.stop, self.seen = stop, []
+
+    def __call__(self, name, group=None):  # the make_tracker factory
+        return self
+
+    def log(self, metrics, step=None):
+        if "train/loss" in metrics:
+            self.seen.append(step)
+            if step == self.stop:
+                raise KeyboardInterrupt
+
+    def summary(self, metrics):
+        pass
+
+    def finish(self):
+        pass
+
+
+def test_cached_call_does_not_retrain(trained):
     cfg, m = trained
-
-    def boom(step):
-        raise AssertionError("retrained")
-
-    monkeypatch.setattr(sft, "_after_step", boom)
-    assert sft.run_sft(cfg) == m
+    tracker = _Tracker()
+    assert sft.run_sft(cfg, tracker) == m
+    assert tracker.seen == []
 
 
-def test_resume_after_interrupt(trained, reviews_csv, tiny_gpt2_dir, tmp_path, monkeypatch):
+def test_resume_after_interrupt(trained, reviews_csv, tiny_gpt2_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     _, full = trained
-    cfg = _cfg(reviews_csv, tiny_gpt2_dir, str(tmp_path / "model"), tmp_path)
-    monkeypatch.setattr(sft, "CKPT_EVERY", 4)
-
-    def kill(step):
-        if step == 6:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(sft, "_after_step", kill)
+    cfg = _cfg(reviews_csv, tiny_gpt2_dir, str(tmp_path / "model"), tmp_path, **{"sft.save_every": 4})
     with pytest.raises(KeyboardInterrupt):
-        sft.run_sft(cfg)
-    tmp = tmp_path / ".model.tmp"
-    assert not (tmp_path / "model").exists() and (tmp / "ckpt.pt").exists()
+        sft.run_sft(cfg, _Tracker(stop=6))
+    parts = list(tmp_path.glob(".model.*.part"))
+    assert not (tmp_path / "model").exists() and len(parts) == 1 and (parts[0] / "ckpt.pt").exists()
 
-    seen = []
-    monkeypatch.setattr(sft, "_after_step", seen.append)
-    m = sft.run_sft(cfg)
-    assert seen == list(range(5, 13)) and m["resumed_from_step"] == 4
-    assert not tmp.exists() and (tmp_path / "model" / "model.safetensors").exists()
+    tracker = _Tracker()
+    m = sft.run_sft(cfg, tracker)
+    assert tracker.seen == list(range(5, 13)) and m["resumed_from_step"] == 4
+    assert not parts[0].exists() and (tmp_path / "model" / "model.safetensors").exists()
     # Same schedule, optimizer state and RNG: the resumed run ends where the uninterrupted one did.
     assert m["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)
     assert m["ppl_after"] == pytest.approx(full["ppl_after"], rel=1e-5)

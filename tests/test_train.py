@@ -56,14 +56,15 @@ def test_train_dpo_updates_and_logs(tiny_gpt2_dir, data, tmp_path):
         assert keys <= set(r) and all(math.isfinite(r[k]) for k in keys)
         assert 0.0 <= r["rewards/accuracies"] <= 1.0
         assert r["rewards/margins"] == pytest.approx(r["rewards/chosen"] - r["rewards/rejected"], abs=1e-6)
-    assert [r["lr"] for r in log] == pytest.approx([lr_at(s, 4, cfg) for s in range(4)])
+    # warmup 0.25 of 4 steps = 1 step, then linear decay towards 10 % of lr (written out by hand)
+    assert [r["lr"] for r in log] == pytest.approx([1e-3, 1e-3, 1e-3 * (1 - 0.9 / 3), 1e-3 * (1 - 0.9 * 2 / 3)])
     assert log[-1]["epoch"] == pytest.approx(2.0)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and any("h.0" in k for k in changed)
     assert not model.training
     assert read_jsonl(tmp_path / "train_log.jsonl") == log
     assert read_json(tmp_path / "train_summary.json") == log[-1]
-    assert not (tmp_path / "ckpt").exists()
+    assert not (tmp_path / "ckpt.pt").exists()
     # training on these pairs raises the chosen-vs-rejected margin
     assert log[-1]["rewards/margins"] > log[0]["rewards/margins"]
 
@@ -93,25 +94,36 @@ class _InterruptAt:
             raise KeyboardInterrupt
 
 
+def test_lr_schedule_by_hand():
+    """The one schedule of DPO and SFT, against values written out by hand."""
+    dpo = [lr_at(s, 10, 1.0, 0.1, 0.1) for s in range(10)]  # warm = 1 step, decay towards 10 %
+    assert dpo[0] == 1.0 and dpo[1] == 1.0
+    assert dpo[5] == pytest.approx(1 - 0.9 * 4 / 9) and dpo[9] == pytest.approx(0.2)
+    sft = [lr_at(s, 10, 2.0, 0.3, 0.0) for s in range(10)]  # warm = 3 steps, decay towards 0
+    assert sft[:4] == pytest.approx([2 / 3, 4 / 3, 2.0, 2.0])
+    assert sft[9] == pytest.approx(2.0 / 7) and all(a > b for a, b in zip(sft[3:], sft[4:]))
+    assert lr_at(0, 1, 1.0, 0.1, 0.0) == 1.0  # one step: warmup ends on it
+
+
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_resume_after_interrupt_matches_uninterrupted(tiny_gpt2_dir, data, tmp_path, grad_accum):
     pairs, prompts, ref = data
-    cfg = DPOConfig(lr=1e-3, batch_size=2, epochs=2, grad_accum=grad_accum, warmup_ratio=0.2)
+    cfg = DPOConfig(lr=1e-3, batch_size=2, epochs=2, grad_accum=grad_accum, warmup_ratio=0.2, save_every=1)
     n_steps = 8 // grad_accum
 
     straight = _load(tiny_gpt2_dir)
-    full_log = train_dpo(straight, pairs, prompts, ref, cfg, PAD, tmp_path / "a", save_every=1)
+    full_log = train_dpo(straight, pairs, prompts, ref, cfg, PAD, tmp_path / "a")
 
     out = tmp_path / "b"
     first = _load(tiny_gpt2_dir)
     tracker = _InterruptAt(2)
     with pytest.raises(KeyboardInterrupt):
-        train_dpo(first, pairs, prompts, ref, cfg, PAD, out, tracker=tracker, save_every=1)
+        train_dpo(first, pairs, prompts, ref, cfg, PAD, out, tracker=tracker)
     assert tracker.seen == [1, 2]
-    assert (out / "ckpt" / "state.pt").exists()
+    assert (out / "ckpt.pt").exists()
 
     resumed = _load(tiny_gpt2_dir)  # a fresh process: weights come from the checkpoint
-    log = train_dpo(resumed, pairs, prompts, ref, cfg, PAD, out, tracker=_InterruptAt(-1), save_every=1)
+    log = train_dpo(resumed, pairs, prompts, ref, cfg, PAD, out, tracker=_InterruptAt(-1))
     assert [r["step"] for r in log] == list(range(1, n_steps + 1))
     assert [r["step"] for r in read_jsonl(out / "train_log.jsonl")] == list(range(1, n_steps + 1))
     for a, b in zip(log, full_log):
@@ -120,4 +132,4 @@ def test_resume_after_interrupt_matches_uninterrupted(tiny_gpt2_dir, data, tmp_p
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.allclose(sa[k], sb[k], atol=1e-6), k
-    assert not (out / "ckpt").exists()
+    assert not (out / "ckpt.pt").exists()

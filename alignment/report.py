@@ -1,0 +1,231 @@
+"""Everything the kit *shows*, in one place for the CLI, the notebook and the benchmarks: Markdown
+tables, the "gain vs start" line, example generations side by side, the machine description, and
+the sentences of the conclusions, computed from results (never typed in).
+
+Pure functions over the plain dicts that `alignment.experiments` returns; no I/O, no models.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+
+# (metric key in an evaluation row, short column name)
+TABLE_COLS = [("eval/reward_mean", "reward"), ("eval/reward_ci_lo", "ci_lo"), ("eval/reward_ci_hi", "ci_hi"),
+              ("eval/token_entropy", "token_H"), ("eval/predictive_entropy", "pred_H"),
+              ("eval/distinct_2", "distinct_2"), ("eval/kl_to_ref", "KL"), ("eval/ref_perplexity", "ref_ppl")]
+GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gain_ci_hi", "gain_ci_hi")]
+SWEEP_COLS = [("eval/reward_mean", "reward"), ("eval/token_entropy", "token_H"),
+              ("eval/predictive_entropy", "pred_H"), ("eval/distinct_2", "distinct_2"),
+              ("eval/kl_to_ref", "KL"), ("eval/ref_perplexity", "ref_ppl")]
+STILL_KL = 0.1  # nats: below this a policy has barely left the reference (smoke-sized runs)
+
+
+# ---- tables -----------------------------------------------------------------------------------
+def _md_cell(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.3f}"
+    return str(x).replace("|", "\\|").replace("\n", "⏎")
+
+
+def markdown_table(rows: list[dict], cols: list[str] | None = None) -> str:
+    """The one Markdown table writer: columns in first-seen order unless given; floats as %.3f."""
+    cols = cols or list(dict.fromkeys(k for r in rows for k in r))
+    head = "| " + " | ".join(cols) + " |"
+    sep = "|" + "---|" * len(cols)
+    body = ["| " + " | ".join(_md_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def results_rows(rows: list[dict], extra: tuple[str, ...] = ()) -> list[dict]:
+    """Evaluation rows (as from `Pipeline.evaluate` / `experiments.level1`) -> short column names,
+    with the gain vs SFT and its CI where present."""
+    out = []
+    for r in rows:
+        row = {"model": r["model"]}
+        row.update({k: (f"{r[k]:g}" if k == "lr" else r[k]) for k in extra if k in r})  # lr: no rounding to 0
+        row.update({c: r[k] for k, c in TABLE_COLS})
+        row.update({c: r[k] for k, c in GAIN_COLS if k in r})
+        if "significant" in r:
+            row["CI>0"] = bool(r["significant"])
+        out.append(row)
+    return out
+
+
+def results_table(rows: list[dict]) -> str:
+    """Markdown table of the evaluation metrics, one row per model (what `level1.json` stores)."""
+    return markdown_table(results_rows(rows), ["model", *(c for _, c in TABLE_COLS)])
+
+
+def sweep_rows(summary: list[dict]) -> list[dict]:
+    """`sweep(...)["summary"]` -> one row per (divergence, beta), highest mean reward first; each
+    metric as its mean over seeds, with `<col>_std` next to it when there are several seeds."""
+    out = []
+    for s in sorted(summary, key=lambda s: -s["eval/reward_mean"][0]):
+        row = {"loss": s["label"], "beta": s["beta"], "seeds": s["n_seeds"]}
+        for k, c in SWEEP_COLS:
+            row[c] = s[k][0]
+            if s["n_seeds"] > 1:
+                row[f"{c}_std"] = s[k][1]
+        out.append(row)
+    return out
+
+
+def examples_rows(scored: dict[str, list[dict]], n: int) -> list[dict]:
+    """The first n held-out prompts with sample 0 (and its reward) of each model, side by side.
+    `scored`: {model: scored records (prompt_id, sample, prompt, completion, reward)}."""
+    first = next(iter(scored.values()))
+    pids = list(dict.fromkeys(r["prompt_id"] for r in first))[:n]
+    by_model = {m: {(r["prompt_id"], r["sample"]): r for r in recs} for m, recs in scored.items()}
+    rows = []
+    for pid in pids:
+        row = {"prompt": by_model[next(iter(scored))][(pid, 0)]["prompt"]}
+        for m, recs in by_model.items():
+            r = recs[(pid, 0)]
+            row[m] = f"{r['completion']!r} ({r['reward']:+.2f})"
+        rows.append(row)
+    return rows
+
+
+# ---- lines and sentences -----------------------------------------------------------------------
+def fmt_gain(r: dict) -> str:
+    """'+0.924 (95% CI +0.688 .. +1.132)' from a row with reward_gain / gain_ci_lo / gain_ci_hi."""
+    return f"{r['reward_gain']:+.3f} (95% CI {r['gain_ci_lo']:+.3f} .. {r['gain_ci_hi']:+.3f})"
+
+
+def gain_line(r: dict) -> str:
+    """One line per trained policy: its reward gain over the start policy, and whether the CI excludes 0."""
+    verdict = "CI excludes 0" if r["gain_ci_lo"] > 0 or r["gain_ci_hi"] < 0 else "not distinguishable from 0 at this size"
+    return f"{r['model']}: reward gain vs SFT {fmt_gain(r)} -> {verdict}"
+
+
+def _delta(new: float, old: float) -> str:
+    return f"{old:.3f} → {new:.3f} ({new - old:+.3f})"
+
+
+def ordering_sentences(result: dict) -> list[str]:
+    """Wang et al. expect reverse KL: highest reward, lowest entropy; forward KL: the opposite.
+    One sentence per beta, with the numbers, saying whether this run agrees."""
+    if not result["ordering"]:
+        return ["The ordering check needs both reverse_kl and forward_kl in the sweep's losses; it was not run."]
+    out = []
+    for beta, chk in result["ordering"].items():
+        at = {s["label"]: s for s in result["summary"] if str(s["beta"]) == beta}
+        rk, fk = at["reverse_kl"], at["forward_kl"]
+        r = (rk["eval/reward_mean"][0], fk["eval/reward_mean"][0])
+        h = (rk["eval/token_entropy"][0], fk["eval/token_entropy"][0])
+        agree = chk["reward_reverse_gt_forward"] and chk["entropy_reverse_lt_forward"]
+        verdict = ("agrees with" if agree else
+                   "partly agrees with" if (chk["reward_reverse_gt_forward"] or chk["entropy_reverse_lt_forward"])
+                   else "disagrees with")
+        out.append(
+            f"β={beta}: reward reverse KL {r[0]:+.3f} vs forward KL {r[1]:+.3f} "
+            f"({'reverse higher, as expected' if chk['reward_reverse_gt_forward'] else 'reverse not higher, unexpected'}); "
+            f"token entropy {h[0]:.3f} vs {h[1]:.3f} "
+            f"({'reverse lower, as expected' if chk['entropy_reverse_lt_forward'] else 'reverse not lower, unexpected'}). "
+            f"This run {verdict} the expected ordering of Wang et al. (2023) — point estimates only; "
+            f"differences inside the seed spread are not distinguishable at this size.")
+    return out
+
+
+def lr_sentence(rows: list[dict], sft: dict) -> str:
+    """The learning-rate lesson in one computed sentence per lr."""
+    parts = []
+    for r in sorted(rows, key=lambda r: -r["lr"]):
+        parts.append(f"lr={r['lr']:g}: reward gain {fmt_gain(r)}, ref perplexity "
+                     f"{_delta(r['eval/ref_perplexity'], sft['eval/ref_perplexity'])}, token entropy "
+                     f"{_delta(r['eval/token_entropy'], sft['eval/token_entropy'])}, KL {r['eval/kl_to_ref']:.3f}")
+    return "; ".join(parts) + "."
+
+
+def _level1_lines(level1: dict) -> list[str]:
+    sft, trained = level1["rows"][0], level1["rows"][1:]
+    best = max(trained, key=lambda r: r["eval/reward_mean"])
+    lines = ["**Level 1** (best-vs-worst pairs): " + "; ".join(
+        f"`{r['model']}` reward {r['eval/reward_mean']:+.3f} vs SFT {sft['eval/reward_mean']:+.3f}, gain {fmt_gain(r)}"
+        f" — the CI {'excludes' if r['gain_ci_lo'] > 0 else 'does not exclude'} 0" for r in trained) + "."]
+    verdict = ("above SFT" if best["reward_gain"] > 0 else "yet still not above SFT, so no Level 1 loss improved "
+               "the mean reward in this run")
+    lines.append(
+        f"`{best['model']}` reached the highest reward of the Level 1 losses ({verdict}). Its changes vs SFT: "
+        f"token entropy {_delta(best['eval/token_entropy'], sft['eval/token_entropy'])}, predictive entropy "
+        f"{_delta(best['eval/predictive_entropy'], sft['eval/predictive_entropy'])}, KL(π‖π_ref) "
+        f"{best['eval/kl_to_ref']:.3f}, reference perplexity "
+        f"{_delta(best['eval/ref_perplexity'], sft['eval/ref_perplexity'])}.")
+    moved = max(abs(r["eval/kl_to_ref"]) for r in trained)
+    if moved < STILL_KL:
+        lines.append(f"At this size the Level 1 policies barely moved from the reference (largest |KL| "
+                     f"{moved:.3f} nats < {STILL_KL:g}), so their reward differences are mostly sampling noise; "
+                     "use a larger SIZE (more pairs and steps) for conclusions about the losses.")
+    return lines
+
+
+def _sweep_lines(sweep: dict) -> list[str]:
+    ssft = sweep["sft"]
+    top = max(sweep["summary"], key=lambda s: s["eval/reward_mean"][0])
+    low = min(sweep["summary"], key=lambda s: s["eval/reward_mean"][0])
+    m = lambda s, k: s[k][0]  # noqa: E731  (mean over seeds)
+    lines = [
+        f"**Sweep** ({len(sweep['summary'])} settings, {len(sweep['runs'])} runs): the highest mean reward "
+        f"was `{top['label']}` (β={top['beta']:g}, {top['n_seeds']} seed(s)) at {m(top, 'eval/reward_mean'):+.3f} "
+        f"vs SFT {ssft['eval/reward_mean']:+.3f}; the lowest was `{low['label']}` at {m(low, 'eval/reward_mean'):+.3f}. "
+        f"`{top['label']}` vs SFT: token entropy {_delta(m(top, 'eval/token_entropy'), ssft['eval/token_entropy'])}, "
+        f"KL {m(top, 'eval/kl_to_ref'):.3f}, reference perplexity "
+        f"{_delta(m(top, 'eval/ref_perplexity'), ssft['eval/ref_perplexity'])}."]
+    sweep_moved = max(abs(s["eval/kl_to_ref"][0]) for s in sweep["summary"])
+    if sweep_moved < STILL_KL:
+        lines.append(f"The sweep's policies also stayed close to the reference (largest mean |KL| {sweep_moved:.3f} "
+                     f"nats < {STILL_KL:g}): read this ranking as noise, not as a property of the divergences.")
+    runs = [r for r in sweep["runs"] if r["label"] == top["label"] and r["beta"] == top["beta"]]
+    n_sig = sum(r["gain_ci_lo"] > 0 for r in runs)
+    lines.append(f"Its reward gain over SFT has a 95% CI above 0 in {n_sig} of {len(runs)} seed(s) ("
+                 + "; ".join(fmt_gain(r) for r in runs) + ").")
+    return lines + ordering_sentences(sweep)
+
+
+def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | None = None) -> str:
+    """Markdown conclusions built only from the results (no typed-in numbers)."""
+    lines = _level1_lines(level1)
+    if lr_rows:
+        lines.append("**Learning rate**: " + lr_sentence(lr_rows, level1["rows"][0]))
+    if sweep and sweep["summary"]:
+        lines.extend(_sweep_lines(sweep))
+    n_eval = level1["rows"][0]["n_samples"]
+    lines.append(f"All numbers come from {n_eval} held-out samples per model; at small sizes the CIs are wide "
+                 "and a difference between losses is only meaningful where the CIs (and seeds) separate.")
+    return "\n\n".join(lines)
+
+
+# ---- the machine --------------------------------------------------------------------------------
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict:
+    """What produced a result: CPU model and native bf16, cores, torch threads, GPU, versions."""
+    import torch
+
+    from .models import cpu_has_bf16
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "cpu": cpu_name(), "cpu_native_bf16": cpu_has_bf16(), "cpu_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "torch": torch.__version__}
+
+
+def hardware_note(size: str, extra: str = "") -> str:
+    h = hardware()
+    dev = f"GPU {h['gpu']}" if h["gpu"] != "none" else "CPU only"
+    bf16 = "with" if h["cpu_native_bf16"] else "without"
+    note = (f"Outputs produced at SIZE={size!r} on {dev}: {h['cpu']} ({bf16} native bf16), {h['cpu_cores']} cores "
+            f"({h['torch_threads']} torch threads), {h['os']}, Python {h['python']}, torch {h['torch']}.")
+    return note + (f" {extra}" if extra else "")
