@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PRESET  ?= default
 RUN_DIR ?= runs/$(PRESET)
 
-.PHONY: setup run smoke sweep notebook test bench clean
+.PHONY: setup run smoke sweep notebook notebook-publish test bench clean
 
 $(BIN)/.installed: requirements.txt
 	$(PY) -m venv $(VENV)
@@ -29,11 +29,15 @@ sweep: setup  ## Level 2/3: every divergence x 2 seeds on the same pairs, trade-
 notebook: setup  ## execute the notebook headless at SMOKE size into runs/notebook-smoke.ipynb
 	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-smoke.ipynb -p SIZE smoke --cwd .
 
+notebook-publish: setup  ## re-execute the committed notebook in place (Level 1 at default size; ~40 min on 2 cores)
+	OMP_NUM_THREADS=1 $(BIN)/python -m alignment.notebook "Alignment Methods.ipynb" SIZE=default "SEEDS=(0,)" \
+		"SWEEP_LOSSES=('reverse_kl', 'forward_kl')"
+
 test: $(BIN)/.installed  ## unit + integration tests (tiny local models, offline), then the notebook at SMOKE size
 	$(BIN)/python -m pytest -q tests
 
-bench: setup  ## speed ratios vs baselines measured side by side (not part of CI)
-	$(BIN)/python benchmarks/run.py
+bench: setup  ## speed ratios vs baselines measured side by side (CI runs only `--quick`, in tests)
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf runs

@@ -1,40 +1,98 @@
-"""benchmarks/run.py imports and its model-free helpers behave (the benchmark itself is run by hand)."""
+"""`python -m benchmarks.run --quick` runs every section end to end on tiny random models built from
+configs (no download, no ~/.cache) and writes a results file with every expected row; the ratios
+are checked to be finite positive numbers, never against timing thresholds."""
 from __future__ import annotations
 
-import importlib.util
+import math
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+from alignment.models import pick_device, sampling_dtype
+from benchmarks.harness import QUICK, count_new, dtype_name, fmt_ratio, interleaved, speedup
+from benchmarks.run import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def md_table(text: str, heading: str) -> list[dict]:
+    """The rows of the first Markdown table under `## heading`, as {column: cell}."""
+    lines = text.split(f"## {heading}\n", 1)[1].splitlines()
+    rows = [ln for ln in lines[: next((i for i, ln in enumerate(lines[1:], 1) if ln.startswith("## ")), None)]
+            if ln.startswith("|")]
+    split = lambda ln: [c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]]  # noqa: E731
+    head = split(rows[0])
+    return [dict(zip(head, split(ln))) for ln in rows[2:]]
+
+
+def expected_steps() -> dict[str, list[str]]:
+    """Per section, a distinctive part of each result row's step name (the dtype pair depends on the machine)."""
+    auto = sampling_dtype("auto", pick_device())
+    low = dtype_name(auto)
+    sampling = ["fp32: seed loop (HF pipeline per prompt) vs ours", "fp32: batched model.generate vs ours"]
+    if low != "fp32":
+        sampling += [f"{low}: batched model.generate vs ours", f"seed loop fp32 vs ours {low}",
+                     f"ours fp32 vs ours {low} (dtype only)"]
+    return {"sampling": sampling + ["categorical draw"],
+            "scoring": ["naive encoder+head", "pipeline('text-classification', bs 16) vs ClassifierReward"],
+            "training": ["DPO training step", "DPO epoch over"]}
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_run", RUN)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = mod  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop("bench_run", None)
+def quick_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    cache = tmp / "cache"
+    env = dict(os.environ, ALIGNMENT_CACHE=str(cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    res = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--threads", "1",
+                          "--out", str(tmp / "r.md")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=900)
+    return res, tmp / "r.md", cache
 
 
-def test_helpers(bench):
-    assert bench.count_new([5, 6, 2, 2, 2], {2}) == 3
-    assert bench.count_new([5, 6, 7], {2}) == 3
-    assert bench.speedup(2.0, 1.0) == "2.00x"
-    md = bench.table([bench.Row("a", "1 tok/s", "2 tok/s", "2.00x")])
-    assert md.splitlines()[0] == "| step | baseline | ours | ratio |" and "| a | 1 tok/s | 2 tok/s | 2.00x |" in md
+def test_quick_run_writes_every_row(quick_run):
+    res, out, cache = quick_run
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert out.exists()
+    assert not cache.exists() or not any(cache.rglob("*")), "quick mode must not fetch offline assets"
+    text = out.read_text(encoding="utf-8")
+    rows = md_table(text, "Results")
+    steps = [r["step"] for r in rows]
+    for section, wanted in expected_steps().items():
+        for w in wanted:
+            assert sum(w in s for s in steps) == 1, f"{section}: no single row for {w!r} in {steps}"
+    assert len(rows) == sum(map(len, expected_steps().values()))
+    for r in rows:
+        ratio = float(r["ratio"].removesuffix("x"))
+        assert math.isfinite(ratio) and ratio > 0, r
+
+
+def test_quick_run_scale_table(quick_run):
+    res, out, _ = quick_run
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = md_table(out.read_text(encoding="utf-8"), "Scale (ours, `sample_to_file`, one subprocess per size)")
+    want = [("N", n, QUICK.scale_fixed_prompts) for n in QUICK.scale_n] + \
+           [("prompts", QUICK.scale_fixed_n, p) for p in QUICK.scale_prompts]
+    assert [(r["scan"], int(r["N"]), int(r["prompts"])) for r in rows] == want
+    for r in rows:
+        assert int(r["sequences"]) == int(r["N"]) * int(r["prompts"]) and int(r["tokens"]) > 0
+        assert float(r["time (s)"]) >= 0 and r["peak RSS while sampling (MiB)"] != "n/a"
+
+
+def test_helpers():
+    assert count_new([5, 6, 2, 2, 2], {2}) == 3
+    assert count_new([5, 6, 7], {2}) == 3
+    assert speedup(2.0, 1.0) == 2.0 and fmt_ratio(2.0) == "2.00x" and fmt_ratio(None) == "n/a"
     calls = []
-    res = bench.interleaved(2, {"slow": lambda: calls.append("slow"), "fast": lambda: calls.append("fast")},
-                            once=("slow",))
+    res = interleaved(2, {"slow": lambda: calls.append("slow"), "fast": lambda: calls.append("fast")},
+                      once=("slow",))
     assert calls == ["slow", "fast", "fast"] and len(res["slow"]) == 1 and len(res["fast"]) == 2
-    assert bench.QUICK.prompts <= bench.FULL.prompts
 
 
-def test_bad_section_is_rejected(bench):
-    with pytest.raises(SystemExit):
-        bench.main(["--only", "nonsense"])
+def test_bad_section_is_rejected(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--only", "sampling,nonsense"])
+    assert e.value.code == 2 and "nonsense" in capsys.readouterr().err

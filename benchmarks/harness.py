@@ -1,0 +1,185 @@
+"""The shared benchmark harness: sizes, result rows, interleaved timing, machine info, results file.
+
+Nothing here imports transformers or the models; sections (`bench_*.py`) do the measuring.
+Every Markdown table goes through `alignment.report.markdown_table`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from alignment.io import atomic_open
+from alignment.report import hardware, markdown_table
+
+# set by run.main() before transformers is imported: never reach a hub, no progress bars
+ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+       "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled", "TQDM_DISABLE": "1",
+       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+       "TRANSFORMERS_VERBOSITY": "error"}
+
+SECTIONS = ("sampling", "scoring", "training", "scale")
+RESULT_COLS = ["step", "baseline", "ours", "ratio"]
+SCALE_COLS = ["scan", "N", "prompts", "sequences", "tokens", "time (s)", "ms / token",
+              "peak RSS while sampling (MiB)", "RSS before sampling (MiB)", "peak incl. model load (MiB)",
+              "JSONL (KiB)"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    prompts: int = 16          # sampling prompts
+    n: int = 4                 # samples per prompt
+    new: int = 32              # new tokens per sample
+    rounds: int = 2            # interleaved timing rounds for sampling (best kept)
+    micro_rows: int = 256      # categorical micro-benchmark rows (vocab 49152)
+    micro_reps: int = 10
+    texts: int = 512           # reward texts
+    score_rounds: int = 3
+    pairs: int = 32            # DPO pairs (+ one warm-up batch)
+    dpo_batch: int = 8
+    scale_n: tuple = (2, 4, 8)
+    scale_prompts: tuple = (8, 32, 80)   # 10x range: peak RSS must stay flat (samples stream to disk)
+    scale_fixed_n: int = 4
+    scale_fixed_prompts: int = 16
+
+
+FULL = Sizes()
+QUICK = Sizes(prompts=4, n=2, new=8, rounds=1, micro_rows=64, micro_reps=3, texts=64, score_rounds=1,
+              pairs=8, dpo_batch=4, scale_n=(2, 4), scale_prompts=(4, 8), scale_fixed_n=2, scale_fixed_prompts=4)
+
+
+@dataclass
+class Row:
+    step: str
+    baseline: str
+    ours: str
+    ratio: float | None  # how many times faster ours is (> 1: ours faster); None = not measurable
+
+    def cells(self) -> dict:
+        return {"step": self.step, "baseline": self.baseline, "ours": self.ours, "ratio": fmt_ratio(self.ratio)}
+
+
+@dataclass
+class Report:
+    sizes: Sizes
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    scale: list[dict] = field(default_factory=list)  # one dict per scale-table row (see scale_rows)
+
+    def add(self, step: str, baseline: str, ours: str, ratio: float | None) -> None:
+        self.rows.append(Row(step, baseline, ours, ratio))
+        log(f"RESULT {step}: {baseline} vs {ours} -> {fmt_ratio(ratio)}")
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        log(f"note: {text}")
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def speedup(baseline_time: float, ours_time: float) -> float | None:
+    """How many times faster ours is (> 1: ours faster); None where ours took no measurable time."""
+    return baseline_time / ours_time if ours_time > 0 else None
+
+
+def fmt_ratio(ratio: float | None) -> str:
+    return f"{ratio:.2f}x" if ratio is not None and math.isfinite(ratio) and ratio > 0 else "n/a"
+
+
+def interleaved(rounds: int, variants: dict[str, Callable], once: tuple = ()) -> dict[str, list[tuple]]:
+    """Run each variant once per round, order alternating per round; {name: [(seconds, result)]}.
+    Variants in `once` (very slow baselines) only run in the first round."""
+    out = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            if r > 0 and k in once:
+                continue
+            t0 = time.perf_counter()
+            res = variants[k]()
+            out[k].append((time.perf_counter() - t0, res))
+            log(f"  round {r + 1}/{rounds} {k}: {out[k][-1][0]:.2f}s")
+    return out
+
+
+def count_new(ids, stops: set[int]) -> int:
+    """Generated tokens up to and including the first stop token."""
+    for i, t in enumerate(ids):
+        if int(t) in stops:
+            return i + 1
+    return len(ids)
+
+
+def dtype_name(dtype) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(str(dtype).replace("torch.", ""), str(dtype))
+
+
+def mib(b) -> str:
+    return "n/a" if b is None else f"{b / 2**20:.0f}"
+
+
+def loadavg() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+# ---- machine and results file -------------------------------------------------------------------
+def machine_info() -> dict:
+    """`alignment.report.hardware()` plus what matters for benchmarks: usable cores, load, versions,
+    the sampling dtype `auto` resolves to on this machine."""
+    import transformers
+
+    from alignment.models import pick_device, sampling_dtype
+
+    info = hardware()
+    info["cores usable (affinity)"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "n/a"
+    info["load average at start (1/5/15 min)"] = loadavg()
+    info["transformers"] = transformers.__version__
+    try:
+        import trl
+
+        info["trl"] = trl.__version__
+    except ImportError as e:
+        info["trl"] = f"unavailable ({e})"
+    dev = pick_device()
+    info[f"sampling dtype auto ({dev.type})"] = dtype_name(sampling_dtype("auto", dev))
+    return info
+
+
+def scale_rows(scale: list[dict]) -> list[dict]:
+    """Raw scale measurements (bytes, seconds) -> the scale table's cells."""
+    return [{"scan": r["scan"], "N": r["n"], "prompts": r["prompts"], "sequences": r["sequences"],
+             "tokens": r["tokens"], "time (s)": f"{r['time_s']:.2f}",
+             "ms / token": f"{1000 * r['time_s'] / max(1, r['tokens']):.1f}",
+             "peak RSS while sampling (MiB)": mib(r.get("rss_peak_sampling")),
+             "RSS before sampling (MiB)": mib(r.get("rss_before")),
+             "peak incl. model load (MiB)": mib(r.get("load_peak")),
+             "JSONL (KiB)": f"{r['file_bytes'] / 1024:.0f}"} for r in scale]
+
+
+def results_table(rep: Report) -> str:
+    return markdown_table([r.cells() for r in rep.rows], RESULT_COLS)
+
+
+def write_results(path: Path, info: dict, rep: Report, command: str, elapsed: float, header: list[str]) -> None:
+    """The results file, written atomically: command and wall time, machine, results, scale, notes."""
+    info = dict(info, **{"load average at end (1/5/15 min)": loadavg()})
+    lines = ["# Benchmarks", "",
+             f"`{command}` — {elapsed / 60:.1f} min. ratio = how many times faster ours is (> 1: ours faster). "
+             "Best of interleaved rounds after a warm-up; absolute numbers depend on machine load.", "",
+             *[f"{h}\n" for h in header], "## Machine", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()]
+    lines += ["", "## Results", "", results_table(rep), ""]
+    if rep.scale:
+        lines += ["## Scale (ours, `sample_to_file`, one subprocess per size)", "",
+                  markdown_table(scale_rows(rep.scale), SCALE_COLS), ""]
+    if rep.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in rep.notes] + [""]
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
