@@ -2,6 +2,14 @@
 
 Stages build on each other and are cached in the run dir, so `python -m alignment train`
 after `sample` reuses the samples, and any stage resumes after an interrupt.
+
+  assets     fetch the offline assets (models, reviews) and build the reward head, once
+  prompts    train/eval prompts          sample   N samples per train prompt
+  score      reward of every sample      pairs    preference pairs
+  train      one DPO policy (dpo.*)      eval     the start policy and every trained one
+  run        Level 1: sigmoid vs hinge vs the start policy, table + plots + examples
+  lr-lesson  the seed's lr 1e-3 next to dpo.lr     sweep   Level 2/3: divergences x betas x seeds
+  sft        tune the start policy on review text (model.policy=offline-sft loads it)
 """
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .presets import PRESETS, SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS
 
 STAGES = ["assets", "prompts", "sample", "score", "pairs", "train", "eval", "run", "lr-lesson", "sweep", "sft"]
 
@@ -18,22 +27,52 @@ STAGES = ["assets", "prompts", "sample", "score", "pairs", "train", "eval", "run
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m alignment", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=STAGES, help="what to run (run = the whole Level 1)")
-    ap.add_argument("--preset", default=None, help="smoke | default | full | hub")
+    ap.add_argument("stage", nargs="?", choices=STAGES, help="what to run (run = the whole Level 1)")
+    ap.add_argument("--preset", default=None, choices=sorted(PRESETS), help="named sizes (alignment/presets.py)")
     ap.add_argument("--config", default=None, help="YAML file with {section: {field: value}}")
     ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="K=V",
                     help="overrides such as dpo.beta=0.05 sample.n_samples=8 (repeatable: --set a=1 --set b=2)")
-    ap.add_argument("--losses", default=None, help="sweep: comma-separated losses (default: experiments.SWEEP_LOSSES)")
-    ap.add_argument("--betas", default="0.1", help="sweep: comma-separated betas")
-    ap.add_argument("--seeds", default="0,1", help="sweep: comma-separated seeds")
-    ap.add_argument("--alphas", default="0.3,0.5,0.7", help="sweep: alpha values for loss=alpha")
+    ap.add_argument("--losses", default=None, help=f"sweep: comma-separated losses (default {','.join(SWEEP_LOSSES)})")
+    ap.add_argument("--betas", default=None, help=f"sweep: comma-separated betas (default {_csv(SWEEP_BETAS)})")
+    ap.add_argument("--seeds", default=None, help=f"sweep: comma-separated seeds (default {_csv(SWEEP_SEEDS)})")
+    ap.add_argument("--alphas", default=None, help=f"sweep: alphas for loss=alpha (default {_csv(SWEEP_ALPHAS)})")
     return ap
 
 
+def _csv(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def parse_args(argv: list[str] | None):
+    """argparse, plus the stage found where a greedy `--set a=1 train` swallowed it."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.stage is None:
+        stray = [o for o in args.overrides if "=" not in o and o in STAGES]
+        if not stray:
+            ap.error(f"a stage is required: one of {', '.join(STAGES)}")
+        args.stage = stray[0]
+        args.overrides = [o for o in args.overrides if o != stray[0]]
+    return args
+
+
+def sweep_grid(args) -> dict:
+    """The sweep's axes from the command line (defaults: experiments' constants)."""
+    def parse(text, kind, default, name):
+        try:
+            return tuple(kind(x) for x in text.split(",")) if text else default
+        except ValueError:
+            raise ConfigError(f"--{name}={text!r} is not a comma-separated list of {kind.__name__}s") from None
+
+    return {"losses": parse(args.losses, str, SWEEP_LOSSES, "losses"), "betas": parse(args.betas, float, SWEEP_BETAS, "betas"),
+            "seeds": parse(args.seeds, int, SWEEP_SEEDS, "seeds"), "alphas": parse(args.alphas, float, SWEEP_ALPHAS, "alphas")}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides, args.preset)
+        grid = sweep_grid(args)
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -43,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     from .reward import RewardError
 
     try:
-        return run_stage(args, cfg)
+        return run_stage(args, cfg, grid)
+    except ConfigError as e:  # e.g. a sweep setting that fails the dpo rules
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     except (RunDirMismatch, DataError, RewardError, AssetError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)  # a user-fixable problem: one line, no traceback
         return 2
@@ -53,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run_stage(args, cfg) -> int:
+def run_stage(args, cfg, grid: dict) -> int:
     if args.stage == "assets":
         from .assets import ensure_all
         from .reward import load_reward
@@ -67,7 +109,6 @@ def run_stage(args, cfg) -> int:
     from .pipeline import Pipeline
 
     pipe = Pipeline(cfg)
-    floats = lambda s: tuple(float(x) for x in s.split(","))  # noqa: E731
     actions = {
         "prompts": lambda: {k: len(v) for k, v in pipe.prompts().items()},
         "sample": lambda: {"samples": len(pipe.samples())},
@@ -77,9 +118,7 @@ def run_stage(args, cfg) -> int:
         "eval": lambda: [pipe.evaluate().metrics] + [pipe.evaluate(p).metrics for p in pipe.policies()],
         "run": lambda: experiments.level1(pipe),
         "lr-lesson": lambda: experiments.lr_lesson(pipe),
-        "sweep": lambda: experiments.sweep(
-            pipe, tuple(args.losses.split(",")) if args.losses else experiments.SWEEP_LOSSES, floats(args.betas),
-            tuple(int(s) for s in args.seeds.split(",")), floats(args.alphas)),
+        "sweep": lambda: experiments.sweep(pipe, **grid),
         "sft": pipe.sft,
     }
     result = actions[args.stage]()
@@ -104,7 +143,9 @@ def render(stage: str, result) -> str:
     if stage == "sweep":
         return "\n" + report.markdown_table(report.sweep_rows(result["summary"])) + "\n\n" + \
             "\n".join(report.ordering_sentences(result))
-    return json.dumps(result, indent=2, default=str)[:4000]
+    if stage == "sft":
+        return json.dumps({k: v for k, v in result.items() if k != "train_loss"}, indent=2, default=str)
+    return json.dumps(result, indent=2, default=str)
 
 
 def where(pipe) -> str:

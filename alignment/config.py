@@ -109,6 +109,8 @@ class DPOConfig:
     warmup_ratio: float = rule(0.1, **_frac)  # linear warmup fraction of the optimizer steps
     final_lr_ratio: float = rule(0.1, **_frac)  # linear decay towards this fraction of lr
     backend: str = rule("native", choices=("native", "trl"))  # "native" (our loop, precomputed reference) or "trl" (trl.DPOTrainer)
+    lora_r: int = rule(0, **_nonneg)        # LoRA rank (peft); 0 = full fine-tuning. LoRA saves an adapter (MBs), not the model
+    lora_alpha: float = rule(16.0, **_pos)  # LoRA scale alpha (the update is alpha/r * B A)
     seed: int = 0              # init/shuffle seed
     save_every: int = rule(0, **_nonneg, hashed=False)  # checkpoint every k optimizer steps for resume (0 = off)
 
@@ -141,6 +143,8 @@ class SFTConfig:
     warmup_ratio: float = rule(0.1, **_frac)    # linear warmup fraction of the steps
     final_lr_ratio: float = rule(0.0, **_frac)  # linear decay towards this fraction of lr (0: to zero)
     max_grad_norm: float = rule(1.0, **_pos)    # gradient clipping
+    lora_r: int = rule(0, **_nonneg)            # LoRA rank; 0 = full fine-tuning (the saved model is merged either way)
+    lora_alpha: float = rule(16.0, **_pos)      # LoRA scale alpha
     save_every: int = rule(25, **_nonneg, hashed=False)  # resumable checkpoint every k steps (0 = off)
     n_sample_prompts: int = rule(3, **_nonneg)  # fixed held-out prompts continued before/after, by eye
     sample_new_tokens: int = rule(40, **_pos)   # length of those continuations
@@ -268,23 +272,32 @@ def _check_rules(section: str, obj) -> None:
             _check(meta["check"](v), name, v, meta["why"])
 
 
+def check_section(section: str, obj) -> None:
+    """The rules of one section, and its cross-field checks (also for a section derived by
+    `dataclasses.replace`, e.g. a sweep's DPO settings)."""
+    _check_rules(section, obj)
+    if section == "dpo":
+        from .losses import validate_alpha
+
+        _check(obj.lora_r == 0 or obj.backend == "native", "dpo.lora_r", obj.lora_r,
+               "LoRA trains with the native backend only; set dpo.backend=native or dpo.lora_r=0")
+        if obj.loss == "alpha":
+            try:
+                validate_alpha(obj.alpha)
+            except ValueError as e:  # surface as ConfigError like every other field
+                raise ConfigError(str(e)) from None
+    if section == "data":
+        _check(obj.max_chars == 0 or obj.max_chars > obj.min_chars, "data.max_chars", obj.max_chars,
+               "must be 0 (no limit) or greater than data.min_chars")
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first bad field, before any model or data is loaded."""
-    from .losses import validate_alpha
-
     for s in SECTIONS:
-        _check_rules(s, getattr(cfg, s))
+        check_section(s, getattr(cfg, s))
     _check_source("model.policy", cfg.model.policy, (OFFLINE, "offline-sft"))
     if cfg.model.ref:
         _check_source("model.ref", cfg.model.ref, (OFFLINE, "offline-sft"))
     _check_source("data.source", cfg.data.source, (OFFLINE, "imdb"))
     _check_source("reward.model", cfg.reward.model, (OFFLINE, "vader"))
     _check_source("sft.base", cfg.sft.base, (OFFLINE,))
-    d = cfg.data
-    _check(d.max_chars == 0 or d.max_chars > d.min_chars, "data.max_chars", d.max_chars,
-           "must be 0 (no limit) or greater than data.min_chars")
-    if cfg.dpo.loss == "alpha":
-        try:
-            validate_alpha(cfg.dpo.alpha)
-        except ValueError as e:  # surface as ConfigError like every other field
-            raise ConfigError(str(e)) from None

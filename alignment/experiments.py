@@ -8,10 +8,10 @@ from pathlib import Path
 from .io import write_json
 from .metrics import bootstrap_diff_ci, mean_std_over_seeds
 from .pipeline import Evaluation, Pipeline
+from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import examples_rows, results_table
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
-SWEEP_LOSSES = ("reverse_kl", "forward_kl", "js", "alpha", "chi2", "hellinger", "jeffrey", "ipo")
 SEED_LR = 1e-3  # the seed notebook's learning rate, shown next to the preset's in the lr lesson
 SWEEP_KEYS = ["eval/reward_mean", "eval/token_entropy", "eval/predictive_entropy", "eval/kl_to_ref",
               "eval/ref_perplexity", "eval/distinct_2"]
@@ -24,7 +24,7 @@ def rewards_of(ev: Evaluation) -> list[float]:
 def compare_to_start(ev: Evaluation, start: Evaluation, n_boot: int) -> dict:
     """Reward difference policy - start policy on the held-out prompts, with a bootstrap CI."""
     d, lo, hi = bootstrap_diff_ci(rewards_of(ev), rewards_of(start), n_boot=n_boot)
-    return {"reward_gain": d, "gain_ci_lo": lo, "gain_ci_hi": hi, "significant": lo > 0}
+    return {"reward_gain": d, "gain_ci_lo": lo, "gain_ci_hi": hi}
 
 
 def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, Evaluation, list[dict]]:
@@ -58,10 +58,15 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES) -> dict:
     return result
 
 
+def lr_lesson_lrs(cfg) -> tuple[float, float]:
+    """The lr lesson's default: the seed's 1e-3 next to the config's `dpo.lr`."""
+    return SEED_LR, cfg.dpo.lr
+
+
 def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = "sigmoid") -> dict:
     """The seed's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
     reference perplexity explodes. Returns rows and examples side by side."""
-    lrs = lrs or (SEED_LR, pipe.cfg.dpo.lr)
+    lrs = lrs or lr_lesson_lrs(pipe.cfg)
     start = pipe.evaluate()
     rows, scored = [], {}
     for lr in lrs:
@@ -73,8 +78,8 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
     return result
 
 
-def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[float, ...] = (0.1,),
-          seeds: tuple[int, ...] = (0, 1), alphas: tuple[float, ...] = (0.3, 0.5, 0.7)) -> dict:
+def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[float, ...] = SWEEP_BETAS,
+          seeds: tuple[int, ...] = SWEEP_SEEDS, alphas: tuple[float, ...] = SWEEP_ALPHAS) -> dict:
     """Every (divergence, beta, seed) on the same pairs; one point per run, mean/std per setting."""
     from . import plots
 

@@ -115,25 +115,42 @@ class CacheMismatch(RuntimeError):
     """An artifact exists but was made with a different config."""
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Swap the finished `tmp` (file or dir) in as `path` by renames only: `path` is always either
     the old complete artifact, absent for an instant, or the new complete one."""
     tmp, path = Path(tmp), Path(path)
     old = path.with_name(f".{path.name}.old")
-    if old.is_dir():
-        shutil.rmtree(old)
+    _remove(old)
     if path.exists():
         path.rename(old)
     tmp.rename(path)
-    if old.is_dir():
-        shutil.rmtree(old)
-    elif old.exists():
-        old.unlink()
+    _remove(old)
 
 
 def meta_path(artifact: str | os.PathLike) -> Path:
     artifact = Path(artifact)
     return artifact.with_name(artifact.name + ".meta.json")
+
+
+CACHE_FORMAT = 2  # metas without it were written before their artifact (older kit): never trusted
+
+
+def cache_state(artifact: str | os.PathLike, deps: dict) -> str:
+    """"fresh" (artifact complete for these deps), "stale" (complete for other deps) or "missing"."""
+    artifact, meta = Path(artifact), meta_path(artifact)
+    if not meta.exists():
+        return "missing"
+    old = read_json(meta)
+    if old.get("format") != CACHE_FORMAT or not artifact.exists():
+        return "missing"
+    return "fresh" if old["hash"] == stable_hash(deps) else "stale"
 
 
 def cached(artifact: str | os.PathLike, deps: dict, build: Callable[[Path], Any], *,
@@ -143,29 +160,56 @@ def cached(artifact: str | os.PathLike, deps: dict, build: Callable[[Path], Any]
     `build(part)` writes the artifact to `part`, a temp path next to it named after the deps
     hash (`.<name>.<hash>.part`), and may resume there after an interrupt: the partial work of
     one config is never mistaken for another's. When `build` returns, `part` is renamed to
-    `artifact` and only then is `<artifact>.meta.json` ({hash, deps}) written.
+    `artifact`, and only then is `<artifact>.meta.json` ({format, hash, deps}) written; left-over
+    parts of other configs are removed.
 
     An artifact whose meta records other deps raises `CacheMismatch` naming the changed keys
     (`on_mismatch="raise"`, e.g. a run dir never mixes configs; `hint` says what to do) or is
     rebuilt and replaced (`"rebuild"`, e.g. the single SFT model in the asset cache).
     """
     artifact = Path(artifact)
-    h = stable_hash(deps)
-    meta = meta_path(artifact)
-    if meta.exists():
-        old = read_json(meta)
-        if old["hash"] == h and artifact.exists():
-            return False
-        if old["hash"] != h and on_mismatch == "raise":
-            changed = sorted(k for k in set(deps) | set(old["deps"]) if old["deps"].get(k) != deps.get(k))
-            raise CacheMismatch(f"{artifact} was made with a different config (changed: {', '.join(changed)}). {hint}")
-    part = artifact.with_name(f".{artifact.name}.{h}.part")
+    if cache_state(artifact, deps) == "fresh":  # the common case: no lock, no write
+        return False
     artifact.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(artifact):  # another process may be building the same artifact right now
+        return _build_locked(artifact, deps, build, on_mismatch, hint)
+
+
+@contextmanager
+def _build_lock(artifact: Path) -> Iterator[None]:
+    """An exclusive lock on `.<name>.lock` (POSIX flock; none where fcntl is missing). The lock
+    file is removed on release: a waiter then holds the old inode, finds the artifact fresh, returns."""
+    lock = artifact.with_name(f".{artifact.name}.lock")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no cross-process lock
+        yield
+        return
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_locked(artifact: Path, deps: dict, build, on_mismatch: str, hint: str) -> bool:
+    state, h, meta = cache_state(artifact, deps), stable_hash(deps), meta_path(artifact)
+    if state == "fresh":  # built by another process while we waited
+        return False
+    if state == "stale" and on_mismatch == "raise":
+        old = read_json(meta)["deps"]
+        changed = sorted(k for k in set(deps) | set(old) if old.get(k) != deps.get(k))
+        raise CacheMismatch(f"{artifact} was made with a different config (changed: {', '.join(changed)}). {hint}")
+    part = artifact.with_name(f".{artifact.name}.{h}.part")
     build(part)
     if meta.exists():
         meta.unlink()  # a crash from here on leaves an artifact without meta: rebuilt, never trusted
     publish(part, artifact)
-    write_json(meta, {"hash": h, "deps": deps})
+    write_json(meta, {"format": CACHE_FORMAT, "hash": h, "deps": deps})
+    for stale in artifact.parent.glob(f".{artifact.name}.*.part"):  # abandoned builds of other configs
+        _remove(stale)
     return True
 
 

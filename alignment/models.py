@@ -74,6 +74,41 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.
     return model
 
 
+# LoRA target modules by architecture (`config.model_type`): every linear map of attention and MLP.
+LORA_TARGETS = {
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "gpt2": ("c_attn", "c_proj", "c_fc"),  # Conv1D layers (fan_in_fan_out)
+}
+
+
+def add_lora(model, r: int, alpha: float):
+    """Wrap `model` in LoRA adapters of rank r (peft) on its architecture's target modules; only
+    the adapters train. The base weights stay frozen, so the reference is the base itself
+    (`with model.disable_adapter(): ...`) and saving writes the adapter only (MBs)."""
+    from peft import LoraConfig, get_peft_model
+
+    kind = model.config.model_type
+    if kind not in LORA_TARGETS:
+        raise ValueError(f"LoRA (dpo.lora_r / sft.lora_r) knows the target modules of {sorted(LORA_TARGETS)}, "
+                         f"not {kind!r}; use full fine-tuning (lora_r=0) or add it to models.LORA_TARGETS")
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS[kind]),
+                     fan_in_fan_out=kind == "gpt2", task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def load_adapter(base, path: str | Path):
+    """Base model + the LoRA adapter saved at `path`, merged into plain weights (fast to sample)."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    model.requires_grad_(False)
+    return model.eval()
+
+
 def stop_token_ids(tokenizer, model=None) -> list[int]:
     """EOS ids that end a completion: the tokenizer's EOS, the generation config's, <|endoftext|>."""
     ids = {tokenizer.eos_token_id}

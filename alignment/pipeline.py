@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-from .config import Config, section_deps
-from .io import CacheMismatch, cached, part_dir, read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from .config import Config, check_section, section_deps
+from .io import CacheMismatch, cached, meta_path, part_dir, read_json, read_jsonl, stable_hash, write_json, write_jsonl
 
 
 class RunDirMismatch(CacheMismatch):
@@ -52,21 +52,25 @@ class RunPaths:
         raise AttributeError(name)
 
     def policy(self, name: str) -> Path:
-        return self.root / "policies" / name
+        return self.policies / name
 
     def eval(self, name: str) -> Path:
-        return self.root / "eval" / name
+        return self.evals / name
 
     def plot(self, name: str) -> Path:
-        return self.root / "plots" / f"{name}.png"
+        return self.plots / f"{name}.png"
 
     def result(self, name: str) -> Path:
         return self.root / f"{name}.json"
 
+    def other_config(self, config_hash: str) -> Path:
+        return self.root / f"config.{config_hash}.json"
+
 
 FILES = {"manifest": "manifest.json", "config": "config.json", "prompts": "prompts.json",
          "samples": "samples.jsonl", "rewards": "rewards.json", "pairs": "pairs.jsonl",
-         "pairs_stats": "pairs_stats.json", "ref_logps": "ref_logps.pt", "plots": "plots", "wandb": "wandb"}
+         "pairs_stats": "pairs_stats.json", "ref_logps": "ref_logps.pt", "plots": "plots", "wandb": "wandb",
+         "policies": "policies", "evals": "eval"}
 START = "sft"  # the start policy's evaluation name (the seed's "SFT baseline")
 
 
@@ -101,11 +105,23 @@ class Pipeline:
         manifest.setdefault("other_configs", [])  # manifests written before this field existed
         if h != manifest["config_hash"] and h not in manifest["other_configs"]:
             manifest["other_configs"].append(h)
-            write_json(self.dir / f"config.{h}.json", cfg.to_dict())
+            write_json(self.paths.other_config(h), cfg.to_dict())
             write_json(self.paths.manifest, manifest)
 
+    @cached_property
+    def _model_identity(self) -> dict:
+        """Which weights a model *name* stood for when it is not fixed by the name: the SFT model
+        behind `offline-sft` is rebuilt by `sft`, and results made from the old one must not be reused."""
+        from .models import resolve_policy
+
+        names = {self.cfg.model.policy, self.cfg.model.ref}
+        if "offline-sft" not in names:
+            return {}
+        meta = meta_path(resolve_policy("offline-sft"))
+        return {"offline_sft": read_json(meta)["hash"] if meta.exists() else "built by an older kit"}
+
     def _cached(self, artifact: Path, sections: tuple[str, ...], build, **extra) -> bool:
-        deps = {**section_deps(self.cfg, "model", "data", *sections), **extra}
+        deps = {**section_deps(self.cfg, "model", "data", *sections), **self._model_identity, **extra}
         try:
             return cached(artifact, deps, build, hint=f"Use a new run_dir (e.g. run_dir={self.dir}-2) "
                                                       f"or delete {artifact} and its .meta.json.")
@@ -222,6 +238,7 @@ class Pipeline:
         """Train one policy with cfg.dpo updated by `overrides` (loss, beta, lr, alpha, seed...).
         Cached by name and config hash; resumes from its last checkpoint after an interrupt."""
         dpo = dataclasses.replace(self.cfg.dpo, **overrides)
+        check_section("dpo", dpo)  # a sweep's settings get the same checks as the config's
         name = policy_name(dpo)
         out = self.paths.policy(name)
 
@@ -235,7 +252,14 @@ class Pipeline:
     def _train_into(self, part: Path, name: str, dpo) -> None:
         pairs, _ = self.pairs()
         ref = self.ref_logps()
-        model = self.load_policy(train=True)
+        from .train import done_training
+
+        if dpo.lora_r:  # adapters on the reference itself: its frozen base *is* the reference, no copy
+            from .models import add_lora
+
+            model = add_lora(self.ref_model, dpo.lora_r, dpo.lora_alpha)
+        else:
+            model = self.load_policy(train=True)
         tracker = self.tracker(f"train-{name}", group="train")
         try:
             if dpo.backend == "trl":
@@ -246,10 +270,21 @@ class Pipeline:
                 from .train import train_dpo
 
                 train_dpo(model, pairs, self.train_prompt_ids(), ref, dpo, self.tokenizer.pad_token_id, part, tracker)
+            model.save_pretrained(part / "model")  # the adapter only, for LoRA
+            done_training(part)
         finally:
             tracker.finish()
-        model.save_pretrained(part / "model")
+            if dpo.lora_r:  # hand the reference back without its adapters
+                self.ref_model = model.unload()
+                self.ref_model.requires_grad_(False)
         self.tokenizer.save_pretrained(part / "model")
+
+    def load_trained(self, policy: Policy):
+        """A trained policy for evaluation: its weights, or the base + its LoRA adapter, merged."""
+        from .models import is_adapter, load_adapter
+
+        path = policy.dir / "model"
+        return load_adapter(self.load_policy(), path) if is_adapter(path) else self.load_policy(str(path))
 
     def evaluate(self, policy: Policy | None = None) -> Evaluation:
         """Held-out metrics of the start policy (`policy=None`, named "sft") or a trained one,
@@ -264,19 +299,18 @@ class Pipeline:
             if policy is None:
                 model, ref = self.ref_model, None
             else:
-                model, ref = self.load_policy(str(policy.dir / "model")), self.ref_model
+                model, ref = self.load_trained(policy), self.ref_model
             evaluate_model(name, model, ref, self.tokenizer, self.reward, prompts, self.cfg,
                            self.stop_ids, part_dir(part), sample_dtype=self.sample_dtype)
 
-        policy_hash = read_json(policy.dir.with_name(policy.dir.name + ".meta.json"))["hash"] if policy else None
+        policy_hash = read_json(meta_path(policy.dir))["hash"] if policy else None
         self._cached(out, ("sample", "reward", "eval"), build, policy=policy_hash)
         return Evaluation(read_json(out / "metrics.json"), read_jsonl(out / "scored.jsonl"))
 
     def policies(self) -> list[Policy]:
         """The trained policies of this run dir (finished ones only)."""
-        done = sorted(p for p in (self.dir / "policies").glob("*.meta.json"))
-        return [Policy(p.name[: -len(".meta.json")], p.with_name(p.name[: -len(".meta.json")]),
-                       read_jsonl(p.with_name(p.name[: -len(".meta.json")]) / "train_log.jsonl")) for p in done]
+        dirs = sorted(d for d in self.paths.policies.glob("*") if d.is_dir() and meta_path(d).exists())
+        return [Policy(d.name, d, read_jsonl(d / "train_log.jsonl")) for d in dirs]
 
     def tracker(self, name: str, group: str | None = None):
         from .tracking import make_tracker
@@ -285,7 +319,8 @@ class Pipeline:
 
 
 def policy_name(dpo) -> str:
-    """e.g. sigmoid-b0.1-lr5e-06-s0, alpha0.3-b0.1-lr5e-06-s0, hinge-trl-b0.1-lr1e-05-s1."""
+    """e.g. sigmoid-b0.1-lr5e-06-s0, alpha0.3-b0.1-lr5e-06-s0, hinge-trl-b0.1-lr1e-05-s1, sigmoid-lora8-b0.1-lr1e-4-s0."""
     loss = f"alpha{dpo.alpha:g}" if dpo.loss == "alpha" else dpo.loss
     backend = "-trl" if dpo.backend == "trl" else ""
-    return f"{loss}{backend}-b{dpo.beta:g}-lr{dpo.lr:g}-s{dpo.seed}"
+    lora = f"-lora{dpo.lora_r}" if dpo.lora_r else ""
+    return f"{loss}{backend}{lora}-b{dpo.beta:g}-lr{dpo.lr:g}-s{dpo.seed}"

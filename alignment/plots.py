@@ -5,16 +5,15 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg without a display
 
+from .io import atomic_open
+
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def reward_hist(rewards: dict[str, list[float]], path: Path) -> Path:

@@ -29,3 +29,7 @@ PRESETS: dict[str, dict] = {
         "dpo.batch_size": 32, "dpo.lr": 5e-6,
     },
 }
+
+# The Level 2/3 sweep's default axes (`python -m alignment sweep`, `experiments.sweep`, the notebook).
+SWEEP_LOSSES = ("reverse_kl", "forward_kl", "js", "alpha", "chi2", "hellinger", "jeffrey", "ipo")
+SWEEP_BETAS, SWEEP_SEEDS, SWEEP_ALPHAS = (0.1,), (0, 1), (0.3, 0.5, 0.7)

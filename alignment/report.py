@@ -46,8 +46,8 @@ def results_rows(rows: list[dict], extra: tuple[str, ...] = ()) -> list[dict]:
         row.update({k: (f"{r[k]:g}" if k == "lr" else r[k]) for k in extra if k in r})  # lr: no rounding to 0
         row.update({c: r[k] for k, c in TABLE_COLS})
         row.update({c: r[k] for k, c in GAIN_COLS if k in r})
-        if "significant" in r:
-            row["CI>0"] = bool(r["significant"])
+        if "gain_ci_lo" in r:
+            row["CI_excl_0"] = excludes_zero(r)
         out.append(row)
     return out
 
@@ -93,9 +93,14 @@ def fmt_gain(r: dict) -> str:
     return f"{r['reward_gain']:+.3f} (95% CI {r['gain_ci_lo']:+.3f} .. {r['gain_ci_hi']:+.3f})"
 
 
+def excludes_zero(r: dict) -> bool:
+    """The one significance test of the report: the gain's 95% CI lies entirely on one side of 0."""
+    return r["gain_ci_lo"] > 0 or r["gain_ci_hi"] < 0
+
+
 def gain_line(r: dict) -> str:
     """One line per trained policy: its reward gain over the start policy, and whether the CI excludes 0."""
-    verdict = "CI excludes 0" if r["gain_ci_lo"] > 0 or r["gain_ci_hi"] < 0 else "not distinguishable from 0 at this size"
+    verdict = "CI excludes 0" if excludes_zero(r) else "not distinguishable from 0 at this size"
     return f"{r['model']}: reward gain vs SFT {fmt_gain(r)} -> {verdict}"
 
 
@@ -143,7 +148,7 @@ def _level1_lines(level1: dict) -> list[str]:
     best = max(trained, key=lambda r: r["eval/reward_mean"])
     lines = ["**Level 1** (best-vs-worst pairs): " + "; ".join(
         f"`{r['model']}` reward {r['eval/reward_mean']:+.3f} vs SFT {sft['eval/reward_mean']:+.3f}, gain {fmt_gain(r)}"
-        f" — the CI {'excludes' if r['gain_ci_lo'] > 0 else 'does not exclude'} 0" for r in trained) + "."]
+        f" — the CI {'excludes' if excludes_zero(r) else 'does not exclude'} 0" for r in trained) + "."]
     verdict = ("above SFT" if best["reward_gain"] > 0 else "yet still not above SFT, so no Level 1 loss improved "
                "the mean reward in this run")
     lines.append(

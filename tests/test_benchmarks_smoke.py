@@ -39,7 +39,10 @@ def expected_steps() -> dict[str, list[str]]:
                      f"ours fp32 vs ours {low} (dtype only)"]
     return {"sampling": sampling + ["categorical draw"],
             "scoring": ["naive encoder+head", "pipeline('text-classification', bs 16) vs ClassifierReward"],
-            "training": ["DPO training step", "DPO epoch over"]}
+            "training": ["DPO training step", "DPO epoch over"],
+            "lora": [f"DPO step time (batch {QUICK.dpo_batch} pairs, fp32): full vs LoRA r=16",
+                     "peak RSS of the DPO training process: full vs LoRA r=16",
+                     "saved size (save_pretrained: whole policy vs adapter only): full vs LoRA r=16"]}
 
 
 @pytest.fixture(scope="module")

@@ -81,3 +81,115 @@ def test_stable_hash_deterministic_and_sensitive():
     assert stable_hash(a) != stable_hash({**a, "x": 2})
     assert stable_hash(a) != stable_hash({**a, "y": [2, 1]})
     assert stable_hash({"beta": 0.1}) != stable_hash({"beta": 0.10000001})
+
+
+# ---- cached: the one cache helper ----------------------------------------------------------------
+from alignment.io import CacheMismatch, cached, meta_path  # noqa: E402
+
+
+def _builder(log, text="built"):
+    def build(part):
+        log.append(part.name)
+        part.write_text(text)
+    return build
+
+
+def test_cached_builds_once_writes_meta_after_and_leaves_no_part(tmp_path):
+    art, log = tmp_path / "a.txt", []
+    assert cached(art, {"x": 1}, _builder(log)) is True
+    assert art.read_text() == "built" and read_json(meta_path(art))["deps"] == {"x": 1}
+    assert cached(art, {"x": 1}, _builder(log)) is False and len(log) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "a.txt.meta.json"]
+    assert log[0] == f".a.txt.{stable_hash({'x': 1})}.part"  # the part is named after the deps
+
+
+def test_cached_mismatch_names_the_changed_key_and_keeps_the_artifact(tmp_path):
+    art = tmp_path / "a.txt"
+    cached(art, {"x": 1, "y": 2}, _builder([]))
+    with pytest.raises(CacheMismatch, match=r"changed: y\). use another dir"):
+        cached(art, {"x": 1, "y": 3}, _builder([]), hint="use another dir")
+    assert art.read_text() == "built"
+    assert cached(art, {"x": 1, "y": 3}, _builder([], "new"), on_mismatch="rebuild") is True
+    assert art.read_text() == "new" and read_json(meta_path(art))["deps"] == {"x": 1, "y": 3}
+
+
+def test_cached_crash_in_build_publishes_nothing_and_resumes_from_its_part(tmp_path):
+    art = tmp_path / "a.txt"
+
+    def crash(part):
+        part.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cached(art, {"x": 1}, crash)
+    assert not art.exists() and not meta_path(art).exists()
+    seen = []
+
+    def resume(part):
+        seen.append(part.read_text())  # the same config finds its own partial work
+        part.write_text("whole")
+
+    cached(art, {"x": 1}, resume)
+    assert seen == ["half"] and art.read_text() == "whole"
+
+
+def test_cached_ignores_other_configs_parts_and_removes_them(tmp_path):
+    art = tmp_path / "a.txt"
+    with pytest.raises(KeyboardInterrupt):
+        cached(art, {"x": 1}, lambda part: (part.write_text("half of x=1"), (_ for _ in ()).throw(KeyboardInterrupt)))
+    seen = []
+    cached(art, {"x": 2}, lambda part: (seen.append(part.exists()), part.write_text("x=2")))
+    assert seen == [False] and art.read_text() == "x=2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "a.txt.meta.json"]
+
+
+def test_cached_never_trusts_an_artifact_without_a_current_meta(tmp_path):
+    """No meta (a crash between publish and meta), or a meta of the older kit that wrote it before
+    the artifact existed: the artifact is rebuilt, never trusted."""
+    art = tmp_path / "a.txt"
+    art.write_text("partial from an old run")
+    write_json(meta_path(art), {"hash": stable_hash({"x": 1}), "deps": {"x": 1}})  # no "format"
+    assert cached(art, {"x": 1}, _builder([])) is True and art.read_text() == "built"
+    meta_path(art).unlink()
+    assert cached(art, {"x": 1}, _builder([], "again")) is True and art.read_text() == "again"
+
+
+def test_cached_directories(tmp_path):
+    from alignment.io import part_dir
+
+    art = tmp_path / "model"
+
+    def build(part):
+        (part_dir(part) / "w.bin").write_bytes(b"1")
+
+    cached(art, {"r": 1}, build)
+    cached(art, {"r": 2}, lambda part: (part_dir(part) / "w.bin").write_bytes(b"2"), on_mismatch="rebuild")
+    assert (art / "w.bin").read_bytes() == b"2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.meta.json"]
+
+
+def _slow_build_in_child(art, log):
+    import time as _t
+
+    def build(part):
+        with open(log, "a") as f:
+            f.write("built\n")
+        _t.sleep(0.3)
+        part.write_text("x")
+
+    cached(art, {"x": 1}, build)
+
+
+def test_cached_builds_once_when_two_processes_ask_at_the_same_time(tmp_path):
+    import multiprocessing as mp
+
+    art, log = tmp_path / "a.txt", tmp_path / "log"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_slow_build_in_child, args=(art, log)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert log.read_text() == "built\n" and art.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "a.txt.meta.json", "log"]

@@ -146,7 +146,7 @@ def test_report_computes_conclusions_from_numbers():
     assert "read this ranking as noise" in text  # sweep KL 0.0
     assert "30.000 → 3000.000" in text  # lr lesson perplexity jump, from the numbers
     rows = nbh.results_rows(lr_rows, extra=("lr",))
-    assert rows[0]["lr"] == "0.001" and rows[0]["CI>0"] is False
+    assert rows[0]["lr"] == "0.001" and rows[0]["CI_excl_0"] is False
     srows = nbh.sweep_rows(list(reversed(sweep["summary"])))
     assert [r["loss"] for r in srows] == ["reverse_kl", "forward_kl"]  # sorted by the number, not a string
     assert srows[0]["reward"] == 0.7 and srows[0]["reward_std"] == 0.01

@@ -7,7 +7,7 @@ import torch
 from alignment.config import DPOConfig
 from alignment.io import read_json, read_jsonl
 from alignment.models import load_causal_lm
-from alignment.train import lr_at, reference_logps, train_dpo
+from alignment.train import done_training, lr_at, reference_logps, train_dpo
 
 PAD = 0
 
@@ -132,4 +132,6 @@ def test_resume_after_interrupt_matches_uninterrupted(tiny_gpt2_dir, data, tmp_p
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.allclose(sa[k], sb[k], atol=1e-6), k
+    assert (out / "ckpt.pt").exists()  # the final checkpoint stays until the caller's output is saved
+    done_training(out)
     assert not (out / "ckpt.pt").exists()

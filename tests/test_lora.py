@@ -1,0 +1,74 @@
+"""LoRA (peft) as a training option: adapters on the architecture's linear maps, the frozen base
+as the reference (no copy), adapter-only checkpoints, base + adapter for evaluation, SFT merged."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignment.config import ConfigError, load_config
+from alignment.logprobs import batched_logps
+from alignment.models import add_lora, is_adapter, load_causal_lm
+from alignment.pipeline import Pipeline
+
+
+def _cfg(tmp_path, policy, reward, data, **extra):
+    o = {"run_dir": str(tmp_path / "run"), "model.policy": policy, "reward.model": reward, "data.source": data,
+         "data.n_train_prompts": 6, "data.n_eval_prompts": 3, "data.prompt_tokens": 4, "sample.n_samples": 3,
+         "sample.max_new_tokens": 8, "eval.n_samples": 2, "eval.max_new_tokens": 8, "eval.n_boot": 20,
+         "dpo.batch_size": 4, "dpo.epochs": 2, "dpo.lr": 1e-2, "dpo.lora_r": 4, "track.mode": "disabled"}
+    o.update(extra)
+    return load_config(overrides=o)
+
+
+def test_lora_starts_at_the_base_and_trains_only_adapters(tiny_gpt2_dir):
+    base = load_causal_lm(tiny_gpt2_dir, torch.float32, torch.device("cpu"))
+    want = batched_logps(base, [[5, 6, 7]], [[8, 9]], 0)
+    model = add_lora(base, r=4, alpha=8)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(".c_attn." in n for n in trainable) and any(".c_fc." in n for n in trainable)
+    assert torch.allclose(batched_logps(model, [[5, 6, 7]], [[8, 9]], 0), want)  # B = 0 at init
+
+
+def test_pipeline_trains_an_adapter_and_evaluates_base_plus_adapter(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
+                                                                     reviews_csv):
+    pipe = Pipeline(_cfg(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv))
+    before = {k: v.clone() for k, v in pipe.ref_model.state_dict().items()}
+    policy = pipe.train()
+    assert policy.name == "sigmoid-lora4-b0.1-lr0.01-s0"
+    saved = policy.dir / "model"
+    assert is_adapter(saved) and not (saved / "model.safetensors").exists()
+    adapter = load_file(str(saved / "adapter_model.safetensors"))
+    n_adapter = sum(v.numel() for v in adapter.values())
+    assert 0 < n_adapter < 0.2 * sum(v.numel() for v in before.values())
+    # the reference came back without adapters and unchanged
+    after = pipe.ref_model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert not any(p.requires_grad for p in pipe.ref_model.parameters())
+    ev = pipe.evaluate(policy)
+    assert abs(ev.metrics["eval/kl_to_ref"]) > 1e-4  # base + adapter is not the base
+    assert pipe.evaluate().metrics["model"] == "sft"
+
+
+def test_lora_needs_the_native_backend():
+    with pytest.raises(ConfigError, match=r"^dpo\.lora_r="):
+        load_config(overrides={"dpo.lora_r": 8, "dpo.backend": "trl"})
+
+
+def test_sft_with_lora_saves_a_merged_model(tmp_path, tiny_gpt2_dir, reviews_csv):
+    from transformers import AutoModelForCausalLM
+
+    from alignment.sft import run_sft
+
+    cfg = load_config(overrides={
+        "data.source": reviews_csv, "data.n_eval_prompts": 8, "data.n_train_prompts": 8, "sft.base": tiny_gpt2_dir,
+        "sft.out": str(tmp_path / "sft"), "sft.n_reviews": 16, "sft.n_eval_reviews": 8, "sft.max_tokens": 32,
+        "sft.batch_size": 4, "sft.lr": 1e-2, "sft.lora_r": 4, "track.mode": "disabled", "run_dir": str(tmp_path / "r")})
+    m = run_sft(cfg)
+    out = tmp_path / "sft"
+    assert not is_adapter(out) and (out / "model.safetensors").exists()
+    new = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    old = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).state_dict()
+    assert new.keys() == old.keys() and any(not torch.equal(new[k], old[k]) for k in old)
+    assert m["ppl_after"] < m["ppl_before"]
