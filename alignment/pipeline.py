@@ -250,10 +250,10 @@ class Pipeline:
         return Policy(name, out, read_jsonl(out / "train_log.jsonl"))
 
     def _train_into(self, part: Path, name: str, dpo) -> None:
-        pairs, _ = self.pairs()
-        ref = self.ref_logps()
         from .train import done_training
 
+        pairs, _ = self.pairs()
+        ref = self.ref_logps()
         if dpo.lora_r:  # adapters on the reference itself: its frozen base *is* the reference, no copy
             from .models import add_lora
 
@@ -271,13 +271,13 @@ class Pipeline:
 
                 train_dpo(model, pairs, self.train_prompt_ids(), ref, dpo, self.tokenizer.pad_token_id, part, tracker)
             model.save_pretrained(part / "model")  # the adapter only, for LoRA
+            self.tokenizer.save_pretrained(part / "model")
             done_training(part)
         finally:
             tracker.finish()
             if dpo.lora_r:  # hand the reference back without its adapters
                 self.ref_model = model.unload()
                 self.ref_model.requires_grad_(False)
-        self.tokenizer.save_pretrained(part / "model")
 
     def load_trained(self, policy: Policy):
         """A trained policy for evaluation: its weights, or the base + its LoRA adapter, merged."""
