@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .io import write_json
-from .metrics import bootstrap_diff_ci, mean_std_over_seeds
+from .metrics import holm, mean_std_over_seeds, paired_prompt_bootstrap
 from .pipeline import Evaluation, Pipeline
 from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import examples_rows, results_table
@@ -22,9 +22,17 @@ def rewards_of(ev: Evaluation) -> list[float]:
 
 
 def compare_to_start(ev: Evaluation, start: Evaluation, n_boot: int) -> dict:
-    """Reward difference policy - start policy on the held-out prompts, with a bootstrap CI."""
-    d, lo, hi = bootstrap_diff_ci(rewards_of(ev), rewards_of(start), n_boot=n_boot)
-    return {"reward_gain": d, "gain_ci_lo": lo, "gain_ci_hi": hi}
+    """Reward difference policy - start policy on the same held-out prompts: a paired bootstrap
+    over prompts (all samples of a prompt, of both models, move together), with its p-value."""
+    b = paired_prompt_bootstrap(rewards_of(ev), [r["prompt_id"] for r in ev.scored],
+                                rewards_of(start), [r["prompt_id"] for r in start.scored], n_boot=n_boot)
+    return {"reward_gain": b["diff"], "gain_ci_lo": b["lo"], "gain_ci_hi": b["hi"], "gain_p": b["p"]}
+
+
+def with_holm(rows: list[dict]) -> list[dict]:
+    """Each row's gain p-value adjusted (Holm) for the number of policies compared with the start."""
+    adjusted = holm([r["gain_p"] for r in rows])
+    return [{**r, "gain_p_holm": p} for r, p in zip(rows, adjusted)]
 
 
 def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, Evaluation, list[dict]]:
@@ -46,6 +54,7 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES) -> dict:
         row, ev, log = trained_row(pipe, start, loss=loss)
         rows.append(row)
         evals[row["model"]], logs[row["model"]] = ev, log
+    rows = [rows[0], *with_holm(rows[1:])]
     P = pipe.paths
     files = [plots.reward_hist({m: rewards_of(e) for m, e in evals.items()}, P.plot("level1_rewards")),
              plots.training_curves(logs, P.plot("level1_training")),
@@ -73,7 +82,7 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
         row, ev, _ = trained_row(pipe, start, loss=loss, lr=lr)
         rows.append({**row, "lr": lr})
         scored[row["model"]] = ev.scored
-    result = {"rows": rows, "start": start.metrics, "examples": examples_rows(scored, pipe.cfg.eval.n_examples)}
+    result = {"rows": with_holm(rows), "start": start.metrics, "examples": examples_rows(scored, pipe.cfg.eval.n_examples)}
     write_json(pipe.paths.result("lr_lesson"), result)
     return result
 
@@ -92,6 +101,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
                     row, _, _ = trained_row(pipe, start, loss=loss, beta=beta, alpha=alpha, seed=seed)
                     label = f"alpha={alpha:g}" if loss == "alpha" else loss
                     runs.append({**row, "loss": loss, "label": label, "alpha": alpha, "beta": beta, "seed": seed})
+    runs = with_holm(runs)
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["label"], r["beta"]), []).append(r)

@@ -24,6 +24,8 @@ __all__ = [
     "bootstrap_diff_ci",
     "summarize_rewards",
     "mean_std_over_seeds",
+    "paired_prompt_bootstrap",
+    "holm",
 ]
 
 
@@ -179,6 +181,50 @@ def bootstrap_diff_ci(
     mb = xb[rng.integers(0, xb.size, size=(n_boot, xb.size))].mean(axis=1)  # (n_boot,)
     lo, hi = np.percentile(ma - mb, [alpha_pct, 100.0 - alpha_pct])
     return float(xa.mean() - xb.mean()), float(lo), float(hi)
+
+
+def paired_prompt_bootstrap(a, a_prompts, b, b_prompts, n_boot: int = 1000, level: float = 0.95,
+                            seed: int = 0) -> dict:
+    """Paired, prompt-clustered bootstrap of mean(a) - mean(b).
+
+    `a[i]` is a per-sample value (e.g. a reward) of one model on prompt `a_prompts[i]`, `b` the
+    same for another model on the *same* prompts (any number of samples per prompt). Samples of
+    one prompt are correlated (they share the prompt, and the reward scores it), and both models
+    see the same prompts: so we resample *prompts* with replacement, and each resampled prompt
+    brings all its samples of both models. Statistic per resample: (sum of a over the drawn
+    prompts' samples / their count) - (the same for b). Returns {diff, lo, hi, p, n_prompts};
+    p = two-sided bootstrap p-value of "diff = 0" (2 x the smaller tail, at least 1/n_boot).
+    """
+    xa, xb = _as_clean_array(a, "paired_prompt_bootstrap(a)"), _as_clean_array(b, "paired_prompt_bootstrap(b)")
+    if len(a_prompts) != xa.size or len(b_prompts) != xb.size:
+        raise ValueError("paired_prompt_bootstrap: one prompt id per value is needed")
+    prompts = sorted(set(a_prompts))
+    if set(b_prompts) != set(prompts):
+        raise ValueError("paired_prompt_bootstrap: both models must be evaluated on the same prompts")
+    index = {p: i for i, p in enumerate(prompts)}
+    ia, ib = np.array([index[p] for p in a_prompts]), np.array([index[p] for p in b_prompts])
+    P = len(prompts)
+    sums_a, n_a = np.bincount(ia, xa, P), np.bincount(ia, minlength=P).astype(np.float64)  # (P,)
+    sums_b, n_b = np.bincount(ib, xb, P), np.bincount(ib, minlength=P).astype(np.float64)  # (P,)
+    alpha_pct = _check_level(level)
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(np.float64)  # (n_boot, P) draws per prompt
+    boot = (w @ sums_a) / (w @ n_a) - (w @ sums_b) / (w @ n_b)  # (n_boot,)
+    lo, hi = np.percentile(boot, [alpha_pct, 100.0 - alpha_pct])
+    p = min(1.0, max(2 * min((boot <= 0).mean(), (boot >= 0).mean()), 1.0 / n_boot))
+    return {"diff": float(xa.mean() - xb.mean()), "lo": float(lo), "hi": float(hi), "p": float(p), "n_prompts": P}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given): controls the family-wise error
+    rate when several policies are each compared with the start policy."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def summarize_rewards(rewards, n_boot: int = 1000) -> dict:

@@ -100,6 +100,8 @@ def publish(path: str, params: dict, kernel: str = "python3", timeout: int = 720
 
     nb = nbformat.read(path, as_version=4)
     set_parameters(nb, params)
+    run_dir = Path(path).parent / str(params.get("RUN_DIR", f"runs/notebook-{params.get('SIZE', 'smoke')}"))
+    reused = run_dir.exists()  # cached artifacts of an earlier execution make this one faster
     t0 = time.time()
     NotebookClient(nb, kernel_name=kernel, timeout=timeout, resources={"metadata": {"path": str(Path(path).parent)}},
                    env={**os.environ, "TQDM_DISABLE": "1"}).execute()
@@ -107,7 +109,8 @@ def publish(path: str, params: dict, kernel: str = "python3", timeout: int = 720
     note = next(_cell_text(c) for c in nb.cells if "run-note" in c.metadata.get("tags", [])).splitlines()[0]
     head = nb.cells[0].source
     text = (f"{NOTE_START}\n**The outputs below** were produced by `alignment.notebook.publish` with "
-            f"{', '.join(f'{k}={v!r}' for k, v in params.items())} in **{wall / 60:.1f} min** of wall time. "
+            f"{', '.join(f'{k}={v!r}' for k, v in params.items())} in **{wall / 60:.1f} min** of wall time"
+            f"{f' (reusing the cached artifacts already in {run_dir.name}/)' if reused else ' (from scratch)'}. "
             f"{note}\n{NOTE_END}")
     if NOTE_START in head:
         head = head[: head.index(NOTE_START)] + text + head[head.index(NOTE_END) + len(NOTE_END):]

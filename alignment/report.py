@@ -14,7 +14,9 @@ import platform
 TABLE_COLS = [("eval/reward_mean", "reward"), ("eval/reward_ci_lo", "ci_lo"), ("eval/reward_ci_hi", "ci_hi"),
               ("eval/token_entropy", "token_H"), ("eval/predictive_entropy", "pred_H"),
               ("eval/distinct_2", "distinct_2"), ("eval/kl_to_ref", "KL"), ("eval/ref_perplexity", "ref_ppl")]
-GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gain_ci_hi", "gain_ci_hi")]
+GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gain_ci_hi", "gain_ci_hi"),
+             ("gain_p_holm", "p_holm")]
+ALPHA = 0.05  # family-wise error rate of the "distinguishable" verdicts
 SWEEP_COLS = [("eval/reward_mean", "reward"), ("eval/token_entropy", "token_H"),
               ("eval/predictive_entropy", "pred_H"), ("eval/distinct_2", "distinct_2"),
               ("eval/kl_to_ref", "KL"), ("eval/ref_perplexity", "ref_ppl")]
@@ -47,7 +49,7 @@ def results_rows(rows: list[dict], extra: tuple[str, ...] = ()) -> list[dict]:
         row.update({c: r[k] for k, c in TABLE_COLS})
         row.update({c: r[k] for k, c in GAIN_COLS if k in r})
         if "gain_ci_lo" in r:
-            row["CI_excl_0"] = excludes_zero(r)
+            row["distinguishable"] = excludes_zero(r)
         out.append(row)
     return out
 
@@ -94,14 +96,19 @@ def fmt_gain(r: dict) -> str:
 
 
 def excludes_zero(r: dict) -> bool:
-    """The one significance test of the report: the gain's 95% CI lies entirely on one side of 0."""
+    """The one significance test of the report: the gain's Holm-adjusted p-value (over the policies
+    compared with the start in the same table) is below ALPHA; without one, its 95% CI excludes 0."""
+    if "gain_p_holm" in r:
+        return r["gain_p_holm"] < ALPHA
     return r["gain_ci_lo"] > 0 or r["gain_ci_hi"] < 0
 
 
 def gain_line(r: dict) -> str:
-    """One line per trained policy: its reward gain over the start policy, and whether the CI excludes 0."""
-    verdict = "CI excludes 0" if excludes_zero(r) else "not distinguishable from 0 at this size"
-    return f"{r['model']}: reward gain vs SFT {fmt_gain(r)} -> {verdict}"
+    """One line per trained policy: its reward gain over the start policy (paired bootstrap over
+    prompts), and whether it is distinguishable from 0 after the multiplicity correction."""
+    holm = f", Holm-adjusted p {r['gain_p_holm']:.3g}" if "gain_p_holm" in r else ""
+    verdict = "distinguishable from 0" if excludes_zero(r) else "not distinguishable from 0 at this size"
+    return f"{r['model']}: reward gain vs SFT {fmt_gain(r)}{holm} -> {verdict}"
 
 
 def _delta(new: float, old: float) -> str:
@@ -148,7 +155,8 @@ def _level1_lines(level1: dict) -> list[str]:
     best = max(trained, key=lambda r: r["eval/reward_mean"])
     lines = ["**Level 1** (best-vs-worst pairs): " + "; ".join(
         f"`{r['model']}` reward {r['eval/reward_mean']:+.3f} vs SFT {sft['eval/reward_mean']:+.3f}, gain {fmt_gain(r)}"
-        f" — the CI {'excludes' if excludes_zero(r) else 'does not exclude'} 0" for r in trained) + "."]
+        f" — {'distinguishable from 0' if excludes_zero(r) else 'not distinguishable from 0 at this size'}"
+        for r in trained) + " (paired bootstrap over prompts, Holm-corrected across the losses)."]
     verdict = ("above SFT" if best["reward_gain"] > 0 else "yet still not above SFT, so no Level 1 loss improved "
                "the mean reward in this run")
     lines.append(
@@ -182,8 +190,9 @@ def _sweep_lines(sweep: dict) -> list[str]:
         lines.append(f"The sweep's policies also stayed close to the reference (largest mean |KL| {sweep_moved:.3f} "
                      f"nats < {STILL_KL:g}): read this ranking as noise, not as a property of the divergences.")
     runs = [r for r in sweep["runs"] if r["label"] == top["label"] and r["beta"] == top["beta"]]
-    n_sig = sum(r["gain_ci_lo"] > 0 for r in runs)
-    lines.append(f"Its reward gain over SFT has a 95% CI above 0 in {n_sig} of {len(runs)} seed(s) ("
+    n_sig = sum(excludes_zero(r) and r["reward_gain"] > 0 for r in runs)
+    lines.append(f"Its reward gain over SFT is distinguishable from 0 (Holm over all {len(sweep['runs'])} runs) "
+                 f"in {n_sig} of {len(runs)} seed(s) ("
                  + "; ".join(fmt_gain(r) for r in runs) + ").")
     return lines + ordering_sentences(sweep)
 

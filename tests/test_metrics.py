@@ -194,3 +194,54 @@ def test_mean_std_over_seeds():
     assert mean_std_over_seeds([{"r": 5.0}], ["r"]) == {"r": (5.0, 0.0)}
     with pytest.raises(ValueError):
         mean_std_over_seeds(rows, ["missing"])
+
+
+# ---- paired, prompt-clustered bootstrap and Holm ------------------------------------------------
+from alignment.metrics import holm, paired_prompt_bootstrap  # noqa: E402
+
+
+def test_paired_bootstrap_hand_computed():
+    # prompt p: policy - start = 0 on both samples; prompt q: + 2. Resampling 2 prompts gives a
+    # mean difference of 0 (qq never drawn: 1/4), 1 (1/2) or 2 (1/4): the 95% CI is [0, 2].
+    a, b = [1.0, 1.0, 5.0, 5.0], [1.0, 1.0, 3.0, 3.0]
+    res = paired_prompt_bootstrap(a, ["p", "p", "q", "q"], b, ["p", "p", "q", "q"], n_boot=4000)
+    assert res["diff"] == 1.0 and res["n_prompts"] == 2
+    assert (res["lo"], res["hi"]) == (0.0, 2.0)
+    # every prompt gains exactly 1: no uncertainty left once the pairing is used
+    same = paired_prompt_bootstrap([2.0, 3.0, 7.0], ["x", "y", "z"], [1.0, 2.0, 6.0], ["x", "y", "z"], n_boot=500)
+    assert (same["diff"], same["lo"], same["hi"]) == pytest.approx((1.0, 1.0, 1.0)) and same["p"] == pytest.approx(1 / 500)
+
+
+def test_paired_bootstrap_is_narrower_than_unpaired_when_prompts_dominate():
+    rng = np.random.default_rng(0)
+    prompt_effect = rng.normal(0, 2.0, 40)  # strong per-prompt effect, shared by both models
+    pids = [f"p{i}" for i in range(40) for _ in range(4)]
+    start = np.repeat(prompt_effect, 4) + rng.normal(0, 0.3, 160)
+    policy = np.repeat(prompt_effect, 4) + 0.3 + rng.normal(0, 0.3, 160)
+    paired = paired_prompt_bootstrap(policy, pids, start, pids)
+    d, lo, hi = bootstrap_diff_ci(policy, start)
+    assert paired["hi"] - paired["lo"] < 0.5 * (hi - lo)
+    assert paired["lo"] > 0 and lo < 0  # the pairing finds the gain the unpaired CI cannot
+    assert paired["diff"] == pytest.approx(d)
+
+
+def test_paired_bootstrap_clusters_samples_of_a_prompt():
+    """4 identical samples per prompt carry the information of 1: the CI must not shrink by 2x."""
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(0, 1, 30), rng.normal(0, 1, 30)
+    ids = [f"p{i}" for i in range(30)]
+    one = paired_prompt_bootstrap(x, ids, y, ids, seed=3)
+    four = paired_prompt_bootstrap(np.repeat(x, 4), [i for i in ids for _ in range(4)],
+                                   np.repeat(y, 4), [i for i in ids for _ in range(4)], seed=3)
+    assert four["hi"] - four["lo"] == pytest.approx(one["hi"] - one["lo"], rel=1e-9)
+
+
+def test_paired_bootstrap_needs_the_same_prompts():
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_prompt_bootstrap([1.0], ["a"], [1.0], ["b"])
+
+
+def test_holm_by_hand():
+    # sorted p: 0.01 (x3) = 0.03, 0.02 (x2) = 0.04, 0.04 (x1) = 0.04 (monotone), back in input order
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])

@@ -137,8 +137,8 @@ def test_report_computes_conclusions_from_numbers():
                _row("lr-small", 0.9, lr=1e-5, **_gain(0.8, 0.2, 1.4))]
     text = nbh.conclusions(level1, sweep, lr_rows)
     assert "`sigmoid-x` reached the highest reward" in text and "above SFT" in text
-    assert "+0.800 (95% CI +0.200 .. +1.400) — the CI excludes 0" in text
-    assert "CI does not exclude 0" in text  # hinge
+    assert "+0.800 (95% CI +0.200 .. +1.400) — distinguishable from 0" in text
+    assert "+0.200 (95% CI -0.300 .. +0.700) — not distinguishable from 0 at this size" in text  # hinge
     assert "KL(π‖π_ref) 1.250" in text
     assert "highest mean reward was `reverse_kl`" in text and "in 1 of 2 seed(s)" in text
     assert "agrees with the expected ordering" in text
@@ -146,7 +146,7 @@ def test_report_computes_conclusions_from_numbers():
     assert "read this ranking as noise" in text  # sweep KL 0.0
     assert "30.000 → 3000.000" in text  # lr lesson perplexity jump, from the numbers
     rows = nbh.results_rows(lr_rows, extra=("lr",))
-    assert rows[0]["lr"] == "0.001" and rows[0]["CI_excl_0"] is False
+    assert rows[0]["lr"] == "0.001" and rows[0]["distinguishable"] is False
     srows = nbh.sweep_rows(list(reversed(sweep["summary"])))
     assert [r["loss"] for r in srows] == ["reverse_kl", "forward_kl"]  # sorted by the number, not a string
     assert srows[0]["reward"] == 0.7 and srows[0]["reward_std"] == 0.01
