@@ -9,16 +9,12 @@ then `save_pretrained` into a tmp dir (the whole model for full, the adapter onl
 from __future__ import annotations
 
 import gc
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from benchmarks.bench_scale import _proc_status, _reset_peak_rss, _rss_poller
-from benchmarks.harness import Report, Sizes, log, speedup
+from benchmarks.harness import run_worker, Report, Sizes, log, speedup
 
-ROOT = Path(__file__).resolve().parents[1]
 LORA_R, LORA_ALPHA = 16, 32.0
 VARIANTS = {"full": 0, "lora": LORA_R}  # name -> lora_r (0 = full fine-tuning)
 
@@ -78,12 +74,8 @@ def worker(spec: dict) -> dict:
 
 
 def measure(spec: dict) -> dict:
-    """One variant in a fresh `python -m benchmarks.run --_lora-worker` subprocess; its result dict."""
-    res = subprocess.run([sys.executable, "-m", "benchmarks.run", "--_lora-worker", json.dumps(spec)],
-                         capture_output=True, text=True, cwd=ROOT)
-    if res.returncode != 0:
-        raise RuntimeError(f"lora worker {spec} failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    """One variant in a fresh subprocess (`--_lora-worker`)."""
+    return run_worker("--_lora-worker", spec)
 
 
 def mb(b: int | None) -> str:

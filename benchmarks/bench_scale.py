@@ -4,18 +4,15 @@ do not mix (`python -m benchmarks.run --_scale-worker SPEC`, see `worker`).
 """
 from __future__ import annotations
 
-import json
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from benchmarks.harness import Report, Sizes, log, mib
+from benchmarks.harness import run_worker, Report, Sizes, log, mib
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _proc_status(field: str) -> int | None:
@@ -98,12 +95,8 @@ def worker(spec: dict) -> dict:
 
 
 def measure(spec: dict) -> dict:
-    """One size in a fresh `python -m benchmarks.run --_scale-worker` subprocess; its result dict."""
-    res = subprocess.run([sys.executable, "-m", "benchmarks.run", "--_scale-worker", json.dumps(spec)],
-                         capture_output=True, text=True, cwd=ROOT)
-    if res.returncode != 0:
-        raise RuntimeError(f"scale worker {spec} failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    """One size in a fresh subprocess (`--_scale-worker`)."""
+    return run_worker("--_scale-worker", spec)
 
 
 def run(S: Sizes, ctx, rep: Report) -> None:

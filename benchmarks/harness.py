@@ -80,6 +80,19 @@ class Report:
 
 
 # ---- small helpers ------------------------------------------------------------------------------
+def run_worker(flag: str, spec: dict) -> dict:
+    """One measurement in a fresh `python -m benchmarks.run <flag> SPEC` subprocess (clean memory
+    high-water mark); its result dict, the JSON on the last line of its stdout."""
+    import json
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-m", "benchmarks.run", flag, json.dumps(spec)],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if res.returncode != 0:
+        raise RuntimeError(f"worker {flag} {spec} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
