@@ -298,6 +298,8 @@ def validate(cfg: Config) -> None:
     _check_source("model.policy", cfg.model.policy, (OFFLINE, "offline-sft"))
     if cfg.model.ref:
         _check_source("model.ref", cfg.model.ref, (OFFLINE, "offline-sft"))
+    _check(cfg.dpo.lora_r == 0 or cfg.model.ref in ("", cfg.model.policy), "dpo.lora_r", cfg.dpo.lora_r,
+           "LoRA trains adapters on the reference's base: leave model.ref empty (= model.policy) or set dpo.lora_r=0")
     _check_source("data.source", cfg.data.source, (OFFLINE, "imdb"))
     _check_source("reward.model", cfg.reward.model, (OFFLINE, "vader"))
     _check_source("sft.base", cfg.sft.base, (OFFLINE,))

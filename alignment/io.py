@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -185,13 +186,20 @@ def _build_lock(artifact: Path) -> Iterator[None]:
     except ImportError:  # Windows: no cross-process lock
         yield
         return
-    with open(lock, "w") as f:
+    while True:
+        f = open(lock, "a")
         fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
-            fcntl.flock(f, fcntl.LOCK_UN)
+        try:  # the holder before us may have removed the file: then this lock guards nothing, retry
+            if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        f.close()  # releases the flock
 
 
 def _build_locked(artifact: Path, deps: dict, build, on_mismatch: str, hint: str) -> bool:
@@ -209,7 +217,8 @@ def _build_locked(artifact: Path, deps: dict, build, on_mismatch: str, hint: str
     publish(part, artifact)
     write_json(meta, {"format": CACHE_FORMAT, "hash": h, "deps": deps})
     for stale in artifact.parent.glob(f".{artifact.name}.*.part"):  # abandoned builds of other configs
-        _remove(stale)
+        if re.fullmatch(rf"\.{re.escape(artifact.name)}\.[0-9a-f]{{12}}\.part", stale.name):
+            _remove(stale)
     return True
 
 

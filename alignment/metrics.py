@@ -193,7 +193,8 @@ def paired_prompt_bootstrap(a, a_prompts, b, b_prompts, n_boot: int = 1000, leve
     see the same prompts: so we resample *prompts* with replacement, and each resampled prompt
     brings all its samples of both models. Statistic per resample: (sum of a over the drawn
     prompts' samples / their count) - (the same for b). Returns {diff, lo, hi, p, n_prompts};
-    p = two-sided bootstrap p-value of "diff = 0" (2 x the smaller tail, at least 1/n_boot).
+    p = two-sided bootstrap p-value of "diff = 0" (2 x the smaller tail, at least 1/n_boot: so a
+    Holm correction over m comparisons cannot go below m/n_boot — use n_boot >= 20 m).
     """
     xa, xb = _as_clean_array(a, "paired_prompt_bootstrap(a)"), _as_clean_array(b, "paired_prompt_bootstrap(b)")
     if len(a_prompts) != xa.size or len(b_prompts) != xb.size:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from .config import Config, check_section, section_deps
+from .config import Config, ConfigError, check_section, section_deps
 from .io import CacheMismatch, cached, meta_path, part_dir, read_json, read_jsonl, stable_hash, write_json, write_jsonl
 
 
@@ -108,7 +108,7 @@ class Pipeline:
             write_json(self.paths.other_config(h), cfg.to_dict())
             write_json(self.paths.manifest, manifest)
 
-    @cached_property
+    @property
     def _model_identity(self) -> dict:
         """Which weights a model *name* stood for when it is not fixed by the name: the SFT model
         behind `offline-sft` is rebuilt by `sft`, and results made from the old one must not be reused."""
@@ -239,6 +239,9 @@ class Pipeline:
         Cached by name and config hash; resumes from its last checkpoint after an interrupt."""
         dpo = dataclasses.replace(self.cfg.dpo, **overrides)
         check_section("dpo", dpo)  # a sweep's settings get the same checks as the config's
+        if dpo.lora_r and self.cfg.model.ref not in ("", self.cfg.model.policy):
+            raise ConfigError(f"dpo.lora_r={dpo.lora_r} trains adapters on the reference's base, so it needs "
+                              f"model.ref empty or equal to model.policy (got model.ref={self.cfg.model.ref!r})")
         name = policy_name(dpo)
         out = self.paths.policy(name)
 
@@ -254,13 +257,14 @@ class Pipeline:
 
         pairs, _ = self.pairs()
         ref = self.ref_logps()
+        tracker = self.tracker(f"train-{name}", group="train")
         if dpo.lora_r:  # adapters on the reference itself: its frozen base *is* the reference, no copy
             from .models import add_lora
 
+            torch.manual_seed(dpo.seed)  # the adapters' random init, whatever the process did before
             model = add_lora(self.ref_model, dpo.lora_r, dpo.lora_alpha)
         else:
             model = self.load_policy(train=True)
-        tracker = self.tracker(f"train-{name}", group="train")
         try:
             if dpo.backend == "trl":
                 from .trl_backend import train_dpo_trl
@@ -275,9 +279,10 @@ class Pipeline:
             done_training(part)
         finally:
             tracker.finish()
-            if dpo.lora_r:  # hand the reference back without its adapters
+            if dpo.lora_r:  # hand the reference back without its adapters, in eval mode
                 self.ref_model = model.unload()
                 self.ref_model.requires_grad_(False)
+                self.ref_model.eval()
 
     def load_trained(self, policy: Policy):
         """A trained policy for evaluation: its weights, or the base + its LoRA adapter, merged."""

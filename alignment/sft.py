@@ -182,6 +182,8 @@ def run_sft(cfg: Config, make_tracker=None) -> dict:
 def _build(cfg: Config, tmp: Path, make_tracker) -> None:
     """Train into `tmp` (resuming there); leaves model, tokenizer and sft_metrics.json in it."""
     if (tmp / "sft_metrics.json").exists():  # finished, killed before it was published
+        (tmp / "before.json").unlink(missing_ok=True)
+        done_training(tmp)
         return
     from .models import load_causal_lm, load_tokenizer, pick_device
     from .tracking import NullTracker
@@ -201,6 +203,7 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
     if s.lora_r:
         from .models import add_lora
 
+        torch.manual_seed(s.seed)  # the adapters' random init
         model = add_lora(model, s.lora_r, s.lora_alpha)
     tracker = make_tracker("sft", group="sft") if make_tracker else NullTracker()
 

@@ -193,3 +193,39 @@ def test_cached_builds_once_when_two_processes_ask_at_the_same_time(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     assert log.read_text() == "built\n" and art.read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "a.txt.meta.json", "log"]
+
+
+def _build_after_failed_holder(art, log, fail):
+    import time as _t
+
+    def build(part):
+        with open(log, "a") as f:
+            f.write("start\n")
+        _t.sleep(0.3)
+        if fail:
+            raise RuntimeError("the first holder fails")
+        part.write_text("x")
+
+    try:
+        cached(art, {"x": 1}, build)
+    except RuntimeError:
+        pass
+
+
+def test_cached_lock_holds_when_the_first_builder_fails(tmp_path):
+    """The first holder fails (and removes its lock file); of the two waiters only one may build."""
+    import multiprocessing as mp
+    import time as _t
+
+    art, log = tmp_path / "a.txt", tmp_path / "log"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_build_after_failed_holder, args=(art, log, fail)) for fail in (True, False, False)]
+    procs[0].start()
+    _t.sleep(0.1)
+    procs[1].start()  # waits on the first holder's lock file, which it removes when it fails (~0.3 s)
+    _t.sleep(0.35)
+    procs[2].start()  # arrives while the second builds: must wait for it, not lock a fresh file
+    for p in procs:
+        p.join(30)
+    assert log.read_text() == "start\nstart\n"  # the failed one, then exactly one waiter
+    assert art.read_text() == "x"

@@ -42,18 +42,34 @@ def test_pipeline_trains_an_adapter_and_evaluates_base_plus_adapter(tmp_path, ti
     adapter = load_file(str(saved / "adapter_model.safetensors"))
     n_adapter = sum(v.numel() for v in adapter.values())
     assert 0 < n_adapter < 0.2 * sum(v.numel() for v in before.values())
-    # the reference came back without adapters and unchanged
+    # the reference came back without adapters, unchanged, frozen and in eval mode: it computes
+    # exactly what a freshly loaded base computes
     after = pipe.ref_model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-    assert not any(p.requires_grad for p in pipe.ref_model.parameters())
+    assert not any(p.requires_grad for p in pipe.ref_model.parameters()) and not pipe.ref_model.training
+    fresh = load_causal_lm(tiny_gpt2_dir, torch.float32, torch.device("cpu"))
+    probe = ([[5, 6, 7], [8, 9]], [[10, 11], [12]])
+    assert torch.equal(batched_logps(pipe.ref_model, *probe, 0), batched_logps(fresh, *probe, 0))
     ev = pipe.evaluate(policy)
     assert abs(ev.metrics["eval/kl_to_ref"]) > 1e-4  # base + adapter is not the base
     assert pipe.evaluate().metrics["model"] == "sft"
 
 
-def test_lora_needs_the_native_backend():
+def test_lora_needs_the_native_backend_and_the_policy_as_reference(tiny_gpt2_dir):
     with pytest.raises(ConfigError, match=r"^dpo\.lora_r="):
         load_config(overrides={"dpo.lora_r": 8, "dpo.backend": "trl"})
+    with pytest.raises(ConfigError, match=r"^dpo\.lora_r=.*model\.ref"):
+        load_config(overrides={"dpo.lora_r": 8, "model.ref": tiny_gpt2_dir})
+
+
+def test_lora_init_is_seeded(tiny_gpt2_dir):
+    def adapters(seed):
+        torch.manual_seed(seed)
+        m = add_lora(load_causal_lm(tiny_gpt2_dir, torch.float32, torch.device("cpu")), r=2, alpha=4)
+        return {k: v for k, v in m.state_dict().items() if "lora_A" in k}
+
+    a, b = adapters(0), adapters(0)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(next(iter(a.values())), next(iter(adapters(1).values())))
 
 
 def test_sft_with_lora_saves_a_merged_model(tmp_path, tiny_gpt2_dir, reviews_csv):

@@ -2,6 +2,8 @@
 caching, atomic output and resume after an interrupt. Offline, a few seconds."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from alignment.logprobs import collate
@@ -124,3 +126,23 @@ def test_resume_after_interrupt(trained, reviews_csv, tiny_gpt2_dir, tmp_path):
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
     b = AutoModelForCausalLM.from_pretrained(full["out"]).state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_killed_after_metrics_publishes_without_the_checkpoint(trained, reviews_csv, tiny_gpt2_dir, tmp_path):
+    """A kill between writing sft_metrics.json and publishing: the next call publishes the finished
+    part as it is, without retraining and without the (large) checkpoint."""
+    import shutil
+
+    from alignment.io import stable_hash
+    from alignment.config import section_deps
+
+    _, full = trained
+    cfg = _cfg(reviews_csv, tiny_gpt2_dir, str(tmp_path / "model"), tmp_path)
+    part = tmp_path / f".model.{stable_hash(section_deps(cfg, 'sft', 'data'))}.part"
+    shutil.copytree(full["out"], part)
+    (part / "ckpt.pt").write_bytes(b"a big checkpoint")
+    (part / "before.json").write_text("{}")
+    tracker = _Tracker()
+    m = sft.run_sft(cfg, tracker)
+    assert tracker.seen == [] and m["train_loss"] == full["train_loss"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(p.name for p in Path(full["out"]).iterdir())
