@@ -109,6 +109,7 @@ class DPOConfig:
     warmup_ratio: float = rule(0.1, **_frac)  # linear warmup fraction of the optimizer steps
     final_lr_ratio: float = rule(0.1, **_frac)  # linear decay towards this fraction of lr
     backend: str = rule("native", choices=("native", "trl"))  # "native" (our loop, precomputed reference) or "trl" (trl.DPOTrainer)
+    precision: str = rule("fp32", choices=("fp32", "bf16", "auto"))  # training math: fp32, bf16 autocast (fp32 master weights), auto = bf16 on CUDA / native-bf16 CPUs
     lora_r: int = rule(0, **_nonneg)        # LoRA rank (peft); 0 = full fine-tuning. LoRA saves an adapter (MBs), not the model
     lora_alpha: float = rule(16.0, **_pos)  # LoRA scale alpha (the update is alpha/r * B A)
     seed: int = 0              # init/shuffle seed
@@ -143,6 +144,7 @@ class SFTConfig:
     warmup_ratio: float = rule(0.1, **_frac)    # linear warmup fraction of the steps
     final_lr_ratio: float = rule(0.0, **_frac)  # linear decay towards this fraction of lr (0: to zero)
     max_grad_norm: float = rule(1.0, **_pos)    # gradient clipping
+    precision: str = rule("fp32", choices=("fp32", "bf16", "auto"))  # training math, as dpo.precision
     lora_r: int = rule(0, **_nonneg)            # LoRA rank; 0 = full fine-tuning (the saved model is merged either way)
     lora_alpha: float = rule(16.0, **_pos)      # LoRA scale alpha
     save_every: int = rule(25, **_nonneg, hashed=False)  # resumable checkpoint every k steps (0 = off)

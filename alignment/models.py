@@ -51,6 +51,14 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def train_autocast(precision: str, device: torch.device) -> bool:
+    """Whether training runs under bf16 autocast: `bf16`, or `auto` where bf16 is native (CUDA,
+    or a CPU with avx512_bf16/amx_bf16; emulated bf16 is several times slower than fp32)."""
+    if precision == "bf16":
+        return True
+    return precision == "auto" and sampling_dtype("auto", device) == torch.bfloat16
+
+
 def load_tokenizer(name: str):
     """Tokenizer with a pad token (GPT-2 has none: we reuse EOS; masks never come from values)."""
     from transformers import AutoTokenizer

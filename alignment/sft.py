@@ -25,7 +25,6 @@ records the config. A different config replaces the model (there is one `offline
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -95,16 +94,11 @@ def encode_reviews(tokenizer, texts: list[str], max_tokens: int) -> list[list[in
 
 
 # ---- model pieces ----------------------------------------------------------------------------
-def _autocast(dev: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
-
-
 def batch_nll(model, seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL over real tokens, and their count, through the same parity-tested
     log-prob path as DPO (`logprobs.model_logps`): each review is the completion of an empty prompt."""
     batch = collate([[] for _ in seqs], seqs, pad_id)  # right-padded; masks from lengths, not values
-    with _autocast(next(model.parameters()).device):
-        lp = model_logps(model, batch)  # (B,)
+    lp = model_logps(model, batch)  # (B,); bf16 autocast comes from the training loop (sft.precision)
     return -lp.sum(), int(batch["completion_mask"][:, 1:].sum())
 
 
@@ -149,11 +143,14 @@ def sample_prompts(tok, eval_reviews: list[Review], k: int, n: int) -> list[dict
     return prompts
 
 
-def sft_loop_config(cfg: Config) -> LoopConfig:
+def sft_loop_config(cfg: Config, dev: torch.device) -> LoopConfig:
+    from .models import train_autocast
+
     s = cfg.sft
     return LoopConfig(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, grad_accum=1, warmup_ratio=s.warmup_ratio,
                       final_lr_ratio=s.final_lr_ratio, max_grad_norm=s.max_grad_norm, seed=s.seed,
-                      save_every=s.save_every, disable_dropout=False, desc="sft")
+                      save_every=s.save_every, disable_dropout=False,
+                      autocast=train_autocast(s.precision, dev), desc="sft")
 
 
 # ---- the stage -------------------------------------------------------------------------------
@@ -220,7 +217,7 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
         nll, n = batch_nll(model, [train_seqs[i] for i in mb], pad)
         return nll / max(n, 1), {"loss": (nll / max(n, 1)).item(), "tokens": n}
 
-    log, train_seconds, resumed_from = train_loop(model, len(train_seqs), loss_fn, sft_loop_config(cfg), tmp, tracker)
+    log, train_seconds, resumed_from = train_loop(model, len(train_seqs), loss_fn, sft_loop_config(cfg, dev), tmp, tracker)
     t_after = time.time()
     if s.lora_r:  # `offline-sft` is a plain model either way
         model = model.merge_and_unload()

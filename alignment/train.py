@@ -26,6 +26,7 @@ from .config import DPOConfig
 from .io import JsonlAppender, atomic_open, debug_delay, write_json
 from .logprobs import batched_logps, collate, model_logps
 from .losses import compute_loss
+from .models import train_autocast
 
 LossFn = Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]]
 
@@ -49,6 +50,7 @@ class LoopConfig:
     seed: int                   # batch order and torch RNG
     save_every: int             # resumable checkpoint every k optimizer steps and after the last (0 = off)
     disable_dropout: bool       # DPO: the reference log-probs were computed without dropout
+    autocast: bool              # bf16 autocast for the forward passes (fp32 weights, optimizer and loss)
     desc: str                   # the stage: progress bar label, and the config section errors name
 
 
@@ -100,11 +102,12 @@ def _load_ckpt(path: Path, model, opt) -> tuple[int, float]:
     return state["step"], state["seconds"]
 
 
-def _one_step(steps: list[list[list[int]]], step: int, loss_fn: LossFn) -> dict[str, float]:
+def _one_step(steps: list[list[list[int]]], step: int, loss_fn: LossFn, autocast: bool, dev) -> dict[str, float]:
     """Forward/backward every micro-batch of optimizer step `step`; their mean metrics."""
     mets = []
     for mb in steps[step]:
-        loss, m = loss_fn(mb)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            loss, m = loss_fn(mb)
         (loss / len(steps[step])).backward()
         mets.append(m)
     return {k: sum(m[k] for m in mets) / len(mets) for k in mets[0]}
@@ -142,7 +145,7 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
     for step in range(start, len(steps)):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, len(steps), cfg.lr, cfg.warmup_ratio, cfg.final_lr_ratio)
-        rec = _one_step(steps, step, loss_fn)
+        rec = _one_step(steps, step, loss_fn, cfg.autocast, next(model.parameters()).device)
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -173,11 +176,11 @@ def step_metrics(out, pc: torch.Tensor, pr: torch.Tensor) -> dict[str, float]:
             "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item()}
 
 
-def dpo_loop_config(cfg: DPOConfig) -> LoopConfig:
+def dpo_loop_config(cfg: DPOConfig, dev: torch.device) -> LoopConfig:
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                       warmup_ratio=cfg.warmup_ratio, final_lr_ratio=cfg.final_lr_ratio,
                       max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, save_every=cfg.save_every,
-                      disable_dropout=True, desc="dpo")
+                      disable_dropout=True, autocast=train_autocast(cfg.precision, dev), desc="dpo")
 
 
 def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
@@ -196,7 +199,7 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
         out = compute_loss(cfg.loss, pc, pr, ref[0][mb].to(dev), ref[1][mb].to(dev), cfg.beta, cfg.alpha)
         return out.losses.mean(), step_metrics(out, pc.detach(), pr.detach())
 
-    records = train_loop(model, len(pairs), loss_fn, dpo_loop_config(cfg), out_dir, tracker).records
+    records = train_loop(model, len(pairs), loss_fn, dpo_loop_config(cfg, dev), out_dir, tracker).records
     write_json(Path(out_dir) / "train_summary.json", records[-1] if records else {})
     return records
 

@@ -1,9 +1,11 @@
 """DPO training: steps/s of native `train_dpo` (precomputed reference log-probs) vs trl's
 DPOTrainer through `alignment.trl_backend.train_dpo_trl(precompute_ref=False)` (a reference
-forward every step), on the same sample-shaped pairs, fp32 policy.
+forward every step), on the same sample-shaped pairs, fp32 policy; and native fp32 vs native
+bf16 autocast (`dpo.precision=bf16`).
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import torch
 
 from alignment.config import DPOConfig
+from alignment.models import cpu_has_bf16
 from alignment.train import reference_logps, train_dpo
 from alignment.trl_backend import train_dpo_trl
 from benchmarks.harness import Report, Sizes, log, speedup
@@ -85,7 +88,12 @@ def run(S: Sizes, ctx, rep: Report) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         native, t_ref, wall_n = time_native(ctx, run_pairs, B, pids, dcfg, Path(tmp) / "native")
         log(f"  native: {native:.2f} s/step, reference pass {t_ref:.2f}s for {len(pairs)} pairs")
+        bf16, _, _ = time_native(ctx, run_pairs, B, pids, dataclasses.replace(dcfg, precision="bf16"),
+                                 Path(tmp) / "native-bf16")
+        log(f"  native bf16 autocast: {bf16:.2f} s/step")
         clock_t, wall_t = time_trl(ctx, run_pairs, pids, dcfg, Path(tmp) / "trl")
+    rep.add(f"DPO step (batch {B} pairs), native: fp32 vs bf16 autocast (dpo.precision=bf16; native bf16 CPU: "
+            f"{cpu_has_bf16()})", f"{1 / native:.3f} steps/s", f"{1 / bf16:.3f} steps/s", speedup(native, bf16))
     step = f"DPO training step (batch {B} pairs): trl DPOTrainer, reference forward every step, vs native train_dpo " \
            f"(precomputed reference)"
     if len(clock_t.t) < 2:

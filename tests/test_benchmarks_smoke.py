@@ -39,7 +39,7 @@ def expected_steps() -> dict[str, list[str]]:
                      f"ours fp32 vs ours {low} (dtype only)"]
     return {"sampling": sampling + ["categorical draw"],
             "scoring": ["naive encoder+head", "pipeline('text-classification', bs 16) vs ClassifierReward"],
-            "training": ["DPO training step", "DPO epoch over"],
+            "training": ["DPO training step", "DPO epoch over", "native: fp32 vs bf16 autocast"],
             "lora": [f"DPO step time (batch {QUICK.dpo_batch} pairs, fp32): full vs LoRA r=16",
                      "peak RSS of the DPO training process: full vs LoRA r=16",
                      "saved size (save_pretrained: whole policy vs adapter only): full vs LoRA r=16"]}

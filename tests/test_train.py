@@ -135,3 +135,29 @@ def test_resume_after_interrupt_matches_uninterrupted(tiny_gpt2_dir, data, tmp_p
     assert (out / "ckpt.pt").exists()  # the final checkpoint stays until the caller's output is saved
     done_training(out)
     assert not (out / "ckpt.pt").exists()
+
+
+def test_bf16_autocast_matches_fp32_within_tolerance(tiny_gpt2_dir, data, tmp_path):
+    """dpo.precision=bf16: forwards under bf16 autocast, fp32 master weights. The first step's loss
+    (before any update) agrees with fp32 to bf16 precision, and training runs and moves the weights."""
+    import dataclasses
+
+    pairs, prompts, ref = data
+    cfg = DPOConfig(lr=1e-3, batch_size=4, epochs=1, warmup_ratio=0.25)
+    fp32 = train_dpo(_load(tiny_gpt2_dir), pairs, prompts, ref, cfg, PAD, tmp_path / "a")
+    model = _load(tiny_gpt2_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bf16 = train_dpo(model, pairs, prompts, ref, dataclasses.replace(cfg, precision="bf16"), PAD, tmp_path / "b")
+    assert bf16[0]["loss"] == pytest.approx(fp32[0]["loss"], rel=2e-2, abs=2e-3)
+    assert bf16[0]["loss"] != fp32[0]["loss"]  # it really ran in bf16
+    assert all(math.isfinite(r["loss"]) for r in bf16)
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())  # master weights stay fp32
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_train_autocast_choice():
+    from alignment.models import cpu_has_bf16, train_autocast
+
+    cpu = torch.device("cpu")
+    assert train_autocast("bf16", cpu) and not train_autocast("fp32", cpu)
+    assert train_autocast("auto", cpu) == cpu_has_bf16()  # emulated bf16 would be slower than fp32
