@@ -29,7 +29,7 @@ sweep: setup  ## Level 2/3: every divergence x 2 seeds on the same pairs, trade-
 notebook: setup  ## execute the notebook headless at SMOKE size into runs/notebook-smoke.ipynb
 	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-smoke.ipynb -p SIZE smoke --cwd .
 
-notebook-publish: setup  ## re-execute the committed notebook in place (Level 1 at default size; ~40 min on 2 cores)
+notebook-publish: setup  ## re-execute the committed notebook in place (Level 1 at default size; ~30 min on 2 cores)
 	OMP_NUM_THREADS=1 $(BIN)/python -m alignment.notebook "Alignment Methods.ipynb" SIZE=default "SEEDS=(0,)" \
 		"SWEEP_LOSSES=('reverse_kl', 'forward_kl')"
 
