@@ -8,14 +8,13 @@ the decode batch is [a a b b c c]: `repeat_interleave` of the prefilled cache.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import SampleConfig
-from .io import JsonlAppender, debug_delay, read_jsonl
+from .io import JsonlAppender, debug_delay
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -171,16 +170,6 @@ def in_prompt_order(records: list[dict], prompts: list[dict]) -> list[dict]:
     """Records of `prompts` sorted by (prompt position, sample index): the order rewards align to."""
     order = {p["id"]: i for i, p in enumerate(prompts)}
     return sorted((r for r in records if r["prompt_id"] in order), key=lambda r: (order[r["prompt_id"]], r["sample"]))
-
-
-def completed_samples(path, prompts: list[dict], n: int) -> list[dict] | None:
-    """The records at `path` in prompt order if every prompt already has n samples there, else None
-    (lets a caller skip loading a model when there is nothing left to sample)."""
-    if not Path(path).exists():
-        return None
-    recs = read_jsonl(path)
-    done = done_prompts(recs, n)
-    return in_prompt_order(recs, prompts) if all(p["id"] in done for p in prompts) else None
 
 
 def done_prompts(records: list[dict], n: int) -> set[str]:
