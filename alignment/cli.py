@@ -3,7 +3,7 @@
 Stages build on each other and are cached in the run dir, so `python -m alignment train`
 after `sample` reuses the samples, and any stage resumes after an interrupt.
 
-  assets     fetch the offline assets (models, reviews) and build the reward head, once
+  assets     fetch the offline assets (models, reviews) and build the reward and judge heads, once
   prompts    train/eval prompts          sample   N samples per train prompt
   score      reward of every sample      pairs    preference pairs
   train      one DPO policy (dpo.*)      eval     the start policy and every trained one
@@ -97,12 +97,14 @@ def main(argv: list[str] | None = None) -> int:
 def run_stage(args, cfg, grid: dict) -> int:
     if args.stage == "assets":
         from .assets import ensure_all
-        from .reward import load_reward
+        from .reward import load_judge, load_reward, load_topic_judge
 
         paths = ensure_all()
-        reward = load_reward(cfg.reward)
+        scorers = {"reward": load_reward(cfg.reward), "judge": load_judge(cfg.eval.judge, cfg.reward),
+                   "on-topic judge": load_topic_judge(cfg.eval.topic_judge, cfg.reward)}
         print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
-        print("offline reward:", getattr(reward, "metrics", {}))
+        for name, scorer in scorers.items():
+            print(f"{name}:", getattr(scorer, "metrics", {}))
         return 0
     from . import experiments
     from .pipeline import Pipeline
@@ -131,7 +133,7 @@ def render(stage: str, result) -> str:
     from . import report
 
     if stage == "run":
-        lines = ["", result["table"], *(report.gain_line(r) for r in result["rows"][1:])]
+        lines = ["", result["table"], *(report.gain_line(r) for r in report.trained_rows(result["rows"]))]
         for ex in result["examples"][:2]:  # side by side: the same held-out prompt, one sample each
             lines.append(f"\nprompt: {ex['prompt']!r}")
             lines += [f"  {model:>26}: {text[:140]}" for model, text in ex.items() if model != "prompt"]

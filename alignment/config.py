@@ -50,7 +50,7 @@ _frac = dict(check=lambda v: 0 <= v <= 1, why="must be in [0, 1]")
 
 @dataclass
 class ModelConfig:
-    policy: str = OFFLINE      # "offline" (SmolLM2-135M from PyPI), "offline-sft" (after `sft`), a hub name or local dir
+    policy: str = "offline-sft"  # start policy: "offline-sft" (SmolLM2-135M tuned on reviews by the `sft` stage, built on first use), "offline" (the raw instruct model), a hub name or local dir
     ref: str = ""              # reference model for DPO/KL; "" = same as the starting policy
     dtype: str = rule("auto", choices=_DTYPES)  # sampling dtype: auto (bf16 on GPU/bf16-capable CPU), float32, bfloat16
 
@@ -122,6 +122,9 @@ class EvalConfig:
     max_new_tokens: int = rule(32, **_pos)  # same cap as training samples by default
     n_boot: int = rule(1000, check=lambda v: v >= 10, why="must be >= 10")  # bootstrap resamples for every CI
     n_examples: int = rule(4, **_nonneg, hashed=False)  # example generations shown side by side
+    judge: str = OFFLINE        # independent sentiment judge, never used in training: "offline" (mpnet head on data disjoint from the reward's), "vader", a hub id or local dir, "" = none
+    topic_judge: str = OFFLINE  # on-topic judge ("part of a movie review?"): "offline" (MiniLM head), a classifier whose positive class means on-topic, "" = none
+    human_row: bool = True      # evaluate the real reviews' own continuations of the eval prompts (needs their source texts)
 
 
 @dataclass
@@ -137,7 +140,8 @@ class SFTConfig:
     out: str = rule("", hashed=False)  # output dir; "" = the cache's SmolLM2-135M-reviews-sft (what model.policy=offline-sft loads)
     n_reviews: int = rule(300, **_pos)     # training reviews (train split only: eval prompts' reviews are excluded)
     n_eval_reviews: int = rule(64, **_pos) # held-out reviews for perplexity before/after
-    max_tokens: int = rule(128, check=lambda v: v > 8, why="must be > 8")  # truncate each review to this many tokens
+    max_tokens: int = rule(128, check=lambda v: v > 8, why="must be > 8")  # tokens per training window
+    windows: int = rule(1, **_pos)         # consecutive windows of max_tokens taken from each review's start
     epochs: int = rule(1, **_pos)          # passes over the reviews
     lr: float = rule(5e-5, **_unit_open)   # AdamW learning rate
     batch_size: int = rule(8, **_pos)      # reviews per optimizer step
@@ -304,4 +308,8 @@ def validate(cfg: Config) -> None:
            "LoRA trains adapters on the reference's base: leave model.ref empty (= model.policy) or set dpo.lora_r=0")
     _check_source("data.source", cfg.data.source, (OFFLINE, "imdb"))
     _check_source("reward.model", cfg.reward.model, (OFFLINE, "vader"))
+    if cfg.eval.judge:
+        _check_source("eval.judge", cfg.eval.judge, (OFFLINE, "vader"))
+    if cfg.eval.topic_judge:
+        _check_source("eval.topic_judge", cfg.eval.topic_judge, (OFFLINE,))
     _check_source("sft.base", cfg.sft.base, (OFFLINE,))

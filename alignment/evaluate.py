@@ -1,14 +1,22 @@
 """Honest evaluation on held-out prompts: every model is scored on its *own fresh samples*.
 
-For each model: reward (mean/median, bootstrap CI), the assignment's unigram token entropy,
-the f-DPO paper's mean per-token predictive entropy, distinct-1/2, a sequence-level
-KL(pi || pi_ref) estimate from the samples, and perplexity under the reference model (fluency:
-word salad shows up here even when reward and entropy both go up).
+For each model: the training reward (mean/median, prompt-clustered bootstrap CI), an independent
+sentiment **judge** that never influenced training (Gao et al. 2022's gold vs proxy), the
+**on-topic** rate (fraction of completions an on-topic judge calls part of a movie review: a gain
+made of off-topic cheer shows here), the assignment's unigram token entropy, the f-DPO paper's
+mean per-token predictive entropy, distinct-1/2, a sequence-level KL(pi || pi_ref) estimate from
+the samples, and perplexity under the reference model (fluency: word salad shows up here even
+when reward and entropy both go up).
+
+The **human row** (`evaluate_human`) is the real reviews' own continuations of the same eval
+openings, cut to the same token budget, scored by every judge: the ceiling for "writes movie
+reviews" and the reference point for fluency.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,10 +24,32 @@ import torch
 from .config import Config
 from .io import write_json, write_jsonl
 from .logprobs import collate, model_logps
-from .metrics import (distinct_n, mean_predictive_entropy, perplexity, sequence_kl_estimate,
+from .metrics import (distinct_n, mean_predictive_entropy, perplexity, prompt_bootstrap, sequence_kl_estimate,
                       summarize_rewards, unigram_token_entropy)
-from .reward import score_records
+from .reward import check_finite, reward_texts, score_records
 from .sampling import sample_to_file
+
+
+@dataclass
+class Scorers:
+    """What grades a completion: the training reward, and (optional) the judges."""
+    reward: object              # score(texts) -> (n,); the proxy that built the pairs
+    judge: object | None = None  # independent sentiment judge, same texts as the reward
+    topic: object | None = None  # on-topic judge: logit > 0 = part of a movie review (completion only)
+    score_prompt: bool = True    # reward and judge see prompt + completion
+
+
+def score_all(scorers: Scorers, recs: list[dict]) -> dict[str, list[float]]:
+    """Per-record reward, judge score and on_topic (1/0; an empty completion is off-topic)."""
+    texts = reward_texts(recs, scorers.score_prompt)
+    out = {"reward": score_records(scorers.reward, recs, scorers.score_prompt)}
+    if scorers.judge is not None:
+        out["judge"] = check_finite(scorers.judge.score(texts), texts).tolist()
+    if scorers.topic is not None:
+        comp = [r["completion"] for r in recs]
+        logit = check_finite(scorers.topic.score([c if c.strip() else "." for c in comp]), comp)
+        out["on_topic"] = [float(x > 0 and c.strip() != "") for x, c in zip(logit.tolist(), comp)]
+    return out
 
 
 def content_ids(rec: dict, stop_ids: list[int]) -> list[int]:
@@ -31,21 +61,66 @@ def content_ids(rec: dict, stop_ids: list[int]) -> list[int]:
 @torch.no_grad()
 def logps_and_entropy(model, ref_model, prompt_ids: dict[str, list[int]], recs: list[dict], pad_id: int,
                       batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """Per-sample policy/ref log-probs (N,), predictive entropy (N,), token counts (N,)."""
+    """Per-sample policy/ref log-probs (N,), predictive entropy (N,), token counts (N,).
+    `model=None` (the human row): only the reference's log-probs and the counts."""
     out = {"policy": [], "ref": [], "entropy": [], "n_tokens": []}
     for i in range(0, len(recs), batch_size):
         chunk = recs[i : i + batch_size]
         batch = collate([prompt_ids[r["prompt_id"]] for r in chunk], [r["completion_ids"] for r in chunk], pad_id)
+        out["n_tokens"].append(batch["completion_mask"].sum(-1))
+        if model is None:
+            out["ref"].append(model_logps(ref_model, batch).float().cpu())
+            continue
         lp, logits = model_logps(model, batch, return_logits=True)  # (b,), (b, T, V)
         mask = batch["completion_mask"][:, 1:].to(logits.device)  # predicts tokens 1..T-1
         out["entropy"].append(mean_predictive_entropy(logits[:, :-1], mask).cpu())
         out["policy"].append(lp.float().cpu())
         out["ref"].append(lp.float().cpu() if ref_model is None else model_logps(ref_model, batch).float().cpu())
-        out["n_tokens"].append(batch["completion_mask"].sum(-1))
-    return {k: torch.cat(v) for k, v in out.items()}
+    return {k: torch.cat(v) if v else None for k, v in out.items()}
 
 
-def evaluate_model(name: str, model, ref_model, tokenizer, reward, prompts: list[dict], cfg: Config,
+def _ci(prefix: str, values: list[float], pids: list[str], n_boot: int) -> dict:
+    b = prompt_bootstrap(values, pids, n_boot=n_boot)
+    return {prefix: b["mean"], f"{prefix}_ci_lo": b["lo"], f"{prefix}_ci_hi": b["hi"]}
+
+
+def measure(name: str, recs: list[dict], lp: dict, scores: dict[str, list[float]], cfg: Config,
+            stop_ids: list[int]) -> dict:
+    """The metrics dict of one evaluated model (or the human row: `lp["policy"]` None)."""
+    pids = [r["prompt_id"] for r in recs]
+    ids = [content_ids(r, stop_ids) for r in recs]
+    rewards = scores["reward"]
+    rs = summarize_rewards(rewards, n_boot=cfg.eval.n_boot)
+    on_policy = lp["policy"] is not None
+    metrics = {
+        "model": name, "n_samples": len(recs), "n_prompts": len(set(pids)),
+        **_ci("eval/reward_mean", rewards, pids, cfg.eval.n_boot),
+        "eval/reward_median": rs["median"], "eval/reward_std": rs["std"],
+        "eval/token_entropy": unigram_token_entropy([i for i in ids if i] or [[0]]),
+        "eval/predictive_entropy": lp["entropy"].mean().item() if on_policy else None,
+        "eval/distinct_1": distinct_n(ids, 1), "eval/distinct_2": distinct_n(ids, 2),
+        "eval/kl_to_ref": sequence_kl_estimate(lp["policy"], lp["ref"]) if on_policy else None,
+        "eval/ref_perplexity": perplexity(lp["ref"], lp["n_tokens"]),
+        "eval/mean_length": lp["n_tokens"].float().mean().item(),
+        "eval/finished_frac": sum(r["finished"] for r in recs) / len(recs),
+    }
+    metrics["eval/reward_ci_lo"] = metrics.pop("eval/reward_mean_ci_lo")
+    metrics["eval/reward_ci_hi"] = metrics.pop("eval/reward_mean_ci_hi")
+    if "judge" in scores:
+        metrics.update(_ci("eval/judge_mean", scores["judge"], pids, cfg.eval.n_boot))
+    if "on_topic" in scores:
+        metrics.update(_ci("eval/on_topic", scores["on_topic"], pids, cfg.eval.n_boot))
+    return metrics
+
+
+def _write(out_dir: Path, recs: list[dict], scores: dict[str, list[float]], metrics: dict) -> dict:
+    scored = [{**r, **{k: v[i] for k, v in scores.items()}} for i, r in enumerate(recs)]
+    write_jsonl(out_dir / "scored.jsonl", scored)
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, prompts: list[dict], cfg: Config,
                    stop_ids: list[int], out_dir: str | Path, sample_dtype=None) -> dict:
     """Sample cfg.eval.n_samples per held-out prompt from `model`, score, measure; writes out_dir
     (samples.jsonl streamed, so a killed evaluation resumes; the pipeline caches the whole dir).
@@ -60,24 +135,35 @@ def evaluate_model(name: str, model, ref_model, tokenizer, reward, prompts: list
     recs = sample_to_file(out_dir / "samples.jsonl", sampler, tokenizer, prompts, cfg.eval.n_samples,
                           scfg, stop_ids, desc=f"eval {name}", max_new_tokens=cfg.eval.max_new_tokens)
     del sampler
-    rewards = score_records(reward, recs, cfg.reward.score_prompt)
-    pids = {p["id"]: p["ids"] for p in prompts}
-    lp = logps_and_entropy(model, ref_model, pids, recs, tokenizer.pad_token_id)
-    ids = [content_ids(r, stop_ids) for r in recs]
-    rs = summarize_rewards(rewards, n_boot=cfg.eval.n_boot)
-    metrics = {
-        "model": name, "n_samples": len(recs),
-        "eval/reward_mean": rs["mean"], "eval/reward_median": rs["median"], "eval/reward_std": rs["std"],
-        "eval/reward_ci_lo": rs["ci_lo"], "eval/reward_ci_hi": rs["ci_hi"],
-        "eval/token_entropy": unigram_token_entropy([i for i in ids if i] or [[0]]),
-        "eval/predictive_entropy": lp["entropy"].mean().item(),
-        "eval/distinct_1": distinct_n(ids, 1), "eval/distinct_2": distinct_n(ids, 2),
-        "eval/kl_to_ref": sequence_kl_estimate(lp["policy"], lp["ref"]),
-        "eval/ref_perplexity": perplexity(lp["ref"], lp["n_tokens"]),
-        "eval/mean_length": lp["n_tokens"].float().mean().item(),
-        "eval/finished_frac": sum(r["finished"] for r in recs) / len(recs),
-    }
-    write_jsonl(out_dir / "scored.jsonl", [{**r, "reward": x} for r, x in zip(recs, rewards)])
-    write_json(out_dir / "rewards.json", rewards)
-    write_json(out_dir / "metrics.json", metrics)
-    return metrics
+    scores = score_all(scorers, recs)
+    lp = logps_and_entropy(model, ref_model, {p["id"]: p["ids"] for p in prompts}, recs, tokenizer.pad_token_id)
+    return _write(out_dir, recs, scores, measure(name, recs, lp, scores, cfg, stop_ids))
+
+
+def human_records(prompts: list[dict], texts: dict[str, str], tokenizer, max_new_tokens: int,
+                  eos_id: int | None) -> list[dict]:
+    """The real review's own continuation of each eval prompt: its next `max_new_tokens` policy
+    tokens after the prompt's, plus EOS where the review ends inside that budget (as a model's
+    sample ends with its stop token). Records shaped like samples (one per prompt, `sample` 0)."""
+    out = []
+    for p in prompts:
+        k_chars = 40 * (len(p["ids"]) + max_new_tokens + 2)  # ample: a token is rarely > 10 chars
+        text = texts[p["review_id"]]
+        ids = tokenizer(text[:k_chars], add_special_tokens=False)["input_ids"]  # starts with p["ids"], as
+        cont = ids[len(p["ids"]) : len(p["ids"]) + max_new_tokens]  # the prompt was cut the same way
+        ended = len(text) <= k_chars and len(ids) <= len(p["ids"]) + max_new_tokens
+        comp_ids = cont + [eos_id] if ended and eos_id is not None else cont
+        out.append({"prompt_id": p["id"], "sample": 0, "prompt": p["text"], "completion": tokenizer.decode(cont),
+                    "completion_ids": comp_ids, "finished": ended})
+    return out
+
+
+def evaluate_human(name: str, ref_model, tokenizer, scorers: Scorers, prompts: list[dict], texts: dict[str, str],
+                   cfg: Config, stop_ids: list[int], out_dir: str | Path) -> dict:
+    """The human row: the reviews' own continuations, scored and measured like a model's samples
+    (no KL or predictive entropy: no model drew them; ref_ppl is the start policy's surprise)."""
+    out_dir = Path(out_dir)
+    recs = human_records(prompts, texts, tokenizer, cfg.eval.max_new_tokens, tokenizer.eos_token_id)
+    scores = score_all(scorers, recs)
+    lp = logps_and_entropy(None, ref_model, {p["id"]: p["ids"] for p in prompts}, recs, tokenizer.pad_token_id)
+    return _write(out_dir, recs, scores, measure(name, recs, lp, scores, cfg, stop_ids))

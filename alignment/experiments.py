@@ -21,18 +21,34 @@ def rewards_of(ev: Evaluation) -> list[float]:
     return [r["reward"] for r in ev.scored]
 
 
+GAINS = (("reward", "reward_gain", "gain"), ("judge", "judge_gain", "judge_gain"),
+         ("on_topic", "on_topic_gain", "on_topic_gain"))  # (scored field, gain key, CI/p prefix)
+
+
 def compare_to_start(ev: Evaluation, start: Evaluation, n_boot: int) -> dict:
-    """Reward difference policy - start policy on the same held-out prompts: a paired bootstrap
-    over prompts (all samples of a prompt, of both models, move together), with its p-value."""
-    b = paired_prompt_bootstrap(rewards_of(ev), [r["prompt_id"] for r in ev.scored],
-                                rewards_of(start), [r["prompt_id"] for r in start.scored], n_boot=n_boot)
-    return {"reward_gain": b["diff"], "gain_ci_lo": b["lo"], "gain_ci_hi": b["hi"], "gain_p": b["p"]}
+    """Differences policy - start policy on the same held-out prompts, for the reward, the judge
+    and on_topic (where scored): a paired bootstrap over prompts (all samples of a prompt, of both
+    models, move together), with its p-value."""
+    out = {}
+    for field, key, pre in GAINS:
+        if field not in ev.scored[0] or field not in start.scored[0]:
+            continue
+        b = paired_prompt_bootstrap([r[field] for r in ev.scored], [r["prompt_id"] for r in ev.scored],
+                                    [r[field] for r in start.scored], [r["prompt_id"] for r in start.scored],
+                                    n_boot=n_boot)
+        out.update({key: b["diff"], f"{pre}_ci_lo": b["lo"], f"{pre}_ci_hi": b["hi"], f"{pre}_p": b["p"]})
+    return out
 
 
 def with_holm(rows: list[dict]) -> list[dict]:
-    """Each row's gain p-value adjusted (Holm) for the number of policies compared with the start."""
-    adjusted = holm([r["gain_p"] for r in rows])
-    return [{**r, "gain_p_holm": p} for r, p in zip(rows, adjusted)]
+    """Each row's gain p-values adjusted (Holm, per metric) for the number of policies compared
+    with the start."""
+    rows = [dict(r) for r in rows]
+    for _, _, pre in GAINS:
+        if rows and all(f"{pre}_p" in r for r in rows):
+            for r, p in zip(rows, holm([r[f"{pre}_p"] for r in rows])):
+                r[f"{pre}_p_holm"] = p
+    return rows
 
 
 def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, Evaluation, list[dict]]:
@@ -47,6 +63,7 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES) -> dict:
     """SFT baseline + one policy per loss, all evaluated on their own held-out samples."""
     from . import plots
 
+    pipe.scorers  # noqa: B018  (a reward or judge that cannot load fails here, before any training)
     pairs, stats = pipe.pairs()
     start = pipe.evaluate()
     rows, evals, logs = [start.metrics], {start.metrics["model"]: start}, {}
@@ -55,6 +72,10 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES) -> dict:
         rows.append(row)
         evals[row["model"]], logs[row["model"]] = ev, log
     rows = [rows[0], *with_holm(rows[1:])]
+    if pipe.cfg.eval.human_row:
+        human = pipe.evaluate_human()
+        rows.append(human.metrics)
+        evals[human.metrics["model"]] = human
     P = pipe.paths
     files = [plots.reward_hist({m: rewards_of(e) for m, e in evals.items()}, P.plot("level1_rewards")),
              plots.training_curves(logs, P.plot("level1_training")),

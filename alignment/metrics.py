@@ -216,6 +216,22 @@ def paired_prompt_bootstrap(a, a_prompts, b, b_prompts, n_boot: int = 1000, leve
     return {"diff": float(xa.mean() - xb.mean()), "lo": float(lo), "hi": float(hi), "p": float(p), "n_prompts": P}
 
 
+def prompt_bootstrap(x, prompts, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Prompt-clustered bootstrap CI of mean(x): `x[i]` is a per-sample value on prompt
+    `prompts[i]`; prompts are resampled with all their samples (samples of one prompt are
+    correlated, so resampling samples would make the CI too narrow). Returns {mean, lo, hi, n_prompts}."""
+    xs = _as_clean_array(x, "prompt_bootstrap")
+    if len(prompts) != xs.size:
+        raise ValueError("prompt_bootstrap: one prompt id per value is needed")
+    index = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    ix, P = np.array([index[p] for p in prompts]), len(index)
+    sums, n = np.bincount(ix, xs, P), np.bincount(ix, minlength=P).astype(np.float64)  # (P,)
+    alpha_pct = _check_level(level)
+    w = np.random.default_rng(seed).multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(np.float64)
+    lo, hi = np.percentile((w @ sums) / (w @ n), [alpha_pct, 100.0 - alpha_pct])  # (n_boot,) -> 2
+    return {"mean": float(xs.mean()), "lo": float(lo), "hi": float(hi), "n_prompts": P}
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (same order as given): controls the family-wise error
     rate when several policies are each compared with the start policy."""

@@ -14,13 +14,14 @@ def resolve_policy(name: str) -> str:
         from .assets import smollm2_dir
 
         return str(smollm2_dir())
-    if name == "offline-sft":
-        from .assets import cache_root
+    if name == "offline-sft":  # outside a Pipeline (which builds it): the default config's SFT model
+        from .config import Config
+        from .sft import sft_out_dir
 
-        path = cache_root() / "models" / "SmolLM2-135M-reviews-sft"
+        path = sft_out_dir(Config())
         if not (path / "model.safetensors").exists():
             raise FileNotFoundError(
-                "model.policy='offline-sft' needs the SFT stage first: run `python -m alignment sft`")
+                "model.policy='offline-sft' is built by the pipeline on first use, or by `python -m alignment sft`")
         return str(path)
     p = Path(name).expanduser()
     if name.startswith((".", "/", "~")) and not p.exists():

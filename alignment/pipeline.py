@@ -72,6 +72,7 @@ FILES = {"manifest": "manifest.json", "config": "config.json", "prompts": "promp
          "pairs_stats": "pairs_stats.json", "ref_logps": "ref_logps.pt", "plots": "plots", "wandb": "wandb",
          "policies": "policies", "evals": "eval"}
 START = "sft"  # the start policy's evaluation name (the seed's "SFT baseline")
+HUMAN = "human"  # the real reviews' own continuations of the eval prompts
 
 
 def library_versions() -> dict[str, str]:
@@ -108,17 +109,24 @@ class Pipeline:
             write_json(self.paths.other_config(h), cfg.to_dict())
             write_json(self.paths.manifest, manifest)
 
+    def model_source(self, name: str) -> str:
+        """A model name as `from_pretrained` takes it: `offline-sft` is this config's SFT model
+        (`alignment.sft`), trained on first use and cached in the asset cache; others pass through."""
+        if name != "offline-sft":
+            return name
+        from .sft import sft_out_dir
+
+        self.sft()
+        return str(sft_out_dir(self.cfg))
+
     @property
     def _model_identity(self) -> dict:
         """Which weights a model *name* stood for when it is not fixed by the name: the SFT model
-        behind `offline-sft` is rebuilt by `sft`, and results made from the old one must not be reused."""
-        from .models import resolve_policy
-
+        behind `offline-sft` depends on the sft config, and results made from another one must not be reused."""
         names = {self.cfg.model.policy, self.cfg.model.ref}
         if "offline-sft" not in names:
             return {}
-        meta = meta_path(resolve_policy("offline-sft"))
-        return {"offline_sft": read_json(meta)["hash"] if meta.exists() else "built by an older kit"}
+        return {"offline_sft": read_json(meta_path(self.model_source("offline-sft")))["hash"]}
 
     def _cached(self, artifact: Path, sections: tuple[str, ...], build, **extra) -> bool:
         deps = {**section_deps(self.cfg, "model", "data", *sections), **self._model_identity, **extra}
@@ -133,7 +141,7 @@ class Pipeline:
     def tokenizer(self):
         from .models import load_tokenizer
 
-        return load_tokenizer(self.cfg.model.policy)
+        return load_tokenizer(self.model_source(self.cfg.model.policy))
 
     @cached_property
     def device(self):
@@ -153,10 +161,20 @@ class Pipeline:
 
         return load_reward(self.cfg.reward)
 
+    @cached_property
+    def scorers(self):
+        """Reward + the evaluation-only judges (`eval.judge`, `eval.topic_judge`). Load this before
+        training (as `experiments.level1` does) so a judge that cannot load fails first."""
+        from .evaluate import Scorers
+        from .reward import load_judge, load_topic_judge
+
+        e, r = self.cfg.eval, self.cfg.reward
+        return Scorers(self.reward, load_judge(e.judge, r), load_topic_judge(e.topic_judge, r), r.score_prompt)
+
     def load_policy(self, name: str | None = None, dtype=torch.float32, train: bool = False):
         from .models import load_causal_lm
 
-        return load_causal_lm(name or self.cfg.model.policy, dtype, self.device, train=train)
+        return load_causal_lm(self.model_source(name or self.cfg.model.policy), dtype, self.device, train=train)
 
     @cached_property
     def ref_model(self):
@@ -305,11 +323,27 @@ class Pipeline:
                 model, ref = self.ref_model, None
             else:
                 model, ref = self.load_trained(policy), self.ref_model
-            evaluate_model(name, model, ref, self.tokenizer, self.reward, prompts, self.cfg,
+            evaluate_model(name, model, ref, self.tokenizer, self.scorers, prompts, self.cfg,
                            self.stop_ids, part_dir(part), sample_dtype=self.sample_dtype)
 
         policy_hash = read_json(meta_path(policy.dir))["hash"] if policy else None
         self._cached(out, ("sample", "reward", "eval"), build, policy=policy_hash)
+        return Evaluation(read_json(out / "metrics.json"), read_jsonl(out / "scored.jsonl"))
+
+    def evaluate_human(self) -> Evaluation:
+        """The human row: the eval prompts' source reviews' own continuations, same token budget."""
+        from .data import review_texts
+        from .evaluate import evaluate_human
+
+        out = self.paths.eval(HUMAN)
+
+        def build(part):
+            prompts = self.prompts()["eval"]
+            texts = review_texts(self.cfg.data, {p["review_id"] for p in prompts})
+            evaluate_human(HUMAN, self.ref_model, self.tokenizer, self.scorers, prompts, texts, self.cfg,
+                           self.stop_ids, part_dir(part))
+
+        self._cached(out, ("reward", "eval"), build, human=1)
         return Evaluation(read_json(out / "metrics.json"), read_jsonl(out / "scored.jsonl"))
 
     def policies(self) -> list[Policy]:

@@ -8,6 +8,8 @@ PRESETS: dict[str, dict] = {
         "sample.n_samples": 4, "sample.max_new_tokens": 16,
         "eval.n_samples": 2, "eval.max_new_tokens": 16, "eval.n_boot": 200,
         "dpo.epochs": 1, "dpo.batch_size": 4,
+        "sft.n_reviews": 16, "sft.n_eval_reviews": 8, "sft.max_tokens": 32, "sft.windows": 1,
+        "sft.n_sample_prompts": 1, "sft.sample_new_tokens": 16,
     },
     "default": {},
     "sweep": {  # Level 2/3 on 2 CPU cores: half the default's pairs, 16 steps per policy
@@ -22,6 +24,7 @@ PRESETS: dict[str, dict] = {
     },
     "hub": {
         "model.policy": "lvwerra/gpt2-imdb", "reward.model": "lvwerra/distilbert-imdb",
+        "eval.judge": "siebert/sentiment-roberta-large-english",  # the DPO paper's ground-truth reward
         "data.source": "imdb", "data.min_chars": 200, "data.max_chars": 512,
         "data.n_train_prompts": 1000, "data.n_eval_prompts": 256,
         "sample.n_samples": 4, "sample.max_new_tokens": 48, "sample.batch_size": 256,

@@ -12,10 +12,13 @@ import platform
 
 # (metric key in an evaluation row, short column name)
 TABLE_COLS = [("eval/reward_mean", "reward"), ("eval/reward_ci_lo", "ci_lo"), ("eval/reward_ci_hi", "ci_hi"),
+              ("eval/judge_mean", "judge"), ("eval/on_topic", "on_topic"),
               ("eval/token_entropy", "token_H"), ("eval/predictive_entropy", "pred_H"),
               ("eval/distinct_2", "distinct_2"), ("eval/kl_to_ref", "KL"), ("eval/ref_perplexity", "ref_ppl")]
 GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gain_ci_hi", "gain_ci_hi"),
-             ("gain_p_holm", "p_holm")]
+             ("gain_p_holm", "p_holm"), ("judge_gain", "judge_gain"), ("judge_gain_ci_lo", "judge_ci_lo"),
+             ("judge_gain_ci_hi", "judge_ci_hi"), ("judge_gain_p_holm", "judge_p_holm"),
+             ("on_topic_gain", "on_topic_gain")]
 ALPHA = 0.05  # family-wise error rate of the "distinguishable" verdicts
 SWEEP_COLS = [("eval/reward_mean", "reward"), ("eval/token_entropy", "token_H"),
               ("eval/predictive_entropy", "pred_H"), ("eval/distinct_2", "distinct_2"),
@@ -25,6 +28,8 @@ STILL_KL = 0.1  # nats: below this a policy has barely left the reference (smoke
 
 # ---- tables -----------------------------------------------------------------------------------
 def _md_cell(x) -> str:
+    if x is None:  # not defined for this row (e.g. KL of the human row)
+        return "–"
     if isinstance(x, float):
         return f"{x:.3f}"
     return str(x).replace("|", "\\|").replace("\n", "⏎")
@@ -46,7 +51,7 @@ def results_rows(rows: list[dict], extra: tuple[str, ...] = ()) -> list[dict]:
     for r in rows:
         row = {"model": r["model"]}
         row.update({k: (f"{r[k]:g}" if k == "lr" else r[k]) for k in extra if k in r})  # lr: no rounding to 0
-        row.update({c: r[k] for k, c in TABLE_COLS})
+        row.update({c: r.get(k) for k, c in TABLE_COLS})
         row.update({c: r[k] for k, c in GAIN_COLS if k in r})
         if "gain_ci_lo" in r:
             row["distinguishable"] = excludes_zero(r)
@@ -90,6 +95,11 @@ def examples_rows(scored: dict[str, list[dict]], n: int) -> list[dict]:
 
 
 # ---- lines and sentences -----------------------------------------------------------------------
+def trained_rows(rows: list[dict]) -> list[dict]:
+    """The trained policies' rows of a results table (not the start policy, not the human row)."""
+    return [r for r in rows if "reward_gain" in r]
+
+
 def fmt_gain(r: dict) -> str:
     """'+0.924 (95% CI +0.688 .. +1.132)' from a row with reward_gain / gain_ci_lo / gain_ci_hi."""
     return f"{r['reward_gain']:+.3f} (95% CI {r['gain_ci_lo']:+.3f} .. {r['gain_ci_hi']:+.3f})"
@@ -108,7 +118,19 @@ def gain_line(r: dict) -> str:
     prompts), and whether it is distinguishable from 0 after the multiplicity correction."""
     holm = f", Holm-adjusted p {r['gain_p_holm']:.3g}" if "gain_p_holm" in r else ""
     verdict = "distinguishable from 0" if excludes_zero(r) else "not distinguishable from 0 at this size"
-    return f"{r['model']}: reward gain vs SFT {fmt_gain(r)}{holm} -> {verdict}"
+    line = f"{r['model']}: reward gain vs SFT {fmt_gain(r)}{holm} -> {verdict}"
+    if "judge_gain" in r:
+        jv = "distinguishable from 0" if _judge_excludes_zero(r) else "not distinguishable from 0"
+        line += (f"; judge gain {r['judge_gain']:+.3f} (95% CI {r['judge_gain_ci_lo']:+.3f} .. "
+                 f"{r['judge_gain_ci_hi']:+.3f}) -> {jv}")
+    if "on_topic_gain" in r:
+        line += f"; on_topic {r['on_topic_gain']:+.3f} (95% CI {r['on_topic_gain_ci_lo']:+.3f} .. {r['on_topic_gain_ci_hi']:+.3f})"
+    return line
+
+
+def _judge_excludes_zero(r: dict) -> bool:
+    return excludes_zero({"gain_ci_lo": r["judge_gain_ci_lo"], "gain_ci_hi": r["judge_gain_ci_hi"],
+                          **({"gain_p_holm": r["judge_gain_p_holm"]} if "judge_gain_p_holm" in r else {})})
 
 
 def _delta(new: float, old: float) -> str:
@@ -151,7 +173,7 @@ def lr_sentence(rows: list[dict], sft: dict) -> str:
 
 
 def _level1_lines(level1: dict) -> list[str]:
-    sft, trained = level1["rows"][0], level1["rows"][1:]
+    sft, trained = level1["rows"][0], trained_rows(level1["rows"])
     best = max(trained, key=lambda r: r["eval/reward_mean"])
     lines = ["**Level 1** (best-vs-worst pairs): " + "; ".join(
         f"`{r['model']}` reward {r['eval/reward_mean']:+.3f} vs SFT {sft['eval/reward_mean']:+.3f}, gain {fmt_gain(r)}"
@@ -165,11 +187,32 @@ def _level1_lines(level1: dict) -> list[str]:
         f"{_delta(best['eval/predictive_entropy'], sft['eval/predictive_entropy'])}, KL(π‖π_ref) "
         f"{best['eval/kl_to_ref']:.3f}, reference perplexity "
         f"{_delta(best['eval/ref_perplexity'], sft['eval/ref_perplexity'])}.")
+    lines.extend(_judge_lines(level1["rows"], sft, trained))
     moved = max(abs(r["eval/kl_to_ref"]) for r in trained)
     if moved < STILL_KL:
         lines.append(f"At this size the Level 1 policies barely moved from the reference (largest |KL| "
                      f"{moved:.3f} nats < {STILL_KL:g}), so their reward differences are mostly sampling noise; "
                      "use a larger SIZE (more pairs and steps) for conclusions about the losses.")
+    return lines
+
+
+def _judge_lines(rows: list[dict], sft: dict, trained: list[dict]) -> list[str]:
+    """Does the independent judge agree with the reward, and do the texts stay on topic?"""
+    lines = []
+    if all("judge_gain" in r for r in trained) and trained:
+        lines.append("**Independent judge** (never used in training): " + "; ".join(
+            f"`{r['model']}` judge gain {r['judge_gain']:+.3f} (95% CI {r['judge_gain_ci_lo']:+.3f} .. "
+            f"{r['judge_gain_ci_hi']:+.3f}) — "
+            f"{'distinguishable from 0' if _judge_excludes_zero(r) else 'not distinguishable from 0 at this size'}"
+            for r in trained) + ".")
+    if sft.get("eval/on_topic") is not None:
+        human = next((r for r in rows if r["model"] == "human"), None)
+        ref = (f"; the real reviews' own continuations: {human['eval/on_topic']:.0%}, so the start policy is at "
+               f"{sft['eval/on_topic'] / max(human['eval/on_topic'], 1e-9):.0%} of the human rate") if human else ""
+        lines.append(f"**On topic** (fraction of completions judged part of a movie review): start policy "
+                     f"{sft['eval/on_topic']:.0%}{ref}; after training " + ", ".join(
+                         f"`{r['model']}` {r['eval/on_topic']:.0%} ({100 * (r['eval/on_topic'] - sft['eval/on_topic']):+.0f} points)"
+                         for r in trained) + ".")
     return lines
 
 

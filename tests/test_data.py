@@ -8,13 +8,13 @@ from alignment.data import DataError, build_prompts, detokenize, file_reviews, m
 
 
 def _cfg(source, **kw):
-    kw = {"prompt_tokens": 8, "min_chars": 200, "n_train_prompts": 30, "n_eval_prompts": 20, **kw}
+    kw = {"prompt_tokens": 8, "min_chars": 200, "n_train_prompts": 30, "n_eval_prompts": 10, **kw}
     return DataConfig(source=str(source), **kw)
 
 
 def test_build_prompts_counts_lengths_and_fields(reviews_csv, tiny_tokenizer):
     out = build_prompts(_cfg(reviews_csv), tiny_tokenizer)
-    assert len(out["train"]) == 30 and len(out["eval"]) == 20
+    assert len(out["train"]) == 30 and len(out["eval"]) == 10
     for split in ("train", "eval"):
         ids = [p["id"] for p in out[split]]
         assert ids == [f"{split}{i}" for i in range(len(ids))]
@@ -34,7 +34,7 @@ def test_prompt_is_prefix_of_review(reviews_csv, tiny_tokenizer):
 
 
 def test_train_eval_disjoint_by_review_and_text(reviews_csv, tiny_tokenizer):
-    out = build_prompts(_cfg(reviews_csv, n_train_prompts=35, n_eval_prompts=20), tiny_tokenizer)
+    out = build_prompts(_cfg(reviews_csv, n_train_prompts=35, n_eval_prompts=10), tiny_tokenizer)
     tr, ev = out["train"], out["eval"]
     assert not {p["review_id"] for p in tr} & {p["review_id"] for p in ev}
     assert not {p["text"] for p in tr} & {p["text"] for p in ev}
@@ -109,12 +109,12 @@ def test_short_reviews_are_skipped(tmp_path, tiny_tokenizer):
 
 def test_non_utf8_txt_source(tmp_path, tiny_tokenizer):
     path = tmp_path / "reviews.txt"
-    lines = [t for t, _ in make_reviews(12)]
+    lines = [t for t, _ in make_reviews(30)]
     blob = b"\n".join(l.encode() for l in lines)
     blob = blob.replace(b"This movie", b"This \xff\xfe movie").replace(b"acting", b"act\xe9ing")
     path.write_bytes(blob + b"\n\xc3\n")
     reviews = file_reviews(str(path))
-    assert len(reviews) == 13  # the lone bad byte is its own (short) line
+    assert len(reviews) == 31  # the lone bad byte is its own (short) line
     out = build_prompts(_cfg(path, n_train_prompts=6, n_eval_prompts=4), tiny_tokenizer)
     for p in out["train"] + out["eval"]:
         assert "\ufffd" not in p["text"] and len(p["ids"]) == 8

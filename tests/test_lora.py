@@ -16,7 +16,8 @@ def _cfg(tmp_path, policy, reward, data, **extra):
     o = {"run_dir": str(tmp_path / "run"), "model.policy": policy, "reward.model": reward, "data.source": data,
          "data.n_train_prompts": 6, "data.n_eval_prompts": 3, "data.prompt_tokens": 4, "sample.n_samples": 3,
          "sample.max_new_tokens": 8, "eval.n_samples": 2, "eval.max_new_tokens": 8, "eval.n_boot": 20,
-         "dpo.batch_size": 4, "dpo.epochs": 2, "dpo.lr": 1e-2, "dpo.lora_r": 4, "track.mode": "disabled"}
+         "dpo.batch_size": 4, "dpo.epochs": 2, "dpo.lr": 1e-2, "dpo.lora_r": 4, "track.mode": "disabled",
+         "eval.judge": "vader", "eval.topic_judge": reward}
     o.update(extra)
     return load_config(overrides=o)
 

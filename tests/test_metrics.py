@@ -245,3 +245,24 @@ def test_holm_by_hand():
     # sorted p: 0.01 (x3) = 0.03, 0.02 (x2) = 0.04, 0.04 (x1) = 0.04 (monotone), back in input order
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_prompt_bootstrap_clusters_samples_of_a_prompt():
+    """4 identical samples per prompt carry the information of one: the prompt-clustered CI is
+    the CI of the prompt means (2x wider than resampling the 4n samples as if independent)."""
+    import numpy as np
+
+    from alignment.metrics import bootstrap_ci, prompt_bootstrap
+
+    rng = np.random.default_rng(0)
+    per_prompt = rng.normal(size=50)
+    x = np.repeat(per_prompt, 4)
+    pids = [f"p{i}" for i in range(50) for _ in range(4)]
+    b = prompt_bootstrap(x, pids, n_boot=4000)
+    assert b["mean"] == pytest.approx(per_prompt.mean()) and b["n_prompts"] == 50
+    _, lo, hi = bootstrap_ci(per_prompt, n_boot=4000)
+    assert b["hi"] - b["lo"] == pytest.approx(hi - lo, rel=0.1)  # = the prompt means' CI
+    _, lo_s, hi_s = bootstrap_ci(x, n_boot=4000)
+    assert (b["hi"] - b["lo"]) > 1.7 * (hi_s - lo_s)  # the naive CI is ~sqrt(4) = 2x too narrow
+    with pytest.raises(ValueError, match="one prompt id per value"):
+        prompt_bootstrap(x, pids[:-1])

@@ -21,7 +21,8 @@ def tiny_cfg(run_dir, policy, reward, data, **extra):
          "data.source": str(data), "data.n_train_prompts": 6, "data.n_eval_prompts": 4,
          "data.prompt_tokens": 4, "sample.n_samples": 3, "sample.max_new_tokens": 8,
          "eval.n_samples": 2, "eval.max_new_tokens": 8, "eval.n_boot": 50,
-         "dpo.batch_size": 4, "dpo.epochs": 1, "dpo.lr": 1e-3, "track.mode": "disabled"}
+         "dpo.batch_size": 4, "dpo.epochs": 1, "dpo.lr": 1e-3, "track.mode": "disabled",
+         "eval.judge": "vader", "eval.topic_judge": str(reward)}
     o.update(extra)
     return load_config(overrides=o)
 
@@ -39,17 +40,27 @@ def test_level1_end_to_end(cfg, tiny_gpt2_dir):
               "pairs.jsonl", "pairs_stats.json", "level1.json", "plots/level1_rewards.png",
               "plots/pair_margins.png", "plots/level1_training.png"]:
         assert (d / f).exists(), f
-    assert [r["model"] for r in res["rows"]] == ["sft", "sigmoid-b0.1-lr0.001-s0", "hinge-b0.1-lr0.001-s0"]
+    assert [r["model"] for r in res["rows"]] == ["sft", "sigmoid-b0.1-lr0.001-s0", "hinge-b0.1-lr0.001-s0", "human"]
     before = load_file(os.path.join(tiny_gpt2_dir, "model.safetensors"))
     after = load_file(str(d / "policies" / "sigmoid-b0.1-lr0.001-s0" / "model" / "model.safetensors"))
     changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
     assert changed, "DPO did not change any parameter"
-    for r in res["rows"]:
+    for r in res["rows"][:3]:
         for k in ["eval/reward_mean", "eval/token_entropy", "eval/predictive_entropy", "eval/kl_to_ref",
-                  "eval/ref_perplexity", "eval/distinct_2"]:
+                  "eval/ref_perplexity", "eval/distinct_2", "eval/judge_mean", "eval/on_topic"]:
             assert math.isfinite(r[k]), k  # not NaN, not inf
+        assert r["eval/reward_ci_lo"] <= r["eval/reward_mean"] <= r["eval/reward_ci_hi"]
+        assert 0 <= r["eval/on_topic_ci_lo"] <= r["eval/on_topic"] <= r["eval/on_topic_ci_hi"] <= 1
+    for r in res["rows"][1:3]:  # both judges' gains, paired over prompts
+        assert r["judge_gain_ci_lo"] <= r["judge_gain"] <= r["judge_gain_ci_hi"] and "judge_gain_p_holm" in r
+        assert "on_topic_gain" in r
+    human = res["rows"][3]  # the reviews' own continuations: scored by every judge, no KL (no model drew them)
+    assert human["eval/kl_to_ref"] is None and human["eval/predictive_entropy"] is None
+    assert math.isfinite(human["eval/judge_mean"]) and math.isfinite(human["eval/ref_perplexity"])
+    assert "| human |" in res["table"] and "–" in res["table"]
     assert abs(res["rows"][1]["eval/kl_to_ref"]) > 1e-3  # lr 1e-3 moved the policy off its reference
-    assert len(read_jsonl(d / "policies" / "sigmoid-b0.1-lr0.001-s0" / "train_log.jsonl")) == 2
+    n_pairs = len(read_jsonl(d / "pairs.jsonl"))  # one log line per step of 4 pairs (1 epoch)
+    assert len(read_jsonl(d / "policies" / "sigmoid-b0.1-lr0.001-s0" / "train_log.jsonl")) == math.ceil(n_pairs / 4)
     # held-out isolation: no eval prompt text in any training pair
     prompts = read_json(d / "prompts.json")
     eval_texts = {p["text"] for p in prompts["eval"]}
@@ -85,3 +96,23 @@ def test_cli_bad_config_message():
     assert res.returncode == 2
     assert "dpo.loss='bogus'" in res.stderr and "sigmoid" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_judge_never_enters_training(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
+    """Changing the judge changes no training artifact: the pairs are reused as they are (their
+    cache does not depend on eval.*), and a fresh run with another judge builds identical pairs
+    and identical rewards, while the judge's own scores differ."""
+    args = (tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
+    pipe = Pipeline(tiny_cfg(tmp_path / "a", *args, **{"eval.judge": "vader"}))
+    pairs, _ = pipe.pairs()
+    ev = pipe.evaluate()
+    stamp = pipe.paths.pairs.stat().st_mtime_ns
+    other = tiny_cfg(tmp_path / "a", *args, **{"eval.judge": str(tiny_classifier_dir)})
+    assert Pipeline(other).pairs()[0] == pairs and pipe.paths.pairs.stat().st_mtime_ns == stamp
+    with pytest.raises(RunDirMismatch):  # the evaluation does depend on the judge
+        Pipeline(other).evaluate()
+    pipe_b = Pipeline(tiny_cfg(tmp_path / "b", *args, **{"eval.judge": str(tiny_classifier_dir)}))
+    assert pipe_b.pairs()[0] == pairs
+    ev_b = pipe_b.evaluate()
+    assert [r["reward"] for r in ev_b.scored] == [r["reward"] for r in ev.scored]
+    assert [r["judge"] for r in ev_b.scored] != [r["judge"] for r in ev.scored]

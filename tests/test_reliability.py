@@ -36,7 +36,8 @@ def overrides(run_dir, policy, reward, data, **extra) -> dict:
          "data.prompt_tokens": 4, "sample.n_samples": N_SAMPLES, "sample.max_new_tokens": 48,
          "sample.batch_size": N_SAMPLES, "pairs.strategy": "all_pairs", "eval.n_samples": 2,
          "eval.max_new_tokens": 8, "eval.n_boot": 50, "dpo.batch_size": 4, "dpo.epochs": 3,
-         "dpo.lr": 1e-3, "dpo.save_every": 1, "track.mode": "disabled"}
+         "dpo.lr": 1e-3, "dpo.save_every": 1, "track.mode": "disabled",
+         "eval.judge": "vader", "eval.topic_judge": str(reward)}
     o.update(extra)
     return o
 
@@ -252,10 +253,12 @@ def test_cli_refuses_changed_config_with_one_line_error(ref, tmp_path):
 
 @pytest.mark.parametrize("extra, needle", [
     ({"data.n_train_prompts": 500}, "data.n_train_prompts=500"),   # DataError
-    ({"model.policy": "offline-sft"}, "python -m alignment sft"),  # FileNotFoundError (no SFT model yet)
+    ({"data.source": "{tmp}/reviews.xml"}, "use a .csv, .jsonl or .txt file"),  # DataError (an unknown format)
 ])
 def test_cli_user_errors_are_one_line(ref, tmp_path, extra, needle):
     # an empty asset cache of its own: another test may have made the session cache's SFT model
+    (tmp_path / "reviews.xml").write_text("<reviews/>")
+    extra = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in extra.items()}
     res = run_cli("prompts", ref.o(tmp_path / "run", **extra), env=cli_env(ALIGNMENT_CACHE=str(tmp_path / "cache")))
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
@@ -369,7 +372,8 @@ def test_empty_and_eos_only_completions(tiny_gpt2_dir, tiny_classifier_dir, tiny
     for i, (sample, score_prompt) in enumerate(((eos_only, True), (recs, False))):
         cfg = load_config(overrides={"eval.n_boot": 50, "reward.score_prompt": score_prompt, "track.mode": "disabled"})
         monkeypatch.setattr(evaluate, "sample_to_file", lambda *a, _s=sample, **k: _s)
-        m = evaluate.evaluate_model("edge", policy, model, tok, reward, prompts, cfg, [eos], tmp_path / f"ev{i}")
+        scorers = evaluate.Scorers(reward, reward, reward, score_prompt)  # judges see the same degenerate texts
+        m = evaluate.evaluate_model("edge", policy, model, tok, scorers, prompts, cfg, [eos], tmp_path / f"ev{i}")
         for k, v in m.items():
             if k != "model":
                 assert math.isfinite(v), (k, v)

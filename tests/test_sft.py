@@ -2,6 +2,7 @@
 caching, atomic output and resume after an interrupt. Offline, a few seconds."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 
 from alignment import sft
 from alignment.config import load_config
-from alignment.data import build_prompts
+from alignment.data import build_prompts, review_pools
+from alignment.pipeline import Pipeline
 
 
 def _cfg(source, base, out, run_dir, **extra):
@@ -32,13 +34,16 @@ def trained(reviews_csv, tiny_gpt2_dir, tmp_path_factory):
 
 def test_splits_exclude_eval_prompt_reviews(reviews_csv, tiny_gpt2_dir, tiny_tokenizer, tmp_path):
     cfg = _cfg(reviews_csv, tiny_gpt2_dir, str(tmp_path / "o"), tmp_path)
-    train, held = sft.sft_splits(cfg, tiny_tokenizer)
-    eval_ids = {r["review_id"] for r in build_prompts(cfg.data, tiny_tokenizer)["eval"]}
+    train, held = sft.sft_splits(cfg)
+    eval_pool = {r.id for r in review_pools(cfg.data)["eval"]}
     assert len(train) == 24 and len(held) == 8
     train_ids, held_ids = {r.id for r in train}, {r.id for r in held}
-    assert not train_ids & eval_ids and not held_ids & eval_ids and not train_ids & held_ids
+    assert not train_ids & eval_pool and not train_ids & held_ids  # never an eval-pool review
     assert not {r.text for r in train} & {r.text for r in held}
-    assert sft.sft_splits(cfg, tiny_tokenizer)[0] == train  # seeded, deterministic
+    for n_eval, seed in ((8, 0), (10, 3)):  # whatever the prompt counts and seeds: no eval prompt's review
+        d = dataclasses.replace(cfg.data, n_eval_prompts=n_eval, seed=seed)
+        assert not train_ids & {r["review_id"] for r in build_prompts(d, tiny_tokenizer)["eval"]}
+    assert sft.sft_splits(cfg)[0] == train  # seeded, deterministic
 
 
 def test_eos_and_masks_come_from_lengths(tiny_tokenizer, tiny_gpt2_dir):
@@ -48,6 +53,12 @@ def test_eos_and_masks_come_from_lengths(tiny_tokenizer, tiny_gpt2_dir):
     assert tiny_tokenizer.pad_token_id == eos  # the case value-derived masks get wrong
     short, long_ = sft.encode_reviews(tiny_tokenizer, ["A fine film.", "The plot is excellent, really. " * 10], 20)
     assert short[-1] == eos and len(long_) == 20 and long_[-1] != eos  # cut reviews get no fake stop
+    ids = tiny_tokenizer("The plot is excellent, really. " * 3, add_special_tokens=False)["input_ids"]
+    w = sft.encode_reviews(tiny_tokenizer, ["The plot is excellent, really. " * 3], 8, windows=50)
+    # consecutive, EOS where the review ends (a lone EOS window has no target, so it is not kept)
+    assert sum(w, []) == (ids + [eos] if len(ids) % 8 else ids) and all(len(c) == 8 for c in w[:-1])
+    w2 = sft.encode_reviews(tiny_tokenizer, ["The plot is excellent, really. " * 3], 8, windows=2)
+    assert w2 == [ids[:8], ids[8:16]] and eos not in w2[1]  # cut at the limit: no EOS
     batch = collate([[], []], [short, long_], eos)  # what batch_nll pads with
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert mask.sum().item() == len(short) + len(long_) and ids[0, len(short) - 1] == eos
@@ -60,11 +71,13 @@ def test_sft_trains_saves_and_excludes_eval(trained, tiny_gpt2_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alignment.assets import cache_root
-    from alignment.models import resolve_policy
 
     cfg, m = trained
-    out = cache_root() / "models" / "SmolLM2-135M-reviews-sft"
-    assert m["out"] == str(out) and resolve_policy("offline-sft") == str(out)
+    out = sft.sft_out_dir(cfg)
+    assert out.parent == cache_root() / "models" and out.name.startswith(sft.DEFAULT_NAME + "-")
+    assert m["out"] == str(out)
+    assert Pipeline(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, policy="offline-sft"))
+                    ).model_source("offline-sft") == str(out)  # what the pipeline loads (built: no retraining)
     assert (out / "sft_metrics.json").exists() and out.with_name(out.name + ".meta.json").exists()
     assert not (out / "ckpt.pt").exists() and not list(out.parent.glob(f".{out.name}.*.part"))
     AutoTokenizer.from_pretrained(out)
@@ -138,7 +151,7 @@ def test_killed_after_metrics_publishes_without_the_checkpoint(trained, reviews_
 
     _, full = trained
     cfg = _cfg(reviews_csv, tiny_gpt2_dir, str(tmp_path / "model"), tmp_path)
-    part = tmp_path / f".model.{stable_hash(section_deps(cfg, 'sft', 'data'))}.part"
+    part = tmp_path / f".model.{stable_hash(sft.sft_deps(cfg))}.part"
     shutil.copytree(full["out"], part)
     (part / "ckpt.pt").write_bytes(b"a big checkpoint")
     (part / "before.json").write_text("{}")
