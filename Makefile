@@ -14,13 +14,13 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
-setup: $(BIN)/.installed  ## venv + pinned requirements + offline assets (models, reviews, reward head)
+setup: $(BIN)/.installed  ## venv + pinned requirements + offline assets (models, reviews, reward and judge heads)
 	$(BIN)/python -m alignment assets
 
 run: setup  ## Level 1 on the embedded offline default: samples, pairs, DPO sigmoid vs hinge, eval table
 	$(BIN)/python -m alignment run --preset $(PRESET) --set run_dir=$(RUN_DIR)
 
-smoke:  ## the whole Level 1 in ~1 minute
+smoke:  ## the whole Level 1 at tiny sizes: ~1-2 min once the assets, heads and smoke-sized SFT model are built
 	$(MAKE) run PRESET=smoke
 
 sweep: setup  ## Level 2/3: every divergence x 2 seeds on the same pairs, trade-off plots (~1 h on 2 cores)

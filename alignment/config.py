@@ -124,7 +124,7 @@ class EvalConfig:
     n_examples: int = rule(4, **_nonneg, hashed=False)  # example generations shown side by side
     judge: str = OFFLINE        # independent sentiment judge, never used in training: "offline" (mpnet head on data disjoint from the reward's), "vader", a hub id or local dir, "" = none
     topic_judge: str = OFFLINE  # on-topic judge ("part of a movie review?"): "offline" (MiniLM head), a classifier whose positive class means on-topic, "" = none
-    human_row: bool = True      # evaluate the real reviews' own continuations of the eval prompts (needs their source texts)
+    human_row: bool = rule(True, hashed=False)  # also evaluate the real reviews' own continuations of the eval prompts
 
 
 @dataclass
@@ -137,7 +137,7 @@ class TrackConfig:
 @dataclass
 class SFTConfig:
     base: str = OFFLINE        # model to fine-tune on reviews ("offline" = SmolLM2-135M-Instruct, or hub id/path)
-    out: str = rule("", hashed=False)  # output dir; "" = the cache's SmolLM2-135M-reviews-sft (what model.policy=offline-sft loads)
+    out: str = rule("", hashed=False)  # output dir; "" = the cache's SmolLM2-135M-reviews-sft-<config hash> (what model.policy=offline-sft loads)
     n_reviews: int = rule(300, **_pos)     # training reviews (train split only: eval prompts' reviews are excluded)
     n_eval_reviews: int = rule(64, **_pos) # held-out reviews for perplexity before/after
     max_tokens: int = rule(128, check=lambda v: v > 8, why="must be > 8")  # tokens per training window
@@ -312,4 +312,9 @@ def validate(cfg: Config) -> None:
         _check_source("eval.judge", cfg.eval.judge, (OFFLINE, "vader"))
     if cfg.eval.topic_judge:
         _check_source("eval.topic_judge", cfg.eval.topic_judge, (OFFLINE,))
+        _check(cfg.eval.topic_judge != "vader", "eval.topic_judge", cfg.eval.topic_judge,
+               "VADER scores sentiment, not topic; use offline, a topic classifier, or '' (none)")
+    _check(cfg.eval.judge in ("", OFFLINE) or cfg.eval.judge != cfg.reward.model, "eval.judge", cfg.eval.judge,
+           "the judge must not be the training reward (reward.model) itself: it would not be independent; "
+           "use another scorer or '' (none)")
     _check_source("sft.base", cfg.sft.base, (OFFLINE,))

@@ -12,13 +12,15 @@ form: a fixed, seed-free partition that no config can make overlap.
         [0.0, 0.1)  policy   prompts and SFT text (never in any scorer's training data)
         [0.1, 0.2)  test     held-out rows for every scorer's reported accuracy
         [0.2, 0.6)  reward   the training reward's head (the proxy that builds the pairs)
-        [0.6, 1.0)  judge    the independent judge's head (never influences training)
+        [0.6, 1.0)  judge    the independent judge's head (never influences training); also
+                             on-topic positives
     Pang & Lee full reviews
         [0.0, 0.7)  policy   prompts and SFT text
         [0.7, 1.0)  topic    positives of the on-topic judge ("is this part of a movie review?")
 
 The on-topic judge's negatives are the non-movie snippets of the same VADER archive (Amazon
-product reviews, NYT editorials, tweets), split train/test by the same hash.
+product reviews, NYT editorials, tweets); its own train/test split is by a second, salted hash of
+each fragment's source text (fragments of one review stay on one side).
 """
 from __future__ import annotations
 

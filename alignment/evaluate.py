@@ -151,7 +151,8 @@ def human_records(prompts: list[dict], texts: dict[str, str], tokenizer, max_new
         text = texts[p["review_id"]]
         ids = tokenizer(text[:k_chars], add_special_tokens=False)["input_ids"]  # starts with p["ids"], as
         cont = ids[len(p["ids"]) : len(p["ids"]) + max_new_tokens]  # the prompt was cut the same way
-        ended = len(text) <= k_chars and len(ids) <= len(p["ids"]) + max_new_tokens
+        # ends inside the budget with room for the stop token (a model's stop token counts in max_new_tokens)
+        ended = len(text) <= k_chars and len(ids) - len(p["ids"]) < max_new_tokens
         comp_ids = cont + [eos_id] if ended and eos_id is not None else cont
         out.append({"prompt_id": p["id"], "sample": 0, "prompt": p["text"], "completion": tokenizer.decode(cont),
                     "completion_ids": comp_ids, "finished": ended})
@@ -161,7 +162,7 @@ def human_records(prompts: list[dict], texts: dict[str, str], tokenizer, max_new
 def evaluate_human(name: str, ref_model, tokenizer, scorers: Scorers, prompts: list[dict], texts: dict[str, str],
                    cfg: Config, stop_ids: list[int], out_dir: str | Path) -> dict:
     """The human row: the reviews' own continuations, scored and measured like a model's samples
-    (no KL or predictive entropy: no model drew them; ref_ppl is the start policy's surprise)."""
+    (no KL or predictive entropy: no model drew them; ref_ppl is the reference model's surprise)."""
     out_dir = Path(out_dir)
     recs = human_records(prompts, texts, tokenizer, cfg.eval.max_new_tokens, tokenizer.eos_token_id)
     scores = score_all(scorers, recs)

@@ -13,8 +13,8 @@ from .report import examples_rows, results_table
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
 SEED_LR = 1e-3  # the seed notebook's learning rate, shown next to the preset's in the lr lesson
-SWEEP_KEYS = ["eval/reward_mean", "eval/token_entropy", "eval/predictive_entropy", "eval/kl_to_ref",
-              "eval/ref_perplexity", "eval/distinct_2"]
+SWEEP_KEYS = ["eval/reward_mean", "eval/judge_mean", "eval/on_topic", "eval/token_entropy",
+              "eval/predictive_entropy", "eval/kl_to_ref", "eval/ref_perplexity", "eval/distinct_2"]
 
 
 def rewards_of(ev: Evaluation) -> list[float]:
@@ -97,6 +97,7 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
     """The seed's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
     reference perplexity explodes. Returns rows and examples side by side."""
     lrs = lrs or lr_lesson_lrs(pipe.cfg)
+    pipe.scorers  # noqa: B018  (a scorer that cannot load fails before any training)
     start = pipe.evaluate()
     rows, scored = [], {}
     for lr in lrs:
@@ -113,6 +114,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     """Every (divergence, beta, seed) on the same pairs; one point per run, mean/std per setting."""
     from . import plots
 
+    pipe.scorers  # noqa: B018  (a scorer that cannot load fails before any training)
     start = pipe.evaluate()
     runs = []
     for loss in losses:
@@ -127,7 +129,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     for r in runs:
         groups.setdefault((r["label"], r["beta"]), []).append(r)
     summary = [{"label": lab, "beta": beta, "n_seeds": len(rs),
-                **{k: list(v) for k, v in mean_std_over_seeds(rs, SWEEP_KEYS).items()}}
+                **{k: list(v) for k, v in mean_std_over_seeds(rs, [k for k in SWEEP_KEYS if k in rs[0]]).items()}}
                for (lab, beta), rs in groups.items()]
     sft, P = start.metrics, pipe.paths
     files = [plots.tradeoff(summary, sft, "eval/token_entropy", P.plot("sweep_reward_vs_entropy")),

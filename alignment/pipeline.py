@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from .config import Config, ConfigError, check_section, section_deps
+from .config import OFFLINE, Config, ConfigError, check_section, section_deps
 from .io import CacheMismatch, cached, meta_path, part_dir, read_json, read_jsonl, stable_hash, write_json, write_jsonl
 
 
@@ -128,8 +128,25 @@ class Pipeline:
             return {}
         return {"offline_sft": read_json(meta_path(self.model_source("offline-sft")))["hash"]}
 
+    def _scorer_identity(self, sections: tuple[str, ...]) -> dict:
+        """Which trained head an `offline` scorer name stood for (its cache hash: corpus roles,
+        encoder, embedding dtype), and the corpus partition behind the offline prompts, so a run dir
+        never mixes results of two different heads or pools."""
+        from .reward import CORPUS_VERSION, offline_head_hash
+
+        c, out = self.cfg, {}
+        if c.data.source == OFFLINE:
+            out["corpus"] = CORPUS_VERSION
+        named = [("reward", "reward", c.reward.model)] + \
+            ([("judge", "judge", c.eval.judge), ("topic", "topic", c.eval.topic_judge)] if "eval" in sections else [])
+        for key, kind, name in named:
+            if name == OFFLINE and ("reward" in sections or key != "reward"):
+                out[f"{key}_head"] = offline_head_hash(kind)
+        return out
+
     def _cached(self, artifact: Path, sections: tuple[str, ...], build, **extra) -> bool:
-        deps = {**section_deps(self.cfg, "model", "data", *sections), **self._model_identity, **extra}
+        deps = {**section_deps(self.cfg, "model", "data", *sections), **self._model_identity,
+                **self._scorer_identity(sections), **extra}
         try:
             return cached(artifact, deps, build, hint=f"Use a new run_dir (e.g. run_dir={self.dir}-2) "
                                                       f"or delete {artifact} and its .meta.json.")

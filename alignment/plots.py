@@ -8,7 +8,6 @@ import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg withou
 from .io import atomic_open
 
 
-
 def _save(fig, path: Path) -> Path:
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
@@ -17,11 +16,13 @@ def _save(fig, path: Path) -> Path:
 
 
 def reward_hist(rewards: dict[str, list[float]], path: Path) -> Path:
-    """Held-out reward distributions, one histogram per model (SFT first)."""
+    """Held-out reward distributions, one histogram per model (SFT first; the human row has one
+    text per prompt, the models several: densities, so the areas compare)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in rewards.items():
-        ax.hist(r, bins=30, alpha=0.45, label=name)
-    ax.set(xlabel="reward (held-out prompts, own samples)", ylabel="count", title="Reward before/after DPO")
+        ax.hist(r, bins=30, alpha=0.45, label=name, density=True)
+    ax.set(xlabel="reward (held-out prompts, own samples)", ylabel="density",
+           title="Reward of the start policy, the trained policies and the reviews' own continuations")
     ax.legend()
     return _save(fig, path)
 

@@ -16,7 +16,7 @@ PRESETS: dict[str, dict] = {
         "data.n_train_prompts": 64, "data.n_eval_prompts": 32,
     },
     "full": {
-        "data.n_train_prompts": 2000, "data.n_eval_prompts": 256, "data.min_chars": 60,
+        "data.n_train_prompts": 1400, "data.n_eval_prompts": 256, "data.min_chars": 60,
         "sample.n_samples": 8, "sample.max_new_tokens": 48, "sample.batch_size": 512,
         "pairs.strategy": "all_pairs",
         "eval.n_samples": 8, "eval.max_new_tokens": 48,

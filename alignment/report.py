@@ -20,7 +20,8 @@ GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gai
              ("judge_gain_ci_hi", "judge_ci_hi"), ("judge_gain_p_holm", "judge_p_holm"),
              ("on_topic_gain", "on_topic_gain")]
 ALPHA = 0.05  # family-wise error rate of the "distinguishable" verdicts
-SWEEP_COLS = [("eval/reward_mean", "reward"), ("eval/token_entropy", "token_H"),
+SWEEP_COLS = [("eval/reward_mean", "reward"), ("eval/judge_mean", "judge"), ("eval/on_topic", "on_topic"),
+              ("eval/token_entropy", "token_H"),
               ("eval/predictive_entropy", "pred_H"), ("eval/distinct_2", "distinct_2"),
               ("eval/kl_to_ref", "KL"), ("eval/ref_perplexity", "ref_ppl")]
 STILL_KL = 0.1  # nats: below this a policy has barely left the reference (smoke-sized runs)
@@ -70,7 +71,7 @@ def sweep_rows(summary: list[dict]) -> list[dict]:
     out = []
     for s in sorted(summary, key=lambda s: -s["eval/reward_mean"][0]):
         row = {"loss": s["label"], "beta": s["beta"], "seeds": s["n_seeds"]}
-        for k, c in SWEEP_COLS:
+        for k, c in (kc for kc in SWEEP_COLS if kc[0] in s):  # judges are optional (eval.judge="")
             row[c] = s[k][0]
             if s["n_seeds"] > 1:
                 row[f"{c}_std"] = s[k][1]

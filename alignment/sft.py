@@ -1,9 +1,11 @@
 """SFT stage: fine-tune the base policy on movie-review text, as gpt2-imdb is GPT-2 on IMDB.
 
-`python -m alignment sft` turns the offline policy (SmolLM2-135M-Instruct, a chat model) into a
-review continuer, saved where `model.policy=offline-sft` loads it. Only the *train split* is used:
-the reviews behind the pipeline's eval prompts (`build_prompts(cfg.data, tok)["eval"]`) are
-excluded, by id and by text, and a separate seeded set of held-out reviews measures perplexity.
+With the offline default (`model.policy=offline-sft`) the pipeline builds this model on first use
+and starts DPO from it: SmolLM2-135M-Instruct, a chat model, becomes a review continuer
+(`python -m alignment sft` builds it on its own). Only the source's *train pool* is read
+(`data.review_pools`: the hub's train split, or a fixed text-hash share of the reviews), so no eval
+prompt's source review is ever trained on, whatever the prompt counts or seeds; held-out
+perplexity reviews come from the eval pool.
 
 It trains with the kit's one loop (`alignment.train.train_loop`) and a next-token loss closure
 (not trl's SFTTrainer): masks that come from lengths (pad == EOS for GPT-2 and SmolLM2, so a
@@ -15,13 +17,13 @@ RNG state, and the same metrics before and after.
         attention_mask = [[1, 1, 1, 1],   [1, 1, 1, 0]]
         label mask     = attention_mask[:, 1:]  ->  targets b c d | g e   (the pad is never a target)
 
-EOS is appended only to reviews that fit in `sft.max_tokens`: a review cut at the limit did not
-end there, so it gets no EOS (training a stop at an arbitrary cut would teach early stopping).
+EOS is appended only where a review ends inside a training window (`encode_reviews`): a review
+cut at the limit did not end there (training a stop at an arbitrary cut would teach early stops).
 
 Layout: the stage goes through `io.cached` like every artifact: training runs in a temp dir next
 to `<out>` named after the config hash (before.json, ckpt.pt, train_log.jsonl) and the finished dir
 is renamed to `<out>` at the end, so `<out>` is either absent or complete; `<out>.meta.json`
-records the config. A different config replaces the model (there is one `offline-sft`).
+records the config. `<out>` is `sft.out`, else one cache dir per SFT config (`sft_out_dir`).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from .io import cache_state, cached, part_dir, read_json, stable_hash, write_jso
 from .logprobs import collate, model_logps
 from .train import LoopConfig, done_training, train_loop
 
-DEFAULT_NAME = "SmolLM2-135M-reviews-sft"  # what alignment.models.resolve_policy("offline-sft") loads
+DEFAULT_NAME = "SmolLM2-135M-reviews-sft"  # + "-<config hash>": the cache dir of `offline-sft` (sft_out_dir)
 
 
 # ---- data ------------------------------------------------------------------------------------

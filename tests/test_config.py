@@ -170,3 +170,16 @@ def test_to_dict_roundtrip():
     cfg = load_config(preset="smoke", overrides={"dpo.lr": "1e-5"})
     d = cfg.to_dict()
     assert d["dpo"]["lr"] == 1e-5 and d["data"]["n_train_prompts"] == 8 and d == dataclasses.asdict(cfg)
+
+
+def test_judges_must_be_independent_and_on_topic():
+    from alignment.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="eval.judge='vader'.*not be the training reward"):
+        load_config(overrides={"reward.model": "vader", "eval.judge": "vader"})
+    with pytest.raises(ConfigError, match="eval.topic_judge='vader'.*sentiment, not topic"):
+        load_config(overrides={"eval.topic_judge": "vader"})
+    with pytest.raises(ConfigError, match="eval.judge='./nope'"):
+        load_config(overrides={"eval.judge": "./nope"})
+    cfg = load_config(overrides={"eval.judge": "", "eval.topic_judge": ""})  # none: allowed
+    assert cfg.eval.judge == "" and load_config().eval.judge == "offline"  # offline judge != offline reward head

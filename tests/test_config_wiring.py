@@ -17,6 +17,7 @@ from alignment.pipeline import Pipeline
 NOT_HASHED = {"track.mode", "track.project", "track.run_name",  # where tracking goes
               "dpo.save_every", "sft.save_every",  # checkpoint cadence: same result, resumable
               "eval.n_examples",  # how many examples are shown
+              "eval.human_row",  # whether the human row is added (its own artifact; no model's result changes)
               "sft.out"}  # where the SFT model is written
 
 

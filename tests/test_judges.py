@@ -27,6 +27,9 @@ def test_human_row_is_the_reviews_own_continuation(tiny_tokenizer):
     # the review ends inside the budget: its rest, then EOS (as a model's sample ends with its stop token)
     assert recs[1]["completion_ids"] == short[2:] + [tok.eos_token_id] and recs[1]["finished"]
     assert [r["prompt_id"] for r in recs] == ["eval0", "eval1"] and all(r["sample"] == 0 for r in recs)
+    # the rest is exactly the budget: no room for the stop token, so cut like a model's sample, not finished
+    exact = human_records(prompts[1:], texts, tok, max_new_tokens=len(short) - 2, eos_id=tok.eos_token_id)[0]
+    assert exact["completion_ids"] == short[2:] and not exact["finished"]
 
 
 class _Const:
@@ -65,11 +68,18 @@ def test_topic_judge_at_chance_is_refused(monkeypatch):
     import alignment.reward as reward
 
     class Head(_Const):
-        metrics = {"test_accuracy": 0.48}
+        metrics = {"test_accuracy": 0.70, "test_positive_rate": 0.3}  # = always saying "off topic"
 
     monkeypatch.setattr(reward, "offline_head", lambda *a, **k: Head([0.0]))
     with pytest.raises(RewardError, match="eval.topic_judge=''"):
         load_topic_judge("offline", RewardConfig())
+    Head.metrics = {"test_accuracy": 0.91, "test_positive_rate": 0.51}
+    assert isinstance(load_topic_judge("offline", RewardConfig()), Head)
+
+
+def test_topic_judge_errors_name_their_field(tmp_path):
+    with pytest.raises(RewardError, match="eval.topic_judge="):
+        load_topic_judge(str(tmp_path / "missing"), RewardConfig())
 
 
 def test_train_head_fits_and_reports_held_out_accuracy(tmp_path):

@@ -58,9 +58,9 @@ def test_notebook_parameters_cell():
     ns: dict = {}
     exec(params[0].source, ns)  # plain assignments only
     for name in ("SIZE", "RUN_DIR", "WANDB_MODE", "SEEDS", "SWEEP_LOSSES", "SWEEP_BETAS", "ALPHAS",
-                 "LR_LESSON", "RUN_SFT"):
+                 "LR_LESSON", "START_POLICY"):
         assert name in ns, f"parameter {name} missing"
-    assert ns["RUN_SFT"] is False
+    assert ns["START_POLICY"] is None
     from alignment.losses import LOSSES
     from alignment.presets import PRESETS
 

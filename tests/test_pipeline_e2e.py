@@ -102,16 +102,19 @@ def test_judge_never_enters_training(tmp_path, tiny_gpt2_dir, tiny_classifier_di
     """Changing the judge changes no training artifact: the pairs are reused as they are (their
     cache does not depend on eval.*), and a fresh run with another judge builds identical pairs
     and identical rewards, while the judge's own scores differ."""
+    import shutil
+
     args = (tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
+    judge = shutil.copytree(tiny_classifier_dir, tmp_path / "judge")  # another classifier (not the reward itself)
     pipe = Pipeline(tiny_cfg(tmp_path / "a", *args, **{"eval.judge": "vader"}))
     pairs, _ = pipe.pairs()
     ev = pipe.evaluate()
     stamp = pipe.paths.pairs.stat().st_mtime_ns
-    other = tiny_cfg(tmp_path / "a", *args, **{"eval.judge": str(tiny_classifier_dir)})
+    other = tiny_cfg(tmp_path / "a", *args, **{"eval.judge": str(judge)})
     assert Pipeline(other).pairs()[0] == pairs and pipe.paths.pairs.stat().st_mtime_ns == stamp
     with pytest.raises(RunDirMismatch):  # the evaluation does depend on the judge
         Pipeline(other).evaluate()
-    pipe_b = Pipeline(tiny_cfg(tmp_path / "b", *args, **{"eval.judge": str(tiny_classifier_dir)}))
+    pipe_b = Pipeline(tiny_cfg(tmp_path / "b", *args, **{"eval.judge": str(judge)}))
     assert pipe_b.pairs()[0] == pairs
     ev_b = pipe_b.evaluate()
     assert [r["reward"] for r in ev_b.scored] == [r["reward"] for r in ev.scored]
