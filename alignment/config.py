@@ -138,17 +138,17 @@ class TrackConfig:
 class SFTConfig:
     base: str = OFFLINE        # model to fine-tune on reviews ("offline" = SmolLM2-135M-Instruct, or hub id/path)
     out: str = rule("", hashed=False)  # output dir; "" = the cache's SmolLM2-135M-reviews-sft-<config hash> (what model.policy=offline-sft loads)
-    n_reviews: int = rule(300, **_pos)     # training reviews (train split only: eval prompts' reviews are excluded)
+    n_reviews: int = rule(800, **_pos)     # training reviews (the source's train pool only: never an eval prompt's review)
     n_eval_reviews: int = rule(64, **_pos) # held-out reviews for perplexity before/after
-    max_tokens: int = rule(128, check=lambda v: v > 8, why="must be > 8")  # tokens per training window
+    max_tokens: int = rule(64, check=lambda v: v > 8, why="must be > 8")  # tokens per training window
     windows: int = rule(1, **_pos)         # consecutive windows of max_tokens taken from each review's start
     epochs: int = rule(1, **_pos)          # passes over the reviews
-    lr: float = rule(5e-5, **_unit_open)   # AdamW learning rate
+    lr: float = rule(3e-4, **_unit_open)   # AdamW learning rate
     batch_size: int = rule(8, **_pos)      # reviews per optimizer step
     warmup_ratio: float = rule(0.1, **_frac)    # linear warmup fraction of the steps
     final_lr_ratio: float = rule(0.0, **_frac)  # linear decay towards this fraction of lr (0: to zero)
     max_grad_norm: float = rule(1.0, **_pos)    # gradient clipping
-    precision: str = rule("fp32", choices=("fp32", "bf16", "auto"))  # training math, as dpo.precision
+    precision: str = rule("auto", choices=("fp32", "bf16", "auto"))  # training math, as dpo.precision (auto: bf16 where native)
     lora_r: int = rule(0, **_nonneg)            # LoRA rank; 0 = full fine-tuning (the saved model is merged either way)
     lora_alpha: float = rule(16.0, **_pos)      # LoRA scale alpha
     save_every: int = rule(25, **_nonneg, hashed=False)  # resumable checkpoint every k steps (0 = off)
