@@ -133,7 +133,8 @@ def render(stage: str, result) -> str:
     from . import report
 
     if stage == "run":
-        lines = ["", result["table"], *(report.gain_line(r) for r in report.trained_rows(result["rows"]))]
+        lines = ["", result["table"], "", "95 % CIs, bootstrap over prompts:", "", result["ci_table"], "",
+                 *(report.gain_line(r) for r in report.trained_rows(result["rows"]))]
         for ex in result["examples"][:2]:  # side by side: the same held-out prompt, one sample each
             lines.append(f"\nprompt: {ex['prompt']!r}")
             lines += [f"  {model:>26}: {text[:140]}" for model, text in ex.items() if model != "prompt"]

@@ -124,6 +124,7 @@ class EvalConfig:
     n_examples: int = rule(4, **_nonneg, hashed=False)  # example generations shown side by side
     judge: str = OFFLINE        # independent sentiment judge, never used in training: "offline" (mpnet head on data disjoint from the reward's), "vader", a hub id or local dir, "" = none
     topic_judge: str = OFFLINE  # on-topic judge ("part of a movie review?"): "offline" (MiniLM head), a classifier whose positive class means on-topic, "" = none
+    n_seeds: int = rule(3, **_pos, hashed=False)  # Level 1 seeds dpo.seed, dpo.seed+1, ...: each varies the training order and the evaluation draws
     human_row: bool = rule(True, hashed=False)  # also evaluate the real reviews' own continuations of the eval prompts
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,8 @@ import torch
 from .config import Config
 from .io import write_json, write_jsonl
 from .logprobs import collate, model_logps
-from .metrics import (distinct_n, mean_predictive_entropy, perplexity, prompt_bootstrap, sequence_kl_estimate,
-                      summarize_rewards, unigram_token_entropy)
+from .metrics import (distinct_n, mean_predictive_entropy, perplexity, prompt_bootstrap, prompt_bootstrap_entropy,
+                      sequence_kl_estimate, summarize_rewards, unigram_token_entropy)
 from .reward import check_finite, reward_texts, score_records
 from .sampling import sample_to_file
 
@@ -84,17 +85,36 @@ def _ci(prefix: str, values: list[float], pids: list[str], n_boot: int) -> dict:
     return {prefix: b["mean"], f"{prefix}_ci_lo": b["lo"], f"{prefix}_ci_hi": b["hi"]}
 
 
-def measure(name: str, recs: list[dict], lp: dict, scores: dict[str, list[float]], cfg: Config,
-            stop_ids: list[int]) -> dict:
-    """The metrics dict of one evaluated model (or the human row: `lp["policy"]` None)."""
-    pids = [r["prompt_id"] for r in recs]
-    ids = [content_ids(r, stop_ids) for r in recs]
-    rewards = scores["reward"]
-    rs = summarize_rewards(rewards, n_boot=cfg.eval.n_boot)
-    on_policy = lp["policy"] is not None
+def annotate(recs: list[dict], scores: dict[str, list[float]], lp: dict) -> list[dict]:
+    """Sample records with everything measured per sample: the scores, the policy's and the
+    reference's log-probs of the completion, the policy's mean predictive entropy and the token
+    count (`logp`/`pred_entropy` None for the human row). Metrics are a function of these alone
+    (`metrics_of`), so evaluations can be pooled, e.g. over seeds."""
+    out = []
+    for i, r in enumerate(recs):
+        row = {**r, **{k: v[i] for k, v in scores.items()}, "ref_logp": lp["ref"][i].item(),
+               "n_tokens": int(lp["n_tokens"][i])}
+        row["logp"] = None if lp["policy"] is None else lp["policy"][i].item()
+        row["pred_entropy"] = None if lp["entropy"] is None else lp["entropy"][i].item()
+        out.append(row)
+    return out
+
+
+def metrics_of(name: str, scored: list[dict], n_boot: int, stop_ids: list[int]) -> dict:
+    """The metrics dict of one model's annotated samples (or of several evaluations pooled: CIs
+    resample prompts, with all of a prompt's samples from every pooled evaluation)."""
+    pids = [r["prompt_id"] for r in scored]
+    ids = [content_ids(r, stop_ids) for r in scored]
+    rewards = [r["reward"] for r in scored]
+    rs = summarize_rewards(rewards, n_boot=n_boot)
+    on_policy = scored[0]["logp"] is not None
+    lp = {"ref": torch.tensor([r["ref_logp"] for r in scored], dtype=torch.float64),
+          "n_tokens": torch.tensor([r["n_tokens"] for r in scored]),
+          "policy": torch.tensor([r["logp"] for r in scored], dtype=torch.float64) if on_policy else None,
+          "entropy": torch.tensor([r["pred_entropy"] for r in scored], dtype=torch.float64) if on_policy else None}
     metrics = {
-        "model": name, "n_samples": len(recs), "n_prompts": len(set(pids)),
-        **_ci("eval/reward_mean", rewards, pids, cfg.eval.n_boot),
+        "model": name, "n_samples": len(scored), "n_prompts": len(set(pids)),
+        **_ci("eval/reward_mean", rewards, pids, n_boot),
         "eval/reward_median": rs["median"], "eval/reward_std": rs["std"],
         "eval/token_entropy": unigram_token_entropy([i for i in ids if i] or [[0]]),
         "eval/predictive_entropy": lp["entropy"].mean().item() if on_policy else None,
@@ -102,42 +122,67 @@ def measure(name: str, recs: list[dict], lp: dict, scores: dict[str, list[float]
         "eval/kl_to_ref": sequence_kl_estimate(lp["policy"], lp["ref"]) if on_policy else None,
         "eval/ref_perplexity": perplexity(lp["ref"], lp["n_tokens"]),
         "eval/mean_length": lp["n_tokens"].float().mean().item(),
-        "eval/finished_frac": sum(r["finished"] for r in recs) / len(recs),
+        "eval/finished_frac": sum(r["finished"] for r in scored) / len(scored),
     }
     metrics["eval/reward_ci_lo"] = metrics.pop("eval/reward_mean_ci_lo")
     metrics["eval/reward_ci_hi"] = metrics.pop("eval/reward_mean_ci_hi")
-    if "judge" in scores:
-        metrics.update(_ci("eval/judge_mean", scores["judge"], pids, cfg.eval.n_boot))
-    if "on_topic" in scores:
-        metrics.update(_ci("eval/on_topic", scores["on_topic"], pids, cfg.eval.n_boot))
+    for field, key in (("judge", "eval/judge_mean"), ("on_topic", "eval/on_topic")):
+        if field in scored[0]:
+            metrics.update(_ci(key, [r[field] for r in scored], pids, n_boot))
+    metrics.update(drift_cis(ids, lp, pids, n_boot))
     return metrics
 
 
-def _write(out_dir: Path, recs: list[dict], scores: dict[str, list[float]], metrics: dict) -> dict:
-    scored = [{**r, **{k: v[i] for k, v in scores.items()}} for i, r in enumerate(recs)]
+def drift_cis(ids: list[list[int]], lp: dict, pids: list[str], n_boot: int) -> dict:
+    """Prompt-clustered 95 % CIs of token entropy, predictive entropy, KL, ref perplexity and mean
+    length (`<metric>_ci_lo/hi`). Distinct-n has none: a bootstrap draws prompts with repetition,
+    and repeated n-grams are exactly what distinct-n counts as a loss of diversity."""
+    n = lp["n_tokens"].double()  # (N,)
+    nll = -lp["ref"].double()  # (N,)
+    out = {}
+    h = prompt_bootstrap_entropy([i if i else [] for i in ids], pids, n_boot=n_boot)
+    out["eval/token_entropy_ci_lo"], out["eval/token_entropy_ci_hi"] = h["lo"], h["hi"]
+    ppl = prompt_bootstrap((nll / n.clamp(min=1)).tolist(), pids, n_boot=n_boot, weights=n.tolist())
+    out["eval/ref_perplexity_ci_lo"], out["eval/ref_perplexity_ci_hi"] = math.exp(ppl["lo"]), math.exp(ppl["hi"])
+    per_sample = {"eval/mean_length": n}
+    if lp["policy"] is not None:
+        per_sample["eval/kl_to_ref"] = lp["policy"].double() - lp["ref"].double()
+        per_sample["eval/predictive_entropy"] = lp["entropy"].double()
+    for key, x in per_sample.items():
+        b = prompt_bootstrap(x.tolist(), pids, n_boot=n_boot)
+        out[f"{key}_ci_lo"], out[f"{key}_ci_hi"] = b["lo"], b["hi"]
+    return out
+
+
+def _finish(name: str, out_dir: Path, recs: list[dict], scores: dict[str, list[float]], lp: dict, cfg: Config,
+            stop_ids: list[int]) -> dict:
+    scored = annotate(recs, scores, lp)
+    metrics = metrics_of(name, scored, cfg.eval.n_boot, stop_ids)
     write_jsonl(out_dir / "scored.jsonl", scored)
     write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 
 def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, prompts: list[dict], cfg: Config,
-                   stop_ids: list[int], out_dir: str | Path, sample_dtype=None) -> dict:
+                   stop_ids: list[int], out_dir: str | Path, sample_dtype=None, seed: int = 0) -> dict:
     """Sample cfg.eval.n_samples per held-out prompt from `model`, score, measure; writes out_dir
     (samples.jsonl streamed, so a killed evaluation resumes; the pipeline caches the whole dir).
 
     `ref_model=None` means the model *is* the reference (the SFT baseline): KL is then 0.
+    `seed` picks the evaluation draws (sample.seed + 10_000 + seed: never the training draws); a
+    policy trained with dpo.seed s is compared with the start policy evaluated with the same s.
     """
     out_dir = Path(out_dir)
     sampler = model
     if sample_dtype is not None and sample_dtype != next(model.parameters()).dtype:
         sampler = copy.deepcopy(model).to(sample_dtype)
-    scfg = dataclasses.replace(cfg.sample, seed=cfg.sample.seed + 10_000)  # eval draws differ from train
+    scfg = dataclasses.replace(cfg.sample, seed=cfg.sample.seed + 10_000 + seed)  # eval draws differ from train
     recs = sample_to_file(out_dir / "samples.jsonl", sampler, tokenizer, prompts, cfg.eval.n_samples,
                           scfg, stop_ids, desc=f"eval {name}", max_new_tokens=cfg.eval.max_new_tokens)
     del sampler
     scores = score_all(scorers, recs)
     lp = logps_and_entropy(model, ref_model, {p["id"]: p["ids"] for p in prompts}, recs, tokenizer.pad_token_id)
-    return _write(out_dir, recs, scores, measure(name, recs, lp, scores, cfg, stop_ids))
+    return _finish(name, out_dir, recs, scores, lp, cfg, stop_ids)
 
 
 def human_records(prompts: list[dict], texts: dict[str, str], tokenizer, max_new_tokens: int,
@@ -167,4 +212,4 @@ def evaluate_human(name: str, ref_model, tokenizer, scorers: Scorers, prompts: l
     recs = human_records(prompts, texts, tokenizer, cfg.eval.max_new_tokens, tokenizer.eos_token_id)
     scores = score_all(scorers, recs)
     lp = logps_and_entropy(None, ref_model, {p["id"]: p["ids"] for p in prompts}, recs, tokenizer.pad_token_id)
-    return _write(out_dir, recs, scores, measure(name, recs, lp, scores, cfg, stop_ids))
+    return _finish(name, out_dir, recs, scores, lp, cfg, stop_ids)

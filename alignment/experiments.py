@@ -7,9 +7,9 @@ from pathlib import Path
 
 from .io import write_json
 from .metrics import holm, mean_std_over_seeds, paired_prompt_bootstrap
-from .pipeline import Evaluation, Pipeline
+from .pipeline import START, Evaluation, Pipeline
 from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
-from .report import examples_rows, results_table
+from .report import ci_table, examples_rows, results_table
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
 SEED_LR = 1e-3  # the seed notebook's learning rate, shown next to the preset's in the lr lesson
@@ -52,36 +52,70 @@ def with_holm(rows: list[dict]) -> list[dict]:
 
 
 def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, Evaluation, list[dict]]:
-    """Train one policy (cfg.dpo + overrides), evaluate it: (its table row with the gain vs start,
+    """Train one policy (cfg.dpo + overrides), evaluate it with its seed's evaluation draws:
+    (its table row with the gain vs `start` — the start policy evaluated with the same seed —,
     its evaluation, its training log)."""
     policy = pipe.train(**overrides)
-    ev = pipe.evaluate(policy)
+    ev = pipe.evaluate(policy, seed=overrides.get("seed", pipe.cfg.dpo.seed))
     return {**ev.metrics, **compare_to_start(ev, start, pipe.cfg.eval.n_boot)}, ev, policy.log
 
 
-def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES) -> dict:
-    """SFT baseline + one policy per loss, all evaluated on their own held-out samples."""
+def level1_seeds(cfg) -> tuple[int, ...]:
+    """Level 1's seeds: dpo.seed, dpo.seed + 1, ... (`eval.n_seeds` of them)."""
+    return tuple(cfg.dpo.seed + k for k in range(cfg.eval.n_seeds))
+
+
+def pooled(pipe: Pipeline, name: str, evals: list[Evaluation]) -> Evaluation:
+    """Evaluations of one model under several seeds as one: their samples together (tagged with
+    the seed's index), metrics recomputed; CIs resample prompts with all their samples of every seed."""
+    if len(evals) == 1:
+        return Evaluation({**evals[0].metrics, "model": name}, evals[0].scored)
+    from .evaluate import metrics_of
+
+    scored = [{**r, "seed_index": k} for k, ev in enumerate(evals) for r in ev.scored]
+    return Evaluation(metrics_of(name, scored, pipe.cfg.eval.n_boot, pipe.stop_ids), scored)
+
+
+def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
+    """sigmoid-b0.1-lr5e-05-s0 + seeds (0, 1, 2) -> sigmoid-b0.1-lr5e-05-s0-2 (one seed: unchanged)."""
+    base = policy_name.rsplit("-s", 1)[0]
+    return f"{base}-s{seeds[0]}" if len(seeds) == 1 else f"{base}-s{seeds[0]}-{seeds[-1]}"
+
+
+def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple[int, ...] | None = None) -> dict:
+    """The start policy + one policy per loss and seed, every model on its own held-out samples;
+    each loss's row pools its seeds (training order and evaluation draws vary with the seed) and is
+    compared, paired over prompts, with the start policy evaluated under the same seeds."""
     from . import plots
 
+    seeds = seeds or level1_seeds(pipe.cfg)
     pipe.scorers  # noqa: B018  (a reward or judge that cannot load fails here, before any training)
     pairs, stats = pipe.pairs()
-    start = pipe.evaluate()
-    rows, evals, logs = [start.metrics], {start.metrics["model"]: start}, {}
+    starts = [pipe.evaluate(seed=s) for s in seeds]
+    start = pooled(pipe, START, starts)
+    rows, evals, logs, per_seed = [start.metrics], {START: start}, {}, []
     for loss in losses:
-        row, ev, log = trained_row(pipe, start, loss=loss)
-        rows.append(row)
-        evals[row["model"]], logs[row["model"]] = ev, log
+        policies = [pipe.train(loss=loss, seed=s) for s in seeds]
+        evs = [pipe.evaluate(p, seed=s) for p, s in zip(policies, seeds)]
+        per_seed += [{**ev.metrics, **compare_to_start(ev, st, pipe.cfg.eval.n_boot), "seed": s}
+                     for ev, st, s in zip(evs, starts, seeds)]
+        name = seeds_name(policies[0].name, seeds)
+        ev = pooled(pipe, name, evs)
+        rows.append({**ev.metrics, **compare_to_start(ev, start, pipe.cfg.eval.n_boot), "seeds": list(seeds)})
+        evals[name], logs[name] = ev, policies[0].log
     rows = [rows[0], *with_holm(rows[1:])]
     if pipe.cfg.eval.human_row:
         human = pipe.evaluate_human()
         rows.append(human.metrics)
         evals[human.metrics["model"]] = human
     P = pipe.paths
+    first = {m: Evaluation(e.metrics, [r for r in e.scored if r.get("seed_index", 0) == 0]) for m, e in evals.items()}
     files = [plots.reward_hist({m: rewards_of(e) for m, e in evals.items()}, P.plot("level1_rewards")),
              plots.training_curves(logs, P.plot("level1_training")),
              plots.margin_hist([p["margin"] for p in pairs], P.plot("pair_margins"))]
-    result = {"pairs": stats, "rows": rows, "table": results_table(rows),
-              "examples": examples_rows({m: e.scored for m, e in evals.items()}, pipe.cfg.eval.n_examples),
+    result = {"pairs": stats, "rows": rows, "table": results_table(rows), "ci_table": ci_table(rows),
+              "seeds": list(seeds), "per_seed": per_seed,
+              "examples": examples_rows({m: e.scored for m, e in first.items()}, pipe.cfg.eval.n_examples),
               "plots": [str(f) for f in files]}
     write_json(P.result("level1"), result)
     _log_summary(pipe, "level1", rows, files)
@@ -115,13 +149,14 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     from . import plots
 
     pipe.scorers  # noqa: B018  (a scorer that cannot load fails before any training)
-    start = pipe.evaluate()
+    starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
+    start = starts[seeds[0]]
     runs = []
     for loss in losses:
         for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,)):
             for beta in betas:
                 for seed in seeds:
-                    row, _, _ = trained_row(pipe, start, loss=loss, beta=beta, alpha=alpha, seed=seed)
+                    row, _, _ = trained_row(pipe, starts[seed], loss=loss, beta=beta, alpha=alpha, seed=seed)
                     label = f"alpha={alpha:g}" if loss == "alpha" else loss
                     runs.append({**row, "loss": loss, "label": label, "alpha": alpha, "beta": beta, "seed": seed})
     runs = with_holm(runs)

@@ -25,6 +25,8 @@ __all__ = [
     "summarize_rewards",
     "mean_std_over_seeds",
     "paired_prompt_bootstrap",
+    "prompt_bootstrap",
+    "prompt_bootstrap_entropy",
     "holm",
 ]
 
@@ -216,20 +218,50 @@ def paired_prompt_bootstrap(a, a_prompts, b, b_prompts, n_boot: int = 1000, leve
     return {"diff": float(xa.mean() - xb.mean()), "lo": float(lo), "hi": float(hi), "p": float(p), "n_prompts": P}
 
 
-def prompt_bootstrap(x, prompts, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
-    """Prompt-clustered bootstrap CI of mean(x): `x[i]` is a per-sample value on prompt
-    `prompts[i]`; prompts are resampled with all their samples (samples of one prompt are
-    correlated, so resampling samples would make the CI too narrow). Returns {mean, lo, hi, n_prompts}."""
+def _prompt_weights(prompts, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster index per value, (n_boot, P) multinomial draw counts per prompt)."""
+    index = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    ix, P = np.array([index[p] for p in prompts], dtype=np.int64), len(index)
+    return ix, np.random.default_rng(seed).multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(np.float64)
+
+
+def prompt_bootstrap(x, prompts, n_boot: int = 1000, level: float = 0.95, seed: int = 0, weights=None) -> dict:
+    """Prompt-clustered bootstrap CI of mean(x) (or of the weighted mean sum(w x) / sum(w)): `x[i]`
+    is a per-sample value on prompt `prompts[i]`; prompts are resampled with all their samples
+    (samples of one prompt are correlated, so resampling samples would make the CI too narrow).
+    Returns {mean, lo, hi, n_prompts}."""
     xs = _as_clean_array(x, "prompt_bootstrap")
     if len(prompts) != xs.size:
         raise ValueError("prompt_bootstrap: one prompt id per value is needed")
-    index = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-    ix, P = np.array([index[p] for p in prompts]), len(index)
-    sums, n = np.bincount(ix, xs, P), np.bincount(ix, minlength=P).astype(np.float64)  # (P,)
+    w = np.ones_like(xs) if weights is None else _as_clean_array(weights, "prompt_bootstrap(weights)")
+    ix, draws = _prompt_weights(prompts, n_boot, seed)
+    P = draws.shape[1]
+    sums, n = np.bincount(ix, w * xs, P), np.bincount(ix, w, P)  # (P,)
     alpha_pct = _check_level(level)
-    w = np.random.default_rng(seed).multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(np.float64)
-    lo, hi = np.percentile((w @ sums) / (w @ n), [alpha_pct, 100.0 - alpha_pct])  # (n_boot,) -> 2
-    return {"mean": float(xs.mean()), "lo": float(lo), "hi": float(hi), "n_prompts": P}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (draws @ sums) / (draws @ n)  # (n_boot,)
+    lo, hi = np.nanpercentile(boot, [alpha_pct, 100.0 - alpha_pct])
+    return {"mean": float((w * xs).sum() / w.sum()), "lo": float(lo), "hi": float(hi), "n_prompts": P}
+
+
+def prompt_bootstrap_entropy(token_ids: list[list[int]], prompts, n_boot: int = 1000, level: float = 0.95,
+                             seed: int = 0) -> dict:
+    """`unigram_token_entropy` with a prompt-clustered bootstrap CI: each resample pools the token
+    counts of the drawn prompts (with multiplicity). Returns {mean (the plain estimate), lo, hi}."""
+    if len(prompts) != len(token_ids):
+        raise ValueError("prompt_bootstrap_entropy: one prompt id per token list is needed")
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(t for seq in token_ids for t in seq))}
+    ix, draws = _prompt_weights(prompts, n_boot, seed)
+    counts = np.zeros((draws.shape[1], max(len(vocab), 1)))  # (P, U) token counts per prompt
+    for c, seq in zip(ix, token_ids):
+        np.add.at(counts[c], [vocab[t] for t in seq], 1.0)
+    pooled = draws @ counts  # (n_boot, U)
+    p = pooled / pooled.sum(1, keepdims=True).clip(min=1e-12)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(p > 0, p * np.log(p), 0.0).sum(1)  # (n_boot,)
+    alpha_pct = _check_level(level)
+    lo, hi = np.percentile(ent, [alpha_pct, 100.0 - alpha_pct])
+    return {"mean": unigram_token_entropy(token_ids), "lo": float(lo), "hi": float(hi)}
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

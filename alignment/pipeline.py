@@ -326,13 +326,16 @@ class Pipeline:
         path = policy.dir / "model"
         return load_adapter(self.load_policy(), path) if is_adapter(path) else self.load_policy(str(path))
 
-    def evaluate(self, policy: Policy | None = None) -> Evaluation:
+    def evaluate(self, policy: Policy | None = None, seed: int | None = None) -> Evaluation:
         """Held-out metrics of the start policy (`policy=None`, named "sft") or a trained one,
-        each on its own fresh samples."""
+        each on its own fresh samples. `seed` (default `dpo.seed`) picks the evaluation draws; a
+        policy trained with dpo.seed s is evaluated with s, and so is the start policy it is
+        compared with ("sft" for the config's seed, "sft-e<s>" for others)."""
         from .evaluate import evaluate_model
 
+        seed = self.cfg.dpo.seed if seed is None else seed
         name = policy.name if policy else START
-        out = self.paths.eval(name)
+        out = self.paths.eval(name if policy or seed == self.cfg.dpo.seed else f"{START}-e{seed}")
 
         def build(part):
             prompts = self.prompts()["eval"]
@@ -341,10 +344,10 @@ class Pipeline:
             else:
                 model, ref = self.load_trained(policy), self.ref_model
             evaluate_model(name, model, ref, self.tokenizer, self.scorers, prompts, self.cfg,
-                           self.stop_ids, part_dir(part), sample_dtype=self.sample_dtype)
+                           self.stop_ids, part_dir(part), sample_dtype=self.sample_dtype, seed=seed)
 
         policy_hash = read_json(meta_path(policy.dir))["hash"] if policy else None
-        self._cached(out, ("sample", "reward", "eval"), build, policy=policy_hash)
+        self._cached(out, ("sample", "reward", "eval"), build, policy=policy_hash, eval_seed=seed)
         return Evaluation(read_json(out / "metrics.json"), read_jsonl(out / "scored.jsonl"))
 
     def evaluate_human(self) -> Evaluation:

@@ -6,7 +6,7 @@ PRESETS: dict[str, dict] = {
     "smoke": {
         "data.n_train_prompts": 8, "data.n_eval_prompts": 8,
         "sample.n_samples": 4, "sample.max_new_tokens": 16,
-        "eval.n_samples": 2, "eval.max_new_tokens": 16, "eval.n_boot": 200,
+        "eval.n_samples": 2, "eval.max_new_tokens": 16, "eval.n_boot": 200, "eval.n_seeds": 1,
         "dpo.epochs": 1, "dpo.batch_size": 4,
         "sft.n_reviews": 16, "sft.n_eval_reviews": 8, "sft.max_tokens": 32, "sft.windows": 1,
         "sft.n_sample_prompts": 1, "sft.sample_new_tokens": 16,

@@ -65,6 +65,32 @@ def results_table(rows: list[dict]) -> str:
     return markdown_table(results_rows(rows), ["model", *(c for _, c in TABLE_COLS)])
 
 
+CI_COLS = [("eval/reward_mean", "reward", "eval/reward"), ("eval/judge_mean", "judge", None),
+           ("eval/on_topic", "on_topic", None), ("eval/token_entropy", "token_H", None),
+           ("eval/predictive_entropy", "pred_H", None), ("eval/kl_to_ref", "KL", None),
+           ("eval/ref_perplexity", "ref_ppl", None), ("eval/mean_length", "length", None)]
+
+
+def ci_rows(rows: list[dict]) -> list[dict]:
+    """Each metric as "value (lo .. hi)": its 95 % CI from a bootstrap over prompts (`evaluate`)."""
+    out = []
+    for r in rows:
+        row = {"model": r["model"]}
+        for key, col, prefix in CI_COLS:
+            lo, hi = r.get(f"{prefix or key}_ci_lo"), r.get(f"{prefix or key}_ci_hi")
+            if r.get(key) is None:
+                row[col] = None
+            else:
+                row[col] = f"{r[key]:.3f}" + (f" ({lo:.3f} .. {hi:.3f})" if lo is not None else "")
+        out.append(row)
+    return out
+
+
+def ci_table(rows: list[dict]) -> str:
+    """Markdown table of every metric with its prompt-clustered 95 % CI, one row per model."""
+    return markdown_table(ci_rows(rows))
+
+
 def sweep_rows(summary: list[dict]) -> list[dict]:
     """`sweep(...)["summary"]` -> one row per (divergence, beta), highest mean reward first; each
     metric as its mean over seeds, with `<col>_std` next to it when there are several seeds."""
@@ -189,12 +215,28 @@ def _level1_lines(level1: dict) -> list[str]:
         f"{best['eval/kl_to_ref']:.3f}, reference perplexity "
         f"{_delta(best['eval/ref_perplexity'], sft['eval/ref_perplexity'])}.")
     lines.extend(_judge_lines(level1["rows"], sft, trained))
+    lines.extend(_seed_lines(level1))
     moved = max(abs(r["eval/kl_to_ref"]) for r in trained)
     if moved < STILL_KL:
         lines.append(f"At this size the Level 1 policies barely moved from the reference (largest |KL| "
                      f"{moved:.3f} nats < {STILL_KL:g}), so their reward differences are mostly sampling noise; "
                      "use a larger SIZE (more pairs and steps) for conclusions about the losses.")
     return lines
+
+
+def _seed_lines(level1: dict) -> list[str]:
+    """The spread over seeds behind the pooled rows (each seed: its own training order and draws)."""
+    seeds = level1.get("seeds", [])
+    if len(seeds) < 2:
+        return []
+    parts = []
+    for r in trained_rows(level1["rows"]):
+        base = r["model"].rsplit("-s", 1)[0]
+        runs = [p for p in level1["per_seed"] if p["model"].rsplit("-s", 1)[0] == base]
+        judge = (", judge " + ", ".join(f"{p['judge_gain']:+.3f}" for p in runs)) if all("judge_gain" in p for p in runs) else ""
+        parts.append(f"`{base}` reward gain " + ", ".join(f"{p['reward_gain']:+.3f}" for p in runs) + judge)
+    return [f"**Seeds** ({len(seeds)}: each varies the training order and the evaluation draws; the rows above pool "
+            f"them, CIs resample prompts with all their samples): per seed, " + "; ".join(parts) + "."]
 
 
 def _judge_lines(rows: list[dict], sft: dict, trained: list[dict]) -> list[str]:

@@ -266,3 +266,20 @@ def test_prompt_bootstrap_clusters_samples_of_a_prompt():
     assert (b["hi"] - b["lo"]) > 1.7 * (hi_s - lo_s)  # the naive CI is ~sqrt(4) = 2x too narrow
     with pytest.raises(ValueError, match="one prompt id per value"):
         prompt_bootstrap(x, pids[:-1])
+
+
+def test_weighted_prompt_bootstrap_and_entropy_ci():
+    """A ratio (e.g. perplexity's tokens-weighted NLL) and the pooled unigram entropy, resampled by prompt."""
+    from alignment.metrics import prompt_bootstrap, prompt_bootstrap_entropy, unigram_token_entropy
+
+    # per-token NLL 1.0 on a 3-token sample and 4.0 on a 1-token sample: weighted mean (3*1 + 1*4) / 4
+    b = prompt_bootstrap([1.0, 4.0], ["a", "b"], n_boot=500, weights=[3.0, 1.0])
+    assert b["mean"] == pytest.approx(7 / 4) and 1.0 <= b["lo"] <= b["hi"] <= 4.0
+    same = prompt_bootstrap([2.0, 2.0, 2.0], ["a", "a", "b"], n_boot=200)
+    assert same["lo"] == same["hi"] == 2.0  # no spread, no width
+    ids = [[1, 2], [1, 2], [3, 4], [3, 4]]
+    e = prompt_bootstrap_entropy(ids, ["a", "a", "b", "b"], n_boot=500)
+    assert e["mean"] == pytest.approx(unigram_token_entropy(ids)) == pytest.approx(np.log(4))
+    assert e["lo"] < e["hi"] <= np.log(4) + 1e-9  # drawing only one prompt's tokens gives log 2
+    flat = prompt_bootstrap_entropy([[1, 2], [1, 2]], ["a", "b"], n_boot=200)
+    assert flat["lo"] == pytest.approx(flat["hi"]) == pytest.approx(np.log(2))

@@ -20,7 +20,7 @@ def tiny_cfg(run_dir, policy, reward, data, **extra):
     o = {"run_dir": str(run_dir), "model.policy": str(policy), "reward.model": str(reward),
          "data.source": str(data), "data.n_train_prompts": 6, "data.n_eval_prompts": 4,
          "data.prompt_tokens": 4, "sample.n_samples": 3, "sample.max_new_tokens": 8,
-         "eval.n_samples": 2, "eval.max_new_tokens": 8, "eval.n_boot": 50,
+         "eval.n_samples": 2, "eval.max_new_tokens": 8, "eval.n_boot": 50, "eval.n_seeds": 1,
          "dpo.batch_size": 4, "dpo.epochs": 1, "dpo.lr": 1e-3, "track.mode": "disabled",
          "eval.judge": "vader", "eval.topic_judge": str(reward)}
     o.update(extra)
@@ -51,6 +51,9 @@ def test_level1_end_to_end(cfg, tiny_gpt2_dir):
             assert math.isfinite(r[k]), k  # not NaN, not inf
         assert r["eval/reward_ci_lo"] <= r["eval/reward_mean"] <= r["eval/reward_ci_hi"]
         assert 0 <= r["eval/on_topic_ci_lo"] <= r["eval/on_topic"] <= r["eval/on_topic_ci_hi"] <= 1
+        for k in ("eval/token_entropy", "eval/predictive_entropy", "eval/kl_to_ref", "eval/ref_perplexity",
+                  "eval/mean_length"):  # every drift/diversity metric has its prompt-clustered CI
+            assert math.isfinite(r[f"{k}_ci_lo"]) and r[f"{k}_ci_lo"] <= r[f"{k}_ci_hi"], k
     for r in res["rows"][1:3]:  # both judges' gains, paired over prompts
         assert r["judge_gain_ci_lo"] <= r["judge_gain"] <= r["judge_gain_ci_hi"] and "judge_gain_p_holm" in r
         assert "on_topic_gain" in r
@@ -119,3 +122,28 @@ def test_judge_never_enters_training(tmp_path, tiny_gpt2_dir, tiny_classifier_di
     ev_b = pipe_b.evaluate()
     assert [r["reward"] for r in ev_b.scored] == [r["reward"] for r in ev.scored]
     assert [r["judge"] for r in ev_b.scored] != [r["judge"] for r in ev.scored]
+
+
+def test_level1_pools_seeds_that_vary_training_and_evaluation(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
+    """eval.n_seeds=2: each loss trains with dpo.seed 0 and 1, each policy is evaluated with its
+    seed's draws against the start policy's same draws; the row pools both seeds' samples."""
+    cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
+                   **{"eval.n_seeds": 2, "eval.human_row": False, "eval.judge": "vader"})
+    pipe = Pipeline(cfg)
+    res = experiments.level1(pipe, losses=("sigmoid",))
+    assert [r["model"] for r in res["rows"]] == ["sft", "sigmoid-b0.1-lr0.001-s0-1"] and res["seeds"] == [0, 1]
+    start_0, start_1 = pipe.evaluate(seed=0), pipe.evaluate(seed=1)
+    assert [r["completion"] for r in start_0.scored] != [r["completion"] for r in start_1.scored]  # other draws
+    assert (pipe.dir / "eval" / "sft-e1").is_dir() and (pipe.dir / "policies" / "sigmoid-b0.1-lr0.001-s1").is_dir()
+    row = res["rows"][1]
+    n_eval = cfg.data.n_eval_prompts * cfg.eval.n_samples
+    assert row["n_samples"] == 2 * n_eval and res["rows"][0]["n_samples"] == 2 * n_eval
+    pooled_mean = sum(r["eval/reward_mean"] for r in res["per_seed"]) / 2  # equal sample counts per seed
+    assert row["eval/reward_mean"] == pytest.approx(pooled_mean, abs=1e-6)
+    assert [r["seed"] for r in res["per_seed"]] == [0, 1]
+    assert row["gain_ci_lo"] <= row["reward_gain"] <= row["gain_ci_hi"]
+    assert row["reward_gain"] == pytest.approx(sum(r["reward_gain"] for r in res["per_seed"]) / 2, abs=1e-6)
+    from alignment.report import conclusions
+
+    text = conclusions(res)
+    assert "**Seeds** (2" in text and f"{res['per_seed'][1]['reward_gain']:+.3f}" in text
