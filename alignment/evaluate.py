@@ -100,11 +100,30 @@ def annotate(recs: list[dict], scores: dict[str, list[float]], lp: dict) -> list
     return out
 
 
-def metrics_of(name: str, scored: list[dict], n_boot: int, stop_ids: list[int]) -> dict:
-    """The metrics dict of one model's annotated samples (or of several evaluations pooled: CIs
-    resample prompts, with all of a prompt's samples from every pooled evaluation)."""
+def content_of(rec: dict) -> list[int]:
+    """Completion tokens without the stop token a finished sample (or a human row that ended) carries."""
+    ids = rec["completion_ids"]
+    return ids[:-1] if rec["finished"] and ids else ids
+
+
+def _per_group(stat, ids: list[list[int]], groups: list[int]) -> float:
+    """Mean over groups (seeds) of a pooled-count statistic: pooling several policies' samples into
+    one count would make a mixture look more diverse than each policy is."""
+    names = sorted(set(groups))
+    return sum(stat([i for i, g in zip(ids, groups) if g == n]) for n in names) / len(names)
+
+
+def _token_entropy(ids: list[list[int]]) -> float:
+    return unigram_token_entropy([i for i in ids if i] or [[0]])
+
+
+def metrics_of(name: str, scored: list[dict], n_boot: int) -> dict:
+    """The metrics dict of one model's annotated samples, or of several evaluations of it pooled
+    (records tagged `seed_index`): averages pool the samples; token entropy and distinct-n are
+    per seed, averaged; CIs resample prompts with all their samples of every seed."""
     pids = [r["prompt_id"] for r in scored]
-    ids = [content_ids(r, stop_ids) for r in scored]
+    ids = [content_of(r) for r in scored]
+    groups = [r.get("seed_index", 0) for r in scored]
     rewards = [r["reward"] for r in scored]
     rs = summarize_rewards(rewards, n_boot=n_boot)
     on_policy = scored[0]["logp"] is not None
@@ -116,9 +135,10 @@ def metrics_of(name: str, scored: list[dict], n_boot: int, stop_ids: list[int]) 
         "model": name, "n_samples": len(scored), "n_prompts": len(set(pids)),
         **_ci("eval/reward_mean", rewards, pids, n_boot),
         "eval/reward_median": rs["median"], "eval/reward_std": rs["std"],
-        "eval/token_entropy": unigram_token_entropy([i for i in ids if i] or [[0]]),
+        "eval/token_entropy": _per_group(_token_entropy, ids, groups),
         "eval/predictive_entropy": lp["entropy"].mean().item() if on_policy else None,
-        "eval/distinct_1": distinct_n(ids, 1), "eval/distinct_2": distinct_n(ids, 2),
+        "eval/distinct_1": _per_group(lambda x: distinct_n(x, 1), ids, groups),
+        "eval/distinct_2": _per_group(lambda x: distinct_n(x, 2), ids, groups),
         "eval/kl_to_ref": sequence_kl_estimate(lp["policy"], lp["ref"]) if on_policy else None,
         "eval/ref_perplexity": perplexity(lp["ref"], lp["n_tokens"]),
         "eval/mean_length": lp["n_tokens"].float().mean().item(),
@@ -129,18 +149,18 @@ def metrics_of(name: str, scored: list[dict], n_boot: int, stop_ids: list[int]) 
     for field, key in (("judge", "eval/judge_mean"), ("on_topic", "eval/on_topic")):
         if field in scored[0]:
             metrics.update(_ci(key, [r[field] for r in scored], pids, n_boot))
-    metrics.update(drift_cis(ids, lp, pids, n_boot))
+    metrics.update(drift_cis(ids, lp, pids, n_boot, groups))
     return metrics
 
 
-def drift_cis(ids: list[list[int]], lp: dict, pids: list[str], n_boot: int) -> dict:
+def drift_cis(ids: list[list[int]], lp: dict, pids: list[str], n_boot: int, groups: list[int]) -> dict:
     """Prompt-clustered 95 % CIs of token entropy, predictive entropy, KL, ref perplexity and mean
     length (`<metric>_ci_lo/hi`). Distinct-n has none: a bootstrap draws prompts with repetition,
     and repeated n-grams are exactly what distinct-n counts as a loss of diversity."""
     n = lp["n_tokens"].double()  # (N,)
     nll = -lp["ref"].double()  # (N,)
     out = {}
-    h = prompt_bootstrap_entropy([i if i else [] for i in ids], pids, n_boot=n_boot)
+    h = prompt_bootstrap_entropy(ids, pids, groups, n_boot=n_boot)
     out["eval/token_entropy_ci_lo"], out["eval/token_entropy_ci_hi"] = h["lo"], h["hi"]
     ppl = prompt_bootstrap((nll / n.clamp(min=1)).tolist(), pids, n_boot=n_boot, weights=n.tolist())
     out["eval/ref_perplexity_ci_lo"], out["eval/ref_perplexity_ci_hi"] = math.exp(ppl["lo"]), math.exp(ppl["hi"])
@@ -154,10 +174,10 @@ def drift_cis(ids: list[list[int]], lp: dict, pids: list[str], n_boot: int) -> d
     return out
 
 
-def _finish(name: str, out_dir: Path, recs: list[dict], scores: dict[str, list[float]], lp: dict, cfg: Config,
-            stop_ids: list[int]) -> dict:
+def _finish(name: str, out_dir: Path, recs: list[dict], scores: dict[str, list[float]], lp: dict,
+            cfg: Config) -> dict:
     scored = annotate(recs, scores, lp)
-    metrics = metrics_of(name, scored, cfg.eval.n_boot, stop_ids)
+    metrics = metrics_of(name, scored, cfg.eval.n_boot)
     write_jsonl(out_dir / "scored.jsonl", scored)
     write_json(out_dir / "metrics.json", metrics)
     return metrics
@@ -182,7 +202,7 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
     del sampler
     scores = score_all(scorers, recs)
     lp = logps_and_entropy(model, ref_model, {p["id"]: p["ids"] for p in prompts}, recs, tokenizer.pad_token_id)
-    return _finish(name, out_dir, recs, scores, lp, cfg, stop_ids)
+    return _finish(name, out_dir, recs, scores, lp, cfg)
 
 
 def human_records(prompts: list[dict], texts: dict[str, str], tokenizer, max_new_tokens: int,
@@ -205,11 +225,11 @@ def human_records(prompts: list[dict], texts: dict[str, str], tokenizer, max_new
 
 
 def evaluate_human(name: str, ref_model, tokenizer, scorers: Scorers, prompts: list[dict], texts: dict[str, str],
-                   cfg: Config, stop_ids: list[int], out_dir: str | Path) -> dict:
+                   cfg: Config, out_dir: str | Path) -> dict:
     """The human row: the reviews' own continuations, scored and measured like a model's samples
     (no KL or predictive entropy: no model drew them; ref_ppl is the reference model's surprise)."""
     out_dir = Path(out_dir)
     recs = human_records(prompts, texts, tokenizer, cfg.eval.max_new_tokens, tokenizer.eos_token_id)
     scores = score_all(scorers, recs)
     lp = logps_and_entropy(None, ref_model, {p["id"]: p["ids"] for p in prompts}, recs, tokenizer.pad_token_id)
-    return _finish(name, out_dir, recs, scores, lp, cfg, stop_ids)
+    return _finish(name, out_dir, recs, scores, lp, cfg)

@@ -73,13 +73,18 @@ def pooled(pipe: Pipeline, name: str, evals: list[Evaluation]) -> Evaluation:
     from .evaluate import metrics_of
 
     scored = [{**r, "seed_index": k} for k, ev in enumerate(evals) for r in ev.scored]
-    return Evaluation(metrics_of(name, scored, pipe.cfg.eval.n_boot, pipe.stop_ids), scored)
+    return Evaluation(metrics_of(name, scored, pipe.cfg.eval.n_boot), scored)
 
 
 def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
-    """sigmoid-b0.1-lr5e-05-s0 + seeds (0, 1, 2) -> sigmoid-b0.1-lr5e-05-s0-2 (one seed: unchanged)."""
+    """sigmoid-b0.1-lr5e-05-s0 + seeds (0, 1, 2) -> sigmoid-b0.1-lr5e-05-s0-2; (0, 2) -> ...-s0_2;
+    one seed: unchanged."""
     base = policy_name.rsplit("-s", 1)[0]
-    return f"{base}-s{seeds[0]}" if len(seeds) == 1 else f"{base}-s{seeds[0]}-{seeds[-1]}"
+    if len(seeds) == 1:
+        return f"{base}-s{seeds[0]}"
+    if list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{base}-s{seeds[0]}-{seeds[-1]}"
+    return f"{base}-s" + "_".join(map(str, seeds))
 
 
 def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple[int, ...] | None = None) -> dict:
@@ -102,7 +107,8 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
         name = seeds_name(policies[0].name, seeds)
         ev = pooled(pipe, name, evs)
         rows.append({**ev.metrics, **compare_to_start(ev, start, pipe.cfg.eval.n_boot), "seeds": list(seeds)})
-        evals[name], logs[name] = ev, policies[0].log
+        evals[name] = ev
+        logs.update({p.name: p.log for p in policies})
     rows = [rows[0], *with_holm(rows[1:])]
     if pipe.cfg.eval.human_row:
         human = pipe.evaluate_human()

@@ -244,24 +244,40 @@ def prompt_bootstrap(x, prompts, n_boot: int = 1000, level: float = 0.95, seed: 
     return {"mean": float((w * xs).sum() / w.sum()), "lo": float(lo), "hi": float(hi), "n_prompts": P}
 
 
-def prompt_bootstrap_entropy(token_ids: list[list[int]], prompts, n_boot: int = 1000, level: float = 0.95,
-                             seed: int = 0) -> dict:
-    """`unigram_token_entropy` with a prompt-clustered bootstrap CI: each resample pools the token
-    counts of the drawn prompts (with multiplicity). Returns {mean (the plain estimate), lo, hi}."""
+def prompt_bootstrap_entropy(token_ids: list[list[int]], prompts, groups=None, n_boot: int = 1000,
+                             level: float = 0.95, seed: int = 0, chunk: int = 128) -> dict:
+    """`unigram_token_entropy` with a prompt-clustered bootstrap CI. With `groups` (e.g. the seed of
+    each sample) the statistic is the mean over groups of each group's entropy (pooling several
+    policies' tokens would inflate it), and every resample draws the same prompts for every group.
+
+    The interval is bias-corrected: [q_lo - b, q_hi - b] with b = mean(resamples) - H. A resample
+    repeats prompts and so never adds token types, which biases a plug-in entropy down by more than
+    its spread at our sizes: a plain percentile interval would exclude the estimate itself.
+    Returns {mean (the estimate), lo, hi}; all zeros when there are no tokens at all."""
     if len(prompts) != len(token_ids):
         raise ValueError("prompt_bootstrap_entropy: one prompt id per token list is needed")
+    groups = [0] * len(token_ids) if groups is None else list(groups)
     vocab = {t: i for i, t in enumerate(dict.fromkeys(t for seq in token_ids for t in seq))}
+    if not vocab:
+        return {"mean": 0.0, "lo": 0.0, "hi": 0.0}
     ix, draws = _prompt_weights(prompts, n_boot, seed)
-    counts = np.zeros((draws.shape[1], max(len(vocab), 1)))  # (P, U) token counts per prompt
-    for c, seq in zip(ix, token_ids):
-        np.add.at(counts[c], [vocab[t] for t in seq], 1.0)
-    pooled = draws @ counts  # (n_boot, U)
-    p = pooled / pooled.sum(1, keepdims=True).clip(min=1e-12)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ent = -np.where(p > 0, p * np.log(p), 0.0).sum(1)  # (n_boot,)
+    names = sorted(set(groups))
+    counts = np.zeros((len(names), draws.shape[1], len(vocab)))  # (G, P, U) token counts per group and prompt
+    for g, c, seq in zip(groups, ix, token_ids):
+        np.add.at(counts[names.index(g), c], [vocab[t] for t in seq], 1.0)
+
+    def entropy(pooled: np.ndarray) -> np.ndarray:  # (..., U) counts -> (...,) nats; log N - sum c log c / N
+        n = pooled.sum(-1)
+        clogc = np.where(pooled > 0, pooled * np.log(np.where(pooled > 0, pooled, 1.0)), 0.0).sum(-1)
+        return np.where(n > 0, np.log(np.maximum(n, 1e-300)) - clogc / np.maximum(n, 1e-300), 0.0)
+
+    estimate = float(entropy(counts.sum(1)).mean())  # (G,) -> mean over groups
+    boot = np.concatenate([entropy(np.einsum("bp,gpu->bgu", draws[i : i + chunk], counts)).mean(1)
+                           for i in range(0, n_boot, chunk)])  # (n_boot,)
     alpha_pct = _check_level(level)
-    lo, hi = np.percentile(ent, [alpha_pct, 100.0 - alpha_pct])
-    return {"mean": unigram_token_entropy(token_ids), "lo": float(lo), "hi": float(hi)}
+    q_lo, q_hi = np.percentile(boot, [alpha_pct, 100.0 - alpha_pct])
+    bias = float(boot.mean()) - estimate
+    return {"mean": estimate, "lo": float(q_lo - bias), "hi": float(q_hi - bias)}
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

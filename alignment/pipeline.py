@@ -328,14 +328,16 @@ class Pipeline:
 
     def evaluate(self, policy: Policy | None = None, seed: int | None = None) -> Evaluation:
         """Held-out metrics of the start policy (`policy=None`, named "sft") or a trained one,
-        each on its own fresh samples. `seed` (default `dpo.seed`) picks the evaluation draws; a
-        policy trained with dpo.seed s is evaluated with s, and so is the start policy it is
-        compared with ("sft" for the config's seed, "sft-e<s>" for others)."""
+        each on its own fresh samples. `seed` picks the evaluation draws (sample.seed + 10_000 +
+        seed): by default a trained policy's own training seed (dpo.seed), and `dpo.seed` for the
+        start policy; the start policy compared with a seed-s policy is evaluated with s too
+        ("sft" for seed 0, "sft-e<s>" for others)."""
         from .evaluate import evaluate_model
 
-        seed = self.cfg.dpo.seed if seed is None else seed
+        if seed is None:
+            seed = read_json(meta_path(policy.dir))["deps"]["dpo"]["seed"] if policy else self.cfg.dpo.seed
         name = policy.name if policy else START
-        out = self.paths.eval(name if policy or seed == self.cfg.dpo.seed else f"{START}-e{seed}")
+        out = self.paths.eval(name if policy or seed == 0 else f"{START}-e{seed}")
 
         def build(part):
             prompts = self.prompts()["eval"]
@@ -361,7 +363,7 @@ class Pipeline:
             prompts = self.prompts()["eval"]
             texts = review_texts(self.cfg.data, {p["review_id"] for p in prompts})
             evaluate_human(HUMAN, self.ref_model, self.tokenizer, self.scorers, prompts, texts, self.cfg,
-                           self.stop_ids, part_dir(part))
+                           part_dir(part))
 
         self._cached(out, ("reward", "eval"), build, human=1)
         return Evaluation(read_json(out / "metrics.json"), read_jsonl(out / "scored.jsonl"))

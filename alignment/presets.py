@@ -1,5 +1,5 @@
 """Named sizes. `smoke`: whole pipeline in minutes on 2 CPU cores (CI, notebook check).
-`default`: the CPU default behind `make run` (~10 min). `sweep`: a CPU-sized Level 2/3 sweep. `full`: a GPU-sized run. `hub`: the seed's
+`default`: the CPU default behind `make run` (3 seeds; ~16 min on 2 cores once assets, heads and the SFT start policy are built). `sweep`: a CPU-sized Level 2/3 sweep. `full`: a GPU-sized run. `hub`: the seed's
 real models and data (internet + GPU)."""
 
 PRESETS: dict[str, dict] = {

@@ -283,16 +283,20 @@ def _sweep_lines(sweep: dict) -> list[str]:
     return lines + ordering_sentences(sweep)
 
 
-def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | None = None) -> str:
-    """Markdown conclusions built only from the results (no typed-in numbers)."""
+def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | None = None,
+                lr_start: dict | None = None) -> str:
+    """Markdown conclusions built only from the results (no typed-in numbers). `lr_start`: the
+    start policy's row the lr lesson compared with (its seed's draws; default Level 1's)."""
     lines = _level1_lines(level1)
     if lr_rows:
-        lines.append("**Learning rate**: " + lr_sentence(lr_rows, level1["rows"][0]))
+        lines.append("**Learning rate**: " + lr_sentence(lr_rows, lr_start or level1["rows"][0]))
     if sweep and sweep["summary"]:
         lines.extend(_sweep_lines(sweep))
-    n_eval = level1["rows"][0]["n_samples"]
-    lines.append(f"All numbers come from {n_eval} held-out samples per model; at small sizes the CIs are wide "
-                 "and a difference between losses is only meaningful where the CIs (and seeds) separate.")
+    start = level1["rows"][0]
+    per = f" ({start['n_prompts']} prompts × {len(level1.get('seeds', [0]))} seed(s))" if "n_prompts" in start else ""
+    lines.append(f"Level 1 rows come from {start['n_samples']} held-out samples per model{per}; at small sizes the CIs are wide, they are "
+                 "conditional on the trained runs, and a difference between losses is only meaningful where the "
+                 "CIs (and seeds) separate.")
     return "\n\n".join(lines)
 
 

@@ -55,7 +55,7 @@ def real_run(tmp_path_factory, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
          "sample.n_samples": 2, "sample.max_new_tokens": 6, "eval.n_samples": 2, "eval.max_new_tokens": 6,
          "eval.n_boot": 20, "dpo.batch_size": 4, "dpo.epochs": 1, "dpo.lr": 1e-3, "track.mode": "disabled",
          "sft.base": tiny_gpt2_dir, "sft.out": str(tmp / "sft"), "sft.n_reviews": 8, "sft.n_eval_reviews": 4,
-         "sft.max_tokens": 24, "sft.batch_size": 4, "sft.lora_r": 2,
+         "sft.max_tokens": 24, "sft.batch_size": 4, "sft.lora_r": 2, "eval.n_seeds": 1,
          "eval.judge": "vader", "eval.topic_judge": tiny_classifier_dir}
     cfg = load_config(overrides=o)
     for s in SECTIONS:

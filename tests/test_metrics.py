@@ -280,6 +280,16 @@ def test_weighted_prompt_bootstrap_and_entropy_ci():
     ids = [[1, 2], [1, 2], [3, 4], [3, 4]]
     e = prompt_bootstrap_entropy(ids, ["a", "a", "b", "b"], n_boot=500)
     assert e["mean"] == pytest.approx(unigram_token_entropy(ids)) == pytest.approx(np.log(4))
-    assert e["lo"] < e["hi"] <= np.log(4) + 1e-9  # drawing only one prompt's tokens gives log 2
+    assert e["lo"] < e["mean"] < e["hi"]  # bias-corrected: the resamples' downward bias is removed
+    rng = np.random.default_rng(1)  # realistic sizes: the interval contains the estimate
+    big = [list(rng.integers(0, 3000, size=32)) for _ in range(256)]
+    pids = [f"p{i // 4}" for i in range(256)]
+    e = prompt_bootstrap_entropy(big, pids, n_boot=300)
+    assert e["lo"] <= e["mean"] <= e["hi"] and e["mean"] == pytest.approx(unigram_token_entropy(big))
+    # groups (seeds): the mean of per-group entropies, not the entropy of the pooled mixture
+    two = [[1, 1], [2, 2]]
+    g = prompt_bootstrap_entropy(two, ["a", "a"], groups=[0, 1], n_boot=50)
+    assert g["mean"] == 0.0 and unigram_token_entropy(two) == pytest.approx(np.log(2))
+    assert prompt_bootstrap_entropy([[], []], ["a", "b"]) == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
     flat = prompt_bootstrap_entropy([[1, 2], [1, 2]], ["a", "b"], n_boot=200)
     assert flat["lo"] == pytest.approx(flat["hi"]) == pytest.approx(np.log(2))

@@ -199,6 +199,6 @@ def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
     from alignment.report import conclusions
 
     run = tmp_path / "run"
-    want = conclusions(read_json(run / "level1.json"), read_json(run / "sweep.json"),
-                       read_json(run / "lr_lesson.json")["rows"])
+    lr = read_json(run / "lr_lesson.json")
+    want = conclusions(read_json(run / "level1.json"), read_json(run / "sweep.json"), lr["rows"], lr["start"])
     assert want in concl
