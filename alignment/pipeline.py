@@ -350,7 +350,15 @@ class Pipeline:
 
         policy_hash = read_json(meta_path(policy.dir))["hash"] if policy else None
         self._cached(out, ("sample", "reward", "eval"), build, policy=policy_hash, eval_seed=seed)
-        return Evaluation(read_json(out / "metrics.json"), read_jsonl(out / "scored.jsonl"))
+        return self._loaded_evaluation(name, out)
+
+    def _loaded_evaluation(self, name: str, out: Path) -> Evaluation:
+        """A cached evaluation: its annotated samples, and metrics recomputed from them (a pure
+        function of the samples, so a cached evaluation is always measured by the current code)."""
+        from .evaluate import metrics_of
+
+        scored = read_jsonl(out / "scored.jsonl")
+        return Evaluation(metrics_of(name, scored, self.cfg.eval.n_boot), scored)
 
     def evaluate_human(self) -> Evaluation:
         """The human row: the eval prompts' source reviews' own continuations, same token budget."""
@@ -366,7 +374,7 @@ class Pipeline:
                            part_dir(part))
 
         self._cached(out, ("reward", "eval"), build, human=1)
-        return Evaluation(read_json(out / "metrics.json"), read_jsonl(out / "scored.jsonl"))
+        return self._loaded_evaluation(HUMAN, out)
 
     def policies(self) -> list[Policy]:
         """The trained policies of this run dir (finished ones only)."""
