@@ -110,6 +110,9 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
         evals[name] = ev
         logs.update({p.name: p.log for p in policies})
     rows = [rows[0], *with_holm(rows[1:])]
+    trained = [(r["model"], evals[r["model"]]) for r in rows[1:]]
+    between = with_holm([{"a": a, "b": b, **compare_to_start(ea, eb, pipe.cfg.eval.n_boot)}
+                         for i, (a, ea) in enumerate(trained) for b, eb in trained[i + 1:]])
     if pipe.cfg.eval.human_row:
         human = pipe.evaluate_human()
         rows.append(human.metrics)
@@ -120,7 +123,7 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
              plots.training_curves(logs, P.plot("level1_training")),
              plots.margin_hist([p["margin"] for p in pairs], P.plot("pair_margins"))]
     result = {"pairs": stats, "rows": rows, "table": results_table(rows), "ci_table": ci_table(rows),
-              "seeds": list(seeds), "per_seed": per_seed,
+              "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
               "examples": examples_rows({m: e.scored for m, e in first.items()}, pipe.cfg.eval.n_examples),
               "plots": [str(f) for f in files]}
     write_json(P.result("level1"), result)

@@ -216,12 +216,36 @@ def _level1_lines(level1: dict) -> list[str]:
         f"{_delta(best['eval/ref_perplexity'], sft['eval/ref_perplexity'])}.")
     lines.extend(_judge_lines(level1["rows"], sft, trained))
     lines.extend(_seed_lines(level1))
+    lines.extend(_between_lines(level1))
     moved = max(abs(r["eval/kl_to_ref"]) for r in trained)
     if moved < STILL_KL:
         lines.append(f"At this size the Level 1 policies barely moved from the reference (largest |KL| "
                      f"{moved:.3f} nats < {STILL_KL:g}), so their reward differences are mostly sampling noise; "
                      "use a larger SIZE (more pairs and steps) for conclusions about the losses.")
     return lines
+
+
+MDE_Z = 2.80  # z_{0.975} + z_{0.80}: a true difference of 2.8 standard errors is detected 80 % of the time
+
+
+def _verdict(d: dict, key: str, pre: str) -> str:
+    lo, hi = d[f"{pre}_ci_lo"], d[f"{pre}_ci_hi"]
+    p = d.get(f"{pre}_p_holm", d.get(f"{pre}_p", 1.0))
+    word = ("higher" if d[key] > 0 else "lower") if p < ALPHA else "not distinguishable at this size"
+    return f"{d[key]:+.3f} (95% CI {lo:+.3f} .. {hi:+.3f}) — {word}"
+
+
+def _between_lines(level1: dict) -> list[str]:
+    """The losses against each other (paired over prompts and draws), and the smallest difference
+    these sizes can detect: MDE_Z standard errors, the SE read off the 95 % CI (width / 3.92)."""
+    out = []
+    for d in level1.get("between_losses", []):
+        se = (d["gain_ci_hi"] - d["gain_ci_lo"]) / 3.92
+        judge = f"; judge {_verdict(d, 'judge_gain', 'judge_gain')}" if "judge_gain" in d else ""
+        out.append(f"**`{d['a']}` vs `{d['b']}`** (same prompts and draws): reward {_verdict(d, 'reward_gain', 'gain')}"
+                   f"{judge}. At this size a reward difference smaller than about {MDE_Z * se:.2f} is not reliably "
+                   f"detected (80 % power at α = 0.05).")
+    return out
 
 
 def _seed_lines(level1: dict) -> list[str]:

@@ -61,6 +61,12 @@ def test_level1_end_to_end(cfg, tiny_gpt2_dir):
     assert human["eval/kl_to_ref"] is None and human["eval/predictive_entropy"] is None
     assert math.isfinite(human["eval/judge_mean"]) and math.isfinite(human["eval/ref_perplexity"])
     assert "| human |" in res["table"] and "–" in res["table"]
+    (cmp,) = res["between_losses"]  # the losses against each other, paired over prompts and draws
+    assert cmp["a"].startswith("sigmoid") and cmp["b"].startswith("hinge")
+    assert cmp["reward_gain"] == pytest.approx(res["rows"][1]["eval/reward_mean"] - res["rows"][2]["eval/reward_mean"])
+    from alignment.report import conclusions
+
+    assert f"`{cmp['a']}` vs `{cmp['b']}`" in conclusions(res) and "80 % power" in conclusions(res)
     assert abs(res["rows"][1]["eval/kl_to_ref"]) > 1e-3  # lr 1e-3 moved the policy off its reference
     n_pairs = len(read_jsonl(d / "pairs.jsonl"))  # one log line per step of 4 pairs (1 epoch)
     assert len(read_jsonl(d / "policies" / "sigmoid-b0.1-lr0.001-s0" / "train_log.jsonl")) == math.ceil(n_pairs / 4)
