@@ -18,6 +18,7 @@ NOT_HASHED = {"track.mode", "track.project", "track.run_name",  # where tracking
               "dpo.save_every", "sft.save_every",  # checkpoint cadence: same result, resumable
               "eval.n_examples",  # how many examples are shown
               "eval.human_row",  # whether the human row is added (its own artifact; no model's result changes)
+              "eval.n_seeds",  # how many seeds Level 1 runs (each seed's policy and evaluation is its own artifact)
               "sft.out"}  # where the SFT model is written
 
 
