@@ -20,13 +20,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import Config
 from .io import write_json, write_jsonl
 from .logprobs import collate, model_logps
 from .metrics import (distinct_n, mean_predictive_entropy, perplexity, prompt_bootstrap, prompt_bootstrap_entropy,
-                      sequence_kl_estimate, summarize_rewards, unigram_token_entropy)
+                      sequence_kl_estimate, unigram_token_entropy)
 from .reward import check_finite, reward_texts, score_records
 from .sampling import sample_to_file
 
@@ -53,12 +54,6 @@ def score_all(scorers: Scorers, recs: list[dict]) -> dict[str, list[float]]:
     return out
 
 
-def content_ids(rec: dict, stop_ids: list[int]) -> list[int]:
-    """Completion tokens without the final stop token (diversity counts words, not EOS)."""
-    ids = rec["completion_ids"]
-    return ids[:-1] if ids and ids[-1] in stop_ids else ids
-
-
 @torch.no_grad()
 def logps_and_entropy(model, ref_model, prompt_ids: dict[str, list[int]], recs: list[dict], pad_id: int,
                       batch_size: int = 16) -> dict[str, torch.Tensor]:
@@ -80,9 +75,10 @@ def logps_and_entropy(model, ref_model, prompt_ids: dict[str, list[int]], recs: 
     return {k: torch.cat(v) if v else None for k, v in out.items()}
 
 
-def _ci(prefix: str, values: list[float], pids: list[str], n_boot: int) -> dict:
+def _ci(key: str, values: list[float], pids: list[str], n_boot: int, ci: str | None = None) -> dict:
+    """{key: mean, <ci>_ci_lo, <ci>_ci_hi} (ci defaults to key) from a bootstrap over prompts."""
     b = prompt_bootstrap(values, pids, n_boot=n_boot)
-    return {prefix: b["mean"], f"{prefix}_ci_lo": b["lo"], f"{prefix}_ci_hi": b["hi"]}
+    return {key: b["mean"], f"{ci or key}_ci_lo": b["lo"], f"{ci or key}_ci_hi": b["hi"]}
 
 
 def annotate(recs: list[dict], scores: dict[str, list[float]], lp: dict) -> list[dict]:
@@ -125,7 +121,6 @@ def metrics_of(name: str, scored: list[dict], n_boot: int) -> dict:
     ids = [content_of(r) for r in scored]
     groups = [r.get("seed_index", 0) for r in scored]
     rewards = [r["reward"] for r in scored]
-    rs = summarize_rewards(rewards, n_boot=n_boot)
     on_policy = scored[0]["logp"] is not None
     lp = {"ref": torch.tensor([r["ref_logp"] for r in scored], dtype=torch.float64),
           "n_tokens": torch.tensor([r["n_tokens"] for r in scored]),
@@ -133,8 +128,8 @@ def metrics_of(name: str, scored: list[dict], n_boot: int) -> dict:
           "entropy": torch.tensor([r["pred_entropy"] for r in scored], dtype=torch.float64) if on_policy else None}
     metrics = {
         "model": name, "n_samples": len(scored), "n_prompts": len(set(pids)),
-        **_ci("eval/reward_mean", rewards, pids, n_boot),
-        "eval/reward_median": rs["median"], "eval/reward_std": rs["std"],
+        **_ci("eval/reward_mean", rewards, pids, n_boot, ci="eval/reward"),
+        "eval/reward_median": float(np.median(rewards)), "eval/reward_std": float(np.std(rewards)),
         "eval/token_entropy": _per_group(_token_entropy, ids, groups),
         "eval/predictive_entropy": lp["entropy"].mean().item() if on_policy else None,
         "eval/distinct_1": _per_group(lambda x: distinct_n(x, 1), ids, groups),
@@ -144,8 +139,6 @@ def metrics_of(name: str, scored: list[dict], n_boot: int) -> dict:
         "eval/mean_length": lp["n_tokens"].float().mean().item(),
         "eval/finished_frac": sum(r["finished"] for r in scored) / len(scored),
     }
-    metrics["eval/reward_ci_lo"] = metrics.pop("eval/reward_mean_ci_lo")
-    metrics["eval/reward_ci_hi"] = metrics.pop("eval/reward_mean_ci_hi")
     for field, key in (("judge", "eval/judge_mean"), ("on_topic", "eval/on_topic")):
         if field in scored[0]:
             metrics.update(_ci(key, [r[field] for r in scored], pids, n_boot))

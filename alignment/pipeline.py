@@ -137,11 +137,12 @@ class Pipeline:
         c, out = self.cfg, {}
         if c.data.source == OFFLINE:
             out["corpus"] = CORPUS_VERSION
-        named = [("reward", "reward", c.reward.model)] + \
-            ([("judge", "judge", c.eval.judge), ("topic", "topic", c.eval.topic_judge)] if "eval" in sections else [])
-        for key, kind, name in named:
-            if name == OFFLINE and ("reward" in sections or key != "reward"):
-                out[f"{key}_head"] = offline_head_hash(kind)
+        heads = {"reward": c.reward.model} if "reward" in sections else {}  # head kind -> scorer name
+        if "eval" in sections:
+            heads.update(judge=c.eval.judge, topic=c.eval.topic_judge)
+        for kind, name in heads.items():
+            if name == OFFLINE:
+                out[f"{kind}_head"] = offline_head_hash(kind)
         return out
 
     def _cached(self, artifact: Path, sections: tuple[str, ...], build, **extra) -> bool:

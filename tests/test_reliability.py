@@ -335,9 +335,10 @@ def test_empty_and_eos_only_completions(tiny_gpt2_dir, tiny_classifier_dir, tiny
         assert len(r) == len(recs) and all(math.isfinite(x) for x in r)
 
     # content ids drop only a final stop token
-    assert evaluate.content_ids({"completion_ids": []}, [eos]) == []
-    assert evaluate.content_ids({"completion_ids": [eos]}, [eos]) == []
-    assert evaluate.content_ids({"completion_ids": word + [eos]}, [eos]) == word
+    assert evaluate.content_of(recs[1]) == []  # empty
+    assert evaluate.content_of(recs[2]) == []  # EOS only
+    assert evaluate.content_of(recs[0]) == word  # the stop token dropped
+    assert evaluate.content_of(recs[3]) == word  # cut at the budget: nothing dropped
 
     # finite log-probs and entropies; zero / one completion tokens counted as such
     model = load_causal_lm(tiny_gpt2_dir, torch.float32, torch.device("cpu"))
