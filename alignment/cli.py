@@ -143,8 +143,9 @@ def render(stage: str, result) -> str:
         return "\n".join(["", report.markdown_table(report.results_rows(result["rows"], extra=("lr",))),
                           report.lr_sentence(result["rows"], result["start"])])
     if stage == "sweep":
-        return "\n" + report.markdown_table(report.sweep_rows(result["summary"])) + "\n\n" + \
-            "\n".join(report.ordering_sentences(result))
+        return "\n".join(["", report.markdown_table(report.frontier_rows(result["points"])), "",
+                          *report.sweep_lines(result), "", "Matched-KL comparisons (reward):",
+                          *result["verdicts"]])
     if stage == "sft":
         return json.dumps({k: v for k, v in result.items() if k != "train_loss"}, indent=2, default=str)
     return json.dumps(result, indent=2, default=str)

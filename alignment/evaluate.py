@@ -25,11 +25,14 @@ import torch
 
 from .config import Config
 from .io import write_json, write_jsonl
-from .logprobs import collate, model_logps
-from .metrics import (distinct_n, mean_predictive_entropy, perplexity, prompt_bootstrap, prompt_bootstrap_entropy,
+from .logprobs import collate, model_token_logps
+from .metrics import (distinct_n, kl_control_variate, mean_predictive_entropy, perplexity, prompt_bootstrap, prompt_bootstrap_entropy,
                       sequence_kl_estimate, unigram_token_entropy)
 from .reward import check_finite, reward_texts, score_records
 from .sampling import sample_to_file
+
+
+EVAL_VERSION = 2  # 2: KL / predictive entropy on the sampler's own log-probs (1: fp32 re-scoring of bf16 draws)
 
 
 @dataclass
@@ -54,24 +57,42 @@ def score_all(scorers: Scorers, recs: list[dict]) -> dict[str, list[float]]:
     return out
 
 
+def _row_tokens(tok_lp: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
+    """(b, T-1) token log-probs, (b, T) completion mask -> each row's completion-token log-probs."""
+    keep = mask[:, 1:].bool().cpu()
+    return [row[k].tolist() for row, k in zip(tok_lp.float().cpu(), keep)]
+
+
 @torch.no_grad()
-def logps_and_entropy(model, ref_model, prompt_ids: dict[str, list[int]], recs: list[dict], pad_id: int,
-                      batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """Per-sample policy/ref log-probs (N,), predictive entropy (N,), token counts (N,).
-    `model=None` (the human row): only the reference's log-probs and the counts."""
-    out = {"policy": [], "ref": [], "entropy": [], "n_tokens": []}
+def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs: list[dict], pad_id: int,
+                      batch_size: int = 16) -> dict:
+    """Per sample (N,): the sampling distribution's log q(y) and mean predictive entropy — the
+    sampler's own (`sample_logps`, `sample_entropy` in the records) or, for records without them
+    (backend=generate), a forward of `sampler` (the model in the dtype that drew) —, the
+    reference's log p(y), the control-variate KL term sum_t (r_t - 1 - log r_t) with
+    r_t = p(y_t|<t) / q(y_t|<t) (Schulman's k3; unbiased, >= 0), and token counts.
+    `sampler=None` (the human row): only the reference's log-probs and the counts."""
+    out = {"policy": [], "ref": [], "entropy": [], "kl_cv": [], "n_tokens": []}
     for i in range(0, len(recs), batch_size):
         chunk = recs[i : i + batch_size]
         batch = collate([prompt_ids[r["prompt_id"]] for r in chunk], [r["completion_ids"] for r in chunk], pad_id)
-        out["n_tokens"].append(batch["completion_mask"].sum(-1))
-        if model is None:
-            out["ref"].append(model_logps(ref_model, batch).float().cpu())
+        mask = batch["completion_mask"]  # (b, T)
+        out["n_tokens"].append(mask.sum(-1))
+        ref_tok = _row_tokens(model_token_logps(ref_model, batch), mask)
+        out["ref"].append(torch.tensor([sum(x) for x in ref_tok], dtype=torch.float64))
+        if sampler is None:
             continue
-        lp, logits = model_logps(model, batch, return_logits=True)  # (b,), (b, T, V)
-        mask = batch["completion_mask"][:, 1:].to(logits.device)  # predicts tokens 1..T-1
-        out["entropy"].append(mean_predictive_entropy(logits[:, :-1], mask).cpu())
-        out["policy"].append(lp.float().cpu())
-        out["ref"].append(lp.float().cpu() if ref_model is None else model_logps(ref_model, batch).float().cpu())
+        if all("sample_logps" in r for r in chunk):
+            q_tok, ent = [r["sample_logps"] for r in chunk], torch.tensor([r["sample_entropy"] for r in chunk])
+        else:
+            tok_lp, logits = model_token_logps(sampler, batch, return_logits=True)  # (b, T-1), (b, T, V)
+            q_tok = _row_tokens(tok_lp, mask)
+            ent = mean_predictive_entropy(logits[:, :-1], mask[:, 1:].to(logits.device)).cpu()
+        out["policy"].append(torch.tensor([sum(x) for x in q_tok], dtype=torch.float64))
+        out["entropy"].append(ent.double())
+        out["kl_cv"].append(torch.stack([kl_control_variate(torch.tensor(q, dtype=torch.float64),
+                                                            torch.tensor(p, dtype=torch.float64))
+                                         for q, p in zip(q_tok, ref_tok)]))
     return {k: torch.cat(v) if v else None for k, v in out.items()}
 
 
@@ -82,16 +103,18 @@ def _ci(key: str, values: list[float], pids: list[str], n_boot: int, ci: str | N
 
 
 def annotate(recs: list[dict], scores: dict[str, list[float]], lp: dict) -> list[dict]:
-    """Sample records with everything measured per sample: the scores, the policy's and the
-    reference's log-probs of the completion, the policy's mean predictive entropy and the token
-    count (`logp`/`pred_entropy` None for the human row). Metrics are a function of these alone
+    """Sample records with everything measured per sample: the scores, the sampling
+    distribution's and the reference's log-probs of the completion, the control-variate KL term,
+    the sampler's mean predictive entropy and the token count (`logp`/`pred_entropy`/`kl_cv` None
+    for the human row). Metrics are a function of these alone
     (`metrics_of`), so evaluations can be pooled, e.g. over seeds."""
     out = []
     for i, r in enumerate(recs):
         row = {**r, **{k: v[i] for k, v in scores.items()}, "ref_logp": lp["ref"][i].item(),
                "n_tokens": int(lp["n_tokens"][i])}
-        row["logp"] = None if lp["policy"] is None else lp["policy"][i].item()
-        row["pred_entropy"] = None if lp["entropy"] is None else lp["entropy"][i].item()
+        for key, name in (("policy", "logp"), ("entropy", "pred_entropy"), ("kl_cv", "kl_cv")):
+            row[name] = None if lp[key] is None else lp[key][i].item()
+        row.pop("sample_logps", None)  # in samples.jsonl; the sums above are what metrics need
         out.append(row)
     return out
 
@@ -125,7 +148,9 @@ def metrics_of(name: str, scored: list[dict], n_boot: int) -> dict:
     lp = {"ref": torch.tensor([r["ref_logp"] for r in scored], dtype=torch.float64),
           "n_tokens": torch.tensor([r["n_tokens"] for r in scored]),
           "policy": torch.tensor([r["logp"] for r in scored], dtype=torch.float64) if on_policy else None,
-          "entropy": torch.tensor([r["pred_entropy"] for r in scored], dtype=torch.float64) if on_policy else None}
+          "entropy": torch.tensor([r["pred_entropy"] for r in scored], dtype=torch.float64) if on_policy else None,
+          "kl_cv": torch.tensor([r["kl_cv"] for r in scored], dtype=torch.float64)
+          if on_policy and scored[0].get("kl_cv") is not None else None}
     metrics = {
         "model": name, "n_samples": len(scored), "n_prompts": len(set(pids)),
         **_ci("eval/reward_mean", rewards, pids, n_boot, ci="eval/reward"),
@@ -135,6 +160,9 @@ def metrics_of(name: str, scored: list[dict], n_boot: int) -> dict:
         "eval/distinct_1": _per_group(lambda x: distinct_n(x, 1), ids, groups),
         "eval/distinct_2": _per_group(lambda x: distinct_n(x, 2), ids, groups),
         "eval/kl_to_ref": sequence_kl_estimate(lp["policy"], lp["ref"]) if on_policy else None,
+        "eval/kl_to_ref_cv": lp["kl_cv"].mean().item() if lp["kl_cv"] is not None else None,
+        "eval/kl_to_ref_std": (lp["policy"] - lp["ref"]).std().item() if on_policy else None,
+        "eval/kl_to_ref_cv_std": lp["kl_cv"].std().item() if lp["kl_cv"] is not None else None,
         "eval/ref_perplexity": perplexity(lp["ref"], lp["n_tokens"]),
         "eval/mean_length": lp["n_tokens"].float().mean().item(),
         "eval/finished_frac": sum(r["finished"] for r in scored) / len(scored),
@@ -161,6 +189,8 @@ def drift_cis(ids: list[list[int]], lp: dict, pids: list[str], n_boot: int, grou
     if lp["policy"] is not None:
         per_sample["eval/kl_to_ref"] = lp["policy"].double() - lp["ref"].double()
         per_sample["eval/predictive_entropy"] = lp["entropy"].double()
+    if lp.get("kl_cv") is not None:
+        per_sample["eval/kl_to_ref_cv"] = lp["kl_cv"]
     for key, x in per_sample.items():
         b = prompt_bootstrap(x.tolist(), pids, n_boot=n_boot)
         out[f"{key}_ci_lo"], out[f"{key}_ci_hi"] = b["lo"], b["hi"]
@@ -181,7 +211,10 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
     """Sample cfg.eval.n_samples per held-out prompt from `model`, score, measure; writes out_dir
     (samples.jsonl streamed, so a killed evaluation resumes; the pipeline caches the whole dir).
 
-    `ref_model=None` means the model *is* the reference (the SFT baseline): KL is then 0.
+    `ref_model=None` means the model *is* the reference (the start policy): its KL is then
+    KL(sampler || itself in fp32), ~0 (exactly 0 when the sampling dtype is fp32). KL, predictive
+    entropy are on-policy: log q of the distribution that drew (see `logps_and_entropy`); the
+    reference scores in its own dtype (fp32: the reference DPO trained against).
     `seed` picks the evaluation draws (sample.seed + 10_000 + seed: never the training draws); a
     policy trained with dpo.seed s is compared with the start policy evaluated with the same s.
     """
@@ -192,9 +225,10 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
     scfg = dataclasses.replace(cfg.sample, seed=cfg.sample.seed + 10_000 + seed)  # eval draws differ from train
     recs = sample_to_file(out_dir / "samples.jsonl", sampler, tokenizer, prompts, cfg.eval.n_samples,
                           scfg, stop_ids, desc=f"eval {name}", max_new_tokens=cfg.eval.max_new_tokens)
-    del sampler
     scores = score_all(scorers, recs)
-    lp = logps_and_entropy(model, ref_model, {p["id"]: p["ids"] for p in prompts}, recs, tokenizer.pad_token_id)
+    lp = logps_and_entropy(sampler, model if ref_model is None else ref_model, {p["id"]: p["ids"] for p in prompts},
+                           recs, tokenizer.pad_token_id)
+    del sampler
     return _finish(name, out_dir, recs, scores, lp, cfg)
 
 

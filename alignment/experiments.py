@@ -6,15 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .io import write_json
-from .metrics import holm, mean_std_over_seeds, paired_prompt_bootstrap
+from .metrics import holm, paired_prompt_bootstrap
 from .pipeline import START, Evaluation, Pipeline
 from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import ci_table, examples_rows, results_table
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
 SEED_LR = 1e-3  # the seed notebook's learning rate, shown next to the preset's in the lr lesson
-SWEEP_KEYS = ["eval/reward_mean", "eval/judge_mean", "eval/on_topic", "eval/token_entropy",
-              "eval/predictive_entropy", "eval/kl_to_ref", "eval/ref_perplexity", "eval/distinct_2"]
 
 
 def rewards_of(ev: Evaluation) -> list[float]:
@@ -154,50 +152,49 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
 
 def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[float, ...] = SWEEP_BETAS,
           seeds: tuple[int, ...] = SWEEP_SEEDS, alphas: tuple[float, ...] = SWEEP_ALPHAS) -> dict:
-    """Every (divergence, beta, seed) on the same pairs; one point per run, mean/std per setting."""
+    """Frontiers: every (divergence, β, seed) trained on the same pairs and evaluated with its
+    seed's draws; per (divergence, β) one point pooling its seeds; per divergence a curve from the
+    start policy (β -> ∞) through its β values; the best-of-N curve from the start policy's own 16
+    samples per prompt; every pair of curves compared at matched KL (paired prompt bootstrap, Holm).
+    Writes sweep.json, the frontier plots, and returns the same dict."""
+    import time
+
+    from . import frontier as F
     from . import plots
 
+    t0 = time.time()
     pipe.scorers  # noqa: B018  (a scorer that cannot load fails before any training)
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
-    start = starts[seeds[0]]
-    runs = []
+    bon = pooled(pipe, "best-of-N", [pipe.evaluate(seed=s, n_samples=max(F.BON_NS)) for s in seeds])
+    runs, points = [], {}
     for loss in losses:
         for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,)):
+            label = F.family_label(loss, alpha)
             for beta in betas:
+                evs = []
                 for seed in seeds:
-                    row, _, _ = trained_row(pipe, starts[seed], loss=loss, beta=beta, alpha=alpha, seed=seed)
-                    label = f"alpha={alpha:g}" if loss == "alpha" else loss
+                    row, ev, _ = trained_row(pipe, starts[seed], loss=loss, beta=beta, alpha=alpha, seed=seed)
                     runs.append({**row, "loss": loss, "label": label, "alpha": alpha, "beta": beta, "seed": seed})
-    runs = with_holm(runs)
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["label"], r["beta"]), []).append(r)
-    summary = [{"label": lab, "beta": beta, "n_seeds": len(rs),
-                **{k: list(v) for k, v in mean_std_over_seeds(rs, [k for k in SWEEP_KEYS if k in rs[0]]).items()}}
-               for (lab, beta), rs in groups.items()]
-    sft, P = start.metrics, pipe.paths
-    files = [plots.tradeoff(summary, sft, "eval/token_entropy", P.plot("sweep_reward_vs_entropy")),
-             plots.tradeoff(summary, sft, "eval/predictive_entropy", P.plot("sweep_reward_vs_pred_entropy")),
-             plots.tradeoff(summary, sft, "eval/kl_to_ref", P.plot("sweep_reward_vs_kl"))]
-    result = {"runs": runs, "summary": summary, "sft": sft, "ordering": ordering_check(summary),
-              "plots": [str(f) for f in files]}
+                    evs.append(ev)
+                points[f"{label}@{beta!r}"] = pooled(pipe, label, evs).scored
+    start = pooled(pipe, START, list(starts.values()))
+    boot = F._Boot([r["prompt_id"] for r in start.scored], pipe.cfg.eval.n_boot)
+    fields = ("reward", "judge", "on_topic", "pred_entropy")
+    curves = F.curve_points(points, start.scored, boot, fields)
+    grid = F.matched_kl_grid(curves)
+    with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields)}
+    comparisons = F.matched_kl_comparisons(with_bon, grid, ("reward", "judge", "pred_entropy"))
+    table = F.point_table(with_bon)
+    P = pipe.paths
+    files = [plots.frontier(table, x, y, P.plot(f"frontier_{y}_vs_{x}"))
+             for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
+    result = {"runs": with_holm(runs), "points": table, "start": start.metrics, "matched_kl": grid,
+              "comparisons": comparisons, "verdicts": F.verdict_lines(comparisons),
+              "grid": {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas)},
+              "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files]}
     write_json(P.result("sweep"), result)
-    _log_summary(pipe, "sweep", runs, files)
+    _log_summary(pipe, "sweep", table, files)
     return result
-
-
-def ordering_check(summary: list[dict]) -> dict:
-    """Wang et al.'s expected ordering: reverse KL has the highest reward and lowest entropy,
-    forward KL the opposite. Reports whether our runs agree, per beta."""
-    out = {}
-    for beta in sorted({s["beta"] for s in summary}):
-        at = {s["label"]: s for s in summary if s["beta"] == beta}
-        if "reverse_kl" in at and "forward_kl" in at:
-            rk, fk = at["reverse_kl"], at["forward_kl"]
-            out[str(beta)] = {
-                "reward_reverse_gt_forward": rk["eval/reward_mean"][0] > fk["eval/reward_mean"][0],
-                "entropy_reverse_lt_forward": rk["eval/token_entropy"][0] < fk["eval/token_entropy"][0]}
-    return out
 
 
 def _log_summary(pipe: Pipeline, name: str, rows: list[dict], images: list[Path]) -> None:

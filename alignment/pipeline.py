@@ -327,18 +327,23 @@ class Pipeline:
         path = policy.dir / "model"
         return load_adapter(self.load_policy(), path) if is_adapter(path) else self.load_policy(str(path))
 
-    def evaluate(self, policy: Policy | None = None, seed: int | None = None) -> Evaluation:
+    def evaluate(self, policy: Policy | None = None, seed: int | None = None,
+                 n_samples: int | None = None) -> Evaluation:
         """Held-out metrics of the start policy (`policy=None`, named "sft") or a trained one,
         each on its own fresh samples. `seed` picks the evaluation draws (sample.seed + 10_000 +
         seed): by default a trained policy's own training seed (dpo.seed), and `dpo.seed` for the
         start policy; the start policy compared with a seed-s policy is evaluated with s too
-        ("sft" for seed 0, "sft-e<s>" for others)."""
-        from .evaluate import evaluate_model
+        ("sft" for seed 0, "sft-e<s>" for others). `n_samples` overrides eval.n_samples (e.g. 16
+        draws of the start policy for best-of-N; "-n<k>" is added to the eval dir's name)."""
+        from .evaluate import EVAL_VERSION, evaluate_model
 
         if seed is None:
             seed = read_json(meta_path(policy.dir))["deps"]["dpo"]["seed"] if policy else self.cfg.dpo.seed
         name = policy.name if policy else START
-        out = self.paths.eval(name if policy or seed == 0 else f"{START}-e{seed}")
+        cfg = self.cfg if n_samples is None else dataclasses.replace(
+            self.cfg, eval=dataclasses.replace(self.cfg.eval, n_samples=n_samples))
+        tag = "" if n_samples is None else f"-n{n_samples}"
+        out = self.paths.eval((name if policy or seed == 0 else f"{START}-e{seed}") + tag)
 
         def build(part):
             prompts = self.prompts()["eval"]
@@ -346,11 +351,13 @@ class Pipeline:
                 model, ref = self.ref_model, None
             else:
                 model, ref = self.load_trained(policy), self.ref_model
-            evaluate_model(name, model, ref, self.tokenizer, self.scorers, prompts, self.cfg,
+            evaluate_model(name, model, ref, self.tokenizer, self.scorers, prompts, cfg,
                            self.stop_ids, part_dir(part), sample_dtype=self.sample_dtype, seed=seed)
 
         policy_hash = read_json(meta_path(policy.dir))["hash"] if policy else None
-        self._cached(out, ("sample", "reward", "eval"), build, policy=policy_hash, eval_seed=seed)
+        extra = {} if n_samples is None else {"eval_n_samples": n_samples}
+        self._cached(out, ("sample", "reward", "eval"), build, policy=policy_hash, eval_seed=seed,
+                     evaluation=EVAL_VERSION, **extra)
         return self._loaded_evaluation(name, out)
 
     def _loaded_evaluation(self, name: str, out: Path) -> Evaluation:

@@ -46,6 +46,34 @@ def training_curves(logs: dict[str, list[dict]], path: Path) -> Path:
     return _save(fig, path)
 
 
+AXES = {"kl": "KL(π || π_ref) per completion (nats, on-policy)", "reward": "mean reward (training proxy)",
+        "judge": "mean judge score (never trained on)", "pred_entropy": "mean predictive entropy (nats)"}
+
+
+def frontier(points: list[dict], x: str, y: str, path: Path) -> Path:
+    """One curve per divergence through its β values (from the start policy at β = ∞), best-of-N
+    dashed, error bars = 95 % prompt-bootstrap CIs (seeds pooled). `points`: frontier.point_table rows."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    cmap = plt.get_cmap("tab10")
+    labels = list(dict.fromkeys(p["label"] for p in points))
+    for i, lab in enumerate(labels):
+        pts = [p for p in points if p["label"] == lab and p.get(x) is not None and p.get(y) is not None]
+        if not pts:
+            continue
+        pts.sort(key=lambda p: p[x])
+        bon = lab == "best-of-N"
+        err = {k: [[p[k] - p[f"{k}_lo"] for p in pts], [p[f"{k}_hi"] - p[k] for p in pts]] for k in (x, y)}
+        ax.errorbar([p[x] for p in pts], [p[y] for p in pts], xerr=err[x], yerr=err[y], capsize=2,
+                    fmt="s--" if bon else "o-", color="black" if bon else cmap(i % 10), label=lab, ms=4, lw=1.2)
+        for p in pts:
+            tag = (f"N={p['n']}" if bon else (f"β={p['beta']:g}" if p["beta"] not in (None, float("inf")) else ""))
+            if tag:
+                ax.annotate(tag, (p[x], p[y]), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.set(xlabel=AXES.get(x, x), ylabel=AXES.get(y, y), title=f"{y} vs {x}: frontiers over β (seeds pooled, 95 % CI)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def tradeoff(summary: list[dict], sft: dict, xkey: str, path: Path) -> Path:
     """Reward vs a diversity/drift metric: one point per (divergence, beta), error bars = std over seeds."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))

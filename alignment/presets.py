@@ -1,5 +1,5 @@
 """Named sizes. `smoke`: whole pipeline in minutes on 2 CPU cores (CI, notebook check).
-`default`: the CPU default behind `make run` (3 seeds; ~16 min on 2 cores once assets, heads and the SFT start policy are built). `sweep`: a CPU-sized Level 2/3 sweep. `full`: a GPU-sized run. `hub`: the seed's
+`default`: the CPU default behind `make run` (3 seeds; ~16 min on 2 cores once assets, heads and the SFT start policy are built). `sweep`: CPU-sized Level 2/3 frontiers (LoRA, bf16 where native). `full`: a GPU-sized run. `hub`: the seed's
 real models and data (internet + GPU)."""
 
 PRESETS: dict[str, dict] = {
@@ -12,8 +12,11 @@ PRESETS: dict[str, dict] = {
         "sft.n_sample_prompts": 1, "sft.sample_new_tokens": 16,
     },
     "default": {},
-    "sweep": {  # Level 2/3 on 2 CPU cores: half the default's pairs, 16 steps per policy
+    "sweep": {  # Level 2/3 frontiers on 2 CPU cores: half the default's pairs, 16 steps per policy, LoRA
+        # adapters (MBs per policy, no second model) under bf16 autocast where native; lr 1e-3 puts
+        # β 1 .. 0.03 at KL ~1 .. ~10 nats (pilot: lr 5e-4 gave 0.3 .. 0.8, 2e-3 gave 3 .. 30)
         "data.n_train_prompts": 64, "data.n_eval_prompts": 32,
+        "dpo.lora_r": 16, "dpo.lora_alpha": 32.0, "dpo.lr": 1e-3, "dpo.precision": "auto",
     },
     "full": {
         "data.n_train_prompts": 1400, "data.n_eval_prompts": 256, "data.min_chars": 60,
@@ -33,6 +36,9 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-# The Level 2/3 sweep's default axes (`python -m alignment sweep`, `experiments.sweep`, the notebook).
-SWEEP_LOSSES = ("reverse_kl", "forward_kl", "js", "alpha", "chi2", "hellinger", "jeffrey", "ipo")
-SWEEP_BETAS, SWEEP_SEEDS, SWEEP_ALPHAS = (0.1,), (0, 1), (0.3, 0.5, 0.7)
+# The Level 2/3 sweep's default axes (`python -m alignment sweep`, `experiments.sweep`, the notebook):
+# the f-DPO paper's divergences (α ∈ {0.3, 0.5, 0.7}; squared Hellinger is α = 1/2 at 2β, so not
+# repeated), each traced over log-spaced β × 3 seeds. chi2 (outside f-DPO: a heuristic), jeffrey
+# and ipo stay available as Level-3 extras (`--losses`).
+SWEEP_LOSSES = ("reverse_kl", "forward_kl", "js", "alpha")
+SWEEP_BETAS, SWEEP_SEEDS, SWEEP_ALPHAS = (0.03, 0.1, 0.3, 1.0), (0, 1, 2), (0.3, 0.5, 0.7)

@@ -20,10 +20,6 @@ GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gai
              ("judge_gain_ci_hi", "judge_ci_hi"), ("judge_gain_p_holm", "judge_p_holm"),
              ("on_topic_gain", "on_topic_gain")]
 ALPHA = 0.05  # family-wise error rate of the "distinguishable" verdicts
-SWEEP_COLS = [("eval/reward_mean", "reward"), ("eval/judge_mean", "judge"), ("eval/on_topic", "on_topic"),
-              ("eval/token_entropy", "token_H"),
-              ("eval/predictive_entropy", "pred_H"), ("eval/distinct_2", "distinct_2"),
-              ("eval/kl_to_ref", "KL"), ("eval/ref_perplexity", "ref_ppl")]
 STILL_KL = 0.1  # nats: below this a policy has barely left the reference (smoke-sized runs)
 
 
@@ -91,16 +87,16 @@ def ci_table(rows: list[dict]) -> str:
     return markdown_table(ci_rows(rows))
 
 
-def sweep_rows(summary: list[dict]) -> list[dict]:
-    """`sweep(...)["summary"]` -> one row per (divergence, beta), highest mean reward first; each
-    metric as its mean over seeds, with `<col>_std` next to it when there are several seeds."""
+def frontier_rows(points: list[dict]) -> list[dict]:
+    """`sweep(...)["points"]` -> one row per curve point (divergence and β, or best-of-N and N),
+    every metric as "mean (lo..hi)", seeds pooled, 95 % prompt-bootstrap CIs."""
     out = []
-    for s in sorted(summary, key=lambda s: -s["eval/reward_mean"][0]):
-        row = {"loss": s["label"], "beta": s["beta"], "seeds": s["n_seeds"]}
-        for k, c in (kc for kc in SWEEP_COLS if kc[0] in s):  # judges are optional (eval.judge="")
-            row[c] = s[k][0]
-            if s["n_seeds"] > 1:
-                row[f"{c}_std"] = s[k][1]
+    for p in points:
+        at = f"N={p['n']}" if p.get("n") is not None else ("start" if p["beta"] == float("inf") else f"β={p['beta']:g}")
+        row = {"curve": p["label"], "at": at}
+        for k in ("kl", "reward", "judge", "on_topic", "pred_entropy"):
+            if p.get(k) is not None:
+                row[k] = f"{p[k]:.3f} ({p[k + '_lo']:.3f}..{p[k + '_hi']:.3f})"
         out.append(row)
     return out
 
@@ -162,31 +158,6 @@ def _judge_excludes_zero(r: dict) -> bool:
 
 def _delta(new: float, old: float) -> str:
     return f"{old:.3f} → {new:.3f} ({new - old:+.3f})"
-
-
-def ordering_sentences(result: dict) -> list[str]:
-    """Wang et al. expect reverse KL: highest reward, lowest entropy; forward KL: the opposite.
-    One sentence per beta, with the numbers, saying whether this run agrees."""
-    if not result["ordering"]:
-        return ["The ordering check needs both reverse_kl and forward_kl in the sweep's losses; it was not run."]
-    out = []
-    for beta, chk in result["ordering"].items():
-        at = {s["label"]: s for s in result["summary"] if str(s["beta"]) == beta}
-        rk, fk = at["reverse_kl"], at["forward_kl"]
-        r = (rk["eval/reward_mean"][0], fk["eval/reward_mean"][0])
-        h = (rk["eval/token_entropy"][0], fk["eval/token_entropy"][0])
-        agree = chk["reward_reverse_gt_forward"] and chk["entropy_reverse_lt_forward"]
-        verdict = ("agrees with" if agree else
-                   "partly agrees with" if (chk["reward_reverse_gt_forward"] or chk["entropy_reverse_lt_forward"])
-                   else "disagrees with")
-        out.append(
-            f"β={beta}: reward reverse KL {r[0]:+.3f} vs forward KL {r[1]:+.3f} "
-            f"({'reverse higher, as expected' if chk['reward_reverse_gt_forward'] else 'reverse not higher, unexpected'}); "
-            f"token entropy {h[0]:.3f} vs {h[1]:.3f} "
-            f"({'reverse lower, as expected' if chk['entropy_reverse_lt_forward'] else 'reverse not lower, unexpected'}). "
-            f"This run {verdict} the expected ordering of Wang et al. (2023) — point estimates only; "
-            f"differences inside the seed spread are not distinguishable at this size.")
-    return out
 
 
 def lr_sentence(rows: list[dict], sft: dict) -> str:
@@ -283,28 +254,27 @@ def _judge_lines(rows: list[dict], sft: dict, trained: list[dict]) -> list[str]:
     return lines
 
 
-def _sweep_lines(sweep: dict) -> list[str]:
-    ssft = sweep["sft"]
-    top = max(sweep["summary"], key=lambda s: s["eval/reward_mean"][0])
-    low = min(sweep["summary"], key=lambda s: s["eval/reward_mean"][0])
-    m = lambda s, k: s[k][0]  # noqa: E731  (mean over seeds)
-    lines = [
-        f"**Sweep** ({len(sweep['summary'])} settings, {len(sweep['runs'])} runs): the highest mean reward "
-        f"was `{top['label']}` (β={top['beta']:g}, {top['n_seeds']} seed(s)) at {m(top, 'eval/reward_mean'):+.3f} "
-        f"vs SFT {ssft['eval/reward_mean']:+.3f}; the lowest was `{low['label']}` at {m(low, 'eval/reward_mean'):+.3f}. "
-        f"`{top['label']}` vs SFT: token entropy {_delta(m(top, 'eval/token_entropy'), ssft['eval/token_entropy'])}, "
-        f"KL {m(top, 'eval/kl_to_ref'):.3f}, reference perplexity "
-        f"{_delta(m(top, 'eval/ref_perplexity'), ssft['eval/ref_perplexity'])}."]
-    sweep_moved = max(abs(s["eval/kl_to_ref"][0]) for s in sweep["summary"])
-    if sweep_moved < STILL_KL:
-        lines.append(f"The sweep's policies also stayed close to the reference (largest mean |KL| {sweep_moved:.3f} "
-                     f"nats < {STILL_KL:g}): read this ranking as noise, not as a property of the divergences.")
-    runs = [r for r in sweep["runs"] if r["label"] == top["label"] and r["beta"] == top["beta"]]
-    n_sig = sum(excludes_zero(r) and r["reward_gain"] > 0 for r in runs)
-    lines.append(f"Its reward gain over SFT is distinguishable from 0 (Holm over all {len(sweep['runs'])} runs) "
-                 f"in {n_sig} of {len(runs)} seed(s) ("
-                 + "; ".join(fmt_gain(r) for r in runs) + ").")
-    return lines + ordering_sentences(sweep)
+def sweep_lines(sweep: dict) -> list[str]:
+    """The sweep's conclusions, generated: its size, the matched-KL grid, and per metric how many
+    pairwise comparisons are higher/lower or not distinguishable, with the distinguishable ones."""
+    g, runs = sweep["grid"], sweep["runs"]
+    lines = [f"**Frontiers** ({len(runs)} runs: {len(g['losses'])} divergence families, β {g['betas']}, "
+             f"seeds {g['seeds']}, α {g['alphas']}; {sweep['wall_minutes']:.0f} min): each point pools its seeds; "
+             f"curves are compared at matched KL, never at one shared β."]
+    if not sweep["matched_kl"]:
+        return lines + ["The curves' KL ranges do not overlap: no matched-KL comparison is possible at these β."]
+    lines.append("Matched KL values (inside every curve's range): " + ", ".join(f"{k:.2f}" for k in sweep["matched_kl"])
+                 + " nats.")
+    for field in ("reward", "judge", "pred_entropy"):
+        rows = [c for c in sweep["comparisons"] if c["field"] == field]
+        if not rows:
+            continue
+        sig = [c for c in rows if c["verdict"] != "not distinguishable at this size"]
+        lines.append(f"{field}: {len(sig)} of {len(rows)} pairwise comparisons distinguishable (Holm)"
+                     + (": " + "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} "
+                                          f"({c['diff']:+.3f}, {c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig)
+                        if sig else "; the rest is not distinguishable at this size") + ".")
+    return lines
 
 
 def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | None = None,
@@ -314,8 +284,8 @@ def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | N
     lines = _level1_lines(level1)
     if lr_rows:
         lines.append("**Learning rate**: " + lr_sentence(lr_rows, lr_start or level1["rows"][0]))
-    if sweep and sweep["summary"]:
-        lines.extend(_sweep_lines(sweep))
+    if sweep and sweep.get("points"):
+        lines.extend(sweep_lines(sweep))
     start = level1["rows"][0]
     per = f" ({start['n_prompts']} prompts × {len(level1.get('seeds', [0]))} seed(s))" if "n_prompts" in start else ""
     lines.append(f"Level 1 rows come from {start['n_samples']} held-out samples per model{per}; at small sizes the CIs are wide, they are "

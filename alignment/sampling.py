@@ -8,7 +8,7 @@ the decode batch is [a a b b c c]: `repeat_interleave` of the prefilled cache.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -51,12 +51,27 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
-@torch.inference_mode()
+class Draws(NamedTuple):
+    """What the sampler drew, P*N rows (prompt-major), and the distribution that drew it."""
+    tokens: list[list[int]]     # each ends at its stop token (kept) or at max_new_tokens
+    logps: list[list[float]]    # log q(token_t | <t) of each drawn token under the sampling distribution
+    entropy: list[float]        # mean over the row's steps of H(q(. | <t)), the sampler's predictive entropy
+
+
 def sample_batch(model, prompts: list[list[int]], n: int, cfg: SampleConfig, stop_ids: list[int],
                  pad_id: int, generator: torch.Generator | None = None,
                  max_new_tokens: int | None = None) -> list[list[int]]:
     """N completions for each prompt; returns P*N token lists (prompt-major), each ending at
     its stop token (kept, so DPO learns to stop) or at max_new_tokens."""
+    return draw_batch(model, prompts, n, cfg, stop_ids, pad_id, generator, max_new_tokens).tokens
+
+
+@torch.inference_mode()
+def draw_batch(model, prompts: list[list[int]], n: int, cfg: SampleConfig, stop_ids: list[int],
+               pad_id: int, generator: torch.Generator | None = None, max_new_tokens: int | None = None) -> Draws:
+    """`sample_batch` with the sampler's own per-token log-probs and predictive entropies: the
+    distribution that drew (model in its dtype, after temperature/top-k/top-p), so KL and entropy
+    estimates are on-policy (no fp32 re-scoring of bf16 draws)."""
     dev = next(model.parameters()).device
     max_new = max_new_tokens or cfg.max_new_tokens
     ids, attn = left_pad(prompts, pad_id)  # (P, L)
@@ -70,13 +85,18 @@ def sample_batch(model, prompts: list[list[int]], n: int, cfg: SampleConfig, sto
     next_pos = pos[:, -1:].repeat_interleave(n, 0) + 1  # (B, 1)
     B = logits.size(0)
     tokens = torch.full((B, max_new), pad_id, dtype=torch.long)
+    logq = torch.zeros((B, max_new), dtype=torch.float32)  # log q of each drawn token
+    ent = torch.zeros((B, max_new), dtype=torch.float32)  # H(q_t) at each step
     lengths = torch.zeros(B, dtype=torch.long)
     active = torch.arange(B)
     stops = torch.tensor(stop_ids, device=dev)
     for t in range(max_new):
-        logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-        tok = categorical(logits.softmax(-1), generator).to(dev)  # (A,)
+        logp = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p).log_softmax(-1)  # (A, V)
+        probs = logp.exp()
+        tok = categorical(probs, generator).to(dev)  # (A,)
         tokens[active, t] = tok.cpu()
+        logq[active, t] = logp.gather(1, tok[:, None]).squeeze(1).cpu()
+        ent[active, t] = torch.special.entr(probs).sum(-1).cpu()  # entr(0) = 0: filtered tokens add nothing
         lengths[active] = t + 1
         keep = ~torch.isin(tok, stops)  # (A,)
         if t == max_new - 1 or not keep.any():
@@ -90,7 +110,9 @@ def sample_batch(model, prompts: list[list[int]], n: int, cfg: SampleConfig, sto
                     cache=cache, use_cache=True)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
-    return [tokens[i, : lengths[i]].tolist() for i in range(B)]
+    n_tok = lengths.tolist()
+    return Draws([tokens[i, :k].tolist() for i, k in enumerate(n_tok)], [logq[i, :k].tolist() for i, k in enumerate(n_tok)],
+                 [ent[i, :k].mean().item() if k else 0.0 for i, k in enumerate(n_tok)])
 
 
 def _batch_seed(seed: int, prompts: list[dict]) -> int:
@@ -110,18 +132,20 @@ def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleCon
                    stop_ids: list[int], done: set[str] = frozenset(), desc: str = "sampling",
                    max_new_tokens: int | None = None) -> Iterator[list[dict]]:
     """Yield, batch by batch, records {prompt_id, sample, prompt, completion, completion_ids,
-    finished} for prompts not in `done`."""
+    finished, sample_logps, sample_entropy} for prompts not in `done` (the last two: the sampling
+    distribution's own per-token log-probs and mean predictive entropy; not with backend=generate)."""
     todo = [p for p in prompts if p["id"] not in done]
     per_batch = max(1, cfg.batch_size // n)
     max_new = max_new_tokens or cfg.max_new_tokens
     bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False)
     for batch in _batches(todo, per_batch):
         gen = torch.Generator().manual_seed(_batch_seed(cfg.seed, batch))
+        draws = None
         if cfg.backend == "generate":
             comps = sample_with_generate(model, tokenizer, [p["ids"] for p in batch], n, cfg, max_new)
         else:
-            comps = sample_batch(model, [p["ids"] for p in batch], n, cfg, stop_ids,
-                                 tokenizer.pad_token_id, gen, max_new)
+            draws = draw_batch(model, [p["ids"] for p in batch], n, cfg, stop_ids, tokenizer.pad_token_id, gen, max_new)
+            comps = draws.tokens
         recs = []
         for j, c in enumerate(comps):
             p = batch[j // n]
@@ -130,6 +154,8 @@ def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleCon
             recs.append({"prompt_id": p["id"], "sample": j % n, "prompt": p["text"],
                          "completion": tokenizer.decode(text_ids, skip_special_tokens=True),
                          "completion_ids": c, "finished": finished})
+            if draws is not None:  # the sampler's own log q per token and mean predictive entropy
+                recs[-1].update(sample_logps=[round(x, 6) for x in draws.logps[j]], sample_entropy=draws.entropy[j])
         bar.update(len(recs))
         yield recs
     bar.close()

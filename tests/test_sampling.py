@@ -231,13 +231,13 @@ def test_sample_to_file_resume_is_exact(gpt2, tok, tmp_path, monkeypatch):
     path.write_bytes(b"".join(lines[:n]) + lines[n][: len(lines[n]) // 2])
 
     calls = []
-    real = S.sample_batch
+    real = S.draw_batch
 
     def counting(model, batch_prompts, *a, **k):
         calls.append([list(p) for p in batch_prompts])
         return real(model, batch_prompts, *a, **k)
 
-    monkeypatch.setattr(S, "sample_batch", counting)
+    monkeypatch.setattr(S, "draw_batch", counting)
     resumed = S.sample_to_file(path, gpt2, tok, prompts, n, cfg, stops)
     assert len(calls) == 3  # only the 3 missing prompts were sampled
     done_ids = next(p["ids"] for p in prompts if p["id"] == first[0])

@@ -1,0 +1,208 @@
+"""Level 2/3 as frontiers, not points: per divergence a β sweep × seeds, traced as reward-vs-KL,
+judge-vs-KL and reward-vs-predictive-entropy curves; a best-of-N baseline from the start policy's
+own samples (Gao et al. 2022: the curve any alignment method must beat); and divergences compared
+at *matched KL* — β is not comparable across f′ (Wang et al. 2023), so one shared β shows how far
+each loss moves, not which trade-off is better.
+
+Statistics: every point pools its seeds; all models are evaluated on the same held-out prompts, so
+one bootstrap draw of prompts (`_Boot`) is applied to every point at once — differences between
+curves are paired, and samples of one prompt move together. Pure functions of annotated samples
+(`evaluate.annotate` records), tested on hand-made cases.
+"""
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+
+from .metrics import holm
+
+BON_NS = (1, 2, 4, 8, 16)
+BON = "best-of-N"
+START_LABEL = "start"
+LABEL_NOTES = {"chi2": "chi2 (outside f-DPO: heuristic)"}  # f′(0) finite: Z(x) does not cancel
+
+
+def family_label(loss: str, alpha: float) -> str:
+    """reverse_kl, alpha=0.3, chi2 (outside f-DPO: heuristic), ..."""
+    return f"alpha={alpha:g}" if loss == "alpha" else LABEL_NOTES.get(loss, loss)
+
+
+def bon_kl(n: int) -> float:
+    """KL(best-of-n || π) = log n - (n - 1)/n (Stiennon et al. 2020; an upper bound, exact without
+    reward ties, Beirami et al. 2024)."""
+    if n < 1:
+        raise ValueError(f"bon_kl: n must be >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+def bon_weights(m: int, n: int) -> np.ndarray:
+    """(m,) probabilities that the i-th smallest of m rewards is the best of n drawn from the m
+    without replacement: C(i-1, n-1) / C(m, n). The expected best-of-n value from m >= n samples
+    is these weights on the values sorted by reward (unbiased; uses all m samples)."""
+    if not 1 <= n <= m:
+        raise ValueError(f"bon_weights: need 1 <= n <= m, got n={n}, m={m}")
+    return np.array([math.comb(i, n - 1) for i in range(m)], dtype=np.float64) / math.comb(m, n)
+
+
+def best_of_n_values(scored: list[dict], n: int, fields: tuple[str, ...]) -> list[dict]:
+    """One record per (seed, prompt): the expected `fields` of the best-of-n (by the training
+    reward) among that prompt's samples of that seed, with its prompt_id (for the bootstrap)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in scored:
+        groups.setdefault((r.get("seed_index", 0), r["prompt_id"]), []).append(r)
+    out = []
+    for (seed, pid), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["reward"])
+        w = bon_weights(len(rs), n)
+        out.append({"prompt_id": pid, "seed_index": seed,
+                    **{f: float(w @ np.array([r[f] for r in rs], dtype=np.float64)) for f in fields}})
+    return out
+
+
+class _Boot:
+    """One prompt bootstrap shared by every curve: `mean(recs, f)` -> (n_boot + 1,) the point
+    estimate (index 0) and the resampled means of per-sample values f(rec), prompts resampled
+    with all their samples (the same draws for every model: paired)."""
+
+    def __init__(self, prompt_ids: list[str], n_boot: int, seed: int = 0):
+        self.index = {p: i for i, p in enumerate(sorted(set(prompt_ids)))}
+        P = len(self.index)
+        draws = np.random.default_rng(seed).multinomial(P, np.full(P, 1.0 / P), size=n_boot)
+        self.w = np.vstack([np.ones((1, P)), draws]).astype(np.float64)  # (1 + n_boot, P)
+
+    def mean(self, recs: list[dict], f) -> np.ndarray:
+        ix = np.array([self.index[r["prompt_id"]] for r in recs])
+        x = np.array([f(r) for r in recs], dtype=np.float64)
+        P = len(self.index)
+        return (self.w @ np.bincount(ix, x, P)) / (self.w @ np.bincount(ix, minlength=P))  # (1 + n_boot,)
+
+
+def _value(name: str):
+    if name == "kl":
+        return lambda r: r["logp"] - r["ref_logp"]
+    return lambda r: r[name]
+
+
+def _summary(b: np.ndarray) -> dict:
+    lo, hi = np.nanpercentile(b[1:], [2.5, 97.5])
+    return {"mean": float(b[0]), "lo": float(lo), "hi": float(hi)}
+
+
+def curve_points(points: dict[str, list[dict]], start: list[dict], boot: _Boot, fields: tuple[str, ...]) -> dict:
+    """{label: [point...]}: per trained point (label, β) its bootstrapped KL and `fields`; every
+    curve starts at the start policy (β -> ∞). A point: {beta, kl, <field>: (n_boot+1,) arrays}."""
+    def point(beta, recs):
+        return {"beta": beta, "kl": boot.mean(recs, _value("kl")),
+                **{f: boot.mean(recs, _value(f)) for f in fields if f in recs[0] and recs[0][f] is not None}}
+
+    origin = point(math.inf, start)
+    return {label: [origin] + [point(beta, recs) for beta, recs in sorted(pts, key=lambda x: -x[0])]
+            for label, pts in _by_label(points).items()}
+
+
+def _by_label(points: dict[str, list[dict]]) -> dict[str, list[tuple[float, list[dict]]]]:
+    out: dict[str, list] = {}
+    for key, recs in points.items():
+        label, beta = key.rsplit("@", 1)
+        out.setdefault(label, []).append((float(beta), recs))
+    return out
+
+
+def bon_curve(start: list[dict], boot: _Boot, fields: tuple[str, ...], ns: tuple[int, ...] = BON_NS) -> list[dict]:
+    """Best-of-n for each n from the start policy's samples (q: the start in its sampling dtype):
+    KL(BoN || π_ref) = KL(BoN || q) + E_BoN[log q - log π_ref] = bon_kl(n) + the best-of-n mean
+    of the samples' own log-ratio (0 when q is π_ref; bf16 sampling makes it a little > 0), and
+    bootstrapped fields. No predictive entropy: BoN is not a model with per-token distributions."""
+    m = min(sum(1 for r in start if r["prompt_id"] == p and r.get("seed_index", 0) == s)
+            for s, p in {(r.get("seed_index", 0), r["prompt_id"]) for r in start})
+    start = [{**r, "log_ratio": r["logp"] - r["ref_logp"]} for r in start]
+    keep = tuple(f for f in fields if f in start[0] and f != "pred_entropy")
+    out = []
+    for n in (n for n in ns if n <= m):
+        vals = best_of_n_values(start, n, keep + ("log_ratio",))
+        kl = bon_kl(n) + boot.mean(vals, _value("log_ratio"))
+        out.append({"n": n, "kl": kl, **{f: boot.mean(vals, _value(f)) for f in keep}})
+    return out
+
+
+def interpolate(curve: list[dict], field: str, at: float) -> np.ndarray:
+    """(n_boot+1,) the curve's `field` at KL = `at`, linear in KL between its points, per bootstrap
+    draw (points sorted by that draw's KL); NaN where `at` lies outside the draw's KL range."""
+    kl = np.stack([p["kl"] for p in curve], 1)  # (B, K)
+    y = np.stack([p[field] for p in curve], 1)  # (B, K)
+    out = np.full(kl.shape[0], np.nan)
+    for b in range(kl.shape[0]):
+        o = np.argsort(kl[b])
+        if kl[b, o[0]] <= at <= kl[b, o[-1]]:
+            out[b] = np.interp(at, kl[b, o], y[b, o])
+    return out
+
+
+def matched_kl_grid(curves: dict[str, list[dict]], k: int = 3) -> list[float]:
+    """k KL values inside every curve's range (point estimates), log-spaced between the quartiles
+    of the common range; [] when the ranges do not overlap."""
+    lo = max(min(p["kl"][0] for p in c) for c in curves.values())
+    hi = min(max(p["kl"][0] for p in c) for c in curves.values())
+    lo = max(lo, 1e-3)
+    if hi <= lo:
+        return []
+    edges = np.geomspace(lo, hi, 2 * k + 1)
+    return [float(x) for x in edges[1::2]]
+
+
+def verdict(lo: float, hi: float, p_holm: float) -> str:
+    """'higher' / 'lower' (Holm-adjusted p < 0.05 and the CI excludes 0) or not distinguishable."""
+    if p_holm < 0.05 and lo > 0:
+        return "higher"
+    if p_holm < 0.05 and hi < 0:
+        return "lower"
+    return "not distinguishable at this size"
+
+
+def matched_kl_comparisons(curves: dict[str, list[dict]], grid: list[float], fields: tuple[str, ...]) -> list[dict]:
+    """Every pair of curves at every grid KL, per field: the paired bootstrap difference a - b, its
+    95 % CI, p-value, Holm-adjusted p (per field, over all pairs and grid points) and the verdict
+    for a. Pairs where either curve has no value at that KL (outside its range) are skipped."""
+    rows = []
+    for field in fields:
+        block = []
+        for a, b in combinations(curves, 2):
+            if not all(field in p for p in curves[a] + curves[b]):
+                continue
+            for kl in grid:
+                d = interpolate(curves[a], field, kl) - interpolate(curves[b], field, kl)
+                if np.isnan(d[0]) or np.isnan(d[1:]).mean() > 0.5:
+                    continue
+                boot = d[1:][~np.isnan(d[1:])]
+                lo, hi = np.percentile(boot, [2.5, 97.5])
+                p = min(1.0, max(2 * min((boot <= 0).mean(), (boot >= 0).mean()), 1.0 / boot.size))
+                block.append({"field": field, "kl": kl, "a": a, "b": b, "diff": float(d[0]), "lo": float(lo),
+                              "hi": float(hi), "p": float(p), "boot_valid": float(1 - np.isnan(d[1:]).mean())})
+        for r, ph in zip(block, holm([r["p"] for r in block])):
+            r["p_holm"] = ph
+            r["verdict"] = verdict(r["lo"], r["hi"], ph)
+        rows += block
+    return rows
+
+
+def point_table(curves: dict[str, list[dict]]) -> list[dict]:
+    """Plain rows (label, β or n, mean/lo/hi of KL and each field) for JSON, plots and tables."""
+    rows = []
+    for label, pts in curves.items():
+        for p in pts:
+            row = {"label": label, "beta": p.get("beta"), "n": p.get("n")}
+            for k, v in p.items():
+                if isinstance(v, np.ndarray):
+                    s = _summary(v)
+                    row.update({k: s["mean"], f"{k}_lo": s["lo"], f"{k}_hi": s["hi"]})
+            rows.append(row)
+    return rows
+
+
+def verdict_lines(comparisons: list[dict], field: str = "reward") -> list[str]:
+    """One sentence per comparison of `field`, generated from its numbers."""
+    return [f"at KL {c['kl']:.2f}: {c['a']} vs {c['b']}: {field} {c['diff']:+.3f} ({c['lo']:+.3f} .. "
+            f"{c['hi']:+.3f}, Holm p {c['p_holm']:.3f}) -> {c['a']} {c['verdict']}"
+            for c in comparisons if c["field"] == field]

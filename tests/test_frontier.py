@@ -1,0 +1,130 @@
+"""Frontier statistics on hand-made samples: the best-of-N KL formula and order-statistic
+weights, interpolation at matched KL, paired comparisons and their verdicts."""
+import math
+from itertools import combinations
+
+import numpy as np
+import pytest
+
+from alignment import frontier as F
+
+
+def test_bon_kl_formula():
+    assert F.bon_kl(1) == 0.0
+    assert F.bon_kl(2) == pytest.approx(math.log(2) - 0.5)
+    assert F.bon_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+    assert all(F.bon_kl(a) < F.bon_kl(b) for a, b in zip(F.BON_NS, F.BON_NS[1:]))
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        F.bon_kl(0)
+
+
+def test_bon_kl_matches_the_exact_kl_of_best_of_n_on_a_discrete_policy():
+    """Best-of-n over m equally likely distinct outcomes ranked by reward: the i-th best has
+    probability ((m-i+1)^n - (m-i)^n) / m^n; as m grows its KL to the uniform policy tends to
+    log n - (n-1)/n."""
+    m, n = 4000, 4
+    k = np.arange(1, m + 1, dtype=np.float64)  # rank from the bottom
+    p = (k**n - (k - 1) ** n) / m**n
+    kl = float((p * np.log(p * m)).sum())
+    assert kl == pytest.approx(F.bon_kl(n), abs=2e-3)
+
+
+def test_bon_weights_are_the_exact_best_of_n_expectation():
+    vals = np.array([1.0, 5.0, 2.0, 7.0])  # sorted by reward: 1, 2, 5, 7
+    for n in (1, 2, 3, 4):
+        w = F.bon_weights(4, n)
+        assert w.sum() == pytest.approx(1.0)
+        subsets = list(combinations(sorted(vals), n))  # every n-subset equally likely: its max
+        assert w @ np.sort(vals) == pytest.approx(np.mean([max(s) for s in subsets]))
+    with pytest.raises(ValueError):
+        F.bon_weights(3, 4)
+
+
+def test_best_of_n_values_pick_by_reward_and_carry_the_judge():
+    recs = [{"prompt_id": "a", "reward": r, "judge": j} for r, j in ((0.0, 10.0), (1.0, 20.0))]
+    one = F.best_of_n_values(recs, 1, ("reward", "judge"))[0]
+    two = F.best_of_n_values(recs, 2, ("reward", "judge"))[0]
+    assert one["reward"] == 0.5 and one["judge"] == 15.0  # best of 1 = a random sample
+    assert two["reward"] == 1.0 and two["judge"] == 20.0  # the judge of the reward's pick
+
+
+def _recs(pid_vals: dict[str, list[tuple[float, float]]]) -> list[dict]:
+    """{prompt: [(kl, reward) per sample]} -> annotated-like records (logp - ref_logp = kl)."""
+    return [{"prompt_id": p, "logp": kl, "ref_logp": 0.0, "reward": r} for p, xs in pid_vals.items() for kl, r in xs]
+
+
+def test_interpolate_linear_in_kl_and_nan_outside():
+    boot = F._Boot(["a", "b"], n_boot=20)
+    start = _recs({"a": [(0.0, 0.0)], "b": [(0.0, 0.0)]})
+    far = _recs({"a": [(2.0, 1.0)], "b": [(2.0, 1.0)]})
+    curve = F.curve_points({"x@0.1": far}, start, boot, ("reward",))["x"]
+    assert [p["beta"] for p in curve] == [math.inf, 0.1]
+    y = F.interpolate(curve, "reward", 0.5)
+    assert y[0] == pytest.approx(0.25) and np.allclose(y, 0.25)
+    assert np.isnan(F.interpolate(curve, "reward", 3.0)).all()
+
+
+def test_matched_kl_grid_inside_the_common_range():
+    boot = F._Boot(["a"], n_boot=5)
+    start = _recs({"a": [(0.0, 0.0)]})
+    curves = F.curve_points({"x@1.0": _recs({"a": [(1.0, 0.1)]}), "x@0.1": _recs({"a": [(4.0, 0.5)]}),
+                             "y@0.1": _recs({"a": [(2.0, 0.3)]})}, start, boot, ("reward",))
+    grid = F.matched_kl_grid(curves)
+    assert len(grid) == 3 and all(1e-3 < g < 2.0 for g in grid) and grid == sorted(grid)
+    assert F.matched_kl_grid({"x": curves["x"][:1], "y": curves["y"][:1]}) == []  # both only the start
+
+
+def test_matched_kl_comparison_is_paired_and_says_higher_lower_or_not_distinguishable():
+    """Two curves with the same KL per prompt; 'hi' has reward +0.3 on every prompt, 'same'
+    equals the base exactly: a paired comparison finds 'higher' with a tiny CI, and 'not
+    distinguishable' for identical curves, though prompts differ a lot (an unpaired CI would be wide)."""
+    rng = np.random.default_rng(0)
+    prompts = [f"p{i}" for i in range(40)]
+    level = {p: rng.normal(0, 2.0) for p in prompts}  # large between-prompt spread
+    boot = F._Boot(prompts, n_boot=400)
+    start = _recs({p: [(0.0, level[p])] for p in prompts})
+    pts = {}
+    for name, shift in (("base", 0.0), ("same", 0.0), ("hi", 0.3)):
+        pts[f"{name}@0.1"] = _recs({p: [(2.0, level[p] + 0.5 + shift)] for p in prompts})
+    curves = F.curve_points(pts, start, boot, ("reward",))
+    rows = F.matched_kl_comparisons(curves, [1.0], ("reward",))
+    by = {(r["a"], r["b"]): r for r in rows}
+    hb = by.get(("hi", "base")) or by[("base", "hi")]
+    sign = 1 if ("hi", "base") in by else -1
+    assert sign * hb["diff"] == pytest.approx(0.15)  # halfway from the start at KL 1 of 2
+    assert hb["hi"] - hb["lo"] < 1e-9 and hb["verdict"] == ("higher" if sign > 0 else "lower")
+    same = by.get(("base", "same")) or by[("same", "base")]
+    assert same["diff"] == 0.0 and same["verdict"] == "not distinguishable at this size"
+    unpaired = 2 * 1.96 * np.std([level[p] for p in prompts]) / np.sqrt(40) * 0.5 * math.sqrt(2)
+    assert unpaired > 0.5  # what ignoring the pairing would give: 0.15 would not be distinguishable
+    assert all("p_holm" in r for r in rows) and len(rows) == 3
+    lines = F.verdict_lines(rows)
+    assert len(lines) == 3 and all("at KL 1.00" in ln for ln in lines)
+
+
+def test_verdict_rules():
+    assert F.verdict(0.1, 0.3, 0.01) == "higher"
+    assert F.verdict(-0.3, -0.1, 0.01) == "lower"
+    assert F.verdict(0.1, 0.3, 0.2) == "not distinguishable at this size"  # Holm
+    assert F.verdict(-0.1, 0.3, 0.01) == "not distinguishable at this size"
+
+
+def test_bon_curve_from_start_samples():
+    boot = F._Boot(["a", "b"], n_boot=10)
+    start = [{"prompt_id": p, "reward": float(i), "judge": float(-i), "seed_index": 0, "pred_entropy": 3.0,
+              "logp": -10.0 - 0.01 * i, "ref_logp": -10.0} for p in ("a", "b") for i in range(16)]
+    curve = F.bon_curve(start, boot, ("reward", "judge", "pred_entropy"))
+    assert [p["n"] for p in curve] == list(F.BON_NS)
+    assert curve[0]["reward"][0] == pytest.approx(7.5) and curve[-1]["reward"][0] == pytest.approx(15.0)
+    assert curve[-1]["judge"][0] == pytest.approx(-15.0) and "pred_entropy" not in curve[0]
+    # KL to the reference = bon_kl + the chosen sample's own log q - log p (here -0.01 * its rank)
+    assert curve[2]["kl"][0] == pytest.approx(F.bon_kl(4) - 0.01 * float(F.bon_weights(16, 4) @ np.arange(16)))
+    assert curve[0]["kl"][0] == pytest.approx(-0.075)  # best of 1: the start's own mean log-ratio
+    table = F.point_table({F.BON: curve})
+    assert table[0]["label"] == F.BON and table[0]["n"] == 1 and "reward_lo" in table[0]
+
+
+def test_family_labels():
+    assert F.family_label("alpha", 0.3) == "alpha=0.3"
+    assert F.family_label("reverse_kl", 0.5) == "reverse_kl"
+    assert "heuristic" in F.family_label("chi2", 0.5)
