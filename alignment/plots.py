@@ -60,8 +60,8 @@ def frontier(points: list[dict], x: str, y: str, path: Path) -> Path:
         pts = [p for p in points if p["label"] == lab and p.get(x) is not None and p.get(y) is not None]
         if not pts:
             continue
-        pts.sort(key=lambda p: p[x])
         bon = lab == "best-of-N"
+        pts.sort(key=lambda p: p["n"] if bon else -p["beta"])  # along the curve's parameter: start (β = ∞) first
         err = {k: [[p[k] - p[f"{k}_lo"] for p in pts], [p[f"{k}_hi"] - p[k] for p in pts]] for k in (x, y)}
         ax.errorbar([p[x] for p in pts], [p[y] for p in pts], xerr=err[x], yerr=err[y], capsize=2,
                     fmt="s--" if bon else "o-", color="black" if bon else cmap(i % 10), label=lab, ms=4, lw=1.2)

@@ -36,7 +36,8 @@ def categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -
     ~7x faster than torch.multinomial over a 50k vocabulary on CPU, same distribution.
     """
     cdf = probs.float().cumsum(-1)  # (B, V)
-    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * cdf[:, -1:]  # (B, 1)
+    # uniforms from the (CPU) generator, then to the device: the same draws on CPU and GPU, no sync
+    u = torch.rand(probs.size(0), 1, generator=generator).to(probs.device, non_blocking=True) * cdf[:, -1:]  # (B, 1)
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.size(-1) - 1).squeeze(1)  # (B,)
 
 
@@ -81,36 +82,38 @@ def draw_batch(model, prompts: list[list[int]], n: int, cfg: SampleConfig, stop_
     cache = out.cache
     cache.batch_repeat_interleave(n)
     logits = out.logits[:, -1].float().repeat_interleave(n, 0)  # (B, V), B = P*N
-    attn = attn.repeat_interleave(n, 0)  # (B, L)
+    B, L = logits.size(0), attn.size(1)
+    attn_full = torch.cat([attn.repeat_interleave(n, 0), attn.new_zeros(B, max_new)], dim=1)  # (B, L + max_new)
     next_pos = pos[:, -1:].repeat_interleave(n, 0) + 1  # (B, 1)
-    B = logits.size(0)
-    tokens = torch.full((B, max_new), pad_id, dtype=torch.long)
-    logq = torch.zeros((B, max_new), dtype=torch.float32)  # log q of each drawn token
-    ent = torch.zeros((B, max_new), dtype=torch.float32)  # H(q_t) at each step
-    lengths = torch.zeros(B, dtype=torch.long)
-    active = torch.arange(B)
+    # all bookkeeping stays on the device; the host syncs once per step (how many rows are still live)
+    tokens = torch.full((B, max_new), pad_id, dtype=torch.long, device=dev)
+    logq = torch.zeros((B, max_new), dtype=torch.float32, device=dev)  # log q of each drawn token
+    ent = torch.zeros((B, max_new), dtype=torch.float32, device=dev)  # H(q_t) at each step
+    lengths = torch.zeros(B, dtype=torch.long, device=dev)
+    active = torch.arange(B, device=dev)
     stops = torch.tensor(stop_ids, device=dev)
     for t in range(max_new):
         logp = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p).log_softmax(-1)  # (A, V)
         probs = logp.exp()
-        tok = categorical(probs, generator).to(dev)  # (A,)
-        tokens[active, t] = tok.cpu()
-        logq[active, t] = logp.gather(1, tok[:, None]).squeeze(1).cpu()
-        ent[active, t] = torch.special.entr(probs).sum(-1).cpu()  # entr(0) = 0: filtered tokens add nothing
+        tok = categorical(probs, generator)  # (A,)
+        tokens[active, t] = tok
+        logq[active, t] = logp.gather(1, tok[:, None]).squeeze(1)
+        ent[active, t] = torch.special.entr(probs).sum(-1)  # entr(0) = 0: filtered tokens add nothing
         lengths[active] = t + 1
         keep = ~torch.isin(tok, stops)  # (A,)
-        if t == max_new - 1 or not keep.any():
+        n_live = int(keep.sum()) if t < max_new - 1 else 0  # the one host sync of the step
+        if n_live == 0:
             break
-        if not keep.all():  # drop finished rows: later steps only pay for live sequences
+        if n_live < keep.numel():  # drop finished rows: later steps only pay for live sequences
             idx = keep.nonzero().squeeze(1)
             cache.batch_select_indices(idx)
-            active, tok, attn, next_pos = active[idx.cpu()], tok[idx], attn[idx], next_pos[idx]
-        attn = torch.cat([attn, attn.new_ones(attn.size(0), 1)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
+            active, tok, next_pos = active[idx], tok[idx], next_pos[idx]
+        attn_full[active, L + t] = 1
+        out = model(input_ids=tok[:, None], attention_mask=attn_full[active, : L + t + 1], position_ids=next_pos,
                     cache=cache, use_cache=True)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
-    n_tok = lengths.tolist()
+    n_tok, tokens, logq, ent = lengths.tolist(), tokens.cpu(), logq.cpu(), ent.cpu()
     return Draws([tokens[i, :k].tolist() for i, k in enumerate(n_tok)], [logq[i, :k].tolist() for i, k in enumerate(n_tok)],
                  [ent[i, :k].mean().item() if k else 0.0 for i, k in enumerate(n_tok)])
 

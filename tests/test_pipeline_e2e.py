@@ -153,3 +153,29 @@ def test_level1_pools_seeds_that_vary_training_and_evaluation(tmp_path, tiny_gpt
 
     text = conclusions(res)
     assert "**Seeds** (2" in text and f"{res['per_seed'][1]['reward_gain']:+.3f}" in text
+
+
+def test_sweep_traces_frontiers_with_best_of_n_and_matched_kl(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
+                                                              reviews_csv):
+    """The Level 2/3 sweep on tiny models with LoRA: per divergence a curve from the start through
+    its β values (seeds pooled), best-of-N from 16 start samples, matched-KL comparisons with
+    verdicts, three frontier plots; policies are adapters; the start's KL is on-policy (~0)."""
+    cfg = tiny_cfg(tmp_path / "sw", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
+                   **{"dpo.lora_r": 4, "dpo.lora_alpha": 8.0, "dpo.lr": 5e-3})
+    pipe = Pipeline(cfg)
+    res = experiments.sweep(pipe, ("reverse_kl", "forward_kl"), (0.1, 1.0), (0, 1), (0.5,))
+    assert len(res["runs"]) == 8 and {r["seed"] for r in res["runs"]} == {0, 1}
+    labels = [p["label"] for p in res["points"]]
+    assert labels.count("reverse_kl") == 3 and labels.count("best-of-N") == 5  # start + 2 β; N = 1..16
+    start = next(p for p in res["points"] if p["label"] == "reverse_kl" and p["beta"] == float("inf"))
+    assert abs(start["kl"]) < 0.05 and start["kl_lo"] <= start["kl"] <= start["kl_hi"]
+    bon = [p for p in res["points"] if p["label"] == "best-of-N"]
+    assert [p["n"] for p in bon] == [1, 2, 4, 8, 16] and all(p.get("pred_entropy") is None for p in bon)
+    assert bon[-1]["reward"] >= bon[0]["reward"]  # picking by the reward raises it
+    assert all(c["verdict"] in ("higher", "lower", "not distinguishable at this size") for c in res["comparisons"])
+    assert len(res["verdicts"]) == sum(c["field"] == "reward" for c in res["comparisons"])
+    for f in res["plots"]:
+        assert os.path.getsize(f) > 1000, f
+    adapter = pipe.paths.policy("reverse_kl-lora4-b0.1-lr0.005-s0") / "model"
+    assert (adapter / "adapter_config.json").exists() and not (adapter / "model.safetensors").exists()
+    assert read_json(pipe.paths.result("sweep"))["matched_kl"] == res["matched_kl"]

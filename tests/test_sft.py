@@ -147,7 +147,6 @@ def test_killed_after_metrics_publishes_without_the_checkpoint(trained, reviews_
     import shutil
 
     from alignment.io import stable_hash
-    from alignment.config import section_deps
 
     _, full = trained
     cfg = _cfg(reviews_csv, tiny_gpt2_dir, str(tmp_path / "model"), tmp_path)
