@@ -25,7 +25,7 @@ import torch
 
 from .config import Config
 from .io import write_json, write_jsonl
-from .logprobs import collate, model_token_logps
+from .logprobs import collate, model_token_logps, token_logps
 from .metrics import (distinct_n, kl_control_variate, mean_predictive_entropy, perplexity, prompt_bootstrap, prompt_bootstrap_entropy,
                       sequence_kl_estimate, unigram_token_entropy)
 from .reward import check_finite, reward_texts, score_records
@@ -65,13 +65,21 @@ def _row_tokens(tok_lp: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
 
 @torch.no_grad()
 def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs: list[dict], pad_id: int,
-                      batch_size: int = 16) -> dict:
+                      batch_size: int = 16, sample_cfg=None) -> dict:
     """Per sample (N,): the sampling distribution's log q(y) and mean predictive entropy — the
     sampler's own (`sample_logps`, `sample_entropy` in the records) or, for records without them
     (backend=generate), a forward of `sampler` (the model in the dtype that drew) —, the
     reference's log p(y), the control-variate KL term sum_t (r_t - 1 - log r_t) with
-    r_t = p(y_t|<t) / q(y_t|<t) (Schulman's k3; unbiased, >= 0), and token counts.
+    r_t = p(y_t|<t) / q(y_t|<t) (Schulman's k3; unbiased, >= 0 — only when q has full support: with
+    top-k/top-p (`sample_cfg`) E_q[r_t - 1] is minus the reference's mass outside q's support, so
+    `kl_cv` is None then), and token counts. The forward fallback applies the sampler's temperature
+    and top-k/top-p (`sample_cfg`), so its log q is the sampling distribution's too.
     `sampler=None` (the human row): only the reference's log-probs and the counts."""
+    from .sampling import filter_logits
+
+    T, top_k, top_p = ((sample_cfg.temperature, sample_cfg.top_k, sample_cfg.top_p) if sample_cfg is not None
+                       else (1.0, 0, 1.0))
+    full_support = top_k == 0 and top_p >= 1.0
     out = {"policy": [], "ref": [], "entropy": [], "kl_cv": [], "n_tokens": []}
     for i in range(0, len(recs), batch_size):
         chunk = recs[i : i + batch_size]
@@ -85,20 +93,24 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
         if all("sample_logps" in r for r in chunk):
             q_tok, ent = [r["sample_logps"] for r in chunk], torch.tensor([r["sample_entropy"] for r in chunk])
         else:
-            tok_lp, logits = model_token_logps(sampler, batch, return_logits=True)  # (b, T-1), (b, T, V)
-            q_tok = _row_tokens(tok_lp, mask)
+            _, logits = model_token_logps(sampler, batch, return_logits=True)  # (b, T, V)
+            b, L, V = logits.shape
+            logits = filter_logits(logits.float().reshape(b * L, V) / T, top_k, top_p).reshape(b, L, V)
+            q_tok = _row_tokens(token_logps(logits, batch["input_ids"].to(logits.device)), mask)
             ent = mean_predictive_entropy(logits[:, :-1], mask[:, 1:].to(logits.device)).cpu()
         out["policy"].append(torch.tensor([sum(x) for x in q_tok], dtype=torch.float64))
         out["entropy"].append(ent.double())
-        out["kl_cv"].append(torch.stack([kl_control_variate(torch.tensor(q, dtype=torch.float64),
-                                                            torch.tensor(p, dtype=torch.float64))
-                                         for q, p in zip(q_tok, ref_tok)]))
+        if full_support:
+            out["kl_cv"].append(torch.stack([kl_control_variate(torch.tensor(q, dtype=torch.float64),
+                                                                torch.tensor(p, dtype=torch.float64))
+                                             for q, p in zip(q_tok, ref_tok)]))
     return {k: torch.cat(v) if v else None for k, v in out.items()}
 
 
-def _ci(key: str, values: list[float], pids: list[str], n_boot: int, ci: str | None = None) -> dict:
-    """{key: mean, <ci>_ci_lo, <ci>_ci_hi} (ci defaults to key) from a bootstrap over prompts."""
-    b = prompt_bootstrap(values, pids, n_boot=n_boot)
+def _ci(key: str, values: list[float], pids: list[str], n_boot: int, ci: str | None = None, seeds=None) -> dict:
+    """{key: mean, <ci>_ci_lo, <ci>_ci_hi} (ci defaults to key) from a bootstrap over prompts (and
+    seeds, when the samples come from several)."""
+    b = prompt_bootstrap(values, pids, n_boot=n_boot, seeds=seeds)
     return {key: b["mean"], f"{ci or key}_ci_lo": b["lo"], f"{ci or key}_ci_hi": b["hi"]}
 
 
@@ -139,7 +151,8 @@ def _token_entropy(ids: list[list[int]]) -> float:
 def metrics_of(name: str, scored: list[dict], n_boot: int) -> dict:
     """The metrics dict of one model's annotated samples, or of several evaluations of it pooled
     (records tagged `seed_index`): averages pool the samples; token entropy and distinct-n are
-    per seed, averaged; CIs resample prompts with all their samples of every seed."""
+    per seed, averaged; CIs resample seeds and prompts (`metrics.hierarchical_weights`; token entropy:
+    prompts within each seed)."""
     pids = [r["prompt_id"] for r in scored]
     ids = [content_of(r) for r in scored]
     groups = [r.get("seed_index", 0) for r in scored]
@@ -153,7 +166,7 @@ def metrics_of(name: str, scored: list[dict], n_boot: int) -> dict:
           if on_policy and scored[0].get("kl_cv") is not None else None}
     metrics = {
         "model": name, "n_samples": len(scored), "n_prompts": len(set(pids)),
-        **_ci("eval/reward_mean", rewards, pids, n_boot, ci="eval/reward"),
+        **_ci("eval/reward_mean", rewards, pids, n_boot, ci="eval/reward", seeds=groups),
         "eval/reward_median": float(np.median(rewards)), "eval/reward_std": float(np.std(rewards)),
         "eval/token_entropy": _per_group(_token_entropy, ids, groups),
         "eval/predictive_entropy": lp["entropy"].mean().item() if on_policy else None,
@@ -169,7 +182,7 @@ def metrics_of(name: str, scored: list[dict], n_boot: int) -> dict:
     }
     for field, key in (("judge", "eval/judge_mean"), ("on_topic", "eval/on_topic")):
         if field in scored[0]:
-            metrics.update(_ci(key, [r[field] for r in scored], pids, n_boot))
+            metrics.update(_ci(key, [r[field] for r in scored], pids, n_boot, seeds=groups))
     metrics.update(drift_cis(ids, lp, pids, n_boot, groups))
     return metrics
 
@@ -183,7 +196,7 @@ def drift_cis(ids: list[list[int]], lp: dict, pids: list[str], n_boot: int, grou
     out = {}
     h = prompt_bootstrap_entropy(ids, pids, groups, n_boot=n_boot)
     out["eval/token_entropy_ci_lo"], out["eval/token_entropy_ci_hi"] = h["lo"], h["hi"]
-    ppl = prompt_bootstrap((nll / n.clamp(min=1)).tolist(), pids, n_boot=n_boot, weights=n.tolist())
+    ppl = prompt_bootstrap((nll / n.clamp(min=1)).tolist(), pids, n_boot=n_boot, weights=n.tolist(), seeds=groups)
     out["eval/ref_perplexity_ci_lo"], out["eval/ref_perplexity_ci_hi"] = math.exp(ppl["lo"]), math.exp(ppl["hi"])
     per_sample = {"eval/mean_length": n}
     if lp["policy"] is not None:
@@ -192,7 +205,7 @@ def drift_cis(ids: list[list[int]], lp: dict, pids: list[str], n_boot: int, grou
     if lp.get("kl_cv") is not None:
         per_sample["eval/kl_to_ref_cv"] = lp["kl_cv"]
     for key, x in per_sample.items():
-        b = prompt_bootstrap(x.tolist(), pids, n_boot=n_boot)
+        b = prompt_bootstrap(x.tolist(), pids, n_boot=n_boot, seeds=groups)
         out[f"{key}_ci_lo"], out[f"{key}_ci_hi"] = b["lo"], b["hi"]
     return out
 
@@ -227,7 +240,7 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
                           scfg, stop_ids, desc=f"eval {name}", max_new_tokens=cfg.eval.max_new_tokens)
     scores = score_all(scorers, recs)
     lp = logps_and_entropy(sampler, model if ref_model is None else ref_model, {p["id"]: p["ids"] for p in prompts},
-                           recs, tokenizer.pad_token_id)
+                           recs, tokenizer.pad_token_id, sample_cfg=cfg.sample)
     del sampler
     return _finish(name, out_dir, recs, scores, lp, cfg)
 

@@ -26,14 +26,16 @@ GAINS = (("reward", "reward_gain", "gain"), ("judge", "judge_gain", "judge_gain"
 def compare_to_start(ev: Evaluation, start: Evaluation, n_boot: int) -> dict:
     """Differences policy - start policy on the same held-out prompts, for the reward, the judge
     and on_topic (where scored): a paired bootstrap over prompts (all samples of a prompt, of both
-    models, move together), with its p-value."""
+    models, move together) and, for pooled seeds, over seeds (seed s of the policy with the start
+    under seed s's draws), with its p-value."""
     out = {}
     for field, key, pre in GAINS:
         if field not in ev.scored[0] or field not in start.scored[0]:
             continue
         b = paired_prompt_bootstrap([r[field] for r in ev.scored], [r["prompt_id"] for r in ev.scored],
                                     [r[field] for r in start.scored], [r["prompt_id"] for r in start.scored],
-                                    n_boot=n_boot)
+                                    n_boot=n_boot, a_seeds=[r.get("seed_index", 0) for r in ev.scored],
+                                    b_seeds=[r.get("seed_index", 0) for r in start.scored])
         out.update({key: b["diff"], f"{pre}_ci_lo": b["lo"], f"{pre}_ci_hi": b["hi"], f"{pre}_p": b["p"]})
     return out
 
@@ -155,7 +157,8 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     """Frontiers: every (divergence, β, seed) trained on the same pairs and evaluated with its
     seed's draws; per (divergence, β) one point pooling its seeds; per divergence a curve from the
     start policy (β -> ∞) through its β values; the best-of-N curve from the start policy's own 16
-    samples per prompt; every pair of curves compared at matched KL (paired prompt bootstrap, Holm).
+    samples per prompt; every pair of curves compared at matched KL (paired bootstrap over seeds and
+    prompts, Holm), and each point's gain over the start (seeds pooled, Holm over the points).
     Writes sweep.json, the frontier plots, and returns the same dict."""
     import time
 
@@ -176,20 +179,25 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
                     row, ev, _ = trained_row(pipe, starts[seed], loss=loss, beta=beta, alpha=alpha, seed=seed)
                     runs.append({**row, "loss": loss, "label": label, "alpha": alpha, "beta": beta, "seed": seed})
                     evs.append(ev)
-                points[f"{label}@{beta!r}"] = pooled(pipe, label, evs).scored
+                points[f"{label}@{beta!r}"] = pooled(pipe, label, evs)
     start = pooled(pipe, START, list(starts.values()))
-    boot = F._Boot([r["prompt_id"] for r in start.scored], pipe.cfg.eval.n_boot)
     fields = ("reward", "judge", "on_topic", "pred_entropy")
-    curves = F.curve_points(points, start.scored, boot, fields)
-    grid = F.matched_kl_grid(curves)
+    n_curves = len({k.rsplit("@", 1)[0] for k in points}) + 1  # + best-of-N
+    n_boot = max(pipe.cfg.eval.n_boot, 40 * F.n_comparisons(n_curves, 3), 40 * len(points))  # Holm p-value floors
+    boot = F._Boot([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
+    curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
+    grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
     with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields)}
     comparisons = F.matched_kl_comparisons(with_bon, grid, ("reward", "judge", "pred_entropy"))
+    gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
+                        **compare_to_start(ev, start, n_boot)} for k, ev in points.items()])
     table = F.point_table(with_bon)
     P = pipe.paths
     files = [plots.frontier(table, x, y, P.plot(f"frontier_{y}_vs_{x}"))
              for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
-    result = {"runs": with_holm(runs), "points": table, "start": start.metrics, "matched_kl": grid,
-              "comparisons": comparisons, "verdicts": F.verdict_lines(comparisons),
+    result = {"runs": runs, "points": table, "gains": gains, "start": start.metrics, "matched_kl": grid,
+              "comparisons": comparisons, "verdicts": F.verdict_lines(comparisons), "n_boot": n_boot,
+              "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
               "grid": {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas)},
               "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files]}
     write_json(P.result("sweep"), result)

@@ -16,7 +16,7 @@ from itertools import combinations
 
 import numpy as np
 
-from .metrics import holm
+from .metrics import hierarchical_weights, holm
 
 BON_NS = (1, 2, 4, 8, 16)
 BON = "best-of-N"
@@ -62,21 +62,22 @@ def best_of_n_values(scored: list[dict], n: int, fields: tuple[str, ...]) -> lis
 
 
 class _Boot:
-    """One prompt bootstrap shared by every curve: `mean(recs, f)` -> (n_boot + 1,) the point
-    estimate (index 0) and the resampled means of per-sample values f(rec), prompts resampled
-    with all their samples (the same draws for every model: paired)."""
+    """One bootstrap shared by every curve: `mean(recs, f)` -> (n_boot + 1,) the point estimate
+    (index 0) and the resampled means of per-sample values f(rec). Prompts are resampled with all
+    their samples and, with several seeds, seeds too (`seed_index` k of every curve is the same
+    training/evaluation seed): the same draws for every model, so differences are paired."""
 
-    def __init__(self, prompt_ids: list[str], n_boot: int, seed: int = 0):
+    def __init__(self, prompt_ids: list[str], n_boot: int, seed: int = 0, n_seeds: int = 1):
         self.index = {p: i for i, p in enumerate(sorted(set(prompt_ids)))}
-        P = len(self.index)
-        draws = np.random.default_rng(seed).multinomial(P, np.full(P, 1.0 / P), size=n_boot)
-        self.w = np.vstack([np.ones((1, P)), draws]).astype(np.float64)  # (1 + n_boot, P)
+        P, self.S = len(self.index), n_seeds
+        draws = hierarchical_weights(P, n_seeds, n_boot, seed)  # (n_boot, S, P)
+        self.w = np.concatenate([np.ones((1, n_seeds, P)), draws]).reshape(n_boot + 1, n_seeds * P)
 
     def mean(self, recs: list[dict], f) -> np.ndarray:
-        ix = np.array([self.index[r["prompt_id"]] for r in recs])
-        x = np.array([f(r) for r in recs], dtype=np.float64)
         P = len(self.index)
-        return (self.w @ np.bincount(ix, x, P)) / (self.w @ np.bincount(ix, minlength=P))  # (1 + n_boot,)
+        ix = np.array([r.get("seed_index", 0) * P + self.index[r["prompt_id"]] for r in recs])
+        x = np.array([f(r) for r in recs], dtype=np.float64)
+        return (self.w @ np.bincount(ix, x, self.S * P)) / (self.w @ np.bincount(ix, minlength=self.S * P))
 
 
 def _value(name: str):
@@ -128,28 +129,50 @@ def bon_curve(start: list[dict], boot: _Boot, fields: tuple[str, ...], ns: tuple
 
 
 def interpolate(curve: list[dict], field: str, at: float) -> np.ndarray:
-    """(n_boot+1,) the curve's `field` at KL = `at`, linear in KL between its points, per bootstrap
-    draw (points sorted by that draw's KL); NaN where `at` lies outside the draw's KL range."""
+    """(n_boot+1,) the curve's `field` at KL = `at`, linear in KL between consecutive points *in the
+    curve's own order* (β from ∞ down, N up: what the plots connect), per bootstrap draw; NaN where
+    no segment of that draw spans `at`."""
     kl = np.stack([p["kl"] for p in curve], 1)  # (B, K)
     y = np.stack([p[field] for p in curve], 1)  # (B, K)
     out = np.full(kl.shape[0], np.nan)
-    for b in range(kl.shape[0]):
-        o = np.argsort(kl[b])
-        if kl[b, o[0]] <= at <= kl[b, o[-1]]:
-            out[b] = np.interp(at, kl[b, o], y[b, o])
+    for k in range(kl.shape[1] - 1):
+        x0, x1 = kl[:, k], kl[:, k + 1]
+        hit = np.isnan(out) & (np.minimum(x0, x1) <= at) & (at <= np.maximum(x0, x1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = np.where(x1 != x0, (at - x0) / (x1 - x0), 0.0)
+        out[hit] = (y[:, k] + t * (y[:, k + 1] - y[:, k]))[hit]
     return out
 
 
+def monotone(curve: list[dict]) -> bool:
+    """Whether the curve's KL (point estimates) rises along its parameter: only then is "the value at
+    KL x" one number (a curve that crosses a KL twice is reported, not interpolated)."""
+    kl = [p["kl"][0] for p in curve]
+    return all(b >= a for a, b in zip(kl, kl[1:]))
+
+
+def trained_range(curve: list[dict]) -> tuple[float, float]:
+    """The KL range a curve has *measured* points on both ends of: its trained points (β < ∞, or
+    N >= 2), not the shared start it is drawn from — below its first trained point a curve is only
+    the straight line from the start, and differences there say nothing about the divergence."""
+    kl = [p["kl"][0] for p in curve[1:]]
+    return (min(kl), max(kl)) if kl else (math.inf, -math.inf)
+
+
 def matched_kl_grid(curves: dict[str, list[dict]], k: int = 3) -> list[float]:
-    """k KL values inside every curve's range (point estimates), log-spaced between the quartiles
-    of the common range; [] when the ranges do not overlap."""
-    lo = max(min(p["kl"][0] for p in c) for c in curves.values())
-    hi = min(max(p["kl"][0] for p in c) for c in curves.values())
-    lo = max(lo, 1e-3)
+    """k KL values inside every curve's trained range: the centres of k equal log-spaced bins of the
+    common range (point estimates); [] when the ranges do not overlap."""
+    lo = max(max(trained_range(c)[0], 1e-3) for c in curves.values())
+    hi = min(trained_range(c)[1] for c in curves.values())
     if hi <= lo:
         return []
     edges = np.geomspace(lo, hi, 2 * k + 1)
     return [float(x) for x in edges[1::2]]
+
+
+def n_comparisons(n_curves: int, n_grid: int) -> int:
+    """Comparisons per field (every pair at every grid KL): the Holm family size, for sizing n_boot."""
+    return n_curves * (n_curves - 1) // 2 * n_grid
 
 
 def verdict(lo: float, hi: float, p_holm: float) -> str:
@@ -161,25 +184,37 @@ def verdict(lo: float, hi: float, p_holm: float) -> str:
     return "not distinguishable at this size"
 
 
+def _compare(a: list[dict], b: list[dict], field: str, kl: float) -> dict | None:
+    """One paired comparison a - b of `field` at KL `kl`, or None where it is not defined: `kl`
+    outside either curve's trained range, or fewer than 99 % of the draws reach it."""
+    if not all(trained_range(c)[0] <= kl <= trained_range(c)[1] for c in (a, b)):
+        return None
+    d = interpolate(a, field, kl) - interpolate(b, field, kl)
+    valid = ~np.isnan(d[1:])
+    if np.isnan(d[0]) or valid.mean() < 0.99:
+        return None
+    boot = d[1:][valid]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    p = min(1.0, 2 * min((1 + (boot <= 0).sum()) / (boot.size + 1), (1 + (boot >= 0).sum()) / (boot.size + 1)))
+    return {"diff": float(d[0]), "lo": float(lo), "hi": float(hi), "p": float(p), "boot_valid": float(valid.mean())}
+
+
 def matched_kl_comparisons(curves: dict[str, list[dict]], grid: list[float], fields: tuple[str, ...]) -> list[dict]:
-    """Every pair of curves at every grid KL, per field: the paired bootstrap difference a - b, its
-    95 % CI, p-value, Holm-adjusted p (per field, over all pairs and grid points) and the verdict
-    for a. Pairs where either curve has no value at that KL (outside its range) are skipped."""
+    """Every pair of (KL-monotone) curves at every grid KL inside both trained ranges, per field:
+    the paired bootstrap difference a - b, its 95 % CI, p-value ((1 + tail count) / (B + 1), two-
+    sided), Holm-adjusted p (per field, over all pairs and grid points) and the verdict for a.
+    Size n_boot >= 40 x `n_comparisons` (the p-value floor is 2 / (B + 1))."""
+    ok = [c for c in curves if monotone(curves[c])]
     rows = []
     for field in fields:
         block = []
-        for a, b in combinations(curves, 2):
+        for a, b in combinations(ok, 2):
             if not all(field in p for p in curves[a] + curves[b]):
                 continue
             for kl in grid:
-                d = interpolate(curves[a], field, kl) - interpolate(curves[b], field, kl)
-                if np.isnan(d[0]) or np.isnan(d[1:]).mean() > 0.5:
-                    continue
-                boot = d[1:][~np.isnan(d[1:])]
-                lo, hi = np.percentile(boot, [2.5, 97.5])
-                p = min(1.0, max(2 * min((boot <= 0).mean(), (boot >= 0).mean()), 1.0 / boot.size))
-                block.append({"field": field, "kl": kl, "a": a, "b": b, "diff": float(d[0]), "lo": float(lo),
-                              "hi": float(hi), "p": float(p), "boot_valid": float(1 - np.isnan(d[1:]).mean())})
+                r = _compare(curves[a], curves[b], field, kl)
+                if r is not None:
+                    block.append({"field": field, "kl": kl, "a": a, "b": b, **r})
         for r, ph in zip(block, holm([r["p"] for r in block])):
             r["p_holm"] = ph
             r["verdict"] = verdict(r["lo"], r["hi"], ph)

@@ -46,13 +46,14 @@ def training_curves(logs: dict[str, list[dict]], path: Path) -> Path:
     return _save(fig, path)
 
 
-AXES = {"kl": "KL(π || π_ref) per completion (nats, on-policy)", "reward": "mean reward (training proxy)",
+AXES = {"kl": "KL(q || π_ref) per completion (nats; q = the sampling distribution, on-policy)", "reward": "mean reward (training proxy)",
         "judge": "mean judge score (never trained on)", "pred_entropy": "mean predictive entropy (nats)"}
 
 
 def frontier(points: list[dict], x: str, y: str, path: Path) -> Path:
     """One curve per divergence through its β values (from the start policy at β = ∞), best-of-N
-    dashed, error bars = 95 % prompt-bootstrap CIs (seeds pooled). `points`: frontier.point_table rows."""
+    dashed, error bars = 95 % bootstrap CIs over seeds x prompts (seeds pooled in each point).
+    `points`: frontier.point_table rows."""
     fig, ax = plt.subplots(figsize=(7, 4.8))
     cmap = plt.get_cmap("tab10")
     labels = list(dict.fromkeys(p["label"] for p in points))
@@ -69,7 +70,7 @@ def frontier(points: list[dict], x: str, y: str, path: Path) -> Path:
             tag = (f"N={p['n']}" if bon else (f"β={p['beta']:g}" if p["beta"] not in (None, float("inf")) else ""))
             if tag:
                 ax.annotate(tag, (p[x], p[y]), fontsize=6, xytext=(2, 2), textcoords="offset points")
-    ax.set(xlabel=AXES.get(x, x), ylabel=AXES.get(y, y), title=f"{y} vs {x}: frontiers over β (seeds pooled, 95 % CI)")
+    ax.set(xlabel=AXES.get(x, x), ylabel=AXES.get(y, y), title=f"{y} vs {x}: frontiers over β (95 % CI over seeds × prompts)")
     ax.legend(fontsize=7)
     return _save(fig, path)
 

@@ -37,7 +37,7 @@ PRESETS: dict[str, dict] = {
 }
 
 # The Level 2/3 sweep's default axes (`python -m alignment sweep`, `experiments.sweep`, the notebook):
-# the f-DPO paper's divergences (α ∈ {0.3, 0.5, 0.7}; squared Hellinger is α = 1/2 at 2β, so not
+# the f-DPO paper's divergences (α ∈ {0.3, 0.5, 0.7}; squared Hellinger at β is the α = 1/2 loss at β/2, so not
 # repeated), each traced over log-spaced β × 3 seeds. chi2 (outside f-DPO: a heuristic), jeffrey
 # and ipo stay available as Level-3 extras (`--losses`).
 SWEEP_LOSSES = ("reverse_kl", "forward_kl", "js", "alpha")

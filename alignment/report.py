@@ -176,7 +176,11 @@ def _level1_lines(level1: dict) -> list[str]:
     lines = ["**Level 1** (best-vs-worst pairs): " + "; ".join(
         f"`{r['model']}` reward {r['eval/reward_mean']:+.3f} vs SFT {sft['eval/reward_mean']:+.3f}, gain {fmt_gain(r)}"
         f" — {'distinguishable from 0' if excludes_zero(r) else 'not distinguishable from 0 at this size'}"
-        for r in trained) + " (paired bootstrap over prompts, Holm-corrected across the losses)."]
+        for r in trained) + " (paired bootstrap over seeds and prompts, Holm-corrected across the losses)."]
+    se = max((r["gain_ci_hi"] - r["gain_ci_lo"]) / 3.92 for r in trained)
+    lines.append(f"**Power**: at this size (held-out prompts × samples × seeds) a reward gain over the start smaller "
+                 f"than about {MDE_Z * se:.2f} is not reliably detected (80 % power at α = 0.05; SE read off the "
+                 "widest gain CI).")
     verdict = ("above SFT" if best["reward_gain"] > 0 else "yet still not above SFT, so no Level 1 loss improved "
                "the mean reward in this run")
     lines.append(
@@ -231,7 +235,7 @@ def _seed_lines(level1: dict) -> list[str]:
         judge = (", judge " + ", ".join(f"{p['judge_gain']:+.3f}" for p in runs)) if all("judge_gain" in p for p in runs) else ""
         parts.append(f"`{base}` reward gain " + ", ".join(f"{p['reward_gain']:+.3f}" for p in runs) + judge)
     return [f"**Seeds** ({len(seeds)}: each varies the training order and the evaluation draws; the rows above pool "
-            f"them, CIs resample prompts with all their samples): per seed, " + "; ".join(parts) + "."]
+            f"them, CIs resample seeds and prompts): per seed, " + "; ".join(parts) + "."]
 
 
 def _judge_lines(rows: list[dict], sft: dict, trained: list[dict]) -> list[str]:
@@ -261,9 +265,20 @@ def sweep_lines(sweep: dict) -> list[str]:
     lines = [f"**Frontiers** ({len(runs)} runs: {len(g['losses'])} divergence families, β {g['betas']}, "
              f"seeds {g['seeds']}, α {g['alphas']}; {sweep['wall_minutes']:.0f} min): each point pools its seeds; "
              f"curves are compared at matched KL, never at one shared β."]
+    gains = sweep.get("gains", [])
+    if gains:
+        sig = [g for g in gains if g.get("gain_p_holm", 1) < ALPHA and g["gain_ci_lo"] > 0]
+        lines.append(f"Reward gain over the start (seeds pooled, paired over seeds and prompts, Holm over {len(gains)} "
+                     f"points): {len(sig)} of {len(gains)} distinguishable from 0; largest "
+                     + ", ".join(f"`{g['label']}` β={g['beta']:g} {g['reward_gain']:+.3f} ({g['gain_ci_lo']:+.3f}.."
+                                 f"{g['gain_ci_hi']:+.3f})" for g in sorted(gains, key=lambda g: -g["reward_gain"])[:2])
+                     + ".")
+    if sweep.get("non_monotone"):
+        lines.append("KL does not rise monotonically along β for " + ", ".join(f"`{c}`" for c in sweep["non_monotone"])
+                     + ": those curves are shown but not compared at matched KL.")
     if not sweep["matched_kl"]:
-        return lines + ["The curves' KL ranges do not overlap: no matched-KL comparison is possible at these β."]
-    lines.append("Matched KL values (inside every curve's range): " + ", ".join(f"{k:.2f}" for k in sweep["matched_kl"])
+        return lines + ["The curves' trained KL ranges do not overlap: no matched-KL comparison is possible at these β."]
+    lines.append("Matched KL values (inside every curve's trained range; best-of-N is compared where its own range reaches): " + ", ".join(f"{k:.2f}" for k in sweep["matched_kl"])
                  + " nats.")
     for field in ("reward", "judge", "pred_entropy"):
         rows = [c for c in sweep["comparisons"] if c["field"] == field]
@@ -288,9 +303,11 @@ def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | N
         lines.extend(sweep_lines(sweep))
     start = level1["rows"][0]
     per = f" ({start['n_prompts']} prompts × {len(level1.get('seeds', [0]))} seed(s))" if "n_prompts" in start else ""
-    lines.append(f"Level 1 rows come from {start['n_samples']} held-out samples per model{per}; at small sizes the CIs are wide, they are "
-                 "conditional on the trained runs, and a difference between losses is only meaningful where the "
-                 "CIs (and seeds) separate.")
+    n_seeds = len(level1.get("seeds", [0]))
+    spread = (f"they include the spread over the {n_seeds} training seeds (seeds and prompts are resampled)"
+              if n_seeds > 1 else "they are conditional on the one trained run (more seeds: `eval.n_seeds`)")
+    lines.append(f"Level 1 rows come from {start['n_samples']} held-out samples per model{per}; at small sizes the CIs "
+                 f"are wide, {spread}, and a difference between losses is only meaningful where the CIs separate.")
     return "\n\n".join(lines)
 
 

@@ -100,12 +100,12 @@ def draw_batch(model, prompts: list[list[int]], n: int, cfg: SampleConfig, stop_
         logq[active, t] = logp.gather(1, tok[:, None]).squeeze(1)
         ent[active, t] = torch.special.entr(probs).sum(-1)  # entr(0) = 0: filtered tokens add nothing
         lengths[active] = t + 1
-        keep = ~torch.isin(tok, stops)  # (A,)
-        n_live = int(keep.sum()) if t < max_new - 1 else 0  # the one host sync of the step
-        if n_live == 0:
+        if t == max_new - 1:
             break
-        if n_live < keep.numel():  # drop finished rows: later steps only pay for live sequences
-            idx = keep.nonzero().squeeze(1)
+        idx = (~torch.isin(tok, stops)).nonzero().squeeze(1)  # live rows; the one host sync of the step
+        if idx.numel() == 0:
+            break
+        if idx.numel() < tok.numel():  # drop finished rows: later steps only pay for live sequences
             cache.batch_select_indices(idx)
             active, tok, next_pos = active[idx], tok[idx], next_pos[idx]
         attn_full[active, L + t] = 1

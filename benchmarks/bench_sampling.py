@@ -16,7 +16,8 @@ from transformers import pipeline
 from alignment.config import SampleConfig
 from alignment.models import pick_device, sampling_dtype, stop_token_ids
 from alignment.sampling import categorical, sample_records, sample_with_generate
-from benchmarks.harness import Report, Sizes, count_new, dtype_name, interleaved, log, speedup
+from benchmarks.harness import (Report, Sizes, ceiling_row, count_new, dtype_name, interleaved, log,
+                                matmul_flops_per_token, speedup)
 
 VOCAB = 49152  # SmolLM2's vocabulary: the width of the categorical micro-benchmark's rows
 
@@ -93,6 +94,11 @@ def run(S: Sizes, ctx, rep: Report) -> None:
         add(f"{low}: batched model.generate vs ours", f"generate {low}", f"ours {low}")
         add(f"seed loop fp32 vs ours {low} (sampling dtype auto, what a run gets)", "pipeline fp32", f"ours {low}")
         add(f"ours fp32 vs ours {low} (dtype only)", "ours fp32", f"ours {low}")
+    flops = matmul_flops_per_token(models["fp32"])
+    for name, model in models.items():
+        for who in ("generate", "ours"):
+            rep.ceiling.append(ceiling_row(f"sampling, {who} {name} (decode, {per_batch * N} sequences per batch)",
+                                           rate[f"{who} {name}"], "tok", flops, next(model.parameters()).dtype, dev))
     per = min(per_batch, len(prompts))
     rep.note(f"sampling: {len(prompts)} prompts (build_prompts, 8 tokens; {ctx.describe()}) on {dev}, N={N}, "
              f"max_new_tokens={T}, {per} prompts ({per * N} sequences) per call for every variant; pure sampling "

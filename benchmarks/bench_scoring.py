@@ -12,7 +12,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 
 from alignment.models import pick_device
 from alignment.reward import ClassifierReward
-from benchmarks.harness import Report, Sizes, dtype_name, interleaved, log, speedup
+from benchmarks.harness import (Report, Sizes, ceiling_row, dtype_name, interleaved, log, matmul_flops_per_token,
+                                speedup)
 
 
 def reward_texts(S: Sizes, ctx) -> list[str]:
@@ -60,6 +61,11 @@ def bench_embedding(S: Sizes, ctx, rep: Report, texts: list[str]) -> None:
     rep.add(f"reward scoring, {len(texts)} texts: naive encoder+head (bs 16, input order, grad on, fp32) vs "
             f"EmbeddingReward.score (bs {reward.batch_size}, length-sorted, inference_mode, {dt})",
             f"{len(texts) / tn:.1f} texts/s", f"{len(texts) / to:.1f} texts/s", speedup(tn, to))
+    n_tok = sum(len(x) for x in reward.tok(texts, truncation=True, max_length=reward.max_length)["input_ids"])
+    per_text = matmul_flops_per_token(reward.enc) * n_tok / len(texts)  # useful FLOPs: real tokens, no padding
+    for who, secs, enc in (("naive (fp32)", tn, base.enc), ("EmbeddingReward", to, reward.enc)):
+        rep.ceiling.append(ceiling_row(f"scoring, {who}, {n_tok / len(texts):.0f} tokens per text", len(texts) / secs,
+                                       "text", per_text, next(enc.parameters()).dtype, reward.device))
     rep.note(f"scoring: {len(texts)} texts = first 8+k policy tokens of reviews (k=32 for 3/4, else 1-31), "
              f"mean {sum(map(len, texts)) / len(texts):.0f} chars, {ctx.describe()}; encoder params require grad: "
              f"{grad_on}; max |score difference| naive vs ours = {diff:.2e}; best of {S.score_rounds} interleaved "

@@ -69,6 +69,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     scale: list[dict] = field(default_factory=list)  # one dict per scale-table row (see scale_rows)
+    ceiling: list[dict] = field(default_factory=list)  # one dict per compute-ceiling row (see `ceiling_row`)
 
     def add(self, step: str, baseline: str, ours: str, ratio: float | None) -> None:
         self.rows.append(Row(step, baseline, ours, ratio))
@@ -142,6 +143,52 @@ def loadavg() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
+# ---- compute ceiling ----------------------------------------------------------------------------
+CEILING_COLS = ["what", "rate", "GFLOP per unit", "achieved GFLOP/s", "GEMM ceiling GFLOP/s", "fraction of ceiling"]
+_GEMM: dict = {}
+
+
+def gemm_rate(dtype, device) -> float:
+    """FLOP/s of a square matmul in `dtype` on `device`, best of 5 (n = 1024 on CPU, 4096 on GPU),
+    measured once per process: the machine's practical compute ceiling for dense layers."""
+    import torch
+
+    key = (str(dtype), str(device))
+    if key not in _GEMM:
+        n = 4096 if device.type == "cuda" else 1024
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        best = float("inf")
+        for _ in range(6):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        _GEMM[key] = 2 * n**3 / best
+    return _GEMM[key]
+
+
+def matmul_flops_per_token(model) -> int:
+    """≈ FLOPs of one token through `model`'s dense layers: 2 x (unique parameters - the input
+    embedding + the output projection, which is a matmul even when tied). Attention over the short
+    contexts here (≤ ~50 tokens) adds ~1 % and is left out."""
+    n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return 2 * (n - model.get_input_embeddings().weight.numel() + (out.weight.numel() if out is not None else 0))
+
+
+def ceiling_row(what: str, units_per_s: float, unit: str, flops_per_unit: float, dtype, device) -> dict:
+    """One compute-ceiling row: achieved FLOP/s = rate x FLOPs per unit, against the GEMM rate in the
+    same dtype measured in the same run."""
+    gemm = gemm_rate(dtype, device)
+    achieved = units_per_s * flops_per_unit
+    return {"what": what, "rate": f"{units_per_s:.1f} {unit}/s", "GFLOP per unit": f"{flops_per_unit / 1e9:.3g}",
+            "achieved GFLOP/s": f"{achieved / 1e9:.1f}",
+            "GEMM ceiling GFLOP/s": f"{gemm / 1e9:.1f} ({dtype_name(dtype)})", "fraction of ceiling": f"{achieved / gemm:.1%}"}
+
+
 # ---- machine and results file -------------------------------------------------------------------
 def machine_info() -> dict:
     """`alignment.report.hardware()` plus what matters for benchmarks: usable cores, load, versions,
@@ -192,6 +239,9 @@ def write_results(path: Path, info: dict, rep: Report, command: str, elapsed: fl
     if rep.scale:
         lines += ["## Scale (ours, `sample_to_file`, one subprocess per size)", "",
                   markdown_table(scale_rows(rep.scale), SCALE_COLS), ""]
+    if rep.ceiling:
+        lines += ["## Compute ceiling (achieved FLOP/s ÷ a GEMM measured in the same run, same dtype)", "",
+                  markdown_table(rep.ceiling, CEILING_COLS), ""]
     if rep.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in rep.notes] + [""]
     with atomic_open(path, "w", encoding="utf-8") as f:

@@ -69,14 +69,14 @@ def main(argv=None) -> int:
         for field, _ in FIELDS:
             d = paired_prompt_bootstrap([r[field] for r in a], [r["prompt_id"] for r in a],
                                         [r[field] for r in b], [r["prompt_id"] for r in b], n_boot=n)
-            diffs.append({"model": name, "metric": field, "bf16 - fp32": f"{d['diff']:+.3f}",
+            diffs.append({"model": name, "metric": f"{field}: bf16 - fp32", "difference": f"{d['diff']:+.3f}",
                           "95 % CI": f"{d['lo']:+.3f} .. {d['hi']:+.3f}"})
     for dtype in (torch.float32, torch.bfloat16):
         a, b = scored[("policy", dtype)], scored[("start", dtype)]
         d = paired_prompt_bootstrap([r["reward"] for r in a], [r["prompt_id"] for r in a],
                                     [r["reward"] for r in b], [r["prompt_id"] for r in b], n_boot=n)
-        diffs.append({"model": "gain policy - start", "metric": f"reward, both sampled in {str(dtype).split('.')[1]}",
-                      "bf16 - fp32": f"{d['diff']:+.3f}", "95 % CI": f"{d['lo']:+.3f} .. {d['hi']:+.3f}"})
+        diffs.append({"model": "policy - start", "metric": f"reward gain, both sampled in {str(dtype).split('.')[1]}",
+                      "difference": f"{d['diff']:+.3f}", "95 % CI": f"{d['lo']:+.3f} .. {d['hi']:+.3f}"})
     h = hardware()
     text = "\n".join([
         "# Sampling dtype: bf16 vs fp32 draws, same seed", "",

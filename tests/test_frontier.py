@@ -64,42 +64,76 @@ def test_interpolate_linear_in_kl_and_nan_outside():
     assert np.isnan(F.interpolate(curve, "reward", 3.0)).all()
 
 
-def test_matched_kl_grid_inside_the_common_range():
+def test_matched_kl_grid_inside_every_trained_range():
+    """The grid lies inside the KL range each curve has *trained* points on (not on the straight
+    segment from the shared start), at the centres of equal log-spaced bins."""
     boot = F._Boot(["a"], n_boot=5)
     start = _recs({"a": [(0.0, 0.0)]})
     curves = F.curve_points({"x@1.0": _recs({"a": [(1.0, 0.1)]}), "x@0.1": _recs({"a": [(4.0, 0.5)]}),
-                             "y@0.1": _recs({"a": [(2.0, 0.3)]})}, start, boot, ("reward",))
+                             "y@1.0": _recs({"a": [(0.5, 0.1)]}), "y@0.1": _recs({"a": [(2.0, 0.3)]})},
+                            start, boot, ("reward",))
     grid = F.matched_kl_grid(curves)
-    assert len(grid) == 3 and all(1e-3 < g < 2.0 for g in grid) and grid == sorted(grid)
-    assert F.matched_kl_grid({"x": curves["x"][:1], "y": curves["y"][:1]}) == []  # both only the start
+    assert grid == pytest.approx([1.0 * 2 ** (1 / 6), 2 ** 0.5, 2 ** (5 / 6)]) and grid == sorted(grid)
+    assert F.trained_range(curves["y"]) == (0.5, 2.0)
+    assert F.matched_kl_grid({"x": curves["x"][:2], "y": curves["y"][:2]}) == []  # one trained point each
+    # a curve that crosses a KL twice is not monotone (reported, never interpolated)
+    bent = F.curve_points({"z@1.0": _recs({"a": [(3.0, 0.1)]}), "z@0.1": _recs({"a": [(2.0, 0.3)]})},
+                          start, boot, ("reward",))["z"]
+    assert not F.monotone(bent) and F.monotone(curves["x"])
+
+
+def _two_beta_curves(prompts, level, shifts: dict[str, float], n_boot: int):
+    boot = F._Boot(prompts, n_boot=n_boot)
+    start = _recs({p: [(0.0, level[p])] for p in prompts})
+    pts = {}
+    for name, shift in shifts.items():
+        pts[f"{name}@1.0"] = _recs({p: [(1.0, level[p] + 0.2 + shift / 2)] for p in prompts})
+        pts[f"{name}@0.1"] = _recs({p: [(3.0, level[p] + 0.6 + shift)] for p in prompts})
+    return F.curve_points(pts, start, boot, ("reward",))
 
 
 def test_matched_kl_comparison_is_paired_and_says_higher_lower_or_not_distinguishable():
-    """Two curves with the same KL per prompt; 'hi' has reward +0.3 on every prompt, 'same'
-    equals the base exactly: a paired comparison finds 'higher' with a tiny CI, and 'not
-    distinguishable' for identical curves, though prompts differ a lot (an unpaired CI would be wide)."""
+    """Curves with the same KL per prompt; 'hi' has reward +shift on every prompt, 'same' equals
+    the base: a paired comparison finds 'higher' with a tiny CI and 'not distinguishable' for
+    identical curves, though prompts differ a lot (an unpaired CI would be wide)."""
     rng = np.random.default_rng(0)
     prompts = [f"p{i}" for i in range(40)]
     level = {p: rng.normal(0, 2.0) for p in prompts}  # large between-prompt spread
-    boot = F._Boot(prompts, n_boot=400)
-    start = _recs({p: [(0.0, level[p])] for p in prompts})
-    pts = {}
-    for name, shift in (("base", 0.0), ("same", 0.0), ("hi", 0.3)):
-        pts[f"{name}@0.1"] = _recs({p: [(2.0, level[p] + 0.5 + shift)] for p in prompts})
-    curves = F.curve_points(pts, start, boot, ("reward",))
-    rows = F.matched_kl_comparisons(curves, [1.0], ("reward",))
+    curves = _two_beta_curves(prompts, level, {"base": 0.0, "same": 0.0, "hi": 0.3}, 400)
+    rows = F.matched_kl_comparisons(curves, [2.0], ("reward",))
     by = {(r["a"], r["b"]): r for r in rows}
     hb = by.get(("hi", "base")) or by[("base", "hi")]
     sign = 1 if ("hi", "base") in by else -1
-    assert sign * hb["diff"] == pytest.approx(0.15)  # halfway from the start at KL 1 of 2
+    assert sign * hb["diff"] == pytest.approx(0.15 + 0.075)  # halfway between β 1 (+0.15) and β 0.1 (+0.3)
     assert hb["hi"] - hb["lo"] < 1e-9 and hb["verdict"] == ("higher" if sign > 0 else "lower")
     same = by.get(("base", "same")) or by[("same", "base")]
     assert same["diff"] == 0.0 and same["verdict"] == "not distinguishable at this size"
     unpaired = 2 * 1.96 * np.std([level[p] for p in prompts]) / np.sqrt(40) * 0.5 * math.sqrt(2)
-    assert unpaired > 0.5  # what ignoring the pairing would give: 0.15 would not be distinguishable
+    assert unpaired > 0.5  # what ignoring the pairing would give: 0.2 would not be distinguishable
     assert all("p_holm" in r for r in rows) and len(rows) == 3
     lines = F.verdict_lines(rows)
-    assert len(lines) == 3 and all("at KL 1.00" in ln for ln in lines)
+    assert len(lines) == 3 and all("at KL 2.00" in ln for ln in lines)
+    assert F.matched_kl_comparisons(curves, [0.5], ("reward",)) == []  # below every trained point: no comparison
+
+
+def test_a_clear_difference_survives_holm_at_the_sweeps_family_size():
+    """7 curves x 3 grid KLs = 63 comparisons: with n_boot = 40 x 63 a large, noisy effect is still
+    called 'higher' (with n_boot = 1000 the p floor alone, 63/1000 after Holm, would forbid it)."""
+    rng = np.random.default_rng(1)
+    prompts = [f"p{i}" for i in range(32)]
+    level = {p: rng.normal(0, 1.0) for p in prompts}
+    names = {f"c{k}": 0.0 for k in range(6)}
+    names["c6"] = 1.0
+    m = F.n_comparisons(7, 3)
+    curves = _two_beta_curves(prompts, level, names, 40 * m)
+    for c in curves.values():  # per-prompt noise so the CIs are not degenerate
+        for p in c[1:]:
+            p["reward"] = p["reward"] + rng.normal(0, 0.05, p["reward"].shape)
+    rows = F.matched_kl_comparisons(curves, [1.2, 1.7, 2.4], ("reward",))
+    assert len(rows) == m
+    big = [r for r in rows if "c6" in (r["a"], r["b"])]
+    assert all(r["verdict"] in ("higher", "lower") for r in big)
+    assert all(r["p"] >= 2 / (40 * m + 1) for r in rows)
 
 
 def test_verdict_rules():

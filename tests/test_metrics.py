@@ -197,7 +197,7 @@ def test_mean_std_over_seeds():
 
 
 # ---- paired, prompt-clustered bootstrap and Holm ------------------------------------------------
-from alignment.metrics import holm, paired_prompt_bootstrap  # noqa: E402
+from alignment.metrics import holm, paired_prompt_bootstrap, prompt_bootstrap  # noqa: E402
 
 
 def test_paired_bootstrap_hand_computed():
@@ -293,3 +293,37 @@ def test_weighted_prompt_bootstrap_and_entropy_ci():
     assert prompt_bootstrap_entropy([[], []], ["a", "b"]) == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
     flat = prompt_bootstrap_entropy([[1, 2], [1, 2]], ["a", "b"], n_boot=200)
     assert flat["lo"] == pytest.approx(flat["hi"]) == pytest.approx(np.log(2))
+
+
+def test_hierarchical_bootstrap_resamples_seeds_too():
+    from alignment.metrics import hierarchical_weights
+
+    # one prompt, two seeds with means 0 and 2: replicates draw seed weights (2,0), (1,1), (0,2) with
+    # probabilities 1/4, 1/2, 1/4 -> means 0, 1, 2: the 95 % CI is [0, 2]
+    b = prompt_bootstrap([0.0, 0.0, 2.0, 2.0], ["p", "p", "p", "p"], n_boot=4000, seeds=[0, 0, 1, 1])
+    assert b["mean"] == 1.0 and b["lo"] == 0.0 and b["hi"] == 2.0
+    # one seed: exactly the prompt bootstrap's draws
+    rng = np.random.default_rng(3)
+    x, pids = rng.normal(size=40).tolist(), [f"p{i % 10}" for i in range(40)]
+    assert prompt_bootstrap(x, pids, n_boot=300) == prompt_bootstrap(x, pids, n_boot=300, seeds=[7] * 40)
+    w = hierarchical_weights(10, 3, 50)
+    assert w.shape == (50, 3, 10) and np.allclose(w.sum((1, 2)), 30)
+    # seeds that disagree (training variance) widen the CI; prompts alone do not see it
+    seeds = [i // 20 for i in range(60)]
+    y = [0.5 * s + v for s, v in zip(seeds, rng.normal(0, 0.1, 60))]
+    p3 = [f"p{i % 20}" for i in range(60)]
+    narrow, wide = prompt_bootstrap(y, p3, n_boot=500), prompt_bootstrap(y, p3, n_boot=500, seeds=seeds)
+    assert (wide["hi"] - wide["lo"]) > 3 * (narrow["hi"] - narrow["lo"])
+
+
+def test_paired_bootstrap_pairs_seeds():
+    """Policy seed s vs start seed s: a seed-level shift common to both cancels in the paired diff."""
+    rng = np.random.default_rng(0)
+    seeds = [i // 20 for i in range(60)]
+    pids = [f"p{i % 20}" for i in range(60)]
+    start = [2.0 * s + v for s, v in zip(seeds, rng.normal(0, 0.1, 60))]
+    pol = [x + 0.3 for x in start]
+    b = paired_prompt_bootstrap(pol, pids, start, pids, n_boot=500, a_seeds=seeds, b_seeds=seeds)
+    assert b["diff"] == pytest.approx(0.3) and b["hi"] - b["lo"] < 1e-9 and b["n_seeds"] == 3
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_prompt_bootstrap(pol, pids, start, pids, a_seeds=seeds, b_seeds=[0] * 60)

@@ -105,3 +105,19 @@ def test_bf16_and_fp32_draws_estimate_the_same_kl(gpt2):
     k1, k3 = (lp32["policy"] - lp32["ref"]), lp32["kl_cv"]
     assert abs(k1.mean() - k3.mean()) < (b32["hi"] - b32["lo"]) / 2
     assert k3.std() < k1.std() and (k3 >= 0).all()
+
+
+def test_filtered_sampling_log_q_is_the_filtered_distribution_and_drops_the_cv(gpt2):
+    """With temperature and top-k the sampler's log q is that of the tempered, truncated
+    distribution; the forward fallback (records without sample_logps) computes the same, and the
+    control-variate KL is not reported (q lacks full support, so E_q[r - 1] != 0)."""
+    cfg = SampleConfig(max_new_tokens=6, temperature=0.7, top_k=20)
+    d = S.draw_batch(gpt2, PROMPTS, 2, cfg, STOPS, 0, torch.Generator().manual_seed(2))
+    recs = [{"prompt_id": str(i // 2), "completion_ids": t} for i, t in enumerate(d.tokens)]
+    pids = {str(i): p for i, p in enumerate(PROMPTS)}
+    lp = evaluate.logps_and_entropy(gpt2, gpt2, pids, recs, 0, sample_cfg=cfg)
+    assert torch.allclose(lp["policy"].float(), torch.tensor([sum(x) for x in d.logps]), atol=1e-4)
+    assert torch.allclose(lp["entropy"].float(), torch.tensor(d.entropy), atol=1e-4)
+    assert lp["kl_cv"] is None
+    plain = evaluate.logps_and_entropy(gpt2, gpt2, pids, recs, 0)  # T=1, no top-k: another distribution
+    assert not torch.allclose(plain["policy"], lp["policy"])
