@@ -24,7 +24,6 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_diff_ci",
     "summarize_rewards",
-    "mean_std_over_seeds",
     "paired_prompt_bootstrap",
     "prompt_bootstrap",
     "prompt_bootstrap_entropy",
@@ -360,22 +359,3 @@ def summarize_rewards(rewards, n_boot: int = 1000) -> dict:
         "ci_hi": hi,
         "n": int(x.size),
     }
-
-
-def mean_std_over_seeds(rows: list[dict], keys: list[str]) -> dict:
-    """{key: (mean, std)} of each key across rows (one row per seed).
-
-    std uses ddof=1 (sample std) when there are >= 2 rows and ddof=0 (i.e. 0.0)
-    for a single row. Raises ValueError on no rows or a missing key.
-    """
-    if not rows:
-        raise ValueError("mean_std_over_seeds: no rows")
-    out: dict[str, tuple[float, float]] = {}
-    for k in keys:
-        missing = sum(1 for r in rows if k not in r)
-        if missing:
-            raise ValueError(f"mean_std_over_seeds: key {k!r} missing from {missing} row(s)")
-        v = np.asarray([float(r[k]) for r in rows], dtype=np.float64)
-        ddof = 1 if v.size > 1 else 0
-        out[k] = (float(v.mean()), float(v.std(ddof=ddof)))
-    return out

@@ -9,7 +9,6 @@ from alignment.metrics import (
     bootstrap_diff_ci,
     distinct_n,
     mean_predictive_entropy,
-    mean_std_over_seeds,
     perplexity,
     sequence_kl_estimate,
     summarize_rewards,
@@ -184,16 +183,6 @@ def test_nan_rewards_raise_with_count():
         bootstrap_ci([float("nan"), 1.0])
     with pytest.raises(ValueError, match="NaN"):
         bootstrap_diff_ci([1.0, 2.0], torch.tensor([float("nan")]))
-
-
-def test_mean_std_over_seeds():
-    rows = [{"r": 1.0, "kl": 2.0}, {"r": 3.0, "kl": 2.0}]
-    out = mean_std_over_seeds(rows, ["r", "kl"])
-    assert out["r"] == pytest.approx((2.0, math.sqrt(2.0)))  # ddof=1
-    assert out["kl"] == pytest.approx((2.0, 0.0))
-    assert mean_std_over_seeds([{"r": 5.0}], ["r"]) == {"r": (5.0, 0.0)}
-    with pytest.raises(ValueError):
-        mean_std_over_seeds(rows, ["missing"])
 
 
 # ---- paired, prompt-clustered bootstrap and Holm ------------------------------------------------
