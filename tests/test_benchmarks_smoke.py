@@ -70,7 +70,7 @@ def test_quick_run_writes_every_row(quick_run):
             assert sum(w in s for s in steps) == 1, f"{section}: no single row for {w!r} in {steps}"
     assert len(rows) == sum(map(len, expected_steps().values()))
     ceiling = md_table(text, "Compute ceiling (achieved FLOP/s ÷ a GEMM measured in the same run, same dtype)")
-    assert len(ceiling) >= 4 and all(0 < float(r["fraction of ceiling"].rstrip("%")) for r in ceiling)
+    assert len(ceiling) >= 4 and all(0 < float(r["fraction of ceiling"].rstrip("%")) < 100 for r in ceiling)
     for r in rows:
         ratio = float(r["ratio"].removesuffix("x"))
         assert math.isfinite(ratio) and ratio > 0, r
