@@ -188,7 +188,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
     grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
     with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields)}
-    comparisons = F.matched_kl_comparisons(with_bon, grid, ("reward", "judge", "pred_entropy"))
+    comparisons = F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy"))  # per-pair KL values
     gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
                         **compare_to_start(ev, start, n_boot)} for k, ev in points.items()])
     table = F.point_table(with_bon)

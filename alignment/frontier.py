@@ -199,10 +199,14 @@ def _compare(a: list[dict], b: list[dict], field: str, kl: float) -> dict | None
     return {"diff": float(d[0]), "lo": float(lo), "hi": float(hi), "p": float(p), "boot_valid": float(valid.mean())}
 
 
-def matched_kl_comparisons(curves: dict[str, list[dict]], grid: list[float], fields: tuple[str, ...]) -> list[dict]:
-    """Every pair of (KL-monotone) curves at every grid KL inside both trained ranges, per field:
-    the paired bootstrap difference a - b, its 95 % CI, p-value ((1 + tail count) / (B + 1), two-
-    sided), Holm-adjusted p (per field, over all pairs and grid points) and the verdict for a.
+def matched_kl_comparisons(curves: dict[str, list[dict]], grid: list[float] | None, fields: tuple[str, ...],
+                           k: int = 3) -> list[dict]:
+    """Every pair of (KL-monotone) curves at matched KL values, per field: the paired bootstrap
+    difference a - b, its 95 % CI, p-value ((1 + tail count) / (B + 1), two-sided), Holm-adjusted p
+    (per field, over all pairs and KL values) and the verdict for a. The KL values: `grid` where
+    given (each used where it lies inside both trained ranges), else per pair `k` values inside the
+    overlap of the two curves' trained ranges (`matched_kl_grid` of the pair) — so best-of-N, whose
+    KL stops at log 16 - 15/16 = 1.84, is still compared with every curve that overlaps it.
     Size n_boot >= 40 x `n_comparisons` (the p-value floor is 2 / (B + 1))."""
     ok = [c for c in curves if monotone(curves[c])]
     rows = []
@@ -211,7 +215,7 @@ def matched_kl_comparisons(curves: dict[str, list[dict]], grid: list[float], fie
         for a, b in combinations(ok, 2):
             if not all(field in p for p in curves[a] + curves[b]):
                 continue
-            for kl in grid:
+            for kl in (grid if grid is not None else matched_kl_grid({a: curves[a], b: curves[b]}, k)):
                 r = _compare(curves[a], curves[b], field, kl)
                 if r is not None:
                     block.append({"field": field, "kl": kl, "a": a, "b": b, **r})

@@ -20,6 +20,7 @@ GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gai
              ("judge_gain_ci_hi", "judge_ci_hi"), ("judge_gain_p_holm", "judge_p_holm"),
              ("on_topic_gain", "on_topic_gain")]
 ALPHA = 0.05  # family-wise error rate of the "distinguishable" verdicts
+SHOW_MAX = 8  # distinguishable comparisons listed per metric in the conclusions (all are in sweep.json)
 STILL_KL = 0.1  # nats: below this a policy has barely left the reference (smoke-sized runs)
 
 
@@ -276,19 +277,21 @@ def sweep_lines(sweep: dict) -> list[str]:
     if sweep.get("non_monotone"):
         lines.append("KL does not rise monotonically along β for " + ", ".join(f"`{c}`" for c in sweep["non_monotone"])
                      + ": those curves are shown but not compared at matched KL.")
-    if not sweep["matched_kl"]:
-        return lines + ["The curves' trained KL ranges do not overlap: no matched-KL comparison is possible at these β."]
-    lines.append("Matched KL values (inside every curve's trained range; best-of-N is compared where its own range reaches): " + ", ".join(f"{k:.2f}" for k in sweep["matched_kl"])
-                 + " nats.")
+    common = (", ".join(f"{k:.2f}" for k in sweep["matched_kl"]) + " nats" if sweep["matched_kl"]
+              else "none (the divergence curves' trained KL ranges do not all overlap)")
+    lines.append("Each pair of curves is compared at 3 KL values inside both curves' trained ranges (pairs that do "
+                 f"not overlap are not compared); KL values common to every divergence curve: {common}.")
     for field in ("reward", "judge", "pred_entropy"):
         rows = [c for c in sweep["comparisons"] if c["field"] == field]
         if not rows:
+            lines.append(f"{field}: no pair of curves overlaps in KL; nothing compared.")
             continue
         sig = [c for c in rows if c["verdict"] != "not distinguishable at this size"]
+        shown = "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} ({c['diff']:+.3f}, "
+                          f"{c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig[:SHOW_MAX])
+        more = f"; and {len(sig) - SHOW_MAX} more (sweep.json)" if len(sig) > SHOW_MAX else ""
         lines.append(f"{field}: {len(sig)} of {len(rows)} pairwise comparisons distinguishable (Holm)"
-                     + (": " + "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} "
-                                          f"({c['diff']:+.3f}, {c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig)
-                        if sig else "; the rest is not distinguishable at this size") + ".")
+                     + (f": {shown}{more}" if sig else "; none is distinguishable at this size") + ".")
     return lines
 
 

@@ -162,3 +162,21 @@ def test_family_labels():
     assert F.family_label("alpha", 0.3) == "alpha=0.3"
     assert F.family_label("reverse_kl", 0.5) == "reverse_kl"
     assert "heuristic" in F.family_label("chi2", 0.5)
+
+
+def test_per_pair_kl_values_reach_best_of_n():
+    """grid=None: each pair is compared inside the overlap of its own trained ranges, so a
+    best-of-N curve (KL <= 1.84) is compared with a divergence curve reaching 1..5 nats at KL
+    values in [1, 1.84], and two curves that do not overlap are not compared at all."""
+    boot = F._Boot(["a", "b"], n_boot=200)
+    start = _recs({"a": [(0.0, 0.0)], "b": [(0.0, 0.1)]})
+    pts = {"pol@1.0": _recs({"a": [(1.0, 0.2)], "b": [(1.0, 0.3)]}),
+           "pol@0.1": _recs({"a": [(5.0, 0.9)], "b": [(5.0, 1.0)]}),
+           "far@1.0": _recs({"a": [(6.0, 0.9)], "b": [(6.0, 1.0)]}),
+           "far@0.1": _recs({"a": [(9.0, 1.2)], "b": [(9.0, 1.3)]})}
+    curves = F.curve_points(pts, start, boot, ("reward",))
+    curves["bon"] = [{"n": n, "kl": np.full(201, F.bon_kl(n)), "reward": np.full(201, 0.1 + 0.2 * i)}
+                     for i, n in enumerate(F.BON_NS)]
+    rows = F.matched_kl_comparisons(curves, None, ("reward",))
+    assert {(r["a"], r["b"]) for r in rows} == {("pol", "bon")}  # far overlaps neither
+    assert len(rows) == 3 and all(1.0 <= r["kl"] <= F.bon_kl(16) for r in rows)

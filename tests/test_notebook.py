@@ -143,7 +143,8 @@ def test_report_computes_conclusions_from_numbers():
            "(+0.300, +0.100..+0.500)" in text
     assert "pred_entropy: 1 of 1" in text and "reverse_kl lower than forward_kl" in text
     assert "barely moved" not in text  # Level 1 KL 1.25 > 0.1
-    assert "do not overlap" in "\n".join(nbh.sweep_lines({**sweep, "matched_kl": []}))
+    assert "do not all overlap" in "\n".join(nbh.sweep_lines({**sweep, "matched_kl": []}))
+    assert "nothing compared" in "\n".join(nbh.sweep_lines({**sweep, "comparisons": []}))
     assert "30.000 → 3000.000" in text  # lr lesson perplexity jump, from the numbers
     rows = nbh.results_rows(lr_rows, extra=("lr",))
     assert rows[0]["lr"] == "0.001" and rows[0]["distinguishable"] is False
