@@ -183,7 +183,8 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     start = pooled(pipe, START, list(starts.values()))
     fields = ("reward", "judge", "on_topic", "pred_entropy")
     n_curves = len({k.rsplit("@", 1)[0] for k in points}) + 1  # + best-of-N
-    n_boot = max(pipe.cfg.eval.n_boot, 40 * F.n_comparisons(n_curves, 3), 40 * len(points))  # Holm p-value floors
+    # Holm p-value floors: the smallest p is 2/(B+1), so Holm over m comparisons cannot go below 2m/(B+1)
+    n_boot = max(pipe.cfg.eval.n_boot, 100 * F.n_comparisons(n_curves, 3), 100 * len(points))
     boot = F._Boot([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
     curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
     grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)

@@ -264,7 +264,8 @@ def sweep_lines(sweep: dict) -> list[str]:
     pairwise comparisons are higher/lower or not distinguishable, with the distinguishable ones."""
     g, runs = sweep["grid"], sweep["runs"]
     lines = [f"**Frontiers** ({len(runs)} runs: {len(g['losses'])} divergence families, β {g['betas']}, "
-             f"seeds {g['seeds']}, α {g['alphas']}; {sweep['wall_minutes']:.0f} min): each point pools its seeds; "
+             f"seeds {g['seeds']}, α {g['alphas']}; this call {sweep['wall_minutes']:.1f} min, cached runs reused): each point "
+             "pools its seeds; "
              f"curves are compared at matched KL, never at one shared β."]
     gains = sweep.get("gains", [])
     if gains:
