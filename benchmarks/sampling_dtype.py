@@ -29,6 +29,11 @@ from alignment.pipeline import Pipeline, Policy  # noqa: E402
 from alignment.report import hardware, markdown_table  # noqa: E402
 
 FIELDS = (("reward", "eval/reward_mean"), ("judge", "eval/judge_mean"), ("on_topic", "eval/on_topic"))
+def ci(key: str) -> str:
+    """The CI key prefix of a metric (the reward's CI is eval/reward_ci_*)."""
+    return "eval/reward" if key == "eval/reward_mean" else key
+
+
 KEYS = ("eval/reward_mean", "eval/judge_mean", "eval/on_topic", "eval/kl_to_ref", "eval/predictive_entropy",
         "eval/ref_perplexity")
 
@@ -60,8 +65,8 @@ def main(argv=None) -> int:
             m = metrics_of(name, scored[(name, dtype)], n)
             rows.append({"model": f"{name} ({args.policy if name == 'policy' else 'sft'})",
                          "sampling dtype": str(dtype).split(".")[1],
-                         **{k.split("/")[1]: f"{m[k]:.3f}" + (f" ({m[k + '_ci_lo']:.3f}..{m[k + '_ci_hi']:.3f})"
-                                                              if k + "_ci_lo" in m else "")
+                         **{k.split("/")[1]: f"{m[k]:.3f}" + (f" ({m[ci(k) + '_ci_lo']:.3f}..{m[ci(k) + '_ci_hi']:.3f})"
+                                                              if ci(k) + "_ci_lo" in m else "")
                             for k in KEYS if m.get(k) is not None}})
     diffs = []
     for name in ("start", "policy"):

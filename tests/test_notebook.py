@@ -194,7 +194,7 @@ def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
     sweep = _texts(_code_cells(nb, "sweep")[0])
     assert all(loss in sweep for loss in SMOKE_LOSSES)
     matched = _texts(_code_cells(nb, "matched-kl")[0])
-    assert "**Frontiers**" in matched and "verdict" in matched
+    assert "**Frontiers**" in matched and ("verdict" in matched or "nothing compared" in matched)
     assert "SIZE='smoke'" in _texts(_code_cells(nb, "run-note")[0])
     concl = _texts(_code_cells(nb, "conclusions")[0])
     assert "**Level 1**" in concl and "**Frontiers**" in concl and "total wall time" in concl
