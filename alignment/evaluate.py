@@ -25,11 +25,11 @@ import torch
 
 from .config import Config
 from .io import write_json, write_jsonl
-from .logprobs import collate, model_token_logps, token_logps
+from .logprobs import collate, model_logits, model_token_logps, token_logps
 from .metrics import (distinct_n, kl_control_variate, mean_predictive_entropy, perplexity, prompt_bootstrap, prompt_bootstrap_entropy,
                       sequence_kl_estimate, unigram_token_entropy)
 from .reward import check_finite, reward_texts, score_records
-from .sampling import sample_to_file
+from .sampling import filter_logits, sample_to_file
 
 
 EVAL_VERSION = 2  # 2: KL / predictive entropy on the sampler's own log-probs (1: fp32 re-scoring of bf16 draws)
@@ -75,8 +75,6 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
     `kl_cv` is None then), and token counts. The forward fallback applies the sampler's temperature
     and top-k/top-p (`sample_cfg`), so its log q is the sampling distribution's too.
     `sampler=None` (the human row): only the reference's log-probs and the counts."""
-    from .sampling import filter_logits
-
     T, top_k, top_p = ((sample_cfg.temperature, sample_cfg.top_k, sample_cfg.top_p) if sample_cfg is not None
                        else (1.0, 0, 1.0))
     full_support = top_k == 0 and top_p >= 1.0
@@ -93,7 +91,7 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
         if all("sample_logps" in r for r in chunk):
             q_tok, ent = [r["sample_logps"] for r in chunk], torch.tensor([r["sample_entropy"] for r in chunk])
         else:
-            _, logits = model_token_logps(sampler, batch, return_logits=True)  # (b, T, V)
+            logits = model_logits(sampler, batch)  # (b, T, V)
             b, L, V = logits.shape
             logits = filter_logits(logits.float().reshape(b * L, V) / T, top_k, top_p).reshape(b, L, V)
             q_tok = _row_tokens(token_logps(logits, batch["input_ids"].to(logits.device)), mask)

@@ -65,15 +65,16 @@ def level1_seeds(cfg) -> tuple[int, ...]:
     return tuple(cfg.dpo.seed + k for k in range(cfg.eval.n_seeds))
 
 
-def pooled(pipe: Pipeline, name: str, evals: list[Evaluation]) -> Evaluation:
+def pooled(pipe: Pipeline, name: str, evals: list[Evaluation], measure: bool = True) -> Evaluation:
     """Evaluations of one model under several seeds as one: their samples together (tagged with
-    the seed's index), metrics recomputed; CIs resample prompts with all their samples of every seed."""
+    the seed's index), metrics recomputed (`measure=False`: only {"model": name}, for callers that
+    use the samples alone); CIs resample seeds and prompts."""
     if len(evals) == 1:
         return Evaluation({**evals[0].metrics, "model": name}, evals[0].scored)
     from .evaluate import metrics_of
 
     scored = [{**r, "seed_index": k} for k, ev in enumerate(evals) for r in ev.scored]
-    return Evaluation(metrics_of(name, scored, pipe.cfg.eval.n_boot), scored)
+    return Evaluation(metrics_of(name, scored, pipe.cfg.eval.n_boot) if measure else {"model": name}, scored)
 
 
 def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
@@ -168,7 +169,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     t0 = time.time()
     pipe.scorers  # noqa: B018  (a scorer that cannot load fails before any training)
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
-    bon = pooled(pipe, "best-of-N", [pipe.evaluate(seed=s, n_samples=max(F.BON_NS)) for s in seeds])
+    bon = pooled(pipe, "best-of-N", [pipe.evaluate(seed=s, n_samples=max(F.BON_NS)) for s in seeds], measure=False)
     runs, points = [], {}
     for loss in losses:
         for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,)):
@@ -179,7 +180,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
                     row, ev, _ = trained_row(pipe, starts[seed], loss=loss, beta=beta, alpha=alpha, seed=seed)
                     runs.append({**row, "loss": loss, "label": label, "alpha": alpha, "beta": beta, "seed": seed})
                     evs.append(ev)
-                points[f"{label}@{beta!r}"] = pooled(pipe, label, evs)
+                points[f"{label}@{beta!r}"] = pooled(pipe, label, evs, measure=False)  # curves use the samples
     start = pooled(pipe, START, list(starts.values()))
     fields = ("reward", "judge", "on_topic", "pred_entropy")
     n_curves = len({k.rsplit("@", 1)[0] for k in points}) + 1  # + best-of-N

@@ -47,14 +47,19 @@ def sequence_logps(tok_logps: torch.Tensor, completion_mask: torch.Tensor) -> to
     return (tok_logps * completion_mask[:, 1:].to(tok_logps.dtype)).sum(-1)
 
 
-def model_token_logps(model, batch: dict[str, torch.Tensor], return_logits: bool = False):
-    """Forward `model` on a collated batch; returns (B, T-1) token log-probs aligned with
-    input_ids[:, 1:] (and the (B, T, V) logits when asked, for predictive entropy)."""
+def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Forward `model` on a collated batch (right-padded, positions from the attention mask): (B, T, V)."""
     dev = next(model.parameters()).device
     ids, attn = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits  # (B, T, V)
-    tok = token_logps(logits, ids)  # (B, T-1)
+    return model(input_ids=ids, attention_mask=attn, position_ids=pos).logits  # (B, T, V)
+
+
+def model_token_logps(model, batch: dict[str, torch.Tensor], return_logits: bool = False):
+    """Forward `model` on a collated batch; returns (B, T-1) token log-probs aligned with
+    input_ids[:, 1:] (and the (B, T, V) logits when asked, for predictive entropy)."""
+    logits = model_logits(model, batch)  # (B, T, V)
+    tok = token_logps(logits, batch["input_ids"].to(logits.device))  # (B, T-1)
     return (tok, logits) if return_logits else tok
 
 

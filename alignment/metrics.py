@@ -267,13 +267,6 @@ def paired_prompt_bootstrap(a, a_prompts, b, b_prompts, n_boot: int = 1000, leve
             "n_seeds": S}
 
 
-def _prompt_weights(prompts, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cluster index per value, (n_boot, P) multinomial draw counts per prompt)."""
-    index = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-    ix, P = np.array([index[p] for p in prompts], dtype=np.int64), len(index)
-    return ix, np.random.default_rng(seed).multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(np.float64)
-
-
 def prompt_bootstrap(x, prompts, n_boot: int = 1000, level: float = 0.95, seed: int = 0, weights=None,
                      seeds=None) -> dict:
     """Prompt-clustered bootstrap CI of mean(x) (or of the weighted mean sum(w x) / sum(w)): `x[i]`
@@ -312,7 +305,8 @@ def prompt_bootstrap_entropy(token_ids: list[list[int]], prompts, groups=None, n
     vocab = {t: i for i, t in enumerate(dict.fromkeys(t for seq in token_ids for t in seq))}
     if not vocab:
         return {"mean": 0.0, "lo": 0.0, "hi": 0.0}
-    ix, draws = _prompt_weights(prompts, n_boot, seed)
+    ix, _, index, _ = _cells(prompts, None)
+    draws = hierarchical_weights(len(index), 1, n_boot, seed)[:, 0, :]  # (n_boot, P): prompts only
     names = sorted(set(groups))
     counts = np.zeros((len(names), draws.shape[1], len(vocab)))  # (G, P, U) token counts per group and prompt
     for g, c, seq in zip(groups, ix, token_ids):

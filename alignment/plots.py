@@ -73,22 +73,3 @@ def frontier(points: list[dict], x: str, y: str, path: Path) -> Path:
     ax.set(xlabel=AXES.get(x, x), ylabel=AXES.get(y, y), title=f"{y} vs {x}: frontiers over β (95 % CI over seeds × prompts)")
     ax.legend(fontsize=7)
     return _save(fig, path)
-
-
-def tradeoff(summary: list[dict], sft: dict, xkey: str, path: Path) -> Path:
-    """Reward vs a diversity/drift metric: one point per (divergence, beta), error bars = std over seeds."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    labels = sorted({s["label"] for s in summary})
-    cmap = plt.get_cmap("tab10")
-    for i, lab in enumerate(labels):
-        pts = [s for s in summary if s["label"] == lab]
-        ax.errorbar([s[xkey][0] for s in pts], [s["eval/reward_mean"][0] for s in pts],
-                    xerr=[s[xkey][1] for s in pts], yerr=[s["eval/reward_mean"][1] for s in pts],
-                    fmt="o", color=cmap(i % 10), label=lab, capsize=3)
-        for s in pts:
-            if len({p["beta"] for p in summary}) > 1:
-                ax.annotate(f"β={s['beta']:g}", (s[xkey][0], s["eval/reward_mean"][0]), fontsize=7)
-    ax.scatter([sft[xkey]], [sft["eval/reward_mean"]], marker="*", s=160, color="black", label="SFT", zorder=5)
-    ax.set(xlabel=xkey.split("/")[1], ylabel="mean reward (held-out)", title=f"Reward vs {xkey.split('/')[1]}")
-    ax.legend(fontsize=7)
-    return _save(fig, path)
