@@ -92,8 +92,8 @@ def run(S: Sizes, ctx, rep: Report) -> None:
                                  Path(tmp) / "native-bf16")
         log(f"  native bf16 autocast: {bf16:.2f} s/step")
         clock_t, wall_t = time_trl(ctx, run_pairs, pids, dcfg, Path(tmp) / "trl")
-    rep.add(f"DPO step (batch {B} pairs), native: fp32 vs bf16 autocast (dpo.precision=bf16; native bf16 CPU: "
-            f"{cpu_has_bf16()})", f"{1 / native:.3f} steps/s", f"{1 / bf16:.3f} steps/s", speedup(native, bf16))
+    where = f"on {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"native bf16 CPU: {cpu_has_bf16()}"
+    rep.add(f"DPO step (batch {B} pairs), native: fp32 vs bf16 autocast (dpo.precision=bf16; {where})", f"{1 / native:.3f} steps/s", f"{1 / bf16:.3f} steps/s", speedup(native, bf16))
     step = f"DPO training step (batch {B} pairs): trl DPOTrainer, reference forward every step, vs native train_dpo " \
            f"(precomputed reference)"
     if len(clock_t.t) < 2:
