@@ -123,8 +123,9 @@ def run_stage(args, cfg, grid: dict) -> int:
         "sft": pipe.sft,
     }
     result = actions[args.stage]()
-    print(render(args.stage, result))
-    print(where(pipe))
+    if pipe.dist.main:  # under `accelerate launch`, one report
+        print(render(args.stage, result))
+        print(where(pipe))
     return 0
 
 
@@ -158,4 +159,8 @@ def where(pipe) -> str:
         lines.append(f"plots:   {P.plots.resolve()}")
     if pipe.cfg.track.mode == "offline" and P.wandb.exists():
         lines.append(f"wandb:   {P.wandb.resolve()}  (offline; upload with `wandb sync {P.wandb}/offline-run-*`)")
+    if pipe.dist.world > 1:
+        import torch.distributed as td
+
+        lines.append(f"ran on:  {pipe.dist.world} processes ({td.get_backend()}), work split by batches")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .distributed import Dist, chunks, map_batches
 from .io import write_json, write_jsonl
 from .logprobs import collate, model_logits, model_token_logps, token_logps
 from .metrics import (distinct_n, kl_control_variate, mean_predictive_entropy, perplexity, prompt_bootstrap, prompt_bootstrap_entropy,
@@ -218,7 +219,8 @@ def _finish(name: str, out_dir: Path, recs: list[dict], scores: dict[str, list[f
 
 
 def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, prompts: list[dict], cfg: Config,
-                   stop_ids: list[int], out_dir: str | Path, sample_dtype=None, seed: int = 0) -> dict:
+                   stop_ids: list[int], out_dir: str | Path, sample_dtype=None, seed: int = 0,
+                   dist: Dist = Dist()) -> dict:
     """Sample cfg.eval.n_samples per held-out prompt from `model`, score, measure; writes out_dir
     (samples.jsonl streamed, so a killed evaluation resumes; the pipeline caches the whole dir).
 
@@ -228,19 +230,34 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
     reference scores in its own dtype (fp32: the reference DPO trained against).
     `seed` picks the evaluation draws (sample.seed + 10_000 + seed: never the training draws); a
     policy trained with dpo.seed s is compared with the start policy evaluated with the same s.
-    """
+    Under several processes (`dist`; `scorers` then split their batches too) each rank samples and
+    measures its share of the batches; rank 0 writes the files and returns the metrics."""
     out_dir = Path(out_dir)
     sampler = model
     if sample_dtype is not None and sample_dtype != next(model.parameters()).dtype:
         sampler = copy.deepcopy(model).to(sample_dtype)
     scfg = dataclasses.replace(cfg.sample, seed=cfg.sample.seed + 10_000 + seed)  # eval draws differ from train
     recs = sample_to_file(out_dir / "samples.jsonl", sampler, tokenizer, prompts, cfg.eval.n_samples,
-                          scfg, stop_ids, desc=f"eval {name}", max_new_tokens=cfg.eval.max_new_tokens)
+                          scfg, stop_ids, desc=f"eval {name}", max_new_tokens=cfg.eval.max_new_tokens, dist=dist)
     scores = score_all(scorers, recs)
-    lp = logps_and_entropy(sampler, model if ref_model is None else ref_model, {p["id"]: p["ids"] for p in prompts},
-                           recs, tokenizer.pad_token_id, sample_cfg=cfg.sample)
+    lp = _sharded_logps(dist, sampler, model if ref_model is None else ref_model, {p["id"]: p["ids"] for p in prompts},
+                        recs, tokenizer.pad_token_id, cfg.sample)
     del sampler
-    return _finish(name, out_dir, recs, scores, lp, cfg)
+    return _finish(name, out_dir, recs, scores, lp, cfg) if dist.main else {}
+
+
+def _sharded_logps(dist: Dist, sampler, ref_model, prompt_ids: dict, recs: list[dict], pad_id: int, sample_cfg,
+                   batch_size: int = 16) -> dict:
+    """`logps_and_entropy` with its batches split across ranks, gathered (equal to one process's)."""
+    if dist.world == 1 or not recs:
+        return logps_and_entropy(sampler, ref_model, prompt_ids, recs, pad_id, batch_size, sample_cfg)
+
+    def per_record(sub: list[dict]) -> list[dict]:
+        lp = logps_and_entropy(sampler, ref_model, prompt_ids, sub, pad_id, batch_size, sample_cfg)
+        return [{k: (None if v is None else v[i]) for k, v in lp.items()} for i in range(len(sub))]
+
+    rows = map_batches(per_record, recs, chunks(len(recs), batch_size), dist)
+    return {k: None if rows[0][k] is None else torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def human_records(prompts: list[dict], texts: dict[str, str], tokenizer, max_new_tokens: int,

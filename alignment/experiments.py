@@ -127,7 +127,8 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
               "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
               "examples": examples_rows({m: e.scored for m, e in first.items()}, pipe.cfg.eval.n_examples),
               "plots": [str(f) for f in files]}
-    write_json(P.result("level1"), result)
+    if pipe.dist.main:
+        write_json(P.result("level1"), result)
     _log_summary(pipe, "level1", rows, files)
     return result
 
@@ -149,7 +150,8 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
         rows.append({**row, "lr": lr})
         scored[row["model"]] = ev.scored
     result = {"rows": with_holm(rows), "start": start.metrics, "examples": examples_rows(scored, pipe.cfg.eval.n_examples)}
-    write_json(pipe.paths.result("lr_lesson"), result)
+    if pipe.dist.main:
+        write_json(pipe.paths.result("lr_lesson"), result)
     return result
 
 
@@ -202,7 +204,8 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
               "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
               "grid": {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas)},
               "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files]}
-    write_json(P.result("sweep"), result)
+    if pipe.dist.main:
+        write_json(P.result("sweep"), result)
     _log_summary(pipe, "sweep", table, files)
     return result
 

@@ -202,15 +202,28 @@ def _build_lock(artifact: Path) -> Iterator[None]:
         f.close()  # releases the flock
 
 
+def raise_if_stale(artifact: str | os.PathLike, deps: dict, hint: str = "") -> None:
+    """`CacheMismatch` naming the changed keys when `artifact` was made with other deps."""
+    artifact = Path(artifact)
+    if cache_state(artifact, deps) == "stale":
+        old = read_json(meta_path(artifact))["deps"]
+        changed = sorted(k for k in set(deps) | set(old) if old.get(k) != deps.get(k))
+        raise CacheMismatch(f"{artifact} was made with a different config (changed: {', '.join(changed)}). {hint}")
+
+
+def part_path(artifact: str | os.PathLike, deps: dict) -> Path:
+    """Where `cached` builds `artifact` for these deps (`.<name>.<deps hash>.part`)."""
+    artifact = Path(artifact)
+    return artifact.with_name(f".{artifact.name}.{stable_hash(deps)}.part")
+
+
 def _build_locked(artifact: Path, deps: dict, build, on_mismatch: str, hint: str) -> bool:
     state, h, meta = cache_state(artifact, deps), stable_hash(deps), meta_path(artifact)
     if state == "fresh":  # built by another process while we waited
         return False
-    if state == "stale" and on_mismatch == "raise":
-        old = read_json(meta)["deps"]
-        changed = sorted(k for k in set(deps) | set(old) if old.get(k) != deps.get(k))
-        raise CacheMismatch(f"{artifact} was made with a different config (changed: {', '.join(changed)}). {hint}")
-    part = artifact.with_name(f".{artifact.name}.{h}.part")
+    if on_mismatch == "raise":
+        raise_if_stale(artifact, deps, hint)
+    part = part_path(artifact, deps)
     build(part)
     if meta.exists():
         meta.unlink()  # a crash from here on leaves an artifact without meta: rebuilt, never trusted

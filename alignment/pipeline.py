@@ -23,7 +23,8 @@ from typing import NamedTuple
 import torch
 
 from .config import OFFLINE, Config, ConfigError, check_section, section_deps
-from .io import CacheMismatch, cached, meta_path, part_dir, read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from .distributed import cached_on_ranks, current
+from .io import CacheMismatch, meta_path, part_dir, read_json, read_jsonl, stable_hash, write_json, write_jsonl
 
 
 class RunDirMismatch(CacheMismatch):
@@ -95,6 +96,11 @@ class Pipeline:
         self.paths = RunPaths(Path(cfg.run_dir))
         self.dir = self.paths.root
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.dist = current()  # this process's rank in an `accelerate launch` (one process: rank 0 of 1)
+        if self.dist.main:
+            self._write_manifest(cfg)
+
+    def _write_manifest(self, cfg: Config) -> None:
         # The manifest records the config that created the run dir; later invocations with other
         # configs (a sweep's dpo overrides, a refused mismatch) are listed, never overwrite it.
         h = stable_hash(cfg.to_dict())
@@ -145,12 +151,16 @@ class Pipeline:
                 out[f"{kind}_head"] = offline_head_hash(kind)
         return out
 
-    def _cached(self, artifact: Path, sections: tuple[str, ...], build, **extra) -> bool:
+    def _cached(self, artifact: Path, sections: tuple[str, ...], build, collective: bool = False, **extra) -> bool:
+        """Build `artifact` once per config. Under several processes (`alignment.distributed`) a
+        `collective` build runs on every rank (and writes on rank 0 only); others on rank 0 alone,
+        so they must not call stages: a stage's inputs are fetched before its `_cached`."""
         deps = {**section_deps(self.cfg, "model", "data", *sections), **self._model_identity,
                 **self._scorer_identity(sections), **extra}
         try:
-            return cached(artifact, deps, build, hint=f"Use a new run_dir (e.g. run_dir={self.dir}-2) "
-                                                      f"or delete {artifact} and its .meta.json.")
+            return cached_on_ranks(artifact, deps, build, self.dist, collective,
+                                   hint=f"Use a new run_dir (e.g. run_dir={self.dir}-2) "
+                                        f"or delete {artifact} and its .meta.json.")
         except CacheMismatch as e:  # the run-dir flavour of the error, for the CLI and tests
             raise RunDirMismatch(str(e)) from None
 
@@ -189,6 +199,12 @@ class Pipeline:
         e, r = self.cfg.eval, self.cfg.reward
         return Scorers(self.reward, load_judge(e.judge, r), load_topic_judge(e.topic_judge, r), r.score_prompt)
 
+    def _sharded(self, scorer):
+        """`scorer` with its batches split across ranks (itself in one process)."""
+        from .distributed import ShardedScorer
+
+        return scorer if self.dist.world == 1 or scorer is None else ShardedScorer(scorer, self.dist)
+
     def load_policy(self, name: str | None = None, dtype=torch.float32, train: bool = False):
         from .models import load_causal_lm
 
@@ -220,25 +236,32 @@ class Pipeline:
         def build(part):
             model = self.load_policy(dtype=self.sample_dtype)
             sample_to_file(part, model, self.tokenizer, prompts, self.cfg.sample.n_samples, self.cfg.sample,
-                           self.stop_ids, desc="sampling train prompts")
+                           self.stop_ids, desc="sampling train prompts", dist=self.dist)
 
-        self._cached(self.paths.samples, ("sample",), build)
+        self._cached(self.paths.samples, ("sample",), build, collective=True)
         return in_prompt_order(read_jsonl(self.paths.samples), prompts)
 
     def rewards(self) -> list[float]:
         from .reward import score_records
 
         recs = self.samples()
-        self._cached(self.paths.rewards, ("sample", "reward"),
-                     lambda part: write_json(part, score_records(self.reward, recs, self.cfg.reward.score_prompt)))
+
+        def build(part):
+            scores = score_records(self._sharded(self.reward), recs, self.cfg.reward.score_prompt)
+            if self.dist.main:
+                write_json(part, scores)
+
+        self._cached(self.paths.rewards, ("sample", "reward"), build, collective=True)
         return read_json(self.paths.rewards)
 
     def pairs(self) -> tuple[list[dict], dict]:
         from .pairs import build_pairs
 
+        samples, rewards = self.samples(), self.rewards()
+
         def build(part):
             p = self.cfg.pairs
-            pairs, stats = build_pairs(self.samples(), self.rewards(), p.strategy, p.min_margin, p.seed)
+            pairs, stats = build_pairs(samples, rewards, p.strategy, p.min_margin, p.seed)
             write_json(self.paths.pairs_stats, stats)
             write_jsonl(part, pairs)
 
@@ -253,9 +276,10 @@ class Pipeline:
         from .train import reference_logps
 
         pairs, _ = self.pairs()
+        prompt_ids = self.train_prompt_ids()
 
         def build(part):
-            ch, rj = reference_logps(self.ref_model, pairs, self.train_prompt_ids(), self.tokenizer.pad_token_id)
+            ch, rj = reference_logps(self.ref_model, pairs, prompt_ids, self.tokenizer.pad_token_id)
             with atomic_open(part, "wb") as f:
                 torch.save({"chosen": ch, "rejected": rj}, f)
 
@@ -278,6 +302,9 @@ class Pipeline:
         if dpo.lora_r and self.cfg.model.ref not in ("", self.cfg.model.policy):
             raise ConfigError(f"dpo.lora_r={dpo.lora_r} trains adapters on the reference's base, so it needs "
                               f"model.ref empty or equal to model.policy (got model.ref={self.cfg.model.ref!r})")
+        if dpo.backend == "trl" and self.dist.world > 1:
+            raise ConfigError(f"dpo.backend=trl under {self.dist.world} processes is not supported (its trainer "
+                              "would write from every rank); use dpo.backend=native, which trains with DDP")
         name = policy_name(dpo)
         out = self.paths.policy(name)
 
@@ -285,7 +312,7 @@ class Pipeline:
             self._train_into(part_dir(part), name, dpo)
 
         deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"]}
-        self._cached(out, ("sample", "reward", "pairs"), build, **deps)
+        self._cached(out, ("sample", "reward", "pairs"), build, collective=True, **deps)
         return Policy(name, out, read_jsonl(out / "train_log.jsonl"))
 
     def _train_into(self, part: Path, name: str, dpo) -> None:
@@ -309,10 +336,12 @@ class Pipeline:
             else:
                 from .train import train_dpo
 
-                train_dpo(model, pairs, self.train_prompt_ids(), ref, dpo, self.tokenizer.pad_token_id, part, tracker)
-            model.save_pretrained(part / "model")  # the adapter only, for LoRA
-            self.tokenizer.save_pretrained(part / "model")
-            done_training(part)
+                train_dpo(model, pairs, self.train_prompt_ids(), ref, dpo, self.tokenizer.pad_token_id, part, tracker,
+                          dist=self.dist)
+            if self.dist.main:
+                model.save_pretrained(part / "model")  # the adapter only, for LoRA
+                self.tokenizer.save_pretrained(part / "model")
+                done_training(part)
         finally:
             tracker.finish()
             if dpo.lora_r:  # hand the reference back without its adapters, in eval mode
@@ -351,13 +380,16 @@ class Pipeline:
                 model, ref = self.ref_model, None
             else:
                 model, ref = self.load_trained(policy), self.ref_model
-            evaluate_model(name, model, ref, self.tokenizer, self.scorers, prompts, cfg,
-                           self.stop_ids, part_dir(part), sample_dtype=self.sample_dtype, seed=seed)
+            s = self.scorers
+            scorers = dataclasses.replace(s, reward=self._sharded(s.reward), judge=self._sharded(s.judge),
+                                 topic=self._sharded(s.topic))
+            evaluate_model(name, model, ref, self.tokenizer, scorers, prompts, cfg, self.stop_ids,
+                           part_dir(part), sample_dtype=self.sample_dtype, seed=seed, dist=self.dist)
 
         policy_hash = read_json(meta_path(policy.dir))["hash"] if policy else None
         extra = {} if n_samples is None else {"eval_n_samples": n_samples}
-        self._cached(out, ("sample", "reward", "eval"), build, policy=policy_hash, eval_seed=seed,
-                     evaluation=EVAL_VERSION, **extra)
+        self._cached(out, ("sample", "reward", "eval"), build, collective=True, policy=policy_hash,
+                     eval_seed=seed, evaluation=EVAL_VERSION, **extra)
         return self._loaded_evaluation(name, out)
 
     def _loaded_evaluation(self, name: str, out: Path) -> Evaluation:
@@ -374,9 +406,9 @@ class Pipeline:
         from .evaluate import evaluate_human
 
         out = self.paths.eval(HUMAN)
+        prompts = self.prompts()["eval"]
 
         def build(part):
-            prompts = self.prompts()["eval"]
             texts = review_texts(self.cfg.data, {p["review_id"] for p in prompts})
             evaluate_human(HUMAN, self.ref_model, self.tokenizer, self.scorers, prompts, texts, self.cfg,
                            part_dir(part))
@@ -390,8 +422,10 @@ class Pipeline:
         return [Policy(d.name, d, read_jsonl(d / "train_log.jsonl")) for d in dirs]
 
     def tracker(self, name: str, group: str | None = None):
-        from .tracking import make_tracker
+        from .tracking import NullTracker, make_tracker
 
+        if not self.dist.main:  # one run per experiment in wandb: rank 0's
+            return NullTracker()
         return make_tracker(self.cfg, f"{self.dir.name}-{name}", str(self.dir), group=group)
 
 

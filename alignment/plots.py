@@ -5,12 +5,14 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg without a display
 
+from .distributed import current
 from .io import atomic_open
 
 
 def _save(fig, path: Path) -> Path:
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    if current().main:  # under several processes, rank 0 writes the figures
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 

@@ -2,19 +2,22 @@
 decode loop, cumsum+searchsorted categorical sampling, finished rows dropped from the batch.
 
 Returns plain records; `sample_to_file` streams them to JSONL prompt by prompt and resumes
-after an interrupt without redoing finished prompts. For a batch of prompts [a b c] and N=2
+after an interrupt without redoing finished prompts; under several processes each rank samples
+its share of the batches (`alignment.distributed`) into its own shard, with the same draws. For a batch of prompts [a b c] and N=2
 the decode batch is [a a b b c c]: `repeat_interleave` of the prefilled cache.
 """
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import SampleConfig
-from .io import JsonlAppender, debug_delay
+from .distributed import Dist, rank_items, remove_shards, shard_path
+from .io import JsonlAppender, debug_delay, read_jsonl, write_jsonl
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -131,6 +134,10 @@ def _batches(prompts: list[dict], per_batch: int) -> Iterator[list[dict]]:
         yield ordered[i : i + per_batch]
 
 
+def _per_batch(cfg: SampleConfig, n: int) -> int:
+    return max(1, cfg.batch_size // n)
+
+
 def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleConfig,
                    stop_ids: list[int], done: set[str] = frozenset(), desc: str = "sampling",
                    max_new_tokens: int | None = None) -> Iterator[list[dict]]:
@@ -138,7 +145,7 @@ def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleCon
     finished, sample_logps, sample_entropy} for prompts not in `done` (the last two: the sampling
     distribution's own per-token log-probs and mean predictive entropy; not with backend=generate)."""
     todo = [p for p in prompts if p["id"] not in done]
-    per_batch = max(1, cfg.batch_size // n)
+    per_batch = _per_batch(cfg, n)
     max_new = max_new_tokens or cfg.max_new_tokens
     bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False)
     for batch in _batches(todo, per_batch):
@@ -183,8 +190,35 @@ def sample_with_generate(model, tokenizer, prompts: list[list[int]], n: int, cfg
 
 
 def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: SampleConfig,
-                   stop_ids: list[int], desc: str = "sampling", max_new_tokens: int | None = None) -> list[dict]:
-    """Stream samples to `path` (JSONL); prompts already complete there are skipped (resume)."""
+                   stop_ids: list[int], desc: str = "sampling", max_new_tokens: int | None = None,
+                   dist: Dist = Dist()) -> list[dict]:
+    """Stream samples to `path` (JSONL); prompts already complete there are skipped (resume).
+    Several processes (`dist`, every rank calls this): rank r samples the batches k with
+    k % world == r into `<path>.rank<r>of<w>` (resumable), rank 0 merges them into `path`, and
+    every rank returns all records."""
+    if dist.world == 1:
+        recs = _stream(path, model, tokenizer, prompts, n, cfg, stop_ids, desc, max_new_tokens)
+        remove_shards(path)  # of an interrupted multi-process run resumed by one process
+        return recs
+    merged = read_jsonl(path) if Path(path).exists() else []
+    if len(done_prompts(merged, n)) < len(prompts):  # not merged yet (a merge is atomic)
+        ids = {p["id"]: i for i, p in enumerate(prompts)}
+        batches = [[ids[p["id"]] for p in b] for b in _batches(prompts, _per_batch(cfg, n))]
+        mine = [prompts[i] for i in rank_items(batches, dist)]
+        _stream(shard_path(path, dist), model, tokenizer, mine, n, cfg, stop_ids, desc, max_new_tokens)
+        dist.barrier()
+        merged = [r for k in range(dist.world) for r in read_jsonl(shard_path(path, Dist(k, dist.world)))]
+        merged = in_prompt_order(merged, prompts)
+        dist.barrier()  # every rank has read every shard
+        if dist.main:
+            write_jsonl(path, merged)
+            remove_shards(path)
+    dist.barrier()
+    return in_prompt_order(merged, prompts)
+
+
+def _stream(path, model, tokenizer, prompts: list[dict], n: int, cfg: SampleConfig, stop_ids: list[int],
+            desc: str, max_new_tokens: int | None) -> list[dict]:
     app = JsonlAppender(path)
     done = done_prompts(app.records, n)
     if any(r["prompt_id"] not in done for r in app.records):  # partial prompts (not via extend, but be safe)

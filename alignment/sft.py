@@ -232,8 +232,8 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
     before = read_json(before_path)
     tracker.log({"eval/ppl_before": before["ppl_before"]}, step=0)
 
-    def loss_fn(mb: list[int]):
-        nll, n = batch_nll(model, [train_seqs[i] for i in mb], pad)
+    def loss_fn(net, mb: list[int]):
+        nll, n = batch_nll(net, [train_seqs[i] for i in mb], pad)
         return nll / max(n, 1), {"loss": (nll / max(n, 1)).item(), "tokens": n}
 
     log, train_seconds, resumed_from = train_loop(model, len(train_seqs), loss_fn, sft_loop_config(cfg, dev), tmp, tracker)

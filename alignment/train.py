@@ -3,8 +3,14 @@
 `train_loop` owns everything a stage's training shares: the seeded batch order, the learning-rate
 schedule, gradient accumulation and clipping, the finite-loss check, `train_log.jsonl`, tracking,
 and checkpoints that resume mid-run with the same data order and RNG state. A stage passes a
-*loss closure* `loss_fn(indices) -> (loss, metrics)` over a micro-batch of example indices:
-DPO (`train_dpo`, below) and SFT (`alignment.sft`) are each one closure.
+*loss closure* `loss_fn(model, indices) -> (loss, metrics)` over a micro-batch of example indices
+(the loop hands in the model to call: under several processes, its DDP wrapper): DPO
+(`train_dpo`, below) and SFT (`alignment.sft`) are each one closure.
+
+Under `accelerate launch` (`alignment.distributed`, `dist.world` > 1) the loop is DDP through
+accelerate: each micro-batch of the one-process run is split across ranks and each rank's loss
+weighted by its share, so the gradient DDP averages equals the one-process gradient of that
+micro-batch; logged metrics are the same weighted means; rank 0 alone writes log and checkpoints.
 
 DPO here uses precomputed reference log-probs (one reference forward per pair, not two per step),
 any loss from `alignment.losses.LOSSES`, and chosen+rejected in one forward. The trl backend lives
@@ -23,12 +29,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import DPOConfig
-from .io import JsonlAppender, atomic_open, debug_delay, write_json
+from .distributed import Dist
+from .io import JsonlAppender, atomic_open, debug_delay, read_jsonl, write_json
 from .logprobs import batched_logps, collate, model_logps
 from .losses import compute_loss
 from .models import train_autocast
 
-LossFn = Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, dict[str, float]]]
 
 
 class LoopResult(NamedTuple):
@@ -102,19 +109,58 @@ def _load_ckpt(path: Path, model, opt) -> tuple[int, float]:
     return state["step"], state["seconds"]
 
 
-def _one_step(steps: list[list[list[int]]], step: int, loss_fn: LossFn, autocast: bool, dev) -> dict[str, float]:
-    """Forward/backward every micro-batch of optimizer step `step`; their mean metrics."""
-    mets = []
+def rank_share(mb: list[int], dist: Dist) -> tuple[list[int], float]:
+    """This rank's contiguous part of a global micro-batch and its weight |part| / |mb|. A rank
+    left without examples (|mb| < world) runs the first one with weight 0: DDP needs every rank's
+    backward. E.g. mb [0..4], 2 ranks: ([0, 1, 2], 0.6) and ([3, 4], 0.4)."""
+    if dist.world == 1:
+        return mb, 1.0
+    size = -(-len(mb) // dist.world)
+    mine = mb[dist.rank * size : (dist.rank + 1) * size]
+    return (mine, len(mine) / len(mb)) if mine else (mb[:1], 0.0)
+
+
+def _one_step(net, steps: list[list[list[int]]], step: int, loss_fn: LossFn, autocast: bool, dev,
+              dist: Dist) -> dict[str, float]:
+    """Forward/backward every micro-batch of optimizer step `step`; their mean metrics (over ranks too)."""
+    mets, weights = [], []
     for mb in steps[step]:
+        mine, w = rank_share(mb, dist)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, m = loss_fn(mb)
-        (loss / len(steps[step])).backward()
+            loss, m = loss_fn(net, mine)
+        # DDP averages over ranks: weight w * world makes that average the micro-batch mean's gradient
+        (loss * (w * dist.world / len(steps[step]))).backward()
         mets.append(m)
-    return {k: sum(m[k] for m in mets) / len(mets) for k in mets[0]}
+        weights.append(w)
+    keys = list(mets[0])
+    sums = dist.all_sum([sum(w * m[k] for m, w in zip(mets, weights)) for k in keys])
+    return {k: v / len(mets) for k, v in zip(keys, sums)}
+
+
+class _ReadOnlyLog:
+    """A rank > 0's view of train_log.jsonl (rank 0 writes it)."""
+
+    def __init__(self, path: Path):
+        self.records = read_jsonl(path) if path.exists() else []
+
+    def keep(self, records: list[dict]) -> None:
+        self.records = list(records)
+
+    def extend(self, records: list[dict]) -> None:
+        self.records.extend(records)
+
+
+def _wrap(model, dist: Dist):
+    """The module the closure calls: `model`, or its DDP wrapper from accelerate."""
+    if dist.world == 1:
+        return model
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available()).prepare_model(model, device_placement=False)
 
 
 def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir: str | Path,
-               tracker=None) -> LoopResult:
+               tracker=None, dist: Dist = Dist()) -> LoopResult:
     """Train `model` in place; returns the per-step log records, the seconds over all sessions
     and the step this session resumed from.
 
@@ -132,7 +178,7 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
     ckpt, start, seconds = out_dir / "ckpt.pt", 0, 0.0
     if ckpt.exists():
         start, seconds = _load_ckpt(ckpt, model, opt)
-    log = JsonlAppender(out_dir / "train_log.jsonl")
+    log = JsonlAppender(out_dir / "train_log.jsonl") if dist.main else _ReadOnlyLog(out_dir / "train_log.jsonl")
     if any(r["step"] > start for r in log.records):
         log.keep([r for r in log.records if r["step"] <= start])
     model.train()
@@ -140,12 +186,13 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
+    net = _wrap(model, dist)
     t0 = time.time()
-    bar = tqdm(total=len(steps), initial=start, desc=cfg.desc, unit="step", leave=False)
+    bar = tqdm(total=len(steps), initial=start, desc=cfg.desc, unit="step", leave=False, disable=not dist.main)
     for step in range(start, len(steps)):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, len(steps), cfg.lr, cfg.warmup_ratio, cfg.final_lr_ratio)
-        rec = _one_step(steps, step, loss_fn, cfg.autocast, next(model.parameters()).device)
+        rec = _one_step(net, steps, step, loss_fn, cfg.autocast, next(model.parameters()).device, dist)
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -159,7 +206,7 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
         debug_delay()
         if tracker is not None:
             tracker.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, step=step + 1)
-        if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == len(steps)):
+        if dist.main and cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == len(steps)):
             _save_ckpt(ckpt, model, opt, step + 1, seconds + time.time() - t0)
     bar.close()
     model.eval()
@@ -184,23 +231,24 @@ def dpo_loop_config(cfg: DPOConfig, dev: torch.device) -> LoopConfig:
 
 
 def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
-              cfg: DPOConfig, pad_id: int, out_dir: str | Path, tracker=None) -> list[dict]:
+              cfg: DPOConfig, pad_id: int, out_dir: str | Path, tracker=None, dist: Dist = Dist()) -> list[dict]:
     """Train `model` in place on `pairs` with loss `cfg.loss`; logs to out_dir/train_log.jsonl and
     the tracker, writes out_dir/train_summary.json. Resumes from out_dir/ckpt.pt (same config
     assumed: the pipeline keys out_dir by the config hash)."""
     dev = next(model.parameters()).device
 
-    def loss_fn(mb: list[int]):
+    def loss_fn(net, mb: list[int]):
         batch = [pairs[i] for i in mb]
         prompts = [prompt_ids[p["prompt_id"]] for p in batch] * 2
         comps = [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch]
-        lp = model_logps(model, collate(prompts, comps, pad_id))  # (2b,)
+        lp = model_logps(net, collate(prompts, comps, pad_id))  # (2b,)
         pc, pr = lp[: len(batch)], lp[len(batch):]  # (b,), (b,)
         out = compute_loss(cfg.loss, pc, pr, ref[0][mb].to(dev), ref[1][mb].to(dev), cfg.beta, cfg.alpha)
         return out.losses.mean(), step_metrics(out, pc.detach(), pr.detach())
 
-    records = train_loop(model, len(pairs), loss_fn, dpo_loop_config(cfg, dev), out_dir, tracker).records
-    write_json(Path(out_dir) / "train_summary.json", records[-1] if records else {})
+    records = train_loop(model, len(pairs), loss_fn, dpo_loop_config(cfg, dev), out_dir, tracker, dist).records
+    if dist.main:
+        write_json(Path(out_dir) / "train_summary.json", records[-1] if records else {})
     return records
 
 

@@ -1,0 +1,159 @@
+"""More than one process, on accelerate (which trl is built on); one process is the default.
+
+    accelerate launch --multi_gpu --num_processes 2 -m alignment run --preset default
+
+(`--multi_gpu` is accelerate's name for its torchrun launcher; without GPUs the processes talk
+over gloo on the CPU, with them over NCCL, one GPU per process.) Each stage then splits its work
+by rank, and every rank calls the same stages in the same order:
+
+- sampling, scoring and evaluation are split by **batches** — batch k of the one-process run goes
+  to rank k % world — so every batch has the same members, padding and seed as in one process:
+  the same draws and the same scores. Each rank streams its samples to its own shard file beside
+  the artifact's part (`<part>.rank<r>of<w>`), so a killed run resumes each shard; rank 0 merges
+  them, publishes the artifact, and only then are the shards removed.
+- training is DDP (`accelerate`'s `prepare_model`): each optimizer step's global batch is split
+  across ranks and each rank's loss weighted by its share, so the averaged gradient is the
+  one-process gradient of the same global batch; rank 0 alone writes logs, checkpoints, weights.
+- small stages (prompts, pairs, reference log-probs, the human row, reports) run on rank 0 while
+  the others wait; their inputs are built before, by every rank, so no rank waits on a collective
+  that another never enters.
+
+Process management is accelerate's/torchrun's; this module only asks who we are, splits work, and
+gathers results (`torch.distributed` object collectives).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Who this process is. `Dist()` = one process (every method is then a no-op or identity)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def tag(self) -> str:
+        """Shard-file suffix: the world size is in it, so a resume with another size never mixes shards."""
+        return f"rank{self.rank}of{self.world}"
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks (float64 on the CPU: gloo and NCCL-via-object both fine)."""
+        if self.world == 1:
+            return list(values)
+        return [sum(col) for col in zip(*self.gather(list(values)))]
+
+
+@lru_cache(maxsize=1)
+def current() -> Dist:
+    """This process's place in a launch: `WORLD_SIZE` > 1 (set by `accelerate launch`/torchrun)
+    initialises the process group through accelerate (gloo without CUDA, NCCL with it)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return Dist(state.process_index, state.num_processes, state.local_process_index)
+
+
+def rank_items(batches: Sequence[Sequence[int]], dist: Dist) -> list[int]:
+    """The item indices of this rank's batches (batch k -> rank k % world), ascending. Given to the
+    same batcher in this order, they re-form exactly those batches: batchers here sort stably (or
+    keep order) and cut full batches, and only the globally last batch can be short."""
+    return sorted(i for k, b in enumerate(batches) if k % dist.world == dist.rank for i in b)
+
+
+def map_batches(fn: Callable[[list], Sequence], items: list, batches: Sequence[Sequence[int]], dist: Dist) -> list:
+    """`fn(items)` (one result per item) computed rank by rank over `batches` and gathered: every
+    rank gets the full list in item order, equal to `list(fn(items))` in one process."""
+    if dist.world == 1:
+        return list(fn(items))
+    idx = rank_items(batches, dist)
+    mine = list(fn([items[i] for i in idx])) if idx else []
+    out: list = [None] * len(items)
+    for ix, vals in dist.gather((idx, mine)):
+        for i, v in zip(ix, vals):
+            out[i] = v
+    return out
+
+
+def chunks(n: int, size: int) -> list[list[int]]:
+    """Batches of an order-keeping batcher: [0..size), [size..2size), ..."""
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+class ShardedScorer:
+    """A scorer (`score(texts) -> Tensor`) whose texts are split across ranks by its own batches
+    (length-sorted, `batch_size` each; contiguous chunks for batch-free scorers like VADER) and
+    gathered, so each text is scored in the batch it would have had in one process."""
+
+    def __init__(self, scorer, dist: Dist):
+        self.inner, self.dist = scorer, dist
+        self.metrics = getattr(scorer, "metrics", {})
+
+    def score(self, texts: list[str]) -> torch.Tensor:
+        from .reward import _sorted_batches
+
+        bs = getattr(self.inner, "batch_size", None)
+        if bs:
+            batches = list(_sorted_batches(texts, bs))
+        else:
+            batches = chunks(len(texts), max(1, -(-len(texts) // self.dist.world)))
+        vals = map_batches(lambda sub: self.inner.score(sub).tolist(), texts, batches, self.dist)
+        return torch.tensor(vals, dtype=torch.float32)
+
+
+def shard_path(part: str | os.PathLike, dist: Dist) -> Path:
+    return Path(f"{part}.{dist.tag}")
+
+
+def remove_shards(part: str | os.PathLike) -> None:
+    """Every rank's shard of `part` (any world size): called once the artifact is published."""
+    part = Path(part)
+    for p in part.parent.glob(f"{part.name}.rank*of*"):
+        p.unlink(missing_ok=True)
+
+
+def cached_on_ranks(artifact: str | os.PathLike, deps: dict, build: Callable[[Path], object], dist: Dist,
+                    collective: bool, hint: str = "") -> bool:
+    """`io.cached` for every rank of a launch (each calls it, in the same order). A *collective*
+    build runs on every rank with the same part path — it splits its own work and writes the part
+    on rank 0 only —; any other build runs on rank 0 while the others wait. Rank 0 publishes."""
+    from .io import cache_state, cached, part_path, raise_if_stale
+
+    if dist.world == 1:
+        return cached(artifact, deps, build, hint=hint)
+    dist.barrier()  # from here until the next barrier nobody writes: every rank sees the same state
+    if cache_state(artifact, deps) == "fresh":
+        return False
+    raise_if_stale(artifact, deps, hint)  # on every rank alike
+    if collective:
+        build(part_path(artifact, deps))
+        dist.barrier()
+        build = lambda part: None  # noqa: E731  (rank 0 wrote the part: only publish it)
+    built = cached(artifact, deps, build, hint=hint) if dist.main else False
+    dist.barrier()
+    return built

@@ -1,0 +1,134 @@
+"""More than one process (`alignment.distributed`): how work is split by batches (pure), and two
+real processes over gloo under `accelerate launch` — one DPO step's gradients equal the one-process
+step's on the same global batch, and a whole Level 1 run writes the same artifacts as one process."""
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from alignment.distributed import Dist, chunks, map_batches, rank_items
+from alignment.io import read_json, read_jsonl
+from alignment.reward import _sorted_batches
+from alignment.sampling import _batches
+from alignment.train import rank_share
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_rank_share_splits_a_micro_batch_by_weight():
+    assert rank_share([0, 1, 2, 3, 4], Dist(0, 2)) == ([0, 1, 2], 0.6)
+    assert rank_share([0, 1, 2, 3, 4], Dist(1, 2)) == ([3, 4], 0.4)
+    assert rank_share([7], Dist(1, 2)) == ([7], 0.0)  # nothing left: runs an example with weight 0
+    assert rank_share([7, 8], Dist(0, 1)) == ([7, 8], 1.0)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("n,size", [(1, 4), (10, 4), (12, 4), (13, 5), (7, 1)])
+def test_a_ranks_items_re_form_exactly_its_batches(world, n, size):
+    """The sampler's and the scorers' batchers, given one rank's items, cut the batches that rank
+    was given: same members, so the same padding, seeds and draws as in one process."""
+    rng = random.Random(n * 10 + size)
+    prompts = [{"id": f"p{i}", "ids": [1] * rng.randint(1, 4)} for i in range(n)]
+    texts = ["x" * rng.randint(1, 5) for _ in range(n)]  # ties in length: the sort must be stable
+    pos = {p["id"]: i for i, p in enumerate(prompts)}
+    cases = [
+        ([[pos[p["id"]] for p in b] for b in _batches(prompts, size)],
+         lambda idx: [[pos[p["id"]] for p in b] for b in _batches([prompts[i] for i in idx], size)]),
+        (list(_sorted_batches(texts, size)),
+         lambda idx: [[idx[j] for j in b] for b in _sorted_batches([texts[i] for i in idx], size)]),
+        (chunks(n, size), lambda idx: [[idx[j] for j in b] for b in chunks(len(idx), size)]),
+    ]
+    for batches, rebatch in cases:
+        seen = []
+        for r in range(world):
+            mine = rank_items(batches, Dist(r, world))
+            assert rebatch(mine) == [b for k, b in enumerate(batches) if k % world == r]
+            seen += mine
+        assert sorted(seen) == list(range(n))
+
+
+def test_map_batches_in_one_process_is_the_function():
+    assert map_batches(lambda xs: [x * 2 for x in xs], [1, 2, 3], chunks(3, 2), Dist()) == [2, 4, 6]
+
+
+# ---- two real processes (gloo) --------------------------------------------------------------------
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """`accelerate launch` with 2 processes: its torchrun launcher (`--multi_gpu`); gloo on CPUs."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_port()), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf")}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return res
+
+
+def test_ddp_step_gradients_match_one_process(tmp_path, tiny_gpt2_dir):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ddp_step import step_grads
+
+    out = tmp_path / "grads.pt"
+    launch([str(ROOT / "tests" / "ddp_step.py"), str(tiny_gpt2_dir), str(out)], tmp_path)
+    one, one_mets = step_grads(str(tiny_gpt2_dir), Dist())
+    for r in range(2):
+        got = torch.load(f"{out}.rank{r}", weights_only=True)
+        assert got["world"] == 2 and set(got["grads"]) == set(one)
+        for k, g in one.items():
+            torch.testing.assert_close(got["grads"][k], g, rtol=1e-5, atol=1e-8, msg=k)
+        assert got["metrics"] == pytest.approx(one_mets, rel=1e-6)
+
+
+def _canon(recs: list[dict]) -> list[dict]:
+    return sorted(recs, key=lambda r: (r["prompt_id"], r["sample"]))
+
+
+def test_two_process_level1_writes_the_one_process_artifacts(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
+                                                             reviews_csv):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_pipeline_e2e import tiny_cfg
+
+    from alignment import experiments
+    from alignment.pipeline import Pipeline
+
+    over = {"dpo.batch_size": 3, "sample.batch_size": 6, "eval.n_samples": 3}  # several batches per rank
+    one = Pipeline(tiny_cfg(tmp_path / "one", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **over))
+    experiments.level1(one)
+    cfg = tiny_cfg(tmp_path / "two", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **over)
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    res = launch(["-m", "alignment", "run", "--config", str(tmp_path / "two.yaml")], tmp_path)
+    assert res.stdout.count("reward gain vs SFT") == 2  # one report (rank 0): sigmoid and hinge once each
+    assert "ran on:  2 processes (gloo)" in res.stdout
+    a, b = one.dir, tmp_path / "two"
+    assert read_json(a / "prompts.json") == read_json(b / "prompts.json")
+    assert _canon(read_jsonl(a / "samples.jsonl")) == _canon(read_jsonl(b / "samples.jsonl"))  # same draws
+    assert read_json(a / "rewards.json") == read_json(b / "rewards.json")  # same batches, same scores
+    assert read_jsonl(a / "pairs.jsonl") == read_jsonl(b / "pairs.jsonl")
+    assert not list(b.rglob("*.rank*of*")), "shards are removed once merged"
+    for pol in ("sigmoid-b0.1-lr0.001-s0", "hinge-b0.1-lr0.001-s0"):
+        la, lb = (read_jsonl(d / "policies" / pol / "train_log.jsonl") for d in (a, b))
+        assert len(la) == len(lb) > 1
+        for ra, rb in zip(la, lb):
+            assert rb == pytest.approx(ra, rel=1e-4, abs=1e-6)  # DDP: the same steps (float order aside)
+        for name in ("sft", pol):
+            sa, sb = (_canon(read_jsonl(d / "eval" / name / "scored.jsonl")) for d in (a, b))
+            assert [r["completion_ids"] for r in sa] == [r["completion_ids"] for r in sb]
+            for ra, rb in zip(sa, sb):
+                for k in ("reward", "judge", "on_topic", "ref_logp", "logp", "pred_entropy", "kl_cv"):
+                    assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-5), k
+    ma, mb = (read_json(d / "level1.json")["rows"] for d in (a, b))
+    assert [r["model"] for r in ma] == [r["model"] for r in mb]
+    assert mb[1]["eval/reward_mean"] == pytest.approx(ma[1]["eval/reward_mean"], rel=1e-4, abs=1e-5)
+
