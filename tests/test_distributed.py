@@ -132,3 +132,45 @@ def test_two_process_level1_writes_the_one_process_artifacts(tmp_path, tiny_gpt2
     assert [r["model"] for r in ma] == [r["model"] for r in mb]
     assert mb[1]["eval/reward_mean"] == pytest.approx(ma[1]["eval/reward_mean"], rel=1e-4, abs=1e-5)
 
+
+
+def test_killed_two_process_sampling_resumes_to_the_one_process_samples(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
+                                                                        reviews_csv):
+    """SIGKILL to the whole launch mid-sampling leaves each rank's shard; a relaunch finishes them,
+    and the merged samples equal one process's (40 one-prompt batches, 20 per rank)."""
+    import signal
+    import time
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_reliability import N_PROMPTS, N_SAMPLES, cli_env, complete_lines, overrides
+
+    from alignment.config import load_config
+    from alignment.pipeline import Pipeline
+
+    files = (tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
+    want = Pipeline(load_config(overrides=overrides(tmp_path / "one", *files))).samples()
+    run = tmp_path / "two"
+    args = ["-m", "alignment", "sample", "--set", *(f"{k}={v}" for k, v in overrides(run, *files).items())]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_port()), *args]
+    env = {**cli_env(ALIGNMENT_DEBUG_STEP_DELAY="0.2"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own process group: the kill reaches every rank
+    shards = lambda: sorted(run.glob(".samples.jsonl.*.part.rank*of2"))  # noqa: E731
+    deadline = time.monotonic() + 300
+    while not (len(shards()) == 2 and all(complete_lines(p) >= N_SAMPLES for p in shards())):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert not (run / "samples.jsonl").exists()
+    done = sum(complete_lines(p) for p in shards())
+    assert N_SAMPLES * 2 <= done < N_PROMPTS * N_SAMPLES, "the kill must land mid-sampling"
+
+    launch(args, tmp_path)
+    got = read_jsonl(run / "samples.jsonl")
+    assert _canon(got) == _canon(want) and len(got) == N_PROMPTS * N_SAMPLES
+    assert not list(run.rglob("*.rank*of*"))
