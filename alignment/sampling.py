@@ -207,8 +207,11 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
         mine = [prompts[i] for i in rank_items(batches, dist)]
         _stream(shard_path(path, dist), model, tokenizer, mine, n, cfg, stop_ids, desc, max_new_tokens)
         dist.barrier()
-        merged = [r for k in range(dist.world) for r in read_jsonl(shard_path(path, Dist(k, dist.world)))]
-        merged = in_prompt_order(merged, prompts)
+        shards = [shard_path(path, Dist(k, dist.world)) for k in range(dist.world)]
+        merged = in_prompt_order([r for p in shards if p.exists() for r in read_jsonl(p)], prompts)  # a rank
+        if len(done_prompts(merged, n)) < len(prompts):  # without a batch (fewer batches than ranks) wrote none
+            raise RuntimeError(f"merging {dist.world} sampling shards of {path} left prompts without their "
+                               f"{n} samples; delete the shard files and rerun")
         dist.barrier()  # every rank has read every shard
         if dist.main:
             write_jsonl(path, merged)

@@ -103,7 +103,8 @@ def test_two_process_level1_writes_the_one_process_artifacts(tmp_path, tiny_gpt2
     from alignment import experiments
     from alignment.pipeline import Pipeline
 
-    over = {"dpo.batch_size": 3, "sample.batch_size": 6, "eval.n_samples": 3}  # several batches per rank
+    # train: 2 sampling batches (4 + 2 prompts); eval: one batch, so rank 1 samples nothing; DPO 3 pairs a step
+    over = {"dpo.batch_size": 3, "sample.batch_size": 12, "eval.n_samples": 3}
     one = Pipeline(tiny_cfg(tmp_path / "one", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **over))
     experiments.level1(one)
     cfg = tiny_cfg(tmp_path / "two", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **over)
