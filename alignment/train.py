@@ -129,7 +129,8 @@ def _one_step(net, steps: list[list[list[int]]], step: int, loss_fn: LossFn, aut
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
             loss, m = loss_fn(net, mine)
         # DDP averages over ranks: weight w * world makes that average the micro-batch mean's gradient
-        (loss * (w * dist.world / len(steps[step]))).backward()
+        # (one process: w * world = 1.0, and the arithmetic is exactly the plain loss / accumulation)
+        (loss * (w * dist.world) / len(steps[step])).backward()
         mets.append(m)
         weights.append(w)
     keys = list(mets[0])
