@@ -9,14 +9,18 @@ by rank, and every rank calls the same stages in the same order:
 - sampling, scoring and evaluation are split by **batches** — batch k of the one-process run goes
   to rank k % world — so every batch has the same members, padding and seed as in one process:
   the same draws and the same scores. Each rank streams its samples to its own shard file beside
-  the artifact's part (`<part>.rank<r>of<w>`), so a killed run resumes each shard; rank 0 merges
-  them, publishes the artifact, and only then are the shards removed.
-- training is DDP (`accelerate`'s `prepare_model`): each optimizer step's global batch is split
-  across ranks and each rank's loss weighted by its share, so the averaged gradient is the
+  the artifact's part (`<part>.rank<r>of<w>`), so a killed run resumes each shard (with the same
+  number of processes; another number re-samples that stage); rank 0 merges them in the order one
+  process writes, removes the shards, and publishes the artifact.
+- DPO training is DDP (`accelerate`'s `prepare_model`): each optimizer step's global batch is
+  split across ranks and each rank's loss weighted by its share, so the averaged gradient is the
   one-process gradient of the same global batch; rank 0 alone writes logs, checkpoints, weights.
-- small stages (prompts, pairs, reference log-probs, the human row, reports) run on rank 0 while
-  the others wait; their inputs are built before, by every rank, so no rank waits on a collective
-  that another never enters.
+  (The SFT start policy lives in the asset cache and is trained by one process: build it first,
+  `python -m alignment sft`, or the first rank to take its lock does.)
+- the reference log-probs, pairs and the human row are split or computed alike on every rank and
+  written by rank 0; only the prompts are built by rank 0 alone while the others wait (such a
+  rank-0 build may not call a stage: `cached_on_ranks` refuses, since the others would never
+  enter its collectives). Plots, JSON results and wandb: rank 0.
 
 Process management is accelerate's/torchrun's; this module only asks who we are, splits work, and
 gathers results (`torch.distributed` object collectives).
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
@@ -60,8 +65,17 @@ class Dist:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def agree(self, obj):
+        """Rank 0's `obj` on every rank: decisions (is it built? is it stale?) taken once, so no
+        rank takes another branch because the file system changed between two looks."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
     def all_sum(self, values: list[float]) -> list[float]:
-        """Element-wise sum over ranks (float64 on the CPU: gloo and NCCL-via-object both fine)."""
+        """Element-wise sum over ranks, in rank order (the same floats on every rank)."""
         if self.world == 1:
             return list(values)
         return [sum(col) for col in zip(*self.gather(list(values)))]
@@ -70,12 +84,13 @@ class Dist:
 @lru_cache(maxsize=1)
 def current() -> Dist:
     """This process's place in a launch: `WORLD_SIZE` > 1 (set by `accelerate launch`/torchrun)
-    initialises the process group through accelerate (gloo without CUDA, NCCL with it)."""
+    initialises the process group through accelerate (gloo without CUDA, NCCL with it). Ranks wait
+    at barriers while others finish larger shards: the collective timeout is hours, not minutes."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Dist()
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=6))
     return Dist(state.process_index, state.num_processes, state.local_process_index)
 
 
@@ -137,23 +152,40 @@ def remove_shards(part: str | os.PathLike) -> None:
         p.unlink(missing_ok=True)
 
 
+_RANK0_BUILD: list[str] = []  # the artifact a rank-0-only build is making, while it runs
+
+
 def cached_on_ranks(artifact: str | os.PathLike, deps: dict, build: Callable[[Path], object], dist: Dist,
                     collective: bool, hint: str = "") -> bool:
     """`io.cached` for every rank of a launch (each calls it, in the same order). A *collective*
-    build runs on every rank with the same part path — it splits its own work and writes the part
-    on rank 0 only —; any other build runs on rank 0 while the others wait. Rank 0 publishes."""
-    from .io import cache_state, cached, part_path, raise_if_stale
+    build runs on every rank with the same part path — it splits its own work, may call stages,
+    and writes the part on rank 0 only —; any other build runs on rank 0 while the others wait,
+    and must not call a stage. Rank 0 decides whether to build, and publishes."""
+    from .io import CacheMismatch, cache_state, cached, part_path, stale_message
 
     if dist.world == 1:
         return cached(artifact, deps, build, hint=hint)
-    dist.barrier()  # from here until the next barrier nobody writes: every rank sees the same state
-    if cache_state(artifact, deps) == "fresh":
+    if _RANK0_BUILD:
+        raise RuntimeError(f"the rank-0-only build of {_RANK0_BUILD[-1]} called the stage that makes {artifact}: "
+                           "the other ranks would never join it. Make that build collective.")
+    dist.barrier()
+    state, stale = dist.agree((cache_state(artifact, deps), stale_message(artifact, deps, hint)) if dist.main else None)
+    if state == "fresh":
         return False
-    raise_if_stale(artifact, deps, hint)  # on every rank alike
+    if stale:
+        raise CacheMismatch(stale)  # on every rank alike
+    part = part_path(artifact, deps)
     if collective:
-        build(part_path(artifact, deps))
+        build(part)
         dist.barrier()
-        build = lambda part: None  # noqa: E731  (rank 0 wrote the part: only publish it)
-    built = cached(artifact, deps, build, hint=hint) if dist.main else False
+        build = lambda _: None  # noqa: E731  (rank 0 wrote the part: only publish it)
+    built = False
+    if dist.main:
+        _RANK0_BUILD.append(str(artifact))
+        try:
+            built = cached(artifact, deps, build, hint=hint)
+        finally:
+            _RANK0_BUILD.pop()
+        remove_shards(part)  # a merge a kill cut short left them; none otherwise
     dist.barrier()
     return built

@@ -280,11 +280,11 @@ def human_records(prompts: list[dict], texts: dict[str, str], tokenizer, max_new
 
 
 def evaluate_human(name: str, ref_model, tokenizer, scorers: Scorers, prompts: list[dict], texts: dict[str, str],
-                   cfg: Config, out_dir: str | Path) -> dict:
+                   cfg: Config, out_dir: str | Path, dist: Dist = Dist()) -> dict:
     """The human row: the reviews' own continuations, scored and measured like a model's samples
     (no KL or predictive entropy: no model drew them; ref_ppl is the reference model's surprise)."""
     out_dir = Path(out_dir)
     recs = human_records(prompts, texts, tokenizer, cfg.eval.max_new_tokens, tokenizer.eos_token_id)
     scores = score_all(scorers, recs)
-    lp = logps_and_entropy(None, ref_model, {p["id"]: p["ids"] for p in prompts}, recs, tokenizer.pad_token_id)
-    return _finish(name, out_dir, recs, scores, lp, cfg)
+    lp = _sharded_logps(dist, None, ref_model, {p["id"]: p["ids"] for p in prompts}, recs, tokenizer.pad_token_id, None)
+    return _finish(name, out_dir, recs, scores, lp, cfg) if dist.main else {}

@@ -202,13 +202,20 @@ def _build_lock(artifact: Path) -> Iterator[None]:
         f.close()  # releases the flock
 
 
-def raise_if_stale(artifact: str | os.PathLike, deps: dict, hint: str = "") -> None:
-    """`CacheMismatch` naming the changed keys when `artifact` was made with other deps."""
+def stale_message(artifact: str | os.PathLike, deps: dict, hint: str = "") -> str | None:
+    """What `CacheMismatch` says (the changed keys) when `artifact` was made with other deps, else None."""
     artifact = Path(artifact)
-    if cache_state(artifact, deps) == "stale":
-        old = read_json(meta_path(artifact))["deps"]
-        changed = sorted(k for k in set(deps) | set(old) if old.get(k) != deps.get(k))
-        raise CacheMismatch(f"{artifact} was made with a different config (changed: {', '.join(changed)}). {hint}")
+    if cache_state(artifact, deps) != "stale":
+        return None
+    old = read_json(meta_path(artifact))["deps"]
+    changed = sorted(k for k in set(deps) | set(old) if old.get(k) != deps.get(k))
+    return f"{artifact} was made with a different config (changed: {', '.join(changed)}). {hint}"
+
+
+def raise_if_stale(artifact: str | os.PathLike, deps: dict, hint: str = "") -> None:
+    msg = stale_message(artifact, deps, hint)
+    if msg:
+        raise CacheMismatch(msg)
 
 
 def part_path(artifact: str | os.PathLike, deps: dict) -> Path:

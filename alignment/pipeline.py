@@ -153,8 +153,8 @@ class Pipeline:
 
     def _cached(self, artifact: Path, sections: tuple[str, ...], build, collective: bool = False, **extra) -> bool:
         """Build `artifact` once per config. Under several processes (`alignment.distributed`) a
-        `collective` build runs on every rank (and writes on rank 0 only); others on rank 0 alone,
-        so they must not call stages: a stage's inputs are fetched before its `_cached`."""
+        `collective` build runs on every rank (splits its work, writes on rank 0 only, may call
+        stages); any other build runs on rank 0 alone and must not call a stage."""
         deps = {**section_deps(self.cfg, "model", "data", *sections), **self._model_identity,
                 **self._scorer_identity(sections), **extra}
         try:
@@ -204,6 +204,11 @@ class Pipeline:
         from .distributed import ShardedScorer
 
         return scorer if self.dist.world == 1 or scorer is None else ShardedScorer(scorer, self.dist)
+
+    def _sharded_scorers(self):
+        s = self.scorers
+        return dataclasses.replace(s, reward=self._sharded(s.reward), judge=self._sharded(s.judge),
+                                   topic=self._sharded(s.topic))
 
     def load_policy(self, name: str | None = None, dtype=torch.float32, train: bool = False):
         from .models import load_causal_lm
@@ -257,15 +262,14 @@ class Pipeline:
     def pairs(self) -> tuple[list[dict], dict]:
         from .pairs import build_pairs
 
-        samples, rewards = self.samples(), self.rewards()
-
         def build(part):
             p = self.cfg.pairs
-            pairs, stats = build_pairs(samples, rewards, p.strategy, p.min_margin, p.seed)
-            write_json(self.paths.pairs_stats, stats)
-            write_jsonl(part, pairs)
+            pairs, stats = build_pairs(self.samples(), self.rewards(), p.strategy, p.min_margin, p.seed)
+            if self.dist.main:
+                write_json(self.paths.pairs_stats, stats)
+                write_jsonl(part, pairs)
 
-        self._cached(self.paths.pairs, ("sample", "reward", "pairs"), build)
+        self._cached(self.paths.pairs, ("sample", "reward", "pairs"), build, collective=True)
         return read_jsonl(self.paths.pairs), read_json(self.paths.pairs_stats)
 
     def train_prompt_ids(self) -> dict[str, list[int]]:
@@ -276,14 +280,15 @@ class Pipeline:
         from .train import reference_logps
 
         pairs, _ = self.pairs()
-        prompt_ids = self.train_prompt_ids()
 
         def build(part):
-            ch, rj = reference_logps(self.ref_model, pairs, prompt_ids, self.tokenizer.pad_token_id)
-            with atomic_open(part, "wb") as f:
-                torch.save({"chosen": ch, "rejected": rj}, f)
+            ch, rj = reference_logps(self.ref_model, pairs, self.train_prompt_ids(), self.tokenizer.pad_token_id,
+                                     dist=self.dist)
+            if self.dist.main:
+                with atomic_open(part, "wb") as f:
+                    torch.save({"chosen": ch, "rejected": rj}, f)
 
-        self._cached(self.paths.ref_logps, ("sample", "reward", "pairs"), build)
+        self._cached(self.paths.ref_logps, ("sample", "reward", "pairs"), build, collective=True)
         d = torch.load(self.paths.ref_logps, weights_only=True)
         return d["chosen"], d["rejected"]
 
@@ -380,10 +385,7 @@ class Pipeline:
                 model, ref = self.ref_model, None
             else:
                 model, ref = self.load_trained(policy), self.ref_model
-            s = self.scorers
-            scorers = dataclasses.replace(s, reward=self._sharded(s.reward), judge=self._sharded(s.judge),
-                                 topic=self._sharded(s.topic))
-            evaluate_model(name, model, ref, self.tokenizer, scorers, prompts, cfg, self.stop_ids,
+            evaluate_model(name, model, ref, self.tokenizer, self._sharded_scorers(), prompts, cfg, self.stop_ids,
                            part_dir(part), sample_dtype=self.sample_dtype, seed=seed, dist=self.dist)
 
         policy_hash = read_json(meta_path(policy.dir))["hash"] if policy else None
@@ -406,14 +408,14 @@ class Pipeline:
         from .evaluate import evaluate_human
 
         out = self.paths.eval(HUMAN)
-        prompts = self.prompts()["eval"]
 
         def build(part):
+            prompts = self.prompts()["eval"]
             texts = review_texts(self.cfg.data, {p["review_id"] for p in prompts})
-            evaluate_human(HUMAN, self.ref_model, self.tokenizer, self.scorers, prompts, texts, self.cfg,
-                           part_dir(part))
+            evaluate_human(HUMAN, self.ref_model, self.tokenizer, self._sharded_scorers(), prompts, texts, self.cfg,
+                           part_dir(part), dist=self.dist)
 
-        self._cached(out, ("reward", "eval"), build, human=1)
+        self._cached(out, ("reward", "eval"), build, collective=True, human=1)
         return self._loaded_evaluation(HUMAN, out)
 
     def policies(self) -> list[Policy]:

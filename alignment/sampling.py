@@ -194,30 +194,32 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
                    dist: Dist = Dist()) -> list[dict]:
     """Stream samples to `path` (JSONL); prompts already complete there are skipped (resume).
     Several processes (`dist`, every rank calls this): rank r samples the batches k with
-    k % world == r into `<path>.rank<r>of<w>` (resumable), rank 0 merges them into `path`, and
-    every rank returns all records."""
+    k % world == r into `<path>.rank<r>of<w>` (resumable), rank 0 merges them into `path` in the
+    order one process writes, and every rank returns all records."""
     if dist.world == 1:
         recs = _stream(path, model, tokenizer, prompts, n, cfg, stop_ids, desc, max_new_tokens)
         remove_shards(path)  # of an interrupted multi-process run resumed by one process
         return recs
-    merged = read_jsonl(path) if Path(path).exists() else []
-    if len(done_prompts(merged, n)) < len(prompts):  # not merged yet (a merge is atomic)
-        ids = {p["id"]: i for i, p in enumerate(prompts)}
-        batches = [[ids[p["id"]] for p in b] for b in _batches(prompts, _per_batch(cfg, n))]
-        mine = [prompts[i] for i in rank_items(batches, dist)]
+    path = Path(path)
+    merged = dist.main and path.exists() and len(done_prompts(read_jsonl(path), n)) == len(prompts)
+    if not dist.agree(merged):
+        batches = list(_batches(prompts, _per_batch(cfg, n)))
+        flat = [p for b in batches for p in b]  # one process's file order
+        pos = {p["id"]: i for i, p in enumerate(flat)}
+        mine = [flat[i] for i in rank_items([[pos[p["id"]] for p in b] for b in batches], dist)]
         _stream(shard_path(path, dist), model, tokenizer, mine, n, cfg, stop_ids, desc, max_new_tokens)
         dist.barrier()
-        shards = [shard_path(path, Dist(k, dist.world)) for k in range(dist.world)]
-        merged = in_prompt_order([r for p in shards if p.exists() for r in read_jsonl(p)], prompts)  # a rank
-        if len(done_prompts(merged, n)) < len(prompts):  # without a batch (fewer batches than ranks) wrote none
-            raise RuntimeError(f"merging {dist.world} sampling shards of {path} left prompts without their "
-                               f"{n} samples; delete the shard files and rerun")
-        dist.barrier()  # every rank has read every shard
         if dist.main:
-            write_jsonl(path, merged)
-            remove_shards(path)
+            shards = [shard_path(path, Dist(k, dist.world)) for k in range(dist.world)]
+            recs = [r for p in shards if p.exists() for r in read_jsonl(p)]  # a rank without a batch wrote none
+            if len(done_prompts(recs, n)) < len(prompts):
+                raise RuntimeError(f"merging {dist.world} sampling shards of {path} left prompts without their "
+                                   f"{n} samples; delete the shard files and rerun")
+            write_jsonl(path, sorted(recs, key=lambda r: (pos[r["prompt_id"]], r["sample"])))
     dist.barrier()
-    return in_prompt_order(merged, prompts)
+    if dist.main:
+        remove_shards(path)
+    return in_prompt_order(read_jsonl(path), prompts)
 
 
 def _stream(path, model, tokenizer, prompts: list[dict], n: int, cfg: SampleConfig, stop_ids: list[int],

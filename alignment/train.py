@@ -7,8 +7,8 @@ and checkpoints that resume mid-run with the same data order and RNG state. A st
 (the loop hands in the model to call: under several processes, its DDP wrapper): DPO
 (`train_dpo`, below) and SFT (`alignment.sft`) are each one closure.
 
-Under `accelerate launch` (`alignment.distributed`, `dist.world` > 1) the loop is DDP through
-accelerate: each micro-batch of the one-process run is split across ranks and each rank's loss
+Under `accelerate launch` (`alignment.distributed`, `dist.world` > 1) DPO's loop is DDP through
+accelerate (SFT passes no `dist`: one process trains it): each micro-batch of the one-process run is split across ranks and each rank's loss
 weighted by its share, so the gradient DDP averages equals the one-process gradient of that
 micro-batch; logged metrics are the same weighted means; rank 0 alone writes log and checkpoints.
 
@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import DPOConfig
-from .distributed import Dist
+from .distributed import Dist, chunks, map_batches
 from .io import JsonlAppender, atomic_open, debug_delay, read_jsonl, write_json
 from .logprobs import batched_logps, collate, model_logps
 from .losses import compute_loss
@@ -62,12 +62,19 @@ class LoopConfig:
 
 
 def reference_logps(ref_model, pairs: list[dict], prompt_ids: dict[str, list[int]], pad_id: int,
-                    batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P,), (P,) reference log-probs of chosen and rejected completions, computed once."""
-    prompts = [prompt_ids[p["prompt_id"]] for p in pairs]
-    ch = batched_logps(ref_model, prompts, [p["chosen_ids"] for p in pairs], pad_id, batch_size)
-    rj = batched_logps(ref_model, prompts, [p["rejected_ids"] for p in pairs], pad_id, batch_size)
-    return ch, rj
+                    batch_size: int = 16, dist: Dist = Dist()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P,), (P,) reference log-probs of chosen and rejected completions, computed once (under
+    several processes split by batches and gathered: the same values)."""
+    def both(sub: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = [prompt_ids[p["prompt_id"]] for p in sub]
+        return (batched_logps(ref_model, prompts, [p["chosen_ids"] for p in sub], pad_id, batch_size),
+                batched_logps(ref_model, prompts, [p["rejected_ids"] for p in sub], pad_id, batch_size))
+
+    if dist.world == 1:
+        return both(pairs)
+    rows = map_batches(lambda sub: list(zip(*(t.tolist() for t in both(sub)))), pairs, chunks(len(pairs), batch_size),
+                       dist)
+    return torch.tensor([c for c, _ in rows]), torch.tensor([r for _, r in rows])
 
 
 def epoch_batches(n: int, epochs: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -134,7 +141,7 @@ def _one_step(net, steps: list[list[list[int]]], step: int, loss_fn: LossFn, aut
         mets.append(m)
         weights.append(w)
     keys = list(mets[0])
-    sums = dist.all_sum([sum(w * m[k] for m, w in zip(mets, weights)) for k in keys])
+    sums = dist.all_sum([sum(w * m[k] for m, w in zip(mets, weights) if w) for k in keys])  # w 0: not counted
     return {k: v / len(mets) for k, v in zip(keys, sums)}
 
 
@@ -157,7 +164,9 @@ def _wrap(model, dist: Dist):
         return model
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available()).prepare_model(model, device_placement=False)
+    # precision and compilation are the loop's (dpo.precision), never the launch's or the user's accelerate config
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no", dynamo_backend="no")
+    return acc.prepare_model(model, device_placement=False)
 
 
 def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir: str | Path,

@@ -6,6 +6,7 @@ import random
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,40 @@ def test_a_ranks_items_re_form_exactly_its_batches(world, n, size):
             assert rebatch(mine) == [b for k, b in enumerate(batches) if k % world == r]
             seen += mine
         assert sorted(seen) == list(range(n))
+
+
+@dataclass(frozen=True)
+class _Echo(Dist):
+    """A rank without a process group: the other ranks' parts of `n` items come back as zeros."""
+    n: int = 0
+
+    def gather(self, obj):
+        idx, vals = obj
+        rest = [i for i in range(self.n) if i not in set(idx)]
+        return [obj, (rest, [0.0] * len(rest))]
+
+
+class _Recorder:
+    batch_size = 4
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, texts):
+        self.calls.append(list(texts))
+        return torch.zeros(len(texts))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_sharded_scorer_gives_each_rank_exactly_its_scorer_batches(rank):
+    from alignment.distributed import ShardedScorer
+
+    texts = [f"t{i}" + "x" * (i * 7 % 5) for i in range(11)]
+    inner = _Recorder()
+    ShardedScorer(inner, _Echo(rank, 2, n=len(texts))).score(texts)
+    (got,) = inner.calls
+    want = [b for k, b in enumerate(_sorted_batches(texts, 4)) if k % 2 == rank]
+    assert [[got[j] for j in b] for b in _sorted_batches(got, 4)] == [[texts[i] for i in b] for b in want]
 
 
 def test_map_batches_in_one_process_is_the_function():
@@ -103,8 +138,10 @@ def test_two_process_level1_writes_the_one_process_artifacts(tmp_path, tiny_gpt2
     from alignment import experiments
     from alignment.pipeline import Pipeline
 
-    # train: 2 sampling batches (4 + 2 prompts); eval: one batch, so rank 1 samples nothing; DPO 3 pairs a step
-    over = {"dpo.batch_size": 3, "sample.batch_size": 12, "eval.n_samples": 3}
+    # sampling: one batch (8 prompts each), so rank 1 samples nothing; scoring: batches of 4 texts over
+    # both ranks; evaluation log-probs: 18 records = 2 batches of 16 + 2; DPO: 3 pairs per step (2 + 1)
+    over = {"dpo.batch_size": 3, "sample.batch_size": 24, "reward.batch_size": 4, "data.n_eval_prompts": 6,
+            "eval.n_samples": 3}
     one = Pipeline(tiny_cfg(tmp_path / "one", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **over))
     experiments.level1(one)
     cfg = tiny_cfg(tmp_path / "two", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **over)
@@ -114,9 +151,10 @@ def test_two_process_level1_writes_the_one_process_artifacts(tmp_path, tiny_gpt2
     assert "ran on:  2 processes (gloo)" in res.stdout
     a, b = one.dir, tmp_path / "two"
     assert read_json(a / "prompts.json") == read_json(b / "prompts.json")
-    assert _canon(read_jsonl(a / "samples.jsonl")) == _canon(read_jsonl(b / "samples.jsonl"))  # same draws
+    assert (a / "samples.jsonl").read_bytes() == (b / "samples.jsonl").read_bytes()  # same draws, same file
     assert read_json(a / "rewards.json") == read_json(b / "rewards.json")  # same batches, same scores
     assert read_jsonl(a / "pairs.jsonl") == read_jsonl(b / "pairs.jsonl")
+    assert torch.equal(torch.load(a / "ref_logps.pt")["chosen"], torch.load(b / "ref_logps.pt")["chosen"])
     assert not list(b.rglob("*.rank*of*")), "shards are removed once merged"
     for pol in ("sigmoid-b0.1-lr0.001-s0", "hinge-b0.1-lr0.001-s0"):
         la, lb = (read_jsonl(d / "policies" / pol / "train_log.jsonl") for d in (a, b))
@@ -175,3 +213,21 @@ def test_killed_two_process_sampling_resumes_to_the_one_process_samples(tmp_path
     got = read_jsonl(run / "samples.jsonl")
     assert _canon(got) == _canon(want) and len(got) == N_PROMPTS * N_SAMPLES
     assert not list(run.rglob("*.rank*of*"))
+
+    # a kill after the merge but before the shards went: the rerun publishes the merge, removes them
+    part = run / f".samples.jsonl.{read_json(run / 'samples.jsonl.meta.json')['hash']}.part"
+    (run / "samples.jsonl").rename(part)
+    (run / "samples.jsonl.meta.json").unlink()
+    for r in range(2):
+        Path(f"{part}.rank{r}of2").write_text('{"prompt_id": "stale"}\n')
+    launch(args, tmp_path)
+    assert _canon(read_jsonl(run / "samples.jsonl")) == _canon(want)
+    assert not list(run.rglob("*.rank*of*"))
+
+
+def test_a_rank0_only_build_may_not_call_a_stage(tmp_path, monkeypatch):
+    from alignment import distributed
+
+    monkeypatch.setattr(distributed, "_RANK0_BUILD", ["prompts.json"])
+    with pytest.raises(RuntimeError, match="rank-0-only build of prompts.json called the stage"):
+        distributed.cached_on_ranks(tmp_path / "x.json", {"a": 1}, lambda part: None, Dist(0, 2), collective=True)
