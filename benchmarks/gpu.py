@@ -41,6 +41,7 @@ GPU = Sizes(prompts=64, n=8, new=48, texts=2048, pairs=128, dpo_batch=16)
 HUB_SIZES = {  # `--preset hub` scaled down to minutes (real) / seconds (tiny)
     "real": ["data.n_train_prompts=256", "data.n_eval_prompts=64", "eval.n_seeds=1", "dpo.epochs=1",
              "data.min_chars=100"],  # reviews.txt: full reviews exceed the preset's max_chars 512, snippets are short
+    "full": ["data.min_chars=30", "data.n_train_prompts=800"],  # the preset (256 eval prompts, 3 seeds), 800 of the ~900 snippets
     "tiny": ["data.n_train_prompts=8", "data.n_eval_prompts=4", "sample.max_new_tokens=8", "eval.max_new_tokens=8",
              "eval.n_samples=2", "eval.n_seeds=1", "eval.n_boot=50", "dpo.epochs=1", "dpo.batch_size=4",
              "data.min_chars=100"],
@@ -79,18 +80,23 @@ def build(root: Path, tiny: bool) -> dict[str, Path]:
     return out
 
 
-def hub_run(paths: dict[str, Path], tiny: bool, run_dir: Path) -> tuple[float, str]:
+def hub_run(paths: dict[str, Path], size: str, run_dir: Path) -> tuple[float, str]:
     """`python -m alignment run --preset hub` on the local hub-shaped models: (seconds, its output)."""
     cmd = [sys.executable, "-m", "alignment", "run", "--preset", "hub", "--set", f"run_dir={run_dir}",
            f"model.policy={paths['policy']}", f"reward.model={paths['reward']}", f"eval.judge={paths['judge']}",
            f"data.source={paths['reviews']}", "track.mode=disabled",
            # the offline on-topic judge needs MiniLM's weights, which need not travel to a GPU box
-           f"eval.topic_judge={paths['judge']}", *HUB_SIZES["tiny" if tiny else "real"]]
-    t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV})
-    if res.returncode != 0:
-        raise RuntimeError(f"hub-preset run failed ({' '.join(cmd)}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return time.time() - t0, res.stdout
+           f"eval.topic_judge={paths['judge']}", *HUB_SIZES[size]]
+    t0, lines = time.time(), []
+    # streamed with a clock, so a run cut off by a time limit still shows how far it got
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, **ENV, "TQDM_MININTERVAL": "20"}) as proc:
+        for line in proc.stdout:
+            lines.append(line)
+            print(f"  [hub {time.time() - t0:5.0f}s] {line}", end="", flush=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"hub-preset run failed ({' '.join(cmd)}):\n{''.join(lines[-60:])}")
+    return time.time() - t0, "".join(lines)
 
 
 def peak_memory() -> str:
@@ -109,6 +115,8 @@ def peak_memory() -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models (CPU, seconds): checks that everything runs")
+    ap.add_argument("--hub-full", action="store_true",
+                    help="only `--preset hub` at its own sizes (1000 train / 256 eval prompts, 3 seeds): its wall time")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     for k, v in ENV.items():
@@ -120,6 +128,11 @@ def main(argv=None) -> int:
     from benchmarks.context import Ctx
 
     transformers.logging.set_verbosity_error()
+    if args.hub_full:
+        with tempfile.TemporaryDirectory(prefix="gpu-rehearsal-") as tmp:
+            secs, out = hub_run(build(Path(tmp), False), "full", Path(tmp) / "hub-run")
+        print(out + f"\n`--preset hub` at its own sizes ({' '.join(HUB_SIZES['full'])}): {secs:.0f} s end to end", flush=True)
+        return 0
     info = machine_info()
     import torch
 
@@ -133,7 +146,7 @@ def main(argv=None) -> int:
         for name in ("sampling", "scoring", "training"):
             importlib.import_module(f"benchmarks.bench_{name}").run(rep.sizes, ctx, rep)
         rep.note(f"peak memory of the benchmark process: {peak_memory()}")
-        secs, out = hub_run(paths, args.tiny, Path(tmp) / "hub-run")
+        secs, out = hub_run(paths, "tiny" if args.tiny else "real", Path(tmp) / "hub-run")
         rep.note(f"`--preset hub` on the local hub-shaped models ({' '.join(HUB_SIZES['tiny' if args.tiny else 'real'])}): "
                  f"{secs:.0f} s end to end (Level 1: sample, score, pairs, sigmoid + hinge, judge, human row).")
     elapsed = time.time() - t0
