@@ -18,6 +18,7 @@ in `trl_backend.py`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -131,13 +132,16 @@ def _one_step(net, steps: list[list[list[int]]], step: int, loss_fn: LossFn, aut
               dist: Dist) -> dict[str, float]:
     """Forward/backward every micro-batch of optimizer step `step`; their mean metrics (over ranks too)."""
     mets, weights = [], []
-    for mb in steps[step]:
+    for k, mb in enumerate(steps[step]):
         mine, w = rank_share(mb, dist)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, m = loss_fn(net, mine)
-        # DDP averages over ranks: weight w * world makes that average the micro-batch mean's gradient
-        # (one process: w * world = 1.0, and the arithmetic is exactly the plain loss / accumulation)
-        (loss * (w * dist.world) / len(steps[step])).backward()
+        # DDP: accumulate locally, all-reduce once, with the step's last micro-batch
+        sync = k == len(steps[step]) - 1 or not isinstance(net, torch.nn.parallel.DistributedDataParallel)
+        with contextlib.nullcontext() if sync else net.no_sync():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+                loss, m = loss_fn(net, mine)
+            # DDP averages over ranks: weight w * world makes that average the micro-batch mean's gradient
+            # (one process: w * world = 1.0, and the arithmetic is exactly the plain loss / accumulation)
+            (loss * (w * dist.world) / len(steps[step])).backward()
         mets.append(m)
         weights.append(w)
     keys = list(mets[0])
