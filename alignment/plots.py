@@ -6,6 +6,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg without a display
 
 from .distributed import current
+from .frontier import BON
 from .io import atomic_open
 
 
@@ -63,7 +64,7 @@ def frontier(points: list[dict], x: str, y: str, path: Path) -> Path:
         pts = [p for p in points if p["label"] == lab and p.get(x) is not None and p.get(y) is not None]
         if not pts:
             continue
-        bon = lab == "best-of-N"
+        bon = lab == BON
         pts.sort(key=lambda p: p["n"] if bon else -p["beta"])  # along the curve's parameter: start (β = ∞) first
         err = {k: [[p[k] - p[f"{k}_lo"] for p in pts], [p[f"{k}_hi"] - p[k] for p in pts]] for k in (x, y)}
         ax.errorbar([p[x] for p in pts], [p[y] for p in pts], xerr=err[x], yerr=err[y], capsize=2,
