@@ -55,12 +55,14 @@ class Dist:
 
     def barrier(self) -> None:
         if self.world > 1:
+            _not_in_rank0_build("a barrier")
             torch.distributed.barrier()
 
     def gather(self, obj) -> list:
         """Every rank's `obj`, in rank order, on every rank."""
         if self.world == 1:
             return [obj]
+        _not_in_rank0_build("a gather")
         out = [None] * self.world
         torch.distributed.all_gather_object(out, obj)
         return out
@@ -70,6 +72,7 @@ class Dist:
         rank takes another branch because the file system changed between two looks."""
         if self.world == 1:
             return obj
+        _not_in_rank0_build("a broadcast")
         box = [obj]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
@@ -88,6 +91,10 @@ def current() -> Dist:
     at barriers while others finish larger shards: the collective timeout is hours, not minutes."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Dist()
+    for engine in ("FSDP", "DEEPSPEED"):
+        if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() in ("1", "true"):
+            raise RuntimeError(f"accelerate is configured for {engine} (ACCELERATE_USE_{engine}); the kit trains with "
+                               "DDP: launch with `accelerate launch --multi_gpu ...` and no FSDP/DeepSpeed config")
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=6))
@@ -153,6 +160,12 @@ def remove_shards(part: str | os.PathLike) -> None:
 
 
 _RANK0_BUILD: list[str] = []  # the artifact a rank-0-only build is making, while it runs
+
+
+def _not_in_rank0_build(what: str) -> None:
+    if _RANK0_BUILD:
+        raise RuntimeError(f"the rank-0-only build of {_RANK0_BUILD[-1]} entered {what}: the other ranks would "
+                           "never join it. Make that build collective.")
 
 
 def cached_on_ranks(artifact: str | os.PathLike, deps: dict, build: Callable[[Path], object], dist: Dist,

@@ -295,8 +295,11 @@ class Pipeline:
     def sft(self) -> dict:
         """The SFT stage: the start policy tuned on train-split reviews (see `alignment.sft`)."""
         from .sft import run_sft
+        from .tracking import make_tracker
 
-        return run_sft(self.cfg, self.tracker)
+        # under a launch, whichever rank takes the asset cache's lock trains it, and keeps its wandb run
+        return run_sft(self.cfg, lambda name, group=None: make_tracker(self.cfg, f"{self.dir.name}-{name}",
+                                                                        str(self.dir), group=group))
 
     # ---- training and evaluation ------------------------------------------------------------
     def train(self, **overrides) -> Policy:
@@ -421,6 +424,7 @@ class Pipeline:
     def policies(self) -> list[Policy]:
         """The trained policies of this run dir (finished ones only)."""
         dirs = sorted(d for d in self.paths.policies.glob("*") if d.is_dir() and meta_path(d).exists())
+        dirs = self.dist.agree(dirs)  # every rank iterates the same list
         return [Policy(d.name, d, read_jsonl(d / "train_log.jsonl")) for d in dirs]
 
     def tracker(self, name: str, group: str | None = None):

@@ -211,7 +211,9 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
         dist.barrier()
         if dist.main:
             shards = [shard_path(path, Dist(k, dist.world)) for k in range(dist.world)]
-            recs = [r for p in shards if p.exists() for r in read_jsonl(p)]  # a rank without a batch wrote none
+            recs = {(r["prompt_id"], r["sample"]): r for p in shards if p.exists()  # a rank without a batch
+                    for r in read_jsonl(p) if r["prompt_id"] in pos}  # wrote none; one record per key
+            recs = list(recs.values())
             if len(done_prompts(recs, n)) < len(prompts):
                 raise RuntimeError(f"merging {dist.world} sampling shards of {path} left prompts without their "
                                    f"{n} samples; delete the shard files and rerun")

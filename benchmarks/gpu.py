@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models (CPU, seconds): checks that everything runs")
     ap.add_argument("--hub-full", action="store_true",
-                    help="only `--preset hub` at its own sizes (1000 train / 256 eval prompts, 3 seeds): its wall time")
+                    help="only `--preset hub` at its own sizes (256 eval prompts, 3 seeds; 800 train prompts): its wall time")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     for k, v in ENV.items():

@@ -28,11 +28,21 @@ def step_grads(model_dir: str, dist: Dist) -> tuple[dict[str, torch.Tensor], dic
         return out.losses.mean(), {"loss": out.losses.mean().item(), "logps/chosen": lp[: len(b)].mean().item()}
 
     net = _wrap(model, dist)
+    if dist.world > 1:  # count DDP's gradient all-reduces (the tiny model is one bucket)
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        def counting(state, bucket):
+            mets_extra["allreduces"] += 1
+            return allreduce_hook(None, bucket)
+
+        net.register_comm_hook(None, counting)
+    mets_extra = {"allreduces": 0}
     mets = _one_step(net, STEPS, 0, loss_fn, False, torch.device("cpu"), dist)
-    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}, mets
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}, {**mets, **mets_extra}
 
 
 if __name__ == "__main__":
     d = current()
     grads, mets = step_grads(sys.argv[1], d)
-    torch.save({"grads": grads, "metrics": mets, "world": d.world}, f"{sys.argv[2]}.rank{d.rank}")
+    torch.save({"grads": grads, "metrics": {k: v for k, v in mets.items() if k != "allreduces"}, "world": d.world,
+                "allreduces": mets["allreduces"]}, f"{sys.argv[2]}.rank{d.rank}")

@@ -118,9 +118,11 @@ def test_ddp_step_gradients_match_one_process(tmp_path, tiny_gpt2_dir):
     out = tmp_path / "grads.pt"
     launch([str(ROOT / "tests" / "ddp_step.py"), str(tiny_gpt2_dir), str(out)], tmp_path)
     one, one_mets = step_grads(str(tiny_gpt2_dir), Dist())
+    assert one_mets.pop("allreduces") == 0
     for r in range(2):
         got = torch.load(f"{out}.rank{r}", weights_only=True)
         assert got["world"] == 2 and set(got["grads"]) == set(one)
+        assert got["allreduces"] == 1, "one all-reduce per optimizer step (no_sync on the first micro-batch)"
         for k, g in one.items():
             torch.testing.assert_close(got["grads"][k], g, rtol=1e-5, atol=1e-8, msg=k)
         assert got["metrics"] == pytest.approx(one_mets, rel=1e-6)
@@ -154,7 +156,9 @@ def test_two_process_level1_writes_the_one_process_artifacts(tmp_path, tiny_gpt2
     assert (a / "samples.jsonl").read_bytes() == (b / "samples.jsonl").read_bytes()  # same draws, same file
     assert read_json(a / "rewards.json") == read_json(b / "rewards.json")  # same batches, same scores
     assert read_jsonl(a / "pairs.jsonl") == read_jsonl(b / "pairs.jsonl")
-    assert torch.equal(torch.load(a / "ref_logps.pt")["chosen"], torch.load(b / "ref_logps.pt")["chosen"])
+    ra, rb = torch.load(a / "ref_logps.pt"), torch.load(b / "ref_logps.pt")
+    assert torch.equal(ra["chosen"], rb["chosen"]) and torch.equal(ra["rejected"], rb["rejected"])
+    assert read_jsonl(a / "eval" / "human" / "scored.jsonl") == read_jsonl(b / "eval" / "human" / "scored.jsonl")
     assert not list(b.rglob("*.rank*of*")), "shards are removed once merged"
     for pol in ("sigmoid-b0.1-lr0.001-s0", "hinge-b0.1-lr0.001-s0"):
         la, lb = (read_jsonl(d / "policies" / pol / "train_log.jsonl") for d in (a, b))
@@ -231,3 +235,6 @@ def test_a_rank0_only_build_may_not_call_a_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "_RANK0_BUILD", ["prompts.json"])
     with pytest.raises(RuntimeError, match="rank-0-only build of prompts.json called the stage"):
         distributed.cached_on_ranks(tmp_path / "x.json", {"a": 1}, lambda part: None, Dist(0, 2), collective=True)
+    for enter in (Dist(0, 2).barrier, lambda: Dist(0, 2).gather(1), lambda: Dist(0, 2).agree(1)):
+        with pytest.raises(RuntimeError, match="rank-0-only build of prompts.json entered"):
+            enter()
