@@ -140,14 +140,14 @@ def _per_batch(cfg: SampleConfig, n: int) -> int:
 
 def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleConfig,
                    stop_ids: list[int], done: set[str] = frozenset(), desc: str = "sampling",
-                   max_new_tokens: int | None = None) -> Iterator[list[dict]]:
+                   max_new_tokens: int | None = None, quiet: bool = False) -> Iterator[list[dict]]:
     """Yield, batch by batch, records {prompt_id, sample, prompt, completion, completion_ids,
     finished, sample_logps, sample_entropy} for prompts not in `done` (the last two: the sampling
     distribution's own per-token log-probs and mean predictive entropy; not with backend=generate)."""
     todo = [p for p in prompts if p["id"] not in done]
     per_batch = _per_batch(cfg, n)
     max_new = max_new_tokens or cfg.max_new_tokens
-    bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False)
+    bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False, disable=quiet)
     for batch in _batches(todo, per_batch):
         gen = torch.Generator().manual_seed(_batch_seed(cfg.seed, batch))
         draws = None
@@ -207,7 +207,8 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
         flat = [p for b in batches for p in b]  # one process's file order
         pos = {p["id"]: i for i, p in enumerate(flat)}
         mine = [flat[i] for i in rank_items([[pos[p["id"]] for p in b] for b in batches], dist)]
-        _stream(shard_path(path, dist), model, tokenizer, mine, n, cfg, stop_ids, desc, max_new_tokens)
+        _stream(shard_path(path, dist), model, tokenizer, mine, n, cfg, stop_ids,  # one bar: rank 0's share
+                f"{desc} (rank 0's share of {dist.world})", max_new_tokens, quiet=not dist.main)
         dist.barrier()
         if dist.main:
             shards = [shard_path(path, Dist(k, dist.world)) for k in range(dist.world)]
@@ -225,12 +226,12 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
 
 
 def _stream(path, model, tokenizer, prompts: list[dict], n: int, cfg: SampleConfig, stop_ids: list[int],
-            desc: str, max_new_tokens: int | None) -> list[dict]:
+            desc: str, max_new_tokens: int | None, quiet: bool = False) -> list[dict]:
     app = JsonlAppender(path)
     done = done_prompts(app.records, n)
     if any(r["prompt_id"] not in done for r in app.records):  # partial prompts (not via extend, but be safe)
         app.records = [r for r in app.records if r["prompt_id"] in done]
-    for recs in sample_records(model, tokenizer, prompts, n, cfg, stop_ids, done, desc, max_new_tokens):
+    for recs in sample_records(model, tokenizer, prompts, n, cfg, stop_ids, done, desc, max_new_tokens, quiet):
         app.extend(recs)
         debug_delay()
     return in_prompt_order(app.records, prompts)
