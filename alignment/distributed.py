@@ -9,9 +9,9 @@ by rank, and every rank calls the same stages in the same order:
 - sampling, scoring and evaluation are split by **batches** — batch k of the one-process run goes
   to rank k % world — so every batch has the same members, padding and seed as in one process:
   the same draws and the same scores. Each rank streams its samples to its own shard file beside
-  the artifact's part (`<part>.rank<r>of<w>`), so a killed run resumes each shard (with the same
-  number of processes; another number re-samples that stage); rank 0 merges them in the order one
-  process writes, removes the shards, and publishes the artifact.
+  the artifact's part (`<part>.rank<r>of<w>`), so a killed run resumes: the batches already in any
+  shard (of a launch of any size) are kept, the rest dealt out again; rank 0 merges them in the
+  order one process writes, removes the shards, and publishes the artifact.
 - DPO training is DDP (`accelerate`'s `prepare_model`): each optimizer step's global batch is
   split across ranks and each rank's loss weighted by its share, so the averaged gradient is the
   one-process gradient of the same global batch; rank 0 alone writes logs, checkpoints, weights.

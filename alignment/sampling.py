@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SampleConfig
-from .distributed import Dist, rank_items, remove_shards, shard_path
+from .distributed import Dist, remove_shards, shard_path
 from .io import JsonlAppender, debug_delay, read_jsonl, write_jsonl
 
 
@@ -193,9 +193,10 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
                    stop_ids: list[int], desc: str = "sampling", max_new_tokens: int | None = None,
                    dist: Dist = Dist()) -> list[dict]:
     """Stream samples to `path` (JSONL); prompts already complete there are skipped (resume).
-    Several processes (`dist`, every rank calls this): rank r samples the batches k with
-    k % world == r into `<path>.rank<r>of<w>` (resumable), rank 0 merges them into `path` in the
-    order one process writes, and every rank returns all records."""
+    Several processes (`dist`, every rank calls this): the batches not yet in any shard are dealt
+    out (k-th to rank k % world), rank r streams its own into `<path>.rank<r>of<w>` (resumable,
+    also by a later launch of another size: a batch's draws depend only on its members), rank 0
+    merges every shard into `path` in the order one process writes; every rank returns all records."""
     if dist.world == 1:
         recs = _stream(path, model, tokenizer, prompts, n, cfg, stop_ids, desc, max_new_tokens)
         remove_shards(path)  # of an interrupted multi-process run resumed by one process
@@ -206,23 +207,30 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
         batches = list(_batches(prompts, _per_batch(cfg, n)))
         flat = [p for b in batches for p in b]  # one process's file order
         pos = {p["id"]: i for i, p in enumerate(flat)}
-        mine = [flat[i] for i in rank_items([[pos[p["id"]] for p in b] for b in batches], dist)]
+        done = dist.agree(done_prompts(_shard_records(path, pos), n) if dist.main else None)
+        todo = [b for b in batches if not all(p["id"] in done for p in b)]
+        mine = [p for k, b in enumerate(todo) if k % dist.world == dist.rank for p in b]
         _stream(shard_path(path, dist), model, tokenizer, mine, n, cfg, stop_ids,  # one bar: rank 0's share
                 f"{desc} (rank 0's share of {dist.world})", max_new_tokens, quiet=not dist.main)
         dist.barrier()
         if dist.main:
-            shards = [shard_path(path, Dist(k, dist.world)) for k in range(dist.world)]
-            recs = {(r["prompt_id"], r["sample"]): r for p in shards if p.exists()  # a rank without a batch
-                    for r in read_jsonl(p) if r["prompt_id"] in pos}  # wrote none; one record per key
-            recs = list(recs.values())
+            recs = _shard_records(path, pos)
             if len(done_prompts(recs, n)) < len(prompts):
-                raise RuntimeError(f"merging {dist.world} sampling shards of {path} left prompts without their "
-                                   f"{n} samples; delete the shard files and rerun")
+                raise RuntimeError(f"merging the sampling shards of {path} left prompts without their {n} samples; "
+                                   "delete the shard files and rerun")
             write_jsonl(path, sorted(recs, key=lambda r: (pos[r["prompt_id"]], r["sample"])))
     dist.barrier()
     if dist.main:
         remove_shards(path)
     return in_prompt_order(read_jsonl(path), prompts)
+
+
+def _shard_records(path: Path, pos: dict[str, int]) -> list[dict]:
+    """The records in every shard of `path` (any launch size; a rank without a batch wrote none),
+    of known prompts, one per (prompt, sample)."""
+    recs = {(r["prompt_id"], r["sample"]): r for p in sorted(path.parent.glob(f"{path.name}.rank*of*"))
+            for r in read_jsonl(p) if r["prompt_id"] in pos}
+    return list(recs.values())
 
 
 def _stream(path, model, tokenizer, prompts: list[dict], n: int, cfg: SampleConfig, stop_ids: list[int],

@@ -1,6 +1,7 @@
 """More than one process (`alignment.distributed`): how work is split by batches (pure), and two
 real processes over gloo under `accelerate launch` — one DPO step's gradients equal the one-process
 step's on the same global batch, and a whole Level 1 run writes the same artifacts as one process."""
+import json
 import os
 import random
 import socket
@@ -100,9 +101,9 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    """`accelerate launch` with 2 processes: its torchrun launcher (`--multi_gpu`); gloo on CPUs."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+def launch(args: list[str], tmp_path: Path, n: int = 2) -> subprocess.CompletedProcess:
+    """`accelerate launch` with n processes: its torchrun launcher (`--multi_gpu`); gloo on CPUs."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_port()), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf")}
@@ -179,8 +180,9 @@ def test_two_process_level1_writes_the_one_process_artifacts(tmp_path, tiny_gpt2
 
 def test_killed_two_process_sampling_resumes_to_the_one_process_samples(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
                                                                         reviews_csv):
-    """SIGKILL to the whole launch mid-sampling leaves each rank's shard; a relaunch finishes them,
-    and the merged samples equal one process's (40 one-prompt batches, 20 per rank)."""
+    """SIGKILL to the whole launch mid-sampling leaves each rank's shard; a relaunch — with 3
+    processes, another size — keeps their batches and samples the rest, and the merged samples
+    equal one process's (40 one-prompt batches)."""
     import signal
     import time
 
@@ -213,9 +215,18 @@ def test_killed_two_process_sampling_resumes_to_the_one_process_samples(tmp_path
     done = sum(complete_lines(p) for p in shards())
     assert N_SAMPLES * 2 <= done < N_PROMPTS * N_SAMPLES, "the kill must land mid-sampling"
 
-    launch(args, tmp_path)
+    # mark one kept record: if the relaunch re-sampled its batch, the new shard's copy would replace it
+    first = sorted(shards())[0]  # rank0of2: sorts before every shard of the relaunch
+    lines = first.read_text().splitlines(keepends=True)
+    marked = json.loads(lines[0])
+    lines[0] = json.dumps({**marked, "completion": "kept from the killed launch"}) + "\n"
+    first.write_text("".join(lines))
+    launch(args, tmp_path, n=3)
     got = read_jsonl(run / "samples.jsonl")
-    assert _canon(got) == _canon(want) and len(got) == N_PROMPTS * N_SAMPLES
+    key = (marked["prompt_id"], marked["sample"])
+    assert [r["completion"] for r in got if (r["prompt_id"], r["sample"]) == key] == ["kept from the killed launch"]
+    assert _canon([r for r in got if (r["prompt_id"], r["sample"]) != key]) == \
+           _canon([r for r in want if (r["prompt_id"], r["sample"]) != key]) and len(got) == N_PROMPTS * N_SAMPLES
     assert not list(run.rglob("*.rank*of*"))
 
     # a kill after the merge but before the shards went: the rerun publishes the merge, removes them
@@ -225,7 +236,7 @@ def test_killed_two_process_sampling_resumes_to_the_one_process_samples(tmp_path
     for r in range(2):
         Path(f"{part}.rank{r}of2").write_text('{"prompt_id": "stale"}\n')
     launch(args, tmp_path)
-    assert _canon(read_jsonl(run / "samples.jsonl")) == _canon(want)
+    assert read_jsonl(run / "samples.jsonl") == got
     assert not list(run.rglob("*.rank*of*"))
 
 
