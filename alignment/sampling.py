@@ -197,11 +197,10 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
     out (k-th to rank k % world), rank r streams its own into `<path>.rank<r>of<w>` (resumable,
     also by a later launch of another size: a batch's draws depend only on its members), rank 0
     merges every shard into `path` in the order one process writes; every rank returns all records."""
-    if dist.world == 1:
-        recs = _stream(path, model, tokenizer, prompts, n, cfg, stop_ids, desc, max_new_tokens)
-        remove_shards(path)  # of an interrupted multi-process run resumed by one process
-        return recs
     path = Path(path)
+    if dist.world == 1 and not list(path.parent.glob(f"{path.name}.rank*of*")):
+        return _stream(path, model, tokenizer, prompts, n, cfg, stop_ids, desc, max_new_tokens)
+    # several processes, or one resuming a killed launch's shards (then every call below is local)
     merged = dist.main and path.exists() and len(done_prompts(read_jsonl(path), n)) == len(prompts)
     if not dist.agree(merged):
         batches = list(_batches(prompts, _per_batch(cfg, n)))
@@ -210,8 +209,9 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
         done = dist.agree(done_prompts(_shard_records(path, pos), n) if dist.main else None)
         todo = [b for b in batches if not all(p["id"] in done for p in b)]
         mine = [p for k, b in enumerate(todo) if k % dist.world == dist.rank for p in b]
-        _stream(shard_path(path, dist), model, tokenizer, mine, n, cfg, stop_ids,  # one bar: rank 0's share
-                f"{desc} (rank 0's share of {dist.world})", max_new_tokens, quiet=not dist.main)
+        label = f"{desc} (rank 0's share of {dist.world})" if dist.world > 1 else desc  # one bar: rank 0's
+        _stream(shard_path(path, dist), model, tokenizer, mine, n, cfg, stop_ids, label, max_new_tokens,
+                quiet=not dist.main)
         dist.barrier()
         if dist.main:
             recs = _shard_records(path, pos)

@@ -178,24 +178,14 @@ def test_two_process_level1_writes_the_one_process_artifacts(tmp_path, tiny_gpt2
 
 
 
-def test_killed_two_process_sampling_resumes_to_the_one_process_samples(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
-                                                                        reviews_csv):
-    """SIGKILL to the whole launch mid-sampling leaves each rank's shard; a relaunch — with 3
-    processes, another size — keeps their batches and samples the rest, and the merged samples
-    equal one process's (40 one-prompt batches)."""
+def _kill_launch_mid_sampling(run: Path, args: list[str]) -> list[Path]:
+    """Launch `args` with 2 processes (slowed per batch), SIGKILL the whole launch once both ranks
+    wrote a batch; return the shards it left."""
     import signal
     import time
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_reliability import N_PROMPTS, N_SAMPLES, cli_env, complete_lines, overrides
+    from test_reliability import N_PROMPTS, N_SAMPLES, cli_env, complete_lines
 
-    from alignment.config import load_config
-    from alignment.pipeline import Pipeline
-
-    files = (tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
-    want = Pipeline(load_config(overrides=overrides(tmp_path / "one", *files))).samples()
-    run = tmp_path / "two"
-    args = ["-m", "alignment", "sample", "--set", *(f"{k}={v}" for k, v in overrides(run, *files).items())]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_port()), *args]
@@ -214,9 +204,28 @@ def test_killed_two_process_sampling_resumes_to_the_one_process_samples(tmp_path
     assert not (run / "samples.jsonl").exists()
     done = sum(complete_lines(p) for p in shards())
     assert N_SAMPLES * 2 <= done < N_PROMPTS * N_SAMPLES, "the kill must land mid-sampling"
+    return shards()
+
+
+def test_killed_two_process_sampling_resumes_to_the_one_process_samples(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
+                                                                        reviews_csv):
+    """SIGKILL to the whole launch mid-sampling leaves each rank's shard; a relaunch — with 3
+    processes, another size — keeps their batches and samples the rest, and the merged samples
+    equal one process's (40 one-prompt batches)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_reliability import N_PROMPTS, N_SAMPLES, overrides
+
+    from alignment.config import load_config
+    from alignment.pipeline import Pipeline
+
+    files = (tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
+    want = Pipeline(load_config(overrides=overrides(tmp_path / "one", *files))).samples()
+    run = tmp_path / "two"
+    args = ["-m", "alignment", "sample", "--set", *(f"{k}={v}" for k, v in overrides(run, *files).items())]
+    shards = _kill_launch_mid_sampling(run, args)
 
     # mark one kept record: if the relaunch re-sampled its batch, the new shard's copy would replace it
-    first = sorted(shards())[0]  # rank0of2: sorts before every shard of the relaunch
+    first = shards[0]  # rank0of2: sorts before every shard of the relaunch
     lines = first.read_text().splitlines(keepends=True)
     marked = json.loads(lines[0])
     lines[0] = json.dumps({**marked, "completion": "kept from the killed launch"}) + "\n"
@@ -249,3 +258,32 @@ def test_a_rank0_only_build_may_not_call_a_stage(tmp_path, monkeypatch):
     for enter in (Dist(0, 2).barrier, lambda: Dist(0, 2).gather(1), lambda: Dist(0, 2).agree(1)):
         with pytest.raises(RuntimeError, match="rank-0-only build of prompts.json entered"):
             enter()
+
+
+def test_one_process_resumes_a_killed_launch_keeping_its_batches(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
+                                                                 reviews_csv, monkeypatch):
+    """The same kill, then `Pipeline.samples()` in one process: it samples only the batches no shard
+    holds, and the merged samples equal an uninterrupted one-process run's."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_reliability import overrides
+
+    from alignment import sampling
+    from alignment.config import load_config
+    from alignment.pipeline import Pipeline
+
+    files = (tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
+    want = Pipeline(load_config(overrides=overrides(tmp_path / "one", *files))).samples()
+    run = tmp_path / "two"
+    args = ["-m", "alignment", "sample", "--set", *(f"{k}={v}" for k, v in overrides(run, *files).items())]
+    kept = {r["prompt_id"] for p in _kill_launch_mid_sampling(run, args) for r in read_jsonl(p)}
+    drawn, inner = [], sampling.sample_records
+
+    def spy(model, tokenizer, prompts, *a, **kw):
+        drawn.extend(p["id"] for p in prompts)
+        return inner(model, tokenizer, prompts, *a, **kw)
+
+    monkeypatch.setattr(sampling, "sample_records", spy)
+    got = Pipeline(load_config(overrides=overrides(run, *files))).samples()
+    assert drawn and not kept & set(drawn), "the killed launch's batches are kept, not drawn again"
+    assert _canon(got) == _canon(want)
+    assert not list(run.rglob("*.rank*of*"))
