@@ -184,21 +184,26 @@ def _kill_launch_mid_sampling(run: Path, args: list[str]) -> list[Path]:
     import signal
     import time
 
+    import psutil
     from test_reliability import N_PROMPTS, N_SAMPLES, cli_env, complete_lines
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_port()), *args]
     env = {**cli_env(ALIGNMENT_DEBUG_STEP_DELAY="0.2"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # its own process group: the kill reaches every rank
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     shards = lambda: sorted(run.glob(".samples.jsonl.*.part.rank*of2"))  # noqa: E731
     deadline = time.monotonic() + 300
     while not (len(shards()) == 2 and all(complete_lines(p) >= N_SAMPLES for p in shards())):
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # torchrun starts each worker in its own session: kill the launcher and every descendant, as a
+    # preempted machine would, and wait until none is left writing
+    procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=30)
     proc.wait()
     proc.stderr.close()
     assert not (run / "samples.jsonl").exists()
