@@ -42,7 +42,6 @@ class Dist:
     """Who this process is. `Dist()` = one process (every method is then a no-op or identity)."""
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -50,7 +49,7 @@ class Dist:
 
     @property
     def tag(self) -> str:
-        """Shard-file suffix: the world size is in it, so a resume with another size never mixes shards."""
+        """Shard-file suffix: each rank of each launch size streams to its own file."""
         return f"rank{self.rank}of{self.world}"
 
     def barrier(self) -> None:
@@ -97,8 +96,9 @@ def current() -> Dist:
                                "DDP: launch with `accelerate launch --multi_gpu ...` and no FSDP/DeepSpeed config")
     from accelerate import PartialState
 
+    # PartialState also makes this rank's GPU the current CUDA device, so "cuda" means it from here on
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=6))
-    return Dist(state.process_index, state.num_processes, state.local_process_index)
+    return Dist(state.process_index, state.num_processes)
 
 
 def rank_items(batches: Sequence[Sequence[int]], dist: Dist) -> list[int]:
@@ -152,10 +152,15 @@ def shard_path(part: str | os.PathLike, dist: Dist) -> Path:
     return Path(f"{part}.{dist.tag}")
 
 
+def shards_of(part: str | os.PathLike) -> list[Path]:
+    """Every rank's shard of `part`, of launches of any size, sorted by name."""
+    part = Path(part)
+    return sorted(part.parent.glob(f"{part.name}.rank*of*"))
+
+
 def remove_shards(part: str | os.PathLike) -> None:
     """Every rank's shard of `part` (any world size): called once the artifact is published."""
-    part = Path(part)
-    for p in part.parent.glob(f"{part.name}.rank*of*"):
+    for p in shards_of(part):
         p.unlink(missing_ok=True)
 
 
@@ -178,9 +183,7 @@ def cached_on_ranks(artifact: str | os.PathLike, deps: dict, build: Callable[[Pa
 
     if dist.world == 1:
         return cached(artifact, deps, build, hint=hint)
-    if _RANK0_BUILD:
-        raise RuntimeError(f"the rank-0-only build of {_RANK0_BUILD[-1]} called the stage that makes {artifact}: "
-                           "the other ranks would never join it. Make that build collective.")
+    _not_in_rank0_build(f"the stage that makes {artifact}")
     dist.barrier()
     state, stale = dist.agree((cache_state(artifact, deps), stale_message(artifact, deps, hint)) if dist.main else None)
     if state == "fresh":

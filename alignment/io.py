@@ -212,12 +212,6 @@ def stale_message(artifact: str | os.PathLike, deps: dict, hint: str = "") -> st
     return f"{artifact} was made with a different config (changed: {', '.join(changed)}). {hint}"
 
 
-def raise_if_stale(artifact: str | os.PathLike, deps: dict, hint: str = "") -> None:
-    msg = stale_message(artifact, deps, hint)
-    if msg:
-        raise CacheMismatch(msg)
-
-
 def part_path(artifact: str | os.PathLike, deps: dict) -> Path:
     """Where `cached` builds `artifact` for these deps (`.<name>.<deps hash>.part`)."""
     artifact = Path(artifact)
@@ -228,8 +222,8 @@ def _build_locked(artifact: Path, deps: dict, build, on_mismatch: str, hint: str
     state, h, meta = cache_state(artifact, deps), stable_hash(deps), meta_path(artifact)
     if state == "fresh":  # built by another process while we waited
         return False
-    if on_mismatch == "raise":
-        raise_if_stale(artifact, deps, hint)
+    if state == "stale" and on_mismatch == "raise":
+        raise CacheMismatch(stale_message(artifact, deps, hint))
     part = part_path(artifact, deps)
     build(part)
     if meta.exists():

@@ -295,11 +295,9 @@ class Pipeline:
     def sft(self) -> dict:
         """The SFT stage: the start policy tuned on train-split reviews (see `alignment.sft`)."""
         from .sft import run_sft
-        from .tracking import make_tracker
 
         # under a launch, whichever rank takes the asset cache's lock trains it, and keeps its wandb run
-        return run_sft(self.cfg, lambda name, group=None: make_tracker(self.cfg, f"{self.dir.name}-{name}",
-                                                                        str(self.dir), group=group))
+        return run_sft(self.cfg, self._make_tracker)
 
     # ---- training and evaluation ------------------------------------------------------------
     def train(self, **overrides) -> Policy:
@@ -428,10 +426,15 @@ class Pipeline:
         return [Policy(d.name, d, read_jsonl(d / "train_log.jsonl")) for d in dirs]
 
     def tracker(self, name: str, group: str | None = None):
-        from .tracking import NullTracker, make_tracker
+        from .tracking import NullTracker
 
         if not self.dist.main:  # one run per experiment in wandb: rank 0's
             return NullTracker()
+        return self._make_tracker(name, group)
+
+    def _make_tracker(self, name: str, group: str | None = None):
+        from .tracking import make_tracker
+
         return make_tracker(self.cfg, f"{self.dir.name}-{name}", str(self.dir), group=group)
 
 

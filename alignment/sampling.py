@@ -3,8 +3,9 @@ decode loop, cumsum+searchsorted categorical sampling, finished rows dropped fro
 
 Returns plain records; `sample_to_file` streams them to JSONL prompt by prompt and resumes
 after an interrupt without redoing finished prompts; under several processes each rank samples
-its share of the batches (`alignment.distributed`) into its own shard, with the same draws. For a batch of prompts [a b c] and N=2
-the decode batch is [a a b b c c]: `repeat_interleave` of the prefilled cache.
+its share of the batches (`alignment.distributed`) into its own shard, with the same draws.
+For a batch of prompts [a b c] and N=2 the decode batch is [a a b b c c]: `repeat_interleave` of
+the prefilled cache.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SampleConfig
-from .distributed import Dist, remove_shards, shard_path
+from .distributed import Dist, remove_shards, shard_path, shards_of
 from .io import JsonlAppender, debug_delay, read_jsonl, write_jsonl
 
 
@@ -198,7 +199,7 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
     also by a later launch of another size: a batch's draws depend only on its members), rank 0
     merges every shard into `path` in the order one process writes; every rank returns all records."""
     path = Path(path)
-    if dist.world == 1 and not list(path.parent.glob(f"{path.name}.rank*of*")):
+    if dist.world == 1 and not shards_of(path):
         return _stream(path, model, tokenizer, prompts, n, cfg, stop_ids, desc, max_new_tokens)
     # several processes, or one resuming a killed launch's shards (then every call below is local)
     merged = dist.main and path.exists() and len(done_prompts(read_jsonl(path), n)) == len(prompts)
@@ -228,8 +229,7 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
 def _shard_records(path: Path, pos: dict[str, int]) -> list[dict]:
     """The records in every shard of `path` (any launch size; a rank without a batch wrote none),
     of known prompts, one per (prompt, sample)."""
-    recs = {(r["prompt_id"], r["sample"]): r for p in sorted(path.parent.glob(f"{path.name}.rank*of*"))
-            for r in read_jsonl(p) if r["prompt_id"] in pos}
+    recs = {(r["prompt_id"], r["sample"]): r for p in shards_of(path) for r in read_jsonl(p) if r["prompt_id"] in pos}
     return list(recs.values())
 
 

@@ -258,7 +258,7 @@ def test_a_rank0_only_build_may_not_call_a_stage(tmp_path, monkeypatch):
     from alignment import distributed
 
     monkeypatch.setattr(distributed, "_RANK0_BUILD", ["prompts.json"])
-    with pytest.raises(RuntimeError, match="rank-0-only build of prompts.json called the stage"):
+    with pytest.raises(RuntimeError, match="rank-0-only build of prompts.json entered the stage that makes"):
         distributed.cached_on_ranks(tmp_path / "x.json", {"a": 1}, lambda part: None, Dist(0, 2), collective=True)
     for enter in (Dist(0, 2).barrier, lambda: Dist(0, 2).gather(1), lambda: Dist(0, 2).agree(1)):
         with pytest.raises(RuntimeError, match="rank-0-only build of prompts.json entered"):
