@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import RunDirMismatch
     from .reward import RewardError
 
+    from .distributed import shutdown
+
     try:
         return run_stage(args, cfg, grid)
     except ConfigError as e:  # e.g. a sweep setting that fails the dpo rules
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: finished work is saved in the run dir; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    finally:
+        shutdown()  # under `accelerate launch`: a clean exit for every rank
 
 
 def run_stage(args, cfg, grid: dict) -> int:

@@ -101,6 +101,14 @@ def current() -> Dist:
     return Dist(state.process_index, state.num_processes)
 
 
+def shutdown() -> None:
+    """Take this process's part of the launch's process group down before it exits: a process that
+    exits with gloo's threads still up can abort in teardown ("terminate called without an active
+    exception", exit -6), and torchrun then reports the whole launch as failed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def rank_items(batches: Sequence[Sequence[int]], dist: Dist) -> list[int]:
     """The item indices of this rank's batches (batch k -> rank k % world), ascending. Given to the
     same batcher in this order, they re-form exactly those batches: batchers here sort stably (or

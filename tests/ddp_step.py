@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from alignment.distributed import Dist, current
+from alignment.distributed import Dist, current, shutdown
 from alignment.logprobs import collate, model_logps
 from alignment.losses import compute_loss
 from alignment.models import load_causal_lm
@@ -46,3 +46,4 @@ if __name__ == "__main__":
     grads, mets = step_grads(sys.argv[1], d)
     torch.save({"grads": grads, "metrics": {k: v for k, v in mets.items() if k != "allreduces"}, "world": d.world,
                 "allreduces": mets["allreduces"]}, f"{sys.argv[2]}.rank{d.rank}")
+    shutdown()
