@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .assets import AssetError
     from .data import DataError
-    from .pipeline import RunDirMismatch
+    from .rundir import RunDirMismatch
     from .reward import RewardError
 
     from .distributed import shutdown
@@ -114,6 +114,8 @@ def run_stage(args, cfg, grid: dict) -> int:
     from .pipeline import Pipeline
 
     pipe = Pipeline(cfg)
+    if args.stage != "sft":
+        pipe.prepare()  # the SFT start policy and the scorer heads (built once, announced), the scorers
     actions = {
         "prompts": lambda: {k: len(v) for k, v in pipe.prompts().items()},
         "sample": lambda: {"samples": len(pipe.samples())},

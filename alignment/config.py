@@ -14,7 +14,12 @@ from typing import Any
 
 import yaml
 
+from .losses import LOSSES, validate_alpha
+from .pairs import STRATEGIES
+from .presets import PRESETS
+
 OFFLINE = "offline"  # the embedded default: real pretrained assets shipped in PyPI packages
+OFFLINE_SFT = "offline-sft"  # the offline start policy: SmolLM2-135M tuned on reviews by the SFT stage (`alignment.sft`)
 
 
 class ConfigError(ValueError):
@@ -32,13 +37,9 @@ def rule(default, *, choices=None, check=None, why: str = "", hashed: bool = Tru
     return field(default=default, metadata={"choices": choices, "check": check, "why": why, "hashed": hashed})
 
 
-def _registry(module: str, name: str):
-    """Lazy choices from a registry (imported at validation time: no torch import for the config)."""
-    def names():
-        import importlib
-
-        return tuple(sorted(getattr(importlib.import_module(f"alignment.{module}"), name)))
-    return names
+def _registry(table: dict):
+    """Choices from a registry (the losses, the pair strategies), read when a config is checked."""
+    return lambda: tuple(sorted(table))
 
 
 _DTYPES = ("auto", "float32", "bfloat16")
@@ -89,14 +90,14 @@ class RewardConfig:
 
 @dataclass
 class PairConfig:
-    strategy: str = rule("max_min", choices=_registry("pairs", "STRATEGIES"))  # max_min | all_pairs | adjacent | random
+    strategy: str = rule("max_min", choices=_registry(STRATEGIES))  # max_min | all_pairs | adjacent | random
     min_margin: float = rule(0.0, **_nonneg)  # drop pairs whose reward gap is <= this
     seed: int = 0              # seed for the random strategy
 
 
 @dataclass
 class DPOConfig:
-    loss: str = rule("sigmoid", choices=_registry("losses", "LOSSES"))  # a name in alignment.losses.LOSSES (sigmoid, hinge, ipo, forward_kl, js, alpha, ...)
+    loss: str = rule("sigmoid", choices=_registry(LOSSES))  # a name in alignment.losses.LOSSES (sigmoid, hinge, ipo, forward_kl, js, alpha, ...)
     beta: float = rule(0.1, **_pos)   # KL-constraint strength
     alpha: float = 0.5         # alpha-divergence parameter, paper convention, in (0, 1) (checked when loss=alpha)
     lr: float = rule(5e-5, check=lambda v: 0 < v < 1,  # learning rate
@@ -228,8 +229,6 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 def load_config(path: str | None = None, overrides: list[str] | dict | None = None,
                 preset: str | None = None) -> Config:
     """Defaults <- preset <- YAML file <- overrides, then `validate`."""
-    from .presets import PRESETS
-
     cfg = Config()
     if preset:
         if preset not in PRESETS:
@@ -284,8 +283,6 @@ def check_section(section: str, obj) -> None:
     `dataclasses.replace`, e.g. a sweep's DPO settings)."""
     _check_rules(section, obj)
     if section == "dpo":
-        from .losses import validate_alpha
-
         _check(obj.lora_r == 0 or obj.backend == "native", "dpo.lora_r", obj.lora_r,
                "LoRA trains with the native backend only; set dpo.backend=native or dpo.lora_r=0")
         if obj.loss == "alpha":

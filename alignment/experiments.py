@@ -95,7 +95,7 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
     from . import plots
 
     seeds = seeds or level1_seeds(pipe.cfg)
-    pipe.scorers  # noqa: B018  (a reward or judge that cannot load fails here, before any training)
+    pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     pairs, stats = pipe.pairs()
     starts = [pipe.evaluate(seed=s) for s in seeds]
     start = pooled(pipe, START, starts)
@@ -142,7 +142,7 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
     """The seed's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
     reference perplexity explodes. Returns rows and examples side by side."""
     lrs = lrs or lr_lesson_lrs(pipe.cfg)
-    pipe.scorers  # noqa: B018  (a scorer that cannot load fails before any training)
+    pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     start = pipe.evaluate()
     rows, scored = [], {}
     for lr in lrs:
@@ -169,7 +169,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     from . import plots
 
     t0 = time.time()
-    pipe.scorers  # noqa: B018  (a scorer that cannot load fails before any training)
+    pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
     bon = pooled(pipe, "best-of-N", [pipe.evaluate(seed=s, n_samples=max(F.BON_NS)) for s in seeds], measure=False)
     runs, points = [], {}

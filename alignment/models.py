@@ -4,25 +4,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .config import OFFLINE
+from .assets import smollm2_dir
+from .config import OFFLINE, OFFLINE_SFT
+from .optional import peft
 
 
 def resolve_policy(name: str) -> str:
-    """Map config names to something `from_pretrained` takes: offline -> cached SmolLM2 dir."""
+    """Map config names to something `from_pretrained` takes: offline -> cached SmolLM2 dir.
+    `offline-sft` is the SFT stage's output, which depends on the sft config: a run resolves it
+    (`alignment.sft.sft_out_dir(cfg)`) before it loads anything."""
     if name == OFFLINE:
-        from .assets import smollm2_dir
-
         return str(smollm2_dir())
-    if name == "offline-sft":  # outside a Pipeline (which builds it): the default config's SFT model
-        from .config import Config
-        from .sft import sft_out_dir
-
-        path = sft_out_dir(Config())
-        if not (path / "model.safetensors").exists():
-            raise FileNotFoundError(
-                "model.policy='offline-sft' is built by the pipeline on first use, or by `python -m alignment sft`")
-        return str(path)
+    if name == OFFLINE_SFT:
+        raise FileNotFoundError(f"{OFFLINE_SFT!r} is the SFT stage's model and depends on the sft config: load "
+                                "alignment.sft.sft_out_dir(cfg) (built by `python -m alignment sft`), or use a Pipeline")
     p = Path(name).expanduser()
     if name.startswith((".", "/", "~")) and not p.exists():
         raise FileNotFoundError(f"model path {name!r} does not exist; fix model.policy / model.ref")
@@ -62,8 +59,6 @@ def train_autocast(precision: str, device: torch.device) -> bool:
 
 def load_tokenizer(name: str):
     """Tokenizer with a pad token (GPT-2 has none: we reuse EOS; masks never come from values)."""
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(resolve_policy(name))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -73,8 +68,6 @@ def load_tokenizer(name: str):
 
 def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.device | None = None,
                    train: bool = False):
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(resolve_policy(name), dtype=dtype)
     model.to(device or pick_device())
     model.train(train)
@@ -94,15 +87,13 @@ def add_lora(model, r: int, alpha: float):
     """Wrap `model` in LoRA adapters of rank r (peft) on its architecture's target modules; only
     the adapters train. The base weights stay frozen, so the reference is the base itself
     (`with model.disable_adapter(): ...`) and saving writes the adapter only (MBs)."""
-    from peft import LoraConfig, get_peft_model
-
     kind = model.config.model_type
     if kind not in LORA_TARGETS:
         raise ValueError(f"LoRA (dpo.lora_r / sft.lora_r) knows the target modules of {sorted(LORA_TARGETS)}, "
                          f"not {kind!r}; use full fine-tuning (lora_r=0) or add it to models.LORA_TARGETS")
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS[kind]),
+    cfg = peft().LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS[kind]),
                      fan_in_fan_out=kind == "gpt2", task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
+    return peft().get_peft_model(model, cfg)
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -111,9 +102,7 @@ def is_adapter(path: str | Path) -> bool:
 
 def load_adapter(base, path: str | Path):
     """Base model + the LoRA adapter saved at `path`, merged into plain weights (fast to sample)."""
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    model = peft().PeftModel.from_pretrained(base, str(path)).merge_and_unload()
     model.requires_grad_(False)
     return model.eval()
 

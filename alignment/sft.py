@@ -35,10 +35,14 @@ from pathlib import Path
 
 import torch
 
+from .assets import cache_root
 from .config import Config, SampleConfig, section_deps
-from .data import DataError, Review, _filter, make_prompt, review_pools
-from .io import cache_state, cached, part_dir, read_json, stable_hash, write_json
+from .data import DataError, Review, filter_reviews, make_prompt, review_pools
+from .io import cache_state, cached, meta_path, part_dir, read_json, stable_hash, write_json
 from .logprobs import collate, model_logps
+from .models import add_lora, load_causal_lm, load_tokenizer, pick_device, stop_token_ids, train_autocast
+from .sampling import sample_records
+from .tracking import NullTracker
 from .train import LoopConfig, done_training, train_loop
 
 DEFAULT_NAME = "SmolLM2-135M-reviews-sft"  # + "-<config hash>": the cache dir of `offline-sft` (sft_out_dir)
@@ -53,7 +57,7 @@ def sft_splits(cfg: Config) -> tuple[list[Review], list[Review]]:
     shuffled by `sft.seed`."""
     d, s = cfg.data, cfg.sft
     pools = review_pools(d)
-    eval_pool, train_pool = _filter(pools["eval"], d), _filter(pools["train"], d)
+    eval_pool, train_pool = filter_reviews(pools["eval"], d), filter_reviews(pools["train"], d)
     seen = {r.text for r in eval_pool}  # eval texts are never trained on, even as duplicates
     rng = random.Random(s.seed)
 
@@ -124,9 +128,6 @@ def perplexity(model, seqs: list[list[int]], pad_id: int, batch_size: int = 8) -
 
 
 def _samples(model, tokenizer, prompts: list[dict], seed: int, new_tokens: int) -> list[dict]:
-    from .models import stop_token_ids
-    from .sampling import sample_records
-
     if not prompts:
         return []
     was_training = model.training
@@ -151,8 +152,6 @@ def sample_prompts(tok, eval_reviews: list[Review], k: int, n: int) -> list[dict
 
 
 def sft_loop_config(cfg: Config, dev: torch.device) -> LoopConfig:
-    from .models import train_autocast
-
     s = cfg.sft
     return LoopConfig(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, grad_accum=1, warmup_ratio=s.warmup_ratio,
                       final_lr_ratio=s.final_lr_ratio, max_grad_norm=s.max_grad_norm, seed=s.seed,
@@ -176,8 +175,6 @@ def sft_out_dir(cfg: Config) -> Path:
     config, so a smoke-sized SFT never replaces the default one."""
     if cfg.sft.out:
         return Path(cfg.sft.out).expanduser()
-    from .assets import cache_root
-
     return cache_root() / "models" / f"{DEFAULT_NAME}-{stable_hash(sft_deps(cfg), 8)}"
 
 
@@ -191,8 +188,24 @@ def run_sft(cfg: Config, make_tracker=None) -> dict:
     out, deps = sft_out_dir(cfg), sft_deps(cfg)
     if out.exists() and cache_state(out, deps) != "fresh":
         warnings.warn(f"{out} holds an SFT model for another config; it will be replaced when this run ends")
-    cached(out, deps, lambda part: _build(cfg, part_dir(part), make_tracker), on_mismatch="rebuild")
+
+    def build(part):
+        print(f"building the SFT start policy (once per sft config): {cfg.sft.base} tuned on "
+              f"{cfg.sft.n_reviews} train-pool reviews -> {out}", flush=True)
+        _build(cfg, part_dir(part), make_tracker)
+
+    cached(out, deps, build, on_mismatch="rebuild")
     return read_json(out / "sft_metrics.json")
+
+
+def sft_hash(cfg: Config) -> str:
+    """The cache hash of this config's built SFT model (what a run dir's artifacts record they were
+    made from). Reads its cache record only: `run_sft` builds it."""
+    meta = meta_path(sft_out_dir(cfg))
+    if not meta.exists() or cache_state(sft_out_dir(cfg), sft_deps(cfg)) != "fresh":
+        raise FileNotFoundError(f"the SFT start policy for this config is not built at {sft_out_dir(cfg)}; "
+                                "build it with `python -m alignment sft` (every run's first step does)")
+    return read_json(meta)["hash"]
 
 
 def _build(cfg: Config, tmp: Path, make_tracker) -> None:
@@ -201,9 +214,6 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
         (tmp / "before.json").unlink(missing_ok=True)
         done_training(tmp)
         return
-    from .models import load_causal_lm, load_tokenizer, pick_device
-    from .tracking import NullTracker
-
     t0 = time.time()
     # Thread count: torch's default (physical cores) or OMP_NUM_THREADS; no set_threads() here.
     # On a box shared with other jobs, OMP_NUM_THREADS=1 is ~3x faster per step than 2 contended threads.
@@ -217,8 +227,6 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
     prompts = sample_prompts(tok, eval_reviews, cfg.data.prompt_tokens, s.n_sample_prompts)
     model = load_causal_lm(s.base, torch.float32, dev, train=True)
     if s.lora_r:
-        from .models import add_lora
-
         torch.manual_seed(s.seed)  # the adapters' random init
         model = add_lora(model, s.lora_r, s.lora_alpha)
     tracker = make_tracker("sft", group="sft") if make_tracker else NullTracker()

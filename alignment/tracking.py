@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from . import optional
+
 
 class NullTracker:
     """Tracker that records nothing (track.mode=disabled)."""
@@ -34,8 +36,7 @@ class WandbTracker(NullTracker):
     """A wandb run; offline mode writes under <run_dir>/wandb for a later `wandb sync`."""
 
     def __init__(self, config: dict, mode: str, project: str, name: str, run_dir: str, group: str | None = None):
-        import wandb
-
+        wandb = optional.wandb()
         os.makedirs(run_dir, exist_ok=True)
         os.environ.setdefault("WANDB_SILENT", "true")
         self._wandb = wandb

@@ -34,7 +34,9 @@ from .distributed import Dist, chunks, map_batches
 from .io import JsonlAppender, atomic_open, debug_delay, read_jsonl, write_json
 from .logprobs import batched_logps, collate, model_logps
 from .losses import compute_loss
-from .models import train_autocast
+from .models import add_lora, train_autocast
+from .optional import accelerate
+from .trl_backend import train_dpo_trl
 
 LossFn = Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, dict[str, float]]]
 
@@ -166,10 +168,8 @@ def _wrap(model, dist: Dist):
     """The module the closure calls: `model`, or its DDP wrapper from accelerate."""
     if dist.world == 1:
         return model
-    from accelerate import Accelerator
-
     # precision and compilation are the loop's (dpo.precision), never the launch's or the user's accelerate config
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no", dynamo_backend="no")
+    acc = accelerate().Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no", dynamo_backend="no")
     return acc.prepare_model(model, device_placement=False)
 
 
@@ -269,3 +269,33 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
 def done_training(out_dir: str | Path) -> None:
     """The builder's last step: training's output is saved, the checkpoint is no longer needed."""
     (Path(out_dir) / "ckpt.pt").unlink(missing_ok=True)
+
+
+def train_policy(models, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
+                 cfg: DPOConfig, out: Path, tracker, dist: Dist = Dist()) -> None:
+    """Train one policy into `out` (model/, train_log.jsonl, train_summary.json): full fine-tuning of
+    a fresh copy of the start policy, or LoRA adapters on the reference itself (`dpo.lora_r`: its
+    frozen base *is* the reference, no copy; the adapter alone is saved); the native loop or trl's
+    DPOTrainer (`dpo.backend`). `models`: the run's `RunModels`; the reference is handed back
+    without adapters, in eval mode. Finishes `tracker`."""
+    if cfg.lora_r:
+        torch.manual_seed(cfg.seed)  # the adapters' random init, whatever the process did before
+        model = add_lora(models.ref_model, cfg.lora_r, cfg.lora_alpha)
+    else:
+        model = models.load_policy(train=True)
+    tok = models.tokenizer
+    try:
+        if cfg.backend == "trl":
+            train_dpo_trl(model, models.ref_model, tok, pairs, prompt_ids, cfg, out, tracker)
+        else:
+            train_dpo(model, pairs, prompt_ids, ref, cfg, tok.pad_token_id, out, tracker, dist=dist)
+        if dist.main:
+            model.save_pretrained(out / "model")  # the adapter only, for LoRA
+            tok.save_pretrained(out / "model")
+            done_training(out)
+    finally:
+        tracker.finish()
+        if cfg.lora_r:  # hand the reference back without its adapters, in eval mode
+            models.ref_model = model.unload()
+            models.ref_model.requires_grad_(False)
+            models.ref_model.eval()

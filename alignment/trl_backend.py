@@ -51,9 +51,13 @@ import warnings
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from .config import DPOConfig
 from .io import write_json, write_jsonl
+from .losses import validate_alpha
+from .optional import datasets, trl
 
 # trl 1.16 DPOConfig.loss_type values (dpo_config.py / the dispatch in DPOTrainer._compute_loss).
 TRL_LOSS_TYPES: tuple[str, ...] = (
@@ -76,8 +80,6 @@ def trl_loss_args(cfg: DPOConfig) -> dict:
     if cfg.loss in TRL_F_DIVERGENCES:
         out = {"loss_type": ["sigmoid"], "f_divergence_type": TRL_F_DIVERGENCES[cfg.loss]}
         if cfg.loss == "alpha":
-            from .losses import validate_alpha
-
             out["f_alpha_divergence_coef"] = 1.0 - validate_alpha(cfg.alpha)
         return out
     if cfg.loss in TRL_LOSS_TYPES:
@@ -90,7 +92,7 @@ def trl_loss_args(cfg: DPOConfig) -> dict:
 
 
 def _trainer_class():
-    from trl import DPOTrainer
+    DPOTrainer = trl().DPOTrainer
 
     class _PreTokenizedDPOTrainer(DPOTrainer):
         """DPOTrainer that keeps a dataset's own prompt_ids/chosen_ids/rejected_ids (no re-tokenization,
@@ -108,8 +110,6 @@ def _trainer_class():
 
 
 def _make_callback(tracker, records: list[dict]):
-    from transformers import TrainerCallback
-
     class _Forward(TrainerCallback):
         """Collect trl's per-step logs (and forward them to our tracker as train/<key>)."""
 
@@ -129,8 +129,7 @@ def _make_callback(tracker, records: list[dict]):
 
 
 def _dataset(pairs: list[dict], prompt_ids: dict[str, list[int]], tokenized: bool):
-    from datasets import Dataset
-
+    Dataset = datasets().Dataset
     if tokenized:
         return Dataset.from_dict({
             "prompt_ids": [list(map(int, prompt_ids[p["prompt_id"]])) for p in pairs],
@@ -170,8 +169,7 @@ def train_dpo_trl(model, ref_model_or_None, tokenizer, pairs: list[dict], prompt
     policy itself for precomputed reference log-probs, else we pass a deep copy). `tokenized`: feed
     our token ids (default, exact same sequences as the native backend) or trl's text path.
     Writes out_dir/train_log.jsonl and out_dir/train_summary.json."""
-    from trl import DPOConfig as TrlDPOConfig
-
+    TrlDPOConfig = trl().DPOConfig
     if not pairs:
         raise ValueError("train_dpo_trl: no preference pairs")
     loss_args = trl_loss_args(cfg)  # raises for losses trl does not have, before any work
@@ -224,13 +222,9 @@ def train_dpo_trl(model, ref_model_or_None, tokenizer, pairs: list[dict], prompt
     records: list[dict] = []
     snap = _snapshot([model, ref])
     try:
-        from trl import DPOTrainer
-
-        cls = _trainer_class() if tokenized else DPOTrainer
+        cls = _trainer_class() if tokenized else trl().DPOTrainer
         trainer = cls(model=model, ref_model=ref, args=args, train_dataset=_dataset(pairs, prompt_ids, tokenized),
                       processing_class=tokenizer, callbacks=[_make_callback(tracker, records)])
-        from transformers.trainer_callback import PrinterCallback
-
         trainer.remove_callback(PrinterCallback)  # with disable_tqdm it would print every log dict
         trainer.train()
     finally:

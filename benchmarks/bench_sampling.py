@@ -15,7 +15,9 @@ from transformers import pipeline
 
 from alignment.config import SampleConfig
 from alignment.models import pick_device, sampling_dtype, stop_token_ids
-from alignment.sampling import categorical, sample_records, sample_with_generate
+from alignment.decode import categorical
+from alignment.hf_generate import generate_tokens
+from alignment.sampling import sample_records
 from benchmarks.harness import (Report, Sizes, ceiling_row, count_new, dtype_name, interleaved, log,
                                 matmul_flops_per_token, speedup)
 
@@ -45,7 +47,7 @@ def make_variants(ctx, models: dict, cfg: SampleConfig, stops: set[int], per_bat
 
     def run_generate(model):
         return lambda t, ps: sum(len(c) for b in batches(ps)
-                                 for c in sample_with_generate(model, tok, [p["ids"] for p in b], N, cfg, t))
+                                 for c in generate_tokens(model, tok, [p["ids"] for p in b], N, cfg, t))
 
     def run_ours(model):
         return lambda t, ps: sum(len(r["completion_ids"]) for recs in
@@ -127,5 +129,5 @@ def bench_categorical(S: Sizes, rep: Report) -> None:
             fn()
             times[k].append(time.perf_counter() - t0)
     tm, tc = min(times["torch.multinomial"]), min(times["categorical"])
-    rep.add(f"categorical draw ({S.micro_rows}x{VOCAB} probs): torch.multinomial vs alignment.sampling.categorical",
+    rep.add(f"categorical draw ({S.micro_rows}x{VOCAB} probs): torch.multinomial vs alignment.decode.categorical",
             f"{1000 * tm:.2f} ms", f"{1000 * tc:.2f} ms", speedup(tm, tc))

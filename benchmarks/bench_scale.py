@@ -62,7 +62,8 @@ def worker(spec: dict) -> dict:
 
     from alignment.config import SampleConfig
     from alignment.models import pick_device, sampling_dtype, stop_token_ids
-    from alignment.sampling import sample_batch, sample_to_file
+    from alignment.decode import sample_batch
+    from alignment.sampling import sample_to_file
     from benchmarks.context import Ctx
 
     torch.set_num_threads(spec["threads"])

@@ -39,9 +39,10 @@ KEYS = ("eval/reward_mean", "eval/judge_mean", "eval/on_topic", "eval/kl_to_ref"
 
 
 def _evaluate(pipe: Pipeline, policy: Policy | None, dtype: torch.dtype, out: Path) -> list[dict]:
-    model, ref = (pipe.ref_model, None) if policy is None else (pipe.load_trained(policy), pipe.ref_model)
-    evaluate_model(policy.name if policy else "sft", model, ref, pipe.tokenizer, pipe.scorers, pipe.prompts()["eval"],
-                   pipe.cfg, pipe.stop_ids, out, sample_dtype=dtype, seed=0)
+    m = pipe.models
+    model, ref = (m.ref_model, None) if policy is None else (m.load_trained(policy.dir), m.ref_model)
+    evaluate_model(policy.name if policy else "sft", model, ref, m.tokenizer, m.scorers, pipe.prompts()["eval"],
+                   pipe.cfg, m.stop_ids, out, sample_dtype=dtype, seed=0)
     return read_jsonl(out / "scored.jsonl")
 
 
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results-dtype.md"))
     args = ap.parse_args(argv)
     pipe = Pipeline(_run_config(args.run_dir))
+    pipe.prepare()
     policy = next(p for p in pipe.policies() if p.name == args.policy)
     t0, scored = time.time(), {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -54,7 +54,7 @@ def test_real_snippets_are_deduplicated_and_roles_disjoint(real_corpora):
 
 
 def test_real_prompt_sources_never_train_a_scorer(real_corpora):
-    from alignment.data import offline_full_reviews, offline_reviews
+    from alignment.corpus import offline_full_reviews, offline_reviews
 
     scorer_texts = {normalize(s.text) for k, v in snippets_by_role().items() if k != "policy" for s in v}
     pool = offline_reviews()
@@ -77,7 +77,7 @@ def test_every_offline_preset_fits_the_prompt_pool(real_corpora):
     """Each preset's prompt counts fit the offline pools after its length filter (the pools are
     fixed shares of the policy role, so a preset asking for more would fail at the prompts stage)."""
     from alignment.config import load_config
-    from alignment.data import _filter, review_pools
+    from alignment.data import filter_reviews, review_pools
     from alignment.presets import PRESETS
 
     for name in PRESETS:
@@ -85,5 +85,5 @@ def test_every_offline_preset_fits_the_prompt_pool(real_corpora):
         if d.source != "offline":
             continue
         pools = review_pools(d)
-        assert len(_filter(pools["eval"], d)) >= d.n_eval_prompts, name
-        assert len(_filter(pools["train"], d)) >= 1.05 * d.n_train_prompts, name  # room for dropped duplicates
+        assert len(filter_reviews(pools["eval"], d)) >= d.n_eval_prompts, name
+        assert len(filter_reviews(pools["train"], d)) >= 1.05 * d.n_train_prompts, name  # room for dropped duplicates

@@ -4,7 +4,8 @@ import pytest
 
 from alignment.config import DataConfig
 from conftest import make_reviews
-from alignment.data import DataError, build_prompts, detokenize, file_reviews, make_prompt
+from alignment.corpus import detokenize
+from alignment.data import DataError, build_prompts, file_reviews, make_prompt
 
 
 def _cfg(source, **kw):

@@ -16,7 +16,7 @@ import yaml
 
 from alignment.distributed import Dist, chunks, map_batches, rank_items
 from alignment.io import read_json, read_jsonl
-from alignment.reward import _sorted_batches
+from alignment.reward import length_batches
 from alignment.sampling import _batches
 from alignment.train import rank_share
 
@@ -42,8 +42,8 @@ def test_a_ranks_items_re_form_exactly_its_batches(world, n, size):
     cases = [
         ([[pos[p["id"]] for p in b] for b in _batches(prompts, size)],
          lambda idx: [[pos[p["id"]] for p in b] for b in _batches([prompts[i] for i in idx], size)]),
-        (list(_sorted_batches(texts, size)),
-         lambda idx: [[idx[j] for j in b] for b in _sorted_batches([texts[i] for i in idx], size)]),
+        (length_batches(texts, size),
+         lambda idx: [[idx[j] for j in b] for b in length_batches([texts[i] for i in idx], size)]),
         (chunks(n, size), lambda idx: [[idx[j] for j in b] for b in chunks(len(idx), size)]),
     ]
     for batches, rebatch in cases:
@@ -72,6 +72,9 @@ class _Recorder:
     def __init__(self):
         self.calls = []
 
+    def batches(self, texts):  # a model scorer's batch plan, as ClassifierReward/EmbeddingReward have
+        return length_batches(texts, self.batch_size)
+
     def score(self, texts):
         self.calls.append(list(texts))
         return torch.zeros(len(texts))
@@ -85,8 +88,8 @@ def test_sharded_scorer_gives_each_rank_exactly_its_scorer_batches(rank):
     inner = _Recorder()
     ShardedScorer(inner, _Echo(rank, 2, n=len(texts))).score(texts)
     (got,) = inner.calls
-    want = [b for k, b in enumerate(_sorted_batches(texts, 4)) if k % 2 == rank]
-    assert [[got[j] for j in b] for b in _sorted_batches(got, 4)] == [[texts[i] for i in b] for b in want]
+    want = [b for k, b in enumerate(length_batches(texts, 4)) if k % 2 == rank]
+    assert [[got[j] for j in b] for b in length_batches(got, 4)] == [[texts[i] for i in b] for b in want]
 
 
 def test_map_batches_in_one_process_is_the_function():

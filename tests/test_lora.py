@@ -35,7 +35,7 @@ def test_lora_starts_at_the_base_and_trains_only_adapters(tiny_gpt2_dir):
 def test_pipeline_trains_an_adapter_and_evaluates_base_plus_adapter(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
                                                                      reviews_csv):
     pipe = Pipeline(_cfg(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv))
-    before = {k: v.clone() for k, v in pipe.ref_model.state_dict().items()}
+    before = {k: v.clone() for k, v in pipe.models.ref_model.state_dict().items()}
     policy = pipe.train()
     assert policy.name == "sigmoid-lora4-b0.1-lr0.01-s0"
     saved = policy.dir / "model"
@@ -45,12 +45,12 @@ def test_pipeline_trains_an_adapter_and_evaluates_base_plus_adapter(tmp_path, ti
     assert 0 < n_adapter < 0.2 * sum(v.numel() for v in before.values())
     # the reference came back without adapters, unchanged, frozen and in eval mode: it computes
     # exactly what a freshly loaded base computes
-    after = pipe.ref_model.state_dict()
+    after = pipe.models.ref_model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-    assert not any(p.requires_grad for p in pipe.ref_model.parameters()) and not pipe.ref_model.training
+    assert not any(p.requires_grad for p in pipe.models.ref_model.parameters()) and not pipe.models.ref_model.training
     fresh = load_causal_lm(tiny_gpt2_dir, torch.float32, torch.device("cpu"))
     probe = ([[5, 6, 7], [8, 9]], [[10, 11], [12]])
-    assert torch.equal(batched_logps(pipe.ref_model, *probe, 0), batched_logps(fresh, *probe, 0))
+    assert torch.equal(batched_logps(pipe.models.ref_model, *probe, 0), batched_logps(fresh, *probe, 0))
     ev = pipe.evaluate(policy)
     assert abs(ev.metrics["eval/kl_to_ref"]) > 1e-4  # base + adapter is not the base
     assert pipe.evaluate().metrics["model"] == "sft"

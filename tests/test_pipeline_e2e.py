@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from alignment import experiments
 from alignment.config import load_config
 from alignment.io import read_json, read_jsonl
-from alignment.pipeline import Pipeline, RunDirMismatch
+from alignment.pipeline import Pipeline
+from alignment.rundir import RunDirMismatch
 
 
 def tiny_cfg(run_dir, policy, reward, data, **extra):

@@ -210,7 +210,7 @@ def test_interrupted_scoring_leaves_no_rewards_file(ref, tmp_path, monkeypatch):
     def ctrl_c(texts):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipe.reward, "score", ctrl_c)
+    monkeypatch.setattr(pipe.models.reward, "score", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         pipe.rewards()
     assert not (run / "rewards.json").exists()

@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+import alignment.decode as D
 import alignment.sampling as S
 from alignment.config import SampleConfig
 from alignment.io import read_jsonl
@@ -33,16 +34,16 @@ def tok(tiny_gpt2_dir):
 
 
 def test_left_pad_docstring_example():
-    ids, mask = S.left_pad([[5, 6, 7], [8]], pad_id=0)
+    ids, mask = D.left_pad([[5, 6, 7], [8]], pad_id=0)
     assert torch.equal(ids, torch.tensor([[5, 6, 7], [0, 0, 8]]))
     assert torch.equal(mask, torch.tensor([[1, 1, 1], [0, 0, 1]]))
-    ids, mask = S.left_pad([[1], [2]], pad_id=9)
+    ids, mask = D.left_pad([[1], [2]], pad_id=9)
     assert torch.equal(ids, torch.tensor([[1], [2]])) and mask.all()
 
 
 def test_categorical_matches_probs():
     probs = torch.tensor([0.1, 0.2, 0.7]).expand(20_000, 3)
-    draws = S.categorical(probs, torch.Generator().manual_seed(0))
+    draws = D.categorical(probs, torch.Generator().manual_seed(0))
     assert draws.shape == (20_000,) and draws.dtype == torch.long
     freq = torch.bincount(draws, minlength=3).float() / 20_000
     assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7]), atol=0.01), freq
@@ -50,24 +51,24 @@ def test_categorical_matches_probs():
 
 def test_categorical_unnormalized_zero_mass_and_deterministic():
     probs = torch.tensor([0.0, 2.0, 0.0, 6.0, 0.0]).expand(20_000, 5)  # unnormalized, zeros inside
-    a = S.categorical(probs, torch.Generator().manual_seed(1))
-    b = S.categorical(probs, torch.Generator().manual_seed(1))
-    c = S.categorical(probs, torch.Generator().manual_seed(2))
+    a = D.categorical(probs, torch.Generator().manual_seed(1))
+    b = D.categorical(probs, torch.Generator().manual_seed(1))
+    c = D.categorical(probs, torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
     counts = torch.bincount(a, minlength=5)
     assert counts[0] == counts[2] == counts[4] == 0
     assert abs(counts[3].item() / 20_000 - 0.75) < 0.01
     onehot = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-    assert S.categorical(onehot).tolist() == [2, 0]
+    assert D.categorical(onehot).tolist() == [2, 0]
 
 
 def test_filter_logits_top_k():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [4.0, 3.0, 2.0, 1.0]])
-    out = S.filter_logits(logits, top_k=2)
+    out = D.filter_logits(logits, top_k=2)
     inf = float("-inf")
     assert torch.equal(out, torch.tensor([[inf, 3.0, 2.0, inf], [4.0, 3.0, inf, inf]]))
-    assert torch.equal(S.filter_logits(logits, top_k=0), logits)
-    assert torch.equal(S.filter_logits(logits, top_k=10), logits)  # k > V keeps all
+    assert torch.equal(D.filter_logits(logits, top_k=0), logits)
+    assert torch.equal(D.filter_logits(logits, top_k=10), logits)  # k > V keeps all
 
 
 def test_filter_logits_top_p():
@@ -75,14 +76,14 @@ def test_filter_logits_top_p():
     logits = p.log()
     # row 0 sorted: 0.5 (idx1), 0.3 (idx3), 0.15 (idx0), 0.05 (idx2); mass before: 0, .5, .8, .95
     keep = lambda out: torch.isfinite(out).tolist()  # noqa: E731
-    assert keep(S.filter_logits(logits, top_p=0.4))[0] == [False, True, False, False]
-    assert keep(S.filter_logits(logits, top_p=0.6))[0] == [False, True, False, True]
-    assert keep(S.filter_logits(logits, top_p=0.85))[0] == [True, True, False, True]
-    assert keep(S.filter_logits(logits, top_p=1.0))[0] == [True] * 4
+    assert keep(D.filter_logits(logits, top_p=0.4))[0] == [False, True, False, False]
+    assert keep(D.filter_logits(logits, top_p=0.6))[0] == [False, True, False, True]
+    assert keep(D.filter_logits(logits, top_p=0.85))[0] == [True, True, False, True]
+    assert keep(D.filter_logits(logits, top_p=1.0))[0] == [True] * 4
     # uniform row: top_p=0.6 keeps 3 of 4 (mass before the 3rd is 0.5 < 0.6)
-    assert sum(keep(S.filter_logits(logits, top_p=0.6))[1]) == 3
+    assert sum(keep(D.filter_logits(logits, top_p=0.6))[1]) == 3
     # kept entries keep their values; combined with top_k
-    out = S.filter_logits(logits, top_k=1, top_p=0.85)
+    out = D.filter_logits(logits, top_k=1, top_p=0.85)
     assert keep(out)[0] == [False, True, False, False] and out[0, 1] == logits[0, 1]
 
 
@@ -91,7 +92,7 @@ def test_filter_logits_top_p():
 
 def test_sample_batch_shapes_and_stops(lm):
     cfg = SampleConfig(max_new_tokens=12)
-    out = S.sample_batch(lm, PROMPTS, 3, cfg, STOPS_MANY, 0, torch.Generator().manual_seed(0))
+    out = D.sample_batch(lm, PROMPTS, 3, cfg, STOPS_MANY, 0, torch.Generator().manual_seed(0))
     assert len(out) == len(PROMPTS) * 3
     assert all(1 <= len(c) <= 12 for c in out)
     stops = set(STOPS_MANY)
@@ -99,7 +100,7 @@ def test_sample_batch_shapes_and_stops(lm):
         assert not stops & set(c[:-1])  # a stop id only ever ends a list
         assert len(c) == 12 or c[-1] in stops
     assert any(c[-1] in stops for c in out) and any(len(c) < 12 for c in out)
-    short = S.sample_batch(lm, PROMPTS, 2, cfg, STOPS_MANY, 0, max_new_tokens=3)  # overrides cfg
+    short = D.sample_batch(lm, PROMPTS, 2, cfg, STOPS_MANY, 0, max_new_tokens=3)  # overrides cfg
     assert len(short) == 8 and all(1 <= len(c) <= 3 for c in short)
 
 
@@ -107,15 +108,15 @@ def test_kv_cache_step_distributions_equal_full_forward(lm, monkeypatch):
     """Every per-step distribution the sampler draws from (KV cache, left padding, rows dropped
     as they finish) equals softmax of a full unpadded forward over prompt + tokens so far."""
     seen = []
-    real = S.categorical
+    real = D.categorical
 
     def spy(probs, generator=None):
         seen.append(probs.clone())
         return real(probs, generator)
 
-    monkeypatch.setattr(S, "categorical", spy)
+    monkeypatch.setattr(D, "categorical", spy)
     n, cfg = 3, SampleConfig(max_new_tokens=10, temperature=0.7)
-    comps = S.sample_batch(lm, PROMPTS, n, cfg, STOPS_MANY, 0, torch.Generator().manual_seed(3))
+    comps = D.sample_batch(lm, PROMPTS, n, cfg, STOPS_MANY, 0, torch.Generator().manual_seed(3))
     assert len(seen) == max(len(c) for c in comps)
     expected = {}
     with torch.no_grad():
@@ -132,7 +133,7 @@ def test_kv_cache_step_distributions_equal_full_forward(lm, monkeypatch):
     # sum of the sampler's own log-probs == alignment.logprobs full-forward log-prob (temperature 1)
     seen.clear()
     cfg1 = SampleConfig(max_new_tokens=8)
-    comps = S.sample_batch(lm, PROMPTS, 2, cfg1, STOPS_MANY, 0, torch.Generator().manual_seed(4))
+    comps = D.sample_batch(lm, PROMPTS, 2, cfg1, STOPS_MANY, 0, torch.Generator().manual_seed(4))
     own = torch.zeros(len(comps))
     for t, probs in enumerate(seen):
         active = [i for i, c in enumerate(comps) if len(c) > t]
@@ -145,8 +146,8 @@ def test_kv_cache_step_distributions_equal_full_forward(lm, monkeypatch):
 
 def test_greedy_matches_hf_generate(lm):
     cfg = SampleConfig(max_new_tokens=10, temperature=1e-4)
-    ours = S.sample_batch(lm, PROMPTS, 2, cfg, [0], 0, torch.Generator().manual_seed(0))
-    ids, mask = S.left_pad(PROMPTS, 0)
+    ours = D.sample_batch(lm, PROMPTS, 2, cfg, [0], 0, torch.Generator().manual_seed(0))
+    ids, mask = D.left_pad(PROMPTS, 0)
     with torch.no_grad():
         gen = lm.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10,
                           pad_token_id=0, eos_token_id=0)
@@ -163,9 +164,9 @@ def test_first_token_distribution(gpt2):
         logits = gpt2(input_ids=torch.tensor(prompt)).logits[0, -1]
 
     def tv(cfg, n=3000, seed=0):
-        draws = S.sample_batch(gpt2, prompt, n, cfg, [0], 0, torch.Generator().manual_seed(seed), 1)
+        draws = D.sample_batch(gpt2, prompt, n, cfg, [0], 0, torch.Generator().manual_seed(seed), 1)
         emp = torch.bincount(torch.tensor([c[0] for c in draws]), minlength=logits.numel()).float() / n
-        target = torch.softmax(S.filter_logits(logits[None] / cfg.temperature, cfg.top_k, cfg.top_p)[0], -1)
+        target = torch.softmax(D.filter_logits(logits[None] / cfg.temperature, cfg.top_k, cfg.top_p)[0], -1)
         return 0.5 * (emp - target).abs().sum().item(), target
 
     # top-k 10: few outcomes, so 3000 draws pin the distribution down to TV < 0.05
@@ -231,13 +232,13 @@ def test_sample_to_file_resume_is_exact(gpt2, tok, tmp_path, monkeypatch):
     path.write_bytes(b"".join(lines[:n]) + lines[n][: len(lines[n]) // 2])
 
     calls = []
-    real = S.draw_batch
+    real = D.draw_batch
 
     def counting(model, batch_prompts, *a, **k):
         calls.append([list(p) for p in batch_prompts])
         return real(model, batch_prompts, *a, **k)
 
-    monkeypatch.setattr(S, "draw_batch", counting)
+    monkeypatch.setattr(D, "draw_batch", counting)
     resumed = S.sample_to_file(path, gpt2, tok, prompts, n, cfg, stops)
     assert len(calls) == 3  # only the 3 missing prompts were sampled
     done_ids = next(p["ids"] for p in prompts if p["id"] == first[0])
@@ -261,3 +262,34 @@ def test_generate_backend(gpt2, tok):
         assert 1 <= len(c) <= 5
         assert not set(stops) & set(c[:-1])
         assert r["finished"] == (c[-1] in stops)
+
+
+def test_a_sampler_backend_is_a_module_with_draw(gpt2, tok, monkeypatch):
+    """The seam: `sample.backend` names a module in `SAMPLERS` whose `draw` returns `Draws`; its
+    batches, seeds and records come from `sample_records` (what a new backend plugs into)."""
+    calls = []
+
+    class Echo:  # a toy backend: every sample repeats its prompt's first token, then stops
+        @staticmethod
+        def draw(model, tokenizer, prompts, n, cfg, stop_ids, generator, max_new_tokens):
+            calls.append((len(prompts), n, max_new_tokens, generator.initial_seed()))
+            rows = [[p[0], stop_ids[0]] for p in prompts for _ in range(n)]
+            return D.Draws(rows, [[-1.0, -2.0]] * len(rows), [0.5] * len(rows))
+
+    monkeypatch.setitem(S.SAMPLERS, "fast", Echo)
+    prompts, stops = _prompt_records(tok), stop_token_ids(tok, gpt2)
+    cfg = SampleConfig(max_new_tokens=5, batch_size=4, seed=3)
+    recs = [r for b in S.sample_records(gpt2, tok, prompts, 2, cfg, stops) for r in b]
+    assert [c[:3] for c in calls] == [(2, 2, 5), (2, 2, 5)]  # 4 prompts, 2 per batch of 4 sequences
+    assert len({c[3] for c in calls}) == 2  # each batch its own seed
+    by_id = {p["id"]: p for p in prompts}
+    assert all(r["completion_ids"] == [by_id[r["prompt_id"]]["ids"][0], stops[0]] and r["finished"] for r in recs)
+    assert all(r["sample_logps"] == [-1.0, -2.0] and r["sample_entropy"] == 0.5 for r in recs)
+
+
+def test_the_generate_backend_reports_no_log_probs(gpt2, tok):
+    prompts, stops = _prompt_records(tok), stop_token_ids(tok, gpt2)
+    cfg = SampleConfig(max_new_tokens=4, batch_size=4, seed=0, backend="generate")
+    torch.manual_seed(0)
+    recs = [r for b in S.sample_records(gpt2, tok, prompts, 2, cfg, stops) for r in b]
+    assert len(recs) == 8 and all("sample_logps" not in r and 1 <= len(r["completion_ids"]) <= 4 for r in recs)

@@ -1,0 +1,51 @@
+"""The heavy optional dependencies, in one place: each is imported on first use only, so a run
+that never needs it (no LoRA, no wandb, no trl backend, no hub dataset, no plot) never pays its
+import time. Every other import of the kit sits at the top of its module.
+
+    peft        LoRA adapters (`dpo.lora_r`, `sft.lora_r`)           `alignment.models`
+    trl         `dpo.backend=trl`                                     `alignment.trl_backend`
+    datasets    hub review datasets (`data.source=imdb`), trl's input `alignment.data`, `trl_backend`
+    wandb       `track.mode` online/offline                           `alignment.tracking`
+    gguf        reading the offline SmolLM2 GGUF (asset build)        `alignment.assets`
+    matplotlib  the plots                                             `alignment.plots`
+    accelerate  more than one process (`accelerate launch`)           `alignment.distributed`
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+HEAVY = ("peft", "trl", "datasets", "wandb", "gguf", "matplotlib", "accelerate")
+
+
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(name)
+
+
+def peft() -> ModuleType:
+    return _load("peft")
+
+
+def trl() -> ModuleType:
+    return _load("trl")
+
+
+def datasets() -> ModuleType:
+    return _load("datasets")
+
+
+def wandb() -> ModuleType:
+    return _load("wandb")
+
+
+def gguf() -> ModuleType:
+    return _load("gguf")
+
+
+def accelerate() -> ModuleType:
+    return _load("accelerate")
+
+
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot, headless (the Agg backend where no display is set)."""
+    return _load("matplotlib.pyplot")

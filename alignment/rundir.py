@@ -1,0 +1,102 @@
+"""One run directory: where every artifact lives, what it is called, and which config made it.
+
+    run_dir/manifest.json        config hash + library versions (+ other configs that used the dir)
+    run_dir/config.json          the config that created it
+    run_dir/prompts.json         train/eval prompts
+    run_dir/samples.jsonl        N samples per train prompt (streamed, resumable)
+    run_dir/rewards.json         one reward per sample
+    run_dir/pairs.jsonl          preference pairs             run_dir/pairs_stats.json  their statistics
+    run_dir/ref_logps.pt         the reference's log-probs of every pair
+    run_dir/policies/<name>/     a trained policy (model/, train_log.jsonl)   `policy_name`
+    run_dir/eval/<name>/         one evaluation (samples, scored, metrics)    `eval_name`
+    run_dir/<experiment>.json    an experiment's result (level1, lr_lesson, sweep)
+    run_dir/plots/<name>.png     run_dir/wandb/   (offline wandb runs)
+Nobody else joins run-dir paths.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata as md
+import platform
+from pathlib import Path
+
+from .config import Config
+from .io import CacheMismatch, read_json, stable_hash, write_json
+
+START = "sft"  # the start policy's evaluation name
+HUMAN = "human"  # the real reviews' own continuations of the eval prompts
+FILES = {"manifest": "manifest.json", "config": "config.json", "prompts": "prompts.json",
+         "samples": "samples.jsonl", "rewards": "rewards.json", "pairs": "pairs.jsonl",
+         "pairs_stats": "pairs_stats.json", "ref_logps": "ref_logps.pt", "plots": "plots", "wandb": "wandb",
+         "policies": "policies", "evals": "eval"}
+
+
+class RunDirMismatch(CacheMismatch):
+    """An artifact in run_dir was made with a different config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    """Where everything of one run dir lives."""
+    root: Path
+
+    def __getattr__(self, name: str) -> Path:  # prompts, samples, rewards, pairs, ... (see FILES)
+        if name in FILES:
+            return self.root / FILES[name]
+        raise AttributeError(name)
+
+    def policy(self, name: str) -> Path:
+        return self.policies / name
+
+    def eval(self, name: str) -> Path:
+        return self.evals / name
+
+    def plot(self, name: str) -> Path:
+        return self.plots / f"{name}.png"
+
+    def result(self, name: str) -> Path:
+        return self.root / f"{name}.json"
+
+    def other_config(self, config_hash: str) -> Path:
+        return self.root / f"config.{config_hash}.json"
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "trl", "datasets", "wandb", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_manifest(paths: RunPaths, cfg: Config) -> None:
+    """Record the config that created the run dir; later invocations with other configs (a sweep's
+    dpo overrides, a refused mismatch) are listed, never overwrite it."""
+    h = stable_hash(cfg.to_dict())
+    if not paths.manifest.exists():
+        write_json(paths.config, cfg.to_dict())
+        write_json(paths.manifest, {"config_hash": h, "versions": library_versions(), "other_configs": []})
+        return
+    manifest = read_json(paths.manifest)
+    manifest.setdefault("other_configs", [])  # manifests written before this field existed
+    if h != manifest["config_hash"] and h not in manifest["other_configs"]:
+        manifest["other_configs"].append(h)
+        write_json(paths.other_config(h), cfg.to_dict())
+        write_json(paths.manifest, manifest)
+
+
+def policy_name(dpo) -> str:
+    """e.g. sigmoid-b0.1-lr5e-06-s0, alpha0.3-b0.1-lr5e-06-s0, hinge-trl-b0.1-lr1e-05-s1, sigmoid-lora8-b0.1-lr1e-4-s0."""
+    loss = f"alpha{dpo.alpha:g}" if dpo.loss == "alpha" else dpo.loss
+    backend = "-trl" if dpo.backend == "trl" else ""
+    lora = f"-lora{dpo.lora_r}" if dpo.lora_r else ""
+    return f"{loss}{backend}{lora}-b{dpo.beta:g}-lr{dpo.lr:g}-s{dpo.seed}"
+
+
+def eval_name(policy: str | None, seed: int, n_samples: int | None = None) -> str:
+    """The eval dir of a trained policy (its name) or of the start policy under evaluation seed
+    `seed` ("sft" for 0, "sft-e<seed>" for others); "-n<k>" when `n_samples` overrides eval.n_samples."""
+    name = policy or (START if seed == 0 else f"{START}-e{seed}")
+    return name + ("" if n_samples is None else f"-n{n_samples}")
