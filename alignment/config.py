@@ -295,13 +295,25 @@ def check_section(section: str, obj) -> None:
                "must be 0 (no limit) or greater than data.min_chars")
 
 
+def check_training(cfg: Config, dpo: DPOConfig, world: int = 1) -> None:
+    """The checks of one policy's DPO settings (`cfg.dpo` with a sweep's overrides) in this run:
+    the section's rules, LoRA's need for the policy as its own reference, trl's single process."""
+    check_section("dpo", dpo)
+    if dpo.lora_r and cfg.model.ref not in ("", cfg.model.policy):
+        raise ConfigError(f"dpo.lora_r={dpo.lora_r} trains adapters on the reference's base, so it needs "
+                          f"model.ref empty or equal to model.policy (got model.ref={cfg.model.ref!r})")
+    if dpo.backend == "trl" and world > 1:
+        raise ConfigError(f"dpo.backend=trl under {world} processes is not supported (its trainer would write "
+                          "from every rank); use dpo.backend=native, which trains with DDP")
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first bad field, before any model or data is loaded."""
     for s in SECTIONS:
         check_section(s, getattr(cfg, s))
-    _check_source("model.policy", cfg.model.policy, (OFFLINE, "offline-sft"))
+    _check_source("model.policy", cfg.model.policy, (OFFLINE, OFFLINE_SFT))
     if cfg.model.ref:
-        _check_source("model.ref", cfg.model.ref, (OFFLINE, "offline-sft"))
+        _check_source("model.ref", cfg.model.ref, (OFFLINE, OFFLINE_SFT))
     _check(cfg.dpo.lora_r == 0 or cfg.model.ref in ("", cfg.model.policy), "dpo.lora_r", cfg.dpo.lora_r,
            "LoRA trains adapters on the reference's base: leave model.ref empty (= model.policy) or set dpo.lora_r=0")
     _check_source("data.source", cfg.data.source, (OFFLINE, "imdb"))

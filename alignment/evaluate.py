@@ -19,13 +19,14 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .config import Config
 from .distributed import Dist, chunks, map_batches
-from .io import write_json, write_jsonl
+from .io import read_json, read_jsonl, write_json, write_jsonl
 from .logprobs import collate, model_logits, model_token_logps, token_logps
 from .metrics import (distinct_n, kl_control_variate, mean_predictive_entropy, perplexity, prompt_bootstrap, prompt_bootstrap_entropy,
                       sequence_kl_estimate, unigram_token_entropy)
@@ -35,6 +36,18 @@ from .sampling import sample_to_file
 
 
 EVAL_VERSION = 2  # 2: KL / predictive entropy on the sampler's own log-probs (1: fp32 re-scoring of bf16 draws)
+
+
+class Evaluation(NamedTuple):
+    metrics: dict       # eval/* metrics of one model on its own held-out samples
+    scored: list[dict]  # those samples with their rewards, in prompt order
+
+
+def load_evaluation(out_dir: Path) -> Evaluation:
+    """An evaluation dir as written by `evaluate_model`/`evaluate_human`: its metrics as measured
+    when it was built (`metrics.json`: what they mean is versioned by `EVAL_VERSION`, part of the
+    pipeline's cache key) and its annotated samples (`scored.jsonl`)."""
+    return Evaluation(read_json(out_dir / "metrics.json"), read_jsonl(out_dir / "scored.jsonl"))
 
 
 @dataclass

@@ -11,35 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
-from .config import OFFLINE, OFFLINE_SFT, Config, ConfigError, check_section, section_deps
+from .config import OFFLINE, OFFLINE_SFT, Config, check_training, section_deps
 from .data import build_prompts, review_texts
 from .distributed import current
-from .evaluate import EVAL_VERSION, evaluate_human, evaluate_model
+from .evaluate import EVAL_VERSION, Evaluation, evaluate_human, evaluate_model, load_evaluation
 from .io import atomic_open, meta_path, part_dir, read_json, read_jsonl, write_json, write_jsonl
 from .pairs import build_pairs
 from .reward import ensure_head, score_records
-from .rundir import HUMAN, START, RunPaths, eval_name, policy_name, write_manifest
+from .rundir import HUMAN, START, Policy, RunPaths, eval_name, policy_name, read_policy, write_manifest
 from .runmodels import RunModels
 from .sampling import in_prompt_order, sample_to_file
 from .sft import run_sft
 from .stagecache import StageCache
 from .tracking import NullTracker, make_tracker
 from .train import reference_logps, train_policy
-
-
-class Policy(NamedTuple):
-    name: str          # e.g. sigmoid-b0.1-lr5e-05-s0
-    dir: Path          # run_dir/policies/<name>; the weights are in dir/"model"
-    log: list[dict]    # train_log.jsonl records
-
-
-class Evaluation(NamedTuple):
-    metrics: dict      # eval/* metrics of one model on its own held-out samples
-    scored: list[dict] # those samples with their rewards, in prompt order
 
 
 class Pipeline:
@@ -132,13 +120,7 @@ class Pipeline:
         """Train one policy with cfg.dpo updated by `overrides` (loss, beta, lr, alpha, seed...).
         Cached by name and config hash; resumes from its last checkpoint after an interrupt."""
         dpo = dataclasses.replace(self.cfg.dpo, **overrides)
-        check_section("dpo", dpo)  # a sweep's settings get the same checks as the config's
-        if dpo.lora_r and self.cfg.model.ref not in ("", self.cfg.model.policy):
-            raise ConfigError(f"dpo.lora_r={dpo.lora_r} trains adapters on the reference's base, so it needs "
-                              f"model.ref empty or equal to model.policy (got model.ref={self.cfg.model.ref!r})")
-        if dpo.backend == "trl" and self.dist.world > 1:
-            raise ConfigError(f"dpo.backend=trl under {self.dist.world} processes is not supported (its trainer "
-                              "would write from every rank); use dpo.backend=native, which trains with DDP")
+        check_training(self.cfg, dpo, self.dist.world)  # a sweep's settings get the same checks as the config's
         name = policy_name(dpo)
         out = self.paths.policy(name)
 
@@ -149,7 +131,7 @@ class Pipeline:
 
         deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"]}
         self.cache(out, ("sample", "reward", "pairs"), build, collective=True, **deps)
-        return Policy(name, out, read_jsonl(out / "train_log.jsonl"))
+        return read_policy(out)
 
     def evaluate(self, policy: Policy | None = None, seed: int | None = None,
                  n_samples: int | None = None) -> Evaluation:
@@ -174,7 +156,7 @@ class Pipeline:
         extra = {} if n_samples is None else {"eval_n_samples": n_samples}
         self.cache(out, ("sample", "reward", "eval"), build, collective=True, policy=policy_hash,
                    eval_seed=seed, evaluation=EVAL_VERSION, **extra)
-        return loaded_evaluation(out)
+        return load_evaluation(out)
 
     def evaluate_human(self) -> Evaluation:
         """The human row: the eval prompts' source reviews' own continuations, same token budget."""
@@ -187,13 +169,13 @@ class Pipeline:
                            part_dir(part), dist=self.dist)
 
         self.cache(out, ("reward", "eval"), build, collective=True, human=1)
-        return loaded_evaluation(out)
+        return load_evaluation(out)
 
     def policies(self) -> list[Policy]:
         """The trained policies of this run dir (finished ones only)."""
         dirs = sorted(d for d in self.paths.policies.glob("*") if d.is_dir() and meta_path(d).exists())
         dirs = self.dist.agree(dirs)  # every rank iterates the same list
-        return [Policy(d.name, d, read_jsonl(d / "train_log.jsonl")) for d in dirs]
+        return [read_policy(d) for d in dirs]
 
     def tracker(self, name: str, group: str | None = None):
         """This run's tracker for one experiment or policy (one wandb run per experiment: rank 0's)."""
@@ -202,8 +184,3 @@ class Pipeline:
     def _make_tracker(self, name: str, group: str | None = None):
         return make_tracker(self.cfg, f"{self.dir.name}-{name}", str(self.dir), group=group)
 
-
-def loaded_evaluation(out: Path) -> Evaluation:
-    """A cached evaluation: its metrics as measured when it was built (`metrics.json`; a change
-    of what they mean bumps `evaluate.EVAL_VERSION`, which rebuilds it) and its annotated samples."""
-    return Evaluation(read_json(out / "metrics.json"), read_jsonl(out / "scored.jsonl"))

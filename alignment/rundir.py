@@ -19,9 +19,10 @@ import dataclasses
 import importlib.metadata as md
 import platform
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import Config
-from .io import CacheMismatch, read_json, stable_hash, write_json
+from .io import CacheMismatch, read_json, read_jsonl, stable_hash, write_json
 
 START = "sft"  # the start policy's evaluation name
 HUMAN = "human"  # the real reviews' own continuations of the eval prompts
@@ -59,6 +60,17 @@ class RunPaths:
 
     def other_config(self, config_hash: str) -> Path:
         return self.root / f"config.{config_hash}.json"
+
+
+class Policy(NamedTuple):
+    name: str          # e.g. sigmoid-b0.1-lr5e-05-s0
+    dir: Path          # run_dir/policies/<name>; the weights are in dir/"model"
+    log: list[dict]    # train_log.jsonl records
+
+
+def read_policy(policy_dir: Path) -> Policy:
+    """A finished policy dir as a `Policy` (name, dir, its training log)."""
+    return Policy(policy_dir.name, policy_dir, read_jsonl(policy_dir / "train_log.jsonl"))
 
 
 def library_versions() -> dict[str, str]:
