@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .io import write_json
-from .metrics import holm, paired_prompt_bootstrap
+from .metrics import metrics_of
 from .pipeline import START, Evaluation, Pipeline
 from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import ci_table, examples_rows, results_table
+from .stats import SharedBootstrap, compare_to_start, with_holm
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
 SEED_LR = 1e-3  # the seed notebook's learning rate, shown next to the preset's in the lr lesson
@@ -19,45 +20,13 @@ def rewards_of(ev: Evaluation) -> list[float]:
     return [r["reward"] for r in ev.scored]
 
 
-GAINS = (("reward", "reward_gain", "gain"), ("judge", "judge_gain", "judge_gain"),
-         ("on_topic", "on_topic_gain", "on_topic_gain"))  # (scored field, gain key, CI/p prefix)
-
-
-def compare_to_start(ev: Evaluation, start: Evaluation, n_boot: int) -> dict:
-    """Differences policy - start policy on the same held-out prompts, for the reward, the judge
-    and on_topic (where scored): a paired bootstrap over prompts (all samples of a prompt, of both
-    models, move together) and, for pooled seeds, over seeds (seed s of the policy with the start
-    under seed s's draws), with its p-value."""
-    out = {}
-    for field, key, pre in GAINS:
-        if field not in ev.scored[0] or field not in start.scored[0]:
-            continue
-        b = paired_prompt_bootstrap([r[field] for r in ev.scored], [r["prompt_id"] for r in ev.scored],
-                                    [r[field] for r in start.scored], [r["prompt_id"] for r in start.scored],
-                                    n_boot=n_boot, a_seeds=[r.get("seed_index", 0) for r in ev.scored],
-                                    b_seeds=[r.get("seed_index", 0) for r in start.scored])
-        out.update({key: b["diff"], f"{pre}_ci_lo": b["lo"], f"{pre}_ci_hi": b["hi"], f"{pre}_p": b["p"]})
-    return out
-
-
-def with_holm(rows: list[dict]) -> list[dict]:
-    """Each row's gain p-values adjusted (Holm, per metric) for the number of policies compared
-    with the start."""
-    rows = [dict(r) for r in rows]
-    for _, _, pre in GAINS:
-        if rows and all(f"{pre}_p" in r for r in rows):
-            for r, p in zip(rows, holm([r[f"{pre}_p"] for r in rows])):
-                r[f"{pre}_p_holm"] = p
-    return rows
-
-
 def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, Evaluation, list[dict]]:
     """Train one policy (cfg.dpo + overrides), evaluate it with its seed's evaluation draws:
     (its table row with the gain vs `start` — the start policy evaluated with the same seed —,
     its evaluation, its training log)."""
     policy = pipe.train(**overrides)
     ev = pipe.evaluate(policy, seed=overrides.get("seed", pipe.cfg.dpo.seed))
-    return {**ev.metrics, **compare_to_start(ev, start, pipe.cfg.eval.n_boot)}, ev, policy.log
+    return {**ev.metrics, **compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot)}, ev, policy.log
 
 
 def level1_seeds(cfg) -> tuple[int, ...]:
@@ -71,8 +40,6 @@ def pooled(pipe: Pipeline, name: str, evals: list[Evaluation], measure: bool = T
     use the samples alone); CIs resample seeds and prompts."""
     if len(evals) == 1:
         return Evaluation({**evals[0].metrics, "model": name}, evals[0].scored)
-    from .evaluate import metrics_of
-
     scored = [{**r, "seed_index": k} for k, ev in enumerate(evals) for r in ev.scored]
     return Evaluation(metrics_of(name, scored, pipe.cfg.eval.n_boot) if measure else {"model": name}, scored)
 
@@ -103,16 +70,16 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
     for loss in losses:
         policies = [pipe.train(loss=loss, seed=s) for s in seeds]
         evs = [pipe.evaluate(p, seed=s) for p, s in zip(policies, seeds)]
-        per_seed += [{**ev.metrics, **compare_to_start(ev, st, pipe.cfg.eval.n_boot), "seed": s}
+        per_seed += [{**ev.metrics, **compare_to_start(ev.scored, st.scored, pipe.cfg.eval.n_boot), "seed": s}
                      for ev, st, s in zip(evs, starts, seeds)]
         name = seeds_name(policies[0].name, seeds)
         ev = pooled(pipe, name, evs)
-        rows.append({**ev.metrics, **compare_to_start(ev, start, pipe.cfg.eval.n_boot), "seeds": list(seeds)})
+        rows.append({**ev.metrics, **compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot), "seeds": list(seeds)})
         evals[name] = ev
         logs.update({p.name: p.log for p in policies})
     rows = [rows[0], *with_holm(rows[1:])]
     trained = [(r["model"], evals[r["model"]]) for r in rows[1:]]
-    between = with_holm([{"a": a, "b": b, **compare_to_start(ea, eb, pipe.cfg.eval.n_boot)}
+    between = with_holm([{"a": a, "b": b, **compare_to_start(ea.scored, eb.scored, pipe.cfg.eval.n_boot)}
                          for i, (a, ea) in enumerate(trained) for b, eb in trained[i + 1:]])
     if pipe.cfg.eval.human_row:
         human = pipe.evaluate_human()
@@ -186,15 +153,15 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     start = pooled(pipe, START, list(starts.values()))
     fields = ("reward", "judge", "on_topic", "pred_entropy")
     n_curves = len({k.rsplit("@", 1)[0] for k in points}) + 1  # + best-of-N
-    # Holm p-value floors: the smallest p is 2/(B+1), so Holm over m comparisons cannot go below 2m/(B+1)
+    # Holm p-value floors (stats.bootstrap_p): the smallest p is 2/(B+1), so Holm over m cannot go below 2m/(B+1)
     n_boot = max(pipe.cfg.eval.n_boot, 100 * F.n_comparisons(n_curves, 3), 100 * len(points))
-    boot = F._Boot([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
+    boot = SharedBootstrap([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
     curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
     grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
     with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields)}
     comparisons = F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy"))  # per-pair KL values
     gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
-                        **compare_to_start(ev, start, n_boot)} for k, ev in points.items()])
+                        **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
     table = F.point_table(with_bon)
     P = pipe.paths
     files = [plots.frontier(table, x, y, P.plot(f"frontier_{y}_vs_{x}"))

@@ -398,7 +398,7 @@ class Pipeline:
     def _loaded_evaluation(self, name: str, out: Path) -> Evaluation:
         """A cached evaluation: its annotated samples, and metrics recomputed from them (a pure
         function of the samples, so a cached evaluation is always measured by the current code)."""
-        from .evaluate import metrics_of
+        from .metrics import metrics_of
 
         scored = read_jsonl(out / "scored.jsonl")
         return Evaluation(metrics_of(name, scored, self.cfg.eval.n_boot), scored)

@@ -10,6 +10,8 @@ import datetime
 import os
 import platform
 
+from .stats import ALPHA, NOT_DISTINGUISHABLE, detectable_difference, distinguishable, verdict
+
 # (metric key in an evaluation row, short column name)
 TABLE_COLS = [("eval/reward_mean", "reward"), ("eval/reward_ci_lo", "ci_lo"), ("eval/reward_ci_hi", "ci_hi"),
               ("eval/judge_mean", "judge"), ("eval/on_topic", "on_topic"),
@@ -19,7 +21,6 @@ GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gai
              ("gain_p_holm", "p_holm"), ("judge_gain", "judge_gain"), ("judge_gain_ci_lo", "judge_ci_lo"),
              ("judge_gain_ci_hi", "judge_ci_hi"), ("judge_gain_p_holm", "judge_p_holm"),
              ("on_topic_gain", "on_topic_gain")]
-ALPHA = 0.05  # family-wise error rate of the "distinguishable" verdicts
 SHOW_MAX = 8  # distinguishable comparisons listed per metric in the conclusions (all are in sweep.json)
 STILL_KL = 0.1  # nats: below this a policy has barely left the reference (smoke-sized runs)
 
@@ -130,19 +131,18 @@ def fmt_gain(r: dict) -> str:
 
 
 def excludes_zero(r: dict) -> bool:
-    """The one significance test of the report: the gain's Holm-adjusted p-value (over the policies
-    compared with the start in the same table) is below ALPHA; without one, its 95% CI excludes 0."""
-    if "gain_p_holm" in r:
-        return r["gain_p_holm"] < ALPHA
-    return r["gain_ci_lo"] > 0 or r["gain_ci_hi"] < 0
+    """Whether a row's gain is distinguishable from 0 (`stats.distinguishable`): its Holm-adjusted
+    p-value (over the policies compared with the start in the same table) is below ALPHA and its
+    95% CI excludes 0; without a p-value, the CI alone."""
+    return distinguishable(r["gain_ci_lo"], r["gain_ci_hi"], r.get("gain_p_holm"))
 
 
 def gain_line(r: dict) -> str:
     """One line per trained policy: its reward gain over the start policy (paired bootstrap over
     prompts), and whether it is distinguishable from 0 after the multiplicity correction."""
     holm = f", Holm-adjusted p {r['gain_p_holm']:.3g}" if "gain_p_holm" in r else ""
-    verdict = "distinguishable from 0" if excludes_zero(r) else "not distinguishable from 0 at this size"
-    line = f"{r['model']}: reward gain vs SFT {fmt_gain(r)}{holm} -> {verdict}"
+    word = "distinguishable from 0" if excludes_zero(r) else "not distinguishable from 0 at this size"
+    line = f"{r['model']}: reward gain vs SFT {fmt_gain(r)}{holm} -> {word}"
     if "judge_gain" in r:
         jv = "distinguishable from 0" if _judge_excludes_zero(r) else "not distinguishable from 0"
         line += (f"; judge gain {r['judge_gain']:+.3f} (95% CI {r['judge_gain_ci_lo']:+.3f} .. "
@@ -178,14 +178,14 @@ def _level1_lines(level1: dict) -> list[str]:
         f"`{r['model']}` reward {r['eval/reward_mean']:+.3f} vs SFT {sft['eval/reward_mean']:+.3f}, gain {fmt_gain(r)}"
         f" — {'distinguishable from 0' if excludes_zero(r) else 'not distinguishable from 0 at this size'}"
         for r in trained) + " (paired bootstrap over seeds and prompts, Holm-corrected across the losses)."]
-    se = max((r["gain_ci_hi"] - r["gain_ci_lo"]) / 3.92 for r in trained)
+    mde = max(detectable_difference(r["gain_ci_lo"], r["gain_ci_hi"]) for r in trained)
     lines.append(f"**Power**: at this size (held-out prompts × samples × seeds) a reward gain over the start smaller "
-                 f"than about {MDE_Z * se:.2f} is not reliably detected (80 % power at α = 0.05; SE read off the "
+                 f"than about {mde:.2f} is not reliably detected (80 % power at α = {ALPHA:g}; SE read off the "
                  "widest gain CI).")
-    verdict = ("above SFT" if best["reward_gain"] > 0 else "yet still not above SFT, so no Level 1 loss improved "
+    standing = ("above SFT" if best["reward_gain"] > 0 else "yet still not above SFT, so no Level 1 loss improved "
                "the mean reward in this run")
     lines.append(
-        f"`{best['model']}` reached the highest reward of the Level 1 losses ({verdict}). Its changes vs SFT: "
+        f"`{best['model']}` reached the highest reward of the Level 1 losses ({standing}). Its changes vs SFT: "
         f"token entropy {_delta(best['eval/token_entropy'], sft['eval/token_entropy'])}, predictive entropy "
         f"{_delta(best['eval/predictive_entropy'], sft['eval/predictive_entropy'])}, KL(π‖π_ref) "
         f"{best['eval/kl_to_ref']:.3f}, reference perplexity "
@@ -201,26 +201,23 @@ def _level1_lines(level1: dict) -> list[str]:
     return lines
 
 
-MDE_Z = 2.80  # z_{0.975} + z_{0.80}: a true difference of 2.8 standard errors is detected 80 % of the time
-
-
-def _verdict(d: dict, key: str, pre: str) -> str:
+def _difference_text(d: dict, key: str, pre: str) -> str:
+    """A difference, its CI and `stats.verdict` on its (Holm-adjusted where present) p-value."""
     lo, hi = d[f"{pre}_ci_lo"], d[f"{pre}_ci_hi"]
     p = d.get(f"{pre}_p_holm", d.get(f"{pre}_p", 1.0))
-    word = ("higher" if d[key] > 0 else "lower") if p < ALPHA else "not distinguishable at this size"
-    return f"{d[key]:+.3f} (95% CI {lo:+.3f} .. {hi:+.3f}) — {word}"
+    return f"{d[key]:+.3f} (95% CI {lo:+.3f} .. {hi:+.3f}) — {verdict(lo, hi, p)}"
 
 
 def _between_lines(level1: dict) -> list[str]:
     """The losses against each other (paired over prompts and draws), and the smallest difference
-    these sizes can detect: MDE_Z standard errors, the SE read off the 95 % CI (width / 3.92)."""
+    these sizes can detect (`stats.detectable_difference`)."""
     out = []
     for d in level1.get("between_losses", []):
-        se = (d["gain_ci_hi"] - d["gain_ci_lo"]) / 3.92
-        judge = f"; judge {_verdict(d, 'judge_gain', 'judge_gain')}" if "judge_gain" in d else ""
-        out.append(f"**`{d['a']}` vs `{d['b']}`** (same prompts and draws): reward {_verdict(d, 'reward_gain', 'gain')}"
-                   f"{judge}. At this size a reward difference smaller than about {MDE_Z * se:.2f} is not reliably "
-                   f"detected (80 % power at α = 0.05).")
+        mde = detectable_difference(d["gain_ci_lo"], d["gain_ci_hi"])
+        judge = f"; judge {_difference_text(d, 'judge_gain', 'judge_gain')}" if "judge_gain" in d else ""
+        out.append(f"**`{d['a']}` vs `{d['b']}`** (same prompts and draws): reward {_difference_text(d, 'reward_gain', 'gain')}"
+                   f"{judge}. At this size a reward difference smaller than about {mde:.2f} is not reliably "
+                   f"detected (80 % power at α = {ALPHA:g}).")
     return out
 
 
@@ -269,7 +266,7 @@ def sweep_lines(sweep: dict) -> list[str]:
              f"curves are compared at matched KL, never at one shared β."]
     gains = sweep.get("gains", [])
     if gains:
-        sig = [g for g in gains if g.get("gain_p_holm", 1) < ALPHA and g["gain_ci_lo"] > 0]
+        sig = [g for g in gains if verdict(g["gain_ci_lo"], g["gain_ci_hi"], g.get("gain_p_holm", 1.0)) == "higher"]
         lines.append(f"Reward gain over the start (seeds pooled, paired over seeds and prompts, Holm over {len(gains)} "
                      f"points): {len(sig)} of {len(gains)} distinguishable from 0; largest "
                      + ", ".join(f"`{g['label']}` β={g['beta']:g} {g['reward_gain']:+.3f} ({g['gain_ci_lo']:+.3f}.."
@@ -287,7 +284,7 @@ def sweep_lines(sweep: dict) -> list[str]:
         if not rows:
             lines.append(f"{field}: no pair of curves overlaps in KL; nothing compared.")
             continue
-        sig = [c for c in rows if c["verdict"] != "not distinguishable at this size"]
+        sig = [c for c in rows if c["verdict"] != NOT_DISTINGUISHABLE]
         shown = "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} ({c['diff']:+.3f}, "
                           f"{c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig[:SHOW_MAX])
         more = f"; and {len(sig) - SHOW_MAX} more (sweep.json)" if len(sig) > SHOW_MAX else ""
