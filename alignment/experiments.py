@@ -3,13 +3,16 @@ the learning-rate lesson, and the Level 2/3 divergence sweep. Each returns plain
 writes its JSON result and plots under the run dir (`pipe.paths`)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from . import frontier as F
+from . import plots
 from .io import write_json
 from .metrics import metrics_of
 from .pipeline import START, Evaluation, Pipeline
 from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
-from .report import ci_table, examples_rows, results_table
+from .report import example_records
 from .stats import SharedBootstrap, compare_to_start, with_holm
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
@@ -58,12 +61,12 @@ def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
 def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple[int, ...] | None = None) -> dict:
     """The start policy + one policy per loss and seed, every model on its own held-out samples;
     each loss's row pools its seeds (training order and evaluation draws vary with the seed) and is
-    compared, paired over prompts, with the start policy evaluated under the same seeds."""
-    from . import plots
-
+    compared, paired over prompts, with the start policy evaluated under the same seeds. The result
+    (and level1.json) holds data only: rows, per-seed rows, the losses compared, example records;
+    `report` builds the tables and sentences from it."""
     seeds = seeds or level1_seeds(pipe.cfg)
     pipe.scorers  # noqa: B018  (a reward or judge that cannot load fails here, before any training)
-    pairs, stats = pipe.pairs()
+    pairs, pair_stats = pipe.pairs()
     starts = [pipe.evaluate(seed=s) for s in seeds]
     start = pooled(pipe, START, starts)
     rows, evals, logs, per_seed = [start.metrics], {START: start}, {}, []
@@ -90,9 +93,8 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
     files = [plots.reward_hist({m: rewards_of(e) for m, e in evals.items()}, P.plot("level1_rewards")),
              plots.training_curves(logs, P.plot("level1_training")),
              plots.margin_hist([p["margin"] for p in pairs], P.plot("pair_margins"))]
-    result = {"pairs": stats, "rows": rows, "table": results_table(rows), "ci_table": ci_table(rows),
-              "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
-              "examples": examples_rows({m: e.scored for m, e in first.items()}, pipe.cfg.eval.n_examples),
+    result = {"pairs": pair_stats, "rows": rows, "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
+              "examples": example_records({m: e.scored for m, e in first.items()}, pipe.cfg.eval.n_examples),
               "plots": [str(f) for f in files]}
     if pipe.dist.main:
         write_json(P.result("level1"), result)
@@ -116,7 +118,7 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
         row, ev, _ = trained_row(pipe, start, loss=loss, lr=lr)
         rows.append({**row, "lr": lr})
         scored[row["model"]] = ev.scored
-    result = {"rows": with_holm(rows), "start": start.metrics, "examples": examples_rows(scored, pipe.cfg.eval.n_examples)}
+    result = {"rows": with_holm(rows), "start": start.metrics, "examples": example_records(scored, pipe.cfg.eval.n_examples)}
     if pipe.dist.main:
         write_json(pipe.paths.result("lr_lesson"), result)
     return result
@@ -129,12 +131,8 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     start policy (β -> ∞) through its β values; the best-of-N curve from the start policy's own 16
     samples per prompt; every pair of curves compared at matched KL (paired bootstrap over seeds and
     prompts, Holm), and each point's gain over the start (seeds pooled, Holm over the points).
-    Writes sweep.json, the frontier plots, and returns the same dict."""
-    import time
-
-    from . import frontier as F
-    from . import plots
-
+    Writes sweep.json (data only: `report.sweep_lines` / `report.verdict_lines` say it in words),
+    the frontier plots, and returns the same dict."""
     t0 = time.time()
     pipe.scorers  # noqa: B018  (a scorer that cannot load fails before any training)
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
@@ -167,7 +165,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     files = [plots.frontier(table, x, y, P.plot(f"frontier_{y}_vs_{x}"))
              for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
     result = {"runs": runs, "points": table, "gains": gains, "start": start.metrics, "matched_kl": grid,
-              "comparisons": comparisons, "verdicts": F.verdict_lines(comparisons), "n_boot": n_boot,
+              "comparisons": comparisons, "n_boot": n_boot,
               "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
               "grid": {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas)},
               "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files]}

@@ -206,10 +206,3 @@ def point_table(curves: dict[str, list[dict]]) -> list[dict]:
                     row.update({k: s["mean"], f"{k}_lo": s["lo"], f"{k}_hi": s["hi"]})
             rows.append(row)
     return rows
-
-
-def verdict_lines(comparisons: list[dict], field: str = "reward") -> list[str]:
-    """One sentence per comparison of `field`, generated from its numbers."""
-    return [f"at KL {c['kl']:.2f}: {c['a']} vs {c['b']}: {field} {c['diff']:+.3f} ({c['lo']:+.3f} .. "
-            f"{c['hi']:+.3f}, Holm p {c['p_holm']:.3f}) -> {c['a']} {c['verdict']}"
-            for c in comparisons if c["field"] == field]

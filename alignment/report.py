@@ -1,15 +1,18 @@
-"""Everything the kit *shows*, in one place for the CLI, the notebook and the benchmarks: Markdown
-tables, the "gain vs start" line, example generations side by side, the machine description, and
-the sentences of the conclusions, computed from results (never typed in).
+"""Everything the kit *shows*, in one place for the CLI, the notebook, the README and the benchmarks:
+Markdown tables, the "gain vs start" line, example generations side by side, the matched-KL verdict
+sentences, what each CLI stage prints, the machine description, and the sentences of the
+conclusions, computed from results (never typed in).
 
-Pure functions over the plain dicts that `alignment.experiments` returns; no I/O, no models.
+Pure functions over the plain dicts that `alignment.experiments` returns (the result JSONs hold data
+only; every table and sentence is built here); no models, no I/O but `hardware_note`'s look at the
+machine. The decisions and numbers behind the words — ALPHA, the verdicts, the detectable
+difference — come from `alignment.stats`.
 """
 from __future__ import annotations
 
-import datetime
-import os
-import platform
+import json
 
+from .machine import hardware
 from .stats import ALPHA, NOT_DISTINGUISHABLE, detectable_difference, distinguishable, verdict
 
 # (metric key in an evaluation row, short column name)
@@ -70,7 +73,8 @@ CI_COLS = [("eval/reward_mean", "reward", "eval/reward"), ("eval/judge_mean", "j
 
 
 def ci_rows(rows: list[dict]) -> list[dict]:
-    """Each metric as "value (lo .. hi)": its 95 % CI from a bootstrap over prompts (`evaluate`)."""
+    """Each metric as "value (lo .. hi)": its 95 % CI from a bootstrap over seeds x prompts
+    (`metrics.metrics_of`)."""
     out = []
     for r in rows:
         row = {"model": r["model"]}
@@ -85,7 +89,7 @@ def ci_rows(rows: list[dict]) -> list[dict]:
 
 
 def ci_table(rows: list[dict]) -> str:
-    """Markdown table of every metric with its prompt-clustered 95 % CI, one row per model."""
+    """Markdown table of every metric with its seeds x prompts 95 % CI, one row per model."""
     return markdown_table(ci_rows(rows))
 
 
@@ -103,20 +107,25 @@ def frontier_rows(points: list[dict]) -> list[dict]:
     return out
 
 
-def examples_rows(scored: dict[str, list[dict]], n: int) -> list[dict]:
-    """The first n held-out prompts with sample 0 (and its reward) of each model, side by side.
+def example_records(scored: dict[str, list[dict]], n: int) -> list[dict]:
+    """The first n held-out prompts' sample 0 of each model, as plain records (what the result JSONs
+    store): {prompt_id, prompt, model, completion, reward}, prompt by prompt, models in the given order.
     `scored`: {model: scored records (prompt_id, sample, prompt, completion, reward)}."""
     first = next(iter(scored.values()))
     pids = list(dict.fromkeys(r["prompt_id"] for r in first))[:n]
     by_model = {m: {(r["prompt_id"], r["sample"]): r for r in recs} for m, recs in scored.items()}
-    rows = []
-    for pid in pids:
-        row = {"prompt": by_model[next(iter(scored))][(pid, 0)]["prompt"]}
-        for m, recs in by_model.items():
-            r = recs[(pid, 0)]
-            row[m] = f"{r['completion']!r} ({r['reward']:+.2f})"
-        rows.append(row)
-    return rows
+    return [{"prompt_id": pid, "prompt": recs[(pid, 0)]["prompt"], "model": m,
+             "completion": recs[(pid, 0)]["completion"], "reward": recs[(pid, 0)]["reward"]}
+            for pid in pids for m, recs in by_model.items()]
+
+
+def examples_rows(examples: list[dict]) -> list[dict]:
+    """`example_records` side by side: one row per prompt, {"prompt", <model>: "'completion' (+reward)"}."""
+    rows: dict[str, dict] = {}
+    for e in examples:
+        row = rows.setdefault(e["prompt_id"], {"prompt": e["prompt"]})
+        row[e["model"]] = f"{e['completion']!r} ({e['reward']:+.2f})"
+    return list(rows.values())
 
 
 # ---- lines and sentences -----------------------------------------------------------------------
@@ -293,6 +302,14 @@ def sweep_lines(sweep: dict) -> list[str]:
     return lines
 
 
+def verdict_lines(comparisons: list[dict], field: str = "reward") -> list[str]:
+    """One sentence per matched-KL comparison of `field` (`frontier.matched_kl_comparisons` rows),
+    generated from its numbers."""
+    return [f"at KL {c['kl']:.2f}: {c['a']} vs {c['b']}: {field} {c['diff']:+.3f} ({c['lo']:+.3f} .. "
+            f"{c['hi']:+.3f}, Holm p {c['p_holm']:.3f}) -> {c['a']} {c['verdict']}"
+            for c in comparisons if c["field"] == field]
+
+
 def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | None = None,
                 lr_start: dict | None = None) -> str:
     """Markdown conclusions built only from the results (no typed-in numbers). `lr_start`: the
@@ -312,33 +329,50 @@ def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | N
     return "\n\n".join(lines)
 
 
+# ---- what the command line prints ---------------------------------------------------------------
+def render(stage: str, result) -> str:
+    """What `python -m alignment <stage>` prints for its result: the tables and lines above (run,
+    lr-lesson, sweep), the asset paths and scorer accuracies (assets: {"paths", "scorers"}), or the
+    result as JSON."""
+    if stage == "run":
+        rows = result["rows"]
+        lines = ["", results_table(rows), "", "95 % CIs, bootstrap over seeds × prompts:", "", ci_table(rows), "",
+                 *(gain_line(r) for r in trained_rows(rows))]
+        for ex in examples_rows(result["examples"])[:2]:  # side by side: the same held-out prompt, one sample each
+            lines.append(f"\nprompt: {ex['prompt']!r}")
+            lines += [f"  {model:>26}: {text[:140]}" for model, text in ex.items() if model != "prompt"]
+        return "\n".join(lines)
+    if stage == "lr-lesson":
+        return "\n".join(["", markdown_table(results_rows(result["rows"], extra=("lr",))),
+                          lr_sentence(result["rows"], result["start"])])
+    if stage == "sweep":
+        return "\n".join(["", markdown_table(frontier_rows(result["points"])), "", *sweep_lines(result), "",
+                          "Matched-KL comparisons (reward):", *verdict_lines(result["comparisons"])])
+    if stage == "assets":
+        return "\n".join([json.dumps(result["paths"], indent=2),
+                          *(f"{name}: {metrics}" for name, metrics in result["scorers"].items())])
+    if stage == "sft":
+        return json.dumps({k: v for k, v in result.items() if k != "train_loss"}, indent=2, default=str)
+    return json.dumps(result, indent=2, default=str)
+
+
+def where_text(results: str, plots: str | None = None, wandb: str | None = None, wandb_dir: str | None = None,
+               processes: int = 1, backend: str | None = None) -> str:
+    """Where a run's outputs went: the run dir, its plots and offline wandb run (when there are any:
+    `wandb` the resolved path, `wandb_dir` the one to pass to `wandb sync`), and the processes it ran on."""
+    lines = [f"\nresults: {results}"]
+    if plots:
+        lines.append(f"plots:   {plots}")
+    if wandb:
+        lines.append(f"wandb:   {wandb}  (offline; upload with `wandb sync {wandb_dir}/offline-run-*`)")
+    if processes > 1:
+        lines.append(f"ran on:  {processes} processes ({backend}), work split by batches")
+    return "\n".join(lines)
+
+
 # ---- the machine --------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware() -> dict:
-    """What produced a result: CPU model and native bf16, cores, torch threads, GPU, versions."""
-    import torch
-
-    from .models import cpu_has_bf16
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "cpu": cpu_name(), "cpu_native_bf16": cpu_has_bf16(), "cpu_cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "torch": torch.__version__}
-
-
 def hardware_note(size: str, extra: str = "") -> str:
+    """One sentence on what produced a run's outputs (`machine.hardware`), plus `extra`."""
     h = hardware()
     dev = f"GPU {h['gpu']}" if h["gpu"] != "none" else "CPU only"
     bf16 = "with" if h["cpu_native_bf16"] else "without"

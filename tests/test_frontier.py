@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from alignment import frontier as F
+from alignment.report import verdict_lines
 from alignment.stats import SharedBootstrap
 
 
@@ -114,7 +115,7 @@ def test_matched_kl_comparison_is_paired_and_says_higher_lower_or_not_distinguis
     unpaired = 2 * 1.96 * np.std([level[p] for p in prompts]) / np.sqrt(40) * 0.5 * math.sqrt(2)
     assert unpaired > 0.5  # what ignoring the pairing would give: 0.2 would not be distinguishable
     assert all("p_holm" in r for r in rows) and len(rows) == 3
-    lines = F.verdict_lines(rows)
+    lines = verdict_lines(rows)
     assert len(lines) == 3 and all("at KL 2.00" in ln for ln in lines)
     assert F.matched_kl_comparisons(curves, [0.5], ("reward",)) == []  # below every trained point: no comparison
 
