@@ -14,11 +14,19 @@ after `sample` reuses the samples, and any stage resumes after an interrupt.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+import torch.distributed as td
+
+from . import experiments, report
+from .assets import AssetError, ensure_all
 from .config import ConfigError, load_config
+from .data import DataError
+from .distributed import shutdown
+from .pipeline import Pipeline
+from .rundir import RunDirMismatch
 from .presets import PRESETS, SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS
+from .reward import RewardError, load_judge, load_reward, load_topic_judge
 
 STAGES = ["assets", "prompts", "sample", "score", "pairs", "train", "eval", "run", "lr-lesson", "sweep", "sft"]
 
@@ -75,13 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    from .assets import AssetError
-    from .data import DataError
-    from .rundir import RunDirMismatch
-    from .reward import RewardError
-
-    from .distributed import shutdown
-
     try:
         return run_stage(args, cfg, grid)
     except ConfigError as e:  # e.g. a sweep setting that fails the dpo rules
@@ -100,19 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_stage(args, cfg, grid: dict) -> int:
     if args.stage == "assets":
-        from .assets import ensure_all
-        from .reward import load_judge, load_reward, load_topic_judge
-
         paths = ensure_all()
         scorers = {"reward": load_reward(cfg.reward), "judge": load_judge(cfg.eval.judge, cfg.reward),
                    "on-topic judge": load_topic_judge(cfg.eval.topic_judge, cfg.reward)}
-        print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
-        for name, scorer in scorers.items():
-            print(f"{name}:", getattr(scorer, "metrics", {}))
+        print(report.render("assets", {"paths": {k: str(v) for k, v in paths.items()},
+                                       "scorers": {k: getattr(s, "metrics", {}) for k, s in scorers.items()}}))
         return 0
-    from . import experiments
-    from .pipeline import Pipeline
-
     pipe = Pipeline(cfg)
     if args.stage != "sft":
         pipe.prepare()  # the SFT start policy and the scorer heads (built once, announced), the scorers
@@ -130,43 +124,15 @@ def run_stage(args, cfg, grid: dict) -> int:
     }
     result = actions[args.stage]()
     if pipe.dist.main:  # under `accelerate launch`, one report
-        print(render(args.stage, result))
+        print(report.render(args.stage, result))
         print(where(pipe))
     return 0
 
 
-def render(stage: str, result) -> str:
-    """What a stage prints: the report module's tables and lines, or the result as JSON."""
-    from . import report
-
-    if stage == "run":
-        lines = ["", result["table"], "", "95 % CIs, bootstrap over prompts:", "", result["ci_table"], "",
-                 *(report.gain_line(r) for r in report.trained_rows(result["rows"]))]
-        for ex in result["examples"][:2]:  # side by side: the same held-out prompt, one sample each
-            lines.append(f"\nprompt: {ex['prompt']!r}")
-            lines += [f"  {model:>26}: {text[:140]}" for model, text in ex.items() if model != "prompt"]
-        return "\n".join(lines)
-    if stage == "lr-lesson":
-        return "\n".join(["", report.markdown_table(report.results_rows(result["rows"], extra=("lr",))),
-                          report.lr_sentence(result["rows"], result["start"])])
-    if stage == "sweep":
-        return "\n".join(["", report.markdown_table(report.frontier_rows(result["points"])), "",
-                          *report.sweep_lines(result), "", "Matched-KL comparisons (reward):",
-                          *result["verdicts"]])
-    if stage == "sft":
-        return json.dumps({k: v for k, v in result.items() if k != "train_loss"}, indent=2, default=str)
-    return json.dumps(result, indent=2, default=str)
-
-
 def where(pipe) -> str:
+    """`report.where_text` for this pipeline's run dir (its plots and offline wandb run where they exist)."""
     P = pipe.paths
-    lines = [f"\nresults: {P.root.resolve()}"]
-    if P.plots.exists():
-        lines.append(f"plots:   {P.plots.resolve()}")
-    if pipe.cfg.track.mode == "offline" and P.wandb.exists():
-        lines.append(f"wandb:   {P.wandb.resolve()}  (offline; upload with `wandb sync {P.wandb}/offline-run-*`)")
-    if pipe.dist.world > 1:
-        import torch.distributed as td
-
-        lines.append(f"ran on:  {pipe.dist.world} processes ({td.get_backend()}), work split by batches")
-    return "\n".join(lines)
+    offline = pipe.cfg.track.mode == "offline" and P.wandb.exists()
+    return report.where_text(str(P.root.resolve()), plots=str(P.plots.resolve()) if P.plots.exists() else None,
+                             wandb=str(P.wandb.resolve()) if offline else None, wandb_dir=str(P.wandb),
+                             processes=pipe.dist.world, backend=td.get_backend() if pipe.dist.world > 1 else None)

@@ -1,6 +1,6 @@
 """Honest evaluation on held-out prompts: every model is scored on its *own fresh samples*.
 
-For each model: the training reward (mean/median, prompt-clustered bootstrap CI), an independent
+For each model (`metrics.metrics_of`, from the annotated samples): the training reward (mean/median, prompt-clustered bootstrap CI), an independent
 sentiment **judge** that never influenced training (Gao et al. 2022's gold vs proxy), the
 **on-topic** rate (fraction of completions an on-topic judge calls part of a movie review: a gain
 made of off-topic cheer shows here), the assignment's unigram token entropy, the f-DPO paper's
@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from .config import Config
 from .distributed import Dist, chunks, map_batches
 from .io import read_json, read_jsonl, write_json, write_jsonl
 from .logprobs import collate, model_logits, model_token_logps, token_logps
-from .metrics import (distinct_n, kl_control_variate, mean_predictive_entropy, perplexity, prompt_bootstrap, prompt_bootstrap_entropy,
-                      sequence_kl_estimate, unigram_token_entropy)
+from .metrics import kl_control_variate, mean_predictive_entropy, metrics_of
 from .reward import check_finite, reward_texts, score_records
 from .decode import filter_logits
 from .sampling import sample_to_file
@@ -120,19 +117,12 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
     return {k: torch.cat(v) if v else None for k, v in out.items()}
 
 
-def _ci(key: str, values: list[float], pids: list[str], n_boot: int, ci: str | None = None, seeds=None) -> dict:
-    """{key: mean, <ci>_ci_lo, <ci>_ci_hi} (ci defaults to key) from a bootstrap over prompts (and
-    seeds, when the samples come from several)."""
-    b = prompt_bootstrap(values, pids, n_boot=n_boot, seeds=seeds)
-    return {key: b["mean"], f"{ci or key}_ci_lo": b["lo"], f"{ci or key}_ci_hi": b["hi"]}
-
-
 def annotate(recs: list[dict], scores: dict[str, list[float]], lp: dict) -> list[dict]:
     """Sample records with everything measured per sample: the scores, the sampling
     distribution's and the reference's log-probs of the completion, the control-variate KL term,
     the sampler's mean predictive entropy and the token count (`logp`/`pred_entropy`/`kl_cv` None
     for the human row). Metrics are a function of these alone
-    (`metrics_of`), so evaluations can be pooled, e.g. over seeds."""
+    (`metrics.metrics_of`), so evaluations can be pooled, e.g. over seeds."""
     out = []
     for i, r in enumerate(recs):
         row = {**r, **{k: v[i] for k, v in scores.items()}, "ref_logp": lp["ref"][i].item(),
@@ -141,85 +131,6 @@ def annotate(recs: list[dict], scores: dict[str, list[float]], lp: dict) -> list
             row[name] = None if lp[key] is None else lp[key][i].item()
         row.pop("sample_logps", None)  # in samples.jsonl; the sums above are what metrics need
         out.append(row)
-    return out
-
-
-def content_of(rec: dict) -> list[int]:
-    """Completion tokens without the stop token a finished sample (or a human row that ended) carries."""
-    ids = rec["completion_ids"]
-    return ids[:-1] if rec["finished"] and ids else ids
-
-
-def _per_group(stat, ids: list[list[int]], groups: list[int]) -> float:
-    """Mean over groups (seeds) of a pooled-count statistic: pooling several policies' samples into
-    one count would make a mixture look more diverse than each policy is."""
-    names = sorted(set(groups))
-    return sum(stat([i for i, g in zip(ids, groups) if g == n]) for n in names) / len(names)
-
-
-def _token_entropy(ids: list[list[int]]) -> float:
-    return unigram_token_entropy([i for i in ids if i] or [[0]])
-
-
-def metrics_of(name: str, scored: list[dict], n_boot: int) -> dict:
-    """The metrics dict of one model's annotated samples, or of several evaluations of it pooled
-    (records tagged `seed_index`): averages pool the samples; token entropy and distinct-n are
-    per seed, averaged; CIs resample seeds and prompts (`metrics.hierarchical_weights`; token entropy:
-    prompts within each seed)."""
-    pids = [r["prompt_id"] for r in scored]
-    ids = [content_of(r) for r in scored]
-    groups = [r.get("seed_index", 0) for r in scored]
-    rewards = [r["reward"] for r in scored]
-    on_policy = scored[0]["logp"] is not None
-    lp = {"ref": torch.tensor([r["ref_logp"] for r in scored], dtype=torch.float64),
-          "n_tokens": torch.tensor([r["n_tokens"] for r in scored]),
-          "policy": torch.tensor([r["logp"] for r in scored], dtype=torch.float64) if on_policy else None,
-          "entropy": torch.tensor([r["pred_entropy"] for r in scored], dtype=torch.float64) if on_policy else None,
-          "kl_cv": torch.tensor([r["kl_cv"] for r in scored], dtype=torch.float64)
-          if on_policy and scored[0].get("kl_cv") is not None else None}
-    metrics = {
-        "model": name, "n_samples": len(scored), "n_prompts": len(set(pids)),
-        **_ci("eval/reward_mean", rewards, pids, n_boot, ci="eval/reward", seeds=groups),
-        "eval/reward_median": float(np.median(rewards)), "eval/reward_std": float(np.std(rewards)),
-        "eval/token_entropy": _per_group(_token_entropy, ids, groups),
-        "eval/predictive_entropy": lp["entropy"].mean().item() if on_policy else None,
-        "eval/distinct_1": _per_group(lambda x: distinct_n(x, 1), ids, groups),
-        "eval/distinct_2": _per_group(lambda x: distinct_n(x, 2), ids, groups),
-        "eval/kl_to_ref": sequence_kl_estimate(lp["policy"], lp["ref"]) if on_policy else None,
-        "eval/kl_to_ref_cv": lp["kl_cv"].mean().item() if lp["kl_cv"] is not None else None,
-        "eval/kl_to_ref_std": (lp["policy"] - lp["ref"]).std().item() if on_policy else None,
-        "eval/kl_to_ref_cv_std": lp["kl_cv"].std().item() if lp["kl_cv"] is not None else None,
-        "eval/ref_perplexity": perplexity(lp["ref"], lp["n_tokens"]),
-        "eval/mean_length": lp["n_tokens"].float().mean().item(),
-        "eval/finished_frac": sum(r["finished"] for r in scored) / len(scored),
-    }
-    for field, key in (("judge", "eval/judge_mean"), ("on_topic", "eval/on_topic")):
-        if field in scored[0]:
-            metrics.update(_ci(key, [r[field] for r in scored], pids, n_boot, seeds=groups))
-    metrics.update(drift_cis(ids, lp, pids, n_boot, groups))
-    return metrics
-
-
-def drift_cis(ids: list[list[int]], lp: dict, pids: list[str], n_boot: int, groups: list[int]) -> dict:
-    """Prompt-clustered 95 % CIs of token entropy, predictive entropy, KL, ref perplexity and mean
-    length (`<metric>_ci_lo/hi`). Distinct-n has none: a bootstrap draws prompts with repetition,
-    and repeated n-grams are exactly what distinct-n counts as a loss of diversity."""
-    n = lp["n_tokens"].double()  # (N,)
-    nll = -lp["ref"].double()  # (N,)
-    out = {}
-    h = prompt_bootstrap_entropy(ids, pids, groups, n_boot=n_boot)
-    out["eval/token_entropy_ci_lo"], out["eval/token_entropy_ci_hi"] = h["lo"], h["hi"]
-    ppl = prompt_bootstrap((nll / n.clamp(min=1)).tolist(), pids, n_boot=n_boot, weights=n.tolist(), seeds=groups)
-    out["eval/ref_perplexity_ci_lo"], out["eval/ref_perplexity_ci_hi"] = math.exp(ppl["lo"]), math.exp(ppl["hi"])
-    per_sample = {"eval/mean_length": n}
-    if lp["policy"] is not None:
-        per_sample["eval/kl_to_ref"] = lp["policy"].double() - lp["ref"].double()
-        per_sample["eval/predictive_entropy"] = lp["entropy"].double()
-    if lp.get("kl_cv") is not None:
-        per_sample["eval/kl_to_ref_cv"] = lp["kl_cv"]
-    for key, x in per_sample.items():
-        b = prompt_bootstrap(x.tolist(), pids, n_boot=n_boot, seeds=groups)
-        out[f"{key}_ci_lo"], out[f"{key}_ci_hi"] = b["lo"], b["hi"]
     return out
 
 

@@ -3,13 +3,19 @@ the learning-rate lesson, and the Level 2/3 divergence sweep. Each returns plain
 writes its JSON result and plots under the run dir (`pipe.paths`)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from . import frontier as F
+from . import plots
 from .io import write_json
-from .metrics import holm, paired_prompt_bootstrap
-from .pipeline import START, Evaluation, Pipeline
+from .metrics import metrics_of
+from .evaluate import Evaluation
+from .pipeline import Pipeline
+from .rundir import START
 from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
-from .report import ci_table, examples_rows, results_table
+from .report import example_records
+from .stats import SharedBootstrap, compare_to_start, with_holm
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
 SEED_LR = 1e-3  # the seed notebook's learning rate, shown next to the preset's in the lr lesson
@@ -19,45 +25,13 @@ def rewards_of(ev: Evaluation) -> list[float]:
     return [r["reward"] for r in ev.scored]
 
 
-GAINS = (("reward", "reward_gain", "gain"), ("judge", "judge_gain", "judge_gain"),
-         ("on_topic", "on_topic_gain", "on_topic_gain"))  # (scored field, gain key, CI/p prefix)
-
-
-def compare_to_start(ev: Evaluation, start: Evaluation, n_boot: int) -> dict:
-    """Differences policy - start policy on the same held-out prompts, for the reward, the judge
-    and on_topic (where scored): a paired bootstrap over prompts (all samples of a prompt, of both
-    models, move together) and, for pooled seeds, over seeds (seed s of the policy with the start
-    under seed s's draws), with its p-value."""
-    out = {}
-    for field, key, pre in GAINS:
-        if field not in ev.scored[0] or field not in start.scored[0]:
-            continue
-        b = paired_prompt_bootstrap([r[field] for r in ev.scored], [r["prompt_id"] for r in ev.scored],
-                                    [r[field] for r in start.scored], [r["prompt_id"] for r in start.scored],
-                                    n_boot=n_boot, a_seeds=[r.get("seed_index", 0) for r in ev.scored],
-                                    b_seeds=[r.get("seed_index", 0) for r in start.scored])
-        out.update({key: b["diff"], f"{pre}_ci_lo": b["lo"], f"{pre}_ci_hi": b["hi"], f"{pre}_p": b["p"]})
-    return out
-
-
-def with_holm(rows: list[dict]) -> list[dict]:
-    """Each row's gain p-values adjusted (Holm, per metric) for the number of policies compared
-    with the start."""
-    rows = [dict(r) for r in rows]
-    for _, _, pre in GAINS:
-        if rows and all(f"{pre}_p" in r for r in rows):
-            for r, p in zip(rows, holm([r[f"{pre}_p"] for r in rows])):
-                r[f"{pre}_p_holm"] = p
-    return rows
-
-
 def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, Evaluation, list[dict]]:
     """Train one policy (cfg.dpo + overrides), evaluate it with its seed's evaluation draws:
     (its table row with the gain vs `start` — the start policy evaluated with the same seed —,
     its evaluation, its training log)."""
     policy = pipe.train(**overrides)
     ev = pipe.evaluate(policy, seed=overrides.get("seed", pipe.cfg.dpo.seed))
-    return {**ev.metrics, **compare_to_start(ev, start, pipe.cfg.eval.n_boot)}, ev, policy.log
+    return {**ev.metrics, **compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot)}, ev, policy.log
 
 
 def level1_seeds(cfg) -> tuple[int, ...]:
@@ -71,8 +45,6 @@ def pooled(pipe: Pipeline, name: str, evals: list[Evaluation], measure: bool = T
     use the samples alone); CIs resample seeds and prompts."""
     if len(evals) == 1:
         return Evaluation({**evals[0].metrics, "model": name}, evals[0].scored)
-    from .evaluate import metrics_of
-
     scored = [{**r, "seed_index": k} for k, ev in enumerate(evals) for r in ev.scored]
     return Evaluation(metrics_of(name, scored, pipe.cfg.eval.n_boot) if measure else {"model": name}, scored)
 
@@ -91,28 +63,28 @@ def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
 def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple[int, ...] | None = None) -> dict:
     """The start policy + one policy per loss and seed, every model on its own held-out samples;
     each loss's row pools its seeds (training order and evaluation draws vary with the seed) and is
-    compared, paired over prompts, with the start policy evaluated under the same seeds."""
-    from . import plots
-
+    compared, paired over prompts, with the start policy evaluated under the same seeds. The result
+    (and level1.json) holds data only: rows, per-seed rows, the losses compared, example records;
+    `report` builds the tables and sentences from it."""
     seeds = seeds or level1_seeds(pipe.cfg)
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
-    pairs, stats = pipe.pairs()
+    pairs, pair_stats = pipe.pairs()
     starts = [pipe.evaluate(seed=s) for s in seeds]
     start = pooled(pipe, START, starts)
     rows, evals, logs, per_seed = [start.metrics], {START: start}, {}, []
     for loss in losses:
         policies = [pipe.train(loss=loss, seed=s) for s in seeds]
         evs = [pipe.evaluate(p, seed=s) for p, s in zip(policies, seeds)]
-        per_seed += [{**ev.metrics, **compare_to_start(ev, st, pipe.cfg.eval.n_boot), "seed": s}
+        per_seed += [{**ev.metrics, **compare_to_start(ev.scored, st.scored, pipe.cfg.eval.n_boot), "seed": s}
                      for ev, st, s in zip(evs, starts, seeds)]
         name = seeds_name(policies[0].name, seeds)
         ev = pooled(pipe, name, evs)
-        rows.append({**ev.metrics, **compare_to_start(ev, start, pipe.cfg.eval.n_boot), "seeds": list(seeds)})
+        rows.append({**ev.metrics, **compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot), "seeds": list(seeds)})
         evals[name] = ev
         logs.update({p.name: p.log for p in policies})
     rows = [rows[0], *with_holm(rows[1:])]
     trained = [(r["model"], evals[r["model"]]) for r in rows[1:]]
-    between = with_holm([{"a": a, "b": b, **compare_to_start(ea, eb, pipe.cfg.eval.n_boot)}
+    between = with_holm([{"a": a, "b": b, **compare_to_start(ea.scored, eb.scored, pipe.cfg.eval.n_boot)}
                          for i, (a, ea) in enumerate(trained) for b, eb in trained[i + 1:]])
     if pipe.cfg.eval.human_row:
         human = pipe.evaluate_human()
@@ -123,9 +95,8 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
     files = [plots.reward_hist({m: rewards_of(e) for m, e in evals.items()}, P.plot("level1_rewards")),
              plots.training_curves(logs, P.plot("level1_training")),
              plots.margin_hist([p["margin"] for p in pairs], P.plot("pair_margins"))]
-    result = {"pairs": stats, "rows": rows, "table": results_table(rows), "ci_table": ci_table(rows),
-              "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
-              "examples": examples_rows({m: e.scored for m, e in first.items()}, pipe.cfg.eval.n_examples),
+    result = {"pairs": pair_stats, "rows": rows, "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
+              "examples": example_records({m: e.scored for m, e in first.items()}, pipe.cfg.eval.n_examples),
               "plots": [str(f) for f in files]}
     if pipe.dist.main:
         write_json(P.result("level1"), result)
@@ -149,7 +120,7 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
         row, ev, _ = trained_row(pipe, start, loss=loss, lr=lr)
         rows.append({**row, "lr": lr})
         scored[row["model"]] = ev.scored
-    result = {"rows": with_holm(rows), "start": start.metrics, "examples": examples_rows(scored, pipe.cfg.eval.n_examples)}
+    result = {"rows": with_holm(rows), "start": start.metrics, "examples": example_records(scored, pipe.cfg.eval.n_examples)}
     if pipe.dist.main:
         write_json(pipe.paths.result("lr_lesson"), result)
     return result
@@ -162,12 +133,8 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     start policy (β -> ∞) through its β values; the best-of-N curve from the start policy's own 16
     samples per prompt; every pair of curves compared at matched KL (paired bootstrap over seeds and
     prompts, Holm), and each point's gain over the start (seeds pooled, Holm over the points).
-    Writes sweep.json, the frontier plots, and returns the same dict."""
-    import time
-
-    from . import frontier as F
-    from . import plots
-
+    Writes sweep.json (data only: `report.sweep_lines` / `report.verdict_lines` say it in words),
+    the frontier plots, and returns the same dict."""
     t0 = time.time()
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
@@ -186,21 +153,21 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     start = pooled(pipe, START, list(starts.values()))
     fields = ("reward", "judge", "on_topic", "pred_entropy")
     n_curves = len({k.rsplit("@", 1)[0] for k in points}) + 1  # + best-of-N
-    # Holm p-value floors: the smallest p is 2/(B+1), so Holm over m comparisons cannot go below 2m/(B+1)
+    # Holm p-value floors (stats.bootstrap_p): the smallest p is 2/(B+1), so Holm over m cannot go below 2m/(B+1)
     n_boot = max(pipe.cfg.eval.n_boot, 100 * F.n_comparisons(n_curves, 3), 100 * len(points))
-    boot = F._Boot([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
+    boot = SharedBootstrap([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
     curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
     grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
     with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields)}
     comparisons = F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy"))  # per-pair KL values
     gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
-                        **compare_to_start(ev, start, n_boot)} for k, ev in points.items()])
+                        **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
     table = F.point_table(with_bon)
     P = pipe.paths
     files = [plots.frontier(table, x, y, P.plot(f"frontier_{y}_vs_{x}"))
              for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
     result = {"runs": runs, "points": table, "gains": gains, "start": start.metrics, "matched_kl": grid,
-              "comparisons": comparisons, "verdicts": F.verdict_lines(comparisons), "n_boot": n_boot,
+              "comparisons": comparisons, "n_boot": n_boot,
               "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
               "grid": {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas)},
               "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files]}

@@ -4,10 +4,11 @@ own samples (Gao et al. 2022: the curve any alignment method must beat); and div
 at *matched KL* — β is not comparable across f′ (Wang et al. 2023), so one shared β shows how far
 each loss moves, not which trade-off is better.
 
-Statistics: every point pools its seeds; all models are evaluated on the same held-out prompts, so
-one bootstrap draw of prompts (`_Boot`) is applied to every point at once — differences between
-curves are paired, and samples of one prompt move together. Pure functions of annotated samples
-(`evaluate.annotate` records), tested on hand-made cases.
+Statistics (from `stats`): every point pools its seeds; all models are evaluated on the same
+held-out prompts, so one bootstrap draw of seeds x prompts (`stats.SharedBootstrap`) is applied to
+every point at once — differences between curves are paired, and samples of one prompt move
+together; p-values are `stats.bootstrap_p`, verdicts `stats.verdict`. Pure functions of annotated
+samples (`evaluate.annotate` records), tested on hand-made cases.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from itertools import combinations
 
 import numpy as np
 
-from .metrics import hierarchical_weights, holm
+from .stats import SharedBootstrap, bootstrap_p, holm, summary, verdict
 
 BON_NS = (1, 2, 4, 8, 16)
 BON = "best-of-N"
@@ -61,37 +62,13 @@ def best_of_n_values(scored: list[dict], n: int, fields: tuple[str, ...]) -> lis
     return out
 
 
-class _Boot:
-    """One bootstrap shared by every curve: `mean(recs, f)` -> (n_boot + 1,) the point estimate
-    (index 0) and the resampled means of per-sample values f(rec). Prompts are resampled with all
-    their samples and, with several seeds, seeds too (`seed_index` k of every curve is the same
-    training/evaluation seed): the same draws for every model, so differences are paired."""
-
-    def __init__(self, prompt_ids: list[str], n_boot: int, seed: int = 0, n_seeds: int = 1):
-        self.index = {p: i for i, p in enumerate(sorted(set(prompt_ids)))}
-        P, self.S = len(self.index), n_seeds
-        draws = hierarchical_weights(P, n_seeds, n_boot, seed)  # (n_boot, S, P)
-        self.w = np.concatenate([np.ones((1, n_seeds, P)), draws]).reshape(n_boot + 1, n_seeds * P)
-
-    def mean(self, recs: list[dict], f) -> np.ndarray:
-        P = len(self.index)
-        ix = np.array([r.get("seed_index", 0) * P + self.index[r["prompt_id"]] for r in recs])
-        x = np.array([f(r) for r in recs], dtype=np.float64)
-        return (self.w @ np.bincount(ix, x, self.S * P)) / (self.w @ np.bincount(ix, minlength=self.S * P))
-
-
 def _value(name: str):
     if name == "kl":
         return lambda r: r["logp"] - r["ref_logp"]
     return lambda r: r[name]
 
 
-def _summary(b: np.ndarray) -> dict:
-    lo, hi = np.nanpercentile(b[1:], [2.5, 97.5])
-    return {"mean": float(b[0]), "lo": float(lo), "hi": float(hi)}
-
-
-def curve_points(points: dict[str, list[dict]], start: list[dict], boot: _Boot, fields: tuple[str, ...]) -> dict:
+def curve_points(points: dict[str, list[dict]], start: list[dict], boot: SharedBootstrap, fields: tuple[str, ...]) -> dict:
     """{label: [point...]}: per trained point (label, β) its bootstrapped KL and `fields`; every
     curve starts at the start policy (β -> ∞). A point: {beta, kl, <field>: (n_boot+1,) arrays}."""
     def point(beta, recs):
@@ -111,7 +88,7 @@ def _by_label(points: dict[str, list[dict]]) -> dict[str, list[tuple[float, list
     return out
 
 
-def bon_curve(start: list[dict], boot: _Boot, fields: tuple[str, ...], ns: tuple[int, ...] = BON_NS) -> list[dict]:
+def bon_curve(start: list[dict], boot: SharedBootstrap, fields: tuple[str, ...], ns: tuple[int, ...] = BON_NS) -> list[dict]:
     """Best-of-n for each n from the start policy's samples (q: the start in its sampling dtype):
     KL(BoN || π_ref) = KL(BoN || q) + E_BoN[log q - log π_ref] = bon_kl(n) + the best-of-n mean
     of the samples' own log-ratio (0 when q is π_ref; bf16 sampling makes it a little > 0), and
@@ -175,15 +152,6 @@ def n_comparisons(n_curves: int, n_grid: int) -> int:
     return n_curves * (n_curves - 1) // 2 * n_grid
 
 
-def verdict(lo: float, hi: float, p_holm: float) -> str:
-    """'higher' / 'lower' (Holm-adjusted p < 0.05 and the CI excludes 0) or not distinguishable."""
-    if p_holm < 0.05 and lo > 0:
-        return "higher"
-    if p_holm < 0.05 and hi < 0:
-        return "lower"
-    return "not distinguishable at this size"
-
-
 def _compare(a: list[dict], b: list[dict], field: str, kl: float) -> dict | None:
     """One paired comparison a - b of `field` at KL `kl`, or None where it is not defined: `kl`
     outside either curve's trained range, or fewer than 99 % of the draws reach it."""
@@ -193,16 +161,15 @@ def _compare(a: list[dict], b: list[dict], field: str, kl: float) -> dict | None
     valid = ~np.isnan(d[1:])
     if np.isnan(d[0]) or valid.mean() < 0.99:
         return None
-    boot = d[1:][valid]
+    boot = d[1:][valid]  # (B,) the valid draws
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    p = min(1.0, 2 * min((1 + (boot <= 0).sum()) / (boot.size + 1), (1 + (boot >= 0).sum()) / (boot.size + 1)))
-    return {"diff": float(d[0]), "lo": float(lo), "hi": float(hi), "p": float(p), "boot_valid": float(valid.mean())}
+    return {"diff": float(d[0]), "lo": float(lo), "hi": float(hi), "p": bootstrap_p(boot), "boot_valid": float(valid.mean())}
 
 
 def matched_kl_comparisons(curves: dict[str, list[dict]], grid: list[float] | None, fields: tuple[str, ...],
                            k: int = 3) -> list[dict]:
     """Every pair of (KL-monotone) curves at matched KL values, per field: the paired bootstrap
-    difference a - b, its 95 % CI, p-value ((1 + tail count) / (B + 1), two-sided), Holm-adjusted p
+    difference a - b, its 95 % CI, p-value (`stats.bootstrap_p`, two-sided), Holm-adjusted p
     (per field, over all pairs and KL values) and the verdict for a. The KL values: `grid` where
     given (each used where it lies inside both trained ranges), else per pair `k` values inside the
     overlap of the two curves' trained ranges (`matched_kl_grid` of the pair) — so best-of-N, whose
@@ -235,14 +202,7 @@ def point_table(curves: dict[str, list[dict]]) -> list[dict]:
             row = {"label": label, "beta": p.get("beta"), "n": p.get("n")}
             for k, v in p.items():
                 if isinstance(v, np.ndarray):
-                    s = _summary(v)
+                    s = summary(v)
                     row.update({k: s["mean"], f"{k}_lo": s["lo"], f"{k}_hi": s["hi"]})
             rows.append(row)
     return rows
-
-
-def verdict_lines(comparisons: list[dict], field: str = "reward") -> list[str]:
-    """One sentence per comparison of `field`, generated from its numbers."""
-    return [f"at KL {c['kl']:.2f}: {c['a']} vs {c['b']}: {field} {c['diff']:+.3f} ({c['lo']:+.3f} .. "
-            f"{c['hi']:+.3f}, Holm p {c['p_holm']:.3f}) -> {c['a']} {c['verdict']}"
-            for c in comparisons if c["field"] == field]

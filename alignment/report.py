@@ -1,14 +1,19 @@
-"""Everything the kit *shows*, in one place for the CLI, the notebook and the benchmarks: Markdown
-tables, the "gain vs start" line, example generations side by side, the machine description, and
-the sentences of the conclusions, computed from results (never typed in).
+"""Everything the kit *shows*, in one place for the CLI, the notebook, the README and the benchmarks:
+Markdown tables, the "gain vs start" line, example generations side by side, the matched-KL verdict
+sentences, what each CLI stage prints, the machine description, and the sentences of the
+conclusions, computed from results (never typed in).
 
-Pure functions over the plain dicts that `alignment.experiments` returns; no I/O, no models.
+Pure functions over the plain dicts that `alignment.experiments` returns (the result JSONs hold data
+only; every table and sentence is built here); no models, no I/O but `hardware_note`'s look at the
+machine. The decisions and numbers behind the words — ALPHA, the verdicts, the detectable
+difference — come from `alignment.stats`.
 """
 from __future__ import annotations
 
-import datetime
-import os
-import platform
+import json
+
+from .machine import hardware
+from .stats import ALPHA, NOT_DISTINGUISHABLE, detectable_difference, distinguishable, verdict
 
 # (metric key in an evaluation row, short column name)
 TABLE_COLS = [("eval/reward_mean", "reward"), ("eval/reward_ci_lo", "ci_lo"), ("eval/reward_ci_hi", "ci_hi"),
@@ -19,7 +24,6 @@ GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gai
              ("gain_p_holm", "p_holm"), ("judge_gain", "judge_gain"), ("judge_gain_ci_lo", "judge_ci_lo"),
              ("judge_gain_ci_hi", "judge_ci_hi"), ("judge_gain_p_holm", "judge_p_holm"),
              ("on_topic_gain", "on_topic_gain")]
-ALPHA = 0.05  # family-wise error rate of the "distinguishable" verdicts
 SHOW_MAX = 8  # distinguishable comparisons listed per metric in the conclusions (all are in sweep.json)
 STILL_KL = 0.1  # nats: below this a policy has barely left the reference (smoke-sized runs)
 
@@ -69,7 +73,8 @@ CI_COLS = [("eval/reward_mean", "reward", "eval/reward"), ("eval/judge_mean", "j
 
 
 def ci_rows(rows: list[dict]) -> list[dict]:
-    """Each metric as "value (lo .. hi)": its 95 % CI from a bootstrap over prompts (`evaluate`)."""
+    """Each metric as "value (lo .. hi)": its 95 % CI from a bootstrap over seeds x prompts
+    (`metrics.metrics_of`)."""
     out = []
     for r in rows:
         row = {"model": r["model"]}
@@ -84,7 +89,7 @@ def ci_rows(rows: list[dict]) -> list[dict]:
 
 
 def ci_table(rows: list[dict]) -> str:
-    """Markdown table of every metric with its prompt-clustered 95 % CI, one row per model."""
+    """Markdown table of every metric with its seeds x prompts 95 % CI, one row per model."""
     return markdown_table(ci_rows(rows))
 
 
@@ -102,20 +107,25 @@ def frontier_rows(points: list[dict]) -> list[dict]:
     return out
 
 
-def examples_rows(scored: dict[str, list[dict]], n: int) -> list[dict]:
-    """The first n held-out prompts with sample 0 (and its reward) of each model, side by side.
+def example_records(scored: dict[str, list[dict]], n: int) -> list[dict]:
+    """The first n held-out prompts' sample 0 of each model, as plain records (what the result JSONs
+    store): {prompt_id, prompt, model, completion, reward}, prompt by prompt, models in the given order.
     `scored`: {model: scored records (prompt_id, sample, prompt, completion, reward)}."""
     first = next(iter(scored.values()))
     pids = list(dict.fromkeys(r["prompt_id"] for r in first))[:n]
     by_model = {m: {(r["prompt_id"], r["sample"]): r for r in recs} for m, recs in scored.items()}
-    rows = []
-    for pid in pids:
-        row = {"prompt": by_model[next(iter(scored))][(pid, 0)]["prompt"]}
-        for m, recs in by_model.items():
-            r = recs[(pid, 0)]
-            row[m] = f"{r['completion']!r} ({r['reward']:+.2f})"
-        rows.append(row)
-    return rows
+    return [{"prompt_id": pid, "prompt": recs[(pid, 0)]["prompt"], "model": m,
+             "completion": recs[(pid, 0)]["completion"], "reward": recs[(pid, 0)]["reward"]}
+            for pid in pids for m, recs in by_model.items()]
+
+
+def examples_rows(examples: list[dict]) -> list[dict]:
+    """`example_records` side by side: one row per prompt, {"prompt", <model>: "'completion' (+reward)"}."""
+    rows: dict[str, dict] = {}
+    for e in examples:
+        row = rows.setdefault(e["prompt_id"], {"prompt": e["prompt"]})
+        row[e["model"]] = f"{e['completion']!r} ({e['reward']:+.2f})"
+    return list(rows.values())
 
 
 # ---- lines and sentences -----------------------------------------------------------------------
@@ -130,19 +140,18 @@ def fmt_gain(r: dict) -> str:
 
 
 def excludes_zero(r: dict) -> bool:
-    """The one significance test of the report: the gain's Holm-adjusted p-value (over the policies
-    compared with the start in the same table) is below ALPHA; without one, its 95% CI excludes 0."""
-    if "gain_p_holm" in r:
-        return r["gain_p_holm"] < ALPHA
-    return r["gain_ci_lo"] > 0 or r["gain_ci_hi"] < 0
+    """Whether a row's gain is distinguishable from 0 (`stats.distinguishable`): its Holm-adjusted
+    p-value (over the policies compared with the start in the same table) is below ALPHA and its
+    95% CI excludes 0; without a p-value, the CI alone."""
+    return distinguishable(r["gain_ci_lo"], r["gain_ci_hi"], r.get("gain_p_holm"))
 
 
 def gain_line(r: dict) -> str:
     """One line per trained policy: its reward gain over the start policy (paired bootstrap over
     prompts), and whether it is distinguishable from 0 after the multiplicity correction."""
     holm = f", Holm-adjusted p {r['gain_p_holm']:.3g}" if "gain_p_holm" in r else ""
-    verdict = "distinguishable from 0" if excludes_zero(r) else "not distinguishable from 0 at this size"
-    line = f"{r['model']}: reward gain vs SFT {fmt_gain(r)}{holm} -> {verdict}"
+    word = "distinguishable from 0" if excludes_zero(r) else "not distinguishable from 0 at this size"
+    line = f"{r['model']}: reward gain vs SFT {fmt_gain(r)}{holm} -> {word}"
     if "judge_gain" in r:
         jv = "distinguishable from 0" if _judge_excludes_zero(r) else "not distinguishable from 0"
         line += (f"; judge gain {r['judge_gain']:+.3f} (95% CI {r['judge_gain_ci_lo']:+.3f} .. "
@@ -178,14 +187,14 @@ def _level1_lines(level1: dict) -> list[str]:
         f"`{r['model']}` reward {r['eval/reward_mean']:+.3f} vs SFT {sft['eval/reward_mean']:+.3f}, gain {fmt_gain(r)}"
         f" — {'distinguishable from 0' if excludes_zero(r) else 'not distinguishable from 0 at this size'}"
         for r in trained) + " (paired bootstrap over seeds and prompts, Holm-corrected across the losses)."]
-    se = max((r["gain_ci_hi"] - r["gain_ci_lo"]) / 3.92 for r in trained)
+    mde = max(detectable_difference(r["gain_ci_lo"], r["gain_ci_hi"]) for r in trained)
     lines.append(f"**Power**: at this size (held-out prompts × samples × seeds) a reward gain over the start smaller "
-                 f"than about {MDE_Z * se:.2f} is not reliably detected (80 % power at α = 0.05; SE read off the "
+                 f"than about {mde:.2f} is not reliably detected (80 % power at α = {ALPHA:g}; SE read off the "
                  "widest gain CI).")
-    verdict = ("above SFT" if best["reward_gain"] > 0 else "yet still not above SFT, so no Level 1 loss improved "
+    standing = ("above SFT" if best["reward_gain"] > 0 else "yet still not above SFT, so no Level 1 loss improved "
                "the mean reward in this run")
     lines.append(
-        f"`{best['model']}` reached the highest reward of the Level 1 losses ({verdict}). Its changes vs SFT: "
+        f"`{best['model']}` reached the highest reward of the Level 1 losses ({standing}). Its changes vs SFT: "
         f"token entropy {_delta(best['eval/token_entropy'], sft['eval/token_entropy'])}, predictive entropy "
         f"{_delta(best['eval/predictive_entropy'], sft['eval/predictive_entropy'])}, KL(π‖π_ref) "
         f"{best['eval/kl_to_ref']:.3f}, reference perplexity "
@@ -201,26 +210,23 @@ def _level1_lines(level1: dict) -> list[str]:
     return lines
 
 
-MDE_Z = 2.80  # z_{0.975} + z_{0.80}: a true difference of 2.8 standard errors is detected 80 % of the time
-
-
-def _verdict(d: dict, key: str, pre: str) -> str:
+def _difference_text(d: dict, key: str, pre: str) -> str:
+    """A difference, its CI and `stats.verdict` on its (Holm-adjusted where present) p-value."""
     lo, hi = d[f"{pre}_ci_lo"], d[f"{pre}_ci_hi"]
     p = d.get(f"{pre}_p_holm", d.get(f"{pre}_p", 1.0))
-    word = ("higher" if d[key] > 0 else "lower") if p < ALPHA else "not distinguishable at this size"
-    return f"{d[key]:+.3f} (95% CI {lo:+.3f} .. {hi:+.3f}) — {word}"
+    return f"{d[key]:+.3f} (95% CI {lo:+.3f} .. {hi:+.3f}) — {verdict(lo, hi, p)}"
 
 
 def _between_lines(level1: dict) -> list[str]:
     """The losses against each other (paired over prompts and draws), and the smallest difference
-    these sizes can detect: MDE_Z standard errors, the SE read off the 95 % CI (width / 3.92)."""
+    these sizes can detect (`stats.detectable_difference`)."""
     out = []
     for d in level1.get("between_losses", []):
-        se = (d["gain_ci_hi"] - d["gain_ci_lo"]) / 3.92
-        judge = f"; judge {_verdict(d, 'judge_gain', 'judge_gain')}" if "judge_gain" in d else ""
-        out.append(f"**`{d['a']}` vs `{d['b']}`** (same prompts and draws): reward {_verdict(d, 'reward_gain', 'gain')}"
-                   f"{judge}. At this size a reward difference smaller than about {MDE_Z * se:.2f} is not reliably "
-                   f"detected (80 % power at α = 0.05).")
+        mde = detectable_difference(d["gain_ci_lo"], d["gain_ci_hi"])
+        judge = f"; judge {_difference_text(d, 'judge_gain', 'judge_gain')}" if "judge_gain" in d else ""
+        out.append(f"**`{d['a']}` vs `{d['b']}`** (same prompts and draws): reward {_difference_text(d, 'reward_gain', 'gain')}"
+                   f"{judge}. At this size a reward difference smaller than about {mde:.2f} is not reliably "
+                   f"detected (80 % power at α = {ALPHA:g}).")
     return out
 
 
@@ -269,7 +275,7 @@ def sweep_lines(sweep: dict) -> list[str]:
              f"curves are compared at matched KL, never at one shared β."]
     gains = sweep.get("gains", [])
     if gains:
-        sig = [g for g in gains if g.get("gain_p_holm", 1) < ALPHA and g["gain_ci_lo"] > 0]
+        sig = [g for g in gains if verdict(g["gain_ci_lo"], g["gain_ci_hi"], g.get("gain_p_holm", 1.0)) == "higher"]
         lines.append(f"Reward gain over the start (seeds pooled, paired over seeds and prompts, Holm over {len(gains)} "
                      f"points): {len(sig)} of {len(gains)} distinguishable from 0; largest "
                      + ", ".join(f"`{g['label']}` β={g['beta']:g} {g['reward_gain']:+.3f} ({g['gain_ci_lo']:+.3f}.."
@@ -287,13 +293,21 @@ def sweep_lines(sweep: dict) -> list[str]:
         if not rows:
             lines.append(f"{field}: no pair of curves overlaps in KL; nothing compared.")
             continue
-        sig = [c for c in rows if c["verdict"] != "not distinguishable at this size"]
+        sig = [c for c in rows if c["verdict"] != NOT_DISTINGUISHABLE]
         shown = "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} ({c['diff']:+.3f}, "
                           f"{c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig[:SHOW_MAX])
         more = f"; and {len(sig) - SHOW_MAX} more (sweep.json)" if len(sig) > SHOW_MAX else ""
         lines.append(f"{field}: {len(sig)} of {len(rows)} pairwise comparisons distinguishable (Holm)"
                      + (f": {shown}{more}" if sig else "; none is distinguishable at this size") + ".")
     return lines
+
+
+def verdict_lines(comparisons: list[dict], field: str = "reward") -> list[str]:
+    """One sentence per matched-KL comparison of `field` (`frontier.matched_kl_comparisons` rows),
+    generated from its numbers."""
+    return [f"at KL {c['kl']:.2f}: {c['a']} vs {c['b']}: {field} {c['diff']:+.3f} ({c['lo']:+.3f} .. "
+            f"{c['hi']:+.3f}, Holm p {c['p_holm']:.3f}) -> {c['a']} {c['verdict']}"
+            for c in comparisons if c["field"] == field]
 
 
 def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | None = None,
@@ -315,33 +329,50 @@ def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | N
     return "\n\n".join(lines)
 
 
+# ---- what the command line prints ---------------------------------------------------------------
+def render(stage: str, result) -> str:
+    """What `python -m alignment <stage>` prints for its result: the tables and lines above (run,
+    lr-lesson, sweep), the asset paths and scorer accuracies (assets: {"paths", "scorers"}), or the
+    result as JSON."""
+    if stage == "run":
+        rows = result["rows"]
+        lines = ["", results_table(rows), "", "95 % CIs, bootstrap over seeds × prompts:", "", ci_table(rows), "",
+                 *(gain_line(r) for r in trained_rows(rows))]
+        for ex in examples_rows(result["examples"])[:2]:  # side by side: the same held-out prompt, one sample each
+            lines.append(f"\nprompt: {ex['prompt']!r}")
+            lines += [f"  {model:>26}: {text[:140]}" for model, text in ex.items() if model != "prompt"]
+        return "\n".join(lines)
+    if stage == "lr-lesson":
+        return "\n".join(["", markdown_table(results_rows(result["rows"], extra=("lr",))),
+                          lr_sentence(result["rows"], result["start"])])
+    if stage == "sweep":
+        return "\n".join(["", markdown_table(frontier_rows(result["points"])), "", *sweep_lines(result), "",
+                          "Matched-KL comparisons (reward):", *verdict_lines(result["comparisons"])])
+    if stage == "assets":
+        return "\n".join([json.dumps(result["paths"], indent=2),
+                          *(f"{name}: {metrics}" for name, metrics in result["scorers"].items())])
+    if stage == "sft":
+        return json.dumps({k: v for k, v in result.items() if k != "train_loss"}, indent=2, default=str)
+    return json.dumps(result, indent=2, default=str)
+
+
+def where_text(results: str, plots: str | None = None, wandb: str | None = None, wandb_dir: str | None = None,
+               processes: int = 1, backend: str | None = None) -> str:
+    """Where a run's outputs went: the run dir, its plots and offline wandb run (when there are any:
+    `wandb` the resolved path, `wandb_dir` the one to pass to `wandb sync`), and the processes it ran on."""
+    lines = [f"\nresults: {results}"]
+    if plots:
+        lines.append(f"plots:   {plots}")
+    if wandb:
+        lines.append(f"wandb:   {wandb}  (offline; upload with `wandb sync {wandb_dir}/offline-run-*`)")
+    if processes > 1:
+        lines.append(f"ran on:  {processes} processes ({backend}), work split by batches")
+    return "\n".join(lines)
+
+
 # ---- the machine --------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware() -> dict:
-    """What produced a result: CPU model and native bf16, cores, torch threads, GPU, versions."""
-    import torch
-
-    from .models import cpu_has_bf16
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "cpu": cpu_name(), "cpu_native_bf16": cpu_has_bf16(), "cpu_cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "torch": torch.__version__}
-
-
 def hardware_note(size: str, extra: str = "") -> str:
+    """One sentence on what produced a run's outputs (`machine.hardware`), plus `extra`."""
     h = hardware()
     dev = f"GPU {h['gpu']}" if h["gpu"] != "none" else "CPU only"
     bf16 = "with" if h["cpu_native_bf16"] else "without"

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from alignment.io import atomic_open
-from alignment.report import hardware, markdown_table
+from alignment.machine import hardware
+from alignment.report import markdown_table
 
 # set by run.main() before transformers is imported: never reach a hub, no progress bars
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -191,7 +192,7 @@ def ceiling_row(what: str, units_per_s: float, unit: str, flops_per_unit: float,
 
 # ---- machine and results file -------------------------------------------------------------------
 def machine_info() -> dict:
-    """`alignment.report.hardware()` plus what matters for benchmarks: usable cores, load, versions,
+    """`alignment.machine.hardware()` plus what matters for benchmarks: usable cores, load, versions,
     the sampling dtype `auto` resolves to on this machine."""
     import transformers
 

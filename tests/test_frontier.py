@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from alignment import frontier as F
+from alignment.report import verdict_lines
+from alignment.stats import SharedBootstrap
 
 
 def test_bon_kl_formula():
@@ -54,7 +56,7 @@ def _recs(pid_vals: dict[str, list[tuple[float, float]]]) -> list[dict]:
 
 
 def test_interpolate_linear_in_kl_and_nan_outside():
-    boot = F._Boot(["a", "b"], n_boot=20)
+    boot = SharedBootstrap(["a", "b"], n_boot=20)
     start = _recs({"a": [(0.0, 0.0)], "b": [(0.0, 0.0)]})
     far = _recs({"a": [(2.0, 1.0)], "b": [(2.0, 1.0)]})
     curve = F.curve_points({"x@0.1": far}, start, boot, ("reward",))["x"]
@@ -67,7 +69,7 @@ def test_interpolate_linear_in_kl_and_nan_outside():
 def test_matched_kl_grid_inside_every_trained_range():
     """The grid lies inside the KL range each curve has *trained* points on (not on the straight
     segment from the shared start), at the centres of equal log-spaced bins."""
-    boot = F._Boot(["a"], n_boot=5)
+    boot = SharedBootstrap(["a"], n_boot=5)
     start = _recs({"a": [(0.0, 0.0)]})
     curves = F.curve_points({"x@1.0": _recs({"a": [(1.0, 0.1)]}), "x@0.1": _recs({"a": [(4.0, 0.5)]}),
                              "y@1.0": _recs({"a": [(0.5, 0.1)]}), "y@0.1": _recs({"a": [(2.0, 0.3)]})},
@@ -83,7 +85,7 @@ def test_matched_kl_grid_inside_every_trained_range():
 
 
 def _two_beta_curves(prompts, level, shifts: dict[str, float], n_boot: int):
-    boot = F._Boot(prompts, n_boot=n_boot)
+    boot = SharedBootstrap(prompts, n_boot=n_boot)
     start = _recs({p: [(0.0, level[p])] for p in prompts})
     pts = {}
     for name, shift in shifts.items():
@@ -106,12 +108,14 @@ def test_matched_kl_comparison_is_paired_and_says_higher_lower_or_not_distinguis
     sign = 1 if ("hi", "base") in by else -1
     assert sign * hb["diff"] == pytest.approx(0.15 + 0.075)  # halfway between β 1 (+0.15) and β 0.1 (+0.3)
     assert hb["hi"] - hb["lo"] < 1e-9 and hb["verdict"] == ("higher" if sign > 0 else "lower")
+    assert hb["p"] == pytest.approx(2 / 401)  # no draw of the difference on the other side of 0: the floor
     same = by.get(("base", "same")) or by[("same", "base")]
     assert same["diff"] == 0.0 and same["verdict"] == "not distinguishable at this size"
+    assert same["p"] == 1.0  # every draw is exactly 0: both tails hold all 400, 2 x 401/401 capped at 1
     unpaired = 2 * 1.96 * np.std([level[p] for p in prompts]) / np.sqrt(40) * 0.5 * math.sqrt(2)
     assert unpaired > 0.5  # what ignoring the pairing would give: 0.2 would not be distinguishable
     assert all("p_holm" in r for r in rows) and len(rows) == 3
-    lines = F.verdict_lines(rows)
+    lines = verdict_lines(rows)
     assert len(lines) == 3 and all("at KL 2.00" in ln for ln in lines)
     assert F.matched_kl_comparisons(curves, [0.5], ("reward",)) == []  # below every trained point: no comparison
 
@@ -137,15 +141,8 @@ def test_a_clear_difference_survives_holm_at_the_sweeps_family_size():
     assert all(r["p"] >= 2 / (100 * m + 1) for r in rows)
 
 
-def test_verdict_rules():
-    assert F.verdict(0.1, 0.3, 0.01) == "higher"
-    assert F.verdict(-0.3, -0.1, 0.01) == "lower"
-    assert F.verdict(0.1, 0.3, 0.2) == "not distinguishable at this size"  # Holm
-    assert F.verdict(-0.1, 0.3, 0.01) == "not distinguishable at this size"
-
-
 def test_bon_curve_from_start_samples():
-    boot = F._Boot(["a", "b"], n_boot=10)
+    boot = SharedBootstrap(["a", "b"], n_boot=10)
     start = [{"prompt_id": p, "reward": float(i), "judge": float(-i), "seed_index": 0, "pred_entropy": 3.0,
               "logp": -10.0 - 0.01 * i, "ref_logp": -10.0} for p in ("a", "b") for i in range(16)]
     curve = F.bon_curve(start, boot, ("reward", "judge", "pred_entropy"))
@@ -169,7 +166,7 @@ def test_per_pair_kl_values_reach_best_of_n():
     """grid=None: each pair is compared inside the overlap of its own trained ranges, so a
     best-of-N curve (KL <= 1.84) is compared with a divergence curve reaching 1..5 nats at KL
     values in [1, 1.84], and two curves that do not overlap are not compared at all."""
-    boot = F._Boot(["a", "b"], n_boot=200)
+    boot = SharedBootstrap(["a", "b"], n_boot=200)
     start = _recs({"a": [(0.0, 0.0)], "b": [(0.0, 0.1)]})
     pts = {"pol@1.0": _recs({"a": [(1.0, 0.2)], "b": [(1.0, 0.3)]}),
            "pol@0.1": _recs({"a": [(5.0, 0.9)], "b": [(5.0, 1.0)]}),

@@ -160,6 +160,37 @@ def test_report_computes_conclusions_from_numbers():
     assert "a\\|b" in md and "\n| a" in md and "x⏎y" in md
 
 
+def test_report_renders_each_stage_from_the_data_alone():
+    """What the CLI prints is built by the report from the result's data: tables, the CI table over
+    seeds x prompts, gain lines, examples from plain records, matched-KL verdict sentences."""
+    from alignment import report
+
+    scored = {m: [{"prompt_id": p, "sample": s, "prompt": f"open {p}", "completion": f"{m} on {p}.{s}", "reward": r + s}
+                  for p, r in (("x", 0.5), ("y", -1.25)) for s in (0, 1)] for m in ("sft", "sigmoid-x")}
+    examples = report.example_records(scored, 1)
+    assert examples == [{"prompt_id": "x", "prompt": "open x", "model": "sft", "completion": "sft on x.0", "reward": 0.5},
+                        {"prompt_id": "x", "prompt": "open x", "model": "sigmoid-x", "completion": "sigmoid-x on x.0",
+                         "reward": 0.5}]
+    assert report.examples_rows(report.example_records(scored, 2))[1] == {
+        "prompt": "open y", "sft": "'sft on y.0' (-1.25)", "sigmoid-x": "'sigmoid-x on y.0' (-1.25)"}
+    rows = [_row("sft", 0.1), _row("sigmoid-x", 0.9, **_gain(0.8, 0.2, 1.4), gain_p_holm=0.004)]
+    text = report.render("run", {"rows": rows, "examples": examples})
+    assert "95 % CIs, bootstrap over seeds × prompts:" in text and "| sigmoid-x | 0.900 |" in text
+    assert "sigmoid-x: reward gain vs SFT +0.800 (95% CI +0.200 .. +1.400), Holm-adjusted p 0.004 -> distinguishable" in text
+    assert "prompt: 'open x'" in text and "sigmoid-x: 'sigmoid-x on x.0' (+0.50)" in text
+    cmp = {"field": "reward", "kl": 1.5, "a": "reverse_kl", "b": "best-of-N", "diff": -0.25, "lo": -0.5, "hi": -0.125,
+           "p": 0.004, "p_holm": 0.012, "verdict": "lower"}
+    assert report.verdict_lines([cmp, {**cmp, "field": "judge"}]) == [
+        "at KL 1.50: reverse_kl vs best-of-N: reward -0.250 (-0.500 .. -0.125, Holm p 0.012) -> reverse_kl lower"]
+    sweep = {"points": [], "runs": [{}], "wall_minutes": 1.0, "matched_kl": [], "comparisons": [cmp], "grid": {
+        "losses": ["reverse_kl"], "betas": [0.1], "seeds": [0], "alphas": [0.5]}}
+    assert report.render("sweep", sweep).endswith("Matched-KL comparisons (reward):\n" + report.verdict_lines([cmp])[0])
+    assert report.render("assets", {"paths": {"m": "/x"}, "scorers": {"judge": {"acc": 0.9}}}) == (
+        '{\n  "m": "/x"\n}\njudge: {\'acc\': 0.9}')
+    where = report.where_text("/run", plots="/run/plots", processes=2, backend="gloo")
+    assert where == "\nresults: /run\nplots:   /run/plots\nran on:  2 processes (gloo), work split by batches"
+
+
 # ---- the real thing: execute at SMOKE size ------------------------------------------------------
 def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
     import papermill

@@ -12,8 +12,9 @@ import alignment.sampling as S
 from alignment import evaluate
 from alignment.config import SampleConfig
 from alignment.logprobs import batched_logps
-from alignment.metrics import kl_control_variate, prompt_bootstrap
+from alignment.metrics import kl_control_variate
 from alignment.models import load_causal_lm
+from alignment.stats import prompt_bootstrap
 
 PROMPTS = [[52, 72, 265, 285], [80, 81], [100, 120, 140, 160, 180, 200, 220], [7]]
 STOPS = list(range(0, 400, 10))

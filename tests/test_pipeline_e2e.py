@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignment import experiments
+from alignment.report import conclusions, results_table, verdict_lines
 from alignment.config import load_config
 from alignment.io import read_json, read_jsonl
 from alignment.pipeline import Pipeline
@@ -61,12 +62,12 @@ def test_level1_end_to_end(cfg, tiny_gpt2_dir):
     human = res["rows"][3]  # the reviews' own continuations: scored by every judge, no KL (no model drew them)
     assert human["eval/kl_to_ref"] is None and human["eval/predictive_entropy"] is None
     assert math.isfinite(human["eval/judge_mean"]) and math.isfinite(human["eval/ref_perplexity"])
-    assert "| human |" in res["table"] and "–" in res["table"]
+    assert "table" not in res and "ci_table" not in res  # the result holds data; the report builds the tables
+    table = results_table(res["rows"])
+    assert "| human |" in table and "–" in table
     (cmp,) = res["between_losses"]  # the losses against each other, paired over prompts and draws
     assert cmp["a"].startswith("sigmoid") and cmp["b"].startswith("hinge")
     assert cmp["reward_gain"] == pytest.approx(res["rows"][1]["eval/reward_mean"] - res["rows"][2]["eval/reward_mean"])
-    from alignment.report import conclusions
-
     assert f"`{cmp['a']}` vs `{cmp['b']}`" in conclusions(res) and "80 % power" in conclusions(res)
     assert abs(res["rows"][1]["eval/kl_to_ref"]) > 1e-3  # lr 1e-3 moved the policy off its reference
     n_pairs = len(read_jsonl(d / "pairs.jsonl"))  # one log line per step of 4 pairs (1 epoch)
@@ -75,7 +76,9 @@ def test_level1_end_to_end(cfg, tiny_gpt2_dir):
     prompts = read_json(d / "prompts.json")
     eval_texts = {p["text"] for p in prompts["eval"]}
     assert not eval_texts & {p["prompt"] for p in read_jsonl(d / "pairs.jsonl")}
-    assert "| sft |" in res["table"]
+    assert "| sft |" in table
+    assert read_json(d / "level1.json")["examples"] == res["examples"]  # plain records
+    assert {e["model"] for e in res["examples"]} == {r["model"] for r in res["rows"]}
 
 
 def test_rerun_uses_cache_and_refuses_other_config(cfg, tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
@@ -150,8 +153,6 @@ def test_level1_pools_seeds_that_vary_training_and_evaluation(tmp_path, tiny_gpt
     assert [r["seed"] for r in res["per_seed"]] == [0, 1]
     assert row["gain_ci_lo"] <= row["reward_gain"] <= row["gain_ci_hi"]
     assert row["reward_gain"] == pytest.approx(sum(r["reward_gain"] for r in res["per_seed"]) / 2, abs=1e-6)
-    from alignment.report import conclusions
-
     text = conclusions(res)
     assert "**Seeds** (2" in text and f"{res['per_seed'][1]['reward_gain']:+.3f}" in text
 
@@ -183,7 +184,8 @@ def test_sweep_traces_frontiers_with_best_of_n_and_matched_kl(tmp_path, tiny_gpt
     want = (sum(best.values()) + sum(best1.values())) / (len(best) + len(best1))
     assert bon[-1]["reward"] == pytest.approx(want)  # best of all 16 = the max, averaged over seeds and prompts
     assert all(c["verdict"] in ("higher", "lower", "not distinguishable at this size") for c in res["comparisons"])
-    assert len(res["verdicts"]) == sum(c["field"] == "reward" for c in res["comparisons"])
+    assert "verdicts" not in res  # data only: the report words it
+    assert len(verdict_lines(res["comparisons"])) == sum(c["field"] == "reward" for c in res["comparisons"])
     for f in res["plots"]:
         assert os.path.getsize(f) > 1000, f
     adapter = pipe.paths.policy("reverse_kl-lora4-b0.1-lr0.005-s0") / "model"

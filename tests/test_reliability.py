@@ -304,6 +304,7 @@ def test_no_secret_in_run_dir_with_wandb_offline(ref, tmp_path):
 # ---- 7. degenerate completions ------------------------------------------------------------------
 def test_empty_and_eos_only_completions(tiny_gpt2_dir, tiny_classifier_dir, tiny_tokenizer, tmp_path, monkeypatch):
     from alignment import evaluate
+    from alignment.metrics import content_of
     from alignment.models import load_causal_lm
     from alignment.pairs import build_pairs
     from alignment.reward import ClassifierReward, score_records
@@ -335,10 +336,10 @@ def test_empty_and_eos_only_completions(tiny_gpt2_dir, tiny_classifier_dir, tiny
         assert len(r) == len(recs) and all(math.isfinite(x) for x in r)
 
     # content ids drop only a final stop token
-    assert evaluate.content_of(recs[1]) == []  # empty
-    assert evaluate.content_of(recs[2]) == []  # EOS only
-    assert evaluate.content_of(recs[0]) == word  # the stop token dropped
-    assert evaluate.content_of(recs[3]) == word  # cut at the budget: nothing dropped
+    assert content_of(recs[1]) == []  # empty
+    assert content_of(recs[2]) == []  # EOS only
+    assert content_of(recs[0]) == word  # the stop token dropped
+    assert content_of(recs[3]) == word  # cut at the budget: nothing dropped
 
     # finite log-probs and entropies; zero / one completion tokens counted as such
     model = load_causal_lm(tiny_gpt2_dir, torch.float32, torch.device("cpu"))
