@@ -51,7 +51,7 @@ _frac = dict(check=lambda v: 0 <= v <= 1, why="must be in [0, 1]")
 
 @dataclass
 class ModelConfig:
-    policy: str = "offline-sft"  # start policy: "offline-sft" (SmolLM2-135M tuned on reviews by the `sft` stage, built on first use), "offline" (the raw instruct model), a hub name or local dir
+    policy: str = "offline-sft"  # start policy: "offline-sft" (SmolLM2-135M tuned on reviews by the `sft` stage, built once as the first step of a run), "offline" (the raw instruct model), a hub name or local dir
     ref: str = ""              # reference model for DPO/KL; "" = same as the starting policy
     dtype: str = rule("auto", choices=_DTYPES)  # sampling dtype: auto (bf16 on GPU/bf16-capable CPU), float32, bfloat16
 

@@ -47,6 +47,16 @@ def load_evaluation(out_dir: Path) -> Evaluation:
     return Evaluation(read_json(out_dir / "metrics.json"), read_jsonl(out_dir / "scored.jsonl"))
 
 
+def pooled(name: str, evals: list[Evaluation], n_boot: int, measure: bool = True) -> Evaluation:
+    """Evaluations of one model under several seeds as one: their samples together (tagged with
+    the seed's index), metrics recomputed (`measure=False`: only {"model": name}, for callers that
+    use the samples alone); CIs resample seeds and prompts."""
+    if len(evals) == 1:
+        return Evaluation({**evals[0].metrics, "model": name}, evals[0].scored)
+    scored = [{**r, "seed_index": k} for k, ev in enumerate(evals) for r in ev.scored]
+    return Evaluation(metrics_of(name, scored, n_boot) if measure else {"model": name}, scored)
+
+
 @dataclass
 class Scorers:
     """What grades a completion: the training reward, and (optional) the judges."""

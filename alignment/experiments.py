@@ -9,13 +9,12 @@ from pathlib import Path
 from . import frontier as F
 from . import plots
 from .io import write_json
-from .metrics import metrics_of
-from .evaluate import Evaluation
+from .evaluate import Evaluation, pooled
 from .pipeline import Pipeline
 from .rundir import START
 from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import example_records
-from .stats import SharedBootstrap, compare_to_start, with_holm
+from .stats import SharedBootstrap, compare_to_start, versus_start, with_holm
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
 SEED_LR = 1e-3  # the seed notebook's learning rate, shown next to the preset's in the lr lesson
@@ -39,16 +38,6 @@ def level1_seeds(cfg) -> tuple[int, ...]:
     return tuple(cfg.dpo.seed + k for k in range(cfg.eval.n_seeds))
 
 
-def pooled(pipe: Pipeline, name: str, evals: list[Evaluation], measure: bool = True) -> Evaluation:
-    """Evaluations of one model under several seeds as one: their samples together (tagged with
-    the seed's index), metrics recomputed (`measure=False`: only {"model": name}, for callers that
-    use the samples alone); CIs resample seeds and prompts."""
-    if len(evals) == 1:
-        return Evaluation({**evals[0].metrics, "model": name}, evals[0].scored)
-    scored = [{**r, "seed_index": k} for k, ev in enumerate(evals) for r in ev.scored]
-    return Evaluation(metrics_of(name, scored, pipe.cfg.eval.n_boot) if measure else {"model": name}, scored)
-
-
 def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
     """sigmoid-b0.1-lr5e-05-s0 + seeds (0, 1, 2) -> sigmoid-b0.1-lr5e-05-s0-2; (0, 2) -> ...-s0_2;
     one seed: unchanged."""
@@ -61,43 +50,44 @@ def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
 
 
 def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple[int, ...] | None = None) -> dict:
-    """The start policy + one policy per loss and seed, every model on its own held-out samples;
-    each loss's row pools its seeds (training order and evaluation draws vary with the seed) and is
-    compared, paired over prompts, with the start policy evaluated under the same seeds. The result
+    """The assignment's Level 1, stage by stage: sample N completions per train prompt, score them,
+    pair best with worst, train one policy per loss and seed, evaluate every model (and the start
+    policy under each seed's draws) on its own held-out samples, compare (each loss's seeds pooled,
+    paired with the start over seeds x prompts; the losses with each other), report. The result
     (and level1.json) holds data only: rows, per-seed rows, the losses compared, example records;
     `report` builds the tables and sentences from it."""
-    seeds = seeds or level1_seeds(pipe.cfg)
+    seeds, n_boot = seeds or level1_seeds(pipe.cfg), pipe.cfg.eval.n_boot
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
+    pipe.samples()
+    pipe.rewards()
     pairs, pair_stats = pipe.pairs()
+    policies = {loss: [pipe.train(loss=loss, seed=s) for s in seeds] for loss in losses}
     starts = [pipe.evaluate(seed=s) for s in seeds]
-    start = pooled(pipe, START, starts)
-    rows, evals, logs, per_seed = [start.metrics], {START: start}, {}, []
-    for loss in losses:
-        policies = [pipe.train(loss=loss, seed=s) for s in seeds]
-        evs = [pipe.evaluate(p, seed=s) for p, s in zip(policies, seeds)]
-        per_seed += [{**ev.metrics, **compare_to_start(ev.scored, st.scored, pipe.cfg.eval.n_boot), "seed": s}
-                     for ev, st, s in zip(evs, starts, seeds)]
-        name = seeds_name(policies[0].name, seeds)
-        ev = pooled(pipe, name, evs)
-        rows.append({**ev.metrics, **compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot), "seeds": list(seeds)})
-        evals[name] = ev
-        logs.update({p.name: p.log for p in policies})
-    rows = [rows[0], *with_holm(rows[1:])]
-    trained = [(r["model"], evals[r["model"]]) for r in rows[1:]]
-    between = with_holm([{"a": a, "b": b, **compare_to_start(ea.scored, eb.scored, pipe.cfg.eval.n_boot)}
-                         for i, (a, ea) in enumerate(trained) for b, eb in trained[i + 1:]])
-    if pipe.cfg.eval.human_row:
-        human = pipe.evaluate_human()
-        rows.append(human.metrics)
-        evals[human.metrics["model"]] = human
+    evals = {seeds_name(ps[0].name, seeds): [pipe.evaluate(p, seed=s) for p, s in zip(ps, seeds)]
+             for ps in policies.values()}
+    human = pipe.evaluate_human() if pipe.cfg.eval.human_row else None
+    start = pooled(START, starts, n_boot)
+    runs = {name: pooled(name, evs, n_boot) for name, evs in evals.items()}
+    rows, between = versus_start(start._asdict(), {n: {"metrics": {**e.metrics, "seeds": list(seeds)}, "scored": e.scored}
+                                                   for n, e in runs.items()}, n_boot)
+    per_seed = [{**ev.metrics, **compare_to_start(ev.scored, st.scored, n_boot), "seed": s}
+                for evs in evals.values() for ev, st, s in zip(evs, starts, seeds)]
+    shown = {START: start, **runs, **({human.metrics["model"]: human} if human else {})}
+    logs = {p.name: p.log for ps in policies.values() for p in ps}
+    return _level1_report(pipe, rows + ([human.metrics] if human else []), per_seed, between, shown, logs,
+                          pairs, pair_stats, seeds)
+
+
+def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Evaluation], logs, pairs, pair_stats,
+                   seeds) -> dict:
+    """Level 1's plots, level1.json and wandb summary; returns the result dict."""
     P = pipe.paths
-    first = {m: Evaluation(e.metrics, [r for r in e.scored if r.get("seed_index", 0) == 0]) for m, e in evals.items()}
+    first = {m: [r for r in e.scored if r.get("seed_index", 0) == 0] for m, e in evals.items()}
     files = [plots.reward_hist({m: rewards_of(e) for m, e in evals.items()}, P.plot("level1_rewards")),
              plots.training_curves(logs, P.plot("level1_training")),
              plots.margin_hist([p["margin"] for p in pairs], P.plot("pair_margins"))]
     result = {"pairs": pair_stats, "rows": rows, "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
-              "examples": example_records({m: e.scored for m, e in first.items()}, pipe.cfg.eval.n_examples),
-              "plots": [str(f) for f in files]}
+              "examples": example_records(first, pipe.cfg.eval.n_examples), "plots": [str(f) for f in files]}
     if pipe.dist.main:
         write_json(P.result("level1"), result)
     _log_summary(pipe, "level1", rows, files)
@@ -135,10 +125,10 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     prompts, Holm), and each point's gain over the start (seeds pooled, Holm over the points).
     Writes sweep.json (data only: `report.sweep_lines` / `report.verdict_lines` say it in words),
     the frontier plots, and returns the same dict."""
-    t0 = time.time()
+    t0, n_boot0 = time.time(), pipe.cfg.eval.n_boot
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
-    bon = pooled(pipe, "best-of-N", [pipe.evaluate(seed=s, n_samples=max(F.BON_NS)) for s in seeds], measure=False)
+    bon = pooled("best-of-N", [pipe.evaluate(seed=s, n_samples=max(F.BON_NS)) for s in seeds], n_boot0, measure=False)
     runs, points = [], {}
     for loss in losses:
         for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,)):
@@ -149,8 +139,8 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
                     row, ev, _ = trained_row(pipe, starts[seed], loss=loss, beta=beta, alpha=alpha, seed=seed)
                     runs.append({**row, "loss": loss, "label": label, "alpha": alpha, "beta": beta, "seed": seed})
                     evs.append(ev)
-                points[f"{label}@{beta!r}"] = pooled(pipe, label, evs, measure=False)  # curves use the samples
-    start = pooled(pipe, START, list(starts.values()))
+                points[f"{label}@{beta!r}"] = pooled(label, evs, n_boot0, measure=False)  # curves use the samples
+    start = pooled(START, list(starts.values()), n_boot0)
     fields = ("reward", "judge", "on_topic", "pred_entropy")
     n_curves = len({k.rsplit("@", 1)[0] for k in points}) + 1  # + best-of-N
     # Holm p-value floors (stats.bootstrap_p): the smallest p is 2/(B+1), so Holm over m cannot go below 2m/(B+1)

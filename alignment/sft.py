@@ -1,7 +1,7 @@
 """SFT stage: fine-tune the base policy on movie-review text, as gpt2-imdb is GPT-2 on IMDB.
 
-With the offline default (`model.policy=offline-sft`) the pipeline builds this model on first use
-and starts DPO from it: SmolLM2-135M-Instruct, a chat model, becomes a review continuer
+With the offline default (`model.policy=offline-sft`) every run builds this model first, once per
+sft config (`Pipeline.prepare`), and starts DPO from it: SmolLM2-135M-Instruct, a chat model, becomes a review continuer
 (`python -m alignment sft` builds it on its own). Only the source's *train pool* is read
 (`data.review_pools`: the hub's train split, or a fixed text-hash share of the reviews), so no eval
 prompt's source review is ever trained on, whatever the prompt counts or seeds; held-out

@@ -329,6 +329,18 @@ def with_holm(rows: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------- decisions and power
 
 
+def versus_start(start: dict, runs: dict[str, dict], n_boot: int) -> tuple[list[dict], list[dict]]:
+    """Level 1's comparisons. `start`: {"metrics", "scored"} of the start policy (seeds pooled);
+    `runs`: {name: {"metrics", "scored"}} of each trained model (seeds pooled; seed s paired with the
+    start under seed s's draws). Returns (rows: the start's metrics, then each run's with its gains
+    over the start, Holm over the runs; between: every pair of runs, a - b, Holm over the pairs)."""
+    rows = with_holm([{**r["metrics"], **compare_to_start(r["scored"], start["scored"], n_boot)} for r in runs.values()])
+    names = list(runs)
+    between = with_holm([{"a": a, "b": b, **compare_to_start(runs[a]["scored"], runs[b]["scored"], n_boot)}
+                         for i, a in enumerate(names) for b in names[i + 1:]])
+    return [start["metrics"], *rows], between
+
+
 def distinguishable(lo: float, hi: float, p: float | None = None) -> bool:
     """Whether a difference is called different from 0: its (Holm-adjusted) p-value is below ALPHA
     and its CI excludes 0; without a p-value, the CI alone. (With `bootstrap_p` and a 95 % CI of the
