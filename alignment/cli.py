@@ -23,6 +23,7 @@ from .assets import AssetError, ensure_all
 from .config import ConfigError, load_config
 from .data import DataError
 from .distributed import shutdown
+from .io import write_json
 from .pipeline import Pipeline
 from .rundir import RunDirMismatch
 from .presets import PRESETS, SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS
@@ -125,6 +126,8 @@ def run_stage(args, cfg, grid: dict) -> int:
     result = actions[args.stage]()
     if pipe.dist.main:  # under `accelerate launch`, one report
         print(report.render(args.stage, result))
+        print(report.stage_times(pipe.times.rows()))
+        write_json(pipe.paths.result("timings"), {"stage": args.stage, "rows": pipe.times.rows()})
         print(where(pipe))
     return 0
 

@@ -30,7 +30,9 @@ def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, E
     its evaluation, its training log)."""
     policy = pipe.train(**overrides)
     ev = pipe.evaluate(policy, seed=overrides.get("seed", pipe.cfg.dpo.seed))
-    return {**ev.metrics, **compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot)}, ev, policy.log
+    with pipe.times("statistics"):
+        gains = compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot)
+    return {**ev.metrics, **gains}, ev, policy.log
 
 
 def level1_seeds(cfg) -> tuple[int, ...]:
@@ -66,16 +68,18 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
     evals = {seeds_name(ps[0].name, seeds): [pipe.evaluate(p, seed=s) for p, s in zip(ps, seeds)]
              for ps in policies.values()}
     human = pipe.evaluate_human() if pipe.cfg.eval.human_row else None
-    start = pooled(START, starts, n_boot)
-    runs = {name: pooled(name, evs, n_boot) for name, evs in evals.items()}
-    rows, between = versus_start(start._asdict(), {n: {"metrics": {**e.metrics, "seeds": list(seeds)}, "scored": e.scored}
-                                                   for n, e in runs.items()}, n_boot)
-    per_seed = [{**ev.metrics, **compare_to_start(ev.scored, st.scored, n_boot), "seed": s}
-                for evs in evals.values() for ev, st, s in zip(evs, starts, seeds)]
+    with pipe.times("statistics"):
+        start = pooled(START, starts, n_boot)
+        runs = {name: pooled(name, evs, n_boot) for name, evs in evals.items()}
+        rows, between = versus_start(start._asdict(), {n: {"metrics": {**e.metrics, "seeds": list(seeds)},
+                                                           "scored": e.scored} for n, e in runs.items()}, n_boot)
+        per_seed = [{**ev.metrics, **compare_to_start(ev.scored, st.scored, n_boot), "seed": s}
+                    for evs in evals.values() for ev, st, s in zip(evs, starts, seeds)]
     shown = {START: start, **runs, **({human.metrics["model"]: human} if human else {})}
     logs = {p.name: p.log for ps in policies.values() for p in ps}
-    return _level1_report(pipe, rows + ([human.metrics] if human else []), per_seed, between, shown, logs,
-                          pairs, pair_stats, seeds)
+    with pipe.times("I/O"):  # plots, level1.json, the wandb summary
+        return _level1_report(pipe, rows + ([human.metrics] if human else []), per_seed, between, shown, logs,
+                              pairs, pair_stats, seeds)
 
 
 def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Evaluation], logs, pairs, pair_stats,
@@ -140,19 +144,20 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
                     runs.append({**row, "loss": loss, "label": label, "alpha": alpha, "beta": beta, "seed": seed})
                     evs.append(ev)
                 points[f"{label}@{beta!r}"] = pooled(label, evs, n_boot0, measure=False)  # curves use the samples
-    start = pooled(START, list(starts.values()), n_boot0)
-    fields = ("reward", "judge", "on_topic", "pred_entropy")
-    n_curves = len({k.rsplit("@", 1)[0] for k in points}) + 1  # + best-of-N
-    # Holm p-value floors (stats.bootstrap_p): the smallest p is 2/(B+1), so Holm over m cannot go below 2m/(B+1)
-    n_boot = max(pipe.cfg.eval.n_boot, 100 * F.n_comparisons(n_curves, 3), 100 * len(points))
-    boot = SharedBootstrap([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
-    curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
-    grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
-    with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields)}
-    comparisons = F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy"))  # per-pair KL values
-    gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
-                        **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
-    table = F.point_table(with_bon)
+    with pipe.times("statistics"):  # pooled start, curves, matched-KL comparisons, gains
+        start = pooled(START, list(starts.values()), n_boot0)
+        fields = ("reward", "judge", "on_topic", "pred_entropy")
+        n_curves = len({k.rsplit("@", 1)[0] for k in points}) + 1  # + best-of-N
+        # Holm p-value floors (stats.bootstrap_p): the smallest p is 2/(B+1), so Holm over m cannot go below 2m/(B+1)
+        n_boot = max(pipe.cfg.eval.n_boot, 100 * F.n_comparisons(n_curves, 3), 100 * len(points))
+        boot = SharedBootstrap([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
+        curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
+        grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
+        with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields)}
+        comparisons = F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy"))  # per-pair KL values
+        gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
+                            **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
+        table = F.point_table(with_bon)
     P = pipe.paths
     files = [plots.frontier(table, x, y, P.plot(f"frontier_{y}_vs_{x}"))
              for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]

@@ -10,6 +10,7 @@ first (`prepare`), each cached outside the run dir (the asset cache) and announc
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import torch
@@ -26,19 +27,32 @@ from .runmodels import RunModels
 from .sampling import in_prompt_order, sample_to_file
 from .sft import run_sft
 from .stagecache import StageCache
+from .timing import StageTimes
 from .tracking import NullTracker, make_tracker
 from .train import reference_logps, train_policy
 
 
+def _io(stage):
+    """A stage method's own time (checking and reading its cache) counts as I/O; its build, and
+    any stage it calls, count as what they are (`timing.StageTimes`)."""
+    @functools.wraps(stage)
+    def timed(self, *args, **kwargs):
+        with self.times("I/O"):
+            return stage(self, *args, **kwargs)
+    return timed
+
+
 class Pipeline:
-    """One run directory's stages; each returns its artifact, building it only if missing."""
+    """One run directory's stages; each returns its artifact, building it only if missing.
+    `times`: where this process's wall time went, by stage kind."""
 
     def __init__(self, cfg: Config):
         self.cfg, self.paths = cfg, RunPaths(Path(cfg.run_dir))
         self.dir = self.paths.root
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dist = current()  # this process's rank in an `accelerate launch` (one process: rank 0 of 1)
-        self.models = RunModels(cfg, self.dist)
+        self.times = StageTimes()
+        self.models = RunModels(cfg, self.dist, self.times)
         self.cache = StageCache(cfg, self.dir, self.dist)
         if self.dist.main:
             write_manifest(self.paths, cfg)
@@ -48,23 +62,26 @@ class Pipeline:
         is `offline-sft`) and the offline scorer heads (reward, judge, on-topic judge), each built
         once and announced; then the scorers load, so one that cannot fails before any work."""
         c = self.cfg
-        if OFFLINE_SFT in (c.model.policy, c.model.ref):
-            self.sft()
-        for kind, name in (("reward", c.reward.model), ("judge", c.eval.judge), ("topic", c.eval.topic_judge)):
-            if name == OFFLINE:
-                ensure_head(kind)
-        self.models.scorers  # noqa: B018
+        with self.times("setup"):
+            if OFFLINE_SFT in (c.model.policy, c.model.ref):
+                self.sft()
+            for kind, name in (("reward", c.reward.model), ("judge", c.eval.judge), ("topic", c.eval.topic_judge)):
+                if name == OFFLINE:
+                    ensure_head(kind)
+            self.models.scorers  # noqa: B018
 
     def sft(self) -> dict:
         """The SFT stage: the start policy tuned on train-split reviews (see `alignment.sft`)."""
         return run_sft(self.cfg, self._make_tracker)  # under a launch, the rank that takes the cache's lock
 
     # ---- data stages ---------------------------------------------------------------------------
+    @_io
     def prompts(self) -> dict[str, list[dict]]:
         build = lambda part: write_json(part, build_prompts(self.cfg.data, self.models.tokenizer))  # noqa: E731
-        self.cache(self.paths.prompts, (), build)
+        self.cache(self.paths.prompts, (), self.times.wrap("prompts", build))
         return read_json(self.paths.prompts)
 
+    @_io
     def samples(self) -> list[dict]:
         """N samples per train prompt; streamed to the part file, so a killed run resumes there."""
         prompts, m = self.prompts()["train"], self.models
@@ -73,9 +90,10 @@ class Pipeline:
             sample_to_file(part, m.load_policy(dtype=m.sample_dtype), m.tokenizer, prompts, self.cfg.sample.n_samples,
                            self.cfg.sample, m.stop_ids, desc="sampling train prompts", dist=self.dist)
 
-        self.cache(self.paths.samples, ("sample",), build, collective=True)
+        self.cache(self.paths.samples, ("sample",), self.times.wrap("sampling", build), collective=True)
         return in_prompt_order(read_jsonl(self.paths.samples), prompts)
 
+    @_io
     def rewards(self) -> list[float]:
         recs = self.samples()
 
@@ -84,9 +102,10 @@ class Pipeline:
             if self.dist.main:
                 write_json(part, scores)
 
-        self.cache(self.paths.rewards, ("sample", "reward"), build, collective=True)
+        self.cache(self.paths.rewards, ("sample", "reward"), self.times.wrap("scoring", build), collective=True)
         return read_json(self.paths.rewards)
 
+    @_io
     def pairs(self) -> tuple[list[dict], dict]:
         def build(part):
             p = self.cfg.pairs
@@ -101,6 +120,7 @@ class Pipeline:
     def train_prompt_ids(self) -> dict[str, list[int]]:
         return {p["id"]: p["ids"] for p in self.prompts()["train"]}
 
+    @_io
     def ref_logps(self) -> tuple[torch.Tensor, torch.Tensor]:
         pairs, _ = self.pairs()
 
@@ -111,11 +131,13 @@ class Pipeline:
                 with atomic_open(part, "wb") as f:
                     torch.save({"chosen": ch, "rejected": rj}, f)
 
-        self.cache(self.paths.ref_logps, ("sample", "reward", "pairs"), build, collective=True)
+        self.cache(self.paths.ref_logps, ("sample", "reward", "pairs"), self.times.wrap("reference log-probs", build),
+                   collective=True)
         d = torch.load(self.paths.ref_logps, weights_only=True)
         return d["chosen"], d["rejected"]
 
     # ---- training and evaluation ---------------------------------------------------------------
+    @_io
     def train(self, **overrides) -> Policy:
         """Train one policy with cfg.dpo updated by `overrides` (loss, beta, lr, alpha, seed...).
         Cached by name and config hash; resumes from its last checkpoint after an interrupt."""
@@ -130,9 +152,10 @@ class Pipeline:
                          self.tracker(f"train-{name}", group="train"), self.dist)
 
         deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"]}
-        self.cache(out, ("sample", "reward", "pairs"), build, collective=True, **deps)
+        self.cache(out, ("sample", "reward", "pairs"), self.times.wrap("training", build), collective=True, **deps)
         return read_policy(out)
 
+    @_io
     def evaluate(self, policy: Policy | None = None, seed: int | None = None,
                  n_samples: int | None = None) -> Evaluation:
         """Held-out metrics of the start policy (`policy=None`) or a trained one, each on its own
@@ -154,10 +177,11 @@ class Pipeline:
 
         policy_hash = read_json(meta_path(policy.dir))["hash"] if policy else None
         extra = {} if n_samples is None else {"eval_n_samples": n_samples}
-        self.cache(out, ("sample", "reward", "eval"), build, collective=True, policy=policy_hash,
+        self.cache(out, ("sample", "reward", "eval"), self.times.wrap("evaluation", build), collective=True, policy=policy_hash,
                    eval_seed=seed, evaluation=EVAL_VERSION, **extra)
         return load_evaluation(out)
 
+    @_io
     def evaluate_human(self) -> Evaluation:
         """The human row: the eval prompts' source reviews' own continuations, same token budget."""
         out, m = self.paths.eval(HUMAN), self.models
@@ -168,7 +192,7 @@ class Pipeline:
             evaluate_human(HUMAN, m.ref_model, m.tokenizer, m.sharded_scorers(), prompts, texts, self.cfg,
                            part_dir(part), dist=self.dist)
 
-        self.cache(out, ("reward", "eval"), build, collective=True, human=1)
+        self.cache(out, ("reward", "eval"), self.times.wrap("evaluation", build), collective=True, human=1)
         return load_evaluation(out)
 
     def policies(self) -> list[Policy]:

@@ -356,6 +356,16 @@ def render(stage: str, result) -> str:
     return json.dumps(result, indent=2, default=str)
 
 
+def stage_times(rows: list[dict]) -> str:
+    """The table a stage ends with: where its wall time went, by stage kind (`timing.StageTimes`;
+    cached artifacts cost only their I/O)."""
+    total = sum(r["seconds"] for r in rows)
+    body = [{"stage": r["stage"], "seconds": f"{r['seconds']:.1f}", "share": f"{r['share']:.0%}"} for r in rows]
+    return "\n".join(["", f"wall time by stage ({total:.1f} s in all, this process):", "",
+                      markdown_table(body + [{"stage": "total", "seconds": f"{total:.1f}", "share": "100%"}],
+                                     ["stage", "seconds", "share"])])
+
+
 def where_text(results: str, plots: str | None = None, wandb: str | None = None, wandb_dir: str | None = None,
                processes: int = 1, backend: str | None = None) -> str:
     """Where a run's outputs went: the run dir, its plots and offline wandb run (when there are any:

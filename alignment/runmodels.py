@@ -16,13 +16,15 @@ from .evaluate import Scorers
 from .models import is_adapter, load_adapter, load_causal_lm, load_tokenizer, pick_device, sampling_dtype, stop_token_ids
 from .reward import load_judge, load_reward, load_topic_judge
 from .sft import sft_out_dir
+from .timing import StageTimes
 
 
 class RunModels:
-    """Lazily loaded models of one run (`Pipeline.models`)."""
+    """Lazily loaded models of one run (`Pipeline.models`); loading counts as "model loading" in
+    `times`."""
 
-    def __init__(self, cfg: Config, dist: Dist = Dist()):
-        self.cfg, self.dist = cfg, dist
+    def __init__(self, cfg: Config, dist: Dist = Dist(), times: StageTimes | None = None):
+        self.cfg, self.dist, self.times = cfg, dist, times or StageTimes()
 
     def source(self, name: str) -> str:
         """A model name as `from_pretrained` takes it: `offline-sft` -> this config's SFT model dir
@@ -37,7 +39,8 @@ class RunModels:
 
     @cached_property
     def tokenizer(self):
-        return load_tokenizer(self.source(self.cfg.model.policy))
+        with self.times("model loading"):
+            return load_tokenizer(self.source(self.cfg.model.policy))
 
     @cached_property
     def device(self) -> torch.device:
@@ -48,7 +51,8 @@ class RunModels:
         return sampling_dtype(self.cfg.model.dtype, self.device)
 
     def load_policy(self, name: str | None = None, dtype=torch.float32, train: bool = False):
-        return load_causal_lm(self.source(name or self.cfg.model.policy), dtype, self.device, train=train)
+        with self.times("model loading"):
+            return load_causal_lm(self.source(name or self.cfg.model.policy), dtype, self.device, train=train)
 
     @cached_property
     def ref_model(self):
@@ -62,17 +66,21 @@ class RunModels:
     def load_trained(self, policy_dir: Path):
         """A trained policy for evaluation: its weights, or the base + its LoRA adapter, merged."""
         path = Path(policy_dir) / "model"
-        return load_adapter(self.load_policy(), path) if is_adapter(path) else self.load_policy(str(path))
+        with self.times("model loading"):
+            return load_adapter(self.load_policy(), path) if is_adapter(path) else self.load_policy(str(path))
 
     @cached_property
     def reward(self):
-        return load_reward(self.cfg.reward)
+        with self.times("model loading"):
+            return load_reward(self.cfg.reward)
 
     @cached_property
     def scorers(self) -> Scorers:
         """Reward + the evaluation-only judges (`eval.judge`, `eval.topic_judge`)."""
         e, r = self.cfg.eval, self.cfg.reward
-        return Scorers(self.reward, load_judge(e.judge, r), load_topic_judge(e.topic_judge, r), r.score_prompt)
+        reward = self.reward
+        with self.times("model loading"):
+            return Scorers(reward, load_judge(e.judge, r), load_topic_judge(e.topic_judge, r), r.score_prompt)
 
     def sharded(self, scorer):
         """`scorer` with its batches split across ranks (itself in one process)."""

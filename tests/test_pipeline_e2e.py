@@ -79,6 +79,14 @@ def test_level1_end_to_end(cfg, tiny_gpt2_dir):
     assert "| sft |" in table
     assert read_json(d / "level1.json")["examples"] == res["examples"]  # plain records
     assert {e["model"] for e in res["examples"]} == {r["model"] for r in res["rows"]}
+    # where the wall time went: every kind of work Level 1 did, once; a rerun only reads its cache
+    built = {r["stage"]: r["seconds"] for r in pipe.times.rows()}
+    assert {"setup", "prompts", "sampling", "scoring", "reference log-probs", "training", "evaluation", "statistics",
+            "I/O", "model loading"} <= set(built) and all(v > 0 for v in built.values())
+    again = Pipeline(cfg)
+    experiments.level1(again)
+    rerun = {r["stage"]: r["seconds"] for r in again.times.rows()}
+    assert not {"sampling", "scoring", "reference log-probs", "training", "evaluation"} & set(rerun)
 
 
 def test_rerun_uses_cache_and_refuses_other_config(cfg, tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):

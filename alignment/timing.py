@@ -1,0 +1,57 @@
+"""Where a run's wall time goes: seconds per stage kind (sampling, scoring, reference log-probs,
+training, evaluation, statistics, model loading, prompts, setup, I/O), each second counted once.
+
+    times = StageTimes()
+    with times("I/O"):              # reading a cached artifact ...
+        with times("sampling"):     # ... whose build ran inside: its seconds go to sampling only
+            ...
+    times.rows()  ->  [{"stage": "sampling", "seconds": 12.1, "share": 0.93}, {"stage": "I/O", ...}]
+
+Nested stages are exclusive (a parent is charged only for the time outside its children), so the
+rows add up to the wall time spent inside any stage. One process's view: under several processes
+each rank has its own (the report shows rank 0's).
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+STAGES = ("setup", "model loading", "prompts", "sampling", "scoring", "reference log-probs", "training", "evaluation",
+          "statistics", "I/O")  # the order rows are shown in; other names follow
+
+
+class StageTimes:
+    """Exclusive wall-time accounting by stage name (see the module doc)."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._open: list[list] = []  # [name, start, seconds spent in children] per open stage
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        frame = [name, self.clock(), 0.0]
+        self._open.append(frame)
+        try:
+            yield
+        finally:
+            self._open.pop()
+            total = self.clock() - frame[1]
+            self.seconds[name] += total - frame[2]
+            if self._open:
+                self._open[-1][2] += total
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        """`fn` with its calls charged to `name`."""
+        def timed(*args, **kwargs):
+            with self(name):
+                return fn(*args, **kwargs)
+        return timed
+
+    def rows(self) -> list[dict]:
+        """{stage, seconds, share} per stage that took any time, in `STAGES` order, then the rest."""
+        total = sum(self.seconds.values()) or 1.0
+        names = [s for s in STAGES if s in self.seconds] + sorted(set(self.seconds) - set(STAGES))
+        return [{"stage": s, "seconds": self.seconds[s], "share": self.seconds[s] / total} for s in names]

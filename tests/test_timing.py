@@ -1,0 +1,58 @@
+"""Per-stage wall time: nested stages are exclusive, rows add up, order is the report's."""
+import pytest
+
+from alignment.report import stage_times
+from alignment.timing import StageTimes
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_nested_stages_are_charged_exclusively():
+    clock = Clock()
+    times = StageTimes(clock)
+    with times("I/O"):
+        clock.t += 1.0              # 1 s of I/O
+        with times("sampling"):
+            clock.t += 5.0          # 5 s of sampling inside it
+            with times("model loading"):
+                clock.t += 2.0      # 2 s of loading inside sampling
+        clock.t += 0.5              # back in I/O
+    with times("sampling"):
+        clock.t += 3.0
+    assert dict(times.seconds) == {"I/O": 1.5, "sampling": 8.0, "model loading": 2.0}
+    rows = times.rows()
+    assert [r["stage"] for r in rows] == ["model loading", "sampling", "I/O"]
+    assert sum(r["seconds"] for r in rows) == pytest.approx(clock.t)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+
+
+def test_a_failing_stage_is_still_charged_and_wrap_times_calls():
+    clock = Clock()
+    times = StageTimes(clock)
+
+    def work(x):
+        clock.t += 4.0
+        return 2 * x
+
+    assert times.wrap("training", work)(3) == 6
+    with pytest.raises(RuntimeError), times("evaluation"):
+        clock.t += 1.5
+        raise RuntimeError("killed")
+    assert dict(times.seconds) == {"training": 4.0, "evaluation": 1.5}
+
+
+def test_the_table_lists_every_stage_and_the_total():
+    clock = Clock()
+    times = StageTimes(clock)
+    for name, dt in (("training", 6.0), ("statistics", 2.0)):
+        with times(name):
+            clock.t += dt
+    text = stage_times(times.rows())
+    assert "8.0 s in all" in text
+    assert "| training | 6.0 | 75% |" in text and "| statistics | 2.0 | 25% |" in text and "| total | 8.0 | 100% |" in text
