@@ -109,8 +109,8 @@ def run_stage(args, cfg, grid: dict) -> int:
                                        "scorers": {k: getattr(s, "metrics", {}) for k, s in scorers.items()}}))
         return 0
     pipe = Pipeline(cfg)
-    if args.stage != "sft":
-        pipe.prepare()  # the SFT start policy and the scorer heads (built once, announced), the scorers
+    if args.stage != "sft":  # the SFT start policy and the offline heads (built once, announced); scorers to score
+        pipe.prepare(load_scorers=args.stage in ("score", "eval", "run", "lr-lesson", "sweep"))
     actions = {
         "prompts": lambda: {k: len(v) for k, v in pipe.prompts().items()},
         "sample": lambda: {"samples": len(pipe.samples())},

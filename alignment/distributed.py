@@ -138,8 +138,8 @@ def chunks(n: int, size: int) -> list[list[int]]:
 
 class ShardedScorer:
     """A scorer (`score(texts) -> Tensor`) whose texts are split across ranks by its own batches
-    (length-sorted, `batch_size` each; contiguous chunks for batch-free scorers like VADER) and
-    gathered, so each text is scored in the batch it would have had in one process."""
+    (`scorer.batches(texts)`, what a model scorer runs; contiguous chunks for batch-free scorers like
+    VADER) and gathered, so each text is scored in the batch it would have had in one process."""
 
     def __init__(self, scorer, dist: Dist):
         self.inner, self.dist = scorer, dist

@@ -26,7 +26,7 @@ from .config import Config
 from .distributed import Dist, chunks, map_batches
 from .io import read_json, read_jsonl, write_json, write_jsonl
 from .logprobs import collate, model_logits, model_token_logps, token_logps
-from .metrics import kl_control_variate, mean_predictive_entropy, metrics_of
+from .metrics import METRICS_VERSION, kl_control_variate, mean_predictive_entropy, metrics_of
 from .reward import check_finite, reward_texts, score_records
 from .decode import filter_logits
 from .sampling import sample_to_file
@@ -40,11 +40,15 @@ class Evaluation(NamedTuple):
     scored: list[dict]  # those samples with their rewards, in prompt order
 
 
-def load_evaluation(out_dir: Path) -> Evaluation:
-    """An evaluation dir as written by `evaluate_model`/`evaluate_human`: its metrics as measured
-    when it was built (`metrics.json`: what they mean is versioned by `EVAL_VERSION`, part of the
-    pipeline's cache key) and its annotated samples (`scored.jsonl`)."""
-    return Evaluation(read_json(out_dir / "metrics.json"), read_jsonl(out_dir / "scored.jsonl"))
+def load_evaluation(out_dir: Path, n_boot: int) -> Evaluation:
+    """An evaluation dir as written by `evaluate_model`/`evaluate_human`: its annotated samples
+    (`scored.jsonl`) and its metrics as computed when it was built (`metrics.json`) — or, when they
+    were computed by another version of `metrics.metrics_of` (`METRICS_VERSION`), recomputed from
+    the samples (with `n_boot` resamples), so a cached evaluation is always measured by this code."""
+    stored, scored = read_json(out_dir / "metrics.json"), read_jsonl(out_dir / "scored.jsonl")
+    if stored.pop("metrics_version", None) != METRICS_VERSION:
+        stored = metrics_of(stored["model"], scored, n_boot)
+    return Evaluation(stored, scored)
 
 
 def pooled(name: str, evals: list[Evaluation], n_boot: int, measure: bool = True) -> Evaluation:
@@ -149,7 +153,7 @@ def _finish(name: str, out_dir: Path, recs: list[dict], scores: dict[str, list[f
     scored = annotate(recs, scores, lp)
     metrics = metrics_of(name, scored, cfg.eval.n_boot)
     write_jsonl(out_dir / "scored.jsonl", scored)
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "metrics.json", {**metrics, "metrics_version": METRICS_VERSION})
     return metrics
 
 

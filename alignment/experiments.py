@@ -105,7 +105,8 @@ def lr_lesson_lrs(cfg) -> tuple[float, float]:
 
 def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = "sigmoid") -> dict:
     """The seed's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
-    reference perplexity explodes. Returns rows and examples side by side."""
+    reference perplexity explodes. Returns (and writes lr_lesson.json) rows, the start row and example
+    records."""
     lrs = lrs or lr_lesson_lrs(pipe.cfg)
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     start = pipe.evaluate()

@@ -1,7 +1,9 @@
 """The `sample.backend=generate` sampler: HF `model.generate` on left-padded prompts, as a
 baseline for the fast decoder (`alignment.decode`) and for models it does not handle. It reports
 no per-token log-probs (`Draws.logps` None): evaluation re-scores its draws with a forward pass that
-applies the same temperature/top-k/top-p. Its randomness is torch's global generator."""
+applies the same temperature/top-k/top-p. `generate` draws from torch's global generator: each
+batch forks it and seeds it from the batch's own seed, so a batch's draws do not depend on what the
+process ran before (training reseeds the global generator) and a resumed run draws the same."""
 from __future__ import annotations
 
 import torch
@@ -30,5 +32,8 @@ def generate_tokens(model, tokenizer, prompts: list[list[int]], n: int, cfg: Sam
 
 def draw(model, tokenizer, prompts: list[list[int]], n: int, cfg: SampleConfig, stop_ids: list[int],
          generator: torch.Generator | None = None, max_new_tokens: int | None = None) -> Draws:
-    """The generate backend (`generator` unused: `generate` draws from torch's global generator)."""
-    return Draws(generate_tokens(model, tokenizer, prompts, n, cfg, max_new_tokens or cfg.max_new_tokens), None, None)
+    """The generate backend: the global generator forked and seeded from `generator`'s seed."""
+    with torch.random.fork_rng():
+        if generator is not None:
+            torch.manual_seed(generator.initial_seed())
+        return Draws(generate_tokens(model, tokenizer, prompts, n, cfg, max_new_tokens or cfg.max_new_tokens), None, None)

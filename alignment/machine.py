@@ -8,7 +8,15 @@ import platform
 
 import torch
 
-from .models import cpu_has_bf16
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matmul (avx512_bf16 / amx_bf16); elsewhere bf16 is emulated
+    and several times slower than fp32."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cpu_name() -> str:

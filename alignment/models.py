@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .assets import smollm2_dir
 from .config import OFFLINE, OFFLINE_SFT
+from .machine import cpu_has_bf16
 from .optional import peft
 
 
@@ -39,14 +40,6 @@ def sampling_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def train_autocast(precision: str, device: torch.device) -> bool:

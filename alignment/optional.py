@@ -3,10 +3,10 @@ that never needs it (no LoRA, no wandb, no trl backend, no hub dataset, no plot)
 import time. Every other import of the kit sits at the top of its module.
 
     peft        LoRA adapters (`dpo.lora_r`, `sft.lora_r`)           `alignment.models`
-    trl         `dpo.backend=trl`                                     `alignment.trl_backend`
+    trl         `dpo.backend=trl` (and transformers' Trainer callbacks)  `alignment.trl_backend`
     datasets    hub review datasets (`data.source=imdb`), trl's input `alignment.data`, `trl_backend`
     wandb       `track.mode` online/offline                           `alignment.tracking`
-    gguf        reading the offline SmolLM2 GGUF (asset build)        `alignment.assets`
+    gguf        read by transformers when the offline SmolLM2 GGUF is converted (`alignment.assets`)
     matplotlib  the plots                                             `alignment.plots`
     accelerate  more than one process (`accelerate launch`)           `alignment.distributed`
 """
@@ -30,16 +30,17 @@ def trl() -> ModuleType:
     return _load("trl")
 
 
+def trainer_callbacks() -> ModuleType:
+    """transformers.trainer_callback: importing it loads the Trainer, and with it peft and accelerate."""
+    return _load("transformers.trainer_callback")
+
+
 def datasets() -> ModuleType:
     return _load("datasets")
 
 
 def wandb() -> ModuleType:
     return _load("wandb")
-
-
-def gguf() -> ModuleType:
-    return _load("gguf")
 
 
 def accelerate() -> ModuleType:

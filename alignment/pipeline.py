@@ -15,18 +15,18 @@ from pathlib import Path
 
 import torch
 
-from .config import OFFLINE, OFFLINE_SFT, Config, check_training, section_deps
+from .config import Config, check_training, section_deps
 from .data import build_prompts, review_texts
 from .distributed import current
 from .evaluate import EVAL_VERSION, Evaluation, evaluate_human, evaluate_model, load_evaluation
 from .io import atomic_open, meta_path, part_dir, read_json, read_jsonl, write_json, write_jsonl
 from .pairs import build_pairs
-from .reward import ensure_head, score_records
+from .reward import ensure_head, offline_head_hash, score_records
 from .rundir import HUMAN, START, Policy, RunPaths, eval_name, policy_name, read_policy, write_manifest
 from .runmodels import RunModels
 from .sampling import in_prompt_order, sample_to_file
-from .sft import run_sft
-from .stagecache import StageCache
+from .sft import run_sft, sft_hash
+from .stagecache import StageCache, offline_prerequisites
 from .timing import StageTimes
 from .tracking import NullTracker, make_tracker
 from .train import reference_logps, train_policy
@@ -57,18 +57,24 @@ class Pipeline:
         if self.dist.main:
             write_manifest(self.paths, cfg)
 
-    def prepare(self) -> None:
+    def prepare(self, load_scorers: bool = True) -> None:
         """The stages every run needs first, outside the run dir: the SFT start policy (when a model
-        is `offline-sft`) and the offline scorer heads (reward, judge, on-topic judge), each built
-        once and announced; then the scorers load, so one that cannot fails before any work."""
-        c = self.cfg
+        is `offline-sft`) and the offline scorer heads, each built once (announced) or found in the
+        asset cache, and recorded for the cache keys (`StageCache.record`); then the scorers load
+        (`load_scorers`), so one that cannot fails before any work. Cheap once done."""
+        sft, heads = offline_prerequisites(self.cfg)
         with self.times("setup"):
-            if OFFLINE_SFT in (c.model.policy, c.model.ref):
-                self.sft()
-            for kind, name in (("reward", c.reward.model), ("judge", c.eval.judge), ("topic", c.eval.topic_judge)):
-                if name == OFFLINE:
+            if self.cache.identities is None:
+                ids = {}
+                if sft:
+                    self.sft()
+                    ids["offline_sft"] = sft_hash(self.cfg)
+                for kind in heads:
                     ensure_head(kind)
-            self.models.scorers  # noqa: B018
+                    ids[f"{kind}_head"] = offline_head_hash(kind)
+                self.cache.record(ids)
+            if load_scorers:
+                self.models.scorers  # noqa: B018
 
     def sft(self) -> dict:
         """The SFT stage: the start policy tuned on train-split reviews (see `alignment.sft`)."""
@@ -179,7 +185,7 @@ class Pipeline:
         extra = {} if n_samples is None else {"eval_n_samples": n_samples}
         self.cache(out, ("sample", "reward", "eval"), self.times.wrap("evaluation", build), collective=True, policy=policy_hash,
                    eval_seed=seed, evaluation=EVAL_VERSION, **extra)
-        return load_evaluation(out)
+        return load_evaluation(out, self.cfg.eval.n_boot)
 
     @_io
     def evaluate_human(self) -> Evaluation:
@@ -193,7 +199,7 @@ class Pipeline:
                            part_dir(part), dist=self.dist)
 
         self.cache(out, ("reward", "eval"), self.times.wrap("evaluation", build), collective=True, human=1)
-        return load_evaluation(out)
+        return load_evaluation(out, self.cfg.eval.n_boot)
 
     def policies(self) -> list[Policy]:
         """The trained policies of this run dir (finished ones only)."""

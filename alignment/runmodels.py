@@ -33,7 +33,7 @@ class RunModels:
             return name
         out = sft_out_dir(self.cfg)
         if not out.exists():
-            raise FileNotFoundError(f"model.policy={OFFLINE_SFT!r}: the SFT start policy is not built at {out}; "
+            raise FileNotFoundError(f"model {OFFLINE_SFT!r}: the SFT start policy is not built at {out}; "
                                     "build it with `python -m alignment sft` (every run's first step does)")
         return str(out)
 

@@ -37,7 +37,8 @@ import torch
 
 from .assets import cache_root
 from .config import Config, SampleConfig, section_deps
-from .data import DataError, Review, filter_reviews, make_prompt, review_pools
+from .corpus import Review
+from .data import DataError, filter_reviews, make_prompt, review_pools
 from .io import cache_state, cached, meta_path, part_dir, read_json, stable_hash, write_json
 from .logprobs import collate, model_logps
 from .models import add_lora, load_causal_lm, load_tokenizer, pick_device, stop_token_ids, train_autocast

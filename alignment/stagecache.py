@@ -1,8 +1,9 @@
 """Caching of a run dir's stages: each artifact is built once per config, keyed by the config
 sections it depends on and by *which* weights its models' names stood for — the SFT start policy
-behind `offline-sft`, the trained heads behind `offline` scorers — read from their cache records.
-Computing a key never builds anything: the run's first step (`Pipeline.prepare`) builds those.
-Under several processes every rank calls the same stages (`distributed.cached_on_ranks`)."""
+behind `offline-sft`, the trained heads behind `offline` scorers (`offline_prerequisites`). The
+run's first step (`Pipeline.prepare`) builds those and records their cache hashes here (`record`);
+computing a key only reads that record, never builds. Under several processes every rank calls the
+same stages (`distributed.cached_on_ranks`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +12,14 @@ from typing import Callable
 from .config import OFFLINE, OFFLINE_SFT, Config, section_deps
 from .distributed import Dist, cached_on_ranks
 from .io import CacheMismatch
-from .reward import CORPUS_VERSION, offline_head_hash
+from .reward import CORPUS_VERSION
 from .rundir import RunDirMismatch
-from .sft import sft_hash
+
+def offline_prerequisites(cfg: Config) -> tuple[bool, tuple[str, ...]]:
+    """What a config's artifacts depend on beyond its sections: whether a model is the SFT start
+    policy (`offline-sft`), and the offline scorer heads it names (reward, judge, topic)."""
+    scorers = {"reward": cfg.reward.model, "judge": cfg.eval.judge, "topic": cfg.eval.topic_judge}  # head kind -> name
+    return OFFLINE_SFT in {cfg.model.policy, cfg.model.ref}, tuple(k for k, n in scorers.items() if n == OFFLINE)
 
 
 class StageCache:
@@ -22,27 +28,35 @@ class StageCache:
 
     def __init__(self, cfg: Config, root: Path, dist: Dist = Dist()):
         self.cfg, self.root, self.dist = cfg, root, dist
+        self.identities: dict[str, str] | None = None  # set by `record` (Pipeline.prepare)
+
+    def record(self, identities: dict[str, str]) -> None:
+        """The cache hashes of the SFT start policy ("offline_sft") and the offline heads
+        ("<kind>_head") this run built or found, as `Pipeline.prepare` left them."""
+        self.identities = dict(identities)
+
+    def _identity(self, key: str) -> str:
+        if self.identities is None or key not in self.identities:
+            raise RuntimeError(f"the run dir's cache keys name {key!r}, which is not prepared: call "
+                               "Pipeline.prepare() first (it builds the SFT start policy and the offline scorer heads)")
+        return self.identities[key]
 
     def model_identity(self) -> dict:
         """The SFT model behind `offline-sft` depends on the sft config: results made from another
         one must not be reused."""
-        if OFFLINE_SFT not in {self.cfg.model.policy, self.cfg.model.ref}:
-            return {}
-        return {"offline_sft": sft_hash(self.cfg)}
+        return {"offline_sft": self._identity("offline_sft")} if offline_prerequisites(self.cfg)[0] else {}
 
     def scorer_identity(self, sections: tuple[str, ...]) -> dict:
         """Which trained head an `offline` scorer name stood for (its cache hash: corpus roles,
         encoder, embedding dtype), and the corpus partition behind the offline prompts, so a run dir
         never mixes results of two different heads or pools."""
-        c, out = self.cfg, {}
-        if c.data.source == OFFLINE:
-            out["corpus"] = CORPUS_VERSION
-        heads = {"reward": c.reward.model} if "reward" in sections else {}  # head kind -> scorer name
+        out = {"corpus": CORPUS_VERSION} if self.cfg.data.source == OFFLINE else {}
+        wanted = {"reward"} if "reward" in sections else set()  # head kinds the key names
         if "eval" in sections:
-            heads.update(judge=c.eval.judge, topic=c.eval.topic_judge)
-        for kind, name in heads.items():
-            if name == OFFLINE:
-                out[f"{kind}_head"] = offline_head_hash(kind)
+            wanted |= {"judge", "topic"}
+        for kind in offline_prerequisites(self.cfg)[1]:
+            if kind in wanted:
+                out[f"{kind}_head"] = self._identity(f"{kind}_head")
         return out
 
     def __call__(self, artifact: Path, sections: tuple[str, ...], build: Callable[[Path], object],

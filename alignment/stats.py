@@ -18,16 +18,16 @@ Conventions, shared by every caller:
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from torch import Tensor
 
 __all__ = [
     "ALPHA", "MDE_Z", "NOT_DISTINGUISHABLE", "GAINS",
-    "as_clean_array", "bootstrap_ci", "bootstrap_diff_ci", "hierarchical_weights", "cell_sums",
+    "as_clean_array", "hierarchical_weights", "cell_sums",
     "bootstrap_p", "paired_prompt_bootstrap", "prompt_bootstrap", "prompt_bootstrap_entropy", "holm",
-    "summarize_rewards", "SharedBootstrap", "summary", "compare_to_start", "with_holm", "distinguishable",
+    "SharedBootstrap", "summary", "compare_to_start", "with_holm", "versus_start", "distinguishable",
     "verdict", "detectable_difference",
 ]
 
@@ -36,7 +36,7 @@ MDE_Z = 2.80  # z_{0.975} + z_{0.80}: a true difference of 2.8 standard errors i
 NOT_DISTINGUISHABLE = "not distinguishable at this size"
 
 
-# --------------------------------------------------------------------------- plain bootstraps
+# --------------------------------------------------------------------------- clustered bootstraps
 
 
 def as_clean_array(values: Sequence[float] | np.ndarray | Tensor, name: str) -> np.ndarray:
@@ -57,53 +57,6 @@ def _check_level(level: float) -> float:
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     return (1.0 - level) / 2.0 * 100.0
-
-
-def bootstrap_ci(values, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
-                 stat: Callable[[np.ndarray], float] = np.mean) -> tuple[float, float, float]:
-    """Percentile bootstrap CI: (stat(values), lo, hi).
-
-    Draws n_boot resamples of size n with replacement (numpy default_rng(seed),
-    so deterministic per seed), applies `stat` to each, and takes the
-    (1-level)/2 and (1+level)/2 percentiles.
-    """
-    x = as_clean_array(values, "bootstrap_ci")
-    alpha_pct = _check_level(level)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))  # (n_boot, n)
-    stats = np.array([stat(x[row]) for row in idx], dtype=np.float64)  # (n_boot,)
-    lo, hi = np.percentile(stats, [alpha_pct, 100.0 - alpha_pct])
-    return float(stat(x)), float(lo), float(hi)
-
-
-def bootstrap_diff_ci(a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Percentile bootstrap CI of mean(a) - mean(b) for two independent samples.
-
-    Each sample is resampled independently with replacement. Returns
-    (mean(a) - mean(b), lo, hi); "a beats b" is supported when lo > 0.
-    """
-    xa = as_clean_array(a, "bootstrap_diff_ci(a)")
-    xb = as_clean_array(b, "bootstrap_diff_ci(b)")
-    alpha_pct = _check_level(level)
-    rng = np.random.default_rng(seed)
-    ma = xa[rng.integers(0, xa.size, size=(n_boot, xa.size))].mean(axis=1)  # (n_boot,)
-    mb = xb[rng.integers(0, xb.size, size=(n_boot, xb.size))].mean(axis=1)  # (n_boot,)
-    lo, hi = np.percentile(ma - mb, [alpha_pct, 100.0 - alpha_pct])
-    return float(xa.mean() - xb.mean()), float(lo), float(hi)
-
-
-def summarize_rewards(rewards, n_boot: int = 1000) -> dict:
-    """Summary of a reward sample: mean, median, std (ddof=0), 95% bootstrap CI of the mean, n.
-
-    Raises ValueError if any reward is NaN (message names the NaN count).
-    """
-    x = as_clean_array(rewards, "summarize_rewards")
-    mean, lo, hi = bootstrap_ci(x, n_boot=n_boot)
-    return {"mean": mean, "median": float(np.median(x)), "std": float(x.std()), "ci_lo": lo, "ci_hi": hi,
-            "n": int(x.size)}
-
-
-# --------------------------------------------------------------------------- seeds x prompts bootstraps
 
 
 def _cells(prompts, seeds, P_index: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict, int]:
@@ -326,9 +279,6 @@ def with_holm(rows: list[dict]) -> list[dict]:
     return rows
 
 
-# --------------------------------------------------------------------------- decisions and power
-
-
 def versus_start(start: dict, runs: dict[str, dict], n_boot: int) -> tuple[list[dict], list[dict]]:
     """Level 1's comparisons. `start`: {"metrics", "scored"} of the start policy (seeds pooled);
     `runs`: {name: {"metrics", "scored"}} of each trained model (seeds pooled; seed s paired with the
@@ -339,6 +289,9 @@ def versus_start(start: dict, runs: dict[str, dict], n_boot: int) -> tuple[list[
     between = with_holm([{"a": a, "b": b, **compare_to_start(runs[a]["scored"], runs[b]["scored"], n_boot)}
                          for i, a in enumerate(names) for b in names[i + 1:]])
     return [start["metrics"], *rows], between
+
+
+# --------------------------------------------------------------------------- decisions and power
 
 
 def distinguishable(lo: float, hi: float, p: float | None = None) -> bool:

@@ -51,13 +51,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
-from transformers.trainer_callback import PrinterCallback
 
 from .config import DPOConfig
 from .io import write_json, write_jsonl
 from .losses import validate_alpha
-from .optional import datasets, trl
+from .optional import datasets, trainer_callbacks, trl
 
 # trl 1.16 DPOConfig.loss_type values (dpo_config.py / the dispatch in DPOTrainer._compute_loss).
 TRL_LOSS_TYPES: tuple[str, ...] = (
@@ -110,7 +108,7 @@ def _trainer_class():
 
 
 def _make_callback(tracker, records: list[dict]):
-    class _Forward(TrainerCallback):
+    class _Forward(trainer_callbacks().TrainerCallback):
         """Collect trl's per-step logs (and forward them to our tracker as train/<key>)."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -225,7 +223,7 @@ def train_dpo_trl(model, ref_model_or_None, tokenizer, pairs: list[dict], prompt
         cls = _trainer_class() if tokenized else trl().DPOTrainer
         trainer = cls(model=model, ref_model=ref, args=args, train_dataset=_dataset(pairs, prompt_ids, tokenized),
                       processing_class=tokenizer, callbacks=[_make_callback(tracker, records)])
-        trainer.remove_callback(PrinterCallback)  # with disable_tqdm it would print every log dict
+        trainer.remove_callback(trainer_callbacks().PrinterCallback)  # with disable_tqdm it would print every log dict
         trainer.train()
     finally:
         _restore(snap)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from alignment.config import DPOConfig
-from alignment.models import cpu_has_bf16
+from alignment.machine import cpu_has_bf16
 from alignment.train import reference_logps, train_dpo
 from alignment.trl_backend import train_dpo_trl
 from benchmarks.harness import Report, Sizes, log, speedup

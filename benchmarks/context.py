@@ -56,7 +56,8 @@ class Ctx:
         return self._prompts[:k]
 
     def reviews(self) -> list:
-        from alignment.data import file_reviews, offline_reviews
+        from alignment.corpus import offline_reviews
+        from alignment.data import file_reviews
 
         return offline_reviews() if self.data == OFFLINE else file_reviews(self.data)
 

@@ -56,7 +56,7 @@ def build(root: Path, tiny: bool) -> dict[str, Path]:
                               GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast)
 
     from alignment.assets import gpt2_tokenizer_dir, minilm_dir
-    from alignment.data import offline_reviews
+    from alignment.corpus import offline_reviews
 
     sizes = TINY if tiny else REAL
     out = {k: root / k for k in ("policy", "reward", "judge")}

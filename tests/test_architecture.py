@@ -4,6 +4,9 @@ module top, no private names across modules, heavy optional dependencies only vi
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from alignment.optional import HEAVY
@@ -36,8 +39,10 @@ def test_kit_imports_sit_at_module_top():
     assert inner == []
 
 
-def test_no_import_cycles():
-    g, state, cycles = graph(), {}, []
+def find_cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle a depth-first walk of `g` closes, as [a, b, ..., a]."""
+    state: dict[str, str] = {}
+    cycles: list[list[str]] = []
 
     def visit(m: str, path: list[str]) -> None:
         state[m] = "open"
@@ -51,24 +56,40 @@ def test_no_import_cycles():
     for m in sorted(g):
         if m not in state:
             visit(m, [m])
-    assert cycles == []
+    return cycles
+
+
+def test_no_import_cycles():
+    assert find_cycles(graph()) == []
 
 
 def test_cycle_detection_finds_a_cycle():
-    """The check above on a graph with a known cycle (so it cannot pass vacuously)."""
-    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
-    seen, found = set(), []
+    """The check above on graphs with known cycles (so it cannot pass vacuously)."""
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
+    assert find_cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
 
-    def visit(m, path):
-        for t in g[m]:
-            if t in path:
-                found.append(path[path.index(t):] + [t])
-            elif t not in seen:
-                seen.add(t)
-                visit(t, path + [t])
 
-    visit("a", ["a"])
-    assert found == [["a", "b", "c", "a"]]
+def documented_floors() -> dict[str, int]:
+    """ARCHITECTURE.md's table: | floor | `module`, `module` | what |."""
+    floors = {}
+    text = (PKG.parent / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].isdigit():
+            for name in re.findall(r"`([a-z_]+)`", cells[1]):
+                floors[name] = int(cells[0])
+    return floors
+
+
+def test_every_import_points_to_a_lower_floor_of_architecture_md():
+    floors, g = documented_floors(), graph()
+    modules = set(g) - {"__init__", "__main__"}
+    assert modules - set(floors) == set(), "modules missing from ARCHITECTURE.md"
+    assert set(floors) - modules == set(), "ARCHITECTURE.md lists modules that do not exist"
+    upward = [f"{m} (floor {floors[m]}) imports {t} (floor {floors[t]})" for m in modules for t in g[m]
+              if t in floors and floors[t] >= floors[m]]
+    assert upward == []
 
 
 def test_no_private_names_imported_across_modules():
@@ -87,3 +108,12 @@ def test_heavy_optional_dependencies_only_through_optional():
                      [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
             bad += [f"{m}.py:{node.lineno} imports {n}" for n in names if n.split(".")[0] in HEAVY]
     assert bad == []
+
+
+def test_importing_the_cli_loads_no_heavy_optional_dependency():
+    """What `python -m alignment --help` (and every rank of a launch) pays at start: no peft,
+    trl, wandb, ... until a run needs them (transformers' Trainer would pull in peft and accelerate)."""
+    code = "import sys, alignment.cli; print(sorted(m for m in sys.argv[1:] if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code, *HEAVY, "transformers.trainer"], capture_output=True,
+                         text=True, check=True, cwd=PKG.parent).stdout.strip()
+    assert out == "[]"

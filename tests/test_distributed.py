@@ -295,3 +295,10 @@ def test_one_process_resumes_a_killed_launch_keeping_its_batches(tmp_path, tiny_
     assert drawn and not kept & set(drawn), "the killed launch's batches are kept, not drawn again"
     assert _canon(got) == _canon(want)
     assert not list(run.rglob("*.rank*of*"))
+
+
+def test_model_scorers_expose_the_batches_they_score():
+    """ShardedScorer splits a scorer's own batch plan: the model scorers must publish it."""
+    from alignment.reward import ClassifierReward, EmbeddingReward
+
+    assert callable(ClassifierReward.batches) and callable(EmbeddingReward.batches)

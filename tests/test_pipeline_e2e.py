@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from alignment import experiments
 from alignment.report import conclusions, results_table, verdict_lines
 from alignment.config import load_config
-from alignment.io import read_json, read_jsonl
+from alignment.io import read_json, read_jsonl, write_json
+from alignment.metrics import METRICS_VERSION
 from alignment.pipeline import Pipeline
 from alignment.rundir import RunDirMismatch
 
@@ -99,6 +100,20 @@ def test_rerun_uses_cache_and_refuses_other_config(cfg, tmp_path, tiny_gpt2_dir,
     other = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **{"sample.temperature": 0.7})
     with pytest.raises(RunDirMismatch, match="sample"):
         Pipeline(other).samples()
+
+
+def test_an_evaluation_is_measured_once_and_read_back(cfg):
+    """metrics.json is what a cached evaluation shows; metrics of another `metrics_of` version (or
+    none recorded) are re-measured from the stored samples."""
+    pipe = Pipeline(cfg)
+    first = pipe.evaluate()
+    path = pipe.paths.eval("sft") / "metrics.json"
+    stored = read_json(path)
+    assert stored.pop("metrics_version") == METRICS_VERSION and stored == first.metrics
+    write_json(path, {**stored, "eval/reward_mean": 123.0, "metrics_version": METRICS_VERSION})
+    assert Pipeline(cfg).evaluate().metrics["eval/reward_mean"] == 123.0  # read back, not recomputed
+    write_json(path, {**stored, "eval/reward_mean": 123.0, "metrics_version": METRICS_VERSION - 1})
+    assert Pipeline(cfg).evaluate().metrics == first.metrics  # another version: re-measured
 
 
 def test_same_seed_same_pairs_and_metrics(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):

@@ -287,9 +287,22 @@ def test_a_sampler_backend_is_a_module_with_draw(gpt2, tok, monkeypatch):
     assert all(r["sample_logps"] == [-1.0, -2.0] and r["sample_entropy"] == 0.5 for r in recs)
 
 
-def test_the_generate_backend_reports_no_log_probs(gpt2, tok):
+def test_the_generate_backend_draws_from_its_batch_seed_not_the_global_state(gpt2, tok):
+    """`generate` samples from torch's global generator; each batch forks it, seeded from the batch's
+    own seed: the same draws whatever ran before, other draws for another sample.seed, the caller's
+    global state untouched, and no per-token log-probs reported."""
     prompts, stops = _prompt_records(tok), stop_token_ids(tok, gpt2)
-    cfg = SampleConfig(max_new_tokens=4, batch_size=4, seed=0, backend="generate")
-    torch.manual_seed(0)
-    recs = [r for b in S.sample_records(gpt2, tok, prompts, 2, cfg, stops) for r in b]
-    assert len(recs) == 8 and all("sample_logps" not in r and 1 <= len(r["completion_ids"]) <= 4 for r in recs)
+    cfg = SampleConfig(max_new_tokens=6, batch_size=4, seed=0, backend="generate")
+
+    def run(c, global_seed):
+        torch.manual_seed(global_seed)
+        recs = [r for b in S.sample_records(gpt2, tok, prompts, 2, c, stops) for r in b]
+        return [r["completion_ids"] for r in recs], torch.rand(1).item(), recs
+
+    a, after_a, recs = run(cfg, 1)
+    b, after_b, _ = run(cfg, 2)
+    assert a == b  # the global state before does not matter
+    torch.manual_seed(1)
+    assert after_a == torch.rand(1).item()  # the caller's global generator is as the caller left it
+    assert run(dataclasses.replace(cfg, seed=7), 1)[0] != a
+    assert all("sample_logps" not in r for r in recs)

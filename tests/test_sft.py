@@ -13,6 +13,7 @@ import torch
 from alignment import sft
 from alignment.config import load_config
 from alignment.data import build_prompts, review_pools
+from alignment.io import read_json
 from alignment.pipeline import Pipeline
 
 
@@ -76,8 +77,9 @@ def test_sft_trains_saves_and_excludes_eval(trained, tiny_gpt2_dir):
     out = sft.sft_out_dir(cfg)
     assert out.parent == cache_root() / "models" and out.name.startswith(sft.DEFAULT_NAME + "-")
     assert m["out"] == str(out)
-    assert Pipeline(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, policy="offline-sft"))
-                    ).model_source("offline-sft") == str(out)  # what the pipeline loads (built: no retraining)
+    pipe = Pipeline(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, policy="offline-sft")))
+    assert pipe.models.source("offline-sft") == str(out)  # what the pipeline loads (built: no retraining)
+    assert sft.sft_hash(cfg) == read_json(out.with_name(out.name + ".meta.json"))["hash"]  # what its artifacts record
     assert (out / "sft_metrics.json").exists() and out.with_name(out.name + ".meta.json").exists()
     assert not (out / "ckpt.pt").exists() and not list(out.parent.glob(f".{out.name}.*.part"))
     AutoTokenizer.from_pretrained(out)
@@ -158,3 +160,17 @@ def test_killed_after_metrics_publishes_without_the_checkpoint(trained, reviews_
     m = sft.run_sft(cfg, tracker)
     assert tracker.seen == [] and m["train_loss"] == full["train_loss"]
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(p.name for p in Path(full["out"]).iterdir())
+
+
+def test_prepare_builds_the_start_policy_and_cache_keys_only_read_it(trained, tiny_classifier_dir, monkeypatch):
+    cfg, _ = trained  # model.policy = offline-sft (the default); its SFT model is built
+    cfg = dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, model=tiny_classifier_dir),
+                              eval=dataclasses.replace(cfg.eval, judge="", topic_judge=""))
+    monkeypatch.setattr("alignment.pipeline.run_sft", lambda *a, **k: pytest.fail("a cache key must not build"))
+    pipe = Pipeline(cfg)
+    with pytest.raises(RuntimeError, match=r"Pipeline\.prepare\(\) first"):
+        pipe.prompts()  # its key names the SFT model, which this pipeline has not prepared
+    monkeypatch.undo()
+    pipe.prepare(load_scorers=False)
+    assert pipe.cache.identities == {"offline_sft": sft.sft_hash(cfg)} == pipe.cache.model_identity()
+    assert pipe.prompts()["eval"]  # now the stages run

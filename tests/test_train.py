@@ -156,7 +156,8 @@ def test_bf16_autocast_matches_fp32_within_tolerance(tiny_gpt2_dir, data, tmp_pa
 
 
 def test_train_autocast_choice():
-    from alignment.models import cpu_has_bf16, train_autocast
+    from alignment.machine import cpu_has_bf16
+    from alignment.models import train_autocast
 
     cpu = torch.device("cpu")
     assert train_autocast("bf16", cpu) and not train_autocast("fp32", cpu)
