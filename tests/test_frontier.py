@@ -112,8 +112,14 @@ def test_matched_kl_comparison_is_paired_and_says_higher_lower_or_not_distinguis
     same = by.get(("base", "same")) or by[("same", "base")]
     assert same["diff"] == 0.0 and same["verdict"] == "not distinguishable at this size"
     assert same["p"] == 1.0  # every draw is exactly 0: both tails hold all 400, 2 x 401/401 capped at 1
-    unpaired = 2 * 1.96 * np.std([level[p] for p in prompts]) / np.sqrt(40) * 0.5 * math.sqrt(2)
-    assert unpaired > 0.5  # what ignoring the pairing would give: 0.2 would not be distinguishable
+    # the same curves, each on its own bootstrap draws (no pairing): the prompt spread swamps the +0.225
+    hi_alone = F.curve_points({"hi@1.0": _recs({p: [(1.0, level[p] + 0.2 + 0.15)] for p in prompts}),
+                               "hi@0.1": _recs({p: [(3.0, level[p] + 0.6 + 0.3)] for p in prompts})},
+                              _recs({p: [(0.0, level[p])] for p in prompts}), SharedBootstrap(prompts, 400, seed=1),
+                              ("reward",))["hi"]
+    unpaired = F.interpolate(hi_alone, "reward", 2.0) - F.interpolate(curves["base"], "reward", 2.0)
+    lo, hi = np.percentile(unpaired[1:], [2.5, 97.5])
+    assert unpaired[0] == pytest.approx(0.225) and lo < 0 < hi and hi - lo > 100 * (hb["hi"] - hb["lo"] + 1e-12)
     assert all("p_holm" in r for r in rows) and len(rows) == 3
     lines = verdict_lines(rows)
     assert len(lines) == 3 and all("at KL 2.00" in ln for ln in lines)

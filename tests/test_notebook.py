@@ -238,3 +238,7 @@ def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
     want = conclusions(read_json(run / "level1.json"), read_json(tmp_path / "run-sweep" / "sweep.json"), lr["rows"],
                        lr["start"])
     assert want in concl
+    level1_json = read_json(run / "level1.json")  # and its numbers, read off the JSON here, are the ones shown
+    for r in level1_json["rows"]:
+        if "reward_gain" in r:
+            assert f"`{r['model']}`" in concl and f"{r['reward_gain']:+.3f}" in concl, r["model"]
