@@ -187,10 +187,10 @@ def _level1_lines(level1: dict) -> list[str]:
         f"`{r['model']}` reward {r['eval/reward_mean']:+.3f} vs SFT {sft['eval/reward_mean']:+.3f}, gain {fmt_gain(r)}"
         f" — {'distinguishable from 0' if excludes_zero(r) else 'not distinguishable from 0 at this size'}"
         for r in trained) + " (paired bootstrap over seeds and prompts, Holm-corrected across the losses)."]
-    mde = max(detectable_difference(r["gain_ci_lo"], r["gain_ci_hi"]) for r in trained)
+    mde = max(detectable_difference(r["gain_ci_lo"], r["gain_ci_hi"], len(trained)) for r in trained)
     lines.append(f"**Power**: at this size (held-out prompts × samples × seeds) a reward gain over the start smaller "
-                 f"than about {mde:.2f} is not reliably detected (80 % power at α = {ALPHA:g}; SE read off the "
-                 "widest gain CI).")
+                 f"than about {mde:.2f} is not reliably detected (80 % power at α = {ALPHA:g} after Holm over the "
+                 f"{len(trained)} policies; SE read off the widest gain CI).")
     standing = ("above SFT" if best["reward_gain"] > 0 else "yet still not above SFT, so no Level 1 loss improved "
                "the mean reward in this run")
     lines.append(
@@ -221,12 +221,14 @@ def _between_lines(level1: dict) -> list[str]:
     """The losses against each other (paired over prompts and draws), and the smallest difference
     these sizes can detect (`stats.detectable_difference`)."""
     out = []
-    for d in level1.get("between_losses", []):
-        mde = detectable_difference(d["gain_ci_lo"], d["gain_ci_hi"])
+    between = level1.get("between_losses", [])
+    for d in between:
+        mde = detectable_difference(d["gain_ci_lo"], d["gain_ci_hi"], len(between))
         judge = f"; judge {_difference_text(d, 'judge_gain', 'judge_gain')}" if "judge_gain" in d else ""
         out.append(f"**`{d['a']}` vs `{d['b']}`** (same prompts and draws): reward {_difference_text(d, 'reward_gain', 'gain')}"
                    f"{judge}. At this size a reward difference smaller than about {mde:.2f} is not reliably "
-                   f"detected (80 % power at α = {ALPHA:g}).")
+                   f"detected (80 % power at α = {ALPHA:g}" + (f" after Holm over {len(between)} pairs" if len(between) > 1
+                                                               else "") + ").")
     return out
 
 

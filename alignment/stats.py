@@ -18,13 +18,14 @@ Conventions, shared by every caller:
 """
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
 from torch import Tensor
 
 __all__ = [
-    "ALPHA", "MDE_Z", "NOT_DISTINGUISHABLE", "GAINS",
+    "ALPHA", "POWER", "MDE_Z", "NOT_DISTINGUISHABLE", "GAINS",
     "as_clean_array", "hierarchical_weights", "cell_sums",
     "bootstrap_p", "paired_prompt_bootstrap", "prompt_bootstrap", "prompt_bootstrap_entropy", "holm",
     "SharedBootstrap", "summary", "compare_to_start", "with_holm", "versus_start", "distinguishable",
@@ -32,7 +33,8 @@ __all__ = [
 ]
 
 ALPHA = 0.05  # family-wise error rate of the "distinguishable" verdicts
-MDE_Z = 2.80  # z_{0.975} + z_{0.80}: a true difference of 2.8 standard errors is detected 80 % of the time
+POWER = 0.80  # the power at which the smallest detectable difference is stated
+MDE_Z = NormalDist().inv_cdf(1 - ALPHA / 2) + NormalDist().inv_cdf(POWER)  # 2.80: one comparison, no correction
 NOT_DISTINGUISHABLE = "not distinguishable at this size"
 
 
@@ -308,7 +310,11 @@ def verdict(lo: float, hi: float, p_holm: float) -> str:
     return "higher" if lo > 0 else "lower"
 
 
-def detectable_difference(lo: float, hi: float) -> float:
-    """The smallest true difference detected with 80 % power at ALPHA (two-sided) by a comparison
-    whose 95 % CI is [lo, hi]: MDE_Z standard errors, the SE read off the CI (width / 3.92)."""
-    return MDE_Z * ((hi - lo) / 3.92)
+def detectable_difference(lo: float, hi: float, family: int = 1) -> float:
+    """The smallest true difference detected with 80 % power (`POWER`) by a comparison whose 95 % CI
+    is [lo, hi] and which is judged, two-sided, after Holm over `family` comparisons: z_{1 - ALPHA/(2
+    family)} + z_{POWER} standard errors (Holm's first step is Bonferroni's, so this is the bound for
+    the hardest-judged member; 2.80 for one comparison, 3.08 for two), the SE read off the CI
+    (width / 3.92)."""
+    z = NormalDist().inv_cdf(1 - ALPHA / (2 * family)) + NormalDist().inv_cdf(POWER)
+    return z * ((hi - lo) / (2 * NormalDist().inv_cdf(0.975)))

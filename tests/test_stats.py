@@ -277,13 +277,17 @@ def test_verdict_rules():
     assert not distinguishable(0.1, 0.3, 0.06) and distinguishable(0.1, 0.3, 0.04)
 
 
-def test_detectable_difference_by_hand():
-    # a 95 % CI of width 3.92 is 1 standard error each side of 1.96: the detectable difference is
-    # z_0.975 + z_0.80 = 1.96 + 0.84 = 2.80 standard errors
-    assert MDE_Z == pytest.approx(1.96 + 0.84, abs=0.005)
-    assert detectable_difference(-1.96, 1.96) == pytest.approx(2.80)
-    assert detectable_difference(0.1, 0.1 + 0.392) == pytest.approx(0.28)
-
+@pytest.mark.parametrize("family", [1, 2, 5])
+def test_detectable_difference_is_detected_80_percent_of_the_time_after_holm(family):
+    """Simulated: estimates ~ N(true difference, SE) with the true difference set to the detectable
+    one; judged two-sided at ALPHA / family (Holm's first step), 80 % are distinguishable."""
+    se = 0.05
+    lo, hi = -1.959964 * se, 1.959964 * se  # a 95 % CI of that SE
+    d = detectable_difference(lo, hi, family)
+    est = np.random.default_rng(family).normal(d, se, 400_000)
+    z_crit = {1: 1.959964, 2: 2.241403, 5: 2.575829}[family]  # z_{1 - 0.05 / (2 family)}, from tables
+    assert (np.abs(est) / se > z_crit).mean() == pytest.approx(0.80, abs=0.003)
+    assert MDE_Z == pytest.approx(2.80, abs=0.005) and d / se == pytest.approx(z_crit + 0.841621, abs=1e-4)
 
 def test_as_clean_array():
     assert as_clean_array(torch.tensor([[1.0, 2.0]]), "x").tolist() == [1.0, 2.0]
