@@ -10,8 +10,10 @@ an eval prompt is dropped as well. The offline pool holds only texts that no sco
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
+import warnings
 from pathlib import Path
 
 from .config import OFFLINE, DataConfig
@@ -23,23 +25,59 @@ class DataError(ValueError):
     """The review data cannot give the prompts asked for; the message says which field to change."""
 
 
+def _read_text(p: Path, path: str) -> str:
+    """The file as text; bytes that are not UTF-8 become U+FFFD (dropped with the rest of the
+    cleaning, `filter_reviews`), and a warning says how many."""
+    raw = p.read_bytes()
+    text = raw.decode("utf-8", errors="replace")  # no newline translation: csv sees the file as written
+    bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if bad:
+        warnings.warn(f"data.source={path!r}: {bad} byte sequence(s) are not UTF-8 and are dropped; "
+                      "re-encode the file as UTF-8 to keep them", stacklevel=3)
+    return text
+
+
+def _jsonl_rows(text: str, path: str) -> list[dict]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"data.source={path!r} line {n} is not valid JSON ({e.msg}); one object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"data.source={path!r} line {n} is not a JSON object; one object per line")
+        rows.append(row)
+    return rows
+
+
 def file_reviews(path: str) -> list[Review]:
-    """A local .csv/.jsonl (a `text` column, optional `label`) or .txt (one review per line)."""
+    """A local .csv/.jsonl (a `text` column, optional `label`) or .txt (one review per line), UTF-8.
+    A file that cannot give reviews (a malformed JSON line, no `text` column, no rows) raises one
+    `DataError` naming the file, the line and the fix; bytes that are not UTF-8 are dropped, with a warning."""
     p = Path(path).expanduser()
-    if p.suffix == ".txt":
-        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
-        return [Review(f"{p.stem}{i}", t.strip()) for i, t in enumerate(lines) if t.strip()]
-    if p.suffix == ".jsonl":
-        rows = [json.loads(line) for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    elif p.suffix == ".csv":
-        with open(p, encoding="utf-8", errors="replace", newline="") as f:
-            rows = list(csv.DictReader(f))
-    else:
+    if p.suffix not in (".txt", ".jsonl", ".csv"):
         raise DataError(f"data.source={path!r}: use a .csv, .jsonl or .txt file")
-    if rows and "text" not in rows[0]:
-        raise DataError(f"data.source={path!r} has no `text` column (columns: {sorted(rows[0])})")
-    return [Review(str(r.get("id", f"{p.stem}{i}")), str(r["text"]),
-                   None if r.get("label") in (None, "") else int(r["label"])) for i, r in enumerate(rows)]
+    text = _read_text(p, path)
+    if p.suffix == ".txt":
+        out = [Review(f"{p.stem}{i}", t.strip()) for i, t in enumerate(text.splitlines()) if t.strip()]
+    else:
+        rows = _jsonl_rows(text, path) if p.suffix == ".jsonl" else list(csv.DictReader(io.StringIO(text, newline="")))
+        if rows and "text" not in rows[0]:
+            raise DataError(f"data.source={path!r} has no `text` column (columns: {sorted(rows[0])})")
+        out = [Review(str(r.get("id", f"{p.stem}{i}")), str(r["text"]),
+                      None if r.get("label") in (None, "") else int(r["label"])) for i, r in enumerate(rows)]
+    if not out:
+        raise DataError(f"data.source={path!r} holds no reviews")
+    return out
+
+
+def check_source(cfg: DataConfig) -> None:
+    """Read a local `data.source` file once, so a file that cannot give reviews fails with its
+    `DataError` before any model loads or trains (the hub and the offline corpus are read later)."""
+    if cfg.source != OFFLINE and Path(cfg.source).expanduser().exists():
+        file_reviews(cfg.source)
 
 
 def hub_reviews(name: str, split: str) -> list[Review]:

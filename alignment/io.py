@@ -123,6 +123,15 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _remove_if_empty(part: Path) -> None:
+    """Remove `part` if it holds nothing (an empty file or an empty directory tree): work already in
+    a part is kept, for the rerun to resume from."""
+    if part.is_dir() and not any(p.is_file() for p in part.rglob("*")):
+        shutil.rmtree(part)
+    elif part.is_file() and part.stat().st_size == 0:
+        part.unlink()
+
+
 def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Swap the finished `tmp` (file or dir) in as `path` by renames only: `path` is always either
     the old complete artifact, absent for an instant, or the new complete one."""
@@ -225,7 +234,11 @@ def _build_locked(artifact: Path, deps: dict, build, on_mismatch: str, hint: str
     if state == "stale" and on_mismatch == "raise":
         raise CacheMismatch(stale_message(artifact, deps, hint))
     part = part_path(artifact, deps)
-    build(part)
+    try:
+        build(part)
+    except Exception:
+        _remove_if_empty(part)  # a build that failed before writing anything leaves nothing behind
+        raise
     if meta.exists():
         meta.unlink()  # a crash from here on leaves an artifact without meta: rebuilt, never trusted
     publish(part, artifact)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, check_training, section_deps
-from .data import build_prompts, review_texts
+from .data import build_prompts, check_source, review_texts
 from .distributed import current
 from .evaluate import EVAL_VERSION, Evaluation, evaluate_human, evaluate_model, load_evaluation
 from .io import atomic_open, meta_path, part_dir, read_json, read_jsonl, write_json, write_jsonl
@@ -65,6 +65,7 @@ class Pipeline:
         sft, heads = offline_prerequisites(self.cfg)
         with self.times("setup"):
             if self.cache.identities is None:
+                check_source(self.cfg.data)  # a bad data file fails here, before anything is built
                 ids = {}
                 if sft:
                     self.sft()

@@ -136,3 +136,43 @@ def test_jsonl_source_and_bad_sources(tmp_path, tiny_tokenizer):
     nocol.write_text("review,label\nhello,1\n")
     with pytest.raises(DataError, match="text"):
         file_reviews(str(nocol))
+
+
+def test_bad_files_give_one_clear_error(tmp_path):
+    import json
+
+    broken = tmp_path / "b.jsonl"
+    broken.write_text(json.dumps({"text": "fine review"}) + "\n{\"text\": \"cut off\n")
+    with pytest.raises(DataError, match=r"b\.jsonl' line 2 is not valid JSON"):
+        file_reviews(str(broken))
+    arr = tmp_path / "a.jsonl"
+    arr.write_text('["text"]\n')
+    with pytest.raises(DataError, match="line 1 is not a JSON object"):
+        file_reviews(str(arr))
+    for name, body in (("e.csv", "text,label\n"), ("e.txt", "\n  \n"), ("e.jsonl", "")):
+        (tmp_path / name).write_text(body)
+        with pytest.raises(DataError, match="holds no reviews"):
+            file_reviews(str(tmp_path / name))
+
+
+def test_non_utf8_bytes_are_dropped_with_a_warning(tmp_path):
+    path = tmp_path / "r.txt"
+    path.write_bytes("caf\u00e9 is fine \ufffd kept\n".encode() + b"bad \xff\xfe bytes\n")
+    with pytest.warns(UserWarning, match="2 byte sequence"):
+        revs = file_reviews(str(path))
+    assert [r.text for r in revs] == ["caf\u00e9 is fine \ufffd kept", "bad \ufffd\ufffd bytes"]
+
+
+def test_a_bad_data_file_fails_before_anything_is_built(tmp_path, monkeypatch):
+    """`prepare` reads a local data.source first: the SFT start policy (offline-sft) is never
+    started, and no part file or directory is left in the asset cache or the run dir."""
+    from alignment import cli
+
+    monkeypatch.setattr("alignment.pipeline.run_sft", lambda *a, **k: pytest.fail("built before the data was read"))
+    bad = tmp_path / "reviews.jsonl"
+    bad.write_text('{"text": "ok"}\nnot json\n')
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ALIGNMENT_CACHE", str(cache))
+    assert cli.main(["prompts", "--set", f"data.source={bad}", f"run_dir={tmp_path / 'run'}", "track.mode=disabled"]) == 2
+    left = [p for root in (cache, tmp_path / "run") if root.exists() for p in root.rglob("*") if ".part" in p.name]
+    assert left == []

@@ -229,3 +229,25 @@ def test_cached_lock_holds_when_the_first_builder_fails(tmp_path):
         p.join(30)
     assert log.read_text() == "start\nstart\n"  # the failed one, then exactly one waiter
     assert art.read_text() == "x"
+
+
+def test_a_failed_build_leaves_no_empty_part_but_keeps_work_to_resume(tmp_path):
+    from alignment.io import cached, part_dir, part_path
+
+    art = tmp_path / "model"
+
+    def fails_at_once(part):
+        part_dir(part)  # made its directory, wrote nothing
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError):
+        cached(art, {"v": 1}, fails_at_once)
+    assert not part_path(art, {"v": 1}).exists() and not art.exists()
+
+    def fails_after_work(part):
+        (part_dir(part) / "ckpt.pt").write_bytes(b"step 3")
+        raise RuntimeError("killed later")
+
+    with pytest.raises(RuntimeError):
+        cached(art, {"v": 1}, fails_after_work)
+    assert (part_path(art, {"v": 1}) / "ckpt.pt").read_bytes() == b"step 3"  # kept: the rerun resumes from it
