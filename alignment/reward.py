@@ -1,7 +1,7 @@
 """Sentiment rewards. Every reward is an object with `score(texts) -> Tensor (n,)`.
 
 - `ClassifierReward`: any HF sequence classifier (hub id or local dir), the POSITIVE logit,
-  as the seed used `lvwerra/distilbert-imdb`.
+  as the original notebook used `lvwerra/distilbert-imdb`; or a scalar reward model's one output.
 - `EmbeddingReward`: the embedded offline default, all-MiniLM-L6-v2 mean-pooled embeddings
   + a logistic head trained once on bundled labelled movie-review snippets; score = logit.
 - `VaderReward`: the VADER lexicon's compound score in [-1, 1].
@@ -74,13 +74,16 @@ class ClassifierReward:
 
 
 def positive_index(id2label: dict) -> int:
-    """Index of the positive class: a label containing POS (POSITIVE, LABEL_POS), else 1 of 2."""
+    """Index of the positive class: a label containing POS (POSITIVE, LABEL_POS), else 1 of 2; a
+    scalar reward model (one output, `num_labels=1`, as trl's reward models are) is its own score: 0."""
+    if len(id2label) == 1:
+        return 0
     for i, lab in id2label.items():
         if "pos" in str(lab).lower():
             return int(i)
     if len(id2label) == 2:
         return 1
-    raise RewardError(f"cannot tell the positive class among labels {id2label}; use a 2-class model")
+    raise RewardError(f"cannot tell the positive class among labels {id2label}; use a 2-class or a scalar (1-output) model")
 
 
 class VaderReward:

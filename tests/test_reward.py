@@ -67,6 +67,7 @@ def test_load_reward_local_dir(tiny_classifier_dir):
     ({0: "LABEL_0", 1: "LABEL_1"}, 1),
     ({"0": "neg", "1": "pos"}, 1),
     ({0: "negative", 1: "neutral", 2: "positive"}, 2),
+    ({0: "LABEL_0"}, 0),  # a scalar reward model: its one output
 ])
 def test_positive_index(id2label, expect):
     assert positive_index(id2label) == expect
@@ -101,3 +102,22 @@ def test_reward_texts_and_score_records():
     assert reward_texts(recs, False) == [" was great", ""]
     scores = score_records(VaderReward(), recs, score_prompt=True)
     assert isinstance(scores, list) and len(scores) == 2 and scores[0] > 0
+
+
+def test_a_scalar_reward_model_scores_with_its_one_output(tmp_path, tiny_tokenizer):
+    """A reward model with num_labels=1 (trl's RewardTrainer saves these) is accepted: its score is
+    its single logit, the same number a direct forward gives."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, pad_token_id=tiny_tokenizer.pad_token_id, num_labels=1)
+    torch.manual_seed(1)
+    model = BertForSequenceClassification(cfg).eval()
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    texts = ["a lovely film", "dull and long, a waste"]
+    got = load_reward(RewardConfig(model=str(tmp_path), dtype="float32")).score(texts)
+    with torch.no_grad():
+        want = [model(**tiny_tokenizer(t, return_tensors="pt")).logits[0, 0].item() for t in texts]
+    assert got.tolist() == pytest.approx(want, abs=1e-5)
