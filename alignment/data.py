@@ -147,8 +147,10 @@ def build_prompts(cfg: DataConfig, tokenizer) -> dict[str, list[dict]]:
     need = {"eval": cfg.n_eval_prompts, "train": cfg.n_train_prompts}
     out: dict[str, list[dict]] = {"eval": [], "train": []}
     seen: set[str] = set()
+    kept = {}
     for split in ("eval", "train"):  # eval first: its texts are reserved
         pool = filter_reviews(pools[split], cfg)
+        kept[split] = (len(pool), len(pools[split]))
         rng.shuffle(pool)
         used = {r["review_id"] for r in out["eval"]}
         for r in pool:
@@ -166,4 +168,8 @@ def build_prompts(cfg: DataConfig, tokenizer) -> dict[str, list[dict]]:
                 f"(need data.n_{split}_prompts={need[split]}, reviews must be > data.min_chars="
                 f"{cfg.min_chars} chars and longer than data.prompt_tokens={cfg.prompt_tokens} tokens); "
                 f"lower the count or relax the length filters")
+    limits = f"{cfg.min_chars} < chars" + (f" < {cfg.max_chars}" if cfg.max_chars else "")
+    print(f"prompts: {len(out['train'])} train, {len(out['eval'])} eval, each the first data.prompt_tokens="
+          f"{cfg.prompt_tokens} tokens of a review; the length filter ({limits}: data.min_chars/max_chars) kept "
+          + ", ".join(f"{k} of {n} {split} reviews" for split, (k, n) in kept.items()), flush=True)
     return out
