@@ -10,7 +10,6 @@ first (`prepare`), each cached outside the run dir (the asset cache) and announc
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 
 import torch
@@ -27,19 +26,12 @@ from .runmodels import RunModels
 from .sampling import in_prompt_order, sample_to_file
 from .sft import run_sft, sft_hash
 from .stagecache import StageCache, offline_prerequisites
-from .timing import StageTimes
+from .timing import StageTimes, charged
 from .tracking import NullTracker, make_tracker
 from .train import reference_logps, train_policy
 
 
-def _io(stage):
-    """A stage method's own time (checking and reading its cache) counts as I/O; its build, and
-    any stage it calls, count as what they are (`timing.StageTimes`)."""
-    @functools.wraps(stage)
-    def timed(self, *args, **kwargs):
-        with self.times("I/O"):
-            return stage(self, *args, **kwargs)
-    return timed
+_io = charged("I/O")  # a stage method's own time (checking and reading its cache) is I/O; its build is its kind
 
 
 class Pipeline:
@@ -170,8 +162,7 @@ class Pipeline:
         trained policy's own training seed, and `dpo.seed` for the start policy, which is evaluated
         under each seed its trained policies used (`rundir.eval_name`). `n_samples` overrides
         eval.n_samples (e.g. 16 draws of the start policy for best-of-N)."""
-        if seed is None:
-            seed = read_json(meta_path(policy.dir))["deps"]["dpo"]["seed"] if policy else self.cfg.dpo.seed
+        seed = seed if seed is not None else (policy.seed if policy else self.cfg.dpo.seed)
         name, m = (policy.name if policy else START), self.models
         cfg = self.cfg if n_samples is None else dataclasses.replace(
             self.cfg, eval=dataclasses.replace(self.cfg.eval, n_samples=n_samples))
@@ -182,10 +173,9 @@ class Pipeline:
             evaluate_model(name, model, ref, m.tokenizer, m.sharded_scorers(), self.prompts()["eval"], cfg, m.stop_ids,
                            part_dir(part), sample_dtype=m.sample_dtype, seed=seed, dist=self.dist)
 
-        policy_hash = read_json(meta_path(policy.dir))["hash"] if policy else None
         extra = {} if n_samples is None else {"eval_n_samples": n_samples}
-        self.cache(out, ("sample", "reward", "eval"), self.times.wrap("evaluation", build), collective=True, policy=policy_hash,
-                   eval_seed=seed, evaluation=EVAL_VERSION, **extra)
+        self.cache(out, ("sample", "reward", "eval"), self.times.wrap("evaluation", build), collective=True,
+                   policy=policy and policy.hash, eval_seed=seed, evaluation=EVAL_VERSION, **extra)
         return load_evaluation(out, self.cfg.eval.n_boot)
 
     @_io

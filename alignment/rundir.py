@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .config import Config
-from .io import CacheMismatch, read_json, read_jsonl, stable_hash, write_json
+from .io import CacheMismatch, meta_path, read_json, read_jsonl, stable_hash, write_json
 
 START = "sft"  # the start policy's evaluation name
 HUMAN = "human"  # the real reviews' own continuations of the eval prompts
@@ -67,11 +67,15 @@ class Policy(NamedTuple):
     name: str          # e.g. sigmoid-b0.1-lr5e-05-s0
     dir: Path          # run_dir/policies/<name>; the weights are in dir/"model"
     log: list[dict]    # train_log.jsonl records
+    seed: int          # its dpo.seed (its evaluations draw with it by default)
+    hash: str          # its cache hash: what its evaluations record they evaluated
 
 
 def read_policy(policy_dir: Path) -> Policy:
-    """A finished policy dir as a `Policy` (name, dir, its training log)."""
-    return Policy(policy_dir.name, policy_dir, read_jsonl(policy_dir / "train_log.jsonl"))
+    """A finished policy dir as a `Policy` (name, dir, training log, seed and hash from its record)."""
+    meta = read_json(meta_path(policy_dir))
+    return Policy(policy_dir.name, policy_dir, read_jsonl(policy_dir / "train_log.jsonl"), meta["deps"]["dpo"]["seed"],
+                  meta["hash"])
 
 
 def library_versions() -> dict[str, str]:
