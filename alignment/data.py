@@ -28,12 +28,14 @@ class DataError(ValueError):
 def _read_text(p: Path, path: str) -> str:
     """The file as text; bytes that are not UTF-8 become U+FFFD (dropped with the rest of the
     cleaning, `filter_reviews`), and a warning says how many."""
-    raw = p.read_bytes()
-    text = raw.decode("utf-8", errors="replace")  # no newline translation: csv sees the file as written
+    raw = p.read_bytes()  # decoded here, not by open(): no newline translation, csv sees the file as written
+    try:
+        return raw.decode("utf-8")  # the common case: one pass
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
     bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
-    if bad:
-        warnings.warn(f"data.source={path!r}: {bad} byte sequence(s) are not UTF-8 and are dropped; "
-                      "re-encode the file as UTF-8 to keep them", stacklevel=3)
+    warnings.warn(f"data.source={path!r}: {bad} byte sequence(s) are not UTF-8 and are dropped; "
+                  "re-encode the file as UTF-8 to keep them", stacklevel=3)
     return text
 
 
