@@ -27,6 +27,7 @@ gathers results (`torch.distributed` object collectives).
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -105,8 +106,12 @@ def current() -> Dist:
 def shutdown() -> None:
     """Take this process's part of the launch's process group down before it exits: a process that
     exits with gloo's threads still up can abort in teardown ("terminate called without an active
-    exception", exit -6), and torchrun then reports the whole launch as failed."""
+    exception", exit -6), and torchrun then reports the whole launch as failed. The ranks first meet
+    at a barrier (none tears down while another still talks to it), and unreachable DDP wrappers are
+    collected, so no reducer keeps gloo's work objects alive into interpreter shutdown."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 
