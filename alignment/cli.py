@@ -14,16 +14,17 @@ from typing import NamedTuple
 import torch.distributed as td
 import yaml
 
-from . import experiments, report
+from . import experiments, publish, report
 from .assets import AssetError, ensure_all
 from .config import SECTIONS, ConfigError, field_docs, field_names, load_config
 from .data import DataError
 from .distributed import shutdown
-from .io import write_json
+from .machine import hardware
 from .pipeline import Pipeline
 from .rundir import RunDirMismatch
 from .presets import PRESETS, SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS
 from .reward import RewardError, load_judge, load_reward, load_topic_judge
+from .timing import log_command
 
 PROG = "python -m alignment"
 
@@ -90,6 +91,8 @@ STAGE_INFO: dict[str, Stage] = {
 }
 STAGES = list(STAGE_INFO)
 FIELDS = "fields"  # the listing of the config fields: a command, not a stage
+RESULTS = "results"  # the published results document: a command, not a stage
+COMMANDS = (FIELDS, RESULTS)
 PIPELINE_NOTE = ("Every stage builds the stages it needs that are missing (cached in the run dir, keyed by\n"
                  "their config), after the SFT start policy and the scorer heads (once, in the asset cache).")
 EPILOG = f"""\
@@ -146,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--set section.field=value, or in a --config YAML file).",
                         formatter_class=_Formatter)
     fp.add_argument("sections", nargs="*", metavar="SECTION", help=f"only these sections ({', '.join(SECTIONS)})")
+    rp = sub.add_parser(RESULTS, help=f"render {publish.DOC} (and the README's results block) from results/",
+                        description=f"Render {publish.DOC} and the README's results block from the JSON files in\n"
+                                    "results/ (run in the repository root). With --level1/--sweep, first copy those\n"
+                                    "run dirs' results, config, versions, wall times and figures into results/.",
+                        formatter_class=_Formatter)
+    rp.add_argument("--level1", metavar="RUN_DIR", help="a run dir after `run` and `lr-lesson` (e.g. runs/default)")
+    rp.add_argument("--sweep", metavar="RUN_DIR", help="a run dir after `sweep` (e.g. runs/sweep)")
     return ap
 
 
@@ -173,7 +183,7 @@ def _hoist_stage(argv: list[str], ap: argparse.ArgumentParser) -> list[str]:
             skip = False
         elif tok.startswith("-"):
             skip = "=" not in tok and any(o.startswith(tok) for o in one_value) and len(tok) > 2
-        elif tok in STAGES or tok == FIELDS:
+        elif tok in STAGES or tok in COMMANDS:
             return [tok, *argv[:i], *argv[i + 1:]]
     return argv
 
@@ -198,7 +208,7 @@ def parse_args(argv: list[str] | None):
     `--set a=1 train`), and a flag that only another stage reads is an error naming that stage."""
     ap = build_parser()
     argv = _hoist_stage(list(sys.argv[1:] if argv is None else argv), ap)
-    if not (argv and (argv[0] in STAGES or argv[0] == FIELDS)):
+    if not (argv and (argv[0] in STAGES or argv[0] in COMMANDS)):
         if {"-h", "--help"} & set(argv):
             ap.print_help()
             ap.exit(0)
@@ -265,6 +275,14 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         print(fields_text(args.sections))
         return 0
+    if args.stage == RESULTS:
+        try:
+            publish.collect(publish.RESULTS_DIR, args.level1, args.sweep)
+            print("\n".join(f"wrote {p}" for p in publish.write()))
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         cfg = load_config(args.config, args.overrides, args.preset)
         grid = sweep_grid(args)
@@ -317,7 +335,7 @@ def run_stage(args, cfg, grid: dict) -> int:
     if pipe.dist.main:  # under `accelerate launch`, one report
         print(report.render(args.stage, result))
         print(report.stage_times(pipe.times.rows()))
-        write_json(pipe.paths.result("timings"), {"stage": args.stage, "rows": pipe.times.rows()})
+        log_command(pipe.paths.result("timings"), args.stage, pipe.times.rows(), hardware(), pipe.dist.world)
         print(where(pipe))
     return 0
 

@@ -10,7 +10,7 @@
     run_dir/policies/<name>/     a trained policy (model/, train_log.jsonl)   `policy_name`
     run_dir/eval/<name>/         one evaluation (samples, scored, metrics)    `eval_name`
     run_dir/<experiment>.json    an experiment's result (level1, lr_lesson, sweep)
-    run_dir/timings.json         the last command's wall time by stage (a log, not a cached artifact)
+    run_dir/timings.json         each command's wall time by stage and machine (a log, not a cached artifact)
     run_dir/plots/<name>.png     run_dir/wandb/   (offline wandb runs)
 Nobody else joins run-dir paths.
 """

@@ -17,7 +17,10 @@ import functools
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
+
+from .io import read_json, write_json
 
 STAGES = ("setup", "model loading", "prompts", "sampling", "scoring", "reference log-probs", "training", "evaluation",
           "statistics", "I/O")  # the order rows are shown in; other names follow
@@ -68,3 +71,15 @@ def charged(name: str) -> Callable:
                 return method(self, *args, **kwargs)
         return timed
     return decorate
+
+
+def log_command(path, stage: str, rows: list[dict], hardware: dict, processes: int = 1) -> list[dict]:
+    """Append one command's wall time by stage to the run dir's timings log (`timings.json`: a list,
+    oldest first, one entry per command that ran in the dir, with the machine it ran on) and return
+    the log. A cached rerun adds a short entry instead of hiding what the first run cost."""
+    old = read_json(path) if Path(path).exists() else []
+    log = old if isinstance(old, list) else [old]  # an older single-command record is kept as the first entry
+    log.append({"stage": stage, "seconds": sum(r["seconds"] for r in rows), "processes": processes,
+                "hardware": hardware, "rows": rows})
+    write_json(path, log)
+    return log

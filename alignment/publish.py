@@ -1,0 +1,207 @@
+"""The published results: the small JSON files of the runs the README quotes, committed under
+`results/`, and `RESULTS.md` rendered from them alone, so no number can drift from its source.
+
+    python -m alignment results --level1 runs/default --sweep runs/sweep   # copy the runs' results in, render
+    python -m alignment results                                            # render from results/ only
+
+`collect` copies what a run dir holds (Level 1 and lr-lesson results, config, library versions,
+the wall-time log with its machine, two figures), the sweep's, and the SFT start policy's and the
+scorers' held-out numbers from the asset cache; `render` builds the document from those files with
+`alignment.report`'s tables and sentences; `headline` is the short block the README carries
+between its `results:start` / `results:end` markers. `tests/test_results.py` checks that the
+committed RESULTS.md and the README block equal their rendering.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from . import report
+from .config import Config
+from .io import read_json, write_json
+from .reward import HEADS, head_dir
+from .rundir import RunPaths
+from .sft import sft_out_dir
+
+RESULTS_DIR = "results"
+DOC = "RESULTS.md"
+MARKS = ("<!-- results:start -->", "<!-- results:end -->")
+FIGURES = {"level1": ("level1_rewards", "level1_training"), "sweep": ("frontier_reward_vs_kl", "frontier_judge_vs_kl")}
+RUN_FILES = ("config", "manifest", "timings", "pairs_stats")
+
+
+# ---- collecting ----------------------------------------------------------------------------------
+def _copy_run(src: Path, dest: Path, name: str, results: tuple[str, ...]) -> None:
+    """One run dir's result JSONs (without their local plot paths), its record files and figures,
+    as `dest/<name>.<file>.json` and `dest/<figure>.png`."""
+    paths = RunPaths(src)
+    for res in results:
+        if not paths.result(res).exists():
+            raise FileNotFoundError(f"{paths.result(res)} is missing: run `python -m alignment "
+                                    f"{res.replace('_', '-').replace('level1', 'run')}` on {src} first")
+        data = read_json(paths.result(res))
+        data.pop("plots", None)
+        write_json(dest / f"{res}.json", data)
+    for f in RUN_FILES:
+        if paths.result(f).exists():
+            data = read_json(paths.result(f))
+            if f == "config":
+                data.pop("run_dir", None)  # a local path, not part of the result
+            write_json(dest / f"{name}.{f}.json", data)
+    for fig in FIGURES[name]:
+        if paths.plot(fig).exists():
+            shutil.copyfile(paths.plot(fig), dest / f"{fig}.png")
+
+
+def collect(dest: str | Path, level1_dir: str | Path | None = None, sweep_dir: str | Path | None = None) -> None:
+    """Copy the published runs' results into `dest` (see the module doc): Level 1 and the lr lesson
+    from `level1_dir`, the sweep from `sweep_dir`, and, for the Level-1 run's config, the SFT start
+    policy's and the offline scorers' own held-out numbers."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if level1_dir:
+        _copy_run(Path(level1_dir), dest, "level1", ("level1", "lr_lesson"))
+        cfg = Config.from_dict(read_json(RunPaths(Path(level1_dir)).config))
+        sft = read_json(sft_out_dir(cfg) / "sft_metrics.json")
+        write_json(dest / "sft.json", {k: v for k, v in sft.items() if k != "out"})
+        write_json(dest / "scorers.json", {kind: read_json(head_dir(kind) / "metrics.json") for kind in HEADS})
+    if sweep_dir:
+        _copy_run(Path(sweep_dir), dest, "sweep", ("sweep",))
+
+
+def load(src: str | Path) -> dict:
+    """Every JSON file in `src` by its name without `.json` ({"level1": ..., "level1.config": ...})."""
+    return {p.name[: -len(".json")]: read_json(p) for p in sorted(Path(src).glob("*.json"))}
+
+
+# ---- rendering -----------------------------------------------------------------------------------
+def _machine(h: dict) -> str:
+    dev = f"GPU {h['gpu']}" if h.get("gpu", "none") != "none" else "CPU only"
+    bf16 = "with" if h.get("cpu_native_bf16") else "without"
+    return (f"{dev}: {h['cpu']} ({bf16} native bf16), {h['cpu_cores']} cores, {h['torch_threads']} torch "
+            f"thread(s), torch {h['torch']}, {h['date'][:10]}")
+
+
+def _minutes(s: float) -> str:
+    return f"{int(s // 60)} min {s % 60:.0f} s"
+
+
+def cost_lines(log: list[dict]) -> list[str]:
+    """What each command that built a run dir cost (`timing.log_command` entries), and where the
+    longest one's wall time went."""
+    if not log:
+        return []
+    lines = ["Wall time, command by command (a cached rerun only reads what the first one built):", ""]
+    lines += [f"- `{c['stage']}`: {_minutes(c['seconds'])} on {_machine(c['hardware'])}"
+              + (f" ({c['note']})" if c.get("note") else "") for c in log]
+    longest = max(log, key=lambda c: c["seconds"])
+    return lines + [report.stage_times(longest["rows"]).replace("this process", f"`{longest['stage']}`")]
+
+
+def _setup(cfg: dict, level1: dict) -> str:
+    d, s, e, p = cfg["data"], cfg["sample"], cfg["eval"], cfg["dpo"]
+    adapt = f"LoRA r={p['lora_r']}" if p["lora_r"] else "full fine-tuning"
+    return (f"Start policy `{cfg['model']['policy']}`; {d['n_train_prompts']} training prompts × {s['n_samples']} "
+            f"samples → {level1['pairs']['n_pairs']} pairs ({level1['pairs']['strategy']}); DPO β={p['beta']:g}, "
+            f"lr {p['lr']:g}, {p['epochs']} epoch(s), batch {p['batch_size']}, {p['precision']}, {adapt}; "
+            f"evaluation on {d['n_eval_prompts']} held-out prompts × {e['n_samples']} samples × "
+            f"{len(level1['seeds'])} seeds (each seed its own training run and draws), {e['n_boot']} bootstrap "
+            f"resamples over seeds × prompts.")
+
+
+def _level1_section(r: dict) -> list[str]:
+    level1, cfg = r["level1"], r["level1.config"]
+    return ["## Level 1: DPO (sigmoid) and SLiC (hinge) against the start policy", "",
+            "`make run` (preset `default`). " + _setup(cfg, level1), "",
+            "![Reward of each model's held-out samples](results/level1_rewards.png)", "",
+            "Every metric with its 95 % CI (bootstrap over seeds × prompts):", "",
+            report.ci_table(level1["rows"]), "",
+            *[f"- {report.gain_line(row)}" for row in report.trained_rows(level1["rows"])], "",
+            report.conclusions(level1), "",
+            "Side by side, sample 0 of each model on the first held-out prompts (reward in brackets):", "",
+            report.markdown_table(report.examples_rows(level1["examples"])), "",
+            "![Training curves](results/level1_training.png)", "",
+            *cost_lines(r.get("level1.timings", []))]
+
+
+def _lr_section(r: dict) -> list[str]:
+    lr = r.get("lr_lesson")
+    if not lr:
+        return []
+    return ["## The learning rate", "",
+            "`python -m alignment lr-lesson` on the Level 1 run dir: the same pairs and seeds, trained at a large "
+            "learning rate next to the default one.", "",
+            report.markdown_table(report.results_rows(lr["rows"], extra=("lr",))), "",
+            report.lr_sentence(lr["rows"], lr["start"]), "",
+            report.markdown_table(report.examples_rows(lr["examples"])), ""]
+
+
+def _sweep_section(r: dict) -> list[str]:
+    head = ["## Levels 2 and 3: divergences along β, with best-of-N", ""]
+    sweep = r.get("sweep")
+    if not sweep:
+        return head + ["No sweep result is committed: `make sweep`, then "
+                       "`python -m alignment results --sweep runs/sweep` renders it here.", ""]
+    return head + ["![Reward against KL](results/frontier_reward_vs_kl.png)", "",
+                   "![Judge against KL](results/frontier_judge_vs_kl.png)", "",
+                   report.markdown_table(report.frontier_rows(sweep["points"])), "",
+                   *report.sweep_lines(sweep), "", *cost_lines(r.get("sweep.timings", []))]
+
+
+def _assets_section(r: dict) -> list[str]:
+    sft, scorers = r.get("sft"), r.get("scorers", {})
+    out = []
+    if sft:
+        out += ["## The start policy", "",
+                f"SFT of `{sft['base']}` on {sft['n_train_reviews']} training reviews ({sft['n_train_tokens']} tokens, "
+                f"{sft['steps']} steps, {_minutes(sft['seconds'])} on {sft['threads']} CPU threads): perplexity on "
+                f"{sft['n_eval_reviews']} held-out reviews {sft['ppl_before']:.1f} → {sft['ppl_after']:.1f}.", "",
+                report.markdown_table([{"prompt": a["prompt"], "before": b["completion"], "after": a["completion"]}
+                                       for a, b in zip(sft["samples_after"], sft["samples_before"])]), ""]
+    if scorers:
+        out += ["## The scorers", "", "Held-out accuracy on labelled snippets never used to fit them:", "",
+                report.markdown_table([{"scorer": k, "what": m["sources"], "train": m["n_train"], "test": m["n_test"],
+                                        "accuracy": m["test_accuracy"], "VADER": m.get("vader_test_accuracy")}
+                                       for k, m in scorers.items()]), ""]
+    return out
+
+
+def render(r: dict) -> str:
+    """RESULTS.md from the loaded `results/` files (`load`): every number comes from them."""
+    versions = r.get("level1.manifest", {}).get("versions", {})
+    lines = ["# Results", "",
+             "Rendered by `python -m alignment results` from the files in [`results/`](results/); "
+             "`tests/test_results.py` checks that this page equals that rendering. Offline default models and "
+             "data (see the README); numbers from another machine differ in the last digits.", "",
+             *_level1_section(r), "", *_lr_section(r), *_sweep_section(r), *_assets_section(r)]
+    if versions:
+        lines += ["## Software", "", ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def headline(r: dict) -> str:
+    """The README's results block: the Level 1 table's main columns and each loss's gain, linked to
+    RESULTS.md."""
+    level1, cfg = r["level1"], r["level1.config"]
+    cols = ["model", "reward", "judge", "on_topic", "KL", "ref_ppl"]
+    rows = [{c: row.get(c) for c in cols} for row in report.ci_rows(level1["rows"])]
+    return "\n".join([MARKS[0], _setup(cfg, level1), "", report.markdown_table(rows, cols), "",
+                      *[f"- {report.gain_line(row)}" for row in report.trained_rows(level1["rows"])], "",
+                      f"Everything else (power, seeds, the losses against each other, examples, the learning rate, "
+                      f"the frontiers, the scorers, wall times): [{DOC}]({DOC}).", MARKS[1]])
+
+
+def write(root: str | Path = ".") -> list[Path]:
+    """Render `results/` into RESULTS.md and the README's marked block (in place); the files written."""
+    root = Path(root)
+    r = load(root / RESULTS_DIR)
+    if "level1" not in r:
+        raise FileNotFoundError(f"{root / RESULTS_DIR} holds no level1.json: pass --level1 RUN_DIR (a run dir "
+                                "after `run` and `lr-lesson`)")
+    (root / DOC).write_text(render(r), encoding="utf-8")
+    readme = root / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    if MARKS[0] in text:
+        pre, rest = text.split(MARKS[0], 1)
+        readme.write_text(pre + headline(r) + rest.split(MARKS[1], 1)[1], encoding="utf-8")
+    return [root / DOC, readme]

@@ -1,0 +1,103 @@
+"""The published results: RESULTS.md and the README's results block are exactly what
+`python -m alignment results` renders from the committed `results/` files (so no number in them can
+drift from its source), and `collect` copies a run dir's results without local paths."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from alignment import publish
+from alignment.cli import main
+from alignment.io import read_json, write_json
+from alignment.config import load_config
+from alignment.reward import HEADS, head_dir
+from alignment.sft import sft_out_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def published() -> dict:
+    return publish.load(ROOT / publish.RESULTS_DIR)
+
+
+def test_results_md_is_the_rendering_of_the_committed_results(published):
+    assert (ROOT / publish.DOC).read_text(encoding="utf-8") == publish.render(published), \
+        "RESULTS.md differs from its rendering: run `python -m alignment results` and commit both"
+
+
+def test_readme_results_block_is_the_rendering_of_the_committed_results(published):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.count(publish.MARKS[0]) == 1 and readme.count(publish.MARKS[1]) == 1
+    block = publish.MARKS[0] + readme.split(publish.MARKS[0], 1)[1].split(publish.MARKS[1], 1)[0] + publish.MARKS[1]
+    assert block == publish.headline(published)
+
+
+def test_the_published_numbers_are_the_level1_results(published):
+    """The headline's table cells are the stored rows' values (formatted), model by model."""
+    block = publish.headline(published)
+    for row in published["level1"]["rows"]:
+        line = next(ln for ln in block.splitlines() if ln.startswith(f"| {row['model']} |"))
+        assert f"{row['eval/reward_mean']:.3f} ({row['eval/reward_ci_lo']:.3f} .. {row['eval/reward_ci_hi']:.3f})" in line
+    assert all(f"{r['reward_gain']:+.3f}" in block for r in published["level1"]["rows"] if "reward_gain" in r)
+
+
+def test_every_figure_the_document_shows_is_committed(published):
+    doc = publish.render(published)
+    for name in [n for names in publish.FIGURES.values() for n in names]:
+        if f"results/{name}.png" in doc:
+            assert (ROOT / publish.RESULTS_DIR / f"{name}.png").exists(), name
+
+
+def _fake_run(root: Path, level1: dict, config: dict) -> Path:
+    run = root / "run"
+    (run / "plots").mkdir(parents=True)
+    write_json(run / "level1.json", {**level1, "plots": [str(run / "plots" / "level1_rewards.png")]})
+    write_json(run / "lr_lesson.json", {"rows": [], "start": {}, "examples": [], "plots": ["/somewhere/x.png"]})
+    write_json(run / "config.json", {**config, "run_dir": str(run)})
+    write_json(run / "timings.json", [{"stage": "run", "seconds": 1.0, "processes": 1, "hardware": {}, "rows": []}])
+    (run / "plots" / "level1_rewards.png").write_bytes(b"png")
+    return run
+
+
+def test_collect_copies_a_run_without_its_local_paths(tmp_path, monkeypatch, published):
+    monkeypatch.setenv("ALIGNMENT_CACHE", str(tmp_path / "cache"))
+    cfg = published["level1.config"]
+    run = _fake_run(tmp_path, published["level1"], cfg)
+    sft_dir = sft_out_dir(load_config(overrides=cfg))
+    sft_dir.mkdir(parents=True)
+    write_json(sft_dir / "sft_metrics.json", {"ppl_after": 44.7, "out": str(sft_dir)})
+    for kind in HEADS:
+        head_dir(kind).mkdir(parents=True, exist_ok=True)
+        write_json(head_dir(kind) / "metrics.json", {"test_accuracy": 0.5})
+
+    dest = tmp_path / "results"
+    publish.collect(dest, run)
+    assert read_json(dest / "level1.json") == published["level1"]  # "plots" (local paths) dropped
+    assert "run_dir" not in read_json(dest / "level1.config.json")
+    assert read_json(dest / "sft.json") == {"ppl_after": 44.7}
+    assert set(read_json(dest / "scorers.json")) == set(HEADS)
+    assert (dest / "level1_rewards.png").read_bytes() == b"png"
+    assert str(tmp_path) not in "".join(p.read_text() for p in dest.glob("*.json"))
+
+
+def test_results_command_renders_in_place_and_names_a_missing_run(tmp_path, monkeypatch, capsys):
+    shutil.copytree(ROOT / publish.RESULTS_DIR, tmp_path / publish.RESULTS_DIR)
+    readme = f"intro\n{publish.MARKS[0]}\nold numbers\n{publish.MARKS[1]}\noutro\n"
+    (tmp_path / "README.md").write_text(readme, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert main(["results"]) == 0
+    text = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "old numbers" not in text and text.startswith("intro\n") and text.endswith("\noutro\n")
+    assert (tmp_path / publish.DOC).read_text(encoding="utf-8") == (ROOT / publish.DOC).read_text(encoding="utf-8")
+    assert main(["results", "--level1", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere/level1.json is missing" in capsys.readouterr().err
+
+
+def test_results_json_hold_data_only(published):
+    """No Markdown and no local paths in the committed results."""
+    for name, data in published.items():
+        text = json.dumps(data)
+        assert "/tmp/" not in text and "/root/" not in text and "/home/" not in text, name
+        assert "| ---" not in text and "|---" not in text, name
