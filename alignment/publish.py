@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from . import report
-from .config import Config
+from .config import load_config
 from .io import read_json, write_json
 from .reward import HEADS, head_dir
 from .rundir import RunPaths
@@ -28,6 +28,7 @@ DOC = "RESULTS.md"
 MARKS = ("<!-- results:start -->", "<!-- results:end -->")
 FIGURES = {"level1": ("level1_rewards", "level1_training"), "sweep": ("frontier_reward_vs_kl", "frontier_judge_vs_kl")}
 RUN_FILES = ("config", "manifest", "timings", "pairs_stats")
+OFFLINE_BASE = "SmolLM2-135M-Instruct"  # what sft.base="offline" fine-tunes
 
 
 # ---- collecting ----------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def collect(dest: str | Path, level1_dir: str | Path | None = None, sweep_dir: s
     dest.mkdir(parents=True, exist_ok=True)
     if level1_dir:
         _copy_run(Path(level1_dir), dest, "level1", ("level1", "lr_lesson"))
-        cfg = Config.from_dict(read_json(RunPaths(Path(level1_dir)).config))
+        cfg = load_config(overrides=read_json(RunPaths(Path(level1_dir)).config))
         sft = read_json(sft_out_dir(cfg) / "sft_metrics.json")
         write_json(dest / "sft.json", {k: v for k, v in sft.items() if k != "out"})
         write_json(dest / "scorers.json", {kind: read_json(head_dir(kind) / "metrics.json") for kind in HEADS})
@@ -129,9 +130,10 @@ def _lr_section(r: dict) -> list[str]:
     if not lr:
         return []
     return ["## The learning rate", "",
-            "`python -m alignment lr-lesson` on the Level 1 run dir: the same pairs and seeds, trained at a large "
-            "learning rate next to the default one.", "",
-            report.markdown_table(report.results_rows(lr["rows"], extra=("lr",))), "",
+            "`python -m alignment lr-lesson` on the Level 1 run dir: the same pairs, the sigmoid loss at the original "
+            "notebook's learning rate next to the default one (seed 0; the start row is that seed's draws).", "",
+            report.ci_table([lr["start"], *lr["rows"]]), "",
+            *[f"- {report.gain_line(row)}" for row in lr["rows"]], "",
             report.lr_sentence(lr["rows"], lr["start"]), "",
             report.markdown_table(report.examples_rows(lr["examples"])), ""]
 
@@ -153,7 +155,7 @@ def _assets_section(r: dict) -> list[str]:
     out = []
     if sft:
         out += ["## The start policy", "",
-                f"SFT of `{sft['base']}` on {sft['n_train_reviews']} training reviews ({sft['n_train_tokens']} tokens, "
+                f"SFT of `{OFFLINE_BASE if sft['base'] == 'offline' else sft['base']}` on {sft['n_train_reviews']} training reviews ({sft['n_train_tokens']} tokens, "
                 f"{sft['steps']} steps, {_minutes(sft['seconds'])} on {sft['threads']} CPU threads): perplexity on "
                 f"{sft['n_eval_reviews']} held-out reviews {sft['ppl_before']:.1f} → {sft['ppl_after']:.1f}.", "",
                 report.markdown_table([{"prompt": a["prompt"], "before": b["completion"], "after": a["completion"]}
