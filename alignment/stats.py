@@ -164,10 +164,21 @@ def prompt_bootstrap(x, prompts, n_boot: int = 1000, level: float = 0.95, seed: 
     return {"mean": float((w * xs).sum() / w.sum()), "lo": float(lo), "hi": float(hi), "n_prompts": P}
 
 
-def _entropy(pooled: np.ndarray) -> np.ndarray:
-    """(..., U) token counts -> (...,) plug-in entropy in nats: log N - sum c log c / N (0 without tokens)."""
+def _clogc(c: np.ndarray) -> np.ndarray:
+    """c log c elementwise, 0 at c = 0."""
+    return np.where(c > 0, c * np.log(np.where(c > 0, c, 1.0)), 0.0)
+
+
+def _clogc_table(max_count: int) -> np.ndarray:
+    """(max_count + 1,) `_clogc` of the integers 0..max_count: the same values, looked up."""
+    return _clogc(np.arange(max_count + 1, dtype=np.float64))
+
+
+def _entropy(pooled: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
+    """(..., U) token counts -> (...,) plug-in entropy in nats: log N - sum c log c / N (0 without
+    tokens). `table` (`_clogc_table`): the counts are integers up to its length - 1."""
     n = pooled.sum(-1)
-    clogc = np.where(pooled > 0, pooled * np.log(np.where(pooled > 0, pooled, 1.0)), 0.0).sum(-1)
+    clogc = (_clogc(pooled) if table is None else table[pooled.astype(np.intp)]).sum(-1)
     return np.where(n > 0, np.log(np.maximum(n, 1e-300)) - clogc / np.maximum(n, 1e-300), 0.0)
 
 
@@ -194,8 +205,10 @@ def prompt_bootstrap_entropy(token_ids: list[list[int]], prompts, groups=None, n
     for g, c, seq in zip(groups, ix, token_ids):
         np.add.at(counts[names.index(g), c], [vocab[t] for t in seq], 1.0)
     estimate = float(_entropy(counts.sum(1)).mean())  # (G,) -> mean over groups
-    boot = np.concatenate([_entropy(np.einsum("bp,gpu->bgu", draws[i : i + chunk], counts)).mean(1)
-                           for i in range(0, n_boot, chunk)])  # (n_boot,)
+    # (b, P) @ (G, P, U) -> (G, b, U) resampled counts, one GEMM per group; they are integers (exact
+    # in float64), so c log c is looked up in a table rather than computed for every cell
+    resampled = (np.matmul(draws[i : i + chunk], counts) for i in range(0, n_boot, chunk))  # (G, b, U) each
+    boot = np.concatenate([_entropy(c, _clogc_table(int(c.max()))).mean(0) for c in resampled])  # (n_boot,)
     alpha_pct = _check_level(level)
     q_lo, q_hi = np.percentile(boot, [alpha_pct, 100.0 - alpha_pct])
     bias = float(boot.mean()) - estimate

@@ -295,3 +295,14 @@ def test_as_clean_array():
         as_clean_array([], "x")
     with pytest.raises(ValueError, match="x: input contains 1 NaN value"):
         as_clean_array([1.0, math.nan, 2.0], "x")
+
+
+def test_entropy_from_the_clogc_table_equals_the_direct_formula():
+    """The bootstrap's resampled counts are integers, so c log c is looked up: bit-identical values."""
+    from alignment.stats import _clogc_table, _entropy
+    counts = np.random.default_rng(0).integers(0, 40, size=(3, 5, 17)).astype(np.float64)
+    counts[0, 0] = 0.0  # a resample without tokens: entropy 0
+    got = _entropy(counts, _clogc_table(int(counts.max())))
+    assert np.array_equal(got, _entropy(counts)) and got[0, 0] == 0.0
+    c = np.array([2.0, 1.0, 1.0])
+    assert got.shape == (3, 5) and _entropy(c, _clogc_table(2)) == pytest.approx(-(0.5 * np.log(0.5) + 0.5 * np.log(0.25)))
