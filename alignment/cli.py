@@ -75,9 +75,9 @@ STAGE_INFO: dict[str, Stage] = {
                  "eval.n_seeds seeds and evaluated next to the start policy and the human row. Writes\n"
                  "run_dir/level1.json, run_dir/plots/ and run_dir/wandb/ (offline); prints the results table,\n"
                  "the 95 % CIs, the gains vs the start policy and example generations."),
-    "lr-lesson": Stage("the seed's lr 1e-3 next to dpo.lr, on the same pairs",
-                       "Train and evaluate the sigmoid loss at the seed's lr 1e-3 and at dpo.lr on the same pairs.\n"
-                       "Writes run_dir/lr_lesson.json; prints the table and what the lr does."),
+    "lr-lesson": Stage("the original notebook's lr 1e-3 next to dpo.lr, on the same pairs",
+                       "Train and evaluate the sigmoid loss at the original notebook's lr 1e-3 and at dpo.lr on the\n"
+                       "same pairs. Writes run_dir/lr_lesson.json; prints the table and what the lr does."),
     "sweep": Stage("Level 2/3: divergences x betas x seeds + best-of-N, matched-KL verdicts",
                    "Level 2/3: every loss in --losses (alpha once per --alphas) trained at every --betas and\n"
                    "--seeds, each evaluated, next to a best-of-N baseline, compared at matched KL. Writes\n"

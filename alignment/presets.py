@@ -1,6 +1,7 @@
 """Named sizes. `smoke`: whole pipeline in minutes on 2 CPU cores (CI, notebook check).
-`default`: the CPU default behind `make run` (3 seeds; ~16 min on 2 cores once assets, heads and the SFT start policy are built). `sweep`: CPU-sized Level 2/3 frontiers (LoRA, bf16 where native). `full`: a GPU-sized run. `hub`: the seed's
-real models and data (internet + GPU)."""
+`default`: the CPU default behind `make run` (3 seeds). `sweep`: CPU-sized Level 2/3 frontiers (LoRA,
+bf16 where native). `full`: a GPU-sized run. `hub`: the original notebook's real models and data
+(internet + GPU)."""
 
 PRESETS: dict[str, dict] = {
     "smoke": {
