@@ -18,6 +18,8 @@ Conventions, shared by every caller:
 """
 from __future__ import annotations
 
+import math
+import warnings
 from statistics import NormalDist
 from typing import Sequence
 
@@ -283,6 +285,17 @@ def compare_to_start(scored: list[dict], start: list[dict], n_boot: int) -> dict
     return out
 
 
+def check_p_floor(n_boot: int, family: int, field: str = "eval.n_boot") -> None:
+    """Warn when `n_boot` resamples cannot call anything distinguishable: a bootstrap p-value is at
+    least 2 / (B + 1) (`bootstrap_p`), so after Holm over `family` comparisons at least
+    2 family / (B + 1), which must stay below ALPHA."""
+    if family and 2 * family / (n_boot + 1) >= ALPHA:
+        need = math.ceil(2 * family / ALPHA)
+        warnings.warn(f"{field}={n_boot}: with Holm over {family} comparison(s) no p-value can fall below "
+                      f"{ALPHA:g} (the smallest is 2 x {family} / ({n_boot} + 1)); use {field} >= {need}",
+                      stacklevel=2)
+
+
 def with_holm(rows: list[dict]) -> list[dict]:
     """Copies of `rows` (each with `compare_to_start`'s keys) with each gain p-value adjusted (Holm,
     per metric, `<prefix>_p_holm`) for the number of policies compared with the start."""
@@ -299,6 +312,7 @@ def versus_start(start: dict, runs: dict[str, dict], n_boot: int) -> tuple[list[
     `runs`: {name: {"metrics", "scored"}} of each trained model (seeds pooled; seed s paired with the
     start under seed s's draws). Returns (rows: the start's metrics, then each run's with its gains
     over the start, Holm over the runs; between: every pair of runs, a - b, Holm over the pairs)."""
+    check_p_floor(n_boot, len(runs))
     rows = with_holm([{**r["metrics"], **compare_to_start(r["scored"], start["scored"], n_boot)} for r in runs.values()])
     names = list(runs)
     between = with_holm([{"a": a, "b": b, **compare_to_start(runs[a]["scored"], runs[b]["scored"], n_boot)}

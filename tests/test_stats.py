@@ -306,3 +306,13 @@ def test_entropy_from_the_clogc_table_equals_the_direct_formula():
     assert np.array_equal(got, _entropy(counts)) and got[0, 0] == 0.0
     c = np.array([2.0, 1.0, 1.0])
     assert got.shape == (3, 5) and _entropy(c, _clogc_table(2)) == pytest.approx(-(0.5 * np.log(0.5) + 0.5 * np.log(0.25)))
+
+
+def test_too_few_resamples_for_holm_warns_with_the_fix():
+    from alignment.stats import check_p_floor
+    with pytest.warns(UserWarning, match=r"eval.n_boot=50: with Holm over 2 .* use eval.n_boot >= 80"):
+        check_p_floor(50, 2)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_p_floor(80, 2)  # 4 / 81 < 0.05: no warning
