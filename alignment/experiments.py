@@ -9,6 +9,7 @@ from pathlib import Path
 from . import frontier as F
 from . import plots
 from .io import write_json
+from .metrics import content_of
 from .evaluate import Evaluation, pooled
 from .pipeline import Pipeline
 from .rundir import START
@@ -31,7 +32,7 @@ def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, E
     policy = pipe.train(**overrides)
     ev = pipe.evaluate(policy, seed=overrides.get("seed", pipe.cfg.dpo.seed))
     with pipe.times("statistics"):
-        gains = compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot)
+        gains = compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot, tokens=content_of)
     return {**ev.metrics, **gains}, ev, policy.log
 
 
@@ -72,7 +73,8 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
         start = pooled(START, starts, n_boot)
         runs = {name: pooled(name, evs, n_boot) for name, evs in evals.items()}
         rows, between = versus_start(start._asdict(), {n: {"metrics": {**e.metrics, "seeds": list(seeds)},
-                                                           "scored": e.scored} for n, e in runs.items()}, n_boot)
+                                                           "scored": e.scored} for n, e in runs.items()}, n_boot,
+                                    tokens=content_of)
         per_seed = [{**ev.metrics, **compare_to_start(ev.scored, st.scored, n_boot), "seed": s}
                     for evs in evals.values() for ev, st, s in zip(evs, starts, seeds)]
     shown = {START: start, **runs, **({human.metrics["model"]: human} if human else {})}

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .stats import prompt_bootstrap, prompt_bootstrap_entropy
 
-METRICS_VERSION = 1  # bump when `metrics_of` changes what it computes: cached evaluations are re-measured on load
+METRICS_VERSION = 2  # bump when `metrics_of` changes what it computes: cached evaluations are re-measured on load
 
 __all__ = [
     "METRICS_VERSION",

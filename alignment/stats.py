@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from statistics import NormalDist
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -81,10 +81,17 @@ def hierarchical_weights(n_prompts: int, n_seeds: int, n_boot: int, seed: int = 
     bootstrap (the same draws). Caveat: with 3 seeds the seed part is coarse (10 distinct multisets; a
     percentile bootstrap shrinks the seed variance by (S-1)/S) and under-covers when seed and prompt
     variance are comparable (~0.85 for a nominal 0.95 in a simulation); more seeds fix that, not the method."""
+    ws, wp = crossed_weights(n_prompts, n_seeds, n_boot, seed)
+    return ws[:, :, None] * wp[:, None, :]  # (n_boot, S, P)
+
+
+def crossed_weights(n_prompts: int, n_seeds: int, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The two factors of `hierarchical_weights`: (n_boot, S) seed and (n_boot, P) prompt multinomial
+    counts (seeds all 1 when there is one)."""
     wp = np.random.default_rng(seed).multinomial(n_prompts, np.full(n_prompts, 1.0 / n_prompts), size=n_boot)
     ws = (np.ones((n_boot, 1)) if n_seeds == 1 else
           np.random.default_rng(seed + 1).multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_boot))
-    return ws.astype(np.float64)[:, :, None] * wp.astype(np.float64)[:, None, :]  # (n_boot, S, P)
+    return ws.astype(np.float64), wp.astype(np.float64)
 
 
 def cell_sums(x: np.ndarray, ip: np.ndarray, iseed: np.ndarray, S: int, P: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,11 +191,34 @@ def _entropy(pooled: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
     return np.where(n > 0, np.log(np.maximum(n, 1e-300)) - clogc / np.maximum(n, 1e-300), 0.0)
 
 
+def _entropy_draws(token_ids: list[list[int]], prompts, groups, n_boot: int, seed: int, chunk: int,
+                   P_index: dict | None = None) -> tuple[float, np.ndarray]:
+    """(estimate, (n_boot,) resampled statistic) of the mean over groups of each group's token entropy:
+    prompts resampled (the same draws in every group) and, with several groups (seeds), groups too."""
+    groups = [0] * len(token_ids) if groups is None else list(groups)
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(t for seq in token_ids for t in seq))}
+    if not vocab:
+        return 0.0, np.zeros(n_boot)
+    ix, _, index, _ = _cells(prompts, None, P_index)
+    names = sorted(set(groups))
+    ws, wp = crossed_weights(len(index), len(names), n_boot, seed)  # (n_boot, G), (n_boot, P)
+    counts = np.zeros((len(names), len(index), len(vocab)))  # (G, P, U) token counts per group and prompt
+    for g, c, seq in zip(groups, ix, token_ids):
+        np.add.at(counts[names.index(g), c], [vocab[t] for t in seq], 1.0)
+    estimate = float(_entropy(counts.sum(1)).mean())  # (G,) -> mean over groups
+    # (b, P) @ (G, P, U) -> (G, b, U) resampled counts, one GEMM per group; they are integers (exact
+    # in float64), so c log c is looked up in a table rather than computed for every cell
+    resampled = (np.matmul(wp[i : i + chunk], counts) for i in range(0, n_boot, chunk))
+    per_group = np.concatenate([_entropy(c, _clogc_table(int(c.max()))) for c in resampled], axis=1)  # (G, n_boot)
+    return estimate, (ws * per_group.T).sum(1) / ws.sum(1)  # (n_boot,) seed-weighted mean over groups
+
+
 def prompt_bootstrap_entropy(token_ids: list[list[int]], prompts, groups=None, n_boot: int = 1000,
                              level: float = 0.95, seed: int = 0, chunk: int = 128) -> dict:
-    """`metrics.unigram_token_entropy` with a prompt-clustered bootstrap CI. With `groups` (e.g. the seed
+    """`metrics.unigram_token_entropy` with a prompt-clustered bootstrap CI. With `groups` (the seed
     of each sample) the statistic is the mean over groups of each group's entropy (pooling several
-    policies' tokens would inflate it), and every resample draws the same prompts for every group.
+    policies' tokens would inflate it); every resample draws the same prompts for every group and
+    resamples the groups too (seeds × prompts, as `hierarchical_weights`).
 
     The interval is bias-corrected: [q_lo - b, q_hi - b] with b = mean(resamples) - H. A resample
     repeats prompts and so never adds token types, which biases a plug-in entropy down by more than
@@ -196,25 +226,31 @@ def prompt_bootstrap_entropy(token_ids: list[list[int]], prompts, groups=None, n
     Returns {mean (the estimate), lo, hi}; all zeros when there are no tokens at all."""
     if len(prompts) != len(token_ids):
         raise ValueError("prompt_bootstrap_entropy: one prompt id per token list is needed")
-    groups = [0] * len(token_ids) if groups is None else list(groups)
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(t for seq in token_ids for t in seq))}
-    if not vocab:
+    estimate, boot = _entropy_draws(token_ids, prompts, groups, n_boot, seed, chunk)
+    if not any(token_ids):
         return {"mean": 0.0, "lo": 0.0, "hi": 0.0}
-    ix, _, index, _ = _cells(prompts, None)
-    draws = hierarchical_weights(len(index), 1, n_boot, seed)[:, 0, :]  # (n_boot, P): prompts only
-    names = sorted(set(groups))
-    counts = np.zeros((len(names), draws.shape[1], len(vocab)))  # (G, P, U) token counts per group and prompt
-    for g, c, seq in zip(groups, ix, token_ids):
-        np.add.at(counts[names.index(g), c], [vocab[t] for t in seq], 1.0)
-    estimate = float(_entropy(counts.sum(1)).mean())  # (G,) -> mean over groups
-    # (b, P) @ (G, P, U) -> (G, b, U) resampled counts, one GEMM per group; they are integers (exact
-    # in float64), so c log c is looked up in a table rather than computed for every cell
-    resampled = (np.matmul(draws[i : i + chunk], counts) for i in range(0, n_boot, chunk))  # (G, b, U) each
-    boot = np.concatenate([_entropy(c, _clogc_table(int(c.max()))).mean(0) for c in resampled])  # (n_boot,)
     alpha_pct = _check_level(level)
     q_lo, q_hi = np.percentile(boot, [alpha_pct, 100.0 - alpha_pct])
     bias = float(boot.mean()) - estimate
     return {"mean": estimate, "lo": float(q_lo - bias), "hi": float(q_hi - bias)}
+
+
+def paired_entropy_bootstrap(a_ids: list[list[int]], a_prompts, a_groups, b_ids: list[list[int]], b_prompts,
+                             b_groups, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Paired bootstrap of H(a) - H(b), the token entropy (`prompt_bootstrap_entropy`'s statistic) of
+    two models on the same prompts under the same seeds: every resample draws the same prompts and
+    seeds for both; bias-corrected the same way. Returns {diff, lo, hi, p} (`bootstrap_p`)."""
+    prompts = sorted(set(a_prompts))
+    if set(b_prompts) != set(prompts) or set(a_groups or [0]) != set(b_groups or [0]):
+        raise ValueError("paired_entropy_bootstrap: both models must be evaluated on the same prompts and seeds")
+    index = {p: i for i, p in enumerate(prompts)}
+    ea, ba = _entropy_draws(a_ids, a_prompts, a_groups, n_boot, seed, 128, index)
+    eb, bb = _entropy_draws(b_ids, b_prompts, b_groups, n_boot, seed, 128, index)
+    d = ba - bb
+    d = d - (float(d.mean()) - (ea - eb))  # bias-corrected draws
+    alpha_pct = _check_level(level)
+    lo, hi = np.percentile(d, [alpha_pct, 100.0 - alpha_pct])
+    return {"diff": ea - eb, "lo": float(lo), "hi": float(hi), "p": bootstrap_p(d)}
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -265,14 +301,42 @@ def summary(b: np.ndarray) -> dict:
 
 GAINS = (("reward", "reward_gain", "gain"), ("judge", "judge_gain", "judge_gain"),
          ("on_topic", "on_topic_gain", "on_topic_gain"))  # (scored field, gain key, CI/p prefix)
+DRIFTS = ("kl_diff", "pred_entropy_diff", "token_entropy_diff")  # what training costs: key = CI/p prefix
 
 
-def compare_to_start(scored: list[dict], start: list[dict], n_boot: int) -> dict:
+def _per_sample_drift(r: dict) -> dict[str, float]:
+    return {"kl_diff": r["logp"] - r["ref_logp"], "pred_entropy_diff": r["pred_entropy"]}
+
+
+def compare_drift(scored: list[dict], start: list[dict], n_boot: int, tokens: Callable[[dict], list[int]]) -> dict:
+    """Paired differences (same prompts, seed s with seed s) in what training costs: the per-sample
+    KL term log π(y) − log π_ref(y), the predictive entropy and the token entropy (`tokens`: a
+    record's content tokens). Needs the sampler's log-probs: {} for the human row.
+    Returns {<key>, <key>_ci_lo, <key>_ci_hi, <key>_p} per key in `DRIFTS`."""
+    if scored[0].get("logp") is None or start[0].get("logp") is None:
+        return {}
+    seeds = lambda recs: [r.get("seed_index", 0) for r in recs]  # noqa: E731
+    pids = lambda recs: [r["prompt_id"] for r in recs]  # noqa: E731
+    out = {}
+    for key in DRIFTS[:2]:
+        b = paired_prompt_bootstrap([_per_sample_drift(r)[key] for r in scored], pids(scored),
+                                    [_per_sample_drift(r)[key] for r in start], pids(start), n_boot=n_boot,
+                                    a_seeds=seeds(scored), b_seeds=seeds(start))
+        out.update({key: b["diff"], f"{key}_ci_lo": b["lo"], f"{key}_ci_hi": b["hi"], f"{key}_p": b["p"]})
+    h = paired_entropy_bootstrap([tokens(r) for r in scored], pids(scored), seeds(scored),
+                                 [tokens(r) for r in start], pids(start), seeds(start), n_boot=n_boot)
+    key = DRIFTS[2]
+    return {**out, key: h["diff"], f"{key}_ci_lo": h["lo"], f"{key}_ci_hi": h["hi"], f"{key}_p": h["p"]}
+
+
+def compare_to_start(scored: list[dict], start: list[dict], n_boot: int,
+                     tokens: Callable[[dict], list[int]] | None = None) -> dict:
     """Differences policy - start policy on the same held-out prompts, for the reward, the judge
     and on_topic (where scored): a paired bootstrap over prompts (all samples of a prompt, of both
     models, move together) and, for pooled seeds, over seeds (seed s of the policy with the start
     under seed s's draws), with its p-value. `scored`, `start`: annotated sample records (prompt_id,
-    the fields, optional seed_index). Returns {<gain key>, <prefix>_ci_lo, <prefix>_ci_hi, <prefix>_p}."""
+    the fields, optional seed_index). Returns {<gain key>, <prefix>_ci_lo, <prefix>_ci_hi, <prefix>_p};
+    with `tokens` (a record's content tokens) also `compare_drift`'s KL and entropy differences."""
     out = {}
     for field, key, pre in GAINS:
         if field not in scored[0] or field not in start[0]:
@@ -282,7 +346,7 @@ def compare_to_start(scored: list[dict], start: list[dict], n_boot: int) -> dict
                                     n_boot=n_boot, a_seeds=[r.get("seed_index", 0) for r in scored],
                                     b_seeds=[r.get("seed_index", 0) for r in start])
         out.update({key: b["diff"], f"{pre}_ci_lo": b["lo"], f"{pre}_ci_hi": b["hi"], f"{pre}_p": b["p"]})
-    return out
+    return {**out, **(compare_drift(scored, start, n_boot, tokens) if tokens else {})}
 
 
 def check_p_floor(n_boot: int, family: int, field: str = "eval.n_boot") -> None:
@@ -300,22 +364,25 @@ def with_holm(rows: list[dict]) -> list[dict]:
     """Copies of `rows` (each with `compare_to_start`'s keys) with each gain p-value adjusted (Holm,
     per metric, `<prefix>_p_holm`) for the number of policies compared with the start."""
     rows = [dict(r) for r in rows]
-    for _, _, pre in GAINS:
+    for pre in [pre for _, _, pre in GAINS] + list(DRIFTS):
         if rows and all(f"{pre}_p" in r for r in rows):
             for r, p in zip(rows, holm([r[f"{pre}_p"] for r in rows])):
                 r[f"{pre}_p_holm"] = p
     return rows
 
 
-def versus_start(start: dict, runs: dict[str, dict], n_boot: int) -> tuple[list[dict], list[dict]]:
+def versus_start(start: dict, runs: dict[str, dict], n_boot: int,
+                 tokens: Callable[[dict], list[int]] | None = None) -> tuple[list[dict], list[dict]]:
     """Level 1's comparisons. `start`: {"metrics", "scored"} of the start policy (seeds pooled);
     `runs`: {name: {"metrics", "scored"}} of each trained model (seeds pooled; seed s paired with the
     start under seed s's draws). Returns (rows: the start's metrics, then each run's with its gains
-    over the start, Holm over the runs; between: every pair of runs, a - b, Holm over the pairs)."""
+    over the start, Holm over the runs; between: every pair of runs, a - b, Holm over the pairs). With
+    `tokens` (a record's content tokens) both also hold the paired KL and entropy differences."""
     check_p_floor(n_boot, len(runs))
-    rows = with_holm([{**r["metrics"], **compare_to_start(r["scored"], start["scored"], n_boot)} for r in runs.values()])
+    rows = with_holm([{**r["metrics"], **compare_to_start(r["scored"], start["scored"], n_boot, tokens)}
+                      for r in runs.values()])
     names = list(runs)
-    between = with_holm([{"a": a, "b": b, **compare_to_start(runs[a]["scored"], runs[b]["scored"], n_boot)}
+    between = with_holm([{"a": a, "b": b, **compare_to_start(runs[a]["scored"], runs[b]["scored"], n_boot, tokens)}
                          for i, a in enumerate(names) for b in names[i + 1:]])
     return [start["metrics"], *rows], between
 

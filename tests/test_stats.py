@@ -316,3 +316,33 @@ def test_too_few_resamples_for_holm_warns_with_the_fix():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_p_floor(80, 2)  # 4 / 81 < 0.05: no warning
+
+
+def test_paired_entropy_difference_is_the_difference_of_the_entropies_and_detects_a_collapse():
+    from alignment.stats import paired_entropy_bootstrap
+    rng = np.random.default_rng(0)
+    prompts = [f"p{i // 2}" for i in range(80)]
+    groups = [i % 2 for i in range(80)]
+    rich = [list(rng.integers(0, 200, size=12)) for _ in range(80)]
+    poor = [list(rng.integers(0, 8, size=12)) for _ in range(80)]
+    h = paired_entropy_bootstrap(rich, prompts, groups, poor, prompts, groups, n_boot=400)
+    per = lambda ids: np.mean([unigram_token_entropy([s for s, g in zip(ids, groups) if g == k]) for k in (0, 1)])  # noqa: E731
+    assert h["diff"] == pytest.approx(per(rich) - per(poor), abs=1e-12)
+    assert h["lo"] > 1.0 and h["p"] == pytest.approx(2 / 401)  # ~log(200) - log(8) nats, every draw > 0
+    same = paired_entropy_bootstrap(rich, prompts, groups, rich, prompts, groups, n_boot=400)
+    assert same["diff"] == 0.0 and same["lo"] == pytest.approx(0.0, abs=1e-12) and same["p"] == 1.0
+    with pytest.raises(ValueError, match="same prompts and seeds"):
+        paired_entropy_bootstrap(rich, prompts, groups, poor, prompts, [0] * 80, n_boot=10)
+
+
+def test_token_entropy_ci_resamples_seeds_too():
+    """Two seeds with very different entropies: the seed-level resampling widens the CI well beyond
+    the prompts-only interval (one seed's draws alone)."""
+    from alignment.stats import prompt_bootstrap_entropy
+    rng = np.random.default_rng(1)
+    prompts = [f"p{i % 30}" for i in range(120)]
+    groups = [0] * 60 + [1] * 60
+    ids = [list(rng.integers(0, 300 if g else 20, size=10)) for g in groups]
+    both = prompt_bootstrap_entropy(ids, prompts, groups, n_boot=400)
+    one = prompt_bootstrap_entropy(ids[:60], prompts[:60], None, n_boot=400)
+    assert both["hi"] - both["lo"] > 5 * (one["hi"] - one["lo"])
