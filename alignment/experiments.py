@@ -10,6 +10,7 @@ from . import frontier as F
 from . import plots
 from .io import write_json
 from .metrics import content_of
+from .design import level1_design
 from .evaluate import Evaluation, pooled
 from .pipeline import Pipeline
 from .rundir import START
@@ -77,15 +78,16 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
                                     tokens=content_of)
         per_seed = [{**ev.metrics, **compare_to_start(ev.scored, st.scored, n_boot), "seed": s}
                     for evs in evals.values() for ev, st, s in zip(evs, starts, seeds)]
+        design = level1_design({n: e.scored for n, e in runs.items()}, start.scored)
     shown = {START: start, **runs, **({human.metrics["model"]: human} if human else {})}
     logs = {p.name: p.log for ps in policies.values() for p in ps}
     with pipe.times("I/O"):  # plots, level1.json, the wandb summary
         return _level1_report(pipe, rows + ([human.metrics] if human else []), per_seed, between, shown, logs,
-                              pairs, pair_stats, seeds)
+                              pairs, pair_stats, seeds, design)
 
 
 def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Evaluation], logs, pairs, pair_stats,
-                   seeds) -> dict:
+                   seeds, design: dict) -> dict:
     """Level 1's plots, level1.json and wandb summary; returns the result dict."""
     P = pipe.paths
     first = {m: [r for r in e.scored if r.get("seed_index", 0) == 0] for m, e in evals.items()}
@@ -93,6 +95,7 @@ def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Eva
              plots.training_curves(logs, P.plot("level1_training")),
              plots.margin_hist([p["margin"] for p in pairs], P.plot("pair_margins"))]
     result = {"pairs": pair_stats, "rows": rows, "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
+              "design": design,
               "examples": example_records(first, pipe.cfg.eval.n_examples), "plots": [str(f) for f in files]}
     if pipe.dist.main:
         write_json(P.result("level1"), result)

@@ -199,8 +199,10 @@ def _level1_lines(level1: dict) -> list[str]:
         f"{_delta(best['eval/predictive_entropy'], sft['eval/predictive_entropy'])}, KL(π‖π_ref) "
         f"{best['eval/kl_to_ref']:.3f}, reference perplexity "
         f"{_delta(best['eval/ref_perplexity'], sft['eval/ref_perplexity'])}.")
+    lines.extend(drift_lines(trained))
     lines.extend(_judge_lines(level1["rows"], sft, trained))
     lines.extend(_seed_lines(level1))
+    lines.extend(design_lines(level1.get("design", {})))
     lines.extend(_between_lines(level1))
     moved = max(abs(r["eval/kl_to_ref"]) for r in trained)
     if moved < STILL_KL:
@@ -208,6 +210,36 @@ def _level1_lines(level1: dict) -> list[str]:
                      f"{moved:.3f} nats < {STILL_KL:g}), so their reward differences are mostly sampling noise; "
                      "use a larger SIZE (more pairs and steps) for conclusions about the losses.")
     return lines
+
+
+DRIFT_NAMES = {"kl_diff": "KL term", "pred_entropy_diff": "predictive entropy", "token_entropy_diff": "token entropy"}
+
+
+def drift_lines(rows: list[dict]) -> list[str]:
+    """What training cost, tested: each policy's paired differences from the start in the KL term,
+    predictive and token entropy (`stats.compare_drift`; Holm over the policies)."""
+    rows = [r for r in rows if all(k in r for k in DRIFT_NAMES)]
+    if not rows:
+        return []
+    return ["**What training cost** (paired over seeds × prompts, vs the start policy, Holm over the policies): "
+            + "; ".join(f"`{r['model']}` " + ", ".join(f"{name} {_difference_text(r, key, key)}"
+                                                       for key, name in DRIFT_NAMES.items()) for r in rows) + "."]
+
+
+def design_lines(design: dict) -> list[str]:
+    """Where each gain's uncertainty comes from (`design.gain_design`) and how its CI covers."""
+    parts = []
+    for name, fields in design.items():
+        for field, g in sorted(fields.items(), key=lambda kv: kv[0] != "reward"):  # reward first
+            parts.append(f"`{name}` {field} gain: SE {g['se']:.3f}, of its variance {g['share_seed']:.0%} from the "
+                         f"{g['n_seeds']} seeds, {g['share_prompt']:.0%} from the {g['n_prompts']} prompts, "
+                         f"{g['share_resid']:.0%} within (sampling noise, seed × prompt); the crossed bootstrap's "
+                         f"95 % CI covers {g['coverage']:.0%} at these components (simulation)")
+    if not parts:
+        return []
+    return ["**Where the uncertainty comes from** (variance components of the paired gain, method of moments): "
+            + "; ".join(parts) + ". More seeds shrink only the seed share; more prompts the prompt share and the "
+            "within share; more samples per prompt only the within share."]
 
 
 def _difference_text(d: dict, key: str, pre: str) -> str:
@@ -225,6 +257,7 @@ def _between_lines(level1: dict) -> list[str]:
     for d in between:
         mde = detectable_difference(d["gain_ci_lo"], d["gain_ci_hi"], len(between))
         judge = f"; judge {_difference_text(d, 'judge_gain', 'judge_gain')}" if "judge_gain" in d else ""
+        judge += "".join(f"; {name} {_difference_text(d, key, key)}" for key, name in DRIFT_NAMES.items() if key in d)
         out.append(f"**`{d['a']}` vs `{d['b']}`** (same prompts and draws): reward {_difference_text(d, 'reward_gain', 'gain')}"
                    f"{judge}. At this size a reward difference smaller than about {mde:.2f} is not reliably "
                    f"detected (80 % power at α = {ALPHA:g}" + (f" after Holm over {len(between)} pairs" if len(between) > 1
