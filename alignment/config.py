@@ -120,7 +120,8 @@ class DPOConfig:
     lora_r: int = rule(0, **_nonneg)        # LoRA rank (peft); 0 = full fine-tuning. LoRA saves an adapter (MBs), not the model
     lora_alpha: float = rule(16.0, **_pos)  # LoRA scale alpha (the update is alpha/r * B A)
     seed: int = 0              # init/shuffle seed
-    save_every: int = rule(0, **_nonneg, hashed=False)  # checkpoint every k optimizer steps for resume (0 = off)
+    save_minutes: float = rule(10.0, **_nonneg, hashed=False)  # resumable checkpoint whenever this many minutes passed since the last (the latest kept, deleted once the policy is saved): a killed run resumes there, a shorter run writes none; 0 = off
+    save_every: int = rule(0, **_nonneg, hashed=False)  # also checkpoint every k optimizer steps and after the last (0 = by time only)
 
 
 @dataclass
@@ -159,7 +160,8 @@ class SFTConfig:
     precision: str = rule("auto", choices=("fp32", "bf16", "auto"))  # training math, as dpo.precision (auto: bf16 where native)
     lora_r: int = rule(0, **_nonneg)            # LoRA rank; 0 = full fine-tuning (the saved model is merged either way)
     lora_alpha: float = rule(16.0, **_pos)      # LoRA scale alpha
-    save_every: int = rule(25, **_nonneg, hashed=False)  # resumable checkpoint every k steps (0 = off)
+    save_minutes: float = rule(10.0, **_nonneg, hashed=False)  # resumable checkpoint whenever this many minutes passed since the last, as dpo.save_minutes (0 = off)
+    save_every: int = rule(0, **_nonneg, hashed=False)  # also checkpoint every k steps and after the last (0 = by time only)
     n_sample_prompts: int = rule(3, **_nonneg)  # fixed held-out prompts continued before/after, by eye
     sample_new_tokens: int = rule(40, **_pos)   # length of the before/after continuations
     seed: int = 0              # shuffle / sampling seed

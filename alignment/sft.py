@@ -156,7 +156,7 @@ def sft_loop_config(cfg: Config, dev: torch.device) -> LoopConfig:
     s = cfg.sft
     return LoopConfig(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, grad_accum=1, warmup_ratio=s.warmup_ratio,
                       final_lr_ratio=s.final_lr_ratio, max_grad_norm=s.max_grad_norm, seed=s.seed,
-                      save_every=s.save_every, disable_dropout=False,
+                      save_every=s.save_every, save_minutes=s.save_minutes, disable_dropout=False,
                       autocast=train_autocast(s.precision, dev), desc="sft")
 
 

@@ -2,7 +2,8 @@
 
 `train_loop` owns everything a stage's training shares: the seeded batch order, the learning-rate
 schedule, gradient accumulation and clipping, the finite-loss check, `train_log.jsonl`, tracking,
-and checkpoints that resume mid-run with the same data order and RNG state. A stage passes a
+and checkpoints (`alignment.checkpoint`: by default at most one per 10 minutes, the latest kept)
+that resume mid-run with the same data order and RNG state. A stage passes a
 *loss closure* `loss_fn(model, indices) -> (loss, metrics)` over a micro-batch of example indices
 (the loop hands in the model to call: under several processes, its DDP wrapper): DPO
 (`train_dpo`, below) and SFT (`alignment.sft`) are each one closure.
@@ -29,9 +30,10 @@ from typing import Callable, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import CKPT, checkpoint_due, load_checkpoint, remove_checkpoint, remove_torn_writes, save_checkpoint
 from .config import DPOConfig
 from .distributed import Dist, chunks, map_batches
-from .io import JsonlAppender, atomic_open, debug_delay, read_jsonl, write_json
+from .io import JsonlAppender, debug_delay, read_jsonl, write_json
 from .logprobs import batched_logps, collate, model_logps
 from .losses import compute_loss
 from .models import add_lora, train_autocast
@@ -59,6 +61,7 @@ class LoopConfig:
     max_grad_norm: float        # gradient clipping
     seed: int                   # batch order and torch RNG
     save_every: int             # resumable checkpoint every k optimizer steps and after the last (0 = off)
+    save_minutes: float         # resumable checkpoint once this many minutes passed since the last (0 = off)
     disable_dropout: bool       # DPO: the reference log-probs were computed without dropout
     autocast: bool              # bf16 autocast for the forward passes (fp32 weights, optimizer and loss)
     desc: str                   # the stage: progress bar label, and the config section errors name
@@ -98,25 +101,6 @@ def lr_at(step: int, total: int, lr: float, warmup_ratio: float, final_lr_ratio:
     if step < warm:
         return lr * (step + 1) / warm
     return lr * (1.0 - (1.0 - final_lr_ratio) * (step - warm) / max(1, total - warm))
-
-
-def _save_ckpt(path: Path, model, opt, step: int, seconds: float) -> None:
-    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": seconds,
-             "rng": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state()
-    with atomic_open(path, "wb") as f:
-        torch.save(state, f)
-
-
-def _load_ckpt(path: Path, model, opt) -> tuple[int, float]:
-    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    torch.set_rng_state(state["rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda_rng"].cpu())
-    return state["step"], state["seconds"]
 
 
 def rank_share(mb: list[int], dist: Dist) -> tuple[list[int], float]:
@@ -173,35 +157,44 @@ def _wrap(model, dist: Dist):
     return acc.prepare_model(model, device_placement=False)
 
 
+def _resume(out_dir: Path, model, opt, desc: str, n_steps: int, dist: Dist):
+    """(step, seconds so far, train log up to that step) from out_dir's checkpoint, loaded into
+    `model` and `opt`, with a line saying so; (0, 0.0, the log emptied) without one."""
+    if dist.main:
+        remove_torn_writes(out_dir)
+    start, seconds = load_checkpoint(out_dir, model, opt)
+    if start and dist.main:
+        print(f"resuming {desc} from step {start} of {n_steps} (checkpoint {out_dir / CKPT})", flush=True)
+    log = JsonlAppender(out_dir / "train_log.jsonl") if dist.main else _ReadOnlyLog(out_dir / "train_log.jsonl")
+    if any(r["step"] > start for r in log.records):
+        log.keep([r for r in log.records if r["step"] <= start])
+    return start, seconds, log
+
+
 def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir: str | Path,
                tracker=None, dist: Dist = Dist()) -> LoopResult:
     """Train `model` in place; returns the per-step log records, the seconds over all sessions
     and the step this session resumed from.
 
     Writes out_dir/train_log.jsonl (one record per optimizer step: the closure's metrics + step,
-    epoch, grad_norm, lr) and out_dir/ckpt.pt every `save_every` steps and after the last one; a
-    later call with the same out_dir resumes from that checkpoint (same order, same RNG; after the
-    last step it only reloads the weights). The caller removes ckpt.pt once its own work after
-    training (saving, evaluating) is written, so a kill in between never retrains.
+    epoch, grad_norm, lr) and out_dir/ckpt.pt when `checkpoint_due` (`save_minutes`, `save_every`);
+    a later call with the same out_dir resumes from that checkpoint (same order, same RNG, same
+    result; after the last step it only reloads the weights). The caller removes ckpt.pt once its
+    own work after training (saving, evaluating) is written, so a kill in between never retrains.
     """
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     order = epoch_batches(n_examples, cfg.epochs, cfg.batch_size, cfg.seed)
     steps = [order[i : i + cfg.grad_accum] for i in range(0, len(order), cfg.grad_accum)]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    ckpt, start, seconds = out_dir / "ckpt.pt", 0, 0.0
-    if ckpt.exists():
-        start, seconds = _load_ckpt(ckpt, model, opt)
-    log = JsonlAppender(out_dir / "train_log.jsonl") if dist.main else _ReadOnlyLog(out_dir / "train_log.jsonl")
-    if any(r["step"] > start for r in log.records):
-        log.keep([r for r in log.records if r["step"] <= start])
+    start, seconds, log = _resume(out_dir, model, opt, cfg.desc, len(steps), dist)
     model.train()
     if cfg.disable_dropout:  # as trl's disable_dropout; resume must replay exactly
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
     net = _wrap(model, dist)
-    t0 = time.time()
+    t0 = last_save = time.time()
     bar = tqdm(total=len(steps), initial=start, desc=cfg.desc, unit="step", leave=False, disable=not dist.main)
     for step in range(start, len(steps)):
         for g in opt.param_groups:
@@ -220,8 +213,10 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
         debug_delay()
         if tracker is not None:
             tracker.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, step=step + 1)
-        if dist.main and cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == len(steps)):
-            _save_ckpt(ckpt, model, opt, step + 1, seconds + time.time() - t0)
+        since_save = time.time() - last_save
+        if dist.main and checkpoint_due(step + 1, len(steps), cfg.save_every, cfg.save_minutes, since_save):
+            save_checkpoint(out_dir, model, opt, step + 1, seconds + time.time() - t0)
+            last_save = time.time()
     bar.close()
     model.eval()
     return LoopResult(log.records, seconds + time.time() - t0, start)
@@ -241,7 +236,8 @@ def dpo_loop_config(cfg: DPOConfig, dev: torch.device) -> LoopConfig:
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                       warmup_ratio=cfg.warmup_ratio, final_lr_ratio=cfg.final_lr_ratio,
                       max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, save_every=cfg.save_every,
-                      disable_dropout=True, autocast=train_autocast(cfg.precision, dev), desc="dpo")
+                      save_minutes=cfg.save_minutes, disable_dropout=True,
+                      autocast=train_autocast(cfg.precision, dev), desc="dpo")
 
 
 def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
@@ -268,7 +264,7 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
 
 def done_training(out_dir: str | Path) -> None:
     """The builder's last step: training's output is saved, the checkpoint is no longer needed."""
-    (Path(out_dir) / "ckpt.pt").unlink(missing_ok=True)
+    remove_checkpoint(out_dir)
 
 
 def train_policy(models, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],

@@ -36,7 +36,8 @@ Known differences from the native loop (documented, not bugs):
   * learning-rate schedule: HF linear warmup from 0 (the first step has lr 0 when warmup > 0) then
     linear decay to 0; native warms up from lr/warm and decays to `dpo.final_lr_ratio` of lr
     (trl ignores that field).
-  * checkpoints: trl's own; `dpo.save_every` is for the native loop only.
+  * checkpoints: none (`save_strategy="no"`), so a killed trl run trains again from the start;
+    `dpo.save_minutes` / `dpo.save_every` are the native loop's.
   * loss "ipo": trl divides each log-ratio by its completion length; ours uses summed log-probs.
   * trl's f-divergence scores are unclamped; ours clamp exp() exponents at 80 (same values below).
   * dropout: both disable it (trl in both models, restored on return here; native in the policy).

@@ -198,6 +198,38 @@ def test_sigint_during_training_then_resume_equals_uninterrupted(ref, tmp_path):
     assert temp_files(run) == []
 
 
+def test_sigkill_during_training_resumes_to_the_same_bytes(ref, tmp_path):
+    """kill -9 once a (time-based) checkpoint exists, then the same command again: it says where it
+    resumes, and the policy's weights, train log and summary are the uninterrupted run's, byte for
+    byte (that run checkpointed by steps: the cadence changes nothing). Only the latest checkpoint is
+    kept, and none is left once the policy is saved."""
+    run = tmp_path / "run"
+    copy_run(ref.dir, run)
+    o = ref.o(run, **{"dpo.save_every": 0, "dpo.save_minutes": 1e-9})  # by time, here after every step
+    pol = run / "policies" / ref.policy.name
+    n_steps = len(read_jsonl(ref.policy.dir / "train_log.jsonl"))
+
+    def log_once_checkpointed():
+        part = part_of(pol)
+        return part / "train_log.jsonl" if part and (part / "ckpt.pt").exists() else None
+
+    proc = subprocess.Popen(cli_cmd("train", o), cwd=REPO, env=cli_env(ALIGNMENT_DEBUG_STEP_DELAY="0.05"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    interrupt_when(proc, log_once_checkpointed, 3, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    part = part_of(pol)
+    assert [p.name for p in part.glob("*ckpt*")] == ["ckpt.pt"], "one checkpoint, the latest"
+    saved_at = torch.load(part / "ckpt.pt", weights_only=True)["step"]
+    assert 1 <= saved_at < n_steps and not pol.exists(), "the kill must land mid-training"
+
+    res = run_cli("train", o)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resuming dpo from step {saved_at} of {n_steps} (checkpoint {part / 'ckpt.pt'})" in res.stdout
+    for name in ("model/model.safetensors", "train_log.jsonl", "train_summary.json"):
+        assert (pol / name).read_bytes() == (ref.policy.dir / name).read_bytes(), name
+    assert not (pol / "ckpt.pt").exists() and temp_files(run) == []
+
+
 # ---- 3. scoring interrupted -------------------------------------------------------------------
 def test_interrupted_scoring_leaves_no_rewards_file(ref, tmp_path, monkeypatch):
     run = tmp_path / "run"

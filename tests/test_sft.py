@@ -121,9 +121,7 @@ def test_cached_call_does_not_retrain(trained):
     assert tracker.seen == []
 
 
-def test_resume_after_interrupt(trained, reviews_csv, tiny_gpt2_dir, tmp_path):
-    from transformers import AutoModelForCausalLM
-
+def test_resume_after_interrupt(trained, reviews_csv, tiny_gpt2_dir, tmp_path, capsys):
     _, full = trained
     cfg = _cfg(reviews_csv, tiny_gpt2_dir, str(tmp_path / "model"), tmp_path, **{"sft.save_every": 4})
     with pytest.raises(KeyboardInterrupt):
@@ -131,16 +129,17 @@ def test_resume_after_interrupt(trained, reviews_csv, tiny_gpt2_dir, tmp_path):
     parts = list(tmp_path.glob(".model.*.part"))
     assert not (tmp_path / "model").exists() and len(parts) == 1 and (parts[0] / "ckpt.pt").exists()
 
+    capsys.readouterr()
     tracker = _Tracker()
     m = sft.run_sft(cfg, tracker)
+    assert f"resuming sft from step 4 of 12 (checkpoint {parts[0] / 'ckpt.pt'})" in capsys.readouterr().out
     assert tracker.seen == list(range(5, 13)) and m["resumed_from_step"] == 4
     assert not parts[0].exists() and (tmp_path / "model" / "model.safetensors").exists()
-    # Same schedule, optimizer state and RNG: the resumed run ends where the uninterrupted one did.
-    assert m["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)
-    assert m["ppl_after"] == pytest.approx(full["ppl_after"], rel=1e-5)
-    a = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(full["out"]).state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # Same schedule, optimizer state and RNG (dropout is on in SFT): the uninterrupted run's bytes.
+    for k in ("train_loss", "ppl_after", "samples_after"):
+        assert m[k] == full[k], k
+    got, want = tmp_path / "model" / "model.safetensors", Path(full["out"]) / "model.safetensors"
+    assert got.read_bytes() == want.read_bytes()
 
 
 def test_killed_after_metrics_publishes_without_the_checkpoint(trained, reviews_csv, tiny_gpt2_dir, tmp_path):
