@@ -140,7 +140,7 @@ class EvalConfig:
 class TrackConfig:
     mode: str = rule("offline", choices=("offline", "online", "disabled"), hashed=False)  # wandb mode: offline (no account), online, disabled
     project: str = rule("alignment", hashed=False)  # wandb project
-    run_name: str = rule("", hashed=False)          # wandb run name; "" = the run dir's name
+    run_name: str = rule("", hashed=False)          # prefix of the wandb run and group names; "" = the run dir's name
 
 
 @dataclass

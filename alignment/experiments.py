@@ -1,8 +1,10 @@
 """The assignment's experiments on top of `Pipeline`: Level 1 (sigmoid vs hinge vs SFT),
 the learning-rate lesson, and the Level 2/3 divergence sweep. Each returns plain dicts and
-writes its JSON result and plots under the run dir (`pipe.paths`)."""
+writes its JSON result and plots under the run dir (`pipe.paths`); its wandb runs (training,
+evaluations, results) share one group named after it (`experiment`)."""
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -20,6 +22,15 @@ from .stats import SharedBootstrap, compare_to_start, versus_start, with_holm
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
 SEED_LR = 1e-3  # the seed notebook's learning rate, shown next to the preset's in the lr lesson
+
+
+def experiment(fn):
+    """An experiment `fn(pipe, ...)` whose wandb runs are grouped under its name (`Pipeline.grouped`)."""
+    @functools.wraps(fn)
+    def grouped(pipe: Pipeline, *args, **kwargs):
+        with pipe.grouped(fn.__name__):
+            return fn(pipe, *args, **kwargs)
+    return grouped
 
 
 def rewards_of(ev: Evaluation) -> list[float]:
@@ -53,6 +64,7 @@ def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
     return f"{base}-s" + "_".join(map(str, seeds))
 
 
+@experiment
 def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple[int, ...] | None = None) -> dict:
     """The assignment's Level 1, stage by stage: sample N completions per train prompt, score them,
     pair best with worst, train one policy per loss and seed, evaluate every model (and the start
@@ -99,7 +111,7 @@ def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Eva
               "examples": example_records(first, pipe.cfg.eval.n_examples), "plots": [str(f) for f in files]}
     if pipe.dist.main:
         write_json(P.result("level1"), result)
-    _log_summary(pipe, "level1", rows, files)
+    _log_summary(pipe, "level1", {"results": rows, "per_seed": per_seed}, files)
     return result
 
 
@@ -108,6 +120,7 @@ def lr_lesson_lrs(cfg) -> tuple[float, float]:
     return SEED_LR, cfg.dpo.lr
 
 
+@experiment
 def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = "sigmoid") -> dict:
     """The seed's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
     reference perplexity explodes. Returns (and writes lr_lesson.json) rows, the start row and example
@@ -123,9 +136,11 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
     result = {"rows": with_holm(rows), "start": start.metrics, "examples": example_records(scored, pipe.cfg.eval.n_examples)}
     if pipe.dist.main:
         write_json(pipe.paths.result("lr_lesson"), result)
+    _log_summary(pipe, "lr_lesson", {"results": result["rows"]}, [])
     return result
 
 
+@experiment
 def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[float, ...] = SWEEP_BETAS,
           seeds: tuple[int, ...] = SWEEP_SEEDS, alphas: tuple[float, ...] = SWEEP_ALPHAS) -> dict:
     """Frontiers: every (divergence, β, seed) trained on the same pairs and evaluated with its
@@ -174,16 +189,18 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
               "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files]}
     if pipe.dist.main:
         write_json(P.result("sweep"), result)
-    _log_summary(pipe, "sweep", table, files)
+    _log_summary(pipe, "sweep", {"results": table, "runs": runs}, files)
     return result
 
 
-def _log_summary(pipe: Pipeline, name: str, rows: list[dict], images: list[Path]) -> None:
-    """One wandb run per experiment with its table and plots (no-op when tracking is off)."""
-    tr = pipe.tracker(name, group="eval")
+def _log_summary(pipe: Pipeline, name: str, tables: dict[str, list[dict]], images: list[Path]) -> None:
+    """The experiment's results run (job type results): each of `tables` as `<name>/<key>` (one
+    column per scalar field) and its plots (no-op when tracking is off)."""
+    tr = pipe.tracker(name, "results")
     try:
-        cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float, str, bool))})
-        tr.log_table(f"{name}/results", cols, [[r.get(c) for c in cols] for r in rows])
+        for key, rows in tables.items():
+            cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float, str, bool))})
+            tr.log_table(f"{name}/{key}", cols, [[r.get(c) for c in cols] for r in rows])
         for img in images:
             tr.log_image(f"{name}/{Path(img).stem}", str(img))
     finally:

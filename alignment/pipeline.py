@@ -10,6 +10,7 @@ first (`prepare`), each cached outside the run dir (the asset cache) and announc
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from .sampling import in_prompt_order, sample_to_file
 from .sft import run_sft, sft_hash
 from .stagecache import StageCache, offline_prerequisites
 from .timing import StageTimes, charged
-from .tracking import NullTracker, make_tracker
+from .tracking import NullTracker, log_evaluation, make_tracker, run_config
 from .train import reference_logps, train_policy
 
 
@@ -36,7 +37,8 @@ _io = charged("I/O")  # a stage method's own time (checking and reading its cach
 
 class Pipeline:
     """One run directory's stages; each returns its artifact, building it only if missing.
-    `times`: where this process's wall time went, by stage kind."""
+    `times`: where this process's wall time went, by stage kind; `experiment`: the experiment whose
+    wandb runs are being made (`grouped`), None outside one."""
 
     def __init__(self, cfg: Config):
         self.cfg, self.paths = cfg, RunPaths(Path(cfg.run_dir))
@@ -46,6 +48,7 @@ class Pipeline:
         self.times = StageTimes()
         self.models = RunModels(cfg, self.dist, self.times)
         self.cache = StageCache(cfg, self.dir, self.dist)
+        self.experiment: str | None = None
         if self.dist.main:
             write_manifest(self.paths, cfg)
 
@@ -147,8 +150,9 @@ class Pipeline:
 
         def build(part):
             pairs, ref = self.pairs()[0], self.ref_logps()
+            config = run_config(self.cfg.to_dict(), dataclasses.asdict(dpo), model=name)
             train_policy(self.models, pairs, self.train_prompt_ids(), ref, dpo, part_dir(part),
-                         self.tracker(f"train-{name}", group="train"), self.dist)
+                         self.tracker(f"train-{name}", "train", config), self.dist)
 
         deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"]}
         self.cache(out, ("sample", "reward", "pairs"), self.times.wrap("training", build), collective=True, **deps)
@@ -161,7 +165,8 @@ class Pipeline:
         fresh samples. `seed` picks the evaluation draws (sample.seed + 10_000 + seed): by default a
         trained policy's own training seed, and `dpo.seed` for the start policy, which is evaluated
         under each seed its trained policies used (`rundir.eval_name`). `n_samples` overrides
-        eval.n_samples (e.g. 16 draws of the start policy for best-of-N)."""
+        eval.n_samples (e.g. 16 draws of the start policy for best-of-N). Each call logs the evaluation
+        to a wandb run of its own (`track_evaluation`)."""
         seed = seed if seed is not None else (policy.seed if policy else self.cfg.dpo.seed)
         name, m = (policy.name if policy else START), self.models
         cfg = self.cfg if n_samples is None else dataclasses.replace(
@@ -176,7 +181,9 @@ class Pipeline:
         extra = {} if n_samples is None else {"eval_n_samples": n_samples}
         self.cache(out, ("sample", "reward", "eval"), self.times.wrap("evaluation", build), collective=True,
                    policy=policy and policy.hash, eval_seed=seed, evaluation=EVAL_VERSION, **extra)
-        return load_evaluation(out, self.cfg.eval.n_boot)
+        ev = load_evaluation(out, self.cfg.eval.n_boot)
+        self.track_evaluation(out.name, ev, policy and policy.dpo, eval_seed=seed, eval_n_samples=cfg.eval.n_samples)
+        return ev
 
     @_io
     def evaluate_human(self) -> Evaluation:
@@ -190,7 +197,17 @@ class Pipeline:
                            part_dir(part), dist=self.dist)
 
         self.cache(out, ("reward", "eval"), self.times.wrap("evaluation", build), collective=True, human=1)
-        return load_evaluation(out, self.cfg.eval.n_boot)
+        ev = load_evaluation(out, self.cfg.eval.n_boot)
+        self.track_evaluation(HUMAN, ev)
+        return ev
+
+    def track_evaluation(self, name: str, ev: Evaluation, dpo: dict | None = None, **top) -> None:
+        """One wandb run `eval-<name>` per evaluation (job type eval): its metrics and CIs in the
+        summary, its first samples as a table; its config carries the policy's dpo settings (`dpo`,
+        none for the start policy and the human row) and `top` at the top level."""
+        config = {k: v for k, v in self.cfg.to_dict().items() if k != "dpo" or dpo is not None}
+        tracker = self.tracker(f"eval-{name}", "eval", run_config(config, dpo, model=ev.metrics["model"], **top))
+        log_evaluation(tracker, ev.metrics, ev.scored)
 
     def policies(self) -> list[Policy]:
         """The trained policies of this run dir (finished ones only)."""
@@ -198,10 +215,25 @@ class Pipeline:
         dirs = self.dist.agree(dirs)  # every rank iterates the same list
         return [read_policy(d) for d in dirs]
 
-    def tracker(self, name: str, group: str | None = None):
-        """This run's tracker for one experiment or policy (one wandb run per experiment: rank 0's)."""
-        return self._make_tracker(name, group) if self.dist.main else NullTracker()
+    @contextmanager
+    def grouped(self, experiment: str):
+        """Inside, the wandb runs this pipeline makes (training, evaluations, results) are grouped
+        under `experiment`."""
+        outer, self.experiment = self.experiment, experiment
+        try:
+            yield
+        finally:
+            self.experiment = outer
 
-    def _make_tracker(self, name: str, group: str | None = None):
-        return make_tracker(self.cfg, f"{self.dir.name}-{name}", str(self.dir), group=group)
+    def tracker(self, name: str, job_type: str | None = None, config: dict | None = None):
+        """The tracker of one wandb run (rank 0's; a no-op on the other ranks): see `_make_tracker`."""
+        return self._make_tracker(name, job_type, config) if self.dist.main else NullTracker()
+
+    def _make_tracker(self, name: str, job_type: str | None = None, config: dict | None = None):
+        """The wandb run `<prefix>-<name>` in the group `<prefix>-<experiment>` (`<prefix>` alone outside
+        an experiment), where `<prefix>` is track.run_name or the run dir's name; `config` defaults to
+        the whole Config."""
+        prefix = self.cfg.track.run_name or self.dir.name
+        group = f"{prefix}-{self.experiment}" if self.experiment else prefix
+        return make_tracker(self.cfg, f"{prefix}-{name}", str(self.dir), group, job_type, config)
 

@@ -69,13 +69,15 @@ class Policy(NamedTuple):
     log: list[dict]    # train_log.jsonl records
     seed: int          # its dpo.seed (its evaluations draw with it by default)
     hash: str          # its cache hash: what its evaluations record they evaluated
+    dpo: dict          # the dpo settings that trained it (the hashed fields of its record)
 
 
 def read_policy(policy_dir: Path) -> Policy:
-    """A finished policy dir as a `Policy` (name, dir, training log, seed and hash from its record)."""
+    """A finished policy dir as a `Policy` (name, dir, training log; seed, hash and dpo settings from its record)."""
     meta = read_json(meta_path(policy_dir))
-    return Policy(policy_dir.name, policy_dir, read_jsonl(policy_dir / "train_log.jsonl"), meta["deps"]["dpo"]["seed"],
-                  meta["hash"])
+    dpo = meta["deps"]["dpo"]
+    log = read_jsonl(policy_dir / "train_log.jsonl")
+    return Policy(policy_dir.name, policy_dir, log, dpo["seed"], meta["hash"], dpo)
 
 
 def library_versions() -> dict[str, str]:

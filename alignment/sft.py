@@ -184,7 +184,7 @@ def run_sft(cfg: Config, make_tracker=None) -> dict:
 
     Cached: a finished `<out>` with the same sft+data config returns its metrics untouched.
     Resumable: an interrupted run continues from the last checkpoint in its temp dir.
-    `make_tracker(name, group=...)` gives the tracker (`Pipeline.tracker`); none = no tracking.
+    `make_tracker(name, job_type)` gives the tracker (`Pipeline.tracker`); none = no tracking.
     """
     out, deps = sft_out_dir(cfg), sft_deps(cfg)
     if out.exists() and cache_state(out, deps) != "fresh":
@@ -230,7 +230,7 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
     if s.lora_r:
         torch.manual_seed(s.seed)  # the adapters' random init
         model = add_lora(model, s.lora_r, s.lora_alpha)
-    tracker = make_tracker("sft", group="sft") if make_tracker else NullTracker()
+    tracker = make_tracker("sft", "sft") if make_tracker else NullTracker()
 
     before_path = tmp / "before.json"
     if not before_path.exists():
@@ -267,5 +267,14 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
     write_json(tmp / "sft_metrics.json", metrics)
     before_path.unlink()  # folded into sft_metrics.json
     done_training(tmp)
+    track_result(tracker, metrics)
+
+
+def track_result(tracker, metrics: dict) -> None:
+    """The SFT run's summary (perplexity before and after, steps, seconds, reviews) and its held-out
+    prompts' continuations before and after, side by side (the `sft/samples` table); closes the run."""
     tracker.summary({k: metrics[k] for k in ("ppl_before", "ppl_after", "steps", "seconds", "n_train_reviews")})
+    pairs = zip(metrics["samples_before"], metrics["samples_after"])
+    tracker.log_table("sft/samples", ["prompt", "before", "after"], [[b["prompt"], b["completion"], a["completion"]]
+                                                                     for b, a in pairs])
     tracker.finish()

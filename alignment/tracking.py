@@ -2,6 +2,11 @@
 
 Call sites never branch on wandb: they call `tracker.log(...)` and the disabled tracker
 does nothing. API keys are never written: we pass none and log only the config.
+
+What a wandb run holds is decided here too: an evaluation's summary (`evaluation_summary`: every
+metric under its `metrics.json` name, each 95 % CI as `<metric>_lo` / `<metric>_hi`), its samples
+table (`sample_rows`), and a policy's settings at the top of its runs' config (`run_config`), so
+wandb's scatter and parallel-coordinates panels can plot reward against KL over a sweep's runs.
 """
 from __future__ import annotations
 
@@ -10,6 +15,10 @@ from typing import Any
 
 from . import optional
 
+HYPER = ("loss", "beta", "alpha", "lr", "seed", "lora_r", "backend")  # a policy's settings, top level of its config
+SAMPLE_COLUMNS = ["prompt", "completion", "reward", "judge", "on_topic"]  # an evaluation's samples table
+SAMPLE_ROWS = 64  # samples shown per evaluation: the first ones, in prompt order
+
 
 class NullTracker:
     """Tracker that records nothing (track.mode=disabled)."""
@@ -17,53 +26,106 @@ class NullTracker:
     dir = None
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        pass
+        """Log one step's metrics (nothing here)."""
 
     def summary(self, metrics: dict[str, Any]) -> None:
-        pass
+        """Set the run's summary values (nothing here)."""
 
     def log_image(self, key: str, path: str) -> None:
-        pass
+        """Log a PNG (nothing here)."""
 
     def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
-        pass
+        """Log a table (nothing here)."""
 
     def finish(self) -> None:
-        pass
+        """Close the run (nothing here)."""
 
 
 class WandbTracker(NullTracker):
     """A wandb run; offline mode writes under <run_dir>/wandb for a later `wandb sync`."""
 
-    def __init__(self, config: dict, mode: str, project: str, name: str, run_dir: str, group: str | None = None):
+    def __init__(self, config: dict, mode: str, project: str, name: str, run_dir: str, group: str | None = None,
+                 job_type: str | None = None):
         wandb = optional.wandb()
         os.makedirs(run_dir, exist_ok=True)
         os.environ.setdefault("WANDB_SILENT", "true")
         self._wandb = wandb
         self.run = wandb.init(project=project, name=name, config=config, mode=mode, dir=run_dir,
-                              group=group, reinit="finish_previous")
+                              group=group, job_type=job_type, reinit="finish_previous")
         self.dir = self.run.dir if mode != "disabled" else None
 
     def log(self, metrics, step=None):
+        """Log one step's metrics to the run's history."""
         self.run.log(metrics, step=step)
 
     def summary(self, metrics):
-        for k, v in metrics.items():
-            self.run.summary[k] = v
+        """Set the run's summary values (one update)."""
+        self.run.summary.update(metrics)
 
     def log_image(self, key, path):
+        """Log a PNG as a wandb.Image."""
         self.run.log({key: self._wandb.Image(path)})
 
     def log_table(self, key, columns, rows):
+        """Log a wandb.Table."""
         self.run.log({key: self._wandb.Table(columns=columns, data=rows)})
 
     def finish(self):
+        """Close the run (offline: its files are complete for `wandb sync`)."""
         self.run.finish()
 
 
-def make_tracker(cfg, name: str, run_dir: str, group: str | None = None):
-    """`cfg` is the whole Config; asdict(cfg) is logged as the run's config."""
+def make_tracker(cfg, name: str, run_dir: str, group: str | None = None, job_type: str | None = None,
+                 config: dict | None = None):
+    """The wandb run `name` (a no-op when track.mode=disabled); `config` is its config (default:
+    the whole Config, asdict)."""
     if cfg.track.mode == "disabled":
         return NullTracker()
-    return WandbTracker(cfg.to_dict(), cfg.track.mode, cfg.track.project,
-                        cfg.track.run_name or name, run_dir, group)
+    return WandbTracker(cfg.to_dict() if config is None else config, cfg.track.mode, cfg.track.project, name,
+                        run_dir, group, job_type)
+
+
+def run_config(config: dict, dpo: dict | None = None, **top) -> dict:
+    """A wandb run's config: `config` (the run's Config as a dict) with its `dpo` section replaced
+    by a policy's own settings when given, and that policy's `HYPER` settings and `top` at the top
+    level (where wandb's panels pick axes)."""
+    out = dict(config)
+    if dpo is not None:
+        out["dpo"] = dict(dpo)
+        out.update({k: dpo[k] for k in HYPER if k in dpo})
+    out.update(top)
+    return out
+
+
+def ci_name(key: str, metrics: dict) -> str:
+    """The summary name of a CI bound in `metrics`: `eval/kl_to_ref_ci_lo` -> `eval/kl_to_ref_lo`,
+    `eval/reward_ci_hi` -> `eval/reward_mean_hi` (the metric it bounds, then _lo / _hi)."""
+    base, side = key[: -len("_ci_lo")], key[-2:]
+    metric = base if base in metrics or f"{base}_mean" not in metrics else f"{base}_mean"
+    return f"{metric}_{side}"
+
+
+def evaluation_summary(metrics: dict) -> dict:
+    """One evaluation's metrics as a wandb summary: every value under its `metrics.json` name, each
+    95 % CI bound renamed by `ci_name`; values not defined for this model (None) left out."""
+    out = {}
+    for key, value in metrics.items():
+        if value is None or key == "metrics_version":
+            continue
+        out[ci_name(key, metrics) if key.endswith(("_ci_lo", "_ci_hi")) else key] = value
+    return out
+
+
+def sample_rows(scored: list[dict], limit: int = SAMPLE_ROWS) -> list[list]:
+    """The first `limit` annotated samples as `SAMPLE_COLUMNS` rows (None where a judge is off)."""
+    return [[r.get(c) for c in SAMPLE_COLUMNS] for r in scored[:limit]]
+
+
+def log_evaluation(tracker, metrics: dict, scored: list[dict]) -> None:
+    """Write one evaluation into its run and close it: `evaluation_summary` as the run's summary and
+    the first samples as the `eval/samples` table."""
+    try:
+        tracker.summary(evaluation_summary(metrics))
+        tracker.log_table("eval/samples", SAMPLE_COLUMNS, sample_rows(scored))
+    finally:
+        tracker.finish()

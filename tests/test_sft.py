@@ -110,6 +110,9 @@ class _Tracker:
     def summary(self, metrics):
         pass
 
+    def log_table(self, key, columns, rows):
+        pass
+
     def finish(self):
         pass
 

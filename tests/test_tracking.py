@@ -1,0 +1,260 @@
+"""What wandb receives: every evaluation as a run (metrics with their 95 % CIs in the summary, the
+first samples as a table), every trained policy's settings in its runs' config, one group per
+experiment, the results tables and the SFT build. A recording tracker stands in for wandb (the kit's
+tracker factory pointed at it) on a tiny Level 1 + lr lesson + sweep; one real offline wandb run is
+read back from what wandb wrote under run_dir/wandb."""
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from alignment import experiments, pipeline, sft
+from alignment.config import load_config
+from alignment.io import read_json, read_jsonl
+from alignment.tracking import ci_name, evaluation_summary, sample_rows
+
+from test_pipeline_e2e import tiny_cfg
+
+COLUMNS = ["prompt", "completion", "reward", "judge", "on_topic"]
+WITH_CI = ("eval/token_entropy", "eval/kl_to_ref", "eval/ref_perplexity", "eval/judge_mean", "eval/on_topic")
+
+
+class Recorded:
+    """One fake wandb run: everything the kit told it."""
+
+    def __init__(self, name, group, job_type, config):
+        self.name, self.group, self.job_type, self.config = name, group, job_type, config
+        self.summary_, self.tables, self.images, self.logs, self.finished = {}, {}, [], [], False
+
+    def log(self, metrics, step=None):
+        self.logs.append((step, metrics))
+
+    def summary(self, metrics):
+        self.summary_.update(metrics)
+
+    def log_image(self, key, path):
+        self.images.append(key)
+
+    def log_table(self, key, columns, rows):
+        self.tables[key] = (columns, rows)
+
+    def finish(self):
+        self.finished = True
+
+
+def recording(made: list):
+    """A stand-in for `tracking.make_tracker` that appends a `Recorded` run to `made`."""
+    def factory(cfg, name, run_dir, group=None, job_type=None, config=None):
+        made.append(Recorded(name, group, job_type, cfg.to_dict() if config is None else config))
+        return made[-1]
+    return factory
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
+    """Level 1 (sigmoid), the lr lesson (dpo.lr and 5e-3) and a one-family sweep (β 0.1 and 1) in one
+    run dir, with every wandb run recorded: (pipeline, runs, level1, lr lesson, sweep)."""
+    cfg = tiny_cfg(tmp_path_factory.mktemp("tracked") / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
+                   **{"data.n_eval_prompts": 5})  # 5 prompts x 16 best-of-N draws: more samples than a table shows
+    made = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "make_tracker", recording(made))
+        pipe = pipeline.Pipeline(cfg)
+        level1 = experiments.level1(pipe, losses=("sigmoid",))
+        lr = experiments.lr_lesson(pipe, lrs=(1e-3, 5e-3))
+        sweep = experiments.sweep(pipe, ("sigmoid",), (0.1, 1.0), (0,), (0.5,))
+    return pipe, made, level1, lr, sweep
+
+
+def runs_of(made, group: str, job_type: str) -> dict[str, Recorded]:
+    """The recorded runs of one group and job type, by name."""
+    return {r.name: r for r in made if r.group == group and r.job_type == job_type}
+
+
+def test_ci_bounds_are_named_after_their_metric():
+    m = {"eval/reward_mean": 1.0, "eval/reward_ci_lo": 0.5, "eval/reward_ci_hi": 1.5, "eval/kl_to_ref": None,
+         "eval/kl_to_ref_ci_lo": None, "eval/on_topic": 0.25, "eval/on_topic_ci_hi": 0.5, "model": "sft",
+         "eval/judge_mean": 0.1, "eval/judge_mean_ci_lo": -0.2, "eval/mean_length_ci_lo": 3.0}
+    assert ci_name("eval/reward_ci_lo", m) == "eval/reward_mean_lo"
+    assert ci_name("eval/mean_length_ci_lo", m) == "eval/mean_length_lo"  # its metric absent: the plain name
+    assert evaluation_summary(m) == {"eval/reward_mean": 1.0, "eval/reward_mean_lo": 0.5, "eval/reward_mean_hi": 1.5,
+                                     "eval/on_topic": 0.25, "eval/on_topic_hi": 0.5, "model": "sft",
+                                     "eval/judge_mean": 0.1, "eval/judge_mean_lo": -0.2, "eval/mean_length_lo": 3.0}
+    scored = [{"prompt": f"p{i}", "completion": "c", "reward": float(i), "on_topic": 1.0} for i in range(5)]
+    assert sample_rows(scored, limit=2) == [["p0", "c", 0.0, None, 1.0], ["p1", "c", 1.0, None, 1.0]]
+
+
+def test_every_evaluation_is_a_run_with_its_metrics_and_samples(tracked):
+    pipe, made, *_ = tracked
+    p = pipe.dir.name
+    want = {"level1": {"sft", "sigmoid-b0.1-lr0.001-s0", "human"},
+            "lr_lesson": {"sft", "sigmoid-b0.1-lr0.001-s0", "sigmoid-b0.1-lr0.005-s0"},
+            "sweep": {"sft", "sft-n16", "sigmoid-b0.1-lr0.001-s0", "sigmoid-b1-lr0.001-s0"}}
+    for exp, names in want.items():
+        runs = runs_of(made, f"{p}-{exp}", "eval")
+        assert set(runs) == {f"{p}-eval-{n}" for n in names}, exp
+        for name in names:
+            run, d = runs[f"{p}-eval-{name}"], pipe.paths.eval(name)
+            stored, scored = read_json(d / "metrics.json"), read_jsonl(d / "scored.jsonl")
+            s = run.summary_
+            assert s["model"] == stored["model"] and run.config["model"] == stored["model"] and run.finished
+            assert (s["eval/reward_mean"], s["eval/reward_mean_lo"], s["eval/reward_mean_hi"]) == (
+                stored["eval/reward_mean"], stored["eval/reward_ci_lo"], stored["eval/reward_ci_hi"])
+            assert s["eval/distinct_2"] == stored["eval/distinct_2"] and not any("_ci_" in k for k in s)
+            for k in WITH_CI:
+                if stored[k] is None:  # the human row: no model drew its texts, so no KL
+                    assert name == "human" and k == "eval/kl_to_ref" and k not in s
+                else:
+                    assert (s[k], s[f"{k}_lo"], s[f"{k}_hi"]) == (stored[k], stored[f"{k}_ci_lo"], stored[f"{k}_ci_hi"])
+            cols, rows = run.tables["eval/samples"]
+            assert cols == COLUMNS and len(rows) == min(64, len(scored))
+            assert rows == [[r["prompt"], r["completion"], r["reward"], r["judge"], r["on_topic"]] for r in scored[:64]]
+    assert len(read_jsonl(pipe.paths.eval("sft-n16") / "scored.jsonl")) == 80  # the table shows its first 64
+
+
+def test_sweep_runs_carry_their_settings_and_their_evaluation(tracked):
+    pipe, made, _, _, sweep = tracked
+    p = pipe.dir.name
+    evals = runs_of(made, f"{p}-sweep", "eval")
+    for row in sweep["runs"]:
+        run = evals[f"{p}-eval-{row['model']}"]
+        assert {k: run.config[k] for k in ("loss", "beta", "alpha", "seed", "lr")} == {
+            "loss": row["loss"], "beta": row["beta"], "alpha": row["alpha"], "seed": row["seed"], "lr": 1e-3}
+        assert run.config["dpo"]["beta"] == row["beta"] and run.config["eval_seed"] == 0
+        assert (run.summary_["eval/reward_mean"], run.summary_["eval/kl_to_ref"]) == (
+            row["eval/reward_mean"], row["eval/kl_to_ref"])
+    start = evals[f"{p}-eval-sft-n16"]  # the start policy: no policy settings, 16 draws per prompt
+    assert "beta" not in start.config and "dpo" not in start.config and start.config["eval_n_samples"] == 16
+    trained = runs_of(made, f"{p}-sweep", "train")  # only β = 1 was trained here (β = 0.1: Level 1's, cached)
+    assert list(trained) == [f"{p}-train-sigmoid-b1-lr0.001-s0"]
+    run = trained[f"{p}-train-sigmoid-b1-lr0.001-s0"]
+    assert (run.config["beta"], run.config["dpo"]["beta"], run.config["lr"]) == (1.0, 1.0, 1e-3) and run.finished
+    log = read_jsonl(pipe.paths.policy("sigmoid-b1-lr0.001-s0") / "train_log.jsonl")
+    assert [(s, m["train/loss"]) for s, m in run.logs] == [(r["step"], r["loss"]) for r in log]
+    lr_run = runs_of(made, f"{p}-lr_lesson", "train")[f"{p}-train-sigmoid-b0.1-lr0.005-s0"]
+    assert lr_run.config["lr"] == 5e-3 and lr_run.config["dpo"]["lr"] == 5e-3
+
+
+def test_each_experiment_logs_its_results_tables(tracked):
+    pipe, made, level1, lr, sweep = tracked
+    p = pipe.dir.name
+    (l1,) = runs_of(made, f"{p}-level1", "results").values()
+    cols, rows = l1.tables["level1/results"]
+    assert [r[cols.index("model")] for r in rows] == [r["model"] for r in level1["rows"]]
+    assert [r[cols.index("eval/reward_mean")] for r in rows] == [r["eval/reward_mean"] for r in level1["rows"]]
+    assert len(l1.tables["level1/per_seed"][1]) == len(level1["per_seed"]) == 1
+    assert l1.images == ["level1/level1_rewards", "level1/level1_training", "level1/pair_margins"]
+    (lr_run,) = runs_of(made, f"{p}-lr_lesson", "results").values()
+    cols, rows = lr_run.tables["lr_lesson/results"]
+    assert [r[cols.index("lr")] for r in rows] == [1e-3, 5e-3] == [r["lr"] for r in lr["rows"]]
+    assert [r[cols.index("reward_gain")] for r in rows] == [r["reward_gain"] for r in lr["rows"]]
+    (sw,) = runs_of(made, f"{p}-sweep", "results").values()
+    cols, rows = sw.tables["sweep/runs"]
+    assert [(r[cols.index("beta")], r[cols.index("eval/kl_to_ref")]) for r in rows] == [
+        (r["beta"], r["eval/kl_to_ref"]) for r in sweep["runs"]]
+    assert len(sw.tables["sweep/results"][1]) == len(sweep["points"]) and all(r.finished for r in made)
+
+
+def test_the_sft_build_logs_its_summary_and_samples(tmp_path, tiny_gpt2_dir, reviews_csv, monkeypatch):
+    made = []
+    monkeypatch.setattr(pipeline, "make_tracker", recording(made))
+    cfg = load_config(overrides={
+        "data.source": reviews_csv, "sft.base": tiny_gpt2_dir, "sft.out": str(tmp_path / "sft"), "sft.n_reviews": 8,
+        "sft.n_eval_reviews": 4, "sft.max_tokens": 24, "sft.batch_size": 4, "sft.n_sample_prompts": 3,
+        "track.run_name": "probe", "track.mode": "disabled", "run_dir": str(tmp_path / "run")})
+    m = pipeline.Pipeline(cfg).sft()
+    (run,) = made
+    assert (run.name, run.group, run.job_type) == ("probe-sft", "probe", "sft")
+    assert {k: run.summary_[k] for k in ("ppl_before", "ppl_after", "steps")} == {
+        k: m[k] for k in ("ppl_before", "ppl_after", "steps")}
+    cols, rows = run.tables["sft/samples"]
+    assert cols == ["prompt", "before", "after"] and len(rows) == 3
+    pairs = zip(m["samples_before"], m["samples_after"])
+    assert rows == [[b["prompt"], b["completion"], a["completion"]] for b, a in pairs]
+    assert [s for s, x in run.logs if "train/loss" in x] == list(range(1, m["steps"] + 1)) and run.finished
+    assert sft.run_sft(cfg, recording(made)) == m and len(made) == 1  # cached: nothing built, nothing logged
+
+
+# ---- a real offline wandb run, read back ----------------------------------------------------------
+def wandb_records(path: Path) -> list:
+    """The records of an offline run's `.wandb` file (a LevelDB-style log of protobuf `Record`s)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block = path.read_bytes(), 32 * 1024
+    assert data[:4] == b":W&B"
+    pos, buf, out = 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:  # zero padding to the block's end
+            pos += block - pos % block
+            continue
+        if pos + 7 + n > len(data):  # a record still being written
+            break
+        buf, pos = buf + data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):  # a full record, or the last fragment of one
+            out.append(pb.Record.FromString(buf))
+            buf = b""
+    return out
+
+
+def offline_run(path: Path) -> dict | None:
+    """An offline run's name, group, job type, config and summary (last value of each key); None
+    until its file is written to the end (its exit record)."""
+    run, summary, kinds = None, {}, []
+    for rec in wandb_records(path):
+        kinds.append(rec.WhichOneof("record_type"))
+        if kinds[-1] == "run":
+            run = rec.run
+        elif kinds[-1] == "summary":
+            summary.update({u.key: json.loads(u.value_json) for u in rec.summary.update if u.key})
+    if run is None or "exit" not in kinds:
+        return None
+    config = {u.key: json.loads(u.value_json) for u in run.config.update}
+    return {"name": run.display_name, "group": run.run_group, "job_type": run.job_type, "config": config,
+            "summary": summary, "dir": path.parent}
+
+
+def offline_runs(wandb_dir: Path, n: int, timeout: float = 60.0) -> dict[str, dict]:
+    """The `n` offline runs under `wandb_dir` by name, once each is written to the end (wandb's writer
+    may flush a moment after `finish()` returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [offline_run(p) for p in sorted(wandb_dir.glob("offline-run-*/run-*.wandb"))]
+        if (len(runs) == n and None not in runs) or time.monotonic() > deadline:
+            assert len(runs) == n and None not in runs, f"{len(runs)} runs, complete: {[r is not None for r in runs]}"
+            return {r["name"]: r for r in runs}
+        time.sleep(0.2)
+
+
+def test_a_real_offline_run_holds_the_evaluation(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
+                                                  monkeypatch):
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
+    cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
+                   **{"track.mode": "offline", "track.run_name": "probe"})
+    pipe = pipeline.Pipeline(cfg)
+    stored = pipe.evaluate(pipe.train(beta=0.5)).metrics
+    runs = offline_runs(pipe.dir / "wandb", 2)
+    assert set(runs) == {"probe-train-sigmoid-b0.5-lr0.001-s0", "probe-eval-sigmoid-b0.5-lr0.001-s0"}
+    ev = runs["probe-eval-sigmoid-b0.5-lr0.001-s0"]
+    assert (ev["group"], ev["job_type"]) == ("probe", "eval")
+    assert {k: ev["config"][k] for k in ("loss", "beta", "lr", "seed", "model")} == {
+        "loss": "sigmoid", "beta": 0.5, "lr": 1e-3, "seed": 0, "model": "sigmoid-b0.5-lr0.001-s0"}
+    s = ev["summary"]
+    for k in ("eval/reward_mean", "eval/token_entropy", "eval/kl_to_ref", "eval/ref_perplexity", "eval/distinct_2"):
+        assert s[k] == pytest.approx(stored[k], rel=1e-12), k
+    assert (s["eval/reward_mean_lo"], s["eval/kl_to_ref_hi"]) == pytest.approx(
+        (stored["eval/reward_ci_lo"], stored["eval/kl_to_ref_ci_hi"]), rel=1e-12)
+    (table,) = (ev["dir"] / "files" / "media" / "table" / "eval").glob("samples_*.table.json")
+    scored = read_jsonl(pipe.paths.eval("sigmoid-b0.5-lr0.001-s0") / "scored.jsonl")
+    t = read_json(table)
+    assert t["columns"] == COLUMNS
+    assert [row[:3] for row in t["data"]] == [[r["prompt"], r["completion"], r["reward"]] for r in scored]
+    assert runs["probe-train-sigmoid-b0.5-lr0.001-s0"]["config"]["beta"] == 0.5
