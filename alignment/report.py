@@ -1,7 +1,8 @@
 """Everything the kit *shows*, in one place for the CLI, the notebook, the README and the benchmarks:
 Markdown tables, the "gain vs start" line, example generations side by side, the matched-KL verdict
-sentences, what each CLI stage prints, the machine description, and the sentences of the
-conclusions, computed from results (never typed in).
+sentences, the machine description, and the sentences of the
+conclusions, computed from results (never typed in); `console` puts them together as each CLI stage
+prints them.
 
 Pure functions over the plain dicts that `alignment.experiments` returns (the result JSONs hold data
 only; every table and sentence is built here); no models, no I/O but `hardware_note`'s look at the
@@ -9,8 +10,6 @@ machine. The decisions and numbers behind the words — ALPHA, the verdicts, the
 difference — come from `alignment.stats`.
 """
 from __future__ import annotations
-
-import json
 
 from .machine import hardware
 from .stats import ALPHA, NOT_DISTINGUISHABLE, detectable_difference, distinguishable, verdict
@@ -329,57 +328,6 @@ def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | N
     lines.append(f"Level 1 rows come from {start['n_samples']} held-out samples per model{per}; at small sizes the CIs "
                  f"are wide, {spread}, and a difference between losses is only meaningful where the CIs separate.")
     return "\n\n".join(lines)
-
-
-# ---- what the command line prints ---------------------------------------------------------------
-def render(stage: str, result) -> str:
-    """What `python -m alignment <stage>` prints for its result: the tables and lines above (run,
-    lr-lesson, sweep), the asset paths and scorer accuracies (assets: {"paths", "scorers"}), or the
-    result as JSON."""
-    if stage == "run":
-        rows = result["rows"]
-        lines = ["", results_table(rows), "", "95 % CIs, bootstrap over seeds × prompts:", "", ci_table(rows), "",
-                 *(gain_line(r) for r in trained_rows(rows))]
-        for ex in examples_rows(result["examples"])[:2]:  # side by side: the same held-out prompt, one sample each
-            lines.append(f"\nprompt: {ex['prompt']!r}")
-            lines += [f"  {model:>26}: {text[:140]}" for model, text in ex.items() if model != "prompt"]
-        return "\n".join(lines)
-    if stage == "lr-lesson":
-        return "\n".join(["", markdown_table(results_rows(result["rows"], extra=("lr",))),
-                          lr_sentence(result["rows"], result["start"])])
-    if stage == "sweep":
-        return "\n".join(["", markdown_table(frontier_rows(result["points"])), "", *sweep_lines(result), "",
-                          "Matched-KL comparisons (reward):", *verdict_lines(result["comparisons"])])
-    if stage == "assets":
-        return "\n".join([json.dumps(result["paths"], indent=2),
-                          *(f"{name}: {metrics}" for name, metrics in result["scorers"].items())])
-    if stage == "sft":
-        return json.dumps({k: v for k, v in result.items() if k != "train_loss"}, indent=2, default=str)
-    return json.dumps(result, indent=2, default=str)
-
-
-def stage_times(rows: list[dict]) -> str:
-    """The table a stage ends with: where its wall time went, by stage kind (`timing.StageTimes`;
-    cached artifacts cost only their I/O)."""
-    total = sum(r["seconds"] for r in rows)
-    body = [{"stage": r["stage"], "seconds": f"{r['seconds']:.1f}", "share": f"{r['share']:.0%}"} for r in rows]
-    return "\n".join(["", f"wall time by stage ({total:.1f} s in all, this process):", "",
-                      markdown_table(body + [{"stage": "total", "seconds": f"{total:.1f}", "share": "100%"}],
-                                     ["stage", "seconds", "share"])])
-
-
-def where_text(results: str, plots: str | None = None, wandb: str | None = None, wandb_dir: str | None = None,
-               processes: int = 1, backend: str | None = None) -> str:
-    """Where a run's outputs went: the run dir, its plots and offline wandb run (when there are any:
-    `wandb` the resolved path, `wandb_dir` the one to pass to `wandb sync`), and the processes it ran on."""
-    lines = [f"\nresults: {results}"]
-    if plots:
-        lines.append(f"plots:   {plots}")
-    if wandb:
-        lines.append(f"wandb:   {wandb}  (offline; upload with `wandb sync {wandb_dir}/offline-run-*`)")
-    if processes > 1:
-        lines.append(f"ran on:  {processes} processes ({backend}), work split by batches")
-    return "\n".join(lines)
 
 
 # ---- the machine --------------------------------------------------------------------------------
