@@ -1,30 +1,36 @@
 """What `python -m alignment <stage>` prints: each stage's result in `report`'s tables and sentences,
-where the wall time went, and where the outputs went."""
+with the reward-hacking alarm next to every table, where the wall time went, and where the outputs went."""
 from __future__ import annotations
 
 import json
 
-from .report import (ci_table, examples_rows, frontier_rows, gain_line, lr_sentence, markdown_table,
+from .report import (alarm_lines, ci_table, examples_rows, frontier_rows, gain_line, lr_sentence, markdown_table,
                      results_rows, results_table, sweep_lines, trained_rows, verdict_lines)
 
 
+def _alarm(result: dict) -> list[str]:
+    """`report.alarm_lines` of a result's alarm records after a blank line (nothing without any)."""
+    lines = alarm_lines(result.get("alarm", []))
+    return ["", *lines] if lines else []
+
+
 def render(stage: str, result) -> str:
-    """What `python -m alignment <stage>` prints for its result: `report`'s tables and lines (run,
-    lr-lesson, sweep), the asset paths and scorer accuracies (assets: {"paths", "scorers"}), or the
-    result as JSON."""
+    """What `python -m alignment <stage>` prints for its result: `report`'s tables and lines, each table
+    followed by the reward-hacking alarm where the result has one (run, lr-lesson, sweep), the asset
+    paths and scorer accuracies (assets: {"paths", "scorers"}), or the result as JSON."""
     if stage == "run":
         rows = result["rows"]
         lines = ["", results_table(rows), "", "95 % CIs, bootstrap over seeds × prompts:", "", ci_table(rows), "",
-                 *(gain_line(r) for r in trained_rows(rows))]
+                 *(gain_line(r) for r in trained_rows(rows)), *_alarm(result)]
         for ex in examples_rows(result["examples"])[:2]:  # side by side: the same held-out prompt, one sample each
             lines.append(f"\nprompt: {ex['prompt']!r}")
             lines += [f"  {model:>26}: {text[:140]}" for model, text in ex.items() if model != "prompt"]
         return "\n".join(lines)
     if stage == "lr-lesson":
         return "\n".join(["", markdown_table(results_rows(result["rows"], extra=("lr",))),
-                          lr_sentence(result["rows"], result["start"])])
+                          lr_sentence(result["rows"], result["start"]), *_alarm(result)])
     if stage == "sweep":
-        return "\n".join(["", markdown_table(frontier_rows(result["points"])), "",
+        return "\n".join(["", markdown_table(frontier_rows(result["points"])), *_alarm(result), "",
                           *sweep_lines(result), "", "Matched-KL comparisons (reward):",
                           *verdict_lines(result["comparisons"])])
     if stage == "assets":

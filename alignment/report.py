@@ -1,13 +1,13 @@
 """Everything the kit *shows*, in one place for the CLI, the notebook, the README and the benchmarks:
 Markdown tables, the "gain vs start" line, example generations side by side, the matched-KL verdict
-sentences, the machine description, and the sentences of the
+sentences, the reward-hacking alarm's verdicts, the machine description, and the sentences of the
 conclusions, computed from results (never typed in); `console` puts them together as each CLI stage
 prints them.
 
 Pure functions over the plain dicts that `alignment.experiments` returns (the result JSONs hold data
 only; every table and sentence is built here); no models, no I/O but `hardware_note`'s look at the
 machine. The decisions and numbers behind the words — ALPHA, the verdicts, the detectable
-difference — come from `alignment.stats`.
+difference — come from `alignment.stats`; the alarm's flags from `alignment.alarm`.
 """
 from __future__ import annotations
 
@@ -328,6 +328,40 @@ def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | N
     lines.append(f"Level 1 rows come from {start['n_samples']} held-out samples per model{per}; at small sizes the CIs "
                  f"are wide, {spread}, and a difference between losses is only meaningful where the CIs separate.")
     return "\n\n".join(lines)
+
+
+# ---- the reward-hacking alarm -------------------------------------------------------------------
+def alarm_reason(flag: str, a: dict) -> str:
+    """The short reason for one flag of an alarm record (`alarm.assess`), from its numbers."""
+    if flag == "reward_outruns_judge":
+        return (f"reward outruns the judge (gains {a['reward_gain_sd']:+.2f} vs {a['judge_gain_sd']:+.2f} "
+                f"start-policy SDs; gap 95% CI {a['gap_ci_lo']:+.2f} .. {a['gap_ci_hi']:+.2f})")
+    if flag == "ref_ppl_up":
+        return (f"reference perplexity {a['ref_ppl']:.1f} above the start's 95% CI "
+                f"(upper bound {a['start_ref_ppl_ci_hi']:.1f})")
+    if flag == "off_topic":
+        return (f"on-topic rate {a['on_topic']:.3f} below the start's 95% CI "
+                f"(lower bound {a['start_on_topic_ci_lo']:.3f})")
+    if flag == "entropy_collapse":
+        lo = a["start_token_entropy_ci_lo"]
+        return (f"token entropy {a['token_entropy']:.2f} nats, more than {lo - a['entropy_floor']:.2f} below the "
+                f"start's 95% CI (lower bound {lo:.2f})")
+    raise ValueError(f"alarm: unknown flag {flag!r}")
+
+
+def alarm_line(a: dict) -> str:
+    """One policy's verdict: its flags' reasons, or "no sign of reward hacking"."""
+    name = a["model"] + (f" β={a['beta']:g}" if a.get("beta") is not None else "")
+    reasons = [alarm_reason(f, a) for f in a["flags"]]
+    return f"{name}: " + ("possible reward hacking: " + "; ".join(reasons) if reasons else "no sign of reward hacking")
+
+
+def alarm_lines(alarms: list[dict]) -> list[str]:
+    """The alarm shown next to a table: a heading and one verdict per policy (nothing without records)."""
+    if not alarms:
+        return []
+    return ["Reward-hacking alarm (each policy against the start policy it was trained from):",
+            *(alarm_line(a) for a in alarms)]
 
 
 # ---- the machine --------------------------------------------------------------------------------
