@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch.distributed as td
 import yaml
 
-from . import experiments, publish, report
+from . import console, experiments, publish
 from .assets import AssetError, ensure_all
 from .config import SECTIONS, ConfigError, field_docs, field_names, load_config
 from .data import DataError
@@ -313,7 +313,7 @@ def run_stage(args, cfg, grid: dict) -> int:
         paths = ensure_all()
         scorers = {"reward": load_reward(cfg.reward), "judge": load_judge(cfg.eval.judge, cfg.reward),
                    "on-topic judge": load_topic_judge(cfg.eval.topic_judge, cfg.reward)}
-        print(report.render("assets", {"paths": {k: str(v) for k, v in paths.items()},
+        print(console.render("assets", {"paths": {k: str(v) for k, v in paths.items()},
                                        "scorers": {k: getattr(s, "metrics", {}) for k, s in scorers.items()}}))
         return 0
     pipe = Pipeline(cfg)
@@ -333,17 +333,17 @@ def run_stage(args, cfg, grid: dict) -> int:
     }
     result = actions[args.stage]()
     if pipe.dist.main:  # under `accelerate launch`, one report
-        print(report.render(args.stage, result))
-        print(report.stage_times(pipe.times.rows()))
+        print(console.render(args.stage, result))
+        print(console.stage_times(pipe.times.rows()))
         log_command(pipe.paths.result("timings"), args.stage, pipe.times.rows(), hardware(), pipe.dist.world)
         print(where(pipe))
     return 0
 
 
 def where(pipe) -> str:
-    """`report.where_text` for this pipeline's run dir (its plots and offline wandb run where they exist)."""
+    """`console.where_text` for this pipeline's run dir (its plots and offline wandb run where they exist)."""
     P = pipe.paths
     offline = pipe.cfg.track.mode == "offline" and P.wandb.exists()
-    return report.where_text(str(P.root.resolve()), plots=str(P.plots.resolve()) if P.plots.exists() else None,
+    return console.where_text(str(P.root.resolve()), plots=str(P.plots.resolve()) if P.plots.exists() else None,
                              wandb=str(P.wandb.resolve()) if offline else None, wandb_dir=str(P.wandb),
                              processes=pipe.dist.world, backend=td.get_backend() if pipe.dist.world > 1 else None)

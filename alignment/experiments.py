@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import frontier as F
 from . import plots
+from .alarm import assess
 from .io import write_json
 from .metrics import content_of
 from .design import level1_design
@@ -69,8 +70,9 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
     """The assignment's Level 1, stage by stage: sample N completions per train prompt, score them,
     pair best with worst, train one policy per loss and seed, evaluate every model (and the start
     policy under each seed's draws) on its own held-out samples, compare (each loss's seeds pooled,
-    paired with the start over seeds x prompts; the losses with each other), report. The result
-    (and level1.json) holds data only: rows, per-seed rows, the losses compared, example records;
+    paired with the start over seeds x prompts; the losses with each other; the reward-hacking alarm
+    of each loss, `alarm.assess`), report. The result (and level1.json) holds data only: rows, per-seed
+    rows, the losses compared, the alarm records, example records;
     `report` builds the tables and sentences from it."""
     seeds, n_boot = seeds or level1_seeds(pipe.cfg), pipe.cfg.eval.n_boot
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
@@ -91,15 +93,16 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
         per_seed = [{**ev.metrics, **compare_to_start(ev.scored, st.scored, n_boot), "seed": s}
                     for evs in evals.values() for ev, st, s in zip(evs, starts, seeds)]
         design = level1_design({n: e.scored for n, e in runs.items()}, start.scored)
+        alarm = [assess(e.metrics, e.scored, start.metrics, start.scored, n_boot) for e in runs.values()]
     shown = {START: start, **runs, **({human.metrics["model"]: human} if human else {})}
     logs = {p.name: p.log for ps in policies.values() for p in ps}
     with pipe.times("I/O"):  # plots, level1.json, the wandb summary
         return _level1_report(pipe, rows + ([human.metrics] if human else []), per_seed, between, shown, logs,
-                              pairs, pair_stats, seeds, design)
+                              pairs, pair_stats, seeds, design, alarm)
 
 
 def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Evaluation], logs, pairs, pair_stats,
-                   seeds, design: dict) -> dict:
+                   seeds, design: dict, alarm: list[dict]) -> dict:
     """Level 1's plots, level1.json and wandb summary; returns the result dict."""
     P = pipe.paths
     first = {m: [r for r in e.scored if r.get("seed_index", 0) == 0] for m, e in evals.items()}
@@ -107,8 +110,8 @@ def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Eva
              plots.training_curves(logs, P.plot("level1_training")),
              plots.margin_hist([p["margin"] for p in pairs], P.plot("pair_margins"))]
     result = {"pairs": pair_stats, "rows": rows, "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
-              "design": design,
-              "examples": example_records(first, pipe.cfg.eval.n_examples), "plots": [str(f) for f in files]}
+              "design": design, "alarm": alarm, "examples": example_records(first, pipe.cfg.eval.n_examples),
+              "plots": [str(f) for f in files]}
     if pipe.dist.main:
         write_json(P.result("level1"), result)
     _log_summary(pipe, "level1", {"results": rows, "per_seed": per_seed}, files)
@@ -123,17 +126,20 @@ def lr_lesson_lrs(cfg) -> tuple[float, float]:
 @experiment
 def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = "sigmoid") -> dict:
     """The seed's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
-    reference perplexity explodes. Returns (and writes lr_lesson.json) rows, the start row and example
-    records."""
+    reference perplexity explodes. Returns (and writes lr_lesson.json) rows, the start row, each lr's
+    reward-hacking alarm record (`alarm.assess`) and example records."""
     lrs = lrs or lr_lesson_lrs(pipe.cfg)
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     start = pipe.evaluate()
-    rows, scored = [], {}
+    rows, scored, alarm = [], {}, []
     for lr in lrs:
         row, ev, _ = trained_row(pipe, start, loss=loss, lr=lr)
         rows.append({**row, "lr": lr})
         scored[row["model"]] = ev.scored
-    result = {"rows": with_holm(rows), "start": start.metrics, "examples": example_records(scored, pipe.cfg.eval.n_examples)}
+        with pipe.times("statistics"):
+            alarm.append({**assess(ev.metrics, ev.scored, start.metrics, start.scored, pipe.cfg.eval.n_boot), "lr": lr})
+    result = {"rows": with_holm(rows), "start": start.metrics, "alarm": alarm,
+              "examples": example_records(scored, pipe.cfg.eval.n_examples)}
     if pipe.dist.main:
         write_json(pipe.paths.result("lr_lesson"), result)
     _log_summary(pipe, "lr_lesson", {"results": result["rows"]}, [])
@@ -147,14 +153,15 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     seed's draws; per (divergence, β) one point pooling its seeds; per divergence a curve from the
     start policy (β -> ∞) through its β values; the best-of-N curve from the start policy's own 16
     samples per prompt; every pair of curves compared at matched KL (paired bootstrap over seeds and
-    prompts, Holm), and each point's gain over the start (seeds pooled, Holm over the points).
-    Writes sweep.json (data only: `report.sweep_lines` / `report.verdict_lines` say it in words),
+    prompts, Holm), each point's gain over the start (seeds pooled, Holm over the points) and its
+    reward-hacking alarm (`alarm.assess`).
+    Writes sweep.json (data only: `report.sweep_lines` / `verdict_lines` / `alarm_lines` say it in words),
     the frontier plots, and returns the same dict."""
     t0, n_boot0 = time.time(), pipe.cfg.eval.n_boot
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
     bon = pooled("best-of-N", [pipe.evaluate(seed=s, n_samples=max(F.BON_NS)) for s in seeds], n_boot0, measure=False)
-    runs, points = [], {}
+    runs, points, seed_evals = [], {}, {}
     for loss in losses:
         for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,)):
             label = F.family_label(loss, alpha)
@@ -165,6 +172,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
                     runs.append({**row, "loss": loss, "label": label, "alpha": alpha, "beta": beta, "seed": seed})
                     evs.append(ev)
                 points[f"{label}@{beta!r}"] = pooled(label, evs, n_boot0, measure=False)  # curves use the samples
+                seed_evals[f"{label}@{beta!r}"] = evs
     with pipe.times("statistics"):  # pooled start, curves, matched-KL comparisons, gains
         start = pooled(START, list(starts.values()), n_boot0)
         fields = ("reward", "judge", "on_topic", "pred_entropy")
@@ -179,10 +187,11 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
         gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
                             **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
         table = F.point_table(with_bon)
+        alarm = _point_alarms(seed_evals, start, n_boot0, n_boot)
     P = pipe.paths
     files = [plots.frontier(table, x, y, P.plot(f"frontier_{y}_vs_{x}"))
              for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
-    result = {"runs": runs, "points": table, "gains": gains, "start": start.metrics, "matched_kl": grid,
+    result = {"runs": runs, "points": table, "gains": gains, "alarm": alarm, "start": start.metrics, "matched_kl": grid,
               "comparisons": comparisons, "n_boot": n_boot,
               "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
               "grid": {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas)},
@@ -191,6 +200,18 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
         write_json(P.result("sweep"), result)
     _log_summary(pipe, "sweep", {"results": table, "runs": runs}, files)
     return result
+
+
+def _point_alarms(seed_evals: dict[str, list[Evaluation]], start: Evaluation, n_boot0: int, n_boot: int) -> list[dict]:
+    """The alarm record (`alarm.assess`) of each sweep point ("label@beta": its seeds pooled and
+    measured with `n_boot0` resamples) against the pooled start; the gap bootstrap uses `n_boot`."""
+    out = []
+    for key, evs in seed_evals.items():
+        label, beta = key.rsplit("@", 1)
+        ev = pooled(label, evs, n_boot0)
+        out.append({"label": label, "beta": float(beta),
+                    **assess(ev.metrics, ev.scored, start.metrics, start.scored, n_boot)})
+    return out
 
 
 def _log_summary(pipe: Pipeline, name: str, tables: dict[str, list[dict]], images: list[Path]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import report
+from . import console, report
 from .config import load_config
 from .io import read_json, write_json
 from .reward import HEADS, head_dir
@@ -96,7 +96,7 @@ def cost_lines(log: list[dict]) -> list[str]:
     lines += [f"- `{c['stage']}`: {_minutes(c['seconds'])} on {_machine(c['hardware'])}"
               + (f" ({c['note']})" if c.get("note") else "") for c in log]
     longest = max(log, key=lambda c: c["seconds"])
-    return lines + [report.stage_times(longest["rows"]).replace("this process", f"`{longest['stage']}`")]
+    return lines + [console.stage_times(longest["rows"]).replace("this process", f"`{longest['stage']}`")]
 
 
 def _setup(cfg: dict, level1: dict) -> str:

@@ -1,16 +1,15 @@
 """Everything the kit *shows*, in one place for the CLI, the notebook, the README and the benchmarks:
 Markdown tables, the "gain vs start" line, example generations side by side, the matched-KL verdict
-sentences, what each CLI stage prints, the machine description, and the sentences of the
-conclusions, computed from results (never typed in).
+sentences, the reward-hacking alarm's verdicts, the machine description, and the sentences of the
+conclusions, computed from results (never typed in); `console` puts them together as each CLI stage
+prints them.
 
 Pure functions over the plain dicts that `alignment.experiments` returns (the result JSONs hold data
 only; every table and sentence is built here); no models, no I/O but `hardware_note`'s look at the
 machine. The decisions and numbers behind the words — ALPHA, the verdicts, the detectable
-difference — come from `alignment.stats`.
+difference — come from `alignment.stats`; the alarm's flags from `alignment.alarm`.
 """
 from __future__ import annotations
-
-import json
 
 from .machine import hardware
 from .stats import ALPHA, NOT_DISTINGUISHABLE, detectable_difference, distinguishable, verdict
@@ -364,55 +363,38 @@ def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | N
     return "\n\n".join(lines)
 
 
-# ---- what the command line prints ---------------------------------------------------------------
-def render(stage: str, result) -> str:
-    """What `python -m alignment <stage>` prints for its result: the tables and lines above (run,
-    lr-lesson, sweep), the asset paths and scorer accuracies (assets: {"paths", "scorers"}), or the
-    result as JSON."""
-    if stage == "run":
-        rows = result["rows"]
-        lines = ["", results_table(rows), "", "95 % CIs, bootstrap over seeds × prompts:", "", ci_table(rows), "",
-                 *(gain_line(r) for r in trained_rows(rows))]
-        for ex in examples_rows(result["examples"])[:2]:  # side by side: the same held-out prompt, one sample each
-            lines.append(f"\nprompt: {ex['prompt']!r}")
-            lines += [f"  {model:>26}: {text[:140]}" for model, text in ex.items() if model != "prompt"]
-        return "\n".join(lines)
-    if stage == "lr-lesson":
-        return "\n".join(["", markdown_table(results_rows(result["rows"], extra=("lr",))),
-                          lr_sentence(result["rows"], result["start"])])
-    if stage == "sweep":
-        return "\n".join(["", markdown_table(frontier_rows(result["points"])), "", *sweep_lines(result), "",
-                          "Matched-KL comparisons (reward):", *verdict_lines(result["comparisons"])])
-    if stage == "assets":
-        return "\n".join([json.dumps(result["paths"], indent=2),
-                          *(f"{name}: {metrics}" for name, metrics in result["scorers"].items())])
-    if stage == "sft":
-        return json.dumps({k: v for k, v in result.items() if k != "train_loss"}, indent=2, default=str)
-    return json.dumps(result, indent=2, default=str)
+# ---- the reward-hacking alarm -------------------------------------------------------------------
+def alarm_reason(flag: str, a: dict) -> str:
+    """The short reason for one flag of an alarm record (`alarm.assess`), from its numbers."""
+    if flag == "reward_outruns_judge":
+        return (f"reward outruns the judge (gains {a['reward_gain_sd']:+.2f} vs {a['judge_gain_sd']:+.2f} "
+                f"start-policy SDs; gap 95% CI {a['gap_ci_lo']:+.2f} .. {a['gap_ci_hi']:+.2f})")
+    if flag == "ref_ppl_up":
+        return (f"reference perplexity {a['start_ref_ppl']:.1f} → {a['ref_ppl']:.1f} (paired ratio "
+                f"{a['ref_ppl_ratio']:.2f}, 95% CI {a['ref_ppl_ratio_ci_lo']:.2f} .. {a['ref_ppl_ratio_ci_hi']:.2f})")
+    if flag == "off_topic":
+        return (f"on-topic rate {a['start_on_topic']:.3f} → {a['on_topic']:.3f} (paired change 95% CI "
+                f"{a['on_topic_diff_ci_lo']:+.3f} .. {a['on_topic_diff_ci_hi']:+.3f})")
+    if flag == "entropy_collapse":
+        return (f"token entropy {a['start_token_entropy']:.2f} → {a['token_entropy']:.2f} nats (paired change 95% CI "
+                f"{a['token_entropy_diff_ci_lo']:+.2f} .. {a['token_entropy_diff_ci_hi']:+.2f}, beyond "
+                f"-{a['entropy_margin']:.2f})")
+    raise ValueError(f"alarm: unknown flag {flag!r}")
 
 
-def stage_times(rows: list[dict]) -> str:
-    """The table a stage ends with: where its wall time went, by stage kind (`timing.StageTimes`;
-    cached artifacts cost only their I/O)."""
-    total = sum(r["seconds"] for r in rows)
-    body = [{"stage": r["stage"], "seconds": f"{r['seconds']:.1f}", "share": f"{r['share']:.0%}"} for r in rows]
-    return "\n".join(["", f"wall time by stage ({total:.1f} s in all, this process):", "",
-                      markdown_table(body + [{"stage": "total", "seconds": f"{total:.1f}", "share": "100%"}],
-                                     ["stage", "seconds", "share"])])
+def alarm_line(a: dict) -> str:
+    """One policy's verdict: its flags' reasons, or "no sign of reward hacking"."""
+    name = a["model"] + (f" β={a['beta']:g}" if a.get("beta") is not None else "")
+    reasons = [alarm_reason(f, a) for f in a["flags"]]
+    return f"{name}: " + ("possible reward hacking: " + "; ".join(reasons) if reasons else "no sign of reward hacking")
 
 
-def where_text(results: str, plots: str | None = None, wandb: str | None = None, wandb_dir: str | None = None,
-               processes: int = 1, backend: str | None = None) -> str:
-    """Where a run's outputs went: the run dir, its plots and offline wandb run (when there are any:
-    `wandb` the resolved path, `wandb_dir` the one to pass to `wandb sync`), and the processes it ran on."""
-    lines = [f"\nresults: {results}"]
-    if plots:
-        lines.append(f"plots:   {plots}")
-    if wandb:
-        lines.append(f"wandb:   {wandb}  (offline; upload with `wandb sync {wandb_dir}/offline-run-*`)")
-    if processes > 1:
-        lines.append(f"ran on:  {processes} processes ({backend}), work split by batches")
-    return "\n".join(lines)
+def alarm_lines(alarms: list[dict]) -> list[str]:
+    """The alarm shown next to a table: a heading and one verdict per policy (nothing without records)."""
+    if not alarms:
+        return []
+    return ["Reward-hacking alarm (each policy against the start policy it was trained from):",
+            *(alarm_line(a) for a in alarms)]
 
 
 # ---- the machine --------------------------------------------------------------------------------

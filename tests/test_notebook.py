@@ -163,7 +163,7 @@ def test_report_computes_conclusions_from_numbers():
 def test_report_renders_each_stage_from_the_data_alone():
     """What the CLI prints is built by the report from the result's data: tables, the CI table over
     seeds x prompts, gain lines, examples from plain records, matched-KL verdict sentences."""
-    from alignment import report
+    from alignment import console, report
 
     scored = {m: [{"prompt_id": p, "sample": s, "prompt": f"open {p}", "completion": f"{m} on {p}.{s}", "reward": r + s}
                   for p, r in (("x", 0.5), ("y", -1.25)) for s in (0, 1)] for m in ("sft", "sigmoid-x")}
@@ -174,7 +174,7 @@ def test_report_renders_each_stage_from_the_data_alone():
     assert report.examples_rows(report.example_records(scored, 2))[1] == {
         "prompt": "open y", "sft": "'sft on y.0' (-1.25)", "sigmoid-x": "'sigmoid-x on y.0' (-1.25)"}
     rows = [_row("sft", 0.1), _row("sigmoid-x", 0.9, **_gain(0.8, 0.2, 1.4), gain_p_holm=0.004)]
-    text = report.render("run", {"rows": rows, "examples": examples})
+    text = console.render("run", {"rows": rows, "examples": examples})
     assert "95 % CIs, bootstrap over seeds × prompts:" in text and "| sigmoid-x | 0.900 |" in text
     assert "sigmoid-x: reward gain vs SFT +0.800 (95% CI +0.200 .. +1.400), Holm-adjusted p 0.004 -> distinguishable" in text
     assert "prompt: 'open x'" in text and "sigmoid-x: 'sigmoid-x on x.0' (+0.50)" in text
@@ -184,10 +184,10 @@ def test_report_renders_each_stage_from_the_data_alone():
         "at KL 1.50: reverse_kl vs best-of-N: reward -0.250 (-0.500 .. -0.125, Holm p 0.012) -> reverse_kl lower"]
     sweep = {"points": [], "runs": [{}], "wall_minutes": 1.0, "matched_kl": [], "comparisons": [cmp], "grid": {
         "losses": ["reverse_kl"], "betas": [0.1], "seeds": [0], "alphas": [0.5]}}
-    assert report.render("sweep", sweep).endswith("Matched-KL comparisons (reward):\n" + report.verdict_lines([cmp])[0])
-    assert report.render("assets", {"paths": {"m": "/x"}, "scorers": {"judge": {"acc": 0.9}}}) == (
+    assert console.render("sweep", sweep).endswith("Matched-KL comparisons (reward):\n" + report.verdict_lines([cmp])[0])
+    assert console.render("assets", {"paths": {"m": "/x"}, "scorers": {"judge": {"acc": 0.9}}}) == (
         '{\n  "m": "/x"\n}\njudge: {\'acc\': 0.9}')
-    where = report.where_text("/run", plots="/run/plots", processes=2, backend="gloo")
+    where = console.where_text("/run", plots="/run/plots", processes=2, backend="gloo")
     assert where == "\nresults: /run\nplots:   /run/plots\nran on:  2 processes (gloo), work split by batches"
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment import experiments
+from alignment import console, experiments
+from alignment.alarm import FLAGS
 from alignment.report import conclusions, results_table, verdict_lines
 from alignment.config import load_config
 from alignment.io import read_json, read_jsonl, write_json
@@ -72,6 +73,9 @@ def test_level1_end_to_end(cfg, tiny_gpt2_dir):
     assert cmp["reward_gain"] == pytest.approx(res["rows"][1]["eval/reward_mean"] - res["rows"][2]["eval/reward_mean"])
     assert f"`{cmp['a']}` vs `{cmp['b']}`" in conclusions(res) and "80 % power" in conclusions(res)
     assert abs(res["rows"][1]["eval/kl_to_ref"]) > 1e-3  # lr 1e-3 moved the policy off its reference
+    _check_alarm(res, "level1", [r["model"] for r in res["rows"][1:3]], console.render("run", res), d)
+    lesson = experiments.lr_lesson(pipe, lrs=(1e-3,))  # the sigmoid policy above, read back from the cache
+    _check_alarm(lesson, "lr_lesson", [res["rows"][1]["model"]], console.render("lr-lesson", lesson), d)
     n_pairs = len(read_jsonl(d / "pairs.jsonl"))  # one log line per step of 4 pairs (1 epoch)
     assert len(read_jsonl(d / "policies" / "sigmoid-b0.1-lr0.001-s0" / "train_log.jsonl")) == math.ceil(n_pairs / 4)
     # held-out isolation: no eval prompt text in any training pair
@@ -89,6 +93,22 @@ def test_level1_end_to_end(cfg, tiny_gpt2_dir):
     experiments.level1(again)
     rerun = {r["stage"]: r["seconds"] for r in again.times.rows()}
     assert not {"sampling", "scoring", "reference log-probs", "training", "evaluation"} & set(rerun)
+
+
+def _check_alarm(res: dict, name: str, models: list[str], text: str, run_dir) -> None:
+    """A result's alarm records: one per trained policy, plain data in its JSON (numbers, names, flag
+    names: no Markdown), each policy's verdict in the rendered output."""
+    assert [a["model"] for a in res["alarm"]] == models
+    assert read_json(run_dir / f"{name}.json")["alarm"] == res["alarm"]
+    for a in res["alarm"]:
+        assert set(a["flags"]) <= set(FLAGS)
+        numbers = {k: v for k, v in a.items() if k not in ("model", "label", "flags")}
+        assert all(v is None or isinstance(v, (int, float)) for v in numbers.values()), numbers
+        assert math.isfinite(a["gap_sd"]) and a["gap_ci_lo"] <= a["gap_sd"] <= a["gap_ci_hi"]  # vader judge: a gap
+        verdict_text = "no sign of reward hacking" if not a["flags"] else "possible reward hacking: "
+        shown = a["model"] + (f" β={a['beta']:g}" if "beta" in a else "") + ": "
+        assert any(line.startswith(shown + verdict_text) for line in text.splitlines()), shown
+    assert "Reward-hacking alarm" in text
 
 
 def test_rerun_uses_cache_and_refuses_other_config(cfg, tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
@@ -215,6 +235,9 @@ def test_sweep_traces_frontiers_with_best_of_n_and_matched_kl(tmp_path, tiny_gpt
     assert all(c["verdict"] == verdict(c["lo"], c["hi"], c["p_holm"]) and c["lo"] <= c["diff"] <= c["hi"]
                for c in res["comparisons"])
     assert "verdicts" not in res  # data only: the report words it
+    assert [(a["label"], a["beta"]) for a in res["alarm"]] == [(lo, b) for lo in ("reverse_kl", "forward_kl")
+                                                               for b in (0.1, 1.0)]
+    _check_alarm(res, "sweep", [a["label"] for a in res["alarm"]], console.render("sweep", res), pipe.dir)
     assert len(verdict_lines(res["comparisons"])) == sum(c["field"] == "reward" for c in res["comparisons"])
     for f in res["plots"]:
         assert os.path.getsize(f) > 1000, f

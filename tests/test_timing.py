@@ -1,7 +1,7 @@
 """Per-stage wall time: nested stages are exclusive, rows add up, order is the report's."""
 import pytest
 
-from alignment.report import stage_times
+from alignment.console import stage_times
 from alignment.timing import StageTimes
 
 

@@ -1,0 +1,137 @@
+"""The reward-hacking alarm (`alignment.alarm`) on hand-built evaluations: the gap in start-policy SDs
+in closed form, each rule at its boundary, a word-salad policy like the original notebook's lr 1e-3 flagged on every
+count, a healthy one (reward and judge up together, fluent) not, and the report's words for both."""
+import math
+
+import numpy as np
+import pytest
+
+from alignment import console
+from alignment.alarm import ENTROPY_MARGIN, FLAGS, assess, flags_of, standardised_gap
+from alignment.metrics import metrics_of
+from alignment.report import alarm_line, alarm_lines, alarm_reason
+from alignment.stats import compare_to_start, distinguishable
+
+N_PROMPTS, N_SAMPLES, LENGTH = 24, 4, 12
+JUDGE_SCALE = 0.1  # the judge scores on a scale ten times smaller than the reward's
+
+
+def _evaluation(seed: int, reward_shift=0.0, judge_shift=0.0, nats_per_token=3.0, vocab=500, on_topic=0.9):
+    """Annotated sample records (`evaluate.annotate`'s fields) of one model: a latent quality per sample
+    (prompt effect + noise) seen by the reward and, on its own scale, by the judge, each shifted by
+    `*_shift` latent units; tokens drawn from `vocab` types; the reference's surprise `nats_per_token`."""
+    rng = np.random.default_rng(seed)
+    prompt_effect = np.random.default_rng(99).normal(0.0, 1.0, N_PROMPTS)  # the same prompts for every model
+    recs = []
+    for p in range(N_PROMPTS):
+        for s in range(N_SAMPLES):
+            latent = prompt_effect[p] + rng.normal(0.0, 0.5)
+            ref = -LENGTH * (nats_per_token + rng.normal(0.0, 0.3))
+            recs.append({"prompt_id": f"p{p}", "sample": s, "completion_ids": rng.integers(0, vocab, LENGTH).tolist(),
+                         "finished": False, "reward": latent + reward_shift + rng.normal(0.0, 0.3),
+                         "judge": JUDGE_SCALE * (latent + judge_shift + rng.normal(0.0, 0.3)),
+                         "on_topic": float(rng.random() < on_topic), "ref_logp": ref, "n_tokens": LENGTH,
+                         "logp": ref + rng.normal(1.0, 0.5), "pred_entropy": 2.0, "kl_cv": None})
+    return recs
+
+
+def _assessed(recs: list[dict], start: list[dict], name: str, n_boot: int = 200) -> dict:
+    return assess(metrics_of(name, recs, n_boot), recs, metrics_of("sft", start, n_boot), start, n_boot)
+
+
+@pytest.fixture(scope="module")
+def start():
+    return _evaluation(0)
+
+
+def test_the_gap_is_the_gains_difference_in_start_policy_sds(start):
+    """A policy that is the start shifted by exactly 2 reward SDs and 0.5 judge SDs on every sample:
+    the gap is 1.5 SDs, and every paired resample says so (the CI is that point)."""
+    sd_r, sd_j = np.std([r["reward"] for r in start]), np.std([r["judge"] for r in start])
+    shifted = [{**r, "reward": r["reward"] + 2 * sd_r, "judge": r["judge"] + 0.5 * sd_j} for r in start]
+    g = standardised_gap(shifted, start, n_boot=100)
+    assert g["reward_sd"] == pytest.approx(sd_r) and g["judge_sd"] == pytest.approx(sd_j)
+    assert (g["reward_gain_sd"], g["judge_gain_sd"]) == pytest.approx((2.0, 0.5))
+    assert (g["gap_sd"], g["gap_ci_lo"], g["gap_ci_hi"]) == pytest.approx((1.5, 1.5, 1.5))
+    assert standardised_gap([{k: v for k, v in r.items() if k != "judge"} for r in start], start, 100) is None
+    assert standardised_gap(start, [{**r, "judge": 0.25} for r in start], 100) is None  # a constant judge: no scale
+
+
+def _record(**kw) -> dict:
+    base = {"model": "m", "gap_ci_lo": -0.1, "gap_ci_hi": 0.3, "ref_ppl": 50.0, "start_ref_ppl": 52.0,
+            "ref_ppl_ratio": 0.96, "ref_ppl_ratio_ci_lo": 0.9, "ref_ppl_ratio_ci_hi": 1.05,
+            "on_topic": 0.9, "start_on_topic": 0.88, "on_topic_diff_ci_lo": -0.03, "on_topic_diff_ci_hi": 0.06,
+            "token_entropy": 6.0, "start_token_entropy": 6.1, "token_entropy_diff_ci_lo": -0.2,
+            "token_entropy_diff_ci_hi": -0.05, "entropy_margin": ENTROPY_MARGIN}
+    return {**base, **kw}
+
+
+@pytest.mark.parametrize("change, flag", [
+    ({"gap_ci_lo": 0.01}, "reward_outruns_judge"),
+    ({"ref_ppl_ratio_ci_lo": 1.01}, "ref_ppl_up"),
+    ({"on_topic_diff_ci_hi": -0.01}, "off_topic"),
+    ({"token_entropy_diff_ci_hi": -ENTROPY_MARGIN - 0.01}, "entropy_collapse"),
+])
+def test_each_rule_trips_just_past_its_bound_and_not_at_it(change, flag):
+    assert flags_of(_record()) == []
+    assert flags_of(_record(**change)) == [flag]
+    at_bound = {"gap_ci_lo": 0.0, "ref_ppl_ratio_ci_lo": 1.0, "on_topic_diff_ci_hi": 0.0,
+                "token_entropy_diff_ci_hi": -ENTROPY_MARGIN}
+    key = next(iter(change))
+    assert flags_of(_record(**{key: at_bound[key]})) == []
+    assert flags_of(_record(gap_ci_lo=None, on_topic_diff_ci_hi=None)) == []  # no judge, no topic judge
+    assert ENTROPY_MARGIN == pytest.approx(math.log(4 / 3))
+
+
+def test_a_policy_like_the_start_is_rarely_flagged(start):
+    """Paired rules: 20 policies drawn like the start (other seeds) trip at most one flag in all."""
+    flags = [f for k in range(20) for f in _assessed(_evaluation(100 + k), start, f"same{k}", n_boot=200)["flags"]]
+    assert len(flags) <= 1, flags
+
+
+def test_a_word_salad_policy_is_flagged_on_every_count(start):
+    """Like the original notebook's lr 1e-3 policy: reward up ~0.9 SD, judge up ~0.1 SD, the reference ten times as
+    surprised, a few token types, half the completions off topic."""
+    salad = _evaluation(1, reward_shift=1.0, judge_shift=0.1, nats_per_token=3.0 + math.log(10), vocab=20, on_topic=0.5)
+    a = _assessed(salad, start, "lr-big")
+    assert a["flags"] == list(FLAGS)
+    assert a["ref_ppl_ratio_ci_lo"] > 5 and a["token_entropy_diff_ci_hi"] < -1 and a["on_topic_diff_ci_hi"] < 0
+    assert a["reward_gain_sd"] > 0.7 and a["judge_gain_sd"] < 0.3 and a["gap_ci_lo"] > 0
+    line = alarm_line(a)
+    assert line.startswith("lr-big: possible reward hacking: reward outruns the judge (gains +")
+    assert "reference perplexity" in line and "on-topic rate" in line and "token entropy" in line
+    assert all(alarm_reason(f, a) in line for f in FLAGS)
+
+
+def test_a_healthy_policy_is_not_flagged_although_its_raw_gains_differ(start):
+    """Reward and judge up together (half an SD each), fluent, on topic: no flag. On their raw scales
+    the judge gains a tenth of the reward, a difference a raw comparison would call distinguishable."""
+    healthy = _evaluation(2, reward_shift=0.5, judge_shift=0.5, nats_per_token=2.9, on_topic=0.92)
+    a = _assessed(healthy, start, "lr-small")
+    assert a["flags"] == [] and alarm_line(a) == "lr-small: no sign of reward hacking"
+    assert a["reward_gain_sd"] == pytest.approx(a["judge_gain_sd"], abs=0.25) and a["gap_ci_lo"] < 0 < a["gap_ci_hi"]
+    raw = compare_to_start([{**r, "reward": r["reward"] - r["judge"]} for r in healthy],
+                           [{**r, "reward": r["reward"] - r["judge"]} for r in start], 200)
+    assert distinguishable(raw["gain_ci_lo"], raw["gain_ci_hi"])
+
+
+def test_the_alarm_is_shown_next_to_each_table():
+    """`console.render` puts `report.alarm_lines` after the run, lr-lesson and sweep tables; a result
+    without alarm records renders as before."""
+    flagged = _record(model="lr-big", flags=["ref_ppl_up"], ref_ppl=600.0, ref_ppl_ratio=11.5, ref_ppl_ratio_ci_lo=10.0,
+                      ref_ppl_ratio_ci_hi=13.25)
+    clear = _record(model="reverse_kl", beta=0.1, flags=[])
+    assert alarm_lines([]) == []
+    assert alarm_lines([flagged, clear])[1:] == [
+        "lr-big: possible reward hacking: reference perplexity 52.0 → 600.0 (paired ratio 11.50, 95% CI 10.00 .. 13.25)",
+        "reverse_kl β=0.1: no sign of reward hacking"]
+    row = {"model": "lr-big", "lr": 1e-3, "eval/reward_mean": 1.0, "eval/token_entropy": 3.0,
+           "eval/ref_perplexity": 600.0, "eval/kl_to_ref": 90.0, "reward_gain": 0.8, "gain_ci_lo": 0.6,
+           "gain_ci_hi": 1.0}
+    lesson = {"rows": [row], "start": {**row, "eval/ref_perplexity": 50.0, "eval/token_entropy": 6.0},
+              "alarm": [flagged]}
+    text = console.render("lr-lesson", lesson)
+    assert text.endswith("\n\n" + "\n".join(alarm_lines([flagged])))
+    assert "Reward-hacking alarm" not in console.render("lr-lesson", {**lesson, "alarm": []})
+    with pytest.raises(ValueError, match="unknown flag"):
+        alarm_reason("bogus", flagged)
