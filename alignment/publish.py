@@ -99,6 +99,12 @@ def cost_lines(log: list[dict]) -> list[str]:
     return lines + [console.stage_times(longest["rows"]).replace("this process", f"`{longest['stage']}`")]
 
 
+def _alarm(result: dict) -> list[str]:
+    """The reward-hacking alarm's verdicts as a list, then a blank line (nothing without records)."""
+    lines = report.alarm_lines(result.get("alarm", []))
+    return [lines[0], "", *(f"- {line}" for line in lines[1:]), ""] if lines else []
+
+
 def _setup(cfg: dict, level1: dict) -> str:
     d, s, e, p = cfg["data"], cfg["sample"], cfg["eval"], cfg["dpo"]
     adapt = f"LoRA r={p['lora_r']}" if p["lora_r"] else "full fine-tuning"
@@ -118,7 +124,7 @@ def _level1_section(r: dict) -> list[str]:
             "Every metric with its 95 % CI (bootstrap over seeds × prompts):", "",
             report.ci_table(level1["rows"]), "",
             *[f"- {report.gain_line(row)}" for row in report.trained_rows(level1["rows"])], "",
-            report.conclusions(level1), "",
+            *_alarm(level1), report.conclusions(level1), "",
             "Side by side, sample 0 of each model on the first held-out prompts (reward in brackets):", "",
             report.markdown_table(report.examples_rows(level1["examples"])), "",
             "![Training curves](results/level1_training.png)", "",
@@ -134,7 +140,7 @@ def _lr_section(r: dict) -> list[str]:
             "notebook's learning rate next to the default one (seed 0; the start row is that seed's draws).", "",
             report.ci_table([lr["start"], *lr["rows"]]), "",
             *[f"- {report.gain_line(row)}" for row in lr["rows"]], "",
-            report.lr_sentence(lr["rows"], lr["start"]), "",
+            report.lr_sentence(lr["rows"], lr["start"]), "", *_alarm(lr),
             report.markdown_table(report.examples_rows(lr["examples"])), ""]
 
 
@@ -146,7 +152,7 @@ def _sweep_section(r: dict) -> list[str]:
                        "`python -m alignment results --sweep runs/sweep` renders it here.", ""]
     return head + ["![Reward against KL](results/frontier_reward_vs_kl.png)", "",
                    "![Judge against KL](results/frontier_judge_vs_kl.png)", "",
-                   report.markdown_table(report.frontier_rows(sweep["points"])), "",
+                   report.markdown_table(report.frontier_rows(sweep["points"])), "", *_alarm(sweep),
                    *report.sweep_lines(sweep), "", *cost_lines(r.get("sweep.timings", []))]
 
 
