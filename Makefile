@@ -28,10 +28,10 @@ smoke:  ## the whole Level 1 at tiny sizes: ~1-2 min once the assets, heads and 
 sweep: setup  ## Level 2/3 frontiers: 6 divergences x 4 betas x 3 seeds + best-of-N, matched-KL verdicts (~1.5 h on 2 cores)
 	$(BIN)/python -m alignment sweep --preset sweep --set run_dir=runs/sweep $(SET) $(ARGS)
 
-notebook: setup  ## execute the notebook headless at SMOKE size into runs/notebook-smoke.ipynb
+notebook: setup  ## execute the notebook headless at SMOKE size (run dir runs/smoke, as make smoke) into runs/notebook-smoke.ipynb
 	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-smoke.ipynb -p SIZE smoke --cwd .
 
-notebook-publish: setup  ## re-execute the committed notebook in place (Level 1 at default size; its sweep section shows runs/sweep: run `make sweep` first)
+notebook-publish: setup  ## re-execute the committed notebook in place at default size (it reuses runs/default and shows runs/sweep: run `make run` and `make sweep` first)
 	OMP_NUM_THREADS=1 $(BIN)/python -m alignment.notebook "Alignment Methods.ipynb" SIZE=default
 
 test: $(BIN)/.installed  ## unit + integration tests (tiny local models, offline), then the notebook at SMOKE size

@@ -11,18 +11,18 @@ from pathlib import Path
 from . import frontier as F
 from . import plots
 from .alarm import assess
-from .io import write_json
-from .metrics import content_of
 from .design import level1_design
+from .io import read_json, write_json
+from .metrics import content_of
 from .evaluate import Evaluation, pooled
 from .pipeline import Pipeline
-from .rundir import START
+from .rundir import START, Policy, RunPaths
 from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import example_records
 from .stats import SharedBootstrap, compare_to_start, versus_start, with_holm
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
-SEED_LR = 1e-3  # the seed notebook's learning rate, shown next to the preset's in the lr lesson
+ORIGINAL_LR = 1e-3  # the original notebook's learning rate, shown next to the preset's in the lr lesson
 
 
 def experiment(fn):
@@ -65,6 +65,19 @@ def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
     return f"{base}-s" + "_".join(map(str, seeds))
 
 
+def level1_train(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES,
+                 seeds: tuple[int, ...] | None = None) -> dict[str, list[Policy]]:
+    """Level 1's training step: one policy per loss and seed on the same pairs, {loss: [policy per
+    seed]} (each cached: `level1` after this trains nothing). Needs `pipe.prepare()` first."""
+    seeds = seeds or level1_seeds(pipe.cfg)
+    return {loss: [pipe.train(loss=loss, seed=s) for s in seeds] for loss in losses}
+
+
+def training_logs(policies: dict[str, list[Policy]]) -> dict[str, list[dict]]:
+    """{policy name: its training log} for `plots.training_curves`."""
+    return {p.name: p.log for ps in policies.values() for p in ps}
+
+
 @experiment
 def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple[int, ...] | None = None) -> dict:
     """The assignment's Level 1, stage by stage: sample N completions per train prompt, score them,
@@ -79,7 +92,7 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
     pipe.samples()
     pipe.rewards()
     pairs, pair_stats = pipe.pairs()
-    policies = {loss: [pipe.train(loss=loss, seed=s) for s in seeds] for loss in losses}
+    policies = level1_train(pipe, losses, seeds)
     starts = [pipe.evaluate(seed=s) for s in seeds]
     evals = {seeds_name(ps[0].name, seeds): [pipe.evaluate(p, seed=s) for p, s in zip(ps, seeds)]
              for ps in policies.values()}
@@ -95,7 +108,7 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
         design = level1_design({n: e.scored for n, e in runs.items()}, start.scored)
         alarm = [assess(e.metrics, e.scored, start.metrics, start.scored, n_boot) for e in runs.values()]
     shown = {START: start, **runs, **({human.metrics["model"]: human} if human else {})}
-    logs = {p.name: p.log for ps in policies.values() for p in ps}
+    logs = training_logs(policies)
     with pipe.times("I/O"):  # plots, level1.json, the wandb summary
         return _level1_report(pipe, rows + ([human.metrics] if human else []), per_seed, between, shown, logs,
                               pairs, pair_stats, seeds, design, alarm)
@@ -119,13 +132,13 @@ def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Eva
 
 
 def lr_lesson_lrs(cfg) -> tuple[float, float]:
-    """The lr lesson's default: the seed's 1e-3 next to the config's `dpo.lr`."""
-    return SEED_LR, cfg.dpo.lr
+    """The lr lesson's default: the original notebook's 1e-3 next to the config's `dpo.lr`."""
+    return ORIGINAL_LR, cfg.dpo.lr
 
 
 @experiment
 def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = "sigmoid") -> dict:
-    """The seed's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
+    """The original notebook's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
     reference perplexity explodes. Returns (and writes lr_lesson.json) rows, the start row, each lr's
     reward-hacking alarm record (`alarm.assess`) and example records."""
     lrs = lrs or lr_lesson_lrs(pipe.cfg)
@@ -200,6 +213,19 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
         write_json(P.result("sweep"), result)
     _log_summary(pipe, "sweep", {"results": table, "runs": runs}, files)
     return result
+
+
+def sweep_result(cfg, run: bool, **grid) -> dict | None:
+    """The Level 2/3 sweep of `cfg.run_dir`: run when `run` (its cached runs reused; `grid`: `sweep`'s
+    axes), else the sweep.json saved there by an earlier run (its plots where they lie now), else None.
+    Reading creates nothing."""
+    if run:
+        return sweep(Pipeline(cfg), **grid)
+    paths = RunPaths(Path(cfg.run_dir))
+    if not paths.result("sweep").exists():
+        return None
+    saved = read_json(paths.result("sweep"))
+    return {**saved, "plots": [str(paths.plot(Path(p).stem)) for p in saved["plots"]]}
 
 
 def _point_alarms(seed_evals: dict[str, list[Evaluation]], start: Evaluation, n_boot0: int, n_boot: int) -> list[dict]:

@@ -29,6 +29,19 @@ def reward_hist(rewards: dict[str, list[float]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def sample_reward_hist(rewards: list[float], path: Path) -> Path:
+    """The reward of every training sample (N per train prompt, from the start policy), with its
+    mean: the spread the preference pairs are cut from."""
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
+    ax.hist(rewards, bins=30, color="tab:blue")
+    mean = sum(rewards) / max(len(rewards), 1)
+    ax.axvline(mean, color="black", ls="--", lw=1, label=f"mean {mean:+.2f}")
+    ax.set(xlabel="reward (train prompts, start policy's samples)", ylabel="samples",
+           title=f"Reward of the {len(rewards)} training samples")
+    ax.legend()
+    return _save(fig, path)
+
+
 def margin_hist(margins: list[float], path: Path) -> Path:
     fig, ax = pyplot().subplots(figsize=(6, 3.5))
     ax.hist(margins, bins=30, color="tab:purple")

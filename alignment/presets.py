@@ -43,3 +43,16 @@ PRESETS: dict[str, dict] = {
 # and ipo stay available as Level-3 extras (`--losses`).
 SWEEP_LOSSES = ("reverse_kl", "forward_kl", "js", "alpha")
 SWEEP_BETAS, SWEEP_SEEDS, SWEEP_ALPHAS = (0.03, 0.1, 0.3, 1.0), (0, 1, 2), (0.3, 0.5, 0.7)
+
+# The sweep's training settings (LoRA adapters, their lr, bf16 where native): what the `sweep` preset
+# adds to the default. A sweep at another size keeps them, so it saves adapters of MBs instead of one
+# full model per (divergence, β, seed) (72 of them for the axes above).
+SWEEP_LORA = {k: v for k, v in PRESETS["sweep"].items() if k.startswith("dpo.")}
+
+
+def sweep_settings(size: str) -> tuple[str, dict]:
+    """(preset, overrides) of the Level 2/3 sweep that goes with a Level 1 size: `default` -> the
+    `sweep` preset (what `make sweep` runs); any other size -> that preset with `SWEEP_LORA`."""
+    if size in ("default", "sweep"):
+        return "sweep", {}
+    return size, dict(SWEEP_LORA)

@@ -24,6 +24,7 @@ from . import decode, hf_generate
 from .config import SampleConfig
 from .distributed import Dist, remove_shards, shard_path, shards_of
 from .io import JsonlAppender, debug_delay, read_jsonl, write_jsonl
+from .timing import bars_off
 
 
 SAMPLERS = {"fast": decode, "generate": hf_generate}  # sample.backend -> its module (`draw`)
@@ -55,7 +56,7 @@ def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleCon
     todo = [p for p in prompts if p["id"] not in done]
     per_batch = _per_batch(cfg, n)
     max_new = max_new_tokens or cfg.max_new_tokens
-    bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False, disable=quiet)
+    bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False, disable=quiet or bars_off())
     for batch in _batches(todo, per_batch):
         gen = torch.Generator().manual_seed(_batch_seed(cfg.seed, batch))
         draws = SAMPLERS[cfg.backend].draw(model, tokenizer, [p["ids"] for p in batch], n, cfg, stop_ids, gen, max_new)

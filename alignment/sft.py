@@ -187,12 +187,13 @@ def run_sft(cfg: Config, make_tracker=None) -> dict:
     `make_tracker(name, job_type)` gives the tracker (`Pipeline.tracker`); none = no tracking.
     """
     out, deps = sft_out_dir(cfg), sft_deps(cfg)
+    where = f"models/{out.name} in the asset cache" if out.parent == cache_root() / "models" else out  # no home path
     if out.exists() and cache_state(out, deps) != "fresh":
-        warnings.warn(f"{out} holds an SFT model for another config; it will be replaced when this run ends")
+        warnings.warn(f"{where} holds an SFT model for another config; it will be replaced when this run ends")
 
     def build(part):
         print(f"building the SFT start policy (once per sft config): {cfg.sft.base} tuned on "
-              f"{cfg.sft.n_reviews} train-pool reviews -> {out}", flush=True)
+              f"{cfg.sft.n_reviews} train-pool reviews -> {where}", flush=True)
         _build(cfg, part_dir(part), make_tracker)
 
     cached(out, deps, build, on_mismatch="rebuild")

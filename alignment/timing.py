@@ -14,6 +14,7 @@ each rank has its own (the report shows rank 0's).
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -71,6 +72,13 @@ def charged(name: str) -> Callable:
                 return method(self, *args, **kwargs)
         return timed
     return decorate
+
+
+def bars_off() -> bool:
+    """Whether progress bars are turned off: TQDM_DISABLE set (not "0"), read when a bar is made.
+    (tqdm reads it only as a default at import, which an explicit `disable=` overrides.) The notebook
+    sets it, so its saved outputs hold no bar fragments."""
+    return os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
 
 
 def log_command(path, stage: str, rows: list[dict], hardware: dict, processes: int = 1) -> list[dict]:

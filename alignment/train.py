@@ -38,6 +38,7 @@ from .logprobs import batched_logps, collate, model_logps
 from .losses import compute_loss
 from .models import add_lora, train_autocast
 from .optional import accelerate
+from .timing import bars_off
 from .trl_backend import train_dpo_trl
 
 LossFn = Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, dict[str, float]]]
@@ -195,7 +196,8 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
                 m.p = 0.0
     net = _wrap(model, dist)
     t0 = last_save = time.time()
-    bar = tqdm(total=len(steps), initial=start, desc=cfg.desc, unit="step", leave=False, disable=not dist.main)
+    bar = tqdm(total=len(steps), initial=start, desc=cfg.desc, unit="step", leave=False,
+               disable=not dist.main or bars_off())
     for step in range(start, len(steps)):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, len(steps), cfg.lr, cfg.warmup_ratio, cfg.final_lr_ratio)

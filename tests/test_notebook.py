@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -57,10 +58,18 @@ def test_notebook_parameters_cell():
     assert len(params) == 1, "exactly one cell must be tagged `parameters` for papermill"
     ns: dict = {}
     exec(params[0].source, ns)  # plain assignments only
-    for name in ("SIZE", "RUN_DIR", "WANDB_MODE", "SEEDS", "SWEEP_LOSSES", "SWEEP_BETAS", "ALPHAS",
-                 "LR_LESSON", "START_POLICY"):
+    assigns = [line for line in params[0].source.splitlines() if line.strip() and not line.startswith("#")]
+    assert all(line.count("=") == 1 for line in assigns), "papermill reads one `=` per line (none in comments)"
+    for name in ("SIZE", "RUN_DIR", "RUN_SWEEP", "SWEEP_RUN_DIR", "WANDB_MODE", "SEEDS", "SWEEP_LOSSES", "SWEEP_BETAS",
+                 "ALPHAS", "LR_LESSON", "START_POLICY", "PAIR_STRATEGIES"):
         assert name in ns, f"parameter {name} missing"
     assert ns["START_POLICY"] is None
+    assert ns["RUN_SWEEP"] is False, "the sweep (~1.5 h) must not start by default"
+    # RUN_DIR defaults to `make run`'s run dir, resolved after papermill's injected values (-p SIZE smoke -> runs/smoke)
+    assert ns["RUN_DIR"] is None and ns["SWEEP_RUN_DIR"] is None
+    (setup,) = _code_cells(nb, "run-note")
+    assert 'RUN_DIR = RUN_DIR or f"runs/{SIZE}"' in setup.source
+    assert "RUN_DIR ?= runs/$(PRESET)" in (REPO / "Makefile").read_text(encoding="utf-8")
     from alignment.losses import LOSSES
     from alignment.presets import PRESETS
 
@@ -69,22 +78,55 @@ def test_notebook_parameters_cell():
     assert ns["LR_LESSON"] is None or 1e-3 in ns["LR_LESSON"]
 
 
-def test_committed_notebook_is_clean_and_executed():
-    """No papermill cell overriding the parameters for someone running it by hand, no progress-bar
-    fragments, every code cell executed in order, and the first cell says what produced the outputs."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "execute it top to bottom"
-    for c in code:
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:tmp|home|Users|work|root|var|private|mnt|opt)/")
+
+
+def _clean_outputs(cells) -> None:
+    """No error, progress bar, widget or machine's absolute path in any output."""
+    for c in cells:
         for o in c.get("outputs", []):
             assert o.output_type != "error", c.source[:80]
             text = o.get("text", "")
             assert "\r" not in text and "it/s]" not in text and "%|" not in text, f"progress bar in: {text[:120]!r}"
+            assert not any(m.startswith("application/vnd.jupyter.widget") for m in o.get("data", {})), c.source[:80]
+        found = ABSOLUTE_PATH.search(_texts(c))
+        where = _texts(c)[max(found.start() - 60, 0):found.end() + 60] if found else ""
+        assert not found, f"absolute path in the output of {c.source[:60]!r}: {where!r}"
+
+
+def test_committed_notebook_is_clean():
+    """What a reader opens: no papermill cell overriding the parameters, no widget state and no record of
+    another (e.g. a smoke) execution in the metadata, clean outputs; and either executed top to bottom by
+    `alignment.notebook.publish` (its first cell then says what produced the outputs) or not executed at
+    all (outputs cleared until `make notebook-publish` runs it on the published run dirs)."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert "widgets" not in nb.metadata and "papermill" not in nb.metadata
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    _clean_outputs(code)
     from alignment.notebook import NOTE_END, NOTE_START
 
     head = nb.cells[0].source
+    if not any(c.execution_count or c.outputs for c in code):
+        assert NOTE_START not in head, "a run note without outputs"
+        return
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "execute it top to bottom"
     assert NOTE_START in head and NOTE_END in head and " min** of wall time" in head and "Outputs produced at SIZE=" in head
+
+
+def test_notebook_sections_follow_the_pipeline():
+    """One section per stage, in pipeline order, each with its own code cell."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    tags = [t for c in nb.cells if c.cell_type == "code" for t in c.metadata.get("tags", [])]
+    order = ["parameters", "run-note", "start-policy", "prompts", "samples", "pairs", "training", "evaluation",
+             "gains", "lr-lesson", "sweep", "matched-kl", "conclusions"]
+    assert [t for t in tags if t in order] == order
+    heads = [line for c in nb.cells if c.cell_type == "markdown"
+             for line in c.source.splitlines() if line.startswith("## ")]
+    assert [h.split(".", 1)[0] for h in heads] == [f"## {i}" for i in range(1, 12)], heads
+    prose = " ".join(c.source for c in nb.cells if c.cell_type == "markdown").lower()
+    for word in (r"the seed's", r"the seed notebook", r"\bround\b", r"\bsession", r"\bprevious", r"\bnow\b"):
+        assert not re.search(word, prose), word
 
 
 def test_notebook_conclusions_are_computed():
@@ -191,6 +233,54 @@ def test_report_renders_each_stage_from_the_data_alone():
     assert where == "\nresults: /run\nplots:   /run/plots\nran on:  2 processes (gloo), work split by batches"
 
 
+def test_notebook_helpers_show_no_machine_paths(tmp_path, monkeypatch):
+    from alignment.notebook import sft_summary, shown_path
+
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "runs" / "default") == "runs/default" and shown_path("runs/x") == "runs/x"
+    assert shown_path(Path.home() / "data" / "run") == "~/data/run"
+    assert shown_path("/nowhere-else/deep/run") == ".../run"
+    sft = {"out": "/home/me/.cache/alignment/models/sft", "base": "offline", "device": "cpu", "threads": 2,
+           "ppl_before": 87.44, "ppl_after": 44.7, "n_train_reviews": 800, "n_train_tokens": 50452, "steps": 100,
+           "resumed_from_step": 0, "seconds": 1279.1}
+    text = sft_summary(sft)
+    assert "87.4 before → **44.7** after" in text and "21.3 min" in text and "/" not in text.replace("/s", "")
+
+
+def test_sweep_at_any_size_trains_adapters_and_says_how_to_run_it(tmp_path, monkeypatch):
+    """The notebook's sweep: `make sweep` at the default size; at another size (hub: GPT-2) that preset
+    with the sweep's LoRA settings, so 72 policies are adapters of MBs, not full models of ~0.5 GB."""
+    from alignment.config import load_config
+    from alignment.notebook import SWEEP_AXES, sweep_hint
+    from alignment.presets import SWEEP_LORA, sweep_settings
+
+    monkeypatch.chdir(tmp_path)
+    assert sweep_settings("default") == ("sweep", {})
+    preset, over = sweep_settings("hub")
+    assert preset == "hub" and over == SWEEP_LORA
+    hub = load_config(preset=preset, overrides={**over, "run_dir": "runs/hub-sweep"})
+    assert hub.dpo.lora_r == 16 and hub.model.policy == "lvwerra/gpt2-imdb"
+    from alignment.experiments import sweep_result
+    from alignment.io import write_json
+
+    scfg = load_config(preset="sweep", overrides={"run_dir": "runs/sweep"})
+    assert sweep_result(scfg, run=False) is None and not (tmp_path / "runs").exists()  # reading creates nothing
+    write_json(tmp_path / "runs" / "sweep" / "sweep.json", {"points": [], "plots": ["/elsewhere/plots/frontier_a.png"]})
+    assert sweep_result(scfg, run=False)["plots"] == ["runs/sweep/plots/frontier_a.png"]  # where they lie now
+    hint = sweep_hint("runs/sweep", "sweep", {}, SWEEP_AXES)
+    assert "`make sweep`" in hint and "RUN_SWEEP = True" in hint
+    hint = sweep_hint("runs/hub-sweep", "hub", over, {**SWEEP_AXES, "seeds": (0,), "betas": (0.1, 1.0)})
+    assert ("`python -m alignment sweep --preset hub --set run_dir=runs/hub-sweep dpo.lora_r=16 dpo.lora_alpha=32.0 "
+            "dpo.lr=0.001 dpo.precision=auto --betas 0.1,1 --seeds 0`") in hint
+
+
+def test_sample_reward_histogram_is_written(tmp_path):
+    from alignment import plots
+
+    path = plots.sample_reward_hist([0.5, -1.25, 2.0, 0.0], tmp_path / "sample_rewards.png")
+    assert path == tmp_path / "sample_rewards.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # ---- the real thing: execute at SMOKE size ------------------------------------------------------
 def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
     import papermill
@@ -210,18 +300,25 @@ def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(
         str(NOTEBOOK), str(out), cwd=str(REPO), kernel_name="python3", progress_bar=False,
-        parameters={"SIZE": "smoke", "RUN_DIR": str(tmp_path / "run"), "WANDB_MODE": "disabled",
+        parameters={"SIZE": "smoke", "RUN_DIR": str(tmp_path / "run"), "WANDB_MODE": "disabled", "RUN_SWEEP": True,
                     "SWEEP_LOSSES": SMOKE_LOSSES, "SWEEP_BETAS": [0.1, 1.0], "SEEDS": [0]})  # raises PapermillExecutionError on any cell error
     nb = nbformat.read(out, as_version=4)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors, errors
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if "image/png" in o.get("data", {})]
-    assert len(images) >= 6, f"expected margin, Level 1 and sweep plots inline, got {len(images)} images"
-
-    level1 = _texts(_code_cells(nb, "level1")[0])
-    for name in ("sft", "sigmoid-b0.1", "hinge-b0.1", "reward", "token_H", "ref_ppl", "gain_vs_sft"):
-        assert name in level1, f"Level 1 table lacks {name!r}"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    _clean_outputs(code)  # no error, progress bar, widget, or tmp_path / home path in any output
+    assert not [c for c in code if str(tmp_path) in _texts(c) or str(Path.home()) in _texts(c)]
+    assert "widgets" not in nb.metadata
+    images = [o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 7, f"expected sample rewards, margins, training, Level 1 and sweep plots, got {len(images)}"
+    for tag in ("start-policy", "prompts", "samples", "pairs", "training", "evaluation", "gains", "lr-lesson"):
+        assert _code_cells(nb, tag)[0].outputs, f"section {tag} shows nothing"
+    assert "perplexity" in _texts(_code_cells(nb, "start-policy")[0])
+    assert "Level 1 policies ready in" in _texts(_code_cells(nb, "training")[0])
+    evaluation = _texts(_code_cells(nb, "evaluation")[0])
+    for name in ("sft", "sigmoid-b0.1", "hinge-b0.1", "human", "reward", "judge", "on_topic", "token_H", "pred_H",
+                 "KL", "ref_ppl", " .. "):
+        assert name in evaluation, f"the evaluation table lacks {name!r}"
+    gains = _texts(_code_cells(nb, "gains")[0])
+    assert "gain_vs_sft" in gains and "judge_gain" in gains and "reward gain vs SFT" in gains
     sweep = _texts(_code_cells(nb, "sweep")[0])
     assert all(loss in sweep for loss in SMOKE_LOSSES)
     matched = _texts(_code_cells(nb, "matched-kl")[0])

@@ -111,6 +111,25 @@ def _check_alarm(res: dict, name: str, models: list[str], text: str, run_dir) ->
     assert "Reward-hacking alarm" in text
 
 
+def test_the_notebooks_training_step_leaves_level1_unchanged(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
+    """The notebook trains first (`level1_train`), then calls `level1`: the same level1.json and
+    policies as `level1` alone (the CLI's `run`), and `level1` then trains nothing more."""
+    alone = Pipeline(tiny_cfg(tmp_path / "alone", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv))
+    experiments.level1(alone)
+    steps = Pipeline(tiny_cfg(tmp_path / "steps", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv))
+    steps.prepare()
+    policies = experiments.level1_train(steps)
+    assert [p.name for ps in policies.values() for p in ps] == ["sigmoid-b0.1-lr0.001-s0", "hinge-b0.1-lr0.001-s0"]
+    trained = steps.times.seconds["training"]
+    experiments.level1(steps)
+    assert steps.times.seconds["training"] == trained
+    a, b = read_json(alone.dir / "level1.json"), read_json(steps.dir / "level1.json")
+    assert {k: v for k, v in a.items() if k != "plots"} == {k: v for k, v in b.items() if k != "plots"}
+    for p in (p for ps in policies.values() for p in ps):
+        for f in ("train_log.jsonl", "model/model.safetensors"):
+            assert (alone.dir / "policies" / p.name / f).read_bytes() == (p.dir / f).read_bytes(), (p.name, f)
+
+
 def test_rerun_uses_cache_and_refuses_other_config(cfg, tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
     pipe = Pipeline(cfg)
     pairs1, _ = pipe.pairs()
