@@ -195,6 +195,7 @@ def headline(r: dict) -> str:
     rows = [{c: row.get(c) for c in cols} for row in report.ci_rows(level1["rows"])]
     return "\n".join([MARKS[0], _setup(cfg, level1), "", report.markdown_table(rows, cols), "",
                       *[f"- {report.gain_line(row)}" for row in report.trained_rows(level1["rows"])], "",
+                      *_alarm(level1),
                       f"Everything else (power, seeds, the losses against each other, examples, the learning rate, "
                       f"the frontiers, the scorers, wall times): [{DOC}]({DOC}).", MARKS[1]])
 
