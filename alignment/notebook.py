@@ -97,6 +97,8 @@ def timed(what: str) -> Iterator[None]:
 def shown_path(path) -> str:
     """A path for a saved output: relative to the working directory when under it, `~/...` under the
     home directory, else `.../<name>`; never a machine's absolute path."""
+    if not Path(path).is_absolute() and ".." not in Path(path).parts:
+        return str(Path(path))  # as the user wrote it (a symlinked run dir stays `runs/default`)
     p = Path(path).expanduser().resolve()
     for base, prefix in ((Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
         if p.is_relative_to(base):
