@@ -25,6 +25,7 @@ from .pairs import STRATEGIES
 from .presets import PRESETS
 
 OFFLINE = "offline"  # the embedded default: real pretrained assets shipped in PyPI packages
+PYTHON_REWARD = "python:"  # reward.model prefix: a `score(texts) -> Tensor` function passed from Python
 OFFLINE_SFT = "offline-sft"  # the offline start policy: SmolLM2-135M tuned on reviews by the SFT stage (`alignment.sft`)
 
 
@@ -87,7 +88,7 @@ class SampleConfig:
 
 @dataclass
 class RewardConfig:
-    model: str = OFFLINE       # "offline" (MiniLM sentiment classifier), "vader", a hub name or local dir
+    model: str = OFFLINE       # "offline" (MiniLM sentiment classifier), "vader", a hub name or local dir, or "python:<name>" (a function passed as Pipeline(cfg, reward=fn); <name> keys the cache)
     batch_size: int = rule(64, **_pos)     # texts per scoring batch
     max_length: int = rule(256, **_pos)    # reward tokenizer truncation
     score_prompt: bool = True  # score prompt + completion (True) or the completion alone
@@ -387,7 +388,11 @@ def validate(cfg: Config) -> None:
     _check(cfg.dpo.lora_r == 0 or cfg.model.ref in ("", cfg.model.policy), "dpo.lora_r", cfg.dpo.lora_r,
            "LoRA trains adapters on the reference's base: leave model.ref empty (= model.policy) or set dpo.lora_r=0")
     _check_source("data.source", cfg.data.source, (OFFLINE, "imdb"))
-    _check_source("reward.model", cfg.reward.model, (OFFLINE, "vader"))
+    if cfg.reward.model.startswith(PYTHON_REWARD):
+        _check(len(cfg.reward.model) > len(PYTHON_REWARD), "reward.model", cfg.reward.model,
+               f"name the function after {PYTHON_REWARD!r} (e.g. {PYTHON_REWARD}my-sentiment): the name keys the cache")
+    else:
+        _check_source("reward.model", cfg.reward.model, (OFFLINE, "vader"))
     if cfg.eval.judge:
         _check_source("eval.judge", cfg.eval.judge, (OFFLINE, "vader"))
     if cfg.eval.topic_judge:

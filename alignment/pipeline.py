@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
+from torch import Tensor
 
 from .config import Config, check_training, section_deps
 from .data import build_prompts, check_source, review_texts
@@ -38,15 +40,16 @@ _io = charged("I/O")  # a stage method's own time (checking and reading its cach
 class Pipeline:
     """One run directory's stages; each returns its artifact, building it only if missing.
     `times`: where this process's wall time went, by stage kind; `experiment`: the experiment whose
-    wandb runs are being made (`grouped`), None outside one."""
+    wandb runs are being made (`grouped`), None outside one. `reward`: a Python reward function,
+    `score(texts) -> Tensor` of one score per text, used when `reward.model` is "python:<name>"."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, reward: Callable[[list[str]], Tensor] | None = None):
         self.cfg, self.paths = cfg, RunPaths(Path(cfg.run_dir))
         self.dir = self.paths.root
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dist = current()  # this process's rank in an `accelerate launch` (one process: rank 0 of 1)
         self.times = StageTimes()
-        self.models = RunModels(cfg, self.dist, self.times)
+        self.models = RunModels(cfg, self.dist, self.times, reward)
         self.cache = StageCache(cfg, self.dir, self.dist)
         self.experiment: str | None = None
         if self.dist.main:

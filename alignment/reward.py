@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -19,7 +20,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from . import assets
-from .config import OFFLINE, RewardConfig
+from .config import OFFLINE, PYTHON_REWARD, RewardConfig
 from .corpus import REVIEW_ROLES, SNIPPET_ROLES, TOPIC_TEST, snippets_by_role, topic_texts
 from .io import cached, meta_path, read_json
 from .models import pick_device, sampling_dtype
@@ -207,8 +208,35 @@ def offline_reward(cfg: RewardConfig) -> EmbeddingReward:
     return offline_head("reward", cfg.batch_size, cfg.max_length, cfg.dtype)
 
 
-def load_reward(cfg: RewardConfig):
-    """Build the reward named by `reward.model`: offline | vader | hub id | local dir."""
+class FunctionReward:
+    """A reward written in Python: `fn(texts) -> (n,)` scores (a Tensor, array or list), checked for
+    shape and finiteness, scored in batches of `batch_size` (so several processes split it like a model)."""
+
+    def __init__(self, fn: Callable[[list[str]], torch.Tensor], name: str, batch_size: int = 64):
+        self.fn, self.name, self.batch_size = fn, name, batch_size
+        self.metrics: dict = {}
+
+    def batches(self, texts: list[str]) -> list[list[int]]:
+        return [list(range(i, min(i + self.batch_size, len(texts)))) for i in range(0, len(texts), self.batch_size)]
+
+    def score(self, texts: list[str]) -> torch.Tensor:
+        out = torch.cat([torch.as_tensor(self.fn([texts[i] for i in b]), dtype=torch.float32).reshape(-1)
+                         for b in self.batches(texts)]) if texts else torch.zeros(0)
+        if out.numel() != len(texts):
+            raise RewardError(f"reward.model={self.name!r}: the function returned {out.numel()} scores for "
+                              f"{len(texts)} texts; it must return one score per text")
+        return check_finite(out, texts)
+
+
+def load_reward(cfg: RewardConfig, fn: Callable[[list[str]], torch.Tensor] | None = None):
+    """Build the reward named by `reward.model`: offline | vader | hub id | local dir | python:<name>
+    (then `fn`, a function passed from Python, is the reward)."""
+    if cfg.model.startswith(PYTHON_REWARD) != (fn is not None):
+        raise RewardError(f"reward.model={cfg.model!r} names a function passed from Python: Pipeline(cfg, reward=fn)"
+                          if fn is None else "a reward function was passed: set reward.model='python:<name>' "
+                          "(the name keys the cache: change it when the function changes)")
+    if fn is not None:
+        return FunctionReward(fn, cfg.model, cfg.batch_size)
     if cfg.model == OFFLINE:
         return offline_reward(cfg)
     if cfg.model == "vader":

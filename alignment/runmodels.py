@@ -21,10 +21,11 @@ from .timing import StageTimes
 
 class RunModels:
     """Lazily loaded models of one run (`Pipeline.models`); loading counts as "model loading" in
-    `times`."""
+    `times`. `reward_fn`: the reward when `reward.model` is "python:<name>" (`reward.FunctionReward`)."""
 
-    def __init__(self, cfg: Config, dist: Dist = Dist(), times: StageTimes | None = None):
+    def __init__(self, cfg: Config, dist: Dist = Dist(), times: StageTimes | None = None, reward_fn=None):
         self.cfg, self.dist, self.times = cfg, dist, times or StageTimes()
+        self.reward_fn = reward_fn
 
     def source(self, name: str) -> str:
         """A model name as `from_pretrained` takes it: `offline-sft` -> this config's SFT model dir
@@ -72,7 +73,7 @@ class RunModels:
     @cached_property
     def reward(self):
         with self.times("model loading"):
-            return load_reward(self.cfg.reward)
+            return load_reward(self.cfg.reward, self.reward_fn)
 
     @cached_property
     def scorers(self) -> Scorers:
