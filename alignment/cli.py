@@ -59,9 +59,10 @@ STAGE_INFO: dict[str, Stage] = {
                     "Writes run_dir/samples.jsonl (streamed prompt by prompt: an interrupted run resumes)."),
     "score": Stage("the reward of every sample (reward.*)",
                    "Score every sample with the training reward. Writes run_dir/rewards.json."),
-    "pairs": Stage("preference pairs from the rewards (pairs.*)",
-                   "Build the preference pairs (chosen, rejected) from the rewards. Writes run_dir/pairs.jsonl\n"
-                   "and run_dir/pairs_stats.json; prints the pair statistics."),
+    "pairs": Stage("preference pairs from the rewards, or your own (pairs.*)",
+                   "Build the preference pairs (chosen, rejected) from the rewards, or read and tokenize your own\n"
+                   "(pairs.source: prompt, chosen, rejected). Writes run_dir/pairs.jsonl and\n"
+                   "run_dir/pairs_stats.json; prints the pair statistics."),
     "train": Stage("one DPO policy (dpo.*)",
                    "Train one policy with the dpo.* settings. Writes run_dir/ref_logps.pt (the reference's\n"
                    "log-probs of the pairs) and run_dir/policies/<loss>-b<beta>-lr<lr>-s<seed>/ (the model or\n"

@@ -39,7 +39,8 @@ def rule(default, *, choices=None, check=None, why: str = "", hashed: bool = Tru
     `choices`: the allowed values (a tuple, or a zero-argument callable returning them, for
     registries such as the losses); `check`: a predicate on the value with `why` saying what is
     allowed; `hashed=False`: the field changes no artifact (where things go, how they are shown),
-    so it is left out of the config hash that caches are keyed by.
+    or keys the caches its own way (`pairs.source`: by its rows' hash, only when set), so it is left
+    out of the config hash that caches are keyed by.
     """
     return field(default=default, metadata={"choices": choices, "check": check, "why": why, "hashed": hashed})
 
@@ -100,6 +101,7 @@ class PairConfig:
     strategy: str = rule("max_min", choices=_registry(STRATEGIES))  # which samples of a prompt pair up: max_min | all_pairs | adjacent | random
     min_margin: float = rule(0.0, **_nonneg)  # drop pairs whose reward gap is <= this
     seed: int = 0              # seed for the random strategy
+    source: str = rule("", hashed=False)  # "" = pairs built from the start policy's scored samples; or your own pairs (trl's format): a .jsonl/.csv file or hub dataset with text columns prompt, chosen, rejected
 
 
 @dataclass
@@ -336,6 +338,17 @@ def _check_source(name: str, value: str, named: tuple[str, ...]) -> None:
                           f"or use one of {list(named)} or a hub id such as lvwerra/gpt2-imdb")
 
 
+def _check_pairs_source(value: str) -> None:
+    """pairs.source: "", a hub dataset name, or a local file that exists (what is in it is checked
+    by `ownpairs.read_pairs`, before any model loads)."""
+    if not value or os.path.exists(os.path.expanduser(value)):
+        return
+    looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1 or \
+        os.path.splitext(value)[1] in (".csv", ".jsonl", ".json", ".txt", ".parquet")
+    _check(not looks_local, "pairs.source", value, "this file does not exist; give the path of a .jsonl or .csv file "
+           "with text columns prompt, chosen, rejected, or a hub dataset name (e.g. trl-lib/ultrafeedback_binarized)")
+
+
 def _check_rules(section: str, obj) -> None:
     """The rules declared on the fields of one section (`rule(...)`)."""
     for f in fields(obj):
@@ -388,6 +401,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.dpo.lora_r == 0 or cfg.model.ref in ("", cfg.model.policy), "dpo.lora_r", cfg.dpo.lora_r,
            "LoRA trains adapters on the reference's base: leave model.ref empty (= model.policy) or set dpo.lora_r=0")
     _check_source("data.source", cfg.data.source, (OFFLINE, "imdb"))
+    _check_pairs_source(cfg.pairs.source)
     if cfg.reward.model.startswith(PYTHON_REWARD):
         _check(len(cfg.reward.model) > len(PYTHON_REWARD), "reward.model", cfg.reward.model,
                f"name the function after {PYTHON_REWARD!r} (e.g. {PYTHON_REWARD}my-sentiment): the name keys the cache")

@@ -39,7 +39,9 @@ def _read_text(p: Path, path: str) -> str:
     return text
 
 
-def _jsonl_rows(text: str, path: str) -> list[dict]:
+def jsonl_rows(text: str, path: str, field: str = "data.source") -> list[tuple[int, dict]]:
+    """(line number, object) of each non-blank line; a line that is not a JSON object raises one
+    `DataError` naming `field`, the file and the line."""
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -47,10 +49,10 @@ def _jsonl_rows(text: str, path: str) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"data.source={path!r} line {n} is not valid JSON ({e.msg}); one object per line") from None
+            raise DataError(f"{field}={path!r} line {n} is not valid JSON ({e.msg}); one object per line") from None
         if not isinstance(row, dict):
-            raise DataError(f"data.source={path!r} line {n} is not a JSON object; one object per line")
-        rows.append(row)
+            raise DataError(f"{field}={path!r} line {n} is not a JSON object; one object per line")
+        rows.append((n, row))
     return rows
 
 
@@ -65,7 +67,8 @@ def file_reviews(path: str) -> list[Review]:
     if p.suffix == ".txt":
         out = [Review(f"{p.stem}{i}", t.strip()) for i, t in enumerate(text.splitlines()) if t.strip()]
     else:
-        rows = _jsonl_rows(text, path) if p.suffix == ".jsonl" else list(csv.DictReader(io.StringIO(text, newline="")))
+        rows = ([r for _, r in jsonl_rows(text, path)] if p.suffix == ".jsonl"
+                else list(csv.DictReader(io.StringIO(text, newline=""))))
         if rows and "text" not in rows[0]:
             raise DataError(f"data.source={path!r} has no `text` column (columns: {sorted(rows[0])})")
         out = [Review(str(r.get("id", f"{p.stem}{i}")), str(r["text"]),

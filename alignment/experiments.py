@@ -89,14 +89,16 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
     `report` builds the tables and sentences from it."""
     seeds, n_boot = seeds or level1_seeds(pipe.cfg), pipe.cfg.eval.n_boot
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
-    pipe.samples()
-    pipe.rewards()
+    if not pipe.cfg.pairs.source:  # own pairs (pairs.source) are read, not built from scored samples
+        pipe.samples()
+        pipe.rewards()
     pairs, pair_stats = pipe.pairs()
     policies = level1_train(pipe, losses, seeds)
     starts = [pipe.evaluate(seed=s) for s in seeds]
     evals = {seeds_name(ps[0].name, seeds): [pipe.evaluate(p, seed=s) for p, s in zip(ps, seeds)]
              for ps in policies.values()}
-    human = pipe.evaluate_human() if pipe.cfg.eval.human_row else None
+    human_row = pipe.cfg.eval.human_row and not pipe.cfg.pairs.source  # own pairs' prompts have no review behind them
+    human = pipe.evaluate_human() if human_row else None
     with pipe.times("statistics"):
         start = pooled(START, starts, n_boot)
         runs = {name: pooled(name, evs, n_boot) for name, evs in evals.items()}
@@ -119,9 +121,10 @@ def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Eva
     """Level 1's plots, level1.json and wandb summary; returns the result dict."""
     P = pipe.paths
     first = {m: [r for r in e.scored if r.get("seed_index", 0) == 0] for m, e in evals.items()}
+    margins = [p["margin"] for p in pairs if p.get("margin") is not None]  # own pairs (pairs.source) have none
     files = [plots.reward_hist({m: rewards_of(e) for m, e in evals.items()}, P.plot("level1_rewards")),
              plots.training_curves(logs, P.plot("level1_training")),
-             plots.margin_hist([p["margin"] for p in pairs], P.plot("pair_margins"))]
+             *([plots.margin_hist(margins, P.plot("pair_margins"))] if margins else [])]
     result = {"pairs": pair_stats, "rows": rows, "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
               "design": design, "alarm": alarm, "examples": example_records(first, pipe.cfg.eval.n_examples),
               "plots": [str(f) for f in files]}

@@ -6,6 +6,9 @@ models come from `alignment.runmodels`; the work of each stage lives in the modu
 
 The SFT start policy and the offline scorer heads are stages of their own that every run builds
 first (`prepare`), each cached outside the run dir (the asset cache) and announced when built.
+
+With own preference pairs (`pairs.source`, `alignment.ownpairs`) the prompts and pairs come from
+them: no training samples are drawn or scored, and the held-out prompts are the evaluation prompts.
 """
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .config import Config, check_training, section_deps
+from .config import Config, ConfigError, check_training, section_deps
 from .data import build_prompts, check_source, review_texts
 from .distributed import current
 from .evaluate import EVAL_VERSION, Evaluation, evaluate_human, evaluate_model, load_evaluation
 from .io import atomic_open, meta_path, part_dir, read_json, read_jsonl, write_json, write_jsonl
+from .ownpairs import OwnPairs, pair_prompts, pair_records, read_pairs
 from .pairs import build_pairs
 from .reward import ensure_head, offline_head_hash, score_records
 from .rundir import HUMAN, START, Policy, RunPaths, eval_name, policy_name, read_policy, write_manifest
@@ -52,6 +56,7 @@ class Pipeline:
         self.models = RunModels(cfg, self.dist, self.times, reward)
         self.cache = StageCache(cfg, self.dir, self.dist)
         self.experiment: str | None = None
+        self.own_pairs: OwnPairs | None = None  # `pairs.source`'s pairs, as `prepare` read them
         if self.dist.main:
             write_manifest(self.paths, cfg)
 
@@ -65,6 +70,9 @@ class Pipeline:
             if self.cache.identities is None:
                 check_source(self.cfg.data)  # a bad data file fails here, before anything is built
                 ids = {}
+                if self.cfg.pairs.source:  # so does a bad pairs file
+                    self.own_pairs = read_pairs(self.cfg)
+                    ids["pairs_source"] = self.own_pairs.identity
                 if sft:
                     self.sft()
                     ids["offline_sft"] = sft_hash(self.cfg)
@@ -82,13 +90,21 @@ class Pipeline:
     # ---- data stages ---------------------------------------------------------------------------
     @_io
     def prompts(self) -> dict[str, list[dict]]:
-        build = lambda part: write_json(part, build_prompts(self.cfg.data, self.models.tokenizer))  # noqa: E731
+        """{"train", "eval"} prompt records: cut from the reviews, or own pairs' prompts (`pairs.source`)."""
+        def build(part):
+            own, tok = self.own_pairs, self.models.tokenizer
+            write_json(part, pair_prompts(own, tok) if own is not None else build_prompts(self.cfg.data, tok))
+
         self.cache(self.paths.prompts, (), self.times.wrap("prompts", build))
         return read_json(self.paths.prompts)
 
     @_io
     def samples(self) -> list[dict]:
         """N samples per train prompt; streamed to the part file, so a killed run resumes there."""
+        if self.cfg.pairs.source:
+            raise ConfigError(f"pairs.source={self.cfg.pairs.source!r} gives the preference pairs, so no training "
+                              "samples are drawn or scored; run the pairs, train or run stage, or set pairs.source= "
+                              "(empty) to build pairs from the start policy's samples")
         prompts, m = self.prompts()["train"], self.models
 
         def build(part):
@@ -112,9 +128,14 @@ class Pipeline:
 
     @_io
     def pairs(self) -> tuple[list[dict], dict]:
+        """(pairs, stats): scored samples of each prompt paired by `pairs.strategy`, or own pairs
+        tokenized (`pairs.source`; no rewards)."""
         def build(part):
             p = self.cfg.pairs
-            pairs, stats = build_pairs(self.samples(), self.rewards(), p.strategy, p.min_margin, p.seed)
+            if self.own_pairs is not None:
+                pairs, stats = pair_records(self.own_pairs, self.prompts()["train"], self.models.tokenizer)
+            else:
+                pairs, stats = build_pairs(self.samples(), self.rewards(), p.strategy, p.min_margin, p.seed)
             if self.dist.main:
                 write_json(self.paths.pairs_stats, stats)
                 write_jsonl(part, pairs)
@@ -191,6 +212,9 @@ class Pipeline:
     @_io
     def evaluate_human(self) -> Evaluation:
         """The human row: the eval prompts' source reviews' own continuations, same token budget."""
+        if self.cfg.pairs.source:
+            raise ConfigError(f"the human row continues the eval prompts' reviews, and the prompts of "
+                              f"pairs.source={self.cfg.pairs.source!r} have none; set eval.human_row=false")
         out, m = self.paths.eval(HUMAN), self.models
 
         def build(part):

@@ -108,8 +108,10 @@ def _alarm(result: dict) -> list[str]:
 def _setup(cfg: dict, level1: dict) -> str:
     d, s, e, p = cfg["data"], cfg["sample"], cfg["eval"], cfg["dpo"]
     adapt = f"LoRA r={p['lora_r']}" if p["lora_r"] else "full fine-tuning"
-    return (f"Start policy `{cfg['model']['policy']}`; {d['n_train_prompts']} training prompts × {s['n_samples']} "
-            f"samples → {level1['pairs']['n_pairs']} pairs ({level1['pairs']['strategy']}); DPO β={p['beta']:g}, "
+    source, n_pairs = cfg.get("pairs", {}).get("source"), level1["pairs"]["n_pairs"]
+    pairs = (f"{n_pairs} pairs of `{source}`" if source else f"{d['n_train_prompts']} training prompts × "
+             f"{s['n_samples']} samples → {n_pairs} pairs ({level1['pairs']['strategy']})")
+    return (f"Start policy `{cfg['model']['policy']}`; {pairs}; DPO β={p['beta']:g}, "
             f"lr {p['lr']:g}, {p['epochs']} epoch(s), batch {p['batch_size']}, {p['precision']}, {adapt}; "
             f"evaluation on {d['n_eval_prompts']} held-out prompts × {e['n_samples']} samples × "
             f"{len(level1['seeds'])} seeds (each seed its own training run and draws), {e['n_boot']} bootstrap "

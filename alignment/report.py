@@ -182,7 +182,8 @@ def lr_sentence(rows: list[dict], sft: dict) -> str:
 def _level1_lines(level1: dict) -> list[str]:
     sft, trained = level1["rows"][0], trained_rows(level1["rows"])
     best = max(trained, key=lambda r: r["eval/reward_mean"])
-    lines = ["**Level 1** (best-vs-worst pairs): " + "; ".join(
+    source = level1.get("pairs", {}).get("source")  # own pairs (pairs.source)
+    lines = [f"**Level 1** ({f'the pairs of `{source}`' if source else 'best-vs-worst pairs'}): " + "; ".join(
         f"`{r['model']}` reward {r['eval/reward_mean']:+.3f} vs SFT {sft['eval/reward_mean']:+.3f}, gain {fmt_gain(r)}"
         f" — {'distinguishable from 0' if excludes_zero(r) else 'not distinguishable from 0 at this size'}"
         for r in trained) + " (paired bootstrap over seeds and prompts, Holm-corrected across the losses)."]

@@ -2,7 +2,8 @@
 sections it depends on and by *which* weights its models' names stood for — the SFT start policy
 behind `offline-sft`, the trained heads behind `offline` scorers (`offline_prerequisites`). The
 run's first step (`Pipeline.prepare`) builds those and records their cache hashes here (`record`);
-computing a key only reads that record, never builds. Under several processes every rank calls the
+computing a key only reads that record, never builds. Own preference pairs (`pairs.source`) are
+recorded there too, by the hash of their rows. Under several processes every rank calls the
 same stages (`distributed.cached_on_ranks`)."""
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ class StageCache:
     def _identity(self, key: str) -> str:
         if self.identities is None or key not in self.identities:
             raise RuntimeError(f"the run dir's cache keys name {key!r}, which is not prepared: call "
-                               "Pipeline.prepare() first (it builds the SFT start policy and the offline scorer heads)")
+                               "Pipeline.prepare() first (it builds the SFT start policy and the offline scorer "
+                               "heads, and reads pairs.source)")
         return self.identities[key]
 
     def model_identity(self) -> dict:
@@ -59,12 +61,19 @@ class StageCache:
                 out[f"{kind}_head"] = self._identity(f"{kind}_head")
         return out
 
+    def pairs_identity(self) -> dict:
+        """Own preference pairs (`pairs.source`): their name and the hash of their rows as `prepare`
+        read them. Every artifact depends on them (their prompts are the train and eval prompts), so a
+        changed file never meets an old run's artifacts; nothing when the pairs are built from samples."""
+        source = self.cfg.pairs.source
+        return {"pairs_source": {"source": source, "rows": self._identity("pairs_source")}} if source else {}
+
     def __call__(self, artifact: Path, sections: tuple[str, ...], build: Callable[[Path], object],
                  collective: bool = False, **extra) -> bool:
         """A `collective` build runs on every rank (splits its work, writes on rank 0 only, may call
         stages); any other build runs on rank 0 alone and must not call a stage."""
         deps = {**section_deps(self.cfg, "model", "data", *sections), **self.model_identity(),
-                **self.scorer_identity(sections), **extra}
+                **self.scorer_identity(sections), **self.pairs_identity(), **extra}
         try:
             return cached_on_ranks(artifact, deps, build, self.dist, collective,
                                    hint=f"Use a new run_dir (e.g. run_dir={self.root}-2) "

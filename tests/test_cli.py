@@ -219,15 +219,15 @@ def test_a_yaml_file_must_hold_sections(tmp_path):
 # section_deps over every section (the hashed fields that key each cached artifact), and
 # stable_hash(sft_deps(cfg), 8) (the SFT start policy's cache dir). Changing field metadata or docs
 # must leave all three as they are. The manifest's hash covers every field, hashed or not (a record of
-# the config, not a cache key), so a new field or default moves it (the checkpoint cadence fields did);
-# the cache keys, the second and third, must stay those of commit 6fc9498.
+# the config, not a cache key), so a new field or default moves it (the checkpoint cadence fields and
+# pairs.source did); the cache keys, the second and third, must stay those of commit 6fc9498.
 HASHES = {
-    None: ("af14cdb65d79", "82f26803c8c2", "dfdee80e"),
-    "smoke": ("74ef7aa47362", "c14b1338b5ff", "f948167c"),
-    "default": ("af14cdb65d79", "82f26803c8c2", "dfdee80e"),
-    "sweep": ("c643a82e78e0", "c029a02ac208", "dfdee80e"),
-    "full": ("380036f37937", "27b6f36e6fb8", "6b4d2fde"),
-    "hub": ("6a91939f091a", "4d9c00b4a87f", "1f4a485c"),
+    None: ("5efd09ed84fe", "82f26803c8c2", "dfdee80e"),
+    "smoke": ("9706782e1ae2", "c14b1338b5ff", "f948167c"),
+    "default": ("5efd09ed84fe", "82f26803c8c2", "dfdee80e"),
+    "sweep": ("1e8951596b38", "c029a02ac208", "dfdee80e"),
+    "full": ("2a52fbbf78f3", "27b6f36e6fb8", "6b4d2fde"),
+    "hub": ("e5ab9a5bec4e", "4d9c00b4a87f", "1f4a485c"),
 }
 
 

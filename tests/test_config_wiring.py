@@ -19,7 +19,8 @@ NOT_HASHED = {"track.mode", "track.project", "track.run_name",  # where tracking
               "eval.n_examples",  # how many examples are shown
               "eval.human_row",  # whether the human row is added (its own artifact; no model's result changes)
               "eval.n_seeds",  # how many seeds Level 1 runs (each seed's policy and evaluation is its own artifact)
-              "sft.out"}  # where the SFT model is written
+              "sft.out",  # where the SFT model is written
+              "pairs.source"}  # when set, keys every artifact by its rows' hash (top-level `pairs_source`), not its name
 
 
 def all_fields() -> list[str]:
