@@ -202,7 +202,8 @@ def _level1_lines(level1: dict) -> list[str]:
     lines.extend(drift_lines(trained))
     lines.extend(_judge_lines(level1["rows"], sft, trained))
     lines.extend(_seed_lines(level1))
-    lines.extend(design_lines(level1.get("design", {})))
+    design = level1.get("design", {})  # in the table's order (the stored JSON sorts its keys)
+    lines.extend(design_lines({r["model"]: design[r["model"]] for r in trained if r["model"] in design}))
     lines.extend(_between_lines(level1))
     moved = max(abs(r["eval/kl_to_ref"]) for r in trained)
     if moved < STILL_KL:
@@ -230,7 +231,7 @@ def design_lines(design: dict) -> list[str]:
     """Where each gain's uncertainty comes from (`design.gain_design`) and how its CI covers."""
     parts = []
     for name, fields in design.items():
-        for field, g in sorted(fields.items(), key=lambda kv: kv[0] != "reward"):  # reward first
+        for field, g in sorted(fields.items(), key=lambda kv: (kv[0] != "reward", kv[0])):  # reward first
             parts.append(f"`{name}` {field} gain: SE {g['se']:.3f}, of its variance {g['share_seed']:.0%} from the "
                          f"{g['n_seeds']} seeds, {g['share_prompt']:.0%} from the {g['n_prompts']} prompts, "
                          f"{g['share_resid']:.0%} within (sampling noise, seed × prompt); the crossed bootstrap's "

@@ -101,3 +101,13 @@ def test_results_json_hold_data_only(published):
         text = json.dumps(data)
         assert "/tmp/" not in text and "/root/" not in text and "/home/" not in text, name
         assert "| ---" not in text and "|---" not in text, name
+
+
+def test_the_conclusions_do_not_depend_on_the_order_of_stored_keys(published):
+    """A result read back from JSON has its keys sorted: the sentences follow the table's order."""
+    from alignment.report import conclusions
+    level1 = published["level1"]
+    assert len(level1["design"]) > 1
+    shuffled = {**level1, "design": dict(reversed(list(level1["design"].items())))}
+    assert conclusions(shuffled) == conclusions(level1)
+    assert conclusions(level1).index("`sigmoid") < conclusions(level1).index("`hinge")
