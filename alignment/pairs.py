@@ -16,7 +16,7 @@ Strategy = Callable[[list[float], random.Random], list[tuple[int, int]]]
 
 
 def max_min(r: list[float], rng: random.Random) -> list[tuple[int, int]]:
-    """The seed's: best sample vs worst sample (one pair per prompt)."""
+    """The original notebook's: best sample vs worst sample (one pair per prompt)."""
     return [(int(np.argmax(r)), int(np.argmin(r)))]
 
 

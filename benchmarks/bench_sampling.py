@@ -1,4 +1,4 @@
-"""Sampling: the seed's loop (HF text-generation pipeline per prompt), batched `model.generate` and
+"""Sampling: the original notebook's loop (HF text-generation pipeline per prompt), batched `model.generate` and
 ours (`sample_records`, backend fast) on the same prompts, N and new-token budget.
 
 `generate` and ours are compared in the same dtype: fp32, and again in the sampling dtype `auto`
@@ -90,11 +90,11 @@ def run(S: Sizes, ctx, rep: Report) -> None:
         rep.add(f"sampling {size} {step}", f"{rate[base]:.1f} tok/s ({base})", f"{rate[ours]:.1f} tok/s ({ours})",
                 rate[ours] / rate[base])
 
-    add("fp32: seed loop (HF pipeline per prompt) vs ours", "pipeline fp32", "ours fp32")
+    add("fp32: notebook loop (HF pipeline per prompt) vs ours", "pipeline fp32", "ours fp32")
     add("fp32: batched model.generate vs ours", "generate fp32", "ours fp32")
     if low:
         add(f"{low}: batched model.generate vs ours", f"generate {low}", f"ours {low}")
-        add(f"seed loop fp32 vs ours {low} (sampling dtype auto, what a run gets)", "pipeline fp32", f"ours {low}")
+        add(f"notebook loop fp32 vs ours {low} (sampling dtype auto, what a run gets)", "pipeline fp32", f"ours {low}")
         add(f"ours fp32 vs ours {low} (dtype only)", "ours fp32", f"ours {low}")
     flops = matmul_flops_per_token(models["fp32"])
     for name, model in models.items():

@@ -1,5 +1,5 @@
 """Reward scoring: a naive encoder+head (batch 16, input order, plain forward with autograd on, fp32)
-vs `EmbeddingReward.score`; the seed's HF text-classification pipeline (batch 16) vs
+vs `EmbeddingReward.score`; the original notebook's HF text-classification pipeline (batch 16) vs
 `ClassifierReward` on the same sequence classifier built from the reward encoder.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def bench_embedding(S: Sizes, ctx, rep: Report, texts: list[str]) -> None:
 
 
 def bench_classifier(S: Sizes, ctx, rep: Report, texts: list[str]) -> None:
-    """The seed's sentiment pipeline vs ClassifierReward, both loading one saved classifier."""
+    """The original notebook's sentiment pipeline vs ClassifierReward, both loading one saved classifier."""
     with tempfile.TemporaryDirectory() as d:
         torch.manual_seed(0)
         clf = AutoModelForSequenceClassification.from_pretrained(ctx.encoder_dir(), num_labels=2)
@@ -96,7 +96,7 @@ def bench_classifier(S: Sizes, ctx, rep: Report, texts: list[str]) -> None:
             f"(bs 64, {dtype_name(next(creward.model.parameters()).dtype)})",
             f"{len(texts) / tp:.1f} texts/s", f"{len(texts) / tc:.1f} texts/s", speedup(tp, tc))
     rep.note(f"classifier: AutoModelForSequenceClassification from the reward encoder dir, num_labels=2 (head seeded "
-             f"randomly, saved once, both sides load the same files); pipeline kwargs as the seed's sentiment pipe "
+             f"randomly, saved once, both sides load the same files); pipeline kwargs as the original notebook's sentiment pipe "
              f"(top_k=None, function_to_apply='none', batch_size=16); max |logit difference| = {diff:.2e}.")
 
 

@@ -1,4 +1,4 @@
-"""Side-by-side speed benchmarks: the seed's / library baselines vs this kit, same process,
+"""Side-by-side speed benchmarks: the original notebook's / library baselines vs this kit, same process,
 same model, same prompts, same number of new tokens. From the repo root:
 
     python -m benchmarks.run                      # full run (~12 min on 2 idle cores)
@@ -7,10 +7,10 @@ same model, same prompts, same number of new tokens. From the repo root:
     python -m benchmarks.run --threads 1          # pin torch intra-op threads (see below)
 
 Sections (one module each, `benchmarks/bench_<section>.py`, each with `run(S, ctx, rep)`)
-  sampling  HF text-generation pipeline per prompt (the seed's loop, fp32), batched `model.generate`
+  sampling  HF text-generation pipeline per prompt (the original notebook's loop, fp32), batched `model.generate`
             and ours (`sample_records`, backend fast), generate vs ours in the same dtype: fp32, and
             the sampling dtype auto where it is lower precision (bf16). Plus multinomial vs `categorical`.
-  scoring   naive encoder+head vs `EmbeddingReward.score`; HF text-classification pipeline (the seed's
+  scoring   naive encoder+head vs `EmbeddingReward.score`; HF text-classification pipeline (the original notebook's
             sentiment pipe) vs `ClassifierReward` on the same sequence classifier.
   training  steps/s of native `train_dpo` (precomputed reference log-probs) vs trl's DPOTrainer
             (`train_dpo_trl(precompute_ref=False)`: a reference forward every step).

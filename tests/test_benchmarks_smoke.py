@@ -33,9 +33,9 @@ def expected_steps() -> dict[str, list[str]]:
     """Per section, a distinctive part of each result row's step name (the dtype pair depends on the machine)."""
     auto = sampling_dtype("auto", pick_device())
     low = dtype_name(auto)
-    sampling = ["fp32: seed loop (HF pipeline per prompt) vs ours", "fp32: batched model.generate vs ours"]
+    sampling = ["fp32: notebook loop (HF pipeline per prompt) vs ours", "fp32: batched model.generate vs ours"]
     if low != "fp32":
-        sampling += [f"{low}: batched model.generate vs ours", f"seed loop fp32 vs ours {low}",
+        sampling += [f"{low}: batched model.generate vs ours", f"notebook loop fp32 vs ours {low}",
                      f"ours fp32 vs ours {low} (dtype only)"]
     return {"sampling": sampling + ["categorical draw"],
             "scoring": ["naive encoder+head", "pipeline('text-classification', bs 16) vs ClassifierReward"],
