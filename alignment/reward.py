@@ -19,9 +19,10 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from . import assets
-from .config import OFFLINE, RewardConfig
+from .config import OFFLINE, OFFLINE_FT, RewardConfig
 from .corpus import REVIEW_ROLES, SNIPPET_ROLES, TOPIC_TEST, snippets_by_role, topic_texts
 from .io import cached, meta_path, read_json
+from .judge_ft import Recipe, build_judge
 from .models import pick_device, sampling_dtype
 from .reward_train import train_head
 
@@ -152,9 +153,13 @@ def _head_rows(kind: str) -> tuple[list, list]:
     return [(s.text, s.label) for s in roles[kind]], [(s.text, s.label) for s in roles["test"]]
 
 
+FT_JUDGE = "judge_ft"  # the fine-tuned judge's kind next to the `HEADS` (its cache record keys evaluations alike)
+FT_JUDGE_DIR = "mpnet-sentiment-judge-ft"
+
+
 def head_dir(kind: str) -> Path:
-    """Where one of the offline `HEADS` lives in the asset cache."""
-    return assets.cache_root() / "models" / HEADS[kind][1]
+    """Where one of the offline `HEADS` (or the fine-tuned judge, `FT_JUDGE`) lives in the asset cache."""
+    return assets.cache_root() / "models" / (FT_JUDGE_DIR if kind == FT_JUDGE else HEADS[kind][1])
 
 
 def _head_spec(kind: str):
@@ -178,7 +183,9 @@ def _head_spec(kind: str):
 
 
 def ensure_head(kind: str) -> Path:
-    """The head dir of one of the offline `HEADS`, trained once on first use (minutes) and cached."""
+    """The head dir of one of the offline `HEADS` (or `FT_JUDGE`), trained once on first use (minutes) and cached."""
+    if kind == FT_JUDGE:
+        return ensure_ft_judge()
     _, out, deps, build = _head_spec(kind)
     cached(out, deps, build, on_mismatch="rebuild")
     return out
@@ -202,6 +209,29 @@ def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: 
     return scorer
 
 
+FT_RECIPE = Recipe(layers=3, epochs=1, lr=1e-4, head_lr=1e-3, batch_size=32, max_length=128)  # chosen by held-out accuracy and build time
+FT_WHAT = "all-mpnet-base-v2, top layers fine-tuned with a logistic head on the `judge` role"
+
+
+def ensure_ft_judge() -> Path:
+    """The fine-tuned judge (`judge_ft`) in the asset cache, built once on first use (minutes)."""
+    encoder, out = assets.mpnet_dir(), head_dir(FT_JUDGE)
+    train, test = _head_rows("judge")
+    deps = {"encoder": read_json(meta_path(encoder))["hash"], "corpus": CORPUS_VERSION, "roles": SNIPPET_ROLES}
+    bf16 = sampling_dtype("auto", pick_device()) == torch.bfloat16  # autocast to bf16 where native, else fp32
+    build_judge(out, encoder, train, test, FT_RECIPE, deps, FT_WHAT, pick_device(), torch.bfloat16 if bf16 else None)
+    return out
+
+
+def offline_ft_judge(batch_size: int = 64, max_length: int = 256, dtype: str = "float32") -> EmbeddingReward:
+    """The fine-tuned judge (`eval.judge=offline-ft`) as a scorer: its tuned encoder + head."""
+    out = ensure_ft_judge()
+    scorer = EmbeddingReward(out / "encoder", load_file(str(out / "head.safetensors")), batch_size, max_length,
+                             dtype=dtype)
+    scorer.metrics = read_json(out / "metrics.json")
+    return scorer
+
+
 def offline_reward(cfg: RewardConfig) -> EmbeddingReward:
     """The offline training reward (the proxy): MiniLM + head, built on first use (~1 min)."""
     return offline_head("reward", cfg.batch_size, cfg.max_length, cfg.dtype)
@@ -221,12 +251,14 @@ def load_reward(cfg: RewardConfig):
 
 
 def load_judge(name: str, cfg: RewardConfig, field: str = "eval.judge"):
-    """The independent judge named by `eval.judge` (offline | vader | hub id | local dir), or None
-    for "". It scores evaluation samples only; nothing it says reaches pairs or training."""
+    """The independent judge named by `eval.judge` (offline | offline-ft | vader | hub id | local dir),
+    or None for "". It scores evaluation samples only; nothing it says reaches pairs or training."""
     if not name:
         return None
     if name == OFFLINE:
         return offline_head("judge", cfg.batch_size, cfg.max_length, cfg.dtype)
+    if name == OFFLINE_FT:
+        return offline_ft_judge(cfg.batch_size, cfg.max_length, cfg.dtype)
     try:
         return load_reward(dataclasses.replace(cfg, model=name))
     except RewardError as e:
