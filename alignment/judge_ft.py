@@ -35,7 +35,7 @@ class JudgeBuildError(ValueError):
 class Recipe:
     """How the judge is fine-tuned; every field is part of its cache key."""
 
-    layers: int = 3          # top transformer layers tuned (the rest frozen, run once)
+    layers: int = 6          # top transformer layers tuned (the rest frozen, run once)
     epochs: int = 1          # passes over the training rows
     lr: float = 1e-4         # AdamW lr of the tuned layers (linear warm-up over 10 %, then linear decay)
     head_lr: float = 1e-3    # AdamW lr of the logistic head

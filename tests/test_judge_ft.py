@@ -112,22 +112,30 @@ class _Fixed:
 
 
 def test_independence_measures():
-    from alignment.judge_check import measure, phi, shuffle_words, table, versus
+    import random
+
+    from alignment.judge_check import measure, shuffle_words, table, versus
+    from alignment.stats import paired_phi_gap, phi
 
     a = torch.tensor([1, 0, 1, 0])
     assert phi(a, a) == pytest.approx(1) and phi(a, 1 - a) == pytest.approx(-1) and phi(a, torch.ones(4)) == 0.0
-    import random
-
+    ref, same, other = [1, 0, 1, 0] * 25, [1, 0, 1, 0] * 25, [1, 1, 0, 0] * 25
+    g = paired_phi_gap(ref, same, other, n_boot=200)
+    assert g["diff"] == pytest.approx(1.0) and 0 < g["lo"] <= g["hi"] and g["p"] < 0.05
     s = shuffle_words("one two three four five", random.Random(0))
     assert sorted(s.split()) == sorted("one two three four five".split())
     assert s == shuffle_words("one two three four five", random.Random(0))
     y = torch.tensor([1, 1, 0, 0])
     v = versus(torch.tensor([2.0, -1.0, -1.0, 1.0]), torch.tensor([1.0, -2.0, 1.0, -1.0]), y)
     assert v["sign_agreement"] == 0.5 and v["both_wrong"] == 0.25  # row 1 wrong for both; rows 2, 3 for one each
-    rows = [("good fun", 1), ("bad film", 0)]
-    ref = _Fixed({"good fun": 3.0, "bad film": -3.0, "salad": 1.0})
-    res = measure({"reward": ref, "judge": _Fixed({"good fun": 1.0, "bad film": 1.0})}, rows, {"salad": ["salad"]})
-    assert res["reward"]["accuracy"] == 1.0 and res["judge"]["accuracy"] == 0.5
-    assert res["reward"]["degenerate"] == {"salad": 1.0} and res["judge"]["vs_reward"]["sign_agreement"] == 0.5
-    assert res["judge"]["vs_reward"]["error_phi"] == 0.0  # the reward makes no error: nothing to correlate
-    assert table(res).splitlines()[0].startswith("scorer | acc | agree")
+    assert v["agreement_if_independent"] == pytest.approx(0.5)  # both err half the time
+    rows = [("good fun", 1), ("bad film", 0), ("so good", 1), ("so bad", 0)]
+    ref = _Fixed({"good fun": 3.0, "bad film": -3.0, "so good": -1.0, "so bad": -1.0, "salad": 1.0})
+    flat = _Fixed({"good fun": 1.0, "bad film": 1.0, "so good": 1.0, "so bad": 1.0})
+    res = measure({"reward": ref, "judge": flat, "judge_ft": ref}, rows, {"salad": ["salad"]}, n_boot=50)
+    r = res["scorers"]
+    assert r["reward"]["accuracy"] == 0.75 and r["judge"]["accuracy"] == 0.5
+    assert r["reward"]["degenerate"] == {"salad": 1.0} and r["judge_ft"]["vs_reward"]["error_phi"] == pytest.approx(1)
+    assert list(res["error_phi_gaps"]) == ["judge - judge_ft"]
+    out = table(res).splitlines()
+    assert out[0].startswith("scorer | acc | agree") and out[-1].startswith("error phi with reward, judge - judge_ft")
