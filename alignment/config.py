@@ -27,6 +27,7 @@ from .presets import PRESETS
 OFFLINE = "offline"  # the embedded default: real pretrained assets shipped in PyPI packages
 PYTHON_REWARD = "python:"  # reward.model prefix: a `score(texts) -> Tensor` function passed from Python
 OFFLINE_SFT = "offline-sft"  # the offline start policy: SmolLM2-135M tuned on reviews by the SFT stage (`alignment.sft`)
+OFFLINE_FT = "offline-ft"  # the offline judge fine-tuned end to end (top layers of all-mpnet-base-v2, `alignment.judge_ft`)
 
 
 class ConfigError(ValueError):
@@ -133,7 +134,7 @@ class EvalConfig:
     max_new_tokens: int = rule(32, **_pos)  # completion length cap (the training samples' by default)
     n_boot: int = rule(1000, check=lambda v: v >= 10, why="must be >= 10")  # bootstrap resamples for every CI
     n_examples: int = rule(4, **_nonneg, hashed=False)  # example generations shown side by side
-    judge: str = OFFLINE        # independent sentiment judge, never used in training: "offline" (mpnet head on data disjoint from the reward's), "vader", a hub id or local dir, "" = none
+    judge: str = OFFLINE        # independent sentiment judge, never used in training: "offline" (mpnet head on data disjoint from the reward's), "offline-ft" (mpnet with its top layers fine-tuned on those data), "vader", a hub id or local dir, "" = none
     topic_judge: str = OFFLINE  # on-topic judge ("part of a movie review?"): "offline" (MiniLM head), a classifier whose positive class means on-topic, "" = none
     n_seeds: int = rule(3, **_pos, hashed=False)  # Level 1 seeds dpo.seed, dpo.seed+1, ...: each varies the training order and the evaluation draws
     human_row: bool = rule(True, hashed=False)  # also evaluate the real reviews' own continuations of the eval prompts
@@ -407,13 +408,15 @@ def validate(cfg: Config) -> None:
                f"name the function after {PYTHON_REWARD!r} (e.g. {PYTHON_REWARD}my-sentiment): the name keys the cache")
     else:
         _check_source("reward.model", cfg.reward.model, (OFFLINE, "vader"))
+    _check(cfg.reward.model != OFFLINE_FT, "reward.model", cfg.reward.model,
+           f"{OFFLINE_FT} is the fine-tuned evaluation judge (eval.judge), not a training reward; use offline or vader")
     if cfg.eval.judge:
-        _check_source("eval.judge", cfg.eval.judge, (OFFLINE, "vader"))
+        _check_source("eval.judge", cfg.eval.judge, (OFFLINE, OFFLINE_FT, "vader"))
     if cfg.eval.topic_judge:
         _check_source("eval.topic_judge", cfg.eval.topic_judge, (OFFLINE,))
         _check(cfg.eval.topic_judge != "vader", "eval.topic_judge", cfg.eval.topic_judge,
                "VADER scores sentiment, not topic; use offline, a topic classifier, or '' (none)")
-    _check(cfg.eval.judge in ("", OFFLINE) or cfg.eval.judge != cfg.reward.model, "eval.judge", cfg.eval.judge,
+    _check(cfg.eval.judge in ("", OFFLINE, OFFLINE_FT) or cfg.eval.judge != cfg.reward.model, "eval.judge", cfg.eval.judge,
            "the judge must not be the training reward (reward.model) itself: it would not be independent; "
            "use another scorer or '' (none)")
     _check_source("sft.base", cfg.sft.base, (OFFLINE,))

@@ -10,17 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .config import OFFLINE, OFFLINE_SFT, Config, section_deps
+from .config import OFFLINE, OFFLINE_FT, OFFLINE_SFT, Config, section_deps
 from .distributed import Dist, cached_on_ranks
 from .io import CacheMismatch
-from .reward import CORPUS_VERSION
+from .reward import CORPUS_VERSION, FT_JUDGE
 from .rundir import RunDirMismatch
 
 def offline_prerequisites(cfg: Config) -> tuple[bool, tuple[str, ...]]:
     """What a config's artifacts depend on beyond its sections: whether a model is the SFT start
-    policy (`offline-sft`), and the offline scorer heads it names (reward, judge, topic)."""
+    policy (`offline-sft`), and the offline scorer heads it names (reward, judge, topic; `judge_ft` for
+    `eval.judge=offline-ft`)."""
     scorers = {"reward": cfg.reward.model, "judge": cfg.eval.judge, "topic": cfg.eval.topic_judge}  # head kind -> name
-    return OFFLINE_SFT in {cfg.model.policy, cfg.model.ref}, tuple(k for k, n in scorers.items() if n == OFFLINE)
+    heads = tuple(k for k, n in scorers.items() if n == OFFLINE) + ((FT_JUDGE,) if cfg.eval.judge == OFFLINE_FT else ())
+    return OFFLINE_SFT in {cfg.model.policy, cfg.model.ref}, heads
 
 
 class StageCache:
@@ -55,7 +57,7 @@ class StageCache:
         out = {"corpus": CORPUS_VERSION} if self.cfg.data.source == OFFLINE else {}
         wanted = {"reward"} if "reward" in sections else set()  # head kinds the key names
         if "eval" in sections:
-            wanted |= {"judge", "topic"}
+            wanted |= {"judge", FT_JUDGE, "topic"}
         for kind in offline_prerequisites(self.cfg)[1]:
             if kind in wanted:
                 out[f"{kind}_head"] = self._identity(f"{kind}_head")

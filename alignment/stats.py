@@ -31,7 +31,7 @@ __all__ = [
     "as_clean_array", "hierarchical_weights", "cell_sums",
     "bootstrap_p", "paired_prompt_bootstrap", "prompt_bootstrap", "prompt_bootstrap_entropy", "holm",
     "SharedBootstrap", "summary", "compare_to_start", "with_holm", "versus_start", "distinguishable",
-    "verdict", "detectable_difference",
+    "verdict", "detectable_difference", "phi", "paired_phi_gap",
 ]
 
 ALPHA = 0.05  # family-wise error rate of the "distinguishable" verdicts
@@ -412,3 +412,35 @@ def detectable_difference(lo: float, hi: float, family: int = 1) -> float:
     (width / 3.92)."""
     z = NormalDist().inv_cdf(1 - ALPHA / (2 * family)) + NormalDist().inv_cdf(POWER)
     return z * ((hi - lo) / (2 * NormalDist().inv_cdf(0.975)))
+
+
+# --------------------------------------------------------------------------- agreement of two classifiers' errors
+
+
+def _weighted_phi(w: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(B,) phi of 0/1 arrays `a`, `b` (n,) under each row of weights `w` (B, n); NaN where one is constant."""
+    n = w.sum(1)
+    pa, pb, pab = w @ a / n, w @ b / n, w @ (a * b) / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pab - pa * pb) / np.sqrt(pa * (1 - pa) * pb * (1 - pb))
+
+
+def phi(a, b) -> float:
+    """Phi coefficient (Pearson r) of two 0/1 indicators, e.g. two scorers' errors on the same rows
+    (1: the same rows wrong, 0: unrelated); 0.0 where either is constant."""
+    x, y = as_clean_array(a, "phi(a)"), as_clean_array(b, "phi(b)")
+    r = _weighted_phi(np.ones((1, x.size)), x, y)[0]
+    return float(r) if np.isfinite(r) else 0.0
+
+
+def paired_phi_gap(ref, a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """phi(a, ref) - phi(b, ref) for 0/1 error indicators on the same rows (e.g. two judges' errors
+    against the reward's), with a percentile bootstrap CI and `bootstrap_p` over resampled rows (the
+    same draws for both). Returns {diff, lo, hi, p}."""
+    r, x, y = (as_clean_array(v, "paired_phi_gap") for v in (ref, a, b))
+    w = np.random.default_rng(seed).multinomial(r.size, np.full(r.size, 1.0 / r.size), size=n_boot).astype(np.float64)
+    boot = _weighted_phi(w, x, r) - _weighted_phi(w, y, r)
+    boot = boot[np.isfinite(boot)]
+    alpha_pct = _check_level(level)
+    lo, hi = np.percentile(boot, [alpha_pct, 100.0 - alpha_pct])
+    return {"diff": phi(x, r) - phi(y, r), "lo": float(lo), "hi": float(hi), "p": bootstrap_p(boot)}

@@ -16,7 +16,7 @@ import torch
 from conftest import NEGATIVE, POSITIVE
 from safetensors.torch import load_file
 
-from alignment import cli, experiments, stagecache
+from alignment import cli, stagecache
 from alignment.config import ConfigError, load_config
 from alignment.io import read_json, read_jsonl, stable_hash
 from alignment.ownpairs import PairsError, read_pairs
