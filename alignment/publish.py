@@ -16,10 +16,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import console, report
+from . import assets, console, report
 from .config import load_config
 from .io import read_json, write_json
-from .reward import HEADS, head_dir
+from .reward import FT_JUDGE_DIR, HEADS, head_dir
 from .rundir import RunPaths
 from .sft import sft_out_dir
 
@@ -66,6 +66,11 @@ def collect(dest: str | Path, level1_dir: str | Path | None = None, sweep_dir: s
         sft = read_json(sft_out_dir(cfg) / "sft_metrics.json")
         write_json(dest / "sft.json", {k: v for k, v in sft.items() if k != "out"})
         write_json(dest / "scorers.json", {kind: read_json(head_dir(kind) / "metrics.json") for kind in HEADS})
+        ft = assets.cache_root() / "models" / FT_JUDGE_DIR
+        if (ft / "independence.json").exists():  # `python -m alignment.judge_check` on this run's evaluations
+            write_json(dest / "judge_independence.json",
+                       {k: v for k, v in read_json(ft / "independence.json").items() if k != "eval_dir"})
+            write_json(dest / "judge_ft.json", read_json(ft / "metrics.json"))
     if sweep_dir:
         _copy_run(Path(sweep_dir), dest, "sweep", ("sweep",))
 
@@ -176,6 +181,32 @@ def _assets_section(r: dict) -> list[str]:
     return out
 
 
+def _independence_section(r: dict) -> list[str]:
+    ind, ft = r.get("judge_independence"), r.get("judge_ft")
+    if not ind:
+        return []
+    rows = []
+    for name, m in ind["scorers"].items():
+        v, d = m.get("vs_reward", {}), m["degenerate"]
+        rows.append({"scorer": name, "accuracy": m["accuracy"], "agrees with reward": v.get("sign_agreement"),
+                     "if errors independent": v.get("agreement_if_independent"), "error phi": v.get("error_phi"),
+                     "P(wrong, given reward wrong)": v.get("p_wrong_given_ref_wrong"),
+                     "mean on start": d["start (SFT)"], "on lr 5e-5": d["healthy (lr 5e-5)"],
+                     "on word salad (lr 1e-3)": d["word salad (lr 1e-3)"], "shuffled accuracy": m["shuffled_accuracy"]})
+    gap = ind["error_phi_gaps"].get("judge - judge_ft")
+    recipe = ft["recipe"] if ft else {}
+    return ["## How independent the judges are of the reward", "",
+            "`python -m alignment.judge_check runs/default/eval`: the reward, the default judge and `eval.judge=offline-ft` "
+            f"(all-mpnet-base-v2 with its top {recipe.get('layers', '?')} layers fine-tuned, built in "
+            f"{_minutes(ft['build_s']) if ft else '?'}) on the held-out labelled snippets (accuracy, agreement and "
+            "the correlation of their errors with the reward's), on the Level 1 and lr-lesson samples (mean score), "
+            "and on the snippets with their words shuffled.", "",
+            report.markdown_table(rows), "",
+            *([f"Error phi, default judge minus fine-tuned judge: {gap['diff']:+.3f} (95% CI {gap['lo']:+.3f} .. "
+               f"{gap['hi']:+.3f}, paired bootstrap over snippets). The Level 1 tables use the default judge.", ""]
+              if gap else [])]
+
+
 def render(r: dict) -> str:
     """RESULTS.md from the loaded `results/` files (`load`): every number comes from them."""
     versions = r.get("level1.manifest", {}).get("versions", {})
@@ -183,7 +214,7 @@ def render(r: dict) -> str:
              "Rendered by `python -m alignment results` from the files in [`results/`](results/); "
              "`tests/test_results.py` checks that this page equals that rendering. Offline default models and "
              "data (see the README); numbers from another machine differ in the last digits.", "",
-             *_level1_section(r), "", *_lr_section(r), *_sweep_section(r), *_assets_section(r)]
+             *_level1_section(r), "", *_lr_section(r), *_sweep_section(r), *_assets_section(r), *_independence_section(r)]
     if versions:
         lines += ["## Software", "", ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".", ""]
     return "\n".join(lines).rstrip() + "\n"
