@@ -71,9 +71,10 @@ class DataConfig:
     prompt_tokens: int = rule(8, **_pos)      # prompt = first k policy tokens of a review
     min_chars: int = rule(200, **_nonneg)     # keep reviews longer than this (the original notebook's filter)
     max_chars: int = rule(0, **_nonneg)       # keep reviews shorter than this; 0 = no upper bound (the original notebook used 512 on IMDB)
-    n_train_prompts: int = rule(128, **_pos)  # prompts used to build preference pairs
-    n_eval_prompts: int = rule(64, **_pos)    # held-out prompts for evaluation (disjoint from train, by review)
+    n_train_prompts: int = rule(256, **_pos)  # train prompts per draw (their samples make the preference pairs)
+    n_eval_prompts: int = rule(96, **_pos)    # held-out prompts for evaluation (disjoint from train, by review)
     seed: int = 0              # shuffling seed for the train/eval split
+    per_seed: bool = True      # each training seed (dpo.seed) draws its own train prompts from the pool, so its own samples and pairs; false: every seed trains on one shared draw
 
 
 @dataclass
@@ -102,6 +103,7 @@ class PairConfig:
     strategy: str = rule("max_min", choices=_registry(STRATEGIES))  # which samples of a prompt pair up: max_min | all_pairs | adjacent | random
     min_margin: float = rule(0.0, **_nonneg)  # drop pairs whose reward gap is <= this
     seed: int = 0              # seed for the random strategy
+    held_out: float = rule(0.125, check=lambda v: 0 <= v < 1, why="must be in [0, 1)")  # share of each draw's train prompts whose pairs are held out of training (their loss and accuracy are logged as it goes)
     source: str = rule("", hashed=False)  # "" = pairs built from the start policy's scored samples; or your own pairs (trl's format): a .jsonl/.csv file or hub dataset with text columns prompt, chosen, rejected
 
 
@@ -111,21 +113,22 @@ class DPOConfig:
     beta: float = rule(0.1, **_pos)   # KL-constraint strength
     alpha: float = 0.5         # alpha-divergence parameter, paper convention, in (0, 1) (checked when loss=alpha)
     lr: float = rule(5e-5, check=lambda v: 0 < v < 1,  # learning rate
-                     why="must be in (0, 1); the default 5e-05 suits the CPU default's 32 steps, 5e-6..1e-5 longer runs, "
+                     why="must be in (0, 1); the default 5e-05 suits the CPU default's 28 steps, 5e-6..1e-5 longer runs, "
                          "and the original notebook's 1e-3 makes word salad")
-    epochs: int = rule(2, **_pos)      # passes over the pairs
+    epochs: int = rule(1, **_pos)      # passes over the pairs (one: no pair is seen twice, so held-out accuracy tracks train accuracy)
     batch_size: int = rule(8, **_pos)  # pairs per micro-batch
     grad_accum: int = rule(1, **_pos)  # micro-batches per optimizer step
     max_grad_norm: float = rule(1.0, **_pos)  # gradient clipping
     warmup_ratio: float = rule(0.1, **_frac)  # linear warmup fraction of the optimizer steps
     final_lr_ratio: float = rule(0.1, **_frac)  # linear decay towards this fraction of lr
     backend: str = rule("native", choices=("native", "trl"))  # "native" (our loop, precomputed reference) or "trl" (trl.DPOTrainer)
-    precision: str = rule("fp32", choices=("fp32", "bf16", "auto"))  # training math: fp32, bf16 autocast (fp32 master weights), auto = bf16 on CUDA / native-bf16 CPUs
+    precision: str = rule("auto", choices=("fp32", "bf16", "auto"))  # training math: fp32, bf16 autocast (fp32 master weights), auto = bf16 on native-bf16 CPUs (about 2x faster there), else fp32 (on CUDA too: faster at these sizes)
     lora_r: int = rule(0, **_nonneg)        # LoRA rank (peft); 0 = full fine-tuning. LoRA saves an adapter (MBs), not the model
     lora_alpha: float = rule(16.0, **_pos)  # LoRA scale alpha (the update is alpha/r * B A)
     seed: int = 0              # init/shuffle seed
     save_minutes: float = rule(10.0, **_nonneg, hashed=False)  # resumable checkpoint whenever this many minutes passed since the last (the latest kept, deleted once the policy is saved): a killed run resumes there, a shorter run writes none; 0 = off
     save_every: int = rule(0, **_nonneg, hashed=False)  # also checkpoint every k optimizer steps and after the last (0 = by time only)
+    eval_every: int = rule(7, **_nonneg, hashed=False)  # score the held-out pairs (pairs.held_out) every k optimizer steps and after the last (0 = after the last only)
 
 
 @dataclass
@@ -134,9 +137,9 @@ class EvalConfig:
     max_new_tokens: int = rule(32, **_pos)  # completion length cap (the training samples' by default)
     n_boot: int = rule(1000, check=lambda v: v >= 10, why="must be >= 10")  # bootstrap resamples for every CI
     n_examples: int = rule(4, **_nonneg, hashed=False)  # example generations shown side by side
-    judge: str = OFFLINE        # independent sentiment judge, never used in training: "offline" (mpnet head on data disjoint from the reward's), "offline-ft" (mpnet with its top layers fine-tuned on those data), "vader", a hub id or local dir, "" = none
+    judge: str = OFFLINE_FT     # independent sentiment judge, never used in training: "offline-ft" (mpnet with its top 6 layers fine-tuned on data disjoint from the reward's; built once, ~5 min), "offline" (a linear head on frozen mpnet: cheaper, errors more like the reward's), "vader", a hub id or local dir, "" = none
     topic_judge: str = OFFLINE  # on-topic judge ("part of a movie review?"): "offline" (MiniLM head), a classifier whose positive class means on-topic, "" = none
-    n_seeds: int = rule(3, **_pos, hashed=False)  # Level 1 seeds dpo.seed, dpo.seed+1, ...: each varies the training order and the evaluation draws
+    n_seeds: int = rule(5, **_pos, hashed=False)  # Level 1 seeds dpo.seed, dpo.seed+1, ...: each varies its training data (data.per_seed), the training order and the evaluation draws
     human_row: bool = rule(True, hashed=False)  # also evaluate the real reviews' own continuations of the eval prompts
 
 

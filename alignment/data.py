@@ -145,8 +145,11 @@ def review_pools(cfg: DataConfig) -> dict[str, list[Review]]:
     return {"train": hub_reviews(cfg.source, "train"), "eval": hub_reviews(cfg.source, "test")}
 
 
-def build_prompts(cfg: DataConfig, tokenizer) -> dict[str, list[dict]]:
-    """Return {"train": [...], "eval": [...]} prompt records {id, review_id, text, ids, label}."""
+def build_prompts(cfg: DataConfig, tokenizer, draw: int | None = None) -> dict[str, list[dict]]:
+    """Return {"train": [...], "eval": [...]} prompt records {id, review_id, text, ids, label}.
+    The eval prompts depend on `data.seed` only. The train prompts: `draw` None, the shared draw
+    (the same shuffle, continued); `draw` k, training seed k's own draw (`data.per_seed`): the train
+    pool shuffled by (data.seed, k), ids "s<k>-train<i>", so seeds see independent draws of the pool."""
     pools = review_pools(cfg)
     rng = random.Random(cfg.seed)
     need = {"eval": cfg.n_eval_prompts, "train": cfg.n_train_prompts}
@@ -156,8 +159,9 @@ def build_prompts(cfg: DataConfig, tokenizer) -> dict[str, list[dict]]:
     for split in ("eval", "train"):  # eval first: its texts are reserved
         pool = filter_reviews(pools[split], cfg)
         kept[split] = (len(pool), len(pools[split]))
-        rng.shuffle(pool)
+        (random.Random(f"data.seed={cfg.seed} draw={draw}") if split == "train" and draw is not None else rng).shuffle(pool)
         used = {r["review_id"] for r in out["eval"]}
+        prefix = split if split == "eval" or draw is None else f"s{draw}-train"
         for r in pool:
             if len(out[split]) == need[split]:
                 break
@@ -165,7 +169,7 @@ def build_prompts(cfg: DataConfig, tokenizer) -> dict[str, list[dict]]:
             text = tokenizer.decode(ids) if ids else ""
             if ids and text.strip() and text not in seen:
                 seen.add(text)
-                out[split].append({"id": f"{split}{len(out[split])}", "review_id": r.id,
+                out[split].append({"id": f"{prefix}{len(out[split])}", "review_id": r.id,
                                    "text": text, "ids": ids, "label": r.label})
         if len(out[split]) < need[split]:
             raise DataError(
@@ -174,7 +178,8 @@ def build_prompts(cfg: DataConfig, tokenizer) -> dict[str, list[dict]]:
                 f"{cfg.min_chars} chars and longer than data.prompt_tokens={cfg.prompt_tokens} tokens); "
                 f"lower the count or relax the length filters")
     limits = f"{cfg.min_chars} < chars" + (f" < {cfg.max_chars}" if cfg.max_chars else "")
-    print(f"prompts: {len(out['train'])} train, {len(out['eval'])} eval, each the first data.prompt_tokens="
+    which = "" if draw is None else f" (seed {draw}'s draw)"
+    print(f"prompts: {len(out['train'])} train{which}, {len(out['eval'])} eval, each the first data.prompt_tokens="
           f"{cfg.prompt_tokens} tokens of a review; the length filter ({limits}: data.min_chars/max_chars) kept "
           + ", ".join(f"{k} of {n} {split} reviews" for split, (k, n) in kept.items()), flush=True)
     return out

@@ -8,6 +8,8 @@ import functools
 import time
 from pathlib import Path
 
+import torch
+
 from . import frontier as F
 from . import plots
 from .alarm import assess
@@ -20,6 +22,7 @@ from .rundir import START, Policy, RunPaths
 from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import example_records
 from .stats import SharedBootstrap, compare_to_start, versus_start, with_holm
+from .train import held_out_split
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
 ORIGINAL_LR = 1e-3  # the original notebook's learning rate, shown next to the preset's in the lr lesson
@@ -67,10 +70,39 @@ def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
 
 def level1_train(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES,
                  seeds: tuple[int, ...] | None = None) -> dict[str, list[Policy]]:
-    """Level 1's training step: one policy per loss and seed on the same pairs, {loss: [policy per
-    seed]} (each cached: `level1` after this trains nothing). Needs `pipe.prepare()` first."""
+    """Level 1's training step: one policy per loss and seed, each on its seed's pairs (`Pipeline.draw_of`),
+    {loss: [policy per seed]} (each cached: `level1` after this trains nothing). Needs `pipe.prepare()` first."""
     seeds = seeds or level1_seeds(pipe.cfg)
     return {loss: [pipe.train(loss=loss, seed=s) for s in seeds] for loss in losses}
+
+
+TRAINING_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies",
+                 "eval_rewards/margins")
+
+
+def training_summary(logs: dict[str, list[dict]]) -> dict[str, dict]:
+    """{policy: its last logged value of each `TRAINING_KEYS` metric, and its steps}: the last
+    training batch's and the held-out pairs' loss, margin and implicit-reward accuracy."""
+    out = {}
+    for name, log in logs.items():
+        last = {k: next((r[k] for r in reversed(log) if k in r), None) for k in TRAINING_KEYS}
+        out[name] = {**last, "steps": log[-1]["step"] if log else 0}
+    return out
+
+
+def pair_summary(pipe: Pipeline, seeds: tuple[int, ...]) -> tuple[list[dict], dict]:
+    """Every pair the seeds train or hold out (each draw once), and their statistics: the first
+    draw's strategy and settings, pairs and held-out pairs per draw, each draw's own statistics."""
+    draws = {pipe.draw_of(s): s for s in seeds}  # one entry for a shared draw
+    sets = {d: pipe.pairs(s) for d, s in draws.items()}
+    pairs = [p for ps, _ in sets.values() for p in ps]
+    first = next(iter(sets.values()))[1]
+    held = [len(held_out_split(ps, (torch.zeros(len(ps)),) * 2, pipe.cfg.pairs.held_out).held_out)
+            for ps, _ in sets.values()]
+    n = [st["n_pairs"] for _, st in sets.values()]
+    return pairs, {**first, "per_seed": None not in draws, "n_pairs": n[0] if len(set(n)) == 1 else n,
+                   "n_held_out": held[0] if len(set(held)) == 1 else held,
+                   "draws": {str(d): st for d, (_, st) in sets.items() if d is not None}}
 
 
 def training_logs(policies: dict[str, list[Policy]]) -> dict[str, list[dict]]:
@@ -80,8 +112,9 @@ def training_logs(policies: dict[str, list[Policy]]) -> dict[str, list[dict]]:
 
 @experiment
 def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple[int, ...] | None = None) -> dict:
-    """The assignment's Level 1, stage by stage: sample N completions per train prompt, score them,
-    pair best with worst, train one policy per loss and seed, evaluate every model (and the start
+    """The assignment's Level 1, stage by stage: per seed, draw train prompts (`data.per_seed`), sample
+    N completions per prompt, score them, pair best with worst; train one policy per loss and seed
+    on its seed's pairs (a share held out, `pairs.held_out`), evaluate every model (and the start
     policy under each seed's draws) on its own held-out samples, compare (each loss's seeds pooled,
     paired with the start over seeds x prompts; the losses with each other; the reward-hacking alarm
     of each loss, `alarm.assess`), report. The result (and level1.json) holds data only: rows, per-seed
@@ -89,10 +122,11 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
     `report` builds the tables and sentences from it."""
     seeds, n_boot = seeds or level1_seeds(pipe.cfg), pipe.cfg.eval.n_boot
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
-    if not pipe.cfg.pairs.source:  # own pairs (pairs.source) are read, not built from scored samples
-        pipe.samples()
-        pipe.rewards()
-    pairs, pair_stats = pipe.pairs()
+    for s in seeds:  # each seed's draw (data.per_seed; else one shared draw): prompts, samples, rewards, pairs
+        if not pipe.cfg.pairs.source:  # own pairs (pairs.source) are read, not built from scored samples
+            pipe.samples(s)
+            pipe.rewards(s)
+    pairs, pair_stats = pair_summary(pipe, seeds)
     policies = level1_train(pipe, losses, seeds)
     starts = [pipe.evaluate(seed=s) for s in seeds]
     evals = {seeds_name(ps[0].name, seeds): [pipe.evaluate(p, seed=s) for p, s in zip(ps, seeds)]
@@ -126,6 +160,7 @@ def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Eva
              plots.training_curves(logs, P.plot("level1_training")),
              *([plots.margin_hist(margins, P.plot("pair_margins"))] if margins else [])]
     result = {"pairs": pair_stats, "rows": rows, "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
+              "training": training_summary(logs),
               "design": design, "alarm": alarm, "examples": example_records(first, pipe.cfg.eval.n_examples),
               "plots": [str(f) for f in files]}
     if pipe.dist.main:
@@ -165,7 +200,7 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
 @experiment
 def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[float, ...] = SWEEP_BETAS,
           seeds: tuple[int, ...] = SWEEP_SEEDS, alphas: tuple[float, ...] = SWEEP_ALPHAS) -> dict:
-    """Frontiers: every (divergence, β, seed) trained on the same pairs and evaluated with its
+    """Frontiers: every (divergence, β, seed) trained on its seed's pairs and evaluated with its
     seed's draws; per (divergence, β) one point pooling its seeds; per divergence a curve from the
     start policy (β -> ∞) through its β values; the best-of-N curve from the start policy's own 16
     samples per prompt; every pair of curves compared at matched KL (paired bootstrap over seeds and

@@ -43,11 +43,13 @@ def sampling_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def train_autocast(precision: str, device: torch.device) -> bool:
-    """Whether training runs under bf16 autocast: `bf16`, or `auto` where bf16 is native (CUDA,
-    or a CPU with avx512_bf16/amx_bf16; emulated bf16 is several times slower than fp32)."""
+    """Whether training runs under bf16 autocast: `bf16`, or `auto` on a CPU with native bf16
+    (avx512_bf16/amx_bf16: a 135M-parameter DPO step about 2x faster than fp32; emulated bf16 is
+    several times slower). On CUDA `auto` keeps fp32: at these model sizes autocast's casts cost more
+    than they save (GPT-2-small, 16 pairs per step on an H200: 4.8 vs 21.7 steps/s)."""
     if precision == "bf16":
         return True
-    return precision == "auto" and sampling_dtype("auto", device) == torch.bfloat16
+    return precision == "auto" and device.type == "cpu" and sampling_dtype("auto", device) == torch.bfloat16
 
 
 def load_tokenizer(name: str):

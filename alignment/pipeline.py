@@ -35,10 +35,15 @@ from .sft import run_sft, sft_hash
 from .stagecache import StageCache, offline_prerequisites
 from .timing import StageTimes, charged
 from .tracking import NullTracker, log_evaluation, make_tracker, run_config
-from .train import reference_logps, train_policy
+from .train import held_out_split, reference_logps, train_policy
 
 
-_io = charged("I/O")  # a stage method's own time (checking and reading its cache) is I/O; its build is its kind
+_io = charged("I/O")
+
+
+def _draw(draw: int | None) -> dict:
+    """The cache-key entry of a stage built from training seed `draw`'s own data (none for the shared draw)."""
+    return {} if draw is None else {"draw": draw}  # a stage method's own time (checking and reading its cache) is I/O; its build is its kind
 
 
 class Pipeline:
@@ -88,78 +93,104 @@ class Pipeline:
         return run_sft(self.cfg, self._make_tracker)  # under a launch, the rank that takes the cache's lock
 
     # ---- data stages ---------------------------------------------------------------------------
+    def draw_of(self, seed: int | None) -> int | None:
+        """The data draw that training seed `seed` (None: dpo.seed) trains on: its own under
+        `data.per_seed`, else the run dir's shared one (None; always so with own pairs)."""
+        if not self.cfg.data.per_seed or self.cfg.pairs.source:
+            return None
+        return self.cfg.dpo.seed if seed is None else seed
+
     @_io
-    def prompts(self) -> dict[str, list[dict]]:
-        """{"train", "eval"} prompt records: cut from the reviews, or own pairs' prompts (`pairs.source`)."""
+    def prompts(self, seed: int | None = None) -> dict[str, list[dict]]:
+        """{"train", "eval"} prompt records: the eval prompts (every seed's), and the train prompts of
+        training seed `seed`'s draw (`draw_of`); or own pairs' prompts (`pairs.source`)."""
+        draw, tok = self.draw_of(seed), self.models.tokenizer
+
         def build(part):
-            own, tok = self.own_pairs, self.models.tokenizer
-            write_json(part, pair_prompts(own, tok) if own is not None else build_prompts(self.cfg.data, tok))
+            own = self.own_pairs
+            built = pair_prompts(own, tok) if own is not None else build_prompts(self.cfg.data, tok)
+            write_json(part, built if draw is None else {"train": [], "eval": built["eval"]})  # per seed: no shared draw
 
         self.cache(self.paths.prompts, (), self.times.wrap("prompts", build))
-        return read_json(self.paths.prompts)
+        out = read_json(self.paths.prompts)
+        if draw is None:
+            return out
+        mine = self.paths.draw(draw).prompts
+        self.cache(mine, (), self.times.wrap("prompts", lambda part: write_json(
+            part, {"train": build_prompts(self.cfg.data, tok, draw)["train"]})), draw=draw)
+        return {"train": read_json(mine)["train"], "eval": out["eval"]}
 
     @_io
-    def samples(self) -> list[dict]:
-        """N samples per train prompt; streamed to the part file, so a killed run resumes there."""
+    def samples(self, seed: int | None = None) -> list[dict]:
+        """N samples per train prompt of seed `seed`'s draw; streamed to the part file, so a killed run resumes there."""
         if self.cfg.pairs.source:
             raise ConfigError(f"pairs.source={self.cfg.pairs.source!r} gives the preference pairs, so no training "
                               "samples are drawn or scored; run the pairs, train or run stage, or set pairs.source= "
                               "(empty) to build pairs from the start policy's samples")
-        prompts, m = self.prompts()["train"], self.models
+        draw, m = self.draw_of(seed), self.models
+        prompts, scfg = self.prompts(seed)["train"], self.cfg.sample  # a draw's prompt ids seed its own streams
 
         def build(part):
-            sample_to_file(part, m.load_policy(dtype=m.sample_dtype), m.tokenizer, prompts, self.cfg.sample.n_samples,
-                           self.cfg.sample, m.stop_ids, desc="sampling train prompts", dist=self.dist)
+            sample_to_file(part, m.load_policy(dtype=m.sample_dtype), m.tokenizer, prompts, scfg.n_samples,
+                           scfg, m.stop_ids, desc="sampling train prompts", dist=self.dist)
 
-        self.cache(self.paths.samples, ("sample",), self.times.wrap("sampling", build), collective=True)
-        return in_prompt_order(read_jsonl(self.paths.samples), prompts)
+        path = self.paths.draw(draw).samples
+        self.cache(path, ("sample",), self.times.wrap("sampling", build), collective=True, **_draw(draw))
+        return in_prompt_order(read_jsonl(path), prompts)
 
     @_io
-    def rewards(self) -> list[float]:
-        recs = self.samples()
+    def rewards(self, seed: int | None = None) -> list[float]:
+        recs, draw = self.samples(seed), self.draw_of(seed)
 
         def build(part):
             scores = score_records(self.models.sharded(self.models.reward), recs, self.cfg.reward.score_prompt)
             if self.dist.main:
                 write_json(part, scores)
 
-        self.cache(self.paths.rewards, ("sample", "reward"), self.times.wrap("scoring", build), collective=True)
-        return read_json(self.paths.rewards)
+        path = self.paths.draw(draw).rewards
+        self.cache(path, ("sample", "reward"), self.times.wrap("scoring", build), collective=True, **_draw(draw))
+        return read_json(path)
 
     @_io
-    def pairs(self) -> tuple[list[dict], dict]:
-        """(pairs, stats): scored samples of each prompt paired by `pairs.strategy`, or own pairs
-        tokenized (`pairs.source`; no rewards)."""
+    def pairs(self, seed: int | None = None) -> tuple[list[dict], dict]:
+        """(pairs, stats) of seed `seed`'s draw: its scored samples of each prompt paired by
+        `pairs.strategy`, or own pairs tokenized (`pairs.source`; no rewards)."""
+        draw = self.draw_of(seed)
+        P = self.paths.draw(draw)
+
         def build(part):
             p = self.cfg.pairs
             if self.own_pairs is not None:
                 pairs, stats = pair_records(self.own_pairs, self.prompts()["train"], self.models.tokenizer)
             else:
-                pairs, stats = build_pairs(self.samples(), self.rewards(), p.strategy, p.min_margin, p.seed)
+                pairs, stats = build_pairs(self.samples(seed), self.rewards(seed), p.strategy, p.min_margin, p.seed)
             if self.dist.main:
-                write_json(self.paths.pairs_stats, stats)
+                write_json(P.pairs_stats, stats)
                 write_jsonl(part, pairs)
 
-        self.cache(self.paths.pairs, ("sample", "reward", "pairs"), build, collective=True)
-        return read_jsonl(self.paths.pairs), read_json(self.paths.pairs_stats)
+        self.cache(P.pairs, ("sample", "reward", "pairs"), build, collective=True, **_draw(draw))
+        return read_jsonl(P.pairs), read_json(P.pairs_stats)
 
-    def train_prompt_ids(self) -> dict[str, list[int]]:
-        return {p["id"]: p["ids"] for p in self.prompts()["train"]}
+    def train_prompt_ids(self, seed: int | None = None) -> dict[str, list[int]]:
+        return {p["id"]: p["ids"] for p in self.prompts(seed)["train"]}
 
     @_io
-    def ref_logps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs, _ = self.pairs()
+    def ref_logps(self, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P,), (P,) the reference's log-probs of the chosen and rejected completions of `pairs(seed)`."""
+        pairs, draw = self.pairs(seed)[0], self.draw_of(seed)
 
         def build(part):
             m = self.models
-            ch, rj = reference_logps(m.ref_model, pairs, self.train_prompt_ids(), m.tokenizer.pad_token_id, dist=self.dist)
+            ch, rj = reference_logps(m.ref_model, pairs, self.train_prompt_ids(seed), m.tokenizer.pad_token_id,
+                                     dist=self.dist)
             if self.dist.main:
                 with atomic_open(part, "wb") as f:
                     torch.save({"chosen": ch, "rejected": rj}, f)
 
-        self.cache(self.paths.ref_logps, ("sample", "reward", "pairs"), self.times.wrap("reference log-probs", build),
-                   collective=True)
-        d = torch.load(self.paths.ref_logps, weights_only=True)
+        path = self.paths.draw(draw).ref_logps
+        self.cache(path, ("sample", "reward", "pairs"), self.times.wrap("reference log-probs", build),
+                   collective=True, **_draw(draw))
+        d = torch.load(path, weights_only=True)
         return d["chosen"], d["rejected"]
 
     # ---- training and evaluation ---------------------------------------------------------------
@@ -173,12 +204,13 @@ class Pipeline:
         out = self.paths.policy(name)
 
         def build(part):
-            pairs, ref = self.pairs()[0], self.ref_logps()
+            pairs, ref = self.pairs(dpo.seed)[0], self.ref_logps(dpo.seed)
+            data = held_out_split(pairs, ref, self.cfg.pairs.held_out)
             config = run_config(self.cfg.to_dict(), dataclasses.asdict(dpo), model=name)
-            train_policy(self.models, pairs, self.train_prompt_ids(), ref, dpo, part_dir(part),
+            train_policy(self.models, data, self.train_prompt_ids(dpo.seed), dpo, part_dir(part),
                          self.tracker(f"train-{name}", "train", config), self.dist)
 
-        deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"]}
+        deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"], **_draw(self.draw_of(dpo.seed))}
         self.cache(out, ("sample", "reward", "pairs"), self.times.wrap("training", build), collective=True, **deps)
         return read_policy(out)
 

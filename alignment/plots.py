@@ -50,15 +50,35 @@ def margin_hist(margins: list[float], path: Path) -> Path:
 
 
 def training_curves(logs: dict[str, list[dict]], path: Path) -> Path:
-    """Loss, margins and accuracies per step, one line per trained policy (train_log records)."""
+    """Loss, margins and accuracies per step (train_log records), one colour per policy family (its
+    name without the seed, e.g. sigmoid-b0.1-lr5e-05), averaged over its seeds: the training batches'
+    (solid) and, where logged, the held-out pairs' (dashed with dots, eval_*), which no policy trains on."""
     keys = ["loss", "rewards/margins", "rewards/accuracies"]
-    fig, axes = pyplot().subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    families: dict[str, list[list[dict]]] = {}
     for name, log in logs.items():
+        families.setdefault(name.rsplit("-s", 1)[0] if "-s" in name else name, []).append(log)
+    fig, axes = pyplot().subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
+    for i, (family, runs) in enumerate(families.items()):
+        color, n = pyplot().get_cmap("tab10")(i % 10), f" ({len(runs)} seeds)" if len(runs) > 1 else ""
         for ax, k in zip(axes, keys):
-            ax.plot([r["step"] for r in log], [r[k] for r in log], label=name)
+            for key, style, label in ((k, "-", "training batches"), (f"eval_{k}", "o--", "held-out pairs")):
+                steps, means = _mean_by_step(runs, key)
+                if steps:
+                    ax.plot(steps, means, style, color=color, ms=3, lw=1.2, label=f"{family}{n}: {label}")
             ax.set(title=k, xlabel="step")
-    axes[0].legend(fontsize=7)
+    axes[-1].legend(fontsize=6, loc="lower right")
     return _save(fig, path)
+
+
+def _mean_by_step(runs: list[list[dict]], key: str) -> tuple[list[int], list[float]]:
+    """The steps at which `key` is logged, and its mean over the runs that logged it there."""
+    at: dict[int, list[float]] = {}
+    for log in runs:
+        for r in log:
+            if key in r:
+                at.setdefault(r["step"], []).append(r[key])
+    steps = sorted(at)
+    return steps, [sum(at[s]) / len(at[s]) for s in steps]
 
 
 AXES = {"kl": "KL(q || π_ref) per completion (nats; q = the sampling distribution, on-policy)", "reward": "mean reward (training proxy)",

@@ -1,5 +1,5 @@
 """Named sizes. `smoke`: whole pipeline in minutes on 2 CPU cores (CI, notebook check).
-`default`: the CPU default behind `make run` (3 seeds). `sweep`: CPU-sized Level 2/3 frontiers (LoRA,
+`default`: the CPU default behind `make run` (5 seeds). `sweep`: CPU-sized Level 2/3 frontiers (LoRA,
 bf16 where native). `full`: a GPU-sized run. `hub`: the original notebook's real models and data
 (internet + GPU)."""
 
@@ -8,15 +8,15 @@ PRESETS: dict[str, dict] = {
         "data.n_train_prompts": 8, "data.n_eval_prompts": 8,
         "sample.n_samples": 4, "sample.max_new_tokens": 16,
         "eval.n_samples": 2, "eval.max_new_tokens": 16, "eval.n_boot": 200, "eval.n_seeds": 1,
-        "dpo.epochs": 1, "dpo.batch_size": 4,
+        "dpo.epochs": 1, "dpo.batch_size": 4, "eval.judge": "offline",  # the linear-head judge: no ~5-min judge build
         "sft.n_reviews": 16, "sft.n_eval_reviews": 8, "sft.max_tokens": 32, "sft.windows": 1,
         "sft.n_sample_prompts": 1, "sft.sample_new_tokens": 16,
     },
     "default": {},
-    "sweep": {  # Level 2/3 frontiers on 2 CPU cores: half the default's pairs, 16 steps per policy, LoRA
+    "sweep": {  # Level 2/3 frontiers on 2 CPU cores: 126 training pairs per seed, 16 steps per policy, LoRA
         # adapters (MBs per policy, no second model) under bf16 autocast where native; lr 1e-3 puts
         # β 1 .. 0.03 at KL ~1 .. ~10 nats (pilot: lr 5e-4 gave 0.3 .. 0.8, 2e-3 gave 3 .. 30)
-        "data.n_train_prompts": 64, "data.n_eval_prompts": 32,
+        "data.n_train_prompts": 144, "data.n_eval_prompts": 32,
         "dpo.lora_r": 16, "dpo.lora_alpha": 32.0, "dpo.lr": 1e-3, "dpo.precision": "auto",
     },
     "full": {
@@ -33,7 +33,7 @@ PRESETS: dict[str, dict] = {
         "data.n_train_prompts": 1000, "data.n_eval_prompts": 256,
         "sample.n_samples": 4, "sample.max_new_tokens": 48, "sample.batch_size": 256,
         "eval.n_samples": 4, "eval.max_new_tokens": 48,
-        "dpo.batch_size": 32, "dpo.lr": 5e-6,
+        "dpo.epochs": 2, "dpo.batch_size": 32, "dpo.lr": 5e-6,
     },
 }
 

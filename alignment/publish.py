@@ -113,14 +113,17 @@ def _alarm(result: dict) -> list[str]:
 def _setup(cfg: dict, level1: dict) -> str:
     d, s, e, p = cfg["data"], cfg["sample"], cfg["eval"], cfg["dpo"]
     adapt = f"LoRA r={p['lora_r']}" if p["lora_r"] else "full fine-tuning"
-    source, n_pairs = cfg.get("pairs", {}).get("source"), level1["pairs"]["n_pairs"]
-    pairs = (f"{n_pairs} pairs of `{source}`" if source else f"{d['n_train_prompts']} training prompts × "
-             f"{s['n_samples']} samples → {n_pairs} pairs ({level1['pairs']['strategy']})")
-    return (f"Start policy `{cfg['model']['policy']}`; {pairs}; DPO β={p['beta']:g}, "
-            f"lr {p['lr']:g}, {p['epochs']} epoch(s), batch {p['batch_size']}, {p['precision']}, {adapt}; "
+    ps = level1["pairs"]
+    source, n_pairs, held = cfg.get("pairs", {}).get("source"), ps["n_pairs"], ps.get("n_held_out", 0)
+    per_seed = "per seed its own draw of " if ps.get("per_seed") else ""
+    pairs = (f"{n_pairs} pairs of `{source}`" if source else f"{per_seed}{d['n_train_prompts']} training prompts × "
+             f"{s['n_samples']} samples → {n_pairs} pairs ({ps['strategy']})")
+    held = f", {held} of them held out of training" if held else ""
+    return (f"Start policy `{cfg['model']['policy']}`; {pairs}{held}; DPO β={p['beta']:g}, "
+            f"lr {p['lr']:g}, {p['epochs']} epoch(s), batch {p['batch_size']}, precision {p['precision']}{' (bf16 autocast on a CPU with native bf16, else fp32)' if p['precision'] == 'auto' else ''}, {adapt}; "
             f"evaluation on {d['n_eval_prompts']} held-out prompts × {e['n_samples']} samples × "
-            f"{len(level1['seeds'])} seeds (each seed its own training run and draws), {e['n_boot']} bootstrap "
-            f"resamples over seeds × prompts.")
+            f"{len(level1['seeds'])} seeds (each seed its own training run and draws), judge `{e['judge']}`, "
+            f"{e['n_boot']} bootstrap resamples over seeds × prompts.")
 
 
 def _level1_section(r: dict) -> list[str]:
@@ -143,7 +146,7 @@ def _lr_section(r: dict) -> list[str]:
     if not lr:
         return []
     return ["## The learning rate", "",
-            "`python -m alignment lr-lesson` on the Level 1 run dir: the same pairs, the sigmoid loss at the original "
+            "`python -m alignment lr-lesson` on the Level 1 run dir: seed 0's pairs, the sigmoid loss at the original "
             "notebook's learning rate next to the default one (seed 0; the start row is that seed's draws).", "",
             report.ci_table([lr["start"], *lr["rows"]]), "",
             *[f"- {report.gain_line(row)}" for row in lr["rows"]], "",
@@ -163,6 +166,10 @@ def _sweep_section(r: dict) -> list[str]:
                    *report.sweep_lines(sweep), "", *cost_lines(r.get("sweep.timings", []))]
 
 
+SCORER_NAMES = {"reward": "reward (offline, MiniLM head)", "judge": "linear-head judge (offline)",
+                "judge_ft": "fine-tuned judge (offline-ft, the default)", "topic": "on-topic judge (offline)"}
+
+
 def _assets_section(r: dict) -> list[str]:
     sft, scorers = r.get("sft"), r.get("scorers", {})
     out = []
@@ -174,10 +181,11 @@ def _assets_section(r: dict) -> list[str]:
                 report.markdown_table([{"prompt": a["prompt"], "before": b["completion"], "after": a["completion"]}
                                        for a, b in zip(sft["samples_after"], sft["samples_before"])]), ""]
     if scorers:
+        named = {**scorers, **({"judge_ft": r["judge_ft"]} if r.get("judge_ft") else {})}
         out += ["## The scorers", "", "Held-out accuracy on labelled snippets never used to fit them:", "",
-                report.markdown_table([{"scorer": k, "what": m["sources"], "train": m["n_train"], "test": m["n_test"],
-                                        "accuracy": m["test_accuracy"], "VADER": m.get("vader_test_accuracy")}
-                                       for k, m in scorers.items()]), ""]
+                report.markdown_table([{"scorer": SCORER_NAMES.get(k, k), "what": m["sources"], "train": m["n_train"],
+                                        "test": m["n_test"], "accuracy": m["test_accuracy"],
+                                        "VADER": m.get("vader_test_accuracy")} for k, m in named.items()]), ""]
     return out
 
 
@@ -188,7 +196,7 @@ def _independence_section(r: dict) -> list[str]:
     rows = []
     for name, m in ind["scorers"].items():
         v, d = m.get("vs_reward", {}), m["degenerate"]
-        rows.append({"scorer": name, "accuracy": m["accuracy"], "agrees with reward": v.get("sign_agreement"),
+        rows.append({"scorer": SCORER_NAMES.get(name, name), "accuracy": m["accuracy"], "agrees with reward": v.get("sign_agreement"),
                      "if errors independent": v.get("agreement_if_independent"), "error phi": v.get("error_phi"),
                      "P(wrong, given reward wrong)": v.get("p_wrong_given_ref_wrong"),
                      "mean on start": d["start (SFT)"], "on lr 5e-5": d["healthy (lr 5e-5)"],
@@ -196,14 +204,15 @@ def _independence_section(r: dict) -> list[str]:
     gap = ind["error_phi_gaps"].get("judge - judge_ft")
     recipe = ft["recipe"] if ft else {}
     return ["## How independent the judges are of the reward", "",
-            "`python -m alignment.judge_check runs/default/eval`: the reward, the default judge and `eval.judge=offline-ft` "
-            f"(all-mpnet-base-v2 with its top {recipe.get('layers', '?')} layers fine-tuned, built in "
+            "`python -m alignment.judge_check runs/default/eval`: the reward, the linear-head judge (`eval.judge=offline`: "
+            "a logistic head on frozen all-mpnet-base-v2) and the fine-tuned judge (`eval.judge=offline-ft`, the default: "
+            f"all-mpnet-base-v2 with its top {recipe.get('layers', '?')} layers fine-tuned, built in "
             f"{_minutes(ft['build_s']) if ft else '?'}) on the held-out labelled snippets (accuracy, agreement and "
             "the correlation of their errors with the reward's), on the Level 1 and lr-lesson samples (mean score), "
             "and on the snippets with their words shuffled.", "",
             report.markdown_table(rows), "",
-            *([f"Error phi, default judge minus fine-tuned judge: {gap['diff']:+.3f} (95% CI {gap['lo']:+.3f} .. "
-               f"{gap['hi']:+.3f}, paired bootstrap over snippets). The Level 1 tables use the default judge.", ""]
+            *([f"Error phi, linear-head judge minus fine-tuned judge: {gap['diff']:+.3f} (95% CI {gap['lo']:+.3f} .. "
+               f"{gap['hi']:+.3f}, paired bootstrap over snippets). The tables above use the fine-tuned judge.", ""]
               if gap else [])]
 
 

@@ -202,6 +202,7 @@ def _level1_lines(level1: dict) -> list[str]:
     lines.extend(drift_lines(trained))
     lines.extend(_judge_lines(level1["rows"], sft, trained))
     lines.extend(_seed_lines(level1))
+    lines.extend(training_lines(level1))
     design = level1.get("design", {})  # in the table's order (the stored JSON sorts its keys)
     lines.extend(design_lines({r["model"]: design[r["model"]] for r in trained if r["model"] in design}))
     lines.extend(_between_lines(level1))
@@ -267,7 +268,8 @@ def _between_lines(level1: dict) -> list[str]:
 
 
 def _seed_lines(level1: dict) -> list[str]:
-    """The spread over seeds behind the pooled rows (each seed: its own training order and draws)."""
+    """The spread over seeds behind the pooled rows (each seed: its own training data where
+    `data.per_seed`, training order and evaluation draws)."""
     seeds = level1.get("seeds", [])
     if len(seeds) < 2:
         return []
@@ -277,8 +279,35 @@ def _seed_lines(level1: dict) -> list[str]:
         runs = [p for p in level1["per_seed"] if p["model"].rsplit("-s", 1)[0] == base]
         judge = (", judge " + ", ".join(f"{p['judge_gain']:+.3f}" for p in runs)) if all("judge_gain" in p for p in runs) else ""
         parts.append(f"`{base}` reward gain " + ", ".join(f"{p['reward_gain']:+.3f}" for p in runs) + judge)
-    return [f"**Seeds** ({len(seeds)}: each varies the training order and the evaluation draws; the rows above pool "
+    data = "its own train prompts, samples and pairs, " if level1.get("pairs", {}).get("per_seed") else ""
+    return [f"**Seeds** ({len(seeds)}: each varies {data}the training order and the evaluation draws; the rows above pool "
             f"them, CIs resample seeds and prompts): per seed, " + "; ".join(parts) + "."]
+
+
+def training_lines(level1: dict) -> list[str]:
+    """Did training learn the preference or memorise its pairs? Each loss's implicit-reward accuracy
+    and loss on the held-out pairs after the last step next to the last training batch's (means
+    over its seeds' policies)."""
+    held, runs = level1.get("pairs", {}).get("n_held_out"), level1.get("training", {})
+    by_loss: dict[str, list[dict]] = {r["model"].rsplit("-s", 1)[0]: [] for r in trained_rows(level1["rows"])}
+    for name, t in sorted(runs.items()):  # in the table's order (the stored JSON sorts its keys)
+        if t.get("eval_rewards/accuracies") is not None and name.rsplit("-s", 1)[0] in by_loss:
+            by_loss[name.rsplit("-s", 1)[0]].append(t)
+    by_loss = {k: v for k, v in by_loss.items() if v}
+    if not by_loss:
+        return []
+
+    def mean(ts, k):
+        return sum(t[k] for t in ts) / len(ts)
+
+    parts = [f"`{base}` accuracy {mean(ts, 'eval_rewards/accuracies'):.2f}, loss {mean(ts, 'eval_loss'):.3f}, margin "
+             f"{mean(ts, 'eval_rewards/margins'):+.2f} (last training batch: {mean(ts, 'rewards/accuracies'):.2f}, "
+             f"{mean(ts, 'loss'):.3f}, {mean(ts, 'rewards/margins'):+.2f})" for base, ts in by_loss.items()]
+    steps = max(t["steps"] for ts in by_loss.values() for t in ts)
+    return [f"**Held-out pairs** ({held if isinstance(held, int) else '/'.join(map(str, held))} per seed, never trained "
+            f"on; after the last of {steps} steps, mean over the seeds; chance accuracy 0.5, loss log 2 = 0.693): "
+            + "; ".join(parts) + ". A held-out accuracy well above chance means the policy learned the preference "
+            "rather than its pairs."]
 
 
 def _judge_lines(rows: list[dict], sft: dict, trained: list[dict]) -> list[str]:

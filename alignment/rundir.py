@@ -7,6 +7,8 @@
     run_dir/rewards.json         one reward per sample
     run_dir/pairs.jsonl          preference pairs             run_dir/pairs_stats.json  their statistics
     run_dir/ref_logps.pt         the reference's log-probs of every pair
+    run_dir/draws/seed<k>/       training seed k's own prompts.json (train only), samples, rewards,
+                                 pairs and ref_logps (`data.per_seed`; the files above then hold none)
     run_dir/policies/<name>/     a trained policy (model/, train_log.jsonl)   `policy_name`
     run_dir/eval/<name>/         one evaluation (samples, scored, metrics)    `eval_name`
     run_dir/<experiment>.json    an experiment's result (level1, lr_lesson, sweep)
@@ -52,6 +54,10 @@ class RunPaths:
 
     def eval(self, name: str) -> Path:
         return self.evals / name
+
+    def draw(self, seed: int | None) -> "RunPaths":
+        """Where training seed `seed`'s own data lives (`data.per_seed`); None: the run dir's shared data."""
+        return self if seed is None else RunPaths(self.root / "draws" / f"seed{seed}")
 
     def plot(self, name: str) -> Path:
         return self.plots / f"{name}.png"

@@ -66,6 +66,7 @@ class LoopConfig:
     disable_dropout: bool       # DPO: the reference log-probs were computed without dropout
     autocast: bool              # bf16 autocast for the forward passes (fp32 weights, optimizer and loss)
     desc: str                   # the stage: progress bar label, and the config section errors name
+    eval_every: int = 0         # call the loop's `evaluate` every k optimizer steps and after the last (0: after the last only)
 
 
 def reference_logps(ref_model, pairs: list[dict], prompt_ids: dict[str, list[int]], pad_id: int,
@@ -172,10 +173,20 @@ def _resume(out_dir: Path, model, opt, desc: str, n_steps: int, dist: Dist):
     return start, seconds, log
 
 
+def eval_due(step: int, total: int, every: int) -> bool:
+    """Whether held-out metrics are computed after optimizer step `step` (1-based) of `total`:
+    every `every` steps and after the last (`every` 0: the last only). E.g. 28 steps, every 7:
+    steps 7, 14, 21, 28."""
+    return step == total or (every > 0 and step % every == 0)
+
+
 def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir: str | Path,
-               tracker=None, dist: Dist = Dist()) -> LoopResult:
+               tracker=None, dist: Dist = Dist(), evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
+               ) -> LoopResult:
     """Train `model` in place; returns the per-step log records, the seconds over all sessions
-    and the step this session resumed from.
+    and the step this session resumed from. `evaluate(model) -> metrics` (e.g. held-out pairs'
+    `eval_loss`, `eval_rewards/accuracies`), when given, runs without gradients at `eval_due` steps;
+    its metrics join that step's record (and go to the tracker as `eval/<name>`, trl's charts).
 
     Writes out_dir/train_log.jsonl (one record per optimizer step: the closure's metrics + step,
     epoch, grad_norm, lr) and out_dir/ckpt.pt when `checkpoint_due` (`save_minutes`, `save_every`);
@@ -210,11 +221,13 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
         if not math.isfinite(rec["loss"]):
             raise FloatingPointError(f"{cfg.desc} loss became {rec['loss']} at step {step + 1}; lower {cfg.desc}.lr"
                                      + (" or dpo.beta" if cfg.desc == "dpo" else ""))
+        if evaluate is not None and eval_due(step + 1, len(steps), cfg.eval_every):
+            rec.update(_held_out(model, evaluate, cfg.autocast))
         log.extend([rec])
         bar.update(1)
         debug_delay()
         if tracker is not None:
-            tracker.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, step=step + 1)
+            tracker.log(tracked(rec), step=step + 1)
         since_save = time.time() - last_save
         if dist.main and checkpoint_due(step + 1, len(steps), cfg.save_every, cfg.save_minutes, since_save):
             save_checkpoint(out_dir, model, opt, step + 1, seconds + time.time() - t0)
@@ -222,6 +235,23 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
     bar.close()
     model.eval()
     return LoopResult(log.records, seconds + time.time() - t0, start)
+
+
+def _held_out(model, evaluate, autocast: bool) -> dict[str, float]:
+    """`evaluate(model)`'s metrics, computed in eval mode without gradients (no RNG is drawn: dropout
+    is off in DPO, so a resumed run replays the same numbers); the model is left in train mode."""
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16,
+                                             enabled=autocast):
+            return evaluate(model)
+    finally:
+        model.train()
+
+
+def tracked(rec: dict) -> dict:
+    """A train_log record as tracker keys: train/<metric>, and held-out eval_<metric> as eval/<metric>."""
+    return {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in rec.items() if k != "step"}
 
 
 def step_metrics(out, pc: torch.Tensor, pr: torch.Tensor) -> dict[str, float]:
@@ -239,26 +269,77 @@ def dpo_loop_config(cfg: DPOConfig, dev: torch.device) -> LoopConfig:
                       warmup_ratio=cfg.warmup_ratio, final_lr_ratio=cfg.final_lr_ratio,
                       max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, save_every=cfg.save_every,
                       save_minutes=cfg.save_minutes, disable_dropout=True,
-                      autocast=train_autocast(cfg.precision, dev), desc="dpo")
+                      autocast=train_autocast(cfg.precision, dev), desc="dpo", eval_every=cfg.eval_every)
+
+
+class PairData(NamedTuple):
+    """A draw's preference pairs split for training: the pairs trained on and the held-out ones,
+    each with the reference's (chosen, rejected) log-probs, (P,) and (H,)."""
+    pairs: list[dict]
+    ref: tuple[torch.Tensor, torch.Tensor]
+    held_out: list[dict]
+    held_out_ref: tuple[torch.Tensor, torch.Tensor]
+
+
+def held_out_split(pairs: list[dict], ref: tuple[torch.Tensor, torch.Tensor], share: float) -> PairData:
+    """Hold out the pairs of the last floor(share x #prompts) prompts, in the order the pairs list
+    them (a draw's prompts are a random sample, so these are too); by prompt, so a prompt's pairs
+    are all trained on or all held out. E.g. prompts a, a, b, c (one pair each but a's two) and
+    share 0.34: floor(1.02) = 1 prompt, c, is held out; a, a, b train."""
+    order = list(dict.fromkeys(p["prompt_id"] for p in pairs))
+    held = set(order[len(order) - int(share * len(order)):]) if int(share * len(order)) else set()
+    tr = [i for i, p in enumerate(pairs) if p["prompt_id"] not in held]
+    ho = [i for i, p in enumerate(pairs) if p["prompt_id"] in held]
+    if not tr:
+        raise ValueError(f"pairs.held_out={share} leaves no pair to train on; lower it or add train prompts")
+    return PairData([pairs[i] for i in tr], (ref[0][tr], ref[1][tr]), [pairs[i] for i in ho], (ref[0][ho], ref[1][ho]))
+
+
+def pair_loss(net, batch: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
+              cfg: DPOConfig, pad_id: int):
+    """`cfg.loss` over `batch` (chosen and rejected in one forward; `ref`: their reference
+    log-probs, (b,) each): (the loss output, policy chosen log-probs (b,), rejected (b,))."""
+    dev = next(net.parameters()).device
+    prompts = [prompt_ids[p["prompt_id"]] for p in batch] * 2
+    comps = [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch]
+    lp = model_logps(net, collate(prompts, comps, pad_id))  # (2b,)
+    pc, pr = lp[: len(batch)], lp[len(batch):]  # (b,), (b,)
+    return compute_loss(cfg.loss, pc, pr, ref[0].to(dev), ref[1].to(dev), cfg.beta, cfg.alpha), pc, pr
+
+
+def held_out_metrics(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
+                     cfg: DPOConfig, pad_id: int, batch_size: int = 32) -> dict[str, float]:
+    """trl's eval metrics over held-out `pairs`: eval_loss, eval_rewards/{chosen,rejected,margins,accuracies},
+    eval_logps/{chosen,rejected}, each the mean over the pairs."""
+    sums: dict[str, float] = {}
+    for i in range(0, len(pairs), batch_size):
+        idx = list(range(i, min(i + batch_size, len(pairs))))
+        out, pc, pr = pair_loss(model, [pairs[j] for j in idx], prompt_ids, (ref[0][idx], ref[1][idx]), cfg, pad_id)
+        for k, v in step_metrics(out, pc, pr).items():
+            sums[k] = sums.get(k, 0.0) + v * len(idx)
+    return {f"eval_{k}": v / len(pairs) for k, v in sums.items()}
 
 
 def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
-              cfg: DPOConfig, pad_id: int, out_dir: str | Path, tracker=None, dist: Dist = Dist()) -> list[dict]:
+              cfg: DPOConfig, pad_id: int, out_dir: str | Path, tracker=None, dist: Dist = Dist(),
+              held_out: tuple[list[dict], tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[dict]:
     """Train `model` in place on `pairs` with loss `cfg.loss`; logs to out_dir/train_log.jsonl and
-    the tracker, writes out_dir/train_summary.json. Resumes from out_dir/ckpt.pt (same config
-    assumed: the pipeline keys out_dir by the config hash)."""
+    the tracker, writes out_dir/train_summary.json. `held_out`: (pairs, their reference log-probs),
+    scored every `cfg.eval_every` steps and after the last (`held_out_metrics`). Resumes from
+    out_dir/ckpt.pt (same config assumed: the pipeline keys out_dir by the config hash)."""
     dev = next(model.parameters()).device
 
     def loss_fn(net, mb: list[int]):
-        batch = [pairs[i] for i in mb]
-        prompts = [prompt_ids[p["prompt_id"]] for p in batch] * 2
-        comps = [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch]
-        lp = model_logps(net, collate(prompts, comps, pad_id))  # (2b,)
-        pc, pr = lp[: len(batch)], lp[len(batch):]  # (b,), (b,)
-        out = compute_loss(cfg.loss, pc, pr, ref[0][mb].to(dev), ref[1][mb].to(dev), cfg.beta, cfg.alpha)
+        out, pc, pr = pair_loss(net, [pairs[i] for i in mb], prompt_ids, (ref[0][mb], ref[1][mb]), cfg, pad_id)
         return out.losses.mean(), step_metrics(out, pc.detach(), pr.detach())
 
-    records = train_loop(model, len(pairs), loss_fn, dpo_loop_config(cfg, dev), out_dir, tracker, dist).records
+    evaluate = None
+    if held_out and held_out[0]:
+        def evaluate(m):
+            return held_out_metrics(m, held_out[0], prompt_ids, held_out[1], cfg, pad_id)
+
+    records = train_loop(model, len(pairs), loss_fn, dpo_loop_config(cfg, dev), out_dir, tracker, dist,
+                         evaluate=evaluate).records
     if dist.main:
         write_json(Path(out_dir) / "train_summary.json", records[-1] if records else {})
     return records
@@ -269,9 +350,10 @@ def done_training(out_dir: str | Path) -> None:
     remove_checkpoint(out_dir)
 
 
-def train_policy(models, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
-                 cfg: DPOConfig, out: Path, tracker, dist: Dist = Dist()) -> None:
-    """Train one policy into `out` (model/, train_log.jsonl, train_summary.json): full fine-tuning of
+def train_policy(models, data: PairData, prompt_ids: dict[str, list[int]], cfg: DPOConfig, out: Path, tracker,
+                 dist: Dist = Dist()) -> None:
+    """Train one policy on `data.pairs` into `out` (model/, train_log.jsonl, train_summary.json),
+    scoring `data.held_out` as it goes: full fine-tuning of
     a fresh copy of the start policy, or LoRA adapters on the reference itself (`dpo.lora_r`: its
     frozen base *is* the reference, no copy; the adapter alone is saved); the native loop or trl's
     DPOTrainer (`dpo.backend`). `models`: the run's `RunModels`; the reference is handed back
@@ -284,9 +366,11 @@ def train_policy(models, pairs: list[dict], prompt_ids: dict[str, list[int]], re
     tok = models.tokenizer
     try:
         if cfg.backend == "trl":
-            train_dpo_trl(model, models.ref_model, tok, pairs, prompt_ids, cfg, out, tracker)
+            train_dpo_trl(model, models.ref_model, tok, data.pairs, prompt_ids, cfg, out, tracker,
+                          held_out=data.held_out)
         else:
-            train_dpo(model, pairs, prompt_ids, ref, cfg, tok.pad_token_id, out, tracker, dist=dist)
+            train_dpo(model, data.pairs, prompt_ids, data.ref, cfg, tok.pad_token_id, out, tracker, dist=dist,
+                      held_out=(data.held_out, data.held_out_ref))
         if dist.main:
             model.save_pretrained(out / "model")  # the adapter only, for LoRA
             tok.save_pretrained(out / "model")

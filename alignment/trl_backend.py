@@ -113,6 +113,9 @@ def _make_callback(tracker, records: list[dict]):
         """Collect trl's per-step logs (and forward them to our tracker as train/<key>)."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "eval_loss" in logs:  # held-out evaluation: joins the step's record
+                _merge_eval(records, logs, tracker)
+                return
             if not logs or "loss" not in logs or "train_runtime" in logs:  # end-of-train summary: not a step
                 return
             rec = {_RENAME.get(k, k): (float(v) if isinstance(v, (int, float)) else v) for k, v in logs.items()}
@@ -125,6 +128,17 @@ def _make_callback(tracker, records: list[dict]):
                 tracker.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, step=rec["step"])
 
     return _Forward()
+
+
+def _merge_eval(records: list[dict], logs: dict, tracker) -> None:
+    """trl's eval log (eval_loss, eval_rewards/..., eval_runtime ...) into the last step's record, as
+    the native loop records held-out metrics; to the tracker as eval/<metric>."""
+    ev = {_RENAME.get(k, k): float(v) for k, v in logs.items()
+          if k.startswith("eval_") and isinstance(v, (int, float)) and not k.endswith(("runtime", "per_second"))}
+    if records:
+        records[-1].update(ev)
+    if tracker is not None and records:
+        tracker.log({f"eval/{k[5:]}": v for k, v in ev.items()}, step=records[-1]["step"])
 
 
 def _dataset(pairs: list[dict], prompt_ids: dict[str, list[int]], tokenized: bool):
@@ -161,13 +175,14 @@ def _restore(snap: list) -> None:
 
 def train_dpo_trl(model, ref_model_or_None, tokenizer, pairs: list[dict], prompt_ids: dict[str, list[int]],
                   cfg: DPOConfig, out_dir, tracker=None, precompute_ref: bool = True,
-                  tokenized: bool = True) -> list[dict]:
+                  tokenized: bool = True, held_out: list[dict] | None = None) -> list[dict]:
     """Train `model` in place with trl's DPOTrainer on `pairs`; returns the per-step log records.
 
     `ref_model_or_None`: the reference model (kept frozen); None = the starting policy (trl uses the
     policy itself for precomputed reference log-probs, else we pass a deep copy). `tokenized`: feed
     our token ids (default, exact same sequences as the native backend) or trl's text path.
-    Writes out_dir/train_log.jsonl and out_dir/train_summary.json."""
+    `held_out`: pairs trl evaluates every `cfg.eval_every` steps (its eval_dataset; eval_* metrics in
+    the step's record). Writes out_dir/train_log.jsonl and out_dir/train_summary.json."""
     TrlDPOConfig = trl().DPOConfig
     if not pairs:
         raise ValueError("train_dpo_trl: no preference pairs")
@@ -209,6 +224,9 @@ def train_dpo_trl(model, ref_model_or_None, tokenizer, pairs: list[dict], prompt
         fp16=False,
         report_to="none",
         save_strategy="no",
+        eval_strategy="steps" if held_out else "no",
+        eval_steps=cfg.eval_every or None,
+        per_device_eval_batch_size=32,
         logging_steps=1,
         disable_tqdm=True,
         max_length=None,                # never truncate: sequences are prompt + <= max_new_tokens
@@ -223,9 +241,12 @@ def train_dpo_trl(model, ref_model_or_None, tokenizer, pairs: list[dict], prompt
     try:
         cls = _trainer_class() if tokenized else trl().DPOTrainer
         trainer = cls(model=model, ref_model=ref, args=args, train_dataset=_dataset(pairs, prompt_ids, tokenized),
+                      eval_dataset=_dataset(held_out, prompt_ids, tokenized) if held_out else None,
                       processing_class=tokenizer, callbacks=[_make_callback(tracker, records)])
         trainer.remove_callback(trainer_callbacks().PrinterCallback)  # with disable_tqdm it would print every log dict
         trainer.train()
+        if held_out and (not records or "eval_loss" not in records[-1]):  # after the last step, as the native loop
+            _merge_eval(records, trainer.evaluate(), tracker)
     finally:
         _restore(snap)
         model.eval()

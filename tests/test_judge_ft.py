@@ -96,7 +96,7 @@ def test_offline_ft_is_a_judge_name_only(monkeypatch, tmp_path):
     cache = StageCache(cfg, tmp_path)
     cache.record({"reward_head": "r", "topic_head": "t", "judge_ft_head": "f"})
     assert cache.scorer_identity(("eval",))["judge_ft_head"] == "f" and "judge_ft_head" not in cache.scorer_identity(("reward",))
-    assert load_config().eval.judge == "offline"  # the default judge is unchanged
+    assert load_config().eval.judge == "offline-ft" and load_config(preset="smoke").eval.judge == "offline"
     with pytest.raises(ConfigError, match="reward.model='offline-ft'.*evaluation judge"):
         load_config(overrides={"reward.model": "offline-ft"})
 

@@ -41,10 +41,12 @@ def test_level1_end_to_end(cfg, tiny_gpt2_dir):
     pipe = Pipeline(cfg)
     res = experiments.level1(pipe)
     d = pipe.dir
-    for f in ["manifest.json", "config.json", "prompts.json", "samples.jsonl", "rewards.json",
-              "pairs.jsonl", "pairs_stats.json", "level1.json", "plots/level1_rewards.png",
-              "plots/pair_margins.png", "plots/level1_training.png"]:
+    own = d / "draws" / "seed0"  # seed 0's own draw (data.per_seed)
+    for f in ["manifest.json", "config.json", "prompts.json", "draws/seed0/prompts.json", "draws/seed0/samples.jsonl",
+              "draws/seed0/rewards.json", "draws/seed0/pairs.jsonl", "draws/seed0/pairs_stats.json", "level1.json",
+              "plots/level1_rewards.png", "plots/pair_margins.png", "plots/level1_training.png"]:
         assert (d / f).exists(), f
+    assert read_json(d / "prompts.json")["train"] == []  # no shared draw: each seed has its own
     assert [r["model"] for r in res["rows"]] == ["sft", "sigmoid-b0.1-lr0.001-s0", "hinge-b0.1-lr0.001-s0", "human"]
     before = load_file(os.path.join(tiny_gpt2_dir, "model.safetensors"))
     after = load_file(str(d / "policies" / "sigmoid-b0.1-lr0.001-s0" / "model" / "model.safetensors"))
@@ -76,12 +78,12 @@ def test_level1_end_to_end(cfg, tiny_gpt2_dir):
     _check_alarm(res, "level1", [r["model"] for r in res["rows"][1:3]], console.render("run", res), d)
     lesson = experiments.lr_lesson(pipe, lrs=(1e-3,))  # the sigmoid policy above, read back from the cache
     _check_alarm(lesson, "lr_lesson", [res["rows"][1]["model"]], console.render("lr-lesson", lesson), d)
-    n_pairs = len(read_jsonl(d / "pairs.jsonl"))  # one log line per step of 4 pairs (1 epoch)
+    n_pairs = len(read_jsonl(own / "pairs.jsonl"))  # one log line per step of 4 pairs (1 epoch; 6 prompts: none held out)
     assert len(read_jsonl(d / "policies" / "sigmoid-b0.1-lr0.001-s0" / "train_log.jsonl")) == math.ceil(n_pairs / 4)
     # held-out isolation: no eval prompt text in any training pair
     prompts = read_json(d / "prompts.json")
     eval_texts = {p["text"] for p in prompts["eval"]}
-    assert not eval_texts & {p["prompt"] for p in read_jsonl(d / "pairs.jsonl")}
+    assert not eval_texts & {p["prompt"] for p in read_jsonl(own / "pairs.jsonl")}
     assert "| sft |" in table
     assert read_json(d / "level1.json")["examples"] == res["examples"]  # plain records
     assert {e["model"] for e in res["examples"]} == {r["model"] for r in res["rows"]}
@@ -133,10 +135,11 @@ def test_the_notebooks_training_step_leaves_level1_unchanged(tmp_path, tiny_gpt2
 def test_rerun_uses_cache_and_refuses_other_config(cfg, tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
     pipe = Pipeline(cfg)
     pairs1, _ = pipe.pairs()
-    mtime = (pipe.dir / "samples.jsonl").stat().st_mtime_ns
+    samples = pipe.paths.draw(0).samples
+    mtime = samples.stat().st_mtime_ns
     pipe2 = Pipeline(cfg)
     assert pipe2.pairs()[0] == pairs1
-    assert (pipe.dir / "samples.jsonl").stat().st_mtime_ns == mtime
+    assert samples.stat().st_mtime_ns == mtime
     other = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **{"sample.temperature": 0.7})
     with pytest.raises(RunDirMismatch, match="sample"):
         Pipeline(other).samples()
@@ -185,9 +188,9 @@ def test_judge_never_enters_training(tmp_path, tiny_gpt2_dir, tiny_classifier_di
     pipe = Pipeline(tiny_cfg(tmp_path / "a", *args, **{"eval.judge": "vader"}))
     pairs, _ = pipe.pairs()
     ev = pipe.evaluate()
-    stamp = pipe.paths.pairs.stat().st_mtime_ns
+    stamp = pipe.paths.draw(0).pairs.stat().st_mtime_ns
     other = tiny_cfg(tmp_path / "a", *args, **{"eval.judge": str(judge)})
-    assert Pipeline(other).pairs()[0] == pairs and pipe.paths.pairs.stat().st_mtime_ns == stamp
+    assert Pipeline(other).pairs()[0] == pairs and pipe.paths.draw(0).pairs.stat().st_mtime_ns == stamp
     with pytest.raises(RunDirMismatch):  # the evaluation does depend on the judge
         Pipeline(other).evaluate()
     pipe_b = Pipeline(tiny_cfg(tmp_path / "b", *args, **{"eval.judge": str(judge)}))
@@ -198,12 +201,23 @@ def test_judge_never_enters_training(tmp_path, tiny_gpt2_dir, tiny_classifier_di
 
 
 def test_level1_pools_seeds_that_vary_training_and_evaluation(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
-    """eval.n_seeds=2: each loss trains with dpo.seed 0 and 1, each policy is evaluated with its
-    seed's draws against the start policy's same draws; the row pools both seeds' samples."""
+    """eval.n_seeds=2: each loss trains with dpo.seed 0 and 1, each on its seed's own draw of train
+    prompts, samples and pairs (a third of the prompts held out: their pairs are scored during
+    training, never trained on), each policy is evaluated with its seed's draws against the start
+    policy's same draws; the row pools both seeds' samples."""
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
-                   **{"eval.n_seeds": 2, "eval.human_row": False, "eval.judge": "vader"})
+                   **{"eval.n_seeds": 2, "eval.human_row": False, "eval.judge": "vader", "pairs.held_out": 0.34})
     pipe = Pipeline(cfg)
     res = experiments.level1(pipe, losses=("sigmoid",))
+    train = {s: [p["text"] for p in pipe.prompts(s)["train"]] for s in (0, 1)}
+    assert train[0] != train[1] and pipe.prompts(0)["eval"] == pipe.prompts(1)["eval"]  # own draws, one eval set
+    assert [p["chosen"] for p in pipe.pairs(0)[0]] != [p["chosen"] for p in pipe.pairs(1)[0]]
+    log = read_jsonl(pipe.dir / "policies" / "sigmoid-b0.1-lr0.001-s1" / "train_log.jsonl")
+    # floor(0.34 x 6) = 2 prompts held out: 4 pairs train in one step of 4, then the held-out pairs are scored
+    assert len(log) == 1 and "eval_rewards/accuracies" in log[-1] and "eval_loss" in log[-1]
+    assert res["pairs"]["n_held_out"] == 2 and res["pairs"]["per_seed"]
+    t = res["training"]["sigmoid-b0.1-lr0.001-s1"]
+    assert t["eval_rewards/accuracies"] == log[-1]["eval_rewards/accuracies"] and t["steps"] == 1
     assert [r["model"] for r in res["rows"]] == ["sft", "sigmoid-b0.1-lr0.001-s0-1"] and res["seeds"] == [0, 1]
     start_0, start_1 = pipe.evaluate(seed=0), pipe.evaluate(seed=1)
     assert [r["completion"] for r in start_0.scored] != [r["completion"] for r in start_1.scored]  # other draws
@@ -218,6 +232,16 @@ def test_level1_pools_seeds_that_vary_training_and_evaluation(tmp_path, tiny_gpt
     assert row["reward_gain"] == pytest.approx(sum(r["reward_gain"] for r in res["per_seed"]) / 2, abs=1e-6)
     text = conclusions(res)
     assert "**Seeds** (2" in text and f"{res['per_seed'][1]['reward_gain']:+.3f}" in text
+    assert "its own train prompts, samples and pairs" in text and "**Held-out pairs** (2 per seed" in text
+
+
+def test_seeds_share_one_draw_without_per_seed(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
+    """data.per_seed=false: every seed trains on the run dir's one draw (its files at the top)."""
+    cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **{"data.per_seed": False})
+    pipe = Pipeline(cfg)
+    assert pipe.draw_of(0) is None and pipe.draw_of(1) is None
+    assert pipe.pairs(0) == pipe.pairs(1) and pipe.paths.pairs.exists() and not (pipe.dir / "draws").exists()
+    assert [p["id"] for p in pipe.prompts()["train"]] == [f"train{i}" for i in range(6)]
 
 
 def test_sweep_traces_frontiers_with_best_of_n_and_matched_kl(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,

@@ -32,7 +32,7 @@ PRE_TRAIN = ("prompts.json", "samples.jsonl", "rewards.json", "pairs.jsonl", "pa
 
 def overrides(run_dir, policy, reward, data, **extra) -> dict:
     o = {"run_dir": str(run_dir), "model.policy": str(policy), "reward.model": str(reward),
-         "data.source": str(data), "data.n_train_prompts": N_PROMPTS, "data.n_eval_prompts": 4,
+         "data.source": str(data), "data.n_train_prompts": N_PROMPTS, "data.n_eval_prompts": 4, "data.per_seed": False,
          "data.prompt_tokens": 4, "sample.n_samples": N_SAMPLES, "sample.max_new_tokens": 48,
          "sample.batch_size": N_SAMPLES, "pairs.strategy": "all_pairs", "eval.n_samples": 2,
          "eval.max_new_tokens": 8, "eval.n_boot": 50, "dpo.batch_size": 4, "dpo.epochs": 3,

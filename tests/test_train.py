@@ -76,7 +76,7 @@ def test_first_step_loss_is_log2_when_policy_equals_ref(tiny_gpt2_dir, data, tmp
     pairs, prompts, ref = data
     model = _load(tiny_gpt2_dir)
     assert model.config.resid_pdrop > 0
-    log = train_dpo(model, pairs, prompts, ref, DPOConfig(lr=1e-12, batch_size=8, epochs=1), PAD, tmp_path)
+    log = train_dpo(model, pairs, prompts, ref, DPOConfig(lr=1e-12, batch_size=8, epochs=1, precision="fp32"), PAD, tmp_path)
     first = log[0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
@@ -149,7 +149,7 @@ def test_bf16_autocast_matches_fp32_within_tolerance(tiny_gpt2_dir, data, tmp_pa
     import dataclasses
 
     pairs, prompts, ref = data
-    cfg = DPOConfig(lr=1e-3, batch_size=4, epochs=1, warmup_ratio=0.25)
+    cfg = DPOConfig(lr=1e-3, batch_size=4, epochs=1, warmup_ratio=0.25, precision="fp32")
     fp32 = train_dpo(_load(tiny_gpt2_dir), pairs, prompts, ref, cfg, PAD, tmp_path / "a")
     model = _load(tiny_gpt2_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -168,3 +168,49 @@ def test_train_autocast_choice():
     cpu = torch.device("cpu")
     assert train_autocast("bf16", cpu) and not train_autocast("fp32", cpu)
     assert train_autocast("auto", cpu) == cpu_has_bf16()  # emulated bf16 would be slower than fp32
+
+
+def test_held_out_split_by_prompt_worked_example():
+    """The docstring's example: prompts a, a, b, c and share 0.34 -> floor(1.02) = 1 prompt, the last
+    (c), is held out with its reference log-probs; a's two pairs and b's train."""
+    from alignment.train import held_out_split
+
+    pairs = [{"prompt_id": k, "i": i} for i, k in enumerate("aabc")]
+    ref = (torch.tensor([-1.0, -2.0, -3.0, -4.0]), torch.tensor([-5.0, -6.0, -7.0, -8.0]))
+    d = held_out_split(pairs, ref, 0.34)
+    assert [p["i"] for p in d.pairs] == [0, 1, 2] and [p["i"] for p in d.held_out] == [3]
+    assert d.ref[0].tolist() == [-1.0, -2.0, -3.0] and d.held_out_ref[1].tolist() == [-8.0]
+    assert held_out_split(pairs, ref, 0.2).held_out == []  # floor(0.6) = 0 prompts
+    d = held_out_split(pairs, ref, 0.5)  # floor(1.5) = 1 prompt
+    assert [p["prompt_id"] for p in d.held_out] == ["c"]
+    with pytest.raises(ValueError, match="pairs.held_out"):  # nothing left to train on
+        held_out_split(pairs, ref, 1.0)
+
+
+def test_eval_due_steps():
+    from alignment.train import eval_due
+
+    assert [s for s in range(1, 29) if eval_due(s, 28, 7)] == [7, 14, 21, 28]
+    assert [s for s in range(1, 11) if eval_due(s, 10, 0)] == [10]
+    assert [s for s in range(1, 6) if eval_due(s, 5, 2)] == [2, 4, 5]
+
+
+def test_held_out_pairs_are_scored_not_trained(tiny_gpt2_dir, data, tmp_path):
+    """train_dpo(held_out=...): held-out metrics at steps 2 and 3 (eval_every 2, 3 steps), equal to
+    `held_out_metrics` of the trained model, and training on the rest is what it is without them."""
+    from alignment.train import held_out_metrics, held_out_split
+
+    pairs, prompts, ref = data
+    d = held_out_split(pairs, ref, 0.25)
+    assert d.held_out and d.pairs
+    cfg = DPOConfig(lr=1e-3, batch_size=4, epochs=1, eval_every=2, precision="fp32")
+    plain = train_dpo(_load(tiny_gpt2_dir), d.pairs, prompts, d.ref, cfg, PAD, tmp_path / "a")
+    model = _load(tiny_gpt2_dir)
+    log = train_dpo(model, d.pairs, prompts, d.ref, cfg, PAD, tmp_path / "b", held_out=(d.held_out, d.held_out_ref))
+    steps = [r["step"] for r in log if "eval_loss" in r]
+    assert steps == [s for s in range(1, len(log) + 1) if s % 2 == 0 or s == len(log)]
+    assert [{k: v for k, v in r.items() if not k.startswith("eval_")} for r in log] == plain  # scoring changes nothing
+    with torch.no_grad():
+        again = held_out_metrics(model.eval(), d.held_out, prompts, d.held_out_ref, cfg, PAD)
+    assert again == pytest.approx({k: v for k, v in log[-1].items() if k.startswith("eval_")}, abs=1e-6)
+    assert 0 <= again["eval_rewards/accuracies"] <= 1
