@@ -8,8 +8,6 @@ import functools
 import time
 from pathlib import Path
 
-import torch
-
 from . import frontier as F
 from . import plots
 from .alarm import assess
@@ -22,7 +20,7 @@ from .rundir import START, Policy, RunPaths
 from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import example_records
 from .stats import SharedBootstrap, compare_to_start, versus_start, with_holm
-from .train import held_out_split
+from .train import held_out_prompts
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
 ORIGINAL_LR = 1e-3  # the original notebook's learning rate, shown next to the preset's in the lr lesson
@@ -97,8 +95,8 @@ def pair_summary(pipe: Pipeline, seeds: tuple[int, ...]) -> tuple[list[dict], di
     sets = {d: pipe.pairs(s) for d, s in draws.items()}
     pairs = [p for ps, _ in sets.values() for p in ps]
     first = next(iter(sets.values()))[1]
-    held = [len(held_out_split(ps, (torch.zeros(len(ps)),) * 2, pipe.cfg.pairs.held_out).held_out)
-            for ps, _ in sets.values()]
+    held_ids = [held_out_prompts(ps, pipe.cfg.pairs.held_out) for ps, _ in sets.values()]
+    held = [sum(p["prompt_id"] in ids for p in ps) for ids, (ps, _) in zip(held_ids, sets.values())]
     n = [st["n_pairs"] for _, st in sets.values()]
     return pairs, {**first, "per_seed": None not in draws, "n_pairs": n[0] if len(set(n)) == 1 else n,
                    "n_held_out": held[0] if len(set(held)) == 1 else held,

@@ -38,12 +38,12 @@ from .tracking import NullTracker, log_evaluation, make_tracker, run_config
 from .train import held_out_split, reference_logps, train_policy
 
 
-_io = charged("I/O")
+_io = charged("I/O")  # a stage method's own time (checking and reading its cache) is I/O; its build is its kind
 
 
 def _draw(draw: int | None) -> dict:
     """The cache-key entry of a stage built from training seed `draw`'s own data (none for the shared draw)."""
-    return {} if draw is None else {"draw": draw}  # a stage method's own time (checking and reading its cache) is I/O; its build is its kind
+    return {} if draw is None else {"draw": draw}
 
 
 class Pipeline:
@@ -128,11 +128,11 @@ class Pipeline:
                               "samples are drawn or scored; run the pairs, train or run stage, or set pairs.source= "
                               "(empty) to build pairs from the start policy's samples")
         draw, m = self.draw_of(seed), self.models
-        prompts, scfg = self.prompts(seed)["train"], self.cfg.sample  # a draw's prompt ids seed its own streams
+        prompts = self.prompts(seed)["train"]  # a draw's own prompt ids seed its own sampling streams
 
         def build(part):
-            sample_to_file(part, m.load_policy(dtype=m.sample_dtype), m.tokenizer, prompts, scfg.n_samples,
-                           scfg, m.stop_ids, desc="sampling train prompts", dist=self.dist)
+            sample_to_file(part, m.load_policy(dtype=m.sample_dtype), m.tokenizer, prompts, self.cfg.sample.n_samples,
+                           self.cfg.sample, m.stop_ids, desc="sampling train prompts", dist=self.dist)
 
         path = self.paths.draw(draw).samples
         self.cache(path, ("sample",), self.times.wrap("sampling", build), collective=True, **_draw(draw))

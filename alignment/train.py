@@ -281,13 +281,19 @@ class PairData(NamedTuple):
     held_out_ref: tuple[torch.Tensor, torch.Tensor]
 
 
+def held_out_prompts(pairs: list[dict], share: float) -> set[str]:
+    """The prompt ids whose pairs are held out: the last floor(share x #prompts) in pair order."""
+    order = list(dict.fromkeys(p["prompt_id"] for p in pairs))
+    n = int(share * len(order))
+    return set(order[len(order) - n:]) if n else set()
+
+
 def held_out_split(pairs: list[dict], ref: tuple[torch.Tensor, torch.Tensor], share: float) -> PairData:
     """Hold out the pairs of the last floor(share x #prompts) prompts, in the order the pairs list
     them (a draw's prompts are a random sample, so these are too); by prompt, so a prompt's pairs
     are all trained on or all held out. E.g. prompts a, a, b, c (one pair each but a's two) and
     share 0.34: floor(1.02) = 1 prompt, c, is held out; a, a, b train."""
-    order = list(dict.fromkeys(p["prompt_id"] for p in pairs))
-    held = set(order[len(order) - int(share * len(order)):]) if int(share * len(order)) else set()
+    held = held_out_prompts(pairs, share)
     tr = [i for i, p in enumerate(pairs) if p["prompt_id"] not in held]
     ho = [i for i, p in enumerate(pairs) if p["prompt_id"] in held]
     if not tr:
