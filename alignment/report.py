@@ -351,12 +351,17 @@ def sweep_lines(sweep: dict) -> list[str]:
                      + ": those curves are shown but not compared at matched KL.")
     common = (", ".join(f"{k:.2f}" for k in sweep["matched_kl"]) + " nats" if sweep["matched_kl"]
               else "none (the divergence curves' trained KL ranges do not all overlap)")
-    lines.append("Each pair of curves is compared at 3 KL values inside both curves' trained ranges (pairs that do "
-                 f"not overlap are not compared); KL values common to every divergence curve: {common}.")
+    curves = list(dict.fromkeys(p["label"] for p in sweep["points"]))
+    n_pairs = len(curves) * (len(curves) - 1) // 2
+    compared = {(c["a"], c["b"]) for c in sweep["comparisons"]}
+    lines.append("Each pair of curves is compared at 3 KL values inside both curves' trained ranges, at each value only "
+                 "where at least 99 % of the bootstrap draws' curves reach it (wide KL CIs leave a pair uncompared); "
+                 f"{len(compared)} of {n_pairs} pairs compared. KL values common to every divergence curve's point "
+                 f"estimates: {common}.")
     for field in ("reward", "judge", "pred_entropy"):
         rows = [c for c in sweep["comparisons"] if c["field"] == field]
         if not rows:
-            lines.append(f"{field}: no pair of curves overlaps in KL; nothing compared.")
+            lines.append(f"{field}: no pair of curves reaches a common KL in 99 % of the draws; nothing compared.")
             continue
         sig = [c for c in rows if c["verdict"] != NOT_DISTINGUISHABLE]
         shown = "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} ({c['diff']:+.3f}, "
