@@ -118,8 +118,8 @@ def _setup(cfg: dict, level1: dict) -> str:
     per_seed = "per seed its own draw of " if ps.get("per_seed") else ""
     pairs = (f"{n_pairs} pairs of `{source}`" if source else f"{per_seed}{d['n_train_prompts']} training prompts × "
              f"{s['n_samples']} samples → {n_pairs} pairs ({ps['strategy']})")
-    held = f", {held} of them held out of training" if held else ""
-    return (f"Start policy `{cfg['model']['policy']}`; {pairs}{held}; DPO β={p['beta']:g}, "
+    held_text = f", {held} of them held out of training" if held else ""
+    return (f"Start policy `{cfg['model']['policy']}`; {pairs}{held_text}; DPO β={p['beta']:g}, "
             f"lr {p['lr']:g}, {p['epochs']} epoch(s), batch {p['batch_size']}, precision {p['precision']}{' (bf16 autocast on a CPU with native bf16, else fp32)' if p['precision'] == 'auto' else ''}, {adapt}; "
             f"evaluation on {d['n_eval_prompts']} held-out prompts × {e['n_samples']} samples × "
             f"{len(level1['seeds'])} seeds (each seed its own training run and draws), judge `{e['judge']}`, "

@@ -85,6 +85,12 @@ def make_tracker(cfg, name: str, run_dir: str, group: str | None = None, job_typ
                         run_dir, group, job_type)
 
 
+def tracked(rec: dict) -> dict:
+    """A train_log record as tracker keys: train/<metric>, and held-out eval_<metric> as eval/<metric>
+    (trl's charts); the step is the tracker's own axis."""
+    return {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in rec.items() if k != "step"}
+
+
 def run_config(config: dict, dpo: dict | None = None, **top) -> dict:
     """A wandb run's config: `config` (the run's Config as a dict) with its `dpo` section replaced
     by a policy's own settings when given, and that policy's `HYPER` settings and `top` at the top

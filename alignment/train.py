@@ -39,6 +39,7 @@ from .losses import compute_loss
 from .models import add_lora, train_autocast
 from .optional import accelerate
 from .timing import bars_off
+from .tracking import tracked
 from .trl_backend import train_dpo_trl
 
 LossFn = Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, dict[str, float]]]
@@ -247,11 +248,6 @@ def _held_out(model, evaluate, autocast: bool) -> dict[str, float]:
             return evaluate(model)
     finally:
         model.train()
-
-
-def tracked(rec: dict) -> dict:
-    """A train_log record as tracker keys: train/<metric>, and held-out eval_<metric> as eval/<metric>."""
-    return {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in rec.items() if k != "step"}
 
 
 def step_metrics(out, pc: torch.Tensor, pr: torch.Tensor) -> dict[str, float]:

@@ -57,6 +57,7 @@ from .config import DPOConfig
 from .io import write_json, write_jsonl
 from .losses import validate_alpha
 from .optional import datasets, trainer_callbacks, trl
+from .tracking import tracked
 
 # trl 1.16 DPOConfig.loss_type values (dpo_config.py / the dispatch in DPOTrainer._compute_loss).
 TRL_LOSS_TYPES: tuple[str, ...] = (
@@ -125,7 +126,7 @@ def _make_callback(tracker, records: list[dict]):
                                          "lower dpo.lr or dpo.beta")
             records.append(rec)
             if tracker is not None:
-                tracker.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, step=rec["step"])
+                tracker.log(tracked(rec), step=rec["step"])
 
     return _Forward()
 
@@ -138,7 +139,7 @@ def _merge_eval(records: list[dict], logs: dict, tracker) -> None:
     if records:
         records[-1].update(ev)
     if tracker is not None and records:
-        tracker.log({f"eval/{k[5:]}": v for k, v in ev.items()}, step=records[-1]["step"])
+        tracker.log(tracked(ev), step=records[-1]["step"])
 
 
 def _dataset(pairs: list[dict], prompt_ids: dict[str, list[int]], tokenized: bool):
@@ -224,7 +225,7 @@ def train_dpo_trl(model, ref_model_or_None, tokenizer, pairs: list[dict], prompt
         fp16=False,
         report_to="none",
         save_strategy="no",
-        eval_strategy="steps" if held_out else "no",
+        eval_strategy="steps" if held_out and cfg.eval_every else "no",  # 0: after the last step only (below)
         eval_steps=cfg.eval_every or None,
         per_device_eval_batch_size=32,
         logging_steps=1,
@@ -246,7 +247,7 @@ def train_dpo_trl(model, ref_model_or_None, tokenizer, pairs: list[dict], prompt
         trainer.remove_callback(trainer_callbacks().PrinterCallback)  # with disable_tqdm it would print every log dict
         trainer.train()
         if held_out and (not records or "eval_loss" not in records[-1]):  # after the last step, as the native loop
-            _merge_eval(records, trainer.evaluate(), tracker)
+            trainer.evaluate()  # its log reaches the callback, which merges it into the last record
     finally:
         _restore(snap)
         model.eval()

@@ -179,3 +179,20 @@ def test_text_path_runs(tokenizer, data, tmp_path):
     # one step whose loss is taken before the update, with the reference a copy of the policy: every
     # implicit reward is 0, so the sigmoid loss is exactly -log sigmoid(0) = log 2
     assert len(logs) == 1 and logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+@pytest.mark.parametrize("every, scored", [(0, [3]), (2, [2, 3])])
+def test_held_out_pairs_scored_as_the_native_loop_does(tokenizer, data, tmp_path, every, scored):
+    """held_out: trl's eval_dataset, scored every dpo.eval_every steps and after the last (0: the last
+    only, not trl's default of every logging step); eval_* in the step's record, eval/* to the tracker."""
+    pairs, prompt_ids = data
+    cfg = DPOConfig(loss="sigmoid", beta=0.1, lr=1e-2, epochs=1, batch_size=2, warmup_ratio=0.0, seed=0,
+                    eval_every=every)
+    tracker = _Tracker()
+    logs = train_dpo_trl(_model(tokenizer, 0), None, tokenizer, pairs[:6], prompt_ids, cfg, tmp_path,
+                         tracker=tracker, held_out=pairs[6:])
+    assert [r["step"] for r in logs] == [1, 2, 3]
+    assert [r["step"] for r in logs if "eval_loss" in r] == scored
+    assert all(0 <= r["eval_rewards/accuracies"] <= 1 for r in logs if "eval_loss" in r)
+    assert not any(k.endswith(("runtime", "per_second")) for r in logs for k in r)
+    assert [s for s, m in tracker.logged if "eval/loss" in m] == scored
