@@ -22,7 +22,7 @@ from .distributed import shutdown
 from .machine import hardware
 from .pipeline import Pipeline
 from .rundir import RunDirMismatch
-from .presets import PRESETS, SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS
+from .presets import PRESETS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS, axes_flags
 from .reward import RewardError, load_judge, load_reward, load_topic_judge
 from .timing import log_command
 
@@ -129,6 +129,8 @@ def _sweep_flags(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--betas", default=None, help=f"betas (default {_csv(SWEEP_BETAS)})")
     g.add_argument("--seeds", default=None, help=f"seeds (default {_csv(SWEEP_SEEDS)})")
     g.add_argument("--alphas", default=None, help=f"alphas of loss=alpha (default {_csv(SWEEP_ALPHAS)})")
+    g.add_argument("--best-of-n", default=None, help=f"best-of-N's N values, from max(N) start samples per "
+                                                     f"prompt (default {_csv(SWEEP_BEST_OF_N)})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,10 +234,14 @@ def sweep_grid(args) -> dict:
             raise ConfigError(f"--{name}={text!r} is not a comma-separated list of {kind.__name__}s") from None
 
     get = lambda name: getattr(args, name, None)  # noqa: E731  (only `sweep` has these flags)
-    return {"losses": parse(get("losses"), str, SWEEP_LOSSES, "losses"),
+    grid = {"losses": parse(get("losses"), str, SWEEP_LOSSES, "losses"),
             "betas": parse(get("betas"), float, SWEEP_BETAS, "betas"),
             "seeds": parse(get("seeds"), int, SWEEP_SEEDS, "seeds"),
-            "alphas": parse(get("alphas"), float, SWEEP_ALPHAS, "alphas")}
+            "alphas": parse(get("alphas"), float, SWEEP_ALPHAS, "alphas"),
+            "best_of_n": parse(get("best_of_n"), int, SWEEP_BEST_OF_N, "best-of-n")}
+    if min(grid["best_of_n"]) < 1:
+        raise ConfigError(f"--best-of-n={get('best_of_n')!r}: each N must be >= 1 (e.g. --best-of-n 1,2,4,8,16,32,64)")
+    return grid
 
 
 def fields_text(sections: list[str] | None = None) -> str:
@@ -260,8 +266,7 @@ def config_yaml(cfg, args, grid: dict) -> str:
     lines = [f"# {PROG} {args.stage}: resolved config ({sources})",
              yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False).rstrip()]
     if args.stage == "sweep":
-        lines.append("# sweep axes: " + " ".join(f"--{k} {','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}"
-                                                 for k, vs in grid.items()))
+        lines.append("# sweep axes: " + axes_flags(grid))
     return "\n".join(lines)
 
 
@@ -321,10 +326,10 @@ def run_stage(args, cfg, grid: dict) -> int:
     if args.stage != "sft":  # the SFT start policy and the offline heads (built once, announced); scorers to score
         pipe.prepare(load_scorers=args.stage in ("score", "eval", "run", "lr-lesson", "sweep"))
     actions = {
-        "prompts": lambda: {k: len(v) for k, v in pipe.prompts().items()},
-        "sample": lambda: {"samples": len(pipe.samples())},
-        "score": lambda: {"rewards": len(pipe.rewards())},
-        "pairs": lambda: pipe.pairs()[1],
+        "prompts": lambda: {k: len(v) for k, v in pipe.data.prompts().items()},
+        "sample": lambda: {"samples": len(pipe.data.samples())},
+        "score": lambda: {"rewards": len(pipe.data.rewards())},
+        "pairs": lambda: pipe.data.pairs()[1],
         "train": lambda: {"policy": str(pipe.train().dir)},
         "eval": lambda: [pipe.evaluate().metrics] + [pipe.evaluate(p).metrics for p in pipe.policies()],
         "run": lambda: experiments.level1(pipe),

@@ -13,11 +13,12 @@ from . import plots
 from .alarm import assess
 from .design import level1_design
 from .io import read_json, write_json
+from .config import ConfigError
 from .metrics import content_of
 from .evaluate import Evaluation, pooled
 from .pipeline import Pipeline
 from .rundir import START, Policy, RunPaths
-from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
+from .presets import SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import example_records
 from .stats import SharedBootstrap, compare_to_start, versus_start, with_holm
 from .train import held_out_prompts
@@ -27,10 +28,10 @@ ORIGINAL_LR = 1e-3  # the original notebook's learning rate, shown next to the p
 
 
 def experiment(fn):
-    """An experiment `fn(pipe, ...)` whose wandb runs are grouped under its name (`Pipeline.grouped`)."""
+    """An experiment `fn(pipe, ...)` whose wandb runs are grouped under its name (`RunTrackers.grouped`)."""
     @functools.wraps(fn)
     def grouped(pipe: Pipeline, *args, **kwargs):
-        with pipe.grouped(fn.__name__):
+        with pipe.trackers.grouped(fn.__name__):
             return fn(pipe, *args, **kwargs)
     return grouped
 
@@ -68,7 +69,7 @@ def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
 
 def level1_train(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES,
                  seeds: tuple[int, ...] | None = None) -> dict[str, list[Policy]]:
-    """Level 1's training step: one policy per loss and seed, each on its seed's pairs (`Pipeline.draw_of`),
+    """Level 1's training step: one policy per loss and seed, each on its seed's pairs (`DataStages.draw_of`),
     {loss: [policy per seed]} (each cached: `level1` after this trains nothing). Needs `pipe.prepare()` first."""
     seeds = seeds or level1_seeds(pipe.cfg)
     return {loss: [pipe.train(loss=loss, seed=s) for s in seeds] for loss in losses}
@@ -91,8 +92,8 @@ def training_summary(logs: dict[str, list[dict]]) -> dict[str, dict]:
 def pair_summary(pipe: Pipeline, seeds: tuple[int, ...]) -> tuple[list[dict], dict]:
     """Every pair the seeds train or hold out (each draw once), and their statistics: the first
     draw's strategy and settings, pairs and held-out pairs per draw, each draw's own statistics."""
-    draws = {pipe.draw_of(s): s for s in seeds}  # one entry for a shared draw
-    sets = {d: pipe.pairs(s) for d, s in draws.items()}
+    draws = {pipe.data.draw_of(s): s for s in seeds}  # one entry for a shared draw
+    sets = {d: pipe.data.pairs(s) for d, s in draws.items()}
     pairs = [p for ps, _ in sets.values() for p in ps]
     first = next(iter(sets.values()))[1]
     held_ids = [held_out_prompts(ps, pipe.cfg.pairs.held_out) for ps, _ in sets.values()]
@@ -122,8 +123,8 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     for s in seeds:  # each seed's draw (data.per_seed; else one shared draw): prompts, samples, rewards, pairs
         if not pipe.cfg.pairs.source:  # own pairs (pairs.source) are read, not built from scored samples
-            pipe.samples(s)
-            pipe.rewards(s)
+            pipe.data.samples(s)
+            pipe.data.rewards(s)
     pairs, pair_stats = pair_summary(pipe, seeds)
     policies = level1_train(pipe, losses, seeds)
     starts = [pipe.evaluate(seed=s) for s in seeds]
@@ -197,19 +198,22 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
 
 @experiment
 def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[float, ...] = SWEEP_BETAS,
-          seeds: tuple[int, ...] = SWEEP_SEEDS, alphas: tuple[float, ...] = SWEEP_ALPHAS) -> dict:
+          seeds: tuple[int, ...] = SWEEP_SEEDS, alphas: tuple[float, ...] = SWEEP_ALPHAS,
+          best_of_n: tuple[int, ...] = SWEEP_BEST_OF_N) -> dict:
     """Frontiers: every (divergence, β, seed) trained on its seed's pairs and evaluated with its
     seed's draws; per (divergence, β) one point pooling its seeds; per divergence a curve from the
-    start policy (β -> ∞) through its β values; the best-of-N curve from the start policy's own 16
-    samples per prompt; every pair of curves compared at matched KL (paired bootstrap over seeds and
-    prompts, Holm), each point's gain over the start (seeds pooled, Holm over the points) and its
-    reward-hacking alarm (`alarm.assess`).
+    start policy (β -> ∞) through its β values; the best-of-N curve (N in `best_of_n`) from the start
+    policy's own max(N) samples per prompt; every pair of curves compared at matched KL (paired
+    bootstrap over seeds and prompts, Holm), each point's gain over the start (seeds pooled, Holm over
+    the points) and its reward-hacking alarm (`alarm.assess`).
     Writes sweep.json (data only: `report.sweep_lines` / `verdict_lines` / `alarm_lines` say it in words),
     the frontier plots, and returns the same dict."""
+    if not best_of_n or min(best_of_n) < 1:
+        raise ConfigError(f"sweep: best_of_n={best_of_n!r} needs N values >= 1 (e.g. --best-of-n 1,2,4,8,16,32,64)")
     t0, n_boot0 = time.time(), pipe.cfg.eval.n_boot
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
-    bon = pooled("best-of-N", [pipe.evaluate(seed=s, n_samples=max(F.BON_NS)) for s in seeds], n_boot0, measure=False)
+    bon = pooled("best-of-N", [pipe.evaluate(seed=s, n_samples=max(best_of_n)) for s in seeds], n_boot0, measure=False)
     runs, points, seed_evals = [], {}, {}
     for loss in losses:
         for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,)):
@@ -231,7 +235,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
         boot = SharedBootstrap([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
         curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
         grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
-        with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields)}
+        with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields, tuple(sorted(set(best_of_n))))}
         comparisons = F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy"))  # per-pair KL values
         gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
                             **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
@@ -243,7 +247,8 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     result = {"runs": runs, "points": table, "gains": gains, "alarm": alarm, "start": start.metrics, "matched_kl": grid,
               "comparisons": comparisons, "n_boot": n_boot,
               "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
-              "grid": {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas)},
+              "grid": {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas),
+                       "best_of_n": list(best_of_n)},
               "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files]}
     if pipe.dist.main:
         write_json(P.result("sweep"), result)
@@ -279,7 +284,7 @@ def _point_alarms(seed_evals: dict[str, list[Evaluation]], start: Evaluation, n_
 def _log_summary(pipe: Pipeline, name: str, tables: dict[str, list[dict]], images: list[Path]) -> None:
     """The experiment's results run (job type results): each of `tables` as `<name>/<key>` (one
     column per scalar field) and its plots (no-op when tracking is off)."""
-    tr = pipe.tracker(name, "results")
+    tr = pipe.trackers(name, "results")
     try:
         for key, rows in tables.items():
             cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float, str, bool))})

@@ -17,9 +17,10 @@ from itertools import combinations
 
 import numpy as np
 
+from .presets import SWEEP_BEST_OF_N
 from .stats import SharedBootstrap, bootstrap_p, holm, summary, verdict
 
-BON_NS = (1, 2, 4, 8, 16)
+BON_NS = SWEEP_BEST_OF_N  # the N values of the best-of-N curve (those <= the samples per prompt)
 BON = "best-of-N"
 START_LABEL = "start"
 LABEL_NOTES = {"chi2": "chi2 (outside f-DPO: heuristic)"}  # f′(0) finite: Z(x) does not cancel

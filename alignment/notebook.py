@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .io import atomic_open
-from .presets import SWEEP_ALPHAS, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS
+from .presets import axes_flags
 from .report import GAIN_COLS, markdown_table, results_rows, trained_rows
 
 
@@ -137,14 +137,10 @@ def scorer_lines(scorers) -> list[str]:
     return lines
 
 
-SWEEP_AXES = {"losses": SWEEP_LOSSES, "betas": SWEEP_BETAS, "seeds": SWEEP_SEEDS, "alphas": SWEEP_ALPHAS}
-
-
 def sweep_hint(run_dir, preset: str, overrides: dict, grid: dict) -> str:
     """What to run when a sweep's result is missing: `make sweep` for the `sweep` preset in
     runs/sweep, else the same sweep on the command line; or RUN_SWEEP = True. `grid`: its axes."""
-    axes = " ".join(f"--{k} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vs)
-                    for k, vs in grid.items() if tuple(vs) != tuple(SWEEP_AXES[k]))
+    axes = axes_flags(grid, changed_only=True)
     where = shown_path(run_dir)
     if preset == "sweep" and where == "runs/sweep" and not overrides:
         cmd = "make sweep" + (f' ARGS="{axes}"' if axes else "")

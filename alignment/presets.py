@@ -43,6 +43,18 @@ PRESETS: dict[str, dict] = {
 # and ipo stay available as Level-3 extras (`--losses`).
 SWEEP_LOSSES = ("reverse_kl", "forward_kl", "js", "alpha")
 SWEEP_BETAS, SWEEP_SEEDS, SWEEP_ALPHAS = (0.03, 0.1, 0.3, 1.0), (0, 1, 2), (0.3, 0.5, 0.7)
+# Best-of-N's N values, from max(N) start samples per evaluation prompt: N = 64 reaches KL ≈ 3.2 nats, about
+# where the divergence curves end at β = 0.1 at the sweep preset's size, so they overlap best-of-N at matched KL.
+SWEEP_BEST_OF_N = (1, 2, 4, 8, 16, 32, 64)
+SWEEP_AXES = {"losses": SWEEP_LOSSES, "betas": SWEEP_BETAS, "seeds": SWEEP_SEEDS, "alphas": SWEEP_ALPHAS,
+              "best_of_n": SWEEP_BEST_OF_N}
+
+
+def axes_flags(grid: dict, changed_only: bool = False) -> str:
+    """The sweep's axes as command-line flags: `--betas 0.1,1 --best-of-n 1,2,4` (only those that
+    differ from `SWEEP_AXES` when `changed_only`)."""
+    return " ".join(f"--{k.replace('_', '-')} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vs)
+                    for k, vs in grid.items() if not (changed_only and tuple(vs) == tuple(SWEEP_AXES.get(k, ()))))
 
 # The sweep's training settings (LoRA adapters, their lr, bf16 where native): what the `sweep` preset
 # adds to the default. A sweep at another size keeps them, so it saves adapters of MBs instead of one

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from . import assets, console, report
+from . import frontier as F
 from .config import load_config
 from .io import read_json, write_json
 from .reward import FT_JUDGE_DIR, HEADS, head_dir
@@ -163,7 +164,7 @@ def _sweep_section(r: dict) -> list[str]:
     return head + ["![Reward against KL](results/frontier_reward_vs_kl.png)", "",
                    "![Judge against KL](results/frontier_judge_vs_kl.png)", "",
                    report.markdown_table(report.frontier_rows(sweep["points"])), "", *_alarm(sweep),
-                   *report.sweep_lines(sweep), "", *cost_lines(r.get("sweep.timings", []))]
+                   *report.sweep_lines(sweep), "", *cost_lines(r.get("sweep.timings", [])), ""]
 
 
 SCORER_NAMES = {"reward": "reward (offline, MiniLM head)", "judge": "linear-head judge (offline)",
@@ -229,17 +230,68 @@ def render(r: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _short_setup(cfg: dict, level1: dict) -> str:
+    d, e = cfg["data"], cfg["eval"]
+    return (f"Level 1 on the offline default models: {len(level1['seeds'])} seeds (each its own training prompts, "
+            f"pairs and run), {d['n_eval_prompts']} held-out prompts × {e['n_samples']} samples per model, "
+            f"judge `{e['judge']}`; 95 % CIs over seeds × prompts ([setup]({DOC})).")
+
+
+def _gain_brief(row: dict) -> str:
+    """`model` over SFT: reward +x (95% CI lo .. hi), judge +y (...); 'not distinguishable from 0' where so."""
+    def part(name, v, lo, hi, sig):
+        return f"{name} {v:+.3f} (95% CI {lo:+.3f} .. {hi:+.3f})" + ("" if sig else ", not distinguishable from 0")
+
+    out = [part("reward", row["reward_gain"], row["gain_ci_lo"], row["gain_ci_hi"], report.excludes_zero(row))]
+    if "judge_gain" in row:
+        out.append(part("judge", row["judge_gain"], row["judge_gain_ci_lo"], row["judge_gain_ci_hi"],
+                        report.judge_excludes_zero(row)))
+    return f"`{row['model']}` over SFT: " + ", ".join(out)
+
+
+def _alarm_brief(records: list[dict]) -> str:
+    """'none for a, b' or 'a: reward outruns the judge, ...' (the flags' short names) for one table."""
+    flagged = [a for a in records if a["flags"]]
+    clean = [a["model"] for a in records if not a["flags"]]
+    parts = ([f"none for {', '.join(f'`{m}`' for m in clean)}"] if clean else []) + [
+        f"`{a['model']}`: " + ", ".join(report.ALARM_NAMES.get(f, f) for f in a["flags"]) for a in flagged]
+    return "; ".join(parts)
+
+
+def _frontier_brief(sweep: dict) -> str:
+    """How best-of-N and the f-DPO curves compare at matched KL, counted from the comparisons."""
+    bon, counts = F.BON, []
+    for field in ("reward", "judge"):
+        rows = [c for c in sweep["comparisons"] if c["field"] == field and bon in (c["a"], c["b"])]
+        above = {c["a"] if c["b"] == bon else c["b"] for c in rows
+                 if (c["verdict"] == "lower") == (c["b"] == bon) and c["verdict"] != report.NOT_DISTINGUISHABLE}
+        counts.append(f"{len(above)} of {len({c['a'] if c['b'] == bon else c['b'] for c in rows})}")
+    n_div = len({p["label"] for p in sweep["points"]}) - 1
+    n_max = max((p["n"] for p in sweep["points"] if p["label"] == bon), default=0)
+    among = [c for c in sweep["comparisons"] if c["field"] in ("reward", "judge") and bon not in (c["a"], c["b"])]
+    sig = sum(c["verdict"] != report.NOT_DISTINGUISHABLE for c in among)
+    return (f"Levels 2/3 ({n_div} f-DPO divergences along β, seeds pooled; best-of-N from the start policy, N ≤ "
+            f"{n_max}): at matched KL, best-of-N is above {counts[0]} divergence curves on the reward and {counts[1]} "
+            f"on the judge; among the divergences {sig} of {len(among)} reward and judge comparisons are "
+            "distinguishable (Holm; a pair is compared where both curves reach the KL in 99 % of the bootstrap draws).")
+
+
 def headline(r: dict) -> str:
-    """The README's results block: the Level 1 table's main columns and each loss's gain, linked to
-    RESULTS.md."""
+    """The README's results block: Level 1's main columns, each loss's gains, the reward-hacking alarm
+    (with the lr lesson's), the frontiers in one sentence; linked to RESULTS.md."""
     level1, cfg = r["level1"], r["level1.config"]
-    cols = ["model", "reward", "judge", "on_topic", "KL", "ref_ppl"]
+    cols = ["model", "reward", "judge", "KL", "ref_ppl"]
     rows = [{c: row.get(c) for c in cols} for row in report.ci_rows(level1["rows"])]
-    return "\n".join([MARKS[0], _setup(cfg, level1), "", report.markdown_table(rows, cols), "",
-                      *[f"- {report.gain_line(row)}" for row in report.trained_rows(level1["rows"])], "",
-                      *_alarm(level1),
-                      f"Everything else (power, seeds, the losses against each other, examples, the learning rate, "
-                      f"the frontiers, the scorers, wall times): [{DOC}]({DOC}).", MARKS[1]])
+    for row in rows:  # KL and perplexity without their CIs (RESULTS.md has them)
+        row.update({c: row[c].split(" (")[0] for c in ("KL", "ref_ppl") if row.get(c)})
+    lr = [{**a, "model": f"{a['model'].split('-')[0]} at lr {a['lr']:g}"} for a in r.get("lr_lesson", {}).get("alarm", [])]
+    alarm = _alarm_brief(level1.get("alarm", []) + lr)
+    return "\n".join([MARKS[0], _short_setup(cfg, level1), "", report.markdown_table(rows, cols), "",
+                      *[f"- {_gain_brief(row)}" for row in report.trained_rows(level1["rows"])],
+                      f"- Reward-hacking alarm: {alarm}.",
+                      *([f"- {_frontier_brief(r['sweep'])}"] if r.get("sweep", {}).get("comparisons") else []), "",
+                      f"Everything else (power, seeds, the losses against each other, examples, the frontiers, the "
+                      f"scorers, wall times): [{DOC}]({DOC}).", MARKS[1]])
 
 
 def write(root: str | Path = ".") -> list[Path]:

@@ -152,7 +152,7 @@ def gain_line(r: dict) -> str:
     word = "distinguishable from 0" if excludes_zero(r) else "not distinguishable from 0 at this size"
     line = f"{r['model']}: reward gain vs SFT {fmt_gain(r)}{holm} -> {word}"
     if "judge_gain" in r:
-        jv = "distinguishable from 0" if _judge_excludes_zero(r) else "not distinguishable from 0"
+        jv = "distinguishable from 0" if judge_excludes_zero(r) else "not distinguishable from 0"
         line += (f"; judge gain {r['judge_gain']:+.3f} (95% CI {r['judge_gain_ci_lo']:+.3f} .. "
                  f"{r['judge_gain_ci_hi']:+.3f}) -> {jv}")
     if "on_topic_gain" in r:
@@ -160,7 +160,8 @@ def gain_line(r: dict) -> str:
     return line
 
 
-def _judge_excludes_zero(r: dict) -> bool:
+def judge_excludes_zero(r: dict) -> bool:
+    """`excludes_zero` for a row's judge gain."""
     return excludes_zero({"gain_ci_lo": r["judge_gain_ci_lo"], "gain_ci_hi": r["judge_gain_ci_hi"],
                           **({"gain_p_holm": r["judge_gain_p_holm"]} if "judge_gain_p_holm" in r else {})})
 
@@ -317,7 +318,7 @@ def _judge_lines(rows: list[dict], sft: dict, trained: list[dict]) -> list[str]:
         lines.append("**Independent judge** (never used in training): " + "; ".join(
             f"`{r['model']}` judge gain {r['judge_gain']:+.3f} (95% CI {r['judge_gain_ci_lo']:+.3f} .. "
             f"{r['judge_gain_ci_hi']:+.3f}) — "
-            f"{'distinguishable from 0' if _judge_excludes_zero(r) else 'not distinguishable from 0 at this size'}"
+            f"{'distinguishable from 0' if judge_excludes_zero(r) else 'not distinguishable from 0 at this size'}"
             for r in trained) + ".")
     if sft.get("eval/on_topic") is not None:
         human = next((r for r in rows if r["model"] == "human"), None)
@@ -334,10 +335,10 @@ def sweep_lines(sweep: dict) -> list[str]:
     """The sweep's conclusions, generated: its size, the matched-KL grid, and per metric how many
     pairwise comparisons are higher/lower or not distinguishable, with the distinguishable ones."""
     g, runs = sweep["grid"], sweep["runs"]
+    bon = f", best-of-N N {g['best_of_n']}" if g.get("best_of_n") else ""
     lines = [f"**Frontiers** ({len(runs)} runs: {len(g['losses'])} divergence families, β {g['betas']}, "
-             f"seeds {g['seeds']}, α {g['alphas']}; this call {sweep['wall_minutes']:.1f} min, cached runs reused): each point "
-             "pools its seeds; "
-             f"curves are compared at matched KL, never at one shared β."]
+             f"seeds {g['seeds']}, α {g['alphas']}{bon}; this call {sweep['wall_minutes']:.1f} min, cached runs reused): "
+             "each point pools its seeds; curves are compared at matched KL, never at one shared β."]
     gains = sweep.get("gains", [])
     if gains:
         sig = [g for g in gains if verdict(g["gain_ci_lo"], g["gain_ci_hi"], g.get("gain_p_holm", 1.0)) == "higher"]
@@ -400,6 +401,10 @@ def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | N
 
 
 # ---- the reward-hacking alarm -------------------------------------------------------------------
+ALARM_NAMES = {"reward_outruns_judge": "reward outruns the judge", "ref_ppl_up": "reference perplexity up",
+               "off_topic": "on-topic rate down", "entropy_collapse": "token entropy collapses"}  # alarm.FLAGS
+
+
 def alarm_reason(flag: str, a: dict) -> str:
     """The short reason for one flag of an alarm record (`alarm.assess`), from its numbers."""
     if flag == "reward_outruns_judge":

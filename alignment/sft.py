@@ -184,7 +184,7 @@ def run_sft(cfg: Config, make_tracker=None) -> dict:
 
     Cached: a finished `<out>` with the same sft+data config returns its metrics untouched.
     Resumable: an interrupted run continues from the last checkpoint in its temp dir.
-    `make_tracker(name, job_type)` gives the tracker (`Pipeline.tracker`); none = no tracking.
+    `make_tracker(name, job_type)` gives the tracker (`RunTrackers.make`); none = no tracking.
     """
     out, deps = sft_out_dir(cfg), sft_deps(cfg)
     where = f"models/{out.name} in the asset cache" if out.parent == cache_root() / "models" else out  # no home path

@@ -11,6 +11,8 @@ wandb's scatter and parallel-coordinates panels can plot reward against KL over 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from . import optional
@@ -83,6 +85,44 @@ def make_tracker(cfg, name: str, run_dir: str, group: str | None = None, job_typ
         return NullTracker()
     return WandbTracker(cfg.to_dict() if config is None else config, cfg.track.mode, cfg.track.project, name,
                         run_dir, group, job_type)
+
+
+class RunTrackers:
+    """The wandb runs of one run dir: `<prefix>-<name>`, grouped under `<prefix>-<experiment>` inside
+    `grouped(experiment)` (`<prefix>` alone outside one), where `<prefix>` is track.run_name or the run
+    dir's name. `main`: whether this process is rank 0 (the other ranks get no-op trackers)."""
+
+    def __init__(self, cfg, run_dir, main: bool = True):
+        self.cfg, self.run_dir, self.main = cfg, run_dir, main
+        self.experiment: str | None = None  # the experiment whose runs are being made; None outside one
+
+    def __call__(self, name: str, job_type: str | None = None, config: dict | None = None):
+        """The tracker of one wandb run (rank 0's; a no-op on the other ranks); `config` defaults to the
+        whole Config."""
+        return self.make(name, job_type, config) if self.main else NullTracker()
+
+    def make(self, name: str, job_type: str | None = None, config: dict | None = None):
+        """As calling it, on any rank (a stage built by whichever rank takes its cache's lock: the SFT)."""
+        prefix = self.cfg.track.run_name or Path(self.run_dir).name
+        group = f"{prefix}-{self.experiment}" if self.experiment else prefix
+        return make_tracker(self.cfg, f"{prefix}-{name}", str(self.run_dir), group, job_type, config)
+
+    @contextmanager
+    def grouped(self, experiment: str):
+        """Inside, the wandb runs made through these trackers are grouped under `experiment`."""
+        outer, self.experiment = self.experiment, experiment
+        try:
+            yield
+        finally:
+            self.experiment = outer
+
+    def evaluation(self, name: str, metrics: dict, scored: list[dict], dpo: dict | None = None, **top) -> None:
+        """One wandb run `eval-<name>` per evaluation (job type eval): its metrics and CIs in the summary,
+        its first samples as a table (`log_evaluation`); its config carries the policy's dpo settings
+        (`dpo`, none for the start policy and the human row) and `top` at the top level."""
+        config = {k: v for k, v in self.cfg.to_dict().items() if k != "dpo" or dpo is not None}
+        log_evaluation(self(f"eval-{name}", "eval", run_config(config, dpo, model=metrics["model"], **top)),
+                       metrics, scored)
 
 
 def tracked(rec: dict) -> dict:

@@ -44,7 +44,7 @@ KEYS = ("eval/reward_mean", "eval/judge_mean", "eval/on_topic", "eval/kl_to_ref"
 def _evaluate(pipe: Pipeline, policy: Policy | None, dtype: torch.dtype, out: Path) -> list[dict]:
     m = pipe.models
     model, ref = (m.ref_model, None) if policy is None else (m.load_trained(policy.dir), m.ref_model)
-    evaluate_model(policy.name if policy else "sft", model, ref, m.tokenizer, m.scorers, pipe.prompts()["eval"],
+    evaluate_model(policy.name if policy else "sft", model, ref, m.tokenizer, m.scorers, pipe.data.prompts()["eval"],
                    pipe.cfg, m.stop_ids, out, sample_dtype=dtype, seed=0)
     return read_jsonl(out / "scored.jsonl")
 
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         f"`python -m benchmarks.sampling_dtype --run-dir {args.run_dir} --policy {args.policy}` — "
         f"{(time.time() - t0) / 60:.1f} min on {h['cpu']} (native bf16: {h['cpu_native_bf16']}), "
         f"{h['cpu_cores']} cores, torch {h['torch']}, {h['date']}.", "",
-        f"Same held-out prompts ({len(pipe.prompts()['eval'])}), same evaluation seed (0), {pipe.cfg.eval.n_samples} "
+        f"Same held-out prompts ({len(pipe.data.prompts()['eval'])}), same evaluation seed (0), {pipe.cfg.eval.n_samples} "
         "samples per prompt; the reference scores in fp32 both times; KL and predictive entropy are on-policy "
         "(the sampler's own log-probs).", "",
         markdown_table(rows), "",

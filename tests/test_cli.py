@@ -15,7 +15,7 @@ from alignment.io import stable_hash
 from alignment.presets import PRESETS, SWEEP_BETAS
 from alignment.sft import sft_deps
 
-SWEEP_FLAGS = ("--losses", "--betas", "--seeds", "--alphas")
+SWEEP_FLAGS = ("--losses", "--betas", "--seeds", "--alphas", "--best-of-n")
 COMMON_FLAGS = ("--preset", "--config", "--set", "--print-config")
 
 
@@ -108,8 +108,10 @@ def test_a_flag_of_another_stage_names_that_stage(capsys, nothing_runs, stage, a
 def test_sweep_flags_reach_the_sweep(monkeypatch):
     seen = {}
     monkeypatch.setattr(cli, "run_stage", lambda args, cfg, grid: seen.update(grid=grid) or 0)
-    assert cli.main(["sweep", "--betas", "0.1,1", "--losses", "hinge", "--set", "track.mode=disabled"]) == 0
+    assert cli.main(["sweep", "--betas", "0.1,1", "--losses", "hinge", "--best-of-n", "1,8",
+                     "--set", "track.mode=disabled"]) == 0
     assert seen["grid"]["betas"] == (0.1, 1.0) and seen["grid"]["losses"] == ("hinge",)
+    assert seen["grid"]["best_of_n"] == (1, 8) and seen["grid"]["seeds"] == (0, 1, 2)
 
 
 def test_an_unknown_flag_is_still_unrecognized(capsys, nothing_runs):
@@ -194,6 +196,12 @@ def test_no_close_field_points_to_the_listing():
 
 def test_a_misspelt_set_on_the_command_line(capsys, nothing_runs):
     assert fails(capsys, "run", "--set", "dpo.bta=0.1") == "config error: unknown field dpo.bta; did you mean dpo.beta?\n"
+
+
+def test_a_bad_best_of_n_fails_before_anything_runs(capsys, nothing_runs):
+    assert fails(capsys, "sweep", "--best-of-n", "0,4") == ("config error: --best-of-n='0,4': each N must be >= 1 "
+                                                           "(e.g. --best-of-n 1,2,4,8,16,32,64)\n")
+    assert "--best-of-n='4,x' is not a comma-separated list of ints" in fails(capsys, "sweep", "--best-of-n", "4,x")
 
 
 @pytest.mark.parametrize("text,guess", [("dop:\n  beta: 0.1\n", "dop.beta; did you mean dpo.beta?"),

@@ -70,7 +70,7 @@ def real_run(tmp_path_factory, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
     pipe.train(lora_r=2)  # the LoRA fields are read when LoRA is on (SFT above runs with it)
     pipe.sft()
     cfg.track.mode = "offline"  # the tracker reads project/run_name only when it is on
-    pipe.tracker("probe").finish()
+    pipe.trackers("probe").finish()
     metas = [read_json(m)["deps"] for m in tmp.rglob("*.meta.json")]
     return set(_Reads.fields), metas
 

@@ -228,7 +228,7 @@ def test_killed_two_process_sampling_resumes_to_the_one_process_samples(tmp_path
     from alignment.pipeline import Pipeline
 
     files = (tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
-    want = Pipeline(load_config(overrides=overrides(tmp_path / "one", *files))).samples()
+    want = Pipeline(load_config(overrides=overrides(tmp_path / "one", *files))).data.samples()
     run = tmp_path / "two"
     args = ["-m", "alignment", "sample", "--set", *(f"{k}={v}" for k, v in overrides(run, *files).items())]
     shards = _kill_launch_mid_sampling(run, args)
@@ -271,7 +271,7 @@ def test_a_rank0_only_build_may_not_call_a_stage(tmp_path, monkeypatch):
 
 def test_one_process_resumes_a_killed_launch_keeping_its_batches(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
                                                                  reviews_csv, monkeypatch):
-    """The same kill, then `Pipeline.samples()` in one process: it samples only the batches no shard
+    """The same kill, then `Pipeline.data.samples()` in one process: it samples only the batches no shard
     holds, and the merged samples equal an uninterrupted one-process run's."""
     sys.path.insert(0, str(Path(__file__).parent))
     from test_reliability import overrides
@@ -281,7 +281,7 @@ def test_one_process_resumes_a_killed_launch_keeping_its_batches(tmp_path, tiny_
     from alignment.pipeline import Pipeline
 
     files = (tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
-    want = Pipeline(load_config(overrides=overrides(tmp_path / "one", *files))).samples()
+    want = Pipeline(load_config(overrides=overrides(tmp_path / "one", *files))).data.samples()
     run = tmp_path / "two"
     args = ["-m", "alignment", "sample", "--set", *(f"{k}={v}" for k, v in overrides(run, *files).items())]
     kept = {r["prompt_id"] for p in _kill_launch_mid_sampling(run, args) for r in read_jsonl(p)}
@@ -292,7 +292,7 @@ def test_one_process_resumes_a_killed_launch_keeping_its_batches(tmp_path, tiny_
         return inner(model, tokenizer, prompts, *a, **kw)
 
     monkeypatch.setattr(sampling, "sample_records", spy)
-    got = Pipeline(load_config(overrides=overrides(run, *files))).samples()
+    got = Pipeline(load_config(overrides=overrides(run, *files))).data.samples()
     assert drawn and not kept & set(drawn), "the killed launch's batches are kept, not drawn again"
     assert _canon(got) == _canon(want)
     assert not list(run.rglob("*.rank*of*"))

@@ -152,7 +152,7 @@ def test_bon_curve_from_start_samples():
     start = [{"prompt_id": p, "reward": float(i), "judge": float(-i), "seed_index": 0, "pred_entropy": 3.0,
               "logp": -10.0 - 0.01 * i, "ref_logp": -10.0} for p in ("a", "b") for i in range(16)]
     curve = F.bon_curve(start, boot, ("reward", "judge", "pred_entropy"))
-    assert [p["n"] for p in curve] == list(F.BON_NS)
+    assert [p["n"] for p in curve] == [1, 2, 4, 8, 16]  # the default N values up to the 16 samples per prompt
     assert curve[0]["reward"][0] == pytest.approx(7.5) and curve[-1]["reward"][0] == pytest.approx(15.0)
     assert curve[-1]["judge"][0] == pytest.approx(-15.0) and "pred_entropy" not in curve[0]
     # KL to the reference = bon_kl + the chosen sample's own log q - log p (here -0.01 * its rank)
@@ -170,8 +170,8 @@ def test_family_labels():
 
 def test_per_pair_kl_values_reach_best_of_n():
     """grid=None: each pair is compared inside the overlap of its own trained ranges, so a
-    best-of-N curve (KL <= 1.84) is compared with a divergence curve reaching 1..5 nats at KL
-    values in [1, 1.84], and two curves that do not overlap are not compared at all."""
+    best-of-N curve (N <= 16: KL <= 1.82) is compared with a divergence curve reaching 1..5 nats at KL
+    values in [1, 1.82], and two curves that do not overlap are not compared at all."""
     boot = SharedBootstrap(["a", "b"], n_boot=200)
     start = _recs({"a": [(0.0, 0.0)], "b": [(0.0, 0.1)]})
     pts = {"pol@1.0": _recs({"a": [(1.0, 0.2)], "b": [(1.0, 0.3)]}),
@@ -180,7 +180,7 @@ def test_per_pair_kl_values_reach_best_of_n():
            "far@0.1": _recs({"a": [(9.0, 1.2)], "b": [(9.0, 1.3)]})}
     curves = F.curve_points(pts, start, boot, ("reward",))
     curves["bon"] = [{"n": n, "kl": np.full(201, F.bon_kl(n)), "reward": np.full(201, 0.1 + 0.2 * i)}
-                     for i, n in enumerate(F.BON_NS)]
+                     for i, n in enumerate((1, 2, 4, 8, 16))]
     rows = F.matched_kl_comparisons(curves, None, ("reward",))
     assert {(r["a"], r["b"]) for r in rows} == {("pol", "bon")}  # far overlaps neither
     assert len(rows) == 3 and all(1.0 <= r["kl"] <= F.bon_kl(16) for r in rows)

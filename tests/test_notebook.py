@@ -251,8 +251,8 @@ def test_sweep_at_any_size_trains_adapters_and_says_how_to_run_it(tmp_path, monk
     """The notebook's sweep: `make sweep` at the default size; at another size (hub: GPT-2) that preset
     with the sweep's LoRA settings, so 72 policies are adapters of MBs, not full models of ~0.5 GB."""
     from alignment.config import load_config
-    from alignment.notebook import SWEEP_AXES, sweep_hint
-    from alignment.presets import SWEEP_LORA, sweep_settings
+    from alignment.notebook import sweep_hint
+    from alignment.presets import SWEEP_AXES, SWEEP_LORA, sweep_settings
 
     monkeypatch.chdir(tmp_path)
     assert sweep_settings("default") == ("sweep", {})
@@ -269,9 +269,10 @@ def test_sweep_at_any_size_trains_adapters_and_says_how_to_run_it(tmp_path, monk
     assert sweep_result(scfg, run=False)["plots"] == ["runs/sweep/plots/frontier_a.png"]  # where they lie now
     hint = sweep_hint("runs/sweep", "sweep", {}, SWEEP_AXES)
     assert "`make sweep`" in hint and "RUN_SWEEP = True" in hint
-    hint = sweep_hint("runs/hub-sweep", "hub", over, {**SWEEP_AXES, "seeds": (0,), "betas": (0.1, 1.0)})
+    hint = sweep_hint("runs/hub-sweep", "hub", over, {**SWEEP_AXES, "seeds": (0,), "betas": (0.1, 1.0),
+                                                      "best_of_n": (1, 4)})
     assert ("`python -m alignment sweep --preset hub --set run_dir=runs/hub-sweep dpo.lora_r=16 dpo.lora_alpha=32.0 "
-            "dpo.lr=0.001 dpo.precision=auto --betas 0.1,1 --seeds 0`") in hint
+            "dpo.lr=0.001 dpo.precision=auto --betas 0.1,1 --seeds 0 --best-of-n 1,4`") in hint
 
 
 def test_sample_reward_histogram_is_written(tmp_path):

@@ -164,7 +164,7 @@ def test_a_bad_file_fails_before_any_model_loads(tmp_path, capsys):
 def test_no_training_samples_and_no_human_row_with_own_pairs(tmp_path):
     pipe = Pipeline(own_cfg(tmp_path, write_pairs(tmp_path / "p.jsonl", pair_rows())))
     with pytest.raises(ConfigError, match="gives the preference pairs, so no training samples are drawn"):
-        pipe.samples()
+        pipe.data.samples()
     with pytest.raises(ConfigError, match="set eval.human_row=false"):
         pipe.evaluate_human()
 
@@ -201,17 +201,17 @@ def test_a_changed_pairs_file_is_refused_in_the_same_run_dir(tmp_path, tiny_gpt2
     cfg = load_config(overrides=tiny_overrides(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, source))
     pipe = Pipeline(cfg)
     pipe.prepare(load_scorers=False)
-    pairs, _ = pipe.pairs()
+    pairs, _ = pipe.data.pairs()
     again = Pipeline(cfg)
     again.prepare(load_scorers=False)
-    assert again.pairs()[0] == pairs  # the same file: read back from the cache
+    assert again.data.pairs()[0] == pairs  # the same file: read back from the cache
     rows = pair_rows()
     rows[0]["chosen"] = " A different ending."
     write_pairs(Path(source), rows)
     changed = Pipeline(cfg)
     changed.prepare(load_scorers=False)
     with pytest.raises(RunDirMismatch, match=r"pairs.jsonl was made with a different config \(changed: pairs_source\)"):
-        changed.pairs()
+        changed.data.pairs()
 
 
 # ---- end to end ---------------------------------------------------------------------------------

@@ -134,15 +134,15 @@ def test_the_notebooks_training_step_leaves_level1_unchanged(tmp_path, tiny_gpt2
 
 def test_rerun_uses_cache_and_refuses_other_config(cfg, tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
     pipe = Pipeline(cfg)
-    pairs1, _ = pipe.pairs()
+    pairs1, _ = pipe.data.pairs()
     samples = pipe.paths.draw(0).samples
     mtime = samples.stat().st_mtime_ns
     pipe2 = Pipeline(cfg)
-    assert pipe2.pairs()[0] == pairs1
+    assert pipe2.data.pairs()[0] == pairs1
     assert samples.stat().st_mtime_ns == mtime
     other = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **{"sample.temperature": 0.7})
     with pytest.raises(RunDirMismatch, match="sample"):
-        Pipeline(other).samples()
+        Pipeline(other).data.samples()
 
 
 def test_an_evaluation_is_measured_once_and_read_back(cfg):
@@ -163,7 +163,7 @@ def test_same_seed_same_pairs_and_metrics(tmp_path, tiny_gpt2_dir, tiny_classifi
     out = []
     for name in ("a", "b"):
         pipe = Pipeline(tiny_cfg(tmp_path / name, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv))
-        out.append((pipe.pairs()[0], pipe.evaluate(pipe.train()).metrics))
+        out.append((pipe.data.pairs()[0], pipe.evaluate(pipe.train()).metrics))
     assert out[0][0] == out[1][0]
     m0, m1 = ({k: v for k, v in m.items() if k != "model"} for _, m in out)
     assert m0 == pytest.approx(m1, rel=1e-5, abs=1e-6)
@@ -186,15 +186,15 @@ def test_judge_never_enters_training(tmp_path, tiny_gpt2_dir, tiny_classifier_di
     args = (tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
     judge = shutil.copytree(tiny_classifier_dir, tmp_path / "judge")  # another classifier (not the reward itself)
     pipe = Pipeline(tiny_cfg(tmp_path / "a", *args, **{"eval.judge": "vader"}))
-    pairs, _ = pipe.pairs()
+    pairs, _ = pipe.data.pairs()
     ev = pipe.evaluate()
     stamp = pipe.paths.draw(0).pairs.stat().st_mtime_ns
     other = tiny_cfg(tmp_path / "a", *args, **{"eval.judge": str(judge)})
-    assert Pipeline(other).pairs()[0] == pairs and pipe.paths.draw(0).pairs.stat().st_mtime_ns == stamp
+    assert Pipeline(other).data.pairs()[0] == pairs and pipe.paths.draw(0).pairs.stat().st_mtime_ns == stamp
     with pytest.raises(RunDirMismatch):  # the evaluation does depend on the judge
         Pipeline(other).evaluate()
     pipe_b = Pipeline(tiny_cfg(tmp_path / "b", *args, **{"eval.judge": str(judge)}))
-    assert pipe_b.pairs()[0] == pairs
+    assert pipe_b.data.pairs()[0] == pairs
     ev_b = pipe_b.evaluate()
     assert [r["reward"] for r in ev_b.scored] == [r["reward"] for r in ev.scored]
     assert [r["judge"] for r in ev_b.scored] != [r["judge"] for r in ev.scored]
@@ -209,9 +209,9 @@ def test_level1_pools_seeds_that_vary_training_and_evaluation(tmp_path, tiny_gpt
                    **{"eval.n_seeds": 2, "eval.human_row": False, "eval.judge": "vader", "pairs.held_out": 0.34})
     pipe = Pipeline(cfg)
     res = experiments.level1(pipe, losses=("sigmoid",))
-    train = {s: [p["text"] for p in pipe.prompts(s)["train"]] for s in (0, 1)}
-    assert train[0] != train[1] and pipe.prompts(0)["eval"] == pipe.prompts(1)["eval"]  # own draws, one eval set
-    assert [p["chosen"] for p in pipe.pairs(0)[0]] != [p["chosen"] for p in pipe.pairs(1)[0]]
+    train = {s: [p["text"] for p in pipe.data.prompts(s)["train"]] for s in (0, 1)}
+    assert train[0] != train[1] and pipe.data.prompts(0)["eval"] == pipe.data.prompts(1)["eval"]  # own draws, one eval set
+    assert [p["chosen"] for p in pipe.data.pairs(0)[0]] != [p["chosen"] for p in pipe.data.pairs(1)[0]]
     log = read_jsonl(pipe.dir / "policies" / "sigmoid-b0.1-lr0.001-s1" / "train_log.jsonl")
     # floor(0.34 x 6) = 2 prompts held out: 4 pairs train in one step of 4, then the held-out pairs are scored
     assert len(log) == 1 and "eval_rewards/accuracies" in log[-1] and "eval_loss" in log[-1]
@@ -239,9 +239,9 @@ def test_seeds_share_one_draw_without_per_seed(tmp_path, tiny_gpt2_dir, tiny_cla
     """data.per_seed=false: every seed trains on the run dir's one draw (its files at the top)."""
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **{"data.per_seed": False})
     pipe = Pipeline(cfg)
-    assert pipe.draw_of(0) is None and pipe.draw_of(1) is None
-    assert pipe.pairs(0) == pipe.pairs(1) and pipe.paths.pairs.exists() and not (pipe.dir / "draws").exists()
-    assert [p["id"] for p in pipe.prompts()["train"]] == [f"train{i}" for i in range(6)]
+    assert pipe.data.draw_of(0) is None and pipe.data.draw_of(1) is None
+    assert pipe.data.pairs(0) == pipe.data.pairs(1) and pipe.paths.pairs.exists() and not (pipe.dir / "draws").exists()
+    assert [p["id"] for p in pipe.data.prompts()["train"]] == [f"train{i}" for i in range(6)]
 
 
 def test_sweep_traces_frontiers_with_best_of_n_and_matched_kl(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
@@ -252,7 +252,7 @@ def test_sweep_traces_frontiers_with_best_of_n_and_matched_kl(tmp_path, tiny_gpt
     cfg = tiny_cfg(tmp_path / "sw", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
                    **{"dpo.lora_r": 4, "dpo.lora_alpha": 8.0, "dpo.lr": 5e-3})
     pipe = Pipeline(cfg)
-    res = experiments.sweep(pipe, ("reverse_kl", "forward_kl"), (0.1, 1.0), (0, 1), (0.5,))
+    res = experiments.sweep(pipe, ("reverse_kl", "forward_kl"), (0.1, 1.0), (0, 1), (0.5,), (1, 2, 4, 8, 16))
     assert len(res["runs"]) == 8 and {r["seed"] for r in res["runs"]} == {0, 1}
     labels = [p["label"] for p in res["points"]]
     assert labels.count("reverse_kl") == 3 and labels.count("best-of-N") == 5  # start + 2 β; N = 1..16

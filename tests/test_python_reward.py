@@ -21,10 +21,10 @@ def test_a_python_reward_scores_the_samples_and_builds_the_pairs(tmp_path, tiny_
                    **{"eval.topic_judge": str(tiny_classifier_dir), "reward.batch_size": 2})
     pipe = Pipeline(cfg, reward=exclamations)
     pipe.prepare()
-    samples, rewards = pipe.samples(), pipe.rewards()
+    samples, rewards = pipe.data.samples(), pipe.data.rewards()
     texts = [s["prompt"] + s["completion"] for s in samples]  # reward.score_prompt=True
     assert torch.tensor(rewards).tolist() == pytest.approx(exclamations(texts).tolist())
-    pairs, stats = pipe.pairs()
+    pairs, stats = pipe.data.pairs()
     assert stats["n_pairs"] == len(pairs) > 0
     for p in pairs:  # best vs worst of each prompt, by the function's scores
         assert p["margin"] == pytest.approx(p["chosen_reward"] - p["rejected_reward"]) and p["margin"] >= 0

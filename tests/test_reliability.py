@@ -244,7 +244,7 @@ def test_interrupted_scoring_leaves_no_rewards_file(ref, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipe.models.reward, "score", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        pipe.rewards()
+        pipe.data.rewards()
     assert not (run / "rewards.json").exists()
     assert temp_files(run) == []
 
@@ -256,14 +256,14 @@ def test_interrupted_scoring_leaves_no_rewards_file(ref, tmp_path, monkeypatch):
             f.write(json.dumps(obj)[:7])
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("alignment.pipeline.write_json", torn_write_json)
+    monkeypatch.setattr("alignment.datastages.write_json", torn_write_json)
     with pytest.raises(KeyboardInterrupt):
-        Pipeline(cfg).rewards()
+        Pipeline(cfg).data.rewards()
     assert not (run / "rewards.json").exists()
     assert temp_files(run) == []
 
     monkeypatch.undo()
-    got = Pipeline(cfg).rewards()  # rerun: scores again instead of trusting a partial file
+    got = Pipeline(cfg).data.rewards()  # rerun: scores again instead of trusting a partial file
     assert got == want == read_json(run / "rewards.json")
     assert temp_files(run) == []
 
@@ -422,7 +422,7 @@ def test_empty_and_eos_only_completions(tiny_gpt2_dir, tiny_classifier_dir, tiny
 # ---- 8. reproducibility -------------------------------------------------------------------------
 def test_fresh_run_dirs_give_identical_bytes(ref, tmp_path):
     run = tmp_path / "again"
-    Pipeline(load_config(overrides=ref.o(run))).pairs()
+    Pipeline(load_config(overrides=ref.o(run))).data.pairs()
     for name in ("prompts.json", "samples.jsonl", "rewards.json", "pairs.jsonl", "pairs_stats.json"):
         assert (run / name).read_bytes() == (ref.dir / name).read_bytes(), name
     assert temp_files(run) == [] and temp_files(ref.dir) == []

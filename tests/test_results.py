@@ -111,3 +111,24 @@ def test_the_conclusions_do_not_depend_on_the_order_of_stored_keys(published):
     shuffled = {**level1, "design": dict(reversed(list(level1["design"].items())))}
     assert conclusions(shuffled) == conclusions(level1)
     assert conclusions(level1).index("`sigmoid") < conclusions(level1).index("`hinge")
+
+
+def test_the_frontier_sentence_counts_what_the_comparisons_say():
+    """Best-of-N above a curve whichever side of the pair it is on; a tie is not a win; entropy rows
+    and divergence pairs are counted apart."""
+    from alignment.stats import NOT_DISTINGUISHABLE as ND
+
+    def c(a, b, field, verdict):
+        return {"a": a, "b": b, "field": field, "verdict": verdict}
+
+    sweep = {"points": [{"label": "rkl"}, {"label": "fkl"}, {"label": "best-of-N", "n": 1},
+                        {"label": "best-of-N", "n": 64}],
+             "comparisons": [c("rkl", "best-of-N", "reward", "lower"), c("best-of-N", "fkl", "reward", "higher"),
+                             c("rkl", "best-of-N", "judge", ND), c("fkl", "best-of-N", "judge", "lower"),
+                             c("best-of-N", "rkl", "judge", "lower"),
+                             c("rkl", "fkl", "reward", "higher"), c("rkl", "fkl", "judge", ND),
+                             c("rkl", "fkl", "pred_entropy", "higher")]}
+    text = publish._frontier_brief(sweep)
+    assert "2 f-DPO divergences" in text and "N ≤ 64" in text
+    assert "best-of-N is above 2 of 2 divergence curves on the reward and 1 of 2 on the judge" in text
+    assert "among the divergences 1 of 2 reward and judge comparisons are distinguishable" in text

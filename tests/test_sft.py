@@ -171,8 +171,8 @@ def test_prepare_builds_the_start_policy_and_cache_keys_only_read_it(trained, ti
     monkeypatch.setattr("alignment.pipeline.run_sft", lambda *a, **k: pytest.fail("a cache key must not build"))
     pipe = Pipeline(cfg)
     with pytest.raises(RuntimeError, match=r"Pipeline\.prepare\(\) first"):
-        pipe.prompts()  # its key names the SFT model, which this pipeline has not prepared
+        pipe.data.prompts()  # its key names the SFT model, which this pipeline has not prepared
     monkeypatch.undo()
     pipe.prepare(load_scorers=False)
     assert pipe.cache.identities == {"offline_sft": sft.sft_hash(cfg)} == pipe.cache.model_identity()
-    assert pipe.prompts()["eval"]  # now the stages run
+    assert pipe.data.prompts()["eval"]  # now the stages run

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment import experiments, pipeline, sft
+from alignment import experiments, pipeline, sft, tracking
 from alignment.config import load_config
 from alignment.io import read_json, read_jsonl
 from alignment.tracking import ci_name, evaluation_summary, sample_rows
@@ -62,11 +62,11 @@ def tracked(tmp_path_factory, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
                    **{"data.n_eval_prompts": 5})  # 5 prompts x 16 best-of-N draws: more samples than a table shows
     made = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "make_tracker", recording(made))
+        mp.setattr(tracking, "make_tracker", recording(made))
         pipe = pipeline.Pipeline(cfg)
         level1 = experiments.level1(pipe, losses=("sigmoid",))
         lr = experiments.lr_lesson(pipe, lrs=(1e-3, 5e-3))
-        sweep = experiments.sweep(pipe, ("sigmoid",), (0.1, 1.0), (0,), (0.5,))
+        sweep = experiments.sweep(pipe, ("sigmoid",), (0.1, 1.0), (0,), (0.5,), (1, 2, 4, 8, 16))
     return pipe, made, level1, lr, sweep
 
 
@@ -161,7 +161,7 @@ def test_each_experiment_logs_its_results_tables(tracked):
 
 def test_the_sft_build_logs_its_summary_and_samples(tmp_path, tiny_gpt2_dir, reviews_csv, monkeypatch):
     made = []
-    monkeypatch.setattr(pipeline, "make_tracker", recording(made))
+    monkeypatch.setattr(tracking, "make_tracker", recording(made))
     cfg = load_config(overrides={
         "data.source": reviews_csv, "sft.base": tiny_gpt2_dir, "sft.out": str(tmp_path / "sft"), "sft.n_reviews": 8,
         "sft.n_eval_reviews": 4, "sft.max_tokens": 24, "sft.batch_size": 4, "sft.n_sample_prompts": 3,
