@@ -81,9 +81,9 @@ STAGE_INFO: dict[str, Stage] = {
                        "same pairs. Writes run_dir/lr_lesson.json; prints the table and what the lr does."),
     "sweep": Stage("Level 2/3: divergences x betas x seeds + best-of-N, matched-KL verdicts",
                    "Level 2/3: every loss in --losses (alpha once per --alphas) trained at every --betas and\n"
-                   "--seeds, each evaluated, next to a best-of-N baseline, compared at matched KL. Writes\n"
-                   "run_dir/policies/, run_dir/eval/, run_dir/sweep.json and run_dir/plots/frontier_*.png;\n"
-                   "prints the frontier table and the matched-KL verdicts."),
+                   "--seeds, each evaluated, next to a best-of-N baseline (N in --best-of-n), compared at\n"
+                   "matched KL. Writes run_dir/policies/, run_dir/eval/, run_dir/sweep.json and\n"
+                   "run_dir/plots/frontier_*.png; prints the frontier table and the matched-KL verdicts."),
     "sft": Stage("tune the start policy on review text (sft.*)",
                  "Fine-tune sft.base on the train pool's review text: the start policy that\n"
                  "model.policy=offline-sft loads (every run builds it first when it is missing). Writes\n"

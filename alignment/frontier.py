@@ -174,7 +174,8 @@ def matched_kl_comparisons(curves: dict[str, list[dict]], grid: list[float] | No
     (per field, over all pairs and KL values) and the verdict for a. The KL values: `grid` where
     given (each used where it lies inside both trained ranges), else per pair `k` values inside the
     overlap of the two curves' trained ranges (`matched_kl_grid` of the pair) — so best-of-N, whose
-    KL stops at log 16 - 15/16 = 1.84, is still compared with every curve that overlaps it.
+    KL stops near log N - (N - 1)/N of its largest N (3.17 at N = 64), is still compared with every
+    curve that overlaps it.
     Size n_boot >= 100 x `n_comparisons`: the p-value floor is 2 / (B + 1), so Holm over m cannot go
     below 2m / (B + 1) (0.02 at B = 100 m)."""
     ok = [c for c in curves if monotone(curves[c])]

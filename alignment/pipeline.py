@@ -79,8 +79,10 @@ class Pipeline:
                 self.models.scorers  # noqa: B018
 
     def sft(self) -> dict:
-        """The SFT stage: the start policy tuned on train-split reviews (see `alignment.sft`)."""
-        return run_sft(self.cfg, self.trackers.make)  # under a launch, the rank that takes the cache's lock
+        """The SFT stage: the start policy tuned on train-split reviews (see `alignment.sft`); its wall
+        time (building, or finding it built) is charged to the stage "SFT"."""
+        with self.times("SFT"):
+            return run_sft(self.cfg, self.trackers.make)  # under a launch, the rank that takes the cache's lock
 
     # ---- training and evaluation ---------------------------------------------------------------
     @_io

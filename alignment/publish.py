@@ -231,10 +231,11 @@ def render(r: dict) -> str:
 
 
 def _short_setup(cfg: dict, level1: dict) -> str:
+    """Level 1's sizes in one sentence, linked to the full setup in RESULTS.md."""
     d, e = cfg["data"], cfg["eval"]
     return (f"Level 1 on the offline default models: {len(level1['seeds'])} seeds (each its own training prompts, "
             f"pairs and run), {d['n_eval_prompts']} held-out prompts × {e['n_samples']} samples per model, "
-            f"judge `{e['judge']}`; 95 % CIs over seeds × prompts ([setup]({DOC})).")
+            f"judge `{e['judge']}`; reward and judge with 95 % CIs over seeds × prompts ([setup and every CI]({DOC})).")
 
 
 def _gain_brief(row: dict) -> str:
@@ -259,20 +260,23 @@ def _alarm_brief(records: list[dict]) -> str:
 
 
 def _frontier_brief(sweep: dict) -> str:
-    """How best-of-N and the f-DPO curves compare at matched KL, counted from the comparisons."""
+    """How best-of-N and the divergence curves compare at matched KL, counted from the comparisons: a
+    curve counts as below best-of-N only where every KL value it was compared at says so."""
     bon, counts = F.BON, []
     for field in ("reward", "judge"):
         rows = [c for c in sweep["comparisons"] if c["field"] == field and bon in (c["a"], c["b"])]
-        above = {c["a"] if c["b"] == bon else c["b"] for c in rows
-                 if (c["verdict"] == "lower") == (c["b"] == bon) and c["verdict"] != report.NOT_DISTINGUISHABLE}
-        counts.append(f"{len(above)} of {len({c['a'] if c['b'] == bon else c['b'] for c in rows})}")
+        by_curve: dict[str, list[bool]] = {}
+        for c in rows:
+            above = c["verdict"] != report.NOT_DISTINGUISHABLE and (c["verdict"] == "lower") == (c["b"] == bon)
+            by_curve.setdefault(c["a"] if c["b"] == bon else c["b"], []).append(above)
+        counts.append(f"{sum(all(v) for v in by_curve.values())} of the {len(by_curve)}")
     n_div = len({p["label"] for p in sweep["points"]}) - 1
     n_max = max((p["n"] for p in sweep["points"] if p["label"] == bon), default=0)
     among = [c for c in sweep["comparisons"] if c["field"] in ("reward", "judge") and bon not in (c["a"], c["b"])]
     sig = sum(c["verdict"] != report.NOT_DISTINGUISHABLE for c in among)
-    return (f"Levels 2/3 ({n_div} f-DPO divergences along β, seeds pooled; best-of-N from the start policy, N ≤ "
-            f"{n_max}): at matched KL, best-of-N is above {counts[0]} divergence curves on the reward and {counts[1]} "
-            f"on the judge; among the divergences {sig} of {len(among)} reward and judge comparisons are "
+    return (f"Levels 2/3 ({n_div} divergence curves along β, seeds pooled; best-of-N from the start policy, N ≤ "
+            f"{n_max}): at matched KL, best-of-N is above {counts[0]} curves it overlaps on the reward and {counts[1]} "
+            f"on the judge; among the curves {sig} of {len(among)} reward and judge comparisons are "
             "distinguishable (Holm; a pair is compared where both curves reach the KL in 99 % of the bootstrap draws).")
 
 

@@ -1,5 +1,6 @@
 """Where a run's wall time goes: seconds per stage kind (sampling, scoring, reference log-probs,
-training, evaluation, statistics, model loading, prompts, setup, I/O), each second counted once.
+training, evaluation, statistics, model loading, prompts, the SFT build, setup, I/O), each second
+counted once.
 
     times = StageTimes()
     with times("I/O"):              # reading a cached artifact ...
@@ -23,8 +24,8 @@ from typing import Callable, Iterator
 
 from .io import read_json, write_json
 
-STAGES = ("setup", "model loading", "prompts", "sampling", "scoring", "reference log-probs", "training", "evaluation",
-          "statistics", "I/O")  # the order rows are shown in; other names follow
+STAGES = ("setup", "SFT", "model loading", "prompts", "sampling", "scoring", "reference log-probs", "training",
+          "evaluation", "statistics", "I/O")  # the order rows are shown in; other names follow
 
 
 class StageTimes:

@@ -6,7 +6,8 @@ does nothing. API keys are never written: we pass none and log only the config.
 What a wandb run holds is decided here too: an evaluation's summary (`evaluation_summary`: every
 metric under its `metrics.json` name, each 95 % CI as `<metric>_lo` / `<metric>_hi`), its samples
 table (`sample_rows`), and a policy's settings at the top of its runs' config (`run_config`), so
-wandb's scatter and parallel-coordinates panels can plot reward against KL over a sweep's runs.
+wandb's scatter and parallel-coordinates panels can plot reward against KL over a sweep's runs; and
+how a run dir's runs are named and grouped (`RunTrackers`).
 """
 from __future__ import annotations
 

@@ -135,3 +135,9 @@ def test_the_alarm_is_shown_next_to_each_table():
     assert "Reward-hacking alarm" not in console.render("lr-lesson", {**lesson, "alarm": []})
     with pytest.raises(ValueError, match="unknown flag"):
         alarm_reason("bogus", flagged)
+
+
+def test_every_alarm_flag_has_a_short_name_for_the_readme():
+    from alignment.alarm import FLAGS
+    from alignment.report import ALARM_NAMES
+    assert set(ALARM_NAMES) == set(FLAGS)

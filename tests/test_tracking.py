@@ -166,7 +166,9 @@ def test_the_sft_build_logs_its_summary_and_samples(tmp_path, tiny_gpt2_dir, rev
         "data.source": reviews_csv, "sft.base": tiny_gpt2_dir, "sft.out": str(tmp_path / "sft"), "sft.n_reviews": 8,
         "sft.n_eval_reviews": 4, "sft.max_tokens": 24, "sft.batch_size": 4, "sft.n_sample_prompts": 3,
         "track.run_name": "probe", "track.mode": "disabled", "run_dir": str(tmp_path / "run")})
-    m = pipeline.Pipeline(cfg).sft()
+    pipe = pipeline.Pipeline(cfg)
+    m = pipe.sft()
+    assert pipe.times.seconds["SFT"] > 0  # the build is charged to its stage, not lost (`sft` prints it)
     (run,) = made
     assert (run.name, run.group, run.job_type) == ("probe-sft", "probe", "sft")
     assert {k: run.summary_[k] for k in ("ppl_before", "ppl_after", "steps")} == {
