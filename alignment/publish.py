@@ -277,7 +277,7 @@ def _frontier_brief(sweep: dict) -> str:
     return (f"Levels 2/3 ({n_div} divergence curves along β, seeds pooled; best-of-N from the start policy, N ≤ "
             f"{n_max}): at matched KL, best-of-N is above {counts[0]} curves it overlaps on the reward and {counts[1]} "
             f"on the judge; among the curves {sig} of {len(among)} reward and judge comparisons are "
-            "distinguishable (Holm; a pair is compared where both curves reach the KL in 99 % of the bootstrap draws).")
+            "distinguishable (paired, Holm-corrected).")
 
 
 def headline(r: dict) -> str:
@@ -288,7 +288,8 @@ def headline(r: dict) -> str:
     rows = [{c: row.get(c) for c in cols} for row in report.ci_rows(level1["rows"])]
     for row in rows:  # KL and perplexity without their CIs (RESULTS.md has them)
         row.update({c: row[c].split(" (")[0] for c in ("KL", "ref_ppl") if row.get(c)})
-    lr = [{**a, "model": f"{a['model'].split('-')[0]} at lr {a['lr']:g}"} for a in r.get("lr_lesson", {}).get("alarm", [])]
+    lr = [{**a, "model": f"{a['model'].split('-')[0]} at lr {a['lr']:g} (lr lesson)"}
+          for a in r.get("lr_lesson", {}).get("alarm", [])]
     alarm = _alarm_brief(level1.get("alarm", []) + lr)
     return "\n".join([MARKS[0], _short_setup(cfg, level1), "", report.markdown_table(rows, cols), "",
                       *[f"- {_gain_brief(row)}" for row in report.trained_rows(level1["rows"])],
