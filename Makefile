@@ -25,7 +25,7 @@ run: setup  ## Level 1 on the embedded offline default: samples, pairs, DPO sigm
 smoke:  ## the whole Level 1 at tiny sizes: ~1-2 min once the assets, heads and smoke-sized SFT model are built
 	$(MAKE) run PRESET=smoke
 
-sweep: setup  ## Level 2/3 frontiers: 6 divergences x 4 betas x 3 seeds + best-of-N (N <= 64), matched-KL verdicts (~1.5 h on 2 cores)
+sweep: setup  ## Level 2/3 frontiers: 6 divergences x 4 betas x 3 seeds + best-of-N (N <= 64), matched-KL verdicts (~1 h on 2 cores)
 	$(BIN)/python -m alignment sweep --preset sweep --set run_dir=runs/sweep $(SET) $(ARGS)
 
 notebook: setup  ## execute the notebook headless at SMOKE size (run dir runs/smoke, as make smoke) into runs/notebook-smoke.ipynb

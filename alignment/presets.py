@@ -15,7 +15,7 @@ PRESETS: dict[str, dict] = {
     "default": {},
     "sweep": {  # Level 2/3 frontiers on 2 CPU cores: 126 training pairs per seed, 16 steps per policy, LoRA
         # adapters (MBs per policy, no second model) under bf16 autocast where native; lr 1e-3 puts
-        # β 1 .. 0.03 at KL ~1 .. ~10 nats (pilot: lr 5e-4 gave 0.3 .. 0.8, 2e-3 gave 3 .. 30)
+        # β 3 .. 0.1 at KL ~0.6 .. ~3 nats (measured; pilot: lr 5e-4 gave 0.3 .. 0.8, 2e-3 gave 3 .. 30)
         "data.n_train_prompts": 144, "data.n_eval_prompts": 32,
         "dpo.lora_r": 16, "dpo.lora_alpha": 32.0, "dpo.lr": 1e-3, "dpo.precision": "auto",
     },
@@ -39,10 +39,11 @@ PRESETS: dict[str, dict] = {
 
 # The Level 2/3 sweep's default axes (`python -m alignment sweep`, `experiments.sweep`, the notebook):
 # the f-DPO paper's divergences (α ∈ {0.3, 0.5, 0.7}; squared Hellinger at β is the α = 1/2 loss at β/2, so not
-# repeated), each traced over log-spaced β × 3 seeds. chi2 (outside f-DPO: a heuristic), jeffrey
-# and ipo stay available as Level-3 extras (`--losses`).
+# repeated), each traced over log-spaced β × 3 seeds: β 3 gives every curve trained points at low KL, where
+# best-of-N and the other curves can be compared in nearly every bootstrap draw. chi2 (outside f-DPO: a
+# heuristic), jeffrey and ipo stay available as Level-3 extras (`--losses`).
 SWEEP_LOSSES = ("reverse_kl", "forward_kl", "js", "alpha")
-SWEEP_BETAS, SWEEP_SEEDS, SWEEP_ALPHAS = (0.03, 0.1, 0.3, 1.0), (0, 1, 2), (0.3, 0.5, 0.7)
+SWEEP_BETAS, SWEEP_SEEDS, SWEEP_ALPHAS = (0.1, 0.3, 1.0, 3.0), (0, 1, 2), (0.3, 0.5, 0.7)
 # Best-of-N's N values, from max(N) start samples per evaluation prompt: N = 64 reaches KL ≈ 3.2 nats, about
 # where the divergence curves end at β = 0.1 at the sweep preset's size, so they overlap best-of-N at matched KL.
 SWEEP_BEST_OF_N = (1, 2, 4, 8, 16, 32, 64)
