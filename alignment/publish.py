@@ -284,10 +284,9 @@ def headline(r: dict) -> str:
     """The README's results block: Level 1's main columns, each loss's gains, the reward-hacking alarm
     (with the lr lesson's), the frontiers in one sentence; linked to RESULTS.md."""
     level1, cfg = r["level1"], r["level1.config"]
-    cols = ["model", "reward", "judge", "KL", "ref_ppl"]
-    rows = [{c: row.get(c) for c in cols} for row in report.ci_rows(level1["rows"])]
-    for row in rows:  # KL and perplexity without their CIs (RESULTS.md has them)
-        row.update({c: row[c].split(" (")[0] for c in ("KL", "ref_ppl") if row.get(c)})
+    cols = ["model", "reward", "judge", "KL", "ref_ppl"]  # KL and perplexity without their CIs (RESULTS.md has them)
+    rows = [{"model": ci["model"], "reward": ci["reward"], "judge": ci["judge"], "KL": row.get("eval/kl_to_ref"),
+             "ref_ppl": row.get("eval/ref_perplexity")} for ci, row in zip(report.ci_rows(level1["rows"]), level1["rows"])]
     lr = [{**a, "model": f"{a['model'].split('-')[0]} at lr {a['lr']:g} (lr lesson)"}
           for a in r.get("lr_lesson", {}).get("alarm", [])]
     alarm = _alarm_brief(level1.get("alarm", []) + lr)
