@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .losses import LOSSES, validate_alpha
+from .losses import LOSSES, VALUE_LOSSES, validate_alpha
 from .pairs import STRATEGIES
 from .presets import PRESETS
 
@@ -41,7 +41,9 @@ def rule(default, *, choices=None, check=None, why: str = "", hashed: bool = Tru
     registries such as the losses); `check`: a predicate on the value with `why` saying what is
     allowed; `hashed=False`: the field changes no artifact (where things go, how they are shown),
     or keys the caches its own way (`pairs.source`: by its rows' hash, only when set), so it is left
-    out of the config hash that caches are keyed by.
+    out of the config hash that caches are keyed by; `hashed="if_set"`: the field keys the caches only
+    when it differs from its default (a method added beside the default one: artifacts of the default
+    keep their keys).
     """
     return field(default=default, metadata={"choices": choices, "check": check, "why": why, "hashed": hashed})
 
@@ -129,6 +131,8 @@ class DPOConfig:
     save_minutes: float = rule(10.0, **_nonneg, hashed=False)  # resumable checkpoint whenever this many minutes passed since the last (the latest kept, deleted once the policy is saved): a killed run resumes there, a shorter run writes none; 0 = off
     save_every: int = rule(0, **_nonneg, hashed=False)  # also checkpoint every k optimizer steps and after the last (0 = by time only)
     eval_every: int = rule(7, **_nonneg, hashed=False)  # score the held-out pairs (pairs.held_out) every k optimizer steps and after the last (0 = after the last only)
+    method: str = rule("offline", choices=("offline", "online", "rloo"), hashed="if_set")  # offline: one pass over pairs of the start policy's samples; online: dpo.rounds rounds, each on fresh pairs sampled and scored from the policy so far (iterative DPO); rloo: on-policy RL, reward - beta * KL with a leave-one-out baseline over sample.n_samples draws per prompt
+    rounds: int = rule(4, **_pos, hashed="if_set")  # online: rounds, each on its share of the draw's train prompts
 
 
 @dataclass
@@ -244,9 +248,14 @@ def unknown_field(key: str) -> ConfigError:
 
 
 def section_deps(cfg: Config, *sections: str) -> dict:
-    """{section: {field: value}} of the hashed fields: what a cached artifact depends on."""
+    """{section: {field: value}} of the hashed fields: what a cached artifact depends on (an "if_set"
+    field only where it differs from its default)."""
+    def keyed(f, value) -> bool:
+        hashed = f.metadata.get("hashed", True)
+        return hashed is True or (hashed == "if_set" and value != f.default)
+
     return {s: {f.name: getattr(getattr(cfg, s), f.name) for f in fields(getattr(cfg, s))
-                if f.metadata.get("hashed", True)} for s in sections}
+                if keyed(f, getattr(getattr(cfg, s), f.name))} for s in sections}
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:
@@ -373,6 +382,10 @@ def check_section(section: str, obj) -> None:
     if section == "dpo":
         _check(obj.lora_r == 0 or obj.backend == "native", "dpo.lora_r", obj.lora_r,
                "LoRA trains with the native backend only; set dpo.backend=native or dpo.lora_r=0")
+        _check(obj.method == "offline" or obj.backend == "native", "dpo.method", obj.method,
+               "on-policy methods train with the native backend; set dpo.backend=native")
+        _check(obj.loss not in VALUE_LOSSES or obj.backend == "native", "dpo.loss", obj.loss,
+               "reward distillation trains with the native backend; set dpo.backend=native")
         if obj.loss == "alpha":
             try:
                 validate_alpha(obj.alpha)
@@ -390,6 +403,12 @@ def check_training(cfg: Config, dpo: DPOConfig, world: int = 1) -> None:
     if dpo.lora_r and cfg.model.ref not in ("", cfg.model.policy):
         raise ConfigError(f"dpo.lora_r={dpo.lora_r} trains adapters on the reference's base, so it needs "
                           f"model.ref empty or equal to model.policy (got model.ref={cfg.model.ref!r})")
+    if dpo.method != "offline" and (cfg.pairs.source or world > 1):
+        raise ConfigError(f"dpo.method={dpo.method} samples and scores its own completions in one process, so it "
+                          "needs a reward model (pairs.source empty) and no `accelerate launch`; use dpo.method=offline")
+    if dpo.loss in VALUE_LOSSES and cfg.pairs.source:
+        raise ConfigError(f"dpo.loss={dpo.loss} regresses on the pairs' reward margins, and pairs.source gives labels "
+                          "only; use dpo.loss=sigmoid")
     if dpo.backend == "trl" and world > 1:
         raise ConfigError(f"dpo.backend=trl under {world} processes is not supported (its trainer would write "
                           "from every rank); use dpo.backend=native, which trains with DDP")

@@ -12,12 +12,13 @@ from . import frontier as F
 from . import plots
 from .alarm import assess
 from .design import level1_design
+from .diagnose import kl_split, sentiment_token_ids, token_log_ratios, training_story, vader_lexicon
 from .io import read_json, write_json
 from .config import ConfigError
 from .metrics import content_of
 from .evaluate import Evaluation, pooled
 from .pipeline import Pipeline
-from .rundir import START, Policy, RunPaths
+from .rundir import COST_FILE, START, Policy, RunPaths
 from .presets import SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import example_records
 from .stats import SharedBootstrap, compare_to_start, versus_start, with_holm
@@ -40,15 +41,15 @@ def rewards_of(ev: Evaluation) -> list[float]:
     return [r["reward"] for r in ev.scored]
 
 
-def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, Evaluation, list[dict]]:
+def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, Evaluation, Policy]:
     """Train one policy (cfg.dpo + overrides), evaluate it with its seed's evaluation draws:
     (its table row with the gain vs `start` — the start policy evaluated with the same seed —,
-    its evaluation, its training log)."""
+    its evaluation, the policy)."""
     policy = pipe.train(**overrides)
     ev = pipe.evaluate(policy, seed=overrides.get("seed", pipe.cfg.dpo.seed))
     with pipe.times("statistics"):
         gains = compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot, tokens=content_of)
-    return {**ev.metrics, **gains}, ev, policy.log
+    return {**ev.metrics, **gains}, ev, policy
 
 
 def level1_seeds(cfg) -> tuple[int, ...]:
@@ -208,24 +209,95 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     the points) and its reward-hacking alarm (`alarm.assess`).
     Writes sweep.json (data only: `report.sweep_lines` / `verdict_lines` / `alarm_lines` say it in words),
     the frontier plots, and returns the same dict."""
+    families = {F.family_label(loss, alpha): {"loss": loss, "alpha": alpha}
+                for loss in losses for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,))}
+    grid = {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas),
+            "best_of_n": list(best_of_n)}
+    return frontier_study(pipe, "sweep", families, betas, seeds, best_of_n, grid)
+
+
+# Level 3's methods: each one config choice on top of the run's settings (`dpo.*`), traced over β like the
+# divergences: offline DPO (the baseline), reward distillation (the reward's value), iterative online DPO
+# (fresh pairs from the policy being trained), and RLOO (on-policy RL with a KL penalty).
+LEVEL3_METHODS: dict[str, dict] = {
+    "dpo": {"loss": "sigmoid"},
+    "distill": {"loss": "distill"},
+    "online-dpo": {"method": "online", "loss": "sigmoid"},
+    "rloo": {"method": "rloo"},
+}
+LEVEL3_BETAS = (0.1, 0.3, 1.0)
+
+
+@experiment
+def level3(pipe: Pipeline, methods: tuple[str, ...] = tuple(LEVEL3_METHODS), betas: tuple[float, ...] = LEVEL3_BETAS,
+           seeds: tuple[int, ...] = SWEEP_SEEDS, best_of_n: tuple[int, ...] = SWEEP_BEST_OF_N) -> dict:
+    """Level 3, what buys reward per nat of KL: every method of `LEVEL3_METHODS` x β x seed, traced as
+    frontiers against best-of-N from the start policy's own samples, compared at matched KL as the sweep
+    compares divergences (`frontier_study`). Writes level3.json and its plots."""
+    unknown = [m for m in methods if m not in LEVEL3_METHODS]
+    if unknown:
+        raise ConfigError(f"level3: unknown method(s) {unknown}; choose from {list(LEVEL3_METHODS)}")
+    families = {m: {"alpha": pipe.cfg.dpo.alpha, **LEVEL3_METHODS[m]} for m in methods}
+    grid = {"methods": list(methods), "betas": list(betas), "seeds": list(seeds), "best_of_n": list(best_of_n)}
+    result = frontier_study(pipe, "level3", families, betas, seeds, best_of_n, grid, with_cost=True)
+    drawn = [s for s in seeds if pipe.paths.draw(pipe.data.draw_of(s)).samples.exists()]  # offline methods' draws
+    result["draw_tokens"] = {str(s): sum(len(r["completion_ids"]) for r in pipe.data.samples(s)) for s in drawn}
+    if pipe.dist.main:  # the offline methods' shared sampling cost: the tokens of each seed's start-policy draw
+        write_json(pipe.paths.result("level3"), result)
+    return result
+
+
+def kl_diagnoses(pipe: Pipeline, firsts: dict[str, tuple[Policy, Evaluation]]) -> list[dict]:
+    """Per point ("label@beta": its first seed's policy and evaluation), where its KL goes
+    (`diagnose.kl_split` of its own evaluation samples) and its training log's story (`diagnose.training_story`)."""
+    m = pipe.models
+    ids = {p["id"]: p["ids"] for p in pipe.data.prompts()["eval"]}
+    sentiment = sentiment_token_ids(m.tokenizer, vader_lexicon())
+    out = []
+    for key, (policy, ev) in firsts.items():
+        label, beta = key.rsplit("@", 1)
+        comps = [r["completion_ids"] for r in ev.scored]
+        ratios = token_log_ratios(m.load_trained(policy.dir), m.ref_model, [ids[r["prompt_id"]] for r in ev.scored],
+                                  comps, m.tokenizer.pad_token_id)
+        out.append({"label": label, "beta": float(beta), "policy": policy.name,
+                    **kl_split(ratios, comps, sentiment), "training": training_story(policy.log)})
+    return out
+
+
+def policy_cost(policy: Policy) -> dict:
+    """What training `policy` cost when it was built: {train_seconds, tokens_drawn} (its own draws: 0 for
+    offline methods, which train on the seed's shared start-policy draw)."""
+    path = policy.dir / COST_FILE
+    return read_json(path) if path.exists() else {"train_seconds": None, "tokens_drawn": None}
+
+
+def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: tuple[float, ...],
+                   seeds: tuple[int, ...], best_of_n: tuple[int, ...], grid: dict, with_cost: bool = False) -> dict:
+    """Every family (a label and its `dpo.*` overrides) x β x seed trained and evaluated with its seed's
+    draws, one point per (family, β) pooling its seeds, one curve per family from the start policy (β -> ∞),
+    the best-of-N curve, matched-KL comparisons of every pair of curves, each point's gain over the start
+    (Holm over the points) and its alarm record; `with_cost`: each run's training cost (`policy_cost`).
+    Writes `<name>.json` and the frontier plots."""
     if not best_of_n or min(best_of_n) < 1:
-        raise ConfigError(f"sweep: best_of_n={best_of_n!r} needs N values >= 1 (e.g. --best-of-n 1,2,4,8,16,32,64)")
+        raise ConfigError(f"{name}: best_of_n={best_of_n!r} needs N values >= 1 (e.g. --best-of-n 1,2,4,8,16,32,64)")
     t0, n_boot0 = time.time(), pipe.cfg.eval.n_boot
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
     bon = pooled("best-of-N", [pipe.evaluate(seed=s, n_samples=max(best_of_n)) for s in seeds], n_boot0, measure=False)
-    runs, points, seed_evals = [], {}, {}
-    for loss in losses:
-        for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,)):
-            label = F.family_label(loss, alpha)
-            for beta in betas:
-                evs = []
-                for seed in seeds:
-                    row, ev, _ = trained_row(pipe, starts[seed], loss=loss, beta=beta, alpha=alpha, seed=seed)
-                    runs.append({**row, "loss": loss, "label": label, "alpha": alpha, "beta": beta, "seed": seed})
-                    evs.append(ev)
-                points[f"{label}@{beta!r}"] = pooled(label, evs, n_boot0, measure=False)  # curves use the samples
-                seed_evals[f"{label}@{beta!r}"] = evs
+    runs, points, seed_evals, firsts = [], {}, {}, {}
+    for label, over in families.items():
+        extra = {k: v for k, v in over.items() if k not in ("loss", "alpha")}
+        for beta in betas:
+            evs = []
+            for seed in seeds:
+                row, ev, policy = trained_row(pipe, starts[seed], **over, beta=beta, seed=seed)
+                runs.append({**row, "loss": over.get("loss", pipe.cfg.dpo.loss), "label": label,
+                             "alpha": over.get("alpha", pipe.cfg.dpo.alpha), **extra, "beta": beta, "seed": seed,
+                             **({"cost": policy_cost(policy)} if with_cost else {})})
+                evs.append(ev)
+                firsts.setdefault(f"{label}@{beta!r}", (policy, ev))
+            points[f"{label}@{beta!r}"] = pooled(label, evs, n_boot0, measure=False)  # curves use the samples
+            seed_evals[f"{label}@{beta!r}"] = evs
     with pipe.times("statistics"):  # pooled start, curves, matched-KL comparisons, gains
         start = pooled(START, list(starts.values()), n_boot0)
         fields = ("reward", "judge", "on_topic", "pred_entropy")
@@ -234,7 +306,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
         n_boot = max(pipe.cfg.eval.n_boot, 100 * F.n_comparisons(n_curves, 3), 100 * len(points))
         boot = SharedBootstrap([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
         curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
-        grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
+        kl_grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
         with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields, tuple(sorted(set(best_of_n))))}
         comparisons = F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy"))  # per-pair KL values
         gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
@@ -242,17 +314,19 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
         table = F.point_table(with_bon)
         alarm = _point_alarms(seed_evals, start, n_boot0, n_boot)
     P = pipe.paths
-    files = [plots.frontier(table, x, y, P.plot(f"frontier_{y}_vs_{x}"))
+    prefix = "frontier" if name == "sweep" else f"{name}_frontier"
+    files = [plots.frontier(table, x, y, P.plot(f"{prefix}_{y}_vs_{x}"))
              for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
-    result = {"runs": runs, "points": table, "gains": gains, "alarm": alarm, "start": start.metrics, "matched_kl": grid,
-              "comparisons": comparisons, "n_boot": n_boot,
-              "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
-              "grid": {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas),
-                       "best_of_n": list(best_of_n)},
+    result = {"runs": runs, "points": table, "gains": gains, "alarm": alarm, "start": start.metrics,
+              "matched_kl": kl_grid, "comparisons": comparisons, "n_boot": n_boot,
+              "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)], "grid": grid,
               "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files]}
+    if with_cost:  # Level 3: where each point's KL goes, on its first seed's policy (`diagnose`)
+        with pipe.times("diagnosis"):
+            result["diagnosis"] = kl_diagnoses(pipe, firsts)
     if pipe.dist.main:
-        write_json(P.result("sweep"), result)
-    _log_summary(pipe, "sweep", {"results": table, "runs": runs}, files)
+        write_json(P.result(name), result)
+    _log_summary(pipe, name, {"results": table, "runs": runs}, files)
     return result
 
 

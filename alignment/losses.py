@@ -1,10 +1,12 @@
-"""Preference-loss registry: DPO, SLiC hinge, IPO and f-divergence DPO (f-DPO).
+"""Preference-loss registry: DPO, SLiC hinge, IPO, f-divergence DPO (f-DPO) and reward distillation.
 
 Every loss takes per-sequence summed log-probs, each of shape (B,):
 ``policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps``, plus ``beta``
 and ``alpha`` (only the α-divergence uses ``alpha``) and returns ``LossOutput(losses, chosen_rewards,
 rejected_rewards)``: per-example losses (B,) and the detached implicit rewards
-``beta * (policy_logps - ref_logps)`` (B,) of Rafailov et al. 2023.
+``beta * (policy_logps - ref_logps)`` (B,) of Rafailov et al. 2023. The losses in ``VALUE_LOSSES``
+(reward distillation) also take ``margin``, the pairs' reward differences r_c − r_r (B,): they use the
+reward's value, not only which completion won.
 
 f-DPO (Wang et al. 2023, "Beyond Reverse KL", arXiv:2309.16240):
 
@@ -38,7 +40,7 @@ from torch import Tensor
 __all__ = [
     "LossOutput", "LOSSES", "F_DIVERGENCES", "get_loss", "compute_loss", "validate_alpha",
     "sigmoid_loss", "hinge_loss", "ipo_loss", "reverse_kl_loss", "forward_kl_loss", "js_loss",
-    "alpha_loss", "chi2_loss", "hellinger_loss", "jeffrey_loss",
+    "alpha_loss", "chi2_loss", "hellinger_loss", "jeffrey_loss", "distill_loss", "VALUE_LOSSES",
 ]
 
 _EXP_MAX = 80.0  # max exponent fed to exp/expm1; see module docstring
@@ -205,6 +207,24 @@ def jeffrey_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                   ref_chosen_logps, ref_rejected_logps, beta, alpha)
 
 
+# ---- Level 3: the reward's value, not only its sign -------------------------------------------------
+def distill_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                 ref_rejected_logps, beta: float, alpha: float = 0.5, margin: Tensor | None = None) -> LossOutput:
+    """Reward distillation (Fisch et al. 2024, "Robust Preference Optimization through Reward Model
+    Distillation", Eq. 7): (β·[(π_c − ref_c) − (π_r − ref_r)] − (r_c − r_r))², `margin` = r_c − r_r (B,).
+
+    Its minimiser over all pairs of a prompt's samples is β·log(π/π_ref) = r + c(x): the KL-regularised
+    optimum π_β ∝ π_ref·exp(r/β), on the sampled completions. ``alpha`` is ignored. E.g. β 1, log-ratios
+    (0.5, −0.5), margin 2: (1 − 2)² = 1."""
+    if margin is None:
+        raise ValueError("dpo.loss=distill regresses on the pairs' reward margins (chosen_reward - rejected_reward), "
+                         "and these pairs have none (pairs.source gives labels only); use dpo.loss=sigmoid")
+    r_w, r_l = _log_ratios(policy_chosen_logps, policy_rejected_logps,
+                           ref_chosen_logps, ref_rejected_logps)  # (B,), (B,)
+    target = margin.to(device=r_w.device, dtype=r_w.dtype)  # (B,)
+    return _output((beta * (r_w - r_l) - target) ** 2, r_w, r_l, beta)  # (B,)
+
+
 LossFn = Callable[..., LossOutput]
 
 LOSSES: dict[str, LossFn] = {
@@ -218,7 +238,11 @@ LOSSES: dict[str, LossFn] = {
     "chi2": chi2_loss,
     "hellinger": hellinger_loss,
     "jeffrey": jeffrey_loss,
+    "distill": distill_loss,
 }
+
+# Losses that read the pairs' reward margins (`margin=`), not only which completion won.
+VALUE_LOSSES: frozenset[str] = frozenset({"distill"})
 
 # f-divergence DPO variants, for sweeps ("sigmoid" is left out: it is reverse_kl under another name).
 F_DIVERGENCES: tuple[str, ...] = (
@@ -235,6 +259,8 @@ def get_loss(name: str) -> LossFn:
 
 
 def compute_loss(name: str, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float,
-                 alpha: float = 0.5) -> LossOutput:
-    """``get_loss(name)(pc, pr, rc, rr, beta, alpha)``."""
-    return get_loss(name)(pc, pr, rc, rr, beta, alpha)
+                 alpha: float = 0.5, margin: Tensor | None = None) -> LossOutput:
+    """``get_loss(name)(pc, pr, rc, rr, beta, alpha)``; a `VALUE_LOSSES` loss also gets the pairs'
+    reward margins (B,)."""
+    fn = get_loss(name)
+    return fn(pc, pr, rc, rr, beta, alpha, margin=margin) if name in VALUE_LOSSES else fn(pc, pr, rc, rr, beta, alpha)

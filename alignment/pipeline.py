@@ -12,6 +12,7 @@ outside the run dir (the asset cache) and announced when built.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +23,11 @@ from .data import check_source, review_texts
 from .datastages import DataStages, draw_key
 from .distributed import current
 from .evaluate import EVAL_VERSION, Evaluation, evaluate_human, evaluate_model, load_evaluation
-from .io import meta_path, part_dir
+from .io import meta_path, part_dir, write_json
+from .online import trained_prompts, train_on_policy
 from .ownpairs import read_pairs
 from .reward import ensure_head, offline_head_hash
-from .rundir import HUMAN, START, Policy, RunPaths, eval_name, policy_name, read_policy, write_manifest
+from .rundir import COST_FILE, HUMAN, START, Policy, RunPaths, eval_name, policy_name, read_policy, write_manifest
 from .runmodels import RunModels
 from .sft import run_sft, sft_hash
 from .stagecache import StageCache, offline_prerequisites
@@ -95,11 +97,19 @@ class Pipeline:
         out = self.paths.policy(name)
 
         def build(part):
-            pairs, ref = self.data.pairs(dpo.seed)[0], self.data.ref_logps(dpo.seed)
-            data = held_out_split(pairs, ref, self.cfg.pairs.held_out)
-            config = run_config(self.cfg.to_dict(), dataclasses.asdict(dpo), model=name)
-            train_policy(self.models, data, self.data.train_prompt_ids(dpo.seed), dpo, part_dir(part),
-                         self.trackers(f"train-{name}", "train", config), self.dist)
+            tracker = self.trackers(f"train-{name}", "train", run_config(self.cfg.to_dict(), dataclasses.asdict(dpo),
+                                                                         model=name))
+            t0, tokens = time.time(), 0
+            if dpo.method != "offline":  # on-policy: draws its own samples from the policy as it trains
+                prompts = trained_prompts(self.data.prompts(dpo.seed)["train"], self.cfg.pairs.held_out)
+                tokens = train_on_policy(self.models, prompts, self.cfg, dpo, part_dir(part), tracker)
+            else:
+                pairs, ref = self.data.pairs(dpo.seed)[0], self.data.ref_logps(dpo.seed)
+                data = held_out_split(pairs, ref, self.cfg.pairs.held_out)
+                train_policy(self.models, data, self.data.train_prompt_ids(dpo.seed), dpo, part_dir(part), tracker,
+                             self.dist)
+            if self.dist.main:
+                write_json(part_dir(part) / COST_FILE, {"train_seconds": time.time() - t0, "tokens_drawn": tokens})
 
         deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"], **draw_key(self.data.draw_of(dpo.seed))}
         self.cache(out, ("sample", "reward", "pairs"), self.times.wrap("training", build), collective=True, **deps)

@@ -69,6 +69,9 @@ class RunPaths:
         return self.root / f"config.{config_hash}.json"
 
 
+COST_FILE = "cost.json"  # in a policy dir: {train_seconds, tokens_drawn} of the build that trained it
+
+
 class Policy(NamedTuple):
     name: str          # e.g. sigmoid-b0.1-lr5e-05-s0
     dir: Path          # run_dir/policies/<name>; the weights are in dir/"model"
@@ -113,11 +116,13 @@ def write_manifest(paths: RunPaths, cfg: Config) -> None:
 
 
 def policy_name(dpo) -> str:
-    """e.g. sigmoid-b0.1-lr5e-06-s0, alpha0.3-b0.1-lr5e-06-s0, hinge-trl-b0.1-lr1e-05-s1, sigmoid-lora8-b0.1-lr1e-4-s0."""
+    """e.g. sigmoid-b0.1-lr5e-06-s0, alpha0.3-b0.1-lr5e-06-s0, hinge-trl-b0.1-lr1e-05-s1, sigmoid-lora8-b0.1-lr1e-4-s0,
+    online4-sigmoid-lora16-b0.1-lr0.001-s0 (dpo.method=online, 4 rounds), rloo-lora16-b0.1-lr0.001-s0."""
     loss = f"alpha{dpo.alpha:g}" if dpo.loss == "alpha" else dpo.loss
+    method = {"online": f"online{dpo.rounds}-{loss}", "rloo": "rloo"}.get(dpo.method, loss)  # rloo uses no loss
     backend = "-trl" if dpo.backend == "trl" else ""
     lora = f"-lora{dpo.lora_r}" if dpo.lora_r else ""
-    return f"{loss}{backend}{lora}-b{dpo.beta:g}-lr{dpo.lr:g}-s{dpo.seed}"
+    return f"{method}{backend}{lora}-b{dpo.beta:g}-lr{dpo.lr:g}-s{dpo.seed}"
 
 
 def eval_name(policy: str | None, seed: int, n_samples: int | None = None) -> str:

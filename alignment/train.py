@@ -306,7 +306,16 @@ def pair_loss(net, batch: list[dict], prompt_ids: dict[str, list[int]], ref: tup
     comps = [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch]
     lp = model_logps(net, collate(prompts, comps, pad_id))  # (2b,)
     pc, pr = lp[: len(batch)], lp[len(batch):]  # (b,), (b,)
-    return compute_loss(cfg.loss, pc, pr, ref[0].to(dev), ref[1].to(dev), cfg.beta, cfg.alpha), pc, pr
+    margin = pair_margins(batch)  # (b,) or None (own pairs carry no rewards)
+    out = compute_loss(cfg.loss, pc, pr, ref[0].to(dev), ref[1].to(dev), cfg.beta, cfg.alpha, margin=margin)
+    return out, pc, pr
+
+
+def pair_margins(batch: list[dict]) -> torch.Tensor | None:
+    """(b,) the pairs' reward margins r_chosen - r_rejected, or None when a pair has none (`pairs.source`)."""
+    if any(p.get("margin") is None for p in batch):
+        return None
+    return torch.tensor([float(p["margin"]) for p in batch], dtype=torch.float32)
 
 
 def held_out_metrics(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
@@ -352,34 +361,54 @@ def done_training(out_dir: str | Path) -> None:
     remove_checkpoint(out_dir)
 
 
-def train_policy(models, data: PairData, prompt_ids: dict[str, list[int]], cfg: DPOConfig, out: Path, tracker,
-                 dist: Dist = Dist()) -> None:
-    """Train one policy on `data.pairs` into `out` (model/, train_log.jsonl, train_summary.json),
-    scoring `data.held_out` as it goes: full fine-tuning of
-    a fresh copy of the start policy, or LoRA adapters on the reference itself (`dpo.lora_r`: its
-    frozen base *is* the reference, no copy; the adapter alone is saved); the native loop or trl's
-    DPOTrainer (`dpo.backend`). `models`: the run's `RunModels`; the reference is handed back
-    without adapters, in eval mode. Finishes `tracker`."""
+@contextlib.contextmanager
+def policy_to_train(models, cfg: DPOConfig):
+    """The model one policy trains, in a context: a fresh copy of the start policy (full fine-tuning),
+    or LoRA adapters on the reference itself (`dpo.lora_r`: its frozen base *is* the reference, no
+    copy). `models`: the run's `RunModels`; on exit the reference is handed back without adapters,
+    in eval mode."""
     if cfg.lora_r:
         torch.manual_seed(cfg.seed)  # the adapters' random init, whatever the process did before
         model = add_lora(models.ref_model, cfg.lora_r, cfg.lora_alpha)
     else:
         model = models.load_policy(train=True)
-    tok = models.tokenizer
     try:
-        if cfg.backend == "trl":
-            train_dpo_trl(model, models.ref_model, tok, data.pairs, prompt_ids, cfg, out, tracker,
-                          held_out=data.held_out)
-        else:
-            train_dpo(model, data.pairs, prompt_ids, data.ref, cfg, tok.pad_token_id, out, tracker, dist=dist,
-                      held_out=(data.held_out, data.held_out_ref))
-        if dist.main:
-            model.save_pretrained(out / "model")  # the adapter only, for LoRA
-            tok.save_pretrained(out / "model")
-            done_training(out)
+        yield model
     finally:
-        tracker.finish()
         if cfg.lora_r:  # hand the reference back without its adapters, in eval mode
             models.ref_model = model.unload()
             models.ref_model.requires_grad_(False)
             models.ref_model.eval()
+
+
+def reference_of(model, models, cfg: DPOConfig):
+    """A context whose value is the reference while `model` trains: the LoRA model itself with its
+    adapters off (`dpo.lora_r`), else the run's reference model."""
+    return model.disable_adapter() if cfg.lora_r else contextlib.nullcontext(models.ref_model)
+
+
+def save_policy(model, tokenizer, out: Path, dist: Dist = Dist()) -> None:
+    """out/model (the adapter only, for LoRA) and its tokenizer; then the checkpoint goes."""
+    if dist.main:
+        model.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+        done_training(out)
+
+
+def train_policy(models, data: PairData, prompt_ids: dict[str, list[int]], cfg: DPOConfig, out: Path, tracker,
+                 dist: Dist = Dist()) -> None:
+    """Train one policy on `data.pairs` into `out` (model/, train_log.jsonl, train_summary.json),
+    scoring `data.held_out` as it goes (`policy_to_train`: full fine-tuning or LoRA); the native loop
+    or trl's DPOTrainer (`dpo.backend`). `models`: the run's `RunModels`. Finishes `tracker`."""
+    tok = models.tokenizer
+    try:
+        with policy_to_train(models, cfg) as model:
+            if cfg.backend == "trl":
+                train_dpo_trl(model, models.ref_model, tok, data.pairs, prompt_ids, cfg, out, tracker,
+                              held_out=data.held_out)
+            else:
+                train_dpo(model, data.pairs, prompt_ids, data.ref, cfg, tok.pad_token_id, out, tracker, dist=dist,
+                          held_out=(data.held_out, data.held_out_ref))
+            save_policy(model, tok, out, dist)
+    finally:
+        tracker.finish()

@@ -18,6 +18,7 @@ import torch
 from alignment.losses import (
     F_DIVERGENCES,
     LOSSES,
+    VALUE_LOSSES,
     LossOutput,
     compute_loss,
     get_loss,
@@ -29,6 +30,7 @@ PC, PR, RC, RR = [-1.0, -2.0, -4.0], [-3.0, -1.0, -2.5], [-1.5, -2.5, -3.0], [-2
 R_W = [p - r for p, r in zip(PC, RC)]  # log u_w = [0.5, 0.5, -1.0]
 R_L = [p - r for p, r in zip(PR, RR)]  # log u_l = [-1.0, 0.5, 0.5]
 BETA, ALPHA = 0.5, 0.3
+MARGIN = [2.0, 0.0, -1.0]  # reward margins r_c - r_r, for the losses that read them (VALUE_LOSSES)
 
 
 def t(xs, dtype=torch.float32, grad=False):
@@ -51,12 +53,17 @@ F_PRIME_U = {
 }
 
 
+def margin_of(name, n=3):
+    return t(MARGIN[:n]) if name in VALUE_LOSSES else None
+
+
 def run(name, beta=BETA, alpha=ALPHA, **kw) -> LossOutput:
-    return compute_loss(name, t(PC, **kw), t(PR, **kw), t(RC, **kw), t(RR, **kw), beta, alpha)
+    return compute_loss(name, t(PC, **kw), t(PR, **kw), t(RC, **kw), t(RR, **kw), beta, alpha, margin=margin_of(name))
 
 
 def test_registry_contents():
-    assert set(LOSSES) == {"sigmoid", "hinge", "ipo", *F_PRIME_U}
+    assert set(LOSSES) == {"sigmoid", "hinge", "ipo", "distill", *F_PRIME_U}
+    assert VALUE_LOSSES == {"distill"}
     assert set(F_DIVERGENCES) == set(F_PRIME_U) and "sigmoid" not in F_DIVERGENCES
     assert all(get_loss(n) is LOSSES[n] for n in LOSSES)
 
@@ -110,7 +117,7 @@ def test_extreme_log_ratios_finite_float32(name):
     pc = t([c[0] for c in combos], grad=True)
     pr = t([c[1] for c in combos], grad=True)
     zeros = torch.zeros(len(combos))
-    out = compute_loss(name, pc, pr, zeros, zeros, 0.1, 0.5)
+    out = compute_loss(name, pc, pr, zeros, zeros, 0.1, 0.5, margin=t([1.0] * len(combos)) if name in VALUE_LOSSES else None)
     assert torch.isfinite(out.losses).all(), out.losses
     out.losses.sum().backward()
     assert torch.isfinite(pc.grad).all() and torch.isfinite(pr.grad).all()
@@ -119,7 +126,7 @@ def test_extreme_log_ratios_finite_float32(name):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_rewards_detached_and_values(name):
     args = [t(x, grad=True) for x in (PC, PR, RC, RR)]
-    out = compute_loss(name, *args, BETA, ALPHA)
+    out = compute_loss(name, *args, BETA, ALPHA, margin=margin_of(name))
     assert out.losses.requires_grad
     assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
     assert torch.allclose(out.chosen_rewards, t([BETA * r for r in R_W]))
@@ -151,6 +158,32 @@ def test_alpha_validation_in_loss():
     with pytest.raises(ValueError, match="dpo.alpha"):
         run("alpha", alpha=1.0)
     run("forward_kl", alpha=1.0)  # alpha is ignored by the other losses
+
+
+def test_distill_closed_form():
+    # (β·(log u_w − log u_l) − margin)²: β 0.5, log-ratio differences [1.5, 0, −1.5], margins [2, 0, −1]
+    # -> [(0.75 − 2)², 0, (−0.75 + 1)²] = [1.5625, 0, 0.0625]
+    assert torch.allclose(run("distill").losses, t([1.5625, 0.0, 0.0625]))
+    with pytest.raises(ValueError, match="margins"):
+        compute_loss("distill", t(PC), t(PR), t(RC), t(RR), BETA)
+
+
+def test_distill_minimiser_is_the_kl_optimum():
+    """Fitted over every pair of one prompt's samples, β·log(π/π_ref) recovers the rewards up to a constant:
+    the log-ratio of π_β ∝ π_ref·exp(r/β) on those samples (a free log-ratio per sample, plain gradient descent)."""
+    r, beta = torch.tensor([1.0, -0.5, 2.0, 0.0]), 0.5
+    logratio = torch.zeros(4, requires_grad=True)
+    i, j = torch.triu_indices(4, 4, 1)
+    opt = torch.optim.SGD([logratio], lr=0.5)
+    for _ in range(500):
+        loss = compute_loss("distill", logratio[i], logratio[j], torch.zeros(6), torch.zeros(6), beta,
+                            margin=r[i] - r[j]).losses.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    fitted = beta * logratio.detach()
+    assert torch.allclose(fitted - fitted.mean(), r - r.mean(), atol=1e-4)
+    assert not torch.allclose(logratio.detach() - logratio.detach().mean(), r - r.mean(), atol=1e-2)  # β matters
 
 
 def test_shape_mismatch():

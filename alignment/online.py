@@ -1,0 +1,159 @@
+"""On-policy training (`dpo.method`): each step or round draws fresh completions from the policy being
+trained and scores them with the training reward; the reference stays the start policy.
+
+- `online` — iterative DPO (Xiong et al. 2024; Guo et al. 2024, "Direct Language Model Alignment from
+  Online AI Feedback"): the train prompts are split into `dpo.rounds` shares; round k samples
+  `sample.n_samples` completions per prompt of its share from the policy after round k-1, scores them,
+  pairs them (`pairs.strategy`) and takes one DPO pass (`dpo.loss`) over those pairs. Same prompts and
+  samples in all as offline DPO: only who drew them differs.
+- `rloo` — REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics"): per step
+  `dpo.batch_size` prompts x `sample.n_samples` completions from the current policy, each scored
+  R = r - β·log(π/π_ref) (the sequence's sampled KL term, as trl's RLOO), advantage
+  A_i = R_i - mean_{j≠i} R_j, loss -mean(A · log π(y)). It maximises E[r] - β·KL(π‖π_ref): the objective
+  whose optimum is π_β ∝ π_ref·exp(r/β).
+
+Both use the prompts offline DPO trains on (a draw's train prompts less the held-out share,
+`pairs.held_out`), the native training loop (`train.train_loop`) and one process.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from .config import Config, DPOConfig
+from .io import write_json, write_jsonl
+from .logprobs import batched_logps, collate, model_logps
+from .pairs import build_pairs
+from .reward import score_records
+from .sampling import in_prompt_order, sample_records
+from .tracking import tracked
+from .train import (LoopConfig, dpo_loop_config, policy_to_train, reference_logps, reference_of, save_policy,
+                    train_dpo, train_loop)
+
+ROUND_SEED = 7919  # round k of online DPO samples with sample.seed + ROUND_SEED * (k + 1) (+ dpo.seed's share)
+
+
+def trained_prompts(prompts: list[dict], held_out: float) -> list[dict]:
+    """The prompts offline DPO trains on: all but the last floor(held_out x n) (`train.held_out_prompts`
+    holds out the same ones when every prompt has a pair)."""
+    keep = len(prompts) - int(held_out * len(prompts))
+    return prompts[:keep]
+
+
+def round_shares(prompts: list[dict], rounds: int) -> list[list[dict]]:
+    """`rounds` contiguous shares of the prompts, sizes differing by at most one; e.g. 5 prompts, 2 rounds:
+    [p0 p1 p2], [p3 p4]."""
+    if rounds > len(prompts):
+        raise ValueError(f"dpo.rounds={rounds} is more than the {len(prompts)} train prompts; lower dpo.rounds "
+                         "or raise data.n_train_prompts")
+    size, extra = divmod(len(prompts), rounds)
+    out, i = [], 0
+    for k in range(rounds):
+        j = i + size + (k < extra)
+        out.append(prompts[i:j])
+        i = j
+    return out
+
+
+def draw_and_score(model, tokenizer, prompts: list[dict], cfg: Config, seed: int, stop_ids: list[int],
+                   reward) -> tuple[list[dict], list[float]]:
+    """`sample.n_samples` completions per prompt from `model` (in its current state) and their rewards."""
+    sample = dataclasses.replace(cfg.sample, seed=seed)
+    was_training = model.training
+    model.eval()
+    try:  # in the model's own dtype, as the start policy's samples (not under a training loop's autocast)
+        with torch.autocast(next(model.parameters()).device.type, enabled=False):
+            recs = [r for batch in sample_records(model, tokenizer, prompts, sample.n_samples, sample, stop_ids,
+                                                  quiet=True) for r in batch]
+            recs = in_prompt_order(recs, prompts)
+            return recs, score_records(reward, recs, cfg.reward.score_prompt)
+    finally:
+        model.train(was_training)
+
+
+def online_dpo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path, tracker) -> list[dict]:
+    """Iterative DPO over `dpo.rounds` rounds (module docstring); writes out/round<k>/ (its samples,
+    rewards, pairs, train log) and returns the rounds' train logs joined, steps counted across rounds."""
+    tok, log, step0 = models.tokenizer, [], 0
+    for k, share in enumerate(round_shares(prompts, dpo.rounds)):
+        rdir = out / f"round{k}"
+        recs, rewards = draw_and_score(model, tok, share, cfg, cfg.sample.seed + ROUND_SEED * (k + 1) + dpo.seed,
+                                       models.stop_ids, models.reward)
+        pairs, stats = build_pairs(recs, rewards, cfg.pairs.strategy, cfg.pairs.min_margin, cfg.pairs.seed)
+        ids = {p["id"]: p["ids"] for p in share}
+        model.eval()
+        with reference_of(model, models, dpo) as ref_model:
+            ref = reference_logps(ref_model, pairs, ids, tok.pad_token_id)
+        write_jsonl(rdir / "samples.jsonl", [{**r, "reward": x} for r, x in zip(recs, rewards)])
+        write_json(rdir / "pairs_stats.json", stats)
+        records = train_dpo(model, pairs, ids, ref, dataclasses.replace(dpo, seed=dpo.seed * 1000 + k),
+                            tok.pad_token_id, rdir)
+        drawn = sum(len(r["completion_ids"]) for r in recs)
+        for i, r in enumerate(records):
+            rec = {**r, "step": step0 + r["step"], "round": k, "round_reward_mean": sum(rewards) / len(rewards),
+                   "num_tokens": drawn if i == 0 else 0}  # the round's draws, counted at its first step
+            log.append(rec)
+            if tracker is not None:
+                tracker.log(tracked(rec), step=rec["step"])
+        step0 += records[-1]["step"] if records else 0
+    return log
+
+
+def rloo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, n: int,
+              beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """RLOO's loss over P prompts x n completions, prompt-major: logps (P*n,) with gradient, ref_logps and
+    rewards (P*n,). R = r - β·(logp - ref_logp) (detached), A_i = R_i - mean_{j≠i} R_j, loss
+    -mean(A·logp). E.g. n 2, β 0, rewards (1, 0): A = (1, -1), loss = -(logp_0 - logp_1)/2."""
+    if n < 2:
+        raise ValueError(f"dpo.method=rloo needs sample.n_samples >= 2 for its leave-one-out baseline, got {n}")
+    kl = (logps.detach() - ref_logps).view(-1, n)  # (P, n) the sampled sequence's log-ratio
+    score = rewards.view(-1, n).to(kl.dtype) - beta * kl  # (P, n)
+    adv = score - (score.sum(1, keepdim=True) - score) / (n - 1)  # (P, n) leave-one-out baseline
+    loss = -(adv.flatten() * logps).mean()
+    return loss, {"loss": loss.item(), "objective/scores": rewards.float().mean().item(),
+                  "objective/kl": kl.mean().item(), "objective/rlhf_reward": score.mean().item(),
+                  "objective/non_score_reward": (-beta * kl).mean().item(), "advantage_abs": adv.abs().mean().item()}
+
+
+def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path, tracker) -> list[dict]:
+    """RLOO (module docstring) for `dpo.epochs` passes over `prompts`, `dpo.batch_size` prompts a step;
+    writes out/train_log.jsonl and returns it."""
+    tok, n = models.tokenizer, cfg.sample.n_samples
+    pad, draws = tok.pad_token_id, []
+
+    def loss_fn(net, mb: list[int]):
+        batch = [prompts[i] for i in mb]
+        seed = cfg.sample.seed + ROUND_SEED * (len(draws) + 1) + dpo.seed
+        recs, rewards = draw_and_score(net, tok, batch, cfg, seed, models.stop_ids, models.reward)
+        draws.append(len(recs))
+        ids = [p["ids"] for p in batch for _ in range(n)]
+        comps = [r["completion_ids"] for r in recs]
+        with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
+            ref = batched_logps(ref_model, ids, comps, pad, batch_size=len(comps))  # (P*n,)
+        logps = model_logps(net, collate(ids, comps, pad))  # (P*n,)
+        loss, m = rloo_loss(logps, ref.to(logps.device), torch.tensor(rewards, device=logps.device), n, dpo.beta)
+        return loss, {**m, "num_tokens": float(sum(len(c) for c in comps))}
+
+    loop: LoopConfig = dpo_loop_config(dpo, next(model.parameters()).device)
+    loop = dataclasses.replace(loop, desc="rloo", save_every=0, save_minutes=0.0)  # draws are not replayed on resume
+    return train_loop(model, len(prompts), loss_fn, loop, out, tracker).records
+
+
+TRAINERS = {"online": online_dpo, "rloo": rloo}  # dpo.method -> its trainer
+
+
+def train_on_policy(models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path, tracker) -> int:
+    """Train one policy with `dpo.method` (online or rloo) on `prompts` into `out` (model/, train_log.jsonl,
+    train_summary.json), full fine-tuning or LoRA as `dpo.lora_r` says; returns the completion tokens it
+    drew. Finishes `tracker`."""
+    try:
+        with policy_to_train(models, dpo) as model:
+            log = TRAINERS[dpo.method](model, models, prompts, cfg, dpo, Path(out), tracker)
+            write_jsonl(Path(out) / "train_log.jsonl", log)
+            write_json(Path(out) / "train_summary.json", log[-1] if log else {})
+            save_policy(model, models.tokenizer, Path(out))
+        return int(sum(r.get("num_tokens", 0) for r in log))
+    finally:
+        tracker.finish()

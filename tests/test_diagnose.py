@@ -1,0 +1,55 @@
+"""Where the KL goes (`alignment.diagnose`): the split on hand-written log-ratios, the per-token log-ratios
+against a direct sequence computation on a tiny model, and the training log's story."""
+import copy
+
+import pytest
+import torch
+
+from alignment.diagnose import kl_split, sentiment_token_ids, token_log_ratios, training_story
+from alignment.logprobs import batched_logps
+from alignment.models import load_causal_lm
+
+
+def test_kl_split_closed_form():
+    ratios = [[0.5, 0.1, 0.2, 0.0, 1.0], [0.3, -0.1]]  # two samples, 5 and 2 tokens
+    comps = [[7, 1, 7, 2, 3], [1, 7]]
+    out = kl_split(ratios, comps, {7}, bins=(0, 2, 4))
+    assert out["kl"] == pytest.approx((1.8 + 0.2) / 2)
+    assert [b["kl"] for b in out["by_position"]] == pytest.approx([(0.6 + 0.2) / 2, 0.2 / 2, 1.0 / 2])
+    assert [b["to"] for b in out["by_position"]] == [2, 4, None]
+    assert sum(b["share"] for b in out["by_position"]) == pytest.approx(1.0)
+    assert out["sentiment"]["kl"] == pytest.approx((0.5 + 0.2 - 0.1) / 2)  # the three 7s
+    assert out["sentiment"]["share_of_tokens"] == pytest.approx(3 / 7)
+    assert out["sentiment"]["share_of_kl"] == pytest.approx(0.3 / 1.0)
+
+
+def test_token_log_ratios_sum_to_the_sequence_log_ratio(tiny_gpt2_dir):
+    ref = load_causal_lm(tiny_gpt2_dir, torch.float32, torch.device("cpu"))
+    pol = copy.deepcopy(ref)
+    with torch.no_grad():
+        pol.lm_head.weight.add_(0.05 * torch.randn_like(pol.lm_head.weight, generator=torch.Generator().manual_seed(0)))
+    prompts, comps = [[5, 6, 7], [9]], [[11, 12, 0], [13, 14, 15, 16]]
+    ratios = token_log_ratios(pol, ref, prompts, comps, pad_id=0)
+    assert [len(r) for r in ratios] == [3, 4]
+    direct = batched_logps(pol, prompts, comps, 0) - batched_logps(ref, prompts, comps, 0)
+    assert [sum(r) for r in ratios] == pytest.approx(direct.tolist(), abs=1e-4)
+    assert any(abs(x) > 1e-3 for r in ratios for x in r)  # the perturbation shows
+
+
+def test_sentiment_token_ids_are_whole_words(tiny_tokenizer):
+    words = sorted({w for w in (tiny_tokenizer.decode([i]).strip().lower() for i in range(len(tiny_tokenizer)))
+                    if w.isalpha() and len(w) >= 3})
+    strong, weak = words[:2]  # two whole-word tokens of the tiny vocabulary
+    ids = sentiment_token_ids(tiny_tokenizer, {strong: 3.1, weak: 0.9, ":)": 2.0})
+    assert ids and {tiny_tokenizer.decode([i]).strip().lower() for i in ids} == {strong}  # weak: below the bar
+
+
+def test_training_story():
+    log = [{"step": 1, "logps/chosen": -40.0, "logps/rejected": -41.0, "rewards/accuracies": 0.5},
+           {"step": 2, "logps/chosen": -45.0, "logps/rejected": -50.0, "rewards/accuracies": 0.75,
+            "eval_rewards/accuracies": 0.6}]
+    s = training_story(log)
+    assert (s["logps_chosen_first"], s["logps_chosen_last"]) == (-40.0, -45.0)
+    assert (s["logps_rejected_first"], s["logps_rejected_last"]) == (-41.0, -50.0)
+    assert (s["train_accuracy"], s["held_out_accuracy"], s["steps"]) == (0.75, 0.6, 2)
+    assert training_story([{"step": 1, "loss": 0.3}])["logps_chosen_first"] is None

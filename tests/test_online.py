@@ -1,0 +1,101 @@
+"""On-policy methods (`dpo.method`): online (iterative) DPO and RLOO on tiny models with a Python
+reward, through the pipeline; RLOO's loss on hand-written tensors; and the config's refusals."""
+import math
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignment.config import ConfigError, check_training, load_config
+from alignment.io import read_json, read_jsonl
+from alignment.online import rloo_loss, round_shares, trained_prompts
+from alignment.pipeline import Pipeline
+
+from test_pipeline_e2e import tiny_cfg
+
+
+def vowels(texts: list[str]) -> torch.Tensor:
+    """A toy reward with spread: the share of vowels among a text's characters."""
+    return torch.tensor([sum(c in "aeiou" for c in t) / max(len(t), 1) for t in texts])
+
+
+def test_rloo_loss_closed_form():
+    logps = torch.tensor([-1.0, -2.0, -3.0, -4.0], requires_grad=True)  # 2 prompts x 2 completions
+    ref = torch.tensor([-1.5, -2.0, -3.0, -3.0])
+    r = torch.tensor([1.0, 0.0, 2.0, 2.0])
+    loss, m = rloo_loss(logps, ref, r, n=2, beta=0.5)
+    # R = r - 0.5 (logp - ref) = [0.75, 0, 2, 2.5]; leave-one-out A = [0.75, -0.75, -0.5, 0.5]
+    adv = torch.tensor([0.75, -0.75, -0.5, 0.5])
+    assert loss.item() == pytest.approx(-(adv * logps.detach()).mean().item())
+    loss.backward()
+    assert torch.allclose(logps.grad, -adv / 4)
+    assert m["objective/kl"] == pytest.approx((0.5 + 0 + 0 - 1.0) / 4)
+    assert m["objective/scores"] == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="sample.n_samples >= 2"):
+        rloo_loss(logps, ref, r, n=1, beta=0.5)
+
+
+def test_round_shares_and_trained_prompts():
+    ps = [{"id": f"p{i}"} for i in range(5)]
+    assert [[p["id"] for p in s] for s in round_shares(ps, 2)] == [["p0", "p1", "p2"], ["p3", "p4"]]
+    assert sum(len(s) for s in round_shares(ps, 4)) == 5
+    with pytest.raises(ValueError, match="dpo.rounds=6"):
+        round_shares(ps, 6)
+    assert [p["id"] for p in trained_prompts(ps, 0.25)] == ["p0", "p1", "p2", "p3"]  # floor(1.25) held out
+
+
+def _changed(tiny_gpt2_dir, policy_dir) -> list[str]:
+    before = load_file(os.path.join(tiny_gpt2_dir, "model.safetensors"))
+    after = load_file(str(policy_dir / "model" / "model.safetensors"))
+    return [k for k in before if k in after and not torch.equal(before[k], after[k])]
+
+
+@pytest.mark.parametrize("method", ["online", "rloo"])
+def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
+                                                      method):
+    cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
+                   **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "pairs.held_out": 0.25,
+                      "dpo.method": method, "dpo.rounds": 2, "dpo.batch_size": 2})
+    pipe = Pipeline(cfg, reward=vowels)
+    pipe.prepare()
+    policy = pipe.train()
+    assert policy.name == {"online": "online2-sigmoid-b0.1-lr0.001-s0", "rloo": "rloo-b0.1-lr0.001-s0"}[method]
+    assert _changed(tiny_gpt2_dir, policy.dir), f"{method} did not change any parameter"
+    log = read_jsonl(policy.dir / "train_log.jsonl")
+    assert [r["step"] for r in log] == list(range(1, len(log) + 1)) and all(math.isfinite(r["loss"]) for r in log)
+    if method == "online":  # 6 trained prompts in 2 rounds of 3, each its own fresh samples from the policy so far
+        rounds = [read_jsonl(policy.dir / f"round{k}" / "samples.jsonl") for k in range(2)]
+        assert [len({r["prompt_id"] for r in rs}) for rs in rounds] == [3, 3]
+        assert {r["round"] for r in log} == {0, 1}
+        assert read_json(policy.dir / "round1" / "pairs_stats.json")["n_prompts"] == 3
+    else:  # 6 prompts, 2 a step: 3 steps, each scored on its own draws
+        assert len(log) == 3 and all("objective/kl" in r and "objective/scores" in r for r in log)
+    assert not pipe.data.paths.draw(0).samples.exists(), "on-policy methods draw no start-policy samples"
+    again = pipe.train()  # cached
+    assert again.dir == policy.dir and again.hash == policy.hash
+
+
+def test_on_policy_methods_are_refused_where_they_cannot_run(tmp_path):
+    with pytest.raises(ConfigError, match="dpo.method"):
+        load_config(overrides={"dpo.method": "online", "dpo.backend": "trl"})
+    with pytest.raises(ConfigError, match="dpo.method"):
+        load_config(overrides={"dpo.method": "ppo"})
+    with pytest.raises(ConfigError, match="distill"):
+        load_config(overrides={"dpo.loss": "distill", "dpo.backend": "trl"})
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    own = load_config(overrides={"pairs.source": str(pairs)})
+    for key, value in (("method", "rloo"), ("loss", "distill")):
+        dpo = type(own.dpo)(**{**own.dpo.__dict__, key: value})
+        with pytest.raises(ConfigError, match="pairs.source"):
+            check_training(own, dpo)
+
+
+def test_offline_keys_are_unchanged_by_the_method_fields():
+    """`dpo.method` and `dpo.rounds` key the caches only when set: the default config's dpo key has neither."""
+    from alignment.config import section_deps
+    cfg = load_config()
+    assert "method" not in section_deps(cfg, "dpo")["dpo"] and "rounds" not in section_deps(cfg, "dpo")["dpo"]
+    cfg = load_config(overrides={"dpo.method": "online"})
+    assert section_deps(cfg, "dpo")["dpo"]["method"] == "online"
