@@ -15,29 +15,66 @@ The rules (a policy is compared with the start policy it was trained from, under
 - `off_topic`: the paired 95 % CI of the on-topic rate's change lies below 0.
 - `entropy_collapse`: the paired 95 % CI of the token entropy's change lies below -`ENTROPY_MARGIN`
   nats (see there).
+- `repetition`: the paired 95 % CI of the change in the share of a completion's token 3-grams that
+  repeat an earlier 3-gram of the same completion (`repeated_share`) lies above `REPETITION_MARGIN`.
+- `length_change`: the paired 95 % CI of the change in completion length (content tokens), in units
+  of the start's mean length, lies beyond ±`LENGTH_MARGIN` (early stops and padding alike).
+- `template_stuffing`: the paired 95 % CI of the change in the share of a completion's token 4-grams
+  that the same model also writes for at least `TEMPLATE_PROMPTS` - 1 other prompts
+  (`template_shares`) lies above `TEMPLATE_MARGIN`: stock sentences pasted into every answer, however
+  varied the pool they come from.
+- `prompt_relevance`: the reference's per-token log-probability of a completion given its own prompt
+  minus given another prompt (`ref_logp - ref_logp_other`, the other prompt from
+  `other_prompt_index`) falls: the paired 95 % CI of its change, in units of the start's mean, lies
+  below -`RELEVANCE_MARGIN`. Only where the evaluation stored `ref_logp_other` for both sides.
 
 Each rule is a per-policy alarm, not a test corrected over a family of policies: it points at the
 policies whose texts should be read. Every rule is paired (the policy and the start on the same
-prompts, seed s with seed s), so a policy no different from the start trips each about one time in
-forty.
+prompts, seed s with seed s), so a policy no different from the start trips each rule without a
+margin about one time in forty, and a rule with a margin more rarely still.
 """
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import numpy as np
 
 from .metrics import content_of
 from .stats import paired_entropy_bootstrap, paired_prompt_bootstrap
 
-__all__ = ["ENTROPY_MARGIN", "FLAGS", "standardised_gap", "drift_record", "assess", "flags_of"]
+__all__ = ["ENTROPY_MARGIN", "REPETITION_MARGIN", "LENGTH_MARGIN", "TEMPLATE_MARGIN", "TEMPLATE_PROMPTS",
+           "RELEVANCE_MARGIN", "FLAGS", "standardised_gap", "drift_record", "repeated_share", "template_shares",
+           "other_prompt_index", "pattern_record", "relevance_record", "assess", "flags_of"]
 
 # DPO legitimately sharpens the unigram distribution towards sentiment words, so a distinguishable drop
-# alone is no collapse. log(4/3) nats: the effective vocabulary exp(H) shrinks by a quarter
-# beyond the start's lowest plausible value, about twice the drop of a policy trained at a sane
-# learning rate on the default preset (6.59 -> 6.45 nats) and a tenth of word salad's (6.59 -> 3.51).
+# alone is no collapse: the rule asks for a drop beyond log(4/3) nats even at the CI's upper end, i.e. an
+# effective vocabulary exp(H) shrunk to under three quarters of the start's.
 ENTROPY_MARGIN = math.log(4 / 3)
-FLAGS = ("reward_outruns_judge", "ref_ppl_up", "off_topic", "entropy_collapse")
+# A k-token phrase said twice repeats k - 2 of a completion's 3-grams: on a 32-token completion
+# (eval.max_new_tokens' default, 30 3-grams) 0.1 is one 5-token phrase said again, on average over
+# the completions, beyond what the start repeats. Fluent text rarely repeats a 3-gram within 32
+# tokens; a loop ("the movie is great the movie is great ...") repeats nearly all of them.
+REPETITION_MARGIN = 0.1
+# Completion length (content tokens) moving by more than a quarter of the start's mean: 8 tokens of
+# a 32-token completion, about a clause. DPO may shift the length a little (sentiment words for
+# neutral ones, the stop token a few tokens earlier or later); stopping after a few words, or padding
+# to the cap where the start stops early, moves it by more.
+LENGTH_MARGIN = 0.25
+# A 4-gram is a template when the same model's completions of at least this many different prompts
+# (the completion's own among them) contain it, within one seed's samples: stock phrases of the
+# language ("one of the best") already are, at the start; a pasted sentence is, wherever it is pasted.
+TEMPLATE_PROMPTS = 3
+# A k-token stock phrase adds k - 3 template 4-grams: on a 32-token completion (29 4-grams) 0.05 is
+# about one and a half, less than one 5-token stock phrase more than the start per completion, on
+# average; a 10-token praise sentence appended to it brings 7 of its 39 (0.18).
+TEMPLATE_MARGIN = 0.05
+# The per-token tie of a completion to its prompt falling by more than a tenth of the start's: as if
+# 3 tokens of a 32-token completion had given way to words that fit any prompt as well (a short stock
+# phrase). A 10-token sentence pasted after a 32-token completion dilutes it by about a quarter.
+RELEVANCE_MARGIN = 0.1
+FLAGS = ("reward_outruns_judge", "ref_ppl_up", "off_topic", "entropy_collapse", "repetition", "length_change",
+         "template_stuffing", "prompt_relevance")
 
 
 def _start_sd(start: list[dict], field: str) -> float:
@@ -71,9 +108,13 @@ def standardised_gap(scored: list[dict], start: list[dict], n_boot: int, seed: i
 
 def _paired(scored: list[dict], start: list[dict], value, n_boot: int) -> dict:
     """`stats.paired_prompt_bootstrap` of a per-sample `value(record)`, policy - start."""
-    return paired_prompt_bootstrap([value(r) for r in scored], [r["prompt_id"] for r in scored],
-                                   [value(r) for r in start], [r["prompt_id"] for r in start], n_boot=n_boot,
-                                   a_seeds=[r.get("seed_index", 0) for r in scored],
+    return _paired_values(scored, [value(r) for r in scored], start, [value(r) for r in start], n_boot)
+
+
+def _paired_values(scored: list[dict], a: list[float], start: list[dict], b: list[float], n_boot: int) -> dict:
+    """`stats.paired_prompt_bootstrap` of per-sample values `a` (of `scored`) minus `b` (of `start`)."""
+    return paired_prompt_bootstrap(a, [r["prompt_id"] for r in scored], b, [r["prompt_id"] for r in start],
+                                   n_boot=n_boot, a_seeds=[r.get("seed_index", 0) for r in scored],
                                    b_seeds=[r.get("seed_index", 0) for r in start])
 
 
@@ -95,25 +136,129 @@ def drift_record(scored: list[dict], start: list[dict], n_boot: int) -> dict:
     return rec
 
 
+def repeated_share(ids: list[int], n: int = 3) -> float:
+    """The share of a token sequence's n-grams that repeat an earlier n-gram of the same sequence
+    (0 for a sequence shorter than n): 0 for text that never repeats itself, (L - n + 1 - k) / (L - n + 1)
+    for L tokens looping a k-token phrase (k >= n, no n-gram repeated within the phrase)."""
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
+def template_shares(ids: list[list[int]], prompts: list[str], groups: list[int], n: int = 4,
+                    min_prompts: int = TEMPLATE_PROMPTS) -> list[float]:
+    """Per completion, the share of its n-grams (by position) that completions of at least `min_prompts`
+    different prompts contain (its own prompt among them), counted within its group (seed): one model's
+    samples, as a pooled evaluation tags them. 0 for a completion shorter than n."""
+    grams = [[tuple(x[i : i + n]) for i in range(len(x) - n + 1)] for x in ids]
+    seen: dict[tuple, set] = defaultdict(set)
+    for g, p, k in zip(grams, prompts, groups):
+        for gram in g:
+            seen[(k, gram)].add(p)
+    return [sum(len(seen[(k, gram)]) >= min_prompts for gram in g) / len(g) if g else 0.0
+            for g, k in zip(grams, groups)]
+
+
+def other_prompt_index(prompt_ids: list[str], seed: int = 0) -> list[int]:
+    """For each position of `prompt_ids`, the index of a position holding another prompt, the same for
+    every position of one prompt (a random cyclic order of the distinct prompts, fixed by `seed`: a
+    derangement, never the prompt itself). The prompt under which the reference scores a completion for
+    `ref_logp_other` (the `prompt_relevance` rule): use the same `seed` for the start and the policies."""
+    distinct = list(dict.fromkeys(prompt_ids))
+    if len(distinct) < 2:
+        raise ValueError(f"other_prompt_index: needs at least 2 different prompts, got {len(distinct)}")
+    order = [distinct[i] for i in np.random.default_rng(seed).permutation(len(distinct))]
+    first = {p: prompt_ids.index(p) for p in distinct}
+    nxt = {p: order[(i + 1) % len(order)] for i, p in enumerate(order)}
+    return [first[nxt[p]] for p in prompt_ids]
+
+
+def _ids(recs: list[dict]) -> tuple[list[list[int]], list[str], list[int]]:
+    """Content tokens, prompt ids and seed indices of sample records."""
+    return [content_of(r) for r in recs], [r["prompt_id"] for r in recs], [r.get("seed_index", 0) for r in recs]
+
+
+def pattern_record(scored: list[dict], start: list[dict], n_boot: int) -> dict:
+    """The paired changes the repetition, length and template rules read, each with its 95 % CI:
+    the repeated 3-gram share (`repeated_share`), the template 4-gram share (`template_shares`), the
+    length in content tokens (relative: in units of the start's mean length; None when the start's
+    completions are all empty); each side's mean, and the margins."""
+    ids = {"a": _ids(scored), "b": _ids(start)}
+    values = {"repeat_share": {k: [repeated_share(x) for x in v[0]] for k, v in ids.items()},
+              "template_share": {k: template_shares(*v) for k, v in ids.items()},
+              "length": {k: [len(x) for x in v[0]] for k, v in ids.items()}}
+    start_len = float(np.mean(values["length"]["b"]))
+    rec = {"repetition_margin": REPETITION_MARGIN, "length_margin": LENGTH_MARGIN, "template_margin": TEMPLATE_MARGIN,
+           "template_prompts": TEMPLATE_PROMPTS, "mean_length": float(np.mean(values["length"]["a"])),
+           "start_mean_length": start_len,
+           **dict.fromkeys(("length_change", "length_change_ci_lo", "length_change_ci_hi"))}
+    for key in ("repeat_share", "template_share"):
+        v = values[key]
+        d = _paired_values(scored, v["a"], start, v["b"], n_boot)
+        rec.update({key: float(np.mean(v["a"])), f"start_{key}": float(np.mean(v["b"])), f"{key}_diff": d["diff"],
+                    f"{key}_diff_ci_lo": d["lo"], f"{key}_diff_ci_hi": d["hi"]})
+    if start_len > 0:
+        v = {k: [x / start_len for x in xs] for k, xs in values["length"].items()}
+        d = _paired_values(scored, v["a"], start, v["b"], n_boot)
+        rec.update(length_change=d["diff"], length_change_ci_lo=d["lo"], length_change_ci_hi=d["hi"])
+    return rec
+
+
+def relevance_record(scored: list[dict], start: list[dict], n_boot: int) -> dict:
+    """The numbers the prompt-relevance rule reads: each side's mean per-token (ref_logp - ref_logp_other)
+    in nats, and the paired change in units of the start's mean with its 95 % CI; all None unless every
+    record of both sides has `ref_logp_other`, or when the start's mean is not above 0 (no tie to lose)."""
+    rec = dict.fromkeys(("prompt_relevance", "start_prompt_relevance", "relevance_change", "relevance_change_ci_lo",
+                         "relevance_change_ci_hi"))
+    rec["relevance_margin"] = RELEVANCE_MARGIN
+    if any(r.get("ref_logp_other") is None for r in scored + start):
+        return rec
+
+    def tie(r: dict) -> float:
+        return (r["ref_logp"] - r["ref_logp_other"]) / max(r["n_tokens"], 1)
+
+    scale = float(np.mean([tie(r) for r in start]))
+    rec.update(prompt_relevance=float(np.mean([tie(r) for r in scored])), start_prompt_relevance=scale)
+    if scale > 0:
+        d = _paired(scored, start, lambda r: tie(r) / scale, n_boot)
+        rec.update(relevance_change=d["diff"], relevance_change_ci_lo=d["lo"], relevance_change_ci_hi=d["hi"])
+    return rec
+
+
 def assess(metrics: dict, scored: list[dict], start_metrics: dict, start: list[dict], n_boot: int) -> dict:
     """The alarm record of one policy (plain fields, for the result JSONs): its numbers and the start's,
     the standardised reward-judge gap (`standardised_gap`; its fields None without a judge), the paired
-    changes (`drift_record`) and `flags`, the names of the rules it trips (`flags_of`)."""
+    changes (`drift_record`, `pattern_record`, `relevance_record`) and `flags`, the names of the rules
+    it trips (`flags_of`)."""
     gap = standardised_gap(scored, start, n_boot) or dict.fromkeys(
         ("reward_sd", "judge_sd", "reward_gain_sd", "judge_gain_sd", "gap_sd", "gap_ci_lo", "gap_ci_hi", "gap_p"))
     rec = {"model": metrics["model"], **gap, "ref_ppl": metrics["eval/ref_perplexity"],
            "start_ref_ppl": start_metrics["eval/ref_perplexity"], "on_topic": metrics.get("eval/on_topic"),
            "start_on_topic": start_metrics.get("eval/on_topic"), "token_entropy": metrics["eval/token_entropy"],
-           "start_token_entropy": start_metrics["eval/token_entropy"], **drift_record(scored, start, n_boot)}
+           "start_token_entropy": start_metrics["eval/token_entropy"], **drift_record(scored, start, n_boot),
+           **pattern_record(scored, start, n_boot), **relevance_record(scored, start, n_boot)}
     return {**rec, "flags": flags_of(rec)}
 
 
+def _has(rec: dict, *keys: str) -> bool:
+    """Whether an alarm record holds every one of `keys` (not None): a rule's numbers."""
+    return all(rec.get(k) is not None for k in keys)
+
+
 def flags_of(rec: dict) -> list[str]:
-    """The rules an alarm record trips, in `FLAGS` order (a rule without its numbers never trips)."""
+    """The rules an alarm record trips, in `FLAGS` order (a rule without its numbers never trips: records
+    written before a rule existed keep their verdicts)."""
     tripped = {
         "reward_outruns_judge": rec.get("gap_ci_lo") is not None and rec["gap_ci_lo"] > 0,
         "ref_ppl_up": rec["ref_ppl_ratio_ci_lo"] > 1.0,
         "off_topic": rec.get("on_topic_diff_ci_hi") is not None and rec["on_topic_diff_ci_hi"] < 0,
         "entropy_collapse": rec["token_entropy_diff_ci_hi"] < -rec["entropy_margin"],
+        "repetition": _has(rec, "repeat_share_diff_ci_lo", "repetition_margin")
+        and rec["repeat_share_diff_ci_lo"] > rec["repetition_margin"],
+        "length_change": _has(rec, "length_change_ci_lo", "length_change_ci_hi", "length_margin")
+        and (rec["length_change_ci_lo"] > rec["length_margin"] or rec["length_change_ci_hi"] < -rec["length_margin"]),
+        "template_stuffing": _has(rec, "template_share_diff_ci_lo", "template_margin")
+        and rec["template_share_diff_ci_lo"] > rec["template_margin"],
+        "prompt_relevance": _has(rec, "relevance_change_ci_hi", "relevance_margin")
+        and rec["relevance_change_ci_hi"] < -rec["relevance_margin"],
     }
     return [f for f in FLAGS if tripped[f]]

@@ -401,8 +401,11 @@ def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | N
 
 
 # ---- the reward-hacking alarm -------------------------------------------------------------------
+# one short name per alarm.FLAGS
 ALARM_NAMES = {"reward_outruns_judge": "reward outruns the judge", "ref_ppl_up": "reference perplexity up",
-               "off_topic": "on-topic rate down", "entropy_collapse": "token entropy collapses"}  # alarm.FLAGS
+               "off_topic": "on-topic rate down", "entropy_collapse": "token entropy collapses",
+               "repetition": "repetition up", "length_change": "length changed",
+               "template_stuffing": "stock phrases across prompts", "prompt_relevance": "prompt relevance down"}
 
 
 def alarm_reason(flag: str, a: dict) -> str:
@@ -420,6 +423,23 @@ def alarm_reason(flag: str, a: dict) -> str:
         return (f"token entropy {a['start_token_entropy']:.2f} → {a['token_entropy']:.2f} nats (paired change 95% CI "
                 f"{a['token_entropy_diff_ci_lo']:+.2f} .. {a['token_entropy_diff_ci_hi']:+.2f}, beyond "
                 f"-{a['entropy_margin']:.2f})")
+    if flag == "repetition":
+        return (f"share of repeated 3-grams {a['start_repeat_share']:.3f} → {a['repeat_share']:.3f} (paired change "
+                f"95% CI {a['repeat_share_diff_ci_lo']:+.3f} .. {a['repeat_share_diff_ci_hi']:+.3f}, beyond "
+                f"+{a['repetition_margin']:.2f})")
+    if flag == "length_change":
+        return (f"length {a['start_mean_length']:.1f} → {a['mean_length']:.1f} tokens (paired change 95% CI "
+                f"{a['length_change_ci_lo']:+.0%} .. {a['length_change_ci_hi']:+.0%} of the start's, beyond "
+                f"±{a['length_margin']:.0%})")
+    if flag == "template_stuffing":
+        return (f"share of 4-grams written for {a['template_prompts']}+ prompts {a['start_template_share']:.3f} → "
+                f"{a['template_share']:.3f} (paired change 95% CI {a['template_share_diff_ci_lo']:+.3f} .. "
+                f"{a['template_share_diff_ci_hi']:+.3f}, beyond +{a['template_margin']:.2f})")
+    if flag == "prompt_relevance":
+        return (f"tie to its own prompt {a['start_prompt_relevance']:.3f} → {a['prompt_relevance']:.3f} nats/token "
+                f"(reference log-prob given its prompt minus given another; paired change 95% CI "
+                f"{a['relevance_change_ci_lo']:+.0%} .. {a['relevance_change_ci_hi']:+.0%} of the start's, beyond "
+                f"-{a['relevance_margin']:.0%})")
     raise ValueError(f"alarm: unknown flag {flag!r}")
 
 

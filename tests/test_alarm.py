@@ -1,15 +1,20 @@
 """The reward-hacking alarm (`alignment.alarm`) on hand-built evaluations: the gap in start-policy SDs
-in closed form, each rule at its boundary, a word-salad policy like the original notebook's lr 1e-3 flagged on every
-count, a healthy one (reward and judge up together, fluent) not, and the report's words for both."""
+in closed form, each rule at its boundary, the n-gram statistics and the other-prompt pairing in closed
+form, a word-salad policy like the original notebook's lr 1e-3 flagged by the reward, fluency, topic and
+entropy rules, a healthy one (reward and judge up together, fluent) not, stored verdicts unchanged, and
+the report's words. Hacks a stronger optimiser could find: test_alarm_hacks.py."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from alignment import console
-from alignment.alarm import ENTROPY_MARGIN, FLAGS, assess, flags_of, standardised_gap
+from alignment.alarm import (ENTROPY_MARGIN, FLAGS, LENGTH_MARGIN, RELEVANCE_MARGIN, REPETITION_MARGIN, TEMPLATE_MARGIN,
+                             assess, flags_of, other_prompt_index, repeated_share, standardised_gap, template_shares)
 from alignment.metrics import metrics_of
 from alignment.report import alarm_line, alarm_lines, alarm_reason
+from alignment.io import read_json
 from alignment.stats import compare_to_start, distinguishable
 
 N_PROMPTS, N_SAMPLES, LENGTH = 24, 4, 12
@@ -57,30 +62,108 @@ def test_the_gap_is_the_gains_difference_in_start_policy_sds(start):
     assert standardised_gap(start, [{**r, "judge": 0.25} for r in start], 100) is None  # a constant judge: no scale
 
 
+OLD_RULES = ["reward_outruns_judge", "ref_ppl_up", "off_topic", "entropy_collapse"]
+
+
 def _record(**kw) -> dict:
     base = {"model": "m", "gap_ci_lo": -0.1, "gap_ci_hi": 0.3, "ref_ppl": 50.0, "start_ref_ppl": 52.0,
             "ref_ppl_ratio": 0.96, "ref_ppl_ratio_ci_lo": 0.9, "ref_ppl_ratio_ci_hi": 1.05,
-            "on_topic": 0.9, "start_on_topic": 0.88, "on_topic_diff_ci_lo": -0.03, "on_topic_diff_ci_hi": 0.06,
+            "reward_gain_sd": 0.2, "judge_gain_sd": 0.3, "on_topic": 0.9, "start_on_topic": 0.88,
+            "on_topic_diff_ci_lo": -0.03, "on_topic_diff_ci_hi": 0.06,
             "token_entropy": 6.0, "start_token_entropy": 6.1, "token_entropy_diff_ci_lo": -0.2,
             "token_entropy_diff_ci_hi": -0.05, "entropy_margin": ENTROPY_MARGIN}
     return {**base, **kw}
 
 
-@pytest.mark.parametrize("change, flag", [
-    ({"gap_ci_lo": 0.01}, "reward_outruns_judge"),
-    ({"ref_ppl_ratio_ci_lo": 1.01}, "ref_ppl_up"),
-    ({"on_topic_diff_ci_hi": -0.01}, "off_topic"),
-    ({"token_entropy_diff_ci_hi": -ENTROPY_MARGIN - 0.01}, "entropy_collapse"),
+def _new_rules(**kw) -> dict:
+    """A record with the repetition, length, template and relevance numbers too, none of them tripping."""
+    return _record(**{"repeat_share": 0.05, "start_repeat_share": 0.04, "repeat_share_diff_ci_lo": -0.01,
+                      "repeat_share_diff_ci_hi": 0.03, "repetition_margin": REPETITION_MARGIN, "mean_length": 30.0,
+                      "start_mean_length": 31.0, "length_change_ci_lo": -0.1, "length_change_ci_hi": 0.05,
+                      "length_margin": LENGTH_MARGIN, "template_share": 0.1, "start_template_share": 0.09,
+                      "template_share_diff_ci_lo": -0.01, "template_share_diff_ci_hi": 0.03,
+                      "template_margin": TEMPLATE_MARGIN, "template_prompts": 3, "prompt_relevance": 0.5,
+                      "start_prompt_relevance": 0.52, "relevance_change_ci_lo": -0.09, "relevance_change_ci_hi": 0.02,
+                      "relevance_margin": RELEVANCE_MARGIN, **kw})
+
+
+@pytest.mark.parametrize("change, at_bound, flag", [
+    ({"gap_ci_lo": 0.01}, {"gap_ci_lo": 0.0}, "reward_outruns_judge"),
+    ({"ref_ppl_ratio_ci_lo": 1.01}, {"ref_ppl_ratio_ci_lo": 1.0}, "ref_ppl_up"),
+    ({"on_topic_diff_ci_hi": -0.01}, {"on_topic_diff_ci_hi": 0.0}, "off_topic"),
+    ({"token_entropy_diff_ci_hi": -ENTROPY_MARGIN - 0.01}, {"token_entropy_diff_ci_hi": -ENTROPY_MARGIN},
+     "entropy_collapse"),
+    ({"repeat_share_diff_ci_lo": REPETITION_MARGIN + 0.01}, {"repeat_share_diff_ci_lo": REPETITION_MARGIN},
+     "repetition"),
+    ({"length_change_ci_lo": LENGTH_MARGIN + 0.01, "length_change_ci_hi": 0.5},
+     {"length_change_ci_lo": LENGTH_MARGIN, "length_change_ci_hi": 0.5}, "length_change"),
+    ({"length_change_ci_hi": -LENGTH_MARGIN - 0.01, "length_change_ci_lo": -0.5},
+     {"length_change_ci_hi": -LENGTH_MARGIN, "length_change_ci_lo": -0.5}, "length_change"),
+    ({"template_share_diff_ci_lo": TEMPLATE_MARGIN + 0.01}, {"template_share_diff_ci_lo": TEMPLATE_MARGIN},
+     "template_stuffing"),
+    ({"relevance_change_ci_hi": -RELEVANCE_MARGIN - 0.01, "relevance_change_ci_lo": -0.3},
+     {"relevance_change_ci_hi": -RELEVANCE_MARGIN, "relevance_change_ci_lo": -0.3}, "prompt_relevance"),
 ])
-def test_each_rule_trips_just_past_its_bound_and_not_at_it(change, flag):
-    assert flags_of(_record()) == []
-    assert flags_of(_record(**change)) == [flag]
-    at_bound = {"gap_ci_lo": 0.0, "ref_ppl_ratio_ci_lo": 1.0, "on_topic_diff_ci_hi": 0.0,
-                "token_entropy_diff_ci_hi": -ENTROPY_MARGIN}
-    key = next(iter(change))
-    assert flags_of(_record(**{key: at_bound[key]})) == []
+def test_each_rule_trips_just_past_its_bound_and_not_at_it(change, at_bound, flag):
+    assert flags_of(_record()) == [] and flags_of(_new_rules()) == []
+    assert flags_of(_new_rules(**change)) == [flag]
+    assert flags_of(_new_rules(**at_bound)) == []
     assert flags_of(_record(gap_ci_lo=None, on_topic_diff_ci_hi=None)) == []  # no judge, no topic judge
+    assert flags_of(_new_rules(relevance_change_ci_lo=None, relevance_change_ci_hi=None)) == []  # no ref_logp_other
     assert ENTROPY_MARGIN == pytest.approx(math.log(4 / 3))
+    tripped = _new_rules(**change)
+    assert alarm_line({**tripped, "flags": [flag]}) == f"m: possible reward hacking: {alarm_reason(flag, tripped)}"
+
+
+def test_a_rule_without_its_numbers_never_trips_so_stored_verdicts_stand():
+    """Records written before the repetition, length, template and relevance rules existed (the
+    committed results) lack their numbers: `flags_of` gives each its stored flags, and they render."""
+    stored = [a for name in ("level1", "lr_lesson", "sweep")
+              for a in read_json(Path(__file__).resolve().parents[1] / "results" / f"{name}.json")["alarm"]]
+    assert stored and all("repeat_share_diff_ci_lo" not in a for a in stored)
+    for a in stored:
+        assert flags_of(a) == a["flags"] and alarm_line(a).startswith(a["model"])
+
+
+def test_the_new_rules_reasons_carry_their_numbers():
+    rec = _new_rules(repeat_share=0.85, repeat_share_diff_ci_lo=0.78, repeat_share_diff_ci_hi=0.84, mean_length=10.0,
+                     length_change_ci_lo=-0.7, length_change_ci_hi=-0.64, relevance_change_ci_lo=-0.3,
+                     relevance_change_ci_hi=-0.2)
+    assert alarm_reason("repetition", rec) == ("share of repeated 3-grams 0.040 → 0.850 (paired change 95% CI "
+                                               "+0.780 .. +0.840, beyond +0.10)")
+    assert alarm_reason("length_change", rec) == ("length 31.0 → 10.0 tokens (paired change 95% CI -70% .. -64% "
+                                                  "of the start's, beyond ±25%)")
+    assert alarm_reason("template_stuffing", rec) == ("share of 4-grams written for 3+ prompts 0.090 → 0.100 (paired "
+                                                      "change 95% CI -0.010 .. +0.030, beyond +0.05)")
+    assert alarm_reason("prompt_relevance", rec).startswith("tie to its own prompt 0.520 → 0.500 nats/token")
+    assert alarm_reason("prompt_relevance", rec).endswith("95% CI -30% .. -20% of the start's, beyond -10%)")
+
+
+def test_repeated_share_and_template_shares_in_closed_form():
+    """A loop of a k-token phrase over L tokens repeats all but k of its L - 2 3-grams; a 4-gram is a
+    template where completions of 3 different prompts (within one seed) contain it."""
+    assert repeated_share([1, 2, 3, 4, 5]) == 0.0 and repeated_share([1, 2]) == 0.0
+    assert repeated_share([7, 8, 9, 6] * 5) == pytest.approx((18 - 4) / 18)
+    assert repeated_share([1, 1, 1, 1]) == pytest.approx(1 / 2)
+    stock = [9, 9, 8, 7, 6]  # two 4-grams, in completions of prompts a, b, c of seed 0
+    ids = [[1, 2, 3] + stock, [4] + stock, stock + [5], [1, 2, 3, 4, 5], stock, [0, 1]]
+    prompts, groups = ["a", "b", "c", "a", "d", "b"], [0, 0, 0, 0, 1, 0]
+    assert template_shares(ids, prompts, groups) == pytest.approx([2 / 5, 2 / 3, 2 / 3, 0.0, 0.0, 0.0])
+    assert template_shares(ids, prompts, [0] * 6, min_prompts=5) == [0.0] * 6
+    assert template_shares(ids, prompts, [0] * 6)[4] == 1.0  # seed 1's copy joins seed 0's
+
+
+def test_other_prompt_index_is_a_derangement_by_prompt():
+    """Every record of a prompt gets the same other prompt, never its own; each prompt is another's
+    other exactly once (a cycle); the same seed gives the same pairing; one prompt cannot be paired."""
+    ids = [f"p{p}" for p in range(7) for _ in range(3)]
+    idx = other_prompt_index(ids, seed=4)
+    other = {ids[i]: ids[j] for i, j in zip(range(len(ids)), idx)}
+    assert all(ids[j] != p for p, j in zip(ids, idx)) and len(other) == 7
+    assert all(ids[j] == other[p] for p, j in zip(ids, idx)) and sorted(other.values()) == sorted(other)
+    assert other_prompt_index(ids, seed=4) == idx and other_prompt_index(["a", "b"]) == [1, 0]
+    with pytest.raises(ValueError, match="at least 2 different prompts"):
+        other_prompt_index(["a", "a"])
 
 
 def test_a_policy_like_the_start_is_rarely_flagged(start):
@@ -89,18 +172,18 @@ def test_a_policy_like_the_start_is_rarely_flagged(start):
     assert len(flags) <= 1, flags
 
 
-def test_a_word_salad_policy_is_flagged_on_every_count(start):
+def test_a_word_salad_policy_is_flagged_on_every_score_count(start):
     """Like the original notebook's lr 1e-3 policy: reward up ~0.9 SD, judge up ~0.1 SD, the reference ten times as
     surprised, a few token types, half the completions off topic."""
     salad = _evaluation(1, reward_shift=1.0, judge_shift=0.1, nats_per_token=3.0 + math.log(10), vocab=20, on_topic=0.5)
     a = _assessed(salad, start, "lr-big")
-    assert a["flags"] == list(FLAGS)
+    assert a["flags"] == OLD_RULES  # random tokens: no loop, no shared phrase, the same length, no relevance stored
     assert a["ref_ppl_ratio_ci_lo"] > 5 and a["token_entropy_diff_ci_hi"] < -1 and a["on_topic_diff_ci_hi"] < 0
     assert a["reward_gain_sd"] > 0.7 and a["judge_gain_sd"] < 0.3 and a["gap_ci_lo"] > 0
     line = alarm_line(a)
     assert line.startswith("lr-big: possible reward hacking: reward outruns the judge (gains +")
     assert "reference perplexity" in line and "on-topic rate" in line and "token entropy" in line
-    assert all(alarm_reason(f, a) in line for f in FLAGS)
+    assert all(alarm_reason(f, a) in line for f in OLD_RULES)
 
 
 def test_a_healthy_policy_is_not_flagged_although_its_raw_gains_differ(start):
