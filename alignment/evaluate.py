@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from .alarm import other_prompt_index
 from .config import Config
 from .distributed import Dist, chunks, map_batches
 from .io import read_json, read_jsonl, write_json, write_jsonl
@@ -89,9 +90,19 @@ def _row_tokens(tok_lp: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
     return [row[k].tolist() for row, k in zip(tok_lp.float().cpu(), keep)]
 
 
+def other_prompts(prompts: list[dict]) -> dict[str, list[int]] | None:
+    """{prompt id: another eval prompt's token ids} (`alarm.other_prompt_index`, seed 0: the same pairing for
+    the start policy and every trained one), under which the reference scores each completion again for
+    `ref_logp_other` (the alarm's `prompt_relevance`); None with fewer than 2 prompts."""
+    if len({p["id"] for p in prompts}) < 2:
+        return None
+    idx = other_prompt_index([p["id"] for p in prompts], seed=0)
+    return {p["id"]: prompts[j]["ids"] for p, j in zip(prompts, idx)}
+
+
 @torch.no_grad()
 def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs: list[dict], pad_id: int,
-                      batch_size: int = 16, sample_cfg=None) -> dict:
+                      batch_size: int = 16, sample_cfg=None, other_ids: dict[str, list[int]] | None = None) -> dict:
     """Per sample (N,): the sampling distribution's log q(y) and mean predictive entropy — the
     sampler's own (`sample_logps`, `sample_entropy` in the records) or, for records without them
     (backend=generate), a forward of `sampler` (the model in the dtype that drew) —, the
@@ -100,11 +111,12 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
     top-k/top-p (`sample_cfg`) E_q[r_t - 1] is minus the reference's mass outside q's support, so
     `kl_cv` is None then), and token counts. The forward fallback applies the sampler's temperature
     and top-k/top-p (`sample_cfg`), so its log q is the sampling distribution's too.
-    `sampler=None` (the human row): only the reference's log-probs and the counts."""
+    `sampler=None` (the human row): only the reference's log-probs and the counts. `other_ids` ({prompt id:
+    another prompt's ids}, `other_prompts`): also the reference's log p(y) after that other prompt ("ref_other")."""
     T, top_k, top_p = ((sample_cfg.temperature, sample_cfg.top_k, sample_cfg.top_p) if sample_cfg is not None
                        else (1.0, 0, 1.0))
     full_support = top_k == 0 and top_p >= 1.0
-    out = {"policy": [], "ref": [], "entropy": [], "kl_cv": [], "n_tokens": []}
+    out = {"policy": [], "ref": [], "entropy": [], "kl_cv": [], "n_tokens": [], "ref_other": []}
     for i in range(0, len(recs), batch_size):
         chunk = recs[i : i + batch_size]
         batch = collate([prompt_ids[r["prompt_id"]] for r in chunk], [r["completion_ids"] for r in chunk], pad_id)
@@ -112,6 +124,10 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
         out["n_tokens"].append(mask.sum(-1))
         ref_tok = _row_tokens(model_token_logps(ref_model, batch), mask)
         out["ref"].append(torch.tensor([sum(x) for x in ref_tok], dtype=torch.float64))
+        if other_ids is not None:
+            other = collate([other_ids[r["prompt_id"]] for r in chunk], [r["completion_ids"] for r in chunk], pad_id)
+            other_tok = _row_tokens(model_token_logps(ref_model, other), other["completion_mask"])
+            out["ref_other"].append(torch.tensor([sum(x) for x in other_tok], dtype=torch.float64))
         if sampler is None:
             continue
         if all("sample_logps" in r for r in chunk):
@@ -141,6 +157,8 @@ def annotate(recs: list[dict], scores: dict[str, list[float]], lp: dict) -> list
     for i, r in enumerate(recs):
         row = {**r, **{k: v[i] for k, v in scores.items()}, "ref_logp": lp["ref"][i].item(),
                "n_tokens": int(lp["n_tokens"][i])}
+        if lp.get("ref_other") is not None:
+            row["ref_logp_other"] = lp["ref_other"][i].item()
         for key, name in (("policy", "logp"), ("entropy", "pred_entropy"), ("kl_cv", "kl_cv")):
             row[name] = None if lp[key] is None else lp[key][i].item()
         row.pop("sample_logps", None)  # in samples.jsonl; the sums above are what metrics need
@@ -180,19 +198,19 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
                           scfg, stop_ids, desc=f"eval {name}", max_new_tokens=cfg.eval.max_new_tokens, dist=dist)
     scores = score_all(scorers, recs)
     lp = _sharded_logps(dist, sampler, model if ref_model is None else ref_model, {p["id"]: p["ids"] for p in prompts},
-                        recs, tokenizer.pad_token_id, cfg.sample)
+                        recs, tokenizer.pad_token_id, cfg.sample, other_ids=other_prompts(prompts))
     del sampler
     return _finish(name, out_dir, recs, scores, lp, cfg) if dist.main else {}
 
 
 def _sharded_logps(dist: Dist, sampler, ref_model, prompt_ids: dict, recs: list[dict], pad_id: int, sample_cfg,
-                   batch_size: int = 16) -> dict:
+                   batch_size: int = 16, other_ids: dict | None = None) -> dict:
     """`logps_and_entropy` with its batches split across ranks, gathered (equal to one process's)."""
     if dist.world == 1 or not recs:
-        return logps_and_entropy(sampler, ref_model, prompt_ids, recs, pad_id, batch_size, sample_cfg)
+        return logps_and_entropy(sampler, ref_model, prompt_ids, recs, pad_id, batch_size, sample_cfg, other_ids)
 
     def per_record(sub: list[dict]) -> list[dict]:
-        lp = logps_and_entropy(sampler, ref_model, prompt_ids, sub, pad_id, batch_size, sample_cfg)
+        lp = logps_and_entropy(sampler, ref_model, prompt_ids, sub, pad_id, batch_size, sample_cfg, other_ids)
         return [{k: (None if v is None else v[i]) for k, v in lp.items()} for i in range(len(sub))]
 
     rows = map_batches(per_record, recs, chunks(len(recs), batch_size), dist)
@@ -225,5 +243,6 @@ def evaluate_human(name: str, ref_model, tokenizer, scorers: Scorers, prompts: l
     out_dir = Path(out_dir)
     recs = human_records(prompts, texts, tokenizer, cfg.eval.max_new_tokens, tokenizer.eos_token_id)
     scores = score_all(scorers, recs)
-    lp = _sharded_logps(dist, None, ref_model, {p["id"]: p["ids"] for p in prompts}, recs, tokenizer.pad_token_id, None)
+    lp = _sharded_logps(dist, None, ref_model, {p["id"]: p["ids"] for p in prompts}, recs, tokenizer.pad_token_id, None,
+                        other_ids=other_prompts(prompts))
     return _finish(name, out_dir, recs, scores, lp, cfg) if dist.main else {}

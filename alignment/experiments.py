@@ -19,7 +19,7 @@ from .metrics import content_of
 from .evaluate import Evaluation, pooled
 from .pipeline import Pipeline
 from .rundir import COST_FILE, START, Policy, RunPaths
-from .presets import SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
+from .presets import LEVEL3_BETAS, LEVEL3_METHODS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import example_records
 from .stats import SharedBootstrap, compare_to_start, versus_start, with_holm
 from .train import held_out_prompts
@@ -214,18 +214,6 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     grid = {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas),
             "best_of_n": list(best_of_n)}
     return frontier_study(pipe, "sweep", families, betas, seeds, best_of_n, grid)
-
-
-# Level 3's methods: each one config choice on top of the run's settings (`dpo.*`), traced over β like the
-# divergences: offline DPO (the baseline), reward distillation (the reward's value), iterative online DPO
-# (fresh pairs from the policy being trained), and RLOO (on-policy RL with a KL penalty).
-LEVEL3_METHODS: dict[str, dict] = {
-    "dpo": {"loss": "sigmoid"},
-    "distill": {"loss": "distill"},
-    "online-dpo": {"method": "online", "loss": "sigmoid"},
-    "rloo": {"method": "rloo"},
-}
-LEVEL3_BETAS = (0.1, 0.3, 1.0)
 
 
 @experiment

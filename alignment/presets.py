@@ -47,6 +47,17 @@ SWEEP_BETAS, SWEEP_SEEDS, SWEEP_ALPHAS = (0.1, 0.3, 1.0, 3.0), (0, 1, 2), (0.3, 
 # Best-of-N's N values, from max(N) start samples per evaluation prompt: N = 64 reaches KL ≈ 3.2 nats, about
 # where the divergence curves end at β = 0.1 at the sweep preset's size, so they overlap best-of-N at matched KL.
 SWEEP_BEST_OF_N = (1, 2, 4, 8, 16, 32, 64)
+# Level 3's methods (`python -m alignment level3`, `experiments.level3`): each one config choice on top of the
+# run's settings (`dpo.*`), traced over β like the divergences: offline DPO (the baseline), reward distillation
+# (the reward's value, not only its sign), iterative online DPO (fresh pairs from the policy being trained) and
+# RLOO (on-policy RL with a KL penalty, the method DPO is meant to replace).
+LEVEL3_METHODS: dict[str, dict] = {
+    "dpo": {"loss": "sigmoid"},
+    "distill": {"loss": "distill"},
+    "online-dpo": {"method": "online", "loss": "sigmoid"},
+    "rloo": {"method": "rloo"},
+}
+LEVEL3_BETAS = (0.1, 0.3, 1.0)
 SWEEP_AXES = {"losses": SWEEP_LOSSES, "betas": SWEEP_BETAS, "seeds": SWEEP_SEEDS, "alphas": SWEEP_ALPHAS,
               "best_of_n": SWEEP_BEST_OF_N}
 
