@@ -16,7 +16,7 @@ import os
 import tokenize
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -299,12 +299,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 def load_config(path: str | None = None, overrides: list[str] | dict | None = None,
                 preset: str | None = None) -> Config:
-    """Defaults <- preset <- YAML file <- overrides, then `validate`."""
+    """Defaults <- preset <- YAML file <- overrides, then `validate`. A preset's run dir is
+    runs/<preset> (runs/default without one) unless the YAML file or an override sets run_dir."""
     cfg = Config()
     if preset:
         if preset not in PRESETS:
             raise ConfigError(f"preset={preset!r} is unknown; choose one of {sorted(PRESETS)}")
-        apply_overrides(cfg, PRESETS[preset])
+        apply_overrides(cfg, {"run_dir": f"runs/{preset}", **PRESETS[preset]})
     if path:
         if not os.path.exists(path):
             raise ConfigError(f"config file {path!r} does not exist")
@@ -327,19 +328,66 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{name}={value!r} is invalid: {allowed}")
 
 
-def _check_source(name: str, value: str, named: tuple[str, ...]) -> None:
-    """A model/data source is a known name, an existing local path, or a hub id (name or org/name).
+BUILT_IN = (OFFLINE, OFFLINE_SFT, OFFLINE_FT, "vader", "imdb")  # every built-in model/data name, in any field
+_NEAR = 0.75  # difflib ratio from which a name is read as a misspelt built-in name (ofline, vadr, imbd)
 
-    Anything that looks like a path (starts with . / ~, or has 2+ slashes, or a file suffix)
-    must exist, so a typo fails here instead of as a hub download error later.
+
+class Source(NamedTuple):
+    """What one model/data field takes: its built-in names, an example hub id and local path, and
+    what else it takes ('' = none, python:<name>)."""
+    named: tuple[str, ...]
+    hub: str
+    local: str
+    more: str = ""
+
+
+SOURCES = {
+    "model.policy": Source((OFFLINE_SFT, OFFLINE), "lvwerra/gpt2-imdb", "./my-model"),
+    "model.ref": Source((OFFLINE_SFT, OFFLINE), "lvwerra/gpt2-imdb", "./my-model", "'' (the same as model.policy)"),
+    "data.source": Source((OFFLINE, "imdb"), "stanfordnlp/imdb", "./reviews.csv (.csv, .jsonl or .txt)"),
+    "reward.model": Source((OFFLINE, "vader"), "lvwerra/distilbert-imdb", "./my-reward",
+                           f"{PYTHON_REWARD}<name> (a function passed as Pipeline(cfg, reward=fn))"),
+    "eval.judge": Source((OFFLINE_FT, OFFLINE, "vader"), "siebert/sentiment-roberta-large-english", "./my-judge",
+                         "'' (none)"),
+    "eval.topic_judge": Source((OFFLINE,), "org/name (a classifier whose positive class means on-topic)",
+                               "./my-topic-classifier", "'' (none)"),
+    "sft.base": Source((OFFLINE,), "lvwerra/gpt2-imdb", "./my-model"),
+}
+
+
+def _meant(value: str, named: tuple[str, ...]) -> str | None:
+    """The built-in name a bare name that is no built-in name of its field was most likely meant as,
+    "" for a name no hub id can be (`x:y`), else None (a hub id such as gpt2 or imdb)."""
+    low = value.lower()
+    ratios = {n: difflib.SequenceMatcher(None, low, n).ratio() for n in named}
+    best = max(ratios, key=ratios.get)
+    near = ratios[best] >= _NEAR or low in BUILT_IN or low.startswith((OFFLINE, "vader"))
+    return best if near else "" if ":" in value else None
+
+
+def _check_source(name: str, value: str) -> None:
+    """A model/data field's value is one of its built-in names, an existing local path, or a hub id
+    (org/name, or a bare name such as gpt2 that is no misspelt built-in name).
+
+    Anything that looks like a path (starts with . / ~, or has 2+ slashes, or a file suffix) must
+    exist, and a bare name close to a built-in one (offline-reward, Vader, ofline) is refused, so a
+    typo fails here instead of as a hub download error after minutes of building.
     """
-    if value in named or os.path.exists(os.path.expanduser(value)):
+    src = SOURCES[name]
+    if value in src.named or os.path.exists(os.path.expanduser(value)):
         return
+    builtin = " or ".join(src.named) if len(src.named) < 3 else f"{', '.join(src.named[:-1])} or {src.named[-1]}"
+    takes = (f"a built-in name ({builtin}), a hub id such as {src.hub}, or a local path that exists such as "
+             f"{src.local}{f'; or {src.more}' if src.more else ''}")
     looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1 or \
         os.path.splitext(value)[1] in (".csv", ".jsonl", ".txt", ".json", ".gguf", ".safetensors")
     if looks_local or not value:
-        raise ConfigError(f"{name}={value!r} is invalid: this local path does not exist; fix the path "
-                          f"or use one of {list(named)} or a hub id such as lvwerra/gpt2-imdb")
+        raise ConfigError(f"{name}={value!r} is invalid: {'this local path does not exist' if value else 'empty'}; "
+                          f"{name} takes {takes}")
+    guess = None if "/" in value else _meant(value, src.named)
+    if guess is not None:
+        hint = f"; did you mean {guess}?" if guess else "."
+        raise ConfigError(f"{name}={value!r} is not a name {name} knows{hint} It takes {takes}")
 
 
 def _check_pairs_source(value: str) -> None:
@@ -399,27 +447,21 @@ def validate(cfg: Config) -> None:
     """Raise ConfigError for the first bad field, before any model or data is loaded."""
     for s in SECTIONS:
         check_section(s, getattr(cfg, s))
-    _check_source("model.policy", cfg.model.policy, (OFFLINE, OFFLINE_SFT))
-    if cfg.model.ref:
-        _check_source("model.ref", cfg.model.ref, (OFFLINE, OFFLINE_SFT))
-    _check(cfg.dpo.lora_r == 0 or cfg.model.ref in ("", cfg.model.policy), "dpo.lora_r", cfg.dpo.lora_r,
-           "LoRA trains adapters on the reference's base: leave model.ref empty (= model.policy) or set dpo.lora_r=0")
-    _check_source("data.source", cfg.data.source, (OFFLINE, "imdb"))
-    _check_pairs_source(cfg.pairs.source)
-    if cfg.reward.model.startswith(PYTHON_REWARD):
-        _check(len(cfg.reward.model) > len(PYTHON_REWARD), "reward.model", cfg.reward.model,
-               f"name the function after {PYTHON_REWARD!r} (e.g. {PYTHON_REWARD}my-sentiment): the name keys the cache")
-    else:
-        _check_source("reward.model", cfg.reward.model, (OFFLINE, "vader"))
     _check(cfg.reward.model != OFFLINE_FT, "reward.model", cfg.reward.model,
            f"{OFFLINE_FT} is the fine-tuned evaluation judge (eval.judge), not a training reward; use offline or vader")
-    if cfg.eval.judge:
-        _check_source("eval.judge", cfg.eval.judge, (OFFLINE, OFFLINE_FT, "vader"))
-    if cfg.eval.topic_judge:
-        _check_source("eval.topic_judge", cfg.eval.topic_judge, (OFFLINE,))
-        _check(cfg.eval.topic_judge != "vader", "eval.topic_judge", cfg.eval.topic_judge,
-               "VADER scores sentiment, not topic; use offline, a topic classifier, or '' (none)")
+    _check(cfg.eval.topic_judge != "vader", "eval.topic_judge", cfg.eval.topic_judge,
+           "VADER scores sentiment, not topic; use offline, a topic classifier, or '' (none)")
+    for name in SOURCES:
+        section, attr = name.split(".")
+        value = getattr(getattr(cfg, section), attr)
+        if name == "reward.model" and value.startswith(PYTHON_REWARD):
+            _check(len(value) > len(PYTHON_REWARD), name, value, f"name the function after {PYTHON_REWARD!r} "
+                   f"(e.g. {PYTHON_REWARD}my-sentiment): the name keys the cache")
+        elif value or name not in ("model.ref", "eval.judge", "eval.topic_judge"):  # these three may be ""
+            _check_source(name, value)
+    _check(cfg.dpo.lora_r == 0 or cfg.model.ref in ("", cfg.model.policy), "dpo.lora_r", cfg.dpo.lora_r,
+           "LoRA trains adapters on the reference's base: leave model.ref empty (= model.policy) or set dpo.lora_r=0")
+    _check_pairs_source(cfg.pairs.source)
     _check(cfg.eval.judge in ("", OFFLINE, OFFLINE_FT) or cfg.eval.judge != cfg.reward.model, "eval.judge", cfg.eval.judge,
            "the judge must not be the training reward (reward.model) itself: it would not be independent; "
            "use another scorer or '' (none)")
-    _check_source("sft.base", cfg.sft.base, (OFFLINE,))
