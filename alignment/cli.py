@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from typing import NamedTuple
 
@@ -329,6 +330,15 @@ def config_yaml(cfg, args, grid: dict) -> str:
     return "\n".join(lines)
 
 
+def emit(text: str) -> int:
+    """Print `text` (a listing); a reader that stops early (`| head`) ends it quietly, not with a traceback."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.stage == FIELDS:
@@ -338,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                 hint = f"did you mean {close[0]}?" if close else f"choose from {', '.join(SECTIONS)}"
                 print(f"error: unknown section {s}; {hint}", file=sys.stderr)
                 return 2
-        print(fields_text(args.sections))
-        return 0
+        return emit(fields_text(args.sections))
     if args.stage == RESULTS:
         try:
             publish.collect(publish.RESULTS_DIR, args.level1, args.sweep)
@@ -355,8 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if args.stage == CONFIG or args.print_config:
-        print(config_yaml(cfg, args, grid))
-        return 0
+        return emit(config_yaml(cfg, args, grid))
     try:
         return run_stage(args, cfg, grid)
     except ConfigError as e:  # e.g. a sweep setting that fails the dpo rules

@@ -69,8 +69,8 @@ class ModelConfig:
 class DataConfig:
     source: str = OFFLINE      # "offline" (Pang&Lee + Rotten Tomatoes reviews), "imdb" (hub), or a .csv/.jsonl/.txt path
     prompt_tokens: int = rule(8, **_pos)      # prompt = first k policy tokens of a review
-    min_chars: int = rule(200, **_nonneg)     # keep reviews longer than this (the original notebook's filter)
-    max_chars: int = rule(0, **_nonneg)       # keep reviews shorter than this; 0 = no upper bound (the original notebook used 512 on IMDB)
+    min_chars: int = rule(200, **_nonneg)     # keep reviews longer than this (the assignment notebook's filter)
+    max_chars: int = rule(0, **_nonneg)       # keep reviews shorter than this; 0 = no upper bound (the assignment notebook used 512 on IMDB)
     n_train_prompts: int = rule(256, **_pos)  # train prompts per draw (their samples make the preference pairs)
     n_eval_prompts: int = rule(96, **_pos)    # held-out prompts for evaluation (disjoint from train, by review)
     seed: int = 0              # shuffling seed for the train/eval split
@@ -82,7 +82,7 @@ class SampleConfig:
     n_samples: int = rule(4, check=lambda v: v >= 2, why="must be >= 2 to form a pair")  # completions per train prompt (N)
     max_new_tokens: int = rule(32, **_pos)  # completion length cap
     temperature: float = rule(1.0, **_pos)  # softmax temperature
-    top_k: int = rule(0, check=lambda v: v >= 0, why="must be >= 0 (0 = off)")  # top-k filter; 0 = off (pure sampling, the original notebook's setting)
+    top_k: int = rule(0, check=lambda v: v >= 0, why="must be >= 0 (0 = off)")  # top-k filter; 0 = off (pure sampling, the assignment notebook's setting)
     top_p: float = rule(1.0, check=lambda v: 0 < v <= 1, why="must be in (0, 1]")  # nucleus (top-p) filter; 1.0 = off
     batch_size: int = rule(64, **_pos)      # sequences per decode batch
     backend: str = rule("fast", choices=("fast", "generate"))  # "fast" (our KV-cache loop) or "generate" (HF model.generate)
@@ -114,7 +114,7 @@ class DPOConfig:
     alpha: float = 0.5         # alpha-divergence parameter, paper convention, in (0, 1) (checked when loss=alpha)
     lr: float = rule(5e-5, check=lambda v: 0 < v < 1,  # learning rate
                      why="must be in (0, 1); the default 5e-05 suits the CPU default's 28 steps, 5e-6..1e-5 longer runs, "
-                         "and the original notebook's 1e-3 makes word salad")
+                         "and the assignment notebook's 1e-3 makes word salad")
     epochs: int = rule(1, **_pos)      # passes over the pairs (one: no pair is seen twice, so held-out accuracy tracks train accuracy)
     batch_size: int = rule(8, **_pos)  # pairs per micro-batch
     grad_accum: int = rule(1, **_pos)  # micro-batches per optimizer step
@@ -176,7 +176,7 @@ class SFTConfig:
 
 @dataclass
 class Config:
-    run_dir: str = rule("runs/default", hashed=False)  # everything of a run lands here
+    run_dir: str = rule("runs/default", hashed=False)  # everything of a run lands here; unset, runs/<preset> (runs/default without one)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
