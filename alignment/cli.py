@@ -2,12 +2,14 @@
 
 One sub-command per stage (`python -m alignment <stage> --help` shows its own help), each with the
 common config flags (`--preset`, `--config`, `--set`, `--print-config`); `fields` lists the config
-fields. A flag that only another stage reads (`run --betas 0.1`) is an error naming that stage.
+fields, `config` prints the resolved config. An unknown stage or flag is an error naming the closest
+one, and a flag that only another stage reads (`run --betas 0.1`) is an error naming that stage.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from typing import NamedTuple
 
@@ -76,9 +78,10 @@ STAGE_INFO: dict[str, Stage] = {
                  "eval.n_seeds seeds and evaluated next to the start policy and the human row. Writes\n"
                  "run_dir/level1.json, run_dir/plots/ and run_dir/wandb/ (offline); prints the results table,\n"
                  "the 95 % CIs, the gains vs the start policy and example generations."),
-    "lr-lesson": Stage("the original notebook's lr 1e-3 next to dpo.lr, on the same pairs",
-                       "Train and evaluate the sigmoid loss at the original notebook's lr 1e-3 and at dpo.lr on the\n"
-                       "same pairs. Writes run_dir/lr_lesson.json; prints the table and what the lr does."),
+    "lr-lesson": Stage("the learning-rate check: lr 1e-3 (the assignment's) vs dpo.lr, on the same pairs",
+                       "The learning-rate check: train and evaluate the sigmoid loss at lr 1e-3 (the assignment\n"
+                       "notebook's) and at dpo.lr on the same pairs. Writes run_dir/lr_lesson.json; prints the\n"
+                       "table and what the lr does."),
     "sweep": Stage("Level 2/3: divergences x betas x seeds + best-of-N, matched-KL verdicts",
                    "Level 2/3: every loss in --losses (alpha once per --alphas) trained at every --betas and\n"
                    "--seeds, each evaluated, next to a best-of-N baseline (N in --best-of-n), compared at\n"
@@ -92,34 +95,39 @@ STAGE_INFO: dict[str, Stage] = {
 }
 STAGES = list(STAGE_INFO)
 FIELDS = "fields"  # the listing of the config fields: a command, not a stage
+CONFIG = "config"  # the resolved config, printed (no model loaded, nothing written): a command, not a stage
 RESULTS = "results"  # the published results document: a command, not a stage
-COMMANDS = (FIELDS, RESULTS)
+COMMANDS = (FIELDS, CONFIG, RESULTS)
 PIPELINE_NOTE = ("Every stage builds the stages it needs that are missing (cached in the run dir, keyed by\n"
                  "their config), after the SFT start policy and the scorer heads (once, in the asset cache).")
 EPILOG = f"""\
 examples:
-  {PROG} run --preset smoke --set run_dir=runs/smoke
-  {PROG} run --set dpo.beta=0.05 sample.n_samples=8 --print-config
+  {PROG} run --preset smoke                 # into runs/smoke
+  {PROG} config --set dpo.beta=0.05 sample.n_samples=8
   {PROG} sweep --preset sweep --betas 0.1,1 --seeds 0
   {PROG} fields dpo
 
-Settings resolve as: defaults <- --preset <- --config YAML <- --set.
+Settings resolve as: defaults <- --preset <- --config YAML <- --set; a preset's run dir is
+runs/<preset> unless run_dir is set.
 `{PROG} <stage> --help` shows a stage's flags."""
 
 
-def _common_flags() -> argparse.ArgumentParser:
-    """--preset, --config, --set, --print-config: on every stage."""
+def _common_flags(print_config: bool = True) -> argparse.ArgumentParser:
+    """--preset, --config, --set, --print-config: on every stage and on `config` (where printing is
+    what it does, so its --print-config is taken but not shown)."""
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("config (every stage)")
     g.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="named sizes (alignment/presets.py): smoke = minutes on a CPU, default = no preset, "
-                        "sweep = the CPU sweep, full = GPU-sized, hub = the hub's models and data")
+                        "sweep = the CPU sweep, full = GPU-sized, hub = the hub's models and data; "
+                        "the run dir is runs/<preset> unless run_dir is set")
     g.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file with {section: {field: value}}")
     g.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="K=V",
                    help="overrides such as dpo.beta=0.05 sample.n_samples=8 (repeatable: --set a=1 --set b=2); "
                         f"`{PROG} {FIELDS}` lists the fields")
     g.add_argument("--print-config", action="store_true",
-                   help="print the resolved config as YAML (loadable with --config) and exit without running")
+                   help="print the resolved config as YAML (loadable with --config) and exit without running"
+                   if print_config else argparse.SUPPRESS)
     return common
 
 
@@ -152,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--set section.field=value, or in a --config YAML file).",
                         formatter_class=_Formatter)
     fp.add_argument("sections", nargs="*", metavar="SECTION", help=f"only these sections ({', '.join(SECTIONS)})")
+    sub.add_parser(CONFIG, parents=[_common_flags(print_config=False)],
+                   help="print the resolved config as YAML; loads no model, writes nothing",
+                   description="Print the config that --preset, --config and --set resolve to, as YAML that\n"
+                               "--config reads back (as `<stage> --print-config` does). Loads no model and\n"
+                               "writes nothing.", formatter_class=_Formatter)
     rp = sub.add_parser(RESULTS, help=f"render {publish.DOC} (and the README's results block) from results/",
                         description=f"Render {publish.DOC} and the README's results block from the JSON files in\n"
                                     "results/ (run in the repository root). With --level1/--sweep, first copy those\n"
@@ -175,10 +188,9 @@ def _options(parser: argparse.ArgumentParser, takes_value: bool | None = None) -
             if takes_value is None or (a.nargs is None) == takes_value}
 
 
-def _hoist_stage(argv: list[str], ap: argparse.ArgumentParser) -> list[str]:
-    """argv with its stage moved to the front, so `--set a=1 train` (a greedy --set took the stage)
-    and `--preset smoke run` parse like `train --set a=1` and `run --preset smoke`. The value of a
-    one-value flag (`--preset sweep`, `--config run`) is never taken for the stage."""
+def _words(argv: list[str], ap: argparse.ArgumentParser):
+    """(index, token) of each token of argv that is neither a flag nor the value of a one-value flag
+    (`--preset sweep`, `--config run`): where the stage may be."""
     one_value = set().union(*(_options(p, takes_value=True) for p in _subparsers(ap).values()))
     skip = False
     for i, tok in enumerate(argv):
@@ -186,9 +198,54 @@ def _hoist_stage(argv: list[str], ap: argparse.ArgumentParser) -> list[str]:
             skip = False
         elif tok.startswith("-"):
             skip = "=" not in tok and any(o.startswith(tok) for o in one_value) and len(tok) > 2
-        elif tok in STAGES or tok in COMMANDS:
+        else:
+            yield i, tok
+
+
+def _hoist_stage(argv: list[str], ap: argparse.ArgumentParser) -> list[str]:
+    """argv with its stage moved to the front, so `--set a=1 train` (a greedy --set took the stage)
+    and `--preset smoke run` parse like `train --set a=1` and `run --preset smoke`. The value of a
+    one-value flag (`--preset sweep`, `--config run`) is never taken for the stage."""
+    for i, tok in _words(argv, ap):
+        if tok in STAGES or tok in COMMANDS:
             return [tok, *argv[:i], *argv[i + 1:]]
     return argv
+
+
+def _did_you_mean(word: str, names) -> str:
+    close = difflib.get_close_matches(word, list(names), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def unknown_stage(argv: list[str], ap: argparse.ArgumentParser) -> str:
+    """`unknown stage 'runn'; did you mean run?` and every stage and command, for a command line whose
+    first word (not a flag, a flag's value or a K=V override) is no stage; else that a stage is missing."""
+    word = next((tok for _, tok in _words(argv, ap) if "=" not in tok), None)
+    names = f"stages: {', '.join(STAGES)}\ncommands: {', '.join(COMMANDS)}\n`{PROG} --help` says what each does"
+    if word is None:
+        return f"a stage is required\n{names}"
+    return f"unknown stage {word!r}{_did_you_mean(word, [*STAGES, *COMMANDS])}\n{names}"
+
+
+def _long_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """The shown long flags of a (sub-)parser, --help last."""
+    flags = [o for a in parser._actions if a.help != argparse.SUPPRESS for o in a.option_strings if o.startswith("--")]
+    return sorted(flags, key=lambda o: o == "--help")
+
+
+def unknown_flag(stage: str, token: str, ap: argparse.ArgumentParser) -> str:
+    """`unknown flag --prest for run; did you mean --preset?` (or the closest flag of another
+    stage, or that the flag belongs to the other stages) and the stage's flags."""
+    subs = _subparsers(ap)
+    name, own = token.split("=", 1)[0], _long_flags(subs[stage])
+    other = {o: s for s, p in reversed(subs.items()) for o in _long_flags(p) if o not in own}
+    flags = f"\nflags of {stage}: {', '.join(own)}"
+    if name in other:
+        return f"{stage} takes no {name}{flags}"
+    close = difflib.get_close_matches(name, own + list(other), n=1, cutoff=0.7)
+    hint = "" if not close else f"; did you mean {close[0]}?" if close[0] in own else \
+        f"; did you mean {close[0]} (a flag of {PROG} {other[close[0]]})?"
+    return f"unknown flag {name} for {stage}{hint}{flags}"
 
 
 def _foreign_flag(stage: str, token: str, argv: list[str], ap: argparse.ArgumentParser) -> str | None:
@@ -208,20 +265,23 @@ def _foreign_flag(stage: str, token: str, argv: list[str], ap: argparse.Argument
 
 def parse_args(argv: list[str] | None):
     """argparse with one sub-parser per stage; the stage may come anywhere (even after a greedy
-    `--set a=1 train`), and a flag that only another stage reads is an error naming that stage."""
+    `--set a=1 train`); an unknown stage or flag names the closest one, and a flag that only another
+    stage reads is an error naming that stage."""
     ap = build_parser()
     argv = _hoist_stage(list(sys.argv[1:] if argv is None else argv), ap)
     if not (argv and (argv[0] in STAGES or argv[0] in COMMANDS)):
         if {"-h", "--help"} & set(argv):
             ap.print_help()
             ap.exit(0)
-        ap.error(f"a stage is required: one of {', '.join(STAGES)} (or {FIELDS}, to list the config fields)")
+        ap.exit(2, f"error: {unknown_stage(argv, ap)}\n")
     args, extra = ap.parse_known_args(argv)
     for token in extra:
-        if token.startswith("-") and (msg := _foreign_flag(args.stage, token, argv, ap)):
-            ap.exit(2, f"error: {msg}\n")
-    if extra:
-        _subparsers(ap)[args.stage].error(f"unrecognized arguments: {' '.join(extra)}")
+        if token.startswith("-"):
+            ap.exit(2, f"error: {_foreign_flag(args.stage, token, argv, ap) or unknown_flag(args.stage, token, ap)}\n")
+        if "=" in token:
+            ap.exit(2, f"error: {token} looks like a config override: {PROG} {args.stage} --set {token}\n")
+        ap.exit(2, f"error: unexpected argument {token!r} for {args.stage}: it takes flags only\n"
+                   f"flags of {args.stage}: {', '.join(_long_flags(_subparsers(ap)[args.stage]))}\n")
     return args
 
 
@@ -270,6 +330,15 @@ def config_yaml(cfg, args, grid: dict) -> str:
     return "\n".join(lines)
 
 
+def emit(text: str) -> int:
+    """Print `text` (a listing); a reader that stops early (`| head`) ends it quietly, not with a traceback."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.stage == FIELDS:
@@ -279,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                 hint = f"did you mean {close[0]}?" if close else f"choose from {', '.join(SECTIONS)}"
                 print(f"error: unknown section {s}; {hint}", file=sys.stderr)
                 return 2
-        print(fields_text(args.sections))
-        return 0
+        return emit(fields_text(args.sections))
     if args.stage == RESULTS:
         try:
             publish.collect(publish.RESULTS_DIR, args.level1, args.sweep)
@@ -295,9 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    if args.print_config:
-        print(config_yaml(cfg, args, grid))
-        return 0
+    if args.stage == CONFIG or args.print_config:
+        return emit(config_yaml(cfg, args, grid))
     try:
         return run_stage(args, cfg, grid)
     except ConfigError as e:  # e.g. a sweep setting that fails the dpo rules

@@ -96,7 +96,7 @@ def current() -> Dist:
         return Dist()
     for engine in ("FSDP", "DEEPSPEED"):
         if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() in ("1", "true"):
-            raise RuntimeError(f"accelerate is configured for {engine} (ACCELERATE_USE_{engine}); the kit trains with "
+            raise RuntimeError(f"accelerate is configured for {engine} (ACCELERATE_USE_{engine}); alignment trains with "
                                "DDP: launch with `accelerate launch --multi_gpu ...` and no FSDP/DeepSpeed config")
     # PartialState also makes this rank's GPU the current CUDA device, so "cuda" means it from here on
     state = accelerate().PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=6))

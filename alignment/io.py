@@ -1,8 +1,8 @@
 """Small, crash-safe file helpers: atomic files and directories, appendable JSONL, and `cached`,
-the one helper every cached artifact of the kit goes through (pipeline stages, evaluations, the
+the one helper every cached artifact goes through (pipeline stages, evaluations, the
 SFT model, the reward head, the offline assets).
 
-Every file the kit writes goes through here so that an interrupted run never leaves a
+Every file `alignment` writes goes through here so that an interrupted run never leaves a
 half-written cache behind: we write to a temp file (or temp dir) next to the target, fsync,
 then rename. A cached artifact's `<name>.meta.json` is written only *after* the artifact exists.
 """
@@ -149,7 +149,7 @@ def meta_path(artifact: str | os.PathLike) -> Path:
     return artifact.with_name(artifact.name + ".meta.json")
 
 
-CACHE_FORMAT = 2  # metas without it were written before their artifact (older kit): never trusted
+CACHE_FORMAT = 2  # metas without it were written before their artifact (an older version of this package): never trusted
 
 
 def cache_state(artifact: str | os.PathLike, deps: dict) -> str:

@@ -22,7 +22,7 @@ def quiet_notebook() -> None:
     notices, no file paths in warnings, whole tables."""
     import warnings
 
-    os.environ["TQDM_DISABLE"] = "1"  # read by the kit's bars when they are made (`timing.bars_off`)
+    os.environ["TQDM_DISABLE"] = "1"  # read by this package's progress bars when they are made (`timing.bars_off`)
     warnings.filterwarnings("ignore", message="IProgress not found")
     warnings.filterwarnings("ignore", category=FutureWarning)  # the libraries' deprecation notices
     warnings.formatwarning = _warning_line  # a warning without the path of the file that raised it

@@ -1,6 +1,6 @@
 """The heavy optional dependencies, in one place: each is imported on first use only, so a run
 that never needs it (no LoRA, no wandb, no trl backend, no hub dataset, no plot) never pays its
-import time. Every other import of the kit sits at the top of its module.
+import time. Every other import of the package sits at the top of its module.
 
     peft        LoRA adapters (`dpo.lora_r`, `sft.lora_r`)           `alignment.models`
     trl         `dpo.backend=trl` (and transformers' Trainer callbacks)  `alignment.trl_backend`

@@ -6,8 +6,8 @@ or a hub dataset's train split, with text columns `prompt`, `chosen` and `reject
 `pairs.source`, the line and the fix; rows with chosen == rejected are dropped and counted) and
 holds out the `data.n_eval_prompts` prompts of lowest stable hash (by normalised text, so two spellings
 of one prompt stay together): none of their pairs is trained on, and they are the evaluation prompts.
-`pair_prompts` and `pair_records` tokenize the rest into the prompt and pair records the kit's own
-pairs have (`alignment.pairs`), without rewards. `OwnPairs.identity` (a hash of the rows) keys every
+`pair_prompts` and `pair_records` tokenize the rest into the prompt and pair records the package's
+own pairs have (`alignment.pairs`), without rewards. `OwnPairs.identity` (a hash of the rows) keys every
 artifact of the run dir (`StageCache`), so a changed file never meets an old run's artifacts.
 """
 from __future__ import annotations
@@ -159,7 +159,7 @@ def pair_prompts(own: OwnPairs, tokenizer) -> dict[str, list[dict]]:
 
 
 def pair_records(own: OwnPairs, train_prompts: list[dict], tokenizer) -> tuple[list[dict], dict]:
-    """(pairs, stats): the training rows as the kit's pair records, {prompt_id, prompt, chosen,
+    """(pairs, stats): the training rows as the package's pair records, {prompt_id, prompt, chosen,
     rejected, chosen_ids, rejected_ids} with the reward fields None (no reward ranked them)."""
     by_text = {p["text"]: p for p in train_prompts}
     pairs = []

@@ -16,7 +16,7 @@ Strategy = Callable[[list[float], random.Random], list[tuple[int, int]]]
 
 
 def max_min(r: list[float], rng: random.Random) -> list[tuple[int, int]]:
-    """The original notebook's: best sample vs worst sample (one pair per prompt)."""
+    """Best sample vs worst sample (one pair per prompt), as the assignment notebook paired them."""
     return [(int(np.argmax(r)), int(np.argmin(r)))]
 
 

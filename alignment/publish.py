@@ -147,8 +147,9 @@ def _lr_section(r: dict) -> list[str]:
     if not lr:
         return []
     return ["## The learning rate", "",
-            "`python -m alignment lr-lesson` on the Level 1 run dir: seed 0's pairs, the sigmoid loss at the original "
-            "notebook's learning rate next to the default one (seed 0; the start row is that seed's draws).", "",
+            "The learning-rate check, `python -m alignment lr-lesson` on the Level 1 run dir: seed 0's pairs, the sigmoid "
+            "loss at the assignment notebook's lr 1e-3 next to the default one (seed 0; the start row is that seed's "
+            "draws).", "",
             report.ci_table([lr["start"], *lr["rows"]]), "",
             *[f"- {report.gain_line(row)}" for row in lr["rows"]], "",
             report.lr_sentence(lr["rows"], lr["start"]), "", *_alarm(lr),
@@ -209,7 +210,8 @@ def _independence_section(r: dict) -> list[str]:
             "a logistic head on frozen all-mpnet-base-v2) and the fine-tuned judge (`eval.judge=offline-ft`, the default: "
             f"all-mpnet-base-v2 with its top {recipe.get('layers', '?')} layers fine-tuned, built in "
             f"{_minutes(ft['build_s']) if ft else '?'}) on the held-out labelled snippets (accuracy, agreement and "
-            "the correlation of their errors with the reward's), on the Level 1 and lr-lesson samples (mean score), "
+            "the correlation of their errors with the reward's), on the samples of Level 1 and of the learning-rate check "
+            "(mean score), "
             "and on the snippets with their words shuffled.", "",
             report.markdown_table(rows), "",
             *([f"Error phi, linear-head judge minus fine-tuned judge: {gap['diff']:+.3f} (95% CI {gap['lo']:+.3f} .. "

@@ -1,7 +1,7 @@
 """Sentiment rewards. Every reward is an object with `score(texts) -> Tensor (n,)`.
 
 - `ClassifierReward`: any HF sequence classifier (hub id or local dir), the POSITIVE logit,
-  as the original notebook used `lvwerra/distilbert-imdb`; or a scalar reward model's one output.
+  as the assignment notebook used `lvwerra/distilbert-imdb` (hub mode's reward); or a scalar reward model's one output.
 - `EmbeddingReward`: the embedded offline default, all-MiniLM-L6-v2 mean-pooled embeddings
   + a logistic head trained once on bundled labelled movie-review snippets; score = logit.
 - `VaderReward`: the VADER lexicon's compound score in [-1, 1].

@@ -7,7 +7,7 @@ sft config (`Pipeline.prepare`), and starts DPO from it: SmolLM2-135M-Instruct, 
 prompt's source review is ever trained on, whatever the prompt counts or seeds; held-out
 perplexity reviews come from the eval pool.
 
-It trains with the kit's one loop (`alignment.train.train_loop`) and a next-token loss closure
+It trains with the package's one loop (`alignment.train.train_loop`) and a next-token loss closure
 (not trl's SFTTrainer): masks that come from lengths (pad == EOS for GPT-2 and SmolLM2, so a
 value-derived mask would drop the real EOS), resumable checkpoints with the same data order and
 RNG state, and the same metrics before and after.

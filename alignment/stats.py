@@ -1,4 +1,4 @@
-"""Every statistical procedure of the kit: bootstrap confidence intervals, the paired comparisons
+"""Every statistical procedure of the package: bootstrap confidence intervals, the paired comparisons
 behind "gain over the start" and "curve a vs curve b", their p-values, Holm's correction, the
 verdict, and the power of a comparison. Pure functions of numpy arrays and plain records.
 

@@ -1,6 +1,7 @@
-"""The command line: one sub-parser per stage with its own help, flags of another stage refused
-with the stage that reads them, `--print-config`, the `fields` listing and its docs, the
-did-you-mean for a misspelt field, and config hashes that stay what cached run dirs were keyed by."""
+"""The command line: one sub-parser per stage with its own help, an unknown stage or flag answered
+with the closest one, flags of another stage refused with the stage that reads them, `--print-config`
+and the `config` command, a preset's run dir, the `fields` listing and its docs, the did-you-mean for
+a misspelt field, and config hashes that stay what cached run dirs were keyed by."""
 from __future__ import annotations
 
 import dataclasses
@@ -91,7 +92,37 @@ def test_config_value_named_like_a_stage_is_not_the_stage():
 
 
 def test_a_stage_is_required(capsys):
-    assert "a stage is required" in fails(capsys, "--set", "a=1")
+    err = fails(capsys, "--set", "a=1")
+    assert err.startswith("error: a stage is required\nstages: assets, prompts,") and "commands: fields, config" in err
+
+
+@pytest.mark.parametrize("argv,word,guess", [
+    (["runn"], "runn", "run"), (["swep", "--betas", "1"], "swep", "sweep"), (["--set", "a=1", "evl"], "evl", "eval"),
+    (["--preset", "smoke", "reslts"], "reslts", "results"), (["lr-lesons"], "lr-lesons", "lr-lesson"),
+    (["xyzzy"], "xyzzy", None),
+])
+def test_an_unknown_stage_names_the_closest_and_every_stage(capsys, nothing_runs, argv, word, guess):
+    err = fails(capsys, *argv).splitlines()
+    assert err[0] == f"error: unknown stage {word!r}" + (f"; did you mean {guess}?" if guess else "")
+    assert err[1] == f"stages: {', '.join(cli.STAGES)}"
+    assert err[2] == "commands: fields, config, results" and "results" in cli.COMMANDS
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["run", "--prest", "smoke"], "unknown flag --prest for run; did you mean --preset?"),
+    (["run", "--print-confg"], "unknown flag --print-confg for run; did you mean --print-config?"),
+    (["run", "--bettas", "1"], "unknown flag --bettas for run; did you mean --betas (a flag of python -m alignment sweep)?"),
+    (["run", "--bogus"], "unknown flag --bogus for run"),
+])
+def test_an_unknown_flag_names_the_closest_and_the_stage_flags(capsys, nothing_runs, argv, expect):
+    assert fails(capsys, *argv) == f"error: {expect}\nflags of run: --preset, --config, --set, --print-config, --help\n"
+
+
+def test_abbreviations_and_stray_words(capsys, nothing_runs):
+    assert cli.parse_args(["run", "--print"]).print_config  # an unambiguous abbreviation stays allowed
+    assert fails(capsys, "run", "dpo.beta=1") == ("error: dpo.beta=1 looks like a config override: "
+                                                  "python -m alignment run --set dpo.beta=1\n")
+    assert fails(capsys, "run", "foo").startswith("error: unexpected argument 'foo' for run: it takes flags only\n")
 
 
 @pytest.mark.parametrize("stage,argv,expect", [
@@ -114,9 +145,8 @@ def test_sweep_flags_reach_the_sweep(monkeypatch):
     assert seen["grid"]["best_of_n"] == (1, 8) and seen["grid"]["seeds"] == (0, 1, 2)
 
 
-def test_an_unknown_flag_is_still_unrecognized(capsys, nothing_runs):
-    assert "unrecognized arguments: --bogus" in fails(capsys, "run", "--bogus")
-    assert "unrecognized arguments: --preset" in fails(capsys, "fields", "--preset", "smoke")
+def test_a_flag_the_command_does_not_take(capsys, nothing_runs):
+    assert fails(capsys, "fields", "--preset", "smoke") == "error: fields takes no --preset\nflags of fields: --help\n"
 
 
 # ---- --print-config ---------------------------------------------------------------------------------
@@ -150,6 +180,45 @@ def test_print_config_of_a_sweep_shows_its_axes_and_checks_them(capsys, nothing_
 
 def test_print_config_still_validates(capsys, nothing_runs):
     assert "dpo.beta=-1.0 is invalid" in fails(capsys, "run", "--set", "dpo.beta=-1", "--print-config")
+
+
+# ---- a preset's run dir; the config command -------------------------------------------------------------
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_a_preset_names_its_run_dir(capsys, nothing_runs, preset):
+    assert cli.main(["run", "--preset", preset, "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["run_dir"] == f"runs/{preset}"
+    assert load_config(preset=preset).run_dir == f"runs/{preset}"
+    assert load_config(preset=preset, overrides=["run_dir=runs/x"]).run_dir == "runs/x"  # an explicit one wins
+    assert load_config().run_dir == "runs/default"
+
+
+def test_a_yaml_run_dir_beats_the_preset_one(tmp_path):
+    y = tmp_path / "my.yaml"
+    y.write_text("run_dir: runs/mine\n")
+    assert load_config(str(y), preset="hub").run_dir == "runs/mine"
+
+
+def test_the_config_command_prints_what_print_config_does(tmp_path, capsys, nothing_runs):
+    argv = ["--preset", "hub", "--set", "dpo.beta=0.2"]
+    assert cli.main(["config", *argv]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# python -m alignment config: resolved config (defaults <- preset hub <- --set)\n")
+    assert cli.main(["run", *argv, "--print-config"]) == 0
+    assert yaml.safe_load(out) == yaml.safe_load(capsys.readouterr().out) == load_config(None, argv[3:], "hub").to_dict()
+    assert yaml.safe_load(out)["run_dir"] == "runs/hub"
+    assert "eval.judge='offline-reward' is not a name eval.judge knows; did you mean offline-ft?" in \
+        fails(capsys, "config", "--set", "eval.judge=offline-reward")
+
+
+def test_the_config_command_loads_no_model_and_writes_nothing(tmp_path, capsys, monkeypatch, nothing_runs):
+    import transformers
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", boom)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", boom)
+    assert cli.main(["config", "--preset", "smoke", "--set", f"run_dir={tmp_path / 'run'}"]) == 0
+    assert "n_train_prompts: 8" in capsys.readouterr().out and not (tmp_path / "run").exists()
 
 
 # ---- fields and their docs ----------------------------------------------------------------------------
@@ -228,13 +297,15 @@ def test_a_yaml_file_must_hold_sections(tmp_path):
 # must leave all three as they are; a new default moves the first two (and is then recorded here), and
 # the third, the SFT model's, has stayed the same since the SFT stage had its present fields: no
 # setting outside `sft` and its data fields may rebuild the start policy.
+# A preset's run dir (runs/<preset>, what `make` has always passed) is in the first (run_dir is not
+# hashed into the other two).
 HASHES = {
     None: ("37e838d70753", "ec373babd7d1", "dfdee80e"),
-    "smoke": ("7d10ae6917c8", "0f59ceb33838", "f948167c"),
+    "smoke": ("b743ba1a8b61", "0f59ceb33838", "f948167c"),
     "default": ("37e838d70753", "ec373babd7d1", "dfdee80e"),
-    "sweep": ("2eff0de6c347", "64f6e73aae21", "dfdee80e"),
-    "full": ("49278e4a39b1", "98830cb00b70", "6b4d2fde"),
-    "hub": ("7a01a8a4f3e7", "11d23a48bd7d", "1f4a485c"),
+    "sweep": ("0b48d535f41d", "64f6e73aae21", "dfdee80e"),
+    "full": ("ec3915080cc1", "98830cb00b70", "6b4d2fde"),
+    "hub": ("2012a2994acd", "11d23a48bd7d", "1f4a485c"),
 }
 
 

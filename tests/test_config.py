@@ -183,3 +183,38 @@ def test_judges_must_be_independent_and_on_topic():
         load_config(overrides={"eval.judge": "./nope"})
     cfg = load_config(overrides={"eval.judge": "", "eval.topic_judge": ""})  # none: allowed
     assert cfg.eval.judge == "" and load_config().eval.judge == "offline-ft"  # the fine-tuned judge != the offline reward head
+
+
+# ---- model and data names: a misspelt built-in name fails at load, not as a hub download later ----------
+@pytest.mark.parametrize("field,value,guess", [
+    ("eval.judge", "offline-reward", "offline-ft"), ("eval.judge", "ofline", "offline"), ("reward.model", "Vader", "vader"),
+    ("reward.model", "offline-sft", "offline"), ("model.policy", "offline_sft", "offline-sft"),
+    ("model.ref", "offlne", "offline"), ("data.source", "imbd", "imdb"), ("eval.topic_judge", "offline-ft", "offline"),
+    ("sft.base", "offline-sft", "offline"), ("eval.judge", "python:mine", None),
+])
+def test_a_misspelt_built_in_name_is_refused_with_what_the_field_takes(field, value, guess):
+    from alignment.config import SOURCES
+
+    with pytest.raises(ConfigError) as ei:
+        load_config(overrides={field: value})
+    msg, src = str(ei.value), SOURCES[field]
+    assert msg.startswith(f"{field}={value!r} is not a name {field} knows" + (f"; did you mean {guess}?" if guess else "."))
+    assert all(name in msg for name in src.named) and src.hub in msg and src.local in msg
+    assert ("'' (none)" in msg) == (field in ("eval.judge", "eval.topic_judge"))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("model.policy", "gpt2"), ("model.policy", "distilgpt2"), ("model.ref", "HuggingFaceTB/SmolLM2-135M"),
+    ("reward.model", "lvwerra/distilbert-imdb"), ("reward.model", "python:my-sentiment"), ("eval.judge", "roberta-base"),
+    ("eval.judge", "siebert/sentiment-roberta-large-english"), ("eval.judge", ""), ("eval.topic_judge", ""),
+    ("model.ref", ""), ("data.source", "rotten_tomatoes"), ("data.source", "stanfordnlp/imdb"), ("sft.base", "gpt2"),
+    ("eval.judge", "offline/judge"),  # org/name: a hub id, whatever the org is called
+])
+def test_hub_ids_python_rewards_and_none_stay_allowed(field, value):
+    load_config(overrides={field: value})
+
+
+def test_an_existing_local_dir_is_allowed_whatever_its_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "offline-reward").mkdir()
+    assert load_config(overrides={"eval.judge": "offline-reward"}).eval.judge == "offline-reward"
