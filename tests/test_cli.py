@@ -298,14 +298,14 @@ def test_a_yaml_file_must_hold_sections(tmp_path):
 # the third, the SFT model's, has stayed the same since the SFT stage had its present fields: no
 # setting outside `sft` and its data fields may rebuild the start policy.
 # A preset's run dir (runs/<preset>, what `make` has always passed) is in the first (run_dir is not
-# hashed into the other two).
+# hashed into the other two); so are fields that key the caches only when set (`dpo.method`, `dpo.rounds`).
 HASHES = {
-    None: ("37e838d70753", "ec373babd7d1", "dfdee80e"),
-    "smoke": ("b743ba1a8b61", "0f59ceb33838", "f948167c"),
-    "default": ("37e838d70753", "ec373babd7d1", "dfdee80e"),
-    "sweep": ("0b48d535f41d", "64f6e73aae21", "dfdee80e"),
-    "full": ("ec3915080cc1", "98830cb00b70", "6b4d2fde"),
-    "hub": ("2012a2994acd", "11d23a48bd7d", "1f4a485c"),
+    None: ("14da024fa241", "ec373babd7d1", "dfdee80e"),
+    "smoke": ("115fb6809308", "0f59ceb33838", "f948167c"),
+    "default": ("14da024fa241", "ec373babd7d1", "dfdee80e"),
+    "sweep": ("347896a170ca", "64f6e73aae21", "dfdee80e"),
+    "full": ("601c98331f90", "98830cb00b70", "6b4d2fde"),
+    "hub": ("beb4e42a7717", "11d23a48bd7d", "1f4a485c"),
 }
 
 
