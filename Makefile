@@ -2,9 +2,9 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-# Every target that runs something (run, smoke, sweep, notebook, config) takes these; PRESET and
+# Every target that runs something (run, smoke, sweep, level3, notebook, config) takes these; PRESET and
 # RUN_DIR given on the command line (or in the environment) win, else each target has its own:
-# smoke -> preset smoke, sweep -> preset sweep, the rest -> default; the run dir is runs/<preset>.
+# smoke -> preset smoke, sweep -> preset sweep, level3 -> preset level3, the rest -> default; the run dir is runs/<preset>.
 PRESET  ?= default
 RUN_DIR ?= runs/$(PRESET)
 SET     ?=# config overrides, e.g. make run SET="dpo.beta=0.05 sample.n_samples=8"
@@ -23,7 +23,7 @@ $(error SET does not reach the notebook: its parameters cell takes papermill's -
 endif
 endif
 
-.PHONY: setup run smoke sweep notebook notebook-publish config test bench clean
+.PHONY: setup run smoke sweep level3 notebook notebook-publish config test bench clean
 
 $(BIN)/.installed: requirements.txt
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,9 @@ smoke: setup  ## the whole Level 1 at tiny sizes (into runs/smoke): ~1-2 min onc
 
 sweep: setup  ## Level 2/3 frontiers: 6 divergences x 4 betas x 3 seeds + best-of-N (N <= 64), matched-KL verdicts (into runs/sweep; ~1 h on 2 cores)
 	$(call cli,$(BIN)/python,sweep,sweep)
+
+level3: setup  ## Level 3, what buys reward per nat of KL: DPO, reward distillation, online DPO, RLOO x 3 betas x 3 seeds + best-of-N (into runs/level3)
+	$(call cli,$(BIN)/python,level3,level3)
 
 notebook: setup  ## execute the notebook headless at SMOKE size (PRESET sets its SIZE; run dir runs/<size>) into runs/notebook-<size>.ipynb
 	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-$(call preset,smoke).ipynb -p SIZE $(call preset,smoke) $(if $(call given,RUN_DIR),-p RUN_DIR $(RUN_DIR)) --cwd . $(ARGS)

@@ -24,7 +24,7 @@ from .distributed import shutdown
 from .machine import hardware
 from .pipeline import Pipeline
 from .rundir import RunDirMismatch
-from .presets import PRESETS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS, axes_flags
+from .presets import LEVEL3_BETAS, LEVEL3_METHODS, PRESETS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS, axes_flags
 from .reward import RewardError, load_judge, load_reward, load_topic_judge
 from .timing import log_command
 
@@ -87,6 +87,12 @@ STAGE_INFO: dict[str, Stage] = {
                    "--seeds, each evaluated, next to a best-of-N baseline (N in --best-of-n), compared at\n"
                    "matched KL. Writes run_dir/policies/, run_dir/eval/, run_dir/sweep.json and\n"
                    "run_dir/plots/frontier_*.png; prints the frontier table and the matched-KL verdicts."),
+    "level3": Stage("Level 3: DPO, reward distillation, online DPO, RLOO x betas x seeds + best-of-N",
+                    "Level 3, what buys reward per nat of KL: every method in --methods (dpo, distill,\n"
+                    "online-dpo, rloo: each one dpo.* choice) trained at every --betas and --seeds, each\n"
+                    "evaluated, next to best-of-N (N in --best-of-n), compared at matched KL, with each run's\n"
+                    "training cost and where its KL goes. Writes run_dir/level3.json and\n"
+                    "run_dir/plots/level3_frontier_*.png; prints the frontier table and the verdicts."),
     "sft": Stage("tune the start policy on review text (sft.*)",
                  "Fine-tune sft.base on the train pool's review text: the start policy that\n"
                  "model.policy=offline-sft loads (every run builds it first when it is missing). Writes\n"
@@ -141,6 +147,15 @@ def _sweep_flags(sp: argparse.ArgumentParser) -> None:
                                                      f"prompt (default {_csv(SWEEP_BEST_OF_N)})")
 
 
+def _level3_flags(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("level3 axes (comma-separated)")
+    g.add_argument("--methods", default=None, help=f"methods (default {','.join(LEVEL3_METHODS)})")
+    g.add_argument("--betas", default=None, help=f"betas (default {_csv(LEVEL3_BETAS)})")
+    g.add_argument("--seeds", default=None, help=f"seeds (default {_csv(SWEEP_SEEDS)})")
+    g.add_argument("--best-of-n", default=None, help=f"best-of-N's N values, from max(N) start samples per "
+                                                     f"prompt (default {_csv(SWEEP_BEST_OF_N)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=PROG, formatter_class=_Formatter, epilog=EPILOG,
@@ -155,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=_Formatter)
         if name == "sweep":
             _sweep_flags(sp)
+        if name == "level3":
+            _level3_flags(sp)
     fp = sub.add_parser(FIELDS, help="list every config field: name, default, one-line doc",
                         description="List every config field as `section.field  default  doc` (set one with\n"
                                     "--set section.field=value, or in a --config YAML file).",
@@ -293,12 +310,20 @@ def sweep_grid(args) -> dict:
         except ValueError:
             raise ConfigError(f"--{name}={text!r} is not a comma-separated list of {kind.__name__}s") from None
 
-    get = lambda name: getattr(args, name, None)  # noqa: E731  (only `sweep` has these flags)
-    grid = {"losses": parse(get("losses"), str, SWEEP_LOSSES, "losses"),
-            "betas": parse(get("betas"), float, SWEEP_BETAS, "betas"),
-            "seeds": parse(get("seeds"), int, SWEEP_SEEDS, "seeds"),
-            "alphas": parse(get("alphas"), float, SWEEP_ALPHAS, "alphas"),
-            "best_of_n": parse(get("best_of_n"), int, SWEEP_BEST_OF_N, "best-of-n")}
+    get = lambda name: getattr(args, name, None)  # noqa: E731  (only `sweep` and `level3` have these flags)
+    if getattr(args, "stage", None) == "level3":
+        grid = {"methods": parse(get("methods"), str, tuple(LEVEL3_METHODS), "methods"),
+                "betas": parse(get("betas"), float, LEVEL3_BETAS, "betas")}
+        unknown = [m for m in grid["methods"] if m not in LEVEL3_METHODS]
+        if unknown:
+            raise ConfigError(f"--methods: unknown {unknown}; choose from {','.join(LEVEL3_METHODS)}")
+    else:
+        grid = {"losses": parse(get("losses"), str, SWEEP_LOSSES, "losses"),
+                "betas": parse(get("betas"), float, SWEEP_BETAS, "betas")}
+    grid.update(seeds=parse(get("seeds"), int, SWEEP_SEEDS, "seeds"))
+    if "losses" in grid:
+        grid.update(alphas=parse(get("alphas"), float, SWEEP_ALPHAS, "alphas"))
+    grid.update(best_of_n=parse(get("best_of_n"), int, SWEEP_BEST_OF_N, "best-of-n"))
     if min(grid["best_of_n"]) < 1:
         raise ConfigError(f"--best-of-n={get('best_of_n')!r}: each N must be >= 1 (e.g. --best-of-n 1,2,4,8,16,32,64)")
     return grid
@@ -325,8 +350,8 @@ def config_yaml(cfg, args, grid: dict) -> str:
                            *([args.config] if args.config else []), *(["--set"] if args.overrides else [])])
     lines = [f"# {PROG} {args.stage}: resolved config ({sources})",
              yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False).rstrip()]
-    if args.stage == "sweep":
-        lines.append("# sweep axes: " + axes_flags(grid))
+    if args.stage in ("sweep", "level3"):
+        lines.append(f"# {args.stage} axes: " + axes_flags(grid))
     return "\n".join(lines)
 
 
@@ -391,7 +416,7 @@ def run_stage(args, cfg, grid: dict) -> int:
         return 0
     pipe = Pipeline(cfg)
     if args.stage != "sft":  # the SFT start policy and the offline heads (built once, announced); scorers to score
-        pipe.prepare(load_scorers=args.stage in ("score", "eval", "run", "lr-lesson", "sweep"))
+        pipe.prepare(load_scorers=args.stage in ("score", "eval", "run", "lr-lesson", "sweep", "level3"))
     actions = {
         "prompts": lambda: {k: len(v) for k, v in pipe.data.prompts().items()},
         "sample": lambda: {"samples": len(pipe.data.samples())},
@@ -402,6 +427,7 @@ def run_stage(args, cfg, grid: dict) -> int:
         "run": lambda: experiments.level1(pipe),
         "lr-lesson": lambda: experiments.lr_lesson(pipe),
         "sweep": lambda: experiments.sweep(pipe, **grid),
+        "level3": lambda: experiments.level3(pipe, **grid),
         "sft": pipe.sft,
     }
     result = actions[args.stage]()

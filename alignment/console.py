@@ -6,6 +6,7 @@ import json
 
 from .report import (alarm_lines, ci_table, examples_rows, frontier_rows, gain_line, lr_sentence, markdown_table,
                      results_rows, results_table, sweep_lines, trained_rows, verdict_lines)
+from .level3_report import level3_lines
 
 
 def _alarm(result: dict) -> list[str]:
@@ -32,6 +33,10 @@ def render(stage: str, result) -> str:
     if stage == "sweep":
         return "\n".join(["", markdown_table(frontier_rows(result["points"])), *_alarm(result), "",
                           *sweep_lines(result), "", "Matched-KL comparisons (reward):",
+                          *verdict_lines(result["comparisons"])])
+    if stage == "level3":
+        return "\n".join(["", markdown_table(frontier_rows(result["points"])), *_alarm(result), "",
+                          *level3_lines(result), "", "Matched-KL comparisons (reward):",
                           *verdict_lines(result["comparisons"])])
     if stage == "assets":
         return "\n".join([json.dumps(result["paths"], indent=2),

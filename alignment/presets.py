@@ -1,6 +1,6 @@
 """Named sizes. `smoke`: whole pipeline in minutes on 2 CPU cores (CI, notebook check).
 `default`: the CPU default behind `make run` (5 seeds). `sweep`: CPU-sized Level 2/3 frontiers (LoRA,
-bf16 where native). `full`: a GPU-sized run. `hub`: the assignment notebook's hub models and IMDB data
+bf16 where native). `level3`: Level 3's methods at the sweep's size. `full`: a GPU-sized run. `hub`: the assignment notebook's hub models and IMDB data
 (GPT-2; needs the Hugging Face hub and a GPU). A preset's run dir is runs/<preset> unless run_dir is set."""
 
 PRESETS: dict[str, dict] = {
@@ -16,6 +16,10 @@ PRESETS: dict[str, dict] = {
     "sweep": {  # Level 2/3 frontiers on 2 CPU cores: 126 training pairs per seed, 16 steps per policy, LoRA
         # adapters (MBs per policy, no second model) under bf16 autocast where native; lr 1e-3 puts
         # β 3 .. 0.1 at KL ~0.6 .. ~3 nats (measured; lr 5e-4 gave only 0.3 .. 0.8, lr 2e-3 overshot to 3 .. 30)
+        "data.n_train_prompts": 144, "data.n_eval_prompts": 32,
+        "dpo.lora_r": 16, "dpo.lora_alpha": 32.0, "dpo.lr": 1e-3, "dpo.precision": "auto",
+    },
+    "level3": {  # Level 3 at the sweep's size and training settings, in its own run dir (runs/level3)
         "data.n_train_prompts": 144, "data.n_eval_prompts": 32,
         "dpo.lora_r": 16, "dpo.lora_alpha": 32.0, "dpo.lr": 1e-3, "dpo.precision": "auto",
     },

@@ -13,10 +13,11 @@ from alignment import cli
 from alignment.config import (SECTIONS, Config, ConfigError, apply_overrides, field_docs, field_names, load_config,
                               section_deps)
 from alignment.io import stable_hash
-from alignment.presets import PRESETS, SWEEP_BETAS
+from alignment.presets import LEVEL3_BETAS, PRESETS, SWEEP_BETAS
 from alignment.sft import sft_deps
 
 SWEEP_FLAGS = ("--losses", "--betas", "--seeds", "--alphas", "--best-of-n")
+LEVEL3_FLAGS = ("--betas", "--seeds", "--best-of-n")  # and --methods
 COMMON_FLAGS = ("--preset", "--config", "--set", "--print-config")
 
 
@@ -62,9 +63,20 @@ def test_stage_help_shows_its_own_flags(capsys, stage):
     for flag in COMMON_FLAGS:
         assert flag in out
     for flag in SWEEP_FLAGS:
-        assert (flag in out) == (stage == "sweep"), flag
+        assert (flag in out) == (stage == "sweep" or (stage == "level3" and flag in LEVEL3_FLAGS)), flag
+    assert ("--methods" in out) == (stage == "level3")
     if stage == "sweep":  # with their defaults
         assert f"(default {','.join(f'{b:g}' for b in SWEEP_BETAS)})" in out
+    if stage == "level3":
+        assert f"(default {','.join(f'{b:g}' for b in LEVEL3_BETAS)})" in out and "dpo,distill,online-dpo,rloo" in out
+
+
+def test_level3_flags_reach_level3(monkeypatch):
+    args = cli.parse_args(["level3", "--methods", "dpo,rloo", "--betas", "0.3", "--seeds", "1"])
+    assert cli.sweep_grid(args) == {"methods": ("dpo", "rloo"), "betas": (0.3,), "seeds": (1,),
+                                    "best_of_n": (1, 2, 4, 8, 16, 32, 64)}
+    with pytest.raises(ConfigError, match="--methods: unknown"):
+        cli.sweep_grid(cli.parse_args(["level3", "--methods", "ppo"]))
 
 
 def test_run_and_sweep_help_differ(capsys):
@@ -304,6 +316,7 @@ HASHES = {
     "smoke": ("115fb6809308", "0f59ceb33838", "f948167c"),
     "default": ("14da024fa241", "ec373babd7d1", "dfdee80e"),
     "sweep": ("347896a170ca", "64f6e73aae21", "dfdee80e"),
+    "level3": ("9d1fb986dee8", "64f6e73aae21", "dfdee80e"),  # the sweep's artifact keys: same data, same settings
     "full": ("601c98331f90", "98830cb00b70", "6b4d2fde"),
     "hub": ("beb4e42a7717", "11d23a48bd7d", "1f4a485c"),
 }
