@@ -77,7 +77,7 @@ def documented_floors() -> dict[str, int]:
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 3 and cells[0].isdigit():
-            for name in re.findall(r"`([a-z_]+)`", cells[1]):
+            for name in re.findall(r"`([a-z_0-9]+)`", cells[1]):
                 floors[name] = int(cells[0])
     return floors
 
