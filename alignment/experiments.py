@@ -203,9 +203,12 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     """Frontiers: every (divergence, β, seed) trained on its seed's pairs and evaluated with its
     seed's draws; per (divergence, β) one point pooling its seeds; per divergence a curve from the
     start policy (β -> ∞) through its β values; the best-of-N curve (N in `best_of_n`) from the start
-    policy's own max(N) samples per prompt; every pair of curves compared at matched KL (paired
-    bootstrap over seeds and prompts, Holm), each point's gain over the start (seeds pooled, Holm over
-    the points) and its reward-hacking alarm (`alarm.assess`).
+    policy's own max(N) samples per prompt; the KL-optimal curve π_ref·exp(r/β) reweighting those
+    samples (`frontier.optimum_curve`: a bound, drawn and tabulated, not compared); every pair of the
+    other curves compared at matched KL (paired bootstrap over seeds and prompts, Holm), each point's
+    gain over the start (seeds pooled, Holm over the points), the share of best-of-N's and of the
+    optimum's gain it reaches at its KL (`frontier.gain_fractions`) and its reward-hacking alarm
+    (`alarm.assess`).
     Writes sweep.json (data only: `report.sweep_lines` / `verdict_lines` / `alarm_lines` say it in words),
     the frontier plots, and returns the same dict."""
     if not best_of_n or min(best_of_n) < 1:
@@ -237,15 +240,16 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
         grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
         with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields, tuple(sorted(set(best_of_n))))}
         comparisons = F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy"))  # per-pair KL values
+        optimum, fractions, optimum_entry = _optimum(bon.scored, curves, with_bon[F.BON], boot, fields, max(best_of_n))
         gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
                             **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
-        table = F.point_table(with_bon)
+        table = F.point_table({**with_bon, **optimum})
         alarm = _point_alarms(seed_evals, start, n_boot0, n_boot)
     P = pipe.paths
     files = [plots.frontier(table, x, y, P.plot(f"frontier_{y}_vs_{x}"))
              for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
     result = {"runs": runs, "points": table, "gains": gains, "alarm": alarm, "start": start.metrics, "matched_kl": grid,
-              "comparisons": comparisons, "n_boot": n_boot,
+              "comparisons": comparisons, "n_boot": n_boot, "gain_fractions": fractions, **optimum_entry,
               "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
               "grid": {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas),
                        "best_of_n": list(best_of_n)},
@@ -267,6 +271,18 @@ def sweep_result(cfg, run: bool, **grid) -> dict | None:
         return None
     saved = read_json(paths.result("sweep"))
     return {**saved, "plots": [str(paths.plot(Path(p).stem)) for p in saved["plots"]]}
+
+
+def _optimum(bon_scored: list[dict], curves: dict[str, list[dict]], bon: list[dict], boot: SharedBootstrap,
+             fields: tuple[str, ...], n_samples: int) -> tuple[dict, list[dict], dict]:
+    """The KL-optimal curve from the start's best-of-N samples ({OPTIMUM: curve}, {} when their N
+    cannot carry it), each trained point's share of best-of-N's and the optimum's gain at its KL
+    (`frontier.gain_fractions`), and sweep.json's "optimum" entry ({} without the curve). The
+    optimum is a bound: it joins the plots and the point table, never the matched-KL comparisons."""
+    opt = F.optimum_curve(bon_scored, boot, fields)
+    entry = {"label": F.OPTIMUM, "kl_cap": F.optimum_kl_cap(bon_scored), "n_samples": n_samples,
+             "min_samples": F.OPT_MIN_ESS}
+    return ({F.OPTIMUM: opt} if opt else {}), F.gain_fractions(curves, bon, opt), ({"optimum": entry} if opt else {})
 
 
 def _point_alarms(seed_evals: dict[str, list[Evaluation]], start: Evaluation, n_boot0: int, n_boot: int) -> list[dict]:
