@@ -263,8 +263,10 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
                    seeds: tuple[int, ...], best_of_n: tuple[int, ...], grid: dict, with_cost: bool = False) -> dict:
     """Every family (a label and its `dpo.*` overrides) x β x seed trained and evaluated with its seed's
     draws, one point per (family, β) pooling its seeds, one curve per family from the start policy (β -> ∞),
-    the best-of-N curve, matched-KL comparisons of every pair of curves, each point's gain over the start
-    (Holm over the points) and its alarm record; `with_cost`: each run's training cost (`policy_cost`).
+    the best-of-N curve, the KL-optimal curve π_ref·exp(r/β) reweighting best-of-N's samples
+    (`frontier.optimum_curve`: a bound, drawn and tabulated, not compared), matched-KL comparisons of every
+    pair of the other curves, each point's gain over the start (Holm over the points), the share of
+    best-of-N's and of the optimum's gain it reaches at its KL (`frontier.gain_fractions`) and its alarm record; `with_cost`: each run's training cost (`policy_cost`).
     Writes `<name>.json` and the frontier plots."""
     if not best_of_n or min(best_of_n) < 1:
         raise ConfigError(f"{name}: best_of_n={best_of_n!r} needs N values >= 1 (e.g. --best-of-n 1,2,4,8,16,32,64)")
@@ -297,16 +299,18 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
         kl_grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
         with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields, tuple(sorted(set(best_of_n))))}
         comparisons = F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy"))  # per-pair KL values
+        optimum, fractions, optimum_entry = _optimum(bon.scored, curves, with_bon[F.BON], boot, fields, max(best_of_n))
         gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
                             **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
-        table = F.point_table(with_bon)
+        table = F.point_table({**with_bon, **optimum})
         alarm = _point_alarms(seed_evals, start, n_boot0, n_boot)
     P = pipe.paths
     prefix = "frontier" if name == "sweep" else f"{name}_frontier"
     files = [plots.frontier(table, x, y, P.plot(f"{prefix}_{y}_vs_{x}"))
              for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
     result = {"runs": runs, "points": table, "gains": gains, "alarm": alarm, "start": start.metrics,
-              "matched_kl": kl_grid, "comparisons": comparisons, "n_boot": n_boot,
+              "matched_kl": kl_grid, "comparisons": comparisons, "n_boot": n_boot, "gain_fractions": fractions,
+              **optimum_entry,
               "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)], "grid": grid,
               "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files]}
     if with_cost:  # Level 3: where each point's KL goes, on its first seed's policy (`diagnose`)
@@ -329,6 +333,18 @@ def sweep_result(cfg, run: bool, **grid) -> dict | None:
         return None
     saved = read_json(paths.result("sweep"))
     return {**saved, "plots": [str(paths.plot(Path(p).stem)) for p in saved["plots"]]}
+
+
+def _optimum(bon_scored: list[dict], curves: dict[str, list[dict]], bon: list[dict], boot: SharedBootstrap,
+             fields: tuple[str, ...], n_samples: int) -> tuple[dict, list[dict], dict]:
+    """The KL-optimal curve from the start's best-of-N samples ({OPTIMUM: curve}, {} when their N
+    cannot carry it), each trained point's share of best-of-N's and the optimum's gain at its KL
+    (`frontier.gain_fractions`), and the result's "optimum" entry ({} without the curve). The
+    optimum is a bound: it joins the plots and the point table, never the matched-KL comparisons."""
+    opt = F.optimum_curve(bon_scored, boot, fields)
+    entry = {"label": F.OPTIMUM, "kl_cap": F.optimum_kl_cap(bon_scored), "n_samples": n_samples,
+             "min_samples": F.OPT_MIN_ESS}
+    return ({F.OPTIMUM: opt} if opt else {}), F.gain_fractions(curves, bon, opt), ({"optimum": entry} if opt else {})
 
 
 def _point_alarms(seed_evals: dict[str, list[Evaluation]], start: Evaluation, n_boot0: int, n_boot: int) -> list[dict]:

@@ -4,6 +4,10 @@ own samples (Gao et al. 2022: the curve any alignment method must beat); and div
 at *matched KL* — β is not comparable across f′ (Wang et al. 2023), so one shared β shows how far
 each loss moves, not which trade-off is better.
 
+The KL-optimal curve π_β ∝ π_ref·exp(r/β) (the most reward any policy reaches at its KL), estimated
+by reweighting the same start samples, bounds every curve; each trained point is placed against
+best-of-N and it by the share of their gain it reaches at its own KL.
+
 Statistics (from `stats`): every point pools its seeds; all models are evaluated on the same
 held-out prompts, so one bootstrap draw of seeds x prompts (`stats.SharedBootstrap`) is applied to
 every point at once — differences between curves are paired, and samples of one prompt move
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +27,9 @@ from .stats import SharedBootstrap, bootstrap_p, holm, summary, verdict
 
 BON_NS = SWEEP_BEST_OF_N  # the N values of the best-of-N curve (those <= the samples per prompt)
 BON = "best-of-N"
+OPTIMUM = "KL-optimal"  # π_β ∝ π_ref·exp(r/β): the most reward any policy gets at its KL (a bound, not compared)
+OPT_KL_LO, OPT_K = 0.05, 10  # the optimum's β grid: OPT_K values, log-spaced from KL ~0.05 up to its cap
+OPT_MIN_ESS = 8  # the optimum's KL cap keeps its weights on >= 8 samples per prompt (`optimum_kl_cap`)
 START_LABEL = "start"
 LABEL_NOTES = {"chi2": "chi2 (outside f-DPO: heuristic)"}  # f′(0) finite: Z(x) does not cancel
 
@@ -106,10 +114,160 @@ def bon_curve(start: list[dict], boot: SharedBootstrap, fields: tuple[str, ...],
     return out
 
 
-def interpolate(curve: list[dict], field: str, at: float) -> np.ndarray:
-    """(n_boot+1,) the curve's `field` at KL = `at`, linear in KL between consecutive points *in the
-    curve's own order* (β from ∞ down, N up: what the plots connect), per bootstrap draw; NaN where
-    no segment of that draw spans `at`."""
+class _Samples(NamedTuple):
+    """The start policy's samples per (seed, prompt), padded to the most samples M of any group."""
+    keys: list[tuple]  # (G,) (seed_index, prompt_id)
+    vals: dict[str, np.ndarray]  # field -> (G, M)
+    log_ratio: np.ndarray  # (G, M) log q - log π_ref of each sample (q: the sampler)
+    mask: np.ndarray  # (G, M) a sample, not padding
+
+
+def _samples(start: list[dict], fields: tuple[str, ...]) -> _Samples:
+    groups: dict[tuple, list[dict]] = {}
+    for r in start:
+        groups.setdefault((r.get("seed_index", 0), r["prompt_id"]), []).append(r)
+    keys, M = list(groups), max(len(rs) for rs in groups.values())
+    out = _Samples(keys, {f: np.zeros((len(keys), M)) for f in ("reward", *fields)}, np.zeros((len(keys), M)),
+                   np.zeros((len(keys), M), dtype=bool))
+    for g, k in enumerate(keys):
+        rs = groups[k]
+        out.mask[g, :len(rs)] = True
+        out.log_ratio[g, :len(rs)] = [r["logp"] - r["ref_logp"] for r in rs]
+        for f, a in out.vals.items():
+            a[g, :len(rs)] = [r[f] for r in rs]
+    return out
+
+
+def _tilt(s: _Samples, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """(G, M) self-normalised weights of π_β on each group's samples, w ∝ exp(r/β + log π_ref - log q),
+    and (G,) each group's KL(π_β || π_ref) = Σ w log(n w) + Σ w (log q - log π_ref)."""
+    logits = np.where(s.mask, s.vals["reward"] / beta - s.log_ratio, -np.inf)  # β = ∞: π_ref itself
+    w = np.exp(logits - logits.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    n = s.mask.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_q = np.where(w > 0, w * np.log(n * w), 0.0).sum(1)  # KL(π_β || q) = log n - H(w)
+    return w, kl_q + (w * s.log_ratio).sum(1)
+
+
+def optimum_kl_cap(start: list[dict]) -> float:
+    """log(N / OPT_MIN_ESS) for the fewest samples N of any (seed, prompt): where the weights still
+    spread over exp H(w) = N·exp(-KL) >= OPT_MIN_ESS samples. Self-normalised weights over N samples
+    are biased as KL nears log N (all weight on the best sample: the estimate turns into best-of-N,
+    below the true optimum); with N(0, 1) rewards and N = 64 it falls below best-of-N from KL ~2.5
+    (log N - 1.7), so the curve stops at log(N / 8) (2.08 nats for N = 64)."""
+    counts: dict[tuple, int] = {}
+    for r in start:
+        k = (r.get("seed_index", 0), r["prompt_id"])
+        counts[k] = counts.get(k, 0) + 1
+    return math.log(min(counts.values()) / OPT_MIN_ESS)
+
+
+def optimum_betas(start: list[dict], kl_lo: float = OPT_KL_LO, kl_hi: float | None = None,
+                  k: int = OPT_K) -> tuple[float, ...]:
+    """k β values, large to small, log-spaced between the β whose optimum (point estimate, mean over
+    seeds and prompts) has KL `kl_lo` and the one at `kl_hi` (default `optimum_kl_cap`; at most 90 %
+    of the KL of all weight on each group's best samples, where repeated samples cap it lower);
+    () when the samples cannot reach `kl_lo` (too few samples, or equal rewards)."""
+    s = _samples(start, ())
+    scale = float(np.std(s.vals["reward"][s.mask])) or 1.0
+    lo_b, hi_b = math.log(scale * 1e-4), math.log(scale * 1e4)
+
+    def mean_kl(log_b: float) -> float:
+        return float(_tilt(s, math.exp(log_b))[1].mean())
+
+    kl_hi = min(optimum_kl_cap(start) if kl_hi is None else kl_hi, 0.9 * mean_kl(lo_b))
+    if kl_hi <= kl_lo:
+        return ()
+
+    def solve(target: float) -> float:  # KL falls as β rises: bisect on log β
+        a, b = lo_b, hi_b
+        for _ in range(60):
+            a, b = ((a + b) / 2, b) if mean_kl((a + b) / 2) > target else (a, (a + b) / 2)
+        return math.exp((a + b) / 2)
+
+    return tuple(float(b) for b in np.geomspace(solve(kl_lo), solve(kl_hi), k))
+
+
+def optimum_curve(start: list[dict], boot: SharedBootstrap, fields: tuple[str, ...],
+                  betas: tuple[float, ...] | None = None) -> list[dict]:
+    """The KL-regularised optimum π_β(y|x) ∝ π_ref(y|x)·exp(r(x,y)/β), which maximises
+    E[r] - β·KL(π || π_ref): the most reward any policy can reach at its KL. Estimated from the start
+    policy's samples (the records `bon_curve` uses) by self-normalised importance weights per
+    (seed, prompt), w ∝ exp(r/β + log π_ref - log q) — the log π_ref - log q term (ref_logp - logp)
+    corrects for the sampler q (the start in its sampling dtype) not being exactly π_ref —;
+    E_β[f] = Σ w f, KL(π_β || π_ref) = Σ w log(n w) + Σ w (log q - log π_ref), per (seed, prompt),
+    then bootstrapped like every curve. Points like `bon_curve`'s: {beta, kl, <field>: (n_boot+1,)},
+    from β = ∞ (π_ref) down through `betas` (default `optimum_betas`: KL ~0.05 up to
+    `optimum_kl_cap` = log(N / 8), beyond which self-normalisation over N samples is biased low).
+    [] when no β reaches KL 0.05 below the cap (N <= 8 samples per prompt)."""
+    keep = tuple(f for f in fields if f in start[0] and start[0][f] is not None and f not in ("pred_entropy", "reward"))
+    betas = optimum_betas(start) if betas is None else tuple(betas)
+    if not betas:
+        return []
+    s, out = _samples(start, keep), []
+    for beta in (math.inf, *sorted(betas, reverse=True)):
+        w, kl = _tilt(s, beta)
+        means = {f: (w * a).sum(1) for f, a in s.vals.items() if f in fields}  # (G,) E_β[f] per (seed, prompt)
+        recs = [{"prompt_id": pid, "seed_index": seed, "opt_kl": kl[g], **{f: m[g] for f, m in means.items()}}
+                for g, (seed, pid) in enumerate(s.keys)]
+        out.append({"beta": beta, "kl": boot.mean(recs, _value("opt_kl")),
+                    **{f: boot.mean(recs, _value(f)) for f in means}})
+    return out
+
+
+def gain_fraction(point: dict, start: dict, ref: list[dict], field: str) -> np.ndarray:
+    """(n_boot+1,) (y_point - y_start) / (y_ref(KL_point) - y_ref(start)) per bootstrap draw: the
+    share of `ref`'s gain a point reaches at its own KL, `ref` interpolated at the point's KL of that
+    draw. Each gain is taken from its own curve's start: the point's from `start` (the start policy
+    on the same draws as the point), `ref`'s from its first point where that is the start policy's
+    samples (best-of-1, or the optimum at β = ∞; else from `start`). NaN where that draw of `ref`
+    does not reach the KL or gains nothing there (<= 0)."""
+    if not ref or not all(field in p for p in ref):
+        return np.full(point["kl"].shape, np.nan)
+    base = ref[0] if ref[0].get("n") == 1 or ref[0].get("beta") == math.inf else start
+    den = interpolate(ref, field, point["kl"]) - base[field]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (point[field] - start[field]) / den, np.nan)
+
+
+def _number(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def _fraction_summary(name: str, frac: np.ndarray, kl: float, ref: list[dict]) -> dict:
+    valid = ~np.isnan(frac[1:])
+    lo, hi = np.percentile(frac[1:][valid], [2.5, 97.5]) if valid.any() else (math.nan, math.nan)
+    kls = [float(p["kl"][0]) for p in ref]
+    why = (None if not math.isnan(frac[0]) else "no curve" if not ref else "beyond" if kl > max(kls)
+           else "below" if kl < min(kls) else "no gain")
+    return {f"frac_{name}": _number(frac[0]), f"frac_{name}_lo": _number(lo), f"frac_{name}_hi": _number(hi),
+            f"valid_{name}": float(valid.mean()), f"kl_max_{name}": max(kls, default=None), f"why_{name}": why}
+
+
+def gain_fractions(curves: dict[str, list[dict]], bon: list[dict], opt: list[dict],
+                   fields: tuple[str, ...] = ("reward", "judge")) -> list[dict]:
+    """Per trained point (label, β; seeds pooled) and field: the share of best-of-N's (`frac_bon`) and
+    of the optimum's (`frac_opt`) gain over the start it reaches at its own KL (`gain_fraction`), the
+    95 % percentile interval of the valid draws (`_lo`, `_hi`), the share of valid draws (`valid_`)
+    and the largest KL each reference curve reaches (`kl_max_`; point estimates). A fraction is None
+    where its point estimate is not defined, `why_` says why: "beyond" / "below" the reference
+    curve's KL range, "no gain" of it there (<= 0), "no curve" (no optimum); else `why_` is None."""
+    rows = []
+    for label, pts in curves.items():
+        for p in pts[1:]:
+            for field in (f for f in fields if f in p and f in pts[0]):
+                row = {"label": label, "beta": p["beta"], "kl": float(p["kl"][0]), "field": field}
+                for name, ref in (("bon", bon), ("opt", opt)):
+                    row.update(_fraction_summary(name, gain_fraction(p, pts[0], ref, field), row["kl"], ref))
+                rows.append(row)
+    return rows
+
+
+def interpolate(curve: list[dict], field: str, at: float | np.ndarray) -> np.ndarray:
+    """(n_boot+1,) the curve's `field` at KL = `at` (one KL, or (n_boot+1,) one per draw), linear in
+    KL between consecutive points *in the curve's own order* (β from ∞ down, N up: what the plots
+    connect), per bootstrap draw; NaN where no segment of that draw spans `at`."""
     kl = np.stack([p["kl"] for p in curve], 1)  # (B, K)
     y = np.stack([p[field] for p in curve], 1)  # (B, K)
     out = np.full(kl.shape[0], np.nan)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .distributed import current
-from .frontier import BON
+from .frontier import BON, OPTIMUM
 from .io import atomic_open
 from .optional import pyplot  # matplotlib: headless, it falls back to Agg without a display
 
@@ -87,7 +87,8 @@ AXES = {"kl": "KL(q || π_ref) per completion (nats; q = the sampling distributi
 
 def frontier(points: list[dict], x: str, y: str, path: Path) -> Path:
     """One curve per divergence through its β values (from the start policy at β = ∞), best-of-N
-    dashed, error bars = 95 % bootstrap CIs over seeds x prompts (seeds pooled in each point).
+    dashed, error bars = 95 % bootstrap CIs over seeds x prompts (seeds pooled in each point); the
+    KL-optimal curve (where `points` has it, on KL axes) a grey dashed line with its 95 % band.
     `points`: frontier.point_table rows."""
     fig, ax = pyplot().subplots(figsize=(7, 4.8))
     cmap = pyplot().get_cmap("tab10")
@@ -95,6 +96,9 @@ def frontier(points: list[dict], x: str, y: str, path: Path) -> Path:
     for i, lab in enumerate(labels):
         pts = [p for p in points if p["label"] == lab and p.get(x) is not None and p.get(y) is not None]
         if not pts:
+            continue
+        if lab == OPTIMUM:
+            _optimum_line(ax, sorted(pts, key=lambda p: -p["beta"]), x, y)
             continue
         bon = lab == BON
         pts.sort(key=lambda p: p["n"] if bon else -p["beta"])  # along the curve's parameter: start (β = ∞) first
@@ -108,3 +112,11 @@ def frontier(points: list[dict], x: str, y: str, path: Path) -> Path:
     ax.set(xlabel=AXES.get(x, x), ylabel=AXES.get(y, y), title=f"{y} vs {x}: frontiers over β (95 % CI over seeds × prompts)")
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def _optimum_line(ax, pts: list[dict], x: str, y: str) -> None:
+    """The KL-optimal curve (points from β = ∞ down): a dashed line through its estimates and the
+    band of its `y` CIs — a bound on every curve at its KL, so no markers or β tags."""
+    xs, ys = [p[x] for p in pts], [p[y] for p in pts]
+    ax.fill_between(xs, [p[f"{y}_lo"] for p in pts], [p[f"{y}_hi"] for p in pts], color="grey", alpha=0.2, lw=0)
+    ax.plot(xs, ys, "--", color="grey", lw=1.5, label=f"{OPTIMUM} (π_ref·exp(r/β), bound)")

@@ -272,7 +272,7 @@ def _frontier_brief(sweep: dict) -> str:
             above = c["verdict"] != report.NOT_DISTINGUISHABLE and (c["verdict"] == "lower") == (c["b"] == bon)
             by_curve.setdefault(c["a"] if c["b"] == bon else c["b"], []).append(above)
         counts.append(f"{sum(all(v) for v in by_curve.values())} of the {len(by_curve)}")
-    n_div = len({p["label"] for p in sweep["points"]}) - 1
+    n_div = len({p["label"] for p in sweep["points"]} - {bon, sweep.get("optimum", {}).get("label")})
     n_max = max((p["n"] for p in sweep["points"] if p["label"] == bon), default=0)
     among = [c for c in sweep["comparisons"] if c["field"] in ("reward", "judge") and bon not in (c["a"], c["b"])]
     sig = sum(c["verdict"] != report.NOT_DISTINGUISHABLE for c in among)

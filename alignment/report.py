@@ -352,7 +352,8 @@ def sweep_lines(sweep: dict) -> list[str]:
                      + ": those curves are shown but not compared at matched KL.")
     common = (", ".join(f"{k:.2f}" for k in sweep["matched_kl"]) + " nats" if sweep["matched_kl"]
               else "none (the divergence curves' trained KL ranges do not all overlap)")
-    curves = list(dict.fromkeys(p["label"] for p in sweep["points"]))
+    bound = sweep.get("optimum", {}).get("label")  # drawn, never compared
+    curves = [c for c in dict.fromkeys(p["label"] for p in sweep["points"]) if c != bound]
     n_pairs = len(curves) * (len(curves) - 1) // 2
     compared = {(c["a"], c["b"]) for c in sweep["comparisons"]}
     lines.append("Each pair of curves is compared at 3 KL values inside both curves' trained ranges, at each value only "
@@ -370,6 +371,39 @@ def sweep_lines(sweep: dict) -> list[str]:
         more = f"; and {len(sig) - SHOW_MAX} more (sweep.json)" if len(sig) > SHOW_MAX else ""
         lines.append(f"{field}: {len(sig)} of {len(rows)} pairwise comparisons distinguishable (Holm)"
                      + (f": {shown}{more}" if sig else "; none is distinguishable at this size") + ".")
+    return lines + gain_fraction_lines(sweep)
+
+
+def _fraction_text(r: dict, ref: str, name: str) -> str:
+    """One point's share of `name`'s gain (`frontier.gain_fractions` row, `ref` in bon / opt), or why none."""
+    f, why = r[f"frac_{ref}"], r.get(f"why_{ref}")
+    if f is None:
+        return {"beyond": f"beyond {name}'s largest KL ({r[f'kl_max_{ref}'] or 0:.2f})",
+                "below": f"below {name}'s smallest KL"}.get(why, f"no gain of {name} at this KL")
+    valid = r[f"valid_{ref}"]
+    draws = "" if valid >= 0.99 else f", over {valid:.0%} of draws"
+    return f"{100 * f:.0f} % ({100 * r[f'frac_{ref}_lo']:.0f}..{100 * r[f'frac_{ref}_hi']:.0f} %{draws}) of {name}'s"
+
+
+def gain_fraction_lines(sweep: dict) -> list[str]:
+    """The KL-optimal curve in one sentence, and per field one line: each trained point's share of
+    best-of-N's and of the optimum's gain over the start at the point's own KL (`sweep["gain_fractions"]`;
+    nothing for a sweep without them)."""
+    lines, opt = [], sweep.get("optimum")
+    if opt:
+        top = max((p["kl"] for p in sweep["points"] if p["label"] == opt["label"]), default=opt["kl_cap"])
+        why = (f"beyond it the weights would rest on fewer than {opt['min_samples']} samples per prompt"
+               if top >= opt["kl_cap"] - 5e-3
+               else f"as far as the samples' rewards reach below its cap {opt['kl_cap']:.2f}")
+        lines.append(f"The `{opt['label']}` curve (π_ref·exp(r/β) / Z, the most reward any policy reaches at its KL) "
+                     f"reweights the start policy's {opt['n_samples']} samples per prompt, up to KL {top:.2f} ({why}); "
+                     "a bound, drawn and tabulated, not compared.")
+    rows = sweep.get("gain_fractions") or []
+    for field in dict.fromkeys(r["field"] for r in rows):
+        parts = [f"`{r['label']}` β={r['beta']:g} at KL {r['kl']:.2f}: {_fraction_text(r, 'bon', 'best-of-N')}"
+                 + (f", {_fraction_text(r, 'opt', 'the optimum')}" if opt else "") for r in rows if r["field"] == field]
+        lines.append(f"Share of the {field} gain over the start reached at the point's own KL (95 % CI over seeds × "
+                     "prompts): " + "; ".join(parts) + ".")
     return lines
 
 

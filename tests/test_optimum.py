@@ -1,0 +1,185 @@
+"""The KL-regularised optimum π_β ∝ π_ref·exp(r/β) estimated from the start policy's samples, against
+its closed form on a categorical reference; it bounds best-of-N at matched KL; each trained point's
+share of best-of-N's and of the optimum's gain at its own KL, and how the report and plots show them."""
+import math
+
+import numpy as np
+import pytest
+
+from alignment import frontier as F
+from alignment import plots, publish
+from alignment.report import gain_fraction_lines, sweep_lines
+from alignment.stats import SharedBootstrap
+
+P_REF = np.array([0.4, 0.25, 0.15, 0.12, 0.08])  # a reference over 5 outcomes
+REWARD = np.array([0.0, 0.5, 1.0, 1.5, 2.5])
+
+
+def _exact(beta: float) -> tuple[float, float]:
+    """KL(π_β || π_ref) and E_β[r] of π_β ∝ π_ref·exp(r/β) on the categorical reference."""
+    pi = P_REF * np.exp(REWARD / beta)
+    pi /= pi.sum()
+    return float(pi @ np.log(pi / P_REF)), float(pi @ REWARD)
+
+
+def _categorical(q: np.ndarray, n_prompts: int, n: int, seed: int = 0) -> list[dict]:
+    """n samples per (seed, prompt) from the sampler q, with logp = log q and ref_logp = log π_ref."""
+    rng = np.random.default_rng(seed)
+    return [{"prompt_id": f"p{g}", "seed_index": s, "reward": float(REWARD[k]), "judge": -float(REWARD[k]),
+             "logp": math.log(q[k]), "ref_logp": math.log(P_REF[k])}
+            for s in (0, 1) for g in range(n_prompts) for k in rng.choice(len(q), n, p=q)]
+
+
+def _gaussian(n_prompts: int, n: int, seed: int = 1) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"prompt_id": f"p{g}", "reward": float(x), "logp": -1.0, "ref_logp": -1.0}
+            for g in range(n_prompts) for x in rng.normal(0.0, 1.0, n)]
+
+
+@pytest.mark.parametrize("q", [P_REF, np.full(5, 0.2)], ids=["sampled from pi_ref", "sampled from uniform q"])
+def test_optimum_matches_the_closed_form_on_a_categorical_reference(q):
+    """Self-normalised weights over 256 samples per (seed, prompt), 2 x 100 of them: KL and E[r]
+    within 3 % / 0.03 of the exact values; a sampler q != π_ref is corrected for (weights and KL).
+    The tolerance excludes the usual slips: weights exp(r·β) (the exact values at 1/β) and
+    KL = log N + H(w) (> log 256)."""
+    recs = _categorical(q, 100, 256)
+    boot = SharedBootstrap([r["prompt_id"] for r in recs], 20, n_seeds=2)
+    betas = (2.0, 0.7, 0.3)
+    curve = F.optimum_curve(recs, boot, ("reward", "judge", "pred_entropy"), betas)
+    assert [p["beta"] for p in curve] == [math.inf, *betas] and "pred_entropy" not in curve[0]
+    assert curve[0]["kl"][0] == pytest.approx(0.0, abs=0.005)  # β = ∞: π_ref itself
+    assert curve[0]["reward"][0] == pytest.approx(P_REF @ REWARD, abs=0.02)
+    for p in curve[1:]:
+        kl, reward = _exact(p["beta"])
+        assert p["kl"][0] == pytest.approx(kl, rel=0.03)
+        assert p["reward"][0] == pytest.approx(reward, abs=0.03) and p["judge"][0] == pytest.approx(-p["reward"][0])
+        slip_kl, slip_reward = _exact(1 / p["beta"])  # what exp(r·β) weights would estimate
+        assert abs(slip_kl - kl) > 0.03 * kl + 0.01 and abs(slip_reward - reward) > 0.06
+        assert p["kl"][1:].std() > 0  # bootstrapped over seeds x prompts
+    kls = [p["kl"][0] for p in curve]
+    assert kls == sorted(kls) and max(kls) < math.log(256)
+
+
+def test_the_beta_grid_spans_kl_from_005_to_the_cap():
+    """β values log-spaced from the optimum at KL 0.05 to the one at log(N/8) (2.08 nats for N = 64);
+    a discrete reference that cannot get that far stops at 90 % of all weight on its best outcome;
+    8 samples per prompt carry no optimum at all."""
+    recs = _gaussian(100, 64)
+    betas = F.optimum_betas(recs)
+    assert len(betas) == F.OPT_K and list(betas) == sorted(betas, reverse=True)
+    assert np.allclose(np.diff(np.log(betas)), np.log(betas[1] / betas[0]))  # log-spaced
+    assert F.optimum_kl_cap(recs) == pytest.approx(math.log(64 / 8))
+    curve = F.optimum_curve(recs, SharedBootstrap([f"p{g}" for g in range(100)], 5), ("reward",))
+    assert curve[1]["kl"][0] == pytest.approx(F.OPT_KL_LO, rel=1e-3)
+    assert curve[-1]["kl"][0] == pytest.approx(math.log(8), rel=1e-3)
+    best = -math.log(P_REF[-1])  # KL of all weight on the best outcome
+    top = F.optimum_curve(_categorical(P_REF, 30, 512), SharedBootstrap([f"p{g}" for g in range(30)], 5, n_seeds=2),
+                          ("reward",))[-1]
+    assert best < F.optimum_kl_cap(_categorical(P_REF, 2, 512)) and top["kl"][0] == pytest.approx(0.9 * best, rel=0.05)
+    assert F.optimum_betas(_gaussian(10, 8)) == () and F.optimum_curve(_gaussian(10, 8), None, ("reward",)) == []
+
+
+def test_the_optimum_is_above_best_of_n_at_best_of_ns_kl():
+    """N(0, 1) rewards: π_β is N(1/β, 1), E[r] = sqrt(2 KL), above best-of-n at every KL (at n = 4:
+    1.13 vs 1.03); estimated from the same 64 samples per prompt, the optimum stays above best-of-n
+    at each n whose KL it reaches, and not above the true optimum (self-normalising is biased low)."""
+    recs = _gaussian(400, 64)
+    boot = SharedBootstrap([f"p{g}" for g in range(400)], 50)
+    bon, opt = F.bon_curve(recs, boot, ("reward",)), F.optimum_curve(recs, boot, ("reward",))
+    reached = [b for b in bon[1:] if b["kl"][0] <= opt[-1]["kl"][0]]
+    assert [b["n"] for b in reached] == [2, 4, 8, 16]
+    for b in reached:
+        above = F.interpolate(opt, "reward", b["kl"][0])[0] - b["reward"][0]
+        exact = math.sqrt(2 * b["kl"][0]) - b["reward"][0]  # the true optimum above best-of-n's estimate
+        assert 0.03 < above < exact + 0.02, b["n"]
+
+
+def _const(x: float, n: int = 201) -> np.ndarray:
+    return np.full(n, x)
+
+
+def _hand_curves():
+    """A start at reward 0, judge 0; `rkl` points at KL 1 (reward 0.3, judge 0.2) and KL 3; best-of-N
+    linear from (0, 0) to (2, 1) in reward and flat in judge; the optimum linear to (1.5, 1.5)."""
+    start = {"beta": math.inf, "kl": _const(0.0), "reward": _const(0.0), "judge": _const(0.0)}
+    curves = {"rkl": [start, {"beta": 1.0, "kl": _const(1.0), "reward": _const(0.3), "judge": _const(0.2)},
+                      {"beta": 0.1, "kl": _const(3.0), "reward": _const(0.9), "judge": _const(0.4)}]}
+    bon = [{"n": n, "kl": _const(k), "reward": _const(k / 2), "judge": _const(0.0)} for n, k in ((1, 0.0), (64, 2.0))]
+    opt = [{"beta": b, "kl": _const(k), "reward": _const(k), "judge": _const(k)}
+           for b, k in ((math.inf, 0.0), (0.5, 1.5))]
+    return curves, bon, opt
+
+
+def test_gain_fractions_at_the_points_own_kl():
+    curves, bon, opt = _hand_curves()
+    rows = {(r["label"], r["beta"], r["field"]): r for r in F.gain_fractions(curves, bon, opt)}
+    near = rows[("rkl", 1.0, "reward")]
+    assert near["frac_bon"] == pytest.approx(0.6) and near["frac_opt"] == pytest.approx(0.3)  # 0.3 / 0.5, 0.3 / 1.0
+    assert near["frac_bon_lo"] == pytest.approx(0.6) and near["valid_bon"] == 1.0 and near["kl_max_bon"] == 2.0
+    far = rows[("rkl", 0.1, "reward")]  # KL 3: beyond both
+    assert far["frac_bon"] is None and far["frac_opt"] is None and far["valid_bon"] == 0.0 and far["kl"] == 3.0
+    assert far["why_bon"] == far["why_opt"] == "beyond" and near["why_bon"] is None
+    flat = rows[("rkl", 1.0, "judge")]  # best-of-N gains nothing on the judge: no share of it
+    assert flat["frac_bon"] is None and flat["why_bon"] == "no gain" and flat["frac_opt"] == pytest.approx(0.2)
+    # best-of-N's gain is taken from its own start (best-of-1: other samples of the start policy)
+    shifted = [{**b, "reward": b["reward"] + 0.1} for b in bon]
+    assert F.gain_fractions(curves, shifted, opt, ("reward",))[0]["frac_bon"] == pytest.approx(0.6)
+    late = [{**b, "kl": b["kl"] + 1.5} for b in bon]  # best-of-N starting at KL 1.5: the point lies below it
+    rows = F.gain_fractions(curves, late, [], ("reward",))
+    assert rows[0]["why_bon"] == "below" and rows[0]["why_opt"] == "no curve" and rows[0]["kl_max_opt"] is None
+    # per draw, best-of-N is read at that draw's KL of the point: draws past KL 2 do not count
+    kl = np.linspace(0.5, 2.5, 201)
+    point = {"kl": kl, "reward": 0.4 * kl}
+    frac = F.gain_fraction(point, curves["rkl"][0], bon, "reward")
+    assert np.allclose(frac[kl <= 2.0], 0.8) and np.isnan(frac[kl > 2.0]).all()
+    curves["rkl"][1] = {"beta": 1.0, "kl": kl, "reward": 0.4 * kl}
+    row = next(r for r in F.gain_fractions(curves, bon, opt, ("reward",)) if r["beta"] == 1.0)
+    assert row["valid_bon"] == pytest.approx(150 / 200) and row["frac_bon"] == pytest.approx(0.8)
+
+
+def test_report_says_each_points_share_or_why_not():
+    curves, bon, opt = _hand_curves()
+    pts = F.point_table({**curves, F.BON: bon, F.OPTIMUM: opt})
+    sweep = {"points": pts, "gain_fractions": F.gain_fractions(curves, bon, opt),
+             "optimum": {"label": F.OPTIMUM, "kl_cap": 2.08, "n_samples": 64, "min_samples": 8}}
+    lines = gain_fraction_lines(sweep)
+    assert lines[0].startswith("The `KL-optimal` curve")
+    assert "64 samples per prompt, up to KL 1.50 (as far as the samples' rewards reach below its cap 2.08)" in lines[0]
+    at_cap = gain_fraction_lines({**sweep, "optimum": {**sweep["optimum"], "kl_cap": 1.5}})[0]
+    assert "up to KL 1.50 (beyond it the weights would rest on fewer than 8 samples per prompt)" in at_cap
+    assert lines[1] == ("Share of the reward gain over the start reached at the point's own KL (95 % CI over seeds × "
+                        "prompts): `rkl` β=1 at KL 1.00: 60 % (60..60 %) of best-of-N's, 30 % (30..30 %) of the "
+                        "optimum's; `rkl` β=0.1 at KL 3.00: beyond best-of-N's largest KL (2.00), beyond the "
+                        "optimum's largest KL (1.50).")
+    assert "β=1 at KL 1.00: no gain of best-of-N at this KL, 20 % (20..20 %) of the optimum's" in lines[2]
+    alone = gain_fraction_lines({"points": pts, "gain_fractions": F.gain_fractions(curves, bon, [])})
+    assert alone[0].endswith("`rkl` β=0.1 at KL 3.00: beyond best-of-N's largest KL (2.00).")  # no optimum: not named
+    # a sweep.json without the optimum (older results) says nothing about it
+    assert gain_fraction_lines({"points": pts[:3]}) == []
+    base = {"points": pts, "runs": [{}], "wall_minutes": 1.0, "matched_kl": [], "comparisons": [],
+            "grid": {"losses": ["rkl"], "betas": [1.0, 0.1], "seeds": [0], "alphas": [0.5]}}
+    text = "\n".join(sweep_lines({**base, **sweep}))
+    assert "0 of 1 pairs compared" in text and "Share of the reward gain" in text  # the bound is not a pair
+    old = "\n".join(sweep_lines({**base, "points": [p for p in pts if p["label"] != F.OPTIMUM]}))
+    assert "0 of 1 pairs compared" in old and "KL-optimal" not in old and "Share of" not in old
+    brief = publish._frontier_brief({**sweep, "comparisons": []})
+    assert "(1 divergence curves along β" in brief
+
+
+def test_the_frontier_plots_draw_the_optimum_on_kl_axes(tmp_path, monkeypatch):
+    curves, bon, opt = _hand_curves()
+    for c in (*curves.values(), bon):
+        for p in c:
+            p["pred_entropy"] = _const(1.0)
+    pts = F.point_table({**curves, F.BON: bon, F.OPTIMUM: opt})
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward")):
+        plots.frontier(pts, x, y, tmp_path / f"{y}_{x}.png")
+    labels = [[ln.get_label() for ln in fig.axes[0].get_lines()] for fig in figs]
+    assert all(any(lab.startswith(F.OPTIMUM) for lab in ls) for ls in labels[:2])
+    assert not any(lab.startswith(F.OPTIMUM) for lab in labels[2])  # no predictive entropy for the optimum
+    line = next(ln for ln in figs[0].axes[0].get_lines() if ln.get_label().startswith(F.OPTIMUM))
+    assert line.get_linestyle() == "--" and list(line.get_xdata()) == [0.0, 1.5]
+    monkeypatch.undo()
+    assert plots.frontier(pts, "kl", "reward", tmp_path / "f.png").stat().st_size > 1000
