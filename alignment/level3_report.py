@@ -2,7 +2,7 @@
 share of best-of-N's gain at the same KL), what it cost (training seconds, tokens drawn), and where its KL went."""
 from __future__ import annotations
 
-from .report import markdown_table
+from .report import gain_fraction_lines, markdown_table
 from .stats import NOT_DISTINGUISHABLE
 
 
@@ -52,7 +52,7 @@ def level3_lines(level3: dict) -> list[str]:
     g = level3["grid"]
     lines = [f"**Level 3** ({len(level3['runs'])} runs: methods {', '.join(g['methods'])}; β {g['betas']}; seeds "
              f"{g['seeds']}; best-of-N N {g['best_of_n']}): each point pools its seeds; curves are compared at matched KL.",
-             markdown_table(cost_rows(level3))]
+             markdown_table(cost_rows(level3)), *gain_fraction_lines(level3)]
     for field in ("reward", "judge"):
         rows = [c for c in level3["comparisons"] if c["field"] == field]
         sig = [c for c in rows if c["verdict"] != NOT_DISTINGUISHABLE]

@@ -2,6 +2,7 @@
 reward, through the pipeline; RLOO's loss on hand-written tensors; and the config's refusals."""
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +100,26 @@ def test_offline_keys_are_unchanged_by_the_method_fields():
     assert "method" not in section_deps(cfg, "dpo")["dpo"] and "rounds" not in section_deps(cfg, "dpo")["dpo"]
     cfg = load_config(overrides={"dpo.method": "online"})
     assert section_deps(cfg, "dpo")["dpo"]["method"] == "online"
+
+
+def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
+    from alignment import experiments
+    from alignment.console import render
+    cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
+                   **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "dpo.rounds": 2,
+                      "dpo.batch_size": 2, "eval.n_samples": 2})
+    res = experiments.level3(Pipeline(cfg, reward=vowels), betas=(0.1,), seeds=(0,), best_of_n=(1, 2))
+    methods = ["dpo", "distill", "online-dpo", "rloo"]
+    assert [r["label"] for r in res["runs"]] == methods
+    assert [r.get("method", "offline") for r in res["runs"]] == ["offline", "offline", "online", "rloo"]
+    for r in res["runs"]:  # what each policy cost when it was trained: on-policy methods draw their own tokens
+        assert r["cost"]["train_seconds"] > 0
+        assert (r["cost"]["tokens_drawn"] > 0) == (r["label"] in ("online-dpo", "rloo")), r
+    assert list(res["draw_tokens"]) == ["0"] and res["draw_tokens"]["0"] > 0  # the offline methods' shared draw
+    assert {p["label"] for p in res["points"]} >= {*methods, "best-of-N"}
+    assert [d["label"] for d in res["diagnosis"]] == methods
+    for d in res["diagnosis"]:
+        assert sum(b["kl"] for b in d["by_position"]) == pytest.approx(d["kl"])
+    assert read_json(Path(cfg.run_dir) / "level3.json")["grid"]["methods"] == methods
+    text = render("level3", res)
+    assert "**Level 3** (4 runs" in text and "tokens drawn / policy" in text and "`rloo` β=0.1" in text
