@@ -184,11 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
                                "writes nothing.", formatter_class=_Formatter)
     rp = sub.add_parser(RESULTS, help=f"render {publish.DOC} (and the README's results block) from results/",
                         description=f"Render {publish.DOC} and the README's results block from the JSON files in\n"
-                                    "results/ (run in the repository root). With --level1/--sweep, first copy those\n"
+                                    "results/ (run in the repository root). With --level1/--sweep/--level3, first copy those\n"
                                     "run dirs' results, config, versions, wall times and figures into results/.",
                         formatter_class=_Formatter)
     rp.add_argument("--level1", metavar="RUN_DIR", help="a run dir after `run` and `lr-lesson` (e.g. runs/default)")
     rp.add_argument("--sweep", metavar="RUN_DIR", help="a run dir after `sweep` (e.g. runs/sweep)")
+    rp.add_argument("--level3", metavar="RUN_DIR", help="a run dir after `level3` (e.g. runs/level3)")
     return ap
 
 
@@ -376,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         return emit(fields_text(args.sections))
     if args.stage == RESULTS:
         try:
-            publish.collect(publish.RESULTS_DIR, args.level1, args.sweep)
+            publish.collect(publish.RESULTS_DIR, args.level1, args.sweep, args.level3)
             print("\n".join(f"wrote {p}" for p in publish.write()))
         except FileNotFoundError as e:
             print(f"error: {e}", file=sys.stderr)

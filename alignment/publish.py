@@ -20,6 +20,7 @@ from . import assets, console, report
 from . import frontier as F
 from .config import load_config
 from .io import read_json, write_json
+from .level3_report import level3_lines
 from .reward import FT_JUDGE_DIR, HEADS, head_dir
 from .rundir import RunPaths
 from .sft import sft_out_dir
@@ -27,7 +28,8 @@ from .sft import sft_out_dir
 RESULTS_DIR = "results"
 DOC = "RESULTS.md"
 MARKS = ("<!-- results:start -->", "<!-- results:end -->")
-FIGURES = {"level1": ("level1_rewards", "level1_training"), "sweep": ("frontier_reward_vs_kl", "frontier_judge_vs_kl")}
+FIGURES = {"level1": ("level1_rewards", "level1_training"), "sweep": ("frontier_reward_vs_kl", "frontier_judge_vs_kl"),
+           "level3": ("level3_frontier_reward_vs_kl", "level3_frontier_judge_vs_kl")}
 RUN_FILES = ("config", "manifest", "timings", "pairs_stats")
 OFFLINE_BASE = "SmolLM2-135M-Instruct"  # what sft.base="offline" fine-tunes
 
@@ -55,7 +57,8 @@ def _copy_run(src: Path, dest: Path, name: str, results: tuple[str, ...]) -> Non
             shutil.copyfile(paths.plot(fig), dest / f"{fig}.png")
 
 
-def collect(dest: str | Path, level1_dir: str | Path | None = None, sweep_dir: str | Path | None = None) -> None:
+def collect(dest: str | Path, level1_dir: str | Path | None = None, sweep_dir: str | Path | None = None,
+            level3_dir: str | Path | None = None) -> None:
     """Copy the published runs' results into `dest` (see the module doc): Level 1 and the lr lesson
     from `level1_dir`, the sweep from `sweep_dir`, and, for the Level-1 run's config, the SFT start
     policy's and the offline scorers' own held-out numbers."""
@@ -74,6 +77,8 @@ def collect(dest: str | Path, level1_dir: str | Path | None = None, sweep_dir: s
             write_json(dest / "judge_ft.json", read_json(ft / "metrics.json"))
     if sweep_dir:
         _copy_run(Path(sweep_dir), dest, "sweep", ("sweep",))
+    if level3_dir:
+        _copy_run(Path(level3_dir), dest, "level3", ("level3",))
 
 
 def load(src: str | Path) -> dict:
@@ -168,6 +173,18 @@ def _sweep_section(r: dict) -> list[str]:
                    *report.sweep_lines(sweep), "", *cost_lines(r.get("sweep.timings", [])), ""]
 
 
+def _level3_section(r: dict) -> list[str]:
+    head = ["## Level 3: what buys reward per nat of KL", ""]
+    level3 = r.get("level3")
+    if not level3:
+        return head + ["No Level 3 result is committed: `make level3`, then "
+                       "`python -m alignment results --level3 runs/level3` renders it here.", ""]
+    return head + ["![Reward against KL](results/level3_frontier_reward_vs_kl.png)", "",
+                   "![Judge against KL](results/level3_frontier_judge_vs_kl.png)", "",
+                   report.markdown_table(report.frontier_rows(level3["points"])), "", *_alarm(level3),
+                   *level3_lines(level3), "", *cost_lines(r.get("level3.timings", [])), ""]
+
+
 SCORER_NAMES = {"reward": "reward (offline, MiniLM head)", "judge": "linear-head judge (offline)",
                 "judge_ft": "fine-tuned judge (offline-ft, the default)", "topic": "on-topic judge (offline)"}
 
@@ -226,7 +243,8 @@ def render(r: dict) -> str:
              "Rendered by `python -m alignment results` from the files in [`results/`](results/); "
              "`tests/test_results.py` checks that this page equals that rendering. Offline default models and "
              "data (see the README); numbers from another machine differ in the last digits.", "",
-             *_level1_section(r), "", *_lr_section(r), *_sweep_section(r), *_assets_section(r), *_independence_section(r)]
+             *_level1_section(r), "", *_lr_section(r), *_sweep_section(r), *_level3_section(r), *_assets_section(r),
+             *_independence_section(r)]
     if versions:
         lines += ["## Software", "", ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".", ""]
     return "\n".join(lines).rstrip() + "\n"
