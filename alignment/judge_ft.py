@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from tqdm.auto import tqdm
 from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from .io import cached, part_dir, stable_hash, write_json
 from .reward_train import Rows, accuracy, fit_logistic
+from .timing import bars_off
 
 
 class JudgeBuildError(ValueError):
@@ -97,6 +99,8 @@ def lower_features(model, tok, texts: list[str], n_low: int, max_length: int, dt
     and its final pooled embedding (n, D) (for the warm start)."""
     dev = model.device
     feats, final = [None] * len(texts), torch.empty(len(texts), model.config.hidden_size)
+    bar = tqdm(total=len(texts), desc="judge: encoding texts (frozen layers)", unit="text", leave=False,
+               disable=bars_off())
     for idx in length_order([len(t) for t in texts], 64):
         enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
                   return_tensors="pt").to(dev)
@@ -106,6 +110,8 @@ def lower_features(model, tok, texts: list[str], n_low: int, max_length: int, dt
         for j, i in enumerate(idx):
             feats[i] = out.hidden_states[n_low][j][mask[j]].to("cpu", dtype or torch.float32).clone()
         final[idx] = pooled(out.last_hidden_state.float(), mask).cpu()
+        bar.update(len(idx))
+    bar.close()
     return feats, final
 
 
@@ -160,6 +166,7 @@ def train_top(model, head: dict, feats, y: torch.Tensor, recipe: Recipe, dtype) 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, (total - s) / max(1, total - warm)))
     model.train()
     log = []
+    bar = tqdm(total=total, desc="judge: fine-tuning the top layers", unit="batch", leave=False, disable=bars_off())
     for batches in plan:
         loss_sum = hits = 0.0
         for idx in batches:
@@ -172,7 +179,9 @@ def train_top(model, head: dict, feats, y: torch.Tensor, recipe: Recipe, dtype) 
             sched.step()
             loss_sum += loss.item() * len(idx)
             hits += ((s > 0).long() == target).sum().item()
+            bar.update(1)
         log.append({"loss": loss_sum / len(feats), "train_accuracy": hits / len(feats)})
+    bar.close()
     model.eval()
     return log
 
