@@ -2,7 +2,7 @@
 share of best-of-N's gain at the same KL), what it cost (training seconds, tokens drawn), and where its KL went."""
 from __future__ import annotations
 
-from .report import gain_fraction_lines, markdown_table
+from .report import detectable_text, gain_fraction_lines, markdown_table
 from .stats import NOT_DISTINGUISHABLE
 
 
@@ -58,6 +58,9 @@ def level3_lines(level3: dict) -> list[str]:
         sig = [c for c in rows if c["verdict"] != NOT_DISTINGUISHABLE]
         shown = "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} ({c['diff']:+.3f}, "
                           f"{c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig)
+        if not rows:
+            lines.append(f"{field}: no pair of curves reaches a common KL in 99 % of the draws; nothing compared.")
+            continue
         lines.append(f"{field}: {len(sig)} of {len(rows)} matched-KL comparisons distinguishable (Holm)"
-                     + (f": {shown}" if sig else "; none is distinguishable at this size") + ".")
+                     + (f": {shown}" if sig else "; none is distinguishable at this size") + ". " + detectable_text(rows))
     return lines + kl_lines(level3)

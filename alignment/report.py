@@ -370,7 +370,8 @@ def sweep_lines(sweep: dict) -> list[str]:
                           f"{c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig[:SHOW_MAX])
         more = f"; and {len(sig) - SHOW_MAX} more (sweep.json)" if len(sig) > SHOW_MAX else ""
         lines.append(f"{field}: {len(sig)} of {len(rows)} pairwise comparisons distinguishable (Holm)"
-                     + (f": {shown}{more}" if sig else "; none is distinguishable at this size") + ".")
+                     + (f": {shown}{more}" if sig else "; none is distinguishable at this size") + ". "
+                     + detectable_text(rows))
     return lines + gain_fraction_lines(sweep)
 
 
@@ -405,6 +406,14 @@ def gain_fraction_lines(sweep: dict) -> list[str]:
         lines.append(f"Share of the {field} gain over the start reached at the point's own KL (95 % CI over seeds × "
                      "prompts): " + "; ".join(parts) + ".")
     return lines
+
+
+def detectable_text(rows: list[dict]) -> str:
+    """The smallest difference the matched-KL comparisons `rows` (one field) detect with 80 % power after
+    Holm over all of them (`stats.detectable_difference`, from each CI's width): their range."""
+    mde = [detectable_difference(c["lo"], c["hi"], len(rows)) for c in rows]
+    return (f"Smallest difference detectable at 80 % power after Holm over the {len(rows)}: "
+            f"{min(mde):.2f}–{max(mde):.2f}.")
 
 
 def verdict_lines(comparisons: list[dict], field: str = "reward") -> list[str]:
