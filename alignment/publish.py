@@ -300,6 +300,26 @@ def _frontier_brief(sweep: dict) -> str:
             "distinguishable (paired, Holm-corrected).")
 
 
+def level3_brief(level3: dict) -> str:
+    """Level 3 in one sentence: per method its point with the largest share of best-of-N's reward gain at
+    its own KL (`frontier.gain_fractions`), with the judge's share at the same point."""
+    rows = level3.get("gain_fractions") or []
+    parts = []
+    for method in level3["grid"]["methods"]:
+        mine = [r for r in rows if r["label"] == method and r["field"] == "reward" and r["frac_bon"] is not None]
+        if not mine:
+            parts.append(f"`{method}` no point inside best-of-N's KL range")
+            continue
+        best = max(mine, key=lambda r: r["frac_bon"])
+        judge = next((r for r in rows if r["label"] == method and r["field"] == "judge" and r["beta"] == best["beta"]),
+                     None)
+        jt = (f", judge {100 * judge['frac_bon']:.0f} %" if judge and judge["frac_bon"] is not None else "")
+        parts.append(f"`{method}` {100 * best['frac_bon']:.0f} % ({100 * best['frac_bon_lo']:.0f}..{100 * best['frac_bon_hi']:.0f} %)"
+                     f" at β {best['beta']:g}, KL {best['kl']:.2f}{jt}")
+    return (f"Level 3 ({len(level3['grid']['methods'])} methods along β, seeds pooled): the largest share of "
+            "best-of-N's reward gain each reaches at its own KL: " + "; ".join(parts) + ".")
+
+
 def headline(r: dict) -> str:
     """The README's results block: Level 1's main columns, each loss's gains, the reward-hacking alarm
     (with the lr lesson's), the frontiers in one sentence; linked to RESULTS.md."""
@@ -313,7 +333,8 @@ def headline(r: dict) -> str:
     return "\n".join([MARKS[0], _short_setup(cfg, level1), "", report.markdown_table(rows, cols), "",
                       *[f"- {_gain_brief(row)}" for row in report.trained_rows(level1["rows"])],
                       f"- Reward-hacking alarm: {alarm}.",
-                      *([f"- {_frontier_brief(r['sweep'])}"] if r.get("sweep", {}).get("comparisons") else []), "",
+                      *([f"- {_frontier_brief(r['sweep'])}"] if r.get("sweep", {}).get("comparisons") else []),
+                      *([f"- {level3_brief(r['level3'])}"] if r.get("level3") else []), "",
                       f"Everything else (power, seeds, the losses against each other, examples, the frontiers, the "
                       f"scorers, wall times): [{DOC}]({DOC}).", MARKS[1]])
 

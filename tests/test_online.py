@@ -123,3 +123,6 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     assert read_json(Path(cfg.run_dir) / "level3.json")["grid"]["methods"] == methods
     text = render("level3", res)
     assert "**Level 3** (4 runs" in text and "tokens drawn / policy" in text and "`rloo` β=0.1" in text
+    from alignment.publish import level3_brief
+    brief = level3_brief(res)
+    assert brief.startswith("Level 3 (4 methods along β") and all(f"`{m}`" in brief for m in methods)
