@@ -323,15 +323,23 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
 
 
 def sweep_result(cfg, run: bool, **grid) -> dict | None:
-    """The Level 2/3 sweep of `cfg.run_dir`: run when `run` (its cached runs reused; `grid`: `sweep`'s
+    """The Level 2 sweep of `cfg.run_dir`: run when `run` (its cached runs reused; `grid`: `sweep`'s
     axes), else the sweep.json saved there by an earlier run (its plots where they lie now), else None.
     Reading creates nothing."""
-    if run:
-        return sweep(Pipeline(cfg), **grid)
+    return sweep(Pipeline(cfg), **grid) if run else saved_result(cfg, "sweep")
+
+
+def level3_result(cfg, run: bool, **grid) -> dict | None:
+    """Level 3 of `cfg.run_dir`, as `sweep_result` (`grid`: `level3`'s axes)."""
+    return level3(Pipeline(cfg), **grid) if run else saved_result(cfg, "level3")
+
+
+def saved_result(cfg, name: str) -> dict | None:
+    """The `<name>.json` an earlier run saved in `cfg.run_dir` (its plots where they lie now), or None."""
     paths = RunPaths(Path(cfg.run_dir))
-    if not paths.result("sweep").exists():
+    if not paths.result(name).exists():
         return None
-    saved = read_json(paths.result("sweep"))
+    saved = read_json(paths.result(name))
     return {**saved, "plots": [str(paths.plot(Path(p).stem)) for p in saved["plots"]]}
 
 

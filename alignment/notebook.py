@@ -137,18 +137,20 @@ def scorer_lines(scorers) -> list[str]:
     return lines
 
 
-def sweep_hint(run_dir, preset: str, overrides: dict, grid: dict) -> str:
-    """What to run when a sweep's result is missing: `make sweep` for the `sweep` preset in
-    runs/sweep, else the same sweep on the command line; or RUN_SWEEP = True. `grid`: its axes."""
-    axes = axes_flags(grid, changed_only=True)
+def sweep_hint(run_dir, preset: str, overrides: dict, grid: dict, stage: str = "sweep") -> str:
+    """What to run when a sweep's (or Level 3's, `stage="level3"`) result is missing: `make sweep` for the
+    `sweep` preset in runs/sweep (`make level3` likewise), else the same on the command line; or
+    RUN_SWEEP / RUN_LEVEL3 = True. `grid`: its axes."""
+    axes = axes_flags(grid, changed_only=stage == "sweep")
     where = shown_path(run_dir)
-    if preset == "sweep" and where == "runs/sweep" and not overrides:
-        cmd = "make sweep" + (f' ARGS="{axes}"' if axes else "")
+    if preset == stage and where == f"runs/{stage}" and not overrides:
+        cmd = f"make {stage}" + (f' ARGS="{axes}"' if axes and stage == "sweep" else "")
     else:
         sets = " ".join(f"{k}={v}" for k, v in {"run_dir": where, **overrides}.items())
-        cmd = f"python -m alignment sweep --preset {preset} --set {sets}" + (f" {axes}" if axes else "")
-    return (f"No sweep result in `{where}` yet, so this section shows nothing. Produce it with `{cmd}`, or set "
-            "`RUN_SWEEP = True` in the parameters cell and run this cell again (finished runs are reused either way).")
+        cmd = f"python -m alignment {stage} --preset {preset} --set {sets}" + (f" {axes}" if axes else "")
+    return (f"No {stage} result in `{where}` yet, so this section shows nothing. Produce it with `{cmd}`, or set "
+            f"`RUN_{stage.upper()} = True` in the parameters cell and run this cell again (finished runs are reused "
+            "either way).")
 
 
 # ---- executing and publishing the notebook ------------------------------------------------------

@@ -78,9 +78,10 @@ def axes_flags(grid: dict, changed_only: bool = False) -> str:
 SWEEP_LORA = {k: v for k, v in PRESETS["sweep"].items() if k.startswith("dpo.")}
 
 
-def sweep_settings(size: str) -> tuple[str, dict]:
-    """(preset, overrides) of the Level 2/3 sweep that goes with a Level 1 size: `default` -> the
-    `sweep` preset (what `make sweep` runs); any other size -> that preset with `SWEEP_LORA`."""
-    if size in ("default", "sweep"):
-        return "sweep", {}
+def sweep_settings(size: str, stage: str = "sweep") -> tuple[str, dict]:
+    """(preset, overrides) of the Level 2 sweep (or Level 3, `stage="level3"`) that goes with a Level 1
+    size: `default` -> the `sweep` (`level3`) preset (what `make sweep` / `make level3` runs); any other
+    size -> that preset with `SWEEP_LORA`."""
+    if size in ("default", stage):
+        return stage, {}
     return size, dict(SWEEP_LORA)
