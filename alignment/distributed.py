@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -200,7 +201,7 @@ def cached_on_ranks(artifact: str | os.PathLike, deps: dict, build: Callable[[Pa
         return False
     if stale:
         raise CacheMismatch(stale)  # on every rank alike
-    part = part_path(artifact, deps)
+    part, started = part_path(artifact, deps), time.time()
     if collective:
         build(part)
         dist.barrier()
@@ -209,7 +210,7 @@ def cached_on_ranks(artifact: str | os.PathLike, deps: dict, build: Callable[[Pa
     if dist.main:
         _RANK0_BUILD.append(str(artifact))
         try:
-            built = cached(artifact, deps, build, hint=hint)
+            built = cached(artifact, deps, build, hint=hint, started=started)  # the meta times the whole build
         finally:
             _RANK0_BUILD.pop()
         remove_shards(part)  # a merge a kill cut short left them; none otherwise

@@ -14,7 +14,9 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -100,8 +102,6 @@ def debug_delay() -> None:
     (a sampling batch, a training step): lets interrupt tests land mid-run on fast machines."""
     delay = float(os.environ.get("ALIGNMENT_DEBUG_STEP_DELAY", "0") or 0)
     if delay > 0:
-        import time
-
         time.sleep(delay)
 
 
@@ -164,14 +164,15 @@ def cache_state(artifact: str | os.PathLike, deps: dict) -> str:
 
 
 def cached(artifact: str | os.PathLike, deps: dict, build: Callable[[Path], Any], *,
-           on_mismatch: str = "raise", hint: str = "") -> bool:
+           on_mismatch: str = "raise", hint: str = "", started: float | None = None) -> bool:
     """Make `artifact` (a file or a directory) once per `deps`; return True if it was built now.
 
     `build(part)` writes the artifact to `part`, a temp path next to it named after the deps
     hash (`.<name>.<hash>.part`), and may resume there after an interrupt: the partial work of
     one config is never mistaken for another's. When `build` returns, `part` is renamed to
-    `artifact`, and only then is `<artifact>.meta.json` ({format, hash, deps}) written; left-over
-    parts of other configs are removed.
+    `artifact`, and only then is `<artifact>.meta.json` ({format, hash, deps, built_at, build_seconds})
+    written; left-over parts of other configs are removed. `build_seconds` counts from `started`
+    (a `time.time()`; default: when `build` is called), for builds that ran before this call.
 
     An artifact whose meta records other deps raises `CacheMismatch` naming the changed keys
     (`on_mismatch="raise"`, e.g. a run dir never mixes configs; `hint` says what to do) or is
@@ -182,7 +183,7 @@ def cached(artifact: str | os.PathLike, deps: dict, build: Callable[[Path], Any]
         return False
     artifact.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(artifact):  # another process may be building the same artifact right now
-        return _build_locked(artifact, deps, build, on_mismatch, hint)
+        return _build_locked(artifact, deps, build, on_mismatch, hint, started)
 
 
 @contextmanager
@@ -227,13 +228,13 @@ def part_path(artifact: str | os.PathLike, deps: dict) -> Path:
     return artifact.with_name(f".{artifact.name}.{stable_hash(deps)}.part")
 
 
-def _build_locked(artifact: Path, deps: dict, build, on_mismatch: str, hint: str) -> bool:
+def _build_locked(artifact: Path, deps: dict, build, on_mismatch: str, hint: str, started: float | None) -> bool:
     state, h, meta = cache_state(artifact, deps), stable_hash(deps), meta_path(artifact)
     if state == "fresh":  # built by another process while we waited
         return False
     if state == "stale" and on_mismatch == "raise":
         raise CacheMismatch(stale_message(artifact, deps, hint))
-    part = part_path(artifact, deps)
+    part, t0 = part_path(artifact, deps), time.time() if started is None else started
     try:
         build(part)
     except Exception:
@@ -242,11 +243,21 @@ def _build_locked(artifact: Path, deps: dict, build, on_mismatch: str, hint: str
     if meta.exists():
         meta.unlink()  # a crash from here on leaves an artifact without meta: rebuilt, never trusted
     publish(part, artifact)
-    write_json(meta, {"format": CACHE_FORMAT, "hash": h, "deps": deps})
+    done = time.time()
+    write_json(meta, {"format": CACHE_FORMAT, "hash": h, "deps": deps, "build_seconds": round(done - t0, 3),
+                      "built_at": datetime.fromtimestamp(done).astimezone().isoformat()})
     for stale in artifact.parent.glob(f".{artifact.name}.*.part"):  # abandoned builds of other configs
         if re.fullmatch(rf"\.{re.escape(artifact.name)}\.[0-9a-f]{{12}}\.part", stale.name):
             _remove(stale)
     return True
+
+
+def build_record(artifact: str | os.PathLike) -> dict:
+    """When and in how long a cached artifact was built, from its meta: {"built_at": ISO time,
+    "build_seconds"}; {} without a meta or for one written without them (built by an earlier version)."""
+    meta = meta_path(artifact)
+    old = read_json(meta) if meta.exists() else {}
+    return {k: old[k] for k in ("built_at", "build_seconds") if k in old}
 
 
 def part_dir(part: str | os.PathLike) -> Path:

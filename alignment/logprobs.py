@@ -72,6 +72,28 @@ def model_logps(model, batch: dict[str, torch.Tensor], return_logits: bool = Fal
 
 
 @torch.no_grad()
+def completion_token_stats(logits: torch.Tensor, batch: dict[str, torch.Tensor], chunk: int = 1024
+                           ) -> dict[str, torch.Tensor]:
+    """What trl's trainers log per completion token, from the logits (B, T, V) that predict it (the N
+    tokens `completion_mask` marks, row-major): `row` (N,) its row, `mean_logit` (N,) the mean logit over
+    the vocabulary, `entropy` (N,) of the next-token distribution, `top1` (N,) whether the token is its
+    argmax; and `num_tokens` (), the batch's prompt + completion tokens. Computed `chunk` tokens at a time."""
+    mask = batch["completion_mask"][:, 1:].to(logits.device).bool()  # (B, T-1), aligned with logits[:, :-1]
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]  # (N,)
+    picked, labels = logits[:, :-1][mask], batch["input_ids"][:, 1:].to(logits.device)[mask]  # (N, V), (N,)
+    mean_logit, entropy, top1 = [], [], []
+    for i in range(0, len(labels), chunk):
+        x = picked[i : i + chunk].float()  # (n, V)
+        logp = x.log_softmax(-1)
+        mean_logit.append(x.mean(-1))
+        entropy.append(-(logp.exp() * logp).sum(-1))
+        top1.append(x.argmax(-1) == labels[i : i + chunk])
+    cat = lambda xs, dtype: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=logits.device)  # noqa: E731
+    return {"row": rows, "mean_logit": cat(mean_logit, torch.float32), "entropy": cat(entropy, torch.float32),
+            "top1": cat(top1, torch.bool), "num_tokens": batch["attention_mask"].sum()}
+
+
+@torch.no_grad()
 def batched_logps(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
                   batch_size: int = 16) -> torch.Tensor:
     """(N,) summed completion log-probs for many pairs, without gradients (reference model)."""

@@ -7,7 +7,9 @@ models come from `alignment.runmodels`; the work of each stage lives in the modu
 The data stages (prompts to reference log-probs, per training seed's draw) are `Pipeline.data`
 (`alignment.datastages`); this module holds the stages around them. The SFT start policy and the
 offline scorer heads are stages of their own that every run builds first (`prepare`), each cached
-outside the run dir (the asset cache) and announced when built.
+outside the run dir (the asset cache) and announced when built. A stage a user waits on that is found
+built (the SFT start policy, the heads, a trained policy, an evaluation) prints when it was built and
+how long that took (`StageCache.announce`).
 """
 from __future__ import annotations
 
@@ -26,11 +28,11 @@ from .evaluate import EVAL_VERSION, Evaluation, evaluate_human, evaluate_model, 
 from .io import meta_path, part_dir, write_json
 from .online import trained_prompts, train_on_policy
 from .ownpairs import read_pairs
-from .reward import ensure_head, offline_head_hash
+from .reward import FT_JUDGE, ensure_head, head_dir, offline_head_hash
 from .rundir import COST_FILE, HUMAN, START, Policy, RunPaths, eval_name, policy_name, read_policy, write_manifest
 from .runmodels import RunModels
-from .sft import run_sft, sft_hash
-from .stagecache import StageCache, offline_prerequisites
+from .sft import run_sft, sft_hash, sft_out_dir
+from .stagecache import StageCache, built_before, offline_prerequisites
 from .timing import StageTimes, charged
 from .tracking import RunTrackers, run_config
 from .train import held_out_split, train_policy
@@ -74,7 +76,11 @@ class Pipeline:
                     self.sft()
                     ids["offline_sft"] = sft_hash(self.cfg)
                 for kind in heads:
+                    since = time.time()
                     ensure_head(kind)
+                    if built_before(head_dir(kind), since):
+                        self.cache.announce("fine-tuned judge" if kind == FT_JUDGE else f"offline {kind} head",
+                                            head_dir(kind))
                     ids[f"{kind}_head"] = offline_head_hash(kind)
                 self.cache.record(ids)
             if load_scorers:
@@ -82,9 +88,13 @@ class Pipeline:
 
     def sft(self) -> dict:
         """The SFT stage: the start policy tuned on train-split reviews (see `alignment.sft`); its wall
-        time (building, or finding it built) is charged to the stage "SFT"."""
+        time (building, or finding it built) is charged to the stage "SFT"; found built, it is announced."""
         with self.times("SFT"):
-            return run_sft(self.cfg, self.trackers.make)  # under a launch, the rank that takes the cache's lock
+            since = time.time()
+            metrics = run_sft(self.cfg, self.trackers.make)  # under a launch, the rank that takes the cache's lock
+            if built_before(sft_out_dir(self.cfg), since):
+                self.cache.announce("SFT start policy", sft_out_dir(self.cfg))
+            return metrics
 
     # ---- training and evaluation ---------------------------------------------------------------
     @_io
@@ -112,7 +122,8 @@ class Pipeline:
                 write_json(part_dir(part) / COST_FILE, {"train_seconds": time.time() - t0, "tokens_drawn": tokens})
 
         deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"], **draw_key(self.data.draw_of(dpo.seed))}
-        self.cache(out, ("sample", "reward", "pairs"), self.times.wrap("training", build), collective=True, **deps)
+        self.cache(out, ("sample", "reward", "pairs"), self.times.wrap("training", build), collective=True,
+                   what=f"policy {name}", **deps)
         return read_policy(out)
 
     @_io
@@ -122,8 +133,8 @@ class Pipeline:
         fresh samples. `seed` picks the evaluation draws (sample.seed + 10_000 + seed): by default a
         trained policy's own training seed, and `dpo.seed` for the start policy, which is evaluated
         under each seed its trained policies used (`rundir.eval_name`). `n_samples` overrides
-        eval.n_samples (e.g. 64 draws of the start policy for best-of-N). Each call logs the evaluation
-        to a wandb run of its own (`RunTrackers.evaluation`)."""
+        eval.n_samples (e.g. 64 draws of the start policy for best-of-N). An evaluation is logged to a
+        wandb run of its own when it is built (`RunTrackers.evaluation`); found built, it is announced."""
         seed = seed if seed is not None else (policy.seed if policy else self.cfg.dpo.seed)
         name, m = (policy.name if policy else START), self.models
         cfg = self.cfg if n_samples is None else dataclasses.replace(
@@ -136,11 +147,13 @@ class Pipeline:
                            part_dir(part), sample_dtype=m.sample_dtype, seed=seed, dist=self.dist)
 
         extra = {} if n_samples is None else {"eval_n_samples": n_samples}
-        self.cache(out, ("sample", "reward", "eval"), self.times.wrap("evaluation", build), collective=True,
-                   policy=policy and policy.hash, eval_seed=seed, evaluation=EVAL_VERSION, **extra)
+        built = self.cache(out, ("sample", "reward", "eval"), self.times.wrap("evaluation", build), collective=True,
+                           what=f"evaluation {out.name}", policy=policy and policy.hash, eval_seed=seed,
+                           evaluation=EVAL_VERSION, **extra)
         ev = load_evaluation(out, self.cfg.eval.n_boot)
-        self.trackers.evaluation(out.name, ev.metrics, ev.scored, policy and policy.dpo, eval_seed=seed,
-                                 eval_n_samples=cfg.eval.n_samples)
+        if built:  # one wandb run per evaluation: a cached one was logged when it was built
+            self.trackers.evaluation(out.name, ev.metrics, ev.scored, policy and policy.dpo, eval_seed=seed,
+                                     eval_n_samples=cfg.eval.n_samples)
         return ev
 
     @_io
@@ -157,9 +170,11 @@ class Pipeline:
             evaluate_human(HUMAN, m.ref_model, m.tokenizer, m.sharded_scorers(), prompts, texts, self.cfg,
                            part_dir(part), dist=self.dist)
 
-        self.cache(out, ("reward", "eval"), self.times.wrap("evaluation", build), collective=True, human=1)
+        built = self.cache(out, ("reward", "eval"), self.times.wrap("evaluation", build), collective=True,
+                           what=f"evaluation {HUMAN}", human=1)
         ev = load_evaluation(out, self.cfg.eval.n_boot)
-        self.trackers.evaluation(HUMAN, ev.metrics, ev.scored)
+        if built:  # one wandb run per evaluation, made when it is built
+            self.trackers.evaluation(HUMAN, ev.metrics, ev.scored)
         return ev
 
     def policies(self) -> list[Policy]:

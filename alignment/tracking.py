@@ -6,8 +6,10 @@ does nothing. API keys are never written: we pass none and log only the config.
 What a wandb run holds is decided here too: an evaluation's summary (`evaluation_summary`: every
 metric under its `metrics.json` name, each 95 % CI as `<metric>_lo` / `<metric>_hi`), its samples
 table (`sample_rows`), and a policy's settings at the top of its runs' config (`run_config`), so
-wandb's scatter and parallel-coordinates panels can plot reward against KL over a sweep's runs; and
-how a run dir's runs are named and grouped (`RunTrackers`).
+wandb's scatter and parallel-coordinates panels can plot reward against KL over a sweep's runs; a
+training step's metrics under the names transformers' WandbCallback gives trl's (`tracked`:
+train/<metric>, eval/<metric>, train/global_step as the x axis); how a run dir's runs are named,
+grouped and tagged (`RunTrackers`, `run_tags`).
 """
 from __future__ import annotations
 
@@ -17,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from . import optional
+from .presets import PRESETS
 
 HYPER = ("loss", "beta", "alpha", "lr", "seed", "lora_r", "backend")  # a policy's settings, top level of its config
 SAMPLE_COLUMNS = ["prompt", "completion", "reward", "judge", "on_topic"]  # an evaluation's samples table
 SAMPLE_ROWS = 64  # samples shown per evaluation: the first ones, in prompt order
+WANDB_NAMES = {"lr": "learning_rate"}  # train_log.jsonl's names that wandb shows under trl's (transformers') names
+STEP = "train/global_step"  # the x axis of the train/ and eval/ charts, as transformers' WandbCallback defines it
+TRAINING_JOBS = ("train", "sft")  # job types whose eval/ metrics are logged per step (the others: a summary)
 
 
 class NullTracker:
@@ -48,13 +54,16 @@ class WandbTracker(NullTracker):
     """A wandb run; offline mode writes under <run_dir>/wandb for a later `wandb sync`."""
 
     def __init__(self, config: dict, mode: str, project: str, name: str, run_dir: str, group: str | None = None,
-                 job_type: str | None = None):
+                 job_type: str | None = None, tags: list[str] | None = None):
         wandb = optional.wandb()
         os.makedirs(run_dir, exist_ok=True)
         os.environ.setdefault("WANDB_SILENT", "true")
         self._wandb = wandb
         self.run = wandb.init(project=project, name=name, config=config, mode=mode, dir=run_dir,
-                              group=group, job_type=job_type, reinit="finish_previous")
+                              group=group, job_type=job_type, tags=tags, reinit="finish_previous")
+        self.run.define_metric(STEP)  # trl's charts: every train/ (and a training run's eval/) metric over the step
+        for prefix in ("train/*", "eval/*") if job_type in TRAINING_JOBS else ("train/*",):
+            self.run.define_metric(prefix, step_metric=STEP, step_sync=True)
         self.dir = self.run.dir if mode != "disabled" else None
 
     def log(self, metrics, step=None):
@@ -79,13 +88,25 @@ class WandbTracker(NullTracker):
 
 
 def make_tracker(cfg, name: str, run_dir: str, group: str | None = None, job_type: str | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, tags: list[str] | None = None):
     """The wandb run `name` (a no-op when track.mode=disabled); `config` is its config (default:
     the whole Config, asdict)."""
     if cfg.track.mode == "disabled":
         return NullTracker()
     return WandbTracker(cfg.to_dict() if config is None else config, cfg.track.mode, cfg.track.project, name,
-                        run_dir, group, job_type)
+                        run_dir, group, job_type, tags)
+
+
+def run_tags(run_dir, job_type: str | None, experiment: str | None, config: dict) -> list[str]:
+    """A wandb run's tags: its run dir (`preset:<name>` where the dir is named after a preset, as
+    runs/<preset> is, else `run_dir:<name>`), `job:<type>`, `experiment:<name>`, and `loss:<name>` of
+    the policy whose settings head its config (`run_config`); each at most 64 characters (wandb's limit)."""
+    name = Path(run_dir).name
+    tags = [f"preset:{name}" if name in PRESETS else f"run_dir:{name}"]
+    tags += [f"job:{job_type}"] if job_type else []
+    tags += [f"experiment:{experiment}"] if experiment else []
+    tags += [f"loss:{config['loss']}"] if config.get("loss") is not None else []
+    return [t[:64] for t in tags]
 
 
 class RunTrackers:
@@ -106,7 +127,8 @@ class RunTrackers:
         """As calling it, on any rank (a stage built by whichever rank takes its cache's lock: the SFT)."""
         prefix = self.cfg.track.run_name or Path(self.run_dir).name
         group = f"{prefix}-{self.experiment}" if self.experiment else prefix
-        return make_tracker(self.cfg, f"{prefix}-{name}", str(self.run_dir), group, job_type, config)
+        tags = run_tags(self.run_dir, job_type, self.experiment, self.cfg.to_dict() if config is None else config)
+        return make_tracker(self.cfg, f"{prefix}-{name}", str(self.run_dir), group, job_type, config, tags)
 
     @contextmanager
     def grouped(self, experiment: str):
@@ -118,18 +140,28 @@ class RunTrackers:
             self.experiment = outer
 
     def evaluation(self, name: str, metrics: dict, scored: list[dict], dpo: dict | None = None, **top) -> None:
-        """One wandb run `eval-<name>` per evaluation (job type eval): its metrics and CIs in the summary,
-        its first samples as a table (`log_evaluation`); its config carries the policy's dpo settings
-        (`dpo`, none for the start policy and the human row) and `top` at the top level."""
+        """The wandb run `eval-<name>` of one evaluation (job type eval), made once, when the evaluation
+        is built (a cached one already has its run): its metrics and CIs in the summary, its first
+        samples as a table (`log_evaluation`); its config carries the policy's dpo settings (`dpo`,
+        none for the start policy and the human row) and `top` at the top level."""
         config = {k: v for k, v in self.cfg.to_dict().items() if k != "dpo" or dpo is not None}
         log_evaluation(self(f"eval-{name}", "eval", run_config(config, dpo, model=metrics["model"], **top)),
                        metrics, scored)
 
 
 def tracked(rec: dict) -> dict:
-    """A train_log record as tracker keys: train/<metric>, and held-out eval_<metric> as eval/<metric>
-    (trl's charts); the step is the tracker's own axis."""
-    return {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in rec.items() if k != "step"}
+    """A train_log record as wandb keys, as transformers' WandbCallback writes trl's logs:
+    train/<metric> (`WANDB_NAMES`: lr as train/learning_rate), held-out eval_<metric> as
+    eval/<metric>, and the optimizer step as train/global_step (`STEP`)."""
+    out = {}
+    for k, v in rec.items():
+        if k == "step":
+            out[STEP] = v
+        elif k.startswith("eval_"):
+            out[f"eval/{k[5:]}"] = v
+        else:
+            out[f"train/{WANDB_NAMES.get(k, k)}"] = v
+    return out
 
 
 def run_config(config: dict, dpo: dict | None = None, **top) -> dict:

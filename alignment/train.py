@@ -34,7 +34,7 @@ from .checkpoint import CKPT, checkpoint_due, load_checkpoint, remove_checkpoint
 from .config import DPOConfig
 from .distributed import Dist, chunks, map_batches
 from .io import JsonlAppender, debug_delay, read_jsonl, write_json
-from .logprobs import batched_logps, collate, model_logps
+from .logprobs import batched_logps, collate, completion_token_stats, model_logps
 from .losses import compute_loss
 from .models import add_lora, train_autocast
 from .optional import accelerate
@@ -42,6 +42,7 @@ from .timing import bars_off
 from .tracking import tracked
 from .trl_backend import train_dpo_trl
 
+COUNTS = ("num_tokens",)  # closure metrics summed over a step's micro-batches and ranks, then over steps (trl's)
 LossFn = Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, dict[str, float]]]
 
 
@@ -134,8 +135,9 @@ def _one_step(net, steps: list[list[list[int]]], step: int, loss_fn: LossFn, aut
         mets.append(m)
         weights.append(w)
     keys = list(mets[0])
-    sums = dist.all_sum([sum(w * m[k] for m, w in zip(mets, weights) if w) for k in keys])  # w 0: not counted
-    return {k: v / len(mets) for k, v in zip(keys, sums)}
+    sums = dist.all_sum([sum((1.0 if k in COUNTS else w) * m[k] for m, w in zip(mets, weights) if w)
+                         for k in keys])  # w 0: not counted
+    return {k: v if k in COUNTS else v / len(mets) for k, v in zip(keys, sums)}
 
 
 class _ReadOnlyLog:
@@ -219,6 +221,9 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
         opt.zero_grad(set_to_none=True)
         rec.update({"step": step + 1, "epoch": (step + 1) / len(steps) * cfg.epochs,
                     "grad_norm": gn, "lr": opt.param_groups[0]["lr"]})
+        for k in COUNTS:  # a running total over the steps so far (across resumes: the log holds them)
+            if k in rec:
+                rec[k] = int(rec[k] + (log.records[-1].get(k, 0) if log.records else 0))
         if not math.isfinite(rec["loss"]):
             raise FloatingPointError(f"{cfg.desc} loss became {rec['loss']} at step {step + 1}; lower {cfg.desc}.lr"
                                      + (" or dpo.beta" if cfg.desc == "dpo" else ""))
@@ -250,14 +255,23 @@ def _held_out(model, evaluate, autocast: bool) -> dict[str, float]:
         model.train()
 
 
-def step_metrics(out, pc: torch.Tensor, pr: torch.Tensor) -> dict[str, float]:
-    """The field's metric names (trl's): rewards/*, logps/*."""
-    return {"loss": out.losses.mean().item(),
-            "rewards/chosen": out.chosen_rewards.mean().item(),
-            "rewards/rejected": out.rejected_rewards.mean().item(),
-            "rewards/margins": (out.chosen_rewards - out.rejected_rewards).mean().item(),
-            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().mean().item(),
-            "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item()}
+def step_metrics(out, pc: torch.Tensor, pr: torch.Tensor, tokens: dict | None = None) -> dict[str, float]:
+    """trl's DPOTrainer metrics under its names: rewards/*, logps/*; with `tokens` (the batch's
+    `completion_token_stats`, chosen rows first) logits/chosen, logits/rejected, entropy,
+    mean_token_accuracy and the batch's num_tokens."""
+    m = {"loss": out.losses.mean().item(),
+         "rewards/chosen": out.chosen_rewards.mean().item(),
+         "rewards/rejected": out.rejected_rewards.mean().item(),
+         "rewards/margins": (out.chosen_rewards - out.rejected_rewards).mean().item(),
+         "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().mean().item(),
+         "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item()}
+    if tokens is not None:
+        chosen = tokens["row"] < len(pc)
+        mean = lambda x: x.float().mean().item() if len(x) else 0.0  # noqa: E731  (trl: 0.0 without tokens)
+        m.update({"logits/chosen": mean(tokens["mean_logit"][chosen]),
+                  "logits/rejected": mean(tokens["mean_logit"][~chosen]), "entropy": mean(tokens["entropy"]), "mean_token_accuracy": mean(tokens["top1"][chosen]),
+                  "num_tokens": int(tokens["num_tokens"])})
+    return m
 
 
 def dpo_loop_config(cfg: DPOConfig, dev: torch.device) -> LoopConfig:
@@ -300,15 +314,17 @@ def held_out_split(pairs: list[dict], ref: tuple[torch.Tensor, torch.Tensor], sh
 def pair_loss(net, batch: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
               cfg: DPOConfig, pad_id: int):
     """`cfg.loss` over `batch` (chosen and rejected in one forward; `ref`: their reference
-    log-probs, (b,) each): (the loss output, policy chosen log-probs (b,), rejected (b,))."""
+    log-probs, (b,) each): (the loss output, policy chosen log-probs (b,), rejected (b,), the
+    batch's `completion_token_stats`, chosen rows first)."""
     dev = next(net.parameters()).device
     prompts = [prompt_ids[p["prompt_id"]] for p in batch] * 2
     comps = [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch]
-    lp = model_logps(net, collate(prompts, comps, pad_id))  # (2b,)
+    collated = collate(prompts, comps, pad_id)
+    lp, logits = model_logps(net, collated, return_logits=True)  # (2b,), (2b, T, V)
     pc, pr = lp[: len(batch)], lp[len(batch):]  # (b,), (b,)
     margin = pair_margins(batch)  # (b,) or None (own pairs carry no rewards)
     out = compute_loss(cfg.loss, pc, pr, ref[0].to(dev), ref[1].to(dev), cfg.beta, cfg.alpha, margin=margin)
-    return out, pc, pr
+    return out, pc, pr, completion_token_stats(logits.detach(), collated)
 
 
 def pair_margins(batch: list[dict]) -> torch.Tensor | None:
@@ -321,13 +337,16 @@ def pair_margins(batch: list[dict]) -> torch.Tensor | None:
 def held_out_metrics(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: tuple[torch.Tensor, torch.Tensor],
                      cfg: DPOConfig, pad_id: int, batch_size: int = 32) -> dict[str, float]:
     """trl's eval metrics over held-out `pairs`: eval_loss, eval_rewards/{chosen,rejected,margins,accuracies},
-    eval_logps/{chosen,rejected}, each the mean over the pairs."""
+    eval_logps/{chosen,rejected}, eval_logits/{chosen,rejected}, eval_entropy, eval_mean_token_accuracy,
+    each the mean over the pairs' batches."""
     sums: dict[str, float] = {}
     for i in range(0, len(pairs), batch_size):
         idx = list(range(i, min(i + batch_size, len(pairs))))
-        out, pc, pr = pair_loss(model, [pairs[j] for j in idx], prompt_ids, (ref[0][idx], ref[1][idx]), cfg, pad_id)
-        for k, v in step_metrics(out, pc, pr).items():
-            sums[k] = sums.get(k, 0.0) + v * len(idx)
+        out, pc, pr, tokens = pair_loss(model, [pairs[j] for j in idx], prompt_ids, (ref[0][idx], ref[1][idx]), cfg,
+                                        pad_id)
+        for k, v in step_metrics(out, pc, pr, tokens).items():
+            if k not in COUNTS:  # trained tokens: a training count only
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
     return {f"eval_{k}": v / len(pairs) for k, v in sums.items()}
 
 
@@ -341,8 +360,8 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
     dev = next(model.parameters()).device
 
     def loss_fn(net, mb: list[int]):
-        out, pc, pr = pair_loss(net, [pairs[i] for i in mb], prompt_ids, (ref[0][mb], ref[1][mb]), cfg, pad_id)
-        return out.losses.mean(), step_metrics(out, pc.detach(), pr.detach())
+        out, pc, pr, tokens = pair_loss(net, [pairs[i] for i in mb], prompt_ids, (ref[0][mb], ref[1][mb]), cfg, pad_id)
+        return out.losses.mean(), step_metrics(out, pc.detach(), pr.detach(), tokens)
 
     evaluate = None
     if held_out and held_out[0]:

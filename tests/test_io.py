@@ -251,3 +251,35 @@ def test_a_failed_build_leaves_no_empty_part_but_keeps_work_to_resume(tmp_path):
     with pytest.raises(RuntimeError):
         cached(art, {"v": 1}, fails_after_work)
     assert (part_path(art, {"v": 1}) / "ckpt.pt").read_bytes() == b"step 3"  # kept: the rerun resumes from it
+
+
+def test_cached_records_when_and_how_long_a_build_took(tmp_path):
+    """The meta says when the artifact was built and how long its build took (from `started` when the
+    build ran before the call, as a collective one does); a meta without those fields (an earlier
+    version's) is still a valid cache entry, and reads as built earlier."""
+    import time
+    from datetime import datetime
+
+    from alignment.io import build_record
+    from alignment.stagecache import built_before, duration, reused_line
+
+    art, t0 = tmp_path / "a.txt", time.time()
+    assert cached(art, {"x": 1}, lambda part: (time.sleep(0.2), part.write_text("x"))) is True
+    rec = build_record(art)
+    built = datetime.fromisoformat(rec["built_at"]).timestamp()
+    assert 0.2 <= rec["build_seconds"] <= built - t0 + 1e-3 and t0 < built <= time.time()
+    assert read_json(meta_path(art))["deps"] == {"x": 1}  # the cache key is unchanged
+    assert not built_before(art, t0) and built_before(art, time.time())
+    when = datetime.fromtimestamp(built).strftime("%Y-%m-%d %H:%M")
+    assert reused_line("probe", art) == f"probe: built {when} in {rec['build_seconds']:.1f} s, reused"
+
+    older = {k: v for k, v in read_json(meta_path(art)).items() if k not in ("built_at", "build_seconds")}
+    write_json(meta_path(art), older)
+    assert cached(art, {"x": 1}, lambda part: pytest.fail("rebuilt")) is False  # still fresh
+    assert build_record(art) == {} and built_before(art, t0)
+    assert reused_line("probe", art) == "probe: built earlier, reused"
+
+    other = tmp_path / "b.txt"
+    cached(other, {"x": 1}, lambda part: part.write_text("y"), started=time.time() - 90)  # built before the call
+    assert 90 <= build_record(other)["build_seconds"] < 100
+    assert [duration(s) for s in (42, 792, 9000)] == ["42.0 s", "13.2 min", "2.5 h"]

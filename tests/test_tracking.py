@@ -1,21 +1,27 @@
-"""What wandb receives: every evaluation as a run (metrics with their 95 % CIs in the summary, the
-first samples as a table), every trained policy's settings in its runs' config, one group per
-experiment, the results tables and the SFT build. A recording tracker stands in for wandb (the kit's
+"""What wandb receives: every evaluation as one run, made when it is built (metrics with their 95 %
+CIs in the summary, the first samples as a table), every trained policy's settings in its runs'
+config, trl's metric names on the native loop, one group per experiment, tags, the results tables
+and the SFT build; and what a reused stage prints. A recording tracker stands in for wandb (the kit's
 tracker factory pointed at it) on a tiny Level 1 + lr lesson + sweep; one real offline wandb run is
 read back from what wandb wrote under run_dir/wandb."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import struct
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from alignment import experiments, pipeline, sft, tracking
 from alignment.config import load_config
-from alignment.io import read_json, read_jsonl
-from alignment.tracking import ci_name, evaluation_summary, sample_rows
+from alignment.io import cached, meta_path, read_json, read_jsonl, write_json
+from alignment.stagecache import built_before, duration, reused_line
+from alignment.tracking import ci_name, evaluation_summary, run_tags, sample_rows
+from alignment.tracking import tracked as wandb_keys
 
 from test_pipeline_e2e import tiny_cfg
 
@@ -26,8 +32,8 @@ WITH_CI = ("eval/token_entropy", "eval/kl_to_ref", "eval/ref_perplexity", "eval/
 class Recorded:
     """One fake wandb run: everything the kit told it."""
 
-    def __init__(self, name, group, job_type, config):
-        self.name, self.group, self.job_type, self.config = name, group, job_type, config
+    def __init__(self, name, group, job_type, config, tags):
+        self.name, self.group, self.job_type, self.config, self.tags = name, group, job_type, config, tags
         self.summary_, self.tables, self.images, self.logs, self.finished = {}, {}, [], [], False
 
     def log(self, metrics, step=None):
@@ -48,8 +54,8 @@ class Recorded:
 
 def recording(made: list):
     """A stand-in for `tracking.make_tracker` that appends a `Recorded` run to `made`."""
-    def factory(cfg, name, run_dir, group=None, job_type=None, config=None):
-        made.append(Recorded(name, group, job_type, cfg.to_dict() if config is None else config))
+    def factory(cfg, name, run_dir, group=None, job_type=None, config=None, tags=None):
+        made.append(Recorded(name, group, job_type, cfg.to_dict() if config is None else config, tags))
         return made[-1]
     return factory
 
@@ -88,12 +94,16 @@ def test_ci_bounds_are_named_after_their_metric():
     assert sample_rows(scored, limit=2) == [["p0", "c", 0.0, None, 1.0], ["p1", "c", 1.0, None, 1.0]]
 
 
-def test_every_evaluation_is_a_run_with_its_metrics_and_samples(tracked):
+def test_every_evaluation_is_one_run_with_its_metrics_and_samples(tracked):
+    """The lr lesson and the sweep evaluate the start policy and Level 1's policy again: found cached,
+    they make no second run; each evaluation's one run is in the group of the experiment that built it."""
     pipe, made, *_ = tracked
     p = pipe.dir.name
     want = {"level1": {"sft", "sigmoid-b0.1-lr0.001-s0", "human"},
-            "lr_lesson": {"sft", "sigmoid-b0.1-lr0.001-s0", "sigmoid-b0.1-lr0.005-s0"},
-            "sweep": {"sft", "sft-n16", "sigmoid-b0.1-lr0.001-s0", "sigmoid-b1-lr0.001-s0"}}
+            "lr_lesson": {"sigmoid-b0.1-lr0.005-s0"},
+            "sweep": {"sft-n16", "sigmoid-b1-lr0.001-s0"}}
+    names = [r.name for r in made if r.job_type == "eval"]
+    assert len(names) == len(set(names)) == 6  # one run per evaluation, however often it was asked for
     for exp, names in want.items():
         runs = runs_of(made, f"{p}-{exp}", "eval")
         assert set(runs) == {f"{p}-eval-{n}" for n in names}, exp
@@ -119,7 +129,7 @@ def test_every_evaluation_is_a_run_with_its_metrics_and_samples(tracked):
 def test_sweep_runs_carry_their_settings_and_their_evaluation(tracked):
     pipe, made, _, _, sweep = tracked
     p = pipe.dir.name
-    evals = runs_of(made, f"{p}-sweep", "eval")
+    evals = {r.name: r for r in made if r.job_type == "eval"}
     for row in sweep["runs"]:
         run = evals[f"{p}-eval-{row['model']}"]
         assert {k: run.config[k] for k in ("loss", "beta", "alpha", "seed", "lr")} == {
@@ -135,8 +145,58 @@ def test_sweep_runs_carry_their_settings_and_their_evaluation(tracked):
     assert (run.config["beta"], run.config["dpo"]["beta"], run.config["lr"]) == (1.0, 1.0, 1e-3) and run.finished
     log = read_jsonl(pipe.paths.policy("sigmoid-b1-lr0.001-s0") / "train_log.jsonl")
     assert [(s, m["train/loss"]) for s, m in run.logs] == [(r["step"], r["loss"]) for r in log]
+    assert [(m["train/global_step"], m["train/learning_rate"]) for _, m in run.logs] == [
+        (r["step"], r["lr"]) for r in log]
     lr_run = runs_of(made, f"{p}-lr_lesson", "train")[f"{p}-train-sigmoid-b0.1-lr0.005-s0"]
     assert lr_run.config["lr"] == 5e-3 and lr_run.config["dpo"]["lr"] == 5e-3
+
+
+# trl 1.16's DPOTrainer, checked against trl/trainer/dpo_trainer.py (`compute_loss`'s "Log the metrics" block,
+# lines 1535-1601: `self._metrics[mode][...]`), without aux_loss (MoE router loss only)
+TRL_DPO_METRICS = {"entropy", "num_tokens", "logits/chosen", "logits/rejected", "mean_token_accuracy",
+                   "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                   "logps/chosen", "logps/rejected"}
+TRAINER_LOGS = {"loss", "grad_norm", "learning_rate", "epoch"}  # transformers' Trainer: _maybe_log_save_evaluate, log
+
+
+def trl_dpo_keys() -> set[str]:
+    """What trl's DPOTrainer logs per training step: the metrics its `compute_loss` records, read from
+    the installed trl's source (so a new one shows up here), and what transformers' Trainer adds."""
+    src = Path(importlib.util.find_spec("trl").submodule_search_locations[0]) / "trainer" / "dpo_trainer.py"
+    keys = set(re.findall(r'self\._metrics\[mode\]\["([^"]+)"\]', src.read_text())) - {"aux_loss"}
+    assert keys >= TRL_DPO_METRICS, TRL_DPO_METRICS - keys  # the source still logs what was checked by hand
+    return keys | TRAINER_LOGS
+
+
+def test_the_native_loop_shows_wandb_trls_dpo_metrics(tracked):
+    """What wandb gets from the native loop ⊇ what trl's DPOTrainer gives it through transformers'
+    WandbCallback: train/<key> for each of trl's keys, on the train/global_step axis; the run dir's
+    train_log.jsonl keeps its own names (lr)."""
+    pipe, made, *_ = tracked
+    want = {f"train/{k}" for k in trl_dpo_keys()} | {"train/global_step"}
+    (run,) = [r for r in made if r.name.endswith("-train-sigmoid-b1-lr0.001-s0")]
+    steps = [m for _, m in run.logs if "train/loss" in m]
+    assert steps and all(want <= set(m) for m in steps), want - set(steps[0])
+    log = read_jsonl(pipe.paths.policy("sigmoid-b1-lr0.001-s0") / "train_log.jsonl")
+    assert all("lr" in r and "learning_rate" not in r for r in log)
+    assert [m["train/num_tokens"] for m in steps] == [r["num_tokens"] for r in log]
+    for m in steps:
+        assert 0.0 <= m["train/mean_token_accuracy"] <= 1.0 and m["train/entropy"] > 0
+    assert wandb_keys({"step": 3, "lr": 1e-3, "loss": 0.5, "logits/chosen": -1.0, "eval_loss": 0.7}) == {
+        "train/global_step": 3, "train/learning_rate": 1e-3, "train/loss": 0.5, "train/logits/chosen": -1.0,
+        "eval/loss": 0.7}
+
+
+def test_runs_are_tagged(tracked):
+    pipe, made, *_ = tracked
+    p = pipe.dir.name
+    (train,) = [r for r in made if r.name == f"{p}-train-sigmoid-b1-lr0.001-s0"]
+    assert train.tags == ["run_dir:run", "job:train", "experiment:sweep", "loss:sigmoid"]
+    (start,) = [r for r in made if r.name == f"{p}-eval-sft"]
+    assert start.tags == ["run_dir:run", "job:eval", "experiment:level1"]  # the start policy: no loss
+    assert all(r.tags and r.tags[0] == "run_dir:run" and f"job:{r.job_type}" in r.tags for r in made)
+    assert run_tags("runs/smoke", "results", None, {"loss": "ipo"}) == ["preset:smoke", "job:results", "loss:ipo"]
+    assert run_tags("runs/smoke", None, None, {"loss": "x" * 80})[-1] == "loss:" + "x" * 59  # wandb's 64
 
 
 def test_each_experiment_logs_its_results_tables(tracked):
@@ -159,7 +219,7 @@ def test_each_experiment_logs_its_results_tables(tracked):
     assert len(sw.tables["sweep/results"][1]) == len(sweep["points"]) and all(r.finished for r in made)
 
 
-def test_the_sft_build_logs_its_summary_and_samples(tmp_path, tiny_gpt2_dir, reviews_csv, monkeypatch):
+def test_the_sft_build_logs_its_summary_and_samples(tmp_path, tiny_gpt2_dir, reviews_csv, monkeypatch, capsys):
     made = []
     monkeypatch.setattr(tracking, "make_tracker", recording(made))
     cfg = load_config(overrides={
@@ -179,6 +239,11 @@ def test_the_sft_build_logs_its_summary_and_samples(tmp_path, tiny_gpt2_dir, rev
     assert rows == [[b["prompt"], b["completion"], a["completion"]] for b, a in pairs]
     assert [s for s, x in run.logs if "train/loss" in x] == list(range(1, m["steps"] + 1)) and run.finished
     assert sft.run_sft(cfg, recording(made)) == m and len(made) == 1  # cached: nothing built, nothing logged
+    capsys.readouterr()
+    assert pipe.sft() == m and len(made) == 1  # found built: announced with when and how long it took
+    rec = read_json(meta_path(sft.sft_out_dir(cfg)))
+    when = datetime.fromisoformat(rec["built_at"]).strftime("%Y-%m-%d %H:%M")
+    assert capsys.readouterr().out == f"SFT start policy: built {when} in {duration(rec['build_seconds'])}, reused\n"
 
 
 # ---- a real offline wandb run, read back ----------------------------------------------------------
@@ -207,20 +272,25 @@ def wandb_records(path: Path) -> list:
 
 
 def offline_run(path: Path) -> dict | None:
-    """An offline run's name, group, job type, config and summary (last value of each key); None
-    until its file is written to the end (its exit record)."""
-    run, summary, kinds = None, {}, []
+    """An offline run's name, group, job type, tags, config, summary (last value of each key), history
+    keys and step axes (`define_metric`: glob -> step metric); None until its file is written to the
+    end (its exit record)."""
+    run, summary, history, axes, kinds = None, {}, set(), {}, []
     for rec in wandb_records(path):
         kinds.append(rec.WhichOneof("record_type"))
         if kinds[-1] == "run":
             run = rec.run
         elif kinds[-1] == "summary":
             summary.update({u.key: json.loads(u.value_json) for u in rec.summary.update if u.key})
+        elif kinds[-1] == "history":
+            history |= {"/".join(i.nested_key) or i.key for i in rec.history.item}
+        elif kinds[-1] == "metric":
+            axes[rec.metric.glob_name or rec.metric.name] = rec.metric.step_metric
     if run is None or "exit" not in kinds:
         return None
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
-    return {"name": run.display_name, "group": run.run_group, "job_type": run.job_type, "config": config,
-            "summary": summary, "dir": path.parent}
+    return {"name": run.display_name, "group": run.run_group, "job_type": run.job_type, "tags": list(run.tags),
+            "config": config, "summary": summary, "history": history, "axes": axes, "dir": path.parent}
 
 
 def offline_runs(wandb_dir: Path, n: int, timeout: float = 60.0) -> dict[str, dict]:
@@ -236,17 +306,36 @@ def offline_runs(wandb_dir: Path, n: int, timeout: float = 60.0) -> dict[str, di
 
 
 def test_a_real_offline_run_holds_the_evaluation(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
-                                                  monkeypatch):
+                                                  monkeypatch, capsys):
+    """A real offline wandb dir: one run per training and one per evaluation, however often they are
+    asked for (a rerun finds them cached, says when each was built, and makes no run)."""
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
                    **{"track.mode": "offline", "track.run_name": "probe"})
     pipe = pipeline.Pipeline(cfg)
     stored = pipe.evaluate(pipe.train(beta=0.5)).metrics
+    capsys.readouterr()
+    again = pipeline.Pipeline(cfg)  # the rerun: a new process's pipeline on the same run dir
+    for _ in range(2):
+        assert again.evaluate(again.train(beta=0.5)).metrics == stored
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["policy sigmoid-b0.5-lr0.001-s0",
+                                                      "evaluation sigmoid-b0.5-lr0.001-s0"]  # once each
+    name = "sigmoid-b0.5-lr0.001-s0"
+    for line, d in zip(lines, (pipe.paths.policy(name), pipe.paths.eval(name))):
+        rec = read_json(meta_path(d))
+        when = datetime.fromisoformat(rec["built_at"]).strftime("%Y-%m-%d %H:%M")
+        assert line.endswith(f": built {when} in {duration(rec['build_seconds'])}, reused") and rec["build_seconds"] > 0
     runs = offline_runs(pipe.dir / "wandb", 2)
     assert set(runs) == {"probe-train-sigmoid-b0.5-lr0.001-s0", "probe-eval-sigmoid-b0.5-lr0.001-s0"}
-    ev = runs["probe-eval-sigmoid-b0.5-lr0.001-s0"]
+    ev, tr = runs["probe-eval-sigmoid-b0.5-lr0.001-s0"], runs["probe-train-sigmoid-b0.5-lr0.001-s0"]
     assert (ev["group"], ev["job_type"]) == ("probe", "eval")
+    assert ev["tags"] == ["run_dir:run", "job:eval", "loss:sigmoid"] and tr["tags"] == ["run_dir:run", "job:train",
+                                                                                         "loss:sigmoid"]
+    assert tr["axes"] == {"train/global_step": "", "train/*": "train/global_step", "eval/*": "train/global_step"}
+    assert ev["axes"] == {"train/global_step": "", "train/*": "train/global_step"}
+    assert {f"train/{k}" for k in trl_dpo_keys()} | {"train/global_step"} <= tr["history"]
     assert {k: ev["config"][k] for k in ("loss", "beta", "lr", "seed", "model")} == {
         "loss": "sigmoid", "beta": 0.5, "lr": 1e-3, "seed": 0, "model": "sigmoid-b0.5-lr0.001-s0"}
     s = ev["summary"]

@@ -7,7 +7,8 @@ import torch
 from alignment.config import DPOConfig
 from alignment.io import read_json, read_jsonl
 from alignment.models import load_causal_lm
-from alignment.train import done_training, lr_at, reference_logps, train_dpo
+from alignment.logprobs import collate, completion_token_stats
+from alignment.train import done_training, lr_at, reference_logps, step_metrics, train_dpo
 
 PAD = 0
 
@@ -59,6 +60,14 @@ def test_train_dpo_updates_and_logs(tiny_gpt2_dir, data, tmp_path):
     # warmup 0.25 of 4 steps = 1 step, then linear decay towards 10 % of lr (written out by hand)
     assert [r["lr"] for r in log] == pytest.approx([1e-3, 1e-3, 1e-3 * (1 - 0.9 / 3), 1e-3 * (1 - 0.9 * 2 / 3)])
     assert log[-1]["epoch"] == pytest.approx(2.0)
+    # trl's num_tokens: prompt + completion tokens of both sides, summed over the steps so far
+    # (after an epoch, every pair once)
+    per_epoch = sum(2 * len(prompts[p["prompt_id"]]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
+    assert [log[1]["num_tokens"], log[3]["num_tokens"]] == [per_epoch, 2 * per_epoch]
+    assert log[0]["num_tokens"] < log[1]["num_tokens"] < log[2]["num_tokens"] < log[3]["num_tokens"]
+    for r in log:
+        assert 0.0 <= r["mean_token_accuracy"] <= 1.0 and 0.0 < r["entropy"] <= math.log(model.config.vocab_size)
+        assert math.isfinite(r["logits/chosen"]) and math.isfinite(r["logits/rejected"])
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and any("h.0" in k for k in changed)
     assert not model.training
@@ -92,6 +101,31 @@ class _InterruptAt:
         self.seen.append(step)
         if step == self.step:
             raise KeyboardInterrupt
+
+
+def test_trls_token_metrics_by_hand():
+    """One pair, vocab 2: chosen [0, 1], rejected [1] after prompt [1]. The logits predicting the three
+    completion tokens: [2, 0] (chosen's 0: the argmax), [0, 0] (chosen's 1: a tie, argmax 0), [1, 3]
+    (rejected's 1: the argmax); each position's vocabulary-mean logit is 1, 0, 2."""
+    from types import SimpleNamespace
+
+    batch = collate([[1], [1]], [[0, 1], [1]], pad_id=0)  # input_ids [[1, 0, 1], [1, 1, 0]]
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 0.0], [9.0, 9.0]], [[1.0, 3.0], [100.0, -100.0], [9.0, 9.0]]])
+    st = completion_token_stats(logits, batch, chunk=2)  # two chunks: the chunking joins them in order
+    q = torch.sigmoid(torch.tensor(2.0)).item()
+    h = -(q * math.log(q) + (1 - q) * math.log(1 - q))  # the entropy of softmax([2, 0]) and of softmax([1, 3])
+    assert st["row"].tolist() == [0, 0, 1] and st["mean_logit"].tolist() == [1.0, 0.0, 2.0]
+    assert st["entropy"].tolist() == pytest.approx([h, math.log(2), h]) and st["top1"].tolist() == [True, False, True]
+    assert int(st["num_tokens"]) == 5  # attention mask: 3 + 2
+    out = SimpleNamespace(losses=torch.tensor([0.5]), chosen_rewards=torch.tensor([0.2]),
+                          rejected_rewards=torch.tensor([-0.1]))
+    m = step_metrics(out, torch.tensor([-3.0]), torch.tensor([-2.0]), st)
+    assert {k: m[k] for k in ("logits/chosen", "logits/rejected", "mean_token_accuracy", "num_tokens")} == {
+        "logits/chosen": 0.5, "logits/rejected": 2.0, "mean_token_accuracy": 0.5, "num_tokens": 5}
+    assert m["entropy"] == pytest.approx((2 * h + math.log(2)) / 3)
+    assert set(step_metrics(out, torch.tensor([-3.0]), torch.tensor([-2.0]))) == {
+        "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+        "logps/rejected"}  # without the batch's token stats: the pair-level metrics only
 
 
 def test_lr_schedule_by_hand():
