@@ -93,7 +93,7 @@ def online_dpo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, 
         drawn = sum(len(r["completion_ids"]) for r in recs)
         for i, r in enumerate(records):
             rec = {**r, "step": step0 + r["step"], "round": k, "round_reward_mean": sum(rewards) / len(rewards),
-                   "num_tokens": drawn if i == 0 else 0}  # the round's draws, counted at its first step
+                   "tokens_drawn": drawn if i == 0 else 0}  # the round's draws, counted at its first step
             log.append(rec)
             if tracker is not None:
                 tracker.log(tracked(rec), step=rec["step"])
@@ -134,7 +134,7 @@ def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: P
             ref = batched_logps(ref_model, ids, comps, pad, batch_size=len(comps))  # (P*n,)
         logps = model_logps(net, collate(ids, comps, pad))  # (P*n,)
         loss, m = rloo_loss(logps, ref.to(logps.device), torch.tensor(rewards, device=logps.device), n, dpo.beta)
-        return loss, {**m, "num_tokens": float(sum(len(c) for c in comps))}
+        return loss, {**m, "tokens_drawn": float(sum(len(c) for c in comps))}
 
     loop: LoopConfig = dpo_loop_config(dpo, next(model.parameters()).device)
     loop = dataclasses.replace(loop, desc="rloo", save_every=0, save_minutes=0.0)  # draws are not replayed on resume
@@ -154,6 +154,6 @@ def train_on_policy(models, prompts: list[dict], cfg: Config, dpo: DPOConfig, ou
             write_jsonl(Path(out) / "train_log.jsonl", log)
             write_json(Path(out) / "train_summary.json", log[-1] if log else {})
             save_policy(model, models.tokenizer, Path(out))
-        return int(sum(r.get("num_tokens", 0) for r in log))
+        return int(sum(r.get("tokens_drawn", 0) for r in log))
     finally:
         tracker.finish()
