@@ -400,10 +400,15 @@ def policy_to_train(models, cfg: DPOConfig):
             models.ref_model.eval()
 
 
+@contextlib.contextmanager
 def reference_of(model, models, cfg: DPOConfig):
     """A context whose value is the reference while `model` trains: the LoRA model itself with its
-    adapters off (`dpo.lora_r`), else the run's reference model."""
-    return model.disable_adapter() if cfg.lora_r else contextlib.nullcontext(models.ref_model)
+    adapters off (`dpo.lora_r`; peft's `disable_adapter` yields nothing), else the run's reference model."""
+    if cfg.lora_r:
+        with model.disable_adapter():
+            yield model
+    else:
+        yield models.ref_model
 
 
 def save_policy(model, tokenizer, out: Path, dist: Dist = Dist()) -> None:

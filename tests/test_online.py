@@ -53,6 +53,48 @@ def _changed(tiny_gpt2_dir, policy_dir) -> list[str]:
 
 
 @pytest.mark.parametrize("method", ["online", "rloo"])
+def test_on_policy_methods_train_lora_adapters_against_the_frozen_base(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
+                                                                       reviews_csv, method):
+    """With LoRA the reference is the policy's own base with its adapters off: the reference log-probs the
+    methods read are the start policy's (checked against a separately loaded start policy)."""
+    from alignment import train
+    from alignment.logprobs import batched_logps
+    from alignment.models import load_causal_lm
+    seen = []
+    real = train.reference_of
+
+    def spy(model, models, cfg):
+        ctx = real(model, models, cfg)
+
+        class Checked:
+            def __enter__(self):
+                ref = ctx.__enter__()
+                start = load_causal_lm(tiny_gpt2_dir, torch.float32, torch.device("cpu"))
+                probe = ([[5, 6, 7]], [[8, 9, 10]])
+                seen.append(torch.allclose(batched_logps(ref, *probe, 0), batched_logps(start, *probe, 0), atol=1e-5))
+                return ref
+
+            def __exit__(self, *exc):
+                return ctx.__exit__(*exc)
+        return Checked()
+
+    import alignment.online as online
+    cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
+                   **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "dpo.method": method,
+                      "dpo.rounds": 2, "dpo.batch_size": 2, "dpo.lora_r": 2, "dpo.lr": 1e-2})
+    pipe = Pipeline(cfg, reward=vowels)
+    pipe.prepare()
+    online.reference_of, saved = spy, online.reference_of
+    try:
+        policy = pipe.train()
+    finally:
+        online.reference_of = saved
+    assert seen and all(seen), "the LoRA reference is not the start policy"
+    assert (policy.dir / "model" / "adapter_config.json").exists()
+    assert not any("lora" in n for n, _ in pipe.models.ref_model.named_parameters()), "adapters left on the reference"
+
+
+@pytest.mark.parametrize("method", ["online", "rloo"])
 def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
                                                       method):
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
