@@ -5,11 +5,11 @@
     python -m alignment results                                            # render from results/ only
 
 `collect` copies what a run dir holds (Level 1 and lr-lesson results, config, library versions,
-the wall-time log with its machine, two figures), the sweep's, and the SFT start policy's and the
-scorers' held-out numbers from the asset cache; `render` builds the document from those files with
-`alignment.report`'s tables and sentences; `headline` is the short block the README carries
-between its `results:start` / `results:end` markers. `tests/test_results.py` checks that the
-committed RESULTS.md and the README block equal their rendering.
+the wall-time log with its machine, the statistics of the pairs it trained on, two figures), the
+sweep's, and the SFT start policy's and the scorers' held-out numbers from the asset cache; `render`
+builds the document from those files with `alignment.report`'s tables and sentences; `headline` is
+the short block the README carries between its `results:start` / `results:end` markers.
+`tests/test_results.py` checks that the committed RESULTS.md and the README block equal their rendering.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ DOC = "RESULTS.md"
 MARKS = ("<!-- results:start -->", "<!-- results:end -->")
 FIGURES = {"level1": ("level1_rewards", "level1_training"), "sweep": ("frontier_reward_vs_kl", "frontier_judge_vs_kl"),
            "level3": ("level3_frontier_reward_vs_kl", "level3_frontier_judge_vs_kl")}
-RUN_FILES = ("config", "manifest", "timings", "pairs_stats")
+RUN_FILES = ("config", "manifest", "timings")
 OFFLINE_BASE = "SmolLM2-135M-Instruct"  # what sft.base="offline" fine-tunes
 
 
@@ -52,9 +52,32 @@ def _copy_run(src: Path, dest: Path, name: str, results: tuple[str, ...]) -> Non
             if f == "config":
                 data.pop("run_dir", None)  # a local path, not part of the result
             write_json(dest / f"{name}.{f}.json", data)
+    stats = pair_stats(src, read_json(paths.result(results[0])))
+    if stats is not None:
+        write_json(dest / f"{name}.pairs_stats.json", stats)
     for fig in FIGURES[name]:
         if paths.plot(fig).exists():
             shutil.copyfile(paths.plot(fig), dest / f"{fig}.png")
+
+
+def pair_stats(src: Path, result: dict) -> dict | None:
+    """The statistics of the pairs a run trained on: Level 1's own record of them ("pairs": each seed's
+    draw), else, under `data.per_seed`, each seed's draws/seed<k>/pairs_stats.json (the seeds of the
+    result's grid), else the shared draw's run_dir/pairs_stats.json; None where the run holds none.
+    Under `data.per_seed` a run_dir/pairs_stats.json is not the run's (one left by a shared draw)."""
+    if "pairs" in result:
+        return result["pairs"]
+    paths = RunPaths(src)
+    cfg = load_config(overrides=read_json(paths.config)) if paths.config.exists() else None
+    if cfg is None or not cfg.data.per_seed or cfg.pairs.source:
+        return read_json(paths.pairs_stats) if paths.pairs_stats.exists() else None
+    seeds = result.get("grid", {}).get("seeds", [])
+    draws = {str(s): read_json(paths.draw(s).pairs_stats) for s in seeds if paths.draw(s).pairs_stats.exists()}
+    if not draws:
+        return None
+    n = sorted({st["n_pairs"] for st in draws.values()})
+    return {"per_seed": True, "n_pairs": n[0] if len(n) == 1 else [st["n_pairs"] for st in draws.values()],
+            "draws": draws}
 
 
 def collect(dest: str | Path, level1_dir: str | Path | None = None, sweep_dir: str | Path | None = None,

@@ -438,8 +438,14 @@ def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | N
     n_seeds = len(level1.get("seeds", [0]))
     spread = (f"they include the spread over the {n_seeds} training seeds (seeds and prompts are resampled)"
               if n_seeds > 1 else "they are conditional on the one trained run (more seeds: `eval.n_seeds`)")
+    between = level1.get("between_losses", [])
+    pairs = " and ".join(f"`{d['a']}` vs `{d['b']}`" for d in between)
+    compare = (f" The losses are compared with each other by their paired difference (its 95% CI and the verdict on "
+               f"its Holm-adjusted p-value, in the {pairs} line{'s' if len(between) > 1 else ''} above), not by "
+               "whether their rows' CIs overlap: overlapping CIs can still hide a distinguishable paired difference."
+               if between else "")
     lines.append(f"Level 1 rows come from {start['n_samples']} held-out samples per model{per}; at small sizes the CIs "
-                 f"are wide, {spread}, and a difference between losses is only meaningful where the CIs separate.")
+                 f"are wide, {spread}.{compare}")
     return "\n\n".join(lines)
 
 

@@ -185,6 +185,16 @@ def test_report_computes_conclusions_from_numbers():
            "(+0.300, +0.100..+0.500)" in text
     assert "pred_entropy: 1 of 1" in text and "reverse_kl lower than forward_kl" in text
     assert "barely moved" not in text  # Level 1 KL 1.25 > 0.1
+    # the losses are compared by their paired difference, never by whether the rows' CIs overlap: here the
+    # rows' reward CIs (0.9 ± 0.5, 0.3 ± 0.5) overlap while the paired difference +0.6 (+0.4 .. +0.8) is clear
+    assert "paired difference" not in text and "CIs separate" not in text  # no pair compared: nothing said
+    paired = nbh.conclusions({**level1, "between_losses": [{"a": "sigmoid-x", "b": "hinge-x",
+                                                              **_gain(0.6, 0.4, 0.8), "gain_p_holm": 0.001}]})
+    assert "**`sigmoid-x` vs `hinge-x`** (same prompts and draws): reward +0.600 (95% CI +0.400 .. +0.800) " \
+           "— higher" in paired
+    assert ("compared with each other by their paired difference (its 95% CI and the verdict on its Holm-adjusted "
+            "p-value, in the `sigmoid-x` vs `hinge-x` line above), not by whether their rows' CIs overlap") in paired
+    assert "CIs separate" not in paired
     assert "do not all overlap" in "\n".join(nbh.sweep_lines({**sweep, "matched_kl": []}))
     assert "nothing compared" in "\n".join(nbh.sweep_lines({**sweep, "comparisons": []}))
     assert "30.000 → 3000.000" in text  # lr lesson perplexity jump, from the numbers
@@ -322,21 +332,34 @@ def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
     assert "gain_vs_sft" in gains and "judge_gain" in gains and "reward gain vs SFT" in gains
     sweep = _texts(_code_cells(nb, "sweep")[0])
     assert all(loss in sweep for loss in SMOKE_LOSSES)
-    matched = _texts(_code_cells(nb, "matched-kl")[0])
-    assert "**Frontiers**" in matched and ("verdict" in matched or "nothing compared" in matched)
-    assert "SIZE='smoke'" in _texts(_code_cells(nb, "run-note")[0])
-    concl = _texts(_code_cells(nb, "conclusions")[0])
-    assert "**Level 1**" in concl and "**Frontiers**" in concl and "total wall time" in concl
-    # the shown conclusions are exactly what the report computes from the run's saved results
     from alignment.io import read_json
-    from alignment.report import conclusions
 
     run = tmp_path / "run"
-    lr = read_json(run / "lr_lesson.json")
-    want = conclusions(read_json(run / "level1.json"), read_json(tmp_path / "run-sweep" / "sweep.json"), lr["rows"],
-                       lr["start"])
-    assert want in concl
-    level1_json = read_json(run / "level1.json")  # and its numbers, read off the JSON here, are the ones shown
-    for r in level1_json["rows"]:
-        if "reward_gain" in r:
-            assert f"`{r['model']}`" in concl and f"{r['reward_gain']:+.3f}" in concl, r["model"]
+    saved = read_json(tmp_path / "run-sweep" / "sweep.json")
+    matched = _texts(_code_cells(nb, "matched-kl")[0])
+    frontiers = "**Frontiers** (4 runs: 2 divergence families, β [0.1, 1.0], seeds [0]"  # the grid passed above
+    assert frontiers in matched
+    for field in ("reward", "judge", "pred_entropy"):  # each field's count, tallied here from the saved comparisons
+        rows = [c for c in saved["comparisons"] if c["field"] == field]
+        sig = sum(c["verdict"] != "not distinguishable at this size" for c in rows)
+        assert (f"{field}: {sig} of {len(rows)} pairwise comparisons distinguishable (Holm)" if rows else
+                f"{field}: no pair of curves reaches a common KL in 99 % of the draws; nothing compared.") in matched
+    assert ("verdict" in matched) == bool(saved["comparisons"])  # the comparisons' table, only when there are some
+    assert "SIZE='smoke'" in _texts(_code_cells(nb, "run-note")[0])
+    concl = _texts(_code_cells(nb, "conclusions")[0])
+    assert "**Level 1**" in concl and frontiers in concl and "total wall time" in concl
+    # the shown conclusions carry the run's saved numbers, formatted here from the JSON files
+    level1_json, lr = read_json(run / "level1.json"), read_json(run / "lr_lesson.json")
+    sft, trained = level1_json["rows"][0], [r for r in level1_json["rows"] if "reward_gain" in r]
+    assert sft["model"] == "sft" and len(trained) == 2
+    for r in trained:
+        shown = (f"`{r['model']}` reward {r['eval/reward_mean']:+.3f} vs SFT {sft['eval/reward_mean']:+.3f}, gain "
+                 f"{r['reward_gain']:+.3f} (95% CI {r['gain_ci_lo']:+.3f} .. {r['gain_ci_hi']:+.3f})")
+        assert shown in concl, r["model"]
+    best = max(trained, key=lambda r: r["eval/reward_mean"])["model"]
+    assert f"`{best}` reached the highest reward of the Level 1 losses" in concl
+    for r in lr["rows"]:
+        assert f"lr={r['lr']:g}: reward gain {r['reward_gain']:+.3f} (95% CI {r['gain_ci_lo']:+.3f}" in concl, r["lr"]
+    assert f"Level 1 rows come from {sft['n_samples']} held-out samples per model" in concl
+    (pair,) = level1_json["between_losses"]  # the two losses, compared by their paired difference
+    assert f"in the `{pair['a']}` vs `{pair['b']}` line above), not by whether their rows' CIs overlap" in concl

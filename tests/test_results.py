@@ -72,14 +72,45 @@ def test_collect_copies_a_run_without_its_local_paths(tmp_path, monkeypatch, pub
         head_dir(kind).mkdir(parents=True, exist_ok=True)
         write_json(head_dir(kind) / "metrics.json", {"test_accuracy": 0.5})
 
+    write_json(run / "pairs_stats.json", {"n_pairs": 128})  # left by a shared draw: not what the seeds trained on
     dest = tmp_path / "results"
     publish.collect(dest, run)
+    assert read_json(dest / "level1.pairs_stats.json") == published["level1"]["pairs"]
     assert read_json(dest / "level1.json") == published["level1"]  # "plots" (local paths) dropped
     assert "run_dir" not in read_json(dest / "level1.config.json")
     assert read_json(dest / "sft.json") == {"ppl_after": 44.7}
     assert set(read_json(dest / "scorers.json")) == set(HEADS)
     assert (dest / "level1_rewards.png").read_bytes() == b"png"
     assert str(tmp_path) not in "".join(p.read_text() for p in dest.glob("*.json"))
+
+
+def test_the_published_pair_statistics_are_those_the_seeds_trained_on(published):
+    """Each seed's own draw (data.per_seed) paired best with worst: one pair per train prompt, none tied."""
+    stats, cfg = published["level1.pairs_stats"], published["level1.config"]
+    assert stats == published["level1"]["pairs"] and stats["per_seed"] is cfg["data"]["per_seed"] is True
+    assert sorted(stats["draws"]) == [str(s) for s in published["level1"]["seeds"]] and len(stats["draws"]) == 5
+    for st in stats["draws"].values():
+        assert st["n_pairs"] == st["n_prompts"] == cfg["data"]["n_train_prompts"] == 256 and st["prompts_all_tied"] == 0
+    assert stats["n_pairs"] == 256
+
+
+@pytest.mark.parametrize("per_seed", [True, False])
+def test_collect_takes_a_sweeps_pair_statistics_from_the_draws_it_trained_on(tmp_path, published, per_seed):
+    """data.per_seed: each grid seed's draws/seed<k>/pairs_stats.json (a run_dir/pairs_stats.json is
+    another draw's); else the shared draw's run_dir/pairs_stats.json."""
+    run = tmp_path / "sweep"
+    run.mkdir()
+    write_json(run / "sweep.json", {"grid": {"seeds": [0, 1]}, "points": [], "plots": []})
+    write_json(run / "config.json", {**published["sweep.config"], "run_dir": str(run), "data": {
+        **published["sweep.config"]["data"], "per_seed": per_seed}})
+    write_json(run / "pairs_stats.json", {"n_pairs": 128})
+    for seed, n in ((0, 250), (1, 252), (2, 7)):  # seed 2: not in this sweep's grid
+        write_json(run / "draws" / f"seed{seed}" / "pairs_stats.json", {"n_pairs": n})
+    publish.collect(tmp_path / "results", sweep_dir=run)
+    got = read_json(tmp_path / "results" / "sweep.pairs_stats.json")
+    want = ({"per_seed": True, "n_pairs": [250, 252], "draws": {"0": {"n_pairs": 250}, "1": {"n_pairs": 252}}}
+            if per_seed else {"n_pairs": 128})
+    assert got == want
 
 
 def test_results_command_renders_in_place_and_names_a_missing_run(tmp_path, monkeypatch, capsys):
