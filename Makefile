@@ -41,7 +41,7 @@ run: setup  ## Level 1 on the embedded offline default: samples, pairs, DPO sigm
 smoke: setup  ## the whole Level 1 at tiny sizes (into runs/smoke): ~1-2 min once the assets, heads and smoke-sized SFT model are built
 	$(call cli,$(BIN)/python,run,smoke)
 
-sweep: setup  ## Level 2/3 frontiers: 6 divergences x 4 betas x 3 seeds + best-of-N (N <= 64), matched-KL verdicts (into runs/sweep; ~1 h on 2 cores)
+sweep: setup  ## Level 2 frontiers: 6 divergences x 4 betas x 3 seeds + best-of-N (N <= 64), matched-KL verdicts (into runs/sweep; ~1 h on 2 cores)
 	$(call cli,$(BIN)/python,sweep,sweep)
 
 level3: setup  ## Level 3, what buys reward per nat of KL: DPO, reward distillation, online DPO, RLOO x 3 betas x 3 seeds + best-of-N (into runs/level3)

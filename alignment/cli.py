@@ -82,8 +82,8 @@ STAGE_INFO: dict[str, Stage] = {
                        "The learning-rate check: train and evaluate the sigmoid loss at lr 1e-3 (the assignment\n"
                        "notebook's) and at dpo.lr on the same pairs. Writes run_dir/lr_lesson.json; prints the\n"
                        "table and what the lr does."),
-    "sweep": Stage("Level 2/3: divergences x betas x seeds + best-of-N, matched-KL verdicts",
-                   "Level 2/3: every loss in --losses (alpha once per --alphas) trained at every --betas and\n"
+    "sweep": Stage("Level 2: divergences x betas x seeds + best-of-N, matched-KL verdicts",
+                   "Level 2: every loss in --losses (alpha once per --alphas) trained at every --betas and\n"
                    "--seeds, each evaluated, next to a best-of-N baseline (N in --best-of-n), compared at\n"
                    "matched KL. Writes run_dir/policies/, run_dir/eval/, run_dir/sweep.json and\n"
                    "run_dir/plots/frontier_*.png; prints the frontier table and the matched-KL verdicts."),

@@ -39,7 +39,7 @@ def rule(default, *, choices=None, check=None, why: str = "", hashed: bool = Tru
 
     `choices`: the allowed values (a tuple, or a zero-argument callable returning them, for
     registries such as the losses); `check`: a predicate on the value with `why` saying what is
-    allowed; `hashed=False`: the field changes no artifact (where things go, how they are shown),
+    allowed; `hashed` (True, False or "if_set"): `hashed=False`: the field changes no artifact (where things go, how they are shown),
     or keys the caches its own way (`pairs.source`: by its rows' hash, only when set), so it is left
     out of the config hash that caches are keyed by; `hashed="if_set"`: the field keys the caches only
     when it differs from its default (a method added beside the default one: artifacts of the default
@@ -117,8 +117,8 @@ class DPOConfig:
     lr: float = rule(5e-5, check=lambda v: 0 < v < 1,  # learning rate
                      why="must be in (0, 1); the default 5e-05 suits the CPU default's 28 steps, 5e-6..1e-5 longer runs, "
                          "and the assignment notebook's 1e-3 makes word salad")
-    epochs: int = rule(1, **_pos)      # passes over the pairs (one: no pair is seen twice, so held-out accuracy tracks train accuracy)
-    batch_size: int = rule(8, **_pos)  # pairs per micro-batch
+    epochs: int = rule(1, **_pos)      # passes over the pairs (one: no pair is seen twice, so held-out accuracy tracks train accuracy); rloo: over the prompts
+    batch_size: int = rule(8, **_pos)  # pairs per micro-batch; rloo: prompts per micro-batch (each with sample.n_samples draws)
     grad_accum: int = rule(1, **_pos)  # micro-batches per optimizer step
     max_grad_norm: float = rule(1.0, **_pos)  # gradient clipping
     warmup_ratio: float = rule(0.1, **_frac)  # linear warmup fraction of the optimizer steps
@@ -444,13 +444,35 @@ def check_section(section: str, obj) -> None:
                "must be 0 (no limit) or greater than data.min_chars")
 
 
+def method_settings(dpo: DPOConfig) -> DPOConfig:
+    """`dpo` with the fields its method does not read set to their defaults (`dpo.rounds` outside online DPO;
+    `dpo.loss` and `dpo.alpha` for RLOO), so a policy's name and cache key name only what trained it."""
+    defaults = DPOConfig()
+    if dpo.method != "online":
+        dpo = dataclasses.replace(dpo, rounds=defaults.rounds)
+    if dpo.method == "rloo":
+        dpo = dataclasses.replace(dpo, loss=defaults.loss, alpha=defaults.alpha)
+    return dpo
+
+
 def check_training(cfg: Config, dpo: DPOConfig, world: int = 1) -> None:
     """The checks of one policy's DPO settings (`cfg.dpo` with a sweep's overrides) in this run:
-    the section's rules, LoRA's need for the policy as its own reference, trl's single process."""
+    the section's rules, LoRA's need for the policy as its own reference, trl's single process, and
+    what the on-policy methods need (a reward model, one process, RLOO's draws from π itself, enough
+    prompts for online DPO's rounds)."""
     check_section("dpo", dpo)
     if dpo.lora_r and cfg.model.ref not in ("", cfg.model.policy):
         raise ConfigError(f"dpo.lora_r={dpo.lora_r} trains adapters on the reference's base, so it needs "
                           f"model.ref empty or equal to model.policy (got model.ref={cfg.model.ref!r})")
+    s = cfg.sample
+    if dpo.method == "rloo" and (s.temperature != 1.0 or s.top_k or s.top_p < 1.0):
+        raise ConfigError(f"dpo.method=rloo's policy gradient and KL term assume samples from the policy itself; "
+                          f"sample.temperature={s.temperature}, sample.top_k={s.top_k}, sample.top_p={s.top_p} change "
+                          "them: use temperature 1, top_k 0, top_p 1")
+    trained = cfg.data.n_train_prompts - int(cfg.pairs.held_out * cfg.data.n_train_prompts)
+    if dpo.method == "online" and dpo.rounds > trained:
+        raise ConfigError(f"dpo.rounds={dpo.rounds} is more than the {trained} prompts online DPO trains on "
+                          "(data.n_train_prompts less the pairs.held_out share); lower dpo.rounds")
     if dpo.method != "offline" and (cfg.pairs.source or world > 1):
         raise ConfigError(f"dpo.method={dpo.method} samples and scores its own completions in one process, so it "
                           "needs a reward model (pairs.source empty) and no `accelerate launch`; use dpo.method=offline")

@@ -1,8 +1,9 @@
 """Where a policy's KL goes: per-token log-ratios log π(y_t|x, y_<t) − log π_ref(y_t|x, y_<t) on the policy's
 own samples, summed by position and by token class (sentiment-bearing words vs the rest), and what its
 training log says about the pairs (chosen and rejected log-probs over training, train vs held-out
-accuracy). KL(π‖π_ref) is the expectation, under π, of the summed log-ratios, so these sums split the
-measured KL exactly (sample means; a single token's term can be negative).
+accuracy). KL(π‖π_ref) is the expectation, under π, of the summed log-ratios, so these sums split this
+estimate of it exactly (fp32 forwards of the policy and the reference on the policy's samples; the
+evaluation's `eval/kl_to_ref` uses the sampler's own log q instead; a single token's term can be negative).
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The assignment's experiments on top of `Pipeline`: Level 1 (sigmoid vs hinge vs SFT),
-the learning-rate lesson, and the Level 2/3 divergence sweep. Each returns plain dicts and
+the learning-rate lesson, the Level 2 divergence sweep and Level 3. Each returns plain dicts and
 writes its JSON result and plots under the run dir (`pipe.paths`); its wandb runs (training,
 evaluations, results) share one group named after it (`experiment`)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -13,8 +14,8 @@ from . import plots
 from .alarm import assess
 from .design import level1_design
 from .diagnose import kl_split, sentiment_token_ids, token_log_ratios, training_story, vader_lexicon
-from .io import read_json, write_json
-from .config import ConfigError
+from .io import build_record, read_json, write_json
+from .config import ConfigError, check_training, method_settings
 from .metrics import content_of
 from .evaluate import Evaluation, pooled
 from .pipeline import Pipeline
@@ -25,7 +26,7 @@ from .stats import SharedBootstrap, compare_to_start, versus_start, with_holm
 from .train import held_out_prompts
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
-ORIGINAL_LR = 1e-3  # the original notebook's learning rate, shown next to the preset's in the lr lesson
+ORIGINAL_LR = 1e-3  # the assignment notebook's learning rate, shown next to the preset's in the learning-rate check
 
 
 def experiment(fn):
@@ -170,13 +171,13 @@ def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Eva
 
 
 def lr_lesson_lrs(cfg) -> tuple[float, float]:
-    """The lr lesson's default: the original notebook's 1e-3 next to the config's `dpo.lr`."""
+    """The learning-rate check's default: the assignment notebook's 1e-3 next to the config's `dpo.lr`."""
     return ORIGINAL_LR, cfg.dpo.lr
 
 
 @experiment
 def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = "sigmoid") -> dict:
-    """The original notebook's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
+    """The assignment notebook's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
     reference perplexity explodes. Returns (and writes lr_lesson.json) rows, the start row, each lr's
     reward-hacking alarm record (`alarm.assess`) and example records."""
     lrs = lrs or lr_lesson_lrs(pipe.cfg)
@@ -226,13 +227,25 @@ def level3(pipe: Pipeline, methods: tuple[str, ...] = tuple(LEVEL3_METHODS), bet
     if unknown:
         raise ConfigError(f"level3: unknown method(s) {unknown}; choose from {list(LEVEL3_METHODS)}")
     families = {m: {"alpha": pipe.cfg.dpo.alpha, **LEVEL3_METHODS[m]} for m in methods}
+    for over in families.values():  # every method's settings checked before hours of training
+        for beta in betas:
+            check_training(pipe.cfg, method_settings(dataclasses.replace(pipe.cfg.dpo, **over, beta=beta)), pipe.dist.world)
     grid = {"methods": list(methods), "betas": list(betas), "seeds": list(seeds), "best_of_n": list(best_of_n)}
-    result = frontier_study(pipe, "level3", families, betas, seeds, best_of_n, grid, with_cost=True)
-    drawn = [s for s in seeds if pipe.paths.draw(pipe.data.draw_of(s)).samples.exists()]  # offline methods' draws
-    result["draw_tokens"] = {str(s): sum(len(r["completion_ids"]) for r in pipe.data.samples(s)) for s in drawn}
-    if pipe.dist.main:  # the offline methods' shared sampling cost: the tokens of each seed's start-policy draw
-        write_json(pipe.paths.result("level3"), result)
-    return result
+    return frontier_study(pipe, "level3", families, betas, seeds, best_of_n, grid, with_cost=True)
+
+
+def shared_draws(pipe: Pipeline, seeds: tuple[int, ...]) -> dict:
+    """Build each seed's start-policy draw (samples, rewards, pairs, reference log-probs) that the offline
+    methods share, before any policy trains, and say what it cost: {draw_tokens, draw_seconds} by seed
+    (the seconds of the builds this or an earlier call recorded)."""
+    tokens, seconds = {}, {}
+    for s in seeds:
+        pipe.data.ref_logps(s)
+        P = pipe.paths.draw(pipe.data.draw_of(s))
+        tokens[str(s)] = sum(len(r["completion_ids"]) for r in pipe.data.samples(s))
+        parts = [build_record(a).get("build_seconds") for a in (P.samples, P.rewards, P.pairs, P.ref_logps)]
+        seconds[str(s)] = None if None in parts else sum(parts)
+    return {"draw_tokens": tokens, "draw_seconds": seconds}
 
 
 def kl_diagnoses(pipe: Pipeline, firsts: dict[str, tuple[Policy, Evaluation]]) -> list[dict]:
@@ -274,6 +287,8 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
     bon = pooled("best-of-N", [pipe.evaluate(seed=s, n_samples=max(best_of_n)) for s in seeds], n_boot0, measure=False)
+    offline = any(over.get("method", "offline") == "offline" for over in families.values())
+    draws = shared_draws(pipe, seeds) if with_cost and offline else {}
     runs, points, seed_evals, firsts = [], {}, {}, {}
     for label, over in families.items():
         extra = {k: v for k, v in over.items() if k not in ("loss", "alpha")}
@@ -312,7 +327,7 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
               "matched_kl": kl_grid, "comparisons": comparisons, "n_boot": n_boot, "gain_fractions": fractions,
               **optimum_entry,
               "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)], "grid": grid,
-              "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files]}
+              "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files], **draws}
     if with_cost:  # Level 3: where each point's KL goes, on its first seed's policy (`diagnose`)
         with pipe.times("diagnosis"):
             result["diagnosis"] = kl_diagnoses(pipe, firsts)

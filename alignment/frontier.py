@@ -1,4 +1,4 @@
-"""Level 2/3 as frontiers, not points: per divergence a β sweep × seeds, traced as reward-vs-KL,
+"""Levels 2 and 3 as frontiers, not points: per divergence a β sweep × seeds, traced as reward-vs-KL,
 judge-vs-KL and reward-vs-predictive-entropy curves; a best-of-N baseline from the start policy's
 own samples (Gao et al. 2022: the curve any alignment method must beat); and divergences compared
 at *matched KL* — β is not comparable across f′ (Wang et al. 2023), so one shared β shows how far

@@ -2,29 +2,26 @@
 share of best-of-N's gain at the same KL), what it cost (training seconds, tokens drawn), and where its KL went."""
 from __future__ import annotations
 
-from .report import detectable_text, gain_fraction_lines, markdown_table
-from .stats import NOT_DISTINGUISHABLE
+from .report import comparison_line, gain_fraction_lines, markdown_table
 
 
 def cost_rows(level3: dict) -> list[dict]:
     """Per method: mean training seconds per policy and completion tokens drawn per policy (its own draws;
     offline methods also train on their seed's start-policy draw, counted once per seed)."""
     draw = level3.get("draw_tokens", {})
-    per_seed = sum(draw.values()) / len(draw) if draw else 0.0
+    shared = round(sum(draw.values()) / len(draw)) if draw else None
     out: dict[str, dict] = {}
     for r in level3["runs"]:
         c = r.get("cost") or {}
-        row = out.setdefault(r["label"], {"method": r["label"], "policies": 0, "seconds": 0.0, "tokens": 0.0})
-        row["policies"] += 1
-        row["seconds"] += c.get("train_seconds") or 0.0
-        row["tokens"] += c.get("tokens_drawn") or 0.0
-    rows = []
-    for row in out.values():
-        n = row["policies"]
-        own = row["tokens"] / n
-        rows.append({"method": row["method"], "policies": n, "train s / policy": round(row["seconds"] / n, 1),
-                     "tokens drawn / policy": round(own if own else per_seed)})
-    return rows
+        row = out.setdefault(r["label"], {"method": r["label"], "on_policy": r.get("method", "offline") != "offline",
+                                          "seconds": [], "tokens": []})
+        if c.get("train_seconds") is not None:
+            row["seconds"].append(c["train_seconds"])
+            row["tokens"].append(c.get("tokens_drawn") or 0)
+    return [{"method": r["method"], "policies": len(r["seconds"]),
+             "train s / policy": round(sum(r["seconds"]) / len(r["seconds"]), 1) if r["seconds"] else None,
+             "own tokens drawn / policy": round(sum(r["tokens"]) / len(r["tokens"])) if r["tokens"] else None,
+             "shared start draw / seed": None if r["on_policy"] else shared} for r in out.values()]
 
 
 def kl_lines(level3: dict) -> list[str]:
@@ -35,13 +32,14 @@ def kl_lines(level3: dict) -> list[str]:
         s, pos = d["sentiment"], d["by_position"]
         early = sum(b["kl"] for b in pos if b["from"] < 8)
         share = f"{s['share_of_kl']:.0%}" if s["share_of_kl"] is not None else "–"
+        tokens = f"{s['share_of_tokens']:.0%}" if s["share_of_tokens"] is not None else "–"
         t = d["training"]
         story = ""
         if t.get("logps_chosen_first") is not None:
             story = (f"; chosen log-prob {t['logps_chosen_first']:.1f} → {t['logps_chosen_last']:.1f}, rejected "
                      f"{t['logps_rejected_first']:.1f} → {t['logps_rejected_last']:.1f}")
         lines.append(f"`{d['label']}` β={d['beta']:g}: KL {d['kl']:.2f} nats per completion, {share} of it on sentiment "
-                     f"words ({s['share_of_tokens']:.0%} of the tokens), {early / d['kl']:.0%} in the first 8 tokens"
+                     f"words ({tokens} of the tokens), {early / d['kl']:.0%} in the first 8 tokens"
                      f"{story}." if d["kl"] else f"`{d['label']}` β={d['beta']:g}: KL ≈ 0.")
     return lines
 
@@ -53,14 +51,8 @@ def level3_lines(level3: dict) -> list[str]:
     lines = [f"**Level 3** ({len(level3['runs'])} runs: methods {', '.join(g['methods'])}; β {g['betas']}; seeds "
              f"{g['seeds']}; best-of-N N {g['best_of_n']}): each point pools its seeds; curves are compared at matched KL.",
              markdown_table(cost_rows(level3)), *gain_fraction_lines(level3)]
-    for field in ("reward", "judge"):
-        rows = [c for c in level3["comparisons"] if c["field"] == field]
-        sig = [c for c in rows if c["verdict"] != NOT_DISTINGUISHABLE]
-        shown = "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} ({c['diff']:+.3f}, "
-                          f"{c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig)
-        if not rows:
-            lines.append(f"{field}: no pair of curves reaches a common KL in 99 % of the draws; nothing compared.")
-            continue
-        lines.append(f"{field}: {len(sig)} of {len(rows)} matched-KL comparisons distinguishable (Holm)"
-                     + (f": {shown}" if sig else "; none is distinguishable at this size") + ". " + detectable_text(rows))
+    if level3.get("non_monotone"):
+        lines.append("KL does not rise monotonically along β for " + ", ".join(f"`{c}`" for c in level3["non_monotone"])
+                     + ": those curves are shown but not compared at matched KL.")
+    lines += [comparison_line(level3["comparisons"], field, "level3.json") for field in ("reward", "judge")]
     return lines + kl_lines(level3)

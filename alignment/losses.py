@@ -149,7 +149,7 @@ def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
     return _output((r_w - r_l - 1.0 / (2.0 * beta)) ** 2, r_w, r_l, beta)  # (B,)
 
 
-# ---- Level 2/3: f-DPO (Wang et al. 2023) ------------------------------------------------------------
+# ---- Level 2: f-DPO (Wang et al. 2023) ---------------------------------------------------------------
 def reverse_kl_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                     ref_rejected_logps, beta: float, alpha: float = 0.5) -> LossOutput:
     """f-DPO, reverse KL: f(u) = u log u, f′(u) = log u + 1 (Wang et al. 2023, Table 1); this is DPO."""

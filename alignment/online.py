@@ -29,17 +29,17 @@ from .pairs import build_pairs
 from .reward import score_records
 from .sampling import in_prompt_order, sample_records
 from .tracking import tracked
-from .train import (LoopConfig, dpo_loop_config, policy_to_train, reference_logps, reference_of, save_policy,
-                    train_dpo, train_loop)
+from .train import (LoopConfig, done_training, dpo_loop_config, held_out_prompts, policy_to_train, reference_logps,
+                    reference_of, save_policy, train_dpo, train_loop)
 
 ROUND_SEED = 7919  # round k of online DPO samples with sample.seed + ROUND_SEED * (k + 1) (+ dpo.seed's share)
 
 
 def trained_prompts(prompts: list[dict], held_out: float) -> list[dict]:
-    """The prompts offline DPO trains on: all but the last floor(held_out x n) (`train.held_out_prompts`
-    holds out the same ones when every prompt has a pair)."""
-    keep = len(prompts) - int(held_out * len(prompts))
-    return prompts[:keep]
+    """The prompts offline DPO trains on: all but the held-out share (`train.held_out_prompts`, which holds
+    out the same ones when every prompt has a pair)."""
+    held = held_out_prompts([{"prompt_id": p["id"]} for p in prompts], held_out)
+    return [p for p in prompts if p["id"] not in held]
 
 
 def round_shares(prompts: list[dict], rounds: int) -> list[list[dict]]:
@@ -63,7 +63,7 @@ def draw_and_score(model, tokenizer, prompts: list[dict], cfg: Config, seed: int
     sample = dataclasses.replace(cfg.sample, seed=seed)
     was_training = model.training
     model.eval()
-    try:  # in the model's own dtype, as the start policy's samples (not under a training loop's autocast)
+    try:  # in the training model's own dtype, never under the training loop's autocast
         with torch.autocast(next(model.parameters()).device.type, enabled=False):
             recs = [r for batch in sample_records(model, tokenizer, prompts, sample.n_samples, sample, stop_ids,
                                                   quiet=True) for r in batch]
@@ -73,10 +73,12 @@ def draw_and_score(model, tokenizer, prompts: list[dict], cfg: Config, seed: int
         model.train(was_training)
 
 
-def online_dpo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path, tracker) -> list[dict]:
+def online_dpo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path,
+               tracker) -> tuple[list[dict], int]:
     """Iterative DPO over `dpo.rounds` rounds (module docstring); writes out/round<k>/ (its samples,
-    rewards, pairs, train log) and returns the rounds' train logs joined, steps counted across rounds."""
-    tok, log, step0 = models.tokenizer, [], 0
+    rewards, pairs, train log). Returns the rounds' train logs joined (steps, epochs and trained tokens
+    counted across rounds) and the completion tokens drawn."""
+    tok, log, step0, tokens0, drawn_total = models.tokenizer, [], 0, 0, 0
     for k, share in enumerate(round_shares(prompts, dpo.rounds)):
         rdir = out / f"round{k}"
         recs, rewards = draw_and_score(model, tok, share, cfg, cfg.sample.seed + ROUND_SEED * (k + 1) + dpo.seed,
@@ -90,15 +92,19 @@ def online_dpo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, 
         write_json(rdir / "pairs_stats.json", stats)
         records = train_dpo(model, pairs, ids, ref, dataclasses.replace(dpo, seed=dpo.seed * 1000 + k),
                             tok.pad_token_id, rdir)
+        done_training(rdir)  # the round's checkpoint, if it wrote one
         drawn = sum(len(r["completion_ids"]) for r in recs)
-        for i, r in enumerate(records):
-            rec = {**r, "step": step0 + r["step"], "round": k, "round_reward_mean": sum(rewards) / len(rewards),
-                   "tokens_drawn": drawn if i == 0 else 0}  # the round's draws, counted at its first step
+        drawn_total += drawn
+        for r in records:
+            rec = {**r, "step": step0 + r["step"], "epoch": k + r["epoch"], "round": k,
+                   "round_reward_mean": sum(rewards) / len(rewards), "tokens_drawn": drawn_total,
+                   **({"num_tokens": tokens0 + r["num_tokens"]} if "num_tokens" in r else {})}
             log.append(rec)
             if tracker is not None:
                 tracker.log(tracked(rec), step=rec["step"])
-        step0 += records[-1]["step"] if records else 0
-    return log
+        if records:
+            step0, tokens0 = step0 + records[-1]["step"], tokens0 + records[-1].get("num_tokens", 0)
+    return log, drawn_total
 
 
 def rloo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, n: int,
@@ -117,28 +123,29 @@ def rloo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tenso
                   "objective/non_score_reward": (-beta * kl).mean().item(), "advantage_abs": adv.abs().mean().item()}
 
 
-def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path, tracker) -> list[dict]:
-    """RLOO (module docstring) for `dpo.epochs` passes over `prompts`, `dpo.batch_size` prompts a step;
-    writes out/train_log.jsonl and returns it."""
+def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path,
+         tracker) -> tuple[list[dict], int]:
+    """RLOO (module docstring) for `dpo.epochs` passes over `prompts`, `dpo.batch_size` prompts a
+    micro-batch; writes out/train_log.jsonl and returns it and the completion tokens drawn."""
     tok, n = models.tokenizer, cfg.sample.n_samples
-    pad, draws = tok.pad_token_id, []
+    pad, draws = tok.pad_token_id, []  # completion tokens of each micro-batch's draws
 
     def loss_fn(net, mb: list[int]):
         batch = [prompts[i] for i in mb]
         seed = cfg.sample.seed + ROUND_SEED * (len(draws) + 1) + dpo.seed
         recs, rewards = draw_and_score(net, tok, batch, cfg, seed, models.stop_ids, models.reward)
-        draws.append(len(recs))
         ids = [p["ids"] for p in batch for _ in range(n)]
         comps = [r["completion_ids"] for r in recs]
+        draws.append(sum(len(c) for c in comps))
         with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
             ref = batched_logps(ref_model, ids, comps, pad, batch_size=len(comps))  # (P*n,)
         logps = model_logps(net, collate(ids, comps, pad))  # (P*n,)
         loss, m = rloo_loss(logps, ref.to(logps.device), torch.tensor(rewards, device=logps.device), n, dpo.beta)
-        return loss, {**m, "tokens_drawn": float(sum(len(c) for c in comps))}
+        return loss, {**m, "tokens_drawn": float(sum(draws))}  # so far
 
     loop: LoopConfig = dpo_loop_config(dpo, next(model.parameters()).device)
-    loop = dataclasses.replace(loop, desc="rloo", save_every=0, save_minutes=0.0)  # draws are not replayed on resume
-    return train_loop(model, len(prompts), loss_fn, loop, out, tracker).records
+    loop = dataclasses.replace(loop, save_every=0, save_minutes=0.0)  # draws are not replayed on resume
+    return train_loop(model, len(prompts), loss_fn, loop, out, tracker).records, sum(draws)
 
 
 TRAINERS = {"online": online_dpo, "rloo": rloo}  # dpo.method -> its trainer
@@ -150,10 +157,10 @@ def train_on_policy(models, prompts: list[dict], cfg: Config, dpo: DPOConfig, ou
     drew. Finishes `tracker`."""
     try:
         with policy_to_train(models, dpo) as model:
-            log = TRAINERS[dpo.method](model, models, prompts, cfg, dpo, Path(out), tracker)
-            write_jsonl(Path(out) / "train_log.jsonl", log)
+            log, drawn = TRAINERS[dpo.method](model, models, prompts, cfg, dpo, Path(out), tracker)
+            write_jsonl(Path(out) / "train_log.jsonl", log)  # rloo's loop wrote the same records
             write_json(Path(out) / "train_summary.json", log[-1] if log else {})
             save_policy(model, models.tokenizer, Path(out))
-        return int(sum(r.get("tokens_drawn", 0) for r in log))
+        return drawn
     finally:
         tracker.finish()

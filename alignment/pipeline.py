@@ -20,7 +20,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from .config import Config, ConfigError, check_training, section_deps
+from .config import Config, ConfigError, check_training, method_settings, section_deps
 from .data import check_source, review_texts
 from .datastages import DataStages, draw_key
 from .distributed import current
@@ -101,7 +101,7 @@ class Pipeline:
     def train(self, **overrides) -> Policy:
         """Train one policy with cfg.dpo updated by `overrides` (loss, beta, lr, alpha, seed...).
         Cached by name and config hash; resumes from its last checkpoint after an interrupt."""
-        dpo = dataclasses.replace(self.cfg.dpo, **overrides)
+        dpo = method_settings(dataclasses.replace(self.cfg.dpo, **overrides))
         check_training(self.cfg, dpo, self.dist.world)  # a sweep's settings get the same checks as the config's
         name = policy_name(dpo)
         out = self.paths.policy(name)
@@ -109,13 +109,14 @@ class Pipeline:
         def build(part):
             tracker = self.trackers(f"train-{name}", "train", run_config(self.cfg.to_dict(), dataclasses.asdict(dpo),
                                                                          model=name))
-            t0, tokens = time.time(), 0
             if dpo.method != "offline":  # on-policy: draws its own samples from the policy as it trains
                 prompts = trained_prompts(self.data.prompts(dpo.seed)["train"], self.cfg.pairs.held_out)
+                t0 = time.time()
                 tokens = train_on_policy(self.models, prompts, self.cfg, dpo, part_dir(part), tracker)
-            else:
+            else:  # the seed's shared draw (samples to reference log-probs) is its own stage, not this policy's cost
                 pairs, ref = self.data.pairs(dpo.seed)[0], self.data.ref_logps(dpo.seed)
                 data = held_out_split(pairs, ref, self.cfg.pairs.held_out)
+                t0, tokens = time.time(), 0
                 train_policy(self.models, data, self.data.train_prompt_ids(dpo.seed), dpo, part_dir(part), tracker,
                              self.dist)
             if self.dist.main:

@@ -1,5 +1,5 @@
 """Named sizes. `smoke`: whole pipeline in minutes on 2 CPU cores (CI, notebook check).
-`default`: the CPU default behind `make run` (5 seeds). `sweep`: CPU-sized Level 2/3 frontiers (LoRA,
+`default`: the CPU default behind `make run` (5 seeds). `sweep`: CPU-sized Level 2 frontiers (LoRA,
 bf16 where native). `level3`: Level 3's methods at the sweep's size. `full`: a GPU-sized run. `hub`: the assignment notebook's hub models and IMDB data
 (GPT-2; needs the Hugging Face hub and a GPU). A preset's run dir is runs/<preset> unless run_dir is set."""
 
@@ -13,13 +13,9 @@ PRESETS: dict[str, dict] = {
         "sft.n_sample_prompts": 1, "sft.sample_new_tokens": 16,
     },
     "default": {},
-    "sweep": {  # Level 2/3 frontiers on 2 CPU cores: 126 training pairs per seed, 16 steps per policy, LoRA
+    "sweep": {  # Level 2 frontiers on 2 CPU cores: 126 training pairs per seed, 16 steps per policy, LoRA
         # adapters (MBs per policy, no second model) under bf16 autocast where native; lr 1e-3 puts
         # β 3 .. 0.1 at KL ~0.6 .. ~3 nats (measured; lr 5e-4 gave only 0.3 .. 0.8, lr 2e-3 overshot to 3 .. 30)
-        "data.n_train_prompts": 144, "data.n_eval_prompts": 32,
-        "dpo.lora_r": 16, "dpo.lora_alpha": 32.0, "dpo.lr": 1e-3, "dpo.precision": "auto",
-    },
-    "level3": {  # Level 3 at the sweep's size and training settings, in its own run dir (runs/level3)
         "data.n_train_prompts": 144, "data.n_eval_prompts": 32,
         "dpo.lora_r": 16, "dpo.lora_alpha": 32.0, "dpo.lr": 1e-3, "dpo.precision": "auto",
     },
@@ -41,7 +37,7 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-# The Level 2/3 sweep's default axes (`python -m alignment sweep`, `experiments.sweep`, the notebook):
+# The Level 2 sweep's default axes (`python -m alignment sweep`, `experiments.sweep`, the notebook):
 # the f-DPO paper's divergences (α ∈ {0.3, 0.5, 0.7}; squared Hellinger at β is the α = 1/2 loss at β/2, so not
 # repeated), each traced over log-spaced β × 3 seeds: β 3 gives every curve trained points at low KL, where
 # best-of-N and the other curves can be compared in nearly every bootstrap draw. chi2 (outside f-DPO: a
@@ -51,6 +47,8 @@ SWEEP_BETAS, SWEEP_SEEDS, SWEEP_ALPHAS = (0.1, 0.3, 1.0, 3.0), (0, 1, 2), (0.3, 
 # Best-of-N's N values, from max(N) start samples per evaluation prompt: N = 64 reaches KL ≈ 3.2 nats, about
 # where the divergence curves end at β = 0.1 at the sweep preset's size, so they overlap best-of-N at matched KL.
 SWEEP_BEST_OF_N = (1, 2, 4, 8, 16, 32, 64)
+PRESETS["level3"] = dict(PRESETS["sweep"])  # Level 3 at the sweep's size and training settings, in runs/level3
+
 # Level 3's methods (`python -m alignment level3`, `experiments.level3`): each one config choice on top of the
 # run's settings (`dpo.*`), traced over β like the divergences: offline DPO (the baseline), reward distillation
 # (the reward's value, not only its sign), iterative online DPO (fresh pairs from the policy being trained) and

@@ -337,8 +337,9 @@ def level3_brief(level3: dict) -> str:
         judge = next((r for r in rows if r["label"] == method and r["field"] == "judge" and r["beta"] == best["beta"]),
                      None)
         jt = (f", judge {100 * judge['frac_bon']:.0f} %" if judge and judge["frac_bon"] is not None else "")
-        parts.append(f"`{method}` {100 * best['frac_bon']:.0f} % ({100 * best['frac_bon_lo']:.0f}..{100 * best['frac_bon_hi']:.0f} %)"
-                     f" at β {best['beta']:g}, KL {best['kl']:.2f}{jt}")
+        ci = (f" ({100 * best['frac_bon_lo']:.0f}..{100 * best['frac_bon_hi']:.0f} %)"
+              if best["frac_bon_lo"] is not None else "")
+        parts.append(f"`{method}` {100 * best['frac_bon']:.0f} %{ci} at β {best['beta']:g}, KL {best['kl']:.2f}{jt}")
     return (f"Level 3 ({len(level3['grid']['methods'])} methods along β, seeds pooled): the largest share of "
             "best-of-N's reward gain each reaches at its own KL: " + "; ".join(parts) + ".")
 

@@ -360,19 +360,22 @@ def sweep_lines(sweep: dict) -> list[str]:
                  "where at least 99 % of the bootstrap draws' curves reach it (wide KL CIs leave a pair uncompared); "
                  f"{len(compared)} of {n_pairs} pairs compared. KL values common to every divergence curve's point "
                  f"estimates: {common}.")
-    for field in ("reward", "judge", "pred_entropy"):
-        rows = [c for c in sweep["comparisons"] if c["field"] == field]
-        if not rows:
-            lines.append(f"{field}: no pair of curves reaches a common KL in 99 % of the draws; nothing compared.")
-            continue
-        sig = [c for c in rows if c["verdict"] != NOT_DISTINGUISHABLE]
-        shown = "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} ({c['diff']:+.3f}, "
-                          f"{c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig[:SHOW_MAX])
-        more = f"; and {len(sig) - SHOW_MAX} more (sweep.json)" if len(sig) > SHOW_MAX else ""
-        lines.append(f"{field}: {len(sig)} of {len(rows)} pairwise comparisons distinguishable (Holm)"
-                     + (f": {shown}{more}" if sig else "; none is distinguishable at this size") + ". "
-                     + detectable_text(rows))
+    lines += [comparison_line(sweep["comparisons"], field, "sweep.json") for field in ("reward", "judge", "pred_entropy")]
     return lines + gain_fraction_lines(sweep)
+
+
+def comparison_line(comparisons: list[dict], field: str, source: str) -> str:
+    """How many matched-KL comparisons of `field` are distinguishable (Holm), the first `SHOW_MAX` of
+    them with their numbers (the rest are in `source`), and the smallest difference they detect."""
+    rows = [c for c in comparisons if c["field"] == field]
+    if not rows:
+        return f"{field}: no pair of curves reaches a common KL in 99 % of the draws; nothing compared."
+    sig = [c for c in rows if c["verdict"] != NOT_DISTINGUISHABLE]
+    shown = "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} ({c['diff']:+.3f}, "
+                      f"{c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig[:SHOW_MAX])
+    more = f"; and {len(sig) - SHOW_MAX} more ({source})" if len(sig) > SHOW_MAX else ""
+    return (f"{field}: {len(sig)} of {len(rows)} pairwise comparisons distinguishable (Holm)"
+            + (f": {shown}{more}" if sig else "; none is distinguishable at this size") + ". " + detectable_text(rows))
 
 
 def _fraction_text(r: dict, ref: str, name: str) -> str:
@@ -381,9 +384,11 @@ def _fraction_text(r: dict, ref: str, name: str) -> str:
     if f is None:
         return {"beyond": f"beyond {name}'s largest KL ({r[f'kl_max_{ref}'] or 0:.2f})",
                 "below": f"below {name}'s smallest KL"}.get(why, f"no gain of {name} at this KL")
-    valid = r[f"valid_{ref}"]
+    valid, lo, hi = r[f"valid_{ref}"], r[f"frac_{ref}_lo"], r[f"frac_{ref}_hi"]
+    if lo is None:
+        return f"{100 * f:.0f} % (no bootstrap draw reaches it) of {name}'s"
     draws = "" if valid >= 0.99 else f", over {valid:.0%} of draws"
-    return f"{100 * f:.0f} % ({100 * r[f'frac_{ref}_lo']:.0f}..{100 * r[f'frac_{ref}_hi']:.0f} %{draws}) of {name}'s"
+    return f"{100 * f:.0f} % ({100 * lo:.0f}..{100 * hi:.0f} %{draws}) of {name}'s"
 
 
 def gain_fraction_lines(sweep: dict) -> list[str]:

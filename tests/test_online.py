@@ -135,6 +135,19 @@ def test_on_policy_methods_are_refused_where_they_cannot_run(tmp_path):
             check_training(own, dpo)
 
 
+def test_a_method_names_and_keys_only_the_settings_it_reads():
+    from alignment.config import method_settings
+    from alignment.rundir import policy_name
+    cfg = load_config(overrides={"dpo.rounds": 8, "dpo.loss": "hinge"})
+    assert method_settings(cfg.dpo).rounds == 4  # offline DPO has no rounds
+    rloo = method_settings(type(cfg.dpo)(**{**cfg.dpo.__dict__, "method": "rloo", "alpha": 0.3}))
+    assert (rloo.loss, rloo.alpha, rloo.rounds) == ("sigmoid", 0.5, 4) and policy_name(rloo) == "rloo-b0.1-lr5e-05-s0"
+    with pytest.raises(ConfigError, match="sample.temperature"):
+        check_training(load_config(overrides={"sample.temperature": 0.7}), rloo)
+    with pytest.raises(ConfigError, match="dpo.rounds=300"):
+        check_training(cfg, type(cfg.dpo)(**{**cfg.dpo.__dict__, "method": "online", "rounds": 300}))
+
+
 def test_offline_keys_are_unchanged_by_the_method_fields():
     """`dpo.method` and `dpo.rounds` key the caches only when set: the default config's dpo key has neither."""
     from alignment.config import section_deps
@@ -158,6 +171,7 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
         assert r["cost"]["train_seconds"] > 0
         assert (r["cost"]["tokens_drawn"] > 0) == (r["label"] in ("online-dpo", "rloo")), r
     assert list(res["draw_tokens"]) == ["0"] and res["draw_tokens"]["0"] > 0  # the offline methods' shared draw
+    assert res["draw_seconds"]["0"] > 0  # built before any policy, so no policy's cost includes it
     assert {p["label"] for p in res["points"]} >= {*methods, "best-of-N"}
     assert [d["label"] for d in res["diagnosis"]] == methods
     for d in res["diagnosis"]:
