@@ -184,28 +184,28 @@ def _lr_section(r: dict) -> list[str]:
             report.markdown_table(report.examples_rows(lr["examples"])), ""]
 
 
+def _frontier_section(r: dict, name: str, title: str, what: str, lines) -> list[str]:
+    """A frontier study's section (`name`: sweep, level3): its two KL plots, its point table, the alarm, its
+    generated lines (`lines(result)`) and what it cost; or how to produce it (`what`: its name in words)."""
+    head, result = [f"## {title}", ""], r.get(name)
+    if not result:
+        return head + [f"No {what} result is committed: `make {name}`, then "
+                       f"`python -m alignment results --{name} runs/{name}` renders it here.", ""]
+    prefix = "frontier" if name == "sweep" else f"{name}_frontier"
+    return head + [f"![Reward against KL](results/{prefix}_reward_vs_kl.png)", "",
+                   f"![Judge against KL](results/{prefix}_judge_vs_kl.png)", "",
+                   report.markdown_table(report.frontier_rows(result["points"])), "", *_alarm(result),
+                   *lines(result), "", *cost_lines(r.get(f"{name}.timings", [])), ""]
+
+
 def _sweep_section(r: dict) -> list[str]:
-    head = ["## Levels 2 and 3: divergences along β, with best-of-N", ""]
-    sweep = r.get("sweep")
-    if not sweep:
-        return head + ["No sweep result is committed: `make sweep`, then "
-                       "`python -m alignment results --sweep runs/sweep` renders it here.", ""]
-    return head + ["![Reward against KL](results/frontier_reward_vs_kl.png)", "",
-                   "![Judge against KL](results/frontier_judge_vs_kl.png)", "",
-                   report.markdown_table(report.frontier_rows(sweep["points"])), "", *_alarm(sweep),
-                   *report.sweep_lines(sweep), "", *cost_lines(r.get("sweep.timings", [])), ""]
+    limit = " and the KL-optimal limit" if r.get("sweep", {}).get("optimum") else ""
+    return _frontier_section(r, "sweep", f"Level 2: divergences along β, with best-of-N{limit}", "sweep",
+                             report.sweep_lines)
 
 
 def _level3_section(r: dict) -> list[str]:
-    head = ["## Level 3: what buys reward per nat of KL", ""]
-    level3 = r.get("level3")
-    if not level3:
-        return head + ["No Level 3 result is committed: `make level3`, then "
-                       "`python -m alignment results --level3 runs/level3` renders it here.", ""]
-    return head + ["![Reward against KL](results/level3_frontier_reward_vs_kl.png)", "",
-                   "![Judge against KL](results/level3_frontier_judge_vs_kl.png)", "",
-                   report.markdown_table(report.frontier_rows(level3["points"])), "", *_alarm(level3),
-                   *level3_lines(level3), "", *cost_lines(r.get("level3.timings", [])), ""]
+    return _frontier_section(r, "level3", "Level 3: what buys reward per nat of KL", "Level 3", level3_lines)
 
 
 SCORER_NAMES = {"reward": "reward (offline, MiniLM head)", "judge": "linear-head judge (offline)",
