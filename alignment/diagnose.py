@@ -69,15 +69,18 @@ def kl_split(ratios: list[list[float]], completions: list[list[int]], sentiment_
 
 
 def training_story(log: list[dict]) -> dict:
-    """From a DPO training log: chosen and rejected log-probs at the first and last step (both falling is
-    the known failure: probability mass leaves the chosen completions too), and the last train and
-    held-out implicit-reward accuracies. Missing keys (on-policy methods) give None."""
+    """From a DPO training log: the held-out pairs' chosen and rejected log-probs (the same pairs each time)
+    at their first and last scoring (both falling is the known failure: probability mass leaves the chosen
+    completions too), `held_out_from`/`held_out_to` the steps they were scored at, and the last train and
+    held-out implicit-reward accuracies. Missing keys (on-policy methods, no held-out pairs) give None."""
     def at(rec, key):
         return rec.get(key) if rec else None
 
-    first, last = (log[0], log[-1]) if log else (None, None)
-    held = next((r for r in reversed(log) if "eval_rewards/accuracies" in r), None)
-    return {"logps_chosen_first": at(first, "logps/chosen"), "logps_chosen_last": at(last, "logps/chosen"),
-            "logps_rejected_first": at(first, "logps/rejected"), "logps_rejected_last": at(last, "logps/rejected"),
+    scored = [r for r in log if "eval_logps/chosen" in r]
+    first, held = (scored[0], scored[-1]) if scored else (None, None)
+    last = log[-1] if log else None
+    return {"logps_chosen_first": at(first, "eval_logps/chosen"), "logps_chosen_last": at(held, "eval_logps/chosen"),
+            "logps_rejected_first": at(first, "eval_logps/rejected"), "logps_rejected_last": at(held, "eval_logps/rejected"),
+            "held_out_from": at(first, "step"), "held_out_to": at(held, "step"),
             "train_accuracy": at(last, "rewards/accuracies"), "held_out_accuracy": at(held, "eval_rewards/accuracies"),
             "steps": last["step"] if last else 0}

@@ -36,8 +36,10 @@ def kl_lines(level3: dict) -> list[str]:
         t = d["training"]
         story = ""
         if t.get("logps_chosen_first") is not None:
-            story = (f"; chosen log-prob {t['logps_chosen_first']:.1f} → {t['logps_chosen_last']:.1f}, rejected "
-                     f"{t['logps_rejected_first']:.1f} → {t['logps_rejected_last']:.1f}")
+            story = (f"; held-out pairs from step {t['held_out_from']} to {t['held_out_to']}: chosen log-prob "
+                     f"{t['logps_chosen_first']:.1f} → {t['logps_chosen_last']:.1f}, rejected "
+                     f"{t['logps_rejected_first']:.1f} → {t['logps_rejected_last']:.1f}, accuracy "
+                     f"{t['held_out_accuracy']:.2f} (train {t['train_accuracy']:.2f})")
         lines.append(f"`{d['label']}` β={d['beta']:g}: KL {d['kl']:.2f} nats per completion, {share} of it on sentiment "
                      f"words ({tokens} of the tokens), {early / d['kl']:.0%} in the first 8 tokens"
                      f"{story}." if d["kl"] else f"`{d['label']}` β={d['beta']:g}: KL ≈ 0.")

@@ -45,11 +45,14 @@ def test_sentiment_token_ids_are_whole_words(tiny_tokenizer):
 
 
 def test_training_story():
-    log = [{"step": 1, "logps/chosen": -40.0, "logps/rejected": -41.0, "rewards/accuracies": 0.5},
-           {"step": 2, "logps/chosen": -45.0, "logps/rejected": -50.0, "rewards/accuracies": 0.75,
-            "eval_rewards/accuracies": 0.6}]
-    s = training_story(log)
-    assert (s["logps_chosen_first"], s["logps_chosen_last"]) == (-40.0, -45.0)
+    log = [{"step": 1, "logps/chosen": -1.0, "rewards/accuracies": 0.5},
+           {"step": 2, "logps/chosen": -2.0, "eval_logps/chosen": -40.0, "eval_logps/rejected": -41.0,
+            "eval_rewards/accuracies": 0.55, "rewards/accuracies": 0.6},
+           {"step": 3, "logps/chosen": -3.0, "rewards/accuracies": 0.7},
+           {"step": 4, "logps/chosen": -4.0, "eval_logps/chosen": -45.0, "eval_logps/rejected": -50.0,
+            "eval_rewards/accuracies": 0.6, "rewards/accuracies": 0.75}]
+    s = training_story(log)  # the held-out pairs' log-probs (the same pairs at steps 2 and 4), not the batches'
+    assert (s["logps_chosen_first"], s["logps_chosen_last"], s["held_out_from"], s["held_out_to"]) == (-40.0, -45.0, 2, 4)
     assert (s["logps_rejected_first"], s["logps_rejected_last"]) == (-41.0, -50.0)
-    assert (s["train_accuracy"], s["held_out_accuracy"], s["steps"]) == (0.75, 0.6, 2)
+    assert (s["train_accuracy"], s["held_out_accuracy"], s["steps"]) == (0.75, 0.6, 4)
     assert training_story([{"step": 1, "loss": 0.3}])["logps_chosen_first"] is None
