@@ -46,13 +46,45 @@ def kl_lines(level3: dict) -> list[str]:
     return lines
 
 
+GOAL = 0.7  # the share of best-of-N's reward gain at matched KL that would count as closing the gap
+
+
+def goal_line(level3: dict, goal: float = GOAL) -> str:
+    """Whether any point reaches `goal` of best-of-N's reward gain at its own KL with the judge's share as
+    high and its alarm silent; else the best reward share, and the diagnosis' KL split by kind of method."""
+    rows = {(r["label"], r["beta"], r["field"]): r for r in level3.get("gain_fractions") or []}
+    quiet = {(a["label"], a["beta"]) for a in level3.get("alarm", []) if not a["flags"]}
+    reward = [r for (_, _, f), r in rows.items() if f == "reward" and r["frac_bon"] is not None]
+    if not reward:
+        return "No trained point lies inside best-of-N's KL range: no share of its gain can be read."
+    met = [r for r in reward if r["frac_bon"] >= goal and (r["label"], r["beta"]) in quiet
+           and (rows.get((r["label"], r["beta"], "judge")) or {}).get("frac_bon", -1) is not None
+           and (rows.get((r["label"], r["beta"], "judge")) or {}).get("frac_bon", -1) >= goal]
+    if met:
+        return ("Goal met: " + ", ".join(f"`{r['label']}` β={r['beta']:g} ({100 * r['frac_bon']:.0f} % of best-of-N's "
+                                         f"reward gain at KL {r['kl']:.2f})" for r in met) + ", the judge agreeing, the alarm silent.")
+    best = max(reward, key=lambda r: r["frac_bon"])
+    split = {}
+    for d in level3.get("diagnosis", []):
+        on = next((r.get("method", "offline") != "offline" for r in level3["runs"] if r["label"] == d["label"]), False)
+        if d["sentiment"]["share_of_kl"] is not None:
+            split.setdefault("on-policy" if on else "offline", []).append(d["sentiment"]["share_of_kl"])
+    why = "; ".join(f"{k} methods put {100 * min(v):.0f}–{100 * max(v):.0f} % of their KL on sentiment words"
+                    for k, v in split.items())
+    return (f"No point reaches {100 * goal:.0f} % of best-of-N's reward gain at its KL: the largest share is "
+            f"`{best['label']}` β={best['beta']:g}'s {100 * best['frac_bon']:.0f} % ({100 * best['frac_bon_lo']:.0f}.."
+            f"{100 * best['frac_bon_hi']:.0f} %) at KL {best['kl']:.2f}" + (f". Where the KL goes: {why}." if why else "."))
+
+
 def level3_lines(level3: dict) -> list[str]:
     """Level 3's conclusions, generated: its size, each method's cost, the matched-KL verdicts against
     best-of-N and between methods, and where the KL goes."""
     g = level3["grid"]
     lines = [f"**Level 3** ({len(level3['runs'])} runs: methods {', '.join(g['methods'])}; β {g['betas']}; seeds "
-             f"{g['seeds']}; best-of-N N {g['best_of_n']}): each point pools its seeds; curves are compared at matched KL.",
-             markdown_table(cost_rows(level3)), *gain_fraction_lines(level3)]
+             f"{g['seeds']}; best-of-N N {g['best_of_n']}): each point pools its seeds; curves are compared at matched KL. "
+             "What each policy cost to train (its own sampling and scoring included; the offline methods train on "
+             "their seed's shared start-policy draw, built once):", "", markdown_table(cost_rows(level3)), "",
+             *gain_fraction_lines(level3), goal_line(level3)]
     if level3.get("non_monotone"):
         lines.append("KL does not rise monotonically along β for " + ", ".join(f"`{c}`" for c in level3["non_monotone"])
                      + ": those curves are shown but not compared at matched KL.")

@@ -340,8 +340,10 @@ def level3_brief(level3: dict) -> str:
         ci = (f" ({100 * best['frac_bon_lo']:.0f}..{100 * best['frac_bon_hi']:.0f} %)"
               if best["frac_bon_lo"] is not None else "")
         parts.append(f"`{method}` {100 * best['frac_bon']:.0f} %{ci} at β {best['beta']:g}, KL {best['kl']:.2f}{jt}")
-    return (f"Level 3 ({len(level3['grid']['methods'])} methods along β, seeds pooled): the largest share of "
-            "best-of-N's reward gain each reaches at its own KL: " + "; ".join(parts) + ".")
+    seeds = level3["grid"]["seeds"]
+    pooled = f"seeds {', '.join(map(str, seeds))} pooled" if len(seeds) > 1 else f"one seed ({seeds[0]})"
+    return (f"Level 3 ({len(level3['grid']['methods'])} methods along β, {pooled}; [more]({DOC}#level-3-what-buys-reward-per-nat-of-kl)): "
+            "the largest share of best-of-N's reward gain each reaches at its own KL: " + "; ".join(parts) + ".")
 
 
 def headline(r: dict) -> str:

@@ -181,4 +181,25 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     assert "**Level 3** (4 runs" in text and "tokens drawn / policy" in text and "`rloo` β=0.1" in text
     from alignment.publish import level3_brief
     brief = level3_brief(res)
-    assert brief.startswith("Level 3 (4 methods along β") and all(f"`{m}`" in brief for m in methods)
+    assert brief.startswith("Level 3 (4 methods along β, one seed (0)") and all(f"`{m}`" in brief for m in methods)
+
+
+def test_goal_line_says_whether_a_method_closes_the_gap():
+    from alignment.level3_report import goal_line
+
+    def frac(label, beta, field, f, lo=0.5, hi=0.9):
+        return {"label": label, "beta": beta, "field": field, "kl": 1.0, "frac_bon": f, "frac_bon_lo": lo,
+                "frac_bon_hi": hi}
+    base = {"runs": [{"label": "rloo", "method": "rloo"}, {"label": "dpo"}],
+            "diagnosis": [{"label": "dpo", "sentiment": {"share_of_kl": 0.1}},
+                          {"label": "rloo", "sentiment": {"share_of_kl": 0.3}}]}
+    met = {**base, "gain_fractions": [frac("rloo", 0.1, "reward", 0.8), frac("rloo", 0.1, "judge", 0.75),
+                                      frac("dpo", 0.1, "reward", 0.2)],
+           "alarm": [{"label": "rloo", "beta": 0.1, "flags": []}]}
+    assert goal_line(met).startswith("Goal met: `rloo` β=0.1 (80 %")
+    hacked = {**met, "alarm": [{"label": "rloo", "beta": 0.1, "flags": ["repetition"]}]}
+    judged = {**met, "gain_fractions": [frac("rloo", 0.1, "reward", 0.8), frac("rloo", 0.1, "judge", 0.4)]}
+    for case in (hacked, judged):  # an alarm, or a judge that does not agree: not met
+        line = goal_line(case)
+        assert line.startswith("No point reaches 70 %") and "`rloo` β=0.1's 80 %" in line
+        assert "offline methods put 10–10 %" in line and "on-policy methods put 30–30 %" in line
