@@ -116,7 +116,7 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
     T, top_k, top_p = ((sample_cfg.temperature, sample_cfg.top_k, sample_cfg.top_p) if sample_cfg is not None
                        else (1.0, 0, 1.0))
     full_support = top_k == 0 and top_p >= 1.0
-    out = {"policy": [], "ref": [], "entropy": [], "kl_cv": [], "n_tokens": [], "ref_other": []}
+    out = {"policy": [], "ref": [], "entropy": [], "kl_cv": [], "n_tokens": [], **({"ref_other": []} if other_ids else {})}
     for i in range(0, len(recs), batch_size):
         chunk = recs[i : i + batch_size]
         batch = collate([prompt_ids[r["prompt_id"]] for r in chunk], [r["completion_ids"] for r in chunk], pad_id)

@@ -24,6 +24,7 @@ from .level3_report import level3_lines
 from .reward import FT_JUDGE_DIR, HEADS, head_dir
 from .rundir import RunPaths
 from .sft import sft_out_dir
+from .stats import detectable_difference
 
 RESULTS_DIR = "results"
 DOC = "RESULTS.md"
@@ -293,6 +294,17 @@ def _gain_brief(row: dict) -> str:
     return f"`{row['model']}` over SFT: " + ", ".join(out)
 
 
+def _between_brief(d: dict, family: int) -> str:
+    """Level 1's question, answered: the two losses' paired reward difference with its CI, its verdict,
+    and the smallest difference this size detects."""
+    sig = report.excludes_zero(d)
+    mde = detectable_difference(d["gain_ci_lo"], d["gain_ci_hi"], family)
+    return (f"`{d['a']}` − `{d['b']}` (same prompts and draws): reward {d['reward_gain']:+.3f} (95% CI "
+            f"{d['gain_ci_lo']:+.3f} .. {d['gain_ci_hi']:+.3f}), "
+            + ("distinguishable" if sig else f"not distinguishable at this size (differences under about {mde:.2f} "
+                                             "go undetected)"))
+
+
 def _alarm_brief(records: list[dict]) -> str:
     """'none for a, b' or 'a: reward outruns the judge, ...' (the flags' short names) for one table."""
     flagged = [a for a in records if a["flags"]]
@@ -317,7 +329,7 @@ def _frontier_brief(sweep: dict) -> str:
     n_max = max((p["n"] for p in sweep["points"] if p["label"] == bon), default=0)
     among = [c for c in sweep["comparisons"] if c["field"] in ("reward", "judge") and bon not in (c["a"], c["b"])]
     sig = sum(c["verdict"] != report.NOT_DISTINGUISHABLE for c in among)
-    return (f"Levels 2/3 ({n_div} divergence curves along β, seeds pooled; best-of-N from the start policy, N ≤ "
+    return (f"Level 2 ({n_div} divergence curves along β, seeds pooled; best-of-N from the start policy, N ≤ "
             f"{n_max}): at matched KL, best-of-N is above {counts[0]} curves it overlaps on the reward and {counts[1]} "
             f"on the judge; among the curves {sig} of {len(among)} reward and judge comparisons are "
             "distinguishable (paired, Holm-corrected).")
@@ -353,11 +365,12 @@ def headline(r: dict) -> str:
     cols = ["model", "reward", "judge", "KL", "ref_ppl"]  # KL and perplexity without their CIs (RESULTS.md has them)
     rows = [{"model": ci["model"], "reward": ci["reward"], "judge": ci["judge"], "KL": row.get("eval/kl_to_ref"),
              "ref_ppl": row.get("eval/ref_perplexity")} for ci, row in zip(report.ci_rows(level1["rows"]), level1["rows"])]
-    lr = [{**a, "model": f"{a['model'].split('-')[0]} at lr {a['lr']:g} (lr lesson)"}
+    lr = [{**a, "model": f"{a['model'].split('-')[0]} at lr {a['lr']:g} (learning-rate check)"}
           for a in r.get("lr_lesson", {}).get("alarm", [])]
     alarm = _alarm_brief(level1.get("alarm", []) + lr)
     return "\n".join([MARKS[0], _short_setup(cfg, level1), "", report.markdown_table(rows, cols), "",
                       *[f"- {_gain_brief(row)}" for row in report.trained_rows(level1["rows"])],
+                      *[f"- {_between_brief(d, len(level1['between_losses']))}" for d in level1.get("between_losses", [])],
                       f"- Reward-hacking alarm: {alarm}.",
                       *([f"- {_frontier_brief(r['sweep'])}"] if r.get("sweep", {}).get("comparisons") else []),
                       *([f"- {level3_brief(r['level3'])}"] if r.get("level3") else []), "",

@@ -174,6 +174,8 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     assert res["draw_seconds"]["0"] > 0  # built before any policy, so no policy's cost includes it
     assert {p["label"] for p in res["points"]} >= {*methods, "best-of-N"}
     assert [d["label"] for d in res["diagnosis"]] == methods
+    # the evaluation scores each completion after another prompt too, so the prompt-relevance rule has numbers
+    assert all(a["prompt_relevance"] is not None and a["start_prompt_relevance"] is not None for a in res["alarm"])
     for d in res["diagnosis"]:
         assert sum(b["kl"] for b in d["by_position"]) == pytest.approx(d["kl"])
     assert read_json(Path(cfg.run_dir) / "level3.json")["grid"]["methods"] == methods
