@@ -392,5 +392,12 @@ def _log_summary(pipe: Pipeline, name: str, tables: dict[str, list[dict]], image
             tr.log_table(f"{name}/{key}", cols, [[r.get(c) for c in cols] for r in rows])
         for img in images:
             tr.log_image(f"{name}/{Path(img).stem}", str(img))
+        for x, y in FRONTIER_CHARTS if name in ("sweep", "level3") else ():  # the frontiers as wandb charts
+            cols = ["label", "beta", "n", x, y]
+            rows = [[p["label"], p.get("beta"), p.get("n"), p[x], p[y]] for p in tables["results"] if p.get(y) is not None]
+            tr.log_scatter(f"{name}/frontier_{y}_vs_{x}", cols, rows, x, y, f"{name}: {y} against {x} (each curve's label)")
     finally:
         tr.finish()
+
+
+FRONTIER_CHARTS = (("kl", "reward"), ("kl", "judge"))  # the frontiers logged as native wandb charts

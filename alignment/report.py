@@ -337,7 +337,8 @@ def sweep_lines(sweep: dict) -> list[str]:
     g, runs = sweep["grid"], sweep["runs"]
     bon = f", best-of-N N {g['best_of_n']}" if g.get("best_of_n") else ""
     lines = [f"**Frontiers** ({len(runs)} runs: {len(g['losses'])} divergence families, β {g['betas']}, "
-             f"seeds {g['seeds']}, α {g['alphas']}{bon}; this call {sweep['wall_minutes']:.1f} min, cached runs reused): "
+             f"seeds {g['seeds']}, α {g['alphas']}{bon}; the call that wrote this result took {sweep['wall_minutes']:.1f} min, "
+             "reusing what earlier calls built — what each command cost is listed with the run's timings): "
              "each point pools its seeds; curves are compared at matched KL, never at one shared β."]
     gains = sweep.get("gains", [])
     if gains:

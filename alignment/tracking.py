@@ -46,6 +46,9 @@ class NullTracker:
     def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
         """Log a table (nothing here)."""
 
+    def log_scatter(self, key: str, columns: list[str], rows: list[list], x: str, y: str, title: str) -> None:
+        """Log a native chart of column `y` against `x` of a table (nothing here)."""
+
     def finish(self) -> None:
         """Close the run (nothing here)."""
 
@@ -81,6 +84,11 @@ class WandbTracker(NullTracker):
     def log_table(self, key, columns, rows):
         """Log a wandb.Table."""
         self.run.log({key: self._wandb.Table(columns=columns, data=rows)})
+
+    def log_scatter(self, key, columns, rows, x, y, title):
+        """Log a wandb.Table as a native scatter chart (`wandb.plot.scatter`) of `y` against `x`."""
+        table = self._wandb.Table(columns=columns, data=rows)
+        self.run.log({key: self._wandb.plot.scatter(table, x, y, title=title)})
 
     def finish(self):
         """Close the run (offline: its files are complete for `wandb sync`)."""

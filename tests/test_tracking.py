@@ -48,6 +48,10 @@ class Recorded:
     def log_table(self, key, columns, rows):
         self.tables[key] = (columns, rows)
 
+    def log_scatter(self, key, columns, rows, x, y, title):
+        self.tables[key] = (columns, rows)
+        self.charts = {**getattr(self, "charts", {}), key: (x, y)}
+
     def finish(self):
         self.finished = True
 
@@ -147,6 +151,11 @@ def test_sweep_runs_carry_their_settings_and_their_evaluation(tracked):
     assert [(s, m["train/loss"]) for s, m in run.logs] == [(r["step"], r["loss"]) for r in log]
     assert [(m["train/global_step"], m["train/learning_rate"]) for _, m in run.logs] == [
         (r["step"], r["lr"]) for r in log]
+    results = next(r for r in made if r.job_type == "results" and r.name == f"{p}-sweep")
+    assert results.charts == {"sweep/frontier_reward_vs_kl": ("kl", "reward"), "sweep/frontier_judge_vs_kl": ("kl", "judge")}
+    cols, rows = results.tables["sweep/frontier_reward_vs_kl"]
+    assert cols == ["label", "beta", "n", "kl", "reward"] and len(rows) == len(sweep["points"])
+    assert {r[0] for r in rows} == {q["label"] for q in sweep["points"]} and "best-of-N" in {r[0] for r in rows}
     lr_run = runs_of(made, f"{p}-lr_lesson", "train")[f"{p}-train-sigmoid-b0.1-lr0.005-s0"]
     assert lr_run.config["lr"] == 5e-3 and lr_run.config["dpo"]["lr"] == 5e-3
 
