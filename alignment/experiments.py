@@ -320,8 +320,7 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
         table = F.point_table({**with_bon, **optimum})
         alarm = _point_alarms(seed_evals, start, n_boot0, n_boot)
     P = pipe.paths
-    prefix = "frontier" if name == "sweep" else f"{name}_frontier"
-    files = [plots.frontier(table, x, y, P.plot(f"{prefix}_{y}_vs_{x}"))
+    files = [plots.frontier(table, x, y, P.plot(f"{F.plot_prefix(name)}_{y}_vs_{x}"))
              for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
     result = {"runs": runs, "points": table, "gains": gains, "alarm": alarm, "start": start.metrics,
               "matched_kl": kl_grid, "comparisons": comparisons, "n_boot": n_boot, "gain_fractions": fractions,
@@ -333,7 +332,7 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
             result["diagnosis"] = kl_diagnoses(pipe, firsts)
     if pipe.dist.main:
         write_json(P.result(name), result)
-    _log_summary(pipe, name, {"results": table, "runs": runs}, files)
+    _log_summary(pipe, name, {"results": table, "runs": runs}, files, charts=FRONTIER_CHARTS)
     return result
 
 
@@ -382,9 +381,11 @@ def _point_alarms(seed_evals: dict[str, list[Evaluation]], start: Evaluation, n_
     return out
 
 
-def _log_summary(pipe: Pipeline, name: str, tables: dict[str, list[dict]], images: list[Path]) -> None:
+def _log_summary(pipe: Pipeline, name: str, tables: dict[str, list[dict]], images: list[Path],
+                 charts: tuple[tuple[str, str], ...] = ()) -> None:
     """The experiment's results run (job type results): each of `tables` as `<name>/<key>` (one
-    column per scalar field) and its plots (no-op when tracking is off)."""
+    column per scalar field), its plots, and each (x, y) of `charts` as a native chart of the "results"
+    table's points (no-op when tracking is off)."""
     tr = pipe.trackers(name, "results")
     try:
         for key, rows in tables.items():
@@ -392,7 +393,7 @@ def _log_summary(pipe: Pipeline, name: str, tables: dict[str, list[dict]], image
             tr.log_table(f"{name}/{key}", cols, [[r.get(c) for c in cols] for r in rows])
         for img in images:
             tr.log_image(f"{name}/{Path(img).stem}", str(img))
-        for x, y in FRONTIER_CHARTS if name in ("sweep", "level3") else ():  # the frontiers as wandb charts
+        for x, y in charts:  # e.g. the frontiers as wandb charts
             cols = ["label", "beta", "n", x, y]
             rows = [[p["label"], p.get("beta"), p.get("n"), p[x], p[y]] for p in tables["results"] if p.get(y) is not None]
             tr.log_scatter(f"{name}/frontier_{y}_vs_{x}", cols, rows, x, y, f"{name}: {y} against {x} (each curve's label)")

@@ -34,6 +34,11 @@ START_LABEL = "start"
 LABEL_NOTES = {"chi2": "chi2 (outside f-DPO: heuristic)"}  # f′(0) finite: Z(x) does not cancel
 
 
+def plot_prefix(study: str) -> str:
+    """The file-name prefix of a frontier study's plots: `frontier` for the sweep, `<study>_frontier` else."""
+    return "frontier" if study == "sweep" else f"{study}_frontier"
+
+
 def family_label(loss: str, alpha: float) -> str:
     """reverse_kl, alpha=0.3, chi2 (outside f-DPO: heuristic), ..."""
     return f"alpha={alpha:g}" if loss == "alpha" else LABEL_NOTES.get(loss, loss)

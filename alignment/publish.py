@@ -192,7 +192,7 @@ def _frontier_section(r: dict, name: str, title: str, what: str, lines) -> list[
     if not result:
         return head + [f"No {what} result is committed: `make {name}`, then "
                        f"`python -m alignment results --{name} runs/{name}` renders it here.", ""]
-    prefix = "frontier" if name == "sweep" else f"{name}_frontier"
+    prefix = F.plot_prefix(name)
     return head + [f"![Reward against KL](results/{prefix}_reward_vs_kl.png)", "",
                    f"![Judge against KL](results/{prefix}_judge_vs_kl.png)", "",
                    report.markdown_table(report.frontier_rows(result["points"])), "", *_alarm(result),
