@@ -133,6 +133,8 @@ class DPOConfig:
     eval_every: int = rule(7, **_nonneg, hashed=False)  # score the held-out pairs (pairs.held_out) every k optimizer steps and after the last (0 = after the last only)
     method: str = rule("offline", choices=("offline", "online", "rloo"), hashed="if_set")  # offline: one pass over pairs of the start policy's samples; online: dpo.rounds rounds, each on fresh pairs sampled and scored from the policy so far (iterative DPO); rloo: on-policy RL, reward - beta * KL with a leave-one-out baseline over sample.n_samples draws per prompt
     rounds: int = rule(4, **_pos, hashed="if_set")  # online: rounds, each on its share of the draw's train prompts
+    credit: str = rule("sequence", choices=("sequence", "prefix"), hashed="if_set")  # rloo: sequence = every token of a draw shares its completion's advantage; prefix = each token earns the reward gained from it on (the reward model also scores every prefix), against the same position's leave-one-out mean
+    credit_lambda: float = rule(1.0, **_frac, hashed="if_set")  # rloo with credit=prefix: weight lambda^k on what the reward gains k tokens later (1: all of it, unbiased; below 1: less variance, credit biased towards the next tokens)
 
 
 @dataclass
@@ -446,12 +448,16 @@ def check_section(section: str, obj) -> None:
 
 def method_settings(dpo: DPOConfig) -> DPOConfig:
     """`dpo` with the fields its method does not read set to their defaults (`dpo.rounds` outside online DPO;
-    `dpo.loss` and `dpo.alpha` for RLOO), so a policy's name and cache key name only what trained it."""
+    `dpo.loss` and `dpo.alpha` for RLOO; `dpo.credit` outside RLOO, `dpo.credit_lambda` without prefix credit), so a policy's name and cache key name only what trained it."""
     defaults = DPOConfig()
     if dpo.method != "online":
         dpo = dataclasses.replace(dpo, rounds=defaults.rounds)
     if dpo.method == "rloo":
         dpo = dataclasses.replace(dpo, loss=defaults.loss, alpha=defaults.alpha)
+    if dpo.method != "rloo":
+        dpo = dataclasses.replace(dpo, credit=defaults.credit)
+    if dpo.credit != "prefix":
+        dpo = dataclasses.replace(dpo, credit_lambda=defaults.credit_lambda)
     return dpo
 
 

@@ -47,6 +47,19 @@ def sequence_logps(tok_logps: torch.Tensor, completion_mask: torch.Tensor) -> to
     return (tok_logps * completion_mask[:, 1:].to(tok_logps.dtype)).sum(-1)
 
 
+def completion_tokens(tok_logps: torch.Tensor, completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The completion tokens' values of (B, T-1) token log-probs, left-aligned: (B, L) values and (B, L)
+    valid, L the longest completion. In the module docstring's example, (B, T-1) log-probs
+    [[a, b, c], [d, e, f]] give [[b, c], [e, 0]] and valid [[1, 1], [1, 0]]."""
+    mask = completion_mask[:, 1:].to(tok_logps.device).bool()  # (B, T-1)
+    lengths = mask.sum(1)  # (B,)
+    L = int(lengths.max()) if len(lengths) else 0
+    valid = torch.arange(L, device=mask.device)[None, :] < lengths[:, None]  # (B, L)
+    out = tok_logps.new_zeros(valid.shape)
+    out[valid] = tok_logps[mask]  # row-major on both sides: each row's completion tokens in order
+    return out, valid
+
+
 def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Forward `model` on a collated batch (right-padded, positions from the attention mask): (B, T, V)."""
     dev = next(model.parameters()).device

@@ -11,6 +11,13 @@ trained and scores them with the training reward; the reference stays the start 
   R = r - β·log(π/π_ref) (the sequence's sampled KL term, as trl's RLOO), advantage
   A_i = R_i - mean_{j≠i} R_j, loss -mean(A · log π(y)). It maximises E[r] - β·KL(π‖π_ref): the objective
   whose optimum is π_β ∝ π_ref·exp(r/β).
+  `dpo.credit=prefix` gives each token its own credit instead of its completion's: the reward model also
+  scores every prefix of every draw, and token t earns what the reward gained from t on, r - r(prefix
+  before t), less β times the KL from t on (the reward-to-go of potential-based shaping, Ng et al. 1999:
+  the prefix's score is a baseline that depends only on what came before the token, so the gradient
+  stays unbiased), against the same position's leave-one-out mean. A token after the completion's
+  sentiment is settled earns about nothing, so its log-prob is left alone rather than pushed by the
+  whole completion's advantage.
 
 Both use the prompts offline DPO trains on (a draw's train prompts less the held-out share,
 `pairs.held_out`), the native training loop (`train.train_loop`) and one process.
@@ -24,7 +31,7 @@ import torch
 
 from .config import Config, DPOConfig
 from .io import write_json, write_jsonl
-from .logprobs import batched_logps, collate, model_logps
+from .logprobs import batched_logps, collate, completion_tokens, model_logps, model_token_logps
 from .pairs import build_pairs
 from .reward import score_records
 from .sampling import in_prompt_order, sample_records
@@ -123,6 +130,60 @@ def rloo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tenso
                   "objective/non_score_reward": (-beta * kl).mean().item(), "advantage_abs": adv.abs().mean().item()}
 
 
+def prefix_rewards(reward, records: list[dict], tokenizer, score_prompt: bool = True) -> torch.Tensor:
+    """(B, L) the reward of every prefix of every completion, L the longest: [i, t] scores record i's
+    prompt + its first t completion tokens (t = 0: the prompt alone), 0 past the completion's end. The
+    potential each token's credit is measured from (`rloo_prefix_loss`); one scoring call for all."""
+    L = max((len(r["completion_ids"]) for r in records), default=0)
+    prefixes, where = [], []
+    for i, r in enumerate(records):
+        for t in range(len(r["completion_ids"])):
+            prefixes.append({"prompt": r["prompt"], "completion": tokenizer.decode(r["completion_ids"][:t])})
+            where.append((i, t))
+    phi = torch.zeros((len(records), L))  # (B, L)
+    for (i, t), v in zip(where, score_records(reward, prefixes, score_prompt) if prefixes else []):
+        phi[i, t] = v
+    return phi
+
+
+def to_go(x: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """(B, L) -> (B, L) sums from each position on, later ones weighted lam^(u-t): e.g. [[1, 2, 3]] gives
+    [[6, 5, 3]] at lam 1 and [[1, 2, 3]] at lam 0."""
+    out, acc = torch.zeros_like(x), torch.zeros_like(x[:, 0])
+    for t in range(x.shape[1] - 1, -1, -1):
+        acc = x[:, t] + lam * acc
+        out[:, t] = acc
+    return out
+
+
+def rloo_prefix_loss(logps: torch.Tensor, ref_logps: torch.Tensor, valid: torch.Tensor, rewards: torch.Tensor,
+                     prefix: torch.Tensor, n: int, beta: float, lam: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """RLOO with each token's own credit (`dpo.credit=prefix`, module docstring) over P prompts x n
+    completions, prompt-major: logps (B, L) per completion token with gradient, ref_logps (B, L), valid
+    (B, L), rewards (B,), prefix (B, L) the reward before each token (`prefix_rewards`). Token t's return
+    G_t = Σ_{u≥t} lam^(u-t)·(Δr_u - β·(logp_u - ref_u)), Δr_u the reward's change over token u (the last
+    token's reaches r); A_t = G_t - mean_{j≠i} G_t of the same prompt; loss -mean_i Σ_t A_t·logp_t. At
+    lam 1 and β 0, G_t = r - prefix_t; with a constant prefix it is rloo_loss's gradient, token by token."""
+    if n < 2:
+        raise ValueError(f"dpo.method=rloo needs sample.n_samples >= 2 for its leave-one-out baseline, got {n}")
+    v = valid.to(logps.dtype)
+    kl = (logps.detach() - ref_logps) * v  # (B, L) each sampled token's log-ratio
+    last = (valid.sum(1) - 1).clamp(min=0)  # (B,)
+    after = torch.cat([prefix[:, 1:], prefix[:, :1]], 1)  # (B, L) the reward after token t ...
+    after[torch.arange(len(prefix)), last] = rewards.to(after.dtype)  # ... the whole completion's after its last
+    gain = (after - prefix) * v  # (B, L)
+    G = (to_go(gain, lam) - beta * to_go(kl, lam)) * v  # (B, L)
+    Gp = G.view(-1, n, G.shape[1])  # (P, n, L)
+    adv = (Gp - (Gp.sum(1, keepdim=True) - Gp) / (n - 1)).view_as(G) * v  # (B, L) leave-one-out by position
+    loss = -(adv * logps * v).sum(1).mean()
+    seq_kl = kl.sum(1)  # (B,)
+    return loss, {"loss": loss.item(), "objective/scores": rewards.float().mean().item(),
+                  "objective/kl": seq_kl.mean().item(),
+                  "objective/rlhf_reward": (rewards.float() - beta * seq_kl).mean().item(),
+                  "objective/non_score_reward": (-beta * seq_kl).mean().item(),
+                  "advantage_abs": (adv.abs().sum() / v.sum().clamp(min=1)).item()}
+
+
 def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path,
          tracker) -> tuple[list[dict], int]:
     """RLOO (module docstring) for `dpo.epochs` passes over `prompts`, `dpo.batch_size` prompts a
@@ -137,15 +198,32 @@ def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: P
         ids = [p["ids"] for p in batch for _ in range(n)]
         comps = [r["completion_ids"] for r in recs]
         draws.append(sum(len(c) for c in comps))
-        with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
-            ref = batched_logps(ref_model, ids, comps, pad, batch_size=len(comps))  # (P*n,)
-        logps = model_logps(net, collate(ids, comps, pad))  # (P*n,)
-        loss, m = rloo_loss(logps, ref.to(logps.device), torch.tensor(rewards, device=logps.device), n, dpo.beta)
+        if dpo.credit == "prefix":
+            loss, m = prefix_credit_step(net, models, dpo, ids, recs, rewards, cfg.reward.score_prompt, n)
+        else:
+            with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
+                ref = batched_logps(ref_model, ids, comps, pad, batch_size=len(comps))  # (P*n,)
+            logps = model_logps(net, collate(ids, comps, pad))  # (P*n,)
+            loss, m = rloo_loss(logps, ref.to(logps.device), torch.tensor(rewards, device=logps.device), n, dpo.beta)
         return loss, {**m, "tokens_drawn": float(sum(draws))}  # so far
 
     loop: LoopConfig = dpo_loop_config(dpo, next(model.parameters()).device)
     loop = dataclasses.replace(loop, save_every=0, save_minutes=0.0)  # draws are not replayed on resume
     return train_loop(model, len(prompts), loss_fn, loop, out, tracker).records, sum(draws)
+
+
+def prefix_credit_step(net, models, dpo: DPOConfig, ids: list[list[int]], recs: list[dict], rewards: list[float],
+                       score_prompt: bool, n: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """One RLOO micro-batch with per-token credit: the draws' prefixes scored, the reference's and the
+    policy's per-token log-probs, `rloo_prefix_loss`."""
+    batch = collate(ids, [r["completion_ids"] for r in recs], models.tokenizer.pad_token_id)
+    with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
+        ref, _ = completion_tokens(model_token_logps(ref_model, batch), batch["completion_mask"])  # (B, L)
+    logps, valid = completion_tokens(model_token_logps(net, batch), batch["completion_mask"])  # (B, L)
+    dev = logps.device
+    prefix = prefix_rewards(models.reward, recs, models.tokenizer, score_prompt)  # (B, L)
+    return rloo_prefix_loss(logps, ref.to(dev), valid, torch.tensor(rewards, device=dev), prefix.to(dev), n,
+                            dpo.beta, dpo.credit_lambda)
 
 
 TRAINERS = {"online": online_dpo, "rloo": rloo}  # dpo.method -> its trainer

@@ -51,13 +51,15 @@ PRESETS["level3"] = dict(PRESETS["sweep"])  # Level 3 at the sweep's size and tr
 
 # Level 3's methods (`python -m alignment level3`, `experiments.level3`): each one config choice on top of the
 # run's settings (`dpo.*`), traced over β like the divergences: offline DPO (the baseline), reward distillation
-# (the reward's value, not only its sign), iterative online DPO (fresh pairs from the policy being trained) and
-# RLOO (on-policy RL with a KL penalty, the method DPO is meant to replace).
+# (the reward's value, not only its sign), iterative online DPO (fresh pairs from the policy being trained),
+# RLOO (on-policy RL with a KL penalty, the method DPO is meant to replace) and RLOO whose tokens each earn
+# the reward gained from them on (the reward model scoring every prefix).
 LEVEL3_METHODS: dict[str, dict] = {
     "dpo": {"loss": "sigmoid"},
     "distill": {"loss": "distill"},
     "online-dpo": {"method": "online", "loss": "sigmoid"},
     "rloo": {"method": "rloo"},
+    "rloo-prefix": {"method": "rloo", "credit": "prefix", "credit_lambda": 0.5},
 }
 LEVEL3_BETAS = (0.1, 0.3, 1.0)
 SWEEP_AXES = {"losses": SWEEP_LOSSES, "betas": SWEEP_BETAS, "seeds": SWEEP_SEEDS, "alphas": SWEEP_ALPHAS,

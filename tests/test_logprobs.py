@@ -74,3 +74,14 @@ def test_return_logits_and_gradients(lm):
     assert logits.shape == (4, batch["input_ids"].size(1), lm.config.vocab_size)
     assert torch.isfinite(lp).all()
     assert batched_logps(lm, [], [], 0).shape == (0,)
+
+
+def test_completion_tokens_left_aligns_the_completion_tokens():
+    """The module docstring's example: prompt [5, 6], completions [7, 0] (a real EOS) and [8]."""
+    from alignment.logprobs import completion_tokens
+    batch = collate([[5, 6], [5, 6]], [[7, 0], [8]], pad_id=0)
+    tok = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], requires_grad=True)  # (B, T-1), aligned with ids[:, 1:]
+    vals, valid = completion_tokens(tok, batch["completion_mask"])
+    assert vals.tolist() == [[2.0, 3.0], [5.0, 0.0]] and valid.tolist() == [[True, True], [True, False]]
+    vals.sum().backward()  # the gradient reaches exactly the completion tokens
+    assert tok.grad.tolist() == [[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from alignment.config import ConfigError, check_training, load_config
 from alignment.io import read_json, read_jsonl
-from alignment.online import rloo_loss, round_shares, trained_prompts
+from alignment.online import prefix_rewards, rloo_loss, rloo_prefix_loss, round_shares, to_go, trained_prompts
 from alignment.pipeline import Pipeline
 
 from test_pipeline_e2e import tiny_cfg
@@ -35,6 +35,69 @@ def test_rloo_loss_closed_form():
     assert m["objective/scores"] == pytest.approx(1.25)
     with pytest.raises(ValueError, match="sample.n_samples >= 2"):
         rloo_loss(logps, ref, r, n=1, beta=0.5)
+
+
+def test_prefix_credit_goes_to_the_token_that_moved_the_reward():
+    """1 prompt x 2 completions of 2 tokens, β 0: the first completion's reward (1) arrived with its first
+    token (prefix reward 0 before it, 1 after); the second's never moved (0). All credit goes to token 0,
+    where the two differ; token 1 changed nothing and keeps its log-prob (sequence credit would push both)."""
+    logps = torch.zeros(2, 2, requires_grad=True)
+    valid = torch.ones(2, 2, dtype=torch.bool)
+    loss, _ = rloo_prefix_loss(logps, torch.zeros(2, 2), valid, torch.tensor([1.0, 0.0]),
+                               torch.tensor([[0.0, 1.0], [0.0, 0.0]]), n=2, beta=0.0)
+    loss.backward()
+    assert torch.allclose(logps.grad, torch.tensor([[-0.5, 0.0], [0.5, 0.0]]))
+
+
+def test_prefix_credit_closed_form_with_kl_lambda_and_lengths():
+    """β 0.5, lam 0.5; completion 0 has 3 tokens, completion 1 two (its third position is padding).
+    Rewards 2 and 0; prefix rewards [0, 1, 1] and [0, 0]; log-ratios [0.2, 0, 0.4] and [0, 0.2]."""
+    logps = torch.tensor([[0.2, 0.0, 0.4], [0.0, 0.2, 0.0]], requires_grad=True)
+    valid = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    loss, m = rloo_prefix_loss(logps, torch.zeros(2, 3), valid, torch.tensor([2.0, 0.0]),
+                               torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), n=2, beta=0.5, lam=0.5)
+    # reward gains: [1, 0, 1] and [0, 0]; per-token terms gain - 0.5 * log-ratio: [0.9, 0, 0.8], [0, -0.1]
+    # returns with lam 0.5: [0.9 + 0.5*0 + 0.25*0.8, 0 + 0.5*0.8, 0.8] = [1.1, 0.4, 0.8]; [0 - 0.05, -0.1, 0]
+    # leave-one-out by position: [1.15, 0.5, 0.8] and [-1.15, -0.5, (padding) 0]
+    adv = torch.tensor([[1.15, 0.5, 0.8], [-1.15, -0.5, 0.0]])
+    loss.backward()
+    assert torch.allclose(logps.grad, -adv / 2, atol=1e-6)
+    assert loss.item() == pytest.approx(-(adv * logps.detach()).sum().item() / 2)
+    assert m["objective/kl"] == pytest.approx((0.6 + 0.2) / 2) and m["objective/scores"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="sample.n_samples >= 2"):
+        rloo_prefix_loss(logps, torch.zeros(2, 3), valid, torch.zeros(2), torch.zeros(2, 3), n=1, beta=0.5)
+
+
+def test_prefix_credit_with_a_flat_prefix_is_rloo_token_by_token():
+    """With the prefix rewards constant (nothing to tell the tokens apart), lam 1 and β 0, every token of a
+    completion gets rloo_loss's advantage for the whole completion: the same gradient, token by token."""
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(6, generator=g)  # 2 prompts x 3 completions
+    valid = torch.ones(6, 4, dtype=torch.bool)
+    tok = torch.randn(6, 4, generator=g).requires_grad_(True)
+    rloo_prefix_loss(tok, torch.zeros(6, 4), valid, r, torch.full((6, 4), 0.3), n=3, beta=0.0)[0].backward()
+    seq = tok.detach().sum(1).requires_grad_(True)
+    rloo_loss(seq, torch.zeros(6), r, n=3, beta=0.0)[0].backward()
+    assert torch.allclose(tok.grad, seq.grad[:, None].expand(6, 4), atol=1e-6)
+
+
+def test_to_go_and_prefix_rewards():
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    assert to_go(x).tolist() == [[6.0, 5.0, 3.0]] and to_go(x, 0.0).tolist() == [[1.0, 2.0, 3.0]]
+    assert to_go(x, 0.5).tolist() == [[1 + 1 + 0.75, 2 + 1.5, 3.0]]
+
+    class Letters:  # token id k decodes to the k-th letter
+        def decode(self, ids):
+            return "".join(chr(97 + i) for i in ids)
+
+    class CountA:
+        def score(self, texts):
+            return torch.tensor([float(t.count("a")) for t in texts])
+
+    recs = [{"prompt": "x", "completion_ids": [0, 1, 0]}, {"prompt": "a", "completion_ids": [1]}]
+    # record 0: "x", "xa", "xab" before its tokens; record 1: "a" (the prompt is scored) and padding
+    assert prefix_rewards(CountA(), recs, Letters()).tolist() == [[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
+    assert prefix_rewards(CountA(), recs, Letters(), score_prompt=False).tolist() == [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
 
 
 def test_round_shares_and_trained_prompts():
@@ -94,16 +157,18 @@ def test_on_policy_methods_train_lora_adapters_against_the_frozen_base(tmp_path,
     assert not any("lora" in n for n, _ in pipe.models.ref_model.named_parameters()), "adapters left on the reference"
 
 
-@pytest.mark.parametrize("method", ["online", "rloo"])
+@pytest.mark.parametrize("method", ["online", "rloo", "rloo-prefix"])
 def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
                                                       method):
+    credit = {"dpo.credit": "prefix", "dpo.credit_lambda": 0.9} if method == "rloo-prefix" else {}
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "pairs.held_out": 0.25,
-                      "dpo.method": method, "dpo.rounds": 2, "dpo.batch_size": 2})
+                      "dpo.method": method.split("-")[0], "dpo.rounds": 2, "dpo.batch_size": 2, **credit})
     pipe = Pipeline(cfg, reward=vowels)
     pipe.prepare()
     policy = pipe.train()
-    assert policy.name == {"online": "online2-sigmoid-b0.1-lr0.001-s0", "rloo": "rloo-b0.1-lr0.001-s0"}[method]
+    assert policy.name == {"online": "online2-sigmoid-b0.1-lr0.001-s0", "rloo": "rloo-b0.1-lr0.001-s0",
+                           "rloo-prefix": "rloo-prefix0.9-b0.1-lr0.001-s0"}[method]
     assert _changed(tiny_gpt2_dir, policy.dir), f"{method} did not change any parameter"
     log = read_jsonl(policy.dir / "train_log.jsonl")
     assert [r["step"] for r in log] == list(range(1, len(log) + 1)) and all(math.isfinite(r["loss"]) for r in log)
@@ -142,6 +207,11 @@ def test_a_method_names_and_keys_only_the_settings_it_reads():
     assert method_settings(cfg.dpo).rounds == 4  # offline DPO has no rounds
     rloo = method_settings(type(cfg.dpo)(**{**cfg.dpo.__dict__, "method": "rloo", "alpha": 0.3}))
     assert (rloo.loss, rloo.alpha, rloo.rounds) == ("sigmoid", 0.5, 4) and policy_name(rloo) == "rloo-b0.1-lr5e-05-s0"
+    assert method_settings(type(cfg.dpo)(**{**cfg.dpo.__dict__, "credit": "prefix"})).credit == "sequence"  # not rloo
+    flat = method_settings(type(rloo)(**{**rloo.__dict__, "credit_lambda": 0.5}))
+    assert flat.credit_lambda == 1.0 and policy_name(flat) == "rloo-b0.1-lr5e-05-s0"  # lambda needs prefix credit
+    prefix = method_settings(type(rloo)(**{**rloo.__dict__, "credit": "prefix", "credit_lambda": 0.5}))
+    assert policy_name(prefix) == "rloo-prefix0.5-b0.1-lr5e-05-s0"
     with pytest.raises(ConfigError, match="sample.temperature"):
         check_training(load_config(overrides={"sample.temperature": 0.7}), rloo)
     with pytest.raises(ConfigError, match="dpo.rounds=300"):
@@ -152,7 +222,7 @@ def test_offline_keys_are_unchanged_by_the_method_fields():
     """`dpo.method` and `dpo.rounds` key the caches only when set: the default config's dpo key has neither."""
     from alignment.config import section_deps
     cfg = load_config()
-    assert "method" not in section_deps(cfg, "dpo")["dpo"] and "rounds" not in section_deps(cfg, "dpo")["dpo"]
+    assert not {"method", "rounds", "credit", "credit_lambda"} & set(section_deps(cfg, "dpo")["dpo"])
     cfg = load_config(overrides={"dpo.method": "online"})
     assert section_deps(cfg, "dpo")["dpo"]["method"] == "online"
 
@@ -164,12 +234,13 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "dpo.rounds": 2,
                       "dpo.batch_size": 2, "eval.n_samples": 2})
     res = experiments.level3(Pipeline(cfg, reward=vowels), betas=(0.1,), seeds=(0,), best_of_n=(1, 2))
-    methods = ["dpo", "distill", "online-dpo", "rloo"]
+    methods = ["dpo", "distill", "online-dpo", "rloo", "rloo-prefix"]
     assert [r["label"] for r in res["runs"]] == methods
-    assert [r.get("method", "offline") for r in res["runs"]] == ["offline", "offline", "online", "rloo"]
+    assert [r.get("method", "offline") for r in res["runs"]] == ["offline", "offline", "online", "rloo", "rloo"]
+    assert res["runs"][-1]["credit"] == "prefix" and res["runs"][-1]["model"].startswith("rloo-prefix0.5-")
     for r in res["runs"]:  # what each policy cost when it was trained: on-policy methods draw their own tokens
         assert r["cost"]["train_seconds"] > 0
-        assert (r["cost"]["tokens_drawn"] > 0) == (r["label"] in ("online-dpo", "rloo")), r
+        assert (r["cost"]["tokens_drawn"] > 0) == (r["label"] in ("online-dpo", "rloo", "rloo-prefix")), r
     assert list(res["draw_tokens"]) == ["0"] and res["draw_tokens"]["0"] > 0  # the offline methods' shared draw
     assert res["draw_seconds"]["0"] > 0  # built before any policy, so no policy's cost includes it
     assert {p["label"] for p in res["points"]} >= {*methods, "best-of-N"}
@@ -180,10 +251,10 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
         assert sum(b["kl"] for b in d["by_position"]) == pytest.approx(d["kl"])
     assert read_json(Path(cfg.run_dir) / "level3.json")["grid"]["methods"] == methods
     text = render("level3", res)
-    assert "**Level 3** (4 runs" in text and "tokens drawn / policy" in text and "`rloo` β=0.1" in text
+    assert "**Level 3** (5 runs" in text and "tokens drawn / policy" in text and "`rloo` β=0.1" in text
     from alignment.publish import level3_brief
     brief = level3_brief(res)
-    assert brief.startswith("Level 3 (4 methods along β, one seed (0)") and all(f"`{m}`" in brief for m in methods)
+    assert brief.startswith("Level 3 (5 methods along β, one seed (0)") and all(f"`{m}`" in brief for m in methods)
 
 
 def test_goal_line_says_whether_a_method_closes_the_gap():
