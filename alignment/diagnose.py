@@ -68,11 +68,24 @@ def kl_split(ratios: list[list[float]], completions: list[list[int]], sentiment_
                           "share_of_tokens": n_sent / n_tok if n_tok else None}}
 
 
+def draws_reward(log: list[dict]) -> tuple[float | None, float | None]:
+    """An on-policy training log's own draws' mean reward over its first and last quarter of steps (at least
+    one step each; RLOO's `objective/scores`, online DPO's `round_reward_mean`): still rising at the end means
+    the policy had not converged. (None, None) for offline logs or under two steps."""
+    xs = [r.get("objective/scores", r.get("round_reward_mean")) for r in log]
+    xs = [x for x in xs if x is not None]
+    if len(xs) < 2:
+        return None, None
+    k = max(1, len(xs) // 4)
+    return sum(xs[:k]) / k, sum(xs[-k:]) / k
+
+
 def training_story(log: list[dict]) -> dict:
-    """From a DPO training log: the held-out pairs' chosen and rejected log-probs (the same pairs each time)
+    """From a training log: the held-out pairs' chosen and rejected log-probs (the same pairs each time)
     at their first and last scoring (both falling is the known failure: probability mass leaves the chosen
-    completions too), `held_out_from`/`held_out_to` the steps they were scored at, and the last train and
-    held-out implicit-reward accuracies. Missing keys (on-policy methods, no held-out pairs) give None."""
+    completions too), `held_out_from`/`held_out_to` the steps they were scored at, the last train and
+    held-out implicit-reward accuracies, and an on-policy method's draws' reward early and late
+    (`draws_reward`). Missing keys (on-policy methods, no held-out pairs; offline methods) give None."""
     def at(rec, key):
         return rec.get(key) if rec else None
 
@@ -83,4 +96,4 @@ def training_story(log: list[dict]) -> dict:
             "logps_rejected_first": at(first, "eval_logps/rejected"), "logps_rejected_last": at(held, "eval_logps/rejected"),
             "held_out_from": at(first, "step"), "held_out_to": at(held, "step"),
             "train_accuracy": at(last, "rewards/accuracies"), "held_out_accuracy": at(held, "eval_rewards/accuracies"),
-            "steps": last["step"] if last else 0}
+            "steps": last["step"] if last else 0, **dict(zip(("draws_reward_first", "draws_reward_last"), draws_reward(log)))}

@@ -40,6 +40,9 @@ def kl_lines(level3: dict) -> list[str]:
                      f"{t['logps_chosen_first']:.1f} → {t['logps_chosen_last']:.1f}, rejected "
                      f"{t['logps_rejected_first']:.1f} → {t['logps_rejected_last']:.1f}, accuracy "
                      f"{t['held_out_accuracy']:.2f} (train {t['train_accuracy']:.2f})")
+        if t.get("draws_reward_first") is not None:
+            story += (f"; its own draws' reward while training {t['draws_reward_first']:.2f} (first quarter of the "
+                      f"steps) → {t['draws_reward_last']:.2f} (last quarter)")
         lines.append(f"`{d['label']}` β={d['beta']:g}: KL {d['kl']:.2f} nats per completion, {share} of it on sentiment "
                      f"words ({tokens} of the tokens), {early / d['kl']:.0%} in the first 8 tokens"
                      f"{story}." if d["kl"] else f"`{d['label']}` β={d['beta']:g}: KL ≈ 0.")
@@ -66,14 +69,13 @@ def goal_line(level3: dict, goal: float = GOAL) -> str:
     best = max(reward, key=lambda r: r["frac_bon"])
     split = {}
     for d in level3.get("diagnosis", []):
-        on = next((r.get("method", "offline") != "offline" for r in level3["runs"] if r["label"] == d["label"]), False)
         if d["sentiment"]["share_of_kl"] is not None:
-            split.setdefault("on-policy" if on else "offline", []).append(d["sentiment"]["share_of_kl"])
-    why = "; ".join(f"{k} methods put {100 * min(v):.0f}–{100 * max(v):.0f} % of their KL on sentiment words"
+            split.setdefault(d["label"], []).append(d["sentiment"]["share_of_kl"])
+    why = ", ".join(f"`{k}` {100 * min(v):.0f}" + ("" if min(v) == max(v) else f"–{100 * max(v):.0f}") + " %"
                     for k, v in split.items())
     return (f"No point reaches {100 * goal:.0f} % of best-of-N's reward gain at its KL: the largest share is "
             f"`{best['label']}` β={best['beta']:g}'s {100 * best['frac_bon']:.0f} % ({100 * best['frac_bon_lo']:.0f}.."
-            f"{100 * best['frac_bon_hi']:.0f} %) at KL {best['kl']:.2f}" + (f". Where the KL goes: {why}." if why else "."))
+            f"{100 * best['frac_bon_hi']:.0f} %) at KL {best['kl']:.2f}" + (f". The share of each method's KL on sentiment words (over its β): {why}." if why else "."))
 
 
 def level3_lines(level3: dict) -> list[str]:

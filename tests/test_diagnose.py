@@ -56,3 +56,13 @@ def test_training_story():
     assert (s["logps_rejected_first"], s["logps_rejected_last"]) == (-41.0, -50.0)
     assert (s["train_accuracy"], s["held_out_accuracy"], s["steps"]) == (0.75, 0.6, 4)
     assert training_story([{"step": 1, "loss": 0.3}])["logps_chosen_first"] is None
+    assert s["draws_reward_first"] is None  # offline: no draws of its own
+
+
+def test_training_story_of_an_on_policy_log_says_whether_its_reward_still_rose():
+    rloo = [{"step": i, "objective/scores": x} for i, x in enumerate([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4], 1)]
+    s = training_story(rloo)  # first quarter: steps 1-2, last quarter: steps 7-8
+    assert (s["draws_reward_first"], s["draws_reward_last"]) == pytest.approx((0.1, 1.3))
+    online = [{"step": i, "round_reward_mean": x} for i, x in enumerate([0.5, 0.5, 0.9, 0.9], 1)]
+    assert (training_story(online)["draws_reward_first"], training_story(online)["draws_reward_last"]) == (0.5, 0.9)
+    assert training_story(rloo[:1])["draws_reward_first"] is None  # one step: no trend

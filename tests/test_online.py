@@ -275,4 +275,4 @@ def test_goal_line_says_whether_a_method_closes_the_gap():
     for case in (hacked, judged):  # an alarm, or a judge that does not agree: not met
         line = goal_line(case)
         assert line.startswith("No point reaches 70 %") and "`rloo` β=0.1's 80 %" in line
-        assert "offline methods put 10–10 %" in line and "on-policy methods put 30–30 %" in line
+        assert "sentiment words (over its β): `dpo` 10 %, `rloo` 30 %" in line
