@@ -51,6 +51,7 @@ def completion_tokens(tok_logps: torch.Tensor, completion_mask: torch.Tensor) ->
     """The completion tokens' values of (B, T-1) token log-probs, left-aligned: (B, L) values and (B, L)
     valid, L the longest completion. In the module docstring's example, (B, T-1) log-probs
     [[a, b, c], [d, e, f]] give [[b, c], [e, 0]] and valid [[1, 1], [1, 0]]."""
+    assert not completion_mask[:, 0].any(), "a completion token needs a prompt token before it"
     mask = completion_mask[:, 1:].to(tok_logps.device).bool()  # (B, T-1)
     lengths = mask.sum(1)  # (B,)
     L = int(lengths.max()) if len(lengths) else 0

@@ -14,10 +14,12 @@ trained and scores them with the training reward; the reference stays the start 
   `dpo.credit=prefix` gives each token its own credit instead of its completion's: the reward model also
   scores every prefix of every draw, and token t earns what the reward gained from t on, r - r(prefix
   before t), less β times the KL from t on (the reward-to-go of potential-based shaping, Ng et al. 1999:
-  the prefix's score is a baseline that depends only on what came before the token, so the gradient
-  stays unbiased), against the same position's leave-one-out mean. A token after the completion's
-  sentiment is settled earns about nothing, so its log-prob is left alone rather than pushed by the
-  whole completion's advantage.
+  the prefix's score is a baseline that depends only on what came before the token, so at
+  `dpo.credit_lambda`=1 the gradient of E[r] - β·KL stays unbiased), against the same position's
+  leave-one-out mean. `dpo.credit_lambda` < 1 weights the gains and log-ratios k tokens on by λ^k, as
+  GAE's λ-return does (Schulman et al. 2016): less variance, but biased, since a partial review's score
+  is not the expected score of its completions. A token after the completion's sentiment is settled
+  earns about nothing, so its log-prob is left alone rather than pushed by the whole completion's advantage.
 
 Both use the prompts offline DPO trains on (a draw's train prompts less the held-out share,
 `pairs.held_out`), the native training loop (`train.train_loop`) and one process.
@@ -135,10 +137,11 @@ def prefix_rewards(reward, records: list[dict], tokenizer, score_prompt: bool = 
     prompt + its first t completion tokens (t = 0: the prompt alone), 0 past the completion's end. The
     potential each token's credit is measured from (`rloo_prefix_loss`); one scoring call for all."""
     L = max((len(r["completion_ids"]) for r in records), default=0)
-    prefixes, where = [], []
+    prefixes, where = [], []  # a finished draw's last token (EOS) is never inside a prefix
     for i, r in enumerate(records):
         for t in range(len(r["completion_ids"])):
-            prefixes.append({"prompt": r["prompt"], "completion": tokenizer.decode(r["completion_ids"][:t])})
+            text = tokenizer.decode(r["completion_ids"][:t], skip_special_tokens=True)  # as `sampling` decodes
+            prefixes.append({"prompt": r["prompt"], "completion": text})
             where.append((i, t))
     phi = torch.zeros((len(records), L))  # (B, L)
     for (i, t), v in zip(where, score_records(reward, prefixes, score_prompt) if prefixes else []):
@@ -163,9 +166,13 @@ def rloo_prefix_loss(logps: torch.Tensor, ref_logps: torch.Tensor, valid: torch.
     (B, L), rewards (B,), prefix (B, L) the reward before each token (`prefix_rewards`). Token t's return
     G_t = Σ_{u≥t} lam^(u-t)·(Δr_u - β·(logp_u - ref_u)), Δr_u the reward's change over token u (the last
     token's reaches r); A_t = G_t - mean_{j≠i} G_t of the same prompt; loss -mean_i Σ_t A_t·logp_t. At
-    lam 1 and β 0, G_t = r - prefix_t; with a constant prefix it is rloo_loss's gradient, token by token."""
+    lam 1 and β 0, G_t = r - prefix_t; with a constant prefix and completions of equal length it is
+    rloo_loss's gradient, token by token. A completion that ended counts as 0 at the later positions
+    of the others' leave-one-out means (nothing more to earn)."""
     if n < 2:
         raise ValueError(f"dpo.method=rloo needs sample.n_samples >= 2 for its leave-one-out baseline, got {n}")
+    if valid.shape[1] == 0:  # every completion empty: nothing to credit
+        return logps.sum() * 0.0, {"loss": 0.0, "objective/scores": rewards.float().mean().item(), "objective/kl": 0.0}
     v = valid.to(logps.dtype)
     kl = (logps.detach() - ref_logps) * v  # (B, L) each sampled token's log-ratio
     last = (valid.sum(1) - 1).clamp(min=0)  # (B,)
@@ -217,11 +224,12 @@ def prefix_credit_step(net, models, dpo: DPOConfig, ids: list[list[int]], recs: 
     """One RLOO micro-batch with per-token credit: the draws' prefixes scored, the reference's and the
     policy's per-token log-probs, `rloo_prefix_loss`."""
     batch = collate(ids, [r["completion_ids"] for r in recs], models.tokenizer.pad_token_id)
+    dev = next(net.parameters()).device
+    with torch.autocast(dev.type, enabled=False):  # the prefixes in the precision the whole draws were scored in
+        prefix = prefix_rewards(models.reward, recs, models.tokenizer, score_prompt)  # (B, L)
     with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
         ref, _ = completion_tokens(model_token_logps(ref_model, batch), batch["completion_mask"])  # (B, L)
     logps, valid = completion_tokens(model_token_logps(net, batch), batch["completion_mask"])  # (B, L)
-    dev = logps.device
-    prefix = prefix_rewards(models.reward, recs, models.tokenizer, score_prompt)  # (B, L)
     return rloo_prefix_loss(logps, ref.to(dev), valid, torch.tensor(rewards, device=dev), prefix.to(dev), n,
                             dpo.beta, dpo.credit_lambda)
 

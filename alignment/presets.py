@@ -58,7 +58,7 @@ LEVEL3_METHODS: dict[str, dict] = {
     "dpo": {"loss": "sigmoid"},
     "distill": {"loss": "distill"},
     "online-dpo": {"method": "online", "loss": "sigmoid"},
-    "rloo": {"method": "rloo"},
+    "rloo": {"method": "rloo", "credit": "sequence"},
     "rloo-prefix": {"method": "rloo", "credit": "prefix", "credit_lambda": 0.5},
 }
 LEVEL3_BETAS = (0.1, 0.3, 1.0)

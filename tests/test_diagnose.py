@@ -66,3 +66,4 @@ def test_training_story_of_an_on_policy_log_says_whether_its_reward_still_rose()
     online = [{"step": i, "round_reward_mean": x} for i, x in enumerate([0.5, 0.5, 0.9, 0.9], 1)]
     assert (training_story(online)["draws_reward_first"], training_story(online)["draws_reward_last"]) == (0.5, 0.9)
     assert training_story(rloo[:1])["draws_reward_first"] is None  # one step: no trend
+    assert (training_story(rloo[:3])["draws_reward_first"], training_story(rloo[:3])["draws_reward_last"]) == (0.0, 0.4)

@@ -52,17 +52,17 @@ def test_prefix_credit_goes_to_the_token_that_moved_the_reward():
 def test_prefix_credit_closed_form_with_kl_lambda_and_lengths():
     """β 0.5, lam 0.5; completion 0 has 3 tokens, completion 1 two (its third position is padding).
     Rewards 2 and 0; prefix rewards [0, 1, 1] and [0, 0]; log-ratios [0.2, 0, 0.4] and [0, 0.2]."""
-    logps = torch.tensor([[0.2, 0.0, 0.4], [0.0, 0.2, 0.0]], requires_grad=True)
+    logps = torch.tensor([[0.2, 0.0, 0.4], [0.0, 0.2, 9.0]], requires_grad=True)  # 9, -5, 7: padding, never read
     valid = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
-    loss, m = rloo_prefix_loss(logps, torch.zeros(2, 3), valid, torch.tensor([2.0, 0.0]),
-                               torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), n=2, beta=0.5, lam=0.5)
+    loss, m = rloo_prefix_loss(logps, torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -5.0]]), valid, torch.tensor([2.0, 0.0]),
+                               torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 7.0]]), n=2, beta=0.5, lam=0.5)
     # reward gains: [1, 0, 1] and [0, 0]; per-token terms gain - 0.5 * log-ratio: [0.9, 0, 0.8], [0, -0.1]
     # returns with lam 0.5: [0.9 + 0.5*0 + 0.25*0.8, 0 + 0.5*0.8, 0.8] = [1.1, 0.4, 0.8]; [0 - 0.05, -0.1, 0]
     # leave-one-out by position: [1.15, 0.5, 0.8] and [-1.15, -0.5, (padding) 0]
     adv = torch.tensor([[1.15, 0.5, 0.8], [-1.15, -0.5, 0.0]])
     loss.backward()
     assert torch.allclose(logps.grad, -adv / 2, atol=1e-6)
-    assert loss.item() == pytest.approx(-(adv * logps.detach()).sum().item() / 2)
+    assert loss.item() == pytest.approx(-(adv * logps.detach() * valid).sum().item() / 2)
     assert m["objective/kl"] == pytest.approx((0.6 + 0.2) / 2) and m["objective/scores"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="sample.n_samples >= 2"):
         rloo_prefix_loss(logps, torch.zeros(2, 3), valid, torch.zeros(2), torch.zeros(2, 3), n=1, beta=0.5)
@@ -87,7 +87,7 @@ def test_to_go_and_prefix_rewards():
     assert to_go(x, 0.5).tolist() == [[1 + 1 + 0.75, 2 + 1.5, 3.0]]
 
     class Letters:  # token id k decodes to the k-th letter
-        def decode(self, ids):
+        def decode(self, ids, skip_special_tokens=False):
             return "".join(chr(97 + i) for i in ids)
 
     class CountA:
@@ -164,11 +164,25 @@ def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, t
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "pairs.held_out": 0.25,
                       "dpo.method": method.split("-")[0], "dpo.rounds": 2, "dpo.batch_size": 2, **credit})
+    import alignment.online as online
     pipe = Pipeline(cfg, reward=vowels)
     pipe.prepare()
-    policy = pipe.train()
+    scored, real = [], online.prefix_rewards
+
+    def spy(reward, recs, *a, **k):
+        out = real(reward, recs, *a, **k)
+        scored.append((len(recs), out))
+        return out
+    online.prefix_rewards = spy
+    try:
+        policy = pipe.train()
+    finally:
+        online.prefix_rewards = real
     assert policy.name == {"online": "online2-sigmoid-b0.1-lr0.001-s0", "rloo": "rloo-b0.1-lr0.001-s0",
                            "rloo-prefix": "rloo-prefix0.9-b0.1-lr0.001-s0"}[method]
+    # per-token credit scores every step's draws' prefixes (2 prompts x sample.n_samples 3), with a spread to credit
+    assert [n for n, _ in scored] == ([6, 6, 6] if method == "rloo-prefix" else [])
+    assert all(p.std() > 0 for _, p in scored)
     assert _changed(tiny_gpt2_dir, policy.dir), f"{method} did not change any parameter"
     log = read_jsonl(policy.dir / "train_log.jsonl")
     assert [r["step"] for r in log] == list(range(1, len(log) + 1)) and all(math.isfinite(r["loss"]) for r in log)
