@@ -154,6 +154,7 @@ class TrackConfig:
     mode: str = rule("offline", choices=("offline", "online", "disabled"), hashed=False)  # wandb mode: offline (no account), online, disabled
     project: str = rule("alignment", hashed=False)  # wandb project
     run_name: str = rule("", hashed=False)          # prefix of the wandb run and group names; "" = the run dir's name
+    log_models: bool = rule(False, hashed=False)    # also upload each trained model (a policy's or the SFT's model/) as a wandb model artifact of its training run: ~513 MB per full model, MBs per LoRA adapter
 
 
 @dataclass

@@ -247,6 +247,7 @@ def train_on_policy(models, prompts: list[dict], cfg: Config, dpo: DPOConfig, ou
             write_jsonl(Path(out) / "train_log.jsonl", log)  # rloo's loop wrote the same records
             write_json(Path(out) / "train_summary.json", log[-1] if log else {})
             save_policy(model, models.tokenizer, Path(out))
+        tracker.log_model(Path(out) / "model")
         return drawn
     finally:
         tracker.finish()

@@ -268,6 +268,7 @@ def _build(cfg: Config, tmp: Path, make_tracker) -> None:
     write_json(tmp / "sft_metrics.json", metrics)
     before_path.unlink()  # folded into sft_metrics.json
     done_training(tmp)
+    tracker.log_model(tmp)  # with track.log_models (wandb copies the files now, before tmp is renamed)
     track_result(tracker, metrics)
 
 

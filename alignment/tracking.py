@@ -14,6 +14,7 @@ grouped and tagged (`RunTrackers`, `run_tags`).
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class NullTracker:
     def log_scatter(self, key: str, columns: list[str], rows: list[list], x: str, y: str, title: str) -> None:
         """Log a native chart of column `y` against `x` of a table (nothing here)."""
 
+    def log_model(self, path: str | Path) -> None:
+        """Upload a trained model's directory as a model artifact, where track.log_models asks (nothing here)."""
+
     def finish(self) -> None:
         """Close the run (nothing here)."""
 
@@ -57,8 +61,9 @@ class WandbTracker(NullTracker):
     """A wandb run; offline mode writes under <run_dir>/wandb for a later `wandb sync`."""
 
     def __init__(self, config: dict, mode: str, project: str, name: str, run_dir: str, group: str | None = None,
-                 job_type: str | None = None, tags: list[str] | None = None):
+                 job_type: str | None = None, tags: list[str] | None = None, log_models: bool = False):
         wandb = optional.wandb()
+        self.log_models = log_models
         os.makedirs(run_dir, exist_ok=True)
         os.environ.setdefault("WANDB_SILENT", "true")
         self._wandb = wandb
@@ -90,6 +95,14 @@ class WandbTracker(NullTracker):
         table = self._wandb.Table(columns=columns, data=rows)
         self.run.log({key: self._wandb.plot.scatter(table, x, y, title=title)})
 
+    def log_model(self, path):
+        """With track.log_models: the directory `path` as a model artifact of this run, named after the run
+        (e.g. default-train-sigmoid-b0.1-lr5e-05-s0; characters wandb refuses become "-")."""
+        if self.log_models:
+            art = self._wandb.Artifact(re.sub(r"[^\w.-]", "-", self.run.name), type="model")
+            art.add_dir(str(path))
+            self.run.log_artifact(art)
+
     def finish(self):
         """Close the run (offline: its files are complete for `wandb sync`)."""
         self.run.finish()
@@ -102,7 +115,7 @@ def make_tracker(cfg, name: str, run_dir: str, group: str | None = None, job_typ
     if cfg.track.mode == "disabled":
         return NullTracker()
     return WandbTracker(cfg.to_dict() if config is None else config, cfg.track.mode, cfg.track.project, name,
-                        run_dir, group, job_type, tags)
+                        run_dir, group, job_type, tags, cfg.track.log_models)
 
 
 def run_tags(run_dir, job_type: str | None, experiment: str | None, config: dict) -> list[str]:

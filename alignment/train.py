@@ -434,5 +434,6 @@ def train_policy(models, data: PairData, prompt_ids: dict[str, list[int]], cfg: 
                 train_dpo(model, data.pairs, prompt_ids, data.ref, cfg, tok.pad_token_id, out, tracker, dist=dist,
                           held_out=(data.held_out, data.held_out_ref))
             save_policy(model, tok, out, dist)
+        tracker.log_model(Path(out) / "model")
     finally:
         tracker.finish()

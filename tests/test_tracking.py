@@ -52,6 +52,9 @@ class Recorded:
         self.tables[key] = (columns, rows)
         self.charts = {**getattr(self, "charts", {}), key: (x, y)}
 
+    def log_model(self, path):
+        self.models = getattr(self, "models", []) + [sorted(p.name for p in Path(path).iterdir())]
+
     def finish(self):
         self.finished = True
 
@@ -194,6 +197,49 @@ def test_the_native_loop_shows_wandb_trls_dpo_metrics(tracked):
     assert wandb_keys({"step": 3, "lr": 1e-3, "loss": 0.5, "logits/chosen": -1.0, "eval_loss": 0.7}) == {
         "train/global_step": 3, "train/learning_rate": 1e-3, "train/loss": 0.5, "train/logits/chosen": -1.0,
         "eval/loss": 0.7}
+
+
+def test_trained_models_are_offered_to_their_training_run(tracked):
+    """Each training run is handed its policy's model/ directory once it is saved (uploaded with track.log_models)."""
+    pipe, made, *_ = tracked
+    (run,) = [r for r in made if r.name.endswith("-train-sigmoid-b1-lr0.001-s0")]
+    (files,) = run.models
+    assert "model.safetensors" in files and "config.json" in files
+    assert all(not getattr(r, "models", None) for r in made if r.job_type == "eval")
+
+
+def test_log_models_uploads_only_when_asked(tmp_path, monkeypatch):
+    """WandbTracker.log_model makes a model artifact of the directory under track.log_models, else nothing."""
+    logged = []
+
+    class FakeArtifact:
+        def __init__(self, name, type):
+            self.name, self.type, self.dirs = name, type, []
+
+        def add_dir(self, path):
+            self.dirs.append(path)
+
+    class Run:
+        dir, name = str(tmp_path), "run-train-p s0"
+
+        def define_metric(self, *a, **k):
+            pass
+
+        def log_artifact(self, art):
+            logged.append((art.name, art.type, art.dirs))
+
+    class FakeWandb:
+        Artifact = FakeArtifact
+
+        @staticmethod
+        def init(**kw):
+            return Run()
+
+    monkeypatch.setattr(tracking.optional, "wandb", lambda: FakeWandb)
+    for flag in (False, True):
+        cfg = load_config(overrides={"track.mode": "offline", "track.log_models": flag, "run_dir": str(tmp_path)})
+        tracking.make_tracker(cfg, "probe", str(tmp_path), job_type="train").log_model(tmp_path / "model")
+    assert logged == [("run-train-p-s0", "model", [str(tmp_path / "model")])]
 
 
 def test_runs_are_tagged(tracked):
