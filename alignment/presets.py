@@ -61,7 +61,7 @@ LEVEL3_METHODS: dict[str, dict] = {
     "rloo": {"method": "rloo", "credit": "sequence"},
     "rloo-prefix": {"method": "rloo", "credit": "prefix", "credit_lambda": 0.5},
 }
-LEVEL3_BETAS = (0.1, 0.3, 1.0)
+LEVEL3_BETAS = (0.1, 0.3, 0.5, 1.0)
 SWEEP_AXES = {"losses": SWEEP_LOSSES, "betas": SWEEP_BETAS, "seeds": SWEEP_SEEDS, "alphas": SWEEP_ALPHAS,
               "best_of_n": SWEEP_BEST_OF_N}
 
