@@ -87,7 +87,7 @@ STAGE_INFO: dict[str, Stage] = {
                    "--seeds, each evaluated, next to a best-of-N baseline (N in --best-of-n), compared at\n"
                    "matched KL. Writes run_dir/policies/, run_dir/eval/, run_dir/sweep.json and\n"
                    "run_dir/plots/frontier_*.png; prints the frontier table and the matched-KL verdicts."),
-    "level3": Stage("Level 3: DPO, reward distillation, online DPO, RLOO (sequence and per-token credit) x betas x seeds + best-of-N",
+    "level3": Stage("Level 3: DPO, distillation, online DPO, two RLOOs x betas x seeds + best-of-N",
                     "Level 3, what buys reward per nat of KL: every method in --methods (dpo, distill,\n"
                     "online-dpo, rloo, rloo-prefix: each one dpo.* choice) trained at every --betas and\n"
                     "--seeds, each evaluated, next to best-of-N (N in --best-of-n), compared at matched\n"

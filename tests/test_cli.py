@@ -310,15 +310,16 @@ def test_a_yaml_file_must_hold_sections(tmp_path):
 # the third, the SFT model's, has stayed the same since the SFT stage had its present fields: no
 # setting outside `sft` and its data fields may rebuild the start policy.
 # A preset's run dir (runs/<preset>, what `make` has always passed) is in the first (run_dir is not
-# hashed into the other two); so are fields that key the caches only when set (`dpo.method`, `dpo.rounds`).
+# hashed into the other two); so are fields that key the caches only when set (`dpo.method`, `dpo.rounds`,
+# `dpo.credit`, `dpo.credit_lambda`) and fields that key none (`track.log_models`).
 HASHES = {
-    None: ("14da024fa241", "ec373babd7d1", "dfdee80e"),
-    "smoke": ("115fb6809308", "0f59ceb33838", "f948167c"),
-    "default": ("14da024fa241", "ec373babd7d1", "dfdee80e"),
-    "sweep": ("347896a170ca", "64f6e73aae21", "dfdee80e"),
-    "level3": ("9d1fb986dee8", "64f6e73aae21", "dfdee80e"),  # the sweep's artifact keys: same data, same settings
-    "full": ("601c98331f90", "98830cb00b70", "6b4d2fde"),
-    "hub": ("beb4e42a7717", "11d23a48bd7d", "1f4a485c"),
+    None: ("04d07c3539a3", "ec373babd7d1", "dfdee80e"),
+    "smoke": ("dd3d92bb8e0b", "0f59ceb33838", "f948167c"),
+    "default": ("04d07c3539a3", "ec373babd7d1", "dfdee80e"),
+    "sweep": ("967e23945ec7", "64f6e73aae21", "dfdee80e"),
+    "level3": ("cf21a0f71332", "64f6e73aae21", "dfdee80e"),  # the sweep's artifact keys: same data, same settings
+    "full": ("4460182a2268", "98830cb00b70", "6b4d2fde"),
+    "hub": ("dfb0acb0fedf", "11d23a48bd7d", "1f4a485c"),
 }
 
 
