@@ -24,7 +24,7 @@ from .distributed import shutdown
 from .machine import hardware
 from .pipeline import Pipeline
 from .rundir import RunDirMismatch
-from .presets import LEVEL3_BETAS, LEVEL3_METHODS, PRESETS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS, axes_flags
+from .presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, PRESETS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS, axes_flags
 from .reward import RewardError, load_judge, load_reward, load_topic_judge
 from .timing import log_command
 
@@ -153,7 +153,7 @@ def _level3_flags(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--betas", default=None, help=f"betas (default {_csv(LEVEL3_BETAS)})")
     g.add_argument("--seeds", default=None, help=f"seeds (default {_csv(SWEEP_SEEDS)})")
     g.add_argument("--best-of-n", default=None, help=f"best-of-N's N values, from max(N) start samples per "
-                                                     f"prompt (default {_csv(SWEEP_BEST_OF_N)})")
+                                                     f"prompt (default {_csv(LEVEL3_BEST_OF_N)})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,7 +324,8 @@ def sweep_grid(args) -> dict:
     grid.update(seeds=parse(get("seeds"), int, SWEEP_SEEDS, "seeds"))
     if "losses" in grid:
         grid.update(alphas=parse(get("alphas"), float, SWEEP_ALPHAS, "alphas"))
-    grid.update(best_of_n=parse(get("best_of_n"), int, SWEEP_BEST_OF_N, "best-of-n"))
+    bon = LEVEL3_BEST_OF_N if "methods" in grid else SWEEP_BEST_OF_N
+    grid.update(best_of_n=parse(get("best_of_n"), int, bon, "best-of-n"))
     if min(grid["best_of_n"]) < 1:
         raise ConfigError(f"--best-of-n={get('best_of_n')!r}: each N must be >= 1 (e.g. --best-of-n 1,2,4,8,16,32,64)")
     return grid

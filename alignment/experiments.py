@@ -20,7 +20,7 @@ from .metrics import content_of
 from .evaluate import Evaluation, pooled
 from .pipeline import Pipeline
 from .rundir import COST_FILE, START, Policy, RunPaths
-from .presets import LEVEL3_BETAS, LEVEL3_METHODS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
+from .presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from .report import example_records
 from .stats import SharedBootstrap, compare_to_start, versus_start, with_holm
 from .train import held_out_prompts
@@ -219,7 +219,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
 
 @experiment
 def level3(pipe: Pipeline, methods: tuple[str, ...] = tuple(LEVEL3_METHODS), betas: tuple[float, ...] = LEVEL3_BETAS,
-           seeds: tuple[int, ...] = SWEEP_SEEDS, best_of_n: tuple[int, ...] = SWEEP_BEST_OF_N) -> dict:
+           seeds: tuple[int, ...] = SWEEP_SEEDS, best_of_n: tuple[int, ...] = LEVEL3_BEST_OF_N) -> dict:
     """Level 3, what buys reward per nat of KL: every method of `LEVEL3_METHODS` x β x seed, traced as
     frontiers against best-of-N from the start policy's own samples, compared at matched KL as the sweep
     compares divergences (`frontier_study`). Writes level3.json and its plots."""

@@ -62,6 +62,9 @@ LEVEL3_METHODS: dict[str, dict] = {
     "rloo-prefix": {"method": "rloo", "credit": "prefix", "credit_lambda": 0.5},
 }
 LEVEL3_BETAS = (0.1, 0.3, 0.5, 1.0)
+# Level 3's best-of-N reaches N = 128 (KL ≈ 3.9 nats): per-token credit at β = 0.3 spends about 3.3 nats,
+# past best-of-64's 3.2, and a point beyond best-of-N's largest KL gets no share of its gain.
+LEVEL3_BEST_OF_N = SWEEP_BEST_OF_N + (128,)
 SWEEP_AXES = {"losses": SWEEP_LOSSES, "betas": SWEEP_BETAS, "seeds": SWEEP_SEEDS, "alphas": SWEEP_ALPHAS,
               "best_of_n": SWEEP_BEST_OF_N}
 

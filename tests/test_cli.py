@@ -74,7 +74,7 @@ def test_stage_help_shows_its_own_flags(capsys, stage):
 def test_level3_flags_reach_level3(monkeypatch):
     args = cli.parse_args(["level3", "--methods", "dpo,rloo", "--betas", "0.3", "--seeds", "1"])
     assert cli.sweep_grid(args) == {"methods": ("dpo", "rloo"), "betas": (0.3,), "seeds": (1,),
-                                    "best_of_n": (1, 2, 4, 8, 16, 32, 64)}
+                                    "best_of_n": (1, 2, 4, 8, 16, 32, 64, 128)}
     with pytest.raises(ConfigError, match="--methods: unknown"):
         cli.sweep_grid(cli.parse_args(["level3", "--methods", "ppo"]))
 
