@@ -52,17 +52,25 @@ def kl_lines(level3: dict) -> list[str]:
 GOAL = 0.7  # the share of best-of-N's reward gain at matched KL that would count as closing the gap
 
 
-def goal_line(level3: dict, goal: float = GOAL) -> str:
-    """Whether any point reaches `goal` of best-of-N's reward gain at its own KL with the judge's share as
-    high and its alarm silent; else the best reward share, and the diagnosis' KL split by kind of method."""
+def goal_points(level3: dict, goal: float = GOAL) -> list[dict]:
+    """The points (their reward `gain_fractions` rows) that reach `goal` of best-of-N's reward gain at their
+    own KL with the judge's share as high and their alarm silent."""
     rows = {(r["label"], r["beta"], r["field"]): r for r in level3.get("gain_fractions") or []}
     quiet = {(a["label"], a["beta"]) for a in level3.get("alarm", []) if not a["flags"]}
+    judge = lambda r: (rows.get((r["label"], r["beta"], "judge")) or {}).get("frac_bon")  # noqa: E731
+    return [r for (_, _, f), r in rows.items() if f == "reward" and r["frac_bon"] is not None and r["frac_bon"] >= goal
+            and (r["label"], r["beta"]) in quiet and judge(r) is not None and judge(r) >= goal]
+
+
+def goal_line(level3: dict, goal: float = GOAL) -> str:
+    """Whether any point reaches `goal` of best-of-N's reward gain at its own KL with the judge's share as
+    high and its alarm silent (`goal_points`); else the best reward share, and each method's share of KL
+    on sentiment words."""
+    rows = {(r["label"], r["beta"], r["field"]): r for r in level3.get("gain_fractions") or []}
     reward = [r for (_, _, f), r in rows.items() if f == "reward" and r["frac_bon"] is not None]
     if not reward:
         return "No trained point lies inside best-of-N's KL range: no share of its gain can be read."
-    met = [r for r in reward if r["frac_bon"] >= goal and (r["label"], r["beta"]) in quiet
-           and (rows.get((r["label"], r["beta"], "judge")) or {}).get("frac_bon", -1) is not None
-           and (rows.get((r["label"], r["beta"], "judge")) or {}).get("frac_bon", -1) >= goal]
+    met = goal_points(level3, goal)
     if met:
         return ("Goal met: " + ", ".join(f"`{r['label']}` β={r['beta']:g} ({100 * r['frac_bon']:.0f} % of best-of-N's "
                                          f"reward gain at KL {r['kl']:.2f})" for r in met) + ", the judge agreeing, the alarm silent.")

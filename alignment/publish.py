@@ -20,7 +20,7 @@ from . import assets, console, report
 from . import frontier as F
 from .config import load_config
 from .io import read_json, write_json
-from .level3_report import level3_lines
+from .level3_report import GOAL, goal_points, level3_lines
 from .reward import FT_JUDGE_DIR, HEADS, head_dir
 from .rundir import RunPaths
 from .sft import sft_out_dir
@@ -336,9 +336,11 @@ def _frontier_brief(sweep: dict) -> str:
 
 
 def level3_brief(level3: dict) -> str:
-    """Level 3 in one sentence: per method its point with the largest share of best-of-N's reward gain at
-    its own KL (`frontier.gain_fractions`), with the judge's share at the same point."""
+    """Level 3 in two sentences: per method its point with the largest share of best-of-N's reward gain at
+    its own KL (`frontier.gain_fractions`), with the judge's share and any alarm at the same point; whether
+    a point meets the goal (`level3_report.goal_points`)."""
     rows = level3.get("gain_fractions") or []
+    flags = {(a["label"], a["beta"]): a["flags"] for a in level3.get("alarm", [])}
     parts = []
     for method in level3["grid"]["methods"]:
         mine = [r for r in rows if r["label"] == method and r["field"] == "reward" and r["frac_bon"] is not None]
@@ -351,11 +353,21 @@ def level3_brief(level3: dict) -> str:
         jt = (f", judge {100 * judge['frac_bon']:.0f} %" if judge and judge["frac_bon"] is not None else "")
         ci = (f" ({100 * best['frac_bon_lo']:.0f}..{100 * best['frac_bon_hi']:.0f} %)"
               if best["frac_bon_lo"] is not None else "")
-        parts.append(f"`{method}` {100 * best['frac_bon']:.0f} %{ci} at β {best['beta']:g}, KL {best['kl']:.2f}{jt}")
+        alarm = flags.get((method, best["beta"]))
+        at = f", alarm: {', '.join(alarm)}" if alarm else ""
+        parts.append(f"`{method}` {100 * best['frac_bon']:.0f} %{ci} at β {best['beta']:g}, KL {best['kl']:.2f}{jt}{at}")
     seeds = level3["grid"]["seeds"]
     pooled = f"seeds {', '.join(map(str, seeds))} pooled" if len(seeds) > 1 else f"one seed ({seeds[0]})"
     return (f"Level 3 ({len(level3['grid']['methods'])} methods along β, {pooled}; [more]({DOC}#level-3-what-buys-reward-per-nat-of-kl)): "
-            "the largest share of best-of-N's reward gain each reaches at its own KL: " + "; ".join(parts) + ".")
+            "the largest share of best-of-N's reward gain each reaches at its own KL: " + "; ".join(parts) + ". "
+            + goal_brief(level3))
+
+
+def goal_brief(level3: dict) -> str:
+    """Whether a Level 3 point reaches `GOAL` of best-of-N's reward gain, the judge agreeing, the alarm silent."""
+    met = goal_points(level3)
+    head = f"{100 * GOAL:.0f} % of best-of-N's gain with the judge agreeing and the alarm silent: "
+    return head + (", ".join(f"`{r['label']}` β {r['beta']:g}" for r in met) if met else "no point") + "."
 
 
 def headline(r: dict) -> str:

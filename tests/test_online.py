@@ -269,6 +269,7 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     from alignment.publish import level3_brief
     brief = level3_brief(res)
     assert brief.startswith("Level 3 (5 methods along β, one seed (0)") and all(f"`{m}`" in brief for m in methods)
+    assert " 70 % of best-of-N's gain with the judge agreeing and the alarm silent: " in brief
 
 
 def test_goal_line_says_whether_a_method_closes_the_gap():
@@ -284,9 +285,14 @@ def test_goal_line_says_whether_a_method_closes_the_gap():
                                       frac("dpo", 0.1, "reward", 0.2)],
            "alarm": [{"label": "rloo", "beta": 0.1, "flags": []}]}
     assert goal_line(met).startswith("Goal met: `rloo` β=0.1 (80 %")
+    from alignment.publish import goal_brief, level3_brief
+    assert goal_brief(met).endswith("alarm silent: `rloo` β 0.1.")
     hacked = {**met, "alarm": [{"label": "rloo", "beta": 0.1, "flags": ["repetition"]}]}
     judged = {**met, "gain_fractions": [frac("rloo", 0.1, "reward", 0.8), frac("rloo", 0.1, "judge", 0.4)]}
+    brief = level3_brief({**hacked, "grid": {"methods": ["rloo", "dpo"], "seeds": [0]}})
+    assert "`rloo` 80 % (50..90 %) at β 0.1, KL 1.00, judge 75 %, alarm: repetition;" in brief
     for case in (hacked, judged):  # an alarm, or a judge that does not agree: not met
+        assert goal_brief(case).endswith("alarm silent: no point.")
         line = goal_line(case)
         assert line.startswith("No point reaches 70 %") and "`rloo` β=0.1's 80 %" in line
         assert "sentiment words (over its β): `dpo` 10 %, `rloo` 30 %" in line
