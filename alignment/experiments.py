@@ -272,6 +272,9 @@ def policy_cost(policy: Policy) -> dict:
     return read_json(path) if path.exists() else {"train_seconds": None, "tokens_drawn": None}
 
 
+EXAMPLE_PROMPTS = 2  # Level 3 stores sample 0 of this many held-out prompts for every point (its first seed)
+
+
 def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: tuple[float, ...],
                    seeds: tuple[int, ...], best_of_n: tuple[int, ...], grid: dict, with_cost: bool = False) -> dict:
     """Every family (a label and its `dpo.*` overrides) x β x seed trained and evaluated with its seed's
@@ -327,9 +330,11 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
               **optimum_entry,
               "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)], "grid": grid,
               "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files], **draws}
-    if with_cost:  # Level 3: where each point's KL goes, on its first seed's policy (`diagnose`)
+    if with_cost:  # Level 3: where each point's KL goes, on its first seed's policy (`diagnose`), and its texts
         with pipe.times("diagnosis"):
             result["diagnosis"] = kl_diagnoses(pipe, firsts)
+        result["examples"] = example_records({START: starts[seeds[0]].scored, **{k: ev.scored for k, (_, ev)
+                                                                                 in firsts.items()}}, EXAMPLE_PROMPTS)
     if pipe.dist.main:
         write_json(P.result(name), result)
     _log_summary(pipe, name, {"results": table, "runs": runs}, files, charts=FRONTIER_CHARTS)

@@ -86,6 +86,22 @@ def goal_line(level3: dict, goal: float = GOAL) -> str:
             f"{100 * best['frac_bon_hi']:.0f} %) at KL {best['kl']:.2f}" + (f". The share of each method's KL on sentiment words (over its β): {why}." if why else "."))
 
 
+def example_lines(level3: dict) -> list[str]:
+    """The stored texts (`examples`: sample 0 of the first held-out prompts, each point's first seed) as one
+    row per model and a column per prompt, so a reader sees what each β and method writes."""
+    ex = level3.get("examples") or []
+    if not ex:
+        return []
+    prompts = list(dict.fromkeys(e["prompt"] for e in ex))
+    rows: dict[str, dict] = {}
+    for e in ex:
+        label, _, beta = e["model"].rpartition("@")  # "rloo@0.3", or the start policy's name
+        name = f"`{label}` β={float(beta):g}" if label else e["model"]
+        rows.setdefault(name, {"model": name})[repr(e["prompt"])] = f"{e['completion']!r} ({e['reward']:+.2f})"
+    return [f"What each point writes (sample 0 of {len(prompts)} held-out prompts, first seed; reward in brackets):",
+            "", markdown_table(list(rows.values())), ""]
+
+
 def level3_lines(level3: dict) -> list[str]:
     """Level 3's conclusions, generated: its size, each method's cost, the matched-KL verdicts against
     best-of-N and between methods, and where the KL goes."""
@@ -99,4 +115,4 @@ def level3_lines(level3: dict) -> list[str]:
         lines.append("KL does not rise monotonically along β for " + ", ".join(f"`{c}`" for c in level3["non_monotone"])
                      + ": those curves are shown but not compared at matched KL.")
     lines += [comparison_line(level3["comparisons"], field, "level3.json") for field in ("reward", "judge")]
-    return lines + kl_lines(level3)
+    return lines + kl_lines(level3) + [""] + example_lines(level3)

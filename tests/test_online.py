@@ -259,13 +259,14 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     assert res["draw_seconds"]["0"] > 0  # built before any policy, so no policy's cost includes it
     assert {p["label"] for p in res["points"]} >= {*methods, "best-of-N"}
     assert [d["label"] for d in res["diagnosis"]] == methods
+    assert {e["model"] for e in res["examples"]} == {"sft", *(f"{m}@0.1" for m in methods)}  # texts to read
     # the evaluation scores each completion after another prompt too, so the prompt-relevance rule has numbers
     assert all(a["prompt_relevance"] is not None and a["start_prompt_relevance"] is not None for a in res["alarm"])
     for d in res["diagnosis"]:
         assert sum(b["kl"] for b in d["by_position"]) == pytest.approx(d["kl"])
     assert read_json(Path(cfg.run_dir) / "level3.json")["grid"]["methods"] == methods
     text = render("level3", res)
-    assert "**Level 3** (5 runs" in text and "tokens drawn / policy" in text and "`rloo` β=0.1" in text
+    assert "**Level 3** (5 runs" in text and "| `rloo-prefix` β=0.1 |" in text and "tokens drawn / policy" in text and "`rloo` β=0.1" in text
     from alignment.publish import level3_brief
     brief = level3_brief(res)
     assert brief.startswith("Level 3 (5 methods along β, one seed (0)") and all(f"`{m}`" in brief for m in methods)
