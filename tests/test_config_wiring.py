@@ -14,7 +14,7 @@ from alignment.io import read_json, stable_hash
 from alignment.pipeline import Pipeline
 
 # fields that change no artifact, and why (declared with rule(..., hashed=False) in config.py)
-NOT_HASHED = {"track.mode", "track.project", "track.run_name",  # where tracking goes
+NOT_HASHED = {"track.mode", "track.project", "track.run_name", "track.log_models",  # where tracking goes, what it uploads
               "dpo.save_every", "sft.save_every", "dpo.save_minutes", "sft.save_minutes",  # checkpoint cadence: same result
               "dpo.eval_every",  # how often the held-out pairs are scored: the same weights, more or fewer log entries
               "eval.n_examples",  # how many examples are shown
@@ -69,6 +69,7 @@ def real_run(tmp_path_factory, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
     experiments.lr_lesson(pipe, lrs=(1e-3,))
     pipe.train(lora_r=2)  # the LoRA fields are read when LoRA is on (SFT above runs with it)
     pipe.train(method="online", rounds=2)  # dpo.method and dpo.rounds key a policy only when set (hashed="if_set")
+    pipe.train(method="rloo", credit="prefix", credit_lambda=0.5)  # so do dpo.credit and dpo.credit_lambda
     pipe.sft()
     cfg.track.mode = "offline"  # the tracker reads project/run_name only when it is on
     pipe.trackers("probe").finish()

@@ -113,6 +113,9 @@ class _Tracker:
     def log_table(self, key, columns, rows):
         pass
 
+    def log_model(self, path):
+        self.model_files = sorted(p.name for p in path.iterdir())
+
     def finish(self):
         pass
 
@@ -137,6 +140,7 @@ def test_resume_after_interrupt(trained, reviews_csv, tiny_gpt2_dir, tmp_path, c
     m = sft.run_sft(cfg, tracker)
     assert f"resuming sft from step 4 of 12 (checkpoint {parts[0] / 'ckpt.pt'})" in capsys.readouterr().out
     assert tracker.seen == list(range(5, 13)) and m["resumed_from_step"] == 4
+    assert "model.safetensors" in tracker.model_files  # the tracker is offered the finished model (track.log_models)
     assert not parts[0].exists() and (tmp_path / "model" / "model.safetensors").exists()
     # Same schedule, optimizer state and RNG (dropout is on in SFT): the uninterrupted run's bytes.
     for k in ("train_loss", "ppl_after", "samples_after"):
