@@ -179,7 +179,7 @@ def rloo_prefix_loss(logps: torch.Tensor, ref_logps: torch.Tensor, valid: torch.
     after = torch.cat([prefix[:, 1:], prefix[:, :1]], 1)  # (B, L) the reward after token t ...
     after[torch.arange(len(prefix)), last] = rewards.to(after.dtype)  # ... the whole completion's after its last
     gain = (after - prefix) * v  # (B, L)
-    G = (to_go(gain, lam) - beta * to_go(kl, lam)) * v  # (B, L)
+    G = to_go(gain - beta * kl, lam) * v  # (B, L): to_go is linear, so one pass for both terms
     Gp = G.view(-1, n, G.shape[1])  # (P, n, L)
     adv = (Gp - (Gp.sum(1, keepdim=True) - Gp) / (n - 1)).view_as(G) * v  # (B, L) leave-one-out by position
     loss = -(adv * logps * v).sum(1).mean()
