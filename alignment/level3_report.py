@@ -66,8 +66,7 @@ def goal_line(level3: dict, goal: float = GOAL) -> str:
     """Whether any point reaches `goal` of best-of-N's reward gain at its own KL with the judge's share as
     high and its alarm silent (`goal_points`); else the best reward share, and each method's share of KL
     on sentiment words."""
-    rows = {(r["label"], r["beta"], r["field"]): r for r in level3.get("gain_fractions") or []}
-    reward = [r for (_, _, f), r in rows.items() if f == "reward" and r["frac_bon"] is not None]
+    reward = [r for r in level3.get("gain_fractions") or [] if r["field"] == "reward" and r["frac_bon"] is not None]
     if not reward:
         return "No trained point lies inside best-of-N's KL range: no share of its gain can be read."
     met = goal_points(level3, goal)
