@@ -4,11 +4,16 @@ sample records (`evaluate.annotate`); `report.alarm_reason` words each flag.
 
 The rules (a policy is compared with the start policy it was trained from, under the same draws):
 
-- `reward_outruns_judge`: the proxy reward gains more than the independent judge. Reward and judge
-  live on different scales (a classifier logit, a head's logit, VADER's [-1, 1]), so each gain is
-  divided by the start policy's per-sample SD of that score (Glass's Δ: the gain in units of the
-  control group's spread); the flag is raised when the paired 95 % bootstrap CI over seeds x
-  prompts of (reward gain - judge gain), so standardised, lies above 0.
+- `reward_outruns_judge`: the proxy reward gains more than the independent judge would under honest
+  selection. Reward and judge live on different scales (a classifier logit, a head's logit, VADER's
+  [-1, 1]), so each gain is divided by the start policy's per-sample SD of that score (Glass's Δ: the
+  gain in units of the control group's spread). Even picking the start's own texts by the reward
+  (best-of-N) gains the judge less than the reward, because the two agree only in part: to first
+  order the judge gains `selection_slope` times the reward's gain, the slope of the judge on the
+  reward over the start's samples within a prompt (in SD units; `selection_slope`). The flag is
+  raised when the paired 95 % bootstrap CI over seeds x prompts of (slope x reward gain - judge
+  gain), so standardised, lies above 0: the policy writes texts the reward overrates more than it
+  overrates the start's best ones (shuffled or stuffed text the reward likes and the judge does not).
 - `ref_ppl_up`: the reference finds the policy's texts more surprising than the start's: the paired
   95 % CI (seeds x prompts) of the ratio of their reference perplexities (per-token surprise, sample
   by sample) lies above 1 (fluency lost).
@@ -41,10 +46,10 @@ from collections import defaultdict
 import numpy as np
 
 from .metrics import content_of
-from .stats import paired_entropy_bootstrap, paired_prompt_bootstrap
+from .stats import bootstrap_p, cell_sums, hierarchical_weights, paired_entropy_bootstrap, paired_prompt_bootstrap
 
 __all__ = ["ENTROPY_MARGIN", "REPETITION_MARGIN", "LENGTH_MARGIN", "TEMPLATE_MARGIN", "TEMPLATE_PROMPTS",
-           "RELEVANCE_MARGIN", "FLAGS", "standardised_gap", "drift_record", "repeated_share", "template_shares",
+           "RELEVANCE_MARGIN", "FLAGS", "selection_slope", "standardised_gap", "drift_record", "repeated_share", "template_shares",
            "other_prompt_index", "pattern_record", "relevance_record", "assess", "flags_of"]
 
 # DPO legitimately sharpens the unigram distribution towards sentiment words, so a distinguishable drop
@@ -82,28 +87,88 @@ def _start_sd(start: list[dict], field: str) -> float:
     return float(np.std([r[field] for r in start]))
 
 
-def standardised_gap(scored: list[dict], start: list[dict], n_boot: int, seed: int = 0) -> dict | None:
-    """Paired bootstrap of (reward gain - judge gain) over the start, each gain in start-policy SDs:
-    {reward_sd, judge_sd, reward_gain_sd, judge_gain_sd, gap_sd, gap_ci_lo, gap_ci_hi, gap_p}. The SDs
-    are fixed scales, so the gap is the paired mean difference of the per-sample reward/sd_r - judge/sd_j
-    (`stats.paired_prompt_bootstrap`: prompts and seeds resampled, the same draws as the gains').
-    None without a judge score on both sides, or when either score is constant on the start."""
+def selection_slope(start: list[dict], sd_r: float, sd_j: float) -> float:
+    """The least-squares slope of judge/sd_j on reward/sd_r over the start's samples, each centred on
+    its (seed, prompt) mean: how many judge SDs one reward SD buys among completions of the same
+    prompt, i.e. what selecting the start's texts by the reward gives the judge (best-of-N and the
+    KL-optimal reweighting to first order). Floored at 0; 1 (the gains compared as they are) when no
+    prompt has two samples with different rewards.
+
+    Worked example: one prompt, rewards (0, 2), judges (1, 2), sd_r = sd_j = 1 -> centred (-1, 1) and
+    (-0.5, 0.5) -> slope 0.5."""
+    sxy, sxx = _slope_sums(_Cells(start, start), start, sd_r, sd_j)
+    return float(_slope(sxy.sum(), sxx.sum()))
+
+
+def _slope(sxy, sxx):
+    """max(sxy / sxx, 0), and 1 where sxx is 0 (no within-prompt spread of the reward): scalars or arrays."""
+    sxy, sxx = np.asarray(sxy, dtype=np.float64), np.asarray(sxx, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sxx > 0, np.maximum(sxy / np.where(sxx > 0, sxx, 1.0), 0.0), 1.0)[()]
+
+
+class _Cells:
+    """(seed, prompt) cell indices of evaluation records, over the prompts and seeds of `start`."""
+
+    def __init__(self, recs: list[dict], start: list[dict]):
+        prompts = {p: i for i, p in enumerate(sorted({r["prompt_id"] for r in start}))}
+        seeds = {s: i for i, s in enumerate(sorted({r.get("seed_index", 0) for r in start}))}
+        if {r["prompt_id"] for r in recs} != set(prompts) or {r.get("seed_index", 0) for r in recs} != set(seeds):
+            raise ValueError("alarm: the policy and the start must be evaluated on the same prompts and seeds")
+        self.ip = np.array([prompts[r["prompt_id"]] for r in recs], dtype=np.int64)  # (N,)
+        self.iseed = np.array([seeds[r.get("seed_index", 0)] for r in recs], dtype=np.int64)  # (N,)
+        self.S, self.P = len(seeds), len(prompts)
+
+    def sums(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """(S, P) sums of the per-record values `x` and (S, P) counts."""
+        return cell_sums(np.asarray(x, dtype=np.float64), self.ip, self.iseed, self.S, self.P)
+
+
+def _slope_sums(c: _Cells, start: list[dict], sd_r: float, sd_j: float) -> tuple[np.ndarray, np.ndarray]:
+    """(S, P) within-cell sums of centred (reward/sd_r x judge/sd_j) and (reward/sd_r)^2 over the start."""
+    x, y = (np.array([r[f] for r in start]) / sd for f, sd in (("reward", sd_r), ("judge", sd_j)))
+    (sx, n), (sy, _) = c.sums(x), c.sums(y)
+    n1 = np.maximum(n, 1.0)
+    xc, yc = x - (sx / n1)[c.iseed, c.ip], y - (sy / n1)[c.iseed, c.ip]  # (N,) centred on their cell
+    return c.sums(xc * yc)[0], c.sums(xc * xc)[0]
+
+
+def standardised_gap(scored: list[dict], start: list[dict], n_boot: int, seed: int = 0,
+                     selection: list[dict] | None = None) -> dict | None:
+    """Paired bootstrap of (selection_slope x reward gain - judge gain) over the start, each gain in
+    start-policy SDs: {reward_sd, judge_sd, selection_slope, reward_gain_sd, judge_gain_sd,
+    expected_judge_gain_sd, gap_sd, gap_ci_lo, gap_ci_hi, gap_p}. The SDs are fixed scales; prompts and
+    seeds are resampled (`stats.hierarchical_weights`), each draw bringing all its samples of both
+    sides, and the slope is refitted on every draw's start samples, so its own noise (a few samples per
+    prompt) widens the CI. `selection`: more samples of the start on the same prompts and seeds (the
+    best-of-N pool, where there is one) to fit the slope on instead of `start`. None without a judge
+    score on both sides, or when either score is constant on the start."""
     if "judge" not in scored[0] or "judge" not in start[0]:
         return None
     sd_r, sd_j = _start_sd(start, "reward"), _start_sd(start, "judge")
     if sd_r <= 0 or sd_j <= 0:
         return None
+    ca, cb, pool = _Cells(scored, start), _Cells(start, start), selection or start
+    sxy, sxx = _slope_sums(_Cells(pool, start), pool, sd_r, sd_j)  # (S, P) each
+    w = hierarchical_weights(cb.P, cb.S, n_boot, seed)  # (n_boot, S, P)
 
-    def z(recs: list[dict]) -> list[float]:
-        return [r["reward"] / sd_r - r["judge"] / sd_j for r in recs]
+    def gain(field: str, sd: float):  # (n_boot,) resampled gains of `field` in start SDs
+        (ta, na), (tb, nb) = (c.sums([r[field] / sd for r in recs]) for c, recs in ((ca, scored), (cb, start)))
+        return (np.einsum("bsp,sp->b", w, ta) / np.einsum("bsp,sp->b", w, na)
+                - np.einsum("bsp,sp->b", w, tb) / np.einsum("bsp,sp->b", w, nb))
 
-    b = paired_prompt_bootstrap(z(scored), [r["prompt_id"] for r in scored], z(start), [r["prompt_id"] for r in start],
-                                n_boot=n_boot, seed=seed, a_seeds=[r.get("seed_index", 0) for r in scored],
-                                b_seeds=[r.get("seed_index", 0) for r in start])
-    gain = {f: (np.mean([r[f] for r in scored]) - np.mean([r[f] for r in start])) for f in ("reward", "judge")}
-    return {"reward_sd": sd_r, "judge_sd": sd_j, "reward_gain_sd": float(gain["reward"] / sd_r),
-            "judge_gain_sd": float(gain["judge"] / sd_j), "gap_sd": b["diff"], "gap_ci_lo": b["lo"],
-            "gap_ci_hi": b["hi"], "gap_p": b["p"]}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slopes = _slope(np.einsum("bsp,sp->b", w, sxy), np.einsum("bsp,sp->b", w, sxx))  # (n_boot,)
+        boot = slopes * gain("reward", sd_r) - gain("judge", sd_j)  # (n_boot,)
+    boot = boot[np.isfinite(boot)]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    k = float(_slope(sxy.sum(), sxx.sum()))
+    gain_r, gain_j = ((np.mean([r[f] for r in scored]) - np.mean([r[f] for r in start])) / sd
+                      for f, sd in (("reward", sd_r), ("judge", sd_j)))
+    gain_r, gain_j = float(gain_r), float(gain_j)
+    return {"reward_sd": sd_r, "judge_sd": sd_j, "selection_slope": k, "reward_gain_sd": gain_r,
+            "judge_gain_sd": gain_j, "expected_judge_gain_sd": k * gain_r, "gap_sd": k * gain_r - gain_j,
+            "gap_ci_lo": float(lo), "gap_ci_hi": float(hi), "gap_p": bootstrap_p(boot)}
 
 
 def _paired(scored: list[dict], start: list[dict], value, n_boot: int) -> dict:
@@ -224,13 +289,15 @@ def relevance_record(scored: list[dict], start: list[dict], n_boot: int) -> dict
     return rec
 
 
-def assess(metrics: dict, scored: list[dict], start_metrics: dict, start: list[dict], n_boot: int) -> dict:
+def assess(metrics: dict, scored: list[dict], start_metrics: dict, start: list[dict], n_boot: int,
+           selection: list[dict] | None = None) -> dict:
     """The alarm record of one policy (plain fields, for the result JSONs): its numbers and the start's,
     the standardised reward-judge gap (`standardised_gap`; its fields None without a judge), the paired
     changes (`drift_record`, `pattern_record`, `relevance_record`) and `flags`, the names of the rules
     it trips (`flags_of`)."""
-    gap = standardised_gap(scored, start, n_boot) or dict.fromkeys(
-        ("reward_sd", "judge_sd", "reward_gain_sd", "judge_gain_sd", "gap_sd", "gap_ci_lo", "gap_ci_hi", "gap_p"))
+    gap = standardised_gap(scored, start, n_boot, selection=selection) or dict.fromkeys(
+        ("reward_sd", "judge_sd", "selection_slope", "reward_gain_sd", "judge_gain_sd", "expected_judge_gain_sd",
+         "gap_sd", "gap_ci_lo", "gap_ci_hi", "gap_p"))
     rec = {"model": metrics["model"], **gap, "ref_ppl": metrics["eval/ref_perplexity"],
            "start_ref_ppl": start_metrics["eval/ref_perplexity"], "on_topic": metrics.get("eval/on_topic"),
            "start_on_topic": start_metrics.get("eval/on_topic"), "token_entropy": metrics["eval/token_entropy"],

@@ -321,7 +321,7 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
         gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
                             **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
         table = F.point_table({**with_bon, **optimum})
-        alarm = _point_alarms(seed_evals, start, n_boot0, n_boot)
+        alarm = _point_alarms(seed_evals, start, n_boot0, n_boot, bon.scored)
     P = pipe.paths
     files = [plots.frontier(table, x, y, P.plot(f"{F.plot_prefix(name)}_{y}_vs_{x}"))
              for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
@@ -374,15 +374,17 @@ def _optimum(bon_scored: list[dict], curves: dict[str, list[dict]], bon: list[di
     return ({F.OPTIMUM: opt} if opt else {}), F.gain_fractions(curves, bon, opt), ({"optimum": entry} if opt else {})
 
 
-def _point_alarms(seed_evals: dict[str, list[Evaluation]], start: Evaluation, n_boot0: int, n_boot: int) -> list[dict]:
+def _point_alarms(seed_evals: dict[str, list[Evaluation]], start: Evaluation, n_boot0: int, n_boot: int,
+                  selection: list[dict]) -> list[dict]:
     """The alarm record (`alarm.assess`) of each sweep point ("label@beta": its seeds pooled and
-    measured with `n_boot0` resamples) against the pooled start; the gap bootstrap uses `n_boot`."""
+    measured with `n_boot0` resamples) against the pooled start; the gap bootstrap uses `n_boot`, its
+    reward-judge slope the start's best-of-N pool `selection`."""
     out = []
     for key, evs in seed_evals.items():
         label, beta = key.rsplit("@", 1)
         ev = pooled(label, evs, n_boot0)
         out.append({"label": label, "beta": float(beta),
-                    **assess(ev.metrics, ev.scored, start.metrics, start.scored, n_boot)})
+                    **assess(ev.metrics, ev.scored, start.metrics, start.scored, n_boot, selection)})
     return out
 
 

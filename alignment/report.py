@@ -466,8 +466,11 @@ ALARM_NAMES = {"reward_outruns_judge": "reward outruns the judge", "ref_ppl_up":
 def alarm_reason(flag: str, a: dict) -> str:
     """The short reason for one flag of an alarm record (`alarm.assess`), from its numbers."""
     if flag == "reward_outruns_judge":
-        return (f"reward outruns the judge (gains {a['reward_gain_sd']:+.2f} vs {a['judge_gain_sd']:+.2f} "
-                f"start-policy SDs; gap 95% CI {a['gap_ci_lo']:+.2f} .. {a['gap_ci_hi']:+.2f})")
+        gains = f"gains {a['reward_gain_sd']:+.2f} vs {a['judge_gain_sd']:+.2f} start-policy SDs"
+        if a.get("expected_judge_gain_sd") is None:  # a record that compared the gains as they are
+            return f"reward outruns the judge ({gains}; gap 95% CI {a['gap_ci_lo']:+.2f} .. {a['gap_ci_hi']:+.2f})"
+        return (f"reward outruns the judge ({gains}, where selecting the start's texts by the reward gives the judge "
+                f"{a['expected_judge_gain_sd']:+.2f}; shortfall 95% CI {a['gap_ci_lo']:+.2f} .. {a['gap_ci_hi']:+.2f})")
     if flag == "ref_ppl_up":
         return (f"reference perplexity {a['start_ref_ppl']:.1f} → {a['ref_ppl']:.1f} (paired ratio "
                 f"{a['ref_ppl_ratio']:.2f}, 95% CI {a['ref_ppl_ratio_ci_lo']:.2f} .. {a['ref_ppl_ratio_ci_hi']:.2f})")

@@ -11,20 +11,23 @@ import pytest
 
 from alignment import console
 from alignment.alarm import (ENTROPY_MARGIN, FLAGS, LENGTH_MARGIN, RELEVANCE_MARGIN, REPETITION_MARGIN, TEMPLATE_MARGIN,
-                             assess, flags_of, other_prompt_index, repeated_share, standardised_gap, template_shares)
+                             assess, flags_of, other_prompt_index, repeated_share, selection_slope, standardised_gap,
+                             template_shares)
 from alignment.metrics import metrics_of
 from alignment.report import alarm_line, alarm_lines, alarm_reason
 from alignment.io import read_json
-from alignment.stats import compare_to_start, distinguishable
+from alignment.stats import compare_to_start, distinguishable, paired_prompt_bootstrap
 
 N_PROMPTS, N_SAMPLES, LENGTH = 24, 4, 12
 JUDGE_SCALE = 0.1  # the judge scores on a scale ten times smaller than the reward's
 
 
-def _evaluation(seed: int, reward_shift=0.0, judge_shift=0.0, nats_per_token=3.0, vocab=500, on_topic=0.9):
+def _evaluation(seed: int, reward_shift=0.0, judge_shift=0.0, nats_per_token=3.0, vocab=500, on_topic=0.9,
+                judge_noise=0.3):
     """Annotated sample records (`evaluate.annotate`'s fields) of one model: a latent quality per sample
     (prompt effect + noise) seen by the reward and, on its own scale, by the judge, each shifted by
-    `*_shift` latent units; tokens drawn from `vocab` types; the reference's surprise `nats_per_token`."""
+    `*_shift` latent units, the judge through `judge_noise` (the reward through 0.3); tokens drawn from
+    `vocab` types; the reference's surprise `nats_per_token`."""
     rng = np.random.default_rng(seed)
     prompt_effect = np.random.default_rng(99).normal(0.0, 1.0, N_PROMPTS)  # the same prompts for every model
     recs = []
@@ -34,7 +37,7 @@ def _evaluation(seed: int, reward_shift=0.0, judge_shift=0.0, nats_per_token=3.0
             ref = -LENGTH * (nats_per_token + rng.normal(0.0, 0.3))
             recs.append({"prompt_id": f"p{p}", "sample": s, "completion_ids": rng.integers(0, vocab, LENGTH).tolist(),
                          "finished": False, "reward": latent + reward_shift + rng.normal(0.0, 0.3),
-                         "judge": JUDGE_SCALE * (latent + judge_shift + rng.normal(0.0, 0.3)),
+                         "judge": JUDGE_SCALE * (latent + judge_shift + rng.normal(0.0, judge_noise)),
                          "on_topic": float(rng.random() < on_topic), "ref_logp": ref, "n_tokens": LENGTH,
                          "logp": ref + rng.normal(1.0, 0.5), "pred_entropy": 2.0, "kl_cv": None})
     return recs
@@ -49,17 +52,61 @@ def start():
     return _evaluation(0)
 
 
-def test_the_gap_is_the_gains_difference_in_start_policy_sds(start):
+def test_selection_slope_in_closed_form():
+    """The judge's within-prompt slope on the reward, both in SDs: the docstring's worked example; prompt
+    (and seed) means removed, so prompts that differ only in level add nothing; floored at 0; 1 without
+    a prompt whose samples' rewards differ."""
+    def recs(rows, seed=0):
+        return [{"prompt_id": p, "reward": r, "judge": j, "seed_index": seed} for p, r, j in rows]
+
+    assert selection_slope(recs([("a", 0.0, 1.0), ("a", 2.0, 2.0)]), 1.0, 1.0) == pytest.approx(0.5)
+    # prompt b sits 10 reward and 5 judge units higher with slope 1.5; pooled over both prompts: sxy 0.5 * 2 + 1.5 * 2
+    both = recs([("a", 0.0, 1.0), ("a", 2.0, 2.0), ("b", 10.0, 5.0), ("b", 12.0, 8.0)])
+    assert selection_slope(both, 1.0, 1.0) == pytest.approx((1.0 + 3.0) / (2.0 + 2.0))
+    assert selection_slope(both, 2.0, 4.0) == pytest.approx(1.0 * 2.0 / 4.0)  # judge/4 on reward/2: half the slope
+    seeds = recs([("a", 0.0, 1.0)], 0) + recs([("a", 2.0, 2.0)], 1)  # one sample per (seed, prompt) cell
+    assert selection_slope(seeds, 1.0, 1.0) == 1.0
+    assert selection_slope(recs([("a", 0.0, 2.0), ("a", 2.0, 1.0)]), 1.0, 1.0) == 0.0  # the judge disagrees
+
+
+def test_the_gap_is_the_judges_shortfall_against_selection_in_start_policy_sds(start):
     """A policy that is the start shifted by exactly 2 reward SDs and 0.5 judge SDs on every sample:
-    the gap is 1.5 SDs, and every paired resample says so (the CI is that point)."""
+    selecting by the reward would give the judge 2 x slope SDs and the gap is 2 x slope - 0.5; every
+    paired resample sees the same gains, so the CI is that of 2 x the refitted slope - 0.5 (not a point)."""
     sd_r, sd_j = np.std([r["reward"] for r in start]), np.std([r["judge"] for r in start])
     shifted = [{**r, "reward": r["reward"] + 2 * sd_r, "judge": r["judge"] + 0.5 * sd_j} for r in start]
     g = standardised_gap(shifted, start, n_boot=100)
+    k = selection_slope(start, sd_r, sd_j)
+    assert 0.5 < k < 0.95  # the fixture's judge sees the same latent quality through less noise than 1
     assert g["reward_sd"] == pytest.approx(sd_r) and g["judge_sd"] == pytest.approx(sd_j)
-    assert (g["reward_gain_sd"], g["judge_gain_sd"]) == pytest.approx((2.0, 0.5))
-    assert (g["gap_sd"], g["gap_ci_lo"], g["gap_ci_hi"]) == pytest.approx((1.5, 1.5, 1.5))
+    assert (g["reward_gain_sd"], g["judge_gain_sd"], g["expected_judge_gain_sd"]) == pytest.approx((2.0, 0.5, 2 * k))
+    assert g["gap_sd"] == pytest.approx(2 * k - 0.5) and g["gap_ci_lo"] < 2 * k - 0.5 < g["gap_ci_hi"]
+    slopes = [selection_slope([r for r in start if r["prompt_id"] in set(ps)], sd_r, sd_j)
+              for ps in ([f"p{i}" for i in range(0, N_PROMPTS, 2)], [f"p{i}" for i in range(1, N_PROMPTS, 2)])]
+    assert g["gap_ci_lo"] < 2 * min(slopes) - 0.5 and 2 * max(slopes) - 0.5 < g["gap_ci_hi"]  # halves: within the CI
     assert standardised_gap([{k: v for k, v in r.items() if k != "judge"} for r in start], start, 100) is None
     assert standardised_gap(start, [{**r, "judge": 0.25} for r in start], 100) is None  # a constant judge: no scale
+
+
+def test_best_of_n_from_the_start_does_not_trip_the_judge_rule():
+    """Best-of-16 of the start's own texts (the best reward among 16 fresh draws per prompt and slot), with a
+    judge that agrees with the reward about as much as the fine-tuned judge does (a within-prompt slope
+    near 0.5): the reward gains far more start SDs than the judge, so comparing the gains as they are
+    would flag honest selection; the judge gains what selection predicts, so the rule stays silent."""
+    start = _evaluation(0, judge_noise=1.0)
+    pools = [_evaluation(200 + k, judge_noise=1.0) for k in range(16)]
+    best = [max(cands, key=lambda r: r["reward"]) for cands in zip(*pools)]
+    a = _assessed(best, start, "bon16")
+    assert 0.35 < a["selection_slope"] < 0.75 and a["reward_gain_sd"] > 0.7
+    sd_r, sd_j = a["reward_sd"], a["judge_sd"]
+
+    def as_they_are(recs):
+        return [r["reward"] / sd_r - r["judge"] / sd_j for r in recs], [r["prompt_id"] for r in recs]
+
+    assert paired_prompt_bootstrap(*as_they_are(best), *as_they_are(start), n_boot=200)["lo"] > 0
+    assert a["gap_ci_lo"] < 0 and "reward_outruns_judge" not in a["flags"]
+    salad = _evaluation(1, reward_shift=1.0, judge_shift=0.1, judge_noise=1.0)  # the same scores, no selection
+    assert "reward_outruns_judge" in _assessed(salad, start, "salad")["flags"]
 
 
 OLD_RULES = ["reward_outruns_judge", "ref_ppl_up", "off_topic", "entropy_collapse"]
@@ -192,7 +239,7 @@ def test_a_healthy_policy_is_not_flagged_although_its_raw_gains_differ(start):
     healthy = _evaluation(2, reward_shift=0.5, judge_shift=0.5, nats_per_token=2.9, on_topic=0.92)
     a = _assessed(healthy, start, "lr-small")
     assert a["flags"] == [] and alarm_line(a) == "lr-small: no sign of reward hacking"
-    assert a["reward_gain_sd"] == pytest.approx(a["judge_gain_sd"], abs=0.25) and a["gap_ci_lo"] < 0 < a["gap_ci_hi"]
+    assert a["reward_gain_sd"] == pytest.approx(a["judge_gain_sd"], abs=0.25) and a["gap_ci_lo"] < 0
     raw = compare_to_start([{**r, "reward": r["reward"] - r["judge"]} for r in healthy],
                            [{**r, "reward": r["reward"] - r["judge"]} for r in start], 200)
     assert distinguishable(raw["gain_ci_lo"], raw["gain_ci_hi"])

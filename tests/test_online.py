@@ -262,6 +262,8 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     assert {e["model"] for e in res["examples"]} == {"sft", *(f"{m}@0.1" for m in methods)}  # texts to read
     # the evaluation scores each completion after another prompt too, so the prompt-relevance rule has numbers
     assert all(a["prompt_relevance"] is not None and a["start_prompt_relevance"] is not None for a in res["alarm"])
+    # the judge rule's honest rate is fitted once, on the start's best-of-N pool, for every point
+    assert len({a["selection_slope"] for a in res["alarm"]}) == 1 and res["alarm"][0]["selection_slope"] is not None
     for d in res["diagnosis"]:
         assert sum(b["kl"] for b in d["by_position"]) == pytest.approx(d["kl"])
     assert read_json(Path(cfg.run_dir) / "level3.json")["grid"]["methods"] == methods
@@ -285,7 +287,10 @@ def test_goal_line_says_whether_a_method_closes_the_gap():
     met = {**base, "gain_fractions": [frac("rloo", 0.1, "reward", 0.8), frac("rloo", 0.1, "judge", 0.75),
                                       frac("dpo", 0.1, "reward", 0.2)],
            "alarm": [{"label": "rloo", "beta": 0.1, "flags": []}]}
-    assert goal_line(met).startswith("Goal met: `rloo` β=0.1 (80 %")
+    assert goal_line(met) == ("Goal met: `rloo` β=0.1 (80 % (50..90 %) of best-of-N's reward gain at KL 1.00), the judge "
+                              "agreeing, the alarm silent; a 95 % CI that includes 70 % says the point may as well fall short.")
+    sure = {**met, "gain_fractions": [frac("rloo", 0.1, "reward", 0.8, lo=0.72), frac("rloo", 0.1, "judge", 0.75)]}
+    assert goal_line(sure).endswith("the judge agreeing, the alarm silent.")
     from alignment.publish import goal_brief, level3_brief
     assert goal_brief(met).endswith("alarm silent: `rloo` β 0.1.")
     hacked = {**met, "alarm": [{"label": "rloo", "beta": 0.1, "flags": ["repetition"]}]}
