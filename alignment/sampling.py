@@ -1,23 +1,23 @@
 """Sampling completions of prompts, as plain records streamed to JSONL.
 
 The seam: a sampler backend is a module with `draw(model, tokenizer, prompts, n, cfg, stop_ids,
-generator, max_new_tokens) -> decode.Draws`, registered in `SAMPLERS` under the name
+keys, max_new_tokens) -> decode.Draws`, registered in `SAMPLERS` under the name
 `sample.backend` takes: `fast` (`alignment.decode`, our KV-cache decoder: the default) and
 `generate` (`alignment.hf_generate`, HF `model.generate`). A new backend is one new module and one
 line here (and its name in `config.SampleConfig.backend`'s choices).
 
-Around it: prompts are length-bucketed into batches, each seeded from the run seed and its
-prompt ids (a resumed or re-split run draws the same); `sample_to_file` streams records prompt by
-prompt and resumes after an interrupt without redoing finished prompts; under several processes
-each rank samples its share of the batches (`alignment.distributed`) into its own shard.
+Around it: prompts are length-bucketed into batches; each completion draws from its own counter-based
+stream, keyed by the run seed, its prompt id and its sample index (`decode.row_keys`), so the draws do
+not depend on the batch size, the order of the prompts, the number of processes or the backend (up to
+the numerics of the logits); `sample_to_file` streams records prompt by prompt and resumes after an
+interrupt without redoing finished prompts; under several processes each rank samples its share of the
+batches (`alignment.distributed`) into its own shard.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Iterator
 
-import torch
 from tqdm.auto import tqdm
 
 from . import decode, hf_generate
@@ -28,12 +28,6 @@ from .timing import bars_off
 
 
 SAMPLERS = {"fast": decode, "generate": hf_generate}  # sample.backend -> its module (`draw`)
-
-
-def _batch_seed(seed: int, prompts: list[dict]) -> int:
-    """Seed a batch from the run seed and its prompt ids: resume reproduces the same draws."""
-    key = f"{seed}:" + ",".join(p["id"] for p in prompts)
-    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16)
 
 
 def _batches(prompts: list[dict], per_batch: int) -> Iterator[list[dict]]:
@@ -58,8 +52,8 @@ def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleCon
     max_new = max_new_tokens or cfg.max_new_tokens
     bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False, disable=quiet or bars_off())
     for batch in _batches(todo, per_batch):
-        gen = torch.Generator().manual_seed(_batch_seed(cfg.seed, batch))
-        draws = SAMPLERS[cfg.backend].draw(model, tokenizer, [p["ids"] for p in batch], n, cfg, stop_ids, gen, max_new)
+        keys = decode.row_keys(cfg.seed, [p["id"] for p in batch], n)  # (len(batch) * n,)
+        draws = SAMPLERS[cfg.backend].draw(model, tokenizer, [p["ids"] for p in batch], n, cfg, stop_ids, keys, max_new)
         recs = []
         for j, c in enumerate(draws.tokens):
             p = batch[j // n]

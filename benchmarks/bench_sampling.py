@@ -119,7 +119,7 @@ def bench_categorical(S: Sizes, rep: Report) -> None:
     g = torch.Generator().manual_seed(0)
     probs = torch.randn(S.micro_rows, VOCAB, generator=g).softmax(-1)  # (rows, V)
     fns = {"torch.multinomial": lambda: torch.multinomial(probs, 1, generator=g),
-           "categorical": lambda: categorical(probs, g)}
+           "categorical": lambda: categorical(probs, torch.rand(S.micro_rows, generator=g))}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()

@@ -62,7 +62,7 @@ def worker(spec: dict) -> dict:
 
     from alignment.config import SampleConfig
     from alignment.models import pick_device, sampling_dtype, stop_token_ids
-    from alignment.decode import sample_batch
+    from alignment.decode import row_keys, sample_batch
     from alignment.sampling import sample_to_file
     from benchmarks.context import Ctx
 
@@ -72,7 +72,7 @@ def worker(spec: dict) -> dict:
     model = ctx.lm(sampling_dtype("auto", pick_device()))
     stops = stop_token_ids(tok, model)
     cfg = SampleConfig(n_samples=spec["n"], max_new_tokens=spec["new"])
-    sample_batch(model, [prompts[0]["ids"]], 2, cfg, stops, tok.pad_token_id, None, 4)  # warm-up
+    sample_batch(model, [prompts[0]["ids"]], 2, cfg, stops, tok.pad_token_id, row_keys(0, ["warm-up"], 2), 4)  # warm-up
     load_peak, before = _proc_status("VmHWM"), _proc_status("VmRSS")
     exact = _reset_peak_rss() and _proc_status("VmHWM") is not None
     th, done, peak = (None, None, [before]) if exact else _rss_poller(before)

@@ -21,6 +21,7 @@ NOT_HASHED = {"track.mode", "track.project", "track.run_name", "track.log_models
               "eval.human_row",  # whether the human row is added (its own artifact; no model's result changes)
               "eval.n_seeds",  # how many seeds Level 1 runs (each seed's policy and evaluation is its own artifact)
               "sft.out",  # where the SFT model is written
+              "sample.batch_size",  # how many sequences decode at once: each completion draws from its own stream
               "pairs.source"}  # when set, keys every artifact by its rows' hash (top-level `pairs_source`), not its name
 
 

@@ -62,7 +62,7 @@ def test_sampler_logps_match_a_direct_forward(gpt2):
     """The sampler's own log q per token and predictive entropy equal a fresh fp32 forward of the
     same model on the drawn tokens (the fallback path for records without them)."""
     cfg = SampleConfig(max_new_tokens=7)
-    d = D.draw_batch(gpt2, PROMPTS, 3, cfg, STOPS, 0, torch.Generator().manual_seed(0))
+    d = D.draw_batch(gpt2, PROMPTS, 3, cfg, STOPS, 0, D.row_keys(0, [str(i) for i in range(len(PROMPTS))], 3))
     prompts = [p for p in PROMPTS for _ in range(3)]
     direct = batched_logps(gpt2, prompts, d.tokens, 0)
     assert torch.allclose(torch.tensor([sum(x) for x in d.logps]), direct, atol=1e-4)
@@ -114,7 +114,7 @@ def test_filtered_sampling_log_q_is_the_filtered_distribution_and_drops_the_cv(g
     distribution; the forward fallback (records without sample_logps) computes the same, and the
     control-variate KL is not reported (q lacks full support, so E_q[r - 1] != 0)."""
     cfg = SampleConfig(max_new_tokens=6, temperature=0.7, top_k=20)
-    d = D.draw_batch(gpt2, PROMPTS, 2, cfg, STOPS, 0, torch.Generator().manual_seed(2))
+    d = D.draw_batch(gpt2, PROMPTS, 2, cfg, STOPS, 0, D.row_keys(2, [str(i) for i in range(len(PROMPTS))], 2))
     recs = [{"prompt_id": str(i // 2), "completion_ids": t} for i, t in enumerate(d.tokens)]
     pids = {str(i): p for i, p in enumerate(PROMPTS)}
     lp = evaluate.logps_and_entropy(gpt2, gpt2, pids, recs, 0, sample_cfg=cfg)

@@ -1,5 +1,6 @@
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,11 @@ from alignment.models import load_causal_lm, load_tokenizer, stop_token_ids
 
 PROMPTS = [[52, 72, 265, 285], [80, 81], [100, 120, 140, 160, 180, 200, 220], [7]]
 STOPS_MANY = list(range(0, 400, 10))  # 40 of 400 ids: sequences stop at varied steps
+
+
+def _keys(n: int, seed: int = 0, n_prompts: int = len(PROMPTS)) -> np.ndarray:
+    """Row keys (`decode.row_keys`) of n samples of prompts "0", "1", ...: (n_prompts * n,) uint64."""
+    return D.row_keys(seed, [str(i) for i in range(n_prompts)], n)
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
@@ -41,25 +47,43 @@ def test_left_pad_docstring_example():
     assert torch.equal(ids, torch.tensor([[1], [2]])) and mask.all()
 
 
+def test_uniforms_are_splitmix64_and_uniform():
+    """Step t of key k is the (t+1)-th splitmix64 output of the stream seeded with k, cut to 24 bits: key
+    0 gives the reference stream's first outputs (0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4); 20,000 keys
+    fill [0, 1) evenly, in float32 and never 1; each key and step its own number."""
+    assert D.uniforms(np.array([0], dtype=np.uint64), 0)[0] == (0xE220A8397B1DCDAF >> 40) / 2 ** 24
+    assert D.uniforms(np.array([0], dtype=np.uint64), 1)[0] == (0x6E789E6AA1B965F4 >> 40) / 2 ** 24
+    u = D.uniforms(np.arange(20_000, dtype=np.uint64), 3)
+    assert u.dtype == np.float32 and 0.0 <= u.min() and u.max() < 1.0
+    assert np.allclose(np.histogram(u, bins=10, range=(0, 1))[0] / 20_000, 0.1, atol=0.01)
+    assert abs(np.corrcoef(u, D.uniforms(np.arange(20_000, dtype=np.uint64), 4))[0, 1]) < 0.03  # steps independent
+    assert len(set(u.tolist())) > 19_900
+
+
+def test_row_keys_are_prompt_major_and_depend_on_seed_prompt_and_sample():
+    keys = D.row_keys(3, ["a", "b"], 2)
+    assert keys.dtype == np.uint64 and len(set(keys.tolist())) == 4
+    assert keys.tolist() == D.row_keys(3, ["a"], 2).tolist() + D.row_keys(3, ["b"], 2).tolist()  # [a a b b]
+    assert keys[1] == D.row_keys(3, ["a"], 2)[1] and D.row_keys(4, ["a"], 1)[0] != keys[0]
+
+
 def test_categorical_matches_probs():
     probs = torch.tensor([0.1, 0.2, 0.7]).expand(20_000, 3)
-    draws = D.categorical(probs, torch.Generator().manual_seed(0))
+    draws = D.categorical(probs, torch.from_numpy(D.uniforms(np.arange(20_000, dtype=np.uint64), 0)))
     assert draws.shape == (20_000,) and draws.dtype == torch.long
     freq = torch.bincount(draws, minlength=3).float() / 20_000
     assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7]), atol=0.01), freq
 
 
-def test_categorical_unnormalized_zero_mass_and_deterministic():
-    probs = torch.tensor([0.0, 2.0, 0.0, 6.0, 0.0]).expand(20_000, 5)  # unnormalized, zeros inside
-    a = D.categorical(probs, torch.Generator().manual_seed(1))
-    b = D.categorical(probs, torch.Generator().manual_seed(1))
-    c = D.categorical(probs, torch.Generator().manual_seed(2))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    counts = torch.bincount(a, minlength=5)
-    assert counts[0] == counts[2] == counts[4] == 0
-    assert abs(counts[3].item() / 20_000 - 0.75) < 0.01
+def test_categorical_is_the_inverse_cdf_at_u_and_never_draws_zero_mass():
+    """Unnormalised, zeros inside and at both ends: u x total falls in a token's step of the CDF
+    [0, 2, 2, 8, 8]; u = 0 takes the first token with mass; u just below 1 (or a total that rounding
+    reaches) the last one with mass, never the zero-mass tail."""
+    probs = torch.tensor([0.0, 2.0, 0.0, 6.0, 0.0])
+    u = torch.tensor([0.0, 0.2, 0.25, 0.26, 0.9, 1.0 - 2.0 ** -24, 1.0])
+    assert D.categorical(probs.expand(len(u), 5), u).tolist() == [1, 1, 3, 3, 3, 3, 3]
     onehot = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-    assert D.categorical(onehot).tolist() == [2, 0]
+    assert D.categorical(onehot, torch.tensor([0.5, 0.99])).tolist() == [2, 0]
 
 
 def test_filter_logits_top_k():
@@ -92,7 +116,7 @@ def test_filter_logits_top_p():
 
 def test_sample_batch_shapes_and_stops(lm):
     cfg = SampleConfig(max_new_tokens=12)
-    out = D.sample_batch(lm, PROMPTS, 3, cfg, STOPS_MANY, 0, torch.Generator().manual_seed(0))
+    out = D.sample_batch(lm, PROMPTS, 3, cfg, STOPS_MANY, 0, _keys(3))
     assert len(out) == len(PROMPTS) * 3
     assert all(1 <= len(c) <= 12 for c in out)
     stops = set(STOPS_MANY)
@@ -100,7 +124,7 @@ def test_sample_batch_shapes_and_stops(lm):
         assert not stops & set(c[:-1])  # a stop id only ever ends a list
         assert len(c) == 12 or c[-1] in stops
     assert any(c[-1] in stops for c in out) and any(len(c) < 12 for c in out)
-    short = D.sample_batch(lm, PROMPTS, 2, cfg, STOPS_MANY, 0, max_new_tokens=3)  # overrides cfg
+    short = D.sample_batch(lm, PROMPTS, 2, cfg, STOPS_MANY, 0, _keys(2), max_new_tokens=3)  # overrides cfg
     assert len(short) == 8 and all(1 <= len(c) <= 3 for c in short)
 
 
@@ -110,13 +134,13 @@ def test_kv_cache_step_distributions_equal_full_forward(lm, monkeypatch):
     seen = []
     real = D.categorical
 
-    def spy(probs, generator=None):
+    def spy(probs, u):
         seen.append(probs.clone())
-        return real(probs, generator)
+        return real(probs, u)
 
     monkeypatch.setattr(D, "categorical", spy)
     n, cfg = 3, SampleConfig(max_new_tokens=10, temperature=0.7)
-    comps = D.sample_batch(lm, PROMPTS, n, cfg, STOPS_MANY, 0, torch.Generator().manual_seed(3))
+    comps = D.sample_batch(lm, PROMPTS, n, cfg, STOPS_MANY, 0, _keys(n, 3))
     assert len(seen) == max(len(c) for c in comps)
     expected = {}
     with torch.no_grad():
@@ -133,7 +157,7 @@ def test_kv_cache_step_distributions_equal_full_forward(lm, monkeypatch):
     # sum of the sampler's own log-probs == alignment.logprobs full-forward log-prob (temperature 1)
     seen.clear()
     cfg1 = SampleConfig(max_new_tokens=8)
-    comps = D.sample_batch(lm, PROMPTS, 2, cfg1, STOPS_MANY, 0, torch.Generator().manual_seed(4))
+    comps = D.sample_batch(lm, PROMPTS, 2, cfg1, STOPS_MANY, 0, _keys(2, 4))
     own = torch.zeros(len(comps))
     for t, probs in enumerate(seen):
         active = [i for i, c in enumerate(comps) if len(c) > t]
@@ -146,7 +170,7 @@ def test_kv_cache_step_distributions_equal_full_forward(lm, monkeypatch):
 
 def test_greedy_matches_hf_generate(lm):
     cfg = SampleConfig(max_new_tokens=10, temperature=1e-4)
-    ours = D.sample_batch(lm, PROMPTS, 2, cfg, [0], 0, torch.Generator().manual_seed(0))
+    ours = D.sample_batch(lm, PROMPTS, 2, cfg, [0], 0, _keys(2))
     ids, mask = D.left_pad(PROMPTS, 0)
     with torch.no_grad():
         gen = lm.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10,
@@ -164,7 +188,7 @@ def test_first_token_distribution(gpt2):
         logits = gpt2(input_ids=torch.tensor(prompt)).logits[0, -1]
 
     def tv(cfg, n=3000, seed=0):
-        draws = D.sample_batch(gpt2, prompt, n, cfg, [0], 0, torch.Generator().manual_seed(seed), 1)
+        draws = D.sample_batch(gpt2, prompt, n, cfg, [0], 0, _keys(n, seed, 1), 1)
         emp = torch.bincount(torch.tensor([c[0] for c in draws]), minlength=logits.numel()).float() / n
         target = torch.softmax(D.filter_logits(logits[None] / cfg.temperature, cfg.top_k, cfg.top_p)[0], -1)
         return 0.5 * (emp - target).abs().sum().item(), target
@@ -266,13 +290,13 @@ def test_generate_backend(gpt2, tok):
 
 def test_a_sampler_backend_is_a_module_with_draw(gpt2, tok, monkeypatch):
     """The seam: `sample.backend` names a module in `SAMPLERS` whose `draw` returns `Draws`; its
-    batches, seeds and records come from `sample_records` (what a new backend plugs into)."""
+    batches, row keys and records come from `sample_records` (what a new backend plugs into)."""
     calls = []
 
     class Echo:  # a toy backend: every sample repeats its prompt's first token, then stops
         @staticmethod
-        def draw(model, tokenizer, prompts, n, cfg, stop_ids, generator, max_new_tokens):
-            calls.append((len(prompts), n, max_new_tokens, generator.initial_seed()))
+        def draw(model, tokenizer, prompts, n, cfg, stop_ids, keys, max_new_tokens):
+            calls.append((len(prompts), n, max_new_tokens, tuple(keys.tolist())))
             rows = [[p[0], stop_ids[0]] for p in prompts for _ in range(n)]
             return D.Draws(rows, [[-1.0, -2.0]] * len(rows), [0.5] * len(rows))
 
@@ -281,28 +305,52 @@ def test_a_sampler_backend_is_a_module_with_draw(gpt2, tok, monkeypatch):
     cfg = SampleConfig(max_new_tokens=5, batch_size=4, seed=3)
     recs = [r for b in S.sample_records(gpt2, tok, prompts, 2, cfg, stops) for r in b]
     assert [c[:3] for c in calls] == [(2, 2, 5), (2, 2, 5)]  # 4 prompts, 2 per batch of 4 sequences
-    assert len({c[3] for c in calls}) == 2  # each batch its own seed
+    # a key per completion: its own (seed 3, prompt id, sample index), whichever batch it fell in
+    assert sum(len(c[3]) for c in calls) == 8 and len({k for c in calls for k in c[3]}) == 8
+    assert set(calls[0][3]) | set(calls[1][3]) == set(D.row_keys(3, [p["id"] for p in prompts], 2).tolist())
     by_id = {p["id"]: p for p in prompts}
     assert all(r["completion_ids"] == [by_id[r["prompt_id"]]["ids"][0], stops[0]] and r["finished"] for r in recs)
     assert all(r["sample_logps"] == [-1.0, -2.0] and r["sample_entropy"] == 0.5 for r in recs)
 
 
-def test_the_generate_backend_draws_from_its_batch_seed_not_the_global_state(gpt2, tok):
-    """`generate` samples from torch's global generator; each batch forks it, seeded from the batch's
-    own seed: the same draws whatever ran before, other draws for another sample.seed, the caller's
-    global state untouched, and no per-token log-probs reported."""
-    prompts, stops = _prompt_records(tok), stop_token_ids(tok, gpt2)
-    cfg = SampleConfig(max_new_tokens=6, batch_size=4, seed=0, backend="generate")
+def test_the_generate_backend_draws_what_the_fast_decoder_draws(lm, tok):
+    """HF `generate` with `CounterDraw` and our KV-cache decoder, both fp32 on the same tiny model (logits
+    equal to ~1e-6), draw the same tokens row for row, with temperature and top-p on; the global
+    generator's state before does not matter and is as the caller left it; no per-token log-probs."""
+    prompts = [{"id": f"q{i}", "text": "", "ids": p} for i, p in enumerate(PROMPTS)]
+    cfg = SampleConfig(max_new_tokens=10, batch_size=64, seed=4, temperature=0.8, top_p=0.95)
 
-    def run(c, global_seed):
+    def run(backend, global_seed):
         torch.manual_seed(global_seed)
-        recs = [r for b in S.sample_records(gpt2, tok, prompts, 2, c, stops) for r in b]
-        return [r["completion_ids"] for r in recs], torch.rand(1).item(), recs
+        c = dataclasses.replace(cfg, backend=backend)
+        recs = [r for b in S.sample_records(lm, tok, prompts, 3, c, STOPS_MANY) for r in b]
+        return {(r["prompt_id"], r["sample"]): r["completion_ids"] for r in recs}, torch.rand(1).item(), recs
 
-    a, after_a, recs = run(cfg, 1)
-    b, after_b, _ = run(cfg, 2)
-    assert a == b  # the global state before does not matter
+    ours, _, _ = run("fast", 0)
+    theirs, after, recs = run("generate", 1)
+    assert theirs == ours and len(ours) == 12
+    assert any(len(c) < 10 for c in ours.values()) and len({tuple(c) for c in ours.values()}) == 12
+    assert run("generate", 2)[0] == theirs
     torch.manual_seed(1)
-    assert after_a == torch.rand(1).item()  # the caller's global generator is as the caller left it
-    assert run(dataclasses.replace(cfg, seed=7), 1)[0] != a
+    assert after == torch.rand(1).item()  # the caller's global generator is as the caller left it
     assert all("sample_logps" not in r for r in recs)
+
+
+def test_draws_do_not_depend_on_batch_size_prompt_order_or_process(gpt2, tok):
+    """The same config draws the same completion for each (prompt, sample) at batch sizes 1, 7 and 64 (1,
+    2 and 21 prompts per batch), with the prompts reversed, and split in two halves as two processes
+    would (each rank samples its own batches); another seed draws otherwise."""
+    prompts = [{"id": f"r{i}", "text": "", "ids": PROMPTS[i % 4][: 1 + i % 3] + [i]} for i in range(9)]
+    cfg = SampleConfig(max_new_tokens=8, seed=2)
+
+    def run(c, ps):
+        return {(r["prompt_id"], r["sample"]): r["completion_ids"]
+                for b in S.sample_records(gpt2, tok, ps, 3, c, STOPS_MANY) for r in b}
+
+    base = run(dataclasses.replace(cfg, batch_size=64), prompts)
+    assert len(base) == 27 and len({tuple(c) for c in base.values()}) > 20
+    for bs in (1, 7):
+        assert run(dataclasses.replace(cfg, batch_size=bs), prompts) == base, bs
+    assert run(dataclasses.replace(cfg, batch_size=7), prompts[::-1]) == base
+    assert {**run(cfg, prompts[:4]), **run(cfg, prompts[4:])} == base
+    assert run(dataclasses.replace(cfg, seed=3), prompts) != base
