@@ -75,7 +75,7 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
     """Stream samples to `path` (JSONL); prompts already complete there are skipped (resume).
     Several processes (`dist`, every rank calls this): the batches not yet in any shard are dealt
     out (k-th to rank k % world), rank r streams its own into `<path>.rank<r>of<w>` (resumable,
-    also by a later launch of another size: a batch's draws depend only on its members), rank 0
+    also by a later launch of another size: a completion's draws depend only on its own key), rank 0
     merges every shard into `path` in the order one process writes; every rank returns all records."""
     path = Path(path)
     if dist.world == 1 and not shards_of(path):

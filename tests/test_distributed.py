@@ -144,14 +144,16 @@ def test_two_process_level1_writes_the_one_process_artifacts(tmp_path, tiny_gpt2
     from alignment import experiments
     from alignment.pipeline import Pipeline
 
-    # sampling: one batch (8 prompts each), so rank 1 samples nothing; scoring: batches of 4 texts over
+    # sampling: one batch (8 prompts each) in one process; scoring: batches of 4 texts over
     # both ranks; evaluation log-probs: 18 records = 2 batches of 16 + 2; DPO: 3 pairs per step (2 + 1)
     over = {"dpo.batch_size": 3, "sample.batch_size": 24, "reward.batch_size": 4, "data.n_eval_prompts": 6,
             "eval.n_samples": 3, "data.per_seed": False,  # one shared draw: its files at the run dir's top
             "dpo.precision": "fp32"}  # bf16 autocast would round a 2-way split's partial sums differently
     one = Pipeline(tiny_cfg(tmp_path / "one", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **over))
     experiments.level1(one)
-    cfg = tiny_cfg(tmp_path / "two", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **over)
+    # two processes at another decode batch (1 prompt per batch: both ranks sample): the same draws, each
+    # completion from its own stream
+    cfg = tiny_cfg(tmp_path / "two", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **{**over, "sample.batch_size": 4})
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     res = launch(["-m", "alignment", "run", "--config", str(tmp_path / "two.yaml")], tmp_path)
     assert res.stdout.count("reward gain vs SFT") == 2  # one report (rank 0): sigmoid and hinge once each
