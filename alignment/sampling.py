@@ -15,6 +15,7 @@ batches (`alignment.distributed`) into its own shard.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +25,7 @@ from . import decode, hf_generate
 from .config import SampleConfig
 from .distributed import Dist, remove_shards, shard_path, shards_of
 from .io import JsonlAppender, debug_delay, read_jsonl, write_jsonl
+from .machine import auto_decode_rows, free_device_memory
 from .timing import bars_off
 
 
@@ -37,8 +39,28 @@ def _batches(prompts: list[dict], per_batch: int) -> Iterator[list[dict]]:
         yield ordered[i : i + per_batch]
 
 
-def _per_batch(cfg: SampleConfig, n: int) -> int:
-    return max(1, cfg.batch_size // n)
+_AUTO_SAID: set[str] = set()  # the automatic decode batches already announced in this process
+
+
+def decode_rows(model, cfg: SampleConfig, prompts: list[dict], max_new: int) -> int:
+    """Sequences per decode batch: `sample.batch_size`, or where it is 0 (auto) `machine.auto_decode_rows`
+    at the longest prompt plus `max_new` tokens, announced once per distinct choice. The draws do not
+    depend on it (each completion has its own stream), only the speed and the memory."""
+    if cfg.batch_size:
+        return cfg.batch_size
+    param = next(model.parameters())
+    rows, why = auto_decode_rows(model.config, param.element_size(), param.device.type,
+                                 max((len(p["ids"]) for p in prompts), default=0) + max_new,
+                                 free_device_memory(param.device))
+    if why not in _AUTO_SAID:
+        _AUTO_SAID.add(why)
+        print(f"sample.batch_size=0 (auto): {why}", flush=True)
+    return rows
+
+
+def _per_batch(rows: int, n: int) -> int:
+    """Prompts per decode batch: all n samples of a prompt decode together (one shared prefill)."""
+    return max(1, rows // n)
 
 
 def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleConfig,
@@ -48,8 +70,8 @@ def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleCon
     finished, sample_logps, sample_entropy} for prompts not in `done` (the last two: the sampling
     distribution's own per-token log-probs and mean predictive entropy; not with backend=generate)."""
     todo = [p for p in prompts if p["id"] not in done]
-    per_batch = _per_batch(cfg, n)
     max_new = max_new_tokens or cfg.max_new_tokens
+    per_batch = _per_batch(decode_rows(model, cfg, todo, max_new), n)
     bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False, disable=quiet or bars_off())
     for batch in _batches(todo, per_batch):
         keys = decode.row_keys(cfg.seed, [p["id"] for p in batch], n)  # (len(batch) * n,)
@@ -83,15 +105,16 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
     # several processes, or one resuming a killed launch's shards (then every call below is local)
     merged = dist.main and path.exists() and len(done_prompts(read_jsonl(path), n)) == len(prompts)
     if not dist.agree(merged):
-        batches = list(_batches(prompts, _per_batch(cfg, n)))
+        rows = dist.agree(decode_rows(model, cfg, prompts, max_new_tokens or cfg.max_new_tokens))  # rank 0's: one batching
+        batches = list(_batches(prompts, _per_batch(rows, n)))
         flat = [p for b in batches for p in b]  # one process's file order
         pos = {p["id"]: i for i, p in enumerate(flat)}
         done = dist.agree(done_prompts(_shard_records(path, pos), n) if dist.main else None)
         todo = [b for b in batches if not all(p["id"] in done for p in b)]
         mine = [p for k, b in enumerate(todo) if k % dist.world == dist.rank for p in b]
         label = f"{desc} (rank 0's share of {dist.world})" if dist.world > 1 else desc  # one bar: rank 0's
-        _stream(shard_path(path, dist), model, tokenizer, mine, n, cfg, stop_ids, label, max_new_tokens,
-                quiet=not dist.main)
+        _stream(shard_path(path, dist), model, tokenizer, mine, n, dataclasses.replace(cfg, batch_size=rows), stop_ids,
+                label, max_new_tokens, quiet=not dist.main)
         dist.barrier()
         if dist.main:
             recs = _shard_records(path, pos)

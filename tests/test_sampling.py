@@ -354,3 +354,47 @@ def test_draws_do_not_depend_on_batch_size_prompt_order_or_process(gpt2, tok):
     assert run(dataclasses.replace(cfg, batch_size=7), prompts[::-1]) == base
     assert {**run(cfg, prompts[:4]), **run(cfg, prompts[4:])} == base
     assert run(dataclasses.replace(cfg, seed=3), prompts) != base
+
+
+# ---- the automatic decode batch
+
+
+def test_decode_row_bytes_worked_example_for_llama_and_gpt2_configs():
+    from types import SimpleNamespace
+
+    from alignment.machine import LOGIT_COPIES, decode_row_bytes
+    smol = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576,
+                           head_dim=64, vocab_size=49_152)
+    assert decode_row_bytes(smol, 56, 2) == 2 * 30 * 3 * 64 * 56 * 2 + LOGIT_COPIES * 49_152 * 4 == 2_469_888
+    gpt2 = SimpleNamespace(n_layer=12, n_head=12, n_embd=768, vocab_size=50_257)  # no KV grouping: 12 KV heads of 64
+    assert decode_row_bytes(gpt2, 56, 4) == 2 * 12 * 12 * 64 * 56 * 4 + LOGIT_COPIES * 50_257 * 4
+
+
+def test_auto_decode_rows_from_a_mocked_free_memory_figure():
+    """On CUDA: 60 % of the free bytes over the per-sequence bytes, capped; on a CPU, or a GPU whose free
+    memory cannot be read, today's 64 with a message; never 0."""
+    from types import SimpleNamespace
+
+    from alignment.machine import CPU_DECODE_ROWS, MAX_DECODE_ROWS, auto_decode_rows, decode_row_bytes
+    smol = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576,
+                           head_dim=64, vocab_size=49_152)
+    per_row = decode_row_bytes(smol, 56, 2)
+    rows, why = auto_decode_rows(smol, 2, "cuda", 56, 8 * 2**30)
+    assert rows == int(0.6 * 8 * 2**30) // per_row == 2086 and "8.0 GiB free" in why
+    assert auto_decode_rows(smol, 2, "cuda", 56, 80 * 2**30)[0] == MAX_DECODE_ROWS
+    assert auto_decode_rows(smol, 2, "cuda", 56, 1000)[0] == 1
+    rows, why = auto_decode_rows(smol, 2, "cuda", 56, None)
+    assert rows == CPU_DECODE_ROWS and "free memory is unknown" in why and "sample.batch_size" in why
+    assert auto_decode_rows(smol, 2, "cpu", 56, None) == (CPU_DECODE_ROWS, "64 sequences (the cpu default)")
+
+
+def test_auto_batch_size_samples_what_a_fixed_one_does(gpt2, tok, capsys):
+    """sample.batch_size=0 on a CPU decodes 64 at a time, says so once, and draws what any fixed size draws."""
+    prompts = _prompt_records(tok)
+    cfg = SampleConfig(max_new_tokens=6, batch_size=0, seed=1)
+    auto = [r for b in S.sample_records(gpt2, tok, prompts, 2, cfg, STOPS_MANY) for r in b]
+    assert capsys.readouterr().out.count("sample.batch_size=0 (auto): 64 sequences") <= 1  # once per process
+    fixed = [r for b in S.sample_records(gpt2, tok, prompts, 2, dataclasses.replace(cfg, batch_size=2), STOPS_MANY)
+             for r in b]
+    tokens = lambda recs: {(r["prompt_id"], r["sample"]): r["completion_ids"] for r in recs}  # noqa: E731
+    assert tokens(auto) == tokens(fixed) and len(tokens(auto)) == 8 and S.decode_rows(gpt2, cfg, prompts, 6) == 64
