@@ -6,7 +6,9 @@ N=2 the decode batch is [a a b b c c]: `repeat_interleave` of the prefilled cach
 Counter-based draws: row r's token at step t is the inverse-CDF draw at the uniform
 `uniforms(keys, t)[r]`, a hash of the row's key (`row_keys`: the run seed, the prompt id and the
 sample index) and t. So a completion depends on nothing but its own key and the logits, never on
-which batch, process, device or backend drew it: the batch size is a speed knob only.
+which batch, process, device or backend drew it, up to the numerics of the logits (a draw that sits on a
+CDF boundary can flip where another padding width rounds the logits otherwise, as bf16 on a GPU may): the
+batch size is a speed knob only.
 
 A sampler backend is a module with `draw(model, tokenizer, prompts, n, cfg, stop_ids, keys,
 max_new_tokens) -> Draws` (this one, `alignment.hf_generate`), registered in `sampling.SAMPLERS`.
@@ -109,7 +111,7 @@ def draw_batch(model, prompts: list[list[int]], n: int, cfg: SampleConfig, stop_
     ids, attn = left_pad(prompts, pad_id)  # (P, L)
     ids, attn = ids.to(dev), attn.to(dev)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)  # (P, L)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)  # (P, 1, V) logits
     cache = out.cache
     cache.batch_repeat_interleave(n)
     logits = out.logits[:, -1].float().repeat_interleave(n, 0)  # (B, V), B = P*N

@@ -4,12 +4,13 @@ no per-token log-probs (`Draws.logps` None): evaluation re-scores its draws with
 applies the same temperature/top-k/top-p. Its draws are the fast decoder's: `CounterDraw`, a logits
 processor, filters the logits as `decode` does and keeps only the token that the row's counter-based
 uniform picks (`decode.uniforms`), so `generate`'s own sampling has one choice and torch's global
-generator decides nothing."""
+generator decides nothing. `generate` runs under a fresh generation config: the model's own settings
+(repetition penalty, minimum length, suppressed tokens) would change the logits, so they do not apply."""
 from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .config import SampleConfig
 from .decode import Draws, categorical, filter_logits, left_pad, uniforms
@@ -39,9 +40,10 @@ def generate_tokens(model, tokenizer, prompts: list[list[int]], n: int, cfg: Sam
     ids, attn = left_pad(prompts, tokenizer.pad_token_id)
     if len(keys) != len(prompts) * n:
         raise ValueError(f"generate: {len(keys)} row keys for {len(prompts) * n} rows (prompts x n)")
-    out = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), do_sample=True,
-                         top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new, num_return_sequences=n,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=list(stop_ids),
+    # a fresh generation config: the model's own (repetition penalty, minimum length, ...) would change the logits
+    gen = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new,
+                           num_return_sequences=n, pad_token_id=tokenizer.pad_token_id, eos_token_id=list(stop_ids))
+    out = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), generation_config=gen,
                          logits_processor=LogitsProcessorList([CounterDraw(keys, ids.size(1), cfg)]))
     stops, res = set(stop_ids), []
     for row in out[:, ids.size(1):].tolist():

@@ -39,7 +39,7 @@ def _batches(prompts: list[dict], per_batch: int) -> Iterator[list[dict]]:
         yield ordered[i : i + per_batch]
 
 
-_AUTO_SAID: set[str] = set()  # the automatic decode batches already announced in this process
+_AUTO_SAID: set[int] = set()  # the automatic decode batch sizes already announced in this process
 
 
 def decode_rows(model, cfg: SampleConfig, prompts: list[dict], max_new: int) -> int:
@@ -52,8 +52,8 @@ def decode_rows(model, cfg: SampleConfig, prompts: list[dict], max_new: int) -> 
     rows, why = auto_decode_rows(model.config, param.element_size(), param.device.type,
                                  max((len(p["ids"]) for p in prompts), default=0) + max_new,
                                  free_device_memory(param.device))
-    if why not in _AUTO_SAID:
-        _AUTO_SAID.add(why)
+    if rows not in _AUTO_SAID:
+        _AUTO_SAID.add(rows)
         print(f"sample.batch_size=0 (auto): {why}", flush=True)
     return rows
 
@@ -105,13 +105,14 @@ def sample_to_file(path, model, tokenizer, prompts: list[dict], n: int, cfg: Sam
     # several processes, or one resuming a killed launch's shards (then every call below is local)
     merged = dist.main and path.exists() and len(done_prompts(read_jsonl(path), n)) == len(prompts)
     if not dist.agree(merged):
-        rows = dist.agree(decode_rows(model, cfg, prompts, max_new_tokens or cfg.max_new_tokens))  # rank 0's: one batching
+        # rank 0's batch size: one batching for all ranks (with batch_size=0, from rank 0's free memory)
+        rows = dist.agree(decode_rows(model, cfg, prompts, max_new_tokens or cfg.max_new_tokens))
         batches = list(_batches(prompts, _per_batch(rows, n)))
         flat = [p for b in batches for p in b]  # one process's file order
         pos = {p["id"]: i for i, p in enumerate(flat)}
         done = dist.agree(done_prompts(_shard_records(path, pos), n) if dist.main else None)
         todo = [b for b in batches if not all(p["id"] in done for p in b)]
-        mine = [p for k, b in enumerate(todo) if k % dist.world == dist.rank for p in b]
+        mine = [p for k, b in enumerate(todo) if k % dist.world == dist.rank for p in b if p["id"] not in done]
         label = f"{desc} (rank 0's share of {dist.world})" if dist.world > 1 else desc  # one bar: rank 0's
         _stream(shard_path(path, dist), model, tokenizer, mine, n, dataclasses.replace(cfg, batch_size=rows), stop_ids,
                 label, max_new_tokens, quiet=not dist.main)

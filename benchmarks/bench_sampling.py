@@ -15,8 +15,7 @@ from transformers import pipeline
 
 from alignment.config import SampleConfig
 from alignment.models import pick_device, sampling_dtype, stop_token_ids
-from alignment.decode import categorical
-from alignment.hf_generate import generate_tokens
+from alignment.decode import categorical, left_pad
 from alignment.sampling import sample_records
 from benchmarks.harness import (Report, Sizes, ceiling_row, count_new, dtype_name, interleaved, log,
                                 matmul_flops_per_token, speedup)
@@ -45,9 +44,16 @@ def make_variants(ctx, models: dict, cfg: SampleConfig, stops: set[int], per_bat
                 n_tok += sum(count_new(list(o["generated_token_ids"])[plen:], stops) for o in out)
         return n_tok
 
-    def run_generate(model):
-        return lambda t, ps: sum(len(c) for b in batches(ps)
-                                 for c in generate_tokens(model, tok, [p["ids"] for p in b], N, cfg, t))
+    def run_generate(model):  # plain batched `model.generate` (pure sampling), its new tokens up to the first stop
+        def run(t, ps):
+            n_tok = 0
+            for b in batches(ps):
+                ids, attn = left_pad([p["ids"] for p in b], tok.pad_token_id)
+                out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, top_k=0, top_p=1.0,
+                                     max_new_tokens=t, num_return_sequences=N, pad_token_id=tok.pad_token_id)
+                n_tok += sum(count_new(row, stops) for row in out[:, ids.size(1):].tolist())
+            return n_tok
+        return run
 
     def run_ours(model):
         return lambda t, ps: sum(len(r["completion_ids"]) for recs in

@@ -311,8 +311,8 @@ def test_a_yaml_file_must_hold_sections(tmp_path):
 # setting outside `sft` and its data fields may rebuild the start policy.
 # A preset's run dir (runs/<preset>, what `make` has always passed) is in the first (run_dir is not
 # hashed into the other two); so are fields that key the caches only when set (`dpo.method`, `dpo.rounds`,
-# `dpo.credit`, `dpo.credit_lambda`) and fields that key none (`track.log_models`). A field that leaves the
-# keys (`sample.batch_size`, once each completion drew from its own stream) moves the second.
+# `dpo.credit`, `dpo.credit_lambda`) and fields that key none (`track.log_models`, `sample.batch_size`:
+# each completion draws from its own stream, whatever the batch).
 HASHES = {
     None: ("04d07c3539a3", "52760dc80977", "dfdee80e"),
     "smoke": ("dd3d92bb8e0b", "77829f120cdd", "f948167c"),

@@ -313,10 +313,13 @@ def test_a_sampler_backend_is_a_module_with_draw(gpt2, tok, monkeypatch):
     assert all(r["sample_logps"] == [-1.0, -2.0] and r["sample_entropy"] == 0.5 for r in recs)
 
 
-def test_the_generate_backend_draws_what_the_fast_decoder_draws(lm, tok):
+def test_the_generate_backend_draws_what_the_fast_decoder_draws(lm, tok, monkeypatch):
     """HF `generate` with `CounterDraw` and our KV-cache decoder, both fp32 on the same tiny model (logits
-    equal to ~1e-6), draw the same tokens row for row, with temperature and top-p on; the global
+    equal to ~1e-6), draw the same tokens row for row, with temperature and top-p on, also where the model's
+    own generation config asks for a repetition penalty and a minimum length (not applied); the global
     generator's state before does not matter and is as the caller left it; no per-token log-probs."""
+    monkeypatch.setattr(lm.generation_config, "repetition_penalty", 3.0)
+    monkeypatch.setattr(lm.generation_config, "min_new_tokens", 9)
     prompts = [{"id": f"q{i}", "text": "", "ids": p} for i, p in enumerate(PROMPTS)]
     cfg = SampleConfig(max_new_tokens=10, batch_size=64, seed=4, temperature=0.8, top_p=0.95)
 
@@ -372,7 +375,7 @@ def test_decode_row_bytes_worked_example_for_llama_and_gpt2_configs():
 
 def test_auto_decode_rows_from_a_mocked_free_memory_figure():
     """On CUDA: 60 % of the free bytes over the per-sequence bytes, capped; on a CPU, or a GPU whose free
-    memory cannot be read, today's 64 with a message; never 0."""
+    memory cannot be read, the CPU's 64 with a message; never 0."""
     from types import SimpleNamespace
 
     from alignment.machine import CPU_DECODE_ROWS, MAX_DECODE_ROWS, auto_decode_rows, decode_row_bytes
@@ -388,12 +391,14 @@ def test_auto_decode_rows_from_a_mocked_free_memory_figure():
     assert auto_decode_rows(smol, 2, "cpu", 56, None) == (CPU_DECODE_ROWS, "64 sequences (the cpu default)")
 
 
-def test_auto_batch_size_samples_what_a_fixed_one_does(gpt2, tok, capsys):
+def test_auto_batch_size_samples_what_a_fixed_one_does(gpt2, tok, capsys, monkeypatch):
     """sample.batch_size=0 on a CPU decodes 64 at a time, says so once, and draws what any fixed size draws."""
+    monkeypatch.setattr(S, "_AUTO_SAID", set())
     prompts = _prompt_records(tok)
     cfg = SampleConfig(max_new_tokens=6, batch_size=0, seed=1)
     auto = [r for b in S.sample_records(gpt2, tok, prompts, 2, cfg, STOPS_MANY) for r in b]
-    assert capsys.readouterr().out.count("sample.batch_size=0 (auto): 64 sequences") <= 1  # once per process
+    [r for b in S.sample_records(gpt2, tok, prompts, 2, cfg, STOPS_MANY) for r in b]
+    assert capsys.readouterr().out.count("sample.batch_size=0 (auto): 64 sequences") == 1  # once per process
     fixed = [r for b in S.sample_records(gpt2, tok, prompts, 2, dataclasses.replace(cfg, batch_size=2), STOPS_MANY)
              for r in b]
     tokens = lambda recs: {(r["prompt_id"], r["sample"]): r["completion_ids"] for r in recs}  # noqa: E731
