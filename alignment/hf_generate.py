@@ -8,6 +8,8 @@ generator decides nothing. `generate` runs under a fresh generation config: the 
 (repetition penalty, minimum length, suppressed tokens) would change the logits, so they do not apply."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -31,6 +33,19 @@ class CounterDraw(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter_(1, tok[:, None], 0.0)
 
 
+@contextmanager
+def _generation_config(model, gen: GenerationConfig):
+    """`gen` as the model's generation config for the block (a PEFT model's base model's): `generate` fills
+    every setting a passed config leaves unset from the model's own, so only a swap keeps the model's
+    repetition penalty or minimum length from changing the logits."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved, target.generation_config = target.generation_config, gen
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
 def generate_tokens(model, tokenizer, prompts: list[list[int]], n: int, cfg: SampleConfig, stop_ids: list[int],
                     max_new: int, keys: np.ndarray) -> list[list[int]]:
     """HF `generate` on left-padded prompts (num_return_sequences=n, rows prompt-major like `keys`), each
@@ -40,11 +55,11 @@ def generate_tokens(model, tokenizer, prompts: list[list[int]], n: int, cfg: Sam
     ids, attn = left_pad(prompts, tokenizer.pad_token_id)
     if len(keys) != len(prompts) * n:
         raise ValueError(f"generate: {len(keys)} row keys for {len(prompts) * n} rows (prompts x n)")
-    # a fresh generation config: the model's own (repetition penalty, minimum length, ...) would change the logits
     gen = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new,
                            num_return_sequences=n, pad_token_id=tokenizer.pad_token_id, eos_token_id=list(stop_ids))
-    out = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), generation_config=gen,
-                         logits_processor=LogitsProcessorList([CounterDraw(keys, ids.size(1), cfg)]))
+    with _generation_config(model, gen):
+        out = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev),
+                             logits_processor=LogitsProcessorList([CounterDraw(keys, ids.size(1), cfg)]))
     stops, res = set(stop_ids), []
     for row in out[:, ids.size(1):].tolist():
         cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
