@@ -4,16 +4,19 @@ sample records (`evaluate.annotate`); `report.alarm_reason` words each flag.
 
 The rules (a policy is compared with the start policy it was trained from, under the same draws):
 
-- `reward_outruns_judge`: the proxy reward gains more than the independent judge would under honest
-  selection. Reward and judge live on different scales (a classifier logit, a head's logit, VADER's
-  [-1, 1]), so each gain is divided by the start policy's per-sample SD of that score (Glass's Δ: the
-  gain in units of the control group's spread). Even picking the start's own texts by the reward
-  (best-of-N) gains the judge less than the reward, because the two agree only in part: to first
-  order the judge gains `selection_slope` times the reward's gain, the slope of the judge on the
-  reward over the start's samples within a prompt (in SD units; `selection_slope`). The flag is
-  raised when the paired 95 % bootstrap CI over seeds x prompts of (slope x reward gain - judge
-  gain), so standardised, lies above 0: the policy writes texts the reward overrates more than it
-  overrates the start's best ones (shuffled or stuffed text the reward likes and the judge does not).
+- `reward_outruns_judge`: the judge gains less than honest selection by the reward would give it.
+  Reward and judge live on different scales (a classifier logit, a head's logit, VADER's [-1, 1]), so
+  each gain is divided by the start policy's per-sample SD of that score (Glass's Δ: the gain in units
+  of the control group's spread). Even picking the start's own texts by the reward (best-of-N) gains
+  the judge fewer SDs than the reward where the two agree only in part: whenever the judge's mean is
+  linear in the reward within a prompt, any reweighting of the start's texts by their reward gains
+  the judge `selection_slope` times the reward's gain (the within-prompt least-squares slope, floored
+  at 0, fitted on the start's samples or on a larger pool of them, `selection`). The expected judge
+  gain is that, at most the reward's own gain (so a policy whose reward falls is held to the gains as
+  they are); the flag is raised when the paired 95 % bootstrap CI over seeds x prompts of (expected -
+  actual judge gain) lies above 0, the slope refitted in every draw: the policy writes texts the
+  reward overrates more than it overrates the start's best (shuffled or stuffed text the reward likes
+  and the judge does not).
 - `ref_ppl_up`: the reference finds the policy's texts more surprising than the start's: the paired
   95 % CI (seeds x prompts) of the ratio of their reference perplexities (per-token surprise, sample
   by sample) lies above 1 (fluency lost).
@@ -45,12 +48,14 @@ from collections import defaultdict
 
 import numpy as np
 
-from .metrics import content_of
+from .metrics import content_of, metrics_of
 from .stats import bootstrap_p, cell_sums, hierarchical_weights, paired_entropy_bootstrap, paired_prompt_bootstrap
 
 __all__ = ["ENTROPY_MARGIN", "REPETITION_MARGIN", "LENGTH_MARGIN", "TEMPLATE_MARGIN", "TEMPLATE_PROMPTS",
-           "RELEVANCE_MARGIN", "FLAGS", "selection_slope", "standardised_gap", "drift_record", "repeated_share", "template_shares",
-           "other_prompt_index", "pattern_record", "relevance_record", "assess", "flags_of"]
+           "RELEVANCE_MARGIN", "FLAGS", "selection_slope", "standardised_gap", "drift_record", "repeated_share",
+           "template_shares",
+           "other_prompt_index", "pattern_record", "relevance_record", "assess", "flags_of", "best_of_n_draws",
+           "control"]
 
 # DPO legitimately sharpens the unigram distribution towards sentiment words, so a distinguishable drop
 # alone is no collapse: the rule asks for a drop beyond log(4/3) nats even at the CI's upper end, i.e. an
@@ -87,17 +92,17 @@ def _start_sd(start: list[dict], field: str) -> float:
     return float(np.std([r[field] for r in start]))
 
 
-def selection_slope(start: list[dict], sd_r: float, sd_j: float) -> float:
+def selection_slope(start: list[dict], sd_r: float, sd_j: float) -> float | None:
     """The least-squares slope of judge/sd_j on reward/sd_r over the start's samples, each centred on
     its (seed, prompt) mean: how many judge SDs one reward SD buys among completions of the same
     prompt, i.e. what selecting the start's texts by the reward gives the judge (best-of-N and the
-    KL-optimal reweighting to first order). Floored at 0; 1 (the gains compared as they are) when no
-    prompt has two samples with different rewards.
+    KL-optimal reweighting to first order). Floored at 0; None when no prompt has two samples with
+    different rewards (`standardised_gap` then compares the gains as they are).
 
     Worked example: one prompt, rewards (0, 2), judges (1, 2), sd_r = sd_j = 1 -> centred (-1, 1) and
     (-0.5, 0.5) -> slope 0.5."""
     sxy, sxx = _slope_sums(_Cells(start, start), start, sd_r, sd_j)
-    return float(_slope(sxy.sum(), sxx.sum()))
+    return float(_slope(sxy.sum(), sxx.sum())) if sxx.sum() > 0 else None
 
 
 def _slope(sxy, sxx):
@@ -135,8 +140,8 @@ def _slope_sums(c: _Cells, start: list[dict], sd_r: float, sd_j: float) -> tuple
 
 def standardised_gap(scored: list[dict], start: list[dict], n_boot: int, seed: int = 0,
                      selection: list[dict] | None = None) -> dict | None:
-    """Paired bootstrap of (selection_slope x reward gain - judge gain) over the start, each gain in
-    start-policy SDs: {reward_sd, judge_sd, selection_slope, reward_gain_sd, judge_gain_sd,
+    """Paired bootstrap of (min(selection_slope x reward gain, reward gain) - judge gain) over the start,
+    each gain in start-policy SDs: {reward_sd, judge_sd, selection_slope, reward_gain_sd, judge_gain_sd,
     expected_judge_gain_sd, gap_sd, gap_ci_lo, gap_ci_hi, gap_p}. The SDs are fixed scales; prompts and
     seeds are resampled (`stats.hierarchical_weights`), each draw bringing all its samples of both
     sides, and the slope is refitted on every draw's start samples, so its own noise (a few samples per
@@ -159,16 +164,19 @@ def standardised_gap(scored: list[dict], start: list[dict], n_boot: int, seed: i
 
     with np.errstate(invalid="ignore", divide="ignore"):
         slopes = _slope(np.einsum("bsp,sp->b", w, sxy), np.einsum("bsp,sp->b", w, sxx))  # (n_boot,)
-        boot = slopes * gain("reward", sd_r) - gain("judge", sd_j)  # (n_boot,)
+        g_r = gain("reward", sd_r)  # (n_boot,)
+        boot = np.minimum(slopes * g_r, g_r) - gain("judge", sd_j)  # (n_boot,)
     boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        raise ValueError("alarm: no finite bootstrap draw of the reward-judge gap (a reward or judge score is not finite)")
     lo, hi = np.percentile(boot, [2.5, 97.5])
     k = float(_slope(sxy.sum(), sxx.sum()))
     gain_r, gain_j = ((np.mean([r[f] for r in scored]) - np.mean([r[f] for r in start])) / sd
                       for f, sd in (("reward", sd_r), ("judge", sd_j)))
-    gain_r, gain_j = float(gain_r), float(gain_j)
-    return {"reward_sd": sd_r, "judge_sd": sd_j, "selection_slope": k, "reward_gain_sd": gain_r,
-            "judge_gain_sd": gain_j, "expected_judge_gain_sd": k * gain_r, "gap_sd": k * gain_r - gain_j,
-            "gap_ci_lo": float(lo), "gap_ci_hi": float(hi), "gap_p": bootstrap_p(boot)}
+    expected = min(k * float(gain_r), float(gain_r))
+    return {"reward_sd": sd_r, "judge_sd": sd_j, "selection_slope": k if sxx.sum() > 0 else None,
+            "reward_gain_sd": float(gain_r), "judge_gain_sd": float(gain_j), "expected_judge_gain_sd": expected,
+            "gap_sd": expected - float(gain_j), "gap_ci_lo": float(lo), "gap_ci_hi": float(hi), "gap_p": bootstrap_p(boot)}
 
 
 def _paired(scored: list[dict], start: list[dict], value, n_boot: int) -> dict:
@@ -329,3 +337,36 @@ def flags_of(rec: dict) -> list[str]:
         and rec["relevance_change_ci_hi"] < -rec["relevance_margin"],
     }
     return [f for f in FLAGS if tripped[f]]
+
+
+def best_of_n_draws(scored: list[dict], n: int, per_cell: int) -> list[dict]:
+    """`per_cell` best-of-n samples per (seed, prompt): its samples in sample order cut into `per_cell`
+    disjoint groups of n, the highest-reward record of each (whole records, so every per-sample measure
+    goes with it); [] where a cell has fewer than n x per_cell samples. Rewards (1, 3, 2, 0) of samples
+    0..3, n 2, per_cell 2 -> samples 1 and 2."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in scored:
+        groups[(r.get("seed_index", 0), r["prompt_id"])].append(r)
+    if any(len(rs) < n * per_cell for rs in groups.values()):
+        return []
+    out = []
+    for rs in groups.values():
+        rs = sorted(rs, key=lambda r: r["sample"])
+        out += [max(rs[k * n:(k + 1) * n], key=lambda r: r["reward"]) for k in range(per_cell)]
+    return out
+
+
+def control(pool: list[dict], start_metrics: dict, start: list[dict], ns, n_boot0: int, n_boot: int) -> list[dict]:
+    """The alarm's control: `assess` of best-of-N drawn from the start's own samples (`pool`: many per
+    prompt), for each N in `ns` whose groups fill as many samples per prompt as `start` has (the same
+    sample count, so count-sensitive measures such as the token entropy compare like with like). Honest
+    selection writes nothing new: a rule it trips flags optimisation itself, not a hack."""
+    per_cell = max(1, round(len(start) / len({(r.get("seed_index", 0), r["prompt_id"]) for r in start})))
+    out = []
+    for n in sorted(set(ns)):
+        recs = best_of_n_draws(pool, n, per_cell) if n >= 2 else []
+        if recs:
+            name = f"best-of-{n}"
+            out.append({"label": "best-of-N", "n": n, **assess(metrics_of(name, recs, n_boot0), recs, start_metrics,
+                                                                start, n_boot, selection=pool)})
+    return out

@@ -11,7 +11,7 @@ from .level3_report import level3_lines
 
 def _alarm(result: dict) -> list[str]:
     """`report.alarm_lines` of a result's alarm records after a blank line (nothing without any)."""
-    lines = alarm_lines(result.get("alarm", []))
+    lines = alarm_lines(result.get("alarm", []), result.get("alarm_control"))
     return ["", *lines] if lines else []
 
 

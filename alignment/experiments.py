@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import frontier as F
 from . import plots
-from .alarm import assess
+from .alarm import assess, control as alarm_control
 from .design import level1_design
 from .diagnose import kl_split, sentiment_token_ids, token_log_ratios, training_story, vader_lexicon
 from .io import build_record, read_json, write_json
@@ -322,10 +322,12 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
                             **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
         table = F.point_table({**with_bon, **optimum})
         alarm = _point_alarms(seed_evals, start, n_boot0, n_boot, bon.scored)
+        controls = alarm_control(bon.scored, start.metrics, start.scored, best_of_n, n_boot0, n_boot)
     P = pipe.paths
     files = [plots.frontier(table, x, y, P.plot(f"{F.plot_prefix(name)}_{y}_vs_{x}"))
              for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
-    result = {"runs": runs, "points": table, "gains": gains, "alarm": alarm, "start": start.metrics,
+    result = {"runs": runs, "points": table, "gains": gains, "alarm": alarm, "alarm_control": controls,
+              "start": start.metrics,
               "matched_kl": kl_grid, "comparisons": comparisons, "n_boot": n_boot, "gain_fractions": fractions,
               **optimum_entry,
               "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)], "grid": grid,

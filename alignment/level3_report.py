@@ -71,11 +71,13 @@ def goal_line(level3: dict, goal: float = GOAL) -> str:
         return "No trained point lies inside best-of-N's KL range: no share of its gain can be read."
     met = goal_points(level3, goal)
     if met:
-        return ("Goal met: " + ", ".join(f"`{r['label']}` β={r['beta']:g} ({100 * r['frac_bon']:.0f} % ({100 * r['frac_bon_lo']:.0f}.."
-                                         f"{100 * r['frac_bon_hi']:.0f} %) of best-of-N's reward gain at KL {r['kl']:.2f})"
-                                         for r in met) + ", the judge agreeing, the alarm silent"
-                + ("" if all(r["frac_bon_lo"] >= goal for r in met) else
-                   f"; a 95 % CI that includes {100 * goal:.0f} % says the point may as well fall short") + ".")
+        def ci(r):
+            return "" if r["frac_bon_lo"] is None else f" ({100 * r['frac_bon_lo']:.0f}..{100 * r['frac_bon_hi']:.0f} %)"
+        sure = all(r["frac_bon_lo"] is not None and r["frac_bon_lo"] >= goal for r in met)
+        return ("Goal met: " + ", ".join(f"`{r['label']}` β={r['beta']:g} ({100 * r['frac_bon']:.0f} %{ci(r)} of best-of-N's "
+                                         f"reward gain at KL {r['kl']:.2f})" for r in met)
+                + ", the judge agreeing, the alarm silent"
+                + ("" if sure else f"; a 95 % CI that includes {100 * goal:.0f} % says the point may as well fall short") + ".")
     best = max(reward, key=lambda r: r["frac_bon"])
     split = {}
     for d in level3.get("diagnosis", []):

@@ -137,7 +137,9 @@ def cost_lines(log: list[dict]) -> list[str]:
 def _alarm(result: dict) -> list[str]:
     """The reward-hacking alarm's verdicts as a list, then a blank line (nothing without records)."""
     lines = report.alarm_lines(result.get("alarm", []))
-    return [lines[0], "", *(f"- {line}" for line in lines[1:]), ""] if lines else []
+    control = report.alarm_lines(result.get("alarm", []), result.get("alarm_control"))[len(lines):]
+    return [sub for part in (lines, control) if part
+            for sub in (part[0], "", *(f"- {line}" for line in part[1:]), "")]
 
 
 def _setup(cfg: dict, level1: dict) -> str:

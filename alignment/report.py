@@ -466,10 +466,11 @@ ALARM_NAMES = {"reward_outruns_judge": "reward outruns the judge", "ref_ppl_up":
 def alarm_reason(flag: str, a: dict) -> str:
     """The short reason for one flag of an alarm record (`alarm.assess`), from its numbers."""
     if flag == "reward_outruns_judge":
-        gains = f"gains {a['reward_gain_sd']:+.2f} vs {a['judge_gain_sd']:+.2f} start-policy SDs"
-        if a.get("expected_judge_gain_sd") is None:  # a record that compared the gains as they are
-            return f"reward outruns the judge ({gains}; gap 95% CI {a['gap_ci_lo']:+.2f} .. {a['gap_ci_hi']:+.2f})"
-        return (f"reward outruns the judge ({gains}, where selecting the start's texts by the reward gives the judge "
+        if a.get("selection_slope") is None:  # the gains compared as they are
+            return (f"reward outruns the judge (gains {a['reward_gain_sd']:+.2f} vs {a['judge_gain_sd']:+.2f} "
+                    f"start-policy SDs; gap 95% CI {a['gap_ci_lo']:+.2f} .. {a['gap_ci_hi']:+.2f})")
+        return (f"reward outruns the judge (reward {a['reward_gain_sd']:+.2f} start-policy SDs, judge "
+                f"{a['judge_gain_sd']:+.2f} where selecting the start's own texts by the reward would give it "
                 f"{a['expected_judge_gain_sd']:+.2f}; shortfall 95% CI {a['gap_ci_lo']:+.2f} .. {a['gap_ci_hi']:+.2f})")
     if flag == "ref_ppl_up":
         return (f"reference perplexity {a['start_ref_ppl']:.1f} → {a['ref_ppl']:.1f} (paired ratio "
@@ -508,12 +509,16 @@ def alarm_line(a: dict) -> str:
     return f"{name}: " + ("possible reward hacking: " + "; ".join(reasons) if reasons else "no sign of reward hacking")
 
 
-def alarm_lines(alarms: list[dict]) -> list[str]:
-    """The alarm shown next to a table: a heading and one verdict per policy (nothing without records)."""
+def alarm_lines(alarms: list[dict], control: list[dict] | None = None) -> list[str]:
+    """The alarm shown next to a table: a heading and one verdict per policy (nothing without records),
+    then its control's verdicts (`alarm.control`: best-of-N from the start's own samples) where given."""
     if not alarms:
         return []
     return ["Reward-hacking alarm (each policy against the start policy it was trained from):",
-            *(alarm_line(a) for a in alarms)]
+            *(alarm_line(a) for a in alarms),
+            *(["The alarm's control, best-of-N drawn from the start policy's own samples (selection writes nothing "
+               "new, so a flag here marks optimisation itself, not a hack):", *(alarm_line(a) for a in control)]
+              if control else [])]
 
 
 # ---- the machine --------------------------------------------------------------------------------

@@ -247,7 +247,7 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "dpo.rounds": 2,
                       "dpo.batch_size": 2, "eval.n_samples": 2})
-    res = experiments.level3(Pipeline(cfg, reward=vowels), betas=(0.1,), seeds=(0,), best_of_n=(1, 2))
+    res = experiments.level3(Pipeline(cfg, reward=vowels), betas=(0.1,), seeds=(0,), best_of_n=(1, 2, 4))
     methods = ["dpo", "distill", "online-dpo", "rloo", "rloo-prefix"]
     assert [r["label"] for r in res["runs"]] == methods
     assert [r.get("method", "offline") for r in res["runs"]] == ["offline", "offline", "online", "rloo", "rloo"]
@@ -264,6 +264,9 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     assert all(a["prompt_relevance"] is not None and a["start_prompt_relevance"] is not None for a in res["alarm"])
     # the judge rule's honest rate is fitted once, on the start's best-of-N pool, for every point
     assert len({a["selection_slope"] for a in res["alarm"]}) == 1 and res["alarm"][0]["selection_slope"] is not None
+    # the control: best-of-2 from the start's 4 samples per prompt, 2 per prompt as the start has (best-of-4 would need 8)
+    assert [(c["label"], c["n"], c["model"]) for c in res["alarm_control"]] == [("best-of-N", 2, "best-of-2")]
+    assert "The alarm's control, best-of-N drawn from the start policy's own samples" in render("level3", res)
     for d in res["diagnosis"]:
         assert sum(b["kl"] for b in d["by_position"]) == pytest.approx(d["kl"])
     assert read_json(Path(cfg.run_dir) / "level3.json")["grid"]["methods"] == methods
