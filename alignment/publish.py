@@ -338,26 +338,30 @@ def _frontier_brief(sweep: dict) -> str:
 
 
 def level3_brief(level3: dict) -> str:
-    """Level 3 in two sentences: per method its point with the largest share of best-of-N's reward gain at
-    its own KL (`frontier.gain_fractions`), with the judge's share and any alarm at the same point; whether
-    a point meets the goal (`level3_report.goal_points`)."""
+    """Level 3 in two sentences: per method the largest share of best-of-N's reward gain it reaches at its
+    own KL (`frontier.gain_fractions`) with the judge's share there; for the method with the largest, its
+    CI, β, KL and any alarm at that point; whether a point meets the goal (`level3_report.goal_points`)."""
     rows = level3.get("gain_fractions") or []
     flags = {(a["label"], a["beta"]): a["flags"] for a in level3.get("alarm", [])}
-    parts = []
+    best = {}
     for method in level3["grid"]["methods"]:
         mine = [r for r in rows if r["label"] == method and r["field"] == "reward" and r["frac_bon"] is not None]
-        if not mine:
+        best[method] = max(mine, key=lambda r: r["frac_bon"]) if mine else None
+    top = max((m for m in best if best[m]), key=lambda m: best[m]["frac_bon"], default=None)
+    parts = []
+    for method, b in best.items():
+        if b is None:
             parts.append(f"`{method}` no point inside best-of-N's KL range")
             continue
-        best = max(mine, key=lambda r: r["frac_bon"])
-        judge = next((r for r in rows if r["label"] == method and r["field"] == "judge" and r["beta"] == best["beta"]),
-                     None)
-        jt = (f", judge {100 * judge['frac_bon']:.0f} %" if judge and judge["frac_bon"] is not None else "")
-        ci = (f" ({100 * best['frac_bon_lo']:.0f}..{100 * best['frac_bon_hi']:.0f} %)"
-              if best["frac_bon_lo"] is not None else "")
-        alarm = flags.get((method, best["beta"]))
-        at = f", alarm: {', '.join(alarm)}" if alarm else ""
-        parts.append(f"`{method}` {100 * best['frac_bon']:.0f} %{ci} at β {best['beta']:g}, KL {best['kl']:.2f}{jt}{at}")
+        judge = next((r for r in rows if r["label"] == method and r["field"] == "judge" and r["beta"] == b["beta"]), None)
+        jt = f"judge {100 * judge['frac_bon']:.0f} %" if judge and judge["frac_bon"] is not None else ""
+        if method != top:
+            parts.append(f"`{method}` {100 * b['frac_bon']:.0f} %" + (f" ({jt})" if jt else ""))
+            continue
+        ci = f" ({100 * b['frac_bon_lo']:.0f}..{100 * b['frac_bon_hi']:.0f} %)" if b["frac_bon_lo"] is not None else ""
+        alarm = flags.get((method, b["beta"]))
+        parts.append(f"`{method}` {100 * b['frac_bon']:.0f} %{ci} at β {b['beta']:g}, KL {b['kl']:.2f}"
+                     + (f", {jt}" if jt else "") + (f", alarm: {', '.join(alarm)}" if alarm else ""))
     seeds = level3["grid"]["seeds"]
     pooled = f"seeds {', '.join(map(str, seeds))} pooled" if len(seeds) > 1 else f"one seed ({seeds[0]})"
     return (f"Level 3 ({len(level3['grid']['methods'])} methods along β, {pooled}; [more]({DOC}#level-3-what-buys-reward-per-nat-of-kl)): "
