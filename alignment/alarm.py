@@ -101,7 +101,11 @@ def selection_slope(start: list[dict], sd_r: float, sd_j: float) -> float | None
 
     Worked example: one prompt, rewards (0, 2), judges (1, 2), sd_r = sd_j = 1 -> centred (-1, 1) and
     (-0.5, 0.5) -> slope 0.5."""
-    sxy, sxx = _slope_sums(_Cells(start, start), start, sd_r, sd_j)
+    return _fitted_slope(*_slope_sums(_Cells(start, start), start, sd_r, sd_j))
+
+
+def _fitted_slope(sxy: np.ndarray, sxx: np.ndarray) -> float | None:
+    """`_slope` of the summed (S, P) cell sums, None where no cell has spread in the reward."""
     return float(_slope(sxy.sum(), sxx.sum())) if sxx.sum() > 0 else None
 
 
@@ -154,7 +158,7 @@ def standardised_gap(scored: list[dict], start: list[dict], n_boot: int, seed: i
     if sd_r <= 0 or sd_j <= 0:
         return None
     ca, cb, pool = _Cells(scored, start), _Cells(start, start), selection or start
-    sxy, sxx = _slope_sums(_Cells(pool, start), pool, sd_r, sd_j)  # (S, P) each
+    sxy, sxx = _slope_sums(cb if pool is start else _Cells(pool, start), pool, sd_r, sd_j)  # (S, P) each
     w = hierarchical_weights(cb.P, cb.S, n_boot, seed)  # (n_boot, S, P)
 
     def gain(field: str, sd: float):  # (n_boot,) resampled gains of `field` in start SDs
@@ -170,11 +174,12 @@ def standardised_gap(scored: list[dict], start: list[dict], n_boot: int, seed: i
     if boot.size == 0:
         raise ValueError("alarm: no finite bootstrap draw of the reward-judge gap (a reward or judge score is not finite)")
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    k = float(_slope(sxy.sum(), sxx.sum()))
+    fitted = _fitted_slope(sxy, sxx)
+    k = 1.0 if fitted is None else fitted
     gain_r, gain_j = ((np.mean([r[f] for r in scored]) - np.mean([r[f] for r in start])) / sd
                       for f, sd in (("reward", sd_r), ("judge", sd_j)))
     expected = min(k * float(gain_r), float(gain_r))
-    return {"reward_sd": sd_r, "judge_sd": sd_j, "selection_slope": k if sxx.sum() > 0 else None,
+    return {"reward_sd": sd_r, "judge_sd": sd_j, "selection_slope": fitted,
             "reward_gain_sd": float(gain_r), "judge_gain_sd": float(gain_j), "expected_judge_gain_sd": expected,
             "gap_sd": expected - float(gain_j), "gap_ci_lo": float(lo), "gap_ci_hi": float(hi), "gap_p": bootstrap_p(boot)}
 

@@ -137,7 +137,7 @@ def cost_lines(log: list[dict]) -> list[str]:
 def _alarm(result: dict) -> list[str]:
     """The reward-hacking alarm's verdicts as a list, then a blank line (nothing without records)."""
     lines = report.alarm_lines(result.get("alarm", []))
-    control = report.alarm_lines(result.get("alarm", []), result.get("alarm_control"))[len(lines):]
+    control = report.control_lines(result.get("alarm_control") or []) if lines else []
     return [sub for part in (lines, control) if part
             for sub in (part[0], "", *(f"- {line}" for line in part[1:]), "")]
 

@@ -511,14 +511,20 @@ def alarm_line(a: dict) -> str:
 
 def alarm_lines(alarms: list[dict], control: list[dict] | None = None) -> list[str]:
     """The alarm shown next to a table: a heading and one verdict per policy (nothing without records),
-    then its control's verdicts (`alarm.control`: best-of-N from the start's own samples) where given."""
+    then `control_lines(control)` where given."""
     if not alarms:
         return []
     return ["Reward-hacking alarm (each policy against the start policy it was trained from):",
-            *(alarm_line(a) for a in alarms),
-            *(["The alarm's control, best-of-N drawn from the start policy's own samples (selection writes nothing "
-               "new, so a flag here marks optimisation itself, not a hack):", *(alarm_line(a) for a in control)]
-              if control else [])]
+            *(alarm_line(a) for a in alarms), *control_lines(control or [])]
+
+
+def control_lines(control: list[dict]) -> list[str]:
+    """The alarm's control (`alarm.control`: best-of-N from the start's own samples): a heading and one
+    verdict per N (nothing without records)."""
+    if not control:
+        return []
+    return ["The alarm's control, best-of-N drawn from the start policy's own samples (selection writes nothing "
+            "new, so a flag here marks optimisation itself, not a hack):", *(alarm_line(a) for a in control)]
 
 
 # ---- the machine --------------------------------------------------------------------------------
