@@ -1,4 +1,4 @@
-"""The reward-hacking alarm (`alignment.alarm`) on hand-built evaluations: the gap in start-policy SDs
+"""The reward-hacking alarm (`alignment.study.alarm`) on hand-built evaluations: the gap in start-policy SDs
 in closed form, each rule at its boundary, the n-gram statistics and the other-prompt pairing in closed
 form, a word-salad policy like the original notebook's lr 1e-3 flagged by the reward, fluency, topic and
 entropy rules, a healthy one (reward and judge up together, fluent) not, stored verdicts unchanged, and
@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignment import console
-from alignment.alarm import (ENTROPY_MARGIN, FLAGS, LENGTH_MARGIN, RELEVANCE_MARGIN, REPETITION_MARGIN, TEMPLATE_MARGIN,
+from alignment.study import console
+from alignment.study.alarm import (ENTROPY_MARGIN, FLAGS, LENGTH_MARGIN, RELEVANCE_MARGIN, REPETITION_MARGIN, TEMPLATE_MARGIN,
                              assess, best_of_n_draws, control, flags_of, other_prompt_index, repeated_share, selection_slope, standardised_gap,
                              template_shares)
-from alignment.metrics import metrics_of
-from alignment.report import alarm_line, alarm_lines, alarm_reason
-from alignment.io import read_json
-from alignment.stats import compare_to_start, distinguishable, paired_prompt_bootstrap
+from alignment.study.metrics import metrics_of
+from alignment.study.report import alarm_line, alarm_lines, alarm_reason
+from alignment.base.io import read_json
+from alignment.study.stats import compare_to_start, distinguishable, paired_prompt_bootstrap
 
 N_PROMPTS, N_SAMPLES, LENGTH = 24, 4, 12
 JUDGE_SCALE = 0.1  # the judge scores on a scale ten times smaller than the reward's
@@ -306,6 +306,6 @@ def test_the_alarm_is_shown_next_to_each_table():
 
 
 def test_every_alarm_flag_has_a_short_name_for_the_readme():
-    from alignment.alarm import FLAGS
-    from alignment.report import ALARM_NAMES
+    from alignment.study.alarm import FLAGS
+    from alignment.study.report import ALARM_NAMES
     assert set(ALARM_NAMES) == set(FLAGS)

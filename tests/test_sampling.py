@@ -3,12 +3,12 @@ import dataclasses
 import pytest
 import torch
 
-import alignment.decode as D
-import alignment.sampling as S
+import alignment.steps.decode as D
+import alignment.steps.sampling as S
 from alignment.config import SampleConfig
-from alignment.io import read_jsonl
-from alignment.logprobs import batched_logps
-from alignment.models import load_causal_lm, load_tokenizer, stop_token_ids
+from alignment.base.io import read_jsonl
+from alignment.steps.logprobs import batched_logps
+from alignment.assets.models import load_causal_lm, load_tokenizer, stop_token_ids
 
 PROMPTS = [[52, 72, 265, 285], [80, 81], [100, 120, 140, 160, 180, 200, 220], [7]]
 STOPS_MANY = list(range(0, 400, 10))  # 40 of 400 ids: sequences stop at varied steps
@@ -130,7 +130,7 @@ def test_kv_cache_step_distributions_equal_full_forward(lm, monkeypatch):
         assert probs.shape == (len(active), lm.config.vocab_size)
         for r, i in enumerate(active):
             assert torch.allclose(probs[r], expected[i][t], atol=1e-5), (t, i)
-    # sum of the sampler's own log-probs == alignment.logprobs full-forward log-prob (temperature 1)
+    # sum of the sampler's own log-probs == alignment.steps.logprobs full-forward log-prob (temperature 1)
     seen.clear()
     cfg1 = SampleConfig(max_new_tokens=8)
     comps = D.sample_batch(lm, PROMPTS, 2, cfg1, STOPS_MANY, 0, torch.Generator().manual_seed(4))
