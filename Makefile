@@ -51,7 +51,7 @@ notebook: setup  ## execute the notebook headless at SMOKE size (PRESET sets its
 	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-$(call preset,smoke).ipynb -p SIZE $(call preset,smoke) $(if $(call given,RUN_DIR),-p RUN_DIR $(RUN_DIR)) --cwd . $(ARGS)
 
 notebook-publish: setup  ## re-execute the committed notebook in place at default size (it reuses runs/default and shows runs/sweep: run `make run` and `make sweep` first)
-	OMP_NUM_THREADS=1 $(BIN)/python -m alignment.notebook "Alignment Methods.ipynb" SIZE=default
+	OMP_NUM_THREADS=1 $(BIN)/python -m alignment.study.notebook "Alignment Methods.ipynb" SIZE=default
 
 config:  ## print the resolved config (PRESET, SET, ARGS="--config F.yaml"); installs nothing, loads no model
 	$(call cli,$(CONFIG_PY),config,default)

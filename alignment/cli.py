@@ -16,17 +16,18 @@ from typing import NamedTuple
 import torch.distributed as td
 import yaml
 
-from . import console, experiments, publish
-from .assets import AssetError, ensure_all
+from .study import console
+from .run import experiments, publish
+from .assets.offline import AssetError, ensure_all
 from .config import SECTIONS, ConfigError, field_docs, field_names, load_config
-from .data import DataError
-from .distributed import shutdown
-from .machine import hardware
-from .pipeline import Pipeline
-from .rundir import RunDirMismatch
+from .steps.data import DataError
+from .base.distributed import shutdown
+from .base.machine import hardware
+from .run.pipeline import Pipeline
+from .run.rundir import RunDirMismatch
 from .presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, PRESETS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS, axes_flags
-from .reward import RewardError, load_judge, load_reward, load_topic_judge
-from .timing import log_command
+from .steps.reward import RewardError, load_judge, load_reward, load_topic_judge
+from .base.timing import log_command
 
 PROG = "python -m alignment"
 

@@ -20,14 +20,14 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from .losses import LOSSES, VALUE_LOSSES, validate_alpha
-from .pairs import STRATEGIES
+from .steps.losses import LOSSES, VALUE_LOSSES, validate_alpha
+from .steps.pairs import STRATEGIES
 from .presets import PRESETS
 
 OFFLINE = "offline"  # the embedded default: real pretrained assets shipped in PyPI packages
 PYTHON_REWARD = "python:"  # reward.model prefix: a `score(texts) -> Tensor` function passed from Python
-OFFLINE_SFT = "offline-sft"  # the offline start policy: SmolLM2-135M tuned on reviews by the SFT stage (`alignment.sft`)
-OFFLINE_FT = "offline-ft"  # the offline judge fine-tuned end to end (top layers of all-mpnet-base-v2, `alignment.judge_ft`)
+OFFLINE_SFT = "offline-sft"  # the offline start policy: SmolLM2-135M tuned on reviews by the SFT stage (`alignment.steps.sft`)
+OFFLINE_FT = "offline-ft"  # the offline judge fine-tuned end to end (top layers of all-mpnet-base-v2, `alignment.assets.judge_ft`)
 
 
 class ConfigError(ValueError):
@@ -111,7 +111,7 @@ class PairConfig:
 
 @dataclass
 class DPOConfig:
-    loss: str = rule("sigmoid", choices=_registry(LOSSES))  # a name in alignment.losses.LOSSES (sigmoid, hinge, ipo, forward_kl, js, alpha, ...)
+    loss: str = rule("sigmoid", choices=_registry(LOSSES))  # a name in alignment.steps.losses.LOSSES (sigmoid, hinge, ipo, forward_kl, js, alpha, ...)
     beta: float = rule(0.1, **_pos)   # KL-constraint strength
     alpha: float = 0.5         # alpha-divergence parameter, paper convention, in (0, 1) (checked when loss=alpha)
     lr: float = rule(5e-5, check=lambda v: 0 < v < 1,  # learning rate

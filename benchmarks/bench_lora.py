@@ -43,8 +43,8 @@ def worker(spec: dict) -> dict:
     import torch
 
     from alignment.config import DPOConfig
-    from alignment.models import add_lora
-    from alignment.train import reference_logps, train_dpo
+    from alignment.assets.models import add_lora
+    from alignment.steps.train import reference_logps, train_dpo
     from benchmarks.bench_training import StepClock, make_pairs
     from benchmarks.context import Ctx
 
@@ -116,7 +116,7 @@ def run(S: Sizes, ctx, rep: Report) -> None:
     how = ("VmHWM, reset (/proc/self/clear_refs) after model load and the reference pass, read after train_dpo: "
            "exact" if f["exact"] and lo["exact"] else "max of a 5 ms psutil RSS poll during train_dpo")
     rep.note(f"lora: fp32 policy ({ctx.describe()}), the training section's {S.pairs} sample-shaped pairs, batch "
-             f"{B}, 1 warm-up step then {f['steps'] - 1} timed steps; LoRA = alignment.models.add_lora(r={LORA_R}, "
+             f"{B}, 1 warm-up step then {f['steps'] - 1} timed steps; LoRA = alignment.assets.models.add_lora(r={LORA_R}, "
              f"alpha={LORA_ALPHA:g}) on every attention and MLP linear layer: {lo['trainable']:,} trainable of "
              f"{lo['total']:,} parameters (full: {f['trainable']:,}). One fresh subprocess per variant, run one "
              f"after the other (full first). ratio for memory and size = full / LoRA (how many times smaller). "

@@ -14,9 +14,9 @@ import torch
 from transformers import pipeline
 
 from alignment.config import SampleConfig
-from alignment.models import pick_device, sampling_dtype, stop_token_ids
-from alignment.decode import categorical, left_pad
-from alignment.sampling import sample_records
+from alignment.assets.models import pick_device, sampling_dtype, stop_token_ids
+from alignment.steps.decode import categorical, left_pad
+from alignment.steps.sampling import sample_records
 from benchmarks.harness import (Report, Sizes, ceiling_row, count_new, dtype_name, interleaved, log,
                                 matmul_flops_per_token, speedup)
 
@@ -135,5 +135,5 @@ def bench_categorical(S: Sizes, rep: Report) -> None:
             fn()
             times[k].append(time.perf_counter() - t0)
     tm, tc = min(times["torch.multinomial"]), min(times["categorical"])
-    rep.add(f"categorical draw ({S.micro_rows}x{VOCAB} probs): torch.multinomial vs alignment.decode.categorical",
+    rep.add(f"categorical draw ({S.micro_rows}x{VOCAB} probs): torch.multinomial vs alignment.steps.decode.categorical",
             f"{1000 * tm:.2f} ms", f"{1000 * tc:.2f} ms", speedup(tm, tc))

@@ -61,9 +61,9 @@ def worker(spec: dict) -> dict:
     import torch
 
     from alignment.config import SampleConfig
-    from alignment.models import pick_device, sampling_dtype, stop_token_ids
-    from alignment.decode import row_keys, sample_batch
-    from alignment.sampling import sample_to_file
+    from alignment.assets.models import pick_device, sampling_dtype, stop_token_ids
+    from alignment.steps.decode import row_keys, sample_batch
+    from alignment.steps.sampling import sample_to_file
     from benchmarks.context import Ctx
 
     torch.set_num_threads(spec["threads"])

@@ -10,8 +10,8 @@ import tempfile
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from alignment.models import pick_device
-from alignment.reward import ClassifierReward
+from alignment.assets.models import pick_device
+from alignment.steps.reward import ClassifierReward
 from benchmarks.harness import (Report, Sizes, ceiling_row, dtype_name, interleaved, log, matmul_flops_per_token,
                                 speedup)
 

@@ -1,5 +1,5 @@
 """DPO training: steps/s of native `train_dpo` (precomputed reference log-probs) vs trl's
-DPOTrainer through `alignment.trl_backend.train_dpo_trl(precompute_ref=False)` (a reference
+DPOTrainer through `alignment.steps.trl_backend.train_dpo_trl(precompute_ref=False)` (a reference
 forward every step), on the same sample-shaped pairs, fp32 policy; and native fp32 vs native
 bf16 autocast (`dpo.precision=bf16`).
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from alignment.config import DPOConfig
-from alignment.machine import cpu_has_bf16
-from alignment.train import reference_logps, train_dpo
-from alignment.trl_backend import train_dpo_trl
+from alignment.base.machine import cpu_has_bf16
+from alignment.steps.train import reference_logps, train_dpo
+from alignment.steps.trl_backend import train_dpo_trl
 from benchmarks.harness import Report, Sizes, log, speedup
 
 
@@ -112,5 +112,5 @@ def run(S: Sizes, ctx, rep: Report) -> None:
              f"review-text completions), batch {B}, 1 warm-up step then {steps} timed steps in the same call "
              f"(timestamps of each step's log); native reference pass (reference_logps, no grad, batch 16) took "
              f"{t_ref:.2f}s for {len(pairs)} pairs (once per run; amortised over epochs in real runs). trl path: "
-             f"alignment.trl_backend.train_dpo_trl(precompute_ref=False). Whole-call wall time incl. setup: "
+             f"alignment.steps.trl_backend.train_dpo_trl(precompute_ref=False). Whole-call wall time incl. setup: "
              f"native {wall_n:.1f}s, trl {wall_t:.1f}s (trl also deep-copies the policy as its reference model).")

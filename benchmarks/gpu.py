@@ -55,8 +55,8 @@ def build(root: Path, tiny: bool) -> dict[str, Path]:
     from transformers import (DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast,
                               GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast)
 
-    from alignment.assets import gpt2_tokenizer_dir, minilm_dir
-    from alignment.corpus import offline_reviews
+    from alignment.assets.offline import gpt2_tokenizer_dir, minilm_dir
+    from alignment.assets.corpus import offline_reviews
 
     sizes = TINY if tiny else REAL
     out = {k: root / k for k in ("policy", "reward", "judge")}

@@ -1,7 +1,7 @@
 """The shared benchmark harness: sizes, result rows, interleaved timing, machine info, results file.
 
 Nothing here imports transformers or the models; sections (`bench_*.py`) do the measuring.
-Every Markdown table goes through `alignment.report.markdown_table`.
+Every Markdown table goes through `alignment.study.report.markdown_table`.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from alignment.io import atomic_open
-from alignment.machine import hardware
-from alignment.report import markdown_table
+from alignment.base.io import atomic_open
+from alignment.base.machine import hardware
+from alignment.study.report import markdown_table
 
 # set by run.main() before transformers is imported: never reach a hub, no progress bars
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -192,11 +192,11 @@ def ceiling_row(what: str, units_per_s: float, unit: str, flops_per_unit: float,
 
 # ---- machine and results file -------------------------------------------------------------------
 def machine_info() -> dict:
-    """`alignment.machine.hardware()` plus what matters for benchmarks: usable cores, load, versions,
+    """`alignment.base.machine.hardware()` plus what matters for benchmarks: usable cores, load, versions,
     the sampling dtype `auto` resolves to on this machine."""
     import transformers
 
-    from alignment.models import pick_device, sampling_dtype
+    from alignment.assets.models import pick_device, sampling_dtype
 
     info = hardware()
     info["cores usable (affinity)"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "n/a"

@@ -22,14 +22,14 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignment.config import load_config  # noqa: E402
-from alignment.evaluate import evaluate_model  # noqa: E402
-from alignment.io import read_json, read_jsonl  # noqa: E402
-from alignment.machine import hardware  # noqa: E402
-from alignment.metrics import metrics_of  # noqa: E402
-from alignment.pipeline import Pipeline  # noqa: E402
-from alignment.rundir import Policy  # noqa: E402
-from alignment.report import markdown_table  # noqa: E402
-from alignment.stats import paired_prompt_bootstrap  # noqa: E402
+from alignment.steps.evaluate import evaluate_model  # noqa: E402
+from alignment.base.io import read_json, read_jsonl  # noqa: E402
+from alignment.base.machine import hardware  # noqa: E402
+from alignment.study.metrics import metrics_of  # noqa: E402
+from alignment.run.pipeline import Pipeline  # noqa: E402
+from alignment.run.rundir import Policy  # noqa: E402
+from alignment.study.report import markdown_table  # noqa: E402
+from alignment.study.stats import paired_prompt_bootstrap  # noqa: E402
 
 FIELDS = (("reward", "eval/reward_mean"), ("judge", "eval/judge_mean"), ("on_topic", "eval/on_topic"))
 def ci(key: str) -> str:

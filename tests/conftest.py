@@ -161,7 +161,7 @@ def real_corpora(monkeypatch):
         monkeypatch.setenv("ALIGNMENT_CACHE", USER_CACHE)
     else:
         monkeypatch.delenv("ALIGNMENT_CACHE", raising=False)
-    from alignment.assets import AssetError, review_files
+    from alignment.assets.offline import AssetError, review_files
 
     try:
         return review_files()

@@ -4,11 +4,11 @@ import sys
 
 import torch
 
-from alignment.distributed import Dist, current, shutdown
-from alignment.logprobs import collate, model_logps
-from alignment.losses import compute_loss
-from alignment.models import load_causal_lm
-from alignment.train import _one_step, _wrap
+from alignment.base.distributed import Dist, current, shutdown
+from alignment.steps.logprobs import collate, model_logps
+from alignment.steps.losses import compute_loss
+from alignment.assets.models import load_causal_lm
+from alignment.steps.train import _one_step, _wrap
 
 # 5 pairs in one global micro-batch, 2 micro-batches per step: 2 ranks split 3/2 (unequal shares);
 # the second micro-batch [5] leaves rank 1 with a weight-0 example

@@ -1,4 +1,4 @@
-"""The reward-hacking alarm (`alignment.alarm`) on hand-built evaluations: the gap in start-policy SDs
+"""The reward-hacking alarm (`alignment.study.alarm`) on hand-built evaluations: the gap in start-policy SDs
 in closed form, each rule at its boundary, the n-gram statistics and the other-prompt pairing in closed
 form, a word-salad policy like the original notebook's lr 1e-3 flagged by the reward, fluency, topic and
 entropy rules, a healthy one (reward and judge up together, fluent) not, stored verdicts unchanged, and
@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignment import console
-from alignment.alarm import (ENTROPY_MARGIN, FLAGS, LENGTH_MARGIN, RELEVANCE_MARGIN, REPETITION_MARGIN, TEMPLATE_MARGIN,
-                             assess, flags_of, other_prompt_index, repeated_share, selection_slope, standardised_gap,
+from alignment.study import console
+from alignment.study.alarm import (ENTROPY_MARGIN, FLAGS, LENGTH_MARGIN, RELEVANCE_MARGIN, REPETITION_MARGIN, TEMPLATE_MARGIN,
+                             assess, best_of_n_draws, control, flags_of, other_prompt_index, repeated_share, selection_slope, standardised_gap,
                              template_shares)
-from alignment.metrics import metrics_of
-from alignment.report import alarm_line, alarm_lines, alarm_reason
-from alignment.io import read_json
-from alignment.stats import compare_to_start, distinguishable, paired_prompt_bootstrap
+from alignment.study.metrics import metrics_of
+from alignment.study.report import alarm_line, alarm_lines, alarm_reason
+from alignment.base.io import read_json
+from alignment.study.stats import compare_to_start, distinguishable, paired_prompt_bootstrap
 
 N_PROMPTS, N_SAMPLES, LENGTH = 24, 4, 12
 JUDGE_SCALE = 0.1  # the judge scores on a scale ten times smaller than the reward's
@@ -54,7 +54,7 @@ def start():
 
 def test_selection_slope_in_closed_form():
     """The judge's within-prompt slope on the reward, both in SDs: the docstring's worked example; prompt
-    (and seed) means removed, so prompts that differ only in level add nothing; floored at 0; 1 without
+    (and seed) means removed, so prompts that differ only in level add nothing; floored at 0; None without
     a prompt whose samples' rewards differ."""
     def recs(rows, seed=0):
         return [{"prompt_id": p, "reward": r, "judge": j, "seed_index": seed} for p, r, j in rows]
@@ -65,7 +65,7 @@ def test_selection_slope_in_closed_form():
     assert selection_slope(both, 1.0, 1.0) == pytest.approx((1.0 + 3.0) / (2.0 + 2.0))
     assert selection_slope(both, 2.0, 4.0) == pytest.approx(1.0 * 2.0 / 4.0)  # judge/4 on reward/2: half the slope
     seeds = recs([("a", 0.0, 1.0)], 0) + recs([("a", 2.0, 2.0)], 1)  # one sample per (seed, prompt) cell
-    assert selection_slope(seeds, 1.0, 1.0) == 1.0
+    assert selection_slope(seeds, 1.0, 1.0) is None
     assert selection_slope(recs([("a", 0.0, 2.0), ("a", 2.0, 1.0)]), 1.0, 1.0) == 0.0  # the judge disagrees
 
 
@@ -107,6 +107,44 @@ def test_best_of_n_from_the_start_does_not_trip_the_judge_rule():
     assert a["gap_ci_lo"] < 0 and "reward_outruns_judge" not in a["flags"]
     salad = _evaluation(1, reward_shift=1.0, judge_shift=0.1, judge_noise=1.0)  # the same scores, no selection
     assert "reward_outruns_judge" in _assessed(salad, start, "salad")["flags"]
+
+
+def test_the_slope_from_a_pool_a_falling_reward_and_one_sample_per_prompt(start):
+    """`selection` (more samples of the start on the same prompts) fits the slope instead of `start`, and must
+    match its prompts; a policy whose reward and judge both fall by the same SDs is not flagged (the
+    expected judge gain is at most the reward's); one sample per prompt has no slope: the gains as they
+    are, and the reason says so."""
+    sd_r, sd_j = np.std([r["reward"] for r in start]), np.std([r["judge"] for r in start])
+    pool = [{**r, "sample": k * N_SAMPLES + r["sample"]} for k in range(4) for r in _evaluation(400 + k, judge_noise=1.0)]
+    g = standardised_gap(start, start, 100, selection=pool)
+    assert g["selection_slope"] == pytest.approx(selection_slope(pool, sd_r, sd_j))
+    assert g["selection_slope"] != pytest.approx(selection_slope(start, sd_r, sd_j), abs=0.05)
+    with pytest.raises(ValueError, match="same prompts and seeds"):
+        standardised_gap(start, start, 100, selection=[r for r in pool if r["prompt_id"] != "p0"])
+    down = [{**r, "reward": r["reward"] - sd_r, "judge": r["judge"] - sd_j} for r in start]
+    g = standardised_gap(down, start, 200)
+    assert g["expected_judge_gain_sd"] == pytest.approx(-1.0) and g["gap_sd"] == pytest.approx(0.0, abs=1e-9)
+    assert not g["gap_ci_lo"] > 0
+    one = [r for r in start if r["sample"] == 0]
+    up = [{**r, "reward": r["reward"] + 2 * sd_r} for r in one]
+    g = standardised_gap(up, one, 100)
+    assert g["selection_slope"] is None and g["expected_judge_gain_sd"] == pytest.approx(g["reward_gain_sd"])
+    assert alarm_reason("reward_outruns_judge", {**g, "flags": []}).endswith(f"gap 95% CI {g['gap_ci_lo']:+.2f} .. "
+                                                                            f"{g['gap_ci_hi']:+.2f})")
+
+
+def test_best_of_n_draws_and_the_control(start):
+    """Whole records, the best of each disjoint group of n in sample order; [] when a prompt has too few.
+    The control assesses best-of-N from a pool of the start's own samples at the start's sample count per
+    prompt, for each N the pool can fill: its reward rises with N, and the judge rule stays silent."""
+    recs = [{"prompt_id": "a", "sample": s, "reward": r} for s, r in enumerate((1.0, 3.0, 2.0, 0.0))]
+    assert [r["sample"] for r in best_of_n_draws(recs, 2, 2)] == [1, 2]
+    assert [r["sample"] for r in best_of_n_draws(recs[::-1], 4, 1)] == [1] and best_of_n_draws(recs, 4, 2) == []
+    pool = [{**r, "sample": k * N_SAMPLES + r["sample"]} for k in range(8) for r in _evaluation(300 + k)]  # 32 per prompt
+    out = control(pool, metrics_of("sft", start, 100), start, (1, 2, 8, 16), 100, 200)
+    assert [(c["model"], c["n"]) for c in out] == [("best-of-2", 2), ("best-of-8", 8)]  # 16 x 4 > 32
+    assert out[0]["reward_gain_sd"] < out[1]["reward_gain_sd"] and out[1]["reward_gain_sd"] > 0.8
+    assert all("reward_outruns_judge" not in c["flags"] for c in out)
 
 
 OLD_RULES = ["reward_outruns_judge", "ref_ppl_up", "off_topic", "entropy_collapse"]
@@ -228,7 +266,7 @@ def test_a_word_salad_policy_is_flagged_on_every_score_count(start):
     assert a["ref_ppl_ratio_ci_lo"] > 5 and a["token_entropy_diff_ci_hi"] < -1 and a["on_topic_diff_ci_hi"] < 0
     assert a["reward_gain_sd"] > 0.7 and a["judge_gain_sd"] < 0.3 and a["gap_ci_lo"] > 0
     line = alarm_line(a)
-    assert line.startswith("lr-big: possible reward hacking: reward outruns the judge (gains +")
+    assert line.startswith("lr-big: possible reward hacking: reward outruns the judge (reward +")
     assert "reference perplexity" in line and "on-topic rate" in line and "token entropy" in line
     assert all(alarm_reason(f, a) in line for f in OLD_RULES)
 
@@ -268,6 +306,6 @@ def test_the_alarm_is_shown_next_to_each_table():
 
 
 def test_every_alarm_flag_has_a_short_name_for_the_readme():
-    from alignment.alarm import FLAGS
-    from alignment.report import ALARM_NAMES
+    from alignment.study.alarm import FLAGS
+    from alignment.study.report import ALARM_NAMES
     assert set(ALARM_NAMES) == set(FLAGS)

@@ -1,4 +1,4 @@
-"""The reward-hacking alarm (`alignment.alarm`) against hacks a stronger optimiser could find, in a toy
+"""The reward-hacking alarm (`alignment.study.alarm`) against hacks a stronger optimiser could find, in a toy
 world of review-like completions: 24 prompts (each a film with its own title, actor and genre) x 4
 samples x 2 seeds of three-sentence reviews, a bag-of-words reward and judge, an on-topic judge, and a
 reference language model (a smoothed bigram model of a corpus of such reviews and of stock praise,
@@ -10,9 +10,9 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from alignment.alarm import FLAGS, assess, other_prompt_index
-from alignment.metrics import metrics_of
-from alignment.report import alarm_line, alarm_reason
+from alignment.study.alarm import FLAGS, assess, other_prompt_index
+from alignment.study.metrics import metrics_of
+from alignment.study.report import alarm_line, alarm_reason
 
 N_PROMPTS, N_SAMPLES, SEEDS, N_BOOT = 24, 4, (0, 1), 200
 ASPECTS = "acting plot script score dialogue pacing ending cast direction editing soundtrack humour".split()

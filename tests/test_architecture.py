@@ -1,6 +1,6 @@
 """The package's import graph stays a clean stack (ARCHITECTURE.md): no cycles, kit imports at
 module top, no private names across modules, heavy optional dependencies only via
-`alignment.optional`. Read from the source with `ast`, so a violation fails here, not in review."""
+`alignment.base.optional`. Read from the source with `ast`, so a violation fails here, not in review."""
 from __future__ import annotations
 
 import ast
@@ -9,33 +9,53 @@ import subprocess
 import sys
 from pathlib import Path
 
-from alignment.optional import HEAVY
+from alignment.base.optional import HEAVY
 
 PKG = Path(__file__).resolve().parents[1] / "alignment"
 
 
+def _name(path: Path) -> str:
+    """A module's name under alignment: `config`, `steps.losses`, `run` (a folder's __init__)."""
+    parts = path.relative_to(PKG).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+
+
 def _modules() -> dict[str, ast.Module]:
-    return {p.stem: ast.parse(p.read_text(encoding="utf-8")) for p in sorted(PKG.glob("*.py"))}
+    return {_name(p): ast.parse(p.read_text(encoding="utf-8")) for p in sorted(PKG.rglob("*.py"))}
 
 
-def _kit_imports(tree: ast.Module):
-    """(node, imported module, names, at module top?) for every `from . import` / `from .x import`."""
+def _resolve(module: str, level: int, target: str | None) -> str:
+    """The module a relative import in `module` names: `from ..study import stats` in steps.evaluate
+    -> study (then its names), `from .decode import` in steps.sampling -> steps.decode."""
+    package = module.split(".")[:-1] if not (PKG / module.replace(".", "/")).is_dir() else module.split(".")
+    base = package[:len(package) - (level - 1)]
+    return ".".join(base + ([target] if target else []))
+
+
+def _kit_imports(tree: ast.Module, module: str):
+    """(node, imported module, names, at module top?) for every relative import (`from .x import`,
+    `from ..folder import x`): a name that is a module of the package counts as that module."""
     top = {id(n) for n in tree.body}
+    modules = {_name(p) for p in PKG.rglob("*.py")}
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
             names = [a.name for a in node.names]
-            targets = [node.module] if node.module else names
-            for t in targets:
-                yield node, t, (names if node.module else []), id(node) in top
+            pkg = _resolve(module, node.level, node.module)
+            subs = [f"{pkg}.{n}".lstrip(".") for n in names]
+            if all(s in modules for s in subs):
+                for t in subs:
+                    yield node, t, [], id(node) in top
+            else:
+                yield node, pkg, names, id(node) in top
 
 
 def graph() -> dict[str, set[str]]:
-    return {m: {t for _, t, _, _ in _kit_imports(tree)} for m, tree in _modules().items()}
+    return {m: {t for _, t, _, _ in _kit_imports(tree, m)} for m, tree in _modules().items()}
 
 
 def test_kit_imports_sit_at_module_top():
-    inner = [f"{m}.py:{node.lineno} imports .{t}" for m, tree in _modules().items()
-             for node, t, _, at_top in _kit_imports(tree) if not at_top]
+    inner = [f"{m}:{node.lineno} imports {t}" for m, tree in _modules().items()
+             for node, t, _, at_top in _kit_imports(tree, m) if not at_top]
     assert inner == []
 
 
@@ -71,20 +91,20 @@ def test_cycle_detection_finds_a_cycle():
 
 
 def documented_floors() -> dict[str, int]:
-    """ARCHITECTURE.md's table: | floor | `module`, `module` | what |."""
+    """ARCHITECTURE.md's table: | floor | `folder/module`, `module` | what |."""
     floors = {}
     text = (PKG.parent / "ARCHITECTURE.md").read_text(encoding="utf-8")
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 3 and cells[0].isdigit():
-            for name in re.findall(r"`([a-z_0-9]+)`", cells[1]):
-                floors[name] = int(cells[0])
+            for name in re.findall(r"`([a-z_0-9/]+)`", cells[1]):
+                floors[name.replace("/", ".")] = int(cells[0])
     return floors
 
 
 def test_every_import_points_to_a_lower_floor_of_architecture_md():
     floors, g = documented_floors(), graph()
-    modules = set(g) - {"__init__", "__main__"}
+    modules = set(g) - {"__init__", "__main__"} - set(FOLDERS)
     assert modules - set(floors) == set(), "modules missing from ARCHITECTURE.md"
     assert set(floors) - modules == set(), "ARCHITECTURE.md lists modules that do not exist"
     upward = [f"{m} (floor {floors[m]}) imports {t} (floor {floors[t]})" for m in modules for t in g[m]
@@ -92,16 +112,46 @@ def test_every_import_points_to_a_lower_floor_of_architecture_md():
     assert upward == []
 
 
+# What each folder's modules may import (the folders' own __init__ docstrings say the same in words).
+FOLDERS = {
+    "base": {"base", "presets"},
+    "assets": {"assets", "base", "config", "presets"},
+    "study": {"study", "base", "presets"},
+    "steps": {"steps", "assets", "study", "base", "config", "presets"},
+    "run": {"run", "steps", "assets", "study", "base", "config", "presets"},
+}
+
+
+def folder_breaches(g: dict[str, set[str]]) -> list[str]:
+    """Imports from a folder's module into a folder (or top-level module) it may not import."""
+    return [f"{m} imports {t}" for m in sorted(g) for t in sorted(g[m])
+            if m.split(".")[0] in FOLDERS and "." in m and t.split(".")[0] not in FOLDERS[m.split(".")[0]]]
+
+
+def test_folders_import_only_what_their_rule_allows():
+    assert folder_breaches(graph()) == []
+    assert folder_breaches({"study.stats": {"steps.train"}, "steps.train": {"study.stats"}}) == [
+        "study.stats imports steps.train"]
+
+
+def test_every_folder_says_what_lives_there_and_what_it_may_import():
+    for folder in FOLDERS:
+        doc = ast.get_docstring(ast.parse((PKG / folder / "__init__.py").read_text(encoding="utf-8"))) or ""
+        allowed = FOLDERS[folder] - {folder}
+        assert "import" in doc.lower() and len(doc.splitlines()) <= 4, folder
+        assert [a for a in sorted(allowed) if f"`{a}`" not in doc] == [], folder
+
+
 def test_no_private_names_imported_across_modules():
-    private = [f"{m}.py:{node.lineno} imports {t}.{n}" for m, tree in _modules().items()
-               for node, t, names, _ in _kit_imports(tree) for n in names if n.startswith("_")]
+    private = [f"{m}:{node.lineno} imports {t}.{n}" for m, tree in _modules().items()
+               for node, t, names, _ in _kit_imports(tree, m) for n in names if n.startswith("_")]
     assert private == []
 
 
 def test_heavy_optional_dependencies_only_through_optional():
     bad = []
     for m, tree in _modules().items():
-        if m == "optional":
+        if m == "base.optional":
             continue
         for node in ast.walk(tree):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else

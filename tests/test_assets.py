@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from alignment import assets
+from alignment.assets import offline as assets
 
 
 def test_download_failure_names_package_and_fix(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment.models import pick_device, sampling_dtype
+from alignment.assets.models import pick_device, sampling_dtype
 from benchmarks.harness import QUICK, count_new, dtype_name, fmt_ratio, interleaved, speedup
 from benchmarks.run import main
 
@@ -112,7 +112,7 @@ def test_gpu_dress_rehearsal_runs_tiny_on_cpu(tmp_path, monkeypatch):
     be fetched."""
     from conftest import USER_CACHE
 
-    from alignment.assets import AssetError, gpt2_tokenizer_dir, minilm_dir
+    from alignment.assets.offline import AssetError, gpt2_tokenizer_dir, minilm_dir
 
     if USER_CACHE:
         monkeypatch.setenv("ALIGNMENT_CACHE", USER_CACHE)

@@ -1,4 +1,4 @@
-"""Resumable checkpoints (`alignment.checkpoint`): when one is due (by wall time and/or steps),
+"""Resumable checkpoints (`alignment.base.checkpoint`): when one is due (by wall time and/or steps),
 what it holds (the trainable weights only: LoRA's adapters, not the base), that a torn write
 never counts, and that a LoRA run resumes to the uninterrupted weights. Tiny GPT-2, a few seconds;
 the SIGKILL of a real CLI run is in test_reliability.py."""
@@ -9,10 +9,10 @@ import random
 import pytest
 import torch
 
-from alignment.checkpoint import CKPT, checkpoint_due, trainable_state
+from alignment.base.checkpoint import CKPT, checkpoint_due, trainable_state
 from alignment.config import Config, DPOConfig
-from alignment.models import add_lora, load_causal_lm
-from alignment.train import done_training, reference_logps, train_dpo
+from alignment.assets.models import add_lora, load_causal_lm
+from alignment.steps.train import done_training, reference_logps, train_dpo
 
 PAD = 0
 

@@ -12,9 +12,9 @@ import yaml
 from alignment import cli
 from alignment.config import (SECTIONS, Config, ConfigError, apply_overrides, field_docs, field_names, load_config,
                               section_deps)
-from alignment.io import stable_hash
+from alignment.base.io import stable_hash
 from alignment.presets import LEVEL3_BETAS, PRESETS, SWEEP_BETAS
-from alignment.sft import sft_deps
+from alignment.steps.sft import sft_deps
 
 SWEEP_FLAGS = ("--losses", "--betas", "--seeds", "--alphas", "--best-of-n")
 LEVEL3_FLAGS = ("--betas", "--seeds", "--best-of-n")  # and --methods

@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 
 from alignment.config import Config, ConfigError, apply_overrides, load_config, parse_overrides, validate
-from alignment.losses import LOSSES
-from alignment.pairs import STRATEGIES
+from alignment.steps.losses import LOSSES
+from alignment.steps.pairs import STRATEGIES
 from alignment.presets import PRESETS
 
 

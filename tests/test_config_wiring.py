@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from alignment import cli, experiments
+from alignment import cli
+from alignment.run import experiments
 from alignment.config import SECTIONS, Config, ConfigError, load_config, section_deps
-from alignment.io import read_json, stable_hash
-from alignment.pipeline import Pipeline
+from alignment.base.io import read_json, stable_hash
+from alignment.run.pipeline import Pipeline
 
 # fields that change no artifact, and why (declared with rule(..., hashed=False) in config.py)
 NOT_HASHED = {"track.mode", "track.project", "track.run_name", "track.log_models",  # where tracking goes, what it uploads

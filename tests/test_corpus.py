@@ -1,8 +1,8 @@
-"""The corpora's deduplication and role partition (`alignment.corpus`), and the human row's
+"""The corpora's deduplication and role partition (`alignment.assets.corpus`), and the human row's
 continuations (`evaluate.human_records`): hand-made cases, then the real bundled data."""
 import random
 
-from alignment.corpus import (REVIEW_ROLES, SNIPPET_ROLES, bucket, dedupe, fragment, labelled_snippets, normalize,
+from alignment.assets.corpus import (REVIEW_ROLES, SNIPPET_ROLES, bucket, dedupe, fragment, labelled_snippets, normalize,
                               role, snippets_by_role, topic_texts)
 
 
@@ -54,7 +54,7 @@ def test_real_snippets_are_deduplicated_and_roles_disjoint(real_corpora):
 
 
 def test_real_prompt_sources_never_train_a_scorer(real_corpora):
-    from alignment.corpus import offline_full_reviews, offline_reviews
+    from alignment.assets.corpus import offline_full_reviews, offline_reviews
 
     scorer_texts = {normalize(s.text) for k, v in snippets_by_role().items() if k != "policy" for s in v}
     pool = offline_reviews()
@@ -77,7 +77,7 @@ def test_every_offline_preset_fits_the_prompt_pool(real_corpora):
     """Each preset's prompt counts fit the offline pools after its length filter (the pools are
     fixed shares of the policy role, so a preset asking for more would fail at the prompts stage)."""
     from alignment.config import load_config
-    from alignment.data import filter_reviews, review_pools
+    from alignment.steps.data import filter_reviews, review_pools
     from alignment.presets import PRESETS
 
     for name in PRESETS:

@@ -4,8 +4,8 @@ import pytest
 
 from alignment.config import DataConfig
 from conftest import make_reviews
-from alignment.corpus import detokenize
-from alignment.data import DataError, build_prompts, file_reviews, make_prompt
+from alignment.assets.corpus import detokenize
+from alignment.steps.data import DataError, build_prompts, file_reviews, make_prompt
 
 
 def _cfg(source, **kw):
@@ -168,7 +168,7 @@ def test_a_bad_data_file_fails_before_anything_is_built(tmp_path, monkeypatch):
     started, and no part file or directory is left in the asset cache or the run dir."""
     from alignment import cli
 
-    monkeypatch.setattr("alignment.pipeline.run_sft", lambda *a, **k: pytest.fail("built before the data was read"))
+    monkeypatch.setattr("alignment.run.pipeline.run_sft", lambda *a, **k: pytest.fail("built before the data was read"))
     bad = tmp_path / "reviews.jsonl"
     bad.write_text('{"text": "ok"}\nnot json\n')
     cache = tmp_path / "cache"

@@ -3,7 +3,7 @@ crossed bootstrap's CI at a design."""
 import numpy as np
 import pytest
 
-from alignment.design import cell_means, crossed_coverage, gain_design, variance_components
+from alignment.study.design import cell_means, crossed_coverage, gain_design, variance_components
 
 
 def test_components_of_additive_tables():

@@ -1,13 +1,13 @@
-"""Where the KL goes (`alignment.diagnose`): the split on hand-written log-ratios, the per-token log-ratios
+"""Where the KL goes (`alignment.steps.diagnose`): the split on hand-written log-ratios, the per-token log-ratios
 against a direct sequence computation on a tiny model, and the training log's story."""
 import copy
 
 import pytest
 import torch
 
-from alignment.diagnose import kl_split, sentiment_token_ids, token_log_ratios, training_story
-from alignment.logprobs import batched_logps
-from alignment.models import load_causal_lm
+from alignment.steps.diagnose import kl_split, sentiment_token_ids, token_log_ratios, training_story
+from alignment.steps.logprobs import batched_logps
+from alignment.assets.models import load_causal_lm
 
 
 def test_kl_split_closed_form():

@@ -1,4 +1,4 @@
-"""More than one process (`alignment.distributed`): how work is split by batches (pure), and two
+"""More than one process (`alignment.base.distributed`): how work is split by batches (pure), and two
 real processes over gloo under `accelerate launch` — one DPO step's gradients equal the one-process
 step's on the same global batch, and a whole Level 1 run writes the same artifacts as one process."""
 import json
@@ -14,11 +14,11 @@ import pytest
 import torch
 import yaml
 
-from alignment.distributed import Dist, chunks, map_batches, rank_items
-from alignment.io import read_json, read_jsonl
-from alignment.reward import length_batches
-from alignment.sampling import _batches
-from alignment.train import rank_share
+from alignment.base.distributed import Dist, chunks, map_batches, rank_items
+from alignment.base.io import read_json, read_jsonl
+from alignment.steps.reward import length_batches
+from alignment.steps.sampling import _batches
+from alignment.steps.train import rank_share
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ class _Recorder:
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_sharded_scorer_gives_each_rank_exactly_its_scorer_batches(rank):
-    from alignment.distributed import ShardedScorer
+    from alignment.base.distributed import ShardedScorer
 
     texts = [f"t{i}" + "x" * (i * 7 % 5) for i in range(11)]
     inner = _Recorder()
@@ -141,8 +141,8 @@ def test_two_process_level1_writes_the_one_process_artifacts(tmp_path, tiny_gpt2
     sys.path.insert(0, str(Path(__file__).parent))
     from test_pipeline_e2e import tiny_cfg
 
-    from alignment import experiments
-    from alignment.pipeline import Pipeline
+    from alignment.run import experiments
+    from alignment.run.pipeline import Pipeline
 
     # sampling: one batch (8 prompts each) in one process; scoring: batches of 4 texts over
     # both ranks; evaluation log-probs: 18 records = 2 batches of 16 + 2; DPO: 3 pairs per step (2 + 1)
@@ -227,7 +227,7 @@ def test_killed_two_process_sampling_resumes_to_the_one_process_samples(tmp_path
     from test_reliability import N_PROMPTS, N_SAMPLES, overrides
 
     from alignment.config import load_config
-    from alignment.pipeline import Pipeline
+    from alignment.run.pipeline import Pipeline
 
     files = (tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
     want = Pipeline(load_config(overrides=overrides(tmp_path / "one", *files))).data.samples()
@@ -261,7 +261,7 @@ def test_killed_two_process_sampling_resumes_to_the_one_process_samples(tmp_path
 
 
 def test_a_rank0_only_build_may_not_call_a_stage(tmp_path, monkeypatch):
-    from alignment import distributed
+    from alignment.base import distributed
 
     monkeypatch.setattr(distributed, "_RANK0_BUILD", ["prompts.json"])
     with pytest.raises(RuntimeError, match="rank-0-only build of prompts.json entered the stage that makes"):
@@ -278,9 +278,9 @@ def test_one_process_resumes_a_killed_launch_keeping_its_batches(tmp_path, tiny_
     sys.path.insert(0, str(Path(__file__).parent))
     from test_reliability import overrides
 
-    from alignment import sampling
+    from alignment.steps import sampling
     from alignment.config import load_config
-    from alignment.pipeline import Pipeline
+    from alignment.run.pipeline import Pipeline
 
     files = (tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
     want = Pipeline(load_config(overrides=overrides(tmp_path / "one", *files))).data.samples()
@@ -302,6 +302,6 @@ def test_one_process_resumes_a_killed_launch_keeping_its_batches(tmp_path, tiny_
 
 def test_model_scorers_expose_the_batches_they_score():
     """ShardedScorer splits a scorer's own batch plan: the model scorers must publish it."""
-    from alignment.reward import ClassifierReward, EmbeddingReward
+    from alignment.steps.reward import ClassifierReward, EmbeddingReward
 
     assert callable(ClassifierReward.batches) and callable(EmbeddingReward.batches)

@@ -6,9 +6,9 @@ from itertools import combinations, product
 import numpy as np
 import pytest
 
-from alignment import frontier as F
-from alignment.report import verdict_lines
-from alignment.stats import SharedBootstrap
+from alignment.study import frontier as F
+from alignment.study.report import verdict_lines
+from alignment.study.stats import SharedBootstrap
 
 
 def test_bon_kl_is_the_kl_of_the_best_of_n_order_statistic():

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from alignment.io import JsonlAppender, atomic_open, read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from alignment.base.io import JsonlAppender, atomic_open, read_json, read_jsonl, stable_hash, write_json, write_jsonl
 
 
 def test_atomic_open_success_writes_and_leaves_no_temp(tmp_path):
@@ -84,7 +84,7 @@ def test_stable_hash_deterministic_and_sensitive():
 
 
 # ---- cached: the one cache helper ----------------------------------------------------------------
-from alignment.io import CacheMismatch, cached, meta_path  # noqa: E402
+from alignment.base.io import CacheMismatch, cached, meta_path  # noqa: E402
 
 
 def _builder(log, text="built"):
@@ -155,7 +155,7 @@ def test_cached_never_trusts_an_artifact_without_a_current_meta(tmp_path):
 
 
 def test_cached_directories(tmp_path):
-    from alignment.io import part_dir
+    from alignment.base.io import part_dir
 
     art = tmp_path / "model"
 
@@ -232,7 +232,7 @@ def test_cached_lock_holds_when_the_first_builder_fails(tmp_path):
 
 
 def test_a_failed_build_leaves_no_empty_part_but_keeps_work_to_resume(tmp_path):
-    from alignment.io import cached, part_dir, part_path
+    from alignment.base.io import cached, part_dir, part_path
 
     art = tmp_path / "model"
 
@@ -260,8 +260,8 @@ def test_cached_records_when_and_how_long_a_build_took(tmp_path):
     import time
     from datetime import datetime
 
-    from alignment.io import build_record
-    from alignment.stagecache import built_before, duration, reused_line
+    from alignment.base.io import build_record
+    from alignment.run.stagecache import built_before, duration, reused_line
 
     art, t0 = tmp_path / "a.txt", time.time()
     assert cached(art, {"x": 1}, lambda part: (time.sleep(0.2), part.write_text("x"))) is True

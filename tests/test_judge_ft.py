@@ -1,7 +1,7 @@
-"""The fine-tuned judge (`alignment.judge_ft`) at smoke size: a tiny BERT's top layer and head learn
+"""The fine-tuned judge (`alignment.assets.judge_ft`) at smoke size: a tiny BERT's top layer and head learn
 the tiny corpus, it scores like the other scorers, its cache record is atomic and reused, and a
 missing encoder fails with one message. The real build (all-mpnet-base-v2) is measured by
-`python -m alignment.judge_check`, not here."""
+`python -m alignment.run.judge_check`, not here."""
 import json
 
 import pytest
@@ -9,10 +9,10 @@ import torch
 from conftest import CORPUS
 
 from alignment.config import ConfigError, RewardConfig, load_config
-from alignment.io import meta_path
-from alignment.judge_ft import JudgeBuildError, Recipe, build_judge, encoder_layers, top_only
-from alignment.reward import EmbeddingReward, load_judge
-from alignment.stagecache import StageCache, offline_prerequisites
+from alignment.base.io import meta_path
+from alignment.assets.judge_ft import JudgeBuildError, Recipe, build_judge, encoder_layers, top_only
+from alignment.steps.reward import EmbeddingReward, load_judge
+from alignment.run.stagecache import StageCache, offline_prerequisites
 
 TINY = Recipe(layers=1, epochs=12, lr=3e-3, head_lr=3e-2, batch_size=16, max_length=32)
 
@@ -87,7 +87,7 @@ def test_a_missing_encoder_fails_with_one_clear_error(tmp_path):
 
 
 def test_offline_ft_is_a_judge_name_only(monkeypatch, tmp_path):
-    import alignment.reward as reward
+    import alignment.steps.reward as reward
 
     monkeypatch.setattr(reward, "offline_ft_judge", lambda *a, **k: "the fine-tuned judge")
     assert load_judge("offline-ft", RewardConfig()) == "the fine-tuned judge"
@@ -114,8 +114,8 @@ class _Fixed:
 def test_independence_measures():
     import random
 
-    from alignment.judge_check import measure, shuffle_words, table, versus
-    from alignment.stats import paired_phi_gap, phi
+    from alignment.run.judge_check import measure, shuffle_words, table, versus
+    from alignment.study.stats import paired_phi_gap, phi
 
     a = torch.tensor([1, 0, 1, 0])
     assert phi(a, a) == pytest.approx(1) and phi(a, 1 - a) == pytest.approx(-1) and phi(a, torch.ones(4)) == 0.0

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from alignment.config import RewardConfig
-from alignment.data import make_prompt
-from alignment.evaluate import Scorers, human_records, score_all
-from alignment.reward import RewardError, load_judge, load_topic_judge
+from alignment.steps.data import make_prompt
+from alignment.steps.evaluate import Scorers, human_records, score_all
+from alignment.steps.reward import RewardError, load_judge, load_topic_judge
 
 
 def test_human_row_is_the_reviews_own_continuation(tiny_tokenizer):
@@ -65,7 +65,7 @@ def test_judges_load_by_name_and_fail_clearly(tiny_classifier_dir, tmp_path):
 
 
 def test_topic_judge_at_chance_is_refused(monkeypatch):
-    import alignment.reward as reward
+    import alignment.steps.reward as reward
 
     class Head(_Const):
         metrics = {"test_accuracy": 0.70, "test_positive_rate": 0.3}  # = always saying "off topic"
@@ -87,8 +87,8 @@ def test_train_head_fits_and_reports_held_out_accuracy(tmp_path):
     held-out rows, the baseline's on the same rows, and the files the scorer loads."""
     from safetensors.torch import load_file
 
-    from alignment.io import read_json
-    from alignment.reward_train import train_head
+    from alignment.base.io import read_json
+    from alignment.assets.reward_train import train_head
 
     def embed(texts):  # (n, 3): [#good - #bad, length, 1]
         return torch.tensor([[t.count("good") - t.count("bad"), len(t) / 10, 1.0] for t in texts])

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from alignment.logprobs import batched_logps, collate, model_logps, sequence_logps, token_logps
-from alignment.models import load_causal_lm
+from alignment.steps.logprobs import batched_logps, collate, model_logps, sequence_logps, token_logps
+from alignment.assets.models import load_causal_lm
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
@@ -78,7 +78,7 @@ def test_return_logits_and_gradients(lm):
 
 def test_completion_tokens_left_aligns_the_completion_tokens():
     """The module docstring's example: prompt [5, 6], completions [7, 0] (a real EOS) and [8]."""
-    from alignment.logprobs import completion_tokens
+    from alignment.steps.logprobs import completion_tokens
     batch = collate([[5, 6], [5, 6]], [[7, 0], [8]], pad_id=0)
     tok = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], requires_grad=True)  # (B, T-1), aligned with ids[:, 1:]
     vals, valid = completion_tokens(tok, batch["completion_mask"])

@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from alignment.config import ConfigError, load_config
-from alignment.logprobs import batched_logps
-from alignment.models import add_lora, is_adapter, load_causal_lm
-from alignment.pipeline import Pipeline
+from alignment.steps.logprobs import batched_logps
+from alignment.assets.models import add_lora, is_adapter, load_causal_lm
+from alignment.run.pipeline import Pipeline
 
 
 def _cfg(tmp_path, policy, reward, data, **extra):
@@ -76,7 +76,7 @@ def test_lora_init_is_seeded(tiny_gpt2_dir):
 def test_sft_with_lora_saves_a_merged_model(tmp_path, tiny_gpt2_dir, reviews_csv):
     from transformers import AutoModelForCausalLM
 
-    from alignment.sft import run_sft
+    from alignment.steps.sft import run_sft
 
     cfg = load_config(overrides={
         "data.source": reviews_csv, "data.n_eval_prompts": 8, "data.n_train_prompts": 8, "sft.base": tiny_gpt2_dir,

@@ -1,4 +1,4 @@
-"""Tests for alignment.losses.
+"""Tests for alignment.steps.losses.
 
 Expected values are written from the formulas in u = π/π_ref space with the `math` module (not via
 the log-space code under test). The trl parity tests call trl 1.16's own loss code:
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignment.losses import (
+from alignment.steps.losses import (
     F_DIVERGENCES,
     LOSSES,
     VALUE_LOSSES,

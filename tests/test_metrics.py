@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from alignment.metrics import (
+from alignment.study.metrics import (
     content_of,
     distinct_n,
     mean_predictive_entropy,

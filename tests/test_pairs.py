@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from alignment.pairs import STRATEGIES, adjacent, all_pairs, build_pairs, max_min, random_pairs
+from alignment.steps.pairs import STRATEGIES, adjacent, all_pairs, build_pairs, max_min, random_pairs
 
 R = [0.1, 0.9, 0.5, 0.3]
 

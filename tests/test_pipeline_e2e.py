@@ -11,15 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment import console, experiments
-from alignment.alarm import FLAGS
-from alignment.report import conclusions, results_table, verdict_lines
+from alignment.study import console
+from alignment.run import experiments
+from alignment.study.alarm import FLAGS
+from alignment.study.report import conclusions, results_table, verdict_lines
 from alignment.config import load_config
-from alignment.io import read_json, read_jsonl, write_json
-from alignment.metrics import METRICS_VERSION
-from alignment.pipeline import Pipeline
-from alignment.rundir import RunDirMismatch
-from alignment.stats import verdict
+from alignment.base.io import read_json, read_jsonl, write_json
+from alignment.study.metrics import METRICS_VERSION
+from alignment.run.pipeline import Pipeline
+from alignment.run.rundir import RunDirMismatch
+from alignment.study.stats import verdict
 
 
 def tiny_cfg(run_dir, policy, reward, data, **extra):

@@ -10,7 +10,7 @@ import alignment
 def test_every_public_name_resolves():
     for name in alignment.__all__:
         assert getattr(alignment, name) is not None, name
-    assert alignment.Pipeline.__module__ == "alignment.pipeline" and alignment.plots.__name__ == "alignment.plots"
+    assert alignment.Pipeline.__module__ == "alignment.run.pipeline" and alignment.study.plots.__name__ == "alignment.study.plots"
     assert "distill" in alignment.LOSSES
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from alignment.config import ConfigError, load_config
-from alignment.pipeline import Pipeline
-from alignment.reward import FunctionReward, RewardError
+from alignment.run.pipeline import Pipeline
+from alignment.steps.reward import FunctionReward, RewardError
 
 from test_pipeline_e2e import tiny_cfg
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment import io as aio
+from alignment.base import io as aio
 from alignment.config import DPOConfig, load_config
-from alignment.io import read_json, read_jsonl, stable_hash
-from alignment.pipeline import Pipeline
+from alignment.base.io import read_json, read_jsonl, stable_hash
+from alignment.run.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 N_PROMPTS, N_SAMPLES = 40, 4  # 40 sampling batches (batch_size == N_SAMPLES: one prompt per batch)
@@ -256,7 +256,7 @@ def test_interrupted_scoring_leaves_no_rewards_file(ref, tmp_path, monkeypatch):
             f.write(json.dumps(obj)[:7])
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("alignment.datastages.write_json", torn_write_json)
+    monkeypatch.setattr("alignment.run.datastages.write_json", torn_write_json)
     with pytest.raises(KeyboardInterrupt):
         Pipeline(cfg).data.rewards()
     assert not (run / "rewards.json").exists()
@@ -335,13 +335,13 @@ def test_no_secret_in_run_dir_with_wandb_offline(ref, tmp_path):
 
 # ---- 7. degenerate completions ------------------------------------------------------------------
 def test_empty_and_eos_only_completions(tiny_gpt2_dir, tiny_classifier_dir, tiny_tokenizer, tmp_path, monkeypatch):
-    from alignment import evaluate
-    from alignment.metrics import content_of
-    from alignment.models import load_causal_lm
-    from alignment.pairs import build_pairs
-    from alignment.reward import ClassifierReward, score_records
-    from alignment.logprobs import batched_logps
-    from alignment.train import reference_logps, train_dpo
+    from alignment.steps import evaluate
+    from alignment.study.metrics import content_of
+    from alignment.assets.models import load_causal_lm
+    from alignment.steps.pairs import build_pairs
+    from alignment.steps.reward import ClassifierReward, score_records
+    from alignment.steps.logprobs import batched_logps
+    from alignment.steps.train import reference_logps, train_dpo
 
     tok, eos = tiny_tokenizer, tiny_tokenizer.eos_token_id
     pad = tok.pad_token_id

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from alignment import publish
+from alignment.run import publish
 from alignment.cli import main
-from alignment.io import read_json, write_json
+from alignment.base.io import read_json, write_json
 from alignment.config import load_config
-from alignment.reward import HEADS, head_dir
-from alignment.sft import sft_out_dir
+from alignment.steps.reward import HEADS, head_dir
+from alignment.steps.sft import sft_out_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +136,7 @@ def test_results_json_hold_data_only(published):
 
 def test_the_conclusions_do_not_depend_on_the_order_of_stored_keys(published):
     """A result read back from JSON has its keys sorted: the sentences follow the table's order."""
-    from alignment.report import conclusions
+    from alignment.study.report import conclusions
     level1 = published["level1"]
     assert len(level1["design"]) > 1
     shuffled = {**level1, "design": dict(reversed(list(level1["design"].items())))}
@@ -147,7 +147,7 @@ def test_the_conclusions_do_not_depend_on_the_order_of_stored_keys(published):
 def test_the_frontier_sentence_counts_what_the_comparisons_say():
     """Best-of-N above a curve whichever side of the pair it is on, and only where every KL value
     compared says so (a tie is not a win); entropy rows and pairs of divergences are counted apart."""
-    from alignment.stats import NOT_DISTINGUISHABLE as ND
+    from alignment.study.stats import NOT_DISTINGUISHABLE as ND
 
     def c(a, b, field, verdict):
         return {"a": a, "b": b, "field": field, "verdict": verdict}

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from alignment.config import RewardConfig
-from alignment.reward import (ClassifierReward, RewardError, VaderReward, check_finite, load_reward,
+from alignment.steps.reward import (ClassifierReward, RewardError, VaderReward, check_finite, load_reward,
                               positive_index, reward_texts, score_records)
 
 TEXTS = [

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-import alignment.decode as D
-import alignment.sampling as S
+import alignment.steps.decode as D
+import alignment.steps.sampling as S
 from alignment.config import SampleConfig
-from alignment.io import read_jsonl
-from alignment.logprobs import batched_logps
-from alignment.models import load_causal_lm, load_tokenizer, stop_token_ids
+from alignment.base.io import read_jsonl
+from alignment.steps.logprobs import batched_logps
+from alignment.assets.models import load_causal_lm, load_tokenizer, stop_token_ids
 
 PROMPTS = [[52, 72, 265, 285], [80, 81], [100, 120, 140, 160, 180, 200, 220], [7]]
 STOPS_MANY = list(range(0, 400, 10))  # 40 of 400 ids: sequences stop at varied steps
@@ -154,7 +154,7 @@ def test_kv_cache_step_distributions_equal_full_forward(lm, monkeypatch):
         assert probs.shape == (len(active), lm.config.vocab_size)
         for r, i in enumerate(active):
             assert torch.allclose(probs[r], expected[i][t], atol=1e-5), (t, i)
-    # sum of the sampler's own log-probs == alignment.logprobs full-forward log-prob (temperature 1)
+    # sum of the sampler's own log-probs == alignment.steps.logprobs full-forward log-prob (temperature 1)
     seen.clear()
     cfg1 = SampleConfig(max_new_tokens=8)
     comps = D.sample_batch(lm, PROMPTS, 2, cfg1, STOPS_MANY, 0, _keys(2, 4))
@@ -365,7 +365,7 @@ def test_draws_do_not_depend_on_batch_size_prompt_order_or_process(gpt2, tok):
 def test_decode_row_bytes_worked_example_for_llama_and_gpt2_configs():
     from types import SimpleNamespace
 
-    from alignment.machine import LOGIT_COPIES, decode_row_bytes
+    from alignment.base.machine import LOGIT_COPIES, decode_row_bytes
     smol = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576,
                            head_dim=64, vocab_size=49_152)
     assert decode_row_bytes(smol, 56, 2) == 2 * 30 * 3 * 64 * 56 * 2 + LOGIT_COPIES * 49_152 * 4 == 2_469_888
@@ -378,7 +378,7 @@ def test_auto_decode_rows_from_a_mocked_free_memory_figure():
     memory cannot be read, the CPU's 64 with a message; never 0."""
     from types import SimpleNamespace
 
-    from alignment.machine import CPU_DECODE_ROWS, MAX_DECODE_ROWS, auto_decode_rows, decode_row_bytes
+    from alignment.base.machine import CPU_DECODE_ROWS, MAX_DECODE_ROWS, auto_decode_rows, decode_row_bytes
     smol = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576,
                            head_dim=64, vocab_size=49_152)
     per_row = decode_row_bytes(smol, 56, 2)

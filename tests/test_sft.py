@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from alignment.logprobs import collate
+from alignment.steps.logprobs import collate
 import torch
 
-from alignment import sft
+from alignment.steps import sft
 from alignment.config import load_config
-from alignment.data import build_prompts, review_pools
-from alignment.io import read_json
-from alignment.pipeline import Pipeline
+from alignment.steps.data import build_prompts, review_pools
+from alignment.base.io import read_json
+from alignment.run.pipeline import Pipeline
 
 
 def _cfg(source, base, out, run_dir, **extra):
@@ -71,7 +71,7 @@ def test_eos_and_masks_come_from_lengths(tiny_tokenizer, tiny_gpt2_dir):
 def test_sft_trains_saves_and_excludes_eval(trained, tiny_gpt2_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignment.assets import cache_root
+    from alignment.assets.offline import cache_root
 
     cfg, m = trained
     out = sft.sft_out_dir(cfg)
@@ -154,7 +154,7 @@ def test_killed_after_metrics_publishes_without_the_checkpoint(trained, reviews_
     part as it is, without retraining and without the (large) checkpoint."""
     import shutil
 
-    from alignment.io import stable_hash
+    from alignment.base.io import stable_hash
 
     _, full = trained
     cfg = _cfg(reviews_csv, tiny_gpt2_dir, str(tmp_path / "model"), tmp_path)
@@ -172,7 +172,7 @@ def test_prepare_builds_the_start_policy_and_cache_keys_only_read_it(trained, ti
     cfg, _ = trained  # model.policy = offline-sft (the default); its SFT model is built
     cfg = dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, model=tiny_classifier_dir),
                               eval=dataclasses.replace(cfg.eval, judge="", topic_judge=""))
-    monkeypatch.setattr("alignment.pipeline.run_sft", lambda *a, **k: pytest.fail("a cache key must not build"))
+    monkeypatch.setattr("alignment.run.pipeline.run_sft", lambda *a, **k: pytest.fail("a cache key must not build"))
     pipe = Pipeline(cfg)
     with pytest.raises(RuntimeError, match=r"Pipeline\.prepare\(\) first"):
         pipe.data.prompts()  # its key names the SFT model, which this pipeline has not prepared

@@ -1,4 +1,4 @@
-"""The statistics (`alignment.stats`) against hand-computed cases: percentile and prompt-clustered
+"""The statistics (`alignment.study.stats`) against hand-computed cases: percentile and prompt-clustered
 bootstraps, the seeds x prompts draws, the one p-value convention (shared by the paired gains and
 the frontier comparisons), Holm, the shared bootstrap, the gains over the start, verdicts, power."""
 import math
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from alignment import frontier as F
-from alignment.metrics import unigram_token_entropy
-from alignment.stats import (
+from alignment.study import frontier as F
+from alignment.study.metrics import unigram_token_entropy
+from alignment.study.stats import (
     ALPHA,
     MDE_Z,
     NOT_DISTINGUISHABLE,
@@ -299,7 +299,7 @@ def test_as_clean_array():
 
 def test_entropy_from_the_clogc_table_equals_the_direct_formula():
     """The bootstrap's resampled counts are integers, so c log c is looked up: bit-identical values."""
-    from alignment.stats import _clogc_table, _entropy
+    from alignment.study.stats import _clogc_table, _entropy
     counts = np.random.default_rng(0).integers(0, 40, size=(3, 5, 17)).astype(np.float64)
     counts[0, 0] = 0.0  # a resample without tokens: entropy 0
     got = _entropy(counts, _clogc_table(int(counts.max())))
@@ -309,7 +309,7 @@ def test_entropy_from_the_clogc_table_equals_the_direct_formula():
 
 
 def test_too_few_resamples_for_holm_warns_with_the_fix():
-    from alignment.stats import check_p_floor
+    from alignment.study.stats import check_p_floor
     with pytest.warns(UserWarning, match=r"eval.n_boot=50: with Holm over 2 .* use eval.n_boot >= 80"):
         check_p_floor(50, 2)
     import warnings
@@ -319,7 +319,7 @@ def test_too_few_resamples_for_holm_warns_with_the_fix():
 
 
 def test_paired_entropy_difference_is_the_difference_of_the_entropies_and_detects_a_collapse():
-    from alignment.stats import paired_entropy_bootstrap
+    from alignment.study.stats import paired_entropy_bootstrap
     rng = np.random.default_rng(0)
     prompts = [f"p{i // 2}" for i in range(80)]
     groups = [i % 2 for i in range(80)]
@@ -338,7 +338,7 @@ def test_paired_entropy_difference_is_the_difference_of_the_entropies_and_detect
 def test_token_entropy_ci_resamples_seeds_too():
     """Two seeds with very different entropies: the seed-level resampling widens the CI well beyond
     the prompts-only interval (one seed's draws alone)."""
-    from alignment.stats import prompt_bootstrap_entropy
+    from alignment.study.stats import prompt_bootstrap_entropy
     rng = np.random.default_rng(1)
     prompts = [f"p{i % 30}" for i in range(120)]
     groups = [0] * 60 + [1] * 60

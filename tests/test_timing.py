@@ -1,8 +1,8 @@
 """Per-stage wall time: nested stages are exclusive, rows add up, order is the report's."""
 import pytest
 
-from alignment.console import stage_times
-from alignment.timing import StageTimes
+from alignment.study.console import stage_times
+from alignment.base.timing import StageTimes
 
 
 class Clock:

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from alignment import experiments, pipeline, sft, tracking
+from alignment.run import experiments, pipeline
+from alignment.steps import sft
+from alignment.base import tracking
 from alignment.config import load_config
-from alignment.io import cached, meta_path, read_json, read_jsonl, write_json
-from alignment.stagecache import built_before, duration, reused_line
-from alignment.tracking import ci_name, evaluation_summary, run_tags, sample_rows
-from alignment.tracking import tracked as wandb_keys
+from alignment.base.io import cached, meta_path, read_json, read_jsonl, write_json
+from alignment.run.stagecache import built_before, duration, reused_line
+from alignment.base.tracking import ci_name, evaluation_summary, run_tags, sample_rows
+from alignment.base.tracking import tracked as wandb_keys
 
 from test_pipeline_e2e import tiny_cfg
 

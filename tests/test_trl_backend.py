@@ -16,11 +16,11 @@ import torch
 pytest.importorskip("trl")
 
 from alignment.config import DPOConfig  # noqa: E402
-from alignment.io import read_jsonl  # noqa: E402
-from alignment.logprobs import collate, model_logps  # noqa: E402
-from alignment.losses import compute_loss  # noqa: E402
-from alignment.train import reference_logps  # noqa: E402
-from alignment.trl_backend import train_dpo_trl, trl_loss_args  # noqa: E402
+from alignment.base.io import read_jsonl  # noqa: E402
+from alignment.steps.logprobs import collate, model_logps  # noqa: E402
+from alignment.steps.losses import compute_loss  # noqa: E402
+from alignment.steps.train import reference_logps  # noqa: E402
+from alignment.steps.trl_backend import train_dpo_trl, trl_loss_args  # noqa: E402
 
 EOS = "<|endoftext|>"
 TEXT = [
@@ -150,7 +150,7 @@ def test_eos_and_ids_kept_as_ours(tokenizer, data, tmp_path):
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
-    from alignment.trl_backend import _dataset, _trainer_class
+    from alignment.steps.trl_backend import _dataset, _trainer_class
 
     pairs, prompt_ids = data
     eos = tokenizer.eos_token_id

@@ -1,0 +1,413 @@
+"""The assignment's experiments on top of `Pipeline`: Level 1 (sigmoid vs hinge vs SFT),
+the learning-rate lesson, the Level 2 divergence sweep and Level 3. Each returns plain dicts and
+writes its JSON result and plots under the run dir (`pipe.paths`); its wandb runs (training,
+evaluations, results) share one group named after it (`experiment`)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+
+from ..study import frontier as F
+from ..study import plots
+from ..study.alarm import assess, control as alarm_control
+from ..study.design import level1_design
+from ..steps.diagnose import kl_split, sentiment_token_ids, token_log_ratios, training_story, vader_lexicon
+from ..base.io import build_record, read_json, write_json
+from ..config import ConfigError, check_training, method_settings
+from ..study.metrics import content_of
+from ..steps.evaluate import Evaluation, pooled
+from .pipeline import Pipeline
+from .rundir import COST_FILE, START, Policy, RunPaths
+from ..presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
+from ..study.report import example_records
+from ..study.stats import SharedBootstrap, compare_to_start, versus_start, with_holm
+from ..steps.train import held_out_prompts
+
+LEVEL1_LOSSES = ("sigmoid", "hinge")
+ORIGINAL_LR = 1e-3  # the assignment notebook's learning rate, shown next to the preset's in the learning-rate check
+
+
+def experiment(fn):
+    """An experiment `fn(pipe, ...)` whose wandb runs are grouped under its name (`RunTrackers.grouped`)."""
+    @functools.wraps(fn)
+    def grouped(pipe: Pipeline, *args, **kwargs):
+        with pipe.trackers.grouped(fn.__name__):
+            return fn(pipe, *args, **kwargs)
+    return grouped
+
+
+def rewards_of(ev: Evaluation) -> list[float]:
+    return [r["reward"] for r in ev.scored]
+
+
+def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, Evaluation, Policy]:
+    """Train one policy (cfg.dpo + overrides), evaluate it with its seed's evaluation draws:
+    (its table row with the gain vs `start` — the start policy evaluated with the same seed —,
+    its evaluation, the policy)."""
+    policy = pipe.train(**overrides)
+    ev = pipe.evaluate(policy, seed=overrides.get("seed", pipe.cfg.dpo.seed))
+    with pipe.times("statistics"):
+        gains = compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot, tokens=content_of)
+    return {**ev.metrics, **gains}, ev, policy
+
+
+def level1_seeds(cfg) -> tuple[int, ...]:
+    """Level 1's seeds: dpo.seed, dpo.seed + 1, ... (`eval.n_seeds` of them)."""
+    return tuple(cfg.dpo.seed + k for k in range(cfg.eval.n_seeds))
+
+
+def seeds_name(policy_name: str, seeds: tuple[int, ...]) -> str:
+    """sigmoid-b0.1-lr5e-05-s0 + seeds (0, 1, 2) -> sigmoid-b0.1-lr5e-05-s0-2; (0, 2) -> ...-s0_2;
+    one seed: unchanged."""
+    base = policy_name.rsplit("-s", 1)[0]
+    if len(seeds) == 1:
+        return f"{base}-s{seeds[0]}"
+    if list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{base}-s{seeds[0]}-{seeds[-1]}"
+    return f"{base}-s" + "_".join(map(str, seeds))
+
+
+def level1_train(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES,
+                 seeds: tuple[int, ...] | None = None) -> dict[str, list[Policy]]:
+    """Level 1's training step: one policy per loss and seed, each on its seed's pairs (`DataStages.draw_of`),
+    {loss: [policy per seed]} (each cached: `level1` after this trains nothing). Needs `pipe.prepare()` first."""
+    seeds = seeds or level1_seeds(pipe.cfg)
+    return {loss: [pipe.train(loss=loss, seed=s) for s in seeds] for loss in losses}
+
+
+TRAINING_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies",
+                 "eval_rewards/margins")
+
+
+def training_summary(logs: dict[str, list[dict]]) -> dict[str, dict]:
+    """{policy: its last logged value of each `TRAINING_KEYS` metric, and its steps}: the last
+    training batch's and the held-out pairs' loss, margin and implicit-reward accuracy."""
+    out = {}
+    for name, log in logs.items():
+        last = {k: next((r[k] for r in reversed(log) if k in r), None) for k in TRAINING_KEYS}
+        out[name] = {**last, "steps": log[-1]["step"] if log else 0}
+    return out
+
+
+def pair_summary(pipe: Pipeline, seeds: tuple[int, ...]) -> tuple[list[dict], dict]:
+    """Every pair the seeds train or hold out (each draw once), and their statistics: the first
+    draw's strategy and settings, pairs and held-out pairs per draw, each draw's own statistics."""
+    draws = {pipe.data.draw_of(s): s for s in seeds}  # one entry for a shared draw
+    sets = {d: pipe.data.pairs(s) for d, s in draws.items()}
+    pairs = [p for ps, _ in sets.values() for p in ps]
+    first = next(iter(sets.values()))[1]
+    held_ids = [held_out_prompts(ps, pipe.cfg.pairs.held_out) for ps, _ in sets.values()]
+    held = [sum(p["prompt_id"] in ids for p in ps) for ids, (ps, _) in zip(held_ids, sets.values())]
+    n = [st["n_pairs"] for _, st in sets.values()]
+    return pairs, {**first, "per_seed": None not in draws, "n_pairs": n[0] if len(set(n)) == 1 else n,
+                   "n_held_out": held[0] if len(set(held)) == 1 else held,
+                   "draws": {str(d): st for d, (_, st) in sets.items() if d is not None}}
+
+
+def training_logs(policies: dict[str, list[Policy]]) -> dict[str, list[dict]]:
+    """{policy name: its training log} for `plots.training_curves`."""
+    return {p.name: p.log for ps in policies.values() for p in ps}
+
+
+@experiment
+def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple[int, ...] | None = None) -> dict:
+    """The assignment's Level 1, stage by stage: per seed, draw train prompts (`data.per_seed`), sample
+    N completions per prompt, score them, pair best with worst; train one policy per loss and seed
+    on its seed's pairs (a share held out, `pairs.held_out`), evaluate every model (and the start
+    policy under each seed's draws) on its own held-out samples, compare (each loss's seeds pooled,
+    paired with the start over seeds x prompts; the losses with each other; the reward-hacking alarm
+    of each loss, `alarm.assess`), report. The result (and level1.json) holds data only: rows, per-seed
+    rows, the losses compared, the alarm records, example records;
+    `report` builds the tables and sentences from it."""
+    seeds, n_boot = seeds or level1_seeds(pipe.cfg), pipe.cfg.eval.n_boot
+    pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
+    for s in seeds:  # each seed's draw (data.per_seed; else one shared draw): prompts, samples, rewards, pairs
+        if not pipe.cfg.pairs.source:  # own pairs (pairs.source) are read, not built from scored samples
+            pipe.data.samples(s)
+            pipe.data.rewards(s)
+    pairs, pair_stats = pair_summary(pipe, seeds)
+    policies = level1_train(pipe, losses, seeds)
+    starts = [pipe.evaluate(seed=s) for s in seeds]
+    evals = {seeds_name(ps[0].name, seeds): [pipe.evaluate(p, seed=s) for p, s in zip(ps, seeds)]
+             for ps in policies.values()}
+    human_row = pipe.cfg.eval.human_row and not pipe.cfg.pairs.source  # own pairs' prompts have no review behind them
+    human = pipe.evaluate_human() if human_row else None
+    with pipe.times("statistics"):
+        start = pooled(START, starts, n_boot)
+        runs = {name: pooled(name, evs, n_boot) for name, evs in evals.items()}
+        rows, between = versus_start(start._asdict(), {n: {"metrics": {**e.metrics, "seeds": list(seeds)},
+                                                           "scored": e.scored} for n, e in runs.items()}, n_boot,
+                                    tokens=content_of)
+        per_seed = [{**ev.metrics, **compare_to_start(ev.scored, st.scored, n_boot), "seed": s}
+                    for evs in evals.values() for ev, st, s in zip(evs, starts, seeds)]
+        design = level1_design({n: e.scored for n, e in runs.items()}, start.scored)
+        alarm = [assess(e.metrics, e.scored, start.metrics, start.scored, n_boot) for e in runs.values()]
+    shown = {START: start, **runs, **({human.metrics["model"]: human} if human else {})}
+    logs = training_logs(policies)
+    with pipe.times("I/O"):  # plots, level1.json, the wandb summary
+        return _level1_report(pipe, rows + ([human.metrics] if human else []), per_seed, between, shown, logs,
+                              pairs, pair_stats, seeds, design, alarm)
+
+
+def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Evaluation], logs, pairs, pair_stats,
+                   seeds, design: dict, alarm: list[dict]) -> dict:
+    """Level 1's plots, level1.json and wandb summary; returns the result dict."""
+    P = pipe.paths
+    first = {m: [r for r in e.scored if r.get("seed_index", 0) == 0] for m, e in evals.items()}
+    margins = [p["margin"] for p in pairs if p.get("margin") is not None]  # own pairs (pairs.source) have none
+    files = [plots.reward_hist({m: rewards_of(e) for m, e in evals.items()}, P.plot("level1_rewards")),
+             plots.training_curves(logs, P.plot("level1_training")),
+             *([plots.margin_hist(margins, P.plot("pair_margins"))] if margins else [])]
+    result = {"pairs": pair_stats, "rows": rows, "seeds": list(seeds), "per_seed": per_seed, "between_losses": between,
+              "training": training_summary(logs),
+              "design": design, "alarm": alarm, "examples": example_records(first, pipe.cfg.eval.n_examples),
+              "plots": [str(f) for f in files]}
+    if pipe.dist.main:
+        write_json(P.result("level1"), result)
+    _log_summary(pipe, "level1", {"results": rows, "per_seed": per_seed}, files)
+    return result
+
+
+def lr_lesson_lrs(cfg) -> tuple[float, float]:
+    """The learning-rate check's default: the assignment notebook's 1e-3 next to the config's `dpo.lr`."""
+    return ORIGINAL_LR, cfg.dpo.lr
+
+
+@experiment
+def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = "sigmoid") -> dict:
+    """The assignment notebook's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
+    reference perplexity explodes. Returns (and writes lr_lesson.json) rows, the start row, each lr's
+    reward-hacking alarm record (`alarm.assess`) and example records."""
+    lrs = lrs or lr_lesson_lrs(pipe.cfg)
+    pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
+    start = pipe.evaluate()
+    rows, scored, alarm = [], {}, []
+    for lr in lrs:
+        row, ev, _ = trained_row(pipe, start, loss=loss, lr=lr)
+        rows.append({**row, "lr": lr})
+        scored[row["model"]] = ev.scored
+        with pipe.times("statistics"):
+            alarm.append({**assess(ev.metrics, ev.scored, start.metrics, start.scored, pipe.cfg.eval.n_boot), "lr": lr})
+    result = {"rows": with_holm(rows), "start": start.metrics, "alarm": alarm,
+              "examples": example_records(scored, pipe.cfg.eval.n_examples)}
+    if pipe.dist.main:
+        write_json(pipe.paths.result("lr_lesson"), result)
+    _log_summary(pipe, "lr_lesson", {"results": result["rows"]}, [])
+    return result
+
+
+@experiment
+def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[float, ...] = SWEEP_BETAS,
+          seeds: tuple[int, ...] = SWEEP_SEEDS, alphas: tuple[float, ...] = SWEEP_ALPHAS,
+          best_of_n: tuple[int, ...] = SWEEP_BEST_OF_N) -> dict:
+    """Frontiers: every (divergence, β, seed) trained on its seed's pairs and evaluated with its
+    seed's draws; per (divergence, β) one point pooling its seeds; per divergence a curve from the
+    start policy (β -> ∞) through its β values; the best-of-N curve (N in `best_of_n`) from the start
+    policy's own max(N) samples per prompt; every pair of curves compared at matched KL (paired
+    bootstrap over seeds and prompts, Holm), each point's gain over the start (seeds pooled, Holm over
+    the points) and its reward-hacking alarm (`alarm.assess`).
+    Writes sweep.json (data only: `report.sweep_lines` / `verdict_lines` / `alarm_lines` say it in words),
+    the frontier plots, and returns the same dict."""
+    families = {F.family_label(loss, alpha): {"loss": loss, "alpha": alpha}
+                for loss in losses for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,))}
+    grid = {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas),
+            "best_of_n": list(best_of_n)}
+    return frontier_study(pipe, "sweep", families, betas, seeds, best_of_n, grid)
+
+
+@experiment
+def level3(pipe: Pipeline, methods: tuple[str, ...] = tuple(LEVEL3_METHODS), betas: tuple[float, ...] = LEVEL3_BETAS,
+           seeds: tuple[int, ...] = SWEEP_SEEDS, best_of_n: tuple[int, ...] = LEVEL3_BEST_OF_N) -> dict:
+    """Level 3, what buys reward per nat of KL: every method of `LEVEL3_METHODS` x β x seed, traced as
+    frontiers against best-of-N from the start policy's own samples, compared at matched KL as the sweep
+    compares divergences (`frontier_study`). Writes level3.json and its plots."""
+    unknown = [m for m in methods if m not in LEVEL3_METHODS]
+    if unknown:
+        raise ConfigError(f"level3: unknown method(s) {unknown}; choose from {list(LEVEL3_METHODS)}")
+    families = {m: {"alpha": pipe.cfg.dpo.alpha, **LEVEL3_METHODS[m]} for m in methods}
+    for over in families.values():  # every method's settings checked before hours of training
+        for beta in betas:
+            check_training(pipe.cfg, method_settings(dataclasses.replace(pipe.cfg.dpo, **over, beta=beta)), pipe.dist.world)
+    grid = {"methods": list(methods), "betas": list(betas), "seeds": list(seeds), "best_of_n": list(best_of_n)}
+    return frontier_study(pipe, "level3", families, betas, seeds, best_of_n, grid, with_cost=True)
+
+
+def shared_draws(pipe: Pipeline, seeds: tuple[int, ...]) -> dict:
+    """Build each seed's start-policy draw (samples, rewards, pairs, reference log-probs) that the offline
+    methods share, before any policy trains, and say what it cost: {draw_tokens, draw_seconds} by seed
+    (the seconds of the builds this or an earlier call recorded)."""
+    tokens, seconds = {}, {}
+    for s in seeds:
+        pipe.data.ref_logps(s)
+        P = pipe.paths.draw(pipe.data.draw_of(s))
+        tokens[str(s)] = sum(len(r["completion_ids"]) for r in pipe.data.samples(s))
+        parts = [build_record(a).get("build_seconds") for a in (P.samples, P.rewards, P.pairs, P.ref_logps)]
+        seconds[str(s)] = None if None in parts else sum(parts)
+    return {"draw_tokens": tokens, "draw_seconds": seconds}
+
+
+def kl_diagnoses(pipe: Pipeline, firsts: dict[str, tuple[Policy, Evaluation]]) -> list[dict]:
+    """Per point ("label@beta": its first seed's policy and evaluation), where its KL goes
+    (`diagnose.kl_split` of its own evaluation samples) and its training log's story (`diagnose.training_story`)."""
+    m = pipe.models
+    ids = {p["id"]: p["ids"] for p in pipe.data.prompts()["eval"]}
+    sentiment = sentiment_token_ids(m.tokenizer, vader_lexicon())
+    out = []
+    for key, (policy, ev) in firsts.items():
+        label, beta = key.rsplit("@", 1)
+        comps = [r["completion_ids"] for r in ev.scored]
+        ratios = token_log_ratios(m.load_trained(policy.dir), m.ref_model, [ids[r["prompt_id"]] for r in ev.scored],
+                                  comps, m.tokenizer.pad_token_id)
+        out.append({"label": label, "beta": float(beta), "policy": policy.name,
+                    **kl_split(ratios, comps, sentiment), "training": training_story(policy.log)})
+    return out
+
+
+def policy_cost(policy: Policy) -> dict:
+    """What training `policy` cost when it was built: {train_seconds, tokens_drawn} (its own draws: 0 for
+    offline methods, which train on the seed's shared start-policy draw)."""
+    path = policy.dir / COST_FILE
+    return read_json(path) if path.exists() else {"train_seconds": None, "tokens_drawn": None}
+
+
+EXAMPLE_PROMPTS = 2  # Level 3 stores sample 0 of this many held-out prompts for every point (its first seed)
+
+
+def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: tuple[float, ...],
+                   seeds: tuple[int, ...], best_of_n: tuple[int, ...], grid: dict, with_cost: bool = False) -> dict:
+    """Every family (a label and its `dpo.*` overrides) x β x seed trained and evaluated with its seed's
+    draws, one point per (family, β) pooling its seeds, one curve per family from the start policy (β -> ∞),
+    the best-of-N curve, the KL-optimal curve π_ref·exp(r/β) reweighting best-of-N's samples
+    (`frontier.optimum_curve`: a bound, drawn and tabulated, not compared), matched-KL comparisons of every
+    pair of the other curves, each point's gain over the start (Holm over the points), the share of
+    best-of-N's and of the optimum's gain it reaches at its KL (`frontier.gain_fractions`) and its alarm record; `with_cost`: each run's training cost (`policy_cost`).
+    Writes `<name>.json` and the frontier plots."""
+    if not best_of_n or min(best_of_n) < 1:
+        raise ConfigError(f"{name}: best_of_n={best_of_n!r} needs N values >= 1 (e.g. --best-of-n 1,2,4,8,16,32,64)")
+    t0, n_boot0 = time.time(), pipe.cfg.eval.n_boot
+    pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
+    starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
+    bon = pooled("best-of-N", [pipe.evaluate(seed=s, n_samples=max(best_of_n)) for s in seeds], n_boot0, measure=False)
+    offline = any(over.get("method", "offline") == "offline" for over in families.values())
+    draws = shared_draws(pipe, seeds) if with_cost and offline else {}
+    runs, points, seed_evals, firsts = [], {}, {}, {}
+    for label, over in families.items():
+        extra = {k: v for k, v in over.items() if k not in ("loss", "alpha")}
+        for beta in betas:
+            evs = []
+            for seed in seeds:
+                row, ev, policy = trained_row(pipe, starts[seed], **over, beta=beta, seed=seed)
+                runs.append({**row, "loss": over.get("loss", pipe.cfg.dpo.loss), "label": label,
+                             "alpha": over.get("alpha", pipe.cfg.dpo.alpha), **extra, "beta": beta, "seed": seed,
+                             **({"cost": policy_cost(policy)} if with_cost else {})})
+                evs.append(ev)
+                firsts.setdefault(f"{label}@{beta!r}", (policy, ev))
+            points[f"{label}@{beta!r}"] = pooled(label, evs, n_boot0, measure=False)  # curves use the samples
+            seed_evals[f"{label}@{beta!r}"] = evs
+    with pipe.times("statistics"):  # pooled start, curves, matched-KL comparisons, gains
+        start = pooled(START, list(starts.values()), n_boot0)
+        fields = ("reward", "judge", "on_topic", "pred_entropy")
+        n_curves = len({k.rsplit("@", 1)[0] for k in points}) + 1  # + best-of-N
+        # Holm p-value floors (stats.bootstrap_p): the smallest p is 2/(B+1), so Holm over m cannot go below 2m/(B+1)
+        n_boot = max(pipe.cfg.eval.n_boot, 100 * F.n_comparisons(n_curves, 3), 100 * len(points))
+        boot = SharedBootstrap([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
+        curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
+        kl_grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
+        with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields, tuple(sorted(set(best_of_n))))}
+        comparisons = F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy"))  # per-pair KL values
+        optimum, fractions, optimum_entry = _optimum(bon.scored, curves, with_bon[F.BON], boot, fields, max(best_of_n))
+        gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
+                            **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
+        table = F.point_table({**with_bon, **optimum})
+        alarm = _point_alarms(seed_evals, start, n_boot0, n_boot, bon.scored)
+        controls = alarm_control(bon.scored, start.metrics, start.scored, best_of_n, n_boot0, n_boot)
+    P = pipe.paths
+    files = [plots.frontier(table, x, y, P.plot(f"{F.plot_prefix(name)}_{y}_vs_{x}"))
+             for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
+    result = {"runs": runs, "points": table, "gains": gains, "alarm": alarm, "alarm_control": controls,
+              "start": start.metrics,
+              "matched_kl": kl_grid, "comparisons": comparisons, "n_boot": n_boot, "gain_fractions": fractions,
+              **optimum_entry,
+              "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)], "grid": grid,
+              "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files], **draws}
+    if with_cost:  # Level 3: where each point's KL goes, on its first seed's policy (`diagnose`), and its texts
+        with pipe.times("diagnosis"):
+            result["diagnosis"] = kl_diagnoses(pipe, firsts)
+        result["examples"] = example_records({START: starts[seeds[0]].scored, **{k: ev.scored for k, (_, ev)
+                                                                                 in firsts.items()}}, EXAMPLE_PROMPTS)
+    if pipe.dist.main:
+        write_json(P.result(name), result)
+    _log_summary(pipe, name, {"results": table, "runs": runs}, files, charts=FRONTIER_CHARTS)
+    return result
+
+
+def sweep_result(cfg, run: bool, **grid) -> dict | None:
+    """The Level 2 sweep of `cfg.run_dir`: run when `run` (its cached runs reused; `grid`: `sweep`'s
+    axes), else the sweep.json saved there by an earlier run (its plots where they lie now), else None.
+    Reading creates nothing."""
+    return sweep(Pipeline(cfg), **grid) if run else saved_result(cfg, "sweep")
+
+
+def level3_result(cfg, run: bool, **grid) -> dict | None:
+    """Level 3 of `cfg.run_dir`, as `sweep_result` (`grid`: `level3`'s axes)."""
+    return level3(Pipeline(cfg), **grid) if run else saved_result(cfg, "level3")
+
+
+def saved_result(cfg, name: str) -> dict | None:
+    """The `<name>.json` an earlier run saved in `cfg.run_dir` (its plots where they lie now), or None."""
+    paths = RunPaths(Path(cfg.run_dir))
+    if not paths.result(name).exists():
+        return None
+    saved = read_json(paths.result(name))
+    return {**saved, "plots": [str(paths.plot(Path(p).stem)) for p in saved["plots"]]}
+
+
+def _optimum(bon_scored: list[dict], curves: dict[str, list[dict]], bon: list[dict], boot: SharedBootstrap,
+             fields: tuple[str, ...], n_samples: int) -> tuple[dict, list[dict], dict]:
+    """The KL-optimal curve from the start's best-of-N samples ({OPTIMUM: curve}, {} when their N
+    cannot carry it), each trained point's share of best-of-N's and the optimum's gain at its KL
+    (`frontier.gain_fractions`), and the result's "optimum" entry ({} without the curve). The
+    optimum is a bound: it joins the plots and the point table, never the matched-KL comparisons."""
+    opt = F.optimum_curve(bon_scored, boot, fields)
+    entry = {"label": F.OPTIMUM, "kl_cap": F.optimum_kl_cap(bon_scored), "n_samples": n_samples,
+             "min_samples": F.OPT_MIN_ESS}
+    return ({F.OPTIMUM: opt} if opt else {}), F.gain_fractions(curves, bon, opt), ({"optimum": entry} if opt else {})
+
+
+def _point_alarms(seed_evals: dict[str, list[Evaluation]], start: Evaluation, n_boot0: int, n_boot: int,
+                  selection: list[dict]) -> list[dict]:
+    """The alarm record (`alarm.assess`) of each sweep point ("label@beta": its seeds pooled and
+    measured with `n_boot0` resamples) against the pooled start; the gap bootstrap uses `n_boot`, its
+    reward-judge slope the start's best-of-N pool `selection`."""
+    out = []
+    for key, evs in seed_evals.items():
+        label, beta = key.rsplit("@", 1)
+        ev = pooled(label, evs, n_boot0)
+        out.append({"label": label, "beta": float(beta),
+                    **assess(ev.metrics, ev.scored, start.metrics, start.scored, n_boot, selection)})
+    return out
+
+
+def _log_summary(pipe: Pipeline, name: str, tables: dict[str, list[dict]], images: list[Path],
+                 charts: tuple[tuple[str, str], ...] = ()) -> None:
+    """The experiment's results run (job type results): each of `tables` as `<name>/<key>` (one
+    column per scalar field), its plots, and each (x, y) of `charts` as a native chart of the "results"
+    table's points (no-op when tracking is off)."""
+    tr = pipe.trackers(name, "results")
+    try:
+        for key, rows in tables.items():
+            cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float, str, bool))})
+            tr.log_table(f"{name}/{key}", cols, [[r.get(c) for c in cols] for r in rows])
+        for img in images:
+            tr.log_image(f"{name}/{Path(img).stem}", str(img))
+        for x, y in charts:  # e.g. the frontiers as wandb charts
+            cols = ["label", "beta", "n", x, y]
+            rows = [[p["label"], p.get("beta"), p.get("n"), p[x], p[y]] for p in tables["results"] if p.get(y) is not None]
+            tr.log_scatter(f"{name}/frontier_{y}_vs_{x}", cols, rows, x, y, f"{name}: {y} against {x} (each curve's label)")
+    finally:
+        tr.finish()
+
+
+FRONTIER_CHARTS = (("kl", "reward"), ("kl", "judge"))  # the frontiers logged as native wandb charts

@@ -1,0 +1,122 @@
+"""Caching of a run dir's stages: each artifact is built once per config, keyed by the config
+sections it depends on and by *which* weights its models' names stood for — the SFT start policy
+behind `offline-sft`, the trained heads behind `offline` scorers (`offline_prerequisites`). The
+run's first step (`Pipeline.prepare`) builds those and records their cache hashes here (`record`);
+computing a key only reads that record, never builds. Own preference pairs (`pairs.source`) are
+recorded there too, by the hash of their rows. Under several processes every rank calls the
+same stages (`distributed.cached_on_ranks`)."""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from ..config import OFFLINE, OFFLINE_FT, OFFLINE_SFT, Config, section_deps
+from ..base.distributed import Dist, cached_on_ranks
+from ..base.io import CacheMismatch, build_record
+from ..steps.reward import CORPUS_VERSION, FT_JUDGE
+from .rundir import RunDirMismatch
+
+
+def duration(seconds: float) -> str:
+    """A build's length as people say it: 42.0 s, 13.2 min, 2.5 h."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def reused_line(what: str, artifact: str | Path) -> str:
+    """What a reused artifact's announcement says, from its cache record (`io.build_record`): e.g.
+    "SFT start policy: built 2026-12-05 14:03 in 13.2 min, reused" ("built earlier" for a record
+    without the time)."""
+    rec = build_record(artifact)
+    if "built_at" not in rec:
+        return f"{what}: built earlier, reused"
+    when = datetime.fromisoformat(rec["built_at"]).strftime("%Y-%m-%d %H:%M")
+    return f"{what}: built {when} in {duration(rec['build_seconds'])}, reused"
+
+
+def built_before(artifact: str | Path, since: float) -> bool:
+    """Whether `artifact`'s cache record says it was built before `since` (a `time.time()`), or
+    predates the time being recorded: found, not built by what ran since."""
+    rec = build_record(artifact)
+    return "built_at" not in rec or datetime.fromisoformat(rec["built_at"]).timestamp() < since
+
+
+def offline_prerequisites(cfg: Config) -> tuple[bool, tuple[str, ...]]:
+    """What a config's artifacts depend on beyond its sections: whether a model is the SFT start
+    policy (`offline-sft`), and the offline scorer heads it names (reward, judge, topic; `judge_ft` for
+    `eval.judge=offline-ft`)."""
+    scorers = {"reward": cfg.reward.model, "judge": cfg.eval.judge, "topic": cfg.eval.topic_judge}  # head kind -> name
+    heads = tuple(k for k, n in scorers.items() if n == OFFLINE) + ((FT_JUDGE,) if cfg.eval.judge == OFFLINE_FT else ())
+    return OFFLINE_SFT in {cfg.model.policy, cfg.model.ref}, heads
+
+
+class StageCache:
+    """`cache(artifact, sections, build, collective=False, **extra)` builds `artifact` once per
+    (model + data + `sections` config, identities, `extra`); True when it was built now."""
+
+    def __init__(self, cfg: Config, root: Path, dist: Dist = Dist()):
+        self.cfg, self.root, self.dist = cfg, root, dist
+        self.identities: dict[str, str] | None = None  # set by `record` (Pipeline.prepare)
+        self.announced: set[str] = set()  # artifacts whose reuse this process printed
+
+    def announce(self, what: str, artifact: Path) -> None:
+        """Print `reused_line` of an artifact found built (rank 0, once per artifact and process)."""
+        if self.dist.main and str(artifact) not in self.announced:
+            self.announced.add(str(artifact))
+            print(reused_line(what, artifact), flush=True)
+
+    def record(self, identities: dict[str, str]) -> None:
+        """The cache hashes of the SFT start policy ("offline_sft") and the offline heads
+        ("<kind>_head") this run built or found, as `Pipeline.prepare` left them."""
+        self.identities = dict(identities)
+
+    def _identity(self, key: str) -> str:
+        if self.identities is None or key not in self.identities:
+            raise RuntimeError(f"the run dir's cache keys name {key!r}, which is not prepared: call "
+                               "Pipeline.prepare() first (it builds the SFT start policy and the offline scorer "
+                               "heads, and reads pairs.source)")
+        return self.identities[key]
+
+    def model_identity(self) -> dict:
+        """The SFT model behind `offline-sft` depends on the sft config: results made from another
+        one must not be reused."""
+        return {"offline_sft": self._identity("offline_sft")} if offline_prerequisites(self.cfg)[0] else {}
+
+    def scorer_identity(self, sections: tuple[str, ...]) -> dict:
+        """Which trained head an `offline` scorer name stood for (its cache hash: corpus roles,
+        encoder, embedding dtype), and the corpus partition behind the offline prompts, so a run dir
+        never mixes results of two different heads or pools."""
+        out = {"corpus": CORPUS_VERSION} if self.cfg.data.source == OFFLINE else {}
+        wanted = {"reward"} if "reward" in sections else set()  # head kinds the key names
+        if "eval" in sections:
+            wanted |= {"judge", FT_JUDGE, "topic"}
+        for kind in offline_prerequisites(self.cfg)[1]:
+            if kind in wanted:
+                out[f"{kind}_head"] = self._identity(f"{kind}_head")
+        return out
+
+    def pairs_identity(self) -> dict:
+        """Own preference pairs (`pairs.source`): their name and the hash of their rows as `prepare`
+        read them. Every artifact depends on them (their prompts are the train and eval prompts), so a
+        changed file never meets an old run's artifacts; nothing when the pairs are built from samples."""
+        source = self.cfg.pairs.source
+        return {"pairs_source": {"source": source, "rows": self._identity("pairs_source")}} if source else {}
+
+    def __call__(self, artifact: Path, sections: tuple[str, ...], build: Callable[[Path], object],
+                 collective: bool = False, what: str | None = None, **extra) -> bool:
+        """A `collective` build runs on every rank (splits its work, writes on rank 0 only, may call
+        stages); any other build runs on rank 0 alone and must not call a stage. `what`: the name
+        under which a reused artifact is announced (`announce`); none: reused silently."""
+        deps = {**section_deps(self.cfg, "model", "data", *sections), **self.model_identity(),
+                **self.scorer_identity(sections), **self.pairs_identity(), **extra}
+        try:
+            built = cached_on_ranks(artifact, deps, build, self.dist, collective,
+                                    hint=f"Use a new run_dir (e.g. run_dir={self.root}-2) "
+                                         f"or delete {artifact} and its .meta.json.")
+        except CacheMismatch as e:  # the run-dir flavour of the error, for the CLI and tests
+            raise RunDirMismatch(str(e)) from None
+        if what and not built:
+            self.announce(what, artifact)
+        return built

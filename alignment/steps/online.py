@@ -1,0 +1,253 @@
+"""On-policy training (`dpo.method`): each step or round draws fresh completions from the policy being
+trained and scores them with the training reward; the reference stays the start policy.
+
+- `online` — iterative DPO (Xiong et al. 2024; Guo et al. 2024, "Direct Language Model Alignment from
+  Online AI Feedback"): the train prompts are split into `dpo.rounds` shares; round k samples
+  `sample.n_samples` completions per prompt of its share from the policy after round k-1, scores them,
+  pairs them (`pairs.strategy`) and takes one DPO pass (`dpo.loss`) over those pairs. Same prompts and
+  samples in all as offline DPO: only who drew them differs.
+- `rloo` — REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics"): per step
+  `dpo.batch_size` prompts x `sample.n_samples` completions from the current policy, each scored
+  R = r - β·log(π/π_ref) (the sequence's sampled KL term, as trl's RLOO), advantage
+  A_i = R_i - mean_{j≠i} R_j, loss -mean(A · log π(y)). It maximises E[r] - β·KL(π‖π_ref): the objective
+  whose optimum is π_β ∝ π_ref·exp(r/β).
+  `dpo.credit=prefix` gives each token its own credit instead of its completion's: the reward model also
+  scores every prefix of every draw, and token t earns what the reward gained from t on, r - r(prefix
+  before t), less β times the KL from t on (the reward-to-go of potential-based shaping, Ng et al. 1999:
+  the prefix's score is a baseline that depends only on what came before the token, so at
+  `dpo.credit_lambda`=1 the gradient of E[r] - β·KL stays unbiased), against the same position's
+  leave-one-out mean. `dpo.credit_lambda` < 1 weights the gains and log-ratios k tokens on by λ^k, as
+  GAE's λ-return does (Schulman et al. 2016): less variance, but biased, since a partial review's score
+  is not the expected score of its completions. A token after the completion's sentiment is settled
+  earns about nothing, so its log-prob is left alone rather than pushed by the whole completion's advantage.
+
+Both use the prompts offline DPO trains on (a draw's train prompts less the held-out share,
+`pairs.held_out`), the native training loop (`train.train_loop`) and one process.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ..config import Config, DPOConfig
+from ..base.io import write_json, write_jsonl
+from .logprobs import batched_logps, collate, completion_tokens, model_logps, model_token_logps
+from .pairs import build_pairs
+from .reward import score_records
+from .sampling import in_prompt_order, sample_records
+from ..base.tracking import tracked
+from .train import (LoopConfig, done_training, dpo_loop_config, held_out_prompts, policy_to_train, reference_logps,
+                    reference_of, save_policy, train_dpo, train_loop)
+
+ROUND_SEED = 7919  # round k of online DPO samples with sample.seed + ROUND_SEED * (k + 1) (+ dpo.seed's share)
+
+
+def trained_prompts(prompts: list[dict], held_out: float) -> list[dict]:
+    """The prompts offline DPO trains on: all but the held-out share (`train.held_out_prompts`, which holds
+    out the same ones when every prompt has a pair)."""
+    held = held_out_prompts([{"prompt_id": p["id"]} for p in prompts], held_out)
+    return [p for p in prompts if p["id"] not in held]
+
+
+def round_shares(prompts: list[dict], rounds: int) -> list[list[dict]]:
+    """`rounds` contiguous shares of the prompts, sizes differing by at most one; e.g. 5 prompts, 2 rounds:
+    [p0 p1 p2], [p3 p4]."""
+    if rounds > len(prompts):
+        raise ValueError(f"dpo.rounds={rounds} is more than the {len(prompts)} train prompts; lower dpo.rounds "
+                         "or raise data.n_train_prompts")
+    size, extra = divmod(len(prompts), rounds)
+    out, i = [], 0
+    for k in range(rounds):
+        j = i + size + (k < extra)
+        out.append(prompts[i:j])
+        i = j
+    return out
+
+
+def draw_and_score(model, tokenizer, prompts: list[dict], cfg: Config, seed: int, stop_ids: list[int],
+                   reward) -> tuple[list[dict], list[float]]:
+    """`sample.n_samples` completions per prompt from `model` (in its current state) and their rewards."""
+    sample = dataclasses.replace(cfg.sample, seed=seed)
+    was_training = model.training
+    model.eval()
+    try:  # in the training model's own dtype, never under the training loop's autocast
+        with torch.autocast(next(model.parameters()).device.type, enabled=False):
+            recs = [r for batch in sample_records(model, tokenizer, prompts, sample.n_samples, sample, stop_ids,
+                                                  quiet=True) for r in batch]
+            recs = in_prompt_order(recs, prompts)
+            return recs, score_records(reward, recs, cfg.reward.score_prompt)
+    finally:
+        model.train(was_training)
+
+
+def online_dpo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path,
+               tracker) -> tuple[list[dict], int]:
+    """Iterative DPO over `dpo.rounds` rounds (module docstring); writes out/round<k>/ (its samples,
+    rewards, pairs, train log). Returns the rounds' train logs joined (steps, epochs and trained tokens
+    counted across rounds) and the completion tokens drawn."""
+    tok, log, step0, tokens0, drawn_total = models.tokenizer, [], 0, 0, 0
+    for k, share in enumerate(round_shares(prompts, dpo.rounds)):
+        rdir = out / f"round{k}"
+        recs, rewards = draw_and_score(model, tok, share, cfg, cfg.sample.seed + ROUND_SEED * (k + 1) + dpo.seed,
+                                       models.stop_ids, models.reward)
+        pairs, stats = build_pairs(recs, rewards, cfg.pairs.strategy, cfg.pairs.min_margin, cfg.pairs.seed)
+        ids = {p["id"]: p["ids"] for p in share}
+        model.eval()
+        with reference_of(model, models, dpo) as ref_model:
+            ref = reference_logps(ref_model, pairs, ids, tok.pad_token_id)
+        write_jsonl(rdir / "samples.jsonl", [{**r, "reward": x} for r, x in zip(recs, rewards)])
+        write_json(rdir / "pairs_stats.json", stats)
+        records = train_dpo(model, pairs, ids, ref, dataclasses.replace(dpo, seed=dpo.seed * 1000 + k),
+                            tok.pad_token_id, rdir)
+        done_training(rdir)  # the round's checkpoint, if it wrote one
+        drawn = sum(len(r["completion_ids"]) for r in recs)
+        drawn_total += drawn
+        for r in records:
+            rec = {**r, "step": step0 + r["step"], "epoch": k + r["epoch"], "round": k,
+                   "round_reward_mean": sum(rewards) / len(rewards), "tokens_drawn": drawn_total,
+                   **({"num_tokens": tokens0 + r["num_tokens"]} if "num_tokens" in r else {})}
+            log.append(rec)
+            if tracker is not None:
+                tracker.log(tracked(rec), step=rec["step"])
+        if records:
+            step0, tokens0 = step0 + records[-1]["step"], tokens0 + records[-1].get("num_tokens", 0)
+    return log, drawn_total
+
+
+def rloo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, n: int,
+              beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """RLOO's loss over P prompts x n completions, prompt-major: logps (P*n,) with gradient, ref_logps and
+    rewards (P*n,). R = r - β·(logp - ref_logp) (detached), A_i = R_i - mean_{j≠i} R_j, loss
+    -mean(A·logp). E.g. n 2, β 0, rewards (1, 0): A = (1, -1), loss = -(logp_0 - logp_1)/2."""
+    if n < 2:
+        raise ValueError(f"dpo.method=rloo needs sample.n_samples >= 2 for its leave-one-out baseline, got {n}")
+    kl = (logps.detach() - ref_logps).view(-1, n)  # (P, n) the sampled sequence's log-ratio
+    score = rewards.view(-1, n).to(kl.dtype) - beta * kl  # (P, n)
+    adv = score - (score.sum(1, keepdim=True) - score) / (n - 1)  # (P, n) leave-one-out baseline
+    loss = -(adv.flatten() * logps).mean()
+    return loss, {"loss": loss.item(), "objective/scores": rewards.float().mean().item(),
+                  "objective/kl": kl.mean().item(), "objective/rlhf_reward": score.mean().item(),
+                  "objective/non_score_reward": (-beta * kl).mean().item(), "advantage_abs": adv.abs().mean().item()}
+
+
+def prefix_rewards(reward, records: list[dict], tokenizer, score_prompt: bool = True) -> torch.Tensor:
+    """(B, L) the reward of every prefix of every completion, L the longest: [i, t] scores record i's
+    prompt + its first t completion tokens (t = 0: the prompt alone), 0 past the completion's end. The
+    potential each token's credit is measured from (`rloo_prefix_loss`); one scoring call for all."""
+    L = max((len(r["completion_ids"]) for r in records), default=0)
+    prefixes, where = [], []  # a finished draw's last token (EOS) is never inside a prefix
+    for i, r in enumerate(records):
+        for t in range(len(r["completion_ids"])):
+            text = tokenizer.decode(r["completion_ids"][:t], skip_special_tokens=True)  # as `sampling` decodes
+            prefixes.append({"prompt": r["prompt"], "completion": text})
+            where.append((i, t))
+    phi = torch.zeros((len(records), L))  # (B, L)
+    for (i, t), v in zip(where, score_records(reward, prefixes, score_prompt) if prefixes else []):
+        phi[i, t] = v
+    return phi
+
+
+def to_go(x: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """(B, L) -> (B, L) sums from each position on, later ones weighted lam^(u-t): e.g. [[1, 2, 3]] gives
+    [[6, 5, 3]] at lam 1 and [[1, 2, 3]] at lam 0."""
+    out, acc = torch.zeros_like(x), torch.zeros_like(x[:, 0])
+    for t in range(x.shape[1] - 1, -1, -1):
+        acc = x[:, t] + lam * acc
+        out[:, t] = acc
+    return out
+
+
+def rloo_prefix_loss(logps: torch.Tensor, ref_logps: torch.Tensor, valid: torch.Tensor, rewards: torch.Tensor,
+                     prefix: torch.Tensor, n: int, beta: float, lam: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """RLOO with each token's own credit (`dpo.credit=prefix`, module docstring) over P prompts x n
+    completions, prompt-major: logps (B, L) per completion token with gradient, ref_logps (B, L), valid
+    (B, L), rewards (B,), prefix (B, L) the reward before each token (`prefix_rewards`). Token t's return
+    G_t = Σ_{u≥t} lam^(u-t)·(Δr_u - β·(logp_u - ref_u)), Δr_u the reward's change over token u (the last
+    token's reaches r); A_t = G_t - mean_{j≠i} G_t of the same prompt; loss -mean_i Σ_t A_t·logp_t. At
+    lam 1 and β 0, G_t = r - prefix_t; with a constant prefix and completions of equal length it is
+    rloo_loss's gradient, token by token. A completion that ended counts as 0 at the later positions
+    of the others' leave-one-out means (nothing more to earn)."""
+    if n < 2:
+        raise ValueError(f"dpo.method=rloo needs sample.n_samples >= 2 for its leave-one-out baseline, got {n}")
+    if valid.shape[1] == 0:  # every completion empty: nothing to credit
+        return logps.sum() * 0.0, {"loss": 0.0, "objective/scores": rewards.float().mean().item(), "objective/kl": 0.0}
+    v = valid.to(logps.dtype)
+    kl = (logps.detach() - ref_logps) * v  # (B, L) each sampled token's log-ratio
+    last = (valid.sum(1) - 1).clamp(min=0)  # (B,)
+    after = torch.cat([prefix[:, 1:], prefix[:, :1]], 1)  # (B, L) the reward after token t ...
+    after[torch.arange(len(prefix)), last] = rewards.to(after.dtype)  # ... the whole completion's after its last
+    gain = (after - prefix) * v  # (B, L)
+    G = to_go(gain - beta * kl, lam) * v  # (B, L): to_go is linear, so one pass for both terms
+    Gp = G.view(-1, n, G.shape[1])  # (P, n, L)
+    adv = (Gp - (Gp.sum(1, keepdim=True) - Gp) / (n - 1)).view_as(G) * v  # (B, L) leave-one-out by position
+    loss = -(adv * logps * v).sum(1).mean()
+    seq_kl = kl.sum(1)  # (B,)
+    return loss, {"loss": loss.item(), "objective/scores": rewards.float().mean().item(),
+                  "objective/kl": seq_kl.mean().item(),
+                  "objective/rlhf_reward": (rewards.float() - beta * seq_kl).mean().item(),
+                  "objective/non_score_reward": (-beta * seq_kl).mean().item(),
+                  "advantage_abs": (adv.abs().sum() / v.sum().clamp(min=1)).item()}
+
+
+def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path,
+         tracker) -> tuple[list[dict], int]:
+    """RLOO (module docstring) for `dpo.epochs` passes over `prompts`, `dpo.batch_size` prompts a
+    micro-batch; writes out/train_log.jsonl and returns it and the completion tokens drawn."""
+    tok, n = models.tokenizer, cfg.sample.n_samples
+    pad, draws = tok.pad_token_id, []  # completion tokens of each micro-batch's draws
+
+    def loss_fn(net, mb: list[int]):
+        batch = [prompts[i] for i in mb]
+        seed = cfg.sample.seed + ROUND_SEED * (len(draws) + 1) + dpo.seed
+        recs, rewards = draw_and_score(net, tok, batch, cfg, seed, models.stop_ids, models.reward)
+        ids = [p["ids"] for p in batch for _ in range(n)]
+        comps = [r["completion_ids"] for r in recs]
+        draws.append(sum(len(c) for c in comps))
+        if dpo.credit == "prefix":
+            loss, m = prefix_credit_step(net, models, dpo, ids, recs, rewards, cfg.reward.score_prompt, n)
+        else:
+            with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
+                ref = batched_logps(ref_model, ids, comps, pad, batch_size=len(comps))  # (P*n,)
+            logps = model_logps(net, collate(ids, comps, pad))  # (P*n,)
+            loss, m = rloo_loss(logps, ref.to(logps.device), torch.tensor(rewards, device=logps.device), n, dpo.beta)
+        return loss, {**m, "tokens_drawn": float(sum(draws))}  # so far
+
+    loop: LoopConfig = dpo_loop_config(dpo, next(model.parameters()).device)
+    loop = dataclasses.replace(loop, save_every=0, save_minutes=0.0)  # draws are not replayed on resume
+    return train_loop(model, len(prompts), loss_fn, loop, out, tracker).records, sum(draws)
+
+
+def prefix_credit_step(net, models, dpo: DPOConfig, ids: list[list[int]], recs: list[dict], rewards: list[float],
+                       score_prompt: bool, n: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """One RLOO micro-batch with per-token credit: the draws' prefixes scored, the reference's and the
+    policy's per-token log-probs, `rloo_prefix_loss`."""
+    batch = collate(ids, [r["completion_ids"] for r in recs], models.tokenizer.pad_token_id)
+    dev = next(net.parameters()).device
+    with torch.autocast(dev.type, enabled=False):  # the prefixes in the precision the whole draws were scored in
+        prefix = prefix_rewards(models.reward, recs, models.tokenizer, score_prompt)  # (B, L)
+    with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
+        ref, _ = completion_tokens(model_token_logps(ref_model, batch), batch["completion_mask"])  # (B, L)
+    logps, valid = completion_tokens(model_token_logps(net, batch), batch["completion_mask"])  # (B, L)
+    return rloo_prefix_loss(logps, ref.to(dev), valid, torch.tensor(rewards, device=dev), prefix.to(dev), n,
+                            dpo.beta, dpo.credit_lambda)
+
+
+TRAINERS = {"online": online_dpo, "rloo": rloo}  # dpo.method -> its trainer
+
+
+def train_on_policy(models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path, tracker) -> int:
+    """Train one policy with `dpo.method` (online or rloo) on `prompts` into `out` (model/, train_log.jsonl,
+    train_summary.json), full fine-tuning or LoRA as `dpo.lora_r` says; returns the completion tokens it
+    drew. Finishes `tracker`."""
+    try:
+        with policy_to_train(models, dpo) as model:
+            log, drawn = TRAINERS[dpo.method](model, models, prompts, cfg, dpo, Path(out), tracker)
+            write_jsonl(Path(out) / "train_log.jsonl", log)  # rloo's loop wrote the same records
+            write_json(Path(out) / "train_summary.json", log[-1] if log else {})
+            save_policy(model, models.tokenizer, Path(out))
+        tracker.log_model(Path(out) / "model")
+        return drawn
+    finally:
+        tracker.finish()

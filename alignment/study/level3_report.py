@@ -1,0 +1,122 @@
+"""Level 3 in words, from `level3.json` alone: per method and β what it reached (KL, reward, judge, and the
+share of best-of-N's gain at the same KL), what it cost (training seconds, tokens drawn), and where its KL went."""
+from __future__ import annotations
+
+from .report import comparison_line, gain_fraction_lines, markdown_table
+
+
+def cost_rows(level3: dict) -> list[dict]:
+    """Per method: mean training seconds per policy and completion tokens drawn per policy (its own draws;
+    offline methods also train on their seed's start-policy draw, counted once per seed)."""
+    draw = level3.get("draw_tokens", {})
+    shared = round(sum(draw.values()) / len(draw)) if draw else None
+    out: dict[str, dict] = {}
+    for r in level3["runs"]:
+        c = r.get("cost") or {}
+        row = out.setdefault(r["label"], {"method": r["label"], "on_policy": r.get("method", "offline") != "offline",
+                                          "seconds": [], "tokens": []})
+        if c.get("train_seconds") is not None:
+            row["seconds"].append(c["train_seconds"])
+            row["tokens"].append(c.get("tokens_drawn") or 0)
+    return [{"method": r["method"], "policies": len(r["seconds"]),
+             "train s / policy": round(sum(r["seconds"]) / len(r["seconds"]), 1) if r["seconds"] else None,
+             "own tokens drawn / policy": round(sum(r["tokens"]) / len(r["tokens"])) if r["tokens"] else None,
+             "shared start draw / seed": None if r["on_policy"] else shared} for r in out.values()]
+
+
+def kl_lines(level3: dict) -> list[str]:
+    """Where each point's KL goes (`diagnose.kl_split`, first seed): share on sentiment words and in the first
+    8 completion tokens, and the training log's chosen/rejected log-probs."""
+    lines = []
+    for d in level3.get("diagnosis", []):
+        s, pos = d["sentiment"], d["by_position"]
+        early = sum(b["kl"] for b in pos if b["from"] < 8)
+        share = f"{s['share_of_kl']:.0%}" if s["share_of_kl"] is not None else "–"
+        tokens = f"{s['share_of_tokens']:.0%}" if s["share_of_tokens"] is not None else "–"
+        t = d["training"]
+        story = ""
+        if t.get("logps_chosen_first") is not None:
+            story = (f"; held-out pairs from step {t['held_out_from']} to {t['held_out_to']}: chosen log-prob "
+                     f"{t['logps_chosen_first']:.1f} → {t['logps_chosen_last']:.1f}, rejected "
+                     f"{t['logps_rejected_first']:.1f} → {t['logps_rejected_last']:.1f}, accuracy "
+                     f"{t['held_out_accuracy']:.2f} (train {t['train_accuracy']:.2f})")
+        if t.get("draws_reward_first") is not None:
+            story += (f"; its own draws' reward while training {t['draws_reward_first']:.2f} (first quarter of the "
+                      f"steps) → {t['draws_reward_last']:.2f} (last quarter)")
+        lines.append(f"`{d['label']}` β={d['beta']:g}: KL {d['kl']:.2f} nats per completion, {share} of it on sentiment "
+                     f"words ({tokens} of the tokens), {early / d['kl']:.0%} in the first 8 tokens"
+                     f"{story}." if d["kl"] else f"`{d['label']}` β={d['beta']:g}: KL ≈ 0.")
+    return lines
+
+
+GOAL = 0.7  # the share of best-of-N's reward gain at matched KL that would count as closing the gap
+
+
+def goal_points(level3: dict, goal: float = GOAL) -> list[dict]:
+    """The points (their reward `gain_fractions` rows) that reach `goal` of best-of-N's reward gain at their
+    own KL with the judge's share as high and their alarm silent."""
+    rows = {(r["label"], r["beta"], r["field"]): r for r in level3.get("gain_fractions") or []}
+    quiet = {(a["label"], a["beta"]) for a in level3.get("alarm", []) if not a["flags"]}
+    judge = lambda r: (rows.get((r["label"], r["beta"], "judge")) or {}).get("frac_bon")  # noqa: E731
+    return [r for (_, _, f), r in rows.items() if f == "reward" and r["frac_bon"] is not None and r["frac_bon"] >= goal
+            and (r["label"], r["beta"]) in quiet and judge(r) is not None and judge(r) >= goal]
+
+
+def goal_line(level3: dict, goal: float = GOAL) -> str:
+    """Whether any point reaches `goal` of best-of-N's reward gain at its own KL with the judge's share as
+    high and its alarm silent (`goal_points`); else the best reward share, and each method's share of KL
+    on sentiment words."""
+    reward = [r for r in level3.get("gain_fractions") or [] if r["field"] == "reward" and r["frac_bon"] is not None]
+    if not reward:
+        return "No trained point lies inside best-of-N's KL range: no share of its gain can be read."
+    met = goal_points(level3, goal)
+    if met:
+        def ci(r):
+            return "" if r["frac_bon_lo"] is None else f" ({100 * r['frac_bon_lo']:.0f}..{100 * r['frac_bon_hi']:.0f} %)"
+        sure = all(r["frac_bon_lo"] is not None and r["frac_bon_lo"] >= goal for r in met)
+        return ("Goal met: " + ", ".join(f"`{r['label']}` β={r['beta']:g} ({100 * r['frac_bon']:.0f} %{ci(r)} of best-of-N's "
+                                         f"reward gain at KL {r['kl']:.2f})" for r in met)
+                + ", the judge agreeing, the alarm silent"
+                + ("" if sure else f"; a 95 % CI that includes {100 * goal:.0f} % says the point may as well fall short") + ".")
+    best = max(reward, key=lambda r: r["frac_bon"])
+    split = {}
+    for d in level3.get("diagnosis", []):
+        if d["sentiment"]["share_of_kl"] is not None:
+            split.setdefault(d["label"], []).append(d["sentiment"]["share_of_kl"])
+    why = ", ".join(f"`{k}` {100 * min(v):.0f}" + ("" if min(v) == max(v) else f"–{100 * max(v):.0f}") + " %"
+                    for k, v in split.items())
+    return (f"No point reaches {100 * goal:.0f} % of best-of-N's reward gain at its KL: the largest share is "
+            f"`{best['label']}` β={best['beta']:g}'s {100 * best['frac_bon']:.0f} % ({100 * best['frac_bon_lo']:.0f}.."
+            f"{100 * best['frac_bon_hi']:.0f} %) at KL {best['kl']:.2f}" + (f". The share of each method's KL on sentiment words (over its β): {why}." if why else "."))
+
+
+def example_lines(level3: dict) -> list[str]:
+    """The stored texts (`examples`: sample 0 of the first held-out prompts, each point's first seed) as one
+    row per model and a column per prompt, so a reader sees what each β and method writes."""
+    ex = level3.get("examples") or []
+    if not ex:
+        return []
+    prompts = list(dict.fromkeys(e["prompt"] for e in ex))
+    rows: dict[str, dict] = {}
+    for e in ex:
+        label, _, beta = e["model"].rpartition("@")  # "rloo@0.3", or the start policy's name
+        name = f"`{label}` β={float(beta):g}" if label else e["model"]
+        rows.setdefault(name, {"model": name})[repr(e["prompt"])] = f"{e['completion']!r} ({e['reward']:+.2f})"
+    return [f"What each point writes (sample 0 of {len(prompts)} held-out prompts, first seed; reward in brackets):",
+            "", markdown_table(list(rows.values())), ""]
+
+
+def level3_lines(level3: dict) -> list[str]:
+    """Level 3's conclusions, generated: its size, each method's cost, the matched-KL verdicts against
+    best-of-N and between methods, and where the KL goes."""
+    g = level3["grid"]
+    lines = [f"**Level 3** ({len(level3['runs'])} runs: methods {', '.join(g['methods'])}; β {g['betas']}; seeds "
+             f"{g['seeds']}; best-of-N N {g['best_of_n']}): each point pools its seeds; curves are compared at matched KL. "
+             "What each policy cost to train (its own sampling and scoring included; the offline methods train on "
+             "their seed's shared start-policy draw, built once):", "", markdown_table(cost_rows(level3)), "",
+             *gain_fraction_lines(level3), goal_line(level3)]
+    if level3.get("non_monotone"):
+        lines.append("KL does not rise monotonically along β for " + ", ".join(f"`{c}`" for c in level3["non_monotone"])
+                     + ": those curves are shown but not compared at matched KL.")
+    lines += [comparison_line(level3["comparisons"], field, "level3.json") for field in ("reward", "judge")]
+    return lines + kl_lines(level3) + [""] + example_lines(level3)
