@@ -135,6 +135,7 @@ class DPOConfig:
     rounds: int = rule(4, **_pos, hashed="if_set")  # online: rounds, each on its share of the draw's train prompts
     credit: str = rule("sequence", choices=("sequence", "prefix"), hashed="if_set")  # rloo: sequence = every token of a draw shares its completion's advantage; prefix = each token earns the reward gained from it on (the reward model also scores every prefix), against the same position's leave-one-out mean
     credit_lambda: float = rule(1.0, **_frac, hashed="if_set")  # rloo with credit=prefix: weight lambda^k on what the reward gains k tokens later (1: all of it, unbiased; below 1: less variance, credit biased towards the next tokens)
+    kl: str = rule("sampled", choices=("sampled", "exact"), hashed="if_set")  # rloo: the KL term per token: sampled = the drawn token's log-ratio log(pi/pi_ref) (trl's); exact = the whole next-token KL(pi || pi_ref) over the vocabulary at each position (Rao-Blackwellised: the same expectation, less variance)
 
 
 @dataclass
@@ -449,14 +450,15 @@ def check_section(section: str, obj) -> None:
 
 def method_settings(dpo: DPOConfig) -> DPOConfig:
     """`dpo` with the fields its method does not read set to their defaults (`dpo.rounds` outside online DPO;
-    `dpo.loss` and `dpo.alpha` for RLOO; `dpo.credit` outside RLOO, `dpo.credit_lambda` without prefix credit), so a policy's name and cache key name only what trained it."""
+    `dpo.loss` and `dpo.alpha` for RLOO; `dpo.credit` and `dpo.kl` outside RLOO, `dpo.credit_lambda` without prefix
+    credit), so a policy's name and cache key name only what trained it."""
     defaults = DPOConfig()
     if dpo.method != "online":
         dpo = dataclasses.replace(dpo, rounds=defaults.rounds)
     if dpo.method == "rloo":
         dpo = dataclasses.replace(dpo, loss=defaults.loss, alpha=defaults.alpha)
     if dpo.method != "rloo":
-        dpo = dataclasses.replace(dpo, credit=defaults.credit)
+        dpo = dataclasses.replace(dpo, credit=defaults.credit, kl=defaults.kl)
     if dpo.credit != "prefix":
         dpo = dataclasses.replace(dpo, credit_lambda=defaults.credit_lambda)
     return dpo

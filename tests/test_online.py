@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from alignment.config import ConfigError, check_training, load_config
 from alignment.base.io import read_json, read_jsonl
+from alignment.steps.logprobs import position_kls
 from alignment.steps.online import prefix_rewards, rloo_loss, rloo_prefix_loss, round_shares, to_go, trained_prompts
 from alignment.run.pipeline import Pipeline
 
@@ -66,6 +67,44 @@ def test_prefix_credit_closed_form_with_kl_lambda_and_lengths():
     assert m["objective/kl"] == pytest.approx((0.6 + 0.2) / 2) and m["objective/scores"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="sample.n_samples >= 2"):
         rloo_prefix_loss(logps, torch.zeros(2, 3), valid, torch.zeros(2), torch.zeros(2, 3), n=1, beta=0.5)
+
+
+def test_position_kls_closed_form():
+    """Two rows, vocabulary 2, a prompt token then completions of 2 and 1 tokens (the mask says which
+    positions predict a completion token). Row 0's first completion position: π = (1/2, 1/2), π_ref =
+    (1/4, 3/4): KL = ½·log 2 + ½·log(2/3); its second: π = π_ref, KL 0."""
+    logits = torch.zeros(2, 4, 2)  # (B, T, V): positions 0..2 predict tokens 1..3
+    ref = torch.zeros(2, 4, 2)
+    ref[0, 0] = torch.tensor([0.0, math.log(3)])  # π_ref = (1/4, 3/4) where row 0 predicts its first completion token
+    ref[1, 0] = torch.tensor([math.log(3), 0.0])  # (3/4, 1/4) for row 1's only one
+    mask = torch.tensor([[0, 1, 1, 0], [0, 1, 0, 0]])
+    kl, valid = position_kls(logits.requires_grad_(True), ref, mask)
+    want = 0.5 * math.log(2) + 0.5 * math.log(2 / 3)
+    assert torch.allclose(kl, torch.tensor([[want, 0.0], [want, 0.0]]), atol=1e-6)
+    assert valid.tolist() == [[True, True], [True, False]]
+    kl[valid].sum().backward()
+    assert logits.grad[0, 0].abs().sum() > 0 and logits.grad[0, 2].abs().sum() == 0  # past the completion: none
+
+
+def test_exact_kl_enters_the_loss_and_the_later_tokens_returns():
+    """β 0.5, lam 1, equal rewards and a flat prefix (no reward credit): 1 prompt x 2 completions of 2 tokens,
+    exact KLs [0.2, 0.4] and [0, 0.6]. Token t's return is -β·(the KLs after it): [-0.2, 0] and [-0.3, 0];
+    leave-one-out: [0.1, 0] and [-0.1, 0]. The KLs' own gradient is β / (completions) at every position."""
+    logps = torch.zeros(2, 2, requires_grad=True)
+    exact = torch.tensor([[0.2, 0.4], [0.0, 0.6]], requires_grad=True)
+    valid = torch.ones(2, 2, dtype=torch.bool)
+    loss, m = rloo_prefix_loss(logps, torch.full((2, 2), 9.0), valid, torch.tensor([1.0, 1.0]),
+                               torch.ones(2, 2), n=2, beta=0.5, exact_kl=exact)  # ref log-probs 9: never read
+    loss.backward()
+    assert torch.allclose(logps.grad, -torch.tensor([[0.1, 0.0], [-0.1, 0.0]]) / 2, atol=1e-6)
+    assert torch.allclose(exact.grad, torch.full((2, 2), 0.25))
+    assert loss.item() == pytest.approx(0.5 * 0.6) and m["objective/kl"] == pytest.approx(0.6)
+    seq_lp = torch.tensor([-1.0, -2.0], requires_grad=True)  # sequence credit: R = r - β·Σ KL, plus β·mean Σ KL
+    seq_kl = torch.tensor([0.6, 0.2], requires_grad=True)
+    loss, m = rloo_loss(seq_lp, torch.tensor([5.0, 5.0]), torch.tensor([1.0, 1.0]), n=2, beta=0.5, exact_kl=seq_kl)
+    loss.backward()  # R = [0.7, 0.9]: A = [-0.2, 0.2]
+    assert torch.allclose(seq_lp.grad, torch.tensor([0.1, -0.1])) and torch.allclose(seq_kl.grad, torch.tensor([0.25, 0.25]))
+    assert m["objective/kl"] == pytest.approx(0.4)
 
 
 def test_prefix_credit_with_a_flat_prefix_is_rloo_token_by_token():
@@ -157,10 +196,11 @@ def test_on_policy_methods_train_lora_adapters_against_the_frozen_base(tmp_path,
     assert not any("lora" in n for n, _ in pipe.models.ref_model.named_parameters()), "adapters left on the reference"
 
 
-@pytest.mark.parametrize("method", ["online", "rloo", "rloo-prefix"])
+@pytest.mark.parametrize("method", ["online", "rloo", "rloo-prefix", "rloo-xkl"])
 def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
                                                       method):
     credit = {"dpo.credit": "prefix", "dpo.credit_lambda": 0.9} if method == "rloo-prefix" else {}
+    credit = {"dpo.kl": "exact"} if method == "rloo-xkl" else credit
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "pairs.held_out": 0.25,
                       "dpo.method": method.split("-")[0], "dpo.rounds": 2, "dpo.batch_size": 2, **credit})
@@ -179,7 +219,7 @@ def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, t
     finally:
         online.prefix_rewards = real
     assert policy.name == {"online": "online2-sigmoid-b0.1-lr0.001-s0", "rloo": "rloo-b0.1-lr0.001-s0",
-                           "rloo-prefix": "rloo-prefix0.9-b0.1-lr0.001-s0"}[method]
+                           "rloo-prefix": "rloo-prefix0.9-b0.1-lr0.001-s0", "rloo-xkl": "rloo-xkl-b0.1-lr0.001-s0"}[method]
     # per-token credit scores every step's draws' prefixes (2 prompts x sample.n_samples 3), with a spread to credit
     assert [n for n, _ in scored] == ([6, 6, 6] if method == "rloo-prefix" else [])
     assert all(p.std() > 0 for _, p in scored)
@@ -226,6 +266,9 @@ def test_a_method_names_and_keys_only_the_settings_it_reads():
     assert flat.credit_lambda == 1.0 and policy_name(flat) == "rloo-b0.1-lr5e-05-s0"  # lambda needs prefix credit
     prefix = method_settings(type(rloo)(**{**rloo.__dict__, "credit": "prefix", "credit_lambda": 0.5}))
     assert policy_name(prefix) == "rloo-prefix0.5-b0.1-lr5e-05-s0"
+    exact = method_settings(type(prefix)(**{**prefix.__dict__, "kl": "exact"}))
+    assert policy_name(exact) == "rloo-prefix0.5-xkl-b0.1-lr5e-05-s0"
+    assert method_settings(type(cfg.dpo)(**{**cfg.dpo.__dict__, "kl": "exact"})).kl == "sampled"  # not rloo
     with pytest.raises(ConfigError, match="sample.temperature"):
         check_training(load_config(overrides={"sample.temperature": 0.7}), rloo)
     with pytest.raises(ConfigError, match="dpo.rounds=300"):
@@ -236,7 +279,7 @@ def test_offline_keys_are_unchanged_by_the_method_fields():
     """`dpo.method` and `dpo.rounds` key the caches only when set: the default config's dpo key has neither."""
     from alignment.config import section_deps
     cfg = load_config()
-    assert not {"method", "rounds", "credit", "credit_lambda"} & set(section_deps(cfg, "dpo")["dpo"])
+    assert not {"method", "rounds", "credit", "credit_lambda", "kl"} & set(section_deps(cfg, "dpo")["dpo"])
     cfg = load_config(overrides={"dpo.method": "online"})
     assert section_deps(cfg, "dpo")["dpo"]["method"] == "online"
 

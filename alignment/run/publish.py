@@ -84,7 +84,7 @@ def pair_stats(src: Path, result: dict) -> dict | None:
 
 def collect(dest: str | Path, level1_dir: str | Path | None = None, sweep_dir: str | Path | None = None,
             level3_dir: str | Path | None = None) -> None:
-    """Copy the published runs' results into `dest` (see the module doc): Level 1 and the lr lesson
+    """Copy the published runs' results into `dest` (see the module doc): Level 1 and the learning-rate check
     from `level1_dir`, the sweep from `sweep_dir`, and, for the Level-1 run's config, the SFT start
     policy's and the offline scorers' own held-out numbers."""
     dest = Path(dest)
@@ -379,7 +379,7 @@ def goal_brief(level3: dict) -> str:
 
 def headline(r: dict) -> str:
     """The README's results block: Level 1's main columns, each loss's gains, the reward-hacking alarm
-    (with the lr lesson's), the frontiers in one sentence; linked to RESULTS.md."""
+    (with the learning-rate check's), the frontiers in one sentence; linked to RESULTS.md."""
     level1, cfg = r["level1"], r["level1.config"]
     cols = ["model", "reward", "judge", "KL", "ref_ppl"]  # KL and perplexity without their CIs (RESULTS.md has them)
     rows = [{"model": ci["model"], "reward": ci["reward"], "judge": ci["judge"], "KL": row.get("eval/kl_to_ref"),

@@ -61,6 +61,18 @@ def completion_tokens(tok_logps: torch.Tensor, completion_mask: torch.Tensor) ->
     return out, valid
 
 
+def position_kls(logits: torch.Tensor, ref_logits: torch.Tensor, completion_mask: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact next-token KL(π‖π_ref) = Σ_v π(v)·(log π(v) - log π_ref(v)) at every position that predicts a
+    completion token, from the policy's and the reference's (B, T, V) logits: (B, L) left-aligned as
+    `completion_tokens` gives them, and (B, L) valid. Differentiable through `logits`. E.g. π = (1/2, 1/2)
+    and π_ref = (1/4, 3/4) at a position give (1/2)·log 2 + (1/2)·log(2/3) = 0.1438."""
+    logp = logits[:, :-1].float().log_softmax(-1)  # (B, T-1, V)
+    ref = ref_logits[:, :-1].float().log_softmax(-1).to(logp.device)  # (B, T-1, V)
+    kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, T-1)
+    return completion_tokens(kl, completion_mask)
+
+
 def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Forward `model` on a collated batch (right-padded, positions from the attention mask): (B, T, V)."""
     dev = next(model.parameters()).device

@@ -20,6 +20,11 @@ trained and scores them with the training reward; the reference stays the start 
   GAE's λ-return does (Schulman et al. 2016): less variance, but biased, since a partial review's score
   is not the expected score of its completions. A token after the completion's sentiment is settled
   earns about nothing, so its log-prob is left alone rather than pushed by the whole completion's advantage.
+  `dpo.kl=exact` replaces each drawn token's log-ratio by the whole next-token KL(π‖π_ref) over the
+  vocabulary at its position (Rao-Blackwellised, Amini et al. 2025, "Better Estimation of the KL Divergence
+  Between Language Models"): the same expected KL with less variance. A position's KL depends only on
+  the tokens before it, so it enters the loss directly (its gradient through the policy's logits) and
+  the returns of the earlier tokens that led there; the sampled log-ratio's noise no longer moves the policy.
 
 Both use the prompts offline DPO trains on (a draw's train prompts less the held-out share,
 `pairs.held_out`), the native training loop (`train.train_loop`) and one process.
@@ -33,7 +38,8 @@ import torch
 
 from ..config import Config, DPOConfig
 from ..base.io import write_json, write_jsonl
-from .logprobs import batched_logps, collate, completion_tokens, model_logps, model_token_logps
+from .logprobs import (batched_logps, collate, completion_tokens, model_logps, model_token_logps, position_kls,
+                       sequence_logps)
 from .pairs import build_pairs
 from .reward import score_records
 from .sampling import in_prompt_order, sample_records
@@ -117,16 +123,18 @@ def online_dpo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, 
 
 
 def rloo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, n: int,
-              beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+              beta: float, exact_kl: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """RLOO's loss over P prompts x n completions, prompt-major: logps (P*n,) with gradient, ref_logps and
     rewards (P*n,). R = r - β·(logp - ref_logp) (detached), A_i = R_i - mean_{j≠i} R_j, loss
-    -mean(A·logp). E.g. n 2, β 0, rewards (1, 0): A = (1, -1), loss = -(logp_0 - logp_1)/2."""
+    -mean(A·logp). E.g. n 2, β 0, rewards (1, 0): A = (1, -1), loss = -(logp_0 - logp_1)/2.
+    `exact_kl` (P*n,) with gradient: each draw's summed exact per-position KL (`dpo.kl=exact`) stands in
+    for its sampled log-ratio in R, and β·mean(exact_kl) joins the loss."""
     if n < 2:
         raise ValueError(f"dpo.method=rloo needs sample.n_samples >= 2 for its leave-one-out baseline, got {n}")
-    kl = (logps.detach() - ref_logps).view(-1, n)  # (P, n) the sampled sequence's log-ratio
+    kl = (logps.detach() - ref_logps if exact_kl is None else exact_kl.detach()).view(-1, n)  # (P, n)
     score = rewards.view(-1, n).to(kl.dtype) - beta * kl  # (P, n)
     adv = score - (score.sum(1, keepdim=True) - score) / (n - 1)  # (P, n) leave-one-out baseline
-    loss = -(adv.flatten() * logps).mean()
+    loss = -(adv.flatten() * logps).mean() + (0.0 if exact_kl is None else beta * exact_kl.mean())
     return loss, {"loss": loss.item(), "objective/scores": rewards.float().mean().item(),
                   "objective/kl": kl.mean().item(), "objective/rlhf_reward": score.mean().item(),
                   "objective/non_score_reward": (-beta * kl).mean().item(), "advantage_abs": adv.abs().mean().item()}
@@ -160,7 +168,8 @@ def to_go(x: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
 
 
 def rloo_prefix_loss(logps: torch.Tensor, ref_logps: torch.Tensor, valid: torch.Tensor, rewards: torch.Tensor,
-                     prefix: torch.Tensor, n: int, beta: float, lam: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+                     prefix: torch.Tensor, n: int, beta: float, lam: float = 1.0,
+                     exact_kl: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """RLOO with each token's own credit (`dpo.credit=prefix`, module docstring) over P prompts x n
     completions, prompt-major: logps (B, L) per completion token with gradient, ref_logps (B, L), valid
     (B, L), rewards (B,), prefix (B, L) the reward before each token (`prefix_rewards`). Token t's return
@@ -168,21 +177,25 @@ def rloo_prefix_loss(logps: torch.Tensor, ref_logps: torch.Tensor, valid: torch.
     token's reaches r); A_t = G_t - mean_{j≠i} G_t of the same prompt; loss -mean_i Σ_t A_t·logp_t. At
     lam 1 and β 0, G_t = r - prefix_t; with a constant prefix and completions of equal length it is
     rloo_loss's gradient, token by token. A completion that ended counts as 0 at the later positions
-    of the others' leave-one-out means (nothing more to earn)."""
+    of the others' leave-one-out means (nothing more to earn). `exact_kl` (B, L) with gradient, the exact
+    KL at each position (`dpo.kl=exact`): token t's return then holds the KLs of the positions after it,
+    G_t = Σ_{u≥t} lam^(u-t)·Δr_u - β·Σ_{u>t} lam^(u-t)·KL_u, and β·mean_i Σ_t KL_t joins the loss."""
     if n < 2:
         raise ValueError(f"dpo.method=rloo needs sample.n_samples >= 2 for its leave-one-out baseline, got {n}")
     if valid.shape[1] == 0:  # every completion empty: nothing to credit
         return logps.sum() * 0.0, {"loss": 0.0, "objective/scores": rewards.float().mean().item(), "objective/kl": 0.0}
     v = valid.to(logps.dtype)
-    kl = (logps.detach() - ref_logps) * v  # (B, L) each sampled token's log-ratio
+    kl = (logps.detach() - ref_logps if exact_kl is None else exact_kl.detach()) * v  # (B, L) per token
     last = (valid.sum(1) - 1).clamp(min=0)  # (B,)
     after = torch.cat([prefix[:, 1:], prefix[:, :1]], 1)  # (B, L) the reward after token t ...
     after[torch.arange(len(prefix)), last] = rewards.to(after.dtype)  # ... the whole completion's after its last
     gain = (after - prefix) * v  # (B, L)
     G = to_go(gain - beta * kl, lam) * v  # (B, L): to_go is linear, so one pass for both terms
+    if exact_kl is not None:  # position t's own KL is not the token's doing: it enters the loss below
+        G = G + beta * kl
     Gp = G.view(-1, n, G.shape[1])  # (P, n, L)
     adv = (Gp - (Gp.sum(1, keepdim=True) - Gp) / (n - 1)).view_as(G) * v  # (B, L) leave-one-out by position
-    loss = -(adv * logps * v).sum(1).mean()
+    loss = -(adv * logps * v).sum(1).mean() + (0.0 if exact_kl is None else beta * (exact_kl * v).sum(1).mean())
     seq_kl = kl.sum(1)  # (B,)
     return loss, {"loss": loss.item(), "objective/scores": rewards.float().mean().item(),
                   "objective/kl": seq_kl.mean().item(),
@@ -207,6 +220,8 @@ def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: P
         draws.append(sum(len(c) for c in comps))
         if dpo.credit == "prefix":
             loss, m = prefix_credit_step(net, models, dpo, ids, recs, rewards, cfg.reward.score_prompt, n)
+        elif dpo.kl == "exact":
+            loss, m = exact_kl_step(net, models, dpo, collate(ids, comps, pad), rewards, n)
         else:
             with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
                 ref = batched_logps(ref_model, ids, comps, pad, batch_size=len(comps))  # (P*n,)
@@ -228,10 +243,25 @@ def prefix_credit_step(net, models, dpo: DPOConfig, ids: list[list[int]], recs: 
     with torch.autocast(dev.type, enabled=False):  # the prefixes in the precision the whole draws were scored in
         prefix = prefix_rewards(models.reward, recs, models.tokenizer, score_prompt)  # (B, L)
     with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
-        ref, _ = completion_tokens(model_token_logps(ref_model, batch), batch["completion_mask"])  # (B, L)
-    logps, valid = completion_tokens(model_token_logps(net, batch), batch["completion_mask"])  # (B, L)
+        ref_tok, ref_logits = model_token_logps(ref_model, batch, return_logits=True)
+        ref, _ = completion_tokens(ref_tok, batch["completion_mask"])  # (B, L)
+    tok, logits = model_token_logps(net, batch, return_logits=True)
+    logps, valid = completion_tokens(tok, batch["completion_mask"])  # (B, L)
+    exact = position_kls(logits, ref_logits, batch["completion_mask"])[0] if dpo.kl == "exact" else None  # (B, L)
     return rloo_prefix_loss(logps, ref.to(dev), valid, torch.tensor(rewards, device=dev), prefix.to(dev), n,
-                            dpo.beta, dpo.credit_lambda)
+                            dpo.beta, dpo.credit_lambda, exact)
+
+
+def exact_kl_step(net, models, dpo: DPOConfig, batch: dict, rewards: list[float], n: int
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """One RLOO micro-batch with sequence credit and the exact per-position KL (`dpo.kl=exact`)."""
+    with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
+        ref_tok, ref_logits = model_token_logps(ref_model, batch, return_logits=True)
+    tok, logits = model_token_logps(net, batch, return_logits=True)
+    mask = batch["completion_mask"].to(tok.device)
+    kl, valid = position_kls(logits, ref_logits, mask)  # (B, L)
+    logps, ref = sequence_logps(tok, mask), sequence_logps(ref_tok.to(tok.device), mask)  # (B,)
+    return rloo_loss(logps, ref, torch.tensor(rewards, device=tok.device), n, dpo.beta, (kl * valid).sum(1))
 
 
 TRAINERS = {"online": online_dpo, "rloo": rloo}  # dpo.method -> its trainer

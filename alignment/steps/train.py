@@ -1,4 +1,4 @@
-"""The one training loop of the kit, and DPO on top of it.
+"""The one training loop, and DPO on top of it.
 
 `train_loop` owns everything a stage's training shares: the seeded batch order, the learning-rate
 schedule, gradient accumulation and clipping, the finite-loss check, `train_log.jsonl`, tracking,

@@ -1,4 +1,4 @@
-"""Everything the kit *shows*, in one place for the CLI, the notebook, the README and the benchmarks:
+"""Everything the package *shows*, in one place for the CLI, the notebook, the README and the benchmarks:
 Markdown tables, the "gain vs start" line, example generations side by side, the matched-KL verdict
 sentences, the reward-hacking alarm's verdicts, the machine description, and the sentences of the
 conclusions, computed from results (never typed in); `console` puts them together as each CLI stage
@@ -433,7 +433,7 @@ def verdict_lines(comparisons: list[dict], field: str = "reward") -> list[str]:
 def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | None = None,
                 lr_start: dict | None = None) -> str:
     """Markdown conclusions built only from the results (no typed-in numbers). `lr_start`: the
-    start policy's row the lr lesson compared with (its seed's draws; default Level 1's)."""
+    start policy's row the learning-rate check compared with (its seed's draws; default Level 1's)."""
     lines = _level1_lines(level1)
     if lr_rows:
         lines.append("**Learning rate**: " + lr_sentence(lr_rows, lr_start or level1["rows"][0]))
