@@ -311,15 +311,15 @@ def test_a_yaml_file_must_hold_sections(tmp_path):
 # setting outside `sft` and its data fields may rebuild the start policy.
 # A preset's run dir (runs/<preset>, what `make` has always passed) is in the first (run_dir is not
 # hashed into the other two); so are fields that key the caches only when set (`dpo.method`, `dpo.rounds`,
-# `dpo.credit`, `dpo.credit_lambda`) and fields that key none (`track.log_models`).
+# `dpo.credit`, `dpo.credit_lambda`, `dpo.kl`) and fields that key none (`track.log_models`).
 HASHES = {
-    None: ("04d07c3539a3", "ec373babd7d1", "dfdee80e"),
-    "smoke": ("dd3d92bb8e0b", "0f59ceb33838", "f948167c"),
-    "default": ("04d07c3539a3", "ec373babd7d1", "dfdee80e"),
-    "sweep": ("967e23945ec7", "64f6e73aae21", "dfdee80e"),
-    "level3": ("cf21a0f71332", "64f6e73aae21", "dfdee80e"),  # the sweep's artifact keys: same data, same settings
-    "full": ("4460182a2268", "98830cb00b70", "6b4d2fde"),
-    "hub": ("dfb0acb0fedf", "11d23a48bd7d", "1f4a485c"),
+    None: ("1c049e34f770", "ec373babd7d1", "dfdee80e"),
+    "smoke": ("ce7268fbddfe", "0f59ceb33838", "f948167c"),
+    "default": ("1c049e34f770", "ec373babd7d1", "dfdee80e"),
+    "sweep": ("983b1bce6282", "64f6e73aae21", "dfdee80e"),
+    "level3": ("45f93ddd72a2", "64f6e73aae21", "dfdee80e"),  # the sweep's artifact keys: same data, same settings
+    "full": ("3d4638399533", "98830cb00b70", "6b4d2fde"),
+    "hub": ("30e7ff9d826f", "11d23a48bd7d", "1f4a485c"),
 }
 
 
