@@ -311,16 +311,16 @@ def test_a_yaml_file_must_hold_sections(tmp_path):
 # setting outside `sft` and its data fields may rebuild the start policy.
 # A preset's run dir (runs/<preset>, what `make` has always passed) is in the first (run_dir is not
 # hashed into the other two); so are fields that key the caches only when set (`dpo.method`, `dpo.rounds`,
-# `dpo.credit`, `dpo.credit_lambda`) and fields that key none (`track.log_models`, `sample.batch_size`:
+# `dpo.credit`, `dpo.credit_lambda`, `dpo.kl`) and fields that key none (`track.log_models`, `sample.batch_size`:
 # each completion draws from its own stream, whatever the batch).
 HASHES = {
-    None: ("04d07c3539a3", "52760dc80977", "dfdee80e"),
-    "smoke": ("dd3d92bb8e0b", "77829f120cdd", "f948167c"),
-    "default": ("04d07c3539a3", "52760dc80977", "dfdee80e"),
-    "sweep": ("967e23945ec7", "28f8b56c0943", "dfdee80e"),
-    "level3": ("cf21a0f71332", "28f8b56c0943", "dfdee80e"),  # the sweep's artifact keys: same data, same settings
-    "full": ("4460182a2268", "11e846cddb31", "6b4d2fde"),
-    "hub": ("dfb0acb0fedf", "b8fb4c205d8b", "1f4a485c"),
+    None: ("1c049e34f770", "52760dc80977", "dfdee80e"),
+    "smoke": ("ce7268fbddfe", "77829f120cdd", "f948167c"),
+    "default": ("1c049e34f770", "52760dc80977", "dfdee80e"),
+    "sweep": ("983b1bce6282", "28f8b56c0943", "dfdee80e"),
+    "level3": ("45f93ddd72a2", "28f8b56c0943", "dfdee80e"),  # the sweep's artifact keys: same data, same settings
+    "full": ("3d4638399533", "11e846cddb31", "6b4d2fde"),
+    "hub": ("30e7ff9d826f", "b8fb4c205d8b", "1f4a485c"),
 }
 
 

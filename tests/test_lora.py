@@ -37,7 +37,7 @@ def test_pipeline_trains_an_adapter_and_evaluates_base_plus_adapter(tmp_path, ti
     pipe = Pipeline(_cfg(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv))
     before = {k: v.clone() for k, v in pipe.models.ref_model.state_dict().items()}
     policy = pipe.train()
-    assert policy.name == "sigmoid-lora4-b0.1-lr0.01-s0"
+    assert policy.name == "sigmoid-lora4-b0.1-lr0.01-e2-s0"
     saved = policy.dir / "model"
     assert is_adapter(saved) and not (saved / "model.safetensors").exists()
     adapter = load_file(str(saved / "adapter_model.safetensors"))

@@ -268,6 +268,7 @@ def test_a_method_names_and_keys_only_the_settings_it_reads():
     assert policy_name(prefix) == "rloo-prefix0.5-b0.1-lr5e-05-s0"
     exact = method_settings(type(prefix)(**{**prefix.__dict__, "kl": "exact"}))
     assert policy_name(exact) == "rloo-prefix0.5-xkl-b0.1-lr5e-05-s0"
+    assert policy_name(type(exact)(**{**exact.__dict__, "epochs": 3})) == "rloo-prefix0.5-xkl-b0.1-lr5e-05-e3-s0"
     assert method_settings(type(cfg.dpo)(**{**cfg.dpo.__dict__, "kl": "exact"})).kl == "sampled"  # not rloo
     with pytest.raises(ConfigError, match="sample.temperature"):
         check_training(load_config(overrides={"sample.temperature": 0.7}), rloo)
