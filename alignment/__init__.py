@@ -43,6 +43,11 @@ _EXPORTS = {  # name -> the module that defines it (a module itself where the na
 __all__ = sorted(_EXPORTS)
 
 
+def __dir__() -> list[str]:
+    """The public names too (loaded on first use), for tab completion and `dir(alignment)`."""
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str):
     """The public names, each imported from its module when first used."""
     if name not in _EXPORTS:

@@ -122,16 +122,23 @@ FOLDERS = {
 }
 
 
+# What the settings beside the folders may import: the registries their choices are checked against.
+TOP = {"config": {"presets", "steps.losses", "steps.pairs"}, "presets": set()}
+
+
 def folder_breaches(g: dict[str, set[str]]) -> list[str]:
-    """Imports from a folder's module into a folder (or top-level module) it may not import."""
+    """Imports from a folder's module into a folder (or top-level module) it may not import, and imports of
+    `config` or `presets` beyond `TOP`."""
     return [f"{m} imports {t}" for m in sorted(g) for t in sorted(g[m])
-            if m.split(".")[0] in FOLDERS and "." in m and t.split(".")[0] not in FOLDERS[m.split(".")[0]]]
+            if (m.split(".")[0] in FOLDERS and "." in m and t.split(".")[0] not in FOLDERS[m.split(".")[0]])
+            or (m in TOP and t not in TOP[m])]
 
 
 def test_folders_import_only_what_their_rule_allows():
     assert folder_breaches(graph()) == []
     assert folder_breaches({"study.stats": {"steps.train"}, "steps.train": {"study.stats"}}) == [
         "study.stats imports steps.train"]
+    assert folder_breaches({"config": {"steps.losses", "steps.train"}}) == ["config imports steps.train"]
 
 
 def test_every_folder_says_what_lives_there_and_what_it_may_import():

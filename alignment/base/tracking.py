@@ -22,7 +22,7 @@ from typing import Any
 from . import optional
 from ..presets import PRESETS
 
-HYPER = ("method", "loss", "beta", "alpha", "lr", "seed", "lora_r", "backend", "rounds", "credit", "credit_lambda")  # a policy's settings, top level of its config
+HYPER = ("method", "loss", "beta", "alpha", "lr", "seed", "lora_r", "backend", "rounds", "credit", "credit_lambda", "kl")  # a policy's settings, top level of its config
 SAMPLE_COLUMNS = ["prompt", "completion", "reward", "judge", "on_topic"]  # an evaluation's samples table
 SAMPLE_ROWS = 64  # samples shown per evaluation: the first ones, in prompt order
 WANDB_NAMES = {"lr": "learning_rate"}  # train_log.jsonl's names that wandb shows under trl's (transformers') names

@@ -67,9 +67,11 @@ def position_kls(logits: torch.Tensor, ref_logits: torch.Tensor, completion_mask
     completion token, from the policy's and the reference's (B, T, V) logits: (B, L) left-aligned as
     `completion_tokens` gives them, and (B, L) valid. Differentiable through `logits`. E.g. π = (1/2, 1/2)
     and π_ref = (1/4, 3/4) at a position give (1/2)·log 2 + (1/2)·log(2/3) = 0.1438."""
-    logp = logits[:, :-1].float().log_softmax(-1)  # (B, T-1, V)
-    ref = ref_logits[:, :-1].float().log_softmax(-1).to(logp.device)  # (B, T-1, V)
-    kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, T-1)
+    mask = completion_mask[:, 1:].to(logits.device).bool()  # (B, T-1), aligned with logits[:, :-1]
+    logp = logits[:, :-1][mask].float().log_softmax(-1)  # (N, V): only the N positions that predict a completion token
+    ref = ref_logits[:, :-1].to(logits.device)[mask].float().log_softmax(-1)  # (N, V)
+    kl = logits.new_zeros(mask.shape, dtype=torch.float32)  # (B, T-1)
+    kl[mask] = (logp.exp() * (logp - ref)).sum(-1)
     return completion_tokens(kl, completion_mask)
 
 

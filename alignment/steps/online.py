@@ -242,14 +242,15 @@ def prefix_credit_step(net, models, dpo: DPOConfig, ids: list[list[int]], recs: 
     dev = next(net.parameters()).device
     with torch.autocast(dev.type, enabled=False):  # the prefixes in the precision the whole draws were scored in
         prefix = prefix_rewards(models.reward, recs, models.tokenizer, score_prompt)  # (B, L)
+    exact = dpo.kl == "exact"  # the reference's and the policy's logits are kept only for the exact KL
     with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
-        ref_tok, ref_logits = model_token_logps(ref_model, batch, return_logits=True)
-        ref, _ = completion_tokens(ref_tok, batch["completion_mask"])  # (B, L)
-    tok, logits = model_token_logps(net, batch, return_logits=True)
-    logps, valid = completion_tokens(tok, batch["completion_mask"])  # (B, L)
-    exact = position_kls(logits, ref_logits, batch["completion_mask"])[0] if dpo.kl == "exact" else None  # (B, L)
+        ref_out = model_token_logps(ref_model, batch, return_logits=exact)
+        ref, _ = completion_tokens(ref_out[0] if exact else ref_out, batch["completion_mask"])  # (B, L)
+    out = model_token_logps(net, batch, return_logits=exact)
+    logps, valid = completion_tokens(out[0] if exact else out, batch["completion_mask"])  # (B, L)
+    kl = position_kls(out[1], ref_out[1], batch["completion_mask"])[0] if exact else None  # (B, L)
     return rloo_prefix_loss(logps, ref.to(dev), valid, torch.tensor(rewards, device=dev), prefix.to(dev), n,
-                            dpo.beta, dpo.credit_lambda, exact)
+                            dpo.beta, dpo.credit_lambda, kl)
 
 
 def exact_kl_step(net, models, dpo: DPOConfig, batch: dict, rewards: list[float], n: int
