@@ -14,7 +14,7 @@ from alignment.study.alarm import (ENTROPY_MARGIN, FLAGS, LENGTH_MARGIN, RELEVAN
                              assess, best_of_n_draws, control, flags_of, other_prompt_index, repeated_share, selection_slope, standardised_gap,
                              template_shares)
 from alignment.study.metrics import metrics_of
-from alignment.study.report import alarm_line, alarm_lines, alarm_reason
+from alignment.study.alarm_report import alarm_line, alarm_lines, alarm_reason
 from alignment.base.io import read_json
 from alignment.study.stats import compare_to_start, distinguishable, paired_prompt_bootstrap
 
@@ -284,7 +284,7 @@ def test_a_healthy_policy_is_not_flagged_although_its_raw_gains_differ(start):
 
 
 def test_the_alarm_is_shown_next_to_each_table():
-    """`console.render` puts `report.alarm_lines` after the run, lr-lesson and sweep tables; a result
+    """`console.render` puts `alarm_report.alarm_lines` after the run, lr-lesson and sweep tables; a result
     without alarm records renders as before."""
     flagged = _record(model="lr-big", flags=["ref_ppl_up"], ref_ppl=600.0, ref_ppl_ratio=11.5, ref_ppl_ratio_ci_lo=10.0,
                       ref_ppl_ratio_ci_hi=13.25)
@@ -307,5 +307,5 @@ def test_the_alarm_is_shown_next_to_each_table():
 
 def test_every_alarm_flag_has_a_short_name_for_the_readme():
     from alignment.study.alarm import FLAGS
-    from alignment.study.report import ALARM_NAMES
+    from alignment.study.alarm_report import ALARM_NAMES
     assert set(ALARM_NAMES) == set(FLAGS)

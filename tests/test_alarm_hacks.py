@@ -12,7 +12,7 @@ import pytest
 
 from alignment.study.alarm import FLAGS, assess, other_prompt_index
 from alignment.study.metrics import metrics_of
-from alignment.study.report import alarm_line, alarm_reason
+from alignment.study.alarm_report import alarm_line, alarm_reason
 
 N_PROMPTS, N_SAMPLES, SEEDS, N_BOOT = 24, 4, (0, 1), 200
 ASPECTS = "acting plot script score dialogue pacing ending cast direction editing soundtrack humour".split()

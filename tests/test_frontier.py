@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from alignment.study import frontier as F
-from alignment.study.report import verdict_lines
+from alignment.study.frontier_report import verdict_lines
 from alignment.study.stats import SharedBootstrap
 
 

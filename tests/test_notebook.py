@@ -160,6 +160,7 @@ def _gain(g, lo, hi):
 
 
 def test_report_computes_conclusions_from_numbers():
+    from alignment.study import frontier_report
     from alignment.study import report as nbh
 
     level1 = {"rows": [_row("sft", 0.1),
@@ -195,8 +196,8 @@ def test_report_computes_conclusions_from_numbers():
     assert ("compared with each other by their paired difference (its 95% CI and the verdict on its Holm-adjusted "
             "p-value, in the `sigmoid-x` vs `hinge-x` line above), not by whether their rows' CIs overlap") in paired
     assert "CIs separate" not in paired
-    assert "do not all overlap" in "\n".join(nbh.sweep_lines({**sweep, "matched_kl": []}))
-    assert "nothing compared" in "\n".join(nbh.sweep_lines({**sweep, "comparisons": []}))
+    assert "do not all overlap" in "\n".join(frontier_report.sweep_lines({**sweep, "matched_kl": []}))
+    assert "nothing compared" in "\n".join(frontier_report.sweep_lines({**sweep, "comparisons": []}))
     assert "30.000 → 3000.000" in text  # lr lesson perplexity jump, from the numbers
     rows = nbh.results_rows(lr_rows, extra=("lr",))
     assert rows[0]["lr"] == "0.001" and rows[0]["distinguishable"] is False
@@ -215,7 +216,7 @@ def test_report_computes_conclusions_from_numbers():
 def test_report_renders_each_stage_from_the_data_alone():
     """What the CLI prints is built by the report from the result's data: tables, the CI table over
     seeds x prompts, gain lines, examples from plain records, matched-KL verdict sentences."""
-    from alignment.study import console, report
+    from alignment.study import console, frontier_report, report
 
     scored = {m: [{"prompt_id": p, "sample": s, "prompt": f"open {p}", "completion": f"{m} on {p}.{s}", "reward": r + s}
                   for p, r in (("x", 0.5), ("y", -1.25)) for s in (0, 1)] for m in ("sft", "sigmoid-x")}
@@ -232,11 +233,11 @@ def test_report_renders_each_stage_from_the_data_alone():
     assert "prompt: 'open x'" in text and "sigmoid-x: 'sigmoid-x on x.0' (+0.50)" in text
     cmp = {"field": "reward", "kl": 1.5, "a": "reverse_kl", "b": "best-of-N", "diff": -0.25, "lo": -0.5, "hi": -0.125,
            "p": 0.004, "p_holm": 0.012, "verdict": "lower"}
-    assert report.verdict_lines([cmp, {**cmp, "field": "judge"}]) == [
+    assert frontier_report.verdict_lines([cmp, {**cmp, "field": "judge"}]) == [
         "at KL 1.50: reverse_kl vs best-of-N: reward -0.250 (-0.500 .. -0.125, Holm p 0.012) -> reverse_kl lower"]
     sweep = {"points": [], "runs": [{}], "wall_minutes": 1.0, "matched_kl": [], "comparisons": [cmp], "grid": {
         "losses": ["reverse_kl"], "betas": [0.1], "seeds": [0], "alphas": [0.5]}}
-    assert console.render("sweep", sweep).endswith("Matched-KL comparisons (reward):\n" + report.verdict_lines([cmp])[0])
+    assert console.render("sweep", sweep).endswith("Matched-KL comparisons (reward):\n" + frontier_report.verdict_lines([cmp])[0])
     assert console.render("assets", {"paths": {"m": "/x"}, "scorers": {"judge": {"acc": 0.9}}}) == (
         '{\n  "m": "/x"\n}\njudge: {\'acc\': 0.9}')
     where = console.where_text("/run", plots="/run/plots", processes=2, backend="gloo")

@@ -9,7 +9,7 @@ import pytest
 from alignment.study import frontier as F
 from alignment.study import plots
 from alignment.run import publish
-from alignment.study.report import gain_fraction_lines, sweep_lines
+from alignment.study.frontier_report import gain_fraction_lines, sweep_lines
 from alignment.study.stats import SharedBootstrap
 
 P_REF = np.array([0.4, 0.25, 0.15, 0.12, 0.08])  # a reference over 5 outcomes

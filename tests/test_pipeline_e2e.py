@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from alignment.study import console
 from alignment.run import experiments
 from alignment.study.alarm import FLAGS
-from alignment.study.report import conclusions, results_table, verdict_lines
+from alignment.study.frontier_report import verdict_lines
+from alignment.study.report import conclusions, results_table
 from alignment.config import load_config
 from alignment.base.io import read_json, read_jsonl, write_json
 from alignment.study.metrics import METRICS_VERSION

@@ -208,7 +208,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     policy's own max(N) samples per prompt; every pair of curves compared at matched KL (paired
     bootstrap over seeds and prompts, Holm), each point's gain over the start (seeds pooled, Holm over
     the points) and its reward-hacking alarm (`alarm.assess`).
-    Writes sweep.json (data only: `report.sweep_lines` / `verdict_lines` / `alarm_lines` say it in words),
+    Writes sweep.json (data only: `frontier_report.sweep_lines` / `verdict_lines`, `alarm_report.alarm_lines` say it in words),
     the frontier plots, and returns the same dict."""
     families = {F.family_label(loss, alpha): {"loss": loss, "alpha": alpha}
                 for loss in losses for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,))}

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from ..assets import offline as assets
-from ..study import console, report
+from ..study import alarm_report, console, frontier_report, report
 from ..study import frontier as F
 from ..config import load_config
 from ..base.io import read_json, write_json
@@ -25,7 +25,7 @@ from ..study.level3_report import GOAL, goal_points, level3_lines
 from ..steps.reward import FT_JUDGE_DIR, HEADS, head_dir
 from .rundir import RunPaths
 from ..steps.sft import sft_out_dir
-from ..study.stats import detectable_difference
+from ..study.stats import NOT_DISTINGUISHABLE, detectable_difference
 
 RESULTS_DIR = "results"
 DOC = "RESULTS.md"
@@ -137,8 +137,8 @@ def cost_lines(log: list[dict]) -> list[str]:
 
 def _alarm(result: dict) -> list[str]:
     """The reward-hacking alarm's verdicts as a list, then a blank line (nothing without records)."""
-    lines = report.alarm_lines(result.get("alarm", []))
-    control = report.control_lines(result.get("alarm_control") or []) if lines else []
+    lines = alarm_report.alarm_lines(result.get("alarm", []))
+    control = alarm_report.control_lines(result.get("alarm_control") or []) if lines else []
     return [sub for part in (lines, control) if part
             for sub in (part[0], "", *(f"- {line}" for line in part[1:]), "")]
 
@@ -205,7 +205,7 @@ def _frontier_section(r: dict, name: str, title: str, what: str, lines) -> list[
 def _sweep_section(r: dict) -> list[str]:
     limit = " and the KL-optimal limit" if r.get("sweep", {}).get("optimum") else ""
     return _frontier_section(r, "sweep", f"Level 2: divergences along β, with best-of-N{limit}", "sweep",
-                             report.sweep_lines)
+                             frontier_report.sweep_lines)
 
 
 def _level3_section(r: dict) -> list[str]:
@@ -313,7 +313,7 @@ def _alarm_brief(records: list[dict]) -> str:
     flagged = [a for a in records if a["flags"]]
     clean = [a["model"] for a in records if not a["flags"]]
     parts = ([f"none for {', '.join(f'`{m}`' for m in clean)}"] if clean else []) + [
-        f"`{a['model']}`: " + ", ".join(report.ALARM_NAMES.get(f, f) for f in a["flags"]) for a in flagged]
+        f"`{a['model']}`: " + ", ".join(alarm_report.ALARM_NAMES.get(f, f) for f in a["flags"]) for a in flagged]
     return "; ".join(parts)
 
 
@@ -325,13 +325,13 @@ def _frontier_brief(sweep: dict) -> str:
         rows = [c for c in sweep["comparisons"] if c["field"] == field and bon in (c["a"], c["b"])]
         by_curve: dict[str, list[bool]] = {}
         for c in rows:
-            above = c["verdict"] != report.NOT_DISTINGUISHABLE and (c["verdict"] == "lower") == (c["b"] == bon)
+            above = c["verdict"] != NOT_DISTINGUISHABLE and (c["verdict"] == "lower") == (c["b"] == bon)
             by_curve.setdefault(c["a"] if c["b"] == bon else c["b"], []).append(above)
         counts.append(f"{sum(all(v) for v in by_curve.values())} of the {len(by_curve)}")
     n_div = len({p["label"] for p in sweep["points"]} - {bon, sweep.get("optimum", {}).get("label")})
     n_max = max((p["n"] for p in sweep["points"] if p["label"] == bon), default=0)
     among = [c for c in sweep["comparisons"] if c["field"] in ("reward", "judge") and bon not in (c["a"], c["b"])]
-    sig = sum(c["verdict"] != report.NOT_DISTINGUISHABLE for c in among)
+    sig = sum(c["verdict"] != NOT_DISTINGUISHABLE for c in among)
     return (f"Level 2 ({n_div} divergence curves along β, seeds pooled; best-of-N from the start policy, N ≤ "
             f"{n_max}): at matched KL, best-of-N is above {counts[0]} curves it overlaps on the reward and {counts[1]} "
             f"on the judge; among the curves {sig} of {len(among)} reward and judge comparisons are "

@@ -1,6 +1,6 @@
 """The reward-hacking alarm: rules over one policy's pooled numbers next to the start policy's, each
 raising a named flag. Pure functions of the metrics dicts (`metrics.metrics_of`) and the annotated
-sample records (`evaluate.annotate`); `report.alarm_reason` words each flag.
+sample records (`evaluate.annotate`); `alarm_report.alarm_reason` words each flag.
 
 The rules (a policy is compared with the start policy it was trained from, under the same draws):
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
-from .report import (alarm_lines, ci_table, examples_rows, frontier_rows, gain_line, lr_sentence, markdown_table,
-                     results_rows, results_table, sweep_lines, trained_rows, verdict_lines)
+from .alarm_report import alarm_lines
+from .frontier_report import sweep_lines, verdict_lines
+from .report import (ci_table, examples_rows, frontier_rows, gain_line, lr_sentence, markdown_table, results_rows,
+                     results_table, trained_rows)
 from .level3_report import level3_lines
 
 
 def _alarm(result: dict) -> list[str]:
-    """`report.alarm_lines` of a result's alarm records after a blank line (nothing without any)."""
+    """`alarm_report.alarm_lines` of a result's alarm records after a blank line (nothing without any)."""
     lines = alarm_lines(result.get("alarm", []), result.get("alarm_control"))
     return ["", *lines] if lines else []
 

@@ -2,7 +2,8 @@
 share of best-of-N's gain at the same KL), what it cost (training seconds, tokens drawn), and where its KL went."""
 from __future__ import annotations
 
-from .report import comparison_line, gain_fraction_lines, markdown_table
+from .frontier_report import comparison_line, gain_fraction_lines
+from .report import markdown_table
 
 
 def cost_rows(level3: dict) -> list[dict]:

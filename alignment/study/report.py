@@ -1,7 +1,7 @@
 """Everything the package *shows*, in one place for the CLI, the notebook, the README and the benchmarks:
-Markdown tables, the "gain vs start" line, example generations side by side, the matched-KL verdict
-sentences, the reward-hacking alarm's verdicts, the machine description, and the sentences of the
-conclusions, computed from results (never typed in); `console` puts them together as each CLI stage
+Markdown tables, the "gain vs start" line, example generations side by side, the machine description,
+and the sentences of the conclusions, computed from results (never typed in); the frontiers' sentences
+are `frontier_report`'s, the alarm's `alarm_report`'s; `console` puts them together as each CLI stage
 prints them.
 
 Pure functions over the plain dicts that `alignment.run.experiments` returns (the result JSONs hold data
@@ -12,7 +12,8 @@ difference — come from `alignment.study.stats`; the alarm's flags from `alignm
 from __future__ import annotations
 
 from ..base.machine import hardware
-from .stats import ALPHA, NOT_DISTINGUISHABLE, detectable_difference, distinguishable, verdict
+from .frontier_report import sweep_lines
+from .stats import ALPHA, detectable_difference, distinguishable, verdict
 
 # (metric key in an evaluation row, short column name)
 TABLE_COLS = [("eval/reward_mean", "reward"), ("eval/reward_ci_lo", "ci_lo"), ("eval/reward_ci_hi", "ci_hi"),
@@ -23,7 +24,6 @@ GAIN_COLS = [("reward_gain", "gain_vs_sft"), ("gain_ci_lo", "gain_ci_lo"), ("gai
              ("gain_p_holm", "p_holm"), ("judge_gain", "judge_gain"), ("judge_gain_ci_lo", "judge_ci_lo"),
              ("judge_gain_ci_hi", "judge_ci_hi"), ("judge_gain_p_holm", "judge_p_holm"),
              ("on_topic_gain", "on_topic_gain")]
-SHOW_MAX = 8  # distinguishable comparisons listed per metric in the conclusions (all are in sweep.json)
 STILL_KL = 0.1  # nats: below this a policy has barely left the reference (smoke-sized runs)
 
 
@@ -331,105 +331,6 @@ def _judge_lines(rows: list[dict], sft: dict, trained: list[dict]) -> list[str]:
     return lines
 
 
-def sweep_lines(sweep: dict) -> list[str]:
-    """The sweep's conclusions, generated: its size, the matched-KL grid, and per metric how many
-    pairwise comparisons are higher/lower or not distinguishable, with the distinguishable ones."""
-    g, runs = sweep["grid"], sweep["runs"]
-    bon = f", best-of-N N {g['best_of_n']}" if g.get("best_of_n") else ""
-    lines = [f"**Frontiers** ({len(runs)} runs: {len(g['losses'])} divergence families, β {g['betas']}, "
-             f"seeds {g['seeds']}, α {g['alphas']}{bon}; the call that wrote this result took {sweep['wall_minutes']:.1f} min, "
-             "reusing what earlier calls built — what each command cost is listed with the run's timings): "
-             "each point pools its seeds; curves are compared at matched KL, never at one shared β."]
-    gains = sweep.get("gains", [])
-    if gains:
-        sig = [g for g in gains if verdict(g["gain_ci_lo"], g["gain_ci_hi"], g.get("gain_p_holm", 1.0)) == "higher"]
-        lines.append(f"Reward gain over the start (seeds pooled, paired over seeds and prompts, Holm over {len(gains)} "
-                     f"points): {len(sig)} of {len(gains)} distinguishable from 0; largest "
-                     + ", ".join(f"`{g['label']}` β={g['beta']:g} {g['reward_gain']:+.3f} ({g['gain_ci_lo']:+.3f}.."
-                                 f"{g['gain_ci_hi']:+.3f})" for g in sorted(gains, key=lambda g: -g["reward_gain"])[:2])
-                     + ".")
-    if sweep.get("non_monotone"):
-        lines.append("KL does not rise monotonically along β for " + ", ".join(f"`{c}`" for c in sweep["non_monotone"])
-                     + ": those curves are shown but not compared at matched KL.")
-    common = (", ".join(f"{k:.2f}" for k in sweep["matched_kl"]) + " nats" if sweep["matched_kl"]
-              else "none (the divergence curves' trained KL ranges do not all overlap)")
-    bound = sweep.get("optimum", {}).get("label")  # drawn, never compared
-    curves = [c for c in dict.fromkeys(p["label"] for p in sweep["points"]) if c != bound]
-    n_pairs = len(curves) * (len(curves) - 1) // 2
-    compared = {(c["a"], c["b"]) for c in sweep["comparisons"]}
-    lines.append("Each pair of curves is compared at 3 KL values inside both curves' trained ranges, at each value only "
-                 "where at least 99 % of the bootstrap draws' curves reach it (wide KL CIs leave a pair uncompared); "
-                 f"{len(compared)} of {n_pairs} pairs compared. KL values common to every divergence curve's point "
-                 f"estimates: {common}.")
-    lines += [comparison_line(sweep["comparisons"], field, "sweep.json") for field in ("reward", "judge", "pred_entropy")]
-    return lines + gain_fraction_lines(sweep)
-
-
-def comparison_line(comparisons: list[dict], field: str, source: str) -> str:
-    """How many matched-KL comparisons of `field` are distinguishable (Holm), the first `SHOW_MAX` of
-    them with their numbers (the rest are in `source`), and the smallest difference they detect."""
-    rows = [c for c in comparisons if c["field"] == field]
-    if not rows:
-        return f"{field}: no pair of curves reaches a common KL in 99 % of the draws; nothing compared."
-    sig = [c for c in rows if c["verdict"] != NOT_DISTINGUISHABLE]
-    shown = "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} ({c['diff']:+.3f}, "
-                      f"{c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig[:SHOW_MAX])
-    more = f"; and {len(sig) - SHOW_MAX} more ({source})" if len(sig) > SHOW_MAX else ""
-    return (f"{field}: {len(sig)} of {len(rows)} pairwise comparisons distinguishable (Holm)"
-            + (f": {shown}{more}" if sig else "; none is distinguishable at this size") + ". " + detectable_text(rows))
-
-
-def _fraction_text(r: dict, ref: str, name: str) -> str:
-    """One point's share of `name`'s gain (`frontier.gain_fractions` row, `ref` in bon / opt), or why none."""
-    f, why = r[f"frac_{ref}"], r.get(f"why_{ref}")
-    if f is None:
-        return {"beyond": f"beyond {name}'s largest KL ({r[f'kl_max_{ref}'] or 0:.2f})",
-                "below": f"below {name}'s smallest KL"}.get(why, f"no gain of {name} at this KL")
-    valid, lo, hi = r[f"valid_{ref}"], r[f"frac_{ref}_lo"], r[f"frac_{ref}_hi"]
-    if lo is None:
-        return f"{100 * f:.0f} % (no bootstrap draw reaches it) of {name}'s"
-    draws = "" if valid >= 0.99 else f", over {valid:.0%} of draws"
-    return f"{100 * f:.0f} % ({100 * lo:.0f}..{100 * hi:.0f} %{draws}) of {name}'s"
-
-
-def gain_fraction_lines(sweep: dict) -> list[str]:
-    """The KL-optimal curve in one sentence, and per field one line: each trained point's share of
-    best-of-N's and of the optimum's gain over the start at the point's own KL (`sweep["gain_fractions"]`;
-    nothing for a sweep without them)."""
-    lines, opt = [], sweep.get("optimum")
-    if opt:
-        top = max((p["kl"] for p in sweep["points"] if p["label"] == opt["label"]), default=opt["kl_cap"])
-        why = (f"beyond it the weights would rest on fewer than {opt['min_samples']} samples per prompt"
-               if top >= opt["kl_cap"] - 5e-3
-               else f"as far as the samples' rewards reach below its cap {opt['kl_cap']:.2f}")
-        lines.append(f"The `{opt['label']}` curve (π_ref·exp(r/β) / Z, the most reward any policy reaches at its KL) "
-                     f"reweights the start policy's {opt['n_samples']} samples per prompt, up to KL {top:.2f} ({why}); "
-                     "a bound, drawn and tabulated, not compared.")
-    rows = sweep.get("gain_fractions") or []
-    for field in dict.fromkeys(r["field"] for r in rows):
-        parts = [f"`{r['label']}` β={r['beta']:g} at KL {r['kl']:.2f}: {_fraction_text(r, 'bon', 'best-of-N')}"
-                 + (f", {_fraction_text(r, 'opt', 'the optimum')}" if opt else "") for r in rows if r["field"] == field]
-        lines.append(f"Share of the {field} gain over the start reached at the point's own KL (95 % CI over seeds × "
-                     "prompts): " + "; ".join(parts) + ".")
-    return lines
-
-
-def detectable_text(rows: list[dict]) -> str:
-    """The smallest difference the matched-KL comparisons `rows` (one field) detect with 80 % power after
-    Holm over all of them (`stats.detectable_difference`, from each CI's width): their range."""
-    mde = [detectable_difference(c["lo"], c["hi"], len(rows)) for c in rows]
-    return (f"Smallest difference detectable at 80 % power after Holm over the {len(rows)}: "
-            f"{min(mde):.2f}–{max(mde):.2f}.")
-
-
-def verdict_lines(comparisons: list[dict], field: str = "reward") -> list[str]:
-    """One sentence per matched-KL comparison of `field` (`frontier.matched_kl_comparisons` rows),
-    generated from its numbers."""
-    return [f"at KL {c['kl']:.2f}: {c['a']} vs {c['b']}: {field} {c['diff']:+.3f} ({c['lo']:+.3f} .. "
-            f"{c['hi']:+.3f}, Holm p {c['p_holm']:.3f}) -> {c['a']} {c['verdict']}"
-            for c in comparisons if c["field"] == field]
-
-
 def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | None = None,
                 lr_start: dict | None = None) -> str:
     """Markdown conclusions built only from the results (no typed-in numbers). `lr_start`: the
@@ -453,78 +354,6 @@ def conclusions(level1: dict, sweep: dict | None = None, lr_rows: list[dict] | N
     lines.append(f"Level 1 rows come from {start['n_samples']} held-out samples per model{per}; at small sizes the CIs "
                  f"are wide, {spread}.{compare}")
     return "\n\n".join(lines)
-
-
-# ---- the reward-hacking alarm -------------------------------------------------------------------
-# one short name per alarm.FLAGS
-ALARM_NAMES = {"reward_outruns_judge": "reward outruns the judge", "ref_ppl_up": "reference perplexity up",
-               "off_topic": "on-topic rate down", "entropy_collapse": "token entropy collapses",
-               "repetition": "repetition up", "length_change": "length changed",
-               "template_stuffing": "stock phrases across prompts", "prompt_relevance": "prompt relevance down"}
-
-
-def alarm_reason(flag: str, a: dict) -> str:
-    """The short reason for one flag of an alarm record (`alarm.assess`), from its numbers."""
-    if flag == "reward_outruns_judge":
-        if a.get("selection_slope") is None:  # the gains compared as they are
-            return (f"reward outruns the judge (gains {a['reward_gain_sd']:+.2f} vs {a['judge_gain_sd']:+.2f} "
-                    f"start-policy SDs; gap 95% CI {a['gap_ci_lo']:+.2f} .. {a['gap_ci_hi']:+.2f})")
-        return (f"reward outruns the judge (reward {a['reward_gain_sd']:+.2f} start-policy SDs, judge "
-                f"{a['judge_gain_sd']:+.2f} where selecting the start's own texts by the reward would give it "
-                f"{a['expected_judge_gain_sd']:+.2f}; shortfall 95% CI {a['gap_ci_lo']:+.2f} .. {a['gap_ci_hi']:+.2f})")
-    if flag == "ref_ppl_up":
-        return (f"reference perplexity {a['start_ref_ppl']:.1f} → {a['ref_ppl']:.1f} (paired ratio "
-                f"{a['ref_ppl_ratio']:.2f}, 95% CI {a['ref_ppl_ratio_ci_lo']:.2f} .. {a['ref_ppl_ratio_ci_hi']:.2f})")
-    if flag == "off_topic":
-        return (f"on-topic rate {a['start_on_topic']:.3f} → {a['on_topic']:.3f} (paired change 95% CI "
-                f"{a['on_topic_diff_ci_lo']:+.3f} .. {a['on_topic_diff_ci_hi']:+.3f})")
-    if flag == "entropy_collapse":
-        return (f"token entropy {a['start_token_entropy']:.2f} → {a['token_entropy']:.2f} nats (paired change 95% CI "
-                f"{a['token_entropy_diff_ci_lo']:+.2f} .. {a['token_entropy_diff_ci_hi']:+.2f}, beyond "
-                f"-{a['entropy_margin']:.2f})")
-    if flag == "repetition":
-        return (f"share of repeated 3-grams {a['start_repeat_share']:.3f} → {a['repeat_share']:.3f} (paired change "
-                f"95% CI {a['repeat_share_diff_ci_lo']:+.3f} .. {a['repeat_share_diff_ci_hi']:+.3f}, beyond "
-                f"+{a['repetition_margin']:.2f})")
-    if flag == "length_change":
-        return (f"length {a['start_mean_length']:.1f} → {a['mean_length']:.1f} tokens (paired change 95% CI "
-                f"{a['length_change_ci_lo']:+.0%} .. {a['length_change_ci_hi']:+.0%} of the start's, beyond "
-                f"±{a['length_margin']:.0%})")
-    if flag == "template_stuffing":
-        return (f"share of 4-grams written for {a['template_prompts']}+ prompts {a['start_template_share']:.3f} → "
-                f"{a['template_share']:.3f} (paired change 95% CI {a['template_share_diff_ci_lo']:+.3f} .. "
-                f"{a['template_share_diff_ci_hi']:+.3f}, beyond +{a['template_margin']:.2f})")
-    if flag == "prompt_relevance":
-        return (f"tie to its own prompt {a['start_prompt_relevance']:.3f} → {a['prompt_relevance']:.3f} nats/token "
-                f"(reference log-prob given its prompt minus given another; paired change 95% CI "
-                f"{a['relevance_change_ci_lo']:+.0%} .. {a['relevance_change_ci_hi']:+.0%} of the start's, beyond "
-                f"-{a['relevance_margin']:.0%})")
-    raise ValueError(f"alarm: unknown flag {flag!r}")
-
-
-def alarm_line(a: dict) -> str:
-    """One policy's verdict: its flags' reasons, or "no sign of reward hacking"."""
-    name = a["model"] + (f" β={a['beta']:g}" if a.get("beta") is not None else "")
-    reasons = [alarm_reason(f, a) for f in a["flags"]]
-    return f"{name}: " + ("possible reward hacking: " + "; ".join(reasons) if reasons else "no sign of reward hacking")
-
-
-def alarm_lines(alarms: list[dict], control: list[dict] | None = None) -> list[str]:
-    """The alarm shown next to a table: a heading and one verdict per policy (nothing without records),
-    then `control_lines(control)` where given."""
-    if not alarms:
-        return []
-    return ["Reward-hacking alarm (each policy against the start policy it was trained from):",
-            *(alarm_line(a) for a in alarms), *control_lines(control or [])]
-
-
-def control_lines(control: list[dict]) -> list[str]:
-    """The alarm's control (`alarm.control`: best-of-N from the start's own samples): a heading and one
-    verdict per N (nothing without records)."""
-    if not control:
-        return []
-    return ["The alarm's control, best-of-N drawn from the start policy's own samples (selection writes nothing "
-            "new, so a flag here marks optimisation itself, not a hack):", *(alarm_line(a) for a in control)]
 
 
 # ---- the machine --------------------------------------------------------------------------------
