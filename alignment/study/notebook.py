@@ -216,6 +216,9 @@ if __name__ == "__main__":  # python -m alignment.study.notebook "Alignment Meth
     import ast
     import sys
 
+    if len(sys.argv) < 2:
+        raise SystemExit('usage: python -m alignment.study.notebook "Alignment Methods.ipynb" [SIZE=default NAME=VALUE ...]'
+                         " (re-executes the notebook in place; `make notebook-publish` does this at the default size)")
     nb_path, *assigns = sys.argv[1:]
     values = {k: ast.literal_eval(v) if v[:1] in "([{'\"0123456789-" or v in ("True", "False", "None") else v
               for k, v in (a.split("=", 1) for a in assigns)}
