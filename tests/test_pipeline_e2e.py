@@ -17,7 +17,7 @@ from alignment.study.alarm import FLAGS
 from alignment.study.frontier_report import verdict_lines
 from alignment.study.report import conclusions, results_table
 from alignment.config import load_config
-from alignment.base.io import read_json, read_jsonl, write_json
+from alignment.base.io import meta_path, read_json, read_jsonl, stable_hash, write_json
 from alignment.study.metrics import METRICS_VERSION
 from alignment.run.pipeline import Pipeline
 from alignment.run.rundir import RunDirMismatch
@@ -160,6 +160,11 @@ def test_rerun_uses_cache_and_refuses_other_config(cfg, tmp_path, tiny_gpt2_dir,
     other = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **{"sample.temperature": 0.7})
     with pytest.raises(RunDirMismatch, match="sample"):
         Pipeline(other).data.samples()
+    meta = read_json(meta_path(samples))  # samples drawn another way (no `draws` in their key) are refused, not mixed
+    old = {k: v for k, v in meta["deps"].items() if k != "draws"}
+    write_json(meta_path(samples), {**meta, "deps": old, "hash": stable_hash(old)})
+    with pytest.raises(RunDirMismatch, match="draws"):
+        Pipeline(cfg).data.samples()
 
 
 def test_an_evaluation_is_measured_once_and_read_back(cfg):

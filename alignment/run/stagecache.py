@@ -14,6 +14,7 @@ from typing import Callable
 from ..config import OFFLINE, OFFLINE_FT, OFFLINE_SFT, Config, section_deps
 from ..base.distributed import Dist, cached_on_ranks
 from ..base.io import CacheMismatch, build_record
+from ..steps.decode import DRAWS
 from ..steps.reward import CORPUS_VERSION, FT_JUDGE
 from .rundir import RunDirMismatch
 
@@ -110,7 +111,8 @@ class StageCache:
         stages); any other build runs on rank 0 alone and must not call a stage. `what`: the name
         under which a reused artifact is announced (`announce`); none: reused silently."""
         deps = {**section_deps(self.cfg, "model", "data", *sections), **self.model_identity(),
-                **self.scorer_identity(sections), **self.pairs_identity(), **extra}
+                **self.scorer_identity(sections), **self.pairs_identity(),
+                **({"draws": DRAWS} if "sample" in sections else {}), **extra}
         try:
             built = cached_on_ranks(artifact, deps, build, self.dist, collective,
                                     hint=f"Use a new run_dir (e.g. run_dir={self.root}-2) "

@@ -84,6 +84,10 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+DRAWS = "counter-splitmix64"  # how a completion's tokens are drawn (`row_keys`, `uniforms`): part of the cache key of
+# every artifact built from samples, so a run dir sampled another way is refused rather than mixed
+
+
 class Draws(NamedTuple):
     """What a sampler drew, P*N rows (prompt-major), and the distribution that drew it (None where
     the backend does not report it: evaluation then re-scores the draws with a forward pass)."""
