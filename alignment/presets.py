@@ -52,16 +52,26 @@ PRESETS["level3"] = dict(PRESETS["sweep"])  # Level 3 at the sweep's size and tr
 # Level 3's methods (`python -m alignment level3`, `experiments.level3`): each one config choice on top of the
 # run's settings (`dpo.*`), traced over β like the divergences: offline DPO (the baseline), reward distillation
 # (the reward's value, not only its sign), iterative online DPO (fresh pairs from the policy being trained),
-# RLOO (on-policy RL with a KL penalty, the method DPO is meant to replace) and RLOO whose tokens each earn
-# the reward gained from them on (the reward model scoring every prefix).
+# RLOO (on-policy RL with a KL penalty, the method DPO is meant to replace), RLOO whose tokens each earn
+# the reward gained from them on (the reward model scoring every prefix), and the same trained three passes
+# with the exact per-position KL (`dpo.kl=exact`: with the drawn token's log-ratio, three passes drift off topic).
 LEVEL3_METHODS: dict[str, dict] = {
     "dpo": {"loss": "sigmoid"},
     "distill": {"loss": "distill"},
     "online-dpo": {"method": "online", "loss": "sigmoid"},
     "rloo": {"method": "rloo", "credit": "sequence"},
     "rloo-prefix": {"method": "rloo", "credit": "prefix", "credit_lambda": 0.5},
+    "rloo-prefix-long": {"method": "rloo", "credit": "prefix", "credit_lambda": 0.5, "kl": "exact", "epochs": 3},
 }
 LEVEL3_BETAS = (0.1, 0.3, 0.5, 1.0)
+# A method trained only at β at or above its minimum: three passes at β 0.1 spend far more KL than best-of-N's
+# largest (where no share of its gain exists), for ~20 min per policy on 2 CPU cores.
+LEVEL3_MIN_BETA = {"rloo-prefix-long": 0.3}
+
+
+def method_betas(methods: tuple[str, ...], betas: tuple[float, ...]) -> dict[str, tuple[float, ...]]:
+    """Each Level 3 method's β values: the run's `betas`, less those below the method's `LEVEL3_MIN_BETA`."""
+    return {m: tuple(b for b in betas if b >= LEVEL3_MIN_BETA.get(m, float("-inf"))) for m in methods}
 # Level 3's best-of-N reaches N = 128 (KL ≈ 3.9 nats): per-token credit at β = 0.3 spends about 3.3 nats,
 # past best-of-64's 3.2, and a point beyond best-of-N's largest KL gets no share of its gain.
 LEVEL3_BEST_OF_N = SWEEP_BEST_OF_N + (128,)

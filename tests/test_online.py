@@ -322,6 +322,26 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     assert " 70 % of best-of-N's gain with the judge agreeing and the alarm silent: " in brief
 
 
+def test_a_method_with_a_minimum_beta_trains_only_at_or_above_it(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
+                                                                   reviews_csv, capsys):
+    from alignment.presets import method_betas
+    from alignment.run import experiments
+    assert method_betas(("dpo", "rloo-prefix-long"), (0.1, 0.3, 1.0)) == {"dpo": (0.1, 0.3, 1.0),
+                                                                         "rloo-prefix-long": (0.3, 1.0)}
+    cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
+                   **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "dpo.batch_size": 2,
+                      "eval.n_samples": 2})
+    pipe = Pipeline(cfg, reward=vowels)
+    res = experiments.level3(pipe, methods=("dpo", "rloo-prefix-long"), betas=(0.1, 0.3), seeds=(0,), best_of_n=(1, 2))
+    assert [(r["label"], r["beta"]) for r in res["runs"]] == [("dpo", 0.1), ("dpo", 0.3), ("rloo-prefix-long", 0.3)]
+    long = res["runs"][-1]  # three passes with the exact KL: its name says both
+    assert long["model"] == "rloo-prefix0.5-xkl-b0.3-lr0.001-e3-s0" and long["kl"] == "exact" and long["epochs"] == 3
+    assert res["grid"]["method_betas"] == {"dpo": [0.1, 0.3], "rloo-prefix-long": [0.3]}
+    res = experiments.level3(pipe, methods=("dpo", "rloo-prefix-long"), betas=(0.1,), seeds=(0,), best_of_n=(1, 2))
+    assert res["grid"]["methods"] == ["dpo"] and "method_betas" not in res["grid"]  # cached dpo; the long one left out
+    assert "rloo-prefix-long trains only at β >= 0.3" in capsys.readouterr().out
+
+
 def test_goal_line_says_whether_a_method_closes_the_gap():
     from alignment.study.level3_report import goal_line
 

@@ -20,7 +20,7 @@ from ..study.metrics import content_of
 from ..steps.evaluate import Evaluation, pooled
 from .pipeline import Pipeline
 from .rundir import COST_FILE, START, Policy, RunPaths
-from ..presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
+from ..presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, LEVEL3_MIN_BETA, method_betas, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from ..study.report import example_records
 from ..study.stats import SharedBootstrap, compare_to_start, versus_start, with_holm
 from ..steps.train import held_out_prompts
@@ -226,12 +226,17 @@ def level3(pipe: Pipeline, methods: tuple[str, ...] = tuple(LEVEL3_METHODS), bet
     unknown = [m for m in methods if m not in LEVEL3_METHODS]
     if unknown:
         raise ConfigError(f"level3: unknown method(s) {unknown}; choose from {list(LEVEL3_METHODS)}")
-    families = {m: {"alpha": pipe.cfg.dpo.alpha, **LEVEL3_METHODS[m]} for m in methods}
-    for over in families.values():  # every method's settings checked before hours of training
-        for beta in betas:
+    per = method_betas(methods, betas)  # a method with a minimum β (`LEVEL3_MIN_BETA`) skips the β below it
+    for m in (m for m in methods if not per[m]):
+        print(f"level3: {m} trains only at β >= {LEVEL3_MIN_BETA[m]:g}: none of --betas {betas}; left out", flush=True)
+    families = {m: {"alpha": pipe.cfg.dpo.alpha, **LEVEL3_METHODS[m]} for m in methods if per[m]}
+    for m, over in families.items():  # every method's settings checked before hours of training
+        for beta in per[m]:
             check_training(pipe.cfg, method_settings(dataclasses.replace(pipe.cfg.dpo, **over, beta=beta)), pipe.dist.world)
-    grid = {"methods": list(methods), "betas": list(betas), "seeds": list(seeds), "best_of_n": list(best_of_n)}
-    return frontier_study(pipe, "level3", families, betas, seeds, best_of_n, grid, with_cost=True)
+    grid = {"methods": list(families), "betas": list(betas), "seeds": list(seeds), "best_of_n": list(best_of_n),
+            **({"method_betas": {m: list(per[m]) for m in families}} if any(per[m] != betas for m in families) else {})}
+    return frontier_study(pipe, "level3", families, {m: per[m] for m in families}, seeds, best_of_n, grid,
+                          with_cost=True)
 
 
 def shared_draws(pipe: Pipeline, seeds: tuple[int, ...]) -> dict:
@@ -275,9 +280,9 @@ def policy_cost(policy: Policy) -> dict:
 EXAMPLE_PROMPTS = 2  # Level 3 stores sample 0 of this many held-out prompts for every point (its first seed)
 
 
-def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: tuple[float, ...],
+def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: tuple[float, ...] | dict,
                    seeds: tuple[int, ...], best_of_n: tuple[int, ...], grid: dict, with_cost: bool = False) -> dict:
-    """Every family (a label and its `dpo.*` overrides) x β x seed trained and evaluated with its seed's
+    """Every family (a label and its `dpo.*` overrides) x β (`betas`, or each family's own: {label: betas}) x seed trained and evaluated with its seed's
     draws, one point per (family, β) pooling its seeds, one curve per family from the start policy (β -> ∞),
     the best-of-N curve, the KL-optimal curve π_ref·exp(r/β) reweighting best-of-N's samples
     (`frontier.optimum_curve`: a bound, drawn and tabulated, not compared), matched-KL comparisons of every
@@ -295,7 +300,7 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
     runs, points, seed_evals, firsts = [], {}, {}, {}
     for label, over in families.items():
         extra = {k: v for k, v in over.items() if k not in ("loss", "alpha")}
-        for beta in betas:
+        for beta in (betas[label] if isinstance(betas, dict) else betas):
             evs = []
             for seed in seeds:
                 row, ev, policy = trained_row(pipe, starts[seed], **over, beta=beta, seed=seed)
