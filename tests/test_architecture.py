@@ -20,6 +20,9 @@ def _name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
 
 
+MODULES = {_name(p) for p in PKG.rglob("*.py")}  # every module of the package, by its name under alignment
+
+
 def _modules() -> dict[str, ast.Module]:
     return {_name(p): ast.parse(p.read_text(encoding="utf-8")) for p in sorted(PKG.rglob("*.py"))}
 
@@ -36,13 +39,12 @@ def _kit_imports(tree: ast.Module, module: str):
     """(node, imported module, names, at module top?) for every relative import (`from .x import`,
     `from ..folder import x`): a name that is a module of the package counts as that module."""
     top = {id(n) for n in tree.body}
-    modules = {_name(p) for p in PKG.rglob("*.py")}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level >= 1:
             names = [a.name for a in node.names]
             pkg = _resolve(module, node.level, node.module)
             subs = [f"{pkg}.{n}".lstrip(".") for n in names]
-            if all(s in modules for s in subs):
+            if all(s in MODULES for s in subs):
                 for t in subs:
                     yield node, t, [], id(node) in top
             else:

@@ -214,7 +214,7 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
                 for loss in losses for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,))}
     grid = {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas),
             "best_of_n": list(best_of_n)}
-    return frontier_study(pipe, "sweep", families, betas, seeds, best_of_n, grid)
+    return frontier_study(pipe, "sweep", families, {label: betas for label in families}, seeds, best_of_n, grid)
 
 
 @experiment
@@ -280,9 +280,9 @@ def policy_cost(policy: Policy) -> dict:
 EXAMPLE_PROMPTS = 2  # Level 3 stores sample 0 of this many held-out prompts for every point (its first seed)
 
 
-def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: tuple[float, ...] | dict,
+def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: dict[str, tuple[float, ...]],
                    seeds: tuple[int, ...], best_of_n: tuple[int, ...], grid: dict, with_cost: bool = False) -> dict:
-    """Every family (a label and its `dpo.*` overrides) x β (`betas`, or each family's own: {label: betas}) x seed trained and evaluated with its seed's
+    """Every family (a label and its `dpo.*` overrides) x its β (`betas`: {label: its β values}) x seed trained and evaluated with its seed's
     draws, one point per (family, β) pooling its seeds, one curve per family from the start policy (β -> ∞),
     the best-of-N curve, the KL-optimal curve π_ref·exp(r/β) reweighting best-of-N's samples
     (`frontier.optimum_curve`: a bound, drawn and tabulated, not compared), matched-KL comparisons of every
@@ -300,7 +300,7 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
     runs, points, seed_evals, firsts = [], {}, {}, {}
     for label, over in families.items():
         extra = {k: v for k, v in over.items() if k not in ("loss", "alpha")}
-        for beta in (betas[label] if isinstance(betas, dict) else betas):
+        for beta in betas[label]:
             evs = []
             for seed in seeds:
                 row, ev, policy = trained_row(pipe, starts[seed], **over, beta=beta, seed=seed)

@@ -38,8 +38,7 @@ import torch
 
 from ..config import Config, DPOConfig
 from ..base.io import write_json, write_jsonl
-from .logprobs import (batched_logps, collate, completion_tokens, model_logps, model_token_logps, position_kls,
-                       sequence_logps)
+from .logprobs import batched_logps, collate, completion_tokens, model_logps, model_token_logps, position_kls
 from .pairs import build_pairs
 from .reward import score_records
 from .sampling import in_prompt_order, sample_records
@@ -242,27 +241,32 @@ def prefix_credit_step(net, models, dpo: DPOConfig, ids: list[list[int]], recs: 
     dev = next(net.parameters()).device
     with torch.autocast(dev.type, enabled=False):  # the prefixes in the precision the whole draws were scored in
         prefix = prefix_rewards(models.reward, recs, models.tokenizer, score_prompt)  # (B, L)
-    exact = dpo.kl == "exact"  # the reference's and the policy's logits are kept only for the exact KL
+    logps, ref, valid, kl = token_terms(net, models, dpo, batch)
+    return rloo_prefix_loss(logps, ref, valid, torch.tensor(rewards, device=dev), prefix.to(dev), n,
+                            dpo.beta, dpo.credit_lambda, kl)
+
+
+def token_terms(net, models, dpo: DPOConfig, batch: dict
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A collated batch's completion tokens, left-aligned (B, L): the policy's log-probs (with gradient), the
+    reference's, valid, and the exact KL at each position (`dpo.kl=exact`; None for the sampled KL, and then
+    neither model's logits are kept)."""
+    exact, mask = dpo.kl == "exact", batch["completion_mask"]
     with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
         ref_out = model_token_logps(ref_model, batch, return_logits=exact)
-        ref, _ = completion_tokens(ref_out[0] if exact else ref_out, batch["completion_mask"])  # (B, L)
     out = model_token_logps(net, batch, return_logits=exact)
-    logps, valid = completion_tokens(out[0] if exact else out, batch["completion_mask"])  # (B, L)
-    kl = position_kls(out[1], ref_out[1], batch["completion_mask"])[0] if exact else None  # (B, L)
-    return rloo_prefix_loss(logps, ref.to(dev), valid, torch.tensor(rewards, device=dev), prefix.to(dev), n,
-                            dpo.beta, dpo.credit_lambda, kl)
+    (tok, logits), (ref_tok, ref_logits) = (out, ref_out) if exact else ((out, None), (ref_out, None))
+    logps, valid = completion_tokens(tok, mask)  # (B, L)
+    ref, _ = completion_tokens(ref_tok, mask)  # (B, L)
+    kl = position_kls(logits, ref_logits, mask)[0] if exact else None  # (B, L)
+    return logps, ref.to(logps.device), valid, kl
 
 
 def exact_kl_step(net, models, dpo: DPOConfig, batch: dict, rewards: list[float], n: int
                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """One RLOO micro-batch with sequence credit and the exact per-position KL (`dpo.kl=exact`)."""
-    with torch.no_grad(), reference_of(net, models, dpo) as ref_model:
-        ref_tok, ref_logits = model_token_logps(ref_model, batch, return_logits=True)
-    tok, logits = model_token_logps(net, batch, return_logits=True)
-    mask = batch["completion_mask"].to(tok.device)
-    kl, valid = position_kls(logits, ref_logits, mask)  # (B, L)
-    logps, ref = sequence_logps(tok, mask), sequence_logps(ref_tok.to(tok.device), mask)  # (B,)
-    return rloo_loss(logps, ref, torch.tensor(rewards, device=tok.device), n, dpo.beta, (kl * valid).sum(1))
+    logps, ref, _, kl = token_terms(net, models, dpo, batch)  # (B, L), 0 past each completion's end
+    return rloo_loss(logps.sum(1), ref.sum(1), torch.tensor(rewards, device=logps.device), n, dpo.beta, kl.sum(1))
 
 
 TRAINERS = {"online": online_dpo, "rloo": rloo}  # dpo.method -> its trainer

@@ -56,19 +56,22 @@ def alarm_line(a: dict) -> str:
     return f"{name}: " + ("possible reward hacking: " + "; ".join(reasons) if reasons else "no sign of reward hacking")
 
 
+def verdict_block(heading: str, records: list[dict]) -> list[str]:
+    """`heading` and one `alarm_line` per record; nothing without records."""
+    return [heading, *(alarm_line(a) for a in records)] if records else []
+
+
 def alarm_lines(alarms: list[dict], control: list[dict] | None = None) -> list[str]:
     """The alarm shown next to a table: a heading and one verdict per policy (nothing without records),
     then `control_lines(control)` where given."""
     if not alarms:
         return []
-    return ["Reward-hacking alarm (each policy against the start policy it was trained from):",
-            *(alarm_line(a) for a in alarms), *control_lines(control or [])]
+    return [*verdict_block("Reward-hacking alarm (each policy against the start policy it was trained from):", alarms),
+            *control_lines(control or [])]
 
 
 def control_lines(control: list[dict]) -> list[str]:
     """The alarm's control (`alarm.control`: best-of-N from the start's own samples): a heading and one
     verdict per N (nothing without records)."""
-    if not control:
-        return []
-    return ["The alarm's control, best-of-N drawn from the start policy's own samples (selection writes nothing "
-            "new, so a flag here marks optimisation itself, not a hack):", *(alarm_line(a) for a in control)]
+    return verdict_block("The alarm's control, best-of-N drawn from the start policy's own samples (selection writes "
+                         "nothing new, so a flag here marks optimisation itself, not a hack):", control)
