@@ -37,7 +37,7 @@ _EXPORTS = {  # name -> the module that defines it (a module itself where the na
     "level3": "run.experiments", "sample_records": "steps.sampling", "score_records": "steps.reward",
     "build_pairs": "steps.pairs", "LOSSES": "steps.losses", "compute_loss": "steps.losses",
     "train_dpo": "steps.train", "evaluate_model": "steps.evaluate", "load_adapter": "assets.models",
-    "compare_to_start": "study.stats", "bon_curve": "study.frontier", "optimum_curve": "study.frontier",
+    "compare_to_start": "study.stats", "bon_curve": "study.frontier", "optimum_curve": "study.optimum",
     "plots": "study.plots", "experiments": "run.experiments", "presets": "presets",
 }
 __all__ = sorted(_EXPORTS)

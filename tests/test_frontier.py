@@ -227,3 +227,29 @@ def test_per_pair_kl_values_reach_best_of_n():
     rows = F.matched_kl_comparisons(curves, None, ("reward",))
     assert {(r["a"], r["b"]) for r in rows} == {("pol", "bon")}  # far overlaps neither
     assert len(rows) == 3 and all(1.0 <= r["kl"] <= F.bon_kl(16) for r in rows)
+
+
+def test_diversity_is_compared_at_matched_reward():
+    """Two curves reach the same rewards at different KL, one keeping more entropy: matched on reward the
+    entropy gap is the same at every reward (+0.5, paired, 'higher'), whatever their KL; on the KL axis
+    the same rows would mix reward and diversity."""
+    prompts = [f"p{i}" for i in range(20)]
+    boot = SharedBootstrap(prompts, n_boot=200)
+
+    def recs(kl, reward, ent):
+        return [{"prompt_id": p, "logp": kl, "ref_logp": 0.0, "reward": reward + 0.01 * i, "pred_entropy": ent}
+                for i, p in enumerate(prompts)]
+    start = recs(0.0, 0.0, 4.0)
+    pts = {"wide@1.0": recs(0.5, 0.2, 4.0), "wide@0.1": recs(2.0, 1.0, 3.6),
+           "narrow@1.0": recs(1.0, 0.2, 3.5), "narrow@0.1": recs(4.0, 1.0, 3.1)}
+    curves = F.curve_points(pts, start, boot, ("reward", "pred_entropy"))
+    rows = F.matched_kl_comparisons(curves, None, ("pred_entropy",), x="reward")
+    assert len(rows) == 3 and all(r["x"] == "reward" and "kl" not in r for r in rows)
+    assert [r["reward"] for r in rows] == pytest.approx([0.2 + 0.8 / 6 + 0.095, 0.2 + 0.4 + 0.095, 0.2 + 4 / 6 + 0.095])
+    for r in rows:
+        sign = 1 if r["a"] == "wide" else -1
+        assert sign * r["diff"] == pytest.approx(0.5) and r["verdict"] == ("higher" if sign > 0 else "lower")
+    from alignment.study.frontier_report import comparison_line
+    line = comparison_line(rows, "pred_entropy", "sweep.json", x="reward")
+    assert line.startswith("pred_entropy: 3 of 3 pairwise comparisons distinguishable (Holm)") and " at reward 0." in line
+    assert F.matched_kl_grid(curves, x="reward") == pytest.approx([r["reward"] for r in rows])

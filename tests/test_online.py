@@ -291,35 +291,40 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "dpo.rounds": 2,
                       "dpo.batch_size": 2, "eval.n_samples": 2})
-    res = experiments.level3(Pipeline(cfg, reward=vowels), betas=(0.1,), seeds=(0,), best_of_n=(1, 2, 4))
-    methods = ["dpo", "distill", "online-dpo", "rloo", "rloo-prefix"]
+    res = experiments.level3(Pipeline(cfg, reward=vowels), betas=(0.3,), seeds=(0,), best_of_n=(1, 2, 4, 16))
+    methods = ["dpo", "distill", "online-dpo", "rloo", "rloo-prefix", "rloo-prefix-long"]
+    # 16 start samples per prompt carry the optimum: the methods that maximise reward - β·KL get their climb toward it
+    assert [r["label"] for r in res["objective_progress"]] == ["distill", "rloo", "rloo-prefix", "rloo-prefix-long"]
+    assert all(r["optimal_gain"] > 0 for r in res["objective_progress"])
     assert [r["label"] for r in res["runs"]] == methods
-    assert [r.get("method", "offline") for r in res["runs"]] == ["offline", "offline", "online", "rloo", "rloo"]
+    assert [r.get("method", "offline") for r in res["runs"]] == ["offline", "offline", "online", "rloo", "rloo", "rloo"]
     assert res["runs"][-1]["credit"] == "prefix" and res["runs"][-1]["model"].startswith("rloo-prefix0.5-")
     for r in res["runs"]:  # what each policy cost when it was trained: on-policy methods draw their own tokens
         assert r["cost"]["train_seconds"] > 0
-        assert (r["cost"]["tokens_drawn"] > 0) == (r["label"] in ("online-dpo", "rloo", "rloo-prefix")), r
+        assert (r["cost"]["tokens_drawn"] > 0) == (r["label"] in ("online-dpo", "rloo", "rloo-prefix", "rloo-prefix-long")), r
     assert list(res["draw_tokens"]) == ["0"] and res["draw_tokens"]["0"] > 0  # the offline methods' shared draw
     assert res["draw_seconds"]["0"] > 0  # built before any policy, so no policy's cost includes it
     assert {p["label"] for p in res["points"]} >= {*methods, "best-of-N"}
     assert [d["label"] for d in res["diagnosis"]] == methods
-    assert {e["model"] for e in res["examples"]} == {"sft", *(f"{m}@0.1" for m in methods)}  # texts to read
+    assert {e["model"] for e in res["examples"]} == {"sft", *(f"{m}@0.3" for m in methods)}  # texts to read
     # the evaluation scores each completion after another prompt too, so the prompt-relevance rule has numbers
     assert all(a["prompt_relevance"] is not None and a["start_prompt_relevance"] is not None for a in res["alarm"])
     # the judge rule's honest rate is fitted once, on the start's best-of-N pool, for every point
     assert len({a["selection_slope"] for a in res["alarm"]}) == 1 and res["alarm"][0]["selection_slope"] is not None
-    # the control: best-of-2 from the start's 4 samples per prompt, 2 per prompt as the start has (best-of-4 would need 8)
-    assert [(c["label"], c["n"], c["model"]) for c in res["alarm_control"]] == [("best-of-N", 2, "best-of-2")]
+    # the control: best-of-2 and -4 from the start's 16 samples per prompt, 2 per prompt as the start has (best-of-16 would need 32)
+    assert [(c["label"], c["n"], c["model"]) for c in res["alarm_control"]] == [("best-of-N", 2, "best-of-2"),
+                                                                                 ("best-of-N", 4, "best-of-4")]
     assert "The alarm's control, best-of-N drawn from the start policy's own samples" in render("level3", res)
     for d in res["diagnosis"]:
         assert sum(b["kl"] for b in d["by_position"]) == pytest.approx(d["kl"])
     assert read_json(Path(cfg.run_dir) / "level3.json")["grid"]["methods"] == methods
     text = render("level3", res)
-    assert "**Level 3** (5 runs" in text and "| `rloo-prefix` β=0.1 |" in text and "tokens drawn / policy" in text and "`rloo` β=0.1" in text
-    from alignment.run.publish import level3_brief
+    assert "**Level 3** (6 runs" in text and "| `rloo-prefix` β=0.3 |" in text and "tokens drawn / policy" in text and "`rloo` β=0.3" in text
+    from alignment.study.results_page import level3_brief
     brief = level3_brief(res)
-    assert brief.startswith("Level 3 (5 methods along β, one seed (0)") and all(f"`{m}`" in brief for m in methods)
+    assert brief.startswith("Level 3 (6 methods along β, one seed (0)") and all(f"`{m}`" in brief for m in methods)
     assert " 70 % of best-of-N's gain with the judge agreeing and the alarm silent: " in brief
+    assert "How far the methods that maximise reward − β·KL climbed toward the best value of it at their β" in text
 
 
 def test_a_method_with_a_minimum_beta_trains_only_at_or_above_it(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
@@ -358,7 +363,7 @@ def test_goal_line_says_whether_a_method_closes_the_gap():
                               "agreeing, the alarm silent; a 95 % CI that includes 70 % says the point may as well fall short.")
     sure = {**met, "gain_fractions": [frac("rloo", 0.1, "reward", 0.8, lo=0.72), frac("rloo", 0.1, "judge", 0.75)]}
     assert goal_line(sure).endswith("the judge agreeing, the alarm silent.")
-    from alignment.run.publish import goal_brief, level3_brief
+    from alignment.study.results_page import goal_brief, level3_brief
     assert goal_brief(met).endswith("alarm silent: `rloo` β 0.1.")
     hacked = {**met, "alarm": [{"label": "rloo", "beta": 0.1, "flags": ["repetition"]}]}
     judged = {**met, "gain_fractions": [frac("rloo", 0.1, "reward", 0.8), frac("rloo", 0.1, "judge", 0.4)]}
@@ -369,3 +374,31 @@ def test_goal_line_says_whether_a_method_closes_the_gap():
         line = goal_line(case)
         assert line.startswith("No point reaches 70 %") and "`rloo` β=0.1's 80 %" in line
         assert "sentiment words (over its β): `dpo` 10 %, `rloo` 30 %" in line
+
+
+def test_progress_is_measured_for_the_methods_that_maximise_the_objective():
+    from alignment.config import load_config
+    from alignment.run.frontiers import maximises_objective
+    from alignment.presets import LEVEL3_METHODS
+    from alignment.study.level3_report import progress_line
+
+    cfg = load_config(preset="smoke")
+    assert [m for m, over in LEVEL3_METHODS.items() if maximises_objective(over, cfg)] == [
+        "distill", "rloo", "rloo-prefix", "rloo-prefix-long"]
+    assert not maximises_objective({"loss": "hinge"}, cfg) and maximises_objective({"method": "online", "loss": "distill"}, cfg)
+    row = {"label": "rloo", "beta": 0.5, "kl": 1.0, "objective_gain": 0.2, "optimal_gain": 0.8, "optimum_kl": 1.5,
+           "kl_cap": 2.08, "progress": 0.25, "progress_lo": 0.1, "progress_hi": 0.4, "why": None}
+    far = {**row, "beta": 0.1, "optimum_kl": 3.1, "progress": None, "progress_lo": None, "progress_hi": None, "why": "beyond"}
+    flat = {**far, "beta": 1.0, "why": "no gain"}
+    line = progress_line({"objective_progress": [row, far, flat]})
+    assert line.endswith("`rloo` β=0.5: 25 % (10..40 %), J +0.20 of the best +0.80; `rloo` β=0.1: not read (π_β needs "
+                         "KL 3.10, more than the start's samples per prompt estimate it at, 2.08); `rloo` β=1: not read "
+                         "(the best objective gains nothing over the start).")
+    assert progress_line({}) == ""
+    from alignment.study.results_page import progress_brief
+    assert progress_brief({"objective_progress": [row, far]}) == (
+        " Toward the best reward − β·KL at their own β, the methods that maximise it climb at most 25 % (10..40 %) of "
+        "the way (`rloo` β 0.5), far from the policy their objective asks for.")
+    assert progress_brief({"objective_progress": [{**row, "progress": 0.8, "progress_hi": 0.95}]}).endswith(
+        "80 % (10..95 %) of the way (`rloo` β 0.5).")
+    assert progress_brief({"objective_progress": [far]}) == ""

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from alignment.study import frontier as F
+from alignment.study import optimum as O
 from alignment.study import plots
-from alignment.run import publish
+from alignment.study import results_page
 from alignment.study.frontier_report import gain_fraction_lines, sweep_lines
 from alignment.study.stats import SharedBootstrap
 
@@ -46,7 +47,7 @@ def test_optimum_matches_the_closed_form_on_a_categorical_reference(q):
     recs = _categorical(q, 100, 256)
     boot = SharedBootstrap([r["prompt_id"] for r in recs], 20, n_seeds=2)
     betas = (2.0, 0.7, 0.3)
-    curve = F.optimum_curve(recs, boot, ("reward", "judge", "pred_entropy"), betas)
+    curve = O.optimum_curve(recs, boot, ("reward", "judge", "pred_entropy"), betas)
     assert [p["beta"] for p in curve] == [math.inf, *betas] and "pred_entropy" not in curve[0]
     assert curve[0]["kl"][0] == pytest.approx(0.0, abs=0.005)  # β = ∞: π_ref itself
     assert curve[0]["reward"][0] == pytest.approx(P_REF @ REWARD, abs=0.02)
@@ -66,18 +67,18 @@ def test_the_beta_grid_spans_kl_from_005_to_the_cap():
     a discrete reference that cannot get that far stops at 90 % of all weight on its best outcome;
     8 samples per prompt carry no optimum at all."""
     recs = _gaussian(100, 64)
-    betas = F.optimum_betas(recs)
-    assert len(betas) == F.OPT_K and list(betas) == sorted(betas, reverse=True)
+    betas = O.optimum_betas(recs)
+    assert len(betas) == O.OPT_K and list(betas) == sorted(betas, reverse=True)
     assert np.allclose(np.diff(np.log(betas)), np.log(betas[1] / betas[0]))  # log-spaced
-    assert F.optimum_kl_cap(recs) == pytest.approx(math.log(64 / 8))
-    curve = F.optimum_curve(recs, SharedBootstrap([f"p{g}" for g in range(100)], 5), ("reward",))
-    assert curve[1]["kl"][0] == pytest.approx(F.OPT_KL_LO, rel=1e-3)
+    assert O.optimum_kl_cap(recs) == pytest.approx(math.log(64 / 8))
+    curve = O.optimum_curve(recs, SharedBootstrap([f"p{g}" for g in range(100)], 5), ("reward",))
+    assert curve[1]["kl"][0] == pytest.approx(O.OPT_KL_LO, rel=1e-3)
     assert curve[-1]["kl"][0] == pytest.approx(math.log(8), rel=1e-3)
     best = -math.log(P_REF[-1])  # KL of all weight on the best outcome
-    top = F.optimum_curve(_categorical(P_REF, 30, 512), SharedBootstrap([f"p{g}" for g in range(30)], 5, n_seeds=2),
+    top = O.optimum_curve(_categorical(P_REF, 30, 512), SharedBootstrap([f"p{g}" for g in range(30)], 5, n_seeds=2),
                           ("reward",))[-1]
-    assert best < F.optimum_kl_cap(_categorical(P_REF, 2, 512)) and top["kl"][0] == pytest.approx(0.9 * best, rel=0.05)
-    assert F.optimum_betas(_gaussian(10, 8)) == () and F.optimum_curve(_gaussian(10, 8), None, ("reward",)) == []
+    assert best < O.optimum_kl_cap(_categorical(P_REF, 2, 512)) and top["kl"][0] == pytest.approx(0.9 * best, rel=0.05)
+    assert O.optimum_betas(_gaussian(10, 8)) == () and O.optimum_curve(_gaussian(10, 8), None, ("reward",)) == []
 
 
 def test_the_optimum_is_above_best_of_n_at_best_of_ns_kl():
@@ -86,7 +87,7 @@ def test_the_optimum_is_above_best_of_n_at_best_of_ns_kl():
     at each n whose KL it reaches, and not above the true optimum (self-normalising is biased low)."""
     recs = _gaussian(400, 64)
     boot = SharedBootstrap([f"p{g}" for g in range(400)], 50)
-    bon, opt = F.bon_curve(recs, boot, ("reward",)), F.optimum_curve(recs, boot, ("reward",))
+    bon, opt = F.bon_curve(recs, boot, ("reward",)), O.optimum_curve(recs, boot, ("reward",))
     reached = [b for b in bon[1:] if b["kl"][0] <= opt[-1]["kl"][0]]
     assert [b["n"] for b in reached] == [2, 4, 8, 16]
     for b in reached:
@@ -140,9 +141,9 @@ def test_gain_fractions_at_the_points_own_kl():
 
 def test_report_says_each_points_share_or_why_not():
     curves, bon, opt = _hand_curves()
-    pts = F.point_table({**curves, F.BON: bon, F.OPTIMUM: opt})
+    pts = F.point_table({**curves, F.BON: bon, O.OPTIMUM: opt})
     sweep = {"points": pts, "gain_fractions": F.gain_fractions(curves, bon, opt),
-             "optimum": {"label": F.OPTIMUM, "kl_cap": 2.08, "n_samples": 64, "min_samples": 8}}
+             "optimum": {"label": O.OPTIMUM, "kl_cap": 2.08, "n_samples": 64, "min_samples": 8}}
     lines = gain_fraction_lines(sweep)
     assert lines[0].startswith("The `KL-optimal` curve")
     assert "64 samples per prompt, up to KL 1.50 (as far as the samples' rewards reach below its cap 2.08)" in lines[0]
@@ -161,9 +162,9 @@ def test_report_says_each_points_share_or_why_not():
             "grid": {"losses": ["rkl"], "betas": [1.0, 0.1], "seeds": [0], "alphas": [0.5]}}
     text = "\n".join(sweep_lines({**base, **sweep}))
     assert "0 of 1 pairs compared" in text and "Share of the reward gain" in text  # the bound is not a pair
-    old = "\n".join(sweep_lines({**base, "points": [p for p in pts if p["label"] != F.OPTIMUM]}))
+    old = "\n".join(sweep_lines({**base, "points": [p for p in pts if p["label"] != O.OPTIMUM]}))
     assert "0 of 1 pairs compared" in old and "KL-optimal" not in old and "Share of" not in old
-    brief = publish._frontier_brief({**sweep, "comparisons": []})
+    brief = results_page._frontier_brief({**sweep, "comparisons": []})
     assert "(1 divergence curves along β" in brief
 
 
@@ -172,15 +173,68 @@ def test_the_frontier_plots_draw_the_optimum_on_kl_axes(tmp_path, monkeypatch):
     for c in (*curves.values(), bon):
         for p in c:
             p["pred_entropy"] = _const(1.0)
-    pts = F.point_table({**curves, F.BON: bon, F.OPTIMUM: opt})
+    pts = F.point_table({**curves, F.BON: bon, O.OPTIMUM: opt})
     figs = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
     for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward")):
         plots.frontier(pts, x, y, tmp_path / f"{y}_{x}.png")
     labels = [[ln.get_label() for ln in fig.axes[0].get_lines()] for fig in figs]
-    assert all(any(lab.startswith(F.OPTIMUM) for lab in ls) for ls in labels[:2])
-    assert not any(lab.startswith(F.OPTIMUM) for lab in labels[2])  # no predictive entropy for the optimum
-    line = next(ln for ln in figs[0].axes[0].get_lines() if ln.get_label().startswith(F.OPTIMUM))
+    assert all(any(lab.startswith(O.OPTIMUM) for lab in ls) for ls in labels[:2])
+    assert not any(lab.startswith(O.OPTIMUM) for lab in labels[2])  # no predictive entropy for the optimum
+    line = next(ln for ln in figs[0].axes[0].get_lines() if ln.get_label().startswith(O.OPTIMUM))
     assert line.get_linestyle() == "--" and list(line.get_xdata()) == [0.0, 1.5]
     monkeypatch.undo()
     assert plots.frontier(pts, "kl", "reward", tmp_path / "f.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("q", [P_REF, np.full(5, 0.2)], ids=["sampled from pi_ref", "sampled from uniform q"])
+def test_the_best_objective_matches_its_closed_form(q):
+    """J*(β) - J(π_ref) = β·log E_ref[exp(r/β)] - E_ref[r], from 256 samples per (seed, prompt) within 0.02 of
+    the exact value (β·log E_ref[exp(r·β)], the slip, is 0.19 / 0.46 away at β 2 / 0.7)."""
+    recs = _categorical(q, 100, 256)
+    boot = SharedBootstrap([r["prompt_id"] for r in recs], 20, n_seeds=2)
+    for beta in (2.0, 0.7):
+        exact = beta * math.log(P_REF @ np.exp(REWARD / beta)) - P_REF @ REWARD
+        gain, kl = O.optimal_objective(recs, boot, beta)
+        assert gain[0] == pytest.approx(exact, abs=0.02)
+        assert kl == pytest.approx(_exact(beta)[0], rel=0.03) and gain[1:].std() > 0
+    two = [{"prompt_id": "p", "reward": x, "logp": -0.7, "ref_logp": -0.7} for x in (0.0, 1.0)]
+    assert O.optimal_objective(two, SharedBootstrap(["p"], 3), 1.0)[0][0] == pytest.approx(0.1201, abs=1e-4)
+
+
+@pytest.mark.parametrize("q", [P_REF, np.full(5, 0.2)], ids=["sampled from pi_ref", "sampled from uniform q"])
+def test_progress_is_one_at_the_optimum_zero_at_the_start(q):
+    """A point that *is* π_β (the optimum curve's own point, estimated from the same samples) has progress
+    exactly 1, even when the sampler is not π_ref; the start policy 0 (its own small KL counted: a start
+    whose KL is 0.3 nats costs β·0.3 of its J); a point that bought reward with twice the KL π_β spends
+    is below 1 by that KL's price."""
+    recs = _categorical(q, 100, 256)
+    boot = SharedBootstrap([r["prompt_id"] for r in recs], 20, n_seeds=2)
+    opt = O.optimum_curve(recs, boot, ("reward",), (1.0,))  # [π_ref, π_1]
+    assert opt[0]["kl"][0] == 0.0  # β = ∞: the weights are π_ref's, KL exactly 0
+    dear = {**opt[1], "kl": 2 * opt[1]["kl"]}
+    drifted = {**opt[0], "kl": opt[0]["kl"] + 0.3}  # a start 0.3 nats off π_ref, trained to π_1 plus that drift
+    rows = O.objective_progress({"tilt": opt, "dear": [opt[0], dear], "start": [opt[0], {**opt[0], "beta": 1.0}],
+                                 "drift": [drifted, {**opt[1], "kl": opt[1]["kl"] + 0.3}]}, recs, boot)
+    got = {r["label"]: r for r in rows}
+    assert got["tilt"]["progress"] == pytest.approx(1.0, abs=1e-9)
+    assert got["tilt"]["progress_lo"] == pytest.approx(1.0) and got["tilt"]["progress_hi"] == pytest.approx(1.0)
+    assert got["start"]["progress"] == pytest.approx(0.0, abs=1e-9)
+    assert got["drift"]["progress"] == pytest.approx(1.0, abs=1e-9)  # both paid the same 0.3 nats
+    want = 1 - float(opt[1]["kl"][0]) / got["dear"]["optimal_gain"]  # J drops by β·KL(π_1)
+    assert got["dear"]["progress"] == pytest.approx(want, abs=1e-9) and got["dear"]["why"] is None
+
+
+def test_progress_is_not_read_beyond_the_cap_or_without_a_gain():
+    gauss = _gaussian(10, 64)  # N(0, 1) rewards, 64 per prompt: π_0.05 needs more KL than log(64 / 16)
+    g_boot = SharedBootstrap([r["prompt_id"] for r in gauss], 5)
+    g_opt = O.optimum_curve(gauss, g_boot, ("reward",), (1.0,))
+    assert O.optimum_kl_cap(gauss, O.OBJ_MIN_ESS) == pytest.approx(math.log(64 / 16))
+    far = O.objective_progress({"x": [g_opt[0], {**g_opt[1], "beta": 0.05}]}, gauss, g_boot)[0]
+    assert far["progress"] is None and far["why"] == "beyond" and far["optimum_kl"] > far["kl_cap"]
+    near = O.objective_progress({"x": g_opt}, gauss, g_boot)[0]  # π_1: KL ~0.4, well inside
+    assert near["why"] is None and near["progress"] == pytest.approx(1.0)
+    flat = [{**r, "reward": 0.5} for r in gauss]  # every sample the same reward: nothing to gain
+    flat_opt = [{**p, "reward": np.full_like(p["reward"], 0.5)} for p in g_opt]
+    none = O.objective_progress({"x": flat_opt}, flat, g_boot)[0]
+    assert none["progress"] is None and none["why"] == "no gain" and none["progress_lo"] is None

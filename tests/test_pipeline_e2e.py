@@ -305,8 +305,10 @@ def test_sweep_traces_frontiers_with_best_of_n_and_matched_kl(tmp_path, tiny_gpt
     # tiny models barely move and β does not order their KL (noise): with these seeds neither divergence curve
     # is KL-monotone, `allowed` is empty and the bound above says nothing may be compared; the verdicts of
     # comparisons that exist: test_frontier.py
-    for c in res["comparisons"]:
+    for c in res["comparisons"] + res["matched_reward"]:
         assert c["verdict"] == verdict(c["lo"], c["hi"], c["p_holm"]) and c["lo"] <= c["diff"] <= c["hi"]
+    assert all(c["x"] == "reward" and c["field"] == "pred_entropy" for c in res["matched_reward"])
+    assert "At matched reward (the reward–diversity axis of Wang et al. 2023" in console.render("sweep", res)
     assert "verdicts" not in res  # data only: the report words it
     assert [(a["label"], a["beta"]) for a in res["alarm"]] == [(lo, b) for lo in ("reverse_kl", "forward_kl")
                                                                for b in (0.1, 1.0)]

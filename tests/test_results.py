@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from alignment.run import publish
+from alignment.study import results_page
 from alignment.cli import main
 from alignment.base.io import read_json, write_json
 from alignment.config import load_config
@@ -159,7 +160,7 @@ def test_the_frontier_sentence_counts_what_the_comparisons_say():
                              c("best-of-N", "rkl", "judge", "lower"),
                              c("rkl", "fkl", "reward", "higher"), c("rkl", "fkl", "judge", ND),
                              c("rkl", "fkl", "pred_entropy", "higher")]}
-    text = publish._frontier_brief(sweep)
+    text = results_page._frontier_brief(sweep)
     assert "2 divergence curves" in text and "N ≤ 64" in text
     # judge: rkl ties at one KL and is below at another -> not counted; fkl below -> counted
     assert "best-of-N is above 2 of the 2 curves it overlaps on the reward and 1 of the 2 on the judge" in text

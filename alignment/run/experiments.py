@@ -6,23 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from pathlib import Path
 
 from ..study import frontier as F
 from ..study import plots
-from ..study.alarm import assess, control as alarm_control
+from ..study.alarm import assess
 from ..study.design import level1_design
-from ..steps.diagnose import kl_split, sentiment_token_ids, token_log_ratios, training_story, vader_lexicon
-from ..base.io import build_record, read_json, write_json
+from ..base.io import read_json, write_json
 from ..config import ConfigError, check_training, method_settings
 from ..study.metrics import content_of
 from ..steps.evaluate import Evaluation, pooled
+from .frontiers import frontier_study, log_summary, trained_row
 from .pipeline import Pipeline
-from .rundir import COST_FILE, START, Policy, RunPaths
+from .rundir import START, Policy, RunPaths
 from ..presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, LEVEL3_MIN_BETA, method_betas, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from ..study.report import example_records
-from ..study.stats import SharedBootstrap, compare_to_start, versus_start, with_holm
+from ..study.stats import compare_to_start, versus_start, with_holm
 from ..steps.train import held_out_prompts
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
@@ -40,17 +39,6 @@ def experiment(fn):
 
 def rewards_of(ev: Evaluation) -> list[float]:
     return [r["reward"] for r in ev.scored]
-
-
-def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, Evaluation, Policy]:
-    """Train one policy (cfg.dpo + overrides), evaluate it with its seed's evaluation draws:
-    (its table row with the gain vs `start` — the start policy evaluated with the same seed —,
-    its evaluation, the policy)."""
-    policy = pipe.train(**overrides)
-    ev = pipe.evaluate(policy, seed=overrides.get("seed", pipe.cfg.dpo.seed))
-    with pipe.times("statistics"):
-        gains = compare_to_start(ev.scored, start.scored, pipe.cfg.eval.n_boot, tokens=content_of)
-    return {**ev.metrics, **gains}, ev, policy
 
 
 def level1_seeds(cfg) -> tuple[int, ...]:
@@ -166,7 +154,7 @@ def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Eva
               "plots": [str(f) for f in files]}
     if pipe.dist.main:
         write_json(P.result("level1"), result)
-    _log_summary(pipe, "level1", {"results": rows, "per_seed": per_seed}, files)
+    log_summary(pipe, "level1", {"results": rows, "per_seed": per_seed}, files)
     return result
 
 
@@ -194,7 +182,7 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
               "examples": example_records(scored, pipe.cfg.eval.n_examples)}
     if pipe.dist.main:
         write_json(pipe.paths.result("lr_lesson"), result)
-    _log_summary(pipe, "lr_lesson", {"results": result["rows"]}, [])
+    log_summary(pipe, "lr_lesson", {"results": result["rows"]}, [])
     return result
 
 
@@ -239,115 +227,6 @@ def level3(pipe: Pipeline, methods: tuple[str, ...] = tuple(LEVEL3_METHODS), bet
                           with_cost=True)
 
 
-def shared_draws(pipe: Pipeline, seeds: tuple[int, ...]) -> dict:
-    """Build each seed's start-policy draw (samples, rewards, pairs, reference log-probs) that the offline
-    methods share, before any policy trains, and say what it cost: {draw_tokens, draw_seconds} by seed
-    (the seconds of the builds this or an earlier call recorded)."""
-    tokens, seconds = {}, {}
-    for s in seeds:
-        pipe.data.ref_logps(s)
-        P = pipe.paths.draw(pipe.data.draw_of(s))
-        tokens[str(s)] = sum(len(r["completion_ids"]) for r in pipe.data.samples(s))
-        parts = [build_record(a).get("build_seconds") for a in (P.samples, P.rewards, P.pairs, P.ref_logps)]
-        seconds[str(s)] = None if None in parts else sum(parts)
-    return {"draw_tokens": tokens, "draw_seconds": seconds}
-
-
-def kl_diagnoses(pipe: Pipeline, firsts: dict[str, tuple[Policy, Evaluation]]) -> list[dict]:
-    """Per point ("label@beta": its first seed's policy and evaluation), where its KL goes
-    (`diagnose.kl_split` of its own evaluation samples) and its training log's story (`diagnose.training_story`)."""
-    m = pipe.models
-    ids = {p["id"]: p["ids"] for p in pipe.data.prompts()["eval"]}
-    sentiment = sentiment_token_ids(m.tokenizer, vader_lexicon())
-    out = []
-    for key, (policy, ev) in firsts.items():
-        label, beta = key.rsplit("@", 1)
-        comps = [r["completion_ids"] for r in ev.scored]
-        ratios = token_log_ratios(m.load_trained(policy.dir), m.ref_model, [ids[r["prompt_id"]] for r in ev.scored],
-                                  comps, m.tokenizer.pad_token_id)
-        out.append({"label": label, "beta": float(beta), "policy": policy.name,
-                    **kl_split(ratios, comps, sentiment), "training": training_story(policy.log)})
-    return out
-
-
-def policy_cost(policy: Policy) -> dict:
-    """What training `policy` cost when it was built: {train_seconds, tokens_drawn} (its own draws: 0 for
-    offline methods, which train on the seed's shared start-policy draw)."""
-    path = policy.dir / COST_FILE
-    return read_json(path) if path.exists() else {"train_seconds": None, "tokens_drawn": None}
-
-
-EXAMPLE_PROMPTS = 2  # Level 3 stores sample 0 of this many held-out prompts for every point (its first seed)
-
-
-def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: dict[str, tuple[float, ...]],
-                   seeds: tuple[int, ...], best_of_n: tuple[int, ...], grid: dict, with_cost: bool = False) -> dict:
-    """Every family (a label and its `dpo.*` overrides) x its β (`betas`: {label: its β values}) x seed trained and evaluated with its seed's
-    draws, one point per (family, β) pooling its seeds, one curve per family from the start policy (β -> ∞),
-    the best-of-N curve, the KL-optimal curve π_ref·exp(r/β) reweighting best-of-N's samples
-    (`frontier.optimum_curve`: a bound, drawn and tabulated, not compared), matched-KL comparisons of every
-    pair of the other curves, each point's gain over the start (Holm over the points), the share of
-    best-of-N's and of the optimum's gain it reaches at its KL (`frontier.gain_fractions`) and its alarm record; `with_cost`: each run's training cost (`policy_cost`).
-    Writes `<name>.json` and the frontier plots."""
-    if not best_of_n or min(best_of_n) < 1:
-        raise ConfigError(f"{name}: best_of_n={best_of_n!r} needs N values >= 1 (e.g. --best-of-n 1,2,4,8,16,32,64)")
-    t0, n_boot0 = time.time(), pipe.cfg.eval.n_boot
-    pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
-    starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
-    bon = pooled("best-of-N", [pipe.evaluate(seed=s, n_samples=max(best_of_n)) for s in seeds], n_boot0, measure=False)
-    offline = any(over.get("method", "offline") == "offline" for over in families.values())
-    draws = shared_draws(pipe, seeds) if with_cost and offline else {}
-    runs, points, seed_evals, firsts = [], {}, {}, {}
-    for label, over in families.items():
-        extra = {k: v for k, v in over.items() if k not in ("loss", "alpha")}
-        for beta in betas[label]:
-            evs = []
-            for seed in seeds:
-                row, ev, policy = trained_row(pipe, starts[seed], **over, beta=beta, seed=seed)
-                runs.append({**row, "loss": over.get("loss", pipe.cfg.dpo.loss), "label": label,
-                             "alpha": over.get("alpha", pipe.cfg.dpo.alpha), **extra, "beta": beta, "seed": seed,
-                             **({"cost": policy_cost(policy)} if with_cost else {})})
-                evs.append(ev)
-                firsts.setdefault(f"{label}@{beta!r}", (policy, ev))
-            points[f"{label}@{beta!r}"] = pooled(label, evs, n_boot0, measure=False)  # curves use the samples
-            seed_evals[f"{label}@{beta!r}"] = evs
-    with pipe.times("statistics"):  # pooled start, curves, matched-KL comparisons, gains
-        start = pooled(START, list(starts.values()), n_boot0)
-        fields = ("reward", "judge", "on_topic", "pred_entropy")
-        n_curves = len({k.rsplit("@", 1)[0] for k in points}) + 1  # + best-of-N
-        # Holm p-value floors (stats.bootstrap_p): the smallest p is 2/(B+1), so Holm over m cannot go below 2m/(B+1)
-        n_boot = max(pipe.cfg.eval.n_boot, 100 * F.n_comparisons(n_curves, 3), 100 * len(points))
-        boot = SharedBootstrap([r["prompt_id"] for r in start.scored], n_boot, n_seeds=len(seeds))
-        curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
-        kl_grid = F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves)
-        with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields, tuple(sorted(set(best_of_n))))}
-        comparisons = F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy"))  # per-pair KL values
-        optimum, fractions, optimum_entry = _optimum(bon.scored, curves, with_bon[F.BON], boot, fields, max(best_of_n))
-        gains = with_holm([{"label": k.rsplit("@", 1)[0], "beta": float(k.rsplit("@", 1)[1]),
-                            **compare_to_start(ev.scored, start.scored, n_boot)} for k, ev in points.items()])
-        table = F.point_table({**with_bon, **optimum})
-        alarm = _point_alarms(seed_evals, start, n_boot0, n_boot, bon.scored)
-        controls = alarm_control(bon.scored, start.metrics, start.scored, best_of_n, n_boot0, n_boot)
-    P = pipe.paths
-    files = [plots.frontier(table, x, y, P.plot(f"{F.plot_prefix(name)}_{y}_vs_{x}"))
-             for x, y in (("kl", "reward"), ("kl", "judge"), ("pred_entropy", "reward"))]
-    result = {"runs": runs, "points": table, "gains": gains, "alarm": alarm, "alarm_control": controls,
-              "start": start.metrics,
-              "matched_kl": kl_grid, "comparisons": comparisons, "n_boot": n_boot, "gain_fractions": fractions,
-              **optimum_entry,
-              "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)], "grid": grid,
-              "wall_minutes": (time.time() - t0) / 60, "plots": [str(f) for f in files], **draws}
-    if with_cost:  # Level 3: where each point's KL goes, on its first seed's policy (`diagnose`), and its texts
-        with pipe.times("diagnosis"):
-            result["diagnosis"] = kl_diagnoses(pipe, firsts)
-        result["examples"] = example_records({START: starts[seeds[0]].scored, **{k: ev.scored for k, (_, ev)
-                                                                                 in firsts.items()}}, EXAMPLE_PROMPTS)
-    if pipe.dist.main:
-        write_json(P.result(name), result)
-    _log_summary(pipe, name, {"results": table, "runs": runs}, files, charts=FRONTIER_CHARTS)
-    return result
-
-
 def sweep_result(cfg, run: bool, **grid) -> dict | None:
     """The Level 2 sweep of `cfg.run_dir`: run when `run` (its cached runs reused; `grid`: `sweep`'s
     axes), else the sweep.json saved there by an earlier run (its plots where they lie now), else None.
@@ -369,50 +248,3 @@ def saved_result(cfg, name: str) -> dict | None:
     return {**saved, "plots": [str(paths.plot(Path(p).stem)) for p in saved["plots"]]}
 
 
-def _optimum(bon_scored: list[dict], curves: dict[str, list[dict]], bon: list[dict], boot: SharedBootstrap,
-             fields: tuple[str, ...], n_samples: int) -> tuple[dict, list[dict], dict]:
-    """The KL-optimal curve from the start's best-of-N samples ({OPTIMUM: curve}, {} when their N
-    cannot carry it), each trained point's share of best-of-N's and the optimum's gain at its KL
-    (`frontier.gain_fractions`), and the result's "optimum" entry ({} without the curve). The
-    optimum is a bound: it joins the plots and the point table, never the matched-KL comparisons."""
-    opt = F.optimum_curve(bon_scored, boot, fields)
-    entry = {"label": F.OPTIMUM, "kl_cap": F.optimum_kl_cap(bon_scored), "n_samples": n_samples,
-             "min_samples": F.OPT_MIN_ESS}
-    return ({F.OPTIMUM: opt} if opt else {}), F.gain_fractions(curves, bon, opt), ({"optimum": entry} if opt else {})
-
-
-def _point_alarms(seed_evals: dict[str, list[Evaluation]], start: Evaluation, n_boot0: int, n_boot: int,
-                  selection: list[dict]) -> list[dict]:
-    """The alarm record (`alarm.assess`) of each sweep point ("label@beta": its seeds pooled and
-    measured with `n_boot0` resamples) against the pooled start; the gap bootstrap uses `n_boot`, its
-    reward-judge slope the start's best-of-N pool `selection`."""
-    out = []
-    for key, evs in seed_evals.items():
-        label, beta = key.rsplit("@", 1)
-        ev = pooled(label, evs, n_boot0)
-        out.append({"label": label, "beta": float(beta),
-                    **assess(ev.metrics, ev.scored, start.metrics, start.scored, n_boot, selection)})
-    return out
-
-
-def _log_summary(pipe: Pipeline, name: str, tables: dict[str, list[dict]], images: list[Path],
-                 charts: tuple[tuple[str, str], ...] = ()) -> None:
-    """The experiment's results run (job type results): each of `tables` as `<name>/<key>` (one
-    column per scalar field), its plots, and each (x, y) of `charts` as a native chart of the "results"
-    table's points (no-op when tracking is off)."""
-    tr = pipe.trackers(name, "results")
-    try:
-        for key, rows in tables.items():
-            cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float, str, bool))})
-            tr.log_table(f"{name}/{key}", cols, [[r.get(c) for c in cols] for r in rows])
-        for img in images:
-            tr.log_image(f"{name}/{Path(img).stem}", str(img))
-        for x, y in charts:  # e.g. the frontiers as wandb charts
-            cols = ["label", "beta", "n", x, y]
-            rows = [[p["label"], p.get("beta"), p.get("n"), p[x], p[y]] for p in tables["results"] if p.get(y) is not None]
-            tr.log_scatter(f"{name}/frontier_{y}_vs_{x}", cols, rows, x, y, f"{name}: {y} against {x} (each curve's label)")
-    finally:
-        tr.finish()
-
-
-FRONTIER_CHARTS = (("kl", "reward"), ("kl", "judge"))  # the frontiers logged as native wandb charts

@@ -210,8 +210,9 @@ def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: 
     return scorer
 
 
-# Chosen by held-out accuracy over cached states (one epoch unless said): top 2 layers 0.872-0.877 (lr 5e-5 to
-# 2e-4, 1-2 epochs), top 3 0.877-0.888 (seeds, 2 epochs), top 6 0.893; the top-6 build takes ~5 min on 2 CPU cores.
+# The recipe `python -m alignment.run.judge_select` chose on a validation split of the judge's own rows
+# (results/judge_selection.json; a test holds this to it). The build takes ~5 min on 2 CPU cores with native
+# bf16, ~25 min without.
 FT_RECIPE = Recipe(layers=6, epochs=1, lr=1e-4, head_lr=1e-3, batch_size=32, max_length=128)
 FT_WHAT = "all-mpnet-base-v2, top layers fine-tuned with a logistic head on the `judge` role"
 

@@ -4,9 +4,8 @@ own samples (Gao et al. 2022: the curve any alignment method must beat); and div
 at *matched KL* — β is not comparable across f′ (Wang et al. 2023), so one shared β shows how far
 each loss moves, not which trade-off is better.
 
-The KL-optimal curve π_β ∝ π_ref·exp(r/β) (the most reward any policy reaches at its KL), estimated
-by reweighting the same start samples, bounds every curve; each trained point is placed against
-best-of-N and it by the share of their gain it reaches at its own KL.
+The KL-optimal curve (`optimum`) bounds every curve; each trained point is placed against best-of-N
+and it by the share of their gain it reaches at its own KL (`gain_fractions`).
 
 Statistics (from `stats`): every point pools its seeds; all models are evaluated on the same
 held-out prompts, so one bootstrap draw of seeds x prompts (`stats.SharedBootstrap`) is applied to
@@ -18,8 +17,6 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
-from typing import NamedTuple
-
 import numpy as np
 
 from ..presets import SWEEP_BEST_OF_N
@@ -27,9 +24,6 @@ from .stats import SharedBootstrap, bootstrap_p, holm, summary, verdict
 
 BON_NS = SWEEP_BEST_OF_N  # the N values of the best-of-N curve (those <= the samples per prompt)
 BON = "best-of-N"
-OPTIMUM = "KL-optimal"  # π_β ∝ π_ref·exp(r/β): the most reward any policy gets at its KL (a bound, not compared)
-OPT_KL_LO, OPT_K = 0.05, 10  # the optimum's β grid: OPT_K values, log-spaced from KL ~0.05 up to its cap
-OPT_MIN_ESS = 8  # the optimum's KL cap keeps its weights on >= 8 samples per prompt (`optimum_kl_cap`)
 START_LABEL = "start"
 LABEL_NOTES = {"chi2": "chi2 (outside f-DPO: heuristic)"}  # f′(0) finite: Z(x) does not cancel
 
@@ -119,108 +113,6 @@ def bon_curve(start: list[dict], boot: SharedBootstrap, fields: tuple[str, ...],
     return out
 
 
-class _Samples(NamedTuple):
-    """The start policy's samples per (seed, prompt), padded to the most samples M of any group."""
-    keys: list[tuple]  # (G,) (seed_index, prompt_id)
-    vals: dict[str, np.ndarray]  # field -> (G, M)
-    log_ratio: np.ndarray  # (G, M) log q - log π_ref of each sample (q: the sampler)
-    mask: np.ndarray  # (G, M) a sample, not padding
-
-
-def _samples(start: list[dict], fields: tuple[str, ...]) -> _Samples:
-    groups: dict[tuple, list[dict]] = {}
-    for r in start:
-        groups.setdefault((r.get("seed_index", 0), r["prompt_id"]), []).append(r)
-    keys, M = list(groups), max(len(rs) for rs in groups.values())
-    out = _Samples(keys, {f: np.zeros((len(keys), M)) for f in ("reward", *fields)}, np.zeros((len(keys), M)),
-                   np.zeros((len(keys), M), dtype=bool))
-    for g, k in enumerate(keys):
-        rs = groups[k]
-        out.mask[g, :len(rs)] = True
-        out.log_ratio[g, :len(rs)] = [r["logp"] - r["ref_logp"] for r in rs]
-        for f, a in out.vals.items():
-            a[g, :len(rs)] = [r[f] for r in rs]
-    return out
-
-
-def _tilt(s: _Samples, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    """(G, M) self-normalised weights of π_β on each group's samples, w ∝ exp(r/β + log π_ref - log q),
-    and (G,) each group's KL(π_β || π_ref) = Σ w log(n w) + Σ w (log q - log π_ref)."""
-    logits = np.where(s.mask, s.vals["reward"] / beta - s.log_ratio, -np.inf)  # β = ∞: π_ref itself
-    w = np.exp(logits - logits.max(1, keepdims=True))
-    w /= w.sum(1, keepdims=True)
-    n = s.mask.sum(1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl_q = np.where(w > 0, w * np.log(n * w), 0.0).sum(1)  # KL(π_β || q) = log n - H(w)
-    return w, kl_q + (w * s.log_ratio).sum(1)
-
-
-def optimum_kl_cap(start: list[dict]) -> float:
-    """log(N / OPT_MIN_ESS) for the fewest samples N of any (seed, prompt): where the weights still
-    spread over exp H(w) = N·exp(-KL) >= OPT_MIN_ESS samples. Self-normalised weights over N samples
-    are biased as KL nears log N (all weight on the best sample: the estimate turns into best-of-N,
-    below the true optimum); with N(0, 1) rewards and N = 64 it falls below best-of-N from KL ~2.5
-    (log N - 1.7), so the curve stops at log(N / 8) (2.08 nats for N = 64)."""
-    counts: dict[tuple, int] = {}
-    for r in start:
-        k = (r.get("seed_index", 0), r["prompt_id"])
-        counts[k] = counts.get(k, 0) + 1
-    return math.log(min(counts.values()) / OPT_MIN_ESS)
-
-
-def optimum_betas(start: list[dict], kl_lo: float = OPT_KL_LO, kl_hi: float | None = None,
-                  k: int = OPT_K) -> tuple[float, ...]:
-    """k β values, large to small, log-spaced between the β whose optimum (point estimate, mean over
-    seeds and prompts) has KL `kl_lo` and the one at `kl_hi` (default `optimum_kl_cap`; at most 90 %
-    of the KL of all weight on each group's best samples, where repeated samples cap it lower);
-    () when the samples cannot reach `kl_lo` (too few samples, or equal rewards)."""
-    s = _samples(start, ())
-    scale = float(np.std(s.vals["reward"][s.mask])) or 1.0
-    lo_b, hi_b = math.log(scale * 1e-4), math.log(scale * 1e4)
-
-    def mean_kl(log_b: float) -> float:
-        return float(_tilt(s, math.exp(log_b))[1].mean())
-
-    kl_hi = min(optimum_kl_cap(start) if kl_hi is None else kl_hi, 0.9 * mean_kl(lo_b))
-    if kl_hi <= kl_lo:
-        return ()
-
-    def solve(target: float) -> float:  # KL falls as β rises: bisect on log β
-        a, b = lo_b, hi_b
-        for _ in range(60):
-            a, b = ((a + b) / 2, b) if mean_kl((a + b) / 2) > target else (a, (a + b) / 2)
-        return math.exp((a + b) / 2)
-
-    return tuple(float(b) for b in np.geomspace(solve(kl_lo), solve(kl_hi), k))
-
-
-def optimum_curve(start: list[dict], boot: SharedBootstrap, fields: tuple[str, ...],
-                  betas: tuple[float, ...] | None = None) -> list[dict]:
-    """The KL-regularised optimum π_β(y|x) ∝ π_ref(y|x)·exp(r(x,y)/β), which maximises
-    E[r] - β·KL(π || π_ref): the most reward any policy can reach at its KL. Estimated from the start
-    policy's samples (the records `bon_curve` uses) by self-normalised importance weights per
-    (seed, prompt), w ∝ exp(r/β + log π_ref - log q) — the log π_ref - log q term (ref_logp - logp)
-    corrects for the sampler q (the start in its sampling dtype) not being exactly π_ref —;
-    E_β[f] = Σ w f, KL(π_β || π_ref) = Σ w log(n w) + Σ w (log q - log π_ref), per (seed, prompt),
-    then bootstrapped like every curve. Points like `bon_curve`'s: {beta, kl, <field>: (n_boot+1,)},
-    from β = ∞ (π_ref) down through `betas` (default `optimum_betas`: KL ~0.05 up to
-    `optimum_kl_cap` = log(N / 8), beyond which self-normalisation over N samples is biased low).
-    [] when no β reaches KL 0.05 below the cap (N <= 8 samples per prompt)."""
-    keep = tuple(f for f in fields if f in start[0] and start[0][f] is not None and f not in ("pred_entropy", "reward"))
-    betas = optimum_betas(start) if betas is None else tuple(betas)
-    if not betas:
-        return []
-    s, out = _samples(start, keep), []
-    for beta in (math.inf, *sorted(betas, reverse=True)):
-        w, kl = _tilt(s, beta)
-        means = {f: (w * a).sum(1) for f, a in s.vals.items() if f in fields}  # (G,) E_β[f] per (seed, prompt)
-        recs = [{"prompt_id": pid, "seed_index": seed, "opt_kl": kl[g], **{f: m[g] for f, m in means.items()}}
-                for g, (seed, pid) in enumerate(s.keys)]
-        out.append({"beta": beta, "kl": boot.mean(recs, _value("opt_kl")),
-                    **{f: boot.mean(recs, _value(f)) for f in means}})
-    return out
-
-
 def gain_fraction(point: dict, start: dict, ref: list[dict], field: str) -> np.ndarray:
     """(n_boot+1,) (y_point - y_start) / (y_ref(KL_point) - y_ref(start)) per bootstrap draw: the
     share of `ref`'s gain a point reaches at its own KL, `ref` interpolated at the point's KL of that
@@ -269,11 +161,12 @@ def gain_fractions(curves: dict[str, list[dict]], bon: list[dict], opt: list[dic
     return rows
 
 
-def interpolate(curve: list[dict], field: str, at: float | np.ndarray) -> np.ndarray:
+def interpolate(curve: list[dict], field: str, at: float | np.ndarray, x: str = "kl") -> np.ndarray:
     """(n_boot+1,) the curve's `field` at KL = `at` (one KL, or (n_boot+1,) one per draw), linear in
     KL between consecutive points *in the curve's own order* (β from ∞ down, N up: what the plots
-    connect), per bootstrap draw; NaN where no segment of that draw spans `at`."""
-    kl = np.stack([p["kl"] for p in curve], 1)  # (B, K)
+    connect), per bootstrap draw; NaN where no segment of that draw spans `at`. `x`: the axis matched
+    on, KL unless another field is named (e.g. "reward": the value at a matched reward)."""
+    kl = np.stack([p[x] for p in curve], 1)  # (B, K)
     y = np.stack([p[field] for p in curve], 1)  # (B, K)
     out = np.full(kl.shape[0], np.nan)
     for k in range(kl.shape[1] - 1):
@@ -285,29 +178,30 @@ def interpolate(curve: list[dict], field: str, at: float | np.ndarray) -> np.nda
     return out
 
 
-def monotone(curve: list[dict]) -> bool:
-    """Whether the curve's KL (point estimates) rises along its parameter: only then is "the value at
-    KL x" one number (a curve that crosses a KL twice is reported, not interpolated)."""
-    kl = [p["kl"][0] for p in curve]
+def monotone(curve: list[dict], x: str = "kl") -> bool:
+    """Whether the curve's KL (point estimates; or the `x` field) rises along its parameter: only then is
+    "the value at KL x" one number (a curve that crosses a KL twice is reported, not interpolated)."""
+    kl = [p[x][0] for p in curve]
     return all(b >= a for a, b in zip(kl, kl[1:]))
 
 
-def trained_range(curve: list[dict]) -> tuple[float, float]:
-    """The KL range a curve has *measured* points on both ends of: its trained points (β < ∞, or
+def trained_range(curve: list[dict], x: str = "kl") -> tuple[float, float]:
+    """The KL (or `x`) range a curve has *measured* points on both ends of: its trained points (β < ∞, or
     N >= 2), not the shared start it is drawn from — below its first trained point a curve is only
     the straight line from the start, and differences there say nothing about the divergence."""
-    kl = [p["kl"][0] for p in curve[1:]]
+    kl = [p[x][0] for p in curve[1:]]
     return (min(kl), max(kl)) if kl else (math.inf, -math.inf)
 
 
-def matched_kl_grid(curves: dict[str, list[dict]], k: int = 3) -> list[float]:
+def matched_kl_grid(curves: dict[str, list[dict]], k: int = 3, x: str = "kl") -> list[float]:
     """k KL values inside every curve's trained range: the centres of k equal log-spaced bins of the
-    common range (point estimates); [] when the ranges do not overlap."""
-    lo = max(max(trained_range(c)[0], 1e-3) for c in curves.values())
-    hi = min(trained_range(c)[1] for c in curves.values())
+    common range (point estimates); [] when the ranges do not overlap. Another axis `x` (a reward,
+    which may be negative): equal linear bins."""
+    lo = max(max(trained_range(c, x)[0], 1e-3) if x == "kl" else trained_range(c, x)[0] for c in curves.values())
+    hi = min(trained_range(c, x)[1] for c in curves.values())
     if hi <= lo:
         return []
-    edges = np.geomspace(lo, hi, 2 * k + 1)
+    edges = np.geomspace(lo, hi, 2 * k + 1) if x == "kl" else np.linspace(lo, hi, 2 * k + 1)
     return [float(x) for x in edges[1::2]]
 
 
@@ -316,12 +210,12 @@ def n_comparisons(n_curves: int, n_grid: int) -> int:
     return n_curves * (n_curves - 1) // 2 * n_grid
 
 
-def _compare(a: list[dict], b: list[dict], field: str, kl: float) -> dict | None:
-    """One paired comparison a - b of `field` at KL `kl`, or None where it is not defined: `kl`
-    outside either curve's trained range, or fewer than 99 % of the draws reach it."""
-    if not all(trained_range(c)[0] <= kl <= trained_range(c)[1] for c in (a, b)):
+def _compare(a: list[dict], b: list[dict], field: str, kl: float, x: str = "kl") -> dict | None:
+    """One paired comparison a - b of `field` at KL `kl` (or at `x` = `kl`), or None where it is not
+    defined: `kl` outside either curve's trained range, or fewer than 99 % of the draws reach it."""
+    if not all(trained_range(c, x)[0] <= kl <= trained_range(c, x)[1] for c in (a, b)):
         return None
-    d = interpolate(a, field, kl) - interpolate(b, field, kl)
+    d = interpolate(a, field, kl, x) - interpolate(b, field, kl, x)
     valid = ~np.isnan(d[1:])
     if np.isnan(d[0]) or valid.mean() < 0.99:
         return None
@@ -331,7 +225,7 @@ def _compare(a: list[dict], b: list[dict], field: str, kl: float) -> dict | None
 
 
 def matched_kl_comparisons(curves: dict[str, list[dict]], grid: list[float] | None, fields: tuple[str, ...],
-                           k: int = 3) -> list[dict]:
+                           k: int = 3, x: str = "kl") -> list[dict]:
     """Every pair of (KL-monotone) curves at matched KL values, per field: the paired bootstrap
     difference a - b, its 95 % CI, p-value (`stats.bootstrap_p`, two-sided), Holm-adjusted p
     (per field, over all pairs and KL values) and the verdict for a. The KL values: `grid` where
@@ -340,18 +234,20 @@ def matched_kl_comparisons(curves: dict[str, list[dict]], grid: list[float] | No
     KL stops near log N - (N - 1)/N of its largest N (3.17 at N = 64), is still compared with every
     curve that overlaps it.
     Size n_boot >= 100 x `n_comparisons`: the p-value floor is 2 / (B + 1), so Holm over m cannot go
-    below 2m / (B + 1) (0.02 at B = 100 m)."""
-    ok = [c for c in curves if monotone(curves[c])]
+    below 2m / (B + 1) (0.02 at B = 100 m). `x`: match on another field instead of KL (e.g. "reward":
+    diversity at matched reward, the f-DPO paper's axis); each row then holds its value under `x` and
+    says `"x": x`."""
+    ok = [c for c in curves if all(x in p for p in curves[c]) and monotone(curves[c], x)]
     rows = []
     for field in fields:
         block = []
         for a, b in combinations(ok, 2):
-            if not all(field in p for p in curves[a] + curves[b]):
+            if not all(field in p and x in p for p in curves[a] + curves[b]):
                 continue
-            for kl in (grid if grid is not None else matched_kl_grid({a: curves[a], b: curves[b]}, k)):
-                r = _compare(curves[a], curves[b], field, kl)
+            for kl in (grid if grid is not None else matched_kl_grid({a: curves[a], b: curves[b]}, k, x)):
+                r = _compare(curves[a], curves[b], field, kl, x)
                 if r is not None:
-                    block.append({"field": field, "kl": kl, "a": a, "b": b, **r})
+                    block.append({"field": field, x: kl, "a": a, "b": b, **r, **({} if x == "kl" else {"x": x})})
         for r, ph in zip(block, holm([r["p"] for r in block])):
             r["p_holm"] = ph
             r["verdict"] = verdict(r["lo"], r["hi"], ph)

@@ -41,17 +41,25 @@ def sweep_lines(sweep: dict) -> list[str]:
                  f"{len(compared)} of {n_pairs} pairs compared. KL values common to every divergence curve's point "
                  f"estimates: {common}.")
     lines += [comparison_line(sweep["comparisons"], field, "sweep.json") for field in ("reward", "judge", "pred_entropy")]
+    if "matched_reward" in sweep:  # the f-DPO paper's axis: diversity at the same reward
+        bent = sweep.get("non_monotone_reward") or []
+        lines.append("At matched reward (the reward–diversity axis of Wang et al. 2023; each pair at 3 rewards inside "
+                     "both curves' trained ranges, Holm-corrected separately from the matched-KL comparisons"
+                     + (f"; reward does not rise along β for {', '.join(f'`{c}`' for c in bent)}, so those are not "
+                        "compared" if bent else "") + "): "
+                     + comparison_line(sweep["matched_reward"], "pred_entropy", "sweep.json", x="reward"))
     return lines + gain_fraction_lines(sweep)
 
 
-def comparison_line(comparisons: list[dict], field: str, source: str) -> str:
-    """How many matched-KL comparisons of `field` are distinguishable (Holm), the first `SHOW_MAX` of
-    them with their numbers (the rest are in `source`), and the smallest difference they detect."""
+def comparison_line(comparisons: list[dict], field: str, source: str, x: str = "kl") -> str:
+    """How many matched-KL (or matched-`x`) comparisons of `field` are distinguishable (Holm), the first
+    `SHOW_MAX` of them with their numbers (the rest are in `source`), and the smallest difference they detect."""
     rows = [c for c in comparisons if c["field"] == field]
+    axis = "KL" if x == "kl" else x
     if not rows:
-        return f"{field}: no pair of curves reaches a common KL in 99 % of the draws; nothing compared."
+        return f"{field}: no pair of curves reaches a common {axis} in 99 % of the draws; nothing compared."
     sig = [c for c in rows if c["verdict"] != NOT_DISTINGUISHABLE]
-    shown = "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at KL {c['kl']:.2f} ({c['diff']:+.3f}, "
+    shown = "; ".join(f"{c['a']} {c['verdict']} than {c['b']} at {axis} {c[x]:.2f} ({c['diff']:+.3f}, "
                       f"{c['lo']:+.3f}..{c['hi']:+.3f})" for c in sig[:SHOW_MAX])
     more = f"; and {len(sig) - SHOW_MAX} more ({source})" if len(sig) > SHOW_MAX else ""
     return (f"{field}: {len(sig)} of {len(rows)} pairwise comparisons distinguishable (Holm)"

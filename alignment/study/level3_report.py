@@ -91,6 +91,29 @@ def goal_line(level3: dict, goal: float = GOAL) -> str:
             f"{100 * best['frac_bon_hi']:.0f} %) at KL {best['kl']:.2f}" + (f". The share of each method's KL on sentiment words (over its β): {why}." if why else "."))
 
 
+def progress_line(level3: dict) -> str:
+    """How far each point of the methods that maximise reward - β·KL climbed toward the best objective at its
+    β (`optimum.objective_progress`), or "" when the result has none."""
+    rows = level3.get("objective_progress") or []
+    if not rows:
+        return ""
+
+    def one(r):
+        name = f"`{r['label']}` β={r['beta']:g}"
+        if r["why"] == "beyond":
+            return (f"{name}: not read (π_β needs KL {r['optimum_kl']:.2f}, more than the start's samples per prompt "
+                    f"estimate it at, {r['kl_cap']:.2f})")
+        if r["progress"] is None:
+            return f"{name}: not read (the best objective gains nothing over the start)"
+        ci = "" if r["progress_lo"] is None else f" ({100 * r['progress_lo']:.0f}..{100 * r['progress_hi']:.0f} %)"
+        return (f"{name}: {100 * r['progress']:.0f} %{ci}, J +{r['objective_gain']:.2f} of the best "
+                f"+{r['optimal_gain']:.2f}")
+    return ("How far the methods that maximise reward − β·KL climbed toward the best value of it at their β "
+            "(the gain in J = reward − β·KL over the start policy's J, as a share of the KL-optimal π_β's gain; "
+            "0 % = the start, 100 % = π_β, above 100 % only by estimation error; 95 % CI over seeds × prompts; "
+            "an upper estimate near the cap): " + "; ".join(one(r) for r in rows) + ".")
+
+
 def example_lines(level3: dict) -> list[str]:
     """The stored texts (`examples`: sample 0 of the first held-out prompts, each point's first seed) as one
     row per model and a column per prompt, so a reader sees what each β and method writes."""
@@ -115,7 +138,7 @@ def level3_lines(level3: dict) -> list[str]:
              f"{g['seeds']}; best-of-N N {g['best_of_n']}): each point pools its seeds; curves are compared at matched KL. "
              "What each policy cost to train (its own sampling and scoring included; the offline methods train on "
              "their seed's shared start-policy draw, built once):", "", markdown_table(cost_rows(level3)), "",
-             *gain_fraction_lines(level3), goal_line(level3)]
+             *gain_fraction_lines(level3), goal_line(level3), *filter(None, [progress_line(level3)])]
     if level3.get("non_monotone"):
         lines.append("KL does not rise monotonically along β for " + ", ".join(f"`{c}`" for c in level3["non_monotone"])
                      + ": those curves are shown but not compared at matched KL.")

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..base.distributed import current
-from .frontier import BON, OPTIMUM
+from .frontier import BON
+from .optimum import OPTIMUM
 from ..base.io import atomic_open
 from ..base.optional import pyplot  # matplotlib: headless, it falls back to Agg without a display
 

@@ -1,8 +1,8 @@
 """Everything the package *shows*, in one place for the CLI, the notebook, the README and the benchmarks:
 Markdown tables, the "gain vs start" line, example generations side by side, the machine description,
 and the sentences of the conclusions, computed from results (never typed in); the frontiers' sentences
-are `frontier_report`'s, the alarm's `alarm_report`'s; `console` puts them together as each CLI stage
-prints them.
+are `frontier_report`'s, the alarm's `alarm_report`'s, RESULTS.md's and the README block's `results_page`'s;
+`console` puts them together as each CLI stage prints them.
 
 Pure functions over the plain dicts that `alignment.run.experiments` returns (the result JSONs hold data
 only; every table and sentence is built here); no models, no I/O but `hardware_note`'s look at the
