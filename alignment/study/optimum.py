@@ -126,25 +126,19 @@ def optimum_curve(start: list[dict], boot: SharedBootstrap, fields: tuple[str, .
     return out
 
 
-def _lse(x: np.ndarray) -> np.ndarray:
-    """(G,) log Σ exp over each row of (G, M), -inf entries ignored."""
-    top = x.max(1, keepdims=True)
-    return top[:, 0] + np.log(np.exp(x - top).sum(1))
-
-
 def optimal_objective(start: list[dict], boot: SharedBootstrap, beta: float) -> tuple[np.ndarray, float]:
     """How much the best objective at `beta` beats the start policy's: (n_boot+1,) J*(β) - J(π_ref), with
     J*(β) = max_π E_π[r] - β·KL(π || π_ref) = β·log E_ref[exp(r/β)] and J(π_ref) = E_ref[r], per (seed,
-    prompt) from the start's samples (self-normalised, corrected for the sampler as `optimum_curve`; the
-    same estimate as π_β's E[r] - β·KL from `_tilt`), bootstrapped; and π_β's KL (point estimate, mean over
-    groups) to check against `optimum_kl_cap(start, OBJ_MIN_ESS)`. E.g. rewards (0, 1) under π_ref, β 1:
-    log((1 + e) / 2) - 0.5 = 0.120."""
+    prompt) from the start's samples: π_β's E[r] - β·KL with `_tilt`'s weights and KL (the estimate
+    `optimum_curve` draws; with w0 π_ref's weights it is exactly β·log Σ w0 exp(r/β)), bootstrapped; and π_β's
+    KL (point estimate, mean over groups) to check against `optimum_kl_cap(start, OBJ_MIN_ESS)`. E.g.
+    rewards (0, 1) under π_ref, β 1: log((1 + e) / 2) - 0.5 = 0.120."""
     s = _samples(start, ())
     r, w0 = s.vals["reward"], _weights(s, math.inf)  # (G, M), π_ref's weights on each group's samples
-    log_mean = _lse(np.where(s.mask, r / beta - s.log_ratio, -np.inf)) - _lse(np.where(s.mask, -s.log_ratio, -np.inf))
-    gain = beta * log_mean - (w0 * r).sum(1)  # (G,) β·log Σ w0 exp(r/β) - Σ w0 r >= 0 (Jensen)
+    w, kl = _tilt(s, beta)  # (G, M), (G,)
+    gain = (w * r).sum(1) - beta * kl - (w0 * r).sum(1)  # (G,) >= 0 (Jensen)
     recs = [{"prompt_id": pid, "seed_index": seed, "gain": gain[g]} for g, (seed, pid) in enumerate(s.keys)]
-    return boot.mean(recs, lambda x: x["gain"]), float(_tilt(s, beta)[1].mean())
+    return boot.mean(recs, lambda x: x["gain"]), float(kl.mean())
 
 
 def objective_progress(curves: dict[str, list[dict]], start: list[dict], boot: SharedBootstrap) -> list[dict]:
