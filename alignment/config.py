@@ -94,7 +94,7 @@ class SampleConfig:
 @dataclass
 class RewardConfig:
     model: str = OFFLINE       # "offline" (MiniLM sentiment classifier), "vader", a hub name or local dir, or "python:<name>" (a function passed as Pipeline(cfg, reward=fn); <name> keys the cache)
-    batch_size: int = rule(64, **_pos)     # texts per scoring batch
+    batch_size: int = rule(64, **_nonneg)  # texts per scoring batch (reward, judges), 0 = auto (from free GPU memory; 64 on a CPU)
     max_length: int = rule(256, **_pos)    # reward tokenizer truncation
     score_prompt: bool = True  # score prompt + completion (True) or the completion alone
     dtype: str = rule("auto", choices=_DTYPES)  # scoring dtype: auto (bf16 on GPU / bf16-capable CPU), float32, bfloat16

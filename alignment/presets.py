@@ -21,7 +21,7 @@ PRESETS: dict[str, dict] = {
     },
     "full": {
         "data.n_train_prompts": 1400, "data.n_eval_prompts": 256, "data.min_chars": 60,
-        "sample.n_samples": 8, "sample.max_new_tokens": 48, "sample.batch_size": 512,
+        "sample.n_samples": 8, "sample.max_new_tokens": 48, "sample.batch_size": 0, "reward.batch_size": 0,
         "pairs.strategy": "all_pairs",
         "eval.n_samples": 8, "eval.max_new_tokens": 48,
         "dpo.epochs": 1, "dpo.batch_size": 32, "dpo.lr": 5e-6,
@@ -31,7 +31,7 @@ PRESETS: dict[str, dict] = {
         "eval.judge": "siebert/sentiment-roberta-large-english",  # the DPO paper's ground-truth reward
         "data.source": "imdb", "data.min_chars": 200, "data.max_chars": 512,
         "data.n_train_prompts": 1000, "data.n_eval_prompts": 256,
-        "sample.n_samples": 4, "sample.max_new_tokens": 48, "sample.batch_size": 256,
+        "sample.n_samples": 4, "sample.max_new_tokens": 48, "sample.batch_size": 0, "reward.batch_size": 0,
         "eval.n_samples": 4, "eval.max_new_tokens": 48,
         "dpo.epochs": 2, "dpo.batch_size": 32, "dpo.lr": 5e-6,
     },

@@ -19,6 +19,7 @@ benchmarks/results-gpu.md (committed: the H100 run) or results-gpu-tiny.md with 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -96,7 +97,21 @@ def hub_run(paths: dict[str, Path], size: str, run_dir: Path) -> tuple[float, st
             print(f"  [hub {time.time() - t0:5.0f}s] {line}", end="", flush=True)
     if proc.returncode != 0:
         raise RuntimeError(f"hub-preset run failed ({' '.join(cmd)}):\n{''.join(lines[-60:])}")
-    return time.time() - t0, "".join(lines)
+    secs, table = time.time() - t0, build_times(run_dir)
+    print(table, flush=True)
+    return secs, "".join(lines) + "\n" + table
+
+
+def build_times(run_dir: Path) -> str:
+    """Each policy's and evaluation's build seconds in the order they were built (from the run dir's
+    `*.meta.json`): a slow step that recurs (e.g. one evaluation in three) shows here, named."""
+    rows = []
+    for meta in sorted(run_dir.glob("*/*.meta.json")):
+        m = json.loads(meta.read_text(encoding="utf-8"))
+        if "build_seconds" in m:
+            rows.append((m.get("built_at", ""), meta.parent.name, meta.name[: -len(".meta.json")], m["build_seconds"]))
+    return "build seconds, in build order:\n" + "\n".join(f"  {kind}/{name}: {sec:.1f} s"
+                                                            for _, kind, name, sec in sorted(rows))
 
 
 def peak_memory() -> str:

@@ -133,3 +133,17 @@ def test_gpu_dress_rehearsal_runs_tiny_on_cpu(tmp_path, monkeypatch):
               "trl DPOTrainer defaults (fp32) vs native with bf16 autocast"):
         assert any(w in s for s in steps), (w, steps)
     assert "`--preset hub` on the local hub-shaped models" in text and "peak memory" in text
+    assert "build seconds, in build order:" in res.stdout and "eval/human:" in res.stdout, res.stdout[-2000:]
+
+
+def test_hub_run_build_times_in_build_order(tmp_path):
+    """The hub run's closing table lists policies and evaluations by when they were built, not by name."""
+    from benchmarks.gpu import build_times
+
+    for kind, name, at, sec in (("eval", "a-s1", "2026-01-01T00:00:09", 40.0), ("eval", "b-s0", "2026-01-01T00:00:05", 9.5),
+                                ("policies", "a-s1", "2026-01-01T00:00:01", 3.0)):
+        (tmp_path / kind).mkdir(exist_ok=True)
+        (tmp_path / kind / f"{name}.meta.json").write_text(f'{{"build_seconds": {sec}, "built_at": "{at}"}}')
+    (tmp_path / "eval" / "old.meta.json").write_text("{}")  # no build time recorded: left out
+    assert build_times(tmp_path).splitlines() == ["build seconds, in build order:", "  policies/a-s1: 3.0 s",
+                                                  "  eval/b-s0: 9.5 s", "  eval/a-s1: 40.0 s"]

@@ -121,3 +121,20 @@ def test_a_scalar_reward_model_scores_with_its_one_output(tmp_path, tiny_tokeniz
     with torch.no_grad():
         want = [model(**tiny_tokenizer(t, return_tensors="pt")).logits[0, 0].item() for t in texts]
     assert got.tolist() == pytest.approx(want, abs=1e-5)
+
+
+def test_automatic_scoring_batch_is_the_cpu_default_and_scores_the_same(tiny_classifier_dir, capsys):
+    """reward.batch_size=0 on a CPU scores 64 texts a batch, silently, and gives what a fixed size gives;
+    a Python reward has no model to size, so it takes the same 64."""
+    from alignment.steps.reward import FunctionReward
+
+    auto = ClassifierReward(tiny_classifier_dir, batch_size=0, max_length=64, device=torch.device("cpu"))
+    texts = [t for t in TEXTS if t] * 20  # 120 texts (a batch of empty texts alone is a known limitation)
+    assert [len(b) for b in auto.batches(texts)] == [64, 56] and capsys.readouterr().out == ""
+    fixed = ClassifierReward(tiny_classifier_dir, batch_size=5, max_length=64, device=torch.device("cpu"))
+    assert torch.allclose(auto.score(texts), fixed.score(texts), atol=1e-5)
+    assert FunctionReward(lambda t: torch.zeros(len(t)), "python:zeros", 0).batch_size == 64
+    from alignment.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="reward.batch_size"):
+        load_config(overrides={"reward.batch_size": -1})

@@ -6,6 +6,7 @@ import torch
 
 import alignment.steps.decode as D
 import alignment.steps.sampling as S
+import alignment.base.machine as machine
 from alignment.config import SampleConfig
 from alignment.base.io import read_jsonl
 from alignment.steps.logprobs import batched_logps
@@ -393,7 +394,7 @@ def test_auto_decode_rows_from_a_mocked_free_memory_figure():
 
 def test_auto_batch_size_samples_what_a_fixed_one_does(gpt2, tok, capsys, monkeypatch):
     """sample.batch_size=0 on a CPU decodes 64 at a time, says so once, and draws what any fixed size draws."""
-    monkeypatch.setattr(S, "_AUTO_SAID", set())
+    monkeypatch.setattr(machine, "_SAID", set())
     prompts = _prompt_records(tok)
     cfg = SampleConfig(max_new_tokens=6, batch_size=0, seed=1)
     auto = [r for b in S.sample_records(gpt2, tok, prompts, 2, cfg, STOPS_MANY) for r in b]
@@ -403,3 +404,31 @@ def test_auto_batch_size_samples_what_a_fixed_one_does(gpt2, tok, capsys, monkey
              for r in b]
     tokens = lambda recs: {(r["prompt_id"], r["sample"]): r["completion_ids"] for r in recs}  # noqa: E731
     assert tokens(auto) == tokens(fixed) and len(tokens(auto)) == 8 and S.decode_rows(gpt2, cfg, prompts, 6) == 64
+
+
+def test_forward_row_bytes_worked_example_and_auto_forward_rows(monkeypatch, capsys):
+    """The docstring's GPT-2 example; an encoder (no vocabulary term); on a (mocked) GPU 40 % of the free
+    memory over the row's bytes, capped, announced once; a CPU model gets its fixed rows silently."""
+    from types import SimpleNamespace
+
+    gpt2 = SimpleNamespace(n_layer=12, n_head=12, n_embd=768, n_inner=None, vocab_size=50_257)
+    assert machine.forward_row_bytes(gpt2, 56, 4, vocab=True) == 36_138_144
+    bert = SimpleNamespace(hidden_size=384, intermediate_size=1536, num_attention_heads=12, vocab_size=30_522)
+    assert machine.forward_row_bytes(bert, 128, 2, vocab=False) == 128 * (8 * 384 + 1536) * 2 + 2 * 12 * 128 ** 2 * 2
+    monkeypatch.setattr(machine, "_SAID", set())
+    monkeypatch.setattr(machine, "free_device_memory", lambda device: 8 * 2**30)
+    param = SimpleNamespace(device=torch.device("cuda"), element_size=lambda: 4)
+    fake = SimpleNamespace(config=gpt2, parameters=lambda: iter([param]))
+    rows = machine.auto_forward_rows(fake, 56, "reference log-probs batch", vocab=True)
+    assert rows == int(0.4 * 8 * 2**30) // 36_138_144 == 95
+    machine.auto_forward_rows(fake, 56, "reference log-probs batch", vocab=True)
+    out = capsys.readouterr().out
+    assert out.count("reference log-probs batch (auto): 95 sequences (40% of 8.0 GiB free") == 1, out
+    monkeypatch.setattr(machine, "free_device_memory", lambda device: None)
+    assert machine.auto_forward_rows(fake, 56, "x", vocab=True, hint="set x") == machine.CPU_FORWARD_ROWS
+    assert "free memory is unknown; set x" in capsys.readouterr().out
+    monkeypatch.setattr(machine, "free_device_memory", lambda device: 2**50)
+    assert machine.auto_forward_rows(fake, 56, "x", vocab=True) == machine.MAX_FORWARD_ROWS
+    assert "x (auto): 1024 sequences" in capsys.readouterr().out
+    cpu = SimpleNamespace(config=gpt2, parameters=lambda: iter([torch.zeros(1)]))
+    assert machine.auto_forward_rows(cpu, 56, "x", vocab=True, cpu_rows=16) == 16 and capsys.readouterr().out == ""

@@ -154,7 +154,7 @@ class ShardedScorer:
     def score(self, texts: list[str]) -> torch.Tensor:
         plan = getattr(self.inner, "batches", None)  # a model scorer's own (length-sorted) batches
         if plan is not None:
-            batches = plan(texts)
+            batches = self.dist.agree(plan(texts))  # rank 0's (an automatic batch size is read from its free memory)
         else:
             batches = chunks(len(texts), max(1, -(-len(texts) // self.dist.world)))
         vals = map_batches(lambda sub: self.inner.score(sub).tolist(), texts, batches, self.dist)

@@ -74,18 +74,79 @@ def free_device_memory(device: torch.device) -> int | None:
         return None
 
 
+def auto_rows(per_row: int, device_type: str, free_bytes: int | None, *, cpu_rows: int, cap: int, share: float,
+              unit: str, hint: str, at: str) -> tuple[int, str]:
+    """(rows per batch, why) for an automatic batch size: on CUDA `share` of the device's free memory over
+    `per_row` bytes, between 1 and `cap`; on a CPU `cpu_rows`; on a GPU whose free memory is unknown
+    (`free_bytes` None) the same, with `hint` (never a guess that could run out of memory).
+    `at` says what a row is measured at (e.g. "56 tokens")."""
+    if device_type != "cuda":
+        return cpu_rows, f"{cpu_rows} {unit} (the {device_type} default)"
+    if free_bytes is None:
+        return cpu_rows, f"{cpu_rows} {unit}: the GPU's free memory is unknown" + (f"; {hint}" if hint else "")
+    rows = max(1, min(cap, int(share * free_bytes) // per_row))
+    return rows, (f"{rows} {unit} ({share:.0%} of {free_bytes / 2**30:.1f} GiB free, "
+                  f"{per_row / 2**20:.2f} MiB each at {at})")
+
+
 def auto_decode_rows(model_config, dtype_bytes: int, device_type: str, context: int,
                      free_bytes: int | None) -> tuple[int, str]:
-    """(sequences per decode batch, why) for `sample.batch_size=0`: on CUDA, `DECODE_MEMORY_SHARE` of the
-    device's free memory over `decode_row_bytes`, between 1 and `MAX_DECODE_ROWS`; on a CPU
-    `CPU_DECODE_ROWS`; on a GPU whose free memory is unknown (`free_bytes` None) the same, with a message
-    saying so (never a guess that could run out of memory)."""
-    if device_type != "cuda":
-        return CPU_DECODE_ROWS, f"{CPU_DECODE_ROWS} sequences (the {device_type} default)"
-    if free_bytes is None:
-        return CPU_DECODE_ROWS, (f"{CPU_DECODE_ROWS} sequences: the GPU's free memory is unknown; "
-                                 "set sample.batch_size to decode more at once")
-    per_row = decode_row_bytes(model_config, context, dtype_bytes)
-    rows = max(1, min(MAX_DECODE_ROWS, int(DECODE_MEMORY_SHARE * free_bytes) // per_row))
-    return rows, (f"{rows} sequences ({DECODE_MEMORY_SHARE:.0%} of {free_bytes / 2**30:.1f} GiB free, "
-                  f"{per_row / 2**20:.2f} MiB each at {context} tokens)")
+    """(sequences per decode batch, why) for `sample.batch_size=0` (`auto_rows` over `decode_row_bytes`):
+    `DECODE_MEMORY_SHARE` of the free GPU memory, at most `MAX_DECODE_ROWS`; `CPU_DECODE_ROWS` on a CPU."""
+    per_row = decode_row_bytes(model_config, context, dtype_bytes) if device_type == "cuda" else 1
+    return auto_rows(per_row, device_type, free_bytes, cpu_rows=CPU_DECODE_ROWS, cap=MAX_DECODE_ROWS,
+                     share=DECODE_MEMORY_SHARE, unit="sequences", at=f"{context} tokens",
+                     hint="set sample.batch_size to decode more at once")
+
+
+CPU_FORWARD_ROWS = 16  # sequences per no-gradient forward on a CPU (reference log-probs, evaluation log-probs)
+CPU_SCORE_ROWS = 64  # texts per scoring batch on a CPU (score.batch_size=0)
+MAX_FORWARD_ROWS = 1024  # beyond this a GPU forward is compute-bound: more rows buy no throughput
+FORWARD_MEMORY_SHARE = 0.4  # of the free device memory one forward's activations may take (models and caches hold the rest)
+FORWARD_LOGIT_COPIES = 3  # (tokens, vocab) tensors alive when log-probs are taken: the logits, their fp32 log-softmax, a gather
+
+
+def _first(c, *names: str, default=None):
+    return next((v for v in (getattr(c, n, None) for n in names) if v), default)
+
+
+def forward_row_bytes(model_config, tokens: int, dtype_bytes: int, vocab: bool) -> int:
+    """Peak device bytes one sequence of `tokens` adds to a no-gradient forward: one layer's activations
+    (8 hidden-size copies, the MLP's inner width and two heads x tokens x tokens attention maps, in the model's
+    dtype; layers run one after another) plus, with `vocab` (a language model's log-probs),
+    `FORWARD_LOGIT_COPIES` fp32 (tokens, vocab) tensors. GPT-2, Llama, BERT and DistilBERT configs alike.
+
+    Worked example: GPT-2 (768 wide, 3,072 inner, 12 heads, vocab 50,257) at 56 tokens in fp32:
+    56 x (8 x 768 + 3,072) x 4 + 2 x 12 x 56^2 x 4 = 2,365,440 + 3 x 56 x 50,257 x 4 = 33,772,704
+    -> 36,138,144 bytes (~34.5 MiB)."""
+    c = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    hidden = _first(c, "hidden_size", "n_embd", "dim")
+    inner = _first(c, "intermediate_size", "n_inner", "hidden_dim", default=4 * hidden)
+    heads = _first(c, "num_attention_heads", "n_head", "n_heads")
+    act = tokens * (8 * hidden + inner) * dtype_bytes + 2 * heads * tokens * tokens * dtype_bytes
+    return act + (FORWARD_LOGIT_COPIES * tokens * c.vocab_size * 4 if vocab else 0)
+
+
+_SAID: set[tuple[str, int]] = set()  # the automatic batch sizes already announced in this process, per use
+
+
+def auto_forward_rows(model, tokens: int, what: str, *, vocab: bool, cpu_rows: int = CPU_FORWARD_ROWS,
+                      unit: str = "sequences", hint: str = "") -> int:
+    """Rows per no-gradient forward of `model` (on its own device and dtype) at up to `tokens` tokens:
+    `auto_rows` over `forward_row_bytes`; on a CPU `cpu_rows` (silently: the values these batches always
+    had). Each distinct choice on a GPU is printed once, naming `what` the batch is for."""
+    param = next(model.parameters())
+    if param.device.type != "cuda":
+        return cpu_rows
+    per_row = forward_row_bytes(model.config, tokens, param.element_size(), vocab)
+    rows, why = auto_rows(per_row, "cuda", free_device_memory(param.device), cpu_rows=cpu_rows, cap=MAX_FORWARD_ROWS,
+                          share=FORWARD_MEMORY_SHARE, unit=unit, hint=hint, at=f"{tokens} tokens")
+    say_once(what, rows, why)
+    return rows
+
+
+def say_once(what: str, rows: int, why: str) -> None:
+    """Print `what (auto): why` the first time this process chooses `rows` for `what`."""
+    if (what, rows) not in _SAID:
+        _SAID.add((what, rows))
+        print(f"{what} (auto): {why}", flush=True)

@@ -25,6 +25,7 @@ import torch
 from ..study.alarm import other_prompt_index
 from ..config import Config
 from ..base.distributed import Dist, chunks, map_batches
+from ..base.machine import auto_forward_rows
 from ..base.io import read_json, read_jsonl, write_json, write_jsonl
 from .logprobs import collate, model_logits, model_token_logps, token_logps
 from ..study.metrics import METRICS_VERSION, kl_control_variate, mean_predictive_entropy, metrics_of
@@ -102,7 +103,7 @@ def other_prompts(prompts: list[dict]) -> dict[str, list[int]] | None:
 
 @torch.no_grad()
 def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs: list[dict], pad_id: int,
-                      batch_size: int = 16, sample_cfg=None, other_ids: dict[str, list[int]] | None = None) -> dict:
+                      batch_size: int = 0, sample_cfg=None, other_ids: dict[str, list[int]] | None = None) -> dict:
     """Per sample (N,): the sampling distribution's log q(y) and mean predictive entropy — the
     sampler's own (`sample_logps`, `sample_entropy` in the records) or, for records without them
     (backend=generate), a forward of `sampler` (the model in the dtype that drew) —, the
@@ -112,7 +113,9 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
     `kl_cv` is None then), and token counts. The forward fallback applies the sampler's temperature
     and top-k/top-p (`sample_cfg`), so its log q is the sampling distribution's too.
     `sampler=None` (the human row): only the reference's log-probs and the counts. `other_ids` ({prompt id:
-    another prompt's ids}, `other_prompts`): also the reference's log p(y) after that other prompt ("ref_other")."""
+    another prompt's ids}, `other_prompts`): also the reference's log p(y) after that other prompt ("ref_other").
+    `batch_size` samples per forward; 0: `eval_rows`."""
+    batch_size = batch_size or eval_rows(ref_model, prompt_ids, recs)
     T, top_k, top_p = ((sample_cfg.temperature, sample_cfg.top_k, sample_cfg.top_p) if sample_cfg is not None
                        else (1.0, 0, 1.0))
     full_support = top_k == 0 and top_p >= 1.0
@@ -203,9 +206,17 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
     return _finish(name, out_dir, recs, scores, lp, cfg) if dist.main else {}
 
 
+def eval_rows(ref_model, prompt_ids: dict[str, list[int]], recs: list[dict]) -> int:
+    """Samples per evaluation forward: from free GPU memory at the longest prompt + completion
+    (`machine.auto_forward_rows`), 16 on a CPU."""
+    longest = max((len(prompt_ids[r["prompt_id"]]) + len(r["completion_ids"]) for r in recs), default=1)
+    return auto_forward_rows(ref_model, longest, "evaluation log-probs batch", vocab=True)
+
+
 def _sharded_logps(dist: Dist, sampler, ref_model, prompt_ids: dict, recs: list[dict], pad_id: int, sample_cfg,
-                   batch_size: int = 16, other_ids: dict | None = None) -> dict:
+                   batch_size: int = 0, other_ids: dict | None = None) -> dict:
     """`logps_and_entropy` with its batches split across ranks, gathered (equal to one process's)."""
+    batch_size = dist.agree(batch_size or eval_rows(ref_model, prompt_ids, recs))  # rank 0's: one batching for all
     if dist.world == 1 or not recs:
         return logps_and_entropy(sampler, ref_model, prompt_ids, recs, pad_id, batch_size, sample_cfg, other_ids)
 

@@ -26,6 +26,7 @@ from ..base.io import cached, meta_path, read_json
 from ..assets.judge_ft import Recipe, build_judge
 from ..assets.models import pick_device, sampling_dtype
 from ..assets.reward_train import train_head
+from ..base.machine import CPU_SCORE_ROWS, auto_forward_rows
 
 
 class RewardError(ValueError):
@@ -37,6 +38,13 @@ def check_finite(scores: torch.Tensor, texts: list[str]) -> torch.Tensor:
     if bad:
         raise RewardError(f"reward is NaN/inf for {len(bad)} text(s), first index {bad[0]}: {texts[bad[0]][:80]!r}")
     return scores
+
+
+def score_rows(model, batch_size: int, max_length: int) -> int:
+    """Texts per scoring batch of a model scorer: `batch_size`, or where it is 0 (auto) from free GPU memory at
+    `max_length` tokens (`machine.auto_forward_rows`), `CPU_SCORE_ROWS` (64) on a CPU."""
+    return batch_size or auto_forward_rows(model, max_length, "reward.batch_size=0", vocab=False, cpu_rows=CPU_SCORE_ROWS,
+                                           unit="texts", hint="set reward.batch_size to score more at once")
 
 
 def length_batches(texts: list[str], batch_size: int) -> list[list[int]]:
@@ -63,7 +71,7 @@ class ClassifierReward:
 
     def batches(self, texts: list[str]) -> list[list[int]]:
         """The batches `score` runs (split across ranks by `distributed.ShardedScorer`)."""
-        return length_batches(texts, self.batch_size)
+        return length_batches(texts, score_rows(self.model, self.batch_size, self.max_length))
 
     @torch.inference_mode()
     def score(self, texts: list[str]) -> torch.Tensor:
@@ -116,7 +124,7 @@ class EmbeddingReward:
 
     def batches(self, texts: list[str]) -> list[list[int]]:
         """The batches `embed` runs (split across ranks by `distributed.ShardedScorer`)."""
-        return length_batches(texts, self.batch_size)
+        return length_batches(texts, score_rows(self.enc, self.batch_size, self.max_length))
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> torch.Tensor:
@@ -246,7 +254,7 @@ class FunctionReward:
     shape and finiteness, scored in batches of `batch_size` (so several processes split it like a model)."""
 
     def __init__(self, fn: Callable[[list[str]], torch.Tensor], name: str, batch_size: int = 64):
-        self.fn, self.name, self.batch_size = fn, name, batch_size
+        self.fn, self.name, self.batch_size = fn, name, batch_size or CPU_SCORE_ROWS  # 0 (auto): no model to size
         self.metrics: dict = {}
 
     def batches(self, texts: list[str]) -> list[list[int]]:

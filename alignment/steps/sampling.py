@@ -25,7 +25,7 @@ from . import decode, hf_generate
 from ..config import SampleConfig
 from ..base.distributed import Dist, remove_shards, shard_path, shards_of
 from ..base.io import JsonlAppender, debug_delay, read_jsonl, write_jsonl
-from ..base.machine import auto_decode_rows, free_device_memory
+from ..base.machine import auto_decode_rows, free_device_memory, say_once
 from ..base.timing import bars_off
 
 
@@ -39,9 +39,6 @@ def _batches(prompts: list[dict], per_batch: int) -> Iterator[list[dict]]:
         yield ordered[i : i + per_batch]
 
 
-_AUTO_SAID: set[int] = set()  # the automatic decode batch sizes already announced in this process
-
-
 def decode_rows(model, cfg: SampleConfig, prompts: list[dict], max_new: int) -> int:
     """Sequences per decode batch: `sample.batch_size`, or where it is 0 (auto) `machine.auto_decode_rows`
     at the longest prompt plus `max_new` tokens, announced once per distinct choice. The draws do not
@@ -52,9 +49,7 @@ def decode_rows(model, cfg: SampleConfig, prompts: list[dict], max_new: int) -> 
     rows, why = auto_decode_rows(model.config, param.element_size(), param.device.type,
                                  max((len(p["ids"]) for p in prompts), default=0) + max_new,
                                  free_device_memory(param.device))
-    if rows not in _AUTO_SAID:
-        _AUTO_SAID.add(rows)
-        print(f"sample.batch_size=0 (auto): {why}", flush=True)
+    say_once("sample.batch_size=0", rows, why)
     return rows
 
 

@@ -34,6 +34,7 @@ from ..base.checkpoint import CKPT, checkpoint_due, load_checkpoint, remove_chec
 from ..config import DPOConfig
 from ..base.distributed import Dist, chunks, map_batches
 from ..base.io import JsonlAppender, debug_delay, read_jsonl, write_json
+from ..base.machine import auto_forward_rows
 from .logprobs import batched_logps, collate, completion_token_stats, model_logps
 from .losses import compute_loss
 from ..assets.models import add_lora, train_autocast
@@ -72,9 +73,13 @@ class LoopConfig:
 
 
 def reference_logps(ref_model, pairs: list[dict], prompt_ids: dict[str, list[int]], pad_id: int,
-                    batch_size: int = 16, dist: Dist = Dist()) -> tuple[torch.Tensor, torch.Tensor]:
+                    batch_size: int = 0, dist: Dist = Dist()) -> tuple[torch.Tensor, torch.Tensor]:
     """(P,), (P,) reference log-probs of chosen and rejected completions, computed once (under
-    several processes split by batches and gathered: the same values)."""
+    several processes split by batches and gathered: the same values), `batch_size` pairs per forward
+    (0: from free GPU memory, `machine.auto_forward_rows`; 16 on a CPU)."""
+    longest = max((len(prompt_ids[p["prompt_id"]]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs),
+                  default=1)
+    batch_size = dist.agree(batch_size or auto_forward_rows(ref_model, longest, "reference log-probs batch", vocab=True))
     def both(sub: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         prompts = [prompt_ids[p["prompt_id"]] for p in sub]
         return (batched_logps(ref_model, prompts, [p["chosen_ids"] for p in sub], pad_id, batch_size),
