@@ -22,6 +22,7 @@ import yaml
 
 from .steps.losses import LOSSES, VALUE_LOSSES, validate_alpha
 from .steps.pairs import STRATEGIES
+from .steps.samplers import SAMPLERS
 from .presets import PRESETS
 
 OFFLINE = "offline"  # the embedded default: real pretrained assets shipped in PyPI packages
@@ -87,7 +88,7 @@ class SampleConfig:
     top_k: int = rule(0, check=lambda v: v >= 0, why="must be >= 0 (0 = off)")  # top-k filter; 0 = off (pure sampling, the assignment notebook's setting)
     top_p: float = rule(1.0, check=lambda v: 0 < v <= 1, why="must be in (0, 1]")  # nucleus (top-p) filter; 1.0 = off
     batch_size: int = rule(64, **_nonneg, hashed=False)  # sequences per decode batch, 0 = auto (from free GPU memory; 64 on a CPU): speed only, each completion draws from its own counter-based stream
-    backend: str = rule("fast", choices=("fast", "generate"))  # "fast" (our KV-cache loop) or "generate" (HF model.generate)
+    backend: str = rule("fast", choices=_registry(SAMPLERS))  # a name in alignment.steps.samplers.SAMPLERS: "fast" (our KV-cache loop), "generate" (HF model.generate), or yours
     seed: int = 0              # sampling seed (each completion's stream is keyed by it, its prompt id and its sample index)
 
 

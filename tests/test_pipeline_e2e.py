@@ -319,3 +319,28 @@ def test_sweep_traces_frontiers_with_best_of_n_and_matched_kl(tmp_path, tiny_gpt
     adapter = pipe.paths.policy("reverse_kl-lora4-b0.1-lr0.005-s0") / "model"
     assert (adapter / "adapter_config.json").exists() and not (adapter / "model.safetensors").exists()
     assert read_json(pipe.paths.result("sweep"))["matched_kl"] == res["matched_kl"]
+
+
+def test_a_sampler_that_loads_saved_models_in_another_process_runs_level1(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
+                                                                          reviews_csv, monkeypatch):
+    """The sampler seam by model reference: tests/subprocess_sampler.py (one module, `TAKES_REF`, and one line in
+    `SAMPLERS`) draws every sample of Level 1 in a child process from the saved weights (the start policy's dir;
+    base + LoRA adapter for the trained policies) and gets the fast backend's tokens row for row."""
+    import subprocess_sampler
+
+    from alignment.steps.samplers import SAMPLERS
+
+    monkeypatch.setitem(SAMPLERS, "subprocess", "subprocess_sampler")
+    monkeypatch.setattr(subprocess_sampler, "CALLS", [])
+    over = {"dpo.lora_r": 4, "dpo.lora_alpha": 8.0, "model.dtype": "float32", "eval.n_seeds": 1}
+    runs = {b: Pipeline(tiny_cfg(tmp_path / b, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
+                                 **{**over, "sample.backend": b})) for b in ("fast", "subprocess")}
+    for pipe in runs.values():
+        experiments.level1(pipe)
+    files = sorted(p.relative_to(runs["fast"].dir) for p in runs["fast"].dir.rglob("samples.jsonl"))
+    assert len(files) == 4  # the start policy's training samples; the start, sigmoid and hinge evaluations
+    assert sum(subprocess_sampler.CALLS) == 6 * 3 + 3 * 4 * 2  # every row drawn on the far side
+    for f in files:
+        a, b = (read_jsonl(runs[k].dir / f) for k in ("fast", "subprocess"))
+        assert [r["completion_ids"] for r in a] == [r["completion_ids"] for r in b], f
+        assert all(abs(x - y) < 1e-4 for r, s in zip(a, b) for x, y in zip(r["sample_logps"], s["sample_logps"]))

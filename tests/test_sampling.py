@@ -432,3 +432,20 @@ def test_forward_row_bytes_worked_example_and_auto_forward_rows(monkeypatch, cap
     assert "x (auto): 1024 sequences" in capsys.readouterr().out
     cpu = SimpleNamespace(config=gpt2, parameters=lambda: iter([torch.zeros(1)]))
     assert machine.auto_forward_rows(cpu, 56, "x", vocab=True, cpu_rows=16) == 16 and capsys.readouterr().out == ""
+
+
+def test_a_backend_that_takes_a_model_reference_gets_one_only_for_saved_weights(tiny_gpt2_dir):
+    """`TAKES_REF` backends receive the `ModelRef` of a frozen loaded model (the path it came from, its dtype;
+    a cast copy keeps it with the new dtype); a model loaded to train has no saved copy: a clear refusal."""
+    from types import SimpleNamespace
+
+    from alignment.assets.models import ModelRef, cast_model, load_causal_lm
+
+    ref_backend = SimpleNamespace(TAKES_REF=True)
+    frozen = load_causal_lm(tiny_gpt2_dir, device=torch.device("cpu"))
+    assert S.draw_source(ref_backend, frozen, "x") == ModelRef(tiny_gpt2_dir, "", "float32")
+    assert S.draw_source(ref_backend, cast_model(frozen, torch.bfloat16), "x").dtype == "bfloat16"
+    assert S.draw_source(S.backend("fast"), frozen, "fast") is frozen  # in-process backends get the model
+    training = load_causal_lm(tiny_gpt2_dir, device=torch.device("cpu"), train=True)
+    with pytest.raises(ValueError, match="sample.backend=x samples saved models.*use sample.backend=fast"):
+        S.draw_source(ref_backend, training, "x")

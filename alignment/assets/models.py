@@ -1,7 +1,11 @@
-"""Load policies, reference models and tokenizers from one name: offline default, hub id or path."""
+"""Load policies, reference models and tokenizers from one name: offline default, hub id or path; and
+the `ModelRef` of each loaded model (where its weights come from), for samplers that load models themselves."""
 from __future__ import annotations
 
+import copy
+import weakref
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -61,6 +65,40 @@ def load_tokenizer(name: str):
     return tok
 
 
+class ModelRef(NamedTuple):
+    """Where a loaded model's weights come from: `path` (a local dir or hub id) in fp32, plus the LoRA adapter
+    at `adapter` merged in (or ""), then cast to `dtype` (a torch dtype's name). `load` rebuilds the same
+    weights in any process: what a sampler backend with `TAKES_REF` (`steps.samplers`) receives."""
+    path: str
+    adapter: str = ""
+    dtype: str = "float32"
+
+    def load(self, device: torch.device | None = None):
+        model = load_causal_lm(self.path, torch.float32, device)
+        if self.adapter:
+            model = load_adapter(model, self.adapter)
+        return cast_model(model, getattr(torch, self.dtype))
+
+
+_REFS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # frozen loaded model -> its ModelRef
+
+
+def model_ref(model) -> ModelRef | None:
+    """The `ModelRef` of a model loaded frozen by `load_causal_lm` / `load_adapter` / `cast_model`; None for
+    a model loaded to train or wrapped with adapters (its weights are not those of any saved model)."""
+    return _REFS.get(model)
+
+
+def cast_model(model, dtype: torch.dtype):
+    """`model` in `dtype`: itself if it already is, else a copy (its `ModelRef` follows with the new dtype)."""
+    if next(model.parameters()).dtype == dtype:
+        return model
+    out = copy.deepcopy(model).to(dtype)
+    if model_ref(model) is not None:
+        _REFS[out] = model_ref(model)._replace(dtype=str(dtype).replace("torch.", ""))
+    return out
+
+
 def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.device | None = None,
                    train: bool = False):
     model = AutoModelForCausalLM.from_pretrained(resolve_policy(name), dtype=dtype)
@@ -68,6 +106,7 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.
     model.train(train)
     if not train:
         model.requires_grad_(False)
+        _REFS[model] = ModelRef(resolve_policy(name), "", str(dtype).replace("torch.", ""))
     return model
 
 
@@ -97,8 +136,11 @@ def is_adapter(path: str | Path) -> bool:
 
 def load_adapter(base, path: str | Path):
     """Base model + the LoRA adapter saved at `path`, merged into plain weights (fast to sample)."""
+    base_ref = model_ref(base)
     model = peft().PeftModel.from_pretrained(base, str(path)).merge_and_unload()
     model.requires_grad_(False)
+    if base_ref is not None and not base_ref.adapter:
+        _REFS[model] = base_ref._replace(adapter=str(path))
     return model.eval()
 
 

@@ -10,18 +10,18 @@ which batch, process, device or backend drew it, up to the numerics of the logit
 CDF boundary can flip where another padding width rounds the logits otherwise, as bf16 on a GPU may): the
 batch size is a speed knob only.
 
-A sampler backend is a module with `draw(model, tokenizer, prompts, n, cfg, stop_ids, keys,
-max_new_tokens) -> Draws` (this one, `alignment.steps.hf_generate`), registered in `sampling.SAMPLERS`.
+The sampler seam (`alignment.steps.samplers`): a backend is a module with `draw(...) -> Draws` (this one,
+`alignment.steps.hf_generate`), registered in `samplers.SAMPLERS`.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..config import SampleConfig
+from .samplers import Draws
 
 GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment: 2^64 / the golden ratio
 _M64 = (1 << 64) - 1
@@ -86,14 +86,6 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 DRAWS = "counter-splitmix64"  # how a completion's tokens are drawn (`row_keys`, `uniforms`): part of the cache key of
 # every artifact built from samples, so a run dir sampled another way is refused rather than mixed
-
-
-class Draws(NamedTuple):
-    """What a sampler drew, P*N rows (prompt-major), and the distribution that drew it (None where
-    the backend does not report it: evaluation then re-scores the draws with a forward pass)."""
-    tokens: list[list[int]]            # each ends at its stop token (kept) or at max_new_tokens
-    logps: list[list[float]] | None    # log q(token_t | <t) of each drawn token under the sampling distribution
-    entropy: list[float] | None        # mean over the row's steps of H(q(. | <t)), the sampler's predictive entropy
 
 
 def sample_batch(model, prompts: list[list[int]], n: int, cfg: SampleConfig, stop_ids: list[int],

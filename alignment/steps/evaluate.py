@@ -14,7 +14,6 @@ reviews" and the reference point for fluency.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from .logprobs import collate, model_logits, model_token_logps, token_logps
 from ..study.metrics import METRICS_VERSION, kl_control_variate, mean_predictive_entropy, metrics_of
 from .reward import check_finite, reward_texts, score_records
 from .decode import filter_logits
+from ..assets.models import cast_model
 from .sampling import sample_to_file
 
 
@@ -193,9 +193,7 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
     Under several processes (`dist`; `scorers` then split their batches too) each rank samples and
     measures its share of the batches; rank 0 writes the files and returns the metrics."""
     out_dir = Path(out_dir)
-    sampler = model
-    if sample_dtype is not None and sample_dtype != next(model.parameters()).dtype:
-        sampler = copy.deepcopy(model).to(sample_dtype)
+    sampler = model if sample_dtype is None else cast_model(model, sample_dtype)
     scfg = dataclasses.replace(cfg.sample, seed=cfg.sample.seed + 10_000 + seed)  # eval draws differ from train
     recs = sample_to_file(out_dir / "samples.jsonl", sampler, tokenizer, prompts, cfg.eval.n_samples,
                           scfg, stop_ids, desc=f"eval {name}", max_new_tokens=cfg.eval.max_new_tokens, dist=dist)

@@ -15,7 +15,8 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ..config import SampleConfig
-from .decode import Draws, categorical, filter_logits, left_pad, uniforms
+from .decode import categorical, filter_logits, left_pad, uniforms
+from .samplers import Draws
 
 
 class CounterDraw(LogitsProcessor):

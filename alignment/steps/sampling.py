@@ -1,10 +1,11 @@
 """Sampling completions of prompts, as plain records streamed to JSONL.
 
-The seam: a sampler backend is a module with `draw(model, tokenizer, prompts, n, cfg, stop_ids,
-keys, max_new_tokens) -> decode.Draws`, registered in `SAMPLERS` under the name
+The seam (`alignment.steps.samplers`): a sampler backend is a module with `draw(source, tokenizer, prompts,
+n, cfg, stop_ids, keys, max_new_tokens) -> Draws`, registered in `samplers.SAMPLERS` under the name
 `sample.backend` takes: `fast` (`alignment.steps.decode`, our KV-cache decoder: the default) and
-`generate` (`alignment.steps.hf_generate`, HF `model.generate`). A new backend is one new module and one
-line here (and its name in `config.SampleConfig.backend`'s choices).
+`generate` (`alignment.steps.hf_generate`, HF `model.generate`). `source` is the loaded model, or its
+`models.ModelRef` for a backend that loads models itself (`TAKES_REF`). A new backend is one new module and
+one line in `SAMPLERS`.
 
 Around it: prompts are length-bucketed into batches; each completion draws from its own counter-based
 stream, keyed by the run seed, its prompt id and its sample index (`decode.row_keys`), so the draws do
@@ -16,12 +17,15 @@ batches (`alignment.base.distributed`) into its own shard.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
 from typing import Iterator
 
 from tqdm.auto import tqdm
 
-from . import decode, hf_generate
+from . import decode
+from .samplers import SAMPLERS
+from ..assets.models import model_ref
 from ..config import SampleConfig
 from ..base.distributed import Dist, remove_shards, shard_path, shards_of
 from ..base.io import JsonlAppender, debug_delay, read_jsonl, write_jsonl
@@ -29,7 +33,23 @@ from ..base.machine import auto_decode_rows, free_device_memory, say_once
 from ..base.timing import bars_off
 
 
-SAMPLERS = {"fast": decode, "generate": hf_generate}  # sample.backend -> its module (`draw`)
+def backend(name: str):
+    """The module registered for `sample.backend=name` (`samplers.SAMPLERS`: a module path, or a module)."""
+    mod = SAMPLERS[name]
+    return importlib.import_module(mod) if isinstance(mod, str) else mod
+
+
+def draw_source(mod, model, name: str):
+    """What backend `mod` draws from: `model` itself, or its `ModelRef` where the backend loads models itself
+    (`TAKES_REF`); a model being trained has none (its weights are in this process only)."""
+    if not getattr(mod, "TAKES_REF", False):
+        return model
+    ref = model_ref(model)
+    if ref is None:
+        raise ValueError(f"sample.backend={name} samples saved models (it loads them from their path), but this "
+                         "model has no saved copy (a policy while it trains: on-policy methods, SFT samples); "
+                         "use sample.backend=fast for it")
+    return ref
 
 
 def _batches(prompts: list[dict], per_batch: int) -> Iterator[list[dict]]:
@@ -67,10 +87,12 @@ def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleCon
     todo = [p for p in prompts if p["id"] not in done]
     max_new = max_new_tokens or cfg.max_new_tokens
     per_batch = _per_batch(decode_rows(model, cfg, todo, max_new), n)
+    mod = backend(cfg.backend)
+    source = draw_source(mod, model, cfg.backend) if todo else model
     bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False, disable=quiet or bars_off())
     for batch in _batches(todo, per_batch):
         keys = decode.row_keys(cfg.seed, [p["id"] for p in batch], n)  # (len(batch) * n,)
-        draws = SAMPLERS[cfg.backend].draw(model, tokenizer, [p["ids"] for p in batch], n, cfg, stop_ids, keys, max_new)
+        draws = mod.draw(source, tokenizer, [p["ids"] for p in batch], n, cfg, stop_ids, keys, max_new)
         recs = []
         for j, c in enumerate(draws.tokens):
             p = batch[j // n]
