@@ -184,7 +184,6 @@ def train_dpo_trl(model, ref_model_or_None, tokenizer, pairs: list[dict], prompt
     our token ids (default, exact same sequences as the native backend) or trl's text path.
     `held_out`: pairs trl evaluates every `cfg.eval_every` steps (its eval_dataset; eval_* metrics in
     the step's record). Writes out_dir/train_log.jsonl and out_dir/train_summary.json."""
-    TrlDPOConfig = trl().DPOConfig
     if not pairs:
         raise ValueError("train_dpo_trl: no preference pairs")
     loss_args = trl_loss_args(cfg)  # raises for losses trl does not have, before any work
@@ -194,20 +193,49 @@ def train_dpo_trl(model, ref_model_or_None, tokenizer, pairs: list[dict], prompt
     out_dir.mkdir(parents=True, exist_ok=True)
 
     on_cpu = not torch.cuda.is_available() or next(model.parameters()).device.type == "cpu"
-    ref = ref_model_or_None
-    if ref is model:  # trl refuses the same object; the starting policy is what was meant
+    ref = _frozen_reference(model, ref_model_or_None, precompute_ref)
+    args = _trl_args(cfg, out_dir, on_cpu, bool(held_out), precompute_ref, loss_args)
+    records: list[dict] = []
+    snap = _snapshot([model, ref])
+    try:
+        cls = _trainer_class() if tokenized else trl().DPOTrainer
+        trainer = cls(model=model, ref_model=ref, args=args, train_dataset=_dataset(pairs, prompt_ids, tokenized),
+                      eval_dataset=_dataset(held_out, prompt_ids, tokenized) if held_out else None,
+                      processing_class=tokenizer, callbacks=[_make_callback(tracker, records)])
+        trainer.remove_callback(trainer_callbacks().PrinterCallback)  # with disable_tqdm it would print every log dict
+        trainer.train()
+        if held_out and (not records or "eval_loss" not in records[-1]):  # after the last step, as the native loop
+            trainer.evaluate()  # its log reaches the callback, which merges it into the last record
+    finally:
+        _restore(snap)
+        model.eval()
+    last = dict(records[-1]) if records else {}
+    write_jsonl(out_dir / "train_log.jsonl", records)
+    write_json(out_dir / "train_summary.json", last)
+    return records
+
+
+def _frozen_reference(model, ref, precompute_ref: bool):
+    """The reference trl gets, frozen: None for the starting policy itself (trl refuses the same object, and
+    precomputes its log-probs from the policy before training), or a deep copy of the policy when nothing is
+    precomputed (trl would reload `config._name_or_path` from disk/hub: wrong for an in-memory policy)."""
+    if ref is model:
         ref = None
     if ref is None and not precompute_ref:
-        # trl would reload `config._name_or_path` from disk/hub: wrong for an in-memory policy
         ref = copy.deepcopy(model)
     if ref is not None:
         ref.eval()
         ref.requires_grad_(False)
+    return ref
 
+
+def _trl_args(cfg: DPOConfig, out_dir: Path, on_cpu: bool, held_out: bool, precompute_ref: bool, loss_args: dict):
+    """trl's DPOConfig with the native loop's settings (schedule, clipping, no weight decay, seeds)."""
+    TrlDPOConfig = trl().DPOConfig
     # trl defaults gradient checkpointing on; transformers 5 renamed it activation_checkpointing
     ckpt_field = ("activation_checkpointing" if "activation_checkpointing" in
                   {f.name for f in dataclasses.fields(TrlDPOConfig)} else "gradient_checkpointing")
-    args = TrlDPOConfig(
+    return TrlDPOConfig(
         output_dir=str(out_dir),
         beta=cfg.beta,
         learning_rate=cfg.lr,
@@ -237,21 +265,3 @@ def train_dpo_trl(model, ref_model_or_None, tokenizer, pairs: list[dict], prompt
         **{ckpt_field: False},
         **loss_args,
     )
-    records: list[dict] = []
-    snap = _snapshot([model, ref])
-    try:
-        cls = _trainer_class() if tokenized else trl().DPOTrainer
-        trainer = cls(model=model, ref_model=ref, args=args, train_dataset=_dataset(pairs, prompt_ids, tokenized),
-                      eval_dataset=_dataset(held_out, prompt_ids, tokenized) if held_out else None,
-                      processing_class=tokenizer, callbacks=[_make_callback(tracker, records)])
-        trainer.remove_callback(trainer_callbacks().PrinterCallback)  # with disable_tqdm it would print every log dict
-        trainer.train()
-        if held_out and (not records or "eval_loss" not in records[-1]):  # after the last step, as the native loop
-            trainer.evaluate()  # its log reaches the callback, which merges it into the last record
-    finally:
-        _restore(snap)
-        model.eval()
-    last = dict(records[-1]) if records else {}
-    write_jsonl(out_dir / "train_log.jsonl", records)
-    write_json(out_dir / "train_summary.json", last)
-    return records
