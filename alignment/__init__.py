@@ -36,7 +36,7 @@ _EXPORTS = {  # name -> the module that defines it (a module itself where the na
     "load_config": "config", "Pipeline": "run.pipeline", "level1": "run.experiments", "sweep": "run.experiments",
     "level3": "run.experiments", "sample_records": "steps.sampling", "score_records": "steps.reward",
     "build_pairs": "steps.pairs", "LOSSES": "steps.losses", "compute_loss": "steps.losses",
-    "train_dpo": "steps.train", "evaluate_model": "steps.evaluate", "load_adapter": "assets.models",
+    "train_dpo": "steps.dpo", "evaluate_model": "steps.evaluate", "load_adapter": "assets.models",
     "compare_to_start": "study.stats", "bon_curve": "study.frontier", "optimum_curve": "study.optimum",
     "plots": "study.plots", "experiments": "run.experiments", "presets": "presets",
 }

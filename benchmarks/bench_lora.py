@@ -44,7 +44,7 @@ def worker(spec: dict) -> dict:
 
     from alignment.config import DPOConfig
     from alignment.assets.models import add_lora
-    from alignment.steps.train import reference_logps, train_dpo
+    from alignment.steps.dpo import reference_logps, train_dpo
     from benchmarks.bench_training import StepClock, make_pairs
     from benchmarks.context import Ctx
 

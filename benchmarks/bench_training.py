@@ -14,7 +14,7 @@ import torch
 
 from alignment.config import DPOConfig
 from alignment.base.machine import cpu_has_bf16
-from alignment.steps.train import reference_logps, train_dpo
+from alignment.steps.dpo import reference_logps, train_dpo
 from alignment.steps.trl_backend import train_dpo_trl
 from benchmarks.harness import Report, Sizes, log, speedup
 

@@ -12,7 +12,8 @@ import torch
 from alignment.base.checkpoint import CKPT, checkpoint_due, trainable_state
 from alignment.config import Config, DPOConfig
 from alignment.assets.models import add_lora, load_causal_lm
-from alignment.steps.train import done_training, reference_logps, train_dpo
+from alignment.steps.dpo import reference_logps, train_dpo
+from alignment.steps.train import done_training
 
 PAD = 0
 

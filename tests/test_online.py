@@ -159,11 +159,11 @@ def test_on_policy_methods_train_lora_adapters_against_the_frozen_base(tmp_path,
                                                                        reviews_csv, method):
     """With LoRA the reference is the policy's own base with its adapters off: the reference log-probs the
     methods read are the start policy's (checked against a separately loaded start policy)."""
-    from alignment.steps import train
+    from alignment.steps import dpo
     from alignment.steps.logprobs import batched_logps
     from alignment.assets.models import load_causal_lm
     seen = []
-    real = train.reference_of
+    real = dpo.reference_of
 
     def spy(model, models, cfg):
         ctx = real(model, models, cfg)

@@ -341,7 +341,7 @@ def test_empty_and_eos_only_completions(tiny_gpt2_dir, tiny_classifier_dir, tiny
     from alignment.steps.pairs import build_pairs
     from alignment.steps.reward import ClassifierReward, score_records
     from alignment.steps.logprobs import batched_logps
-    from alignment.steps.train import reference_logps, train_dpo
+    from alignment.steps.dpo import reference_logps, train_dpo
 
     tok, eos = tiny_tokenizer, tiny_tokenizer.eos_token_id
     pad = tok.pad_token_id

@@ -8,7 +8,8 @@ from alignment.config import DPOConfig
 from alignment.base.io import read_json, read_jsonl
 from alignment.assets.models import load_causal_lm
 from alignment.steps.logprobs import collate, completion_token_stats
-from alignment.steps.train import done_training, lr_at, reference_logps, step_metrics, train_dpo
+from alignment.steps.dpo import reference_logps, step_metrics, train_dpo
+from alignment.steps.train import done_training, lr_at
 
 PAD = 0
 
@@ -207,7 +208,7 @@ def test_train_autocast_choice():
 def test_held_out_split_by_prompt_worked_example():
     """The docstring's example: prompts a, a, b, c and share 0.34 -> floor(1.02) = 1 prompt, the last
     (c), is held out with its reference log-probs; a's two pairs and b's train."""
-    from alignment.steps.train import held_out_split
+    from alignment.steps.dpo import held_out_split
 
     pairs = [{"prompt_id": k, "i": i} for i, k in enumerate("aabc")]
     ref = (torch.tensor([-1.0, -2.0, -3.0, -4.0]), torch.tensor([-5.0, -6.0, -7.0, -8.0]))
@@ -232,7 +233,7 @@ def test_eval_due_steps():
 def test_held_out_pairs_are_scored_not_trained(tiny_gpt2_dir, data, tmp_path):
     """train_dpo(held_out=...): held-out metrics at steps 2 and 3 (eval_every 2, 3 steps), equal to
     `held_out_metrics` of the trained model, and training on the rest is what it is without them."""
-    from alignment.steps.train import held_out_metrics, held_out_split
+    from alignment.steps.dpo import held_out_metrics, held_out_split
 
     pairs, prompts, ref = data
     d = held_out_split(pairs, ref, 0.25)

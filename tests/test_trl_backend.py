@@ -19,7 +19,7 @@ from alignment.config import DPOConfig  # noqa: E402
 from alignment.base.io import read_jsonl  # noqa: E402
 from alignment.steps.logprobs import collate, model_logps  # noqa: E402
 from alignment.steps.losses import compute_loss  # noqa: E402
-from alignment.steps.train import reference_logps  # noqa: E402
+from alignment.steps.dpo import reference_logps  # noqa: E402
 from alignment.steps.trl_backend import train_dpo_trl, trl_loss_args  # noqa: E402
 
 EOS = "<|endoftext|>"

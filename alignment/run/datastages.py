@@ -5,7 +5,7 @@ seeds share the evaluation prompts. With own preference pairs (`pairs.source`, `
 the prompts and pairs come from them: no training samples are drawn or scored.
 
 The work of each stage lives in the module of its name (`data`, `sampling`, `reward`, `pairs`,
-`train.reference_logps`); this module names, caches and orders them (`alignment.run.stagecache`).
+`dpo.reference_logps`); this module names, caches and orders them (`alignment.run.stagecache`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .runmodels import RunModels
 from ..steps.sampling import in_prompt_order, sample_to_file
 from .stagecache import StageCache
 from ..base.timing import StageTimes, charged
-from ..steps.train import reference_logps
+from ..steps.dpo import reference_logps
 
 _io = charged("I/O")  # a stage method's own time (checking and reading its cache) is I/O; its build is its kind
 

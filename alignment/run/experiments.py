@@ -22,7 +22,7 @@ from .rundir import START, Policy, RunPaths
 from ..presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, LEVEL3_MIN_BETA, method_betas, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from ..study.report import example_records
 from ..study.stats import compare_to_start, versus_start, with_holm
-from ..steps.train import held_out_prompts
+from ..steps.dpo import held_out_prompts
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
 ORIGINAL_LR = 1e-3  # the assignment notebook's learning rate, shown next to the preset's in the learning-rate check

@@ -35,7 +35,7 @@ from ..steps.sft import run_sft, sft_hash, sft_out_dir
 from .stagecache import StageCache, built_before, offline_prerequisites
 from ..base.timing import StageTimes, charged
 from ..base.tracking import RunTrackers, run_config
-from ..steps.train import held_out_split, train_policy
+from ..steps.dpo import held_out_split, train_policy
 
 _io = charged("I/O")  # a stage method's own time (checking and reading its cache) is I/O; its build is its kind
 

@@ -43,8 +43,8 @@ from .pairs import build_pairs
 from .reward import score_records
 from .sampling import in_prompt_order, sample_records
 from ..base.tracking import tracked
-from .train import (LoopConfig, done_training, dpo_loop_config, held_out_prompts, policy_to_train, reference_logps,
-                    reference_of, save_policy, train_dpo, train_loop)
+from .dpo import dpo_loop_config, held_out_prompts, policy_to_train, reference_logps, reference_of, save_policy, train_dpo
+from .train import LoopConfig, done_training, train_loop
 
 ROUND_SEED = 7919  # round k of online DPO samples with sample.seed + ROUND_SEED * (k + 1) (+ dpo.seed's share)
 

@@ -1,6 +1,6 @@
 """DPO training, trl backend: the same pairs trained with `trl.DPOTrainer` (trl 1.16).
 
-`train_dpo_trl(...)` is a drop-in for `alignment.steps.train.train_dpo`: same pairs, same metric names
+`train_dpo_trl(...)` is a drop-in for `alignment.steps.dpo.train_dpo`: same pairs, same metric names
 (trl's own: loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies,
 logps/chosen, logps/rejected, plus trl extras such as entropy and logits/*), same
 `out_dir/train_log.jsonl` and `train_summary.json`, same `tracker.log({"train/<k>": v}, step)`.
