@@ -64,7 +64,7 @@ def goal_points(level3: dict, goal: float = GOAL) -> list[dict]:
 
 
 BON_CONTEXT = ("Best-of-N is a demanding yardstick: Gao et al. (2023) found RL slower than best-of-N as a function of KL "
-               "at GPT-3 scale too, and best-of-N's KL, log N − (N−1)/N, is an upper bound on its true KL (Beirami et "
+               "with much larger policies too, and best-of-N's KL, log N − (N−1)/N, is an upper bound on its true KL (Beirami et "
                "al. 2024), so every share of its gain read here is, if anything, generous.")
 
 
