@@ -110,7 +110,7 @@ def run(S: Sizes, ctx, rep: Report) -> None:
             f"{1 / trl_s:.3f} steps/s", f"{steps / native_epoch:.3f} steps/s", speedup(steps * trl_s, native_epoch))
     rep.note(f"training: fp32 policy ({ctx.describe()}), {len(pairs)} sample-shaped pairs (prompts + 32-token "
              f"review-text completions), batch {B}, 1 warm-up step then {steps} timed steps in the same call "
-             f"(timestamps of each step's log); native reference pass (reference_logps, no grad, batch 16) took "
+             f"(timestamps of each step's log); native reference pass (reference_logps, no grad, batch 16 on a CPU, automatic on a GPU) took "
              f"{t_ref:.2f}s for {len(pairs)} pairs (once per run; amortised over epochs in real runs). trl path: "
              f"alignment.steps.trl_backend.train_dpo_trl(precompute_ref=False). Whole-call wall time incl. setup: "
              f"native {wall_n:.1f}s, trl {wall_t:.1f}s (trl also deep-copies the policy as its reference model).")

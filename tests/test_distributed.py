@@ -95,6 +95,25 @@ def test_sharded_scorer_gives_each_rank_exactly_its_scorer_batches(rank):
     assert [[got[j] for j in b] for b in length_batches(got, 4)] == [[texts[i] for i in b] for b in want]
 
 
+def test_sharded_scorer_gives_every_rank_rank_0s_automatic_batch_size():
+    """A model scorer with an automatic batch size (0) gets rank 0's choice (`Dist.agree`) before it plans."""
+    from alignment.base.distributed import ShardedScorer
+
+    class Auto(_Recorder):
+        batch_size = 0
+
+        def rows(self):  # this rank's own choice, e.g. from its free memory
+            return 3
+
+    class Rank1(_Echo):
+        def agree(self, obj):  # rank 0 chose 5
+            return 5
+
+    inner = Auto()
+    ShardedScorer(inner, Rank1(1, 2, n=11)).score([f"t{i}" for i in range(11)])
+    assert inner.batch_size == 5 and [len(c) for c in inner.calls] == [5]  # rank 1's share: the second batch of 5
+
+
 def test_map_batches_in_one_process_is_the_function():
     assert map_batches(lambda xs: [x * 2 for x in xs], [1, 2, 3], chunks(3, 2), Dist()) == [2, 4, 6]
 

@@ -430,22 +430,32 @@ def test_forward_row_bytes_worked_example_and_auto_forward_rows(monkeypatch, cap
     monkeypatch.setattr(machine, "free_device_memory", lambda device: 2**50)
     assert machine.auto_forward_rows(fake, 56, "x", vocab=True) == machine.MAX_FORWARD_ROWS
     assert "x (auto): 1024 sequences" in capsys.readouterr().out
+    assert machine.forward_row_bytes(gpt2, 56, 4, vocab=True, copies=10) == 2_365_440 + 10 * 56 * 50_257 * 4
+    assert machine.forward_row_bytes(SimpleNamespace(vocab_size=10), 4, 4, vocab=False) == 1  # no width, no heads
     cpu = SimpleNamespace(config=gpt2, parameters=lambda: iter([torch.zeros(1)]))
     assert machine.auto_forward_rows(cpu, 56, "x", vocab=True, cpu_rows=16) == 16 and capsys.readouterr().out == ""
 
 
-def test_a_backend_that_takes_a_model_reference_gets_one_only_for_saved_weights(tiny_gpt2_dir):
-    """`TAKES_REF` backends receive the `ModelRef` of a frozen loaded model (the path it came from, its dtype;
-    a cast copy keeps it with the new dtype); a model loaded to train has no saved copy: a clear refusal."""
+def test_a_backend_that_takes_a_model_reference_gets_one_only_for_saved_weights(tiny_gpt2_dir, capsys, monkeypatch):
+    """`TAKES_REF` backends receive the `ModelRef` of a frozen loaded model (the absolute path it came from, its
+    dtype; a copy cast from fp32 keeps it with the new dtype); a model with no saved copy (loaded to train, or
+    cast from a rounded dtype) is drawn in-process by the fast backend instead, said once."""
+    from pathlib import Path
     from types import SimpleNamespace
 
     from alignment.assets.models import ModelRef, cast_model, load_causal_lm
 
+    monkeypatch.setattr(machine, "_SAID", set())
     ref_backend = SimpleNamespace(TAKES_REF=True)
     frozen = load_causal_lm(tiny_gpt2_dir, device=torch.device("cpu"))
-    assert S.draw_source(ref_backend, frozen, "x") == ModelRef(tiny_gpt2_dir, "", "float32")
-    assert S.draw_source(ref_backend, cast_model(frozen, torch.bfloat16), "x").dtype == "bfloat16"
-    assert S.draw_source(S.backend("fast"), frozen, "fast") is frozen  # in-process backends get the model
+    assert S.draw_source(ref_backend, frozen, "x") == (ref_backend, ModelRef(str(Path(tiny_gpt2_dir).resolve()), "", "float32"))
+    half = cast_model(frozen, torch.bfloat16)
+    assert S.draw_source(ref_backend, half, "x")[1].dtype == "bfloat16"
+    fast = S.backend("fast")
+    assert S.draw_source(fast, frozen, "fast") == (fast, frozen)  # in-process backends get the model
     training = load_causal_lm(tiny_gpt2_dir, device=torch.device("cpu"), train=True)
-    with pytest.raises(ValueError, match="sample.backend=x samples saved models.*use sample.backend=fast"):
-        S.draw_source(ref_backend, training, "x")
+    for no_copy in (training, cast_model(half, torch.float32)):
+        mod, source = S.draw_source(ref_backend, no_copy, "x")
+        assert mod is D and source is no_copy
+    out = capsys.readouterr().out
+    assert out.count("sample.backend=x: a policy while it trains has no saved copy") == 1, out

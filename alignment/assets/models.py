@@ -89,13 +89,20 @@ def model_ref(model) -> ModelRef | None:
     return _REFS.get(model)
 
 
+def _where(name: str | Path) -> str:
+    """A local directory as an absolute path (a sampler elsewhere loads the same files); a hub id as it is."""
+    return str(Path(name).resolve()) if Path(name).is_dir() else str(name)
+
+
 def cast_model(model, dtype: torch.dtype):
-    """`model` in `dtype`: itself if it already is, else a copy (its `ModelRef` follows with the new dtype)."""
+    """`model` in `dtype`: itself if it already is, else a copy; an fp32 model's `ModelRef` follows with the new
+    dtype (a cast from fp32 is what `ModelRef.load` repeats; one from a rounded dtype is not, and keeps none)."""
     if next(model.parameters()).dtype == dtype:
         return model
     out = copy.deepcopy(model).to(dtype)
-    if model_ref(model) is not None:
-        _REFS[out] = model_ref(model)._replace(dtype=str(dtype).replace("torch.", ""))
+    ref = model_ref(model)
+    if ref is not None and ref.dtype == "float32":
+        _REFS[out] = ref._replace(dtype=str(dtype).replace("torch.", ""))
     return out
 
 
@@ -106,7 +113,7 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.
     model.train(train)
     if not train:
         model.requires_grad_(False)
-        _REFS[model] = ModelRef(resolve_policy(name), "", str(dtype).replace("torch.", ""))
+        _REFS[model] = ModelRef(_where(resolve_policy(name)), "", str(dtype).replace("torch.", ""))
     return model
 
 
@@ -137,10 +144,11 @@ def is_adapter(path: str | Path) -> bool:
 def load_adapter(base, path: str | Path):
     """Base model + the LoRA adapter saved at `path`, merged into plain weights (fast to sample)."""
     base_ref = model_ref(base)
-    model = peft().PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    model = peft().PeftModel.from_pretrained(base, str(path)).merge_and_unload()  # `base` itself, merged in place
     model.requires_grad_(False)
-    if base_ref is not None and not base_ref.adapter:
-        _REFS[model] = base_ref._replace(adapter=str(path))
+    _REFS.pop(model, None)
+    if base_ref is not None and not base_ref.adapter and base_ref.dtype == "float32":  # what ModelRef.load repeats
+        _REFS[model] = base_ref._replace(adapter=_where(path))
     return model.eval()
 
 

@@ -154,7 +154,9 @@ class ShardedScorer:
     def score(self, texts: list[str]) -> torch.Tensor:
         plan = getattr(self.inner, "batches", None)  # a model scorer's own (length-sorted) batches
         if plan is not None:
-            batches = self.dist.agree(plan(texts))  # rank 0's (an automatic batch size is read from its free memory)
+            if hasattr(self.inner, "rows"):  # rank 0's batch size on every rank (an automatic one: its free memory)
+                self.inner.batch_size = self.dist.agree(self.inner.rows())
+            batches = plan(texts)
         else:
             batches = chunks(len(texts), max(1, -(-len(texts) // self.dist.world)))
         vals = map_batches(lambda sub: self.inner.score(sub).tolist(), texts, batches, self.dist)

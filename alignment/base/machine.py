@@ -100,53 +100,56 @@ def auto_decode_rows(model_config, dtype_bytes: int, device_type: str, context: 
 
 
 CPU_FORWARD_ROWS = 16  # sequences per no-gradient forward on a CPU (reference log-probs, evaluation log-probs)
-CPU_SCORE_ROWS = 64  # texts per scoring batch on a CPU (score.batch_size=0)
+CPU_SCORE_ROWS = 64  # texts per scoring batch on a CPU (reward.batch_size=0)
 MAX_FORWARD_ROWS = 1024  # beyond this a GPU forward is compute-bound: more rows buy no throughput
 FORWARD_MEMORY_SHARE = 0.4  # of the free device memory one forward's activations may take (models and caches hold the rest)
-FORWARD_LOGIT_COPIES = 3  # (tokens, vocab) tensors alive when log-probs are taken: the logits, their fp32 log-softmax, a gather
+FORWARD_LOGIT_COPIES = 3  # fp32 (tokens, vocab) tensors alive when log-probs are taken: the logits, their log-softmax, a gather
+SCORING_LOGIT_COPIES = 10  # the same when the sampling distribution is re-scored too (temperature, top-k/top-p sort and
+# cumsum, two softmaxes, predictive entropy): evaluation of draws that carry no log-probs of their own
 
 
 def _first(c, *names: str, default=None):
     return next((v for v in (getattr(c, n, None) for n in names) if v), default)
 
 
-def forward_row_bytes(model_config, tokens: int, dtype_bytes: int, vocab: bool) -> int:
-    """Peak device bytes one sequence of `tokens` adds to a no-gradient forward: one layer's activations
-    (8 hidden-size copies, the MLP's inner width and two heads x tokens x tokens attention maps, in the model's
-    dtype; layers run one after another) plus, with `vocab` (a language model's log-probs),
-    `FORWARD_LOGIT_COPIES` fp32 (tokens, vocab) tensors. GPT-2, Llama, BERT and DistilBERT configs alike.
+def forward_row_bytes(model_config, tokens: int, dtype_bytes: int, vocab: bool, copies: int = FORWARD_LOGIT_COPIES) -> int:
+    """Peak device bytes one sequence of `tokens` adds to a no-gradient forward without a KV cache
+    (`logprobs.model_logits`): one layer's activations (8 hidden-size copies, the MLP's inner width and two
+    heads x tokens x tokens attention maps, in the model's dtype; layers run one after another) plus, with
+    `vocab` (a language model's log-probs), `copies` fp32 (tokens, vocab) tensors. GPT-2, Llama, BERT and
+    DistilBERT configs alike; a config without a width or heads counts none of that term.
 
     Worked example: GPT-2 (768 wide, 3,072 inner, 12 heads, vocab 50,257) at 56 tokens in fp32:
     56 x (8 x 768 + 3,072) x 4 + 2 x 12 x 56^2 x 4 = 2,365,440 + 3 x 56 x 50,257 x 4 = 33,772,704
     -> 36,138,144 bytes (~34.5 MiB)."""
     c = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    hidden = _first(c, "hidden_size", "n_embd", "dim")
+    hidden = _first(c, "hidden_size", "n_embd", "dim", default=0)
     inner = _first(c, "intermediate_size", "n_inner", "hidden_dim", default=4 * hidden)
-    heads = _first(c, "num_attention_heads", "n_head", "n_heads")
+    heads = _first(c, "num_attention_heads", "n_head", "n_heads", default=0)
     act = tokens * (8 * hidden + inner) * dtype_bytes + 2 * heads * tokens * tokens * dtype_bytes
-    return act + (FORWARD_LOGIT_COPIES * tokens * c.vocab_size * 4 if vocab else 0)
+    return max(1, act + (copies * tokens * c.vocab_size * 4 if vocab else 0))
 
 
-_SAID: set[tuple[str, int]] = set()  # the automatic batch sizes already announced in this process, per use
+_SAID: set[str] = set()  # what this process has announced (`say_once`)
 
 
 def auto_forward_rows(model, tokens: int, what: str, *, vocab: bool, cpu_rows: int = CPU_FORWARD_ROWS,
-                      unit: str = "sequences", hint: str = "") -> int:
+                      unit: str = "sequences", hint: str = "", copies: int = FORWARD_LOGIT_COPIES) -> int:
     """Rows per no-gradient forward of `model` (on its own device and dtype) at up to `tokens` tokens:
     `auto_rows` over `forward_row_bytes`; on a CPU `cpu_rows` (silently: the values these batches always
     had). Each distinct choice on a GPU is printed once, naming `what` the batch is for."""
     param = next(model.parameters())
     if param.device.type != "cuda":
         return cpu_rows
-    per_row = forward_row_bytes(model.config, tokens, param.element_size(), vocab)
+    per_row = forward_row_bytes(model.config, tokens, param.element_size(), vocab, copies)
     rows, why = auto_rows(per_row, "cuda", free_device_memory(param.device), cpu_rows=cpu_rows, cap=MAX_FORWARD_ROWS,
                           share=FORWARD_MEMORY_SHARE, unit=unit, hint=hint, at=f"{tokens} tokens")
-    say_once(what, rows, why)
+    say_once(f"{what} (auto): {why}")
     return rows
 
 
-def say_once(what: str, rows: int, why: str) -> None:
-    """Print `what (auto): why` the first time this process chooses `rows` for `what`."""
-    if (what, rows) not in _SAID:
-        _SAID.add((what, rows))
-        print(f"{what} (auto): {why}", flush=True)
+def say_once(text: str) -> None:
+    """Print `text` the first time this process has it to say (each automatic choice, each fallback)."""
+    if text not in _SAID:
+        _SAID.add(text)
+        print(text, flush=True)

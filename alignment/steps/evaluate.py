@@ -24,7 +24,7 @@ import torch
 from ..study.alarm import other_prompt_index
 from ..config import Config
 from ..base.distributed import Dist, chunks, map_batches
-from ..base.machine import auto_forward_rows
+from ..base.machine import FORWARD_LOGIT_COPIES, SCORING_LOGIT_COPIES, auto_forward_rows
 from ..base.io import read_json, read_jsonl, write_json, write_jsonl
 from .logprobs import collate, model_logits, model_token_logps, token_logps
 from ..study.metrics import METRICS_VERSION, kl_control_variate, mean_predictive_entropy, metrics_of
@@ -115,7 +115,7 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
     `sampler=None` (the human row): only the reference's log-probs and the counts. `other_ids` ({prompt id:
     another prompt's ids}, `other_prompts`): also the reference's log p(y) after that other prompt ("ref_other").
     `batch_size` samples per forward; 0: `eval_rows`."""
-    batch_size = batch_size or eval_rows(ref_model, prompt_ids, recs)
+    batch_size = batch_size or eval_rows(ref_model, prompt_ids, recs, sampler)
     T, top_k, top_p = ((sample_cfg.temperature, sample_cfg.top_k, sample_cfg.top_p) if sample_cfg is not None
                        else (1.0, 0, 1.0))
     full_support = top_k == 0 and top_p >= 1.0
@@ -204,17 +204,20 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
     return _finish(name, out_dir, recs, scores, lp, cfg) if dist.main else {}
 
 
-def eval_rows(ref_model, prompt_ids: dict[str, list[int]], recs: list[dict]) -> int:
-    """Samples per evaluation forward: from free GPU memory at the longest prompt + completion
-    (`machine.auto_forward_rows`), 16 on a CPU."""
-    longest = max((len(prompt_ids[r["prompt_id"]]) + len(r["completion_ids"]) for r in recs), default=1)
-    return auto_forward_rows(ref_model, longest, "evaluation log-probs batch", vocab=True)
+def eval_rows(ref_model, prompt_ids: dict[str, list[int]], recs: list[dict], sampler=None) -> int:
+    """Samples per evaluation forward: from free GPU memory at the longest prompt (another prompt's too: the
+    `ref_other` forward) plus the longest completion, with the vocabulary tensors of re-scoring the sampling
+    distribution (`sampler`) where a record carries no log-probs of its own (`machine.auto_forward_rows`); 16 on a CPU."""
+    longest = max(map(len, prompt_ids.values()), default=0) + max((len(r["completion_ids"]) for r in recs), default=1)
+    rescored = sampler is not None and any("sample_logps" not in r for r in recs)
+    return auto_forward_rows(ref_model, longest, "evaluation log-probs batch", vocab=True,
+                             copies=SCORING_LOGIT_COPIES if rescored else FORWARD_LOGIT_COPIES)
 
 
 def _sharded_logps(dist: Dist, sampler, ref_model, prompt_ids: dict, recs: list[dict], pad_id: int, sample_cfg,
                    batch_size: int = 0, other_ids: dict | None = None) -> dict:
     """`logps_and_entropy` with its batches split across ranks, gathered (equal to one process's)."""
-    batch_size = dist.agree(batch_size or eval_rows(ref_model, prompt_ids, recs))  # rank 0's: one batching for all
+    batch_size = dist.agree(batch_size or eval_rows(ref_model, prompt_ids, recs, sampler))  # rank 0's: one batching for all
     if dist.world == 1 or not recs:
         return logps_and_entropy(sampler, ref_model, prompt_ids, recs, pad_id, batch_size, sample_cfg, other_ids)
 

@@ -76,11 +76,12 @@ def position_kls(logits: torch.Tensor, ref_logits: torch.Tensor, completion_mask
 
 
 def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Forward `model` on a collated batch (right-padded, positions from the attention mask): (B, T, V)."""
+    """Forward `model` on a collated batch (right-padded, positions from the attention mask): (B, T, V).
+    No KV cache is kept (nothing decodes after it: only memory)."""
     dev = next(model.parameters()).device
     ids, attn = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    return model(input_ids=ids, attention_mask=attn, position_ids=pos).logits  # (B, T, V)
+    return model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits  # (B, T, V)
 
 
 def model_token_logps(model, batch: dict[str, torch.Tensor], return_logits: bool = False):

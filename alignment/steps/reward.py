@@ -69,9 +69,14 @@ class ClassifierReward:
         self.batch_size, self.max_length = batch_size, max_length
         self.pos = positive_index(self.model.config.id2label)
 
+    def rows(self) -> int:
+        """Texts per batch: `batch_size`, or the automatic one (`score_rows`), chosen once and kept."""
+        self.batch_size = score_rows(self.model, self.batch_size, self.max_length)
+        return self.batch_size
+
     def batches(self, texts: list[str]) -> list[list[int]]:
         """The batches `score` runs (split across ranks by `distributed.ShardedScorer`)."""
-        return length_batches(texts, score_rows(self.model, self.batch_size, self.max_length))
+        return length_batches(texts, self.rows())
 
     @torch.inference_mode()
     def score(self, texts: list[str]) -> torch.Tensor:
@@ -122,9 +127,14 @@ class EmbeddingReward:
         self.w, self.b = head["weight"].float(), head["bias"].float()  # (D,), ()
         self.batch_size, self.max_length = batch_size, max_length
 
+    def rows(self) -> int:
+        """Texts per batch: `batch_size`, or the automatic one (`score_rows`), chosen once and kept."""
+        self.batch_size = score_rows(self.enc, self.batch_size, self.max_length)
+        return self.batch_size
+
     def batches(self, texts: list[str]) -> list[list[int]]:
         """The batches `embed` runs (split across ranks by `distributed.ShardedScorer`)."""
-        return length_batches(texts, score_rows(self.enc, self.batch_size, self.max_length))
+        return length_batches(texts, self.rows())
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> torch.Tensor:

@@ -40,16 +40,17 @@ def backend(name: str):
 
 
 def draw_source(mod, model, name: str):
-    """What backend `mod` draws from: `model` itself, or its `ModelRef` where the backend loads models itself
-    (`TAKES_REF`); a model being trained has none (its weights are in this process only)."""
+    """(the backend that draws, what it draws from): `mod` with `model` itself, or with the model's `ModelRef`
+    where `mod` loads models itself (`TAKES_REF`). A model with no saved copy (a policy while it trains: the
+    on-policy methods) is drawn in-process by the fast backend instead, from the same streams, said once."""
     if not getattr(mod, "TAKES_REF", False):
-        return model
+        return mod, model
     ref = model_ref(model)
     if ref is None:
-        raise ValueError(f"sample.backend={name} samples saved models (it loads them from their path), but this "
-                         "model has no saved copy (a policy while it trains: on-policy methods, SFT samples); "
-                         "use sample.backend=fast for it")
-    return ref
+        say_once(f"sample.backend={name}: a policy while it trains has no saved copy to load; it is drawn in-process "
+                 "by the fast backend (the same counter-based streams, so the same tokens)")
+        return decode, model
+    return mod, ref
 
 
 def _batches(prompts: list[dict], per_batch: int) -> Iterator[list[dict]]:
@@ -69,7 +70,7 @@ def decode_rows(model, cfg: SampleConfig, prompts: list[dict], max_new: int) -> 
     rows, why = auto_decode_rows(model.config, param.element_size(), param.device.type,
                                  max((len(p["ids"]) for p in prompts), default=0) + max_new,
                                  free_device_memory(param.device))
-    say_once("sample.batch_size=0", rows, why)
+    say_once(f"sample.batch_size=0 (auto): {why}")
     return rows
 
 
@@ -87,8 +88,7 @@ def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleCon
     todo = [p for p in prompts if p["id"] not in done]
     max_new = max_new_tokens or cfg.max_new_tokens
     per_batch = _per_batch(decode_rows(model, cfg, todo, max_new), n)
-    mod = backend(cfg.backend)
-    source = draw_source(mod, model, cfg.backend) if todo else model
+    mod, source = draw_source(backend(cfg.backend), model, cfg.backend)
     bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False, disable=quiet or bars_off())
     for batch in _batches(todo, per_batch):
         keys = decode.row_keys(cfg.seed, [p["id"] for p in batch], n)  # (len(batch) * n,)

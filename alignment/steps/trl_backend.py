@@ -260,7 +260,7 @@ def _trl_args(cfg: DPOConfig, out_dir: Path, on_cpu: bool, held_out: bool, preco
         disable_tqdm=True,
         max_length=None,                # never truncate: sequences are prompt + <= max_new_tokens
         precompute_ref_log_probs=precompute_ref,
-        precompute_ref_batch_size=16,   # as native reference_logps
+        precompute_ref_batch_size=16,   # native reference_logps: 16 on a CPU, from free memory on a GPU
         dataloader_num_workers=0,
         **{ckpt_field: False},
         **loss_args,
