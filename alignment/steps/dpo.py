@@ -1,12 +1,13 @@
 """DPO on the package's one training loop (`alignment.steps.train.train_loop`): the reference log-probs,
 computed once per pair (not two forwards per step); held-out pairs scored as training goes (trl's eval
 metrics); any loss from `alignment.steps.losses.LOSSES` with chosen and rejected in one forward; trl's metric
-names; one policy trained into its directory by full fine-tuning or LoRA adapters on the reference itself, with
+names; one policy trained into its directory by full fine-tuning or LoRA adapters on a copy of the reference, with
 the native loop or trl's DPOTrainer (`trl_backend.py`).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 from typing import NamedTuple
 
@@ -166,21 +167,14 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
 @contextlib.contextmanager
 def policy_to_train(models, cfg: DPOConfig):
     """The model one policy trains, in a context: a fresh copy of the start policy (full fine-tuning),
-    or LoRA adapters on the reference itself (`dpo.lora_r`: its frozen base *is* the reference, no
-    copy). `models`: the run's `RunModels`; on exit the reference is handed back without adapters,
-    in eval mode."""
+    or LoRA adapters on a copy of the reference (`dpo.lora_r`: its frozen base is the reference, so the
+    adapters switched off give it back; the run's reference itself is never touched). `models`: the run's
+    `RunModels`."""
     if cfg.lora_r:
         torch.manual_seed(cfg.seed)  # the adapters' random init, whatever the process did before
-        model = add_lora(models.ref_model, cfg.lora_r, cfg.lora_alpha)
+        yield add_lora(copy.deepcopy(models.ref_model), cfg.lora_r, cfg.lora_alpha)
     else:
-        model = models.load_policy(train=True)
-    try:
-        yield model
-    finally:
-        if cfg.lora_r:  # hand the reference back without its adapters, in eval mode
-            models.ref_model = model.unload()
-            models.ref_model.requires_grad_(False)
-            models.ref_model.eval()
+        yield models.load_policy(train=True)
 
 
 @contextlib.contextmanager
