@@ -25,8 +25,9 @@ from .base.distributed import shutdown
 from .base.machine import hardware
 from .run.pipeline import Pipeline
 from .run.rundir import RunDirMismatch
+from .run.stagecache import offline_prerequisites
 from .presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, PRESETS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS, axes_flags
-from .steps.reward import RewardError, load_judge, load_reward, load_topic_judge
+from .steps.reward import RewardError, ensure_head, load_judge, load_reward, load_topic_judge
 from .base.timing import log_command
 
 PROG = "python -m alignment"
@@ -412,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_stage(args, cfg, grid: dict) -> int:
     if args.stage == "assets":
         paths = ensure_all()
+        for kind in offline_prerequisites(cfg)[1]:  # the offline scorer heads this config names, trained once
+            ensure_head(kind)
         scorers = {"reward": load_reward(cfg.reward), "judge": load_judge(cfg.eval.judge, cfg.reward),
                    "on-topic judge": load_topic_judge(cfg.eval.topic_judge, cfg.reward)}
         print(console.render("assets", {"paths": {k: str(v) for k, v in paths.items()},

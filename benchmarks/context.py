@@ -78,9 +78,10 @@ class Ctx:
         from transformers import AutoConfig
 
         from alignment.config import RewardConfig
-        from alignment.steps.reward import EmbeddingReward, load_reward
+        from alignment.steps.reward import EmbeddingReward, ensure_head, load_reward
 
         if self.encoder == OFFLINE:
+            ensure_head("reward")  # trained once (a scorer load never builds it)
             return load_reward(RewardConfig(dtype=dtype))
         g = torch.Generator().manual_seed(0)
         hidden = AutoConfig.from_pretrained(self.encoder).hidden_size

@@ -138,3 +138,19 @@ def test_automatic_scoring_batch_is_the_cpu_default_and_scores_the_same(tiny_cla
 
     with pytest.raises(ConfigError, match="reward.batch_size"):
         load_config(overrides={"reward.batch_size": -1})
+
+
+def test_loading_an_offline_scorer_never_builds_it(tmp_path, monkeypatch):
+    """`offline_head` / `offline_ft_judge` load what `ensure_head` built; a missing head is one clear error
+    naming the command that builds it, and nothing is trained or written."""
+    import alignment.steps.reward as reward
+    from alignment.assets import offline
+
+    monkeypatch.setattr(offline, "minilm_dir", lambda: tmp_path / "minilm")  # no asset is fetched either
+    monkeypatch.setattr(reward, "read_json", lambda p: {"hash": "enc"})
+    monkeypatch.setattr(reward, "head_dir", lambda kind: tmp_path / f"head-{kind}")
+    monkeypatch.setattr(reward, "train_head", lambda *a, **k: pytest.fail("a load trained a head"))
+    for kind in ("reward", "topic"):
+        with pytest.raises(RewardError, match=rf"offline {kind} head is not built yet .*python -m alignment assets"):
+            reward.offline_head(kind)
+    assert list(tmp_path.iterdir()) == []

@@ -242,6 +242,14 @@ def fine_tune(out_dir: Path, encoder_dir: str | Path, train: Rows, test: Rows, r
     return metrics
 
 
+def judge_key(encoder_dir: str | Path, train: Rows, test: Rows, recipe: Recipe, deps: dict | None,
+              dtype: torch.dtype | None) -> dict:
+    """What a fine-tuned judge is built from (its cache key): `deps` (the encoder's identity), the recipe, the rows
+    and the training dtype."""
+    return {**(deps or {"encoder": str(encoder_dir)}), "recipe": asdict(recipe), "rows": stable_hash([train, test]),
+            "autocast": str(dtype).replace("torch.", "")}
+
+
 def build_judge(out: Path, encoder_dir: str | Path, train: Rows, test: Rows, recipe: Recipe = Recipe(),
                 deps: dict | None = None, sources: str = "", device: str | torch.device = "cpu",
                 dtype: torch.dtype | None = None) -> bool:
@@ -249,8 +257,7 @@ def build_judge(out: Path, encoder_dir: str | Path, train: Rows, test: Rows, rec
     `deps` names the encoder's identity (a cache hash); the recipe, the rows and the dtype are added."""
     if not (Path(encoder_dir).expanduser() / "config.json").is_file():
         load_encoder(encoder_dir)  # the one clear error, before any lock or part is made
-    key = {**(deps or {"encoder": str(encoder_dir)}), "recipe": asdict(recipe), "rows": stable_hash([train, test]),
-           "autocast": str(dtype).replace("torch.", "")}
+    key = judge_key(encoder_dir, train, test, recipe, deps, dtype)
 
     def build(part):
         print(f"fine-tuning the offline judge (once, minutes): {sources or encoder_dir} ...", flush=True)

@@ -20,7 +20,7 @@ import torch
 from ..config import RewardConfig
 from ..assets.corpus import snippets_by_role
 from ..base.io import read_jsonl, write_json
-from ..steps.reward import FT_JUDGE, head_dir, offline_ft_judge, offline_head, reward_texts
+from ..steps.reward import FT_JUDGE, ensure_head, head_dir, offline_ft_judge, offline_head, reward_texts
 from ..study.stats import paired_phi_gap, phi
 
 POLICIES = {"word salad (lr 1e-3)": "sigmoid-b0.1-lr0.001-s0", "healthy (lr 5e-5)": "sigmoid-b0.1-lr5e-05-s0",
@@ -93,6 +93,8 @@ def main(argv: list[str]) -> dict:
                          f"<name>/scored.jsonl for {', '.join(POLICIES.values())} (missing: {', '.join(missing)})")
     recs = {label: read_jsonl(Path(argv[0]) / name / "scored.jsonl") for label, name in POLICIES.items()}
     cfg = RewardConfig()
+    for kind in ("reward", "judge", FT_JUDGE):  # built once (a scorer load never builds them)
+        ensure_head(kind)
     scorers = {"reward": offline_head("reward", cfg.batch_size, cfg.max_length, cfg.dtype),
                "judge": offline_head("judge", cfg.batch_size, cfg.max_length, cfg.dtype),
                "judge_ft": offline_ft_judge(cfg.batch_size, cfg.max_length, cfg.dtype)}

@@ -22,8 +22,8 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 from ..assets import offline as assets
 from ..config import OFFLINE, OFFLINE_FT, PYTHON_REWARD, RewardConfig
 from ..assets.corpus import REVIEW_ROLES, SNIPPET_ROLES, TOPIC_TEST, snippets_by_role, topic_texts
-from ..base.io import cached, meta_path, read_json
-from ..assets.judge_ft import Recipe, build_judge
+from ..base.io import cache_state, cached, meta_path, read_json
+from ..assets.judge_ft import Recipe, build_judge, judge_key
 from ..assets.models import pick_device, sampling_dtype
 from ..assets.reward_train import train_head
 from ..base.machine import CPU_SCORE_ROWS, auto_forward_rows
@@ -202,11 +202,24 @@ def _head_spec(kind: str):
 
 
 def ensure_head(kind: str) -> Path:
-    """The head dir of one of the offline `HEADS` (or `FT_JUDGE`), trained once on first use (minutes) and cached."""
+    """The head dir of one of the offline `HEADS` (or `FT_JUDGE`), trained once (minutes) and cached: what a run's
+    setup (`Pipeline.prepare`) and `python -m alignment assets` call, and nothing else."""
     if kind == FT_JUDGE:
         return ensure_ft_judge()
     _, out, deps, build = _head_spec(kind)
     cached(out, deps, build, on_mismatch="rebuild")
+    return out
+
+
+def built_head(kind: str) -> Path:
+    """The head dir of one of the offline `HEADS` (or `FT_JUDGE`) as this code builds it; loading a scorer never
+    builds one: missing or built from other data, a clear error says how to build it."""
+    out, deps = _ft_spec()[1:3] if kind == FT_JUDGE else _head_spec(kind)[1:3]
+    state = cache_state(out, deps)
+    if state != "fresh":
+        what = "fine-tuned judge" if kind == FT_JUDGE else f"offline {kind} head"
+        raise RewardError(f"the {what} is {'not built yet' if state == 'missing' else 'built from other data'} "
+                          f"({out}); `python -m alignment assets` builds it (every run builds it before its first stage)")
     return out
 
 
@@ -221,8 +234,8 @@ def offline_head_hash(kind: str) -> str:
 
 
 def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: str = "float32") -> EmbeddingReward:
-    """One of the offline `HEADS` as a scorer: its encoder + trained head (built on first use)."""
-    encoder, out = _head_spec(kind)[0], ensure_head(kind)
+    """One of the offline `HEADS` as a scorer: its encoder + trained head (`built_head`: built by `ensure_head`)."""
+    encoder, out = _head_spec(kind)[0], built_head(kind)
     scorer = EmbeddingReward(encoder, load_file(str(out / "head.safetensors")), batch_size, max_length, dtype=dtype)
     scorer.metrics = read_json(out / "metrics.json")
     return scorer
@@ -235,19 +248,25 @@ FT_RECIPE = Recipe(layers=6, epochs=1, lr=1e-4, head_lr=1e-3, batch_size=32, max
 FT_WHAT = "all-mpnet-base-v2, top layers fine-tuned with a logistic head on the `judge` role"
 
 
-def ensure_ft_judge() -> Path:
-    """The fine-tuned judge (`judge_ft`) in the asset cache, built once on first use (minutes)."""
+def _ft_spec():
+    """(encoder dir, judge dir, cache key, (train, test) rows, deps, training dtype) of the fine-tuned judge."""
     encoder, out = assets.mpnet_dir(), head_dir(FT_JUDGE)
-    train, test = _head_rows("judge")
+    rows = _head_rows("judge")
     deps = {"encoder": read_json(meta_path(encoder))["hash"], "corpus": CORPUS_VERSION, "roles": SNIPPET_ROLES}
-    bf16 = sampling_dtype("auto", pick_device()) == torch.bfloat16  # autocast to bf16 where native, else fp32
-    build_judge(out, encoder, train, test, FT_RECIPE, deps, FT_WHAT, pick_device(), torch.bfloat16 if bf16 else None)
+    dtype = torch.bfloat16 if sampling_dtype("auto", pick_device()) == torch.bfloat16 else None  # autocast where native
+    return encoder, out, judge_key(encoder, *rows, FT_RECIPE, deps, dtype), rows, deps, dtype
+
+
+def ensure_ft_judge() -> Path:
+    """The fine-tuned judge (`judge_ft`) in the asset cache, built once (minutes): see `ensure_head`."""
+    encoder, out, _, (train, test), deps, dtype = _ft_spec()
+    build_judge(out, encoder, train, test, FT_RECIPE, deps, FT_WHAT, pick_device(), dtype)
     return out
 
 
 def offline_ft_judge(batch_size: int = 64, max_length: int = 256, dtype: str = "float32") -> EmbeddingReward:
-    """The fine-tuned judge (`eval.judge=offline-ft`) as a scorer: its tuned encoder + head."""
-    out = ensure_ft_judge()
+    """The fine-tuned judge (`eval.judge=offline-ft`) as a scorer: its tuned encoder + head (`built_head`)."""
+    out = built_head(FT_JUDGE)
     scorer = EmbeddingReward(out / "encoder", load_file(str(out / "head.safetensors")), batch_size, max_length,
                              dtype=dtype)
     scorer.metrics = read_json(out / "metrics.json")
@@ -255,7 +274,7 @@ def offline_ft_judge(batch_size: int = 64, max_length: int = 256, dtype: str = "
 
 
 def offline_reward(cfg: RewardConfig) -> EmbeddingReward:
-    """The offline training reward (the proxy): MiniLM + head, built on first use (~1 min)."""
+    """The offline training reward (the proxy): MiniLM + head (built once by `ensure_head`, ~1 min)."""
     return offline_head("reward", cfg.batch_size, cfg.max_length, cfg.dtype)
 
 
