@@ -96,7 +96,7 @@ def test_sharded_scorer_gives_each_rank_exactly_its_scorer_batches(rank):
 
 
 def test_sharded_scorer_gives_every_rank_rank_0s_automatic_batch_size():
-    """A model scorer with an automatic batch size (0) gets rank 0's choice (`Dist.agree`) before it plans."""
+    """A model scorer with an automatic batch size (0) plans and scores one call with rank 0's choice (`Dist.agree`)."""
     from alignment.base.distributed import ShardedScorer
 
     class Auto(_Recorder):
@@ -111,7 +111,8 @@ def test_sharded_scorer_gives_every_rank_rank_0s_automatic_batch_size():
 
     inner = Auto()
     ShardedScorer(inner, Rank1(1, 2, n=11)).score([f"t{i}" for i in range(11)])
-    assert inner.batch_size == 5 and [len(c) for c in inner.calls] == [5]  # rank 1's share: the second batch of 5
+    assert [len(c) for c in inner.calls] == [5]  # rank 1's share: the second batch of 5
+    assert inner.batch_size == 0  # automatic again for the next call (its free memory then)
 
 
 def test_map_batches_in_one_process_is_the_function():

@@ -146,11 +146,13 @@ def test_loading_an_offline_scorer_never_builds_it(tmp_path, monkeypatch):
     import alignment.steps.reward as reward
     from alignment.assets import offline
 
-    monkeypatch.setattr(offline, "minilm_dir", lambda: tmp_path / "minilm")  # no asset is fetched either
-    monkeypatch.setattr(reward, "read_json", lambda p: {"hash": "enc"})
+    monkeypatch.setattr(offline, "minilm_dir", lambda: pytest.fail("an encoder was fetched"))
+    monkeypatch.setattr(offline, "mpnet_dir", lambda: pytest.fail("an encoder was fetched"))
     monkeypatch.setattr(reward, "head_dir", lambda kind: tmp_path / f"head-{kind}")
     monkeypatch.setattr(reward, "train_head", lambda *a, **k: pytest.fail("a load trained a head"))
     for kind in ("reward", "topic"):
         with pytest.raises(RewardError, match=rf"offline {kind} head is not built yet .*python -m alignment assets"):
             reward.offline_head(kind)
+    with pytest.raises(RewardError, match="fine-tuned judge is not built yet"):
+        reward.offline_ft_judge()
     assert list(tmp_path.iterdir()) == []

@@ -458,4 +458,4 @@ def test_a_backend_that_takes_a_model_reference_gets_one_only_for_saved_weights(
         mod, source = S.draw_source(ref_backend, no_copy, "x")
         assert mod is D and source is no_copy
     out = capsys.readouterr().out
-    assert out.count("sample.backend=x: a policy while it trains has no saved copy") == 1, out
+    assert out.count("sample.backend=x: a model with no saved copy to load (a policy while it trains)") == 1, out

@@ -153,12 +153,19 @@ class ShardedScorer:
 
     def score(self, texts: list[str]) -> torch.Tensor:
         plan = getattr(self.inner, "batches", None)  # a model scorer's own (length-sorted) batches
-        if plan is not None:
-            if hasattr(self.inner, "rows"):  # rank 0's batch size on every rank (an automatic one: its free memory)
-                self.inner.batch_size = self.dist.agree(self.inner.rows())
-            batches = plan(texts)
-        else:
+        if plan is None:
             batches = chunks(len(texts), max(1, -(-len(texts) // self.dist.world)))
+            return self._map(texts, batches)
+        size = getattr(self.inner, "batch_size", None)
+        if size == 0 and hasattr(self.inner, "rows"):  # automatic: rank 0's choice (its free memory) on every rank
+            self.inner.batch_size = self.dist.agree(self.inner.rows())
+        try:
+            return self._map(texts, plan(texts))
+        finally:
+            if size == 0:
+                self.inner.batch_size = 0
+
+    def _map(self, texts: list[str], batches) -> torch.Tensor:
         vals = map_batches(lambda sub: self.inner.score(sub).tolist(), texts, batches, self.dist)
         return torch.tensor(vals, dtype=torch.float32)
 

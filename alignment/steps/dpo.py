@@ -1,13 +1,12 @@
 """DPO on the package's one training loop (`alignment.steps.train.train_loop`): the reference log-probs,
 computed once per pair (not two forwards per step); held-out pairs scored as training goes (trl's eval
 metrics); any loss from `alignment.steps.losses.LOSSES` with chosen and rejected in one forward; trl's metric
-names; one policy trained into its directory by full fine-tuning or LoRA adapters on a copy of the reference, with
+names; one policy trained into its directory by full fine-tuning or LoRA adapters on the reference itself, with
 the native loop or trl's DPOTrainer (`trl_backend.py`).
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 from pathlib import Path
 from typing import NamedTuple
 
@@ -167,14 +166,22 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
 @contextlib.contextmanager
 def policy_to_train(models, cfg: DPOConfig):
     """The model one policy trains, in a context: a fresh copy of the start policy (full fine-tuning),
-    or LoRA adapters on a copy of the reference (`dpo.lora_r`: its frozen base is the reference, so the
-    adapters switched off give it back; the run's reference itself is never touched). `models`: the run's
-    `RunModels`."""
-    if cfg.lora_r:
-        torch.manual_seed(cfg.seed)  # the adapters' random init, whatever the process did before
-        yield add_lora(copy.deepcopy(models.ref_model), cfg.lora_r, cfg.lora_alpha)
-    else:
+    or LoRA adapters on the reference itself (`dpo.lora_r`: its frozen base *is* the reference, no second
+    model), which leaves the run's models while it carries adapters (nothing reads it half-wrapped) and is
+    handed back without them, in eval mode. `models`: the run's `RunModels`."""
+    if not cfg.lora_r:
         yield models.load_policy(train=True)
+        return
+    base = models.ref_model
+    del models.ref_model  # out of the run's models while it carries adapters
+    torch.manual_seed(cfg.seed)  # the adapters' random init, whatever the process did before
+    model = add_lora(base, cfg.lora_r, cfg.lora_alpha)
+    try:
+        yield model
+    finally:
+        base = model.unload()
+        base.requires_grad_(False)
+        models.ref_model = base.eval()
 
 
 @contextlib.contextmanager

@@ -70,9 +70,8 @@ class ClassifierReward:
         self.pos = positive_index(self.model.config.id2label)
 
     def rows(self) -> int:
-        """Texts per batch: `batch_size`, or the automatic one (`score_rows`), chosen once and kept."""
-        self.batch_size = score_rows(self.model, self.batch_size, self.max_length)
-        return self.batch_size
+        """Texts per batch: `batch_size`, or where it is 0 the automatic one (`score_rows`, from free memory now)."""
+        return score_rows(self.model, self.batch_size, self.max_length)
 
     def batches(self, texts: list[str]) -> list[list[int]]:
         """The batches `score` runs (split across ranks by `distributed.ShardedScorer`)."""
@@ -128,9 +127,8 @@ class EmbeddingReward:
         self.batch_size, self.max_length = batch_size, max_length
 
     def rows(self) -> int:
-        """Texts per batch: `batch_size`, or the automatic one (`score_rows`), chosen once and kept."""
-        self.batch_size = score_rows(self.enc, self.batch_size, self.max_length)
-        return self.batch_size
+        """Texts per batch: `batch_size`, or where it is 0 the automatic one (`score_rows`, from free memory now)."""
+        return score_rows(self.enc, self.batch_size, self.max_length)
 
     def batches(self, texts: list[str]) -> list[list[int]]:
         """The batches `embed` runs (split across ranks by `distributed.ShardedScorer`)."""
@@ -214,13 +212,16 @@ def ensure_head(kind: str) -> Path:
 def built_head(kind: str) -> Path:
     """The head dir of one of the offline `HEADS` (or `FT_JUDGE`) as this code builds it; loading a scorer never
     builds one: missing or built from other data, a clear error says how to build it."""
-    out, deps = _ft_spec()[1:3] if kind == FT_JUDGE else _head_spec(kind)[1:3]
-    state = cache_state(out, deps)
+    state = "missing" if not meta_path(head_dir(kind)).exists() else None  # before any encoder is fetched
+    if state is None:
+        out, deps = _ft_spec()[1:3] if kind == FT_JUDGE else _head_spec(kind)[1:3]
+        state = cache_state(out, deps)
     if state != "fresh":
         what = "fine-tuned judge" if kind == FT_JUDGE else f"offline {kind} head"
         raise RewardError(f"the {what} is {'not built yet' if state == 'missing' else 'built from other data'} "
-                          f"({out}); `python -m alignment assets` builds it (every run builds it before its first stage)")
-    return out
+                          f"({head_dir(kind)}); `python -m alignment assets` with the run's --preset/--set builds it "
+                          "(every run builds what it uses before its first stage)")
+    return head_dir(kind)
 
 
 def offline_head_hash(kind: str) -> str:
@@ -235,7 +236,8 @@ def offline_head_hash(kind: str) -> str:
 
 def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: str = "float32") -> EmbeddingReward:
     """One of the offline `HEADS` as a scorer: its encoder + trained head (`built_head`: built by `ensure_head`)."""
-    encoder, out = _head_spec(kind)[0], built_head(kind)
+    out = built_head(kind)  # first: a missing head fails before its encoder is fetched
+    encoder = _head_spec(kind)[0]
     scorer = EmbeddingReward(encoder, load_file(str(out / "head.safetensors")), batch_size, max_length, dtype=dtype)
     scorer.metrics = read_json(out / "metrics.json")
     return scorer

@@ -47,8 +47,8 @@ def draw_source(mod, model, name: str):
         return mod, model
     ref = model_ref(model)
     if ref is None:
-        say_once(f"sample.backend={name}: a policy while it trains has no saved copy to load; it is drawn in-process "
-                 "by the fast backend (the same counter-based streams, so the same tokens)")
+        say_once(f"sample.backend={name}: a model with no saved copy to load (a policy while it trains) is drawn "
+                 "in-process by the fast backend (the same counter-based streams, so the same tokens)")
         return decode, model
     return mod, ref
 
@@ -88,7 +88,7 @@ def sample_records(model, tokenizer, prompts: list[dict], n: int, cfg: SampleCon
     todo = [p for p in prompts if p["id"] not in done]
     max_new = max_new_tokens or cfg.max_new_tokens
     per_batch = _per_batch(decode_rows(model, cfg, todo, max_new), n)
-    mod, source = draw_source(backend(cfg.backend), model, cfg.backend)
+    mod, source = draw_source(backend(cfg.backend), model, cfg.backend) if todo else (None, model)
     bar = tqdm(total=len(todo) * n, desc=desc, unit="seq", leave=False, disable=quiet or bars_off())
     for batch in _batches(todo, per_batch):
         keys = decode.row_keys(cfg.seed, [p["id"] for p in batch], n)  # (len(batch) * n,)
