@@ -89,12 +89,13 @@ STAGE_INFO: dict[str, Stage] = {
                    "--seeds, each evaluated, next to a best-of-N baseline (N in --best-of-n), compared at\n"
                    "matched KL. Writes run_dir/policies/, run_dir/eval/, run_dir/sweep.json and\n"
                    "run_dir/plots/frontier_*.png; prints the frontier table and the matched-KL verdicts."),
-    "level3": Stage("Level 3: DPO, distillation, online DPO, two RLOOs x betas x seeds + best-of-N",
-                    "Level 3, what buys reward per nat of KL: every method in --methods (dpo, distill,\n"
-                    "online-dpo, rloo, rloo-prefix: each one dpo.* choice) trained at every --betas and\n"
-                    "--seeds, each evaluated, next to best-of-N (N in --best-of-n), compared at matched\n"
-                    "KL, with each run's training cost and where its KL goes. Writes run_dir/level3.json and\n"
-                    "run_dir/plots/level3_frontier_*.png; prints the frontier table and the verdicts."),
+    "level3": Stage("Level 3: DPO, distillation, online DPO, RLOO variants x betas x seeds + best-of-N",
+                    "Level 3, what buys reward per nat of KL: every method in --methods\n"
+                    f"({', '.join(LEVEL3_METHODS)}: each one dpo.* choice) trained at every\n"
+                    "--betas and --seeds, each evaluated, next to best-of-N (N in --best-of-n) and the\n"
+                    "KL-optimal limit, compared at matched KL, with each run's training cost and where its KL\n"
+                    "goes. Writes run_dir/level3.json and run_dir/plots/level3_frontier_*.png; prints the\n"
+                    "frontier table and the verdicts."),
     "sft": Stage("tune the start policy on review text (sft.*)",
                  "Fine-tune sft.base on the train pool's review text: the start policy that\n"
                  "model.policy=offline-sft loads (every run builds it first when it is missing). Writes\n"
