@@ -6,7 +6,8 @@ the same 30,522 tokens), `id2label` {0: NEGATIVE, 1: POSITIVE}, a DistilBERT tok
 token_type_ids) — then
 
 1. measures, side by side in one process: sampling tok/s vs `generate` (same dtype), scoring
-   texts/s vs the text-classification pipeline, DPO steps/s vs trl's DPOTrainer, peak memory;
+   texts/s vs the text-classification pipeline, DPO steps/s vs trl's DPOTrainer, our decode rate at a scan of
+   batch sizes up to the automatic one (`sample.batch_size=0`), peak memory;
 2. runs the whole pipeline through `--preset hub` with those local paths (sizes scaled down), so
    every tokenizer and label quirk of `lvwerra/gpt2-imdb` / `lvwerra/distilbert-imdb` is exercised.
 
@@ -30,7 +31,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import ENV, FULL, QUICK, Report, Sizes, machine_info, results_table, write_results  # noqa: E402
+from benchmarks.harness import (ENV, FULL, QUICK, Report, Sizes, dtype_name, machine_info, results_table,  # noqa: E402
+                                write_results)
 
 HERE = Path(__file__).resolve().parent
 REAL = {"gpt2": dict(n_layer=12, n_embd=768, n_head=12), "distilbert": dict(dim=768, n_layers=6, n_heads=12,
@@ -114,6 +116,45 @@ def build_times(run_dir: Path) -> str:
                                                             for _, kind, name, sec in sorted(rows))
 
 
+# Sequences per decode batch the scan times (then the automatic batch, sample.batch_size=0): GPU batches a user would
+# pick, and CPU-sized ones where the GPT-2-sized model decodes on a CPU (seconds per batch there).
+SCAN_ROWS = {"tiny": (8, 32), "cpu": (16, 64), "cuda": (64, 512, 4096)}
+
+
+def decode_scan(policy: str, scan: str, new: int, rep: Report) -> None:
+    """Our sampler's decode rate at each `SCAN_ROWS[scan]` batch and at the automatic one (8 samples per prompt, two
+    batches' worth of prompts, the sampling dtype), each against the first batch size measured in this run."""
+    import torch
+
+    from alignment.assets.models import load_causal_lm, load_tokenizer, pick_device, sampling_dtype, stop_token_ids
+    from alignment.config import SampleConfig
+    from alignment.steps.sampling import decode_rows, sample_records
+
+    dev = pick_device()
+    dtype = sampling_dtype("auto", dev)
+    model, tok = load_causal_lm(policy, dtype, dev), load_tokenizer(policy)
+    stops, head = stop_token_ids(tok, model), tok("The movie was", add_special_tokens=False)["input_ids"]
+    rates = {}
+    for rows in (*SCAN_ROWS[scan], 0):
+        cfg = SampleConfig(n_samples=8, max_new_tokens=new, batch_size=rows, seed=0)
+        eff = decode_rows(model, cfg, [{"ids": head + [0]}], new)
+        prompts = [{"id": f"p{i}", "ids": head + [100 + i % 1000], "text": ""} for i in range(max(1, 2 * eff // 8))]
+        [r for b in sample_records(model, tok, prompts[: max(1, eff // 8)], 8, cfg, stops, quiet=True) for r in b]
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        drawn = sum(len(r["completion_ids"]) for b in sample_records(model, tok, prompts, 8, cfg, stops, quiet=True)
+                    for r in b)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        rates[rows] = (eff, drawn / (time.perf_counter() - t0))
+    first = SCAN_ROWS[scan][0]
+    for rows, (eff, rate) in rates.items():
+        rep.add(f"decode tok/s at {'the automatic batch' if rows == 0 else 'batch'} {eff} ({dtype_name(dtype)}, {new} "
+                f"new tokens) vs batch {first}", f"{rates[first][1]:.0f} tok/s", f"{rate:.0f} tok/s",
+                rate / rates[first][1])
+
+
 def peak_memory() -> str:
     import torch
 
@@ -160,6 +201,8 @@ def main(argv=None) -> int:
                         "classifier + real uncased WordPiece vocab)")
         for name in ("sampling", "scoring", "training"):
             importlib.import_module(f"benchmarks.bench_{name}").run(rep.sizes, ctx, rep)
+        decode_scan(str(paths["policy"]), "tiny" if args.tiny else "cuda" if torch.cuda.is_available() else "cpu",
+                    rep.sizes.new, rep)
         rep.note(f"peak memory of the benchmark process: {peak_memory()}")
         secs, out = hub_run(paths, "tiny" if args.tiny else "real", Path(tmp) / "hub-run")
         rep.note(f"`--preset hub` on the local hub-shaped models ({' '.join(HUB_SIZES['tiny' if args.tiny else 'real'])}): "

@@ -130,7 +130,7 @@ def test_gpu_dress_rehearsal_runs_tiny_on_cpu(tmp_path, monkeypatch):
     text = out.read_text(encoding="utf-8")
     steps = [r["step"] for r in md_table(text, "Results")]
     for w in ("batched model.generate vs ours", "pipeline('text-classification', bs 16) vs ClassifierReward",
-              "trl DPOTrainer defaults (fp32) vs native with bf16 autocast"):
+              "trl DPOTrainer defaults (fp32) vs native with bf16 autocast", "decode tok/s at the automatic batch 64"):
         assert any(w in s for s in steps), (w, steps)
     assert "`--preset hub` on the local hub-shaped models" in text and "peak memory" in text
     assert "build seconds, in build order:" in res.stdout and "eval/human:" in res.stdout, res.stdout[-2000:]
