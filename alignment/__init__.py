@@ -5,7 +5,8 @@ The package's folders are its design (`ARCHITECTURE.md`): `steps/` (what a noteb
 sampling, reward, pairs, losses, training, evaluation), `study/` (every number and sentence: metrics,
 statistics, frontiers, the alarm, tables, plots), `run/` (the pipeline, its stage cache and run dir, the
 experiments), `assets/` (the offline models, reviews, scorer heads and judge), `base/` (files, ranks,
-timing, tracking), with `config.py`, `presets.py` and `cli.py` beside them.
+timing, tracking), with the settings (`config.py`, `presets.py`, `sources.py`) and the command line
+(`cli.py`, `argv.py`) beside them.
 
 The names a notebook or a scratch cell uses, importable from here (each loads its module on first use,
 so `import alignment` stays light):
@@ -37,7 +38,7 @@ _EXPORTS = {  # name -> the module that defines it (a module itself where the na
     "level3": "run.experiments", "sample_records": "steps.sampling", "score_records": "steps.reward",
     "build_pairs": "steps.pairs", "LOSSES": "steps.losses", "compute_loss": "steps.losses",
     "train_dpo": "steps.dpo", "evaluate_model": "steps.evaluate", "load_adapter": "assets.models",
-    "compare_to_start": "study.stats", "bon_curve": "study.frontier", "optimum_curve": "study.optimum",
+    "compare_to_start": "study.gains", "bon_curve": "study.frontier", "optimum_curve": "study.optimum",
     "plots": "study.plots", "experiments": "run.experiments", "presets": "presets",
 }
 __all__ = sorted(_EXPORTS)

@@ -16,19 +16,15 @@ import os
 import tokenize
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import yaml
 
+from .sources import OFFLINE, OFFLINE_FT, OFFLINE_SFT, PYTHON_REWARD, SOURCES, pairs_source_problem, source_problem
 from .steps.losses import LOSSES, VALUE_LOSSES, validate_alpha
 from .steps.pairs import STRATEGIES
 from .steps.samplers import SAMPLERS
 from .presets import PRESETS
-
-OFFLINE = "offline"  # the embedded default: real pretrained assets shipped in PyPI packages
-PYTHON_REWARD = "python:"  # reward.model prefix: a `score(texts) -> Tensor` function passed from Python
-OFFLINE_SFT = "offline-sft"  # the offline start policy: SmolLM2-135M tuned on reviews by the SFT stage (`alignment.steps.sft`)
-OFFLINE_FT = "offline-ft"  # the offline judge fine-tuned end to end (top layers of all-mpnet-base-v2, `alignment.assets.judge_ft`)
 
 
 class ConfigError(ValueError):
@@ -63,7 +59,7 @@ _frac = dict(check=lambda v: 0 <= v <= 1, why="must be in [0, 1]")
 
 @dataclass
 class ModelConfig:
-    policy: str = "offline-sft"  # start policy: "offline-sft" (SmolLM2-135M tuned on reviews by the `sft` stage, built once as the first step of a run), "offline" (the raw instruct model), a hub name or local dir
+    policy: str = OFFLINE_SFT  # start policy: "offline-sft" (SmolLM2-135M tuned on reviews by the `sft` stage, built once as the first step of a run), "offline" (the raw instruct model), a hub name or local dir
     ref: str = ""              # reference model for DPO/KL; "" = same as the starting policy
     dtype: str = rule("auto", choices=_DTYPES)  # sampling dtype: auto (bf16 on GPU/bf16-capable CPU), float32, bfloat16
 
@@ -342,79 +338,6 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{name}={value!r} is invalid: {allowed}")
 
 
-BUILT_IN = (OFFLINE, OFFLINE_SFT, OFFLINE_FT, "vader", "imdb")  # every built-in model/data name, in any field
-_NEAR = 0.75  # difflib ratio from which a name is read as a misspelt built-in name (ofline, vadr, imbd)
-
-
-class Source(NamedTuple):
-    """What one model/data field takes: its built-in names, an example hub id and local path, and
-    what else it takes ('' = none, python:<name>)."""
-    named: tuple[str, ...]
-    hub: str
-    local: str
-    more: str = ""
-
-
-SOURCES = {
-    "model.policy": Source((OFFLINE_SFT, OFFLINE), "lvwerra/gpt2-imdb", "./my-model"),
-    "model.ref": Source((OFFLINE_SFT, OFFLINE), "lvwerra/gpt2-imdb", "./my-model", "'' (the same as model.policy)"),
-    "data.source": Source((OFFLINE, "imdb"), "stanfordnlp/imdb", "./reviews.csv (.csv, .jsonl or .txt)"),
-    "reward.model": Source((OFFLINE, "vader"), "lvwerra/distilbert-imdb", "./my-reward",
-                           f"{PYTHON_REWARD}<name> (a function passed as Pipeline(cfg, reward=fn))"),
-    "eval.judge": Source((OFFLINE_FT, OFFLINE, "vader"), "siebert/sentiment-roberta-large-english", "./my-judge",
-                         "'' (none)"),
-    "eval.topic_judge": Source((OFFLINE,), "org/name (a classifier whose positive class means on-topic)",
-                               "./my-topic-classifier", "'' (none)"),
-    "sft.base": Source((OFFLINE,), "lvwerra/gpt2-imdb", "./my-model"),
-}
-
-
-def _meant(value: str, named: tuple[str, ...]) -> str | None:
-    """The built-in name a bare name that is no built-in name of its field was most likely meant as,
-    "" for a name no hub id can be (`x:y`), else None (a hub id such as gpt2 or imdb)."""
-    low = value.lower()
-    ratios = {n: difflib.SequenceMatcher(None, low, n).ratio() for n in named}
-    best = max(ratios, key=ratios.get)
-    near = ratios[best] >= _NEAR or low in BUILT_IN or low.startswith((OFFLINE, "vader"))
-    return best if near else "" if ":" in value else None
-
-
-def _check_source(name: str, value: str) -> None:
-    """A model/data field's value is one of its built-in names, an existing local path, or a hub id
-    (org/name, or a bare name such as gpt2 that is no misspelt built-in name).
-
-    Anything that looks like a path (starts with . / ~, or has 2+ slashes, or a file suffix) must
-    exist, and a bare name close to a built-in one (offline-reward, Vader, ofline) is refused, so a
-    typo fails here instead of as a hub download error after minutes of building.
-    """
-    src = SOURCES[name]
-    if value in src.named or os.path.exists(os.path.expanduser(value)):
-        return
-    builtin = " or ".join(src.named) if len(src.named) < 3 else f"{', '.join(src.named[:-1])} or {src.named[-1]}"
-    takes = (f"a built-in name ({builtin}), a hub id such as {src.hub}, or a local path that exists such as "
-             f"{src.local}{f'; or {src.more}' if src.more else ''}")
-    looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1 or \
-        os.path.splitext(value)[1] in (".csv", ".jsonl", ".txt", ".json", ".gguf", ".safetensors")
-    if looks_local or not value:
-        raise ConfigError(f"{name}={value!r} is invalid: {'this local path does not exist' if value else 'empty'}; "
-                          f"{name} takes {takes}")
-    guess = None if "/" in value else _meant(value, src.named)
-    if guess is not None:
-        hint = f"; did you mean {guess}?" if guess else "."
-        raise ConfigError(f"{name}={value!r} is not a name {name} knows{hint} It takes {takes}")
-
-
-def _check_pairs_source(value: str) -> None:
-    """pairs.source: "", a hub dataset name, or a local file that exists (what is in it is checked
-    by `ownpairs.read_pairs`, before any model loads)."""
-    if not value or os.path.exists(os.path.expanduser(value)):
-        return
-    looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1 or \
-        os.path.splitext(value)[1] in (".csv", ".jsonl", ".json", ".txt", ".parquet")
-    _check(not looks_local, "pairs.source", value, "this file does not exist; give the path of a .jsonl or .csv file "
-           "with text columns prompt, chosen, rejected, or a hub dataset name (e.g. trl-lib/ultrafeedback_binarized)")
-
-
 def _check_rules(section: str, obj) -> None:
     """The rules declared on the fields of one section (`rule(...)`)."""
     for f in fields(obj):
@@ -449,51 +372,6 @@ def check_section(section: str, obj) -> None:
                "must be 0 (no limit) or greater than data.min_chars")
 
 
-def method_settings(dpo: DPOConfig) -> DPOConfig:
-    """`dpo` with the fields its method does not read set to their defaults (`dpo.rounds` outside online DPO;
-    `dpo.loss` and `dpo.alpha` for RLOO; `dpo.credit` and `dpo.kl` outside RLOO, `dpo.credit_lambda` without prefix
-    credit), so a policy's name and cache key name only what trained it."""
-    defaults = DPOConfig()
-    if dpo.method != "online":
-        dpo = dataclasses.replace(dpo, rounds=defaults.rounds)
-    if dpo.method == "rloo":
-        dpo = dataclasses.replace(dpo, loss=defaults.loss, alpha=defaults.alpha)
-    if dpo.method != "rloo":
-        dpo = dataclasses.replace(dpo, credit=defaults.credit, kl=defaults.kl)
-    if dpo.credit != "prefix":
-        dpo = dataclasses.replace(dpo, credit_lambda=defaults.credit_lambda)
-    return dpo
-
-
-def check_training(cfg: Config, dpo: DPOConfig, world: int = 1) -> None:
-    """The checks of one policy's DPO settings (`cfg.dpo` with a sweep's overrides) in this run:
-    the section's rules, LoRA's need for the policy as its own reference, trl's single process, and
-    what the on-policy methods need (a reward model, one process, RLOO's draws from π itself, enough
-    prompts for online DPO's rounds)."""
-    check_section("dpo", dpo)
-    if dpo.lora_r and cfg.model.ref not in ("", cfg.model.policy):
-        raise ConfigError(f"dpo.lora_r={dpo.lora_r} trains adapters on the reference's base, so it needs "
-                          f"model.ref empty or equal to model.policy (got model.ref={cfg.model.ref!r})")
-    s = cfg.sample
-    if dpo.method == "rloo" and (s.temperature != 1.0 or s.top_k or s.top_p < 1.0):
-        raise ConfigError(f"dpo.method=rloo's policy gradient and KL term assume samples from the policy itself; "
-                          f"sample.temperature={s.temperature}, sample.top_k={s.top_k}, sample.top_p={s.top_p} change "
-                          "them: use temperature 1, top_k 0, top_p 1")
-    trained = cfg.data.n_train_prompts - int(cfg.pairs.held_out * cfg.data.n_train_prompts)
-    if dpo.method == "online" and dpo.rounds > trained:
-        raise ConfigError(f"dpo.rounds={dpo.rounds} is more than the {trained} prompts online DPO trains on "
-                          "(data.n_train_prompts less the pairs.held_out share); lower dpo.rounds")
-    if dpo.method != "offline" and (cfg.pairs.source or world > 1):
-        raise ConfigError(f"dpo.method={dpo.method} samples and scores its own completions in one process, so it "
-                          "needs a reward model (pairs.source empty) and no `accelerate launch`; use dpo.method=offline")
-    if dpo.loss in VALUE_LOSSES and cfg.pairs.source:
-        raise ConfigError(f"dpo.loss={dpo.loss} regresses on the pairs' reward margins, and pairs.source gives labels "
-                          "only; use dpo.loss=sigmoid")
-    if dpo.backend == "trl" and world > 1:
-        raise ConfigError(f"dpo.backend=trl under {world} processes is not supported (its trainer would write "
-                          "from every rank); use dpo.backend=native, which trains with DDP")
-
-
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first bad field, before any model or data is loaded."""
     for s in SECTIONS:
@@ -508,11 +386,12 @@ def validate(cfg: Config) -> None:
         if name == "reward.model" and value.startswith(PYTHON_REWARD):
             _check(len(value) > len(PYTHON_REWARD), name, value, f"name the function after {PYTHON_REWARD!r} "
                    f"(e.g. {PYTHON_REWARD}my-sentiment): the name keys the cache")
-        elif value or name not in ("model.ref", "eval.judge", "eval.topic_judge"):  # these three may be ""
-            _check_source(name, value)
+        elif problem := source_problem(name, value):
+            raise ConfigError(problem)
     _check(cfg.dpo.lora_r == 0 or cfg.model.ref in ("", cfg.model.policy), "dpo.lora_r", cfg.dpo.lora_r,
            "LoRA trains adapters on the reference's base: leave model.ref empty (= model.policy) or set dpo.lora_r=0")
-    _check_pairs_source(cfg.pairs.source)
+    if problem := pairs_source_problem(cfg.pairs.source):
+        raise ConfigError(problem)
     _check(cfg.eval.judge in ("", OFFLINE, OFFLINE_FT) or cfg.eval.judge != cfg.reward.model, "eval.judge", cfg.eval.judge,
            "the judge must not be the training reward (reward.model) itself: it would not be independent; "
            "use another scorer or '' (none)")

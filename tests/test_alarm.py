@@ -16,7 +16,8 @@ from alignment.study.alarm import (ENTROPY_MARGIN, FLAGS, LENGTH_MARGIN, RELEVAN
 from alignment.study.metrics import metrics_of
 from alignment.study.alarm_report import alarm_line, alarm_lines, alarm_reason
 from alignment.base.io import read_json
-from alignment.study.stats import compare_to_start, distinguishable, paired_prompt_bootstrap
+from alignment.study.gains import compare_to_start
+from alignment.study.stats import distinguishable, paired_prompt_bootstrap
 
 N_PROMPTS, N_SAMPLES, LENGTH = 24, 4, 12
 JUDGE_SCALE = 0.1  # the judge scores on a scale ten times smaller than the reward's
@@ -306,6 +307,5 @@ def test_the_alarm_is_shown_next_to_each_table():
 
 
 def test_every_alarm_flag_has_a_short_name_for_the_readme():
-    from alignment.study.alarm import FLAGS
     from alignment.study.alarm_report import ALARM_NAMES
     assert set(ALARM_NAMES) == set(FLAGS)

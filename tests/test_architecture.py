@@ -125,7 +125,7 @@ FOLDERS = {
 
 
 # What the settings beside the folders may import: the registries their choices are checked against.
-TOP = {"config": {"presets", "steps.losses", "steps.pairs", "steps.samplers"}, "presets": set()}
+TOP = {"config": {"presets", "sources", "steps.losses", "steps.pairs", "steps.samplers"}, "presets": set(), "sources": set()}
 
 
 def folder_breaches(g: dict[str, set[str]]) -> list[str]:

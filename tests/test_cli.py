@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from alignment import cli
+from alignment.argv import COMMANDS, FIELDS, STAGE_INFO, STAGES, parse_args
 from alignment.config import (SECTIONS, Config, ConfigError, apply_overrides, field_docs, field_names, load_config,
                               section_deps)
 from alignment.base.io import stable_hash
@@ -50,16 +51,16 @@ def fails(capsys, *argv: str) -> str:
 # ---- help ---------------------------------------------------------------------------------------
 def test_top_level_help_lists_every_stage_with_one_line(capsys):
     out = help_of(capsys)
-    for name, info in cli.STAGE_INFO.items():
+    for name, info in STAGE_INFO.items():
         assert f"    {name:<12}{info.summary}\n" in out, name
-    assert f"    {cli.FIELDS}" in out and "--help" in out
+    assert f"    {FIELDS}" in out and "--help" in out
 
 
-@pytest.mark.parametrize("stage", cli.STAGES)
+@pytest.mark.parametrize("stage", STAGES)
 def test_stage_help_shows_its_own_flags(capsys, stage):
     out = help_of(capsys, stage)
     assert out.startswith(f"usage: python -m alignment {stage} ")
-    assert cli.STAGE_INFO[stage].writes.splitlines()[0] in out  # what it does and writes
+    assert STAGE_INFO[stage].writes.splitlines()[0] in out  # what it does and writes
     for flag in COMMON_FLAGS:
         assert flag in out
     for flag in SWEEP_FLAGS:
@@ -72,11 +73,11 @@ def test_stage_help_shows_its_own_flags(capsys, stage):
 
 
 def test_level3_flags_reach_level3(monkeypatch):
-    args = cli.parse_args(["level3", "--methods", "dpo,rloo", "--betas", "0.3", "--seeds", "1"])
+    args = parse_args(["level3", "--methods", "dpo,rloo", "--betas", "0.3", "--seeds", "1"])
     assert cli.sweep_grid(args) == {"methods": ("dpo", "rloo"), "betas": (0.3,), "seeds": (1,),
                                     "best_of_n": (1, 2, 4, 8, 16, 32, 64, 128)}
     with pytest.raises(ConfigError, match="--methods: unknown"):
-        cli.sweep_grid(cli.parse_args(["level3", "--methods", "ppo"]))
+        cli.sweep_grid(parse_args(["level3", "--methods", "ppo"]))
 
 
 def test_run_and_sweep_help_differ(capsys):
@@ -94,12 +95,12 @@ def test_run_and_sweep_help_differ(capsys):
     (["--pre", "sweep", "run"], "run", [], "sweep"),  # an abbreviated one-value flag too
 ])
 def test_the_stage_may_come_anywhere(argv, stage, overrides, preset):
-    args = cli.parse_args(argv)
+    args = parse_args(argv)
     assert (args.stage, args.overrides, args.preset) == (stage, overrides, preset)
 
 
 def test_config_value_named_like_a_stage_is_not_the_stage():
-    args = cli.parse_args(["--config", "run", "sweep", "--betas", "1"])
+    args = parse_args(["--config", "run", "sweep", "--betas", "1"])
     assert (args.stage, args.config, args.betas) == ("sweep", "run", "1")
 
 
@@ -116,8 +117,8 @@ def test_a_stage_is_required(capsys):
 def test_an_unknown_stage_names_the_closest_and_every_stage(capsys, nothing_runs, argv, word, guess):
     err = fails(capsys, *argv).splitlines()
     assert err[0] == f"error: unknown stage {word!r}" + (f"; did you mean {guess}?" if guess else "")
-    assert err[1] == f"stages: {', '.join(cli.STAGES)}"
-    assert err[2] == "commands: fields, config, results" and "results" in cli.COMMANDS
+    assert err[1] == f"stages: {', '.join(STAGES)}"
+    assert err[2] == "commands: fields, config, results" and "results" in COMMANDS
 
 
 @pytest.mark.parametrize("argv,expect", [
@@ -131,7 +132,7 @@ def test_an_unknown_flag_names_the_closest_and_the_stage_flags(capsys, nothing_r
 
 
 def test_abbreviations_and_stray_words(capsys, nothing_runs):
-    assert cli.parse_args(["run", "--print"]).print_config  # an unambiguous abbreviation stays allowed
+    assert parse_args(["run", "--print"]).print_config  # an unambiguous abbreviation stays allowed
     assert fails(capsys, "run", "dpo.beta=1") == ("error: dpo.beta=1 looks like a config override: "
                                                   "python -m alignment run --set dpo.beta=1\n")
     assert fails(capsys, "run", "foo").startswith("error: unexpected argument 'foo' for run: it takes flags only\n")
@@ -162,7 +163,7 @@ def test_a_flag_the_command_does_not_take(capsys, nothing_runs):
 
 
 # ---- --print-config ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("stage", cli.STAGES)
+@pytest.mark.parametrize("stage", STAGES)
 def test_print_config_runs_nothing_and_reads_back(tmp_path, capsys, nothing_runs, stage):
     run_dir = tmp_path / "run"
     argv = ["--preset", "smoke", "--set", f"run_dir={run_dir}", "dpo.beta=0.2", "sample.n_samples=3"]

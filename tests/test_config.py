@@ -193,7 +193,7 @@ def test_judges_must_be_independent_and_on_topic():
     ("sft.base", "offline-sft", "offline"), ("eval.judge", "python:mine", None),
 ])
 def test_a_misspelt_built_in_name_is_refused_with_what_the_field_takes(field, value, guess):
-    from alignment.config import SOURCES
+    from alignment.sources import SOURCES
 
     with pytest.raises(ConfigError) as ei:
         load_config(overrides={field: value})

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment.config import ConfigError, check_training, load_config
+from alignment.config import ConfigError, load_config
+from alignment.run.pipeline import check_training, method_settings
 from alignment.base.io import read_json, read_jsonl
 from alignment.steps.logprobs import position_kls
 from alignment.steps.online import prefix_rewards, rloo_loss, rloo_prefix_loss, round_shares, to_go, trained_prompts
@@ -255,7 +256,6 @@ def test_on_policy_methods_are_refused_where_they_cannot_run(tmp_path):
 
 
 def test_a_method_names_and_keys_only_the_settings_it_reads():
-    from alignment.config import method_settings
     from alignment.run.rundir import policy_name
     cfg = load_config(overrides={"dpo.rounds": 8, "dpo.loss": "hinge"})
     assert method_settings(cfg.dpo).rounds == 4  # offline DPO has no rounds

@@ -16,7 +16,6 @@ from alignment.study.stats import (
     SharedBootstrap,
     as_clean_array,
     bootstrap_p,
-    compare_to_start,
     detectable_difference,
     distinguishable,
     hierarchical_weights,
@@ -26,8 +25,8 @@ from alignment.study.stats import (
     prompt_bootstrap_entropy,
     summary,
     verdict,
-    with_holm,
 )
+from alignment.study.gains import compare_to_start, with_holm
 
 
 # ---- naive references (samples resampled as if independent): what the clustered CIs must beat

@@ -20,8 +20,8 @@ from alignment.run import experiments, pipeline
 from alignment.steps import sft
 from alignment.base import tracking
 from alignment.config import load_config
-from alignment.base.io import cached, meta_path, read_json, read_jsonl, write_json
-from alignment.run.stagecache import built_before, duration, reused_line
+from alignment.base.io import meta_path, read_json, read_jsonl
+from alignment.run.stagecache import duration
 from alignment.base.tracking import ci_name, evaluation_summary, run_tags, sample_rows
 from alignment.base.tracking import tracked as wandb_keys
 

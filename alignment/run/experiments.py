@@ -4,7 +4,6 @@ writes its JSON result and plots under the run dir (`pipe.paths`); its wandb run
 evaluations, results) share one group named after it (`experiment`)."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from ..study import plots
 from ..study.alarm import assess
 from ..study.design import level1_design
 from ..base.io import read_json, write_json
-from ..config import ConfigError, check_training, method_settings
+from ..config import ConfigError
 from ..study.metrics import content_of
 from ..steps.evaluate import Evaluation, pooled
 from .frontiers import frontier_study, log_summary, trained_row
@@ -21,7 +20,7 @@ from .pipeline import Pipeline
 from .rundir import START, Policy, RunPaths
 from ..presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, LEVEL3_MIN_BETA, method_betas, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
 from ..study.report import example_records
-from ..study.stats import compare_to_start, versus_start, with_holm
+from ..study.gains import compare_to_start, versus_start, with_holm
 from ..steps.dpo import held_out_prompts
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
@@ -220,7 +219,7 @@ def level3(pipe: Pipeline, methods: tuple[str, ...] = tuple(LEVEL3_METHODS), bet
     families = {m: {"alpha": pipe.cfg.dpo.alpha, **LEVEL3_METHODS[m]} for m in methods if per[m]}
     for m, over in families.items():  # every method's settings checked before hours of training
         for beta in per[m]:
-            check_training(pipe.cfg, method_settings(dataclasses.replace(pipe.cfg.dpo, **over, beta=beta)), pipe.dist.world)
+            pipe.policy_settings(**over, beta=beta)
     grid = {"methods": list(families), "betas": list(betas), "seeds": list(seeds), "best_of_n": list(best_of_n),
             **({"method_betas": {m: list(per[m]) for m in families}} if any(per[m] != betas for m in families) else {})}
     return frontier_study(pipe, "level3", families, {m: per[m] for m in families}, seeds, best_of_n, grid,

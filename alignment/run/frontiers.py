@@ -18,7 +18,8 @@ from ..study import plots
 from ..study.alarm import assess, control as alarm_control
 from ..study.metrics import content_of
 from ..study.report import example_records
-from ..study.stats import SharedBootstrap, compare_to_start, with_holm
+from ..study.gains import compare_to_start, with_holm
+from ..study.stats import SharedBootstrap
 from .pipeline import Pipeline
 from .rundir import COST_FILE, START, Policy
 

@@ -20,7 +20,8 @@ from typing import Callable
 
 from torch import Tensor
 
-from ..config import Config, ConfigError, check_training, method_settings, section_deps
+from ..config import Config, ConfigError, DPOConfig, check_section, section_deps
+from ..steps.losses import VALUE_LOSSES
 from ..steps.data import check_source, review_texts
 from .datastages import DataStages, draw_key
 from ..base.distributed import current
@@ -38,6 +39,51 @@ from ..base.tracking import RunTrackers, run_config
 from ..steps.dpo import held_out_split, train_policy
 
 _io = charged("I/O")  # a stage method's own time (checking and reading its cache) is I/O; its build is its kind
+
+
+def method_settings(dpo: DPOConfig) -> DPOConfig:
+    """`dpo` with the fields its method does not read set to their defaults (`dpo.rounds` outside online DPO;
+    `dpo.loss` and `dpo.alpha` for RLOO; `dpo.credit` and `dpo.kl` outside RLOO, `dpo.credit_lambda` without prefix
+    credit), so a policy's name and cache key name only what trained it."""
+    defaults = DPOConfig()
+    if dpo.method != "online":
+        dpo = dataclasses.replace(dpo, rounds=defaults.rounds)
+    if dpo.method == "rloo":
+        dpo = dataclasses.replace(dpo, loss=defaults.loss, alpha=defaults.alpha)
+    if dpo.method != "rloo":
+        dpo = dataclasses.replace(dpo, credit=defaults.credit, kl=defaults.kl)
+    if dpo.credit != "prefix":
+        dpo = dataclasses.replace(dpo, credit_lambda=defaults.credit_lambda)
+    return dpo
+
+
+def check_training(cfg: Config, dpo: DPOConfig, world: int = 1) -> None:
+    """The checks of one policy's DPO settings (`cfg.dpo` with a sweep's overrides) in this run:
+    the section's rules, LoRA's need for the policy as its own reference, trl's single process, and
+    what the on-policy methods need (a reward model, one process, RLOO's draws from π itself, enough
+    prompts for online DPO's rounds)."""
+    check_section("dpo", dpo)
+    if dpo.lora_r and cfg.model.ref not in ("", cfg.model.policy):
+        raise ConfigError(f"dpo.lora_r={dpo.lora_r} trains adapters on the reference's base, so it needs "
+                          f"model.ref empty or equal to model.policy (got model.ref={cfg.model.ref!r})")
+    s = cfg.sample
+    if dpo.method == "rloo" and (s.temperature != 1.0 or s.top_k or s.top_p < 1.0):
+        raise ConfigError(f"dpo.method=rloo's policy gradient and KL term assume samples from the policy itself; "
+                          f"sample.temperature={s.temperature}, sample.top_k={s.top_k}, sample.top_p={s.top_p} change "
+                          "them: use temperature 1, top_k 0, top_p 1")
+    trained = cfg.data.n_train_prompts - int(cfg.pairs.held_out * cfg.data.n_train_prompts)
+    if dpo.method == "online" and dpo.rounds > trained:
+        raise ConfigError(f"dpo.rounds={dpo.rounds} is more than the {trained} prompts online DPO trains on "
+                          "(data.n_train_prompts less the pairs.held_out share); lower dpo.rounds")
+    if dpo.method != "offline" and (cfg.pairs.source or world > 1):
+        raise ConfigError(f"dpo.method={dpo.method} samples and scores its own completions in one process, so it "
+                          "needs a reward model (pairs.source empty) and no `accelerate launch`; use dpo.method=offline")
+    if dpo.loss in VALUE_LOSSES and cfg.pairs.source:
+        raise ConfigError(f"dpo.loss={dpo.loss} regresses on the pairs' reward margins, and pairs.source gives labels "
+                          "only; use dpo.loss=sigmoid")
+    if dpo.backend == "trl" and world > 1:
+        raise ConfigError(f"dpo.backend=trl under {world} processes is not supported (its trainer would write "
+                          "from every rank); use dpo.backend=native, which trains with DDP")
 
 
 class Pipeline:
@@ -97,12 +143,18 @@ class Pipeline:
             return metrics
 
     # ---- training and evaluation ---------------------------------------------------------------
+    def policy_settings(self, **overrides) -> DPOConfig:
+        """cfg.dpo updated by `overrides` as one policy trains with it (`method_settings`), checked as the
+        config's own settings are (`check_training`): a sweep's bad β fails before anything trains."""
+        dpo = method_settings(dataclasses.replace(self.cfg.dpo, **overrides))
+        check_training(self.cfg, dpo, self.dist.world)
+        return dpo
+
     @_io
     def train(self, **overrides) -> Policy:
         """Train one policy with cfg.dpo updated by `overrides` (loss, beta, lr, alpha, seed...).
         Cached by name and config hash; resumes from its last checkpoint after an interrupt."""
-        dpo = method_settings(dataclasses.replace(self.cfg.dpo, **overrides))
-        check_training(self.cfg, dpo, self.dist.world)  # a sweep's settings get the same checks as the config's
+        dpo = self.policy_settings(**overrides)
         name = policy_name(dpo)
         out = self.paths.policy(name)
 

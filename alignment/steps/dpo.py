@@ -151,13 +151,11 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
         out, pc, pr, tokens = pair_loss(net, [pairs[i] for i in mb], prompt_ids, (ref[0][mb], ref[1][mb]), cfg, pad_id)
         return out.losses.mean(), step_metrics(out, pc.detach(), pr.detach(), tokens)
 
-    evaluate = None
-    if held_out and held_out[0]:
-        def evaluate(m):
-            return held_out_metrics(m, held_out[0], prompt_ids, held_out[1], cfg, pad_id)
+    def evaluate(m):
+        return held_out_metrics(m, held_out[0], prompt_ids, held_out[1], cfg, pad_id)
 
     records = train_loop(model, len(pairs), loss_fn, dpo_loop_config(cfg, dev), out_dir, tracker, dist,
-                         evaluate=evaluate).records
+                         evaluate=evaluate if held_out and held_out[0] else None).records
     if dist.main:
         write_json(Path(out_dir) / "train_summary.json", records[-1] if records else {})
     return records

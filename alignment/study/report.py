@@ -220,7 +220,7 @@ DRIFT_NAMES = {"kl_diff": "KL term", "pred_entropy_diff": "predictive entropy", 
 
 def drift_lines(rows: list[dict]) -> list[str]:
     """What training cost, tested: each policy's paired differences from the start in the KL term,
-    predictive and token entropy (`stats.compare_drift`; Holm over the policies)."""
+    predictive and token entropy (`gains.compare_drift`; Holm over the policies)."""
     rows = [r for r in rows if all(k in r for k in DRIFT_NAMES)]
     if not rows:
         return []
