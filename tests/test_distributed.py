@@ -75,11 +75,11 @@ class _Recorder:
     def __init__(self):
         self.calls = []
 
-    def batches(self, texts):  # a model scorer's batch plan, as ClassifierReward/EmbeddingReward have
-        return length_batches(texts, self.batch_size)
+    def batches(self, texts, rows=None):  # a model scorer's batch plan, as ClassifierReward/EmbeddingReward have
+        return length_batches(texts, rows or self.batch_size)
 
-    def score(self, texts):
-        self.calls.append(list(texts))
+    def score(self, texts, rows=None):
+        self.calls.append((list(texts), rows))
         return torch.zeros(len(texts))
 
 
@@ -90,7 +90,8 @@ def test_sharded_scorer_gives_each_rank_exactly_its_scorer_batches(rank):
     texts = [f"t{i}" + "x" * (i * 7 % 5) for i in range(11)]
     inner = _Recorder()
     ShardedScorer(inner, _Echo(rank, 2, n=len(texts))).score(texts)
-    (got,) = inner.calls
+    ((got, rows),) = inner.calls
+    assert rows is None  # a fixed batch size: the scorer's own
     want = [b for k, b in enumerate(length_batches(texts, 4)) if k % 2 == rank]
     assert [[got[j] for j in b] for b in length_batches(got, 4)] == [[texts[i] for i in b] for b in want]
 
@@ -111,8 +112,8 @@ def test_sharded_scorer_gives_every_rank_rank_0s_automatic_batch_size():
 
     inner = Auto()
     ShardedScorer(inner, Rank1(1, 2, n=11)).score([f"t{i}" for i in range(11)])
-    assert [len(c) for c in inner.calls] == [5]  # rank 1's share: the second batch of 5
-    assert inner.batch_size == 0  # automatic again for the next call (its free memory then)
+    assert [(len(c), rows) for c, rows in inner.calls] == [(5, 5)]  # rank 1's share: the second batch of 5, scored as 5
+    assert inner.batch_size == 0  # never changed: automatic again for the next call (its free memory then)
 
 
 def test_map_batches_in_one_process_is_the_function():

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from ..base.io import cached, part_dir, stable_hash, write_json
+from ..base.machine import dtype_name
 from .reward_train import Rows, accuracy, fit_logistic
 from ..base.timing import bars_off
 
@@ -233,7 +234,7 @@ def fine_tune(out_dir: Path, encoder_dir: str | Path, train: Rows, test: Rows, r
                "test_accuracy": test_acc, "frozen_head_test_accuracy": frozen,
                "test_positive_rate": y_te.float().mean().item(), "epochs": log, "texts_per_s": texts_per_s,
                "build_s": time.perf_counter() - t0, "build_cpu_s": time.process_time() - c0,
-               "device": str(dev), "threads": torch.get_num_threads(), "autocast": str(dtype).replace("torch.", "")}
+               "device": str(dev), "threads": torch.get_num_threads(), "autocast": dtype_name(dtype)}
     out = part_dir(out_dir)
     model.cpu().save_pretrained(str(out / "encoder"))
     tok.save_pretrained(str(out / "encoder"))
@@ -247,7 +248,7 @@ def judge_key(encoder_dir: str | Path, train: Rows, test: Rows, recipe: Recipe, 
     """What a fine-tuned judge is built from (its cache key): `deps` (the encoder's identity), the recipe, the rows
     and the training dtype."""
     return {**(deps or {"encoder": str(encoder_dir)}), "recipe": asdict(recipe), "rows": stable_hash([train, test]),
-            "autocast": str(dtype).replace("torch.", "")}
+            "autocast": dtype_name(dtype)}
 
 
 def build_judge(out: Path, encoder_dir: str | Path, train: Rows, test: Rows, recipe: Recipe = Recipe(),

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .offline import smollm2_dir
 from ..config import OFFLINE, OFFLINE_SFT
-from ..base.machine import cpu_has_bf16
+from ..base.machine import cpu_has_bf16, dtype_name
 from ..base.optional import peft
 
 
@@ -102,7 +102,7 @@ def cast_model(model, dtype: torch.dtype):
     out = copy.deepcopy(model).to(dtype)
     ref = model_ref(model)
     if ref is not None and ref.dtype == "float32":
-        _REFS[out] = ref._replace(dtype=str(dtype).replace("torch.", ""))
+        _REFS[out] = ref._replace(dtype=dtype_name(dtype))
     return out
 
 
@@ -113,7 +113,7 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, device: torch.
     model.train(train)
     if not train:
         model.requires_grad_(False)
-        _REFS[model] = ModelRef(_where(resolve_policy(name)), "", str(dtype).replace("torch.", ""))
+        _REFS[model] = ModelRef(_where(resolve_policy(name)), "", dtype_name(dtype))
     return model
 
 

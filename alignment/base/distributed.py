@@ -145,7 +145,9 @@ def chunks(n: int, size: int) -> list[list[int]]:
 class ShardedScorer:
     """A scorer (`score(texts) -> Tensor`) whose texts are split across ranks by its own batches
     (`scorer.batches(texts)`, what a model scorer runs; contiguous chunks for batch-free scorers like
-    VADER) and gathered, so each text is scored in the batch it would have had in one process."""
+    VADER) and gathered, so each text is scored in the batch it would have had in one process. A model
+    scorer with an automatic batch size (0) plans and scores with rank 0's choice, passed as `rows`
+    (`batches(texts, rows)`, `score(texts, rows)`): nothing of the scorer is changed."""
 
     def __init__(self, scorer, dist: Dist):
         self.inner, self.dist = scorer, dist
@@ -156,17 +158,14 @@ class ShardedScorer:
         if plan is None:
             batches = chunks(len(texts), max(1, -(-len(texts) // self.dist.world)))
             return self._map(texts, batches)
-        size = getattr(self.inner, "batch_size", None)
-        if size == 0 and hasattr(self.inner, "rows"):  # automatic: rank 0's choice (its free memory) on every rank
-            self.inner.batch_size = self.dist.agree(self.inner.rows())
-        try:
-            return self._map(texts, plan(texts))
-        finally:
-            if size == 0:
-                self.inner.batch_size = 0
+        if getattr(self.inner, "batch_size", None) == 0 and hasattr(self.inner, "rows"):
+            rows = self.dist.agree(self.inner.rows())  # automatic: rank 0's choice (its free memory) on every rank
+            return self._map(texts, plan(texts, rows), lambda sub: self.inner.score(sub, rows))
+        return self._map(texts, plan(texts))
 
-    def _map(self, texts: list[str], batches) -> torch.Tensor:
-        vals = map_batches(lambda sub: self.inner.score(sub).tolist(), texts, batches, self.dist)
+    def _map(self, texts: list[str], batches, score=None) -> torch.Tensor:
+        score = score or self.inner.score
+        vals = map_batches(lambda sub: score(sub).tolist(), texts, batches, self.dist)
         return torch.tensor(vals, dtype=torch.float32)
 
 

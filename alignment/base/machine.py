@@ -47,6 +47,21 @@ DECODE_MEMORY_SHARE = 0.6  # of the free device memory a decode batch may take (
 LOGIT_COPIES = 6  # fp32 (rows, vocab) tensors alive in a decode step: logits, scaled, log-probs, probs, CDF, entropy terms
 
 
+def dtype_name(dtype) -> str:
+    """A torch dtype as configs, cache keys and metrics files spell it: torch.bfloat16 -> 'bfloat16' (None -> 'None')."""
+    return str(dtype).replace("torch.", "")
+
+
+def _text_config(model_config):
+    """The language model's own config (a multimodal config's text part; any other config itself)."""
+    return model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+
+
+def _first(c, *names: str, default=None):
+    """The first of `names` set (non-zero) on config `c`, across GPT-2, Llama and BERT spellings; else `default`."""
+    return next((v for v in (getattr(c, n, None) for n in names) if v), default)
+
+
 def decode_row_bytes(model_config, context: int, dtype_bytes: int) -> int:
     """Device bytes one decoded sequence holds at `context` tokens: its KV cache (2 x layers x KV heads x
     head dim x context x dtype bytes) and its share of a step's fp32 vocabulary tensors (`LOGIT_COPIES`).
@@ -55,12 +70,11 @@ def decode_row_bytes(model_config, context: int, dtype_bytes: int) -> int:
 
     Worked example: SmolLM2-135M (30 layers, 3 KV heads of 64, vocab 49,152) at 56 tokens in bf16:
     2 x 30 x 3 x 64 x 56 x 2 = 1,290,240 KV bytes + 6 x 49,152 x 4 = 1,179,648 -> 2,469,888 bytes."""
-    c = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    layers = getattr(c, "num_hidden_layers", None) or c.n_layer
-    heads = getattr(c, "num_attention_heads", None) or c.n_head
-    hidden = getattr(c, "hidden_size", None) or c.n_embd
-    kv_heads = getattr(c, "num_key_value_heads", None) or heads
-    head_dim = getattr(c, "head_dim", None) or hidden // heads
+    c = _text_config(model_config)
+    layers, heads = _first(c, "num_hidden_layers", "n_layer"), _first(c, "num_attention_heads", "n_head")
+    hidden = _first(c, "hidden_size", "n_embd")
+    kv_heads = _first(c, "num_key_value_heads", default=heads)
+    head_dim = _first(c, "head_dim", default=hidden // heads)
     return 2 * layers * kv_heads * head_dim * context * dtype_bytes + LOGIT_COPIES * c.vocab_size * 4
 
 
@@ -108,10 +122,6 @@ SCORING_LOGIT_COPIES = 10  # the same when the sampling distribution is re-score
 # cumsum, two softmaxes, predictive entropy): evaluation of draws that carry no log-probs of their own
 
 
-def _first(c, *names: str, default=None):
-    return next((v for v in (getattr(c, n, None) for n in names) if v), default)
-
-
 def forward_row_bytes(model_config, tokens: int, dtype_bytes: int, vocab: bool, copies: int = FORWARD_LOGIT_COPIES) -> int:
     """Peak device bytes one sequence of `tokens` adds to a no-gradient forward without a KV cache
     (`logprobs.model_logits`): one layer's activations (8 hidden-size copies, the MLP's inner width and two
@@ -122,7 +132,7 @@ def forward_row_bytes(model_config, tokens: int, dtype_bytes: int, vocab: bool, 
     Worked example: GPT-2 (768 wide, 3,072 inner, 12 heads, vocab 50,257) at 56 tokens in fp32:
     56 x (8 x 768 + 3,072) x 4 + 2 x 12 x 56^2 x 4 = 2,365,440 + 3 x 56 x 50,257 x 4 = 33,772,704
     -> 36,138,144 bytes (~34.5 MiB)."""
-    c = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    c = _text_config(model_config)
     hidden = _first(c, "hidden_size", "n_embd", "dim", default=0)
     inner = _first(c, "intermediate_size", "n_inner", "hidden_dim", default=4 * hidden)
     heads = _first(c, "num_attention_heads", "n_head", "n_heads", default=0)

@@ -23,7 +23,7 @@ from ..assets.judge_ft import JudgeBuildError, Recipe, fine_tune
 from ..assets.reward_train import Rows
 from ..assets.models import pick_device, sampling_dtype
 from ..base.io import read_json, write_json
-from ..base.machine import hardware
+from ..base.machine import dtype_name, hardware
 from ..steps.reward import FT_RECIPE, ensure_ft_judge
 
 VALIDATION_SHARE = 0.2  # of the judge's training rows held out to choose its recipe (`select_recipe`)
@@ -59,7 +59,7 @@ def select_recipe(encoder_dir: str | Path, rows: Rows, candidates: tuple[Recipe,
               f"({m['build_s']:.0f} s)", flush=True)
     best = max(range(len(found)), key=lambda i: (found[i]["validation_accuracy"], -i))
     return {"candidates": found, "chosen": best, "n_fit": len(fit), "n_validation": len(val),
-            "validation_share": VALIDATION_SHARE, "autocast": str(dtype).replace("torch.", "")}
+            "validation_share": VALIDATION_SHARE, "autocast": dtype_name(dtype)}
 
 
 # The recipes compared: the top 2, 3 or 6 of mpnet's 12 layers tuned (more layers, more time).

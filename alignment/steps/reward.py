@@ -26,7 +26,7 @@ from ..base.io import cache_state, cached, meta_path, read_json
 from ..assets.judge_ft import Recipe, build_judge, judge_key
 from ..assets.models import pick_device, sampling_dtype
 from ..assets.reward_train import train_head
-from ..base.machine import CPU_SCORE_ROWS, auto_forward_rows
+from ..base.machine import CPU_SCORE_ROWS, auto_forward_rows, dtype_name
 
 
 class RewardError(ValueError):
@@ -73,14 +73,15 @@ class ClassifierReward:
         """Texts per batch: `batch_size`, or where it is 0 the automatic one (`score_rows`, from free memory now)."""
         return score_rows(self.model, self.batch_size, self.max_length)
 
-    def batches(self, texts: list[str]) -> list[list[int]]:
-        """The batches `score` runs (split across ranks by `distributed.ShardedScorer`)."""
-        return length_batches(texts, self.rows())
+    def batches(self, texts: list[str], rows: int | None = None) -> list[list[int]]:
+        """The batches `score` runs, of `rows` texts (default `rows()`; split across ranks by
+        `distributed.ShardedScorer`, which passes rank 0's automatic choice)."""
+        return length_batches(texts, rows or self.rows())
 
     @torch.inference_mode()
-    def score(self, texts: list[str]) -> torch.Tensor:
+    def score(self, texts: list[str], rows: int | None = None) -> torch.Tensor:
         out = torch.empty(len(texts))
-        for idx in self.batches(texts):
+        for idx in self.batches(texts, rows):
             enc = self.tok([texts[i] for i in idx], padding=True, truncation=True,
                            max_length=self.max_length, return_tensors="pt").to(self.device)
             out[idx] = self.model(**enc).logits[:, self.pos].float().cpu()  # (b,)
@@ -130,14 +131,15 @@ class EmbeddingReward:
         """Texts per batch: `batch_size`, or where it is 0 the automatic one (`score_rows`, from free memory now)."""
         return score_rows(self.enc, self.batch_size, self.max_length)
 
-    def batches(self, texts: list[str]) -> list[list[int]]:
-        """The batches `embed` runs (split across ranks by `distributed.ShardedScorer`)."""
-        return length_batches(texts, self.rows())
+    def batches(self, texts: list[str], rows: int | None = None) -> list[list[int]]:
+        """The batches `embed` runs, of `rows` texts (default `rows()`; split across ranks by
+        `distributed.ShardedScorer`, which passes rank 0's automatic choice)."""
+        return length_batches(texts, rows or self.rows())
 
     @torch.inference_mode()
-    def embed(self, texts: list[str]) -> torch.Tensor:
+    def embed(self, texts: list[str], rows: int | None = None) -> torch.Tensor:
         out = torch.empty(len(texts), self.enc.config.hidden_size)
-        for idx in self.batches(texts):
+        for idx in self.batches(texts, rows):
             enc = self.tok([texts[i] for i in idx], padding=True, truncation=True,
                            max_length=self.max_length, return_tensors="pt").to(self.device)
             h = self.enc(**enc).last_hidden_state.float()  # (b, T, D)
@@ -146,8 +148,8 @@ class EmbeddingReward:
             out[idx] = torch.nn.functional.normalize(e, dim=-1).cpu()
         return out
 
-    def score(self, texts: list[str]) -> torch.Tensor:
-        return check_finite(self.embed(texts) @ self.w + self.b, texts)
+    def score(self, texts: list[str], rows: int | None = None) -> torch.Tensor:
+        return check_finite(self.embed(texts, rows) @ self.w + self.b, texts)
 
 
 # kind (= its training rows, `_head_rows`) -> (encoder dir function in assets, head dir, VADER baseline?, what)
@@ -183,7 +185,7 @@ def _head_spec(kind: str):
     """(encoder dir, head dir, cache deps, build) of one of the offline `HEADS`."""
     enc_fn, _, with_baseline, what = HEADS[kind]
     encoder = getattr(assets, enc_fn)()
-    embed_dtype = str(sampling_dtype("auto", pick_device())).replace("torch.", "")  # bf16 where native
+    embed_dtype = dtype_name(sampling_dtype("auto", pick_device()))  # bf16 where native
 
     def build(part):
         print(f"training the offline {kind} head (once): {what} ...", flush=True)
