@@ -173,8 +173,8 @@ def test_no_training_samples_and_no_human_row_with_own_pairs(tmp_path):
 # ---- cache keys ---------------------------------------------------------------------------------
 # The deps of each run-dir stage's key under the default config (the offline identities given fixed
 # stand-ins; an evaluation's own extras left out): an empty pairs.source names nothing in them.
-SECTIONS = {"prompts.json": (), "samples.jsonl": ("sample",), "rewards.json": ("sample", "reward"),
-            "pairs.jsonl": ("sample", "reward", "pairs"), "sft": ("sample", "reward", "eval")}
+STAGE_OF = {"prompts.json": "prompts", "samples.jsonl": "samples", "rewards.json": "rewards",
+            "pairs.jsonl": "pairs", "sft": "evaluation"}
 
 
 def artifact_deps(monkeypatch, cfg, identities: dict) -> dict[str, dict]:
@@ -183,14 +183,14 @@ def artifact_deps(monkeypatch, cfg, identities: dict) -> dict[str, dict]:
     cache = stagecache.StageCache(cfg, Path("runs/keys"))
     cache.record({"offline_sft": "sft-id", "reward_head": "reward-id", "judge_head": "judge-id",
                   "topic_head": "topic-id", "judge_ft_head": "judge-ft-id", **identities})
-    for name, sections in SECTIONS.items():
-        cache(Path("runs/keys") / name, sections, None)
+    for name, stage in STAGE_OF.items():
+        cache(Path("runs/keys") / name, stage, None)
     return got
 
 
 def test_an_empty_pairs_source_leaves_every_cache_key_unchanged(monkeypatch, tmp_path):
     deps = artifact_deps(monkeypatch, load_config(), {})
-    assert set(deps) == set(SECTIONS) and not any("pairs_source" in d or "pairs_source" in str(d) for d in deps.values())
+    assert set(deps) == set(STAGE_OF) and not any("pairs_source" in d or "pairs_source" in str(d) for d in deps.values())
     source = write_pairs(tmp_path / "p.jsonl", pair_rows())
     own = artifact_deps(monkeypatch, load_config(overrides={"pairs.source": source}), {"pairs_source": "rows-id"})
     for name, d in own.items():  # set: every artifact is keyed by the pairs' name and rows, nothing else moves

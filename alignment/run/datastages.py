@@ -61,13 +61,13 @@ class DataStages:
             built = pair_prompts(own, tok) if own is not None else build_prompts(self.cfg.data, tok)
             write_json(part, built if draw is None else {"train": [], "eval": built["eval"]})  # per seed: no shared draw
 
-        self.cache(self.paths.prompts, (), self.times.wrap("prompts", build))
+        self.cache(self.paths.prompts, "prompts", build)
         out = read_json(self.paths.prompts)
         if draw is None:
             return out
         mine = self.paths.draw(draw).prompts
-        self.cache(mine, (), self.times.wrap("prompts", lambda part: write_json(
-            part, {"train": build_prompts(self.cfg.data, tok, draw)["train"]})), draw=draw)
+        self.cache(mine, "prompts", lambda part: write_json(
+            part, {"train": build_prompts(self.cfg.data, tok, draw)["train"]}), draw=draw)
         return {"train": read_json(mine)["train"], "eval": out["eval"]}
 
     @_io
@@ -85,7 +85,7 @@ class DataStages:
                            self.cfg.sample, m.stop_ids, desc="sampling train prompts", dist=self.dist)
 
         path = self.paths.draw(draw).samples
-        self.cache(path, ("sample",), self.times.wrap("sampling", build), collective=True, **draw_key(draw))
+        self.cache(path, "samples", build, **draw_key(draw))
         return in_prompt_order(read_jsonl(path), prompts)
 
     @_io
@@ -98,7 +98,7 @@ class DataStages:
                 write_json(part, scores)
 
         path = self.paths.draw(draw).rewards
-        self.cache(path, ("sample", "reward"), self.times.wrap("scoring", build), collective=True, **draw_key(draw))
+        self.cache(path, "rewards", build, **draw_key(draw))
         return read_json(path)
 
     @_io
@@ -118,7 +118,7 @@ class DataStages:
                 write_json(P.pairs_stats, stats)
                 write_jsonl(part, pairs)
 
-        self.cache(P.pairs, ("sample", "reward", "pairs"), build, collective=True, **draw_key(draw))
+        self.cache(P.pairs, "pairs", build, **draw_key(draw))
         return read_jsonl(P.pairs), read_json(P.pairs_stats)
 
     def train_prompt_ids(self, seed: int | None = None) -> dict[str, list[int]]:
@@ -138,7 +138,6 @@ class DataStages:
                     torch.save({"chosen": ch, "rejected": rj}, f)
 
         path = self.paths.draw(draw).ref_logps
-        self.cache(path, ("sample", "reward", "pairs"), self.times.wrap("reference log-probs", build),
-                   collective=True, **draw_key(draw))
+        self.cache(path, "reference log-probs", build, **draw_key(draw))
         d = torch.load(path, weights_only=True)
         return d["chosen"], d["rejected"]

@@ -99,7 +99,7 @@ class Pipeline:
         self.dist = current()  # this process's rank in an `accelerate launch` (one process: rank 0 of 1)
         self.times = StageTimes()
         self.models = RunModels(cfg, self.dist, self.times, reward)
-        self.cache = StageCache(cfg, self.dir, self.dist)
+        self.cache = StageCache(cfg, self.dir, self.dist, self.times)
         self.data = DataStages(cfg, self.paths, self.models, self.cache, self.times, self.dist)
         self.trackers = RunTrackers(cfg, self.dir, self.dist.main)
         if self.dist.main:
@@ -175,8 +175,7 @@ class Pipeline:
                 write_json(part_dir(part) / COST_FILE, {"train_seconds": time.time() - t0, "tokens_drawn": tokens})
 
         deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"], **draw_key(self.data.draw_of(dpo.seed))}
-        self.cache(out, ("sample", "reward", "pairs"), self.times.wrap("training", build), collective=True,
-                   what=f"policy {name}", **deps)
+        self.cache(out, "policy", build, what=f"policy {name}", **deps)
         return read_policy(out)
 
     @_io
@@ -200,9 +199,8 @@ class Pipeline:
                            part_dir(part), sample_dtype=m.sample_dtype, seed=seed, dist=self.dist)
 
         extra = {} if n_samples is None else {"eval_n_samples": n_samples}
-        built = self.cache(out, ("sample", "reward", "eval"), self.times.wrap("evaluation", build), collective=True,
-                           what=f"evaluation {out.name}", policy=policy and policy.hash, eval_seed=seed,
-                           evaluation=EVAL_VERSION, **extra)
+        built = self.cache(out, "evaluation", build, what=f"evaluation {out.name}", policy=policy and policy.hash,
+                           eval_seed=seed, evaluation=EVAL_VERSION, **extra)
         ev = load_evaluation(out, self.cfg.eval.n_boot)
         if built:  # one wandb run per evaluation: a cached one was logged when it was built
             self.trackers.evaluation(out.name, ev.metrics, ev.scored, policy and policy.dpo, eval_seed=seed,
@@ -223,8 +221,7 @@ class Pipeline:
             evaluate_human(HUMAN, m.ref_model, m.tokenizer, m.sharded_scorers(), prompts, texts, self.cfg,
                            part_dir(part), dist=self.dist)
 
-        built = self.cache(out, ("reward", "eval"), self.times.wrap("evaluation", build), collective=True,
-                           what=f"evaluation {HUMAN}", human=1)
+        built = self.cache(out, "human row", build, what=f"evaluation {HUMAN}", human=1)
         ev = load_evaluation(out, self.cfg.eval.n_boot)
         if built:  # one wandb run per evaluation, made when it is built
             self.trackers.evaluation(HUMAN, ev.metrics, ev.scored)

@@ -9,14 +9,36 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..config import OFFLINE, OFFLINE_FT, OFFLINE_SFT, Config, section_deps
 from ..base.distributed import Dist, cached_on_ranks
 from ..base.io import CacheMismatch, build_record
+from ..base.timing import StageTimes
 from ..steps.decode import DRAWS
 from ..steps.reward import CORPUS_VERSION, FT_JUDGE
 from .rundir import RunDirMismatch
+
+
+class Stage(NamedTuple):
+    """One cached stage of a run dir: what its key reads and how its build runs."""
+    sections: tuple[str, ...]  # the config sections its cache key reads, beyond `model` and `data`
+    kind: str | None  # the wall-time kind its build is charged to (`timing.StageTimes`); None: its parts charge their own
+    collective: bool = True  # its build runs on every rank (splits its work, writes on rank 0 only); else on rank 0 alone
+
+
+# Every cached stage of a run dir, the one place that says which config sections each stage's key reads (the SFT
+# start policy and the scorer heads, cached outside the run dir, key their own sections: `sft.sft_deps`, `reward`).
+CACHED_STAGES = {
+    "prompts": Stage((), "prompts", collective=False),
+    "samples": Stage(("sample",), "sampling"),
+    "rewards": Stage(("sample", "reward"), "scoring"),
+    "pairs": Stage(("sample", "reward", "pairs"), None),  # its build calls the samples and rewards stages
+    "reference log-probs": Stage(("sample", "reward", "pairs"), "reference log-probs"),
+    "policy": Stage(("sample", "reward", "pairs"), "training"),  # + the policy's own dpo settings (its `extra`)
+    "evaluation": Stage(("sample", "reward", "eval"), "evaluation"),
+    "human row": Stage(("reward", "eval"), "evaluation"),
+}
 
 
 def duration(seconds: float) -> str:
@@ -54,11 +76,12 @@ def offline_prerequisites(cfg: Config) -> tuple[bool, tuple[str, ...]]:
 
 
 class StageCache:
-    """`cache(artifact, sections, build, collective=False, **extra)` builds `artifact` once per
-    (model + data + `sections` config, identities, `extra`); True when it was built now."""
+    """`cache(artifact, stage, build, **extra)` builds `artifact` once per (model + data + the sections
+    `CACHED_STAGES[stage]` names, identities, `extra`), charging the build's wall time to the stage's kind
+    in `times`; True when it was built now."""
 
-    def __init__(self, cfg: Config, root: Path, dist: Dist = Dist()):
-        self.cfg, self.root, self.dist = cfg, root, dist
+    def __init__(self, cfg: Config, root: Path, dist: Dist = Dist(), times: StageTimes | None = None):
+        self.cfg, self.root, self.dist, self.times = cfg, root, dist, times
         self.identities: dict[str, str] | None = None  # set by `record` (Pipeline.prepare)
         self.announced: set[str] = set()  # artifacts whose reuse this process printed
 
@@ -105,11 +128,15 @@ class StageCache:
         source = self.cfg.pairs.source
         return {"pairs_source": {"source": source, "rows": self._identity("pairs_source")}} if source else {}
 
-    def __call__(self, artifact: Path, sections: tuple[str, ...], build: Callable[[Path], object],
-                 collective: bool = False, what: str | None = None, **extra) -> bool:
-        """A `collective` build runs on every rank (splits its work, writes on rank 0 only, may call
-        stages); any other build runs on rank 0 alone and must not call a stage. `what`: the name
-        under which a reused artifact is announced (`announce`); none: reused silently."""
+    def __call__(self, artifact: Path, stage: str, build: Callable[[Path], object], what: str | None = None,
+                 **extra) -> bool:
+        """`build(part)` writes the artifact to `part`. A collective stage's build runs on every rank
+        (splits its work, writes on rank 0 only, may call stages); any other runs on rank 0 alone and
+        must not call a stage. `what`: the name under which a reused artifact is announced
+        (`announce`); none: reused silently."""
+        sections, kind, collective = CACHED_STAGES[stage]
+        if kind and self.times is not None:
+            build = self.times.wrap(kind, build)
         deps = {**section_deps(self.cfg, "model", "data", *sections), **self.model_identity(),
                 **self.scorer_identity(sections), **self.pairs_identity(),
                 **({"draws": DRAWS} if "sample" in sections else {}), **extra}
