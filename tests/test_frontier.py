@@ -98,14 +98,14 @@ def _recs(pid_vals: dict[str, list[tuple[float, float]]]) -> list[dict]:
     return [{"prompt_id": p, "logp": kl, "ref_logp": 0.0, "reward": r} for p, xs in pid_vals.items() for kl, r in xs]
 
 
-def test_interpolate_linear_in_kl_and_nan_outside():
+def test_interpolate_linear_in_root_kl_and_nan_outside():
     boot = SharedBootstrap(["a", "b"], n_boot=20)
     start = _recs({"a": [(0.0, 0.0)], "b": [(0.0, 0.0)]})
     far = _recs({"a": [(2.0, 1.0)], "b": [(2.0, 1.0)]})
     curve = F.curve_points({"x@0.1": far}, start, boot, ("reward",))["x"]
     assert [p["beta"] for p in curve] == [math.inf, 0.1]
-    y = F.interpolate(curve, "reward", 0.5)
-    assert y[0] == pytest.approx(0.25) and np.allclose(y, 0.25)
+    y = F.interpolate(curve, "reward", 0.5)  # √0.5 is half of √2: half the gain (linear in KL: a quarter)
+    assert y[0] == pytest.approx(0.5) and np.allclose(y, 0.5)
     assert np.isnan(F.interpolate(curve, "reward", 3.0)).all()
 
 
@@ -149,7 +149,8 @@ def test_matched_kl_comparison_is_paired_and_says_higher_lower_or_not_distinguis
     by = {(r["a"], r["b"]): r for r in rows}
     hb = by.get(("hi", "base")) or by[("base", "hi")]
     sign = 1 if ("hi", "base") in by else -1
-    assert sign * hb["diff"] == pytest.approx(0.15 + 0.075)  # halfway between β 1 (+0.15) and β 0.1 (+0.3)
+    t = (math.sqrt(2) - 1) / (math.sqrt(3) - 1)  # KL 2 between KL 1 (β 1: +0.15) and KL 3 (β 0.1: +0.3), in √KL
+    assert sign * hb["diff"] == pytest.approx(0.15 + 0.15 * t)
     assert hb["hi"] - hb["lo"] < 1e-9 and hb["verdict"] == ("higher" if sign > 0 else "lower")
     assert hb["p"] == pytest.approx(2 / 401)  # no draw of the difference on the other side of 0: the floor
     same = by.get(("base", "same")) or by[("same", "base")]
@@ -162,7 +163,7 @@ def test_matched_kl_comparison_is_paired_and_says_higher_lower_or_not_distinguis
                               ("reward",))["hi"]
     unpaired = F.interpolate(hi_alone, "reward", 2.0) - F.interpolate(curves["base"], "reward", 2.0)
     lo, hi = np.percentile(unpaired[1:], [2.5, 97.5])
-    assert unpaired[0] == pytest.approx(0.225) and lo < 0 < hi and hi - lo > 100 * (hb["hi"] - hb["lo"] + 1e-12)
+    assert unpaired[0] == pytest.approx(0.15 + 0.15 * t) and lo < 0 < hi and hi - lo > 100 * (hb["hi"] - hb["lo"] + 1e-12)
     assert all("p_holm" in r for r in rows) and len(rows) == 3
     lines = verdict_lines(rows)
     assert len(lines) == 3 and all("at KL 2.00" in ln for ln in lines)

@@ -101,14 +101,15 @@ def _const(x: float, n: int = 201) -> np.ndarray:
 
 
 def _hand_curves():
-    """A start at reward 0, judge 0; `rkl` points at KL 1 (reward 0.3, judge 0.2) and KL 3; best-of-N
-    linear from (0, 0) to (2, 1) in reward and flat in judge; the optimum linear to (1.5, 1.5)."""
+    """A start at reward 0, judge 0; `rkl` points at KL 1 (reward 0.3, judge 0.2) and KL 5; best-of-N
+    from (0, 0) to (4, 1) in reward and flat in judge; the optimum from (0, 0) to (2.25, 1.5). Curves are
+    read linearly in √KL: at KL 1, best-of-N 0.5 and the optimum 1.0."""
     start = {"beta": math.inf, "kl": _const(0.0), "reward": _const(0.0), "judge": _const(0.0)}
     curves = {"rkl": [start, {"beta": 1.0, "kl": _const(1.0), "reward": _const(0.3), "judge": _const(0.2)},
-                      {"beta": 0.1, "kl": _const(3.0), "reward": _const(0.9), "judge": _const(0.4)}]}
-    bon = [{"n": n, "kl": _const(k), "reward": _const(k / 2), "judge": _const(0.0)} for n, k in ((1, 0.0), (64, 2.0))]
-    opt = [{"beta": b, "kl": _const(k), "reward": _const(k), "judge": _const(k)}
-           for b, k in ((math.inf, 0.0), (0.5, 1.5))]
+                      {"beta": 0.1, "kl": _const(5.0), "reward": _const(0.9), "judge": _const(0.4)}]}
+    bon = [{"n": n, "kl": _const(k), "reward": _const(r), "judge": _const(0.0)} for n, k, r in ((1, 0.0, 0.0), (64, 4.0, 1.0))]
+    opt = [{"beta": b, "kl": _const(k), "reward": _const(r), "judge": _const(r)}
+           for b, k, r in ((math.inf, 0.0, 0.0), (0.5, 2.25, 1.5))]
     return curves, bon, opt
 
 
@@ -117,9 +118,9 @@ def test_gain_fractions_at_the_points_own_kl():
     rows = {(r["label"], r["beta"], r["field"]): r for r in F.gain_fractions(curves, bon, opt)}
     near = rows[("rkl", 1.0, "reward")]
     assert near["frac_bon"] == pytest.approx(0.6) and near["frac_opt"] == pytest.approx(0.3)  # 0.3 / 0.5, 0.3 / 1.0
-    assert near["frac_bon_lo"] == pytest.approx(0.6) and near["valid_bon"] == 1.0 and near["kl_max_bon"] == 2.0
-    far = rows[("rkl", 0.1, "reward")]  # KL 3: beyond both
-    assert far["frac_bon"] is None and far["frac_opt"] is None and far["valid_bon"] == 0.0 and far["kl"] == 3.0
+    assert near["frac_bon_lo"] == pytest.approx(0.6) and near["valid_bon"] == 1.0 and near["kl_max_bon"] == 4.0
+    far = rows[("rkl", 0.1, "reward")]  # KL 5: beyond both
+    assert far["frac_bon"] is None and far["frac_opt"] is None and far["valid_bon"] == 0.0 and far["kl"] == 5.0
     assert far["why_bon"] == far["why_opt"] == "beyond" and near["why_bon"] is None
     flat = rows[("rkl", 1.0, "judge")]  # best-of-N gains nothing on the judge: no share of it
     assert flat["frac_bon"] is None and flat["why_bon"] == "no gain" and flat["frac_opt"] == pytest.approx(0.2)
@@ -129,12 +130,12 @@ def test_gain_fractions_at_the_points_own_kl():
     late = [{**b, "kl": b["kl"] + 1.5} for b in bon]  # best-of-N starting at KL 1.5: the point lies below it
     rows = F.gain_fractions(curves, late, [], ("reward",))
     assert rows[0]["why_bon"] == "below" and rows[0]["why_opt"] == "no curve" and rows[0]["kl_max_opt"] is None
-    # per draw, best-of-N is read at that draw's KL of the point: draws past KL 2 do not count
-    kl = np.linspace(0.5, 2.5, 201)
-    point = {"kl": kl, "reward": 0.4 * kl}
+    # per draw, best-of-N (√KL / 2 here) is read at that draw's KL of the point: draws past KL 4 do not count
+    kl = np.linspace(1.0, 5.0, 201)
+    point = {"kl": kl, "reward": 0.4 * np.sqrt(kl)}
     frac = F.gain_fraction(point, curves["rkl"][0], bon, "reward")
-    assert np.allclose(frac[kl <= 2.0], 0.8) and np.isnan(frac[kl > 2.0]).all()
-    curves["rkl"][1] = {"beta": 1.0, "kl": kl, "reward": 0.4 * kl}
+    assert np.allclose(frac[kl <= 4.0], 0.8) and np.isnan(frac[kl > 4.0]).all()
+    curves["rkl"][1] = {"beta": 1.0, "kl": kl, "reward": 0.4 * np.sqrt(kl)}
     row = next(r for r in F.gain_fractions(curves, bon, opt, ("reward",)) if r["beta"] == 1.0)
     assert row["valid_bon"] == pytest.approx(150 / 200) and row["frac_bon"] == pytest.approx(0.8)
 
@@ -142,20 +143,22 @@ def test_gain_fractions_at_the_points_own_kl():
 def test_report_says_each_points_share_or_why_not():
     curves, bon, opt = _hand_curves()
     pts = F.point_table({**curves, F.BON: bon, O.OPTIMUM: opt})
-    sweep = {"points": pts, "gain_fractions": F.gain_fractions(curves, bon, opt),
-             "optimum": {"label": O.OPTIMUM, "kl_cap": 2.08, "n_samples": 64, "min_samples": 8}}
+    sweep = {"points": pts, "gain_fractions": F.gain_fractions(curves, bon, opt), "read_along": F.READ_ALONG,
+             "optimum": {"label": O.OPTIMUM, "kl_cap": 2.5, "n_samples": 64, "min_samples": 8}}
     lines = gain_fraction_lines(sweep)
     assert lines[0].startswith("The `KL-optimal` curve")
-    assert "64 samples per prompt, up to KL 1.50 (as far as the samples' rewards reach below its cap 2.08)" in lines[0]
-    at_cap = gain_fraction_lines({**sweep, "optimum": {**sweep["optimum"], "kl_cap": 1.5}})[0]
-    assert "up to KL 1.50 (beyond it the weights would rest on fewer than 8 samples per prompt)" in at_cap
-    assert lines[1] == ("Share of the reward gain over the start reached at the point's own KL (95 % CI over seeds × "
+    assert "64 samples per prompt, up to KL 2.25 (as far as the samples' rewards reach below its cap 2.50)" in lines[0]
+    at_cap = gain_fraction_lines({**sweep, "optimum": {**sweep["optimum"], "kl_cap": 2.25}})[0]
+    assert "up to KL 2.25 (beyond it the weights would rest on fewer than 8 samples per prompt)" in at_cap
+    assert lines[1] == ("Share of the reward gain over the start reached at the point's own KL (curves read linearly in "
+                        "√KL between their points; 95 % CI over seeds × "
                         "prompts): `rkl` β=1 at KL 1.00: 60 % (60..60 %) of best-of-N's, 30 % (30..30 %) of the "
-                        "optimum's; `rkl` β=0.1 at KL 3.00: beyond best-of-N's largest KL (2.00), beyond the "
-                        "optimum's largest KL (1.50).")
+                        "optimum's; `rkl` β=0.1 at KL 5.00: beyond best-of-N's largest KL (4.00), beyond the "
+                        "optimum's largest KL (2.25).")
     assert "β=1 at KL 1.00: no gain of best-of-N at this KL, 20 % (20..20 %) of the optimum's" in lines[2]
     alone = gain_fraction_lines({"points": pts, "gain_fractions": F.gain_fractions(curves, bon, [])})
-    assert alone[0].endswith("`rkl` β=0.1 at KL 3.00: beyond best-of-N's largest KL (2.00).")  # no optimum: not named
+    assert alone[0].endswith("`rkl` β=0.1 at KL 5.00: beyond best-of-N's largest KL (4.00).")  # no optimum: not named
+    assert "(curves read linearly in KL between" in alone[0]  # a result that does not say √KL was read in KL
     # a sweep.json without the optimum (older results) says nothing about it
     assert gain_fraction_lines({"points": pts[:3]}) == []
     base = {"points": pts, "runs": [{}], "wall_minutes": 1.0, "matched_kl": [], "comparisons": [],
@@ -182,7 +185,7 @@ def test_the_frontier_plots_draw_the_optimum_on_kl_axes(tmp_path, monkeypatch):
     assert all(any(lab.startswith(O.OPTIMUM) for lab in ls) for ls in labels[:2])
     assert not any(lab.startswith(O.OPTIMUM) for lab in labels[2])  # no predictive entropy for the optimum
     line = next(ln for ln in figs[0].axes[0].get_lines() if ln.get_label().startswith(O.OPTIMUM))
-    assert line.get_linestyle() == "--" and list(line.get_xdata()) == [0.0, 1.5]
+    assert line.get_linestyle() == "--" and list(line.get_xdata()) == [0.0, 2.25]
     monkeypatch.undo()
     assert plots.frontier(pts, "kl", "reward", tmp_path / "f.png").stat().st_size > 1000
 

@@ -163,7 +163,7 @@ def frontier_statistics(pipe: Pipeline, seed_evals: dict[str, list[Evaluation]],
             "matched_kl": F.matched_kl_grid({k: c for k, c in curves.items() if F.monotone(c)} or curves),
             "comparisons": F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy")),
             "matched_reward": F.matched_kl_comparisons(curves, None, ("pred_entropy",), x="reward"),
-            "n_boot": n_boot, "gain_fractions": fractions, **({"objective_progress": progress} if progress else {}),
+            "n_boot": n_boot, "gain_fractions": fractions, "read_along": F.READ_ALONG, **({"objective_progress": progress} if progress else {}),
             **optimum_entry, "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
             "non_monotone_reward": [c for c, pts in curves.items() if not F.monotone(pts, "reward")]}
 

@@ -24,6 +24,7 @@ from .stats import SharedBootstrap, bootstrap_p, holm, summary, verdict
 
 BON_NS = SWEEP_BEST_OF_N  # the N values of the best-of-N curve (those <= the samples per prompt)
 BON = "best-of-N"
+READ_ALONG = "sqrt_kl"  # how curves are read between their points (`interpolate`), recorded in each result
 START_LABEL = "start"
 LABEL_NOTES = {"chi2": "chi2 (outside f-DPO: heuristic)"}  # f′(0) finite: Z(x) does not cancel
 
@@ -161,12 +162,23 @@ def gain_fractions(curves: dict[str, list[dict]], bon: list[dict], opt: list[dic
     return rows
 
 
+def _root(kl) -> np.ndarray:
+    """√KL, signed (a bootstrap draw of a KL near 0 may fall below it): the axis curves are interpolated on."""
+    kl = np.asarray(kl, dtype=float)
+    return np.sign(kl) * np.sqrt(np.abs(kl))
+
+
 def interpolate(curve: list[dict], field: str, at: float | np.ndarray, x: str = "kl") -> np.ndarray:
     """(n_boot+1,) the curve's `field` at KL = `at` (one KL, or (n_boot+1,) one per draw), linear in
-    KL between consecutive points *in the curve's own order* (β from ∞ down, N up: what the plots
-    connect), per bootstrap draw; NaN where no segment of that draw spans `at`. `x`: the axis matched
-    on, KL unless another field is named (e.g. "reward": the value at a matched reward)."""
-    kl = np.stack([p[x] for p in curve], 1)  # (B, K)
+    √KL between consecutive points *in the curve's own order* (β from ∞ down, N up: what the plots
+    connect), per bootstrap draw; NaN where no segment of that draw spans `at`. √KL because best-of-N's
+    and the optimum's reward gains grow about linearly in it (Gao et al. 2023; a Gaussian reward tilted
+    to KL k gains σ√(2k)): linear in KL, the chord from the start to best-of-2 (KL 0.19) would sit far
+    below the curve and flatter every point under it. `x`: the axis matched on, KL unless another field
+    is named (e.g. "reward": the value at a matched reward, linear in it)."""
+    axis = _root if x == "kl" else np.asarray
+    kl = axis(np.stack([p[x] for p in curve], 1))  # (B, K)
+    at = axis(at)
     y = np.stack([p[field] for p in curve], 1)  # (B, K)
     out = np.full(kl.shape[0], np.nan)
     for k in range(kl.shape[1] - 1):

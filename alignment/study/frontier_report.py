@@ -82,7 +82,8 @@ def _fraction_text(r: dict, ref: str, name: str) -> str:
 def gain_fraction_lines(sweep: dict) -> list[str]:
     """The KL-optimal curve in one sentence, and per field one line: each trained point's share of
     best-of-N's and of the optimum's gain over the start at the point's own KL (`sweep["gain_fractions"]`;
-    nothing for a sweep without them)."""
+    nothing for a sweep without them), read between the reference curve's points as the result says it was
+    (`read_along`: √KL; a result without it, linearly in KL)."""
     lines, opt = [], sweep.get("optimum")
     if opt:
         top = max((p["kl"] for p in sweep["points"] if p["label"] == opt["label"]), default=opt["kl_cap"])
@@ -93,10 +94,12 @@ def gain_fraction_lines(sweep: dict) -> list[str]:
                      f"reweights the start policy's {opt['n_samples']} samples per prompt, up to KL {top:.2f} ({why}); "
                      "a bound, drawn and tabulated, not compared.")
     rows = sweep.get("gain_fractions") or []
+    axis = "√KL" if sweep.get("read_along") == "sqrt_kl" else "KL"  # results computed before √KL: linear in KL
     for field in dict.fromkeys(r["field"] for r in rows):
         parts = [f"`{r['label']}` β={r['beta']:g} at KL {r['kl']:.2f}: {_fraction_text(r, 'bon', 'best-of-N')}"
                  + (f", {_fraction_text(r, 'opt', 'the optimum')}" if opt else "") for r in rows if r["field"] == field]
-        lines.append(f"Share of the {field} gain over the start reached at the point's own KL (95 % CI over seeds × "
+        lines.append(f"Share of the {field} gain over the start reached at the point's own KL (curves read linearly "
+                     f"in {axis} between their points; 95 % CI over seeds × "
                      "prompts): " + "; ".join(parts) + ".")
     return lines
 
