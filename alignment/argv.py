@@ -10,7 +10,7 @@ import sys
 from typing import NamedTuple
 
 from .config import SECTIONS
-from .run import publish
+from .study.results_page import DOC
 from .presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, PRESETS, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS
 
 PROG = "python -m alignment"
@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Print the config that --preset, --config and --set resolve to, as YAML that\n"
                                "--config reads back (as `<stage> --print-config` does). Loads no model and\n"
                                "writes nothing.", formatter_class=_Formatter)
-    rp = sub.add_parser(RESULTS, help=f"render {publish.DOC} (and the README's results block) from results/",
-                        description=f"Render {publish.DOC} and the README's results block from the JSON files in\n"
+    rp = sub.add_parser(RESULTS, help=f"render {DOC} (and the README's results block) from results/",
+                        description=f"Render {DOC} and the README's results block from the JSON files in\n"
                                     "results/ (run in the repository root). With --level1/--sweep/--level3, first copy those\n"
                                     "run dirs' results, config, versions, wall times and figures into results/.",
                         formatter_class=_Formatter)

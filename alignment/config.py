@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from .sources import OFFLINE, OFFLINE_FT, OFFLINE_SFT, PYTHON_REWARD, SOURCES, pairs_source_problem, source_problem
+from .sources import OFFLINE, OFFLINE_FT, OFFLINE_SFT, SOURCES, pairs_source_problem, source_problem
+from .sources import PYTHON_REWARD  # noqa: F401 (the package reads every built-in name through config)
 from .steps.losses import LOSSES, VALUE_LOSSES, validate_alpha
 from .steps.pairs import STRATEGIES
 from .steps.samplers import SAMPLERS
@@ -383,10 +384,7 @@ def validate(cfg: Config) -> None:
     for name in SOURCES:
         section, attr = name.split(".")
         value = getattr(getattr(cfg, section), attr)
-        if name == "reward.model" and value.startswith(PYTHON_REWARD):
-            _check(len(value) > len(PYTHON_REWARD), name, value, f"name the function after {PYTHON_REWARD!r} "
-                   f"(e.g. {PYTHON_REWARD}my-sentiment): the name keys the cache")
-        elif problem := source_problem(name, value):
+        if problem := source_problem(name, value):
             raise ConfigError(problem)
     _check(cfg.dpo.lora_r == 0 or cfg.model.ref in ("", cfg.model.policy), "dpo.lora_r", cfg.dpo.lora_r,
            "LoRA trains adapters on the reference's base: leave model.ref empty (= model.policy) or set dpo.lora_r=0")

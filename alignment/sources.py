@@ -57,13 +57,17 @@ def _looks_local(value: str, suffixes: tuple[str, ...]) -> bool:
 
 def source_problem(name: str, value: str) -> str | None:
     """What is wrong with a model/data field's value (None: nothing): it must be one of its built-in
-    names, "" where the field is `OPTIONAL`, an existing local path, or a hub id (org/name, or a bare name such as gpt2 that is no
+    names, "" where the field is `OPTIONAL`, `python:<name>` for the reward, an existing local path, or a hub id (org/name, or a bare name such as gpt2 that is no
     misspelt built-in name).
 
     Anything that looks like a path must exist, and a bare name close to a built-in one
     (offline-reward, Vader, ofline) is refused.
     """
     src = SOURCES[name]
+    if name == "reward.model" and value.startswith(PYTHON_REWARD):
+        return None if len(value) > len(PYTHON_REWARD) else (
+            f"{name}={value!r} is invalid: name the function after {PYTHON_REWARD!r} (e.g. {PYTHON_REWARD}my-sentiment): "
+            "the name keys the cache")
     if value in src.named or (not value and name in OPTIONAL) or os.path.exists(os.path.expanduser(value)):
         return None
     builtin = " or ".join(src.named) if len(src.named) < 3 else f"{', '.join(src.named[:-1])} or {src.named[-1]}"

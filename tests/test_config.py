@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 
 from alignment.config import Config, ConfigError, apply_overrides, load_config, parse_overrides, validate
+from alignment.sources import source_problem
 from alignment.steps.losses import LOSSES
 from alignment.steps.pairs import STRATEGIES
 from alignment.presets import PRESETS
@@ -212,6 +213,14 @@ def test_a_misspelt_built_in_name_is_refused_with_what_the_field_takes(field, va
 ])
 def test_hub_ids_python_rewards_and_none_stay_allowed(field, value):
     load_config(overrides={field: value})
+    assert source_problem(field, value) is None  # the check alone says the same
+
+
+def test_a_bare_python_prefix_names_no_function():
+    assert "name the function after 'python:'" in source_problem("reward.model", "python:")
+    with pytest.raises(ConfigError, match="name the function after 'python:'"):
+        load_config(overrides={"reward.model": "python:"})
+    assert source_problem("model.policy", "python:fn") is not None  # only the reward takes a Python function
 
 
 def test_an_existing_local_dir_is_allowed_whatever_its_name(tmp_path, monkeypatch):

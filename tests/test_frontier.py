@@ -107,6 +107,10 @@ def test_interpolate_linear_in_root_kl_and_nan_outside():
     y = F.interpolate(curve, "reward", 0.5)  # √0.5 is half of √2: half the gain (linear in KL: a quarter)
     assert y[0] == pytest.approx(0.5) and np.allclose(y, 0.5)
     assert np.isnan(F.interpolate(curve, "reward", 3.0)).all()
+    # a start whose own KL is not 0 (bf16 sampling): √ of the KL above it
+    lifted = [{**p, "kl": p["kl"] + 0.04} for p in curve]
+    assert F.interpolate(lifted, "reward", 0.04 + 0.5)[0] == pytest.approx(0.5)
+    assert F.interpolate(curve, "kl", 0.5, x="reward")[0] == pytest.approx(1.0)  # at a matched reward: linear in it
 
 
 def test_matched_kl_grid_inside_every_trained_range():

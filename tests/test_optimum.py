@@ -186,6 +186,7 @@ def test_the_frontier_plots_draw_the_optimum_on_kl_axes(tmp_path, monkeypatch):
     assert not any(lab.startswith(O.OPTIMUM) for lab in labels[2])  # no predictive entropy for the optimum
     line = next(ln for ln in figs[0].axes[0].get_lines() if ln.get_label().startswith(O.OPTIMUM))
     assert line.get_linestyle() == "--" and list(line.get_xdata()) == [0.0, 2.25]
+    assert [fig.axes[0].get_xscale() for fig in figs] == ["function", "function", "linear"]  # KL on a √ scale
     monkeypatch.undo()
     assert plots.frontier(pts, "kl", "reward", tmp_path / "f.png").stat().st_size > 1000
 

@@ -71,10 +71,14 @@ def decode_row_bytes(model_config, context: int, dtype_bytes: int) -> int:
     Worked example: SmolLM2-135M (30 layers, 3 KV heads of 64, vocab 49,152) at 56 tokens in bf16:
     2 x 30 x 3 x 64 x 56 x 2 = 1,290,240 KV bytes + 6 x 49,152 x 4 = 1,179,648 -> 2,469,888 bytes."""
     c = _text_config(model_config)
-    layers, heads = _first(c, "num_hidden_layers", "n_layer"), _first(c, "num_attention_heads", "n_head")
-    hidden = _first(c, "hidden_size", "n_embd")
+    layers, heads = _first(c, "num_hidden_layers", "n_layer", "n_layers"), _first(c, "num_attention_heads", "n_head", "n_heads")
+    hidden = _first(c, "hidden_size", "n_embd", "dim")
+    if not (layers and heads and hidden):
+        raise ValueError(f"{type(c).__name__} names no layer count, attention heads or width under a known name "
+                         "(num_hidden_layers/n_layer, num_attention_heads/n_head, hidden_size/n_embd): set "
+                         "sample.batch_size to a number instead of 0 (auto)")
     kv_heads = _first(c, "num_key_value_heads", default=heads)
-    head_dim = _first(c, "head_dim", default=hidden // heads)
+    head_dim = _first(c, "head_dim") or hidden // heads
     return 2 * layers * kv_heads * head_dim * context * dtype_bytes + LOGIT_COPIES * c.vocab_size * 4
 
 

@@ -1,6 +1,6 @@
 """Levels 2 and 3 as frontiers, not points: per divergence a β sweep × seeds, traced as reward-vs-KL,
 judge-vs-KL and reward-vs-predictive-entropy curves; a best-of-N baseline from the start policy's
-own samples (Gao et al. 2022: the curve any alignment method must beat); and divergences compared
+own samples (Gao et al. 2023: the curve any alignment method must beat); and divergences compared
 at *matched KL* — β is not comparable across f′ (Wang et al. 2023), so one shared β shows how far
 each loss moves, not which trade-off is better.
 
@@ -162,23 +162,29 @@ def gain_fractions(curves: dict[str, list[dict]], bon: list[dict], opt: list[dic
     return rows
 
 
-def _root(kl) -> np.ndarray:
-    """√KL, signed (a bootstrap draw of a KL near 0 may fall below it): the axis curves are interpolated on."""
+def root_kl(kl) -> np.ndarray:
+    """√KL, signed (a bootstrap draw of a KL near its start may fall below it): the axis curves are read on."""
     kl = np.asarray(kl, dtype=float)
     return np.sign(kl) * np.sqrt(np.abs(kl))
 
 
 def interpolate(curve: list[dict], field: str, at: float | np.ndarray, x: str = "kl") -> np.ndarray:
     """(n_boot+1,) the curve's `field` at KL = `at` (one KL, or (n_boot+1,) one per draw), linear in
-    √KL between consecutive points *in the curve's own order* (β from ∞ down, N up: what the plots
-    connect), per bootstrap draw; NaN where no segment of that draw spans `at`. √KL because best-of-N's
-    and the optimum's reward gains grow about linearly in it (Gao et al. 2023; a Gaussian reward tilted
-    to KL k gains σ√(2k)): linear in KL, the chord from the start to best-of-2 (KL 0.19) would sit far
-    below the curve and flatter every point under it. `x`: the axis matched on, KL unless another field
-    is named (e.g. "reward": the value at a matched reward, linear in it)."""
-    axis = _root if x == "kl" else np.asarray
-    kl = axis(np.stack([p[x] for p in curve], 1))  # (B, K)
-    at = axis(at)
+    √(KL − KL_start) between consecutive points *in the curve's own order* (β from ∞ down, N up), per
+    bootstrap draw, KL_start being the KL of the curve's first point where that is the start policy's
+    samples (best-of-1, β = ∞; with bf16 sampling it is not 0); NaN where no segment of that draw spans
+    `at`. √KL because best-of-N's and the optimum's reward gains grow about linearly in it (Gao et al.
+    2023; a Gaussian reward tilted to KL k gains σ√(2k)): linear in KL, the chord from the start to
+    best-of-2 (KL 0.19) would sit far below the curve and flatter every point under it. The plots draw
+    KL on a √ scale, so their straight segments are these (from KL 0, near the start's KL). `x`: the axis matched on, KL unless another
+    field is named (e.g. "reward": the value at a matched reward, linear in it)."""
+    kl = np.stack([p[x] for p in curve], 1)  # (B, K)
+    at = np.asarray(at, dtype=float)
+    if x == "kl":
+        first = curve[0]
+        from_start = first.get("n") == 1 or first.get("beta") == math.inf
+        start = np.broadcast_to(np.asarray(first["kl"] if from_start else 0.0, dtype=float), kl.shape[:1])  # (B,)
+        kl, at = root_kl(kl - start[:, None]), root_kl(at - start)
     y = np.stack([p[field] for p in curve], 1)  # (B, K)
     out = np.full(kl.shape[0], np.nan)
     for k in range(kl.shape[1] - 1):
@@ -200,7 +206,7 @@ def monotone(curve: list[dict], x: str = "kl") -> bool:
 def trained_range(curve: list[dict], x: str = "kl") -> tuple[float, float]:
     """The KL (or `x`) range a curve has *measured* points on both ends of: its trained points (β < ∞, or
     N >= 2), not the shared start it is drawn from — below its first trained point a curve is only
-    the straight line from the start, and differences there say nothing about the divergence."""
+    the segment from the start, and differences there say nothing about the divergence."""
     kl = [p[x][0] for p in curve[1:]]
     return (min(kl), max(kl)) if kl else (math.inf, -math.inf)
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..base.distributed import current
-from .frontier import BON
+from .frontier import BON, root_kl
 from .optimum import OPTIMUM
 from ..base.io import atomic_open
 from ..base.optional import pyplot  # matplotlib: headless, it falls back to Agg without a display
@@ -110,7 +112,10 @@ def frontier(points: list[dict], x: str, y: str, path: Path) -> Path:
             tag = (f"N={p['n']}" if bon else (f"β={p['beta']:g}" if p["beta"] not in (None, float("inf")) else ""))
             if tag:
                 ax.annotate(tag, (p[x], p[y]), fontsize=6, xytext=(2, 2), textcoords="offset points")
-    ax.set(xlabel=AXES.get(x, x), ylabel=AXES.get(y, y), title=f"{y} vs {x}: frontiers over β (95 % CI over seeds × prompts)")
+    if x == "kl":  # a √ scale: straight segments are how the curves are read between points (`frontier.interpolate`)
+        ax.set_xscale("function", functions=(root_kl, lambda v: np.sign(v) * np.square(v)))
+    ax.set(xlabel=AXES.get(x, x) + (" (√ scale)" if x == "kl" else ""), ylabel=AXES.get(y, y),
+           title=f"{y} vs {x}: frontiers over β (95 % CI over seeds × prompts)")
     ax.legend(fontsize=7)
     return _save(fig, path)
 
