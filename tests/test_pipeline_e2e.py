@@ -344,3 +344,15 @@ def test_a_sampler_that_loads_saved_models_in_another_process_runs_level1(tmp_pa
         a, b = (read_jsonl(runs[k].dir / f) for k in ("fast", "subprocess"))
         assert [r["completion_ids"] for r in a] == [r["completion_ids"] for r in b], f
         assert all(abs(x - y) < 1e-4 for r, s in zip(a, b) for x, y in zip(r["sample_logps"], s["sample_logps"]))
+
+
+def test_a_frontier_refuses_a_bad_point_before_anything_loads(cfg, tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
+                                                             reviews_csv, monkeypatch):
+    """Every (family, β) of a sweep or of Level 3 is checked as the config is, before anything loads or trains."""
+    from alignment.config import ConfigError
+    monkeypatch.setattr(Pipeline, "prepare", lambda *a, **k: pytest.fail("models loaded before the settings were checked"))
+    with pytest.raises(ConfigError, match="dpo.beta=-1.0 is invalid"):
+        experiments.sweep(Pipeline(cfg), losses=("sigmoid",), betas=(0.1, -1.0), seeds=(0,), best_of_n=(1, 2))
+    warm = tiny_cfg(tmp_path / "warm", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **{"sample.temperature": 0.7})
+    with pytest.raises(ConfigError, match="dpo.method=rloo's policy gradient"):
+        experiments.level3(Pipeline(warm), methods=("dpo", "rloo"), betas=(0.3,), seeds=(0,), best_of_n=(1, 2))

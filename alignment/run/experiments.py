@@ -217,9 +217,6 @@ def level3(pipe: Pipeline, methods: tuple[str, ...] = tuple(LEVEL3_METHODS), bet
     for m in (m for m in methods if not per[m]):
         print(f"level3: {m} trains only at β >= {LEVEL3_MIN_BETA[m]:g}: none of --betas {betas}; left out", flush=True)
     families = {m: {"alpha": pipe.cfg.dpo.alpha, **LEVEL3_METHODS[m]} for m in methods if per[m]}
-    for m, over in families.items():  # every method's settings checked before hours of training
-        for beta in per[m]:
-            pipe.policy_settings(**over, beta=beta)
     grid = {"methods": list(families), "betas": list(betas), "seeds": list(seeds), "best_of_n": list(best_of_n),
             **({"method_betas": {m: list(per[m]) for m in families}} if any(per[m] != betas for m in families) else {})}
     return frontier_study(pipe, "level3", families, {m: per[m] for m in families}, seeds, best_of_n, grid,

@@ -86,6 +86,9 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
     Writes `<name>.json` and the frontier plots."""
     if not best_of_n or min(best_of_n) < 1:
         raise ConfigError(f"{name}: best_of_n={best_of_n!r} needs N values >= 1 (e.g. --best-of-n 1,2,4,8,16,32,64)")
+    for label, over in families.items():  # every point's settings checked before hours of training
+        for beta in betas[label]:
+            pipe.policy_settings(**over, beta=beta)
     t0 = time.time()
     pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws

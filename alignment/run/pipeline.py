@@ -145,7 +145,7 @@ class Pipeline:
     # ---- training and evaluation ---------------------------------------------------------------
     def policy_settings(self, **overrides) -> DPOConfig:
         """cfg.dpo updated by `overrides` as one policy trains with it (`method_settings`), checked as the
-        config's own settings are (`check_training`; Level 3 checks every method's settings so before it trains)."""
+        config's own settings are (`check_training`; a sweep or Level 3 checks every point's settings so before it trains)."""
         dpo = method_settings(dataclasses.replace(self.cfg.dpo, **overrides))
         check_training(self.cfg, dpo, self.dist.world)
         return dpo
