@@ -188,6 +188,13 @@ def artifact_deps(monkeypatch, cfg, identities: dict) -> dict[str, dict]:
     return got
 
 
+def test_a_stage_takes_its_sections_from_the_table_only():
+    cache = stagecache.StageCache(load_config(), Path("runs/keys"))
+    assert stagecache.CACHED_STAGES["samples"].sections == ("sample",)
+    with pytest.raises(TypeError, match="CACHED_STAGES"):
+        cache(Path("runs/keys/samples.jsonl"), "samples", None, collective=False)
+
+
 def test_an_empty_pairs_source_leaves_every_cache_key_unchanged(monkeypatch, tmp_path):
     deps = artifact_deps(monkeypatch, load_config(), {})
     assert set(deps) == set(STAGE_OF) and not any("pairs_source" in d or "pairs_source" in str(d) for d in deps.values())

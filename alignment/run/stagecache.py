@@ -134,6 +134,8 @@ class StageCache:
         (splits its work, writes on rank 0 only, may call stages); any other runs on rank 0 alone and
         must not call a stage. `what`: the name under which a reused artifact is announced
         (`announce`); none: reused silently."""
+        if {"sections", "collective"} & set(extra):  # they would silently enter the key: the stage's table entry says them
+            raise TypeError(f"{stage}: sections and collective come from CACHED_STAGES[{stage!r}], not the call")
         sections, kind, collective = CACHED_STAGES[stage]
         if kind and self.times is not None:
             build = self.times.wrap(kind, build)
