@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import signal
 import sys
+import threading
 
 import torch.distributed as td
 import yaml
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.stage == CONFIG or args.print_config:
         return emit(config_yaml(cfg, args, grid))
+    main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers may be set
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # a kill ends it as Ctrl-C does
     try:
         return run_stage(args, cfg, grid)
     except ConfigError as e:  # e.g. a sweep setting that fails the dpo rules
@@ -132,7 +136,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         shutdown()  # under `accelerate launch`: a clean exit for every rank
+
+
+INTERRUPTED = "interrupted (Ctrl-C or a kill): what it built is kept, and a rerun resumes from it"
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (a kill, a job scheduler's stop) as KeyboardInterrupt: checkpoints and the timings log are kept."""
+    raise KeyboardInterrupt
 
 
 def run_stage(args, cfg, grid: dict) -> int:
@@ -161,7 +175,13 @@ def run_stage(args, cfg, grid: dict) -> int:
         "level3": lambda: experiments.level3(pipe, **grid),
         "sft": pipe.sft,
     }
-    result = actions[args.stage]()
+    try:
+        result = actions[args.stage]()
+    except KeyboardInterrupt:  # Ctrl-C or a kill: the time spent is logged too, then the work saved is resumed by a rerun
+        if pipe.dist.main:
+            log_command(pipe.paths.result("timings"), args.stage, pipe.times.rows(), hardware(), pipe.dist.world,
+                        note=INTERRUPTED)
+        raise
     if pipe.dist.main:  # under `accelerate launch`, one report
         print(console.render(args.stage, result))
         print(console.stage_times(pipe.times.rows()))

@@ -335,3 +335,33 @@ def test_config_hashes_are_unchanged(preset):
     got = (stable_hash(cfg.to_dict()), stable_hash(section_deps(cfg, *SECTIONS)), stable_hash(sft_deps(cfg), 8))
     assert got == HASHES[preset]
     assert cfg.to_dict() == dataclasses.asdict(cfg)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_an_interrupted_command_logs_its_time_and_says_how_to_resume(tmp_path, monkeypatch, capsys, how):
+    """Ctrl-C or a kill (SIGTERM) mid-stage: exit 130 with the resume hint, and the run dir's timings log
+    keeps the command's time so far, marked interrupted (a rerun adds its own entry)."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from alignment.base.io import read_json
+    from alignment.base.timing import StageTimes
+    from alignment.run.rundir import RunPaths
+
+    def stop():
+        with times("sampling"):
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+
+    times = StageTimes()
+    fake = SimpleNamespace(prepare=lambda **k: None, sft=None, times=times, dist=SimpleNamespace(main=True, world=1),
+                           paths=RunPaths(tmp_path / "run"), data=SimpleNamespace(samples=stop))
+    monkeypatch.setattr(cli, "Pipeline", lambda cfg: fake)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["sample", "--set", f"run_dir={tmp_path / 'run'}"]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    (entry,) = read_json(tmp_path / "run" / "timings.json")
+    assert entry["stage"] == "sample" and entry["note"] == cli.INTERRUPTED and entry["rows"][0]["stage"] == "sampling"
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the caller's again

@@ -82,13 +82,14 @@ def bars_off() -> bool:
     return os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
 
 
-def log_command(path, stage: str, rows: list[dict], hardware: dict, processes: int = 1) -> list[dict]:
+def log_command(path, stage: str, rows: list[dict], hardware: dict, processes: int = 1, note: str = "") -> list[dict]:
     """Append one command's wall time by stage to the run dir's timings log (`timings.json`: a list,
     oldest first, one entry per command that ran in the dir, with the machine it ran on) and return
-    the log. A cached rerun adds a short entry instead of hiding what the first run cost."""
+    the log. A cached rerun adds a short entry instead of hiding what the first run cost; an interrupted
+    command its time so far, with `note` saying so (the rerun that resumes it adds its own)."""
     old = read_json(path) if Path(path).exists() else []
     log = old if isinstance(old, list) else [old]  # an older single-command record is kept as the first entry
     log.append({"stage": stage, "seconds": sum(r["seconds"] for r in rows), "processes": processes,
-                "hardware": hardware, "rows": rows})
+                "hardware": hardware, "rows": rows, **({"note": note} if note else {})})
     write_json(path, log)
     return log
