@@ -126,7 +126,7 @@ class DPOConfig:
     lora_r: int = rule(0, **_nonneg)        # LoRA rank (peft); 0 = full fine-tuning. LoRA saves an adapter (MBs), not the model
     lora_alpha: float = rule(16.0, **_pos)  # LoRA scale alpha (the update is alpha/r * B A)
     seed: int = 0              # init/shuffle seed
-    save_minutes: float = rule(10.0, **_nonneg, hashed=False)  # resumable checkpoint whenever this many minutes passed since the last (the latest kept, deleted once the policy is saved): a killed run resumes there, a shorter run writes none; 0 = off
+    save_minutes: float = rule(10.0, **_nonneg, hashed=False)  # resumable checkpoint whenever this many minutes passed since the last (the latest kept, deleted once the policy is saved), and on Ctrl-C or a kill (SIGTERM) at the last whole step: a rerun resumes there; 0 = off
     save_every: int = rule(0, **_nonneg, hashed=False)  # also checkpoint every k optimizer steps and after the last (0 = by time only)
     eval_every: int = rule(7, **_nonneg, hashed=False)  # score the held-out pairs (pairs.held_out) every k optimizer steps and after the last (0 = after the last only)
     method: str = rule("offline", choices=("offline", "online", "rloo"), hashed="if_set")  # offline: one pass over pairs of the start policy's samples; online: dpo.rounds rounds, each on fresh pairs sampled and scored from the policy so far (iterative DPO); rloo: on-policy RL, reward - beta * KL with a leave-one-out baseline over sample.n_samples draws per prompt

@@ -69,7 +69,7 @@ def test_lora_checkpoint_holds_the_adapters_only_and_resumes_exactly(tiny_gpt2_d
     with pytest.raises(KeyboardInterrupt):
         train_dpo(_lora(tiny_gpt2_dir), pairs, prompts, ref, cfg, PAD, out, tracker=_StopAt(3))
     state = torch.load(out / CKPT, weights_only=True)
-    assert state["step"] == 2
+    assert state["step"] == 3  # the interrupt came after step 3 was logged: kept, though step 3's own save never ran
     assert state["model"].keys() == trainable_state(straight).keys()
     assert state["model"] and all("lora_" in k for k in state["model"])  # no frozen base weight
 
@@ -90,7 +90,7 @@ def test_full_checkpoint_holds_each_weight_once_and_a_torn_write_never_counts(ti
     with pytest.raises(KeyboardInterrupt):
         train_dpo(model, pairs, prompts, ref, cfg, PAD, tmp_path, tracker=_StopAt(3))
     state = torch.load(tmp_path / CKPT, weights_only=True)
-    assert state["step"] == 2 and list(state["model"]) == [n for n, _ in model.named_parameters()]
+    assert state["step"] == 3 and list(state["model"]) == [n for n, _ in model.named_parameters()]
     torn = tmp_path / f".{CKPT}.x1y2.tmp"
     torn.write_bytes(b"half a checkpoint")
 
@@ -100,3 +100,47 @@ def test_full_checkpoint_holds_each_weight_once_and_a_torn_write_never_counts(ti
     torn.write_bytes(b"half a checkpoint")
     done_training(tmp_path)
     assert not (tmp_path / CKPT).exists() and not torn.exists()
+
+
+def test_an_interrupt_keeps_the_steps_done_only_when_they_are_whole(tiny_gpt2_dir, data, tmp_path):
+    """Ctrl-C (or a kill) keeps the steps completed so far, with checkpoints on, and resumes to the uninterrupted
+    weights; one that lands between an optimizer step and its record (here: the held-out evaluation), when the
+    weights are ahead of the last whole step, writes none (the last periodic checkpoint stands); with
+    checkpoints off it writes none either."""
+    pairs, prompts, ref = data
+    cfg = DPOConfig(lr=1e-2, batch_size=2, epochs=2, lora_r=4, save_every=0, save_minutes=60)  # no save due in a test
+    straight = _lora(tiny_gpt2_dir)
+    full_log = train_dpo(straight, pairs, prompts, ref, cfg, PAD, tmp_path / "a")
+
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(_lora(tiny_gpt2_dir), pairs, prompts, ref, cfg, PAD, out, tracker=_StopAt(4))
+    assert torch.load(out / CKPT, weights_only=True)["step"] == 4
+    resumed = _lora(tiny_gpt2_dir)
+    assert train_dpo(resumed, pairs, prompts, ref, cfg, PAD, out) == full_log
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+    calls = []
+
+    def evaluate(model):  # the held-out pass after step 2's optimizer step
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return {}
+
+    from alignment.steps.train import LoopConfig, train_loop
+    loop = LoopConfig(lr=1e-3, epochs=1, batch_size=2, grad_accum=1, max_grad_norm=1.0, warmup_ratio=0.0,
+                      final_lr_ratio=1.0, autocast=False, save_every=0, save_minutes=60, eval_every=1, seed=0,
+                      desc="test", disable_dropout=True)
+    model = load_causal_lm(tiny_gpt2_dir, torch.float32, torch.device("cpu"), train=True)
+    loss = lambda net, mb: (sum(p.sum() for p in net.parameters() if p.requires_grad) * 0.0 + 1.0, {"loss": 1.0})  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(model, 6, loss, loop, tmp_path / "c", evaluate=evaluate)
+    assert not (tmp_path / "c" / CKPT).exists()  # the weights were a step ahead of the last whole step: none written
+
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(_lora(tiny_gpt2_dir), pairs, prompts, ref, DPOConfig(lr=1e-2, batch_size=2, lora_r=4, save_every=0,
+                                                                      save_minutes=0), PAD, tmp_path / "d",
+                  tracker=_StopAt(2))
+    assert not (tmp_path / "d" / CKPT).exists()  # checkpoints off: none on an interrupt either

@@ -138,8 +138,9 @@ def test_resume_after_interrupt(trained, reviews_csv, tiny_gpt2_dir, tmp_path, c
     capsys.readouterr()
     tracker = _Tracker()
     m = sft.run_sft(cfg, tracker)
-    assert f"resuming sft from step 4 of 12 (checkpoint {parts[0] / 'ckpt.pt'})" in capsys.readouterr().out
-    assert tracker.seen == list(range(5, 13)) and m["resumed_from_step"] == 4
+    # stopped once step 6 was logged (checkpoints every 4 steps): the interrupt itself kept step 6
+    assert f"resuming sft from step 6 of 12 (checkpoint {parts[0] / 'ckpt.pt'})" in capsys.readouterr().out
+    assert tracker.seen == list(range(7, 13)) and m["resumed_from_step"] == 6
     assert "model.safetensors" in tracker.model_files  # the tracker is offered the finished model (track.log_models)
     assert not parts[0].exists() and (tmp_path / "model" / "model.safetensors").exists()
     # Same schedule, optimizer state and RNG (dropout is on in SFT): the uninterrupted run's bytes.

@@ -143,8 +143,8 @@ def test_lr_schedule_by_hand():
 @pytest.mark.parametrize("grad_accum, cadence", [(1, {"save_every": 1}), (2, {"save_every": 1}),
                                                 (1, {"save_minutes": 1e-9})])  # time-based: after every step
 def test_resume_after_interrupt_matches_uninterrupted(tiny_gpt2_dir, data, tmp_path, grad_accum, cadence, capsys):
-    """Interrupted in step 2 (checkpoint after step 1), resumed in a fresh model: the same weights,
-    train log and summary, to the bit (same order, optimizer state, schedule and RNG)."""
+    """Interrupted once step 2 is logged (before its own save: the interrupt keeps it), resumed in a fresh
+    model: the same weights, train log and summary, to the bit (same order, optimizer state, schedule and RNG)."""
     pairs, prompts, ref = data
     cfg = DPOConfig(lr=1e-3, batch_size=2, epochs=2, grad_accum=grad_accum, warmup_ratio=0.2,
                     **{"save_minutes": 0, **cadence})
@@ -164,7 +164,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tiny_gpt2_dir, data, tmp_p
 
     resumed = _load(tiny_gpt2_dir)  # a fresh process: weights come from the checkpoint
     log = train_dpo(resumed, pairs, prompts, ref, cfg, PAD, out, tracker=_InterruptAt(-1))
-    assert f"resuming dpo from step 1 of {n_steps} (checkpoint {out / 'ckpt.pt'})" in capsys.readouterr().out
+    assert f"resuming dpo from step 2 of {n_steps} (checkpoint {out / 'ckpt.pt'})" in capsys.readouterr().out
     assert [r["step"] for r in log] == list(range(1, n_steps + 1))
     assert log == full_log
     for name in ("train_log.jsonl", "train_summary.json"):

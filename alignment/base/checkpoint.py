@@ -41,13 +41,17 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def rng_states() -> dict[str, torch.Tensor]:
+    """The torch RNG states a checkpoint holds (the CPU's; the GPU's where there is one)."""
+    return {"rng": torch.get_rng_state(), **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+
+
 def save_checkpoint(out_dir: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
-                    seconds: float) -> None:
-    """Replace out_dir/ckpt.pt, atomically, by the state after optimizer step `step`."""
+                    seconds: float, rng: dict[str, torch.Tensor] | None = None) -> None:
+    """Replace out_dir/ckpt.pt, atomically, by the state after optimizer step `step`; `rng`: the RNG
+    states right after that step (`rng_states()` then), when the save comes later (default: now)."""
     state = {"model": trainable_state(model), "opt": opt.state_dict(), "step": step, "seconds": seconds,
-             "rng": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state()
+             **(rng or rng_states())}
     with atomic_open(Path(out_dir) / CKPT, "wb") as f:
         torch.save(state, f)
 

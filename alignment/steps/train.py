@@ -26,7 +26,8 @@ from typing import Callable, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from ..base.checkpoint import CKPT, checkpoint_due, load_checkpoint, remove_checkpoint, remove_torn_writes, save_checkpoint
+from ..base.checkpoint import (CKPT, checkpoint_due, load_checkpoint, remove_checkpoint, remove_torn_writes, rng_states,
+                               save_checkpoint)
 from ..base.distributed import Dist
 from ..base.io import JsonlAppender, debug_delay, read_jsonl
 from ..base.optional import accelerate
@@ -128,6 +129,20 @@ class _ReadOnlyLog:
         self.records.extend(records)
 
 
+def _step_record(rec: dict, step: int, n_steps: int, cfg: LoopConfig, grad_norm: float, lr: float,
+                 before: list[dict]) -> dict:
+    """One optimizer step's log record: the closure's metrics with the step, epoch, gradient norm and lr, the
+    `COUNTS` as running totals over the steps so far (`before`: the log until now, across resumes)."""
+    rec = {**rec, "step": step + 1, "epoch": (step + 1) / n_steps * cfg.epochs, "grad_norm": grad_norm, "lr": lr}
+    for k in COUNTS:
+        if k in rec:
+            rec[k] = int(rec[k] + (before[-1].get(k, 0) if before else 0))
+    if not math.isfinite(rec["loss"]):
+        raise FloatingPointError(f"{cfg.desc} loss became {rec['loss']} at step {step + 1}; lower {cfg.desc}.lr"
+                                 + (" or dpo.beta" if cfg.desc == "dpo" else ""))
+    return rec
+
+
 def _wrap(model, dist: Dist):
     """The module the closure calls: `model`, or its DDP wrapper from accelerate."""
     if dist.world == 1:
@@ -187,32 +202,33 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
     t0 = last_save = time.time()
     bar = tqdm(total=len(steps), initial=start, desc=cfg.desc, unit="step", leave=False,
                disable=not dist.main or bars_off())
-    for step in range(start, len(steps)):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, len(steps), cfg.lr, cfg.warmup_ratio, cfg.final_lr_ratio)
-        rec = _one_step(net, steps, step, loss_fn, cfg.autocast, next(model.parameters()).device, dist)
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        rec.update({"step": step + 1, "epoch": (step + 1) / len(steps) * cfg.epochs,
-                    "grad_norm": gn, "lr": opt.param_groups[0]["lr"]})
-        for k in COUNTS:  # a running total over the steps so far (across resumes: the log holds them)
-            if k in rec:
-                rec[k] = int(rec[k] + (log.records[-1].get(k, 0) if log.records else 0))
-        if not math.isfinite(rec["loss"]):
-            raise FloatingPointError(f"{cfg.desc} loss became {rec['loss']} at step {step + 1}; lower {cfg.desc}.lr"
-                                     + (" or dpo.beta" if cfg.desc == "dpo" else ""))
-        if evaluate is not None and eval_due(step + 1, len(steps), cfg.eval_every):
-            rec.update(_held_out(model, evaluate, cfg.autocast))
-        log.extend([rec])
-        bar.update(1)
-        debug_delay()
-        if tracker is not None:
-            tracker.log(tracked(rec), step=step + 1)
-        since_save = time.time() - last_save
-        if dist.main and checkpoint_due(step + 1, len(steps), cfg.save_every, cfg.save_minutes, since_save):
-            save_checkpoint(out_dir, model, opt, step + 1, seconds + time.time() - t0)
-            last_save = time.time()
+    done, saved, rng, stepping = start, start, rng_states(), False  # steps complete / checkpointed; RNG after `done`
+    try:
+        for step in range(start, len(steps)):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, len(steps), cfg.lr, cfg.warmup_ratio, cfg.final_lr_ratio)
+            rec = _one_step(net, steps, step, loss_fn, cfg.autocast, next(model.parameters()).device, dist)
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+            stepping = True  # from here until its record is logged the weights are ahead of `done`
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            rec = _step_record(rec, step, len(steps), cfg, gn, opt.param_groups[0]["lr"], log.records)
+            if evaluate is not None and eval_due(step + 1, len(steps), cfg.eval_every):
+                rec.update(_held_out(model, evaluate, cfg.autocast))
+            log.extend([rec])
+            done, rng, stepping = step + 1, rng_states(), False
+            bar.update(1)
+            debug_delay()
+            if tracker is not None:
+                tracker.log(tracked(rec), step=step + 1)
+            since_save = time.time() - last_save
+            if dist.main and checkpoint_due(step + 1, len(steps), cfg.save_every, cfg.save_minutes, since_save):
+                save_checkpoint(out_dir, model, opt, step + 1, seconds + time.time() - t0)
+                saved, last_save = done, time.time()
+    except KeyboardInterrupt:  # Ctrl-C or a kill: with checkpoints on, the steps done so far are kept
+        if dist.main and not stepping and done > saved and (cfg.save_minutes or cfg.save_every):
+            save_checkpoint(out_dir, model, opt, done, seconds + time.time() - t0, rng)
+        raise
     bar.close()
     model.eval()
     return LoopResult(log.records, seconds + time.time() - t0, start)
