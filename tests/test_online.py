@@ -239,6 +239,45 @@ def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, t
     assert again.dir == policy.dir and again.hash == policy.hash
 
 
+@pytest.mark.parametrize("credit", ["sequence", "prefix"])
+def test_rloo_interrupted_resumes_to_the_uninterrupted_policy(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
+                                                               monkeypatch, credit):
+    """Ctrl-C in RLOO's third step keeps the two steps done (a checkpoint); the rerun draws what the uninterrupted
+    run drew from there (its micro-batches' seeds count over the whole run): the same adapters, log and cost."""
+    import alignment.steps.online as online
+
+    def cfg(run):
+        return tiny_cfg(tmp_path / run, tiny_gpt2_dir, "python:vowels", reviews_csv,
+                        **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "pairs.held_out": 0.25,
+                           "dpo.method": "rloo", "dpo.credit": credit, "dpo.batch_size": 2, "dpo.lora_r": 2,
+                           "dpo.lr": 1e-2, "dpo.epochs": 2})
+
+    def trained(run):
+        pipe = Pipeline(cfg(run), reward=vowels)
+        pipe.prepare()
+        return pipe.train()
+
+    straight = trained("a")
+    real, calls = online.draw_and_score, []
+
+    def stop_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(online, "draw_and_score", stop_third)
+    with pytest.raises(KeyboardInterrupt):
+        trained("b")
+    monkeypatch.setattr(online, "draw_and_score", real)
+    resumed = trained("b")
+    assert read_jsonl(resumed.dir / "train_log.jsonl") == read_jsonl(straight.dir / "train_log.jsonl")
+    assert [r["tokens_drawn"] for r in read_jsonl(resumed.dir / "train_log.jsonl")][-1] == \
+        read_json(straight.dir / "cost.json")["tokens_drawn"] == read_json(resumed.dir / "cost.json")["tokens_drawn"]
+    a, b = (load_file(str(p.dir / "model" / "adapter_model.safetensors")) for p in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_on_policy_methods_are_refused_where_they_cannot_run(tmp_path):
     with pytest.raises(ConfigError, match="dpo.method"):
         load_config(overrides={"dpo.method": "online", "dpo.backend": "trl"})

@@ -56,6 +56,16 @@ def save_checkpoint(out_dir: str | Path, model: torch.nn.Module, opt: torch.opti
         torch.save(state, f)
 
 
+def saved_progress(out_dir: str | Path) -> tuple[int, float]:
+    """(the optimizer step out_dir/ckpt.pt was saved after, the loop's seconds until then); (0, 0.0) without
+    one. Read without loading its tensors."""
+    path = Path(out_dir) / CKPT
+    if not path.exists():
+        return 0, 0.0
+    state = torch.load(path, mmap=True, weights_only=True)
+    return int(state["step"]), float(state["seconds"])
+
+
 def load_checkpoint(out_dir: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float]:
     """Restore weights, optimizer and RNG from out_dir/ckpt.pt; (step, seconds) it was saved at,
     or (0, 0.0) when there is none."""

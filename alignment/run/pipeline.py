@@ -24,6 +24,7 @@ from ..config import Config, ConfigError, DPOConfig, check_section, section_deps
 from ..steps.losses import VALUE_LOSSES
 from ..steps.data import check_source, review_texts
 from .datastages import DataStages, draw_key
+from ..base.checkpoint import saved_progress
 from ..base.distributed import current
 from ..steps.evaluate import EVAL_VERSION, Evaluation, evaluate_human, evaluate_model, load_evaluation
 from ..base.io import meta_path, part_dir, write_json
@@ -161,6 +162,7 @@ class Pipeline:
         def build(part):
             tracker = self.trackers(f"train-{name}", "train", run_config(self.cfg.to_dict(), dataclasses.asdict(dpo),
                                                                          model=name))
+            before = saved_progress(part_dir(part))[1]  # resumed: the training loop's seconds in earlier calls
             if dpo.method != "offline":  # on-policy: draws its own samples from the policy as it trains
                 prompts = trained_prompts(self.data.prompts(dpo.seed)["train"], self.cfg.pairs.held_out)
                 t0 = time.time()
@@ -172,7 +174,7 @@ class Pipeline:
                 train_policy(self.models, data, self.data.train_prompt_ids(dpo.seed), dpo, part_dir(part), tracker,
                              self.dist)
             if self.dist.main:
-                write_json(part_dir(part) / COST_FILE, {"train_seconds": time.time() - t0, "tokens_drawn": tokens})
+                write_json(part_dir(part) / COST_FILE, {"train_seconds": before + time.time() - t0, "tokens_drawn": tokens})
 
         deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"], **draw_key(self.data.draw_of(dpo.seed))}
         self.cache(out, "policy", build, what=f"policy {name}", **deps)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from ..base.checkpoint import saved_progress
 from ..config import Config, DPOConfig
 from ..base.io import write_json, write_jsonl
 from .logprobs import batched_logps, collate, completion_tokens, model_logps, model_token_logps, position_kls
@@ -206,17 +207,19 @@ def rloo_prefix_loss(logps: torch.Tensor, ref_logps: torch.Tensor, valid: torch.
 def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path,
          tracker) -> tuple[list[dict], int]:
     """RLOO (module docstring) for `dpo.epochs` passes over `prompts`, `dpo.batch_size` prompts a
-    micro-batch; writes out/train_log.jsonl and returns it and the completion tokens drawn."""
+    micro-batch; writes out/train_log.jsonl and returns it and the completion tokens drawn. Micro-batch k
+    (counted over the whole run) draws with seed sample.seed + ROUND_SEED·k + dpo.seed, so a run resumed from
+    a checkpoint (`dpo.save_minutes`, or Ctrl-C) draws what the uninterrupted run would."""
     tok, n = models.tokenizer, cfg.sample.n_samples
-    pad, draws = tok.pad_token_id, []  # completion tokens of each micro-batch's draws
+    pad, calls = tok.pad_token_id, [saved_progress(out)[0] * dpo.grad_accum]  # micro-batches drawn so far, all sessions
 
     def loss_fn(net, mb: list[int]):
         batch = [prompts[i] for i in mb]
-        seed = cfg.sample.seed + ROUND_SEED * (len(draws) + 1) + dpo.seed
+        calls[0] += 1
+        seed = cfg.sample.seed + ROUND_SEED * calls[0] + dpo.seed
         recs, rewards = draw_and_score(net, tok, batch, cfg, seed, models.stop_ids, models.reward)
         ids = [p["ids"] for p in batch for _ in range(n)]
         comps = [r["completion_ids"] for r in recs]
-        draws.append(sum(len(c) for c in comps))
         if dpo.credit == "prefix":
             loss, m = prefix_credit_step(net, models, dpo, ids, recs, rewards, cfg.reward.score_prompt, n)
         elif dpo.kl == "exact":
@@ -226,11 +229,11 @@ def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: P
                 ref = batched_logps(ref_model, ids, comps, pad, batch_size=len(comps))  # (P*n,)
             logps = model_logps(net, collate(ids, comps, pad))  # (P*n,)
             loss, m = rloo_loss(logps, ref.to(logps.device), torch.tensor(rewards, device=logps.device), n, dpo.beta)
-        return loss, {**m, "tokens_drawn": float(sum(draws))}  # so far
+        return loss, {**m, "tokens_drawn": float(sum(len(c) for c in comps))}  # a count: the log keeps the running total
 
     loop: LoopConfig = dpo_loop_config(dpo, next(model.parameters()).device)
-    loop = dataclasses.replace(loop, save_every=0, save_minutes=0.0)  # draws are not replayed on resume
-    return train_loop(model, len(prompts), loss_fn, loop, out, tracker).records, sum(draws)
+    records = train_loop(model, len(prompts), loss_fn, loop, out, tracker).records
+    return records, int(records[-1]["tokens_drawn"]) if records else 0
 
 
 def prefix_credit_step(net, models, dpo: DPOConfig, ids: list[list[int]], recs: list[dict], rewards: list[float],

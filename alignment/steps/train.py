@@ -34,7 +34,7 @@ from ..base.optional import accelerate
 from ..base.timing import bars_off
 from ..base.tracking import tracked
 
-COUNTS = ("num_tokens",)  # closure metrics summed over a step's micro-batches and ranks, then over steps (trl's)
+COUNTS = ("num_tokens", "tokens_drawn")  # closure metrics summed over a step's micro-batches and ranks, then over steps
 LossFn = Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, dict[str, float]]]
 
 
