@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.stage == CONFIG or args.print_config:
         return emit(config_yaml(cfg, args, grid))
-    main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers may be set
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # a kill ends it as Ctrl-C does
+    # a kill ends a command as Ctrl-C does; not where SIGTERM was ignored or taken by the caller, nor off the main thread
+    ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    previous, interrupted = signal.signal(signal.SIGTERM, _interrupt) if ours else None, False
     try:
         return run_stage(args, cfg, grid)
     except ConfigError as e:  # e.g. a sweep setting that fails the dpo rules
@@ -132,13 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)  # a user-fixable problem: one line, no traceback
         return 2
     except KeyboardInterrupt:
+        interrupted = True
         print("\ninterrupted: finished work is saved in the run dir; rerun the same command to resume",
               file=sys.stderr)
         return 130
     finally:
-        if main_thread:
+        if ours:
             signal.signal(signal.SIGTERM, previous)
-        shutdown()  # under `accelerate launch`: a clean exit for every rank
+        shutdown(meet=not interrupted)  # under `accelerate launch`: a clean exit for every rank
 
 
 INTERRUPTED = "interrupted (Ctrl-C or a kill): what it built is kept, and a rerun resumes from it"
@@ -160,8 +162,6 @@ def run_stage(args, cfg, grid: dict) -> int:
                                        "scorers": {k: getattr(s, "metrics", {}) for k, s in scorers.items()}}))
         return 0
     pipe = Pipeline(cfg)
-    if args.stage != "sft":  # the SFT start policy and the offline heads (built once, announced); scorers to score
-        pipe.prepare(load_scorers=args.stage in ("score", "eval", "run", "lr-lesson", "sweep", "level3"))
     actions = {
         "prompts": lambda: {k: len(v) for k, v in pipe.data.prompts().items()},
         "sample": lambda: {"samples": len(pipe.data.samples())},
@@ -176,6 +176,8 @@ def run_stage(args, cfg, grid: dict) -> int:
         "sft": pipe.sft,
     }
     try:
+        if args.stage != "sft":  # the SFT start policy and the offline heads (built once, announced); scorers to score
+            pipe.prepare(load_scorers=args.stage in ("score", "eval", "run", "lr-lesson", "sweep", "level3"))
         result = actions[args.stage]()
     except KeyboardInterrupt:  # Ctrl-C or a kill: the time spent is logged too, then the work saved is resumed by a rerun
         if pipe.dist.main:

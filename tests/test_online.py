@@ -239,9 +239,9 @@ def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, t
     assert again.dir == policy.dir and again.hash == policy.hash
 
 
-@pytest.mark.parametrize("credit", ["sequence", "prefix"])
+@pytest.mark.parametrize("credit,accum", [("sequence", 1), ("prefix", 1), ("sequence", 2)])
 def test_rloo_interrupted_resumes_to_the_uninterrupted_policy(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
-                                                               monkeypatch, credit):
+                                                               monkeypatch, credit, accum):
     """Ctrl-C in RLOO's third step keeps the two steps done (a checkpoint); the rerun draws what the uninterrupted
     run drew from there (its micro-batches' seeds count over the whole run): the same adapters, log and cost."""
     import alignment.steps.online as online
@@ -250,7 +250,7 @@ def test_rloo_interrupted_resumes_to_the_uninterrupted_policy(tmp_path, tiny_gpt
         return tiny_cfg(tmp_path / run, tiny_gpt2_dir, "python:vowels", reviews_csv,
                         **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "pairs.held_out": 0.25,
                            "dpo.method": "rloo", "dpo.credit": credit, "dpo.batch_size": 2, "dpo.lora_r": 2,
-                           "dpo.lr": 1e-2, "dpo.epochs": 2})
+                           "dpo.lr": 1e-2, "dpo.epochs": 2, "dpo.grad_accum": accum})
 
     def trained(run):
         pipe = Pipeline(cfg(run), reward=vowels)
@@ -260,7 +260,7 @@ def test_rloo_interrupted_resumes_to_the_uninterrupted_policy(tmp_path, tiny_gpt
     straight = trained("a")
     real, calls = online.draw_and_score, []
 
-    def stop_third(*a, **k):
+    def stop_third(*a, **k):  # with 2 micro-batches a step: the first micro-batch of the second step
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt

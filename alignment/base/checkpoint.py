@@ -8,8 +8,9 @@ leaves either the previous complete checkpoint or the new one, never a half-writ
 order needs nothing stored: it is a function of the seed (`train.epoch_batches`).
 
 When (`checkpoint_due`): by wall time (`save_minutes`: at most one checkpoint per that many minutes,
-so a run shorter than the interval writes none and a killed long run loses about that much work)
-and/or every `save_every` steps.
+so a run shorter than the interval writes none) and/or every `save_every` steps; and, with either on,
+when Ctrl-C or a kill (SIGTERM) stops the loop, at its last whole step (`train.train_loop`: not while
+an optimizer step is being logged, nor after the loop). A SIGKILL loses the work since the last one.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def saved_progress(out_dir: str | Path) -> tuple[int, float]:
     path = Path(out_dir) / CKPT
     if not path.exists():
         return 0, 0.0
-    state = torch.load(path, mmap=True, weights_only=True)
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)  # lazy: no tensor data read
     return int(state["step"]), float(state["seconds"])
 
 

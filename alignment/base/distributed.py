@@ -104,14 +104,16 @@ def current() -> Dist:
     return Dist(state.process_index, state.num_processes)
 
 
-def shutdown() -> None:
+def shutdown(meet: bool = True) -> None:
     """Take this process's part of the launch's process group down before it exits: a process that
     exits with gloo's threads still up can abort in teardown ("terminate called without an active
     exception", exit -6), and torchrun then reports the whole launch as failed. The ranks first meet
     at a barrier (none tears down while another still talks to it), and unreachable DDP wrappers are
-    collected, so no reducer keeps gloo's work objects alive into interpreter shutdown."""
+    collected, so no reducer keeps gloo's work objects alive into interpreter shutdown. `meet=False`
+    (an interrupted rank: the others may be inside a training step's collectives) skips the barrier."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        if meet:
+            torch.distributed.barrier()
         gc.collect()
         torch.distributed.destroy_process_group()
 

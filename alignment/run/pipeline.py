@@ -162,7 +162,8 @@ class Pipeline:
         def build(part):
             tracker = self.trackers(f"train-{name}", "train", run_config(self.cfg.to_dict(), dataclasses.asdict(dpo),
                                                                          model=name))
-            before = saved_progress(part_dir(part))[1]  # resumed: the training loop's seconds in earlier calls
+            before = sum(saved_progress(d)[1] for d in (part_dir(part), *part_dir(part).glob("round*")))  # resumed:
+            # the training loops' seconds in earlier calls (online DPO's rounds checkpoint in their own dirs)
             if dpo.method != "offline":  # on-policy: draws its own samples from the policy as it trains
                 prompts = trained_prompts(self.data.prompts(dpo.seed)["train"], self.cfg.pairs.held_out)
                 t0 = time.time()

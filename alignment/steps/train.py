@@ -2,8 +2,9 @@
 
 `train_loop` owns everything a stage's training shares: the seeded batch order, the learning-rate
 schedule, gradient accumulation and clipping, the finite-loss check, `train_log.jsonl`, tracking,
-and checkpoints (`alignment.base.checkpoint`: by default at most one per 10 minutes, the latest kept)
-that resume mid-run with the same data order and RNG state. A stage passes a
+and checkpoints (`alignment.base.checkpoint`: by default at most one per 10 minutes, the latest kept,
+and one at the last whole step when Ctrl-C or a kill stops it) that resume mid-run with the same data
+order and RNG state. A stage passes a
 *loss closure* `loss_fn(model, indices) -> (loss, metrics)` over a micro-batch of example indices
 (the loop hands in the model to call: under several processes, its DDP wrapper): DPO
 (`alignment.steps.dpo.train_dpo`) and SFT (`alignment.steps.sft`) are each one closure.
@@ -182,8 +183,9 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
     its metrics join that step's record (and go to the tracker as `eval/<name>`, trl's charts).
 
     Writes out_dir/train_log.jsonl (one record per optimizer step: the closure's metrics + step,
-    epoch, grad_norm, lr) and out_dir/ckpt.pt when `checkpoint_due` (`save_minutes`, `save_every`);
-    a later call with the same out_dir resumes from that checkpoint (same order, same RNG, same
+    epoch, grad_norm, lr) and out_dir/ckpt.pt when `checkpoint_due` (`save_minutes`, `save_every`), and, with
+    either on, at the last whole step when Ctrl-C or a kill stops the loop (not between an optimizer step
+    and its logged record: then the last checkpoint stands); a later call with the same out_dir resumes from that checkpoint (same order, same RNG, same
     result; after the last step it only reloads the weights). The caller removes ckpt.pt once its
     own work after training (saving, evaluating) is written, so a kill in between never retrains.
     """
@@ -202,7 +204,8 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
     t0 = last_save = time.time()
     bar = tqdm(total=len(steps), initial=start, desc=cfg.desc, unit="step", leave=False,
                disable=not dist.main or bars_off())
-    done, saved, rng, stepping = start, start, rng_states(), False  # steps complete / checkpointed; RNG after `done`
+    done, saved, stepping = start, start, False  # steps complete, checkpointed; an optimizer step not yet logged
+    rng, at_done = rng_states(), seconds  # the RNG states and the loop's seconds right after step `done`
     try:
         for step in range(start, len(steps)):
             for g in opt.param_groups:
@@ -216,18 +219,18 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
             if evaluate is not None and eval_due(step + 1, len(steps), cfg.eval_every):
                 rec.update(_held_out(model, evaluate, cfg.autocast))
             log.extend([rec])
-            done, rng, stepping = step + 1, rng_states(), False
+            done, rng, at_done, stepping = step + 1, rng_states(), seconds + time.time() - t0, False
             bar.update(1)
             debug_delay()
             if tracker is not None:
                 tracker.log(tracked(rec), step=step + 1)
             since_save = time.time() - last_save
             if dist.main and checkpoint_due(step + 1, len(steps), cfg.save_every, cfg.save_minutes, since_save):
-                save_checkpoint(out_dir, model, opt, step + 1, seconds + time.time() - t0)
+                save_checkpoint(out_dir, model, opt, done, at_done, rng)
                 saved, last_save = done, time.time()
     except KeyboardInterrupt:  # Ctrl-C or a kill: with checkpoints on, the steps done so far are kept
         if dist.main and not stepping and done > saved and (cfg.save_minutes or cfg.save_every):
-            save_checkpoint(out_dir, model, opt, done, seconds + time.time() - t0, rng)
+            save_checkpoint(out_dir, model, opt, done, at_done, rng)
         raise
     bar.close()
     model.eval()
