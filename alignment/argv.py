@@ -89,7 +89,9 @@ STAGES = list(STAGE_INFO)
 FIELDS = "fields"  # the listing of the config fields: a command, not a stage
 CONFIG = "config"  # the resolved config, printed (no model loaded, nothing written): a command, not a stage
 RESULTS = "results"  # the published results document: a command, not a stage
-COMMANDS = (FIELDS, CONFIG, RESULTS)
+JUDGE_CHECK = "judge-check"  # how independent of the reward each judge is: a command on a run's evaluations
+JUDGE_SELECT = "judge-select"  # which recipe fine-tunes the judge, chosen on a validation split: a command
+COMMANDS = (FIELDS, CONFIG, RESULTS, JUDGE_CHECK, JUDGE_SELECT)
 PIPELINE_NOTE = ("Every stage builds the stages it needs that are missing (cached in the run dir, keyed by\n"
                  "their config), after the SFT start policy and the scorer heads (once, in the asset cache).")
 EPILOG = f"""\
@@ -176,6 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--level1", metavar="RUN_DIR", help="a run dir after `run` and `lr-lesson` (e.g. runs/default)")
     rp.add_argument("--sweep", metavar="RUN_DIR", help="a run dir after `sweep` (e.g. runs/sweep)")
     rp.add_argument("--level3", metavar="RUN_DIR", help="a run dir after `level3` (e.g. runs/level3)")
+    jc = sub.add_parser(JUDGE_CHECK, help="how independent of the reward each judge is, on a Level 1 run's evaluations",
+                        description="Score the held-out labelled snippets, the Level 1 and learning-rate samples of\n"
+                                    "EVAL_DIR and the snippets with their words shuffled with the reward, the linear-head\n"
+                                    "judge and the fine-tuned judge: accuracy, agreement, error correlation. Prints the\n"
+                                    "table and writes independence.json beside the fine-tuned judge (the asset cache),\n"
+                                    f"which `{PROG} results --level1` publishes.", formatter_class=_Formatter)
+    jc.add_argument("eval_dir", metavar="EVAL_DIR", help="a run dir's eval/ after `run` and `lr-lesson` (e.g. runs/default/eval)")
+    js = sub.add_parser(JUDGE_SELECT, help="choose the judge's fine-tuning recipe on a validation split (~25 min, 2 cores)",
+                        description="Fine-tune the judge with each candidate recipe on its training rows less a\n"
+                                    "validation split, pick the best by validation accuracy, and report the chosen\n"
+                                    "recipe's accuracy on the untouched test snippets. Writes OUT; exits non-zero\n"
+                                    "(naming the recipe to set) if the choice is not the recipe the kit uses.",
+                        formatter_class=_Formatter)
+    js.add_argument("out", metavar="OUT", nargs="?", default="results/judge_selection.json",
+                    help="where to write the comparison (default: results/judge_selection.json)")
     return ap
 
 

@@ -16,9 +16,9 @@ import threading
 import torch.distributed as td
 import yaml
 
-from .argv import CONFIG, FIELDS, PROG, RESULTS, parse_args
+from .argv import CONFIG, FIELDS, JUDGE_CHECK, JUDGE_SELECT, PROG, RESULTS, parse_args
 from .study import console
-from .run import experiments, publish
+from .run import experiments, judge_check, judge_select, publish
 from .assets.offline import AssetError, ensure_all
 from .config import SECTIONS, ConfigError, field_docs, field_names, load_config
 from .steps.data import DataError
@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        return 0
+    if args.stage in (JUDGE_CHECK, JUDGE_SELECT):  # commands on the scorers, outside any run's config
+        (judge_check if args.stage == JUDGE_CHECK else judge_select).main(
+            [args.eval_dir] if args.stage == JUDGE_CHECK else [args.out])
         return 0
     try:
         cfg = load_config(args.config, args.overrides, args.preset)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import re
+
 import pytest
 import yaml
 
@@ -52,7 +54,7 @@ def fails(capsys, *argv: str) -> str:
 def test_top_level_help_lists_every_stage_with_one_line(capsys):
     out = help_of(capsys)
     for name, info in STAGE_INFO.items():
-        assert f"    {name:<12}{info.summary}\n" in out, name
+        assert re.search(rf"^    {re.escape(name)} +{re.escape(info.summary)}$", out, re.M), name
     assert f"    {FIELDS}" in out and "--help" in out
 
 
@@ -118,7 +120,7 @@ def test_an_unknown_stage_names_the_closest_and_every_stage(capsys, nothing_runs
     err = fails(capsys, *argv).splitlines()
     assert err[0] == f"error: unknown stage {word!r}" + (f"; did you mean {guess}?" if guess else "")
     assert err[1] == f"stages: {', '.join(STAGES)}"
-    assert err[2] == "commands: fields, config, results" and "results" in COMMANDS
+    assert err[2] == "commands: fields, config, results, judge-check, judge-select" and "results" in COMMANDS
 
 
 @pytest.mark.parametrize("argv,expect", [
@@ -160,6 +162,23 @@ def test_sweep_flags_reach_the_sweep(monkeypatch):
 
 def test_a_flag_the_command_does_not_take(capsys, nothing_runs):
     assert fails(capsys, "fields", "--preset", "smoke") == "error: fields takes no --preset\nflags of fields: --help\n"
+
+
+def test_the_judge_commands_reach_their_modules(capsys, monkeypatch, nothing_runs):
+    seen = []
+    monkeypatch.setattr(cli.judge_check, "main", lambda argv: seen.append(("check", argv)))
+    monkeypatch.setattr(cli.judge_select, "main", lambda argv: seen.append(("select", argv)))
+    assert cli.main(["judge-check", "runs/x/eval"]) == 0
+    assert cli.main(["judge-select"]) == 0 and cli.main(["judge-select", "out.json"]) == 0
+    assert seen == [("check", ["runs/x/eval"]), ("select", ["results/judge_selection.json"]), ("select", ["out.json"])]
+    assert "EVAL_DIR" in fails(capsys, "judge-check")  # the eval dir is required
+    out = help_of(capsys)
+    assert "judge-check" in out and "judge-select" in out
+
+
+def test_judge_check_names_what_an_eval_dir_lacks(tmp_path):
+    with pytest.raises(SystemExit, match=r"usage: python -m alignment judge-check EVAL_DIR.*missing: .*sft\)"):
+        cli.judge_check.main([str(tmp_path)])
 
 
 # ---- --print-config ---------------------------------------------------------------------------------

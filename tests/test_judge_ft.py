@@ -1,7 +1,7 @@
 """The fine-tuned judge (`alignment.assets.judge_ft`) at smoke size: a tiny BERT's top layer and head learn
 the tiny corpus, it scores like the other scorers, its cache record is atomic and reused, and a
 missing encoder fails with one message. The real build (all-mpnet-base-v2) is measured by
-`python -m alignment.run.judge_check`, not here."""
+`python -m alignment judge-check`, not here."""
 import json
 
 import pytest
@@ -182,7 +182,7 @@ def test_the_wilson_interval_of_a_proportion():
 
 
 def test_every_run_builds_the_recipe_the_validation_split_chose():
-    """results/judge_selection.json is `python -m alignment.run.judge_select`'s committed output."""
+    """results/judge_selection.json is `python -m alignment judge-select`'s committed output."""
     from dataclasses import asdict
     from pathlib import Path
 
@@ -206,7 +206,7 @@ def test_the_results_page_says_how_the_recipe_was_chosen():
            "judge": {"n_train": 1000, "n_test": 400, "test_accuracy": 0.9, "test_accuracy_ci": [0.868, 0.925]}}
     line = _selection_lines(sel)[0]
     assert line.startswith("The fine-tuned judge's recipe was chosen on a validation split of its own training rows "
-                           "(200 of 1000, by a fixed hash; `python -m alignment.run.judge_select`): validation accuracy "
+                           "(200 of 1000, by a fixed hash; `python -m alignment judge-select`): validation accuracy "
                            "0.861 (top 2 layers, 1 epoch, lr 0.0001), 0.884 (top 6 layers, 1 epoch, lr 0.0001); chosen: "
                            "top 6 layers, 1 epoch, lr 0.0001.")
     assert line.endswith("Trained so on all 1000 rows, its accuracy on the 400 test snippets (not used by this choice) "

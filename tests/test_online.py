@@ -415,6 +415,26 @@ def test_goal_line_says_whether_a_method_closes_the_gap():
         assert "sentiment words (over its β): `dpo` 10 %, `rloo` 30 %" in line
 
 
+def test_goal_line_says_what_size_would_tell_a_shortfall():
+    from alignment.study.level3_report import size_line
+
+    def frac(beta, f, lo, hi):
+        return {"label": "rloo", "beta": beta, "field": "reward", "kl": 1.0, "frac_bon": f, "frac_bon_lo": lo,
+                "frac_bon_hi": hi}
+    alarm = [{"label": "rloo", "beta": b, "flags": []} for b in (0.3, 1.0)]
+    # 60 % with an upper side of 20 points against a 10-point gap: (20 / 10)² = 4× the seeds × prompts
+    wide = {"gain_fractions": [frac(0.3, 0.6, 0.45, 0.8), frac(1.0, 0.5, 0.3, 0.65)], "alarm": alarm}
+    assert size_line(wide) == ("Whether the best point without an alarm, `rloo` β=0.3's 60 % (45..80 %), falls short of "
+                               "70 % cannot be told at this size: telling it apart would take about 4× the seeds × prompts "
+                               "(its CI's upper side, 20 points, narrowing as 1/√n below the 10-point gap). ")
+    narrow = {**wide, "gain_fractions": [frac(0.3, 0.6, 0.55, 0.66)]}
+    assert size_line(narrow) == ("The best point without an alarm, `rloo` β=0.3's 60 % (55..66 %), falls short at this "
+                                 "size: its 95 % CI lies below 70 %. ")
+    hacked = {**wide, "alarm": [{"label": "rloo", "beta": 0.3, "flags": ["repetition"]}, alarm[1]]}
+    assert size_line(hacked).startswith("The best point without an alarm, `rloo` β=1's 50 % (30..65 %), falls short")
+    assert size_line({**wide, "alarm": []}) == ""  # no quiet point: nothing to size
+
+
 def test_progress_is_measured_for_the_methods_that_maximise_the_objective():
     from alignment.config import load_config
     from alignment.run.frontiers import maximises_objective

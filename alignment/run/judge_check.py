@@ -1,4 +1,4 @@
-"""How independent of the reward is each judge? `python -m alignment.run.judge_check EVAL_DIR`
+"""How independent of the reward is each judge? `python -m alignment judge-check EVAL_DIR`
 
 Scores the held-out `test` snippets with the reward, the linear-head judge (`offline`) and the
 fine-tuned judge (`offline-ft`), as evaluation loads them (`RewardConfig()` defaults), and prints:
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> dict:
     """Load the three scorers, measure, print the table and write independence.json."""
     missing = [n for n in POLICIES.values() if len(argv) != 1 or not (Path(argv[0]) / n / "scored.jsonl").is_file()]
     if missing:
-        raise SystemExit(f"usage: python -m alignment.run.judge_check EVAL_DIR: a run dir's eval/ holding "
+        raise SystemExit(f"usage: python -m alignment judge-check EVAL_DIR: a run dir's eval/ holding "
                          f"<name>/scored.jsonl for {', '.join(POLICIES.values())} (missing: {', '.join(missing)})")
     recs = {label: read_jsonl(Path(argv[0]) / name / "scored.jsonl") for label, name in POLICIES.items()}
     cfg = RewardConfig()

@@ -1,4 +1,4 @@
-"""Which recipe fine-tunes the judge, chosen on a validation split: `python -m alignment.run.judge_select [OUT]`
+"""Which recipe fine-tunes the judge, chosen on a validation split: `python -m alignment judge-select [OUT]`
 
 Each recipe in `CANDIDATES` fine-tunes all-mpnet-base-v2 on 80 % of the `judge` role's snippets and is
 scored on the other 20 % (`select_recipe`, a fixed hash split). The most accurate one must be

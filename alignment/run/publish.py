@@ -90,7 +90,7 @@ def collect(dest: str | Path, level1_dir: str | Path | None = None, sweep_dir: s
         write_json(dest / "sft.json", {k: v for k, v in sft.items() if k != "out"})
         write_json(dest / "scorers.json", {kind: read_json(head_dir(kind) / "metrics.json") for kind in HEADS})
         ft = assets.cache_root() / "models" / FT_JUDGE_DIR
-        if (ft / "independence.json").exists():  # `python -m alignment.run.judge_check` on this run's evaluations
+        if (ft / "independence.json").exists():  # `python -m alignment judge-check` on this run's evaluations
             write_json(dest / "judge_independence.json",
                        {k: v for k, v in read_json(ft / "independence.json").items() if k != "eval_dir"})
             write_json(dest / "judge_ft.json", read_json(ft / "metrics.json"))

@@ -62,12 +62,14 @@ def step_metrics(out, pc: torch.Tensor, pr: torch.Tensor, tokens: dict | None = 
     return m
 
 
-def dpo_loop_config(cfg: DPOConfig, dev: torch.device) -> LoopConfig:
+def dpo_loop_config(cfg: DPOConfig, dev: torch.device, label: str = "") -> LoopConfig:
+    """The training loop's settings from the `dpo` section; `label` names the progress bar ("" = "dpo")."""
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                       warmup_ratio=cfg.warmup_ratio, final_lr_ratio=cfg.final_lr_ratio,
                       max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, save_every=cfg.save_every,
                       save_minutes=cfg.save_minutes, disable_dropout=True,
-                      autocast=train_autocast(cfg.precision, dev), desc="dpo", eval_every=cfg.eval_every)
+                      autocast=train_autocast(cfg.precision, dev), desc="dpo", eval_every=cfg.eval_every,
+                      label=label)
 
 
 class PairData(NamedTuple):

@@ -231,7 +231,7 @@ def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: P
             loss, m = rloo_loss(logps, ref.to(logps.device), torch.tensor(rewards, device=logps.device), n, dpo.beta)
         return loss, {**m, "tokens_drawn": float(sum(len(c) for c in comps))}  # a count: the log keeps the running total
 
-    loop: LoopConfig = dpo_loop_config(dpo, next(model.parameters()).device)
+    loop: LoopConfig = dpo_loop_config(dpo, next(model.parameters()).device, label=f"rloo ({dpo.credit} credit)")
     records = train_loop(model, len(prompts), loss_fn, loop, out, tracker).records
     return records, int(records[-1]["tokens_drawn"]) if records else 0
 

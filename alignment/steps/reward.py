@@ -245,7 +245,7 @@ def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: 
     return scorer
 
 
-# The recipe `python -m alignment.run.judge_select` chose on a validation split of the judge's own rows
+# The recipe `python -m alignment judge-select` chose on a validation split of the judge's own rows
 # (results/judge_selection.json; a test holds this to it). The build takes ~5 min on 2 CPU cores with native
 # bf16, ~25 min without.
 FT_RECIPE = Recipe(layers=6, epochs=1, lr=1e-4, head_lr=1e-3, batch_size=32, max_length=128)

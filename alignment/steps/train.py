@@ -62,6 +62,7 @@ class LoopConfig:
     autocast: bool              # bf16 autocast for the forward passes (fp32 weights, optimizer and loss)
     desc: str                   # the stage: progress bar label, and the config section errors name
     eval_every: int = 0         # call the loop's `evaluate` every k optimizer steps and after the last (0: after the last only)
+    label: str = ""             # the progress bar's label, when it is not `desc` (RLOO trains under the dpo section)
 
 
 def epoch_batches(n: int, epochs: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -202,7 +203,7 @@ def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir
                 m.p = 0.0
     net = _wrap(model, dist)
     t0 = last_save = time.time()
-    bar = tqdm(total=len(steps), initial=start, desc=cfg.desc, unit="step", leave=False,
+    bar = tqdm(total=len(steps), initial=start, desc=cfg.label or cfg.desc, unit="step", leave=False,
                disable=not dist.main or bars_off())
     done, saved, stepping = start, start, False  # steps complete, checkpointed; an optimizer step not yet logged
     rng, at_done = rng_states(), seconds  # the RNG states and the loop's seconds right after step `done`

@@ -94,7 +94,28 @@ def goal_line(level3: dict, goal: float = GOAL) -> str:
     return (f"No point reaches {100 * goal:.0f} % of best-of-N's reward gain at its KL: the largest share is "
             f"`{best['label']}` β={best['beta']:g}'s {100 * best['frac_bon']:.0f} % ({100 * best['frac_bon_lo']:.0f}.."
             f"{100 * best['frac_bon_hi']:.0f} %) at KL {best['kl']:.2f}" + (f". The share of each method's KL on sentiment words (over its β): {why}." if why else ".")
-            + " " + BON_CONTEXT)
+            + " " + size_line(level3, goal) + BON_CONTEXT)
+
+
+def size_line(level3: dict, goal: float = GOAL) -> str:
+    """Whether the best point with a silent alarm falls short of `goal` at this size: its 95 % CI below the goal
+    says so; else how many times the seeds × prompts would tell it apart (the CI's upper side, which shrinks as
+    1/√n, must fall below the gap to the goal). "" when no quiet point has a share with a CI."""
+    quiet = {(a["label"], a["beta"]) for a in level3.get("alarm", []) if not a["flags"]}
+    rows = [r for r in level3.get("gain_fractions") or [] if r["field"] == "reward" and r["frac_bon_hi"] is not None
+            and r["frac_bon"] is not None and r["frac_bon"] < goal and (r["label"], r["beta"]) in quiet]
+    if not rows:
+        return ""
+    r = max(rows, key=lambda r: r["frac_bon"])
+    name = (f"`{r['label']}` β={r['beta']:g}'s {100 * r['frac_bon']:.0f} % ({100 * r['frac_bon_lo']:.0f}.."
+            f"{100 * r['frac_bon_hi']:.0f} %)")
+    if r["frac_bon_hi"] < goal:
+        return f"The best point without an alarm, {name}, falls short at this size: its 95 % CI lies below {100 * goal:.0f} %. "
+    times = ((r["frac_bon_hi"] - r["frac_bon"]) / (goal - r["frac_bon"])) ** 2
+    return (f"Whether the best point without an alarm, {name}, falls short of {100 * goal:.0f} % cannot be told at "
+            f"this size: telling it apart would take about {times:.0f}× the seeds × prompts (its CI's upper side, "
+            f"{100 * (r['frac_bon_hi'] - r['frac_bon']):.0f} points, narrowing as 1/√n below the "
+            f"{100 * (goal - r['frac_bon']):.0f}-point gap). ")
 
 
 def progress_line(level3: dict) -> str:

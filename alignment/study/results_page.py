@@ -136,7 +136,7 @@ def _assets_section(r: dict) -> list[str]:
 
 
 def _selection_lines(sel: dict | None) -> list[str]:
-    """How the fine-tuned judge's recipe was chosen (`python -m alignment.run.judge_select`), if measured."""
+    """How the fine-tuned judge's recipe was chosen (`python -m alignment judge-select`), if measured."""
     if not sel or "judge" not in sel:
         return []
     def recipe(r):
@@ -146,7 +146,7 @@ def _selection_lines(sel: dict | None) -> list[str]:
     lo, hi = j["test_accuracy_ci"]
     return [f"The fine-tuned judge's recipe was chosen on a validation split of its own training rows "
             f"({sel['n_validation']} of {sel['n_fit'] + sel['n_validation']}, by a fixed hash; "
-            f"`python -m alignment.run.judge_select`): validation accuracy {tried}; chosen: "
+            f"`python -m alignment judge-select`): validation accuracy {tried}; chosen: "
             f"{recipe(sel['candidates'][sel['chosen']]['recipe'])}. Trained so on all {j['n_train']} rows, its accuracy "
             f"on the {j['n_test']} test snippets (not used by this choice) is {j['test_accuracy']:.3f} "
             f"(95 % Wilson CI {lo:.3f}..{hi:.3f}).", ""]
@@ -167,7 +167,7 @@ def _independence_section(r: dict) -> list[str]:
     gap = ind["error_phi_gaps"].get("judge - judge_ft")
     recipe = ft["recipe"] if ft else {}
     return ["## How independent the judges are of the reward", "",
-            "`python -m alignment.run.judge_check runs/default/eval`: the reward, the linear-head judge (`eval.judge=offline`: "
+            "`python -m alignment judge-check runs/default/eval`: the reward, the linear-head judge (`eval.judge=offline`: "
             "a logistic head on frozen all-mpnet-base-v2) and the fine-tuned judge (`eval.judge=offline-ft`, the default: "
             f"all-mpnet-base-v2 with its top {recipe.get('layers', '?')} layers fine-tuned, built in "
             f"{_minutes(ft['build_s']) if ft else '?'}) on the held-out labelled snippets (accuracy, agreement and "
