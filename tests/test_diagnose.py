@@ -67,3 +67,15 @@ def test_training_story_of_an_on_policy_log_says_whether_its_reward_still_rose()
     assert (training_story(online)["draws_reward_first"], training_story(online)["draws_reward_last"]) == (0.5, 0.9)
     assert training_story(rloo[:1])["draws_reward_first"] is None  # one step: no trend
     assert (training_story(rloo[:3])["draws_reward_first"], training_story(rloo[:3])["draws_reward_last"]) == (0.0, 0.4)
+    assert s["draws_kl_reached_at"] is None  # no KL in the log
+
+
+def test_training_story_says_when_an_rl_policy_spent_its_kl():
+    # KL per step 0, 3, 3, 3, 2, 2, 2, 2: last quarter (steps 7-8) 2.0, first (1-2) 1.5; running 3-step means
+    # 0, 1.5, 2.0, ... : step 3's 2.0 is the first at or above 90 % of 2.0
+    kl = [0.0, 3.0, 3.0, 3.0, 2.0, 2.0, 2.0, 2.0]
+    s = training_story([{"step": i, "objective/scores": 0.1, "objective/kl": x} for i, x in enumerate(kl, 1)])
+    assert (s["draws_kl_first"], s["draws_kl_last"], s["draws_kl_reached_at"]) == pytest.approx((1.5, 2.0, 3))
+    rising = training_story([{"step": i, "objective/kl": 0.5 * i} for i in range(1, 9)])  # 0.5 .. 4: last quarter 3.75
+    assert rising["draws_kl_reached_at"] == 8  # running means 3.0, 3.5 at steps 7, 8: only step 8's reaches 3.375
+    assert training_story([{"step": 1, "objective/kl": 1.0}])["draws_kl_first"] is None  # one step: no trend

@@ -415,6 +415,27 @@ def test_goal_line_says_whether_a_method_closes_the_gap():
         assert "sentiment words (over its β): `dpo` 10 %, `rloo` 30 %" in line
 
 
+def test_kl_lines_say_where_each_point_spent_its_kl_and_when():
+    from alignment.study.level3_report import kl_lines
+
+    def diag(label, training, kl=2.0):
+        return {"label": label, "beta": 0.3, "kl": kl, "training": training,
+                "sentiment": {"share_of_kl": 0.5, "share_of_tokens": 0.1},
+                "by_position": [{"from": 0, "kl": 0.5}, {"from": 8, "kl": 1.5}]}
+    rl = {"steps": 48, "draws_reward_first": 0.2, "draws_reward_last": 1.5, "draws_kl_first": 0.3,
+          "draws_kl_last": 3.3, "draws_kl_reached_at": 9}
+    offline = {"logps_chosen_first": -10.0, "logps_chosen_last": -11.0, "logps_rejected_first": -12.0,
+               "logps_rejected_last": -14.0, "held_out_from": 4, "held_out_to": 16, "held_out_accuracy": 0.6,
+               "train_accuracy": 0.7}
+    lines = kl_lines({"diagnosis": [diag("rloo", rl), diag("dpo", offline), diag("distill", {}, kl=0.0)]})
+    assert lines[0] == ("`rloo` β=0.3: KL 2.00 nats per completion, 50% of it on sentiment words (10% of the tokens), "
+                        "25% in the first 8 tokens; its own draws' reward while training 0.20 (first quarter of the "
+                        "steps) → 1.50 (last quarter), their KL 0.30 → 3.30, 90 % of it reached by step 9 of 48.")
+    assert lines[1].endswith("held-out pairs from step 4 to 16: chosen log-prob -10.0 → -11.0, rejected -12.0 → -14.0, "
+                             "accuracy 0.60 (train 0.70).")
+    assert lines[2] == "`distill` β=0.3: KL ≈ 0."
+
+
 def test_goal_line_says_what_size_would_tell_a_shortfall():
     from alignment.study.level3_report import size_line
 

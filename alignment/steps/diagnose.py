@@ -80,12 +80,28 @@ def draws_reward(log: list[dict]) -> tuple[float | None, float | None]:
     return sum(xs[:k]) / k, sum(xs[-k:]) / k
 
 
+def draws_kl(log: list[dict]) -> dict:
+    """An RL training log's KL to the reference on its own draws (`objective/kl`, nats per completion): the
+    mean over its first and last quarter of steps, and the first step whose 3-step running mean reaches 90 %
+    of the last quarter's (early = the KL was spent before the reward was learnt). None for logs without it
+    or under two steps."""
+    xs = [r["objective/kl"] for r in log if r.get("objective/kl") is not None]
+    out = dict.fromkeys(("draws_kl_first", "draws_kl_last", "draws_kl_reached_at"))
+    if len(xs) < 2:
+        return out
+    k = max(1, len(xs) // 4)
+    first, last = sum(xs[:k]) / k, sum(xs[-k:]) / k
+    running = [sum(xs[max(0, i - 2): i + 1]) / len(xs[max(0, i - 2): i + 1]) for i in range(len(xs))]
+    reached = next((i + 1 for i, x in enumerate(running) if x >= 0.9 * last), None) if last > 0 else None
+    return {"draws_kl_first": first, "draws_kl_last": last, "draws_kl_reached_at": reached}
+
+
 def training_story(log: list[dict]) -> dict:
     """From a training log: the held-out pairs' chosen and rejected log-probs (the same pairs each time)
     at their first and last scoring (both falling is the known failure: probability mass leaves the chosen
     completions too), `held_out_from`/`held_out_to` the steps they were scored at, the last train and
     held-out implicit-reward accuracies, and an on-policy method's draws' reward early and late
-    (`draws_reward`). Missing keys (on-policy methods, no held-out pairs; offline methods) give None."""
+    (`draws_reward`) and an RL method's KL on them (`draws_kl`). Missing keys (on-policy methods, no held-out pairs; offline methods) give None."""
     def at(rec, key):
         return rec.get(key) if rec else None
 
@@ -96,4 +112,5 @@ def training_story(log: list[dict]) -> dict:
             "logps_rejected_first": at(first, "eval_logps/rejected"), "logps_rejected_last": at(held, "eval_logps/rejected"),
             "held_out_from": at(first, "step"), "held_out_to": at(held, "step"),
             "train_accuracy": at(last, "rewards/accuracies"), "held_out_accuracy": at(held, "eval_rewards/accuracies"),
-            "steps": last["step"] if last else 0, **dict(zip(("draws_reward_first", "draws_reward_last"), draws_reward(log)))}
+            "steps": last["step"] if last else 0, **dict(zip(("draws_reward_first", "draws_reward_last"), draws_reward(log))),
+            **draws_kl(log)}

@@ -44,6 +44,9 @@ def kl_lines(level3: dict) -> list[str]:
         if t.get("draws_reward_first") is not None:
             story += (f"; its own draws' reward while training {t['draws_reward_first']:.2f} (first quarter of the "
                       f"steps) → {t['draws_reward_last']:.2f} (last quarter)")
+        if t.get("draws_kl_reached_at") is not None:
+            story += (f", their KL {t['draws_kl_first']:.2f} → {t['draws_kl_last']:.2f}, 90 % of it reached by step "
+                      f"{t['draws_kl_reached_at']} of {t['steps']}")
         lines.append(f"`{d['label']}` β={d['beta']:g}: KL {d['kl']:.2f} nats per completion, {share} of it on sentiment "
                      f"words ({tokens} of the tokens), {early / d['kl']:.0%} in the first 8 tokens"
                      f"{story}." if d["kl"] else f"`{d['label']}` β={d['beta']:g}: KL ≈ 0.")
