@@ -1,7 +1,7 @@
 """The shared benchmark harness: sizes, result rows, interleaved timing, machine info, results file.
 
 Nothing here imports transformers or the models; sections (`bench_*.py`) do the measuring.
-Every Markdown table goes through `alignment.study.report.markdown_table`.
+Every Markdown table goes through `alignment.study.markdown.markdown_table`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Callable
 
 from alignment.base.io import atomic_open
 from alignment.base.machine import hardware
-from alignment.study.report import markdown_table
+from alignment.study.markdown import markdown_table
 
 # set by run.main() before transformers is imported: never reach a hub, no progress bars
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",

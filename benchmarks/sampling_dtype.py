@@ -28,7 +28,7 @@ from alignment.base.machine import hardware  # noqa: E402
 from alignment.study.metrics import metrics_of  # noqa: E402
 from alignment.run.pipeline import Pipeline  # noqa: E402
 from alignment.run.rundir import Policy  # noqa: E402
-from alignment.study.report import markdown_table  # noqa: E402
+from alignment.study.markdown import markdown_table  # noqa: E402
 from alignment.study.stats import paired_prompt_bootstrap  # noqa: E402
 
 FIELDS = (("reward", "eval/reward_mean"), ("judge", "eval/judge_mean"), ("on_topic", "eval/on_topic"))

@@ -150,23 +150,26 @@ def test_report_says_each_points_share_or_why_not():
     assert "64 samples per prompt, up to KL 2.25 (as far as the samples' rewards reach below its cap 2.50)" in lines[0]
     at_cap = gain_fraction_lines({**sweep, "optimum": {**sweep["optimum"], "kl_cap": 2.25}})[0]
     assert "up to KL 2.25 (beyond it the weights would rest on fewer than 8 samples per prompt)" in at_cap
-    assert lines[1] == ("Share of the reward gain over the start reached at the point's own KL (curves read linearly in "
-                        "√KL between their points; 95 % CI over seeds × "
-                        "prompts): `rkl` β=1 at KL 1.00: 60 % (60..60 %) of best-of-N's, 30 % (30..30 %) of the "
-                        "optimum's; `rkl` β=0.1 at KL 5.00: beyond best-of-N's largest KL (4.00), beyond the "
-                        "optimum's largest KL (2.25).")
-    assert "β=1 at KL 1.00: no gain of best-of-N at this KL, 20 % (20..20 %) of the optimum's" in lines[2]
+    assert lines[1] == ("Each point's gain over the start as a share of best-of-N's and of the optimum's at the point's "
+                        "own KL (curves read linearly in √KL between their points; 95 % CI over seeds × prompts; "
+                        "\"beyond (x)\": the point lies past the curve's largest KL, x):")
+    table = lines[3].splitlines()
+    assert table[0] == ("| point | KL | reward, of best-of-N's | reward, of the optimum's | judge, of best-of-N's | "
+                        "judge, of the optimum's |")
+    assert table[2] == "| `rkl` β=1 | 1.00 | 60 % (60..60 %) | 30 % (30..30 %) | no gain at this KL | 20 % (20..20 %) |"
+    assert table[3] == "| `rkl` β=0.1 | 5.00 | beyond (4.00) | beyond (2.25) | beyond (4.00) | beyond (2.25) |"
     alone = gain_fraction_lines({"points": pts, "gain_fractions": F.gain_fractions(curves, bon, [])})
-    assert alone[0].endswith("`rkl` β=0.1 at KL 5.00: beyond best-of-N's largest KL (4.00).")  # no optimum: not named
+    assert alone[0].startswith("Each point's gain over the start as a share of best-of-N's at the point's own KL")
+    assert alone[2].splitlines()[3] == "| `rkl` β=0.1 | 5.00 | beyond (4.00) | beyond (4.00) |"  # no optimum: no column
     assert "(curves read linearly in KL between" in alone[0]  # a result that does not say √KL was read in KL
     # a sweep.json without the optimum (older results) says nothing about it
     assert gain_fraction_lines({"points": pts[:3]}) == []
     base = {"points": pts, "runs": [{}], "wall_minutes": 1.0, "matched_kl": [], "comparisons": [],
             "grid": {"losses": ["rkl"], "betas": [1.0, 0.1], "seeds": [0], "alphas": [0.5]}}
     text = "\n".join(sweep_lines({**base, **sweep}))
-    assert "0 of 1 pairs compared" in text and "Share of the reward gain" in text  # the bound is not a pair
+    assert "0 of 1 pairs compared" in text and "| `rkl` β=1 | 1.00 | 60 %" in text  # the bound is not a pair
     old = "\n".join(sweep_lines({**base, "points": [p for p in pts if p["label"] != O.OPTIMUM]}))
-    assert "0 of 1 pairs compared" in old and "KL-optimal" not in old and "Share of" not in old
+    assert "0 of 1 pairs compared" in old and "KL-optimal" not in old and "share of" not in old
     brief = results_page._frontier_brief({**sweep, "comparisons": []})
     assert "(1 divergence curves along β" in brief
 

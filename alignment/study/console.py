@@ -6,7 +6,8 @@ import json
 
 from .alarm_report import alarm_lines
 from .frontier_report import sweep_lines, verdict_lines
-from .report import (ci_table, examples_rows, frontier_rows, gain_line, lr_sentence, markdown_table, results_rows,
+from .markdown import markdown_table
+from .report import (ci_table, examples_rows, frontier_rows, gain_line, lr_sentence, results_rows,
                      results_table, trained_rows)
 from .level3_report import level3_lines
 

@@ -5,6 +5,7 @@ comparison. Pure functions over the result dicts; the decisions and numbers behi
 `alignment.study.stats`."""
 from __future__ import annotations
 
+from .markdown import markdown_table
 from .stats import NOT_DISTINGUISHABLE, detectable_difference, verdict
 
 SHOW_MAX = 8  # distinguishable comparisons listed per metric in the conclusions (all are in sweep.json)
@@ -66,24 +67,11 @@ def comparison_line(comparisons: list[dict], field: str, source: str, x: str = "
             + (f": {shown}{more}" if sig else "; none is distinguishable at this size") + ". " + detectable_text(rows))
 
 
-def _fraction_text(r: dict, ref: str, name: str) -> str:
-    """One point's share of `name`'s gain (`frontier.gain_fractions` row, `ref` in bon / opt), or why none."""
-    f, why = r[f"frac_{ref}"], r.get(f"why_{ref}")
-    if f is None:
-        return {"beyond": f"beyond {name}'s largest KL ({r[f'kl_max_{ref}'] or 0:.2f})",
-                "below": f"below {name}'s smallest KL"}.get(why, f"no gain of {name} at this KL")
-    valid, lo, hi = r[f"valid_{ref}"], r[f"frac_{ref}_lo"], r[f"frac_{ref}_hi"]
-    if lo is None:
-        return f"{100 * f:.0f} % (no bootstrap draw reaches it) of {name}'s"
-    draws = "" if valid >= 0.99 else f", over {valid:.0%} of draws"
-    return f"{100 * f:.0f} % ({100 * lo:.0f}..{100 * hi:.0f} %{draws}) of {name}'s"
-
-
 def gain_fraction_lines(sweep: dict) -> list[str]:
-    """The KL-optimal curve in one sentence, and per field one line: each trained point's share of
-    best-of-N's and of the optimum's gain over the start at the point's own KL (`sweep["gain_fractions"]`;
-    nothing for a sweep without them), read between the reference curve's points as the result says it was
-    (`read_along`: √KL; a result without it, linearly in KL)."""
+    """The KL-optimal curve in one sentence, and a table with a row per trained point and a column per field
+    and reference curve: the point's share of best-of-N's and of the optimum's gain over the start at the
+    point's own KL (`sweep["gain_fractions"]`; nothing for a sweep without them), read between the reference
+    curve's points as the result says it was (`read_along`: √KL; a result without it, linearly in KL)."""
     lines, opt = [], sweep.get("optimum")
     if opt:
         top = max((p["kl"] for p in sweep["points"] if p["label"] == opt["label"]), default=opt["kl_cap"])
@@ -94,14 +82,33 @@ def gain_fraction_lines(sweep: dict) -> list[str]:
                      f"reweights the start policy's {opt['n_samples']} samples per prompt, up to KL {top:.2f} ({why}); "
                      "a bound, drawn and tabulated, not compared.")
     rows = sweep.get("gain_fractions") or []
+    if not rows:
+        return lines
     axis = "√KL" if sweep.get("read_along") == "sqrt_kl" else "KL"  # results computed before √KL: linear in KL
-    for field in dict.fromkeys(r["field"] for r in rows):
-        parts = [f"`{r['label']}` β={r['beta']:g} at KL {r['kl']:.2f}: {_fraction_text(r, 'bon', 'best-of-N')}"
-                 + (f", {_fraction_text(r, 'opt', 'the optimum')}" if opt else "") for r in rows if r["field"] == field]
-        lines.append(f"Share of the {field} gain over the start reached at the point's own KL (curves read linearly "
-                     f"in {axis} between their points; 95 % CI over seeds × "
-                     "prompts): " + "; ".join(parts) + ".")
+    refs = [("bon", "best-of-N")] + ([("opt", "the optimum")] if opt else [])
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        row = table.setdefault((r["label"], r["beta"]), {"point": f"`{r['label']}` β={r['beta']:g}",
+                                                        "KL": f"{r['kl']:.2f}"})
+        row.update({f"{r['field']}, of {name}'s": _fraction_cell(r, ref) for ref, name in refs})
+    lines += ["Each point's gain over the start as a share of best-of-N's" + (" and of the optimum's" if opt else "")
+              + f" at the point's own KL (curves read linearly in {axis} between their points; 95 % CI over seeds × "
+              "prompts; \"beyond (x)\": the point lies past the curve's largest KL, x):", "",
+              markdown_table(list(table.values())), ""]
     return lines
+
+
+def _fraction_cell(r: dict, ref: str) -> str:
+    """One point's share of a reference curve's gain (`frontier.gain_fractions` row, `ref` in bon / opt), or why none."""
+    f, why = r[f"frac_{ref}"], r.get(f"why_{ref}")
+    if f is None:
+        return {"beyond": f"beyond ({r[f'kl_max_{ref}'] or 0:.2f})", "below": "below its smallest KL"}.get(
+            why, "no gain at this KL")
+    valid, lo, hi = r[f"valid_{ref}"], r[f"frac_{ref}_lo"], r[f"frac_{ref}_hi"]
+    if lo is None:
+        return f"{100 * f:.0f} % (no bootstrap draw reaches it)"
+    draws = "" if valid >= 0.99 else f"; {valid:.0%} of draws"
+    return f"{100 * f:.0f} % ({100 * lo:.0f}..{100 * hi:.0f} %{draws})"
 
 
 def detectable_text(rows: list[dict]) -> str:

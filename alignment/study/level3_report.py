@@ -3,7 +3,7 @@ share of best-of-N's gain at the same KL), what it cost (training seconds, token
 from __future__ import annotations
 
 from .frontier_report import comparison_line, gain_fraction_lines
-from .report import markdown_table
+from .markdown import markdown_table
 
 
 def cost_rows(level3: dict) -> list[dict]:

@@ -13,7 +13,8 @@ from typing import Iterator
 
 from ..base.io import atomic_open
 from ..presets import axes_flags
-from .report import GAIN_COLS, markdown_table, results_rows, trained_rows
+from .markdown import markdown_table
+from .report import GAIN_COLS, results_rows, trained_rows
 
 
 def quiet_notebook() -> None:

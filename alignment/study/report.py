@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ..base.machine import hardware
 from .frontier_report import sweep_lines
+from .markdown import markdown_table
 from .stats import ALPHA, detectable_difference, distinguishable, verdict
 
 # (metric key in an evaluation row, short column name)
@@ -28,23 +29,6 @@ STILL_KL = 0.1  # nats: below this a policy has barely left the reference (smoke
 
 
 # ---- tables -----------------------------------------------------------------------------------
-def _md_cell(x) -> str:
-    if x is None:  # not defined for this row (e.g. KL of the human row)
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.3f}"
-    return str(x).replace("|", "\\|").replace("\n", "⏎")
-
-
-def markdown_table(rows: list[dict], cols: list[str] | None = None) -> str:
-    """The one Markdown table writer: columns in first-seen order unless given; floats as %.3f."""
-    cols = cols or list(dict.fromkeys(k for r in rows for k in r))
-    head = "| " + " | ".join(cols) + " |"
-    sep = "|" + "---|" * len(cols)
-    body = ["| " + " | ".join(_md_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
-
-
 def results_rows(rows: list[dict], extra: tuple[str, ...] = ()) -> list[dict]:
     """Evaluation rows (as from `Pipeline.evaluate` / `experiments.level1`) -> short column names,
     with the gain vs SFT and its CI where present."""

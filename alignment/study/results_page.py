@@ -7,6 +7,7 @@ from __future__ import annotations
 from . import alarm_report, console, frontier_report, report
 from . import frontier as F
 from .level3_report import GOAL, goal_points, level3_lines
+from .markdown import markdown_table
 from .stats import NOT_DISTINGUISHABLE, detectable_difference
 
 DOC = "RESULTS.md"
@@ -73,7 +74,7 @@ def _level1_section(r: dict) -> list[str]:
             *[f"- {report.gain_line(row)}" for row in report.trained_rows(level1["rows"])], "",
             *_alarm(level1), report.conclusions(level1), "",
             "Side by side, sample 0 of each model on the first held-out prompts (reward in brackets):", "",
-            report.markdown_table(report.examples_rows(level1["examples"])), "",
+            markdown_table(report.examples_rows(level1["examples"])), "",
             "![Training curves](results/level1_training.png)", "",
             *cost_lines(r.get("level1.timings", []))]
 
@@ -89,7 +90,7 @@ def _lr_section(r: dict) -> list[str]:
             report.ci_table([lr["start"], *lr["rows"]]), "",
             *[f"- {report.gain_line(row)}" for row in lr["rows"]], "",
             report.lr_sentence(lr["rows"], lr["start"]), "", *_alarm(lr),
-            report.markdown_table(report.examples_rows(lr["examples"])), ""]
+            markdown_table(report.examples_rows(lr["examples"])), ""]
 
 
 def _frontier_section(r: dict, name: str, title: str, what: str, lines) -> list[str]:
@@ -102,7 +103,7 @@ def _frontier_section(r: dict, name: str, title: str, what: str, lines) -> list[
     prefix = F.plot_prefix(name)
     return head + [f"![Reward against KL](results/{prefix}_reward_vs_kl.png)", "",
                    f"![Judge against KL](results/{prefix}_judge_vs_kl.png)", "",
-                   report.markdown_table(report.frontier_rows(result["points"])), "", *_alarm(result),
+                   markdown_table(report.frontier_rows(result["points"])), "", *_alarm(result),
                    *lines(result), "", *cost_lines(r.get(f"{name}.timings", [])), ""]
 
 
@@ -124,12 +125,12 @@ def _assets_section(r: dict) -> list[str]:
                 f"SFT of `{OFFLINE_BASE if sft['base'] == 'offline' else sft['base']}` on {sft['n_train_reviews']} training reviews ({sft['n_train_tokens']} tokens, "
                 f"{sft['steps']} steps, {_minutes(sft['seconds'])} on {sft['threads']} CPU threads): perplexity on "
                 f"{sft['n_eval_reviews']} held-out reviews {sft['ppl_before']:.1f} → {sft['ppl_after']:.1f}.", "",
-                report.markdown_table([{"prompt": a["prompt"], "before": b["completion"], "after": a["completion"]}
+                markdown_table([{"prompt": a["prompt"], "before": b["completion"], "after": a["completion"]}
                                        for a, b in zip(sft["samples_after"], sft["samples_before"])]), ""]
     if scorers:
         named = {**scorers, **({"judge_ft": r["judge_ft"]} if r.get("judge_ft") else {})}
         out += ["## The scorers", "", "Held-out accuracy on labelled snippets never used to fit them:", "",
-                report.markdown_table([{"scorer": SCORER_NAMES.get(k, k), "what": m["sources"], "train": m["n_train"],
+                markdown_table([{"scorer": SCORER_NAMES.get(k, k), "what": m["sources"], "train": m["n_train"],
                                         "test": m["n_test"], "accuracy": m["test_accuracy"],
                                         "VADER": m.get("vader_test_accuracy")} for k, m in named.items()]), ""]
     return out + _selection_lines(r.get("judge_selection"))
@@ -174,7 +175,7 @@ def _independence_section(r: dict) -> list[str]:
             "the correlation of their errors with the reward's), on the samples of Level 1 and of the learning-rate check "
             "(mean score), "
             "and on the snippets with their words shuffled.", "",
-            report.markdown_table(rows), "",
+            markdown_table(rows), "",
             *([f"Error phi, linear-head judge minus fine-tuned judge: {gap['diff']:+.3f} (95% CI {gap['lo']:+.3f} .. "
                f"{gap['hi']:+.3f}, paired bootstrap over snippets). The tables above use the fine-tuned judge.", ""]
               if gap else [])]
@@ -317,7 +318,7 @@ def headline(r: dict) -> str:
     lr = [{**a, "model": f"{a['model'].split('-')[0]} at lr {a['lr']:g} (learning-rate check)"}
           for a in r.get("lr_lesson", {}).get("alarm", [])]
     alarm = _alarm_brief(level1.get("alarm", []) + lr)
-    return "\n".join([MARKS[0], _short_setup(cfg, level1), "", report.markdown_table(rows, cols), "",
+    return "\n".join([MARKS[0], _short_setup(cfg, level1), "", markdown_table(rows, cols), "",
                       *[f"- {_gain_brief(row)}" for row in report.trained_rows(level1["rows"])],
                       *[f"- {_between_brief(d, len(level1['between_losses']))}" for d in level1.get("between_losses", [])],
                       f"- Reward-hacking alarm: {alarm}.",
