@@ -428,12 +428,16 @@ def test_kl_lines_say_where_each_point_spent_its_kl_and_when():
                "logps_rejected_last": -14.0, "held_out_from": 4, "held_out_to": 16, "held_out_accuracy": 0.6,
                "train_accuracy": 0.7}
     lines = kl_lines({"diagnosis": [diag("rloo", rl), diag("dpo", offline), diag("distill", {}, kl=0.0)]})
-    assert lines[0] == ("`rloo` β=0.3: KL 2.00 nats per completion, 50% of it on sentiment words (10% of the tokens), "
-                        "25% in the first 8 tokens; its own draws' reward while training 0.20 (first quarter of the "
-                        "steps) → 1.50 (last quarter), their KL 0.30 → 3.30, 90 % of it reached by step 9 of 48.")
-    assert lines[1].endswith("held-out pairs from step 4 to 16: chosen log-prob -10.0 → -11.0, rejected -12.0 → -14.0, "
-                             "accuracy 0.60 (train 0.70).")
-    assert lines[2] == "`distill` β=0.3: KL ≈ 0."
+    assert lines[0].startswith("Where each point's KL goes") and lines[1] == lines[3] == ""
+    table = lines[2].splitlines()
+    assert table[0] == ("| point | KL (nats) | on sentiment words | in the first 8 tokens | own draws' reward, first → last "
+                        "quarter | own draws' KL, first → last quarter (90 % by step) | held-out pairs: chosen, rejected "
+                        "log-prob; accuracy |")
+    assert table[2] == "| `rloo` β=0.3 | 2.00 | 50% (10% of tokens) | 25% | 0.20 → 1.50 | 0.30 → 3.30 (9 of 48) | – |"
+    assert table[3] == ("| `dpo` β=0.3 | 2.00 | 50% (10% of tokens) | 25% | – | – | steps 4→16: -10.0 → -11.0, "
+                        "-12.0 → -14.0; 0.60 (train 0.70) |")
+    assert table[4] == "| `distill` β=0.3 | 0.00 | – | – | – | – | – |"  # no KL: no shares
+    assert kl_lines({}) == []
 
 
 def test_goal_line_says_what_size_would_tell_a_shortfall():

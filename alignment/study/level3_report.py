@@ -26,31 +26,34 @@ def cost_rows(level3: dict) -> list[dict]:
 
 
 def kl_lines(level3: dict) -> list[str]:
-    """Where each point's KL goes (`diagnose.kl_split`, first seed): share on sentiment words and in the first
-    8 completion tokens, and the training log's chosen/rejected log-probs."""
-    lines = []
+    """Where each point's KL goes (`diagnose.kl_split`, first seed) and what its training log says, as a table:
+    the share on sentiment words and in the first 8 completion tokens; offline methods' held-out chosen and
+    rejected log-probs and accuracy; on-policy methods' own draws' reward and KL, early and late."""
+    rows = []
     for d in level3.get("diagnosis", []):
-        s, pos = d["sentiment"], d["by_position"]
-        early = sum(b["kl"] for b in pos if b["from"] < 8)
-        share = f"{s['share_of_kl']:.0%}" if s["share_of_kl"] is not None else "–"
-        tokens = f"{s['share_of_tokens']:.0%}" if s["share_of_tokens"] is not None else "–"
-        t = d["training"]
-        story = ""
+        s, pos, t = d["sentiment"], d["by_position"], d["training"]
+        pct = lambda x: None if x is None else f"{x:.0%}"  # noqa: E731
+        row = {"point": f"`{d['label']}` β={d['beta']:g}", "KL (nats)": f"{d['kl']:.2f}"}
+        if d["kl"]:
+            row.update({"on sentiment words": f"{pct(s['share_of_kl']) or '–'} ({pct(s['share_of_tokens']) or '–'} of tokens)",
+                        "in the first 8 tokens": pct(sum(b["kl"] for b in pos if b["from"] < 8) / d["kl"])})
         if t.get("logps_chosen_first") is not None:
-            story = (f"; held-out pairs from step {t['held_out_from']} to {t['held_out_to']}: chosen log-prob "
-                     f"{t['logps_chosen_first']:.1f} → {t['logps_chosen_last']:.1f}, rejected "
-                     f"{t['logps_rejected_first']:.1f} → {t['logps_rejected_last']:.1f}, accuracy "
-                     f"{t['held_out_accuracy']:.2f} (train {t['train_accuracy']:.2f})")
+            row["held-out pairs: chosen, rejected log-prob; accuracy"] = (
+                f"steps {t['held_out_from']}→{t['held_out_to']}: {t['logps_chosen_first']:.1f} → {t['logps_chosen_last']:.1f}, "
+                f"{t['logps_rejected_first']:.1f} → {t['logps_rejected_last']:.1f}; {t['held_out_accuracy']:.2f} "
+                f"(train {t['train_accuracy']:.2f})")
         if t.get("draws_reward_first") is not None:
-            story += (f"; its own draws' reward while training {t['draws_reward_first']:.2f} (first quarter of the "
-                      f"steps) → {t['draws_reward_last']:.2f} (last quarter)")
+            row["own draws' reward, first → last quarter"] = f"{t['draws_reward_first']:.2f} → {t['draws_reward_last']:.2f}"
         if t.get("draws_kl_reached_at") is not None:
-            story += (f", their KL {t['draws_kl_first']:.2f} → {t['draws_kl_last']:.2f}, 90 % of it reached by step "
-                      f"{t['draws_kl_reached_at']} of {t['steps']}")
-        lines.append(f"`{d['label']}` β={d['beta']:g}: KL {d['kl']:.2f} nats per completion, {share} of it on sentiment "
-                     f"words ({tokens} of the tokens), {early / d['kl']:.0%} in the first 8 tokens"
-                     f"{story}." if d["kl"] else f"`{d['label']}` β={d['beta']:g}: KL ≈ 0.")
-    return lines
+            row["own draws' KL, first → last quarter (90 % by step)"] = (
+                f"{t['draws_kl_first']:.2f} → {t['draws_kl_last']:.2f} ({t['draws_kl_reached_at']} of {t['steps']})")
+        rows.append(row)
+    if not rows:
+        return []
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return ["Where each point's KL goes (its first seed's policy on its own evaluation samples; KL ≈ 0 leaves the "
+            "shares undefined) and what its training log says (held-out pairs for the offline methods, their own "
+            "draws for the on-policy ones):", "", markdown_table([{c: r.get(c) for c in cols} for r in rows]), ""]
 
 
 GOAL = 0.7  # the share of best-of-N's reward gain at matched KL that would count as closing the gap
@@ -161,16 +164,18 @@ def example_lines(level3: dict) -> list[str]:
 
 
 def level3_lines(level3: dict) -> list[str]:
-    """Level 3's conclusions, generated: its size, each method's cost, the matched-KL verdicts against
-    best-of-N and between methods, and where the KL goes."""
+    """Level 3's conclusions, generated: whether any point closes the gap (first), its size, each point's share
+    of best-of-N's and the optimum's gain, the matched-KL verdicts between methods, where the KL goes, each
+    method's cost and what the points write."""
     g = level3["grid"]
-    lines = [f"**Level 3** ({len(level3['runs'])} runs: methods {', '.join(g['methods'])}; β {g['betas']}; seeds "
-             f"{g['seeds']}; best-of-N N {g['best_of_n']}): each point pools its seeds; curves are compared at matched KL. "
-             "What each policy cost to train (its own sampling and scoring included; the offline methods train on "
-             "their seed's shared start-policy draw, built once):", "", markdown_table(cost_rows(level3)), "",
-             *gain_fraction_lines(level3), goal_line(level3), *filter(None, [progress_line(level3)])]
+    lines = [goal_line(level3),
+             f"**Level 3** ({len(level3['runs'])} runs: methods {', '.join(g['methods'])}; β {g['betas']}; seeds "
+             f"{g['seeds']}; best-of-N N {g['best_of_n']}): each point pools its seeds; curves are compared at matched KL.",
+             *gain_fraction_lines(level3), *filter(None, [progress_line(level3)])]
     if level3.get("non_monotone"):
         lines.append("KL does not rise monotonically along β for " + ", ".join(f"`{c}`" for c in level3["non_monotone"])
                      + ": those curves are shown but not compared at matched KL.")
     lines += [comparison_line(level3["comparisons"], field, "level3.json") for field in ("reward", "judge")]
-    return lines + kl_lines(level3) + [""] + example_lines(level3)
+    cost = ["What each policy cost to train (its own sampling and scoring included; the offline methods train on "
+            "their seed's shared start-policy draw, built once):", "", markdown_table(cost_rows(level3)), ""]
+    return lines + kl_lines(level3) + cost + example_lines(level3)

@@ -94,17 +94,27 @@ def _lr_section(r: dict) -> list[str]:
 
 
 def _frontier_section(r: dict, name: str, title: str, what: str, lines) -> list[str]:
-    """A frontier study's section (`name`: sweep, level3): its two KL plots, its point table, the alarm, its
-    generated lines (`lines(result)`) and what it cost; or how to produce it (`what`: its name in words)."""
+    """A frontier study's section (`name`: sweep, level3): its two KL plots, its generated lines (`lines(result)`:
+    the conclusions first), then every point's table, the alarm and what it cost; or how to produce it (`what`:
+    its name in words)."""
     head, result = [f"## {title}", ""], r.get(name)
     if not result:
         return head + [f"No {what} result is committed: `make {name}`, then "
                        f"`python -m alignment results --{name} runs/{name}` renders it here.", ""]
     prefix = F.plot_prefix(name)
     return head + [f"![Reward against KL](results/{prefix}_reward_vs_kl.png)", "",
-                   f"![Judge against KL](results/{prefix}_judge_vs_kl.png)", "",
+                   f"![Judge against KL](results/{prefix}_judge_vs_kl.png)", "", *_paragraphs(lines(result)),
+                   "Every point (each pools its seeds; 95 % CIs over seeds × prompts):", "",
                    markdown_table(report.frontier_rows(result["points"])), "", *_alarm(result),
-                   *lines(result), "", *cost_lines(r.get(f"{name}.timings", [])), ""]
+                   *cost_lines(r.get(f"{name}.timings", [])), ""]
+
+
+def _paragraphs(lines: list[str]) -> list[str]:
+    """Generated lines as Markdown paragraphs: a blank line after each, never two in a row."""
+    out: list[str] = []
+    for line in lines:
+        out += [line, ""] if line else ([] if out and out[-1] == "" else [""])
+    return out
 
 
 def _sweep_section(r: dict) -> list[str]:
