@@ -179,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--sweep", metavar="RUN_DIR", help="a run dir after `sweep` (e.g. runs/sweep)")
     rp.add_argument("--level3", metavar="RUN_DIR", help="a run dir after `level3` (e.g. runs/level3)")
     jc = sub.add_parser(JUDGE_CHECK, help="how independent of the reward each judge is, on a Level 1 run's evaluations",
-                        description="Score the held-out labelled snippets, the Level 1 and learning-rate samples of\n"
-                                    "EVAL_DIR and the snippets with their words shuffled with the reward, the linear-head\n"
-                                    "judge and the fine-tuned judge: accuracy, agreement, error correlation. Prints the\n"
+                        description="With the reward, the linear-head judge and the fine-tuned judge, score the held-out\n"
+                                    "labelled snippets, the Level 1 and learning-rate samples of EVAL_DIR and the snippets\n"
+                                    "with their words shuffled: accuracy, agreement, error correlation. Prints the\n"
                                     "table and writes independence.json beside the fine-tuned judge (the asset cache),\n"
                                     f"which `{PROG} results --level1` publishes.", formatter_class=_Formatter)
     jc.add_argument("eval_dir", metavar="EVAL_DIR", help="a run dir's eval/ after `run` and `lr-lesson` (e.g. runs/default/eval)")
@@ -301,6 +301,9 @@ def parse_args(argv: list[str] | None):
             ap.exit(2, f"error: {_foreign_flag(args.stage, token, argv, ap) or unknown_flag(args.stage, token, ap)}\n")
         if "=" in token:
             ap.exit(2, f"error: {token} looks like a config override: {PROG} {args.stage} --set {token}\n")
+        sub = _subparsers(ap)[args.stage]
+        if any(not a.option_strings for a in sub._actions):  # a command with its own arguments (judge-check EVAL_DIR)
+            ap.exit(2, f"error: unexpected argument {token!r} for {args.stage}\n{sub.format_usage()}")
         ap.exit(2, f"error: unexpected argument {token!r} for {args.stage}: it takes flags only\n"
-                   f"flags of {args.stage}: {', '.join(_long_flags(_subparsers(ap)[args.stage]))}\n")
+                   f"flags of {args.stage}: {', '.join(_long_flags(sub))}\n")
     return args

@@ -114,8 +114,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if args.stage in (JUDGE_CHECK, JUDGE_SELECT):  # commands on the scorers, outside any run's config
-        (judge_check if args.stage == JUDGE_CHECK else judge_select).main(
-            [args.eval_dir] if args.stage == JUDGE_CHECK else [args.out])
+        try:
+            (judge_check if args.stage == JUDGE_CHECK else judge_select).main(
+                [args.eval_dir] if args.stage == JUDGE_CHECK else [args.out])
+        except (AssetError, RewardError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("\ninterrupted: rerun the same command (scorers it already built are kept)", file=sys.stderr)
+            return 130
         return 0
     try:
         cfg = load_config(args.config, args.overrides, args.preset)

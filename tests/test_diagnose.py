@@ -79,3 +79,7 @@ def test_training_story_says_when_an_rl_policy_spent_its_kl():
     rising = training_story([{"step": i, "objective/kl": 0.5 * i} for i in range(1, 9)])  # 0.5 .. 4: last quarter 3.75
     assert rising["draws_kl_reached_at"] == 8  # running means 3.0, 3.5 at steps 7, 8: only step 8's reaches 3.375
     assert training_story([{"step": 1, "objective/kl": 1.0}])["draws_kl_first"] is None  # one step: no trend
+    resumed = [{"step": i + 10, "objective/kl": x} for i, x in enumerate(kl, 1)]  # a log that starts at step 11
+    assert training_story(resumed)["draws_kl_reached_at"] == 13  # the record's own step, not its position
+    falling = training_story([{"step": i, "objective/kl": -0.1} for i in range(1, 5)])  # estimator noise below 0
+    assert falling["draws_kl_last"] == pytest.approx(-0.1) and falling["draws_kl_reached_at"] is None

@@ -3,6 +3,7 @@ reward, through the pipeline; RLOO's loss on hand-written tensors; and the confi
 import math
 import os
 from pathlib import Path
+from statistics import NormalDist
 
 import pytest
 import torch
@@ -430,13 +431,19 @@ def test_kl_lines_say_where_each_point_spent_its_kl_and_when():
     lines = kl_lines({"diagnosis": [diag("rloo", rl), diag("dpo", offline), diag("distill", {}, kl=0.0)]})
     assert lines[0].startswith("Where each point's KL goes") and lines[1] == lines[3] == ""
     table = lines[2].splitlines()
-    assert table[0] == ("| point | KL (nats) | on sentiment words | in the first 8 tokens | own draws' reward, first → last "
-                        "quarter | own draws' KL, first → last quarter (90 % by step) | held-out pairs: chosen, rejected "
-                        "log-prob; accuracy |")
-    assert table[2] == "| `rloo` β=0.3 | 2.00 | 50% (10% of tokens) | 25% | 0.20 → 1.50 | 0.30 → 3.30 (9 of 48) | – |"
-    assert table[3] == ("| `dpo` β=0.3 | 2.00 | 50% (10% of tokens) | 25% | – | – | steps 4→16: -10.0 → -11.0, "
-                        "-12.0 → -14.0; 0.60 (train 0.70) |")
+    assert table[0] == ("| point | KL, first seed (nats) | on sentiment words | in the first 8 tokens | held-out pairs: "
+                        "chosen, rejected log-prob; accuracy | own draws' reward, first → last quarter | own draws' KL, "
+                        "first → last quarter (90 % by step) |")
+    assert table[2] == "| `rloo` β=0.3 | 2.00 | 50% (10% of tokens) | 25% | – | 0.20 → 1.50 | 0.30 → 3.30 (9 of 48) |"
+    assert table[3] == ("| `dpo` β=0.3 | 2.00 | 50% (10% of tokens) | 25% | steps 4→16: -10.0 → -11.0, -12.0 → -14.0; "
+                        "0.60 (train 0.70) | – | – |")
     assert table[4] == "| `distill` β=0.3 | 0.00 | – | – | – | – | – |"  # no KL: no shares
+    never = {**rl, "draws_kl_reached_at": None}  # a KL that never reached 90 % of its end level still shows its trend
+    grid = {"grid": {"methods": ["dpo", "rloo"]},
+            "diagnosis": [diag("rloo", never), {**diag("dpo", offline), "beta": 0.1}, {**diag("dpo", offline), "beta": 1.0}]}
+    rows = kl_lines(grid)[2].splitlines()[2:]
+    assert [r.split(" | ")[0] for r in rows] == ["| `dpo` β=1", "| `dpo` β=0.1", "| `rloo` β=0.3"]  # grid order, β falling
+    assert rows[2].endswith("| – | 0.20 → 1.50 | 0.30 → 3.30 (– of 48) |")
     assert kl_lines({}) == []
 
 
@@ -447,16 +454,24 @@ def test_goal_line_says_what_size_would_tell_a_shortfall():
         return {"label": "rloo", "beta": beta, "field": "reward", "kl": 1.0, "frac_bon": f, "frac_bon_lo": lo,
                 "frac_bon_hi": hi}
     alarm = [{"label": "rloo", "beta": b, "flags": []} for b in (0.3, 1.0)]
-    # 60 % with an upper side of 20 points against a 10-point gap: (20 / 10)² = 4× the seeds × prompts
+    # 60 % with an upper side of 20 points: SE 0.2 / 1.96; a 10-point gap detected at 80 % power (2.80 SE, two-sided)
+    # needs the SE to shrink by 0.1 / (2.80 · 0.2 / 1.96), i.e. n to grow by (2.80 · 0.2 / 1.96 / 0.1)² ≈ 8.2
     wide = {"gain_fractions": [frac(0.3, 0.6, 0.45, 0.8), frac(1.0, 0.5, 0.3, 0.65)], "alarm": alarm}
-    assert size_line(wide) == ("Whether the best point without an alarm, `rloo` β=0.3's 60 % (45..80 %), falls short of "
-                               "70 % cannot be told at this size: telling it apart would take about 4× the seeds × prompts "
-                               "(its CI's upper side, 20 points, narrowing as 1/√n below the 10-point gap). ")
+    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)
+    times = (z * 0.2 / NormalDist().inv_cdf(0.975) / 0.1) ** 2
+    assert f"{times:.1f}" == "8.2"
+    assert size_line(wide) == ("Whether the best point below 70 % without an alarm, `rloo` β=0.3's 60 % (45..80 %), falls "
+                               "short of it cannot be told at this size: telling a 10-point gap at 80 % power would take "
+                               "about 8.2× the seeds and 8.2× the prompts (a CI narrows as 1/√n). ")
+    at_goal = {**wide, "gain_fractions": [frac(0.3, 0.6, 0.5, 0.7)]}  # the CI just reaches the goal: still told apart
+    assert "about 2.0× the seeds" in size_line(at_goal)  # (2.80 / 1.96)² ≈ 2.04
     narrow = {**wide, "gain_fractions": [frac(0.3, 0.6, 0.55, 0.66)]}
-    assert size_line(narrow) == ("The best point without an alarm, `rloo` β=0.3's 60 % (55..66 %), falls short at this "
-                                 "size: its 95 % CI lies below 70 %. ")
+    assert size_line(narrow) == ("Of the points below 70 % without an alarm, the best, `rloo` β=0.3's 60 % (55..66 %), "
+                                 "falls short at this size: its 95 % CI lies below 70 %. ")
     hacked = {**wide, "alarm": [{"label": "rloo", "beta": 0.3, "flags": ["repetition"]}, alarm[1]]}
-    assert size_line(hacked).startswith("The best point without an alarm, `rloo` β=1's 50 % (30..65 %), falls short")
+    assert size_line(hacked).startswith("Of the points below 70 % without an alarm, the best, `rloo` β=1's 50 % (30..65 %)")
+    above = {**wide, "gain_fractions": [frac(0.3, 0.75, 0.6, 0.9), frac(1.0, 0.5, 0.3, 0.65)]}  # at the goal: not sized
+    assert "`rloo` β=1's 50 %" in size_line(above)
     assert size_line({**wide, "alarm": []}) == ""  # no quiet point: nothing to size
 
 

@@ -162,6 +162,9 @@ def test_report_says_each_points_share_or_why_not():
     assert alone[0].startswith("Each point's gain over the start as a share of best-of-N's at the point's own KL")
     assert alone[2].splitlines()[3] == "| `rkl` β=0.1 | 5.00 | beyond (4.00) | beyond (4.00) |"  # no optimum: no column
     assert "(curves read linearly in KL between" in alone[0]  # a result that does not say √KL was read in KL
+    part = {"label": "rkl", "beta": 1.0, "field": "reward", "kl": 1.0, "frac_bon": 0.5, "frac_bon_lo": 0.4,
+            "frac_bon_hi": 0.6, "valid_bon": 0.985}  # a CI over 98.5 % of the draws: floored, never "99%"
+    assert "| 50 % (40..60 %; 98% of draws) |" in gain_fraction_lines({"points": pts, "gain_fractions": [part]})[2]
     # a sweep.json without the optimum (older results) says nothing about it
     assert gain_fraction_lines({"points": pts[:3]}) == []
     base = {"points": pts, "runs": [{}], "wall_minutes": 1.0, "matched_kl": [], "comparisons": [],

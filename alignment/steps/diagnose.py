@@ -82,17 +82,17 @@ def draws_reward(log: list[dict]) -> tuple[float | None, float | None]:
 
 def draws_kl(log: list[dict]) -> dict:
     """An RL training log's KL to the reference on its own draws (`objective/kl`, nats per completion): the
-    mean over its first and last quarter of steps, and the first step whose 3-step running mean reaches 90 %
-    of the last quarter's (early = the KL was spent before the reward was learnt). None for logs without it
-    or under two steps."""
-    xs = [r["objective/kl"] for r in log if r.get("objective/kl") is not None]
+    mean over its first and last quarter of logged steps, and the first logged step (its `step`) whose 3-step
+    running mean reaches 90 % of the last quarter's (early = the KL was spent before the reward was learnt;
+    None if none does or the last quarter's is not positive). All None for logs without it or under two steps."""
+    recs = [r for r in log if r.get("objective/kl") is not None]
     out = dict.fromkeys(("draws_kl_first", "draws_kl_last", "draws_kl_reached_at"))
-    if len(xs) < 2:
+    if len(recs) < 2:
         return out
-    k = max(1, len(xs) // 4)
+    xs, k = [r["objective/kl"] for r in recs], max(1, len(recs) // 4)
     first, last = sum(xs[:k]) / k, sum(xs[-k:]) / k
     running = [sum(xs[max(0, i - 2): i + 1]) / len(xs[max(0, i - 2): i + 1]) for i in range(len(xs))]
-    reached = next((i + 1 for i, x in enumerate(running) if x >= 0.9 * last), None) if last > 0 else None
+    reached = next((recs[i].get("step", i + 1) for i, x in enumerate(running) if x >= 0.9 * last), None) if last > 0 else None
     return {"draws_kl_first": first, "draws_kl_last": last, "draws_kl_reached_at": reached}
 
 

@@ -60,7 +60,7 @@ class LoopConfig:
     save_minutes: float         # resumable checkpoint once this many minutes passed since the last (0 = off)
     disable_dropout: bool       # DPO: the reference log-probs were computed without dropout
     autocast: bool              # bf16 autocast for the forward passes (fp32 weights, optimizer and loss)
-    desc: str                   # the stage: progress bar label, and the config section errors name
+    desc: str                   # the config section errors name (and the progress bar's label unless `label`)
     eval_every: int = 0         # call the loop's `evaluate` every k optimizer steps and after the last (0: after the last only)
     label: str = ""             # the progress bar's label, when it is not `desc` (RLOO trains under the dpo section)
 

@@ -5,6 +5,8 @@ comparison. Pure functions over the result dicts; the decisions and numbers behi
 `alignment.study.stats`."""
 from __future__ import annotations
 
+import math
+
 from .markdown import markdown_table
 from .stats import NOT_DISTINGUISHABLE, detectable_difference, verdict
 
@@ -107,7 +109,7 @@ def _fraction_cell(r: dict, ref: str) -> str:
     valid, lo, hi = r[f"valid_{ref}"], r[f"frac_{ref}_lo"], r[f"frac_{ref}_hi"]
     if lo is None:
         return f"{100 * f:.0f} % (no bootstrap draw reaches it)"
-    draws = "" if valid >= 0.99 else f"; {valid:.0%} of draws"
+    draws = "" if valid >= 0.99 else f"; {math.floor(100 * valid)}% of draws"  # floored: never "99%" for 98.5 %
     return f"{100 * f:.0f} % ({100 * lo:.0f}..{100 * hi:.0f} %{draws})"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .frontier_report import comparison_line, gain_fraction_lines
 from .markdown import markdown_table
+from .stats import detectable_difference
 
 
 def cost_rows(level3: dict) -> list[dict]:
@@ -25,6 +26,11 @@ def cost_rows(level3: dict) -> list[dict]:
              "shared start draw / seed": None if r["on_policy"] else shared} for r in out.values()]
 
 
+KL_COLS = ("point", "KL, first seed (nats)", "on sentiment words", "in the first 8 tokens",
+           "held-out pairs: chosen, rejected log-prob; accuracy", "own draws' reward, first → last quarter",
+           "own draws' KL, first → last quarter (90 % by step)")
+
+
 def kl_lines(level3: dict) -> list[str]:
     """Where each point's KL goes (`diagnose.kl_split`, first seed) and what its training log says, as a table:
     the share on sentiment words and in the first 8 completion tokens; offline methods' held-out chosen and
@@ -33,24 +39,28 @@ def kl_lines(level3: dict) -> list[str]:
     for d in level3.get("diagnosis", []):
         s, pos, t = d["sentiment"], d["by_position"], d["training"]
         pct = lambda x: None if x is None else f"{x:.0%}"  # noqa: E731
-        row = {"point": f"`{d['label']}` β={d['beta']:g}", "KL (nats)": f"{d['kl']:.2f}"}
+        row = {KL_COLS[0]: f"`{d['label']}` β={d['beta']:g}", KL_COLS[1]: f"{d['kl']:.2f}"}
         if d["kl"]:
-            row.update({"on sentiment words": f"{pct(s['share_of_kl']) or '–'} ({pct(s['share_of_tokens']) or '–'} of tokens)",
-                        "in the first 8 tokens": pct(sum(b["kl"] for b in pos if b["from"] < 8) / d["kl"])})
+            row.update({KL_COLS[2]: f"{pct(s['share_of_kl']) or '–'} ({pct(s['share_of_tokens']) or '–'} of tokens)",
+                        KL_COLS[3]: pct(sum(b["kl"] for b in pos if b["from"] < 8) / d["kl"])})
         if t.get("logps_chosen_first") is not None:
-            row["held-out pairs: chosen, rejected log-prob; accuracy"] = (
+            row[KL_COLS[4]] = (
                 f"steps {t['held_out_from']}→{t['held_out_to']}: {t['logps_chosen_first']:.1f} → {t['logps_chosen_last']:.1f}, "
                 f"{t['logps_rejected_first']:.1f} → {t['logps_rejected_last']:.1f}; {t['held_out_accuracy']:.2f} "
                 f"(train {t['train_accuracy']:.2f})")
         if t.get("draws_reward_first") is not None:
-            row["own draws' reward, first → last quarter"] = f"{t['draws_reward_first']:.2f} → {t['draws_reward_last']:.2f}"
-        if t.get("draws_kl_reached_at") is not None:
-            row["own draws' KL, first → last quarter (90 % by step)"] = (
-                f"{t['draws_kl_first']:.2f} → {t['draws_kl_last']:.2f} ({t['draws_kl_reached_at']} of {t['steps']})")
+            row[KL_COLS[5]] = f"{t['draws_reward_first']:.2f} → {t['draws_reward_last']:.2f}"
+        if t.get("draws_kl_first") is not None:
+            at = t["draws_kl_reached_at"]
+            row[KL_COLS[-1]] = (f"{t['draws_kl_first']:.2f} → {t['draws_kl_last']:.2f} "
+                                f"({'–' if at is None else at} of {t['steps']})")
         rows.append(row)
     if not rows:
         return []
-    cols = list(dict.fromkeys(k for r in rows for k in r))
+    order = list(level3.get("grid", {}).get("methods", []))  # the grid's methods, each along β descending (KL rising)
+    rows = [row for _, row in sorted(zip(level3["diagnosis"], rows), key=lambda p: (
+        order.index(p[0]["label"]) if p[0]["label"] in order else len(order), -p[0]["beta"]))]
+    cols = [c for c in KL_COLS if any(c in r for r in rows)]
     return ["Where each point's KL goes (its first seed's policy on its own evaluation samples; KL ≈ 0 leaves the "
             "shares undefined) and what its training log says (held-out pairs for the offline methods, their own "
             "draws for the on-policy ones):", "", markdown_table([{c: r.get(c) for c in cols} for r in rows]), ""]
@@ -97,31 +107,33 @@ def goal_line(level3: dict, goal: float = GOAL) -> str:
             split.setdefault(d["label"], []).append(d["sentiment"]["share_of_kl"])
     why = ", ".join(f"`{k}` {100 * min(v):.0f}" + ("" if min(v) == max(v) else f"–{100 * max(v):.0f}") + " %"
                     for k, v in split.items())
-    return (f"No point reaches {100 * goal:.0f} % of best-of-N's reward gain at its KL: the largest share is "
+    return (f"No point reaches {100 * goal:.0f} % of best-of-N's reward gain at its KL with the judge agreeing and the "
+            f"alarm silent: the largest reward share is "
             f"`{best['label']}` β={best['beta']:g}'s {100 * best['frac_bon']:.0f} % ({100 * best['frac_bon_lo']:.0f}.."
             f"{100 * best['frac_bon_hi']:.0f} %) at KL {best['kl']:.2f}" + (f". The share of each method's KL on sentiment words (over its β): {why}." if why else ".")
             + " " + size_line(level3, goal) + BON_CONTEXT)
 
 
 def size_line(level3: dict, goal: float = GOAL) -> str:
-    """Whether the best point with a silent alarm falls short of `goal` at this size: its 95 % CI below the goal
-    says so; else how many times the seeds × prompts would tell it apart (the CI's upper side, which shrinks as
-    1/√n, must fall below the gap to the goal). "" when no quiet point has a share with a CI."""
+    """Whether the best point below `goal` with a silent alarm falls short of it at this size: its 95 % CI below
+    the goal says so; else about how many times the seeds and the prompts would tell the gap at 80 % power
+    (`stats.detectable_difference` of a CI as wide above the share as this one, shrinking as 1/√n). "" when no
+    quiet point below the goal has a share with a CI."""
     quiet = {(a["label"], a["beta"]) for a in level3.get("alarm", []) if not a["flags"]}
     rows = [r for r in level3.get("gain_fractions") or [] if r["field"] == "reward" and r["frac_bon_hi"] is not None
             and r["frac_bon"] is not None and r["frac_bon"] < goal and (r["label"], r["beta"]) in quiet]
     if not rows:
         return ""
     r = max(rows, key=lambda r: r["frac_bon"])
-    name = (f"`{r['label']}` β={r['beta']:g}'s {100 * r['frac_bon']:.0f} % ({100 * r['frac_bon_lo']:.0f}.."
-            f"{100 * r['frac_bon_hi']:.0f} %)")
-    if r["frac_bon_hi"] < goal:
-        return f"The best point without an alarm, {name}, falls short at this size: its 95 % CI lies below {100 * goal:.0f} %. "
-    times = ((r["frac_bon_hi"] - r["frac_bon"]) / (goal - r["frac_bon"])) ** 2
-    return (f"Whether the best point without an alarm, {name}, falls short of {100 * goal:.0f} % cannot be told at "
-            f"this size: telling it apart would take about {times:.0f}× the seeds × prompts (its CI's upper side, "
-            f"{100 * (r['frac_bon_hi'] - r['frac_bon']):.0f} points, narrowing as 1/√n below the "
-            f"{100 * (goal - r['frac_bon']):.0f}-point gap). ")
+    f, hi = r["frac_bon"], r["frac_bon_hi"]
+    name = f"`{r['label']}` β={r['beta']:g}'s {100 * f:.0f} % ({100 * r['frac_bon_lo']:.0f}..{100 * hi:.0f} %)"
+    if hi < goal:
+        return (f"Of the points below {100 * goal:.0f} % without an alarm, the best, {name}, falls short at this size: "
+                f"its 95 % CI lies below {100 * goal:.0f} %. ")
+    times = (detectable_difference(2 * f - hi, hi) / (goal - f)) ** 2
+    return (f"Whether the best point below {100 * goal:.0f} % without an alarm, {name}, falls short of it cannot be "
+            f"told at this size: telling a {100 * (goal - f):.0f}-point gap at 80 % power would take about "
+            f"{times:.1f}× the seeds and {times:.1f}× the prompts (a CI narrows as 1/√n). ")
 
 
 def progress_line(level3: dict) -> str:
