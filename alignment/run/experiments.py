@@ -16,6 +16,7 @@ from ..config import ConfigError
 from ..study.metrics import content_of
 from ..steps.evaluate import Evaluation, pooled
 from .frontiers import frontier_study, log_summary, trained_row
+from . import publish
 from .pipeline import Pipeline
 from .rundir import START, Policy, RunPaths
 from ..presets import LEVEL3_BEST_OF_N, LEVEL3_BETAS, LEVEL3_METHODS, LEVEL3_MIN_BETA, method_betas, SWEEP_ALPHAS, SWEEP_BEST_OF_N, SWEEP_BETAS, SWEEP_LOSSES, SWEEP_SEEDS  # noqa: F401 (SWEEP_LOSSES: the notebook's default)
@@ -225,14 +226,25 @@ def level3(pipe: Pipeline, methods: tuple[str, ...] = tuple(LEVEL3_METHODS), bet
 
 def sweep_result(cfg, run: bool, **grid) -> dict | None:
     """The Level 2 sweep of `cfg.run_dir`: run when `run` (its cached runs reused; `grid`: `sweep`'s
-    axes), else the sweep.json saved there by an earlier run (its plots where they lie now), else None.
-    Reading creates nothing."""
-    return sweep(Pipeline(cfg), **grid) if run else saved_result(cfg, "sweep")
+    axes), else the sweep.json saved there by an earlier run (its plots where they lie now), else, for
+    `make sweep`'s own run dir, the committed one (`committed_result`), else None. Reading creates nothing."""
+    return sweep(Pipeline(cfg), **grid) if run else saved_result(cfg, "sweep") or committed_result(cfg, "sweep")
 
 
 def level3_result(cfg, run: bool, **grid) -> dict | None:
     """Level 3 of `cfg.run_dir`, as `sweep_result` (`grid`: `level3`'s axes)."""
-    return level3(Pipeline(cfg), **grid) if run else saved_result(cfg, "level3")
+    return level3(Pipeline(cfg), **grid) if run else saved_result(cfg, "level3") or committed_result(cfg, "level3")
+
+
+def committed_result(cfg, name: str, root: str | Path = ".") -> dict | None:
+    """For `make <name>`'s run dir (runs/<name>) without a result of its own: the committed
+    `results/<name>.json` under `root` with its committed figures, marked `committed` (its path), so a notebook
+    shows it and says so; None elsewhere (another size's run dir) or when none is committed."""
+    src = Path(root) / publish.RESULTS_DIR / f"{name}.json"
+    if Path(cfg.run_dir) != Path("runs") / name or not src.exists():
+        return None
+    figures = [Path(root) / publish.RESULTS_DIR / f"{fig}.png" for fig in publish.FIGURES[name]]
+    return {**read_json(src), "plots": [str(f) for f in figures if f.exists()], "committed": str(src)}
 
 
 def saved_result(cfg, name: str) -> dict | None:

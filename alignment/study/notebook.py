@@ -154,6 +154,16 @@ def sweep_hint(run_dir, preset: str, overrides: dict, grid: dict, stage: str = "
             "either way).")
 
 
+def committed_note(result: dict, run_dir, stage: str = "sweep") -> str:
+    """What a section shows when its result was read from the committed `results/` (`experiments.committed_result`):
+    that file, and how to make one's own in `run_dir`; "" for a result of the run dir's own."""
+    if not result.get("committed"):
+        return ""
+    return (f"`{shown_path(run_dir)}` holds no {stage} result of yours yet, so this section shows the committed one "
+            f"(`{result['committed']}`, what `make {stage}` produced for the published results). `make {stage}` or "
+            f"`RUN_{stage.upper()} = True` in the parameters cell builds yours.")
+
+
 # ---- executing and publishing the notebook ------------------------------------------------------
 NOTE_START, NOTE_END = "<!-- run-note -->", "<!-- /run-note -->"
 
