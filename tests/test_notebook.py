@@ -60,11 +60,13 @@ def test_notebook_parameters_cell():
     exec(params[0].source, ns)  # plain assignments only
     assigns = [line for line in params[0].source.splitlines() if line.strip() and not line.startswith("#")]
     assert all(line.count("=") == 1 for line in assigns), "papermill reads one `=` per line (none in comments)"
-    for name in ("SIZE", "RUN_DIR", "RUN_SWEEP", "SWEEP_RUN_DIR", "WANDB_MODE", "SEEDS", "SWEEP_LOSSES", "SWEEP_BETAS",
-                 "ALPHAS", "LR_LESSON", "START_POLICY", "PAIR_STRATEGIES"):
+    for name in ("SIZE", "RUN_DIR", "RUN_SWEEP", "SWEEP_RUN_DIR", "RUN_LEVEL3", "LEVEL3_RUN_DIR", "WANDB_MODE", "SEEDS",
+                 "SWEEP_LOSSES", "SWEEP_BETAS", "ALPHAS", "LR_LESSON", "START_POLICY", "PAIR_STRATEGIES"):
         assert name in ns, f"parameter {name} missing"
     assert ns["START_POLICY"] is None
     assert ns["RUN_SWEEP"] is False, "the sweep (~1.5 h) must not start by default"
+    assert ns["RUN_LEVEL3"] is False, "Level 3 (hours) must not start by default"
+    assert ns["LEVEL3_RUN_DIR"] is None
     # RUN_DIR defaults to `make run`'s run dir, resolved after papermill's injected values (-p SIZE smoke -> runs/smoke)
     assert ns["RUN_DIR"] is None and ns["SWEEP_RUN_DIR"] is None
     (setup,) = _code_cells(nb, "run-note")
@@ -119,7 +121,7 @@ def test_notebook_sections_follow_the_pipeline():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     tags = [t for c in nb.cells if c.cell_type == "code" for t in c.metadata.get("tags", [])]
     order = ["parameters", "run-note", "start-policy", "prompts", "samples", "pairs", "training", "evaluation",
-             "gains", "lr-lesson", "sweep", "matched-kl", "conclusions"]
+             "gains", "lr-lesson", "sweep", "matched-kl", "level3", "conclusions"]
     assert [t for t in tags if t in order] == order
     heads = [line for c in nb.cells if c.cell_type == "markdown"
              for line in c.source.splitlines() if line.startswith("## ")]
@@ -276,6 +278,18 @@ def test_sweep_at_any_size_trains_adapters_and_says_how_to_run_it(tmp_path, monk
 
     scfg = load_config(preset="sweep", overrides={"run_dir": "runs/sweep"})
     assert sweep_result(scfg, run=False) is None and not (tmp_path / "runs").exists()  # reading creates nothing
+    # make sweep's own run dir without a result: the committed one, with its committed figures, marked as such
+    write_json(tmp_path / "results" / "sweep.json", {"points": [], "grid": {}})
+    (tmp_path / "results" / "frontier_reward_vs_kl.png").write_bytes(b"png")
+    committed = sweep_result(scfg, run=False)
+    assert committed["committed"] == "results/sweep.json" and committed["plots"] == ["results/frontier_reward_vs_kl.png"]
+    from alignment.study.notebook import committed_note
+    assert committed_note(committed, "runs/sweep").startswith("`runs/sweep` holds no sweep result of yours yet, so this "
+                                                             "section shows the committed one (`results/sweep.json`")
+    assert committed_note({"points": []}, "runs/sweep") == ""  # a result of the run dir's own: nothing to say
+    other = load_config(preset="sweep", overrides={"run_dir": "runs/smoke-sweep"})
+    assert sweep_result(other, run=False) is None  # another size's run dir never shows the committed default-size result
+    (tmp_path / "results" / "sweep.json").unlink()
     write_json(tmp_path / "runs" / "sweep" / "sweep.json", {"points": [], "plots": ["/elsewhere/plots/frontier_a.png"]})
     assert sweep_result(scfg, run=False)["plots"] == ["runs/sweep/plots/frontier_a.png"]  # where they lie now
     hint = sweep_hint("runs/sweep", "sweep", {}, SWEEP_AXES)

@@ -16,10 +16,12 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..config import RewardConfig
 from ..assets.corpus import snippets_by_role
 from ..base.io import read_jsonl, write_json
+from ..base.timing import bars_off
 from ..steps.reward import FT_JUDGE, ensure_head, head_dir, offline_ft_judge, offline_head, reward_texts
 from ..study.stats import paired_phi_gap, phi
 
@@ -53,7 +55,16 @@ def measure(scorers: dict, rows: list[tuple[str, int]], texts: dict[str, list[st
     rng = random.Random(seed)
     y = torch.tensor([l for _, l in rows])
     shuffled = [shuffle_words(t, rng) for t, _ in rows]
-    scores = {n: (sc.score([t for t, _ in rows]).float(), sc.score(shuffled).float()) for n, sc in scorers.items()}
+    sets = {"test": [t for t, _ in rows], "shuffled": shuffled, **texts}
+    bar = tqdm(total=len(scorers) * sum(map(len, sets.values())), desc="judge check", unit="text", disable=bars_off())
+    scored = {}
+    for n, sc in scorers.items():  # every scorer on every set of texts, one call per set
+        for label, ts in sets.items():
+            bar.set_postfix_str(f"{n}: {label}")
+            scored[n, label] = sc.score(ts).float()
+            bar.update(len(ts))
+    bar.close()
+    scores = {n: (scored[n, "test"], scored[n, "shuffled"]) for n in scorers}
     ref, *others = scores
     err = {n: ((s > 0).long() != y).numpy() for n, (s, _) in scores.items()}
     out = {}
@@ -61,7 +72,7 @@ def measure(scorers: dict, rows: list[tuple[str, int]], texts: dict[str, list[st
         out[n] = {"accuracy": ((s > 0).long() == y).float().mean().item(), "mean": s.mean().item(),
                   "mean_abs": s.abs().mean().item(), "shuffled_accuracy": ((s_shuf > 0).long() == y).float().mean().item(),
                   "shuffled_mean": s_shuf.mean().item(), "shuffled_mean_abs": s_shuf.abs().mean().item(),
-                  "degenerate": {label: scorers[n].score(t).float().mean().item() for label, t in texts.items()}}
+                  "degenerate": {label: scored[n, label].mean().item() for label in texts}}
         if n != ref:
             out[n]["vs_" + ref] = versus(s, scores[ref][0], y)
     gaps = {f"{a} - {b}": paired_phi_gap(err[ref], err[a], err[b], n_boot, seed=seed) for a, b in zip(others, others[1:])}
