@@ -50,7 +50,7 @@ level3: setup  ## Level 3, what buys reward per nat of KL: DPO, reward distillat
 notebook: setup  ## execute the notebook headless at SMOKE size (PRESET sets its SIZE; run dir runs/<size>) into runs/notebook-<size>.ipynb
 	$(BIN)/python -m papermill "Alignment Methods.ipynb" runs/notebook-$(call preset,smoke).ipynb -p SIZE $(call preset,smoke) $(if $(call given,RUN_DIR),-p RUN_DIR $(RUN_DIR)) --cwd . $(ARGS)
 
-notebook-publish: setup  ## re-execute the committed notebook in place at default size (it reuses runs/default and shows runs/sweep: run `make run` and `make sweep` first)
+notebook-publish: setup  ## re-execute the committed notebook in place at default size (reuses runs/default: run `make run` first; shows runs/sweep and runs/level3, else the committed results)
 	OMP_NUM_THREADS=1 $(BIN)/python -m alignment.study.notebook "Alignment Methods.ipynb" SIZE=default
 
 config:  ## print the resolved config (PRESET, SET, ARGS="--config F.yaml"); installs nothing, loads no model
