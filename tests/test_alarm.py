@@ -202,13 +202,17 @@ def test_each_rule_trips_just_past_its_bound_and_not_at_it(change, at_bound, fla
 
 
 def test_a_rule_without_its_numbers_never_trips_so_stored_verdicts_stand():
-    """Records written before the repetition, length, template and relevance rules existed (the
-    committed results) lack their numbers: `flags_of` gives each its stored flags, and they render."""
-    stored = [a for name in ("level1", "lr_lesson", "sweep")
+    """Records written before the repetition, length, template and relevance rules existed lack their
+    numbers: such a rule never trips on them, so every committed record's stored flags are what
+    `flags_of` gives (old and new records alike), and they render."""
+    stored = [a for name in ("level1", "lr_lesson", "sweep", "level3")
               for a in read_json(Path(__file__).resolve().parents[1] / "results" / f"{name}.json")["alarm"]]
-    assert stored and all("repeat_share_diff_ci_lo" not in a for a in stored)
+    assert stored
     for a in stored:
         assert flags_of(a) == a["flags"] and alarm_line(a).startswith(a["model"])
+    tripped = _new_rules(template_share_diff_ci_lo=TEMPLATE_MARGIN + 0.01)
+    older = {k: v for k, v in tripped.items() if not k.startswith("template_share")}  # as written before the rule
+    assert flags_of(tripped) == ["template_stuffing"] and flags_of(older) == []
 
 
 def test_the_new_rules_reasons_carry_their_numbers():
