@@ -69,11 +69,16 @@ def kl_lines(level3: dict) -> list[str]:
 GOAL = 0.7  # the share of best-of-N's reward gain at matched KL that would count as closing the gap
 
 
+def quiet_points(level3: dict) -> set[tuple]:
+    """The (method, β) points whose reward-hacking alarm is silent."""
+    return {(a["label"], a["beta"]) for a in level3.get("alarm", []) if not a["flags"]}
+
+
 def goal_points(level3: dict, goal: float = GOAL) -> list[dict]:
     """The points (their reward `gain_fractions` rows) that reach `goal` of best-of-N's reward gain at their
     own KL with the judge's share as high and their alarm silent."""
     rows = {(r["label"], r["beta"], r["field"]): r for r in level3.get("gain_fractions") or []}
-    quiet = {(a["label"], a["beta"]) for a in level3.get("alarm", []) if not a["flags"]}
+    quiet = quiet_points(level3)
     judge = lambda r: (rows.get((r["label"], r["beta"], "judge")) or {}).get("frac_bon")  # noqa: E731
     return [r for (_, _, f), r in rows.items() if f == "reward" and r["frac_bon"] is not None and r["frac_bon"] >= goal
             and (r["label"], r["beta"]) in quiet and judge(r) is not None and judge(r) >= goal]
@@ -119,7 +124,7 @@ def size_line(level3: dict, goal: float = GOAL) -> str:
     the goal says so; else about how many times the seeds and the prompts would tell the gap at 80 % power
     (`stats.detectable_difference` of a CI as wide above the share as this one, shrinking as 1/√n). "" when no
     quiet point below the goal has a share with a CI."""
-    quiet = {(a["label"], a["beta"]) for a in level3.get("alarm", []) if not a["flags"]}
+    quiet = quiet_points(level3)
     rows = [r for r in level3.get("gain_fractions") or [] if r["field"] == "reward" and r["frac_bon_hi"] is not None
             and r["frac_bon"] is not None and r["frac_bon"] < goal and (r["label"], r["beta"]) in quiet]
     if not rows:
