@@ -162,6 +162,11 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+# The stages that are experiments: Level 1, the learning-rate check, Level 2's sweep, Level 3
+EXPERIMENTS = {"run": experiments.level1, "lr-lesson": experiments.lr_lesson, "sweep": experiments.sweep,
+               "level3": experiments.level3}
+
+
 def run_stage(args, cfg, grid: dict) -> int:
     if args.stage == "assets":
         paths = ensure_all()
@@ -173,23 +178,22 @@ def run_stage(args, cfg, grid: dict) -> int:
                                        "scorers": {k: getattr(s, "metrics", {}) for k, s in scorers.items()}}))
         return 0
     pipe = Pipeline(cfg)
-    actions = {
+    summaries = {  # the data stages and one policy: what each prints
         "prompts": lambda: {k: len(v) for k, v in pipe.data.prompts().items()},
         "sample": lambda: {"samples": len(pipe.data.samples())},
         "score": lambda: {"rewards": len(pipe.data.rewards())},
         "pairs": lambda: pipe.data.pairs()[1],
         "train": lambda: {"policy": str(pipe.train().dir)},
         "eval": lambda: [pipe.evaluate().metrics] + [pipe.evaluate(p).metrics for p in pipe.policies()],
-        "run": lambda: experiments.level1(pipe),
-        "lr-lesson": lambda: experiments.lr_lesson(pipe),
-        "sweep": lambda: experiments.sweep(pipe, **grid),
-        "level3": lambda: experiments.level3(pipe, **grid),
         "sft": pipe.sft,
     }
     try:
         if args.stage != "sft":  # the SFT start policy and the offline heads (built once, announced); scorers to score
-            pipe.prepare(load_scorers=args.stage in ("score", "eval", "run", "lr-lesson", "sweep", "level3"))
-        result = actions[args.stage]()
+            pipe.prepare(load_scorers=args.stage in ("score", "eval", *EXPERIMENTS))
+        if args.stage in EXPERIMENTS:  # each one call of the pipeline; the sweep and Level 3 take their axes
+            result = EXPERIMENTS[args.stage](pipe, **(grid if args.stage in ("sweep", "level3") else {}))
+        else:
+            result = summaries[args.stage]()
     except KeyboardInterrupt:  # Ctrl-C or a kill: the time spent is logged too, then the work saved is resumed by a rerun
         if pipe.dist.main:
             log_command(pipe.paths.result("timings"), args.stage, pipe.times.rows(), hardware(), pipe.dist.world,

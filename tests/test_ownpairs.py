@@ -177,29 +177,28 @@ STAGE_OF = {"prompts.json": "prompts", "samples.jsonl": "samples", "rewards.json
             "pairs.jsonl": "pairs", "sft": "evaluation"}
 
 
-def artifact_deps(monkeypatch, cfg, identities: dict) -> dict[str, dict]:
-    got = {}
-    monkeypatch.setattr(stagecache, "cached_on_ranks", lambda artifact, deps, *a, **k: got.update({artifact.name: deps}))
+def artifact_deps(cfg, identities: dict) -> dict[str, dict]:
     cache = stagecache.StageCache(cfg, Path("runs/keys"))
     cache.record({"offline_sft": "sft-id", "reward_head": "reward-id", "judge_head": "judge-id",
                   "topic_head": "topic-id", "judge_ft_head": "judge-ft-id", **identities})
-    for name, stage in STAGE_OF.items():
-        cache(Path("runs/keys") / name, stage, None)
-    return got
+    return {name: cache.deps(stage) for name, stage in STAGE_OF.items()}
 
 
 def test_a_stage_takes_its_sections_from_the_table_only():
     cache = stagecache.StageCache(load_config(), Path("runs/keys"))
     assert stagecache.CACHED_STAGES["samples"].sections == ("sample",)
     with pytest.raises(TypeError, match="CACHED_STAGES"):
-        cache(Path("runs/keys/samples.jsonl"), "samples", None, collective=False)
+        cache.deps("samples", collective=False)
+    with pytest.raises(TypeError, match="CACHED_STAGES"), cache.building(Path("runs/keys/samples.jsonl"), "samples",
+                                                                         sections=("eval",)):
+        pass
 
 
 def test_an_empty_pairs_source_leaves_every_cache_key_unchanged(monkeypatch, tmp_path):
-    deps = artifact_deps(monkeypatch, load_config(), {})
+    deps = artifact_deps(load_config(), {})
     assert set(deps) == set(STAGE_OF) and not any("pairs_source" in d or "pairs_source" in str(d) for d in deps.values())
     source = write_pairs(tmp_path / "p.jsonl", pair_rows())
-    own = artifact_deps(monkeypatch, load_config(overrides={"pairs.source": source}), {"pairs_source": "rows-id"})
+    own = artifact_deps(load_config(overrides={"pairs.source": source}), {"pairs_source": "rows-id"})
     for name, d in own.items():  # set: every artifact is keyed by the pairs' name and rows, nothing else moves
         assert d.pop("pairs_source") == {"source": source, "rows": "rows-id"} and d == deps[name], name
 

@@ -19,7 +19,7 @@ by rank, and every rank calls the same stages in the same order:
   `python -m alignment sft`, or the first rank to take its lock does.)
 - the reference log-probs, pairs and the human row are split or computed alike on every rank and
   written by rank 0; only the prompts are built by rank 0 alone while the others wait (such a
-  rank-0 build may not call a stage: `cached_on_ranks` refuses, since the others would never
+  rank-0 build may not call a stage: `building_on_ranks` refuses, since the others would never
   enter its collectives). Plots, JSON results and wandb: rank 0.
 
 Process management is accelerate's/torchrun's; this module only asks who we are, splits work, and
@@ -30,15 +30,16 @@ from __future__ import annotations
 import gc
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .io import CacheMismatch, cache_state, cached, part_path, stale_message
+from .io import CacheMismatch, building, cache_state, part_path, stale_message
 from .optional import accelerate
 
 
@@ -196,33 +197,39 @@ def _not_in_rank0_build(what: str) -> None:
                            "never join it. Make that build collective.")
 
 
-def cached_on_ranks(artifact: str | os.PathLike, deps: dict, build: Callable[[Path], object], dist: Dist,
-                    collective: bool, hint: str = "") -> bool:
-    """`io.cached` for every rank of a launch (each calls it, in the same order). A *collective*
-    build runs on every rank with the same part path — it splits its own work, may call stages,
-    and writes the part on rank 0 only —; any other build runs on rank 0 while the others wait,
-    and must not call a stage. Rank 0 decides whether to build, and publishes."""
+@contextmanager
+def building_on_ranks(artifact: str | os.PathLike, deps: dict, dist: Dist, collective: bool,
+                      hint: str = "") -> Iterator[Path | None]:
+    """`io.building` for every rank of a launch (each enters it, in the same order); the block's `part`
+    is None where it has nothing to do. A *collective* block runs on every rank with the same part path
+    — it splits its own work, may call stages, and writes the part on rank 0 only —; any other runs on
+    rank 0 while the others wait (their `part` is None), and must not call a stage. Rank 0 decides
+    whether to build, and publishes."""
     if dist.world == 1:
-        return cached(artifact, deps, build, hint=hint)
+        with building(artifact, deps, hint=hint) as part:
+            yield part
+        return
     _not_in_rank0_build(f"the stage that makes {artifact}")
     dist.barrier()
     state, stale = dist.agree((cache_state(artifact, deps), stale_message(artifact, deps, hint)) if dist.main else None)
     if state == "fresh":
-        return False
+        yield None
+        return
     if stale:
         raise CacheMismatch(stale)  # on every rank alike
     part, started = part_path(artifact, deps), time.time()
     if collective:
-        build(part)
+        yield part
         dist.barrier()
-        build = lambda _: None  # noqa: E731  (rank 0 wrote the part: only publish it)
-    built = False
-    if dist.main:
+    if dist.main:  # publishes the part every rank wrote; or builds it alone, then publishes
         _RANK0_BUILD.append(str(artifact))
         try:
-            built = cached(artifact, deps, build, hint=hint, started=started)  # the meta times the whole build
+            with building(artifact, deps, hint=hint, started=started) as mine:  # the meta times the whole build
+                if not collective:
+                    yield mine
         finally:
             _RANK0_BUILD.pop()
         remove_shards(part)  # a merge a kill cut short left them; none otherwise
+    elif not collective:
+        yield None
     dist.barrier()
-    return built

@@ -1,6 +1,6 @@
-"""Small, crash-safe file helpers: atomic files and directories, appendable JSONL, and `cached`,
-the one helper every cached artifact goes through (pipeline stages, evaluations, the
-SFT model, the reward head, the offline assets).
+"""Small, crash-safe file helpers: atomic files and directories, appendable JSONL, and `building`
+(a block) or `cached` (a build function), the one way every cached artifact is made (pipeline
+stages, evaluations, the SFT model, the reward head, the offline assets).
 
 Every file `alignment` writes goes through here so that an interrupted run never leaves a
 half-written cache behind: we write to a temp file (or temp dir) next to the target, fsync,
@@ -165,14 +165,29 @@ def cache_state(artifact: str | os.PathLike, deps: dict) -> str:
 
 def cached(artifact: str | os.PathLike, deps: dict, build: Callable[[Path], Any], *,
            on_mismatch: str = "raise", hint: str = "", started: float | None = None) -> bool:
-    """Make `artifact` (a file or a directory) once per `deps`; return True if it was built now.
+    """Make `artifact` (a file or a directory) once per `deps` by `build(part)`; True if it was built
+    now. The same as a `building` block whose work is `build(part)`."""
+    with building(artifact, deps, on_mismatch=on_mismatch, hint=hint, started=started) as part:
+        if part is not None:
+            build(part)
+    return part is not None
 
-    `build(part)` writes the artifact to `part`, a temp path next to it named after the deps
-    hash (`.<name>.<hash>.part`), and may resume there after an interrupt: the partial work of
-    one config is never mistaken for another's. When `build` returns, `part` is renamed to
+
+@contextmanager
+def building(artifact: str | os.PathLike, deps: dict, *, on_mismatch: str = "raise", hint: str = "",
+             started: float | None = None) -> Iterator[Path | None]:
+    """Make `artifact` (a file or a directory) once per `deps`, in the block's own code::
+
+        with building(out, {"lr": 1e-5}) as part:
+            if part is not None:  # None: out is already built for these deps
+                write_json(part, train(...))
+
+    `part` is a temp path next to the artifact named after the deps hash (`.<name>.<hash>.part`); the
+    block writes the artifact there and may resume there after an interrupt: the partial work of one
+    config is never mistaken for another's. When the block ends without an error, `part` is renamed to
     `artifact`, and only then is `<artifact>.meta.json` ({format, hash, deps, built_at, build_seconds})
-    written; left-over parts of other configs are removed. `build_seconds` counts from `started`
-    (a `time.time()`; default: when `build` is called), for builds that ran before this call.
+    written; left-over parts of other configs are removed. `build_seconds` counts from `started` (a
+    `time.time()`; default: when the block starts), for work that ran before.
 
     An artifact whose meta records other deps raises `CacheMismatch` naming the changed keys
     (`on_mismatch="raise"`, e.g. a run dir never mixes configs; `hint` says what to do) or is
@@ -180,10 +195,23 @@ def cached(artifact: str | os.PathLike, deps: dict, build: Callable[[Path], Any]
     """
     artifact = Path(artifact)
     if cache_state(artifact, deps) == "fresh":  # the common case: no lock, no write
-        return False
+        yield None
+        return
     artifact.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(artifact):  # another process may be building the same artifact right now
-        return _build_locked(artifact, deps, build, on_mismatch, hint, started)
+        state = cache_state(artifact, deps)
+        if state == "fresh":  # built by another process while we waited
+            yield None
+            return
+        if state == "stale" and on_mismatch == "raise":
+            raise CacheMismatch(stale_message(artifact, deps, hint))
+        part, t0 = part_path(artifact, deps), time.time() if started is None else started
+        try:
+            yield part
+        except Exception:
+            _remove_if_empty(part)  # a build that failed before writing anything leaves nothing behind
+            raise
+        _publish_built(artifact, part, deps, t0)
 
 
 @contextmanager
@@ -228,28 +256,19 @@ def part_path(artifact: str | os.PathLike, deps: dict) -> Path:
     return artifact.with_name(f".{artifact.name}.{stable_hash(deps)}.part")
 
 
-def _build_locked(artifact: Path, deps: dict, build, on_mismatch: str, hint: str, started: float | None) -> bool:
-    state, h, meta = cache_state(artifact, deps), stable_hash(deps), meta_path(artifact)
-    if state == "fresh":  # built by another process while we waited
-        return False
-    if state == "stale" and on_mismatch == "raise":
-        raise CacheMismatch(stale_message(artifact, deps, hint))
-    part, t0 = part_path(artifact, deps), time.time() if started is None else started
-    try:
-        build(part)
-    except Exception:
-        _remove_if_empty(part)  # a build that failed before writing anything leaves nothing behind
-        raise
+def _publish_built(artifact: Path, part: Path, deps: dict, t0: float) -> None:
+    """Rename the finished `part` to `artifact`, then write its meta; remove abandoned parts of other configs."""
+    meta = meta_path(artifact)
     if meta.exists():
         meta.unlink()  # a crash from here on leaves an artifact without meta: rebuilt, never trusted
     publish(part, artifact)
     done = time.time()
-    write_json(meta, {"format": CACHE_FORMAT, "hash": h, "deps": deps, "build_seconds": round(done - t0, 3),
+    write_json(meta, {"format": CACHE_FORMAT, "hash": stable_hash(deps), "deps": deps,
+                      "build_seconds": round(done - t0, 3),
                       "built_at": datetime.fromtimestamp(done).astimezone().isoformat()})
     for stale in artifact.parent.glob(f".{artifact.name}.*.part"):  # abandoned builds of other configs
         if re.fullmatch(rf"\.{re.escape(artifact.name)}\.[0-9a-f]{{12}}\.part", stale.name):
             _remove(stale)
-    return True
 
 
 def build_record(artifact: str | os.PathLike) -> dict:

@@ -14,7 +14,6 @@ each rank has its own (the report shows rank 0's).
 """
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections import defaultdict
@@ -49,30 +48,11 @@ class StageTimes:
             if self._open:
                 self._open[-1][2] += total
 
-    def wrap(self, name: str, fn: Callable) -> Callable:
-        """`fn` with its calls charged to `name`."""
-        def timed(*args, **kwargs):
-            with self(name):
-                return fn(*args, **kwargs)
-        return timed
-
     def rows(self) -> list[dict]:
         """{stage, seconds, share} per stage that took any time, in `STAGES` order, then the rest."""
         total = sum(self.seconds.values()) or 1.0
         names = [s for s in STAGES if s in self.seconds] + sorted(set(self.seconds) - set(STAGES))
         return [{"stage": s, "seconds": self.seconds[s], "share": self.seconds[s] / total} for s in names]
-
-
-def charged(name: str) -> Callable:
-    """A decorator for methods of an object with a `times` (`StageTimes`): each call is charged to
-    `name` (what the method's own code takes; stages it calls are charged to theirs)."""
-    def decorate(method: Callable) -> Callable:
-        @functools.wraps(method)
-        def timed(self, *args, **kwargs):
-            with self.times(name):
-                return method(self, *args, **kwargs)
-        return timed
-    return decorate
 
 
 def bars_off() -> bool:

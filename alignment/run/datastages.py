@@ -22,10 +22,8 @@ from .rundir import RunPaths
 from .runmodels import RunModels
 from ..steps.sampling import in_prompt_order, sample_to_file
 from .stagecache import StageCache
-from ..base.timing import StageTimes, charged
+from ..base.timing import StageTimes
 from ..steps.dpo import reference_logps
-
-_io = charged("I/O")  # a stage method's own time (checking and reading its cache) is I/O; its build is its kind
 
 
 def draw_key(draw: int | None) -> dict:
@@ -50,94 +48,83 @@ class DataStages:
             return None
         return self.cfg.dpo.seed if seed is None else seed
 
-    @_io
     def prompts(self, seed: int | None = None) -> dict[str, list[dict]]:
         """{"train", "eval"} prompt records: the eval prompts (every seed's), and the train prompts of
         training seed `seed`'s draw (`draw_of`); or own pairs' prompts (`pairs.source`)."""
-        draw, tok = self.draw_of(seed), self.models.tokenizer
+        with self.times("I/O"):
+            draw, tok, own = self.draw_of(seed), self.models.tokenizer, self.own_pairs
+            with self.cache.building(self.paths.prompts, "prompts") as part:
+                if part is not None:
+                    built = pair_prompts(own, tok) if own is not None else build_prompts(self.cfg.data, tok)
+                    # per seed (`draw`): the eval prompts only, each seed's train prompts are its own draw's
+                    write_json(part, built if draw is None else {"train": [], "eval": built["eval"]})
+            out = read_json(self.paths.prompts)
+            if draw is None:
+                return out
+            mine = self.paths.draw(draw).prompts
+            with self.cache.building(mine, "prompts", draw=draw) as part:
+                if part is not None:
+                    write_json(part, {"train": build_prompts(self.cfg.data, tok, draw)["train"]})
+            return {"train": read_json(mine)["train"], "eval": out["eval"]}
 
-        def build(part):
-            own = self.own_pairs
-            built = pair_prompts(own, tok) if own is not None else build_prompts(self.cfg.data, tok)
-            write_json(part, built if draw is None else {"train": [], "eval": built["eval"]})  # per seed: no shared draw
-
-        self.cache(self.paths.prompts, "prompts", build)
-        out = read_json(self.paths.prompts)
-        if draw is None:
-            return out
-        mine = self.paths.draw(draw).prompts
-        self.cache(mine, "prompts", lambda part: write_json(
-            part, {"train": build_prompts(self.cfg.data, tok, draw)["train"]}), draw=draw)
-        return {"train": read_json(mine)["train"], "eval": out["eval"]}
-
-    @_io
     def samples(self, seed: int | None = None) -> list[dict]:
         """N samples per train prompt of seed `seed`'s draw; streamed to the part file, so a killed run resumes there."""
         if self.cfg.pairs.source:
             raise ConfigError(f"pairs.source={self.cfg.pairs.source!r} gives the preference pairs, so no training "
                               "samples are drawn or scored; run the pairs, train or run stage, or set pairs.source= "
                               "(empty) to build pairs from the start policy's samples")
-        draw, m = self.draw_of(seed), self.models
-        prompts = self.prompts(seed)["train"]  # a draw's own prompt ids seed its own sampling streams
+        with self.times("I/O"):
+            draw, m = self.draw_of(seed), self.models
+            prompts = self.prompts(seed)["train"]  # a draw's own prompt ids seed its own sampling streams
+            path = self.paths.draw(draw).samples
+            with self.cache.building(path, "samples", **draw_key(draw)) as part:
+                if part is not None:
+                    sample_to_file(part, m.load_policy(dtype=m.sample_dtype), m.tokenizer, prompts,
+                                   self.cfg.sample.n_samples, self.cfg.sample, m.stop_ids,
+                                   desc="sampling train prompts", dist=self.dist)
+            return in_prompt_order(read_jsonl(path), prompts)
 
-        def build(part):
-            sample_to_file(part, m.load_policy(dtype=m.sample_dtype), m.tokenizer, prompts, self.cfg.sample.n_samples,
-                           self.cfg.sample, m.stop_ids, desc="sampling train prompts", dist=self.dist)
-
-        path = self.paths.draw(draw).samples
-        self.cache(path, "samples", build, **draw_key(draw))
-        return in_prompt_order(read_jsonl(path), prompts)
-
-    @_io
     def rewards(self, seed: int | None = None) -> list[float]:
-        recs, draw = self.samples(seed), self.draw_of(seed)
+        with self.times("I/O"):
+            recs, draw = self.samples(seed), self.draw_of(seed)
+            path = self.paths.draw(draw).rewards
+            with self.cache.building(path, "rewards", **draw_key(draw)) as part:
+                if part is not None:
+                    scores = score_records(self.models.sharded(self.models.reward), recs, self.cfg.reward.score_prompt)
+                    if self.dist.main:
+                        write_json(part, scores)
+            return read_json(path)
 
-        def build(part):
-            scores = score_records(self.models.sharded(self.models.reward), recs, self.cfg.reward.score_prompt)
-            if self.dist.main:
-                write_json(part, scores)
-
-        path = self.paths.draw(draw).rewards
-        self.cache(path, "rewards", build, **draw_key(draw))
-        return read_json(path)
-
-    @_io
     def pairs(self, seed: int | None = None) -> tuple[list[dict], dict]:
         """(pairs, stats) of seed `seed`'s draw: its scored samples of each prompt paired by
         `pairs.strategy`, or own pairs tokenized (`pairs.source`; no rewards)."""
-        draw = self.draw_of(seed)
-        P = self.paths.draw(draw)
-
-        def build(part):
-            p = self.cfg.pairs
-            if self.own_pairs is not None:
-                pairs, stats = pair_records(self.own_pairs, self.prompts()["train"], self.models.tokenizer)
-            else:
-                pairs, stats = build_pairs(self.samples(seed), self.rewards(seed), p.strategy, p.min_margin, p.seed)
-            if self.dist.main:
-                write_json(P.pairs_stats, stats)
-                write_jsonl(part, pairs)
-
-        self.cache(P.pairs, "pairs", build, **draw_key(draw))
-        return read_jsonl(P.pairs), read_json(P.pairs_stats)
+        with self.times("I/O"):
+            P, p = self.paths.draw(self.draw_of(seed)), self.cfg.pairs
+            with self.cache.building(P.pairs, "pairs", **draw_key(self.draw_of(seed))) as part:
+                if part is not None:
+                    own = self.own_pairs
+                    pairs, stats = (pair_records(own, self.prompts()["train"], self.models.tokenizer) if own is not None
+                                    else build_pairs(self.samples(seed), self.rewards(seed), p.strategy, p.min_margin,
+                                                     p.seed))
+                    if self.dist.main:
+                        write_json(P.pairs_stats, stats)
+                        write_jsonl(part, pairs)
+            return read_jsonl(P.pairs), read_json(P.pairs_stats)
 
     def train_prompt_ids(self, seed: int | None = None) -> dict[str, list[int]]:
         return {p["id"]: p["ids"] for p in self.prompts(seed)["train"]}
 
-    @_io
     def ref_logps(self, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(P,), (P,) the reference's log-probs of the chosen and rejected completions of `pairs(seed)`."""
-        pairs, draw = self.pairs(seed)[0], self.draw_of(seed)
-
-        def build(part):
-            m = self.models
-            ch, rj = reference_logps(m.ref_model, pairs, self.train_prompt_ids(seed), m.tokenizer.pad_token_id,
-                                     dist=self.dist)
-            if self.dist.main:
-                with atomic_open(part, "wb") as f:
-                    torch.save({"chosen": ch, "rejected": rj}, f)
-
-        path = self.paths.draw(draw).ref_logps
-        self.cache(path, "reference log-probs", build, **draw_key(draw))
-        d = torch.load(path, weights_only=True)
-        return d["chosen"], d["rejected"]
+        with self.times("I/O"):
+            pairs, draw, m = self.pairs(seed)[0], self.draw_of(seed), self.models
+            path = self.paths.draw(draw).ref_logps
+            with self.cache.building(path, "reference log-probs", **draw_key(draw)) as part:
+                if part is not None:
+                    ch, rj = reference_logps(m.ref_model, pairs, self.train_prompt_ids(seed), m.tokenizer.pad_token_id,
+                                             dist=self.dist)
+                    if self.dist.main:
+                        with atomic_open(part, "wb") as f:
+                            torch.save({"chosen": ch, "rejected": rj}, f)
+            d = torch.load(path, weights_only=True)
+            return d["chosen"], d["rejected"]

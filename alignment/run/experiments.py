@@ -4,7 +4,6 @@ writes its JSON result and plots under the run dir (`pipe.paths`); its wandb run
 evaluations, results) share one group named after it (`experiment`)."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from ..study import frontier as F
@@ -26,15 +25,6 @@ from ..steps.dpo import held_out_prompts
 
 LEVEL1_LOSSES = ("sigmoid", "hinge")
 ORIGINAL_LR = 1e-3  # the assignment notebook's learning rate, shown next to the preset's in the learning-rate check
-
-
-def experiment(fn):
-    """An experiment `fn(pipe, ...)` whose wandb runs are grouped under its name (`RunTrackers.grouped`)."""
-    @functools.wraps(fn)
-    def grouped(pipe: Pipeline, *args, **kwargs):
-        with pipe.trackers.grouped(fn.__name__):
-            return fn(pipe, *args, **kwargs)
-    return grouped
 
 
 def rewards_of(ev: Evaluation) -> list[float]:
@@ -61,8 +51,12 @@ def level1_train(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES,
                  seeds: tuple[int, ...] | None = None) -> dict[str, list[Policy]]:
     """Level 1's training step: one policy per loss and seed, each on its seed's pairs (`DataStages.draw_of`),
     {loss: [policy per seed]} (each cached: `level1` after this trains nothing). Needs `pipe.prepare()` first."""
-    seeds = seeds or level1_seeds(pipe.cfg)
-    return {loss: [pipe.train(loss=loss, seed=s) for s in seeds] for loss in losses}
+    seeds, policies = seeds or level1_seeds(pipe.cfg), {}
+    for loss in losses:
+        policies[loss] = []
+        for s in seeds:
+            policies[loss].append(pipe.train(loss=loss, seed=s))
+    return policies
 
 
 TRAINING_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies",
@@ -99,7 +93,6 @@ def training_logs(policies: dict[str, list[Policy]]) -> dict[str, list[dict]]:
     return {p.name: p.log for ps in policies.values() for p in ps}
 
 
-@experiment
 def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple[int, ...] | None = None) -> dict:
     """The assignment's Level 1, stage by stage: per seed, draw train prompts (`data.per_seed`), sample
     N completions per prompt, score them, pair best with worst; train one policy per loss and seed
@@ -109,34 +102,35 @@ def level1(pipe: Pipeline, losses: tuple[str, ...] = LEVEL1_LOSSES, seeds: tuple
     of each loss, `alarm.assess`), report. The result (and level1.json) holds data only: rows, per-seed
     rows, the losses compared, the alarm records, example records;
     `report` builds the tables and sentences from it."""
-    seeds, n_boot = seeds or level1_seeds(pipe.cfg), pipe.cfg.eval.n_boot
-    pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
-    for s in seeds:  # each seed's draw (data.per_seed; else one shared draw): prompts, samples, rewards, pairs
-        if not pipe.cfg.pairs.source:  # own pairs (pairs.source) are read, not built from scored samples
-            pipe.data.samples(s)
-            pipe.data.rewards(s)
-    pairs, pair_stats = pair_summary(pipe, seeds)
-    policies = level1_train(pipe, losses, seeds)
-    starts = [pipe.evaluate(seed=s) for s in seeds]
-    evals = {seeds_name(ps[0].name, seeds): [pipe.evaluate(p, seed=s) for p, s in zip(ps, seeds)]
-             for ps in policies.values()}
-    human_row = pipe.cfg.eval.human_row and not pipe.cfg.pairs.source  # own pairs' prompts have no review behind them
-    human = pipe.evaluate_human() if human_row else None
-    with pipe.times("statistics"):
-        start = pooled(START, starts, n_boot)
-        runs = {name: pooled(name, evs, n_boot) for name, evs in evals.items()}
-        rows, between = versus_start(start._asdict(), {n: {"metrics": {**e.metrics, "seeds": list(seeds)},
-                                                           "scored": e.scored} for n, e in runs.items()}, n_boot,
-                                    tokens=content_of)
-        per_seed = [{**ev.metrics, **compare_to_start(ev.scored, st.scored, n_boot), "seed": s}
-                    for evs in evals.values() for ev, st, s in zip(evs, starts, seeds)]
-        design = level1_design({n: e.scored for n, e in runs.items()}, start.scored)
-        alarm = [assess(e.metrics, e.scored, start.metrics, start.scored, n_boot) for e in runs.values()]
-    shown = {START: start, **runs, **({human.metrics["model"]: human} if human else {})}
-    logs = training_logs(policies)
-    with pipe.times("I/O"):  # plots, level1.json, the wandb summary
-        return _level1_report(pipe, rows + ([human.metrics] if human else []), per_seed, between, shown, logs,
-                              pairs, pair_stats, seeds, design, alarm)
+    with pipe.trackers.grouped("level1"):  # its wandb runs, grouped under its name
+        seeds, n_boot = seeds or level1_seeds(pipe.cfg), pipe.cfg.eval.n_boot
+        pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
+        for s in seeds:  # each seed's draw (data.per_seed; else one shared draw): prompts, samples, rewards, pairs
+            if not pipe.cfg.pairs.source:  # own pairs (pairs.source) are read, not built from scored samples
+                pipe.data.samples(s)
+                pipe.data.rewards(s)
+        pairs, pair_stats = pair_summary(pipe, seeds)
+        policies = level1_train(pipe, losses, seeds)
+        starts = [pipe.evaluate(seed=s) for s in seeds]
+        evals = {seeds_name(ps[0].name, seeds): [pipe.evaluate(p, seed=s) for p, s in zip(ps, seeds)]
+                 for ps in policies.values()}
+        human_row = pipe.cfg.eval.human_row and not pipe.cfg.pairs.source  # own pairs' prompts have no review behind them
+        human = pipe.evaluate_human() if human_row else None
+        with pipe.times("statistics"):
+            start = pooled(START, starts, n_boot)
+            runs = {name: pooled(name, evs, n_boot) for name, evs in evals.items()}
+            rows, between = versus_start(start._asdict(), {n: {"metrics": {**e.metrics, "seeds": list(seeds)},
+                                                               "scored": e.scored} for n, e in runs.items()}, n_boot,
+                                        tokens=content_of)
+            per_seed = [{**ev.metrics, **compare_to_start(ev.scored, st.scored, n_boot), "seed": s}
+                        for evs in evals.values() for ev, st, s in zip(evs, starts, seeds)]
+            design = level1_design({n: e.scored for n, e in runs.items()}, start.scored)
+            alarm = [assess(e.metrics, e.scored, start.metrics, start.scored, n_boot) for e in runs.values()]
+        shown = {START: start, **runs, **({human.metrics["model"]: human} if human else {})}
+        logs = training_logs(policies)
+        with pipe.times("I/O"):  # plots, level1.json, the wandb summary
+            return _level1_report(pipe, rows + ([human.metrics] if human else []), per_seed, between, shown, logs,
+                                  pairs, pair_stats, seeds, design, alarm)
 
 
 def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Evaluation], logs, pairs, pair_stats,
@@ -163,30 +157,29 @@ def lr_lesson_lrs(cfg) -> tuple[float, float]:
     return ORIGINAL_LR, cfg.dpo.lr
 
 
-@experiment
 def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = "sigmoid") -> dict:
     """The assignment notebook's lr 1e-3 next to the preset's `dpo.lr` (default): reward may rise while the
     reference perplexity explodes. Returns (and writes lr_lesson.json) rows, the start row, each lr's
     reward-hacking alarm record (`alarm.assess`) and example records."""
-    lrs = lrs or lr_lesson_lrs(pipe.cfg)
-    pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
-    start = pipe.evaluate()
-    rows, scored, alarm = [], {}, []
-    for lr in lrs:
-        row, ev, _ = trained_row(pipe, start, loss=loss, lr=lr)
-        rows.append({**row, "lr": lr})
-        scored[row["model"]] = ev.scored
-        with pipe.times("statistics"):
-            alarm.append({**assess(ev.metrics, ev.scored, start.metrics, start.scored, pipe.cfg.eval.n_boot), "lr": lr})
-    result = {"rows": with_holm(rows), "start": start.metrics, "alarm": alarm,
-              "examples": example_records(scored, pipe.cfg.eval.n_examples)}
-    if pipe.dist.main:
-        write_json(pipe.paths.result("lr_lesson"), result)
-    log_summary(pipe, "lr_lesson", {"results": result["rows"]}, [])
-    return result
+    with pipe.trackers.grouped("lr_lesson"):  # its wandb runs, grouped under its name
+        lrs = lrs or lr_lesson_lrs(pipe.cfg)
+        pipe.prepare()  # the SFT start policy and the scorers first: one that cannot load fails before any work
+        start = pipe.evaluate()
+        rows, scored, alarm = [], {}, []
+        for lr in lrs:
+            row, ev, _ = trained_row(pipe, start, loss=loss, lr=lr)
+            rows.append({**row, "lr": lr})
+            scored[row["model"]] = ev.scored
+            with pipe.times("statistics"):
+                alarm.append({**assess(ev.metrics, ev.scored, start.metrics, start.scored, pipe.cfg.eval.n_boot), "lr": lr})
+        result = {"rows": with_holm(rows), "start": start.metrics, "alarm": alarm,
+                  "examples": example_records(scored, pipe.cfg.eval.n_examples)}
+        if pipe.dist.main:
+            write_json(pipe.paths.result("lr_lesson"), result)
+        log_summary(pipe, "lr_lesson", {"results": result["rows"]}, [])
+        return result
 
 
-@experiment
 def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[float, ...] = SWEEP_BETAS,
           seeds: tuple[int, ...] = SWEEP_SEEDS, alphas: tuple[float, ...] = SWEEP_ALPHAS,
           best_of_n: tuple[int, ...] = SWEEP_BEST_OF_N) -> dict:
@@ -198,30 +191,31 @@ def sweep(pipe: Pipeline, losses: tuple[str, ...] = SWEEP_LOSSES, betas: tuple[f
     the points) and its reward-hacking alarm (`alarm.assess`).
     Writes sweep.json (data only: `frontier_report.sweep_lines` / `verdict_lines`, `alarm_report.alarm_lines` say it in words),
     the frontier plots, and returns the same dict."""
-    families = {F.family_label(loss, alpha): {"loss": loss, "alpha": alpha}
-                for loss in losses for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,))}
-    grid = {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas),
-            "best_of_n": list(best_of_n)}
-    return frontier_study(pipe, "sweep", families, {label: betas for label in families}, seeds, best_of_n, grid)
+    with pipe.trackers.grouped("sweep"):  # its wandb runs, grouped under its name
+        families = {F.family_label(loss, alpha): {"loss": loss, "alpha": alpha}
+                    for loss in losses for alpha in (alphas if loss == "alpha" else (pipe.cfg.dpo.alpha,))}
+        grid = {"losses": list(losses), "betas": list(betas), "seeds": list(seeds), "alphas": list(alphas),
+                "best_of_n": list(best_of_n)}
+        return frontier_study(pipe, "sweep", families, {label: betas for label in families}, seeds, best_of_n, grid)
 
 
-@experiment
 def level3(pipe: Pipeline, methods: tuple[str, ...] = tuple(LEVEL3_METHODS), betas: tuple[float, ...] = LEVEL3_BETAS,
            seeds: tuple[int, ...] = SWEEP_SEEDS, best_of_n: tuple[int, ...] = LEVEL3_BEST_OF_N) -> dict:
     """Level 3, what buys reward per nat of KL: every method of `LEVEL3_METHODS` x β x seed, traced as
     frontiers against best-of-N from the start policy's own samples, compared at matched KL as the sweep
     compares divergences (`frontier_study`). Writes level3.json and its plots."""
-    unknown = [m for m in methods if m not in LEVEL3_METHODS]
-    if unknown:
-        raise ConfigError(f"level3: unknown method(s) {unknown}; choose from {list(LEVEL3_METHODS)}")
-    per = method_betas(methods, betas)  # a method with a minimum β (`LEVEL3_MIN_BETA`) skips the β below it
-    for m in (m for m in methods if not per[m]):
-        print(f"level3: {m} trains only at β >= {LEVEL3_MIN_BETA[m]:g}: none of --betas {betas}; left out", flush=True)
-    families = {m: {"alpha": pipe.cfg.dpo.alpha, **LEVEL3_METHODS[m]} for m in methods if per[m]}
-    grid = {"methods": list(families), "betas": list(betas), "seeds": list(seeds), "best_of_n": list(best_of_n),
-            **({"method_betas": {m: list(per[m]) for m in families}} if any(per[m] != betas for m in families) else {})}
-    return frontier_study(pipe, "level3", families, {m: per[m] for m in families}, seeds, best_of_n, grid,
-                          with_cost=True)
+    with pipe.trackers.grouped("level3"):  # its wandb runs, grouped under its name
+        unknown = [m for m in methods if m not in LEVEL3_METHODS]
+        if unknown:
+            raise ConfigError(f"level3: unknown method(s) {unknown}; choose from {list(LEVEL3_METHODS)}")
+        per = method_betas(methods, betas)  # a method with a minimum β (`LEVEL3_MIN_BETA`) skips the β below it
+        for m in (m for m in methods if not per[m]):
+            print(f"level3: {m} trains only at β >= {LEVEL3_MIN_BETA[m]:g}: none of --betas {betas}; left out", flush=True)
+        families = {m: {"alpha": pipe.cfg.dpo.alpha, **LEVEL3_METHODS[m]} for m in methods if per[m]}
+        grid = {"methods": list(families), "betas": list(betas), "seeds": list(seeds), "best_of_n": list(best_of_n),
+                **({"method_betas": {m: list(per[m]) for m in families}} if any(per[m] != betas for m in families) else {})}
+        return frontier_study(pipe, "level3", families, {m: per[m] for m in families}, seeds, best_of_n, grid,
+                              with_cost=True)
 
 
 def sweep_result(cfg, run: bool, **grid) -> dict | None:

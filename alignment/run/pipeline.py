@@ -35,11 +35,9 @@ from .rundir import COST_FILE, HUMAN, START, Policy, RunPaths, eval_name, policy
 from .runmodels import RunModels
 from ..steps.sft import run_sft, sft_hash, sft_out_dir
 from .stagecache import StageCache, built_before, offline_prerequisites
-from ..base.timing import StageTimes, charged
+from ..base.timing import StageTimes
 from ..base.tracking import RunTrackers, run_config
 from ..steps.dpo import held_out_split, train_policy
-
-_io = charged("I/O")  # a stage method's own time (checking and reading its cache) is I/O; its build is its kind
 
 
 def method_settings(dpo: DPOConfig) -> DPOConfig:
@@ -151,37 +149,36 @@ class Pipeline:
         check_training(self.cfg, dpo, self.dist.world)
         return dpo
 
-    @_io
     def train(self, **overrides) -> Policy:
         """Train one policy with cfg.dpo updated by `overrides` (loss, beta, lr, alpha, seed...).
         Cached by name and config hash; resumes from its last checkpoint after an interrupt."""
-        dpo = self.policy_settings(**overrides)
-        name = policy_name(dpo)
-        out = self.paths.policy(name)
+        with self.times("I/O"):
+            dpo = self.policy_settings(**overrides)
+            name, cfg = policy_name(dpo), dataclasses.replace(self.cfg, dpo=dpo)
+            out = self.paths.policy(name)
+            deps = {"dpo": section_deps(cfg, "dpo")["dpo"], **draw_key(self.data.draw_of(dpo.seed))}
+            with self.cache.building(out, "policy", what=f"policy {name}", **deps) as part:
+                if part is not None:
+                    tracker = self.trackers(f"train-{name}", "train",
+                                            run_config(self.cfg.to_dict(), dataclasses.asdict(dpo), model=name))
+                    # resumed: the training loops' seconds in earlier calls (online DPO's rounds: in their own dirs)
+                    before = sum(saved_progress(d)[1] for d in (part_dir(part), *part_dir(part).glob("round*")))
+                    if dpo.method == "offline":  # the seed's shared draw (samples to reference log-probs) is its
+                        # own stage, not this policy's cost
+                        data = held_out_split(self.data.pairs(dpo.seed)[0], self.data.ref_logps(dpo.seed),
+                                              self.cfg.pairs.held_out)
+                        t0, tokens = time.time(), 0
+                        train_policy(self.models, data, self.data.train_prompt_ids(dpo.seed), dpo, part_dir(part),
+                                     tracker, self.dist)
+                    else:  # on-policy: draws its own samples from the policy as it trains
+                        prompts = trained_prompts(self.data.prompts(dpo.seed)["train"], self.cfg.pairs.held_out)
+                        t0 = time.time()
+                        tokens = train_on_policy(self.models, prompts, self.cfg, dpo, part_dir(part), tracker)
+                    if self.dist.main:
+                        write_json(part_dir(part) / COST_FILE, {"train_seconds": before + time.time() - t0,
+                                                               "tokens_drawn": tokens})
+            return read_policy(out)
 
-        def build(part):
-            tracker = self.trackers(f"train-{name}", "train", run_config(self.cfg.to_dict(), dataclasses.asdict(dpo),
-                                                                         model=name))
-            before = sum(saved_progress(d)[1] for d in (part_dir(part), *part_dir(part).glob("round*")))  # resumed:
-            # the training loops' seconds in earlier calls (online DPO's rounds checkpoint in their own dirs)
-            if dpo.method != "offline":  # on-policy: draws its own samples from the policy as it trains
-                prompts = trained_prompts(self.data.prompts(dpo.seed)["train"], self.cfg.pairs.held_out)
-                t0 = time.time()
-                tokens = train_on_policy(self.models, prompts, self.cfg, dpo, part_dir(part), tracker)
-            else:  # the seed's shared draw (samples to reference log-probs) is its own stage, not this policy's cost
-                pairs, ref = self.data.pairs(dpo.seed)[0], self.data.ref_logps(dpo.seed)
-                data = held_out_split(pairs, ref, self.cfg.pairs.held_out)
-                t0, tokens = time.time(), 0
-                train_policy(self.models, data, self.data.train_prompt_ids(dpo.seed), dpo, part_dir(part), tracker,
-                             self.dist)
-            if self.dist.main:
-                write_json(part_dir(part) / COST_FILE, {"train_seconds": before + time.time() - t0, "tokens_drawn": tokens})
-
-        deps = {"dpo": section_deps(dataclasses.replace(self.cfg, dpo=dpo), "dpo")["dpo"], **draw_key(self.data.draw_of(dpo.seed))}
-        self.cache(out, "policy", build, what=f"policy {name}", **deps)
-        return read_policy(out)
-
-    @_io
     def evaluate(self, policy: Policy | None = None, seed: int | None = None,
                  n_samples: int | None = None) -> Evaluation:
         """Held-out metrics of the start policy (`policy=None`) or a trained one, each on its own
@@ -190,45 +187,43 @@ class Pipeline:
         under each seed its trained policies used (`rundir.eval_name`). `n_samples` overrides
         eval.n_samples (e.g. 64 draws of the start policy for best-of-N). An evaluation is logged to a
         wandb run of its own when it is built (`RunTrackers.evaluation`); found built, it is announced."""
-        seed = seed if seed is not None else (policy.seed if policy else self.cfg.dpo.seed)
-        name, m = (policy.name if policy else START), self.models
-        cfg = self.cfg if n_samples is None else dataclasses.replace(
-            self.cfg, eval=dataclasses.replace(self.cfg.eval, n_samples=n_samples))
-        out = self.paths.eval(eval_name(policy and policy.name, seed, n_samples))
+        with self.times("I/O"):
+            seed = seed if seed is not None else (policy.seed if policy else self.cfg.dpo.seed)
+            name, m = (policy.name if policy else START), self.models
+            cfg = self.cfg if n_samples is None else dataclasses.replace(
+                self.cfg, eval=dataclasses.replace(self.cfg.eval, n_samples=n_samples))
+            out = self.paths.eval(eval_name(policy and policy.name, seed, n_samples))
+            extra = {} if n_samples is None else {"eval_n_samples": n_samples}
+            with self.cache.building(out, "evaluation", what=f"evaluation {out.name}", policy=policy and policy.hash,
+                                     eval_seed=seed, evaluation=EVAL_VERSION, **extra) as part:
+                if part is not None:
+                    model, ref = (m.ref_model, None) if policy is None else (m.load_trained(policy.dir), m.ref_model)
+                    evaluate_model(name, model, ref, m.tokenizer, m.sharded_scorers(), self.data.prompts()["eval"],
+                                   cfg, m.stop_ids, part_dir(part), sample_dtype=m.sample_dtype, seed=seed,
+                                   dist=self.dist)
+            ev = load_evaluation(out, self.cfg.eval.n_boot)
+            if part is not None:  # one wandb run per evaluation: a cached one was logged when it was built
+                self.trackers.evaluation(out.name, ev.metrics, ev.scored, policy and policy.dpo, eval_seed=seed,
+                                         eval_n_samples=cfg.eval.n_samples)
+            return ev
 
-        def build(part):
-            model, ref = (m.ref_model, None) if policy is None else (m.load_trained(policy.dir), m.ref_model)
-            evaluate_model(name, model, ref, m.tokenizer, m.sharded_scorers(), self.data.prompts()["eval"], cfg, m.stop_ids,
-                           part_dir(part), sample_dtype=m.sample_dtype, seed=seed, dist=self.dist)
-
-        extra = {} if n_samples is None else {"eval_n_samples": n_samples}
-        built = self.cache(out, "evaluation", build, what=f"evaluation {out.name}", policy=policy and policy.hash,
-                           eval_seed=seed, evaluation=EVAL_VERSION, **extra)
-        ev = load_evaluation(out, self.cfg.eval.n_boot)
-        if built:  # one wandb run per evaluation: a cached one was logged when it was built
-            self.trackers.evaluation(out.name, ev.metrics, ev.scored, policy and policy.dpo, eval_seed=seed,
-                                     eval_n_samples=cfg.eval.n_samples)
-        return ev
-
-    @_io
     def evaluate_human(self) -> Evaluation:
         """The human row: the eval prompts' source reviews' own continuations, same token budget."""
         if self.cfg.pairs.source:
             raise ConfigError(f"the human row continues the eval prompts' reviews, and the prompts of "
                               f"pairs.source={self.cfg.pairs.source!r} have none; set eval.human_row=false")
-        out, m = self.paths.eval(HUMAN), self.models
-
-        def build(part):
-            prompts = self.data.prompts()["eval"]
-            texts = review_texts(self.cfg.data, {p["review_id"] for p in prompts})
-            evaluate_human(HUMAN, m.ref_model, m.tokenizer, m.sharded_scorers(), prompts, texts, self.cfg,
-                           part_dir(part), dist=self.dist)
-
-        built = self.cache(out, "human row", build, what=f"evaluation {HUMAN}", human=1)
-        ev = load_evaluation(out, self.cfg.eval.n_boot)
-        if built:  # one wandb run per evaluation, made when it is built
-            self.trackers.evaluation(HUMAN, ev.metrics, ev.scored)
-        return ev
+        with self.times("I/O"):
+            out, m = self.paths.eval(HUMAN), self.models
+            with self.cache.building(out, "human row", what=f"evaluation {HUMAN}", human=1) as part:
+                if part is not None:
+                    prompts = self.data.prompts()["eval"]
+                    texts = review_texts(self.cfg.data, {p["review_id"] for p in prompts})
+                    evaluate_human(HUMAN, m.ref_model, m.tokenizer, m.sharded_scorers(), prompts, texts, self.cfg,
+                                   part_dir(part), dist=self.dist)
+            ev = load_evaluation(out, self.cfg.eval.n_boot)
+            if part is not None:  # one wandb run per evaluation, made when it is built
+                self.trackers.evaluation(HUMAN, ev.metrics, ev.scored)
+            return ev
 
     def policies(self) -> list[Policy]:
         """The trained policies of this run dir (finished ones only)."""

@@ -4,15 +4,16 @@ behind `offline-sft`, the trained heads behind `offline` scorers (`offline_prere
 run's first step (`Pipeline.prepare`) builds those and records their cache hashes here (`record`);
 computing a key only reads that record, never builds. Own preference pairs (`pairs.source`) are
 recorded there too, by the hash of their rows. Under several processes every rank calls the
-same stages (`distributed.cached_on_ranks`)."""
+same stages (`distributed.building_on_ranks`)."""
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Iterator, NamedTuple
 
 from ..config import OFFLINE, OFFLINE_FT, OFFLINE_SFT, Config, section_deps
-from ..base.distributed import Dist, cached_on_ranks
+from ..base.distributed import Dist, building_on_ranks
 from ..base.io import CacheMismatch, build_record
 from ..base.timing import StageTimes
 from ..steps.decode import DRAWS
@@ -76,9 +77,9 @@ def offline_prerequisites(cfg: Config) -> tuple[bool, tuple[str, ...]]:
 
 
 class StageCache:
-    """`cache(artifact, stage, build, **extra)` builds `artifact` once per (model + data + the sections
-    `CACHED_STAGES[stage]` names, identities, `extra`), charging the build's wall time to the stage's kind
-    in `times`; True when it was built now."""
+    """`with cache.building(artifact, stage, **extra) as part:` builds `artifact` once per its key
+    (`deps`: model + data + the sections `CACHED_STAGES[stage]` names, identities, `extra`), charging the
+    block's wall time to the stage's kind in `times`."""
 
     def __init__(self, cfg: Config, root: Path, dist: Dist = Dist(), times: StageTimes | None = None):
         self.cfg, self.root, self.dist, self.times = cfg, root, dist, times
@@ -128,26 +129,35 @@ class StageCache:
         source = self.cfg.pairs.source
         return {"pairs_source": {"source": source, "rows": self._identity("pairs_source")}} if source else {}
 
-    def __call__(self, artifact: Path, stage: str, build: Callable[[Path], object], what: str | None = None,
-                 **extra) -> bool:
-        """`build(part)` writes the artifact to `part`. A collective stage's build runs on every rank
-        (splits its work, writes on rank 0 only, may call stages); any other runs on rank 0 alone and
-        must not call a stage. `what`: the name under which a reused artifact is announced
-        (`announce`); none: reused silently."""
+    def deps(self, stage: str, **extra) -> dict:
+        """The cache key of a `stage` artifact: model and data, the sections `CACHED_STAGES[stage]` names, which
+        SFT model, heads and own pairs the names stood for (as `record` left them), the draws' version where
+        it samples, and `extra`. Reads only: computing a key never builds."""
         if {"sections", "collective"} & set(extra):  # they would silently enter the key: the stage's table entry says them
             raise TypeError(f"{stage}: sections and collective come from CACHED_STAGES[{stage!r}], not the call")
-        sections, kind, collective = CACHED_STAGES[stage]
-        if kind and self.times is not None:
-            build = self.times.wrap(kind, build)
-        deps = {**section_deps(self.cfg, "model", "data", *sections), **self.model_identity(),
+        sections = CACHED_STAGES[stage].sections
+        return {**section_deps(self.cfg, "model", "data", *sections), **self.model_identity(),
                 **self.scorer_identity(sections), **self.pairs_identity(),
                 **({"draws": DRAWS} if "sample" in sections else {}), **extra}
+
+    @contextmanager
+    def building(self, artifact: Path, stage: str, what: str | None = None, **extra) -> Iterator[Path | None]:
+        """A block that builds `artifact` once per `deps(stage, **extra)`::
+
+            with cache.building(path, "rewards") as part:
+                if part is not None:  # None: built already (or, under a launch, another rank's work)
+                    write_json(part, score(...))
+
+        The block's time is charged to the stage's kind. A collective stage's block runs on every rank
+        (splits its work, writes on rank 0 only, may call stages); any other runs on rank 0 alone and must
+        not call a stage. `what`: the name under which a reused artifact is announced (`announce`)."""
+        kind, collective = CACHED_STAGES[stage].kind, CACHED_STAGES[stage].collective
+        hint = f"Use a new run_dir (e.g. run_dir={self.root}-2) or delete {artifact} and its .meta.json."
         try:
-            built = cached_on_ranks(artifact, deps, build, self.dist, collective,
-                                    hint=f"Use a new run_dir (e.g. run_dir={self.root}-2) "
-                                         f"or delete {artifact} and its .meta.json.")
+            with building_on_ranks(artifact, self.deps(stage, **extra), self.dist, collective, hint=hint) as part:
+                with self.times(kind) if part is not None and kind and self.times is not None else nullcontext():
+                    yield part
         except CacheMismatch as e:  # the run-dir flavour of the error, for the CLI and tests
             raise RunDirMismatch(str(e)) from None
-        if what and not built:
+        if what and part is None:
             self.announce(what, artifact)
-        return built

@@ -178,17 +178,16 @@ def eval_due(step: int, total: int, every: int) -> bool:
 def train_loop(model, n_examples: int, loss_fn: LossFn, cfg: LoopConfig, out_dir: str | Path,
                tracker=None, dist: Dist = Dist(), evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
                ) -> LoopResult:
-    """Train `model` in place; returns the per-step log records, the seconds over all sessions
-    and the step this session resumed from. `evaluate(model) -> metrics` (e.g. held-out pairs'
-    `eval_loss`, `eval_rewards/accuracies`), when given, runs without gradients at `eval_due` steps;
-    its metrics join that step's record (and go to the tracker as `eval/<name>`, trl's charts).
+    """Train `model` in place; returns the per-step log records, the seconds over all sessions and the step
+    this session resumed from. `evaluate(model) -> metrics` (e.g. held-out pairs' `eval_loss`), when given, runs
+    without gradients at `eval_due` steps; its metrics join that step's record (and the tracker's `eval/<name>`).
 
-    Writes out_dir/train_log.jsonl (one record per optimizer step: the closure's metrics + step,
-    epoch, grad_norm, lr) and out_dir/ckpt.pt when `checkpoint_due` (`save_minutes`, `save_every`), and, with
-    either on, at the last whole step when Ctrl-C or a kill stops the loop (not between an optimizer step
-    and its logged record: then the last checkpoint stands); a later call with the same out_dir resumes from that checkpoint (same order, same RNG, same
-    result; after the last step it only reloads the weights). The caller removes ckpt.pt once its
-    own work after training (saving, evaluating) is written, so a kill in between never retrains.
+    Writes out_dir/train_log.jsonl (one record per optimizer step: the closure's metrics + step, epoch,
+    grad_norm, lr) and out_dir/ckpt.pt when `checkpoint_due` (`save_minutes`, `save_every`), and, with either
+    on, at the last whole step when Ctrl-C or a kill stops the loop (not between an optimizer step and its
+    logged record: then the last checkpoint stands); a later call with the same out_dir resumes from that
+    checkpoint (same order, same RNG, same result; after the last step it only reloads the weights). The
+    caller removes ckpt.pt once its own work after training (saving, evaluating) is written.
     """
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
