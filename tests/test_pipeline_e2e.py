@@ -356,3 +356,31 @@ def test_a_frontier_refuses_a_bad_point_before_anything_loads(cfg, tmp_path, tin
     warm = tiny_cfg(tmp_path / "warm", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv, **{"sample.temperature": 0.7})
     with pytest.raises(ConfigError, match="dpo.method=rloo's policy gradient"):
         experiments.level3(Pipeline(warm), methods=("dpo", "rloo"), betas=(0.3,), seeds=(0,), best_of_n=(1, 2))
+
+
+class _AtTheOptimizer(Exception):
+    """Raised by a stand-in training loop once it has seen how deep it was called."""
+
+
+def test_the_run_command_reaches_the_training_loop_in_eight_frames(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
+                                                                    reviews_csv, monkeypatch):
+    """`python -m alignment run` to the loop that steps the optimizer: cli.main, run_stage, level1,
+    level1_train, Pipeline.train, train_policy, train_dpo, train_loop; no decorator, closure or cache
+    wrapper in between (a stage's work is a `cache.building` block in its own method)."""
+    import inspect
+    import yaml
+
+    from alignment import cli
+    from alignment.steps import dpo
+
+    def loop(*args, **kwargs):
+        names = [f.function for f in inspect.stack()]
+        raise _AtTheOptimizer(names[: names.index("main") + 1])
+
+    monkeypatch.setattr(dpo, "train_loop", loop)
+    cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, tiny_classifier_dir, reviews_csv)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    with pytest.raises(_AtTheOptimizer) as got:
+        cli.main(["run", "--config", str(tmp_path / "c.yaml")])
+    assert got.value.args[0] == ["loop", "train_dpo", "train_policy", "train", "level1_train", "level1", "run_stage",
+                                 "main"]
