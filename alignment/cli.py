@@ -162,9 +162,10 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-# The stages that are experiments: Level 1, the learning-rate check, Level 2's sweep, Level 3
-EXPERIMENTS = {"run": experiments.level1, "lr-lesson": experiments.lr_lesson, "sweep": experiments.sweep,
-               "level3": experiments.level3}
+# The stages that are experiments (Level 1, the learning-rate check, Level 2's sweep, Level 3): each one call of
+# the pipeline, and whether it takes the command line's grid (--losses/--methods, --betas, --seeds, ...)
+EXPERIMENTS = {"run": (experiments.level1, False), "lr-lesson": (experiments.lr_lesson, False),
+               "sweep": (experiments.sweep, True), "level3": (experiments.level3, True)}
 
 
 def run_stage(args, cfg, grid: dict) -> int:
@@ -190,8 +191,9 @@ def run_stage(args, cfg, grid: dict) -> int:
     try:
         if args.stage != "sft":  # the SFT start policy and the offline heads (built once, announced); scorers to score
             pipe.prepare(load_scorers=args.stage in ("score", "eval", *EXPERIMENTS))
-        if args.stage in EXPERIMENTS:  # each one call of the pipeline; the sweep and Level 3 take their axes
-            result = EXPERIMENTS[args.stage](pipe, **(grid if args.stage in ("sweep", "level3") else {}))
+        if args.stage in EXPERIMENTS:
+            experiment, gridded = EXPERIMENTS[args.stage]
+            result = experiment(pipe, **(grid if gridded else {}))
         else:
             result = summaries[args.stage]()
     except KeyboardInterrupt:  # Ctrl-C or a kill: the time spent is logged too, then the work saved is resumed by a rerun

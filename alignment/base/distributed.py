@@ -204,7 +204,8 @@ def building_on_ranks(artifact: str | os.PathLike, deps: dict, dist: Dist, colle
     is None where it has nothing to do. A *collective* block runs on every rank with the same part path
     — it splits its own work, may call stages, and writes the part on rank 0 only —; any other runs on
     rank 0 while the others wait (their `part` is None), and must not call a stage. Rank 0 decides
-    whether to build, and publishes."""
+    whether to build, and publishes (where another launch in the same run dir published the artifact while a
+    collective block ran, that one stands and this block's part is left unused)."""
     if dist.world == 1:
         with building(artifact, deps, hint=hint) as part:
             yield part

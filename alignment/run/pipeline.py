@@ -202,7 +202,7 @@ class Pipeline:
                                    cfg, m.stop_ids, part_dir(part), sample_dtype=m.sample_dtype, seed=seed,
                                    dist=self.dist)
             ev = load_evaluation(out, self.cfg.eval.n_boot)
-            if part is not None:  # one wandb run per evaluation: a cached one was logged when it was built
+            if part is not None and self.dist.main:  # one wandb run per evaluation: a cached one was logged when built
                 self.trackers.evaluation(out.name, ev.metrics, ev.scored, policy and policy.dpo, eval_seed=seed,
                                          eval_n_samples=cfg.eval.n_samples)
             return ev
@@ -221,7 +221,7 @@ class Pipeline:
                     evaluate_human(HUMAN, m.ref_model, m.tokenizer, m.sharded_scorers(), prompts, texts, self.cfg,
                                    part_dir(part), dist=self.dist)
             ev = load_evaluation(out, self.cfg.eval.n_boot)
-            if part is not None:  # one wandb run per evaluation, made when it is built
+            if part is not None and self.dist.main:  # one wandb run per evaluation, made when it is built
                 self.trackers.evaluation(HUMAN, ev.metrics, ev.scored)
             return ev
 

@@ -24,7 +24,7 @@ from .rundir import RunDirMismatch
 class Stage(NamedTuple):
     """One cached stage of a run dir: what its key reads and how its build runs."""
     sections: tuple[str, ...]  # the config sections its cache key reads, beyond `model` and `data`
-    kind: str | None  # the wall-time kind its build is charged to (`timing.StageTimes`); None: its parts charge their own
+    kind: str | None  # the wall-time kind its block is charged to (`timing.StageTimes`); None: its parts charge their own
     collective: bool = True  # its build runs on every rank (splits its work, writes on rank 0 only); else on rank 0 alone
 
 
