@@ -14,7 +14,7 @@ PRESETS: dict[str, dict] = {
     },
     "default": {},
     "sweep": {  # Level 2 frontiers on 2 CPU cores: 126 training pairs per seed, 16 steps per policy, LoRA
-        # adapters (MBs per policy, no second model) under bf16 autocast where native; lr 1e-3 puts
+        # adapters (MBs per policy) under bf16 autocast where native; lr 1e-3 puts
         # β 3 .. 0.1 at KL ~0.6 .. ~3 nats (measured; lr 5e-4 gave only 0.3 .. 0.8, lr 2e-3 overshot to 3 .. 30)
         "data.n_train_prompts": 144, "data.n_eval_prompts": 32,
         "dpo.lora_r": 16, "dpo.lora_alpha": 32.0, "dpo.lr": 1e-3, "dpo.precision": "auto",

@@ -125,5 +125,5 @@ def run(S: Sizes, ctx, rep: Report) -> None:
              f"{mb(f['load_peak'])}, LoRA {mb(lo['load_peak'])}; so training added {mb(_add(f))} vs {mb(_add(lo))}: "
              f"full keeps AdamW's two fp32 moments of every weight, LoRA only of the adapters but stores extra "
              f"activations for backward, per adapted layer). In the Pipeline, full fine-tuning also keeps the "
-             f"reference model loaded beside the policy; LoRA puts the adapters on the reference itself (no copy), "
-             f"which this per-variant measurement does not include. Saved size = every file save_pretrained wrote.")
+             f"reference model loaded beside the policy, and so does LoRA (its adapters sit on a copy of the start "
+             f"policy), which this per-variant measurement does not include. Saved size = every file save_pretrained wrote.")

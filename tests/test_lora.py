@@ -10,6 +10,7 @@ from alignment.config import ConfigError, load_config
 from alignment.steps.logprobs import batched_logps
 from alignment.assets.models import add_lora, is_adapter, load_causal_lm
 from alignment.run.pipeline import Pipeline
+from alignment.steps import dpo
 
 
 def _cfg(tmp_path, policy, reward, data, **extra):
@@ -33,18 +34,21 @@ def test_lora_starts_at_the_base_and_trains_only_adapters(tiny_gpt2_dir):
 
 
 def test_pipeline_trains_an_adapter_and_evaluates_base_plus_adapter(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
-                                                                     reviews_csv):
+                                                                     reviews_csv, monkeypatch):
     pipe = Pipeline(_cfg(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv))
-    before = {k: v.clone() for k, v in pipe.models.ref_model.state_dict().items()}
+    ref = pipe.models.ref_model
+    before = {k: v.clone() for k, v in ref.state_dict().items()}
+    wrapped = []  # the adapters go on a copy of the start policy, never on the run's reference
+    monkeypatch.setattr(dpo, "add_lora", lambda m, r, a: (wrapped.append(m is ref), add_lora(m, r, a))[1])
     policy = pipe.train()
+    assert wrapped == [False] and pipe.models.ref_model is ref
     assert policy.name == "sigmoid-lora4-b0.1-lr0.01-e2-s0"
     saved = policy.dir / "model"
     assert is_adapter(saved) and not (saved / "model.safetensors").exists()
     adapter = load_file(str(saved / "adapter_model.safetensors"))
     n_adapter = sum(v.numel() for v in adapter.values())
     assert 0 < n_adapter < 0.2 * sum(v.numel() for v in before.values())
-    # the reference came back without adapters, unchanged, frozen and in eval mode: it computes
-    # exactly what a freshly loaded base computes
+    # the reference is unchanged, frozen and in eval mode: it computes exactly what a freshly loaded base computes
     after = pipe.models.ref_model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert not any(p.requires_grad for p in pipe.models.ref_model.parameters()) and not pipe.models.ref_model.training

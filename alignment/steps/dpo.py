@@ -1,7 +1,7 @@
 """DPO on the package's one training loop (`alignment.steps.train.train_loop`): the reference log-probs,
 computed once per pair (not two forwards per step); held-out pairs scored as training goes (trl's eval
 metrics); any loss from `alignment.steps.losses.LOSSES` with chosen and rejected in one forward; trl's metric
-names; one policy trained into its directory by full fine-tuning or LoRA adapters on the reference itself, with
+names; one policy trained into its directory by full fine-tuning or LoRA adapters on a copy of the start policy, with
 the native loop or trl's DPOTrainer (`trl_backend.py`).
 """
 from __future__ import annotations
@@ -165,23 +165,16 @@ def train_dpo(model, pairs: list[dict], prompt_ids: dict[str, list[int]], ref: t
 
 @contextlib.contextmanager
 def policy_to_train(models, cfg: DPOConfig):
-    """The model one policy trains, in a context: a fresh copy of the start policy (full fine-tuning),
-    or LoRA adapters on the reference itself (`dpo.lora_r`: its frozen base *is* the reference, no second
-    model), which leaves the run's models while it carries adapters (nothing reads it half-wrapped) and is
-    handed back without them, in eval mode. `models`: the run's `RunModels`."""
+    """The model one policy trains, in a context: a fresh copy of the start policy (full fine-tuning), or
+    LoRA adapters (`dpo.lora_r`) on a fresh copy, whose frozen base is the reference while it trains
+    (`reference_of`). The run's reference model (`models.ref_model`) is never touched. `models`: the run's
+    `RunModels`."""
     if not cfg.lora_r:
         yield models.load_policy(train=True)
         return
-    base = models.ref_model
-    del models.ref_model  # out of the run's models while it carries adapters
+    base = models.load_policy()
     torch.manual_seed(cfg.seed)  # the adapters' random init, whatever the process did before
-    model = add_lora(base, cfg.lora_r, cfg.lora_alpha)
-    try:
-        yield model
-    finally:
-        base = model.unload()
-        base.requires_grad_(False)
-        models.ref_model = base.eval()
+    yield add_lora(base, cfg.lora_r, cfg.lora_alpha)
 
 
 @contextlib.contextmanager
