@@ -362,6 +362,21 @@ def offline_runs(wandb_dir: Path, n: int, timeout: float = 60.0) -> dict[str, di
         time.sleep(0.2)
 
 
+def test_a_rerun_that_changes_nothing_makes_no_wandb_run(tracked, monkeypatch):
+    """Level 1 and the learning-rate check again on the same run dir: every stage is cached, the results
+    equal the stored ones, so no run at all (no training, evaluation or results run) is made."""
+    pipe, _, level1, lr, _ = tracked
+    made = []
+    monkeypatch.setattr(tracking, "make_tracker", recording(made))
+    again = pipeline.Pipeline(pipe.cfg)
+    assert experiments.level1(again, losses=("sigmoid",)) == level1
+    assert experiments.lr_lesson(again, lrs=(1e-3, 5e-3)) == lr
+    assert made == []
+    Path(again.paths.result("level1")).write_text("{}")  # a result the run dir does not hold: logged again
+    experiments.level1(again, losses=("sigmoid",))
+    assert [(r.job_type, r.name.rsplit("-", 1)[-1]) for r in made] == [("results", "level1")]
+
+
 def test_a_real_offline_run_holds_the_evaluation(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
                                                   monkeypatch, capsys):
     """A real offline wandb dir: one run per training and one per evaluation, however often they are

@@ -10,11 +10,11 @@ from ..study import frontier as F
 from ..study import plots
 from ..study.alarm import assess
 from ..study.design import level1_design
-from ..base.io import read_json, write_json
+from ..base.io import read_json
 from ..config import ConfigError
 from ..study.metrics import content_of
 from ..steps.evaluate import Evaluation, pooled
-from .frontiers import frontier_study, log_summary, trained_row
+from .frontiers import frontier_study, publish_result, trained_row
 from . import publish
 from .pipeline import Pipeline
 from .rundir import START, Policy, RunPaths
@@ -146,9 +146,7 @@ def _level1_report(pipe: Pipeline, rows, per_seed, between, evals: dict[str, Eva
               "training": training_summary(logs),
               "design": design, "alarm": alarm, "examples": example_records(first, pipe.cfg.eval.n_examples),
               "plots": [str(f) for f in files]}
-    if pipe.dist.main:
-        write_json(P.result("level1"), result)
-    log_summary(pipe, "level1", {"results": rows, "per_seed": per_seed}, files)
+    publish_result(pipe, "level1", result, {"results": rows, "per_seed": per_seed}, files)
     return result
 
 
@@ -174,9 +172,7 @@ def lr_lesson(pipe: Pipeline, lrs: tuple[float, ...] | None = None, loss: str = 
                 alarm.append({**assess(ev.metrics, ev.scored, start.metrics, start.scored, pipe.cfg.eval.n_boot), "lr": lr})
         result = {"rows": with_holm(rows), "start": start.metrics, "alarm": alarm,
                   "examples": example_records(scored, pipe.cfg.eval.n_examples)}
-        if pipe.dist.main:
-            write_json(pipe.paths.result("lr_lesson"), result)
-        log_summary(pipe, "lr_lesson", {"results": result["rows"]}, [])
+        publish_result(pipe, "lr_lesson", result, {"results": result["rows"]}, [])
         return result
 
 

@@ -1,7 +1,7 @@
 """The frontiers both Level 2 and Level 3 draw (`frontier_study`): every family x β x seed trained and evaluated
 (`train_points`), their statistics against best-of-N and the KL-optimal limit (`frontier_statistics`), and for
 Level 3 what each policy cost and where its KL went; plus the pieces every experiment shares: one trained
-policy's table row (`trained_row`) and the results run in wandb (`log_summary`)."""
+policy's table row (`trained_row`) and the result file and its results run in wandb (`publish_result`)."""
 from __future__ import annotations
 
 import time
@@ -109,9 +109,7 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
             result["diagnosis"] = kl_diagnoses(pipe, firsts)
         result["examples"] = example_records({START: starts[seeds[0]].scored, **{k: ev.scored for k, (_, ev)
                                                                                  in firsts.items()}}, EXAMPLE_PROMPTS)
-    if pipe.dist.main:
-        write_json(P.result(name), result)
-    log_summary(pipe, name, {"results": stats["points"], "runs": runs}, files, charts=FRONTIER_CHARTS)
+    publish_result(pipe, name, result, {"results": stats["points"], "runs": runs}, files, charts=FRONTIER_CHARTS)
     return result
 
 
@@ -204,11 +202,19 @@ def point_alarms(seed_evals: dict[str, list[Evaluation]], start: Evaluation, n_b
     return out
 
 
-def log_summary(pipe: Pipeline, name: str, tables: dict[str, list[dict]], images: list[Path],
-                 charts: tuple[tuple[str, str], ...] = ()) -> None:
-    """The experiment's results run (job type results): each of `tables` as `<name>/<key>` (one
-    column per scalar field), its plots, and each (x, y) of `charts` as a native chart of the "results"
-    table's points (no-op when tracking is off)."""
+def publish_result(pipe: Pipeline, name: str, result: dict, tables: dict[str, list[dict]], images: list[Path],
+                   charts: tuple[tuple[str, str], ...] = ()) -> None:
+    """Write the experiment's `<name>.json` and log its results run (job type results; no-op when tracking
+    is off): each of `tables` as `<name>/<key>` (one column per scalar field), its plots, and each (x, y) of
+    `charts` as a native chart of the "results" table's points. A rerun whose result is the one the run dir
+    holds (its wall time aside: everything came from the cache) makes no second results run. Rank 0 only."""
+    if not pipe.dist.main:
+        return
+    path = pipe.paths.result(name)
+    old = read_json(path) if path.exists() else None
+    write_json(path, result)
+    if old is not None and _without_time(old) == _without_time(read_json(path)):
+        return
     tr = pipe.trackers(name, "results")
     try:
         for key, rows in tables.items():
@@ -222,3 +228,7 @@ def log_summary(pipe: Pipeline, name: str, tables: dict[str, list[dict]], images
             tr.log_scatter(f"{name}/frontier_{y}_vs_{x}", cols, rows, x, y, f"{name}: {y} against {x} (each curve's label)")
     finally:
         tr.finish()
+
+
+def _without_time(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "wall_minutes"}
