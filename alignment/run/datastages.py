@@ -99,8 +99,9 @@ class DataStages:
         """(pairs, stats) of seed `seed`'s draw: its scored samples of each prompt paired by
         `pairs.strategy`, or own pairs tokenized (`pairs.source`; no rewards)."""
         with self.times("I/O"):
-            P, p = self.paths.draw(self.draw_of(seed)), self.cfg.pairs
-            with self.cache.building(P.pairs, "pairs", **draw_key(self.draw_of(seed))) as part:
+            draw, p = self.draw_of(seed), self.cfg.pairs
+            P = self.paths.draw(draw)
+            with self.cache.building(P.pairs, "pairs", **draw_key(draw)) as part:
                 if part is not None:
                     own = self.own_pairs
                     pairs, stats = (pair_records(own, self.prompts()["train"], self.models.tokenizer) if own is not None
