@@ -118,6 +118,7 @@ def test_sharded_scorer_gives_every_rank_rank_0s_automatic_batch_size():
 
 def test_map_batches_in_one_process_is_the_function():
     assert map_batches(lambda xs: [x * 2 for x in xs], [1, 2, 3], chunks(3, 2), Dist()) == [2, 4, 6]
+    assert Dist().map(lambda xs: [x * 2 for x in xs], [1, 2, 3], 2) == [2, 4, 6]
 
 
 # ---- two real processes (gloo) --------------------------------------------------------------------

@@ -72,6 +72,12 @@ class Dist:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def map(self, fn: Callable[[list], Sequence], items: list, batch_size: int) -> list:
+        """`fn(items)`, one result per item, with the items cut in batches of `batch_size` dealt out rank by
+        rank and gathered (`map_batches`): the batch mapper a step is handed with its `dist`. In one process
+        it is `list(fn(items))`."""
+        return map_batches(fn, items, chunks(len(items), batch_size), self)
+
     def agree(self, obj):
         """Rank 0's `obj` on every rank: decisions (is it built? is it stale?) taken once, so no
         rank takes another branch because the file system changed between two looks."""

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 from ..config import DPOConfig
-from ..base.distributed import Dist, chunks, map_batches
+from ..base.distributed import Dist
 from ..base.io import write_json
 from ..base.machine import auto_forward_rows
 from .logprobs import batched_logps, collate, completion_token_stats, model_logps
@@ -38,8 +38,7 @@ def reference_logps(ref_model, pairs: list[dict], prompt_ids: dict[str, list[int
 
     if dist.world == 1:
         return both(pairs)
-    rows = map_batches(lambda sub: list(zip(*(t.tolist() for t in both(sub)))), pairs, chunks(len(pairs), batch_size),
-                       dist)
+    rows = dist.map(lambda sub: list(zip(*(t.tolist() for t in both(sub)))), pairs, batch_size)
     return torch.tensor([c for c, _ in rows]), torch.tensor([r for _, r in rows])
 
 

@@ -23,7 +23,7 @@ import torch
 
 from ..study.alarm import other_prompt_index
 from ..config import Config
-from ..base.distributed import Dist, chunks, map_batches
+from ..base.distributed import Dist
 from ..base.machine import FORWARD_LOGIT_COPIES, SCORING_LOGIT_COPIES, auto_forward_rows
 from ..base.io import read_json, read_jsonl, write_json, write_jsonl
 from .logprobs import collate, model_logits, model_token_logps, token_logps
@@ -225,7 +225,7 @@ def _sharded_logps(dist: Dist, sampler, ref_model, prompt_ids: dict, recs: list[
         lp = logps_and_entropy(sampler, ref_model, prompt_ids, sub, pad_id, batch_size, sample_cfg, other_ids)
         return [{k: (None if v is None else v[i]) for k, v in lp.items()} for i in range(len(sub))]
 
-    rows = map_batches(per_record, recs, chunks(len(recs), batch_size), dist)
+    rows = dist.map(per_record, recs, batch_size)
     return {k: None if rows[0][k] is None else torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
