@@ -52,3 +52,19 @@ def test_the_table_lists_every_stage_and_the_total():
     text = stage_times(times.rows())
     assert "8.0 s in all" in text
     assert "| training | 6.0 | 75% |" in text and "| statistics | 2.0 | 25% |" in text and "| total | 8.0 | 100% |" in text
+
+
+def test_a_slow_loop_shows_its_progress_and_a_quick_one_prints_nothing(monkeypatch, capsys):
+    import time
+
+    from alignment.base import timing
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    batches = [[0, 1, 2], [3, 4], [5]]
+    assert list(timing.slow_bar(batches, 6, "scoring with judge", "text")) == batches  # under 10 s: quiet
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(timing, "SLOW_BAR_SECONDS", 0.05)
+    for _ in timing.slow_bar(batches, 6, "scoring with judge", "text"):
+        time.sleep(0.06)
+    err = capsys.readouterr().err
+    assert "scoring with judge" in err and "/6 [" in err and "text/s" in err  # count, rate, ETA

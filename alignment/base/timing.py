@@ -19,7 +19,9 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
+
+from tqdm.auto import tqdm
 
 from .io import read_json, write_json
 
@@ -60,6 +62,22 @@ def bars_off() -> bool:
     (tqdm reads it only as a default at import, which an explicit `disable=` overrides.) The notebook
     sets it, so its saved outputs hold no bar fragments."""
     return os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+
+
+SLOW_BAR_SECONDS = 10.0  # a `slow_bar` shows once its loop has run this long
+
+
+def slow_bar(batches: Iterable, total: int, desc: str, unit: str, size: Callable = len) -> Iterator:
+    """`batches`, each counted `size(batch)` of `total` `unit`s on a progress bar (rate, ETA) that appears only
+    once the loop has run `SLOW_BAR_SECONDS`: a long scoring or log-prob pass shows its progress, a short one
+    (a training step's own scoring) prints nothing. Off with `bars_off`."""
+    bar = tqdm(total=total, desc=desc, unit=unit, leave=False, delay=SLOW_BAR_SECONDS, disable=bars_off())
+    try:
+        for batch in batches:
+            yield batch
+            bar.update(size(batch))
+    finally:
+        bar.close()
 
 
 def log_command(path, stage: str, rows: list[dict], hardware: dict, processes: int = 1, note: str = "") -> list[dict]:

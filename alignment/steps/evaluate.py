@@ -26,6 +26,7 @@ from ..config import Config
 from ..base.distributed import Dist
 from ..base.machine import FORWARD_LOGIT_COPIES, SCORING_LOGIT_COPIES, auto_forward_rows
 from ..base.io import read_json, read_jsonl, write_json, write_jsonl
+from ..base.timing import slow_bar
 from .logprobs import collate, model_logits, model_token_logps, token_logps
 from ..study.metrics import METRICS_VERSION, kl_control_variate, mean_predictive_entropy, metrics_of
 from .reward import check_finite, reward_texts, score_records
@@ -120,7 +121,8 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
                        else (1.0, 0, 1.0))
     full_support = top_k == 0 and top_p >= 1.0
     out = {"policy": [], "ref": [], "entropy": [], "kl_cv": [], "n_tokens": [], **({"ref_other": []} if other_ids else {})}
-    for i in range(0, len(recs), batch_size):
+    for i in slow_bar(range(0, len(recs), batch_size), len(recs), "evaluation log-probs", "seq",
+                      size=lambda i: min(batch_size, len(recs) - i)):
         chunk = recs[i : i + batch_size]
         batch = collate([prompt_ids[r["prompt_id"]] for r in chunk], [r["completion_ids"] for r in chunk], pad_id)
         mask = batch["completion_mask"]  # (b, T)

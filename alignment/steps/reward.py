@@ -27,6 +27,7 @@ from ..assets.judge_ft import Recipe, build_judge, judge_key
 from ..assets.models import pick_device, sampling_dtype
 from ..assets.reward_train import train_head
 from ..base.machine import CPU_SCORE_ROWS, auto_forward_rows, dtype_name
+from ..base.timing import slow_bar
 
 
 class RewardError(ValueError):
@@ -68,6 +69,7 @@ class ClassifierReward:
         self.model.to(self.device)
         self.batch_size, self.max_length = batch_size, max_length
         self.pos = positive_index(self.model.config.id2label)
+        self.label = Path(name).name  # what its progress bar says
 
     def rows(self) -> int:
         """Texts per batch: `batch_size`, or where it is 0 the automatic one (`score_rows`, from free memory now)."""
@@ -81,7 +83,7 @@ class ClassifierReward:
     @torch.inference_mode()
     def score(self, texts: list[str], rows: int | None = None) -> torch.Tensor:
         out = torch.empty(len(texts))
-        for idx in self.batches(texts, rows):
+        for idx in slow_bar(self.batches(texts, rows), len(texts), f"scoring with {self.label}", "text"):
             enc = self.tok([texts[i] for i in idx], padding=True, truncation=True,
                            max_length=self.max_length, return_tensors="pt").to(self.device)
             out[idx] = self.model(**enc).logits[:, self.pos].float().cpu()  # (b,)
@@ -126,6 +128,7 @@ class EmbeddingReward:
         self.enc.to(self.device)
         self.w, self.b = head["weight"].float(), head["bias"].float()  # (D,), ()
         self.batch_size, self.max_length = batch_size, max_length
+        self.label = Path(encoder_dir).name  # what its progress bar says (the offline scorers: their head's name)
 
     def rows(self) -> int:
         """Texts per batch: `batch_size`, or where it is 0 the automatic one (`score_rows`, from free memory now)."""
@@ -139,7 +142,7 @@ class EmbeddingReward:
     @torch.inference_mode()
     def embed(self, texts: list[str], rows: int | None = None) -> torch.Tensor:
         out = torch.empty(len(texts), self.enc.config.hidden_size)
-        for idx in self.batches(texts, rows):
+        for idx in slow_bar(self.batches(texts, rows), len(texts), f"scoring with {self.label}", "text"):
             enc = self.tok([texts[i] for i in idx], padding=True, truncation=True,
                            max_length=self.max_length, return_tensors="pt").to(self.device)
             h = self.enc(**enc).last_hidden_state.float()  # (b, T, D)
@@ -241,7 +244,7 @@ def offline_head(kind: str, batch_size: int = 64, max_length: int = 256, dtype: 
     out = built_head(kind)  # first: a missing head fails before its encoder is fetched
     encoder = _head_spec(kind)[0]
     scorer = EmbeddingReward(encoder, load_file(str(out / "head.safetensors")), batch_size, max_length, dtype=dtype)
-    scorer.metrics = read_json(out / "metrics.json")
+    scorer.metrics, scorer.label = read_json(out / "metrics.json"), out.name
     return scorer
 
 
@@ -273,7 +276,7 @@ def offline_ft_judge(batch_size: int = 64, max_length: int = 256, dtype: str = "
     out = built_head(FT_JUDGE)
     scorer = EmbeddingReward(out / "encoder", load_file(str(out / "head.safetensors")), batch_size, max_length,
                              dtype=dtype)
-    scorer.metrics = read_json(out / "metrics.json")
+    scorer.metrics, scorer.label = read_json(out / "metrics.json"), out.name
     return scorer
 
 
