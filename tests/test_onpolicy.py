@@ -84,6 +84,29 @@ def test_kl_of_a_model_to_itself_is_zero_within_its_ci(gpt2):
     assert lp["kl_cv"].abs().max().item() < 1e-6  # every r_t = 1
 
 
+def test_the_start_policy_is_its_own_reference_without_a_second_forward(gpt2, monkeypatch):
+    """Evaluating the start policy (the sampler is the reference, same dtype): the reference's log-probs are the
+    sampler's own from the records, within 1e-4 nats of a forward's, the KL exactly 0, and no reference forward
+    runs (only the other-prompt one); records without them still get the forward."""
+    prompts = _prompts(6)
+    recs = _draw(gpt2, prompts, 3, seed=4)
+    pids = {p["id"]: p["ids"] for p in prompts}
+    other = {p["id"]: prompts[(k + 1) % len(prompts)]["ids"] for k, p in enumerate(prompts)}
+    forward = evaluate.logps_and_entropy(gpt2, gpt2, pids, recs, 0, other_ids=other)
+    calls = []
+    real = evaluate.model_token_logps
+    monkeypatch.setattr(evaluate, "model_token_logps", lambda m, b, **kw: calls.append(1) or real(m, b, **kw))
+    own = evaluate.logps_and_entropy(gpt2, gpt2, pids, recs, 0, batch_size=4, other_ids=other, sampler_is_ref=True)
+    assert len(calls) == 5  # 18 records in batches of 4: the other-prompt forward only
+    assert torch.equal(own["ref"], own["policy"]) and torch.equal(own["kl_cv"], torch.zeros(len(recs), dtype=torch.float64))
+    assert torch.allclose(own["ref"], forward["ref"], atol=1e-4)
+    assert torch.allclose(own["ref_other"], forward["ref_other"], atol=1e-9)
+    bare = [{k: v for k, v in r.items() if k not in ("sample_logps", "sample_entropy")} for r in recs]
+    calls.clear()
+    evaluate.logps_and_entropy(gpt2, gpt2, pids, bare, 0, batch_size=4, sampler_is_ref=True)
+    assert len(calls) == 5  # no log-probs in the records: the reference forward runs
+
+
 def test_bf16_and_fp32_draws_estimate_the_same_kl(gpt2):
     """A policy that moved away from the reference: KL estimated from bf16 draws (bf16 log q) and
     from fp32 draws (fp32 log q), on different draws, agree within their CIs; the control-variate

@@ -104,7 +104,8 @@ def other_prompts(prompts: list[dict]) -> dict[str, list[int]] | None:
 
 @torch.no_grad()
 def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs: list[dict], pad_id: int,
-                      batch_size: int = 0, sample_cfg=None, other_ids: dict[str, list[int]] | None = None) -> dict:
+                      batch_size: int = 0, sample_cfg=None, other_ids: dict[str, list[int]] | None = None,
+                      sampler_is_ref: bool = False) -> dict:
     """Per sample (N,): the sampling distribution's log q(y) and mean predictive entropy — the
     sampler's own (`sample_logps`, `sample_entropy` in the records) or, for records without them
     (backend=generate), a forward of `sampler` (the model in the dtype that drew) —, the
@@ -115,6 +116,9 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
     and top-k/top-p (`sample_cfg`), so its log q is the sampling distribution's too.
     `sampler=None` (the human row): only the reference's log-probs and the counts. `other_ids` ({prompt id:
     another prompt's ids}, `other_prompts`): also the reference's log p(y) after that other prompt ("ref_other").
+    `sampler_is_ref` (the sampler is the reference itself, in its dtype: the start policy's evaluation): where the
+    records carry the sampler's log-probs of the full-support distribution, those are the reference's too (equal
+    to a forward's within 1e-4 nats per sequence), so no reference forward is run and the KL is exactly 0.
     `batch_size` samples per forward; 0: `eval_rows`."""
     batch_size = batch_size or eval_rows(ref_model, prompt_ids, recs, sampler)
     T, top_k, top_p = ((sample_cfg.temperature, sample_cfg.top_k, sample_cfg.top_p) if sample_cfg is not None
@@ -127,7 +131,10 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
         batch = collate([prompt_ids[r["prompt_id"]] for r in chunk], [r["completion_ids"] for r in chunk], pad_id)
         mask = batch["completion_mask"]  # (b, T)
         out["n_tokens"].append(mask.sum(-1))
-        ref_tok = _row_tokens(model_token_logps(ref_model, batch), mask)
+        if sampler_is_ref and full_support and T == 1.0 and all("sample_logps" in r for r in chunk):
+            ref_tok = [list(r["sample_logps"]) for r in chunk]  # the sampler's own: what a forward would give
+        else:
+            ref_tok = _row_tokens(model_token_logps(ref_model, batch), mask)
         out["ref"].append(torch.tensor([sum(x) for x in ref_tok], dtype=torch.float64))
         if other_ids is not None:
             other = collate([other_ids[r["prompt_id"]] for r in chunk], [r["completion_ids"] for r in chunk], pad_id)
@@ -201,7 +208,8 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
                           scfg, stop_ids, desc=f"eval {name}", max_new_tokens=cfg.eval.max_new_tokens, dist=dist)
     scores = score_all(scorers, recs)
     lp = _sharded_logps(dist, sampler, model if ref_model is None else ref_model, {p["id"]: p["ids"] for p in prompts},
-                        recs, tokenizer.pad_token_id, cfg.sample, other_ids=other_prompts(prompts))
+                        recs, tokenizer.pad_token_id, cfg.sample, other_ids=other_prompts(prompts),
+                        sampler_is_ref=ref_model is None and sampler is model)
     del sampler
     return _finish(name, out_dir, recs, scores, lp, cfg) if dist.main else {}
 
@@ -217,14 +225,16 @@ def eval_rows(ref_model, prompt_ids: dict[str, list[int]], recs: list[dict], sam
 
 
 def _sharded_logps(dist: Dist, sampler, ref_model, prompt_ids: dict, recs: list[dict], pad_id: int, sample_cfg,
-                   batch_size: int = 0, other_ids: dict | None = None) -> dict:
+                   batch_size: int = 0, other_ids: dict | None = None, sampler_is_ref: bool = False) -> dict:
     """`logps_and_entropy` with its batches split across ranks, gathered (equal to one process's)."""
     batch_size = dist.agree(batch_size or eval_rows(ref_model, prompt_ids, recs, sampler))  # rank 0's: one batching for all
     if dist.world == 1 or not recs:
-        return logps_and_entropy(sampler, ref_model, prompt_ids, recs, pad_id, batch_size, sample_cfg, other_ids)
+        return logps_and_entropy(sampler, ref_model, prompt_ids, recs, pad_id, batch_size, sample_cfg, other_ids,
+                                 sampler_is_ref)
 
     def per_record(sub: list[dict]) -> list[dict]:
-        lp = logps_and_entropy(sampler, ref_model, prompt_ids, sub, pad_id, batch_size, sample_cfg, other_ids)
+        lp = logps_and_entropy(sampler, ref_model, prompt_ids, sub, pad_id, batch_size, sample_cfg, other_ids,
+                               sampler_is_ref)
         return [{k: (None if v is None else v[i]) for k, v in lp.items()} for i in range(len(sub))]
 
     rows = dist.map(per_record, recs, batch_size)
