@@ -99,12 +99,20 @@ def test_the_start_policy_is_its_own_reference_without_a_second_forward(gpt2, mo
     own = evaluate.logps_and_entropy(gpt2, gpt2, pids, recs, 0, batch_size=4, other_ids=other, sampler_is_ref=True)
     assert len(calls) == 5  # 18 records in batches of 4: the other-prompt forward only
     assert torch.equal(own["ref"], own["policy"]) and torch.equal(own["kl_cv"], torch.zeros(len(recs), dtype=torch.float64))
-    assert torch.allclose(own["ref"], forward["ref"], atol=1e-4)
+    assert torch.allclose(own["ref"], forward["ref"], rtol=0, atol=1e-4)
     assert torch.allclose(own["ref_other"], forward["ref_other"], atol=1e-9)
     bare = [{k: v for k, v in r.items() if k not in ("sample_logps", "sample_entropy")} for r in recs]
     calls.clear()
     evaluate.logps_and_entropy(gpt2, gpt2, pids, bare, 0, batch_size=4, sampler_is_ref=True)
     assert len(calls) == 5  # no log-probs in the records: the reference forward runs
+
+
+def test_only_the_start_drawn_by_itself_in_process_reuses_its_draws_log_probs(gpt2):
+    bf16 = copy.deepcopy(gpt2).to(torch.bfloat16)
+    assert evaluate.reuses_draw_logps(gpt2, gpt2, None, "fast")
+    assert not evaluate.reuses_draw_logps(bf16, gpt2, None, "fast")  # drawn in another dtype than the reference's
+    assert not evaluate.reuses_draw_logps(gpt2, gpt2, bf16, "fast")  # a trained policy: its reference is another
+    assert not evaluate.reuses_draw_logps(gpt2, gpt2, None, "vllm")  # another engine's log-probs
 
 
 def test_bf16_and_fp32_draws_estimate_the_same_kl(gpt2):

@@ -68,3 +68,10 @@ def test_a_slow_loop_shows_its_progress_and_a_quick_one_prints_nothing(monkeypat
         time.sleep(0.06)
     err = capsys.readouterr().err
     assert "scoring with judge" in err and "/6 [" in err and "text/s" in err  # count, rate, ETA
+    with timing.quiet_bars():  # a training step's own scoring: the step bar is the bar
+        for _ in timing.slow_bar(batches, 6, "scoring with judge", "text"):
+            time.sleep(0.06)
+    monkeypatch.setenv("RANK", "1")  # another process of a launch: rank 0's bar only
+    for _ in timing.slow_bar(batches, 6, "scoring with judge", "text"):
+        time.sleep(0.06)
+    assert capsys.readouterr().err == ""

@@ -18,6 +18,7 @@ import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -65,13 +66,26 @@ def bars_off() -> bool:
 
 
 SLOW_BAR_SECONDS = 10.0  # a `slow_bar` shows once its loop has run this long
+_QUIET: ContextVar[bool] = ContextVar("quiet_bars", default=False)
+
+
+@contextmanager
+def quiet_bars() -> Iterator[None]:
+    """No `slow_bar` inside: a training step's own scoring and log-probs run under the step bar."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 def slow_bar(batches: Iterable, total: int, desc: str, unit: str, size: Callable = len) -> Iterator:
     """`batches`, each counted `size(batch)` of `total` `unit`s on a progress bar (rate, ETA) that appears only
     once the loop has run `SLOW_BAR_SECONDS`: a long scoring or log-prob pass shows its progress, a short one
-    (a training step's own scoring) prints nothing. Off with `bars_off`."""
-    bar = tqdm(total=total, desc=desc, unit=unit, leave=False, delay=SLOW_BAR_SECONDS, disable=bars_off())
+    prints nothing. Off with `bars_off`, inside `quiet_bars` and on every process of a launch but the first
+    (`RANK` > 0), as the other bars."""
+    off = bars_off() or _QUIET.get() or int(os.environ.get("RANK", "0")) > 0
+    bar = tqdm(total=total, desc=desc, unit=unit, leave=False, delay=SLOW_BAR_SECONDS, disable=off)
     try:
         for batch in batches:
             yield batch

@@ -116,9 +116,10 @@ def logps_and_entropy(sampler, ref_model, prompt_ids: dict[str, list[int]], recs
     and top-k/top-p (`sample_cfg`), so its log q is the sampling distribution's too.
     `sampler=None` (the human row): only the reference's log-probs and the counts. `other_ids` ({prompt id:
     another prompt's ids}, `other_prompts`): also the reference's log p(y) after that other prompt ("ref_other").
-    `sampler_is_ref` (the sampler is the reference itself, in its dtype: the start policy's evaluation): where the
-    records carry the sampler's log-probs of the full-support distribution, those are the reference's too (equal
-    to a forward's within 1e-4 nats per sequence), so no reference forward is run and the KL is exactly 0.
+    `sampler_is_ref` (the start policy drawn by itself in its own dtype, `reuses_draw_logps`): where the records carry
+    the sampler's log-probs of the full-support distribution, those are the reference's too (a forward's up to
+    the numerics of cached decoding: within 1e-4 nats per sequence in fp32), so no reference forward is run and
+    the KL is exactly 0; the other-prompt forward still runs.
     `batch_size` samples per forward; 0: `eval_rows`."""
     batch_size = batch_size or eval_rows(ref_model, prompt_ids, recs, sampler)
     T, top_k, top_p = ((sample_cfg.temperature, sample_cfg.top_k, sample_cfg.top_p) if sample_cfg is not None
@@ -194,7 +195,8 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
     (samples.jsonl streamed, so a killed evaluation resumes; the pipeline caches the whole dir).
 
     `ref_model=None` means the model *is* the reference (the start policy): its KL is then
-    KL(sampler || itself in fp32), ~0 (exactly 0 when the sampling dtype is fp32). KL, predictive
+    KL(sampler || itself in fp32), ~0 (exactly 0 when it samples in fp32: the reference's log-probs are then the
+    draws' own, `reuses_draw_logps`). KL, predictive
     entropy are on-policy: log q of the distribution that drew (see `logps_and_entropy`); the
     reference scores in its own dtype (fp32: the reference DPO trained against).
     `seed` picks the evaluation draws (sample.seed + 10_000 + seed: never the training draws); a
@@ -209,9 +211,16 @@ def evaluate_model(name: str, model, ref_model, tokenizer, scorers: Scorers, pro
     scores = score_all(scorers, recs)
     lp = _sharded_logps(dist, sampler, model if ref_model is None else ref_model, {p["id"]: p["ids"] for p in prompts},
                         recs, tokenizer.pad_token_id, cfg.sample, other_ids=other_prompts(prompts),
-                        sampler_is_ref=ref_model is None and sampler is model)
+                        sampler_is_ref=reuses_draw_logps(sampler, model, ref_model, cfg.sample.backend))
     del sampler
     return _finish(name, out_dir, recs, scores, lp, cfg) if dist.main else {}
+
+
+def reuses_draw_logps(sampler, model, ref_model, backend: str) -> bool:
+    """Whether an evaluation takes the reference's log-probs from the draws (`logps_and_entropy`'s
+    `sampler_is_ref`): the start policy (`ref_model` None) drawn by itself, not by a copy cast to another dtype,
+    with the in-process sampler ("fast"), whose recorded log-probs are the model's own."""
+    return ref_model is None and sampler is model and backend == "fast"
 
 
 def eval_rows(ref_model, prompt_ids: dict[str, list[int]], recs: list[dict], sampler=None) -> int:

@@ -32,7 +32,7 @@ from ..base.checkpoint import (CKPT, checkpoint_due, load_checkpoint, remove_che
 from ..base.distributed import Dist
 from ..base.io import JsonlAppender, debug_delay, read_jsonl
 from ..base.optional import accelerate
-from ..base.timing import bars_off
+from ..base.timing import bars_off, quiet_bars
 from ..base.tracking import tracked
 
 COUNTS = ("num_tokens", "tokens_drawn")  # closure metrics summed over a step's micro-batches and ranks, then over steps
@@ -104,7 +104,7 @@ def _one_step(net, steps: list[list[list[int]]], step: int, loss_fn: LossFn, aut
         mine, w = rank_share(mb, dist)
         # DDP: accumulate locally, all-reduce once, with the step's last micro-batch
         sync = k == len(steps[step]) - 1 or not isinstance(net, torch.nn.parallel.DistributedDataParallel)
-        with contextlib.nullcontext() if sync else net.no_sync():
+        with contextlib.nullcontext() if sync else net.no_sync(), quiet_bars():  # the step bar is the bar
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
                 loss, m = loss_fn(net, mine)
             # DDP averages over ranks: weight w * world makes that average the micro-batch mean's gradient
@@ -242,7 +242,7 @@ def _held_out(model, evaluate, autocast: bool) -> dict[str, float]:
     is off in DPO, so a resumed run replays the same numbers); the model is left in train mode."""
     model.eval()
     try:
-        with torch.no_grad(), torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16,
+        with torch.no_grad(), quiet_bars(), torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16,
                                              enabled=autocast):
             return evaluate(model)
     finally:
