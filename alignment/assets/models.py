@@ -3,6 +3,7 @@ the `ModelRef` of each loaded model (where its weights come from), for samplers 
 from __future__ import annotations
 
 import copy
+import warnings
 import weakref
 from pathlib import Path
 from typing import NamedTuple
@@ -134,7 +135,9 @@ def add_lora(model, r: int, alpha: float):
                          f"not {kind!r}; use full fine-tuning (lora_r=0) or add it to models.LORA_TARGETS")
     cfg = peft().LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS[kind]),
                      fan_in_fan_out=kind == "gpt2", task_type="CAUSAL_LM")
-    return peft().get_peft_model(model, cfg)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`: a warning per policy
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return peft().get_peft_model(model, cfg)
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -144,7 +147,9 @@ def is_adapter(path: str | Path) -> bool:
 def load_adapter(base, path: str | Path):
     """Base model + the LoRA adapter saved at `path`, merged into plain weights (fast to sample)."""
     base_ref = model_ref(base)
-    model = peft().PeftModel.from_pretrained(base, str(path)).merge_and_unload()  # `base` itself, merged in place
+    with warnings.catch_warnings():  # as in `add_lora`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = peft().PeftModel.from_pretrained(base, str(path)).merge_and_unload()  # `base` itself, merged in place
     model.requires_grad_(False)
     _REFS.pop(model, None)
     if base_ref is not None and not base_ref.adapter and base_ref.dtype == "float32":  # what ModelRef.load repeats
