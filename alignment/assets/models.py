@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import warnings
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,9 +136,17 @@ def add_lora(model, r: int, alpha: float):
                          f"not {kind!r}; use full fine-tuning (lora_r=0) or add it to models.LORA_TARGETS")
     cfg = peft().LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS[kind]),
                      fan_in_fan_out=kind == "gpt2", task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`: a warning per policy
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with _quiet_peft():
         return peft().get_peft_model(model, cfg)
+
+
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps or loads adapters: no
+    FutureWarning for that."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -147,8 +156,7 @@ def is_adapter(path: str | Path) -> bool:
 def load_adapter(base, path: str | Path):
     """Base model + the LoRA adapter saved at `path`, merged into plain weights (fast to sample)."""
     base_ref = model_ref(base)
-    with warnings.catch_warnings():  # as in `add_lora`
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with _quiet_peft():
         model = peft().PeftModel.from_pretrained(base, str(path)).merge_and_unload()  # `base` itself, merged in place
     model.requires_grad_(False)
     _REFS.pop(model, None)
