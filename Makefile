@@ -44,7 +44,7 @@ smoke: setup  ## the whole Level 1 at tiny sizes (into runs/smoke): ~1-2 min onc
 sweep: setup  ## Level 2 frontiers: 6 divergences x 4 betas x 3 seeds + best-of-N (N <= 64), matched-KL verdicts (into runs/sweep; ~1 h on 2 cores)
 	$(call cli,$(BIN)/python,sweep,sweep)
 
-level3: setup  ## Level 3, what buys reward per nat of KL: DPO, reward distillation, online DPO, RLOO with sequence and per-token credit (and per-token trained 3 passes) x betas 0.1-1 (the costliest from 0.3) x 3 seeds + best-of-N (into runs/level3)
+level3: setup  ## Level 3, what buys reward per nat of KL: DPO, reward distillation, online DPO, RLOO with sequence and per-token credit (and per-token trained 3 passes), variational best-of-N x betas 0.1-1 (the costliest from 0.3) x 3 seeds + best-of-N (into runs/level3)
 	$(call cli,$(BIN)/python,level3,level3)
 
 notebook: setup  ## execute the notebook headless at SMOKE size (PRESET sets its SIZE; run dir runs/<size>) into runs/notebook-<size>.ipynb

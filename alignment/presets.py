@@ -54,7 +54,9 @@ PRESETS["level3"] = dict(PRESETS["sweep"])  # Level 3 at the sweep's size and tr
 # (the reward's value, not only its sign), iterative online DPO (fresh pairs from the policy being trained),
 # RLOO (on-policy RL with a KL penalty, the method DPO is meant to replace), RLOO whose tokens each earn
 # the reward gained from them on (the reward model scoring every prefix), and the same trained three passes
-# with the exact per-position KL (`dpo.kl=exact`: with the drawn token's log-ratio, three passes drift off topic).
+# with the exact per-position KL (`dpo.kl=exact`: with the drawn token's log-ratio, three passes drift off topic),
+# and variational best-of-N (`dpo.reward_shape=log_quantile`: per-token RLOO on the log-quantile of the reward under
+# the start policy, Amini et al. 2024; β = 1/(N-1) aims at best-of-N, so β 0.3 at about best-of-4).
 LEVEL3_METHODS: dict[str, dict] = {
     "dpo": {"loss": "sigmoid"},
     "distill": {"loss": "distill"},
@@ -62,12 +64,13 @@ LEVEL3_METHODS: dict[str, dict] = {
     "rloo": {"method": "rloo", "credit": "sequence"},
     "rloo-prefix": {"method": "rloo", "credit": "prefix", "credit_lambda": 0.5},
     "rloo-prefix-long": {"method": "rloo", "credit": "prefix", "credit_lambda": 0.5, "kl": "exact", "epochs": 3},
+    "vbon": {"method": "rloo", "credit": "prefix", "credit_lambda": 0.5, "reward_shape": "log_quantile"},
 }
 LEVEL3_BETAS = (0.1, 0.3, 0.5, 1.0)
 # A method trained only at β at or above its minimum: below it, it spends more KL than best-of-N's largest (where
-# no share of its gain exists; measured at β 0.1: online DPO 4.1 nats, per-token RLOO 28), for minutes of training
+# no share of its gain exists; measured at β 0.1: online DPO 4.1 nats, per-token RLOO 28, vBoN 5.2), for minutes of training
 # per policy on 2 CPU cores (~20 for the three-pass one).
-LEVEL3_MIN_BETA = {"online-dpo": 0.3, "rloo-prefix": 0.3, "rloo-prefix-long": 0.3}
+LEVEL3_MIN_BETA = {"online-dpo": 0.3, "rloo-prefix": 0.3, "rloo-prefix-long": 0.3, "vbon": 0.3}
 
 
 def method_betas(methods: tuple[str, ...], betas: tuple[float, ...]) -> dict[str, tuple[float, ...]]:

@@ -331,16 +331,16 @@ def test_a_yaml_file_must_hold_sections(tmp_path):
 # setting outside `sft` and its data fields may rebuild the start policy.
 # A preset's run dir (runs/<preset>, what `make` has always passed) is in the first (run_dir is not
 # hashed into the other two); so are fields that key the caches only when set (`dpo.method`, `dpo.rounds`,
-# `dpo.credit`, `dpo.credit_lambda`, `dpo.kl`) and fields that key none (`track.log_models`, `sample.batch_size`:
+# `dpo.credit`, `dpo.credit_lambda`, `dpo.kl`, `dpo.reward_shape`) and fields that key none (`track.log_models`, `sample.batch_size`:
 # each completion draws from its own stream, whatever the batch).
 HASHES = {
-    None: ("1c049e34f770", "52760dc80977", "dfdee80e"),
-    "smoke": ("ce7268fbddfe", "77829f120cdd", "f948167c"),
-    "default": ("1c049e34f770", "52760dc80977", "dfdee80e"),
-    "sweep": ("983b1bce6282", "28f8b56c0943", "dfdee80e"),
-    "level3": ("45f93ddd72a2", "28f8b56c0943", "dfdee80e"),  # the sweep's artifact keys: same data, same settings
-    "full": ("2ee6ba84375d", "6f920b9e558b", "6b4d2fde"),
-    "hub": ("380b179779dc", "94d3c0dda2ad", "1f4a485c"),
+    None: ("cdb58423cbbd", "52760dc80977", "dfdee80e"),
+    "smoke": ("1358f3b3eb52", "77829f120cdd", "f948167c"),
+    "default": ("cdb58423cbbd", "52760dc80977", "dfdee80e"),
+    "sweep": ("ef023c69a52a", "28f8b56c0943", "dfdee80e"),
+    "level3": ("0e4b3b2030c0", "28f8b56c0943", "dfdee80e"),  # the sweep's artifact keys: same data, same settings
+    "full": ("3693de540abe", "6f920b9e558b", "6b4d2fde"),
+    "hub": ("93c3b0972667", "94d3c0dda2ad", "1f4a485c"),
 }
 
 

@@ -72,6 +72,7 @@ def real_run(tmp_path_factory, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv):
     pipe.train(lora_r=2)  # the LoRA fields are read when LoRA is on (SFT above runs with it)
     pipe.train(method="online", rounds=2)  # dpo.method and dpo.rounds key a policy only when set (hashed="if_set")
     pipe.train(method="rloo", credit="prefix", credit_lambda=0.5, kl="exact")  # so do dpo.credit, credit_lambda, kl
+    pipe.train(method="rloo", reward_shape="log_quantile")  # and dpo.reward_shape
     pipe.sft()
     cfg.track.mode = "offline"  # the tracker reads project/run_name only when it is on
     pipe.trackers("probe").finish()

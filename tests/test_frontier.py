@@ -93,6 +93,23 @@ def test_best_of_n_values_pick_by_reward_and_carry_the_judge():
     assert two["reward"] == 1.0 and two["judge"] == 20.0  # the judge of the reward's pick
 
 
+def test_judge_selected_share_of_best_of_n_closed_form():
+    """Best-of-2 picked by the judge: a judge that reverses the reward buys -1x the reward's gain, one that agrees
+    with it 1x; with 4 samples the judge's pick of 2 is worked out by hand."""
+    boot = SharedBootstrap(["a"], 50)
+    flip = F.judge_selected([{"prompt_id": "a", "reward": r, "judge": j} for r, j in ((0.0, 1.0), (1.0, 0.0))], boot, (1, 2, 4))
+    assert [r["n"] for r in flip["by_n"]] == [2] and flip["by_n"][0]["share"] == pytest.approx(-1.0)  # n 4 > 2 samples
+    assert flip["within_prompt_corr"] == pytest.approx(-1.0) and flip["by_n"][0]["kl"] == pytest.approx(F.bon_kl(2))
+    same = F.judge_selected([{"prompt_id": "a", "reward": r, "judge": 3 * r} for r in (0.0, 1.0)], boot, (2,))
+    assert same["by_n"][0]["share"] == pytest.approx(1.0) and same["within_prompt_corr"] == pytest.approx(1.0)
+    # rewards 0,1,2,3; judge ranks them 1,0,3,2 (it swaps neighbours). Best of 2 of 4 by reward: the i-th lowest wins
+    # with C(i,1)/C(4,2) = 0,1,2,3 /6 -> E = (1+4+9)/6 = 14/6; by the judge the winners' rewards (in judge order 1,0,3,2)
+    # get the same weights: (0 + 2*3 + 3*2)/6 = 12/6. Mean 1.5: shares (12/6 - 1.5) / (14/6 - 1.5) = 0.6
+    swap = [{"prompt_id": "a", "reward": float(r), "judge": j} for r, j in ((0, 1.0), (1, 0.0), (2, 3.0), (3, 2.0))]
+    assert F.judge_selected(swap, SharedBootstrap(["a"], 50), (2,))["by_n"][0]["share"] == pytest.approx(0.6)
+    assert F.judge_selected([{"prompt_id": "a", "reward": 0.0}], boot, (2,)) is None  # no judge scores
+
+
 def _recs(pid_vals: dict[str, list[tuple[float, float]]]) -> list[dict]:
     """{prompt: [(kl, reward) per sample]} -> annotated-like records (logp - ref_logp = kl)."""
     return [{"prompt_id": p, "logp": kl, "ref_logp": 0.0, "reward": r} for p, xs in pid_vals.items() for kl, r in xs]

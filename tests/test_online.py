@@ -13,7 +13,8 @@ from alignment.config import ConfigError, load_config
 from alignment.run.pipeline import check_training, method_settings
 from alignment.base.io import read_json, read_jsonl
 from alignment.steps.logprobs import position_kls
-from alignment.steps.online import prefix_rewards, rloo_loss, rloo_prefix_loss, round_shares, to_go, trained_prompts
+from alignment.steps.online import (LogQuantileReward, prefix_rewards, rloo_loss, rloo_prefix_loss, round_shares,
+                                    shaped_reward, to_go, trained_prompts)
 from alignment.run.pipeline import Pipeline
 
 from test_pipeline_e2e import tiny_cfg
@@ -122,6 +123,21 @@ def test_prefix_credit_with_a_flat_prefix_is_rloo_token_by_token():
     assert torch.allclose(tok.grad, seq.grad[:, None].expand(6, 4), atol=1e-6)
 
 
+def test_log_quantile_reward_is_log_of_the_start_policys_reward_cdf():
+    class Fixed:
+        label = "fixed"
+
+        def score(self, texts):
+            return torch.tensor([float(t) for t in texts])
+    q = LogQuantileReward(Fixed(), [3.0, 0.0, 2.0, 1.0])
+    # F(r) = (#{start <= r} + 1/2) / 5: below all 0.1, between 1 and 2 0.5, equal to 2 (three at or below) 0.7, above 0.9
+    assert torch.allclose(q.score(["-9", "1.5", "2", "9"]), torch.log(torch.tensor([0.1, 0.5, 0.7, 0.9])))
+    assert q.label == "log-quantile of fixed"
+    assert shaped_reward(q.reward, "raw", None) is q.reward
+    with pytest.raises(ValueError, match="dpo.reward_shape=log_quantile"):
+        shaped_reward(q.reward, "log_quantile", [])
+
+
 def test_to_go_and_prefix_rewards():
     x = torch.tensor([[1.0, 2.0, 3.0]])
     assert to_go(x).tolist() == [[6.0, 5.0, 3.0]] and to_go(x, 0.0).tolist() == [[1.0, 2.0, 3.0]]
@@ -198,11 +214,12 @@ def test_on_policy_methods_train_lora_adapters_against_the_frozen_base(tmp_path,
     assert not any("lora" in n for n, _ in pipe.models.ref_model.named_parameters()), "adapters left on the reference"
 
 
-@pytest.mark.parametrize("method", ["online", "rloo", "rloo-prefix", "rloo-xkl"])
+@pytest.mark.parametrize("method", ["online", "rloo", "rloo-prefix", "rloo-xkl", "rloo-lq"])
 def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
                                                       method):
     credit = {"dpo.credit": "prefix", "dpo.credit_lambda": 0.9} if method == "rloo-prefix" else {}
     credit = {"dpo.kl": "exact"} if method == "rloo-xkl" else credit
+    credit = {"dpo.reward_shape": "log_quantile"} if method == "rloo-lq" else credit
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "pairs.held_out": 0.25,
                       "dpo.method": method.split("-")[0], "dpo.rounds": 2, "dpo.batch_size": 2, **credit})
@@ -221,7 +238,8 @@ def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, t
     finally:
         online.prefix_rewards = real
     assert policy.name == {"online": "online2-sigmoid-b0.1-lr0.001-s0", "rloo": "rloo-b0.1-lr0.001-s0",
-                           "rloo-prefix": "rloo-prefix0.9-b0.1-lr0.001-s0", "rloo-xkl": "rloo-xkl-b0.1-lr0.001-s0"}[method]
+                           "rloo-prefix": "rloo-prefix0.9-b0.1-lr0.001-s0", "rloo-xkl": "rloo-xkl-b0.1-lr0.001-s0",
+                           "rloo-lq": "rloo-lq-b0.1-lr0.001-s0"}[method]
     # per-token credit scores every step's draws' prefixes (2 prompts x sample.n_samples 3), with a spread to credit
     assert [n for n, _ in scored] == ([6, 6, 6] if method == "rloo-prefix" else [])
     assert all(p.std() > 0 for _, p in scored)
@@ -235,7 +253,11 @@ def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, t
         assert read_json(policy.dir / "round1" / "pairs_stats.json")["n_prompts"] == 3
     else:  # 6 prompts, 2 a step: 3 steps, each scored on its own draws
         assert len(log) == 3 and all("objective/kl" in r and "objective/scores" in r for r in log)
-    assert not pipe.data.paths.draw(0).samples.exists(), "on-policy methods draw no start-policy samples"
+    if method == "rloo-lq":  # trained on log-quantiles under the start policy's rewards of its draw: all < 0
+        start = read_json(pipe.data.paths.draw(0).rewards)
+        assert len(start) == 8 * 3 and all(r["objective/scores"] < 0 for r in log)
+    else:
+        assert not pipe.data.paths.draw(0).samples.exists(), "on-policy methods draw no start-policy samples"
     again = pipe.train()  # cached
     assert again.dir == policy.dir and again.hash == policy.hash
 
@@ -310,6 +332,9 @@ def test_a_method_names_and_keys_only_the_settings_it_reads():
     assert policy_name(exact) == "rloo-prefix0.5-xkl-b0.1-lr5e-05-s0"
     assert policy_name(type(exact)(**{**exact.__dict__, "epochs": 3})) == "rloo-prefix0.5-xkl-b0.1-lr5e-05-e3-s0"
     assert method_settings(type(cfg.dpo)(**{**cfg.dpo.__dict__, "kl": "exact"})).kl == "sampled"  # not rloo
+    lq = method_settings(type(rloo)(**{**rloo.__dict__, "reward_shape": "log_quantile"}))
+    assert policy_name(lq) == "rloo-lq-b0.1-lr5e-05-s0"
+    assert method_settings(type(cfg.dpo)(**{**cfg.dpo.__dict__, "reward_shape": "log_quantile"})).reward_shape == "raw"
     with pytest.raises(ConfigError, match="sample.temperature"):
         check_training(load_config(overrides={"sample.temperature": 0.7}), rloo)
     with pytest.raises(ConfigError, match="dpo.rounds=300"):
@@ -320,7 +345,7 @@ def test_offline_keys_are_unchanged_by_the_method_fields():
     """`dpo.method` and `dpo.rounds` key the caches only when set: the default config's dpo key has neither."""
     from alignment.config import section_deps
     cfg = load_config()
-    assert not {"method", "rounds", "credit", "credit_lambda", "kl"} & set(section_deps(cfg, "dpo")["dpo"])
+    assert not {"method", "rounds", "credit", "credit_lambda", "kl", "reward_shape"} & set(section_deps(cfg, "dpo")["dpo"])
     cfg = load_config(overrides={"dpo.method": "online"})
     assert section_deps(cfg, "dpo")["dpo"]["method"] == "online"
 
@@ -332,16 +357,16 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "dpo.rounds": 2,
                       "dpo.batch_size": 2, "eval.n_samples": 2})
     res = experiments.level3(Pipeline(cfg, reward=vowels), betas=(0.3,), seeds=(0,), best_of_n=(1, 2, 4, 16))
-    methods = ["dpo", "distill", "online-dpo", "rloo", "rloo-prefix", "rloo-prefix-long"]
+    methods = ["dpo", "distill", "online-dpo", "rloo", "rloo-prefix", "rloo-prefix-long", "vbon"]
     # 16 start samples per prompt carry the optimum: the methods that maximise reward - β·KL get their climb toward it
     assert [r["label"] for r in res["objective_progress"]] == ["distill", "rloo", "rloo-prefix", "rloo-prefix-long"]
     assert all(r["optimal_gain"] > 0 for r in res["objective_progress"])
     assert [r["label"] for r in res["runs"]] == methods
-    assert [r.get("method", "offline") for r in res["runs"]] == ["offline", "offline", "online", "rloo", "rloo", "rloo"]
+    assert [r.get("method", "offline") for r in res["runs"]] == ["offline", "offline", "online", "rloo", "rloo", "rloo", "rloo"]
     assert res["runs"][-1]["credit"] == "prefix" and res["runs"][-1]["model"].startswith("rloo-prefix0.5-")
     for r in res["runs"]:  # what each policy cost when it was trained: on-policy methods draw their own tokens
         assert r["cost"]["train_seconds"] > 0
-        assert (r["cost"]["tokens_drawn"] > 0) == (r["label"] in ("online-dpo", "rloo", "rloo-prefix", "rloo-prefix-long")), r
+        assert (r["cost"]["tokens_drawn"] > 0) == (r["label"] in ("online-dpo", "rloo", "rloo-prefix", "rloo-prefix-long", "vbon")), r
     assert list(res["draw_tokens"]) == ["0"] and res["draw_tokens"]["0"] > 0  # the offline methods' shared draw
     assert res["draw_seconds"]["0"] > 0  # built before any policy, so no policy's cost includes it
     assert {p["label"] for p in res["points"]} >= {*methods, "best-of-N"}
@@ -359,12 +384,32 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
         assert sum(b["kl"] for b in d["by_position"]) == pytest.approx(d["kl"])
     assert read_json(Path(cfg.run_dir) / "level3.json")["grid"]["methods"] == methods
     text = render("level3", res)
-    assert "**Level 3** (6 runs" in text and "| `rloo-prefix` β=0.3 |" in text and "tokens drawn / policy" in text and "`rloo` β=0.3" in text
+    assert "**Level 3** (7 runs" in text and "| `rloo-prefix` β=0.3 |" in text and "tokens drawn / policy" in text and "`rloo` β=0.3" in text
     from alignment.study.results_page import level3_brief
     brief = level3_brief(res)
-    assert brief.startswith("Level 3 (6 methods along β, one seed (0)") and all(f"`{m}`" in brief for m in methods)
+    assert brief.startswith("Level 3 (7 methods along β, one seed (0)") and all(f"`{m}`" in brief for m in methods)
     assert " 70 % of best-of-N's gain with the judge agreeing and the alarm silent: " in brief
     assert "How far the methods that maximise reward − β·KL climbed toward the best value of it at their β" in text
+    # what of best-of-N's reward gain the judge's view accounts for: best-of-N picked by the judge, N 2 .. 16
+    assert [r["n"] for r in res["judge_selected"]["by_n"]] == [2, 4, 16]
+    assert -1 <= res["judge_selected"]["within_prompt_corr"] <= 1
+    assert "Best-of-N picked by the judge instead of the reward buys " in text
+
+
+def test_judge_selected_line_puts_the_points_beside_the_judges_pick():
+    from alignment.study.level3_report import judge_selected_line
+    assert judge_selected_line({}) == ""
+    level3 = {"judge_selected": {"within_prompt_corr": 0.54, "by_n": [
+        {"n": 4, "kl": 0.64, "share": 0.57, "share_lo": 0.4, "share_hi": 0.7},
+        {"n": 16, "kl": 1.84, "share": 0.59, "share_lo": 0.45, "share_hi": 0.72}]},
+        "gain_fractions": [{"label": "rloo", "beta": 0.5, "field": "reward", "frac_bon": 0.56},
+                           {"label": "rloo", "beta": 0.5, "field": "judge", "frac_bon": 0.93},
+                           {"label": "dpo", "beta": 0.5, "field": "reward", "frac_bon": 0.25},
+                           {"label": "dpo", "beta": 0.5, "field": "judge", "frac_bon": None}]}
+    line = judge_selected_line(level3)
+    assert line.startswith("Best-of-N picked by the judge instead of the reward buys 57–59 % of the reward gain")
+    assert "N=4 57 % (40..70), N=16 59 % (45..72); 95 % CI): within a prompt the two scorers correlate at 0.54." in line
+    assert line.endswith("The trained points reach 56 % of best-of-N's reward gain and 93 % of its judge gain at their KL.")
 
 
 def test_a_method_with_a_minimum_beta_trains_only_at_or_above_it(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,
@@ -485,6 +530,7 @@ def test_progress_is_measured_for_the_methods_that_maximise_the_objective():
     assert [m for m, over in LEVEL3_METHODS.items() if maximises_objective(over, cfg)] == [
         "distill", "rloo", "rloo-prefix", "rloo-prefix-long"]
     assert not maximises_objective({"loss": "hinge"}, cfg) and maximises_objective({"method": "online", "loss": "distill"}, cfg)
+    assert not maximises_objective({"method": "rloo", "reward_shape": "log_quantile"}, cfg)  # vbon: E[log F(r)] - β·KL
     row = {"label": "rloo", "beta": 0.5, "kl": 1.0, "objective_gain": 0.2, "optimal_gain": 0.8, "optimum_kl": 1.5,
            "kl_cap": 2.08, "progress": 0.25, "progress_lo": 0.1, "progress_hi": 0.4, "why": None}
     far = {**row, "beta": 0.1, "optimum_kl": 3.1, "progress": None, "progress_lo": None, "progress_hi": None, "why": "beyond"}

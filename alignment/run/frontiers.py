@@ -140,7 +140,8 @@ def frontier_statistics(pipe: Pipeline, seed_evals: dict[str, list[Evaluation]],
     compared), matched-KL comparisons of every pair of the other curves and predictive entropy at matched
     reward, each point's gain over the start (Holm over the points), the share of best-of-N's and of the
     optimum's gain it reaches at its KL (`frontier.gain_fractions`), how far the methods that maximise
-    reward - β·KL climbed toward its best value (`optimum.objective_progress`), and each point's alarm record.
+    reward - β·KL climbed toward its best value (`optimum.objective_progress`), how much of best-of-N's
+    reward gain best-of-N picked by the judge buys (`frontier.judge_selected`), and each point's alarm record.
     `n_seeds`: the evaluations per point (the bootstrap resamples seeds as well as prompts)."""
     n_boot0 = pipe.cfg.eval.n_boot
     points = {k: pooled(k.rsplit("@", 1)[0], evs, n_boot0, measure=False) for k, evs in seed_evals.items()}
@@ -151,7 +152,8 @@ def frontier_statistics(pipe: Pipeline, seed_evals: dict[str, list[Evaluation]],
     n_boot = max(n_boot0, 100 * F.n_comparisons(n_curves, 3), 100 * len(points))
     boot = SharedBootstrap([r["prompt_id"] for r in start.scored], n_boot, n_seeds=n_seeds)
     curves = F.curve_points({k: ev.scored for k, ev in points.items()}, start.scored, boot, fields)
-    with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields, tuple(sorted(set(best_of_n))))}
+    ns = tuple(sorted(set(best_of_n)))
+    with_bon = {**curves, F.BON: F.bon_curve(bon.scored, boot, fields, ns)}
     optimum, fractions, optimum_entry = optimum_parts(bon.scored, curves, with_bon[F.BON], boot, fields, max(best_of_n))
     progress = O.objective_progress({k: c for k, c in curves.items() if maximises_objective(families[k], pipe.cfg)},
                                     bon.scored, boot) if optimum else []
@@ -165,15 +167,19 @@ def frontier_statistics(pipe: Pipeline, seed_evals: dict[str, list[Evaluation]],
             "comparisons": F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy")),
             "matched_reward": F.matched_kl_comparisons(curves, None, ("pred_entropy",), x="reward"),
             "n_boot": n_boot, "gain_fractions": fractions, "read_along": F.READ_ALONG, **({"objective_progress": progress} if progress else {}),
-            **optimum_entry, "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
+            **optimum_entry, **({"judge_selected": js} if (js := F.judge_selected(bon.scored, boot, ns)) else {}),
+            "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
             "non_monotone_reward": [c for c, pts in curves.items() if not F.monotone(pts, "reward")]}
 
 
 def maximises_objective(over: dict, cfg) -> bool:
     """Whether a family's training maximises E[r] - β·KL (RLOO; reward distillation, whose minimiser is π_β):
     its climb toward the best objective at its β is measured (`optimum.objective_progress`). DPO's pairs
-    carry only which completion won, so its optimum tilts by a fitted preference, not by the reward."""
-    return over.get("method") == "rloo" or over.get("loss", cfg.dpo.loss) in VALUE_LOSSES
+    carry only which completion won, so its optimum tilts by a fitted preference, not by the reward; RLOO on a
+    reshaped reward (`dpo.reward_shape`, e.g. vBoN's log-quantile) maximises another objective."""
+    if over.get("method") == "rloo":
+        return over.get("reward_shape", cfg.dpo.reward_shape) == "raw"
+    return over.get("loss", cfg.dpo.loss) in VALUE_LOSSES
 
 
 def optimum_parts(bon_scored: list[dict], curves: dict[str, list[dict]], bon: list[dict], boot: SharedBootstrap,

@@ -42,7 +42,7 @@ from ..steps.dpo import held_out_split, train_policy
 
 def method_settings(dpo: DPOConfig) -> DPOConfig:
     """`dpo` with the fields its method does not read set to their defaults (`dpo.rounds` outside online DPO;
-    `dpo.loss` and `dpo.alpha` for RLOO; `dpo.credit` and `dpo.kl` outside RLOO, `dpo.credit_lambda` without prefix
+    `dpo.loss` and `dpo.alpha` for RLOO; `dpo.credit`, `dpo.kl` and `dpo.reward_shape` outside RLOO, `dpo.credit_lambda` without prefix
     credit), so a policy's name and cache key name only what trained it."""
     defaults = DPOConfig()
     if dpo.method != "online":
@@ -50,7 +50,7 @@ def method_settings(dpo: DPOConfig) -> DPOConfig:
     if dpo.method == "rloo":
         dpo = dataclasses.replace(dpo, loss=defaults.loss, alpha=defaults.alpha)
     if dpo.method != "rloo":
-        dpo = dataclasses.replace(dpo, credit=defaults.credit, kl=defaults.kl)
+        dpo = dataclasses.replace(dpo, credit=defaults.credit, kl=defaults.kl, reward_shape=defaults.reward_shape)
     if dpo.credit != "prefix":
         dpo = dataclasses.replace(dpo, credit_lambda=defaults.credit_lambda)
     return dpo
@@ -173,7 +173,8 @@ class Pipeline:
                     else:  # on-policy: draws its own samples from the policy as it trains
                         prompts = trained_prompts(self.data.prompts(dpo.seed)["train"], self.cfg.pairs.held_out)
                         t0 = time.time()
-                        tokens = train_on_policy(self.models, prompts, self.cfg, dpo, part_dir(part), tracker)
+                        start = self.data.rewards(dpo.seed) if dpo.reward_shape != "raw" else None
+                        tokens = train_on_policy(self.models, prompts, self.cfg, dpo, part_dir(part), tracker, start)
                     if self.dist.main:
                         write_json(part_dir(part) / COST_FILE, {"train_seconds": before + time.time() - t0,
                                                                "tokens_drawn": tokens})

@@ -119,10 +119,10 @@ def policy_name(dpo) -> str:
     """e.g. sigmoid-b0.1-lr5e-06-s0, alpha0.3-b0.1-lr5e-06-s0, hinge-trl-b0.1-lr1e-05-s1, sigmoid-lora8-b0.1-lr1e-4-s0,
     online4-sigmoid-lora16-b0.1-lr0.001-s0 (dpo.method=online, 4 rounds), rloo-lora16-b0.1-lr0.001-s0,
     rloo-prefix-lora16-b0.3-lr0.001-s0 (dpo.credit=prefix; rloo-prefix0.5-... with dpo.credit_lambda=0.5;
-    rloo-prefix0.5-xkl-... with dpo.kl=exact); -e3 before the seed when dpo.epochs is 3 (nothing for 1)."""
+    rloo-prefix0.5-xkl-... with dpo.kl=exact; rloo-lq-... with dpo.reward_shape=log_quantile); -e3 before the seed when dpo.epochs is 3 (nothing for 1)."""
     loss = f"alpha{dpo.alpha:g}" if dpo.loss == "alpha" else dpo.loss
     credit = "" if dpo.credit == "sequence" else f"-{dpo.credit}" + ("" if dpo.credit_lambda == 1 else f"{dpo.credit_lambda:g}")
-    kl = "-xkl" if dpo.kl == "exact" else ""
+    kl = ("-xkl" if dpo.kl == "exact" else "") + ("-lq" if dpo.reward_shape == "log_quantile" else "")
     method = {"online": f"online{dpo.rounds}-{loss}", "rloo": f"rloo{credit}{kl}"}.get(dpo.method, loss)  # rloo uses no loss
     backend = "-trl" if dpo.backend == "trl" else ""
     lora = f"-lora{dpo.lora_r}" if dpo.lora_r else ""

@@ -25,6 +25,8 @@ trained and scores them with the training reward; the reference stays the start 
   Between Language Models"): the same expected KL with less variance. A position's KL depends only on
   the tokens before it, so it enters the loss directly (its gradient through the policy's logits) and
   the returns of the earlier tokens that led there; the sampled log-ratio's noise no longer moves the policy.
+  `dpo.reward_shape=log_quantile` maximises log F(r) instead of r, F the start policy's reward distribution
+  (`LogQuantileReward`; vBoN, Amini et al. 2024): at β = 1/(N-1) its optimum is best-of-N's distribution.
 
 Both use the prompts offline DPO trains on (a draw's train prompts less the held-out share,
 `pairs.held_out`), the native training loop (`train.train_loop`) and one process.
@@ -88,7 +90,7 @@ def draw_and_score(model, tokenizer, prompts: list[dict], cfg: Config, seed: int
         model.train(was_training)
 
 
-def online_dpo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path,
+def online_dpo(model, models, reward, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path,
                tracker) -> tuple[list[dict], int]:
     """Iterative DPO over `dpo.rounds` rounds (module docstring); writes out/round<k>/ (its samples,
     rewards, pairs, train log). Returns the rounds' train logs joined (steps, epochs and trained tokens
@@ -97,7 +99,7 @@ def online_dpo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, 
     for k, share in enumerate(round_shares(prompts, dpo.rounds)):
         rdir = out / f"round{k}"
         recs, rewards = draw_and_score(model, tok, share, cfg, cfg.sample.seed + ROUND_SEED * (k + 1) + dpo.seed,
-                                       models.stop_ids, models.reward)
+                                       models.stop_ids, reward)
         pairs, stats = build_pairs(recs, rewards, cfg.pairs.strategy, cfg.pairs.min_margin, cfg.pairs.seed)
         ids = {p["id"]: p["ids"] for p in share}
         model.eval()
@@ -204,7 +206,7 @@ def rloo_prefix_loss(logps: torch.Tensor, ref_logps: torch.Tensor, valid: torch.
                   "advantage_abs": (adv.abs().sum() / v.sum().clamp(min=1)).item()}
 
 
-def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path,
+def rloo(model, models, reward, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path,
          tracker) -> tuple[list[dict], int]:
     """RLOO (module docstring) for `dpo.epochs` passes over `prompts`, `dpo.batch_size` prompts a
     micro-batch; writes out/train_log.jsonl and returns it and the completion tokens drawn. Micro-batch k
@@ -217,11 +219,11 @@ def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: P
         batch = [prompts[i] for i in mb]
         calls[0] += 1
         seed = cfg.sample.seed + ROUND_SEED * calls[0] + dpo.seed
-        recs, rewards = draw_and_score(net, tok, batch, cfg, seed, models.stop_ids, models.reward)
+        recs, rewards = draw_and_score(net, tok, batch, cfg, seed, models.stop_ids, reward)
         ids = [p["ids"] for p in batch for _ in range(n)]
         comps = [r["completion_ids"] for r in recs]
         if dpo.credit == "prefix":
-            loss, m = prefix_credit_step(net, models, dpo, ids, recs, rewards, cfg.reward.score_prompt, n)
+            loss, m = prefix_credit_step(net, models, reward, dpo, ids, recs, rewards, cfg.reward.score_prompt, n)
         elif dpo.kl == "exact":
             loss, m = exact_kl_step(net, models, dpo, collate(ids, comps, pad), rewards, n)
         else:
@@ -236,14 +238,14 @@ def rloo(model, models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: P
     return records, int(records[-1]["tokens_drawn"]) if records else 0
 
 
-def prefix_credit_step(net, models, dpo: DPOConfig, ids: list[list[int]], recs: list[dict], rewards: list[float],
-                       score_prompt: bool, n: int) -> tuple[torch.Tensor, dict[str, float]]:
+def prefix_credit_step(net, models, reward, dpo: DPOConfig, ids: list[list[int]], recs: list[dict],
+                       rewards: list[float], score_prompt: bool, n: int) -> tuple[torch.Tensor, dict[str, float]]:
     """One RLOO micro-batch with per-token credit: the draws' prefixes scored, the reference's and the
     policy's per-token log-probs, `rloo_prefix_loss`."""
     batch = collate(ids, [r["completion_ids"] for r in recs], models.tokenizer.pad_token_id)
     dev = next(net.parameters()).device
     with torch.autocast(dev.type, enabled=False):  # the prefixes in the precision the whole draws were scored in
-        prefix = prefix_rewards(models.reward, recs, models.tokenizer, score_prompt)  # (B, L)
+        prefix = prefix_rewards(reward, recs, models.tokenizer, score_prompt)  # (B, L)
     logps, ref, valid, kl = token_terms(net, models, dpo, batch)
     return rloo_prefix_loss(logps, ref, valid, torch.tensor(rewards, device=dev), prefix.to(dev), n,
                             dpo.beta, dpo.credit_lambda, kl)
@@ -275,13 +277,44 @@ def exact_kl_step(net, models, dpo: DPOConfig, batch: dict, rewards: list[float]
 TRAINERS = {"online": online_dpo, "rloo": rloo}  # dpo.method -> its trainer
 
 
-def train_on_policy(models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path, tracker) -> int:
+class LogQuantileReward:
+    """A reward scored as log F(r), F the start policy's reward distribution: `start` its rewards (one draw's
+    train-prompt samples, pooled over prompts), F(r) = (#{start <= r} + 1/2) / (len(start) + 1), in (0, 1).
+    E.g. start [0, 1, 2, 3]: r 1.5 -> log 0.5, r 9 -> log 0.9, r -9 -> log 0.1.
+    vBoN (Amini et al. 2024, "Variational Best-of-N Alignment"): the optimum of E[log F(r)] - β·KL(π‖π_ref)
+    is π_ref·F(r)^(1/β), which is best-of-N's own distribution at N = 1 + 1/β where F is the prompt's own (here
+    pooled: a prompt's own F would need many start draws of it). Bounded above by 0: a draw far below the
+    start's rewards costs more than one as far above earns, and outliers of the reward earn nothing extra."""
+
+    def __init__(self, reward, start: list[float]):
+        if not start:
+            raise ValueError("dpo.reward_shape=log_quantile needs the start policy's rewards on the train prompts; "
+                             "got none (an empty draw): raise data.n_train_prompts or use dpo.reward_shape=raw")
+        self.reward, self.label = reward, f"log-quantile of {getattr(reward, 'label', 'the reward')}"
+        self.start = torch.sort(torch.tensor(start, dtype=torch.float64)).values  # (M,)
+
+    def score(self, texts: list[str]) -> torch.Tensor:
+        r = self.reward.score(texts).to(torch.float64)  # (B,)
+        below = torch.searchsorted(self.start, r, right=True)  # (B,) #{start <= r}
+        return torch.log((below + 0.5) / (len(self.start) + 1)).float()
+
+
+def shaped_reward(reward, shape: str, start: list[float] | None):
+    """The reward on-policy training maximises (`dpo.reward_shape`): `reward` itself (raw) or its
+    log-quantile under the start policy's rewards `start` (`LogQuantileReward`)."""
+    return reward if shape == "raw" else LogQuantileReward(reward, start or [])
+
+
+def train_on_policy(models, prompts: list[dict], cfg: Config, dpo: DPOConfig, out: Path, tracker,
+                    start_rewards: list[float] | None = None) -> int:
     """Train one policy with `dpo.method` (online or rloo) on `prompts` into `out` (model/, train_log.jsonl,
     train_summary.json), full fine-tuning or LoRA as `dpo.lora_r` says; returns the completion tokens it
-    drew. Finishes `tracker`."""
+    drew. `start_rewards`: the start policy's rewards on the train prompts, which `dpo.reward_shape` =
+    log_quantile measures quantiles against. Finishes `tracker`."""
     try:
+        reward = shaped_reward(models.reward, dpo.reward_shape, start_rewards)
         with policy_to_train(models, dpo) as model:
-            log, drawn = TRAINERS[dpo.method](model, models, prompts, cfg, dpo, Path(out), tracker)
+            log, drawn = TRAINERS[dpo.method](model, models, reward, prompts, cfg, dpo, Path(out), tracker)
             write_jsonl(Path(out) / "train_log.jsonl", log)  # rloo's loop wrote the same records
             write_json(Path(out) / "train_summary.json", log[-1] if log else {})
             save_policy(model, models.tokenizer, Path(out))

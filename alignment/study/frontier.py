@@ -16,6 +16,7 @@ samples (`evaluate.annotate` records), tested on hand-made cases.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from itertools import combinations
 import numpy as np
 
@@ -56,15 +57,15 @@ def bon_weights(m: int, n: int) -> np.ndarray:
     return np.array([math.comb(i, n - 1) for i in range(m)], dtype=np.float64) / math.comb(m, n)
 
 
-def best_of_n_values(scored: list[dict], n: int, fields: tuple[str, ...]) -> list[dict]:
+def best_of_n_values(scored: list[dict], n: int, fields: tuple[str, ...], by: str = "reward") -> list[dict]:
     """One record per (seed, prompt): the expected `fields` of the best-of-n (by the training
-    reward) among that prompt's samples of that seed, with its prompt_id (for the bootstrap)."""
+    reward, or the field `by`) among that prompt's samples of that seed, with its prompt_id (for the bootstrap)."""
     groups: dict[tuple, list[dict]] = {}
     for r in scored:
         groups.setdefault((r.get("seed_index", 0), r["prompt_id"]), []).append(r)
     out = []
     for (seed, pid), rs in groups.items():
-        rs = sorted(rs, key=lambda r: r["reward"])
+        rs = sorted(rs, key=lambda r: r[by])
         w = bon_weights(len(rs), n)
         out.append({"prompt_id": pid, "seed_index": seed,
                     **{f: float(w @ np.array([r[f] for r in rs], dtype=np.float64)) for f in fields}})
@@ -112,6 +113,35 @@ def bon_curve(start: list[dict], boot: SharedBootstrap, fields: tuple[str, ...],
         kl = bon_kl(n) + boot.mean(vals, _value("log_ratio"))
         out.append({"n": n, "kl": kl, **{f: boot.mean(vals, _value(f)) for f in keep}})
     return out
+
+
+def judge_selected(start: list[dict], boot: SharedBootstrap, ns: tuple[int, ...]) -> dict | None:
+    """What of best-of-n's reward gain the judge's view of the samples accounts for: per n >= 2, best-of-n
+    picked by the judge instead of the reward, its reward gain over the start's mean as a share of the gain
+    best-of-n picked by the reward buys (the same samples of `start`, the start policy's best-of-N draw; paired
+    bootstrap draws), and the reward's correlation with the judge within a (seed, prompt) group. E.g. one prompt,
+    rewards (0, 1), judge (1, 0): best-of-2 by the judge gains -0.5 where by the reward +0.5, share -1. None
+    without judge scores. Rows {n, kl, share, share_lo, share_hi}; {"within_prompt_corr", "by_n"}."""
+    if not start or "judge" not in start[0]:
+        return None
+    base = boot.mean(best_of_n_values(start, 1, ("reward",)), _value("reward"))  # (n_boot+1,) the start's mean
+    m = min(Counter((r.get("seed_index", 0), r["prompt_id"]) for r in start).values())
+    rows = []
+    for n in (n for n in ns if 2 <= n <= m):
+        own = boot.mean(best_of_n_values(start, n, ("reward",)), _value("reward")) - base
+        judged = boot.mean(best_of_n_values(start, n, ("reward",), by="judge"), _value("reward")) - base
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(own > 0, judged / own, np.nan)  # (n_boot+1,)
+        ok = share[1:][np.isfinite(share[1:])]
+        lo, hi = np.percentile(ok, [2.5, 97.5]) if len(ok) else (np.nan, np.nan)
+        rows.append({"n": n, "kl": bon_kl(n), "share": _number(share[0]), "share_lo": _number(lo), "share_hi": _number(hi)})
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    for r in start:
+        groups.setdefault((r.get("seed_index", 0), r["prompt_id"]), []).append((r["reward"], r["judge"]))
+    dev = [np.array(g) - np.mean(g, axis=0) for g in groups.values()]  # per group: (M, 2) centred
+    d = np.concatenate(dev)
+    corr = float((d[:, 0] * d[:, 1]).sum() / np.sqrt((d[:, 0] ** 2).sum() * (d[:, 1] ** 2).sum()))
+    return {"within_prompt_corr": corr if math.isfinite(corr) else None, "by_n": rows}
 
 
 def gain_fraction(point: dict, start: dict, ref: list[dict], field: str) -> np.ndarray:

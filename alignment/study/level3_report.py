@@ -141,6 +141,33 @@ def size_line(level3: dict, goal: float = GOAL) -> str:
             f"{times:.1f}× the seeds and {times:.1f}× the prompts (a CI narrows as 1/√n). ")
 
 
+def judge_selected_line(level3: dict) -> str:
+    """What of best-of-N's reward gain the judge's view accounts for (`frontier.judge_selected`): best-of-N
+    picked by the judge, its share of best-of-N's own reward gain over N, the scorers' within-prompt
+    correlation, and the trained points' reward and judge shares beside it; "" without it."""
+    js = level3.get("judge_selected") or {}
+    rows = [r for r in js.get("by_n", []) if r["share"] is not None]
+    if not rows:
+        return ""
+    pct = lambda xs: f"{100 * min(xs):.0f}" + ("" if len(xs) == 1 or round(100 * min(xs)) == round(100 * max(xs))  # noqa: E731
+                                              else f"–{100 * max(xs):.0f}") + " %"
+    cis = ", ".join(f"N={r['n']} {100 * r['share']:.0f} % ({100 * r['share_lo']:.0f}..{100 * r['share_hi']:.0f})"
+                    for r in rows if r["share_lo"] is not None)
+    corr = js.get("within_prompt_corr")
+    line = (f"Best-of-N picked by the judge instead of the reward buys {pct([r['share'] for r in rows])} of the reward "
+            f"gain best-of-N picked by the reward buys ({cis}; 95 % CI)"
+            + ("" if corr is None else f": within a prompt the two scorers correlate at {corr:.2f}")
+            + ". That share of best-of-N's reward gain is sentiment the judge sees too; the rest is what only the "
+              "reward sees, which a policy buys only by learning the reward's own taste.")
+    fr = {(r["label"], r["beta"], r["field"]): r["frac_bon"] for r in level3.get("gain_fractions") or []
+          if r["frac_bon"] is not None}
+    both = [(v, fr[(k[0], k[1], "judge")]) for k, v in fr.items() if k[2] == "reward" and (k[0], k[1], "judge") in fr]
+    if both:
+        line += (f" The trained points reach {pct([a for a, _ in both])} of best-of-N's reward gain and "
+                 f"{pct([b for _, b in both])} of its judge gain at their KL.")
+    return line
+
+
 def progress_line(level3: dict) -> str:
     """How far each point of the methods that maximise reward - β·KL climbed toward the best objective at its
     β (`optimum.objective_progress`), or "" when the result has none."""
@@ -182,13 +209,14 @@ def example_lines(level3: dict) -> list[str]:
 
 def level3_lines(level3: dict) -> list[str]:
     """Level 3's conclusions, generated: whether any point closes the gap (first), its size, each point's share
-    of best-of-N's and the optimum's gain, the matched-KL verdicts between methods, where the KL goes, each
+    of best-of-N's and the optimum's gain, how far each climbed toward its objective's best, what of best-of-N's
+    gain the judge's view accounts for, the matched-KL verdicts between methods, where the KL goes, each
     method's cost and what the points write."""
     g = level3["grid"]
     lines = [goal_line(level3),
              f"**Level 3** ({len(level3['runs'])} runs: methods {', '.join(g['methods'])}; β {g['betas']}; seeds "
              f"{g['seeds']}; best-of-N N {g['best_of_n']}): each point pools its seeds; curves are compared at matched KL.",
-             *gain_fraction_lines(level3), *filter(None, [progress_line(level3)])]
+             *gain_fraction_lines(level3), *filter(None, [progress_line(level3), judge_selected_line(level3)])]
     if level3.get("non_monotone"):
         lines.append("KL does not rise monotonically along β for " + ", ".join(f"`{c}`" for c in level3["non_monotone"])
                      + ": those curves are shown but not compared at matched KL.")
