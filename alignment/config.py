@@ -133,7 +133,7 @@ class DPOConfig:
     rounds: int = rule(4, **_pos, hashed="if_set")  # online: rounds, each on its share of the draw's train prompts
     credit: str = rule("sequence", choices=("sequence", "prefix"), hashed="if_set")  # rloo: sequence = every token of a draw shares its completion's advantage; prefix = each token earns the reward gained from it on (the reward model also scores every prefix), against the same position's leave-one-out mean
     credit_lambda: float = rule(1.0, **_frac, hashed="if_set")  # rloo with credit=prefix: weight lambda^k on what the reward gains k tokens later (1: all of it, unbiased; below 1: less variance, credit biased towards the next tokens)
-    reward_shape: str = rule("raw", choices=("raw", "log_quantile"), hashed="if_set")  # rloo: the reward it maximises: raw = the reward model's score; log_quantile = log F(r), F the start policy's reward distribution on this draw's train prompts (vBoN, Amini et al. 2024: at beta = 1/(N-1) the optimum is best-of-N's distribution)
+    reward_shape: str = rule("raw", choices=("raw", "log_quantile"), hashed="if_set")  # rloo: the reward it maximises: raw = the reward model's score; log_quantile = log F(r), F the start policy's reward distribution on this draw's train prompts, pooled (vBoN, Amini et al. 2024: with each prompt's own F, the optimum at beta = 1/(N-1) is best-of-N's distribution)
     kl: str = rule("sampled", choices=("sampled", "exact"), hashed="if_set")  # rloo: the KL term per token: sampled = the drawn token's log-ratio log(pi/pi_ref) (trl's); exact = the whole next-token KL(pi || pi_ref) over the vocabulary at each position (Rao-Blackwellised: the same expectation, less variance)
 
 

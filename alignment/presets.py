@@ -56,7 +56,8 @@ PRESETS["level3"] = dict(PRESETS["sweep"])  # Level 3 at the sweep's size and tr
 # the reward gained from them on (the reward model scoring every prefix), and the same trained three passes
 # with the exact per-position KL (`dpo.kl=exact`: with the drawn token's log-ratio, three passes drift off topic),
 # and variational best-of-N (`dpo.reward_shape=log_quantile`: per-token RLOO on the log-quantile of the reward under
-# the start policy, Amini et al. 2024; β = 1/(N-1) aims at best-of-N, so β 0.3 at about best-of-4).
+# the start policy, Amini et al. 2024; with each prompt's own F, β = 1/(N-1) would aim at best-of-N, β 0.3 at about
+# best-of-4; here F is pooled over prompts and the credit is λ = 0.5's, so that is a rough guide, not the optimum).
 LEVEL3_METHODS: dict[str, dict] = {
     "dpo": {"loss": "sigmoid"},
     "distill": {"loss": "distill"},

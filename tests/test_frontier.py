@@ -108,6 +108,12 @@ def test_judge_selected_share_of_best_of_n_closed_form():
     swap = [{"prompt_id": "a", "reward": float(r), "judge": j} for r, j in ((0, 1.0), (1, 0.0), (2, 3.0), (3, 2.0))]
     assert F.judge_selected(swap, SharedBootstrap(["a"], 50), (2,))["by_n"][0]["share"] == pytest.approx(0.6)
     assert F.judge_selected([{"prompt_id": "a", "reward": 0.0}], boot, (2,)) is None  # no judge scores
+    # two prompts, one whose judge agrees (share 1) and one whose judge reverses (share -1), equal gains: 0 overall,
+    # and the bootstrap draws resample the prompts, so the 95 % interval spans both
+    two = [{**r, "prompt_id": "b"} for r in swap] + [{"prompt_id": "c", "reward": float(r), "judge": float(-r)} for r in range(4)]
+    row = F.judge_selected(two, SharedBootstrap(["b", "c"], 200), (2,))["by_n"][0]
+    assert row["share"] == pytest.approx((0.6 - 1) / 2) and row["share_lo"] < row["share"] < row["share_hi"]
+    assert row["share_lo"] == pytest.approx(-1.0) and row["share_hi"] == pytest.approx(0.6)
 
 
 def _recs(pid_vals: dict[str, list[tuple[float, float]]]) -> list[dict]:

@@ -136,6 +136,8 @@ def test_log_quantile_reward_is_log_of_the_start_policys_reward_cdf():
     assert shaped_reward(q.reward, "raw", None) is q.reward
     with pytest.raises(ValueError, match="dpo.reward_shape=log_quantile"):
         shaped_reward(q.reward, "log_quantile", [])
+    with pytest.raises(ValueError, match="the reward scored 'nan' as nan"):  # never the top quantile
+        q.score(["1", "nan"])
 
 
 def test_to_go_and_prefix_rewards():
@@ -214,12 +216,14 @@ def test_on_policy_methods_train_lora_adapters_against_the_frozen_base(tmp_path,
     assert not any("lora" in n for n, _ in pipe.models.ref_model.named_parameters()), "adapters left on the reference"
 
 
-@pytest.mark.parametrize("method", ["online", "rloo", "rloo-prefix", "rloo-xkl", "rloo-lq"])
+@pytest.mark.parametrize("method", ["online", "rloo", "rloo-prefix", "rloo-xkl", "rloo-lq", "rloo-prefix-lq"])
 def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, tiny_classifier_dir, reviews_csv,
                                                       method):
     credit = {"dpo.credit": "prefix", "dpo.credit_lambda": 0.9} if method == "rloo-prefix" else {}
     credit = {"dpo.kl": "exact"} if method == "rloo-xkl" else credit
     credit = {"dpo.reward_shape": "log_quantile"} if method == "rloo-lq" else credit
+    if method == "rloo-prefix-lq":
+        credit = {"dpo.credit": "prefix", "dpo.credit_lambda": 0.9, "dpo.reward_shape": "log_quantile"}
     cfg = tiny_cfg(tmp_path / "run", tiny_gpt2_dir, "python:vowels", reviews_csv,
                    **{"eval.topic_judge": str(tiny_classifier_dir), "data.n_train_prompts": 8, "pairs.held_out": 0.25,
                       "dpo.method": method.split("-")[0], "dpo.rounds": 2, "dpo.batch_size": 2, **credit})
@@ -239,10 +243,12 @@ def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, t
         online.prefix_rewards = real
     assert policy.name == {"online": "online2-sigmoid-b0.1-lr0.001-s0", "rloo": "rloo-b0.1-lr0.001-s0",
                            "rloo-prefix": "rloo-prefix0.9-b0.1-lr0.001-s0", "rloo-xkl": "rloo-xkl-b0.1-lr0.001-s0",
-                           "rloo-lq": "rloo-lq-b0.1-lr0.001-s0"}[method]
+                           "rloo-lq": "rloo-lq-b0.1-lr0.001-s0", "rloo-prefix-lq": "rloo-prefix0.9-lq-b0.1-lr0.001-s0"}[method]
     # per-token credit scores every step's draws' prefixes (2 prompts x sample.n_samples 3), with a spread to credit
-    assert [n for n, _ in scored] == ([6, 6, 6] if method == "rloo-prefix" else [])
+    assert [n for n, _ in scored] == ([6, 6, 6] if method in ("rloo-prefix", "rloo-prefix-lq") else [])
     assert all(p.std() > 0 for _, p in scored)
+    if method == "rloo-prefix-lq":  # the prefixes' potentials are log-quantiles too (0 past a completion's end)
+        assert all(p.max() <= 0 and p.min() < 0 for _, p in scored)
     assert _changed(tiny_gpt2_dir, policy.dir), f"{method} did not change any parameter"
     log = read_jsonl(policy.dir / "train_log.jsonl")
     assert [r["step"] for r in log] == list(range(1, len(log) + 1)) and all(math.isfinite(r["loss"]) for r in log)
@@ -253,9 +259,10 @@ def test_on_policy_methods_train_through_the_pipeline(tmp_path, tiny_gpt2_dir, t
         assert read_json(policy.dir / "round1" / "pairs_stats.json")["n_prompts"] == 3
     else:  # 6 prompts, 2 a step: 3 steps, each scored on its own draws
         assert len(log) == 3 and all("objective/kl" in r and "objective/scores" in r for r in log)
-    if method == "rloo-lq":  # trained on log-quantiles under the start policy's rewards of its draw: all < 0
+    if method.endswith("-lq"):  # trained on log-quantiles under the start policy's rewards of its draw: all < 0
         start = read_json(pipe.data.paths.draw(0).rewards)
         assert len(start) == 8 * 3 and all(r["objective/scores"] < 0 for r in log)
+        assert all(r["reward"] >= 0 for r in pipe.evaluate(policy).scored)  # evaluated on the raw reward (vowels' share)
     else:
         assert not pipe.data.paths.draw(0).samples.exists(), "on-policy methods draw no start-policy samples"
     again = pipe.train()  # cached
@@ -363,7 +370,8 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
     assert all(r["optimal_gain"] > 0 for r in res["objective_progress"])
     assert [r["label"] for r in res["runs"]] == methods
     assert [r.get("method", "offline") for r in res["runs"]] == ["offline", "offline", "online", "rloo", "rloo", "rloo", "rloo"]
-    assert res["runs"][-1]["credit"] == "prefix" and res["runs"][-1]["model"].startswith("rloo-prefix0.5-")
+    assert res["runs"][-2]["credit"] == "prefix" and res["runs"][-2]["model"].startswith("rloo-prefix0.5-xkl-")
+    assert res["runs"][-1]["model"].startswith("rloo-prefix0.5-lq-")  # vbon
     for r in res["runs"]:  # what each policy cost when it was trained: on-policy methods draw their own tokens
         assert r["cost"]["train_seconds"] > 0
         assert (r["cost"]["tokens_drawn"] > 0) == (r["label"] in ("online-dpo", "rloo", "rloo-prefix", "rloo-prefix-long", "vbon")), r
@@ -407,9 +415,10 @@ def test_judge_selected_line_puts_the_points_beside_the_judges_pick():
                            {"label": "dpo", "beta": 0.5, "field": "reward", "frac_bon": 0.25},
                            {"label": "dpo", "beta": 0.5, "field": "judge", "frac_bon": None}]}
     line = judge_selected_line(level3)
+    assert "That is how much of best-of-N's reward gain the judge's own ranking of the same samples recovers." in line
     assert line.startswith("Best-of-N picked by the judge instead of the reward buys 57–59 % of the reward gain")
     assert "N=4 57 % (40..70), N=16 59 % (45..72); 95 % CI): within a prompt the two scorers correlate at 0.54." in line
-    assert line.endswith("The trained points reach 56 % of best-of-N's reward gain and 93 % of its judge gain at their KL.")
+    assert line.endswith("The trained points reach 56 % of best-of-N's reward gain and 93 % of its judge gain, each at its own KL.")
 
 
 def test_a_method_with_a_minimum_beta_trains_only_at_or_above_it(tmp_path, tiny_gpt2_dir, tiny_classifier_dir,

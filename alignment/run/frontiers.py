@@ -38,9 +38,15 @@ def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, E
     return {**ev.metrics, **gains}, ev, policy
 
 
+def uses_start_draw(over: dict) -> bool:
+    """Whether a family trains on its seed's start-policy draw: offline DPO (its pairs) and RLOO on the
+    log-quantile of the reward (the draw's rewards are its F)."""
+    return over.get("method", "offline") == "offline" or over.get("reward_shape", "raw") != "raw"
+
+
 def shared_draws(pipe: Pipeline, seeds: tuple[int, ...]) -> dict:
     """Build each seed's start-policy draw (samples, rewards, pairs, reference log-probs) that the offline
-    methods share, before any policy trains, and say what it cost: {draw_tokens, draw_seconds} by seed
+    methods (and the log-quantile RLOO) share, before any policy trains, and say what it cost: {draw_tokens, draw_seconds} by seed
     (the seconds of the builds this or an earlier call recorded)."""
     tokens, seconds = {}, {}
     for s in seeds:
@@ -94,7 +100,7 @@ def frontier_study(pipe: Pipeline, name: str, families: dict[str, dict], betas: 
     starts = {seed: pipe.evaluate(seed=seed) for seed in seeds}  # each seed's runs vs the start's same draws
     bon = pooled("best-of-N", [pipe.evaluate(seed=s, n_samples=max(best_of_n)) for s in seeds], pipe.cfg.eval.n_boot,
                  measure=False)
-    offline = any(over.get("method", "offline") == "offline" for over in families.values())
+    offline = any(uses_start_draw(over) for over in families.values())
     draws = shared_draws(pipe, seeds) if with_cost and offline else {}
     runs, seed_evals, firsts = train_points(pipe, families, betas, seeds, starts, with_cost)
     with pipe.times("statistics"):  # pooled start, curves, matched-KL comparisons, gains

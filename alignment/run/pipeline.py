@@ -172,8 +172,8 @@ class Pipeline:
                                      tracker, self.dist)
                     else:  # on-policy: draws its own samples from the policy as it trains
                         prompts = trained_prompts(self.data.prompts(dpo.seed)["train"], self.cfg.pairs.held_out)
-                        t0 = time.time()
-                        start = self.data.rewards(dpo.seed) if dpo.reward_shape != "raw" else None
+                        start = self.data.rewards(dpo.seed) if dpo.reward_shape != "raw" else None  # the seed's
+                        t0 = time.time()  # shared draw, built once: not this policy's cost (as for offline DPO)
                         tokens = train_on_policy(self.models, prompts, self.cfg, dpo, part_dir(part), tracker, start)
                     if self.dist.main:
                         write_json(part_dir(part) / COST_FILE, {"train_seconds": before + time.time() - t0,

@@ -26,7 +26,9 @@ trained and scores them with the training reward; the reference stays the start 
   the tokens before it, so it enters the loss directly (its gradient through the policy's logits) and
   the returns of the earlier tokens that led there; the sampled log-ratio's noise no longer moves the policy.
   `dpo.reward_shape=log_quantile` maximises log F(r) instead of r, F the start policy's reward distribution
-  (`LogQuantileReward`; vBoN, Amini et al. 2024): at β = 1/(N-1) its optimum is best-of-N's distribution.
+  (`LogQuantileReward`; vBoN, Amini et al. 2024): with each prompt's own F, the optimum at β = 1/(N-1) is
+  best-of-N's distribution; F here is pooled over the train prompts. With per-token credit the prefixes'
+  log-quantiles are the potentials: at λ = 1 a draw's credits still sum to log F(r) - log F(r(prompt)).
 
 Both use the prompts offline DPO trains on (a draw's train prompts less the held-out share,
 `pairs.held_out`), the native training loop (`train.train_loop`) and one process.
@@ -295,6 +297,10 @@ class LogQuantileReward:
 
     def score(self, texts: list[str]) -> torch.Tensor:
         r = self.reward.score(texts).to(torch.float64)  # (B,)
+        if not torch.isfinite(r).all():
+            bad = texts[int((~torch.isfinite(r)).nonzero()[0])]
+            raise ValueError(f"dpo.reward_shape=log_quantile: the reward scored {bad!r} as {r[~torch.isfinite(r)][0].item()}; "
+                             "a log-quantile needs finite rewards: fix the reward model (reward.model)")
         below = torch.searchsorted(self.start, r, right=True)  # (B,) #{start <= r}
         return torch.log((below + 0.5) / (len(self.start) + 1)).float()
 

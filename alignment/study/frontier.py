@@ -121,7 +121,8 @@ def judge_selected(start: list[dict], boot: SharedBootstrap, ns: tuple[int, ...]
     best-of-n picked by the reward buys (the same samples of `start`, the start policy's best-of-N draw; paired
     bootstrap draws), and the reward's correlation with the judge within a (seed, prompt) group. E.g. one prompt,
     rewards (0, 1), judge (1, 0): best-of-2 by the judge gains -0.5 where by the reward +0.5, share -1. None
-    without judge scores. Rows {n, kl, share, share_lo, share_hi}; {"within_prompt_corr", "by_n"}."""
+    without judge scores. Rows {n, kl (best-of-n's `bon_kl`), share, share_lo, share_hi}; {"within_prompt_corr"
+    (None when no group varies), "by_n"}."""
     if not start or "judge" not in start[0]:
         return None
     base = boot.mean(best_of_n_values(start, 1, ("reward",)), _value("reward"))  # (n_boot+1,) the start's mean
@@ -140,8 +141,9 @@ def judge_selected(start: list[dict], boot: SharedBootstrap, ns: tuple[int, ...]
         groups.setdefault((r.get("seed_index", 0), r["prompt_id"]), []).append((r["reward"], r["judge"]))
     dev = [np.array(g) - np.mean(g, axis=0) for g in groups.values()]  # per group: (M, 2) centred
     d = np.concatenate(dev)
-    corr = float((d[:, 0] * d[:, 1]).sum() / np.sqrt((d[:, 0] ** 2).sum() * (d[:, 1] ** 2).sum()))
-    return {"within_prompt_corr": corr if math.isfinite(corr) else None, "by_n": rows}
+    norm = math.sqrt((d[:, 0] ** 2).sum() * (d[:, 1] ** 2).sum())
+    corr = float((d[:, 0] * d[:, 1]).sum() / norm) if norm > 0 else None
+    return {"within_prompt_corr": corr, "by_n": rows}
 
 
 def gain_fraction(point: dict, start: dict, ref: list[dict], field: str) -> np.ndarray:

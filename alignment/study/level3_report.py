@@ -9,13 +9,14 @@ from .stats import detectable_difference
 
 def cost_rows(level3: dict) -> list[dict]:
     """Per method: mean training seconds per policy and completion tokens drawn per policy (its own draws;
-    offline methods also train on their seed's start-policy draw, counted once per seed)."""
+    offline methods and the log-quantile RLOO also train on their seed's start-policy draw, counted once per seed)."""
     draw = level3.get("draw_tokens", {})
     shared = round(sum(draw.values()) / len(draw)) if draw else None
     out: dict[str, dict] = {}
     for r in level3["runs"]:
         c = r.get("cost") or {}
-        row = out.setdefault(r["label"], {"method": r["label"], "on_policy": r.get("method", "offline") != "offline",
+        shares = r.get("method", "offline") == "offline" or r.get("reward_shape", "raw") != "raw"
+        row = out.setdefault(r["label"], {"method": r["label"], "shares_draw": shares,
                                           "seconds": [], "tokens": []})
         if c.get("train_seconds") is not None:
             row["seconds"].append(c["train_seconds"])
@@ -23,7 +24,7 @@ def cost_rows(level3: dict) -> list[dict]:
     return [{"method": r["method"], "policies": len(r["seconds"]),
              "train s / policy": round(sum(r["seconds"]) / len(r["seconds"]), 1) if r["seconds"] else None,
              "own tokens drawn / policy": round(sum(r["tokens"]) / len(r["tokens"])) if r["tokens"] else None,
-             "shared start draw / seed": None if r["on_policy"] else shared} for r in out.values()]
+             "shared start draw / seed": shared if r["shares_draw"] else None} for r in out.values()]
 
 
 KL_COLS = ("point", "KL, first seed (nats)", "on sentiment words", "in the first 8 tokens",
@@ -157,14 +158,13 @@ def judge_selected_line(level3: dict) -> str:
     line = (f"Best-of-N picked by the judge instead of the reward buys {pct([r['share'] for r in rows])} of the reward "
             f"gain best-of-N picked by the reward buys ({cis}; 95 % CI)"
             + ("" if corr is None else f": within a prompt the two scorers correlate at {corr:.2f}")
-            + ". That share of best-of-N's reward gain is sentiment the judge sees too; the rest is what only the "
-              "reward sees, which a policy buys only by learning the reward's own taste.")
+            + ". That is how much of best-of-N's reward gain the judge's own ranking of the same samples recovers.")
     fr = {(r["label"], r["beta"], r["field"]): r["frac_bon"] for r in level3.get("gain_fractions") or []
           if r["frac_bon"] is not None}
     both = [(v, fr[(k[0], k[1], "judge")]) for k, v in fr.items() if k[2] == "reward" and (k[0], k[1], "judge") in fr]
     if both:
         line += (f" The trained points reach {pct([a for a, _ in both])} of best-of-N's reward gain and "
-                 f"{pct([b for _, b in both])} of its judge gain at their KL.")
+                 f"{pct([b for _, b in both])} of its judge gain, each at its own KL.")
     return line
 
 
