@@ -392,6 +392,7 @@ def test_level3_traces_every_method_against_best_of_n(tmp_path, tiny_gpt2_dir, t
         assert sum(b["kl"] for b in d["by_position"]) == pytest.approx(d["kl"])
     assert read_json(Path(cfg.run_dir) / "level3.json")["grid"]["methods"] == methods
     text = render("level3", res)
+    assert "built once, and the log-quantile RLOO measures its rewards' quantiles against that draw's):" in text
     assert "**Level 3** (7 runs" in text and "| `rloo-prefix` β=0.3 |" in text and "tokens drawn / policy" in text and "`rloo` β=0.3" in text
     from alignment.study.results_page import level3_brief
     brief = level3_brief(res)

@@ -221,6 +221,9 @@ def level3_lines(level3: dict) -> list[str]:
         lines.append("KL does not rise monotonically along β for " + ", ".join(f"`{c}`" for c in level3["non_monotone"])
                      + ": those curves are shown but not compared at matched KL.")
     lines += [comparison_line(level3["comparisons"], field, "level3.json") for field in ("reward", "judge")]
+    lq = any(r.get("reward_shape", "raw") != "raw" for r in level3["runs"])
     cost = ["What each policy cost to train (its own sampling and scoring included; the offline methods train on "
-            "their seed's shared start-policy draw, built once):", "", markdown_table(cost_rows(level3)), ""]
+            "their seed's shared start-policy draw, built once" + (", and the log-quantile RLOO measures its rewards' "
+                                                                    "quantiles against that draw's" if lq else "")
+            + "):", "", markdown_table(cost_rows(level3)), ""]
     return lines + kl_lines(level3) + cost + example_lines(level3)
