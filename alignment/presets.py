@@ -74,6 +74,12 @@ LEVEL3_BETAS = (0.1, 0.3, 0.5, 1.0)
 LEVEL3_MIN_BETA = {"online-dpo": 0.3, "rloo-prefix": 0.3, "rloo-prefix-long": 0.3, "vbon": 0.3}
 
 
+def uses_start_draw(over: dict) -> bool:
+    """Whether a method (its `LEVEL3_METHODS` overrides, or a result's run row) trains on its seed's start-policy
+    draw: offline DPO (its pairs) and RLOO on the log-quantile of the reward (the draw's rewards are its F)."""
+    return over.get("method", "offline") == "offline" or over.get("reward_shape", "raw") != "raw"
+
+
 def method_betas(methods: tuple[str, ...], betas: tuple[float, ...]) -> dict[str, tuple[float, ...]]:
     """Each Level 3 method's β values: the run's `betas`, less those below the method's `LEVEL3_MIN_BETA`."""
     return {m: tuple(b for b in betas if b >= LEVEL3_MIN_BETA.get(m, float("-inf"))) for m in methods}

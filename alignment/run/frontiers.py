@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..base.io import build_record, read_json, write_json
 from ..config import ConfigError
+from ..presets import uses_start_draw
 from ..steps.diagnose import kl_split, sentiment_token_ids, token_log_ratios, training_story, vader_lexicon
 from ..steps.evaluate import Evaluation, pooled
 from ..steps.losses import VALUE_LOSSES
@@ -38,16 +39,10 @@ def trained_row(pipe: Pipeline, start: Evaluation, **overrides) -> tuple[dict, E
     return {**ev.metrics, **gains}, ev, policy
 
 
-def uses_start_draw(over: dict) -> bool:
-    """Whether a family trains on its seed's start-policy draw: offline DPO (its pairs) and RLOO on the
-    log-quantile of the reward (the draw's rewards are its F)."""
-    return over.get("method", "offline") == "offline" or over.get("reward_shape", "raw") != "raw"
-
-
 def shared_draws(pipe: Pipeline, seeds: tuple[int, ...]) -> dict:
     """Build each seed's start-policy draw (samples, rewards, pairs, reference log-probs) that the offline
-    methods (and the log-quantile RLOO) share, before any policy trains, and say what it cost: {draw_tokens, draw_seconds} by seed
-    (the seconds of the builds this or an earlier call recorded)."""
+    methods (and the log-quantile RLOO) share, before any policy trains, and say what it cost: {draw_tokens,
+    draw_seconds} by seed (the seconds of the builds this or an earlier call recorded)."""
     tokens, seconds = {}, {}
     for s in seeds:
         pipe.data.ref_logps(s)
@@ -173,7 +168,8 @@ def frontier_statistics(pipe: Pipeline, seed_evals: dict[str, list[Evaluation]],
             "comparisons": F.matched_kl_comparisons(with_bon, None, ("reward", "judge", "pred_entropy")),
             "matched_reward": F.matched_kl_comparisons(curves, None, ("pred_entropy",), x="reward"),
             "n_boot": n_boot, "gain_fractions": fractions, "read_along": F.READ_ALONG, **({"objective_progress": progress} if progress else {}),
-            **optimum_entry, **({"judge_selected": js} if (js := F.judge_selected(bon.scored, boot, ns)) else {}),
+            **optimum_entry,
+            **({"judge_selected": js} if (js := F.judge_selected(bon.scored, boot, ns)) else {}),
             "non_monotone": [c for c, pts in with_bon.items() if not F.monotone(pts)],
             "non_monotone_reward": [c for c, pts in curves.items() if not F.monotone(pts, "reward")]}
 

@@ -45,7 +45,7 @@ from ..config import Config, DPOConfig
 from ..base.io import write_json, write_jsonl
 from .logprobs import batched_logps, collate, completion_tokens, model_logps, model_token_logps, position_kls
 from .pairs import build_pairs
-from .reward import score_records
+from .reward import check_finite, score_records
 from .sampling import in_prompt_order, sample_records
 from ..base.tracking import tracked
 from .dpo import dpo_loop_config, held_out_prompts, policy_to_train, reference_logps, reference_of, save_policy, train_dpo
@@ -296,11 +296,7 @@ class LogQuantileReward:
         self.start = torch.sort(torch.tensor(start, dtype=torch.float64)).values  # (M,)
 
     def score(self, texts: list[str]) -> torch.Tensor:
-        r = self.reward.score(texts).to(torch.float64)  # (B,)
-        if not torch.isfinite(r).all():
-            bad = texts[int((~torch.isfinite(r)).nonzero()[0])]
-            raise ValueError(f"dpo.reward_shape=log_quantile: the reward scored {bad!r} as {r[~torch.isfinite(r)][0].item()}; "
-                             "a log-quantile needs finite rewards: fix the reward model (reward.model)")
+        r = check_finite(self.reward.score(texts), texts).to(torch.float64)  # (B,): a NaN is never the top quantile
         below = torch.searchsorted(self.start, r, right=True)  # (B,) #{start <= r}
         return torch.log((below + 0.5) / (len(self.start) + 1)).float()
 

@@ -16,7 +16,6 @@ samples (`evaluate.annotate` records), tested on hand-made cases.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from itertools import combinations
 import numpy as np
 
@@ -125,8 +124,11 @@ def judge_selected(start: list[dict], boot: SharedBootstrap, ns: tuple[int, ...]
     (None when no group varies), "by_n"}."""
     if not start or "judge" not in start[0]:
         return None
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    for r in start:
+        groups.setdefault((r.get("seed_index", 0), r["prompt_id"]), []).append((r["reward"], r["judge"]))
     base = boot.mean(best_of_n_values(start, 1, ("reward",)), _value("reward"))  # (n_boot+1,) the start's mean
-    m = min(Counter((r.get("seed_index", 0), r["prompt_id"]) for r in start).values())
+    m = min(len(g) for g in groups.values())
     rows = []
     for n in (n for n in ns if 2 <= n <= m):
         own = boot.mean(best_of_n_values(start, n, ("reward",)), _value("reward")) - base
@@ -136,9 +138,6 @@ def judge_selected(start: list[dict], boot: SharedBootstrap, ns: tuple[int, ...]
         ok = share[1:][np.isfinite(share[1:])]
         lo, hi = np.percentile(ok, [2.5, 97.5]) if len(ok) else (np.nan, np.nan)
         rows.append({"n": n, "kl": bon_kl(n), "share": _number(share[0]), "share_lo": _number(lo), "share_hi": _number(hi)})
-    groups: dict[tuple, list[tuple[float, float]]] = {}
-    for r in start:
-        groups.setdefault((r.get("seed_index", 0), r["prompt_id"]), []).append((r["reward"], r["judge"]))
     dev = [np.array(g) - np.mean(g, axis=0) for g in groups.values()]  # per group: (M, 2) centred
     d = np.concatenate(dev)
     norm = math.sqrt((d[:, 0] ** 2).sum() * (d[:, 1] ** 2).sum())

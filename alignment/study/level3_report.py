@@ -2,6 +2,7 @@
 share of best-of-N's gain at the same KL), what it cost (training seconds, tokens drawn), and where its KL went."""
 from __future__ import annotations
 
+from ..presets import uses_start_draw
 from .frontier_report import comparison_line, gain_fraction_lines
 from .markdown import markdown_table
 from .stats import detectable_difference
@@ -15,8 +16,7 @@ def cost_rows(level3: dict) -> list[dict]:
     out: dict[str, dict] = {}
     for r in level3["runs"]:
         c = r.get("cost") or {}
-        shares = r.get("method", "offline") == "offline" or r.get("reward_shape", "raw") != "raw"
-        row = out.setdefault(r["label"], {"method": r["label"], "shares_draw": shares,
+        row = out.setdefault(r["label"], {"method": r["label"], "shares_draw": uses_start_draw(r),
                                           "seconds": [], "tokens": []})
         if c.get("train_seconds") is not None:
             row["seconds"].append(c["train_seconds"])
